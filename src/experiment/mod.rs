@@ -1,0 +1,1 @@
+//! Experiment files: schema, validation, grid expansion into cells.

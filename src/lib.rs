@@ -1,0 +1,16 @@
+//! negimg: a research harness for negative image prompts in Stable Diffusion 1.5.
+//!
+//! Data path: experiment file -> [`experiment`] (validated cells) -> [`run`] (results folder,
+//! resume, shards) -> [`sampling`] + [`pipeline`] (batches -> images) -> [`scoring`] ->
+//! [`report`] (grids, curves, tables, index.html). The CLI in [`cli`] stays thin.
+pub mod cli;
+pub mod device;
+pub mod experiment;
+pub mod models;
+pub mod params;
+pub mod pipeline;
+pub mod report;
+pub mod run;
+pub mod sampling;
+pub mod scoring;
+pub mod weights;

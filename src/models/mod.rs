@@ -1,0 +1,1 @@
+//! Networks, one file each; variable paths mirror the checkpoint keys.

@@ -1,0 +1,1 @@
+//! The generation loop: models loaded once; a batch of cells -> latents -> images.

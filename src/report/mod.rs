@@ -1,0 +1,1 @@
+//! Comparison grids, curves, tables and index.html.

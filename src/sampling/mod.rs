@@ -1,0 +1,1 @@
+//! Schedulers, guidance (branches, weights, windows) and batching.

@@ -1,0 +1,1 @@
+//! CLIP metrics per image and statistics per condition.

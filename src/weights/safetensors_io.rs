@@ -1,0 +1,145 @@
+//! Reading `.safetensors` files (memory-mapped) into tch tensors and VarStores.
+//!
+//! Every failure names the file and, where there is one, the tensor: a truncated file, a
+//! header that lies about sizes, an unsupported dtype, a missing tensor or a shape mismatch.
+use anyhow::{Context, Result, bail};
+use safetensors::{Dtype, SafeTensors, tensor::TensorInfo};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor, nn};
+
+pub struct TensorFile {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    data_start: usize,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl TensorFile {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("cannot open weight file {}", path.display()))?;
+        // SAFETY: the map is read-only; weight files are not modified while negimg runs.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("cannot map weight file {}", path.display()))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not a valid safetensors file ({e}); the file may be truncated or corrupt, \
+                 download it again",
+                path.display()
+            )
+        })?;
+        let data_start = 8 + header_len;
+        let mut tensors = HashMap::new();
+        let mut data_end = 0;
+        for (name, info) in metadata.tensors() {
+            data_end = data_end.max(info.data_offsets.1);
+            tensors.insert(name.clone(), info.clone());
+        }
+        if data_start + data_end > mmap.len() {
+            bail!(
+                "{}: truncated safetensors file: the header describes {} bytes of tensor data, \
+                 the file holds {}; download it again",
+                path.display(),
+                data_end,
+                mmap.len().saturating_sub(data_start)
+            );
+        }
+        Ok(TensorFile {
+            path,
+            mmap,
+            data_start,
+            tensors,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|info| info.shape.clone())
+    }
+
+    /// The tensor `name` on `device`, converted to `kind`.
+    pub fn get(&self, name: &str, device: Device, kind: Kind) -> Result<Tensor> {
+        let info = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("{}: tensor {name:?} is missing", self.path.display()))?;
+        let stored_kind = match info.dtype {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            other => bail!(
+                "{}: tensor {name:?} has dtype {other:?}; negimg reads F32, F16, BF16, F64, I64",
+                self.path.display()
+            ),
+        };
+        let (begin, end) = info.data_offsets;
+        let bytes = &self.mmap[self.data_start + begin..self.data_start + end];
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let tensor = Tensor::f_from_data_size(bytes, &shape, stored_kind)
+            .with_context(|| format!("{}: tensor {name:?} cannot be read", self.path.display()))?;
+        Ok(tensor.to_device(device).to_kind(kind))
+    }
+}
+
+/// Copies tensors from `file` into the variables of `vs`.
+///
+/// `key_for` maps a variable name to the tensor name in the file, or `None` to leave that
+/// variable alone (it is loaded from another file). A selected variable missing from the
+/// file, or of another shape, is an error; tensors the model does not use are ignored
+/// (logged at debug level). Returns the number of variables loaded.
+pub fn load_var_store(
+    vs: &nn::VarStore,
+    file: &TensorFile,
+    key_for: impl Fn(&str) -> Option<String>,
+) -> Result<usize> {
+    let mut used = std::collections::HashSet::new();
+    let mut loaded = 0;
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    for (var_name, mut var) in variables {
+        let Some(key) = key_for(&var_name) else {
+            continue;
+        };
+        let expected: Vec<usize> = var.size().iter().map(|&d| d as usize).collect();
+        let Some(found) = file.shape(&key) else {
+            bail!(
+                "{}: tensor {key:?} is missing (the model expects shape {expected:?}); \
+                 is this the right file for this model and config?",
+                file.path().display()
+            );
+        };
+        if found != expected {
+            bail!(
+                "{}: tensor {key:?} has shape {found:?}, the model expects {expected:?} \
+                 (does the config.json match these weights?)",
+                file.path().display()
+            );
+        }
+        let value = file.get(&key, var.device(), var.kind())?;
+        tch::no_grad(|| var.copy_(&value));
+        used.insert(key);
+        loaded += 1;
+    }
+    for name in file.names().filter(|n| !used.contains(*n)) {
+        log::debug!(
+            "{}: tensor {name:?} not used by the model",
+            file.path().display()
+        );
+    }
+    Ok(loaded)
+}
