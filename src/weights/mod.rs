@@ -1,8 +1,8 @@
 //! Weight files: safetensors into tch VarStores with shape checks and precise errors.
+pub mod random;
 pub mod safetensors_io;
 
-pub use safetensors_io::{TensorFile, load_var_store};
-
+pub use safetensors_io::{TensorFile, TensorSource, load_var_store};
 use std::path::PathBuf;
 
 /// Where `models init-random` and relative model names go: `$NEGIMG_MODELS` or `./models`.

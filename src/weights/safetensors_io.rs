@@ -8,6 +8,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor, nn};
 
+/// Named tensors that a model can be loaded from: a safetensors file, or a view of one
+/// under other names (a single-file LDM checkpoint seen in the diffusers layout).
+pub trait TensorSource {
+    /// Where the tensors come from, for error messages.
+    fn origin(&self) -> &Path;
+    fn names(&self) -> Vec<String>;
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor `name` on `device`, converted to `kind`.
+    fn get(&self, name: &str, device: Device, kind: Kind) -> Result<Tensor>;
+}
+
 pub struct TensorFile {
     path: PathBuf,
     mmap: memmap2::Mmap,
@@ -58,20 +69,27 @@ impl TensorFile {
         &self.path
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
-    }
-
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
+}
 
-    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+impl TensorSource for TensorFile {
+    fn origin(&self) -> &Path {
+        &self.path
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tensors.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.tensors.get(name).map(|info| info.shape.clone())
     }
 
-    /// The tensor `name` on `device`, converted to `kind`.
-    pub fn get(&self, name: &str, device: Device, kind: Kind) -> Result<Tensor> {
+    fn get(&self, name: &str, device: Device, kind: Kind) -> Result<Tensor> {
         let info = self
             .tensors
             .get(name)
@@ -104,7 +122,7 @@ impl TensorFile {
 /// (logged at debug level). Returns the number of variables loaded.
 pub fn load_var_store(
     vs: &nn::VarStore,
-    file: &TensorFile,
+    file: &dyn TensorSource,
     key_for: impl Fn(&str) -> Option<String>,
 ) -> Result<usize> {
     let mut used = std::collections::HashSet::new();
@@ -120,14 +138,14 @@ pub fn load_var_store(
             bail!(
                 "{}: tensor {key:?} is missing (the model expects shape {expected:?}); \
                  is this the right file for this model and config?",
-                file.path().display()
+                file.origin().display()
             );
         };
         if found != expected {
             bail!(
                 "{}: tensor {key:?} has shape {found:?}, the model expects {expected:?} \
                  (does the config.json match these weights?)",
-                file.path().display()
+                file.origin().display()
             );
         }
         let value = file.get(&key, var.device(), var.kind())?;
@@ -138,7 +156,7 @@ pub fn load_var_store(
     for name in file.names().filter(|n| !used.contains(*n)) {
         log::debug!(
             "{}: tensor {name:?} not used by the model",
-            file.path().display()
+            file.origin().display()
         );
     }
     Ok(loaded)

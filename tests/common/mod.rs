@@ -1,0 +1,67 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's python (set by the justfile as NEGIMG_PYTHON), for reference computations.
+pub fn python() -> PathBuf {
+    std::env::var_os("NEGIMG_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"))
+}
+
+/// Runs `tests/reference/<script>` with the venv's python; panics with its output on failure.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let path = repo().join("tests/reference").join(script);
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "2")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{} failed:\n{stdout}\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A fresh, empty scratch folder for one test under target/test-scratch.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = repo().join("target/test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The release binary (the justfile builds it before the tests run).
+pub fn negimg_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_negimg"))
+}
+
+pub fn negimg(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(negimg_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("cannot run negimg")
+}
+
+/// Max |a - b| over two tensors of the same shape.
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
