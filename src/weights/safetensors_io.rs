@@ -153,7 +153,7 @@ pub fn load_var_store(
         used.insert(key);
         loaded += 1;
     }
-    for name in file.names().filter(|n| !used.contains(*n)) {
+    for name in file.names().iter().filter(|n| !used.contains(*n)) {
         log::debug!(
             "{}: tensor {name:?} not used by the model",
             file.origin().display()
