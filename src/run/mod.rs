@@ -1,4 +1,6 @@
 //! Results folders, manifest, records, resume and shards.
+pub mod info;
+pub mod records;
 
 /// Returned (as an error) when a run stops on SIGINT after finishing its writes.
 #[derive(Debug, thiserror::Error)]
