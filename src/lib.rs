@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod device;
 pub mod experiment;
+pub mod images;
 pub mod models;
 pub mod params;
 pub mod pipeline;

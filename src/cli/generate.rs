@@ -1,10 +1,262 @@
-//! `negimg generate`.
+//! `negimg generate`: one image from flags.
 use super::Globals;
-use anyhow::{Result, bail};
+use crate::models::ip_adapter::AdapterFile;
+use crate::params::{AdapterKind, BranchWeight, GenParams, NegativeMode, NoImage, SchedulerKind};
+use crate::pipeline::{CellOutcome, ModelSet, Pipeline};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct GenerateArgs {}
+pub struct GenerateArgs {
+    /// A model set folder as `negimg models init-random` writes it (pipeline/, image_encoder/,
+    /// ip-adapter*_sd15.safetensors); --pipeline etc. override its parts.
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// A diffusers pipeline folder, or a single-file SD1.5 checkpoint (.safetensors).
+    #[arg(long)]
+    pub pipeline: Option<PathBuf>,
+    /// A VAE folder replacing the pipeline's.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// IP-Adapter .safetensors file(s); base or Plus is detected from the keys.
+    #[arg(long = "ip-adapter")]
+    pub ip_adapter: Vec<PathBuf>,
+    /// The image encoder folder (CLIPVisionModelWithProjection).
+    #[arg(long)]
+    pub image_encoder: Option<PathBuf>,
+    /// Positive image prompt (conditions the cond branch).
+    #[arg(long)]
+    pub positive: Option<PathBuf>,
+    /// Negative image prompt (conditions the uncond branch).
+    #[arg(long)]
+    pub negative: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    /// What conditions the uncond branch; default: what was given (--negative and/or
+    /// --negative-prompt).
+    #[arg(long, value_enum)]
+    pub negative_mode: Option<NegativeModeArg>,
+    #[arg(long, value_enum, default_value = "base")]
+    pub adapter: AdapterArg,
+    /// Image prompt weight of the cond branch.
+    #[arg(long, default_value_t = 1.0)]
+    pub weight: f64,
+    /// Weight of the uncond branch (default: --weight, as the official IP-Adapter).
+    #[arg(long)]
+    pub neg_weight: Option<f64>,
+    /// Window of the cond branch as fractions of the steps: step i of N is active iff
+    /// start <= i/N < end.
+    #[arg(long, default_value_t = 0.0)]
+    pub start: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub end: f64,
+    /// Window of the uncond branch (default: --start/--end).
+    #[arg(long)]
+    pub neg_start: Option<f64>,
+    #[arg(long)]
+    pub neg_end: Option<f64>,
+    #[arg(long, default_value_t = 7.5)]
+    pub cfg: f64,
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    #[arg(long, value_enum, default_value = "ddim")]
+    pub scheduler: SchedulerArg,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// WxH or N (square).
+    #[arg(long, default_value = "512")]
+    pub size: String,
+    /// "No image" tokens: reference (IP-Adapter's) or black (ComfyUI's).
+    #[arg(long, value_enum, default_value = "reference")]
+    pub no_image: NoImageArg,
+    /// Output PNG.
+    #[arg(long, default_value = "out.png")]
+    pub out: PathBuf,
+}
 
-pub fn run(_args: GenerateArgs, _g: &Globals) -> Result<()> {
-    bail!("`negimg generate` is not implemented yet")
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum NegativeModeArg {
+    None,
+    Text,
+    Image,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum AdapterArg {
+    Base,
+    Plus,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SchedulerArg {
+    Ddim,
+    Euler,
+    #[value(name = "dpmpp_2m")]
+    DpmPp2m,
+    #[value(name = "dpmpp_2m_karras")]
+    DpmPp2mKarras,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum NoImageArg {
+    Reference,
+    Black,
+}
+
+/// `WxH` or `N` -> (width, height).
+pub fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .with_context(|| format!("--size {s:?}: expected WxH or N"))
+    };
+    match s.split_once(['x', 'X']) {
+        Some((w, h)) => Ok((parse(w)?, parse(h)?)),
+        None => {
+            let n = parse(s)?;
+            Ok((n, n))
+        }
+    }
+}
+
+/// The model set from `--models` and the per-model flags.
+fn model_set(a: &GenerateArgs) -> Result<ModelSet> {
+    let mut set = match &a.models {
+        Some(dir) => ModelSet::from_models_dir(dir),
+        None => {
+            let (Some(pipeline), Some(encoder)) = (&a.pipeline, &a.image_encoder) else {
+                bail!("give --models DIR, or --pipeline and --image-encoder");
+            };
+            ModelSet {
+                pipeline: pipeline.clone(),
+                vae: None,
+                ip_adapter_base: None,
+                ip_adapter_plus: None,
+                image_encoder: encoder.clone(),
+            }
+        }
+    };
+    if let Some(p) = &a.pipeline {
+        set.pipeline = p.clone();
+    }
+    if let Some(p) = &a.image_encoder {
+        set.image_encoder = p.clone();
+    }
+    if a.vae.is_some() {
+        set.vae = a.vae.clone();
+    }
+    for path in &a.ip_adapter {
+        match AdapterFile::open(path)?.kind {
+            AdapterKind::Base => set.ip_adapter_base = Some(path.clone()),
+            AdapterKind::Plus => set.ip_adapter_plus = Some(path.clone()),
+        }
+    }
+    Ok(set)
+}
+
+/// The cell the flags describe.
+pub fn params(a: &GenerateArgs) -> Result<GenParams> {
+    let (width, height) = parse_size(&a.size)?;
+    let negative = match a.negative_mode {
+        Some(NegativeModeArg::None) => NegativeMode::None,
+        Some(NegativeModeArg::Text) => NegativeMode::Text,
+        Some(NegativeModeArg::Image) => NegativeMode::Image,
+        Some(NegativeModeArg::Both) => NegativeMode::Both,
+        None => match (a.negative.is_some(), !a.negative_prompt.is_empty()) {
+            (true, true) => NegativeMode::Both,
+            (true, false) => NegativeMode::Image,
+            (false, true) => NegativeMode::Text,
+            (false, false) => NegativeMode::None,
+        },
+    };
+    if negative.uses_image() && a.negative.is_none() {
+        bail!("--negative-mode {negative} needs --negative IMAGE");
+    }
+    let positive = BranchWeight {
+        weight: a.weight,
+        start: a.start,
+        end: a.end,
+    };
+    for (what, v) in [("start", a.start), ("end", a.end)] {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("--{what} {v}: a window bound is a fraction of the steps, 0 to 1");
+        }
+    }
+    Ok(GenParams {
+        prompt: a.prompt.clone(),
+        negative_prompt: a.negative_prompt.clone(),
+        negative,
+        positive_image: a.positive.clone(),
+        negative_image: a.negative.clone(),
+        adapter: match a.adapter {
+            AdapterArg::Base => AdapterKind::Base,
+            AdapterArg::Plus => AdapterKind::Plus,
+        },
+        positive,
+        negative_branch: BranchWeight {
+            weight: a.neg_weight.unwrap_or(a.weight),
+            start: a.neg_start.unwrap_or(a.start),
+            end: a.neg_end.unwrap_or(a.end),
+        },
+        cfg: a.cfg,
+        steps: a.steps,
+        scheduler: match a.scheduler {
+            SchedulerArg::Ddim => SchedulerKind::Ddim,
+            SchedulerArg::Euler => SchedulerKind::Euler,
+            SchedulerArg::DpmPp2m => SchedulerKind::DpmPp2m,
+            SchedulerArg::DpmPp2mKarras => SchedulerKind::DpmPp2mKarras,
+        },
+        seed: a.seed,
+        width,
+        height,
+        no_image: match a.no_image {
+            NoImageArg::Reference => NoImage::Reference,
+            NoImageArg::Black => NoImage::Black,
+        },
+    })
+}
+
+pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
+    let cell = params(&args)?;
+    let (device, kind) = g.device_and_dtype()?;
+    let models = model_set(&args)?;
+    let mut pipeline = Pipeline::load(&models, device, kind)?;
+    let bar = indicatif::ProgressBar::new(cell.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let outcome = pipeline.generate(std::slice::from_ref(&cell), &mut |step, _| {
+        bar.set_position(step as u64)
+    })?;
+    bar.finish_and_clear();
+    match outcome.into_iter().next() {
+        Some(CellOutcome::Image(img)) => {
+            if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            img.save(&args.out)
+                .with_context(|| format!("cannot write {}", args.out.display()))?;
+            println!("{}", args.out.display());
+            Ok(())
+        }
+        Some(CellOutcome::Failed(reason)) => bail!("the image failed: {reason}"),
+        None => bail!("no image was generated"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_as_wxh_or_square() {
+        assert_eq!(parse_size("64").unwrap(), (64, 64));
+        assert_eq!(parse_size("640x512").unwrap(), (640, 512));
+        assert!(parse_size("big").is_err());
+    }
 }

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod doctor;
 pub mod generate;
 pub mod models;
+pub mod models_fetch;
 pub mod plan;
 pub mod plot;
 pub mod run;

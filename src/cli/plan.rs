@@ -1,10 +1,219 @@
-//! `negimg plan`.
+//! `negimg plan FILE`: checks an experiment without loading weights and prints its cells,
+//! counts and a time estimate on the chosen device.
 use super::Globals;
-use anyhow::{Result, bail};
+use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
+use crate::run::records::{Status, read_records};
+use anyhow::{Context, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
 
 #[derive(clap::Args, Debug)]
-pub struct PlanArgs {}
+pub struct PlanArgs {
+    /// Experiment file (TOML).
+    pub experiment: PathBuf,
+    /// Print every cell (default: the first 40).
+    #[arg(long)]
+    pub all: bool,
+    /// Accept grids of more than 10000 cells.
+    #[arg(long)]
+    pub allow_large: bool,
+    /// The results root (to base the estimate on earlier runs).
+    #[arg(long, default_value = "results", env = "NEGIMG_RESULTS")]
+    pub results: PathBuf,
+}
 
-pub fn run(_args: PlanArgs, _g: &Globals) -> Result<()> {
-    bail!("`negimg plan` is not implemented yet")
+pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
+    let exp = experiment::load(
+        &args.experiment,
+        &LoadOptions {
+            allow_large: args.allow_large,
+            download: false,
+        },
+    )?;
+    let (device, kind) = super::run::device_and_dtype(&exp, g)?;
+    println!("experiment {} ({})", exp.name, exp.path.display());
+    if !exp.description.is_empty() {
+        println!("  {}", exp.description);
+    }
+    println!("models:");
+    for (role, m) in exp.models.all() {
+        let state = if m.path.exists() {
+            m.path.display().to_string()
+        } else {
+            format!("{} (made by init_random)", m.path.display())
+        };
+        println!("  {role:<16} {} -> {state}", m.reference);
+    }
+    if !exp.images.is_empty() {
+        println!("images:");
+        for (name, source) in &exp.images {
+            match source {
+                ImageSource::File(p) => println!("  {name:<12} {}", p.display()),
+                ImageSource::Generate(s) => println!(
+                    "  {name:<12} text-to-image: {:?} (seed {})",
+                    s.prompt, s.seed
+                ),
+            }
+        }
+    }
+    println!("grid: {} = {} cells", exp.grid.shape(), exp.cells.len());
+    let varying = exp.grid.varying();
+    let shown = if args.all { exp.cells.len() } else { 40 };
+    for (i, c) in exp.cells.iter().enumerate().take(shown) {
+        println!(
+            "  {:>5}  {}",
+            i + 1,
+            if varying.is_empty() {
+                "(defaults)".to_string()
+            } else {
+                c.describe(&varying)
+            }
+        );
+    }
+    if exp.cells.len() > shown {
+        println!("  ... {} more (--all prints them)", exp.cells.len() - shown);
+    }
+    let mut groups: Vec<((usize, usize, usize, _, _), usize)> = Vec::new();
+    for c in &exp.cells {
+        let key = c.params(&|n| PathBuf::from(n)).batch_key();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => groups.push((key, 1)),
+        }
+    }
+    println!("batches (cells sharing steps, size, scheduler, adapter):");
+    for ((steps, w, h, sched, adapter), n) in &groups {
+        println!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter}");
+    }
+    let generated_inputs = exp
+        .images
+        .values()
+        .filter(|s| matches!(s, ImageSource::Generate(_)))
+        .count();
+    let (per_image, how) = estimate(&exp, &args.results, device, kind);
+    let total = per_image * (exp.cells.len() + generated_inputs) as f64;
+    println!(
+        "estimate on {} {}: {} ({:.2} s per image, {how})",
+        crate::device::device_name(device),
+        crate::device::dtype_name(kind),
+        duration(total),
+        per_image
+    );
+    Ok(())
+}
+
+fn duration(s: f64) -> String {
+    if s < 90.0 {
+        format!("{s:.0} s")
+    } else if s < 5400.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+/// Seconds per image: measured by the latest run of this experiment when it has images,
+/// else FLOPs (scaled from SD1.5's by the UNet and VAE parameter counts read from the
+/// safetensors headers) over a measured matmul speed.
+fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f64, String) {
+    let exp_dir = results.join(&exp.name);
+    if let Some(last) = crate::run::layout::runs(&exp_dir).last()
+        && let Ok(records) = read_records(&exp_dir.join(last).join("records.csv"))
+    {
+        let done: Vec<f64> = records
+            .iter()
+            .filter(|r| r.status == Status::Done)
+            .map(|r| r.seconds)
+            .collect();
+        if !done.is_empty() {
+            let mean = done.iter().sum::<f64>() / done.len() as f64;
+            return (mean, format!("measured by run {last}: {} images", done.len()));
+        }
+    }
+    let (unet, vae) = pipeline_params(&exp.models.pipeline.path);
+    let flops_per_cell = |steps: usize, pixels: f64| {
+        let scale = pixels / (512.0 * 512.0);
+        // SD1.5: 859.5M UNet parameters, 1.607 TFLOP per CFG step at 512x512; VAE decode 2.51 TFLOP.
+        steps as f64 * 1.607e12 * scale * unet / 859.5e6 + 2.51e12 * scale * vae / 83.65e6
+    };
+    let flops: f64 = exp
+        .cells
+        .iter()
+        .map(|c| flops_per_cell(c.steps, (c.width * c.height) as f64))
+        .sum::<f64>()
+        / exp.cells.len().max(1) as f64;
+    let speed = matmul_speed(device, kind);
+    // Convolutions and attention reach about a third of matmul speed (measured on an H200).
+    let seconds = flops / (speed * 0.35);
+    (
+        seconds,
+        format!(
+            "from {:.2} TFLOP per image at {:.1} TFLOP/s matmul speed; rough",
+            flops / 1e12,
+            speed / 1e12
+        ),
+    )
+}
+
+/// Parameters of the UNet and the VAE, from the safetensors headers (no weights read).
+/// Unknown layouts count as SD1.5.
+fn pipeline_params(pipeline: &Path) -> (f64, f64) {
+    let count = |sub: &str| -> Option<f64> {
+        let files = crate::weights::hub::component_files(
+            pipeline,
+            crate::weights::hub::Component::Pipeline,
+        )
+        .ok()?;
+        let file = files
+            .iter()
+            .find(|f| f.starts_with(pipeline.join(sub)) && f.extension().is_some_and(|e| e == "safetensors"))?;
+        header_params(file).ok()
+    };
+    (
+        count("unet").unwrap_or(859.5e6),
+        count("vae").unwrap_or(83.65e6),
+    )
+}
+
+fn header_params(file: &Path) -> Result<f64> {
+    let mut f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let n = u64::from_le_bytes(len);
+    anyhow::ensure!(n < 100 << 20, "{}: not a safetensors file", file.display());
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)?;
+    Ok(json
+        .values()
+        .filter_map(|t| t.get("shape")?.as_array().cloned())
+        .map(|shape| shape.iter().filter_map(|d| d.as_f64()).product::<f64>())
+        .sum())
+}
+
+/// FLOP/s of a square matmul on `device` in `kind`.
+fn matmul_speed(device: Device, kind: Kind) -> f64 {
+    let n: i64 = if device == Device::Cpu { 1024 } else { 4096 };
+    let kind = if device == Device::Cpu && kind == Kind::Half {
+        Kind::Float
+    } else {
+        kind
+    };
+    let a = Tensor::randn([n, n], (kind, device));
+    let b = Tensor::randn([n, n], (kind, device));
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let _ = a.matmul(&b);
+    sync();
+    let reps = if device == Device::Cpu { 3 } else { 20 };
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        let _ = a.matmul(&b);
+    }
+    sync();
+    2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64()
 }

@@ -1,10 +1,53 @@
-//! `negimg score`.
+//! `negimg score RUN_DIR [--scorer REF]`: (re)scores a finished run without regenerating it.
 use super::Globals;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// torchmetrics' CLIPScore model, the default scorer.
+pub const DEFAULT_SCORER: &str = "hf:openai/clip-vit-large-patch14";
 
 #[derive(clap::Args, Debug)]
-pub struct ScoreArgs {}
+pub struct ScoreArgs {
+    /// The run folder (results/<experiment>/<run-id>).
+    pub run_dir: PathBuf,
+    /// CLIP model in Hugging Face CLIPModel layout: a local folder or hf:org/repo[@rev].
+    /// Default: the experiment's `[models] scorer`, else hf:openai/clip-vit-large-patch14.
+    #[arg(long)]
+    pub scorer: Option<String>,
+    /// Only score; leave grids, curves and index.html as they are.
+    #[arg(long)]
+    pub no_plot: bool,
+}
 
-pub fn run(_args: ScoreArgs, _g: &Globals) -> Result<()> {
-    bail!("`negimg score` is not implemented yet")
+/// The scorer an experiment names: `[models] scorer` of the run's copy of experiment.toml.
+fn experiment_scorer(run_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(run_dir.join("experiment.toml")).ok()?;
+    let value: toml::Table = toml::from_str(&text).ok()?;
+    value
+        .get("models")?
+        .get("scorer")?
+        .as_str()
+        .map(String::from)
+}
+
+pub fn run(args: ScoreArgs, g: &Globals) -> Result<()> {
+    let (device, kind) = g.device_and_dtype()?;
+    let reference = args
+        .scorer
+        .or_else(|| experiment_scorer(&args.run_dir))
+        .unwrap_or_else(|| DEFAULT_SCORER.to_string());
+    let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    let scorer = crate::weights::hub::resolve(&reference, &cwd)
+        .with_context(|| format!("scorer {reference:?}"))?;
+    crate::scoring::score_run(&args.run_dir, &scorer, device, kind)?;
+    let id = crate::scoring::scorer_id(&scorer)?;
+    println!(
+        "scores: {}",
+        crate::scoring::scorer_dir(&args.run_dir, &id).display()
+    );
+    if !args.no_plot {
+        crate::report::plot_run(&args.run_dir)?;
+        println!("report: {}", args.run_dir.join("index.html").display());
+    }
+    Ok(())
 }

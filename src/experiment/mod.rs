@@ -1,1 +1,500 @@
 //! Experiment files: schema, validation, grid expansion into cells.
+//!
+//! `load` reads a TOML file, refuses unknown keys (with the key and its line), checks every
+//! value, file and model reference without loading weights, and expands the grid. Every error
+//! names the file and the line/column or the key.
+pub mod cell;
+pub mod grid;
+mod schema;
+pub mod source;
+mod validate;
+pub mod values;
+
+pub use cell::CellSpec;
+pub use grid::{Axis, Grid};
+pub use values::{Param, Value};
+
+use crate::params::{AdapterKind, BranchWeight, GenParams, NegativeMode};
+use crate::pipeline::ModelSet;
+use crate::run::info::{PlotsSpec, ScoringSpec};
+use crate::weights::hub::Component;
+use anyhow::{Context, Result, anyhow};
+use source::Source;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Grids bigger than this need `--allow-large`.
+pub const LARGE_GRID: u128 = 10_000;
+/// Grids bigger than this are refused (cells are held in memory).
+pub const MAX_GRID: u128 = 5_000_000;
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Accept grids of more than [`LARGE_GRID`] cells.
+    pub allow_large: bool,
+    /// Download `hf:` models missing from the cache (`run`); `plan` only looks.
+    pub download: bool,
+}
+
+/// A model as written (`hf:org/repo/sub@rev` or a path) and where it is on disk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelRef {
+    pub reference: String,
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct Models {
+    pub pipeline: ModelRef,
+    pub vae: Option<ModelRef>,
+    pub ip_adapter_base: Option<ModelRef>,
+    pub ip_adapter_plus: Option<ModelRef>,
+    pub image_encoder: ModelRef,
+    pub scorer: Option<ModelRef>,
+}
+
+impl Models {
+    pub fn model_set(&self) -> ModelSet {
+        ModelSet {
+            pipeline: self.pipeline.path.clone(),
+            vae: self.vae.as_ref().map(|m| m.path.clone()),
+            ip_adapter_base: self.ip_adapter_base.as_ref().map(|m| m.path.clone()),
+            ip_adapter_plus: self.ip_adapter_plus.as_ref().map(|m| m.path.clone()),
+            image_encoder: self.image_encoder.path.clone(),
+        }
+    }
+
+    /// (role, model) for every model given.
+    pub fn all(&self) -> Vec<(&'static str, &ModelRef)> {
+        let mut v = vec![("pipeline", &self.pipeline)];
+        v.extend(self.vae.as_ref().map(|m| ("vae", m)));
+        v.extend(self.ip_adapter_base.as_ref().map(|m| ("ip_adapter.base", m)));
+        v.extend(self.ip_adapter_plus.as_ref().map(|m| ("ip_adapter.plus", m)));
+        v.push(("image_encoder", &self.image_encoder));
+        v.extend(self.scorer.as_ref().map(|m| ("scorer", m)));
+        v
+    }
+
+    pub fn adapter(&self, kind: AdapterKind) -> Option<&ModelRef> {
+        match kind {
+            AdapterKind::Base => self.ip_adapter_base.as_ref(),
+            AdapterKind::Plus => self.ip_adapter_plus.as_ref(),
+        }
+    }
+}
+
+/// `[models] init_random`: random models made when `dir` is missing.
+#[derive(Clone, Debug)]
+pub struct InitRandom {
+    pub preset: String,
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateSpec {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    pub steps: Option<usize>,
+    pub cfg: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImageSource {
+    File(PathBuf),
+    /// Made text-to-image by the experiment's pipeline (and cached).
+    Generate(GenerateSpec),
+}
+
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    pub path: PathBuf,
+    pub text: String,
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub models: Models,
+    pub init_random: Option<InitRandom>,
+    pub images: BTreeMap<String, ImageSource>,
+    pub grid: Grid,
+    /// Every cell, in grid order (first axis outermost, seeds innermost).
+    pub cells: Vec<CellSpec>,
+    pub dtype: Option<String>,
+    pub scoring: ScoringSpec,
+    pub plots: PlotsSpec,
+}
+
+impl Experiment {
+    /// The parameters of the text-to-image cell that makes an input image: both image
+    /// branches at weight 0, no images; size and scheduler from `[defaults]`.
+    pub fn input_params(&self, spec: &GenerateSpec) -> GenParams {
+        let base = &self.grid.base;
+        let off = BranchWeight {
+            weight: 0.0,
+            start: 0.0,
+            end: 1.0,
+        };
+        GenParams {
+            prompt: spec.prompt.clone(),
+            negative_prompt: spec.negative_prompt.clone(),
+            negative: NegativeMode::Text,
+            positive_image: None,
+            negative_image: None,
+            adapter: if self.models.ip_adapter_base.is_some() {
+                AdapterKind::Base
+            } else {
+                AdapterKind::Plus
+            },
+            positive: off,
+            negative_branch: off,
+            cfg: spec.cfg.unwrap_or(base.cfg),
+            steps: spec.steps.unwrap_or(base.steps),
+            scheduler: base.scheduler,
+            seed: spec.seed,
+            width: base.width,
+            height: base.height,
+            no_image: base.no_image,
+        }
+    }
+
+    /// The grid's axes for run.json: one per parameter (zipped ones each), values as in
+    /// records.csv; the seed only when it varies.
+    pub fn axes(&self) -> Vec<crate::run::info::Axis> {
+        self.grid
+            .axes
+            .iter()
+            .filter(|a| !(a.params == [Param::Seed] && a.rows.len() < 2))
+            .flat_map(|a| {
+                a.params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| crate::run::info::Axis {
+                        name: p.name().to_string(),
+                        values: a.rows.iter().map(|r| r[i].to_string()).collect(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// Reads, checks and expands an experiment file. Loads no weights.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Experiment> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(path, text, opts)
+}
+
+/// As [`load`], from the file's text (`path` names it in messages and anchors relative paths).
+pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment> {
+    let raw: schema::FileRaw =
+        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let src = Source::new(path, text.clone());
+    let doc = toml::de::DeTable::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
+
+    let name = match &raw.experiment.name {
+        Some(n) => {
+            check_name(&src, n, "experiment.name")?;
+            n.get_ref().clone()
+        }
+        None => path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| is_safe_name(s))
+            .ok_or_else(|| {
+                src.error_at_key(
+                    "experiment.name",
+                    "the file name is not usable as a folder name; set [experiment] name",
+                )
+            })?
+            .to_string(),
+    };
+
+    let init_random = match &raw.models.init_random {
+        Some(r) => {
+            let r = r.get_ref();
+            if !matches!(r.preset.as_str(), "tiny" | "sd15") {
+                return Err(src.error(
+                    raw.models.init_random.as_ref().map_or(0..0, |s| s.span()),
+                    "models.init_random.preset",
+                    format!("{:?} is not one of tiny, sd15", r.preset),
+                ));
+            }
+            Some(InitRandom {
+                preset: r.preset.clone(),
+                dir: base_dir.join(&r.dir),
+            })
+        }
+        None => None,
+    };
+    let resolve = |key: &str, r: &Spanned<String>| -> Result<ModelRef> {
+        let role = key.trim_start_matches("models.");
+        let path = resolve_model(role, r.get_ref(), &base_dir, init_random.as_ref(), opts.download)
+            .map_err(|e| src.error(r.span(), key, format!("{e:#}")))?;
+        Ok(ModelRef {
+            reference: r.get_ref().clone(),
+            path,
+        })
+    };
+    let m = &raw.models;
+    let models = Models {
+        pipeline: resolve("models.pipeline", &m.pipeline)?,
+        vae: m.vae.as_ref().map(|r| resolve("models.vae", r)).transpose()?,
+        ip_adapter_base: m
+            .ip_adapter
+            .base
+            .as_ref()
+            .map(|r| resolve("models.ip_adapter.base", r))
+            .transpose()?,
+        ip_adapter_plus: m
+            .ip_adapter
+            .plus
+            .as_ref()
+            .map(|r| resolve("models.ip_adapter.plus", r))
+            .transpose()?,
+        image_encoder: resolve("models.image_encoder", &m.image_encoder)?,
+        scorer: m.scorer.as_ref().map(|r| resolve("models.scorer", r)).transpose()?,
+    };
+    if models.ip_adapter_base.is_none() && models.ip_adapter_plus.is_none() {
+        return Err(src.error_at_key(
+            "models.ip_adapter",
+            "give at least one of base and plus: ip_adapter = { base = \"...\", plus = \"...\" }",
+        ));
+    }
+
+    let mut images = BTreeMap::new();
+    for (name, spec) in &raw.images {
+        let key = format!("images.{name}");
+        if !is_safe_name(name) {
+            return Err(src.error(
+                spec.span(),
+                &key,
+                "image names may use letters, digits, '-', '_' and '.' only",
+            ));
+        }
+        let source = match (&spec.get_ref().path, &spec.get_ref().generate) {
+            (Some(p), None) => {
+                let file = base_dir.join(p);
+                image::image_dimensions(&file).map_err(|e| {
+                    src.error(
+                        spec.span(),
+                        &format!("{key}.path"),
+                        format!("cannot read image {}: {e}", file.display()),
+                    )
+                })?;
+                ImageSource::File(file)
+            }
+            (None, Some(g)) => {
+                let steps = g
+                    .steps
+                    .map(|s| {
+                        if (1..=1000).contains(&s) {
+                            Ok(s as usize)
+                        } else {
+                            Err(src.error(
+                                spec.span(),
+                                &format!("{key}.generate.steps"),
+                                format!("{s} is out of range: it must be between 1 and 1000"),
+                            ))
+                        }
+                    })
+                    .transpose()?;
+                if let Some(cfg) = g.cfg
+                    && !(cfg.is_finite() && (0.0..=100.0).contains(&cfg))
+                {
+                    return Err(src.error(
+                        spec.span(),
+                        &format!("{key}.generate.cfg"),
+                        format!("{cfg} is out of range: it must be between 0 and 100"),
+                    ));
+                }
+                if g.seed > i64::MAX as u64 {
+                    return Err(src.error(spec.span(), &format!("{key}.generate.seed"), "too large"));
+                }
+                ImageSource::Generate(GenerateSpec {
+                    prompt: g.prompt.clone(),
+                    negative_prompt: g.negative_prompt.clone(),
+                    seed: g.seed,
+                    steps,
+                    cfg: g.cfg,
+                })
+            }
+            _ => {
+                return Err(src.error(
+                    spec.span(),
+                    &key,
+                    "give exactly one of `path = \"file.png\"` and `generate = { prompt = \"...\" }`",
+                ));
+            }
+        };
+        images.insert(name.clone(), source);
+    }
+
+    let grid = grid::read(&src, doc.get_ref(), &|n| images.contains_key(n))?;
+    let count = grid.count();
+    if count > MAX_GRID {
+        return Err(src.error_at_key(
+            "grid",
+            format!(
+                "the grid has {count} cells ({}); at most {MAX_GRID} are supported",
+                grid.shape()
+            ),
+        ));
+    }
+    if count > LARGE_GRID && !opts.allow_large {
+        return Err(src.error_at_key(
+            "grid",
+            format!(
+                "the grid has {count} cells ({}); more than {LARGE_GRID} needs --allow-large",
+                grid.shape()
+            ),
+        ));
+    }
+    let cells = grid.expand();
+    validate::cells(&src, &grid, &cells, &models)?;
+
+    let image_ref = |key: &str, r: &Option<Spanned<String>>| -> Result<Option<String>> {
+        match r {
+            Some(n) if !images.contains_key(n.get_ref()) => Err(src.error(
+                n.span(),
+                key,
+                format!("there is no [images.{}] in this file", n.get_ref()),
+            )),
+            Some(n) => Ok(Some(n.get_ref().clone())),
+            None => Ok(None),
+        }
+    };
+    let scoring = ScoringSpec {
+        targets: raw.scoring.targets.clone(),
+        positive_reference: image_ref("scoring.positive_reference", &raw.scoring.positive_reference)?,
+        negative_reference: image_ref("scoring.negative_reference", &raw.scoring.negative_reference)?,
+    };
+    let axis_names: Vec<&str> = grid
+        .axes
+        .iter()
+        .flat_map(|a| a.params.iter().map(|p| p.name()))
+        .collect();
+    let axis_ref = |key: &str, r: &Spanned<String>| -> Result<String> {
+        if axis_names.contains(&r.get_ref().as_str()) {
+            Ok(r.get_ref().clone())
+        } else {
+            Err(src.error(
+                r.span(),
+                key,
+                format!(
+                    "{:?} is not an axis of [grid] (axes: {})",
+                    r.get_ref(),
+                    axis_names.join(", ")
+                ),
+            ))
+        }
+    };
+    let p = &raw.plots;
+    let opt_axis = |key: &str, r: &Option<Spanned<String>>| r.as_ref().map(|r| axis_ref(key, r)).transpose();
+    let plots = PlotsSpec {
+        rows: opt_axis("plots.rows", &p.rows)?,
+        cols: opt_axis("plots.cols", &p.cols)?,
+        pages: opt_axis("plots.pages", &p.pages)?,
+        curve_x: opt_axis("plots.curve_x", &p.curve_x)?,
+        series: p
+            .series
+            .iter()
+            .map(|s| axis_ref("plots.series", s))
+            .collect::<Result<_>>()?,
+    };
+    if let Some(x) = &p.curve_x {
+        let numeric = Param::from_name(x.get_ref()).and_then(|param| {
+            grid.axes.iter().find_map(|a| {
+                let i = a.params.iter().position(|q| *q == param)?;
+                Some(a.rows.iter().all(|r| matches!(r[i], Value::Num(_) | Value::Int(_))))
+            })
+        });
+        if numeric != Some(true) {
+            return Err(src.error(
+                x.span(),
+                "plots.curve_x",
+                "the x of curves must be a numeric axis",
+            ));
+        }
+    }
+
+    Ok(Experiment {
+        path: path.to_path_buf(),
+        text,
+        name,
+        description: raw.experiment.description.clone(),
+        tags: raw.experiment.tags.clone(),
+        models,
+        init_random,
+        images,
+        dtype: grid.dtype.clone(),
+        grid,
+        cells,
+        scoring,
+        plots,
+    })
+}
+
+fn is_safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn check_name(src: &Source, n: &Spanned<String>, key: &str) -> Result<()> {
+    if is_safe_name(n.get_ref()) {
+        Ok(())
+    } else {
+        Err(src.error(
+            n.span(),
+            key,
+            format!(
+                "{:?} is used as a folder name: letters, digits, '-', '_' and '.' only",
+                n.get_ref()
+            ),
+        ))
+    }
+}
+
+/// A model reference to a local path through [`crate::weights::hub`]:
+/// `hf:org/repo[/subfolder][@revision]` from the Hugging Face cache (downloaded when
+/// `download`), anything else a path relative to the experiment file. A missing local path
+/// is accepted when `init_random` will create it.
+fn resolve_model(
+    role: &str,
+    reference: &str,
+    base_dir: &Path,
+    init: Option<&InitRandom>,
+    download: bool,
+) -> Result<PathBuf> {
+    if !reference.starts_with("hf:") {
+        let path = base_dir.join(reference);
+        if let Some(init) = init
+            && !path.exists()
+            && path.starts_with(&init.dir)
+        {
+            return Ok(path);
+        }
+    }
+    crate::weights::hub::resolve_as(reference, base_dir, component(role), download)
+}
+
+/// What a `[models]` role points at, which decides the files it needs.
+pub fn component(role: &str) -> Component {
+    match role {
+        "pipeline" => Component::Pipeline,
+        "ip_adapter.base" | "ip_adapter.plus" => Component::File,
+        _ => Component::ModelFolder,
+    }
+}

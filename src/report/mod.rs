@@ -1,1 +1,105 @@
-//! Comparison grids, curves, tables and index.html.
+//! Comparison grids, curves, tables and index.html, all from a run folder's files (records,
+//! run.json, scores): `plot_run` never regenerates an image.
+pub mod curves;
+pub mod font;
+pub mod grid;
+pub mod html;
+
+use crate::scoring;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Clone, Debug)]
+pub struct PlotOptions {
+    pub grid: grid::GridOptions,
+    /// Metrics written under each grid image (those the scorer has); empty: no captions.
+    pub caption_metrics: Vec<String>,
+    /// The scorer whose scores make the captions (default: the first one, by id).
+    pub caption_scorer: Option<String>,
+}
+
+impl Default for PlotOptions {
+    fn default() -> Self {
+        PlotOptions {
+            grid: grid::GridOptions::default(),
+            caption_metrics: vec!["clip_i_pos".into(), "clip_i_neg".into()],
+            caption_scorer: None,
+        }
+    }
+}
+
+/// Short caption names of the metrics.
+fn short(metric: &str) -> String {
+    match metric {
+        "clip_i_pos" => "I+".into(),
+        "clip_i_neg" => "I−".into(),
+        "subtraction" => "Δ".into(),
+        "clip_i_base" => "I0".into(),
+        m => match m.strip_prefix("clip_t_") {
+            Some(k) => format!("T{k}"),
+            None => m.into(),
+        },
+    }
+}
+
+/// Regenerates every figure, table and index.html of a run with the default options.
+pub fn plot_run(run_dir: &Path) -> Result<()> {
+    plot_run_with(run_dir, &PlotOptions::default())
+}
+
+pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
+    let info = scoring::read_info(run_dir)?;
+    let records = scoring::read_run_records(run_dir)?;
+    let ids = scoring::scorers(run_dir)?;
+    let mut sections = Vec::new();
+    let mut captions: HashMap<String, String> = HashMap::new();
+    let curves_dir = run_dir.join("curves");
+    if curves_dir.is_dir() {
+        std::fs::remove_dir_all(&curves_dir)
+            .with_context(|| format!("cannot clear {}", curves_dir.display()))?;
+    }
+    let caption_scorer = opts.caption_scorer.clone().or_else(|| ids.first().cloned());
+    for id in &ids {
+        let summary = scoring::summarize_scorer(run_dir, id)?;
+        let scorer = scoring::read_scorer_info(run_dir, id)?;
+        let scores = scoring::read_scores(&scoring::scorer_dir(run_dir, id).join("scores.csv"))?;
+        let curves =
+            curves::write_curves(run_dir, &info, &records, id, &scores, &scorer.targets)?;
+        if caption_scorer.as_deref() == Some(id.as_str()) {
+            let cols: Vec<(usize, &String)> = opts
+                .caption_metrics
+                .iter()
+                .filter_map(|m| Some((scores.metrics.iter().position(|x| x == m)?, m)))
+                .collect();
+            if !cols.is_empty() {
+                for (cell, values) in &scores.values {
+                    let text: Vec<String> = cols
+                        .iter()
+                        .filter(|(i, _)| !values[*i].is_nan())
+                        .map(|(i, m)| format!("{} {:.3}", short(m), values[*i]))
+                        .collect();
+                    captions.insert(cell.clone(), text.join(" "));
+                }
+            }
+        }
+        sections.push(html::ScorerSection {
+            notes: scoring::score_notes(&scorer),
+            info: scorer,
+            summary,
+            curves,
+        });
+    }
+    let grids_dir = run_dir.join("grids");
+    if grids_dir.is_dir() {
+        std::fs::remove_dir_all(&grids_dir)
+            .with_context(|| format!("cannot clear {}", grids_dir.display()))?;
+    }
+    let grids = grid::write_grids(run_dir, &info, &records, &captions, &opts.grid)?;
+    let toml = std::fs::read_to_string(run_dir.join("experiment.toml")).ok();
+    let page = html::index_html(&info, toml.as_deref(), &grids, &sections);
+    let path = run_dir.join("index.html");
+    std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+    log::info!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,6 +1,18 @@
 //! Results folders, manifest, records, resume and shards.
+//!
+//! A run folder `results/<experiment>/<run-id>/` holds `images/<cell-id>.png`, one
+//! `cells/<cell-id>.json` record per finished cell (written after its image, atomically: a
+//! cell is done iff its record says so), `inputs/NAME.png`, and the merged `records.csv`,
+//! `run.json`, `manifest.json`, `experiment.toml` and `log.txt`.
+pub mod fsio;
+pub mod ids;
 pub mod info;
+pub mod layout;
+pub mod png;
 pub mod records;
+pub mod runner;
+
+pub use runner::{Generator, RunChoice, RunOptions, Shard, Summary};
 
 /// Returned (as an error) when a run stops on SIGINT after finishing its writes.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
 //! `records.csv`: one row per image of a run.
+use crate::experiment::CellSpec;
 use crate::params::{AdapterKind, NegativeMode, NoImage, SchedulerKind};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -56,4 +57,51 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
         records.push(record);
     }
     Ok(records)
+}
+
+impl Record {
+    /// The row of a cell; `file` and `error` as the outcome gives them.
+    pub fn new(cell_id: &str, cell: &CellSpec, status: Status, file: &str, seconds: f64, error: &str) -> Record {
+        let pos = cell.positive_branch();
+        let neg = cell.negative_branch();
+        Record {
+            cell_id: cell_id.to_string(),
+            status,
+            file: file.to_string(),
+            seed: cell.seed,
+            prompt: cell.prompt.clone(),
+            negative_prompt: cell.negative_prompt.clone(),
+            negative: cell.negative_mode(),
+            positive_image: cell.positive_image.clone().unwrap_or_default(),
+            negative_image: cell.negative_image.clone().unwrap_or_default(),
+            adapter: cell.adapter,
+            weight: pos.weight,
+            start: pos.start,
+            end: pos.end,
+            neg_weight: neg.weight,
+            neg_start: neg.start,
+            neg_end: neg.end,
+            cfg: cell.cfg,
+            steps: cell.steps,
+            scheduler: cell.scheduler,
+            width: cell.width,
+            height: cell.height,
+            no_image: cell.no_image,
+            seconds,
+            error: error.to_string(),
+        }
+    }
+}
+
+/// Writes records.csv atomically.
+pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in records {
+        w.serialize(r)
+            .with_context(|| format!("cannot write a row of {}", path.display()))?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    super::fsio::atomic_write(path, &bytes)
 }

@@ -1,1 +1,46 @@
 //! Schedulers, guidance (branches, weights, windows) and batching.
+//!
+//! Schedulers follow diffusers' formulas and timestep spacing exactly (parity-tested against
+//! diffusers by `tests/parity_scheduler.rs`); they act row-wise, so one scheduler serves a
+//! whole batch of cells that share steps and scheduler kind.
+pub mod batch;
+pub mod ddim;
+pub mod dpmpp_2m;
+pub mod euler;
+pub mod guidance;
+pub mod scheduler;
+
+pub use scheduler::SchedulerConfig;
+
+use crate::params::SchedulerKind;
+use anyhow::Result;
+use tch::Tensor;
+
+/// One sampling run: a fixed list of timesteps, stepped in order `0..timesteps().len()`.
+pub trait Scheduler {
+    /// The UNet timestep of each step (integers for DDIM and DPM++, floats for Euler).
+    fn timesteps(&self) -> &[f64];
+    /// Standard deviation of the initial noise (the pipeline multiplies N(0,1) noise by it).
+    fn init_noise_sigma(&self) -> f64;
+    /// The UNet input for `x` at step `step_index`.
+    fn scale_model_input(&self, x: &Tensor, step_index: usize) -> Tensor;
+    /// The sample after step `step_index`, given the noise prediction `eps` for `x`.
+    /// Steps must be taken in order (multistep schedulers keep history).
+    fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor;
+}
+
+/// The scheduler `kind` for `steps` steps, configured like diffusers'
+/// `<Kind>Scheduler.from_config(cfg)`.
+pub fn make_scheduler(
+    kind: SchedulerKind,
+    cfg: &SchedulerConfig,
+    steps: usize,
+) -> Result<Box<dyn Scheduler>> {
+    cfg.validate()?;
+    Ok(match kind {
+        SchedulerKind::Ddim => Box::new(ddim::Ddim::new(cfg, steps)?),
+        SchedulerKind::Euler => Box::new(euler::Euler::new(cfg, steps)?),
+        SchedulerKind::DpmPp2m => Box::new(dpmpp_2m::DpmPp2m::new(cfg, steps, false)?),
+        SchedulerKind::DpmPp2mKarras => Box::new(dpmpp_2m::DpmPp2m::new(cfg, steps, true)?),
+    })
+}

@@ -1,0 +1,296 @@
+//! `negimg models fetch FILE` (download every model an experiment names, ahead of time) and
+//! `negimg models check FILE` (resolve them without downloading, print sizes and hashes, load
+//! every model on the CPU so that tensor names and shapes are checked against the configs).
+//!
+//! Only the `[models]` table of the experiment file is read here (with toml), so that a file
+//! whose grid or images are not ready yet can still have its models fetched.
+use super::Globals;
+use crate::models::clip_model::ClipModel;
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::clip_vision::ClipVisionModelWithProjection;
+use crate::models::ip_adapter::{AdapterFile, ImageProj};
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::weights::hub::{self, Component};
+use crate::weights::{ldm, load_var_store};
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, nn};
+
+#[derive(clap::Args, Debug)]
+pub struct FetchArgs {
+    /// Experiment file whose [models] to download into the Hugging Face cache.
+    pub experiment: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Experiment file whose [models] to check (nothing is downloaded).
+    pub experiment: PathBuf,
+    /// Skip the SHA-256 of each file (hashing reads every byte: ~5 GB for the defaults).
+    #[arg(long)]
+    pub no_hash: bool,
+    /// Skip loading the models (names and shapes are then not checked).
+    #[arg(long)]
+    pub no_load: bool,
+}
+
+/// One `[models]` entry.
+struct Entry {
+    role: &'static str,
+    reference: String,
+    component: Component,
+}
+
+#[derive(serde::Deserialize)]
+struct ModelsTable {
+    pipeline: String,
+    vae: Option<String>,
+    #[serde(default)]
+    ip_adapter: IpTable,
+    image_encoder: String,
+    scorer: Option<String>,
+    init_random: Option<InitRandom>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct IpTable {
+    base: Option<String>,
+    plus: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct InitRandom {
+    dir: String,
+}
+
+/// The models of an experiment file, and the folder its paths are relative to.
+fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read experiment file {}", path.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let table = doc
+        .get("models")
+        .with_context(|| format!("{}: no [models] table", path.display()))?
+        .clone();
+    let m: ModelsTable = table
+        .try_into()
+        .with_context(|| format!("{}: [models]", path.display()))?;
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut entries = vec![Entry {
+        role: "pipeline",
+        reference: m.pipeline,
+        component: Component::Pipeline,
+    }];
+    let mut push = |role, reference: Option<String>, component| {
+        if let Some(reference) = reference {
+            entries.push(Entry {
+                role,
+                reference,
+                component,
+            });
+        }
+    };
+    push("vae", m.vae, Component::ModelFolder);
+    push("ip_adapter.base", m.ip_adapter.base, Component::File);
+    push("ip_adapter.plus", m.ip_adapter.plus, Component::File);
+    push("image_encoder", Some(m.image_encoder), Component::ModelFolder);
+    push("scorer", m.scorer, Component::ModelFolder);
+    // Models that `init_random` creates on the first run are not fetched.
+    if let Some(init) = m.init_random {
+        let dir = base_dir.join(init.dir);
+        entries.retain(|e| {
+            let made = !e.reference.starts_with("hf:") && base_dir.join(&e.reference).starts_with(&dir);
+            if made {
+                println!("{:<16} {} (made by init_random)", e.role, e.reference);
+            }
+            !made
+        });
+    }
+    Ok((base_dir, entries))
+}
+
+pub fn fetch(args: FetchArgs, _g: &Globals) -> Result<()> {
+    let (base_dir, entries) = read_models(&args.experiment)?;
+    let mut failed = vec![];
+    for e in &entries {
+        match hub::resolve_as(&e.reference, &base_dir, e.component, true) {
+            Ok(path) => println!("{:<16} {} -> {}", e.role, e.reference, path.display()),
+            Err(err) => {
+                eprintln!("{:<16} {} FAILED", e.role, e.reference);
+                failed.push(format!("{}: {err:#}", e.role));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} models could not be fetched:\n{}",
+            failed.len(),
+            entries.len(),
+            failed.join("\n")
+        );
+    }
+    println!("all {} models are in place", entries.len());
+    Ok(())
+}
+
+pub fn check(args: CheckArgs, _g: &Globals) -> Result<()> {
+    let (base_dir, entries) = read_models(&args.experiment)?;
+    let mut failed = vec![];
+    let mut resolved = vec![];
+    for e in &entries {
+        match hub::resolve_as(&e.reference, &base_dir, e.component, false)
+            .and_then(|p| Ok((hub::component_files(&p, e.component)?, p)))
+        {
+            Ok((files, path)) => {
+                println!("{:<16} {} -> {}", e.role, e.reference, path.display());
+                print_files(&files, !args.no_hash)?;
+                resolved.push((e.role, path));
+            }
+            Err(err) => {
+                println!("{:<16} {} MISSING", e.role, e.reference);
+                failed.push(format!("{}: {err:#}", e.role));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} models are missing or incomplete:\n{}",
+            failed.len(),
+            entries.len(),
+            failed.join("\n")
+        );
+    }
+    if !args.no_load {
+        load_all(&resolved)?;
+        println!("every tensor is present with the shape its config gives");
+    }
+    Ok(())
+}
+
+fn print_files(files: &[PathBuf], hash: bool) -> Result<()> {
+    let rows: Vec<Result<(u64, String)>> = files
+        .par_iter()
+        .map(|f| {
+            let size = std::fs::metadata(f)
+                .with_context(|| format!("cannot read {}", f.display()))?
+                .len();
+            let digest = if hash { sha256(f)? } else { String::new() };
+            Ok((size, digest))
+        })
+        .collect();
+    for (file, row) in files.iter().zip(rows) {
+        let (size, digest) = row?;
+        println!("    {:>10}  {}  {}", human_size(size), digest, file.display());
+    }
+    Ok(())
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "KB", "MB", "GB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+/// Loads every model on the CPU as a run would: a missing tensor or a shape that does not
+/// fit the config is an error naming the file and the tensor.
+fn load_all(resolved: &[(&str, PathBuf)]) -> Result<()> {
+    let (device, kind) = (Device::Cpu, Kind::Float);
+    let mut unet = None;
+    for (role, path) in resolved {
+        let context = || format!("{role} {}", path.display());
+        match *role {
+            "pipeline" => {
+                unet = Some(load_pipeline(path, device, kind).with_context(context)?);
+            }
+            "vae" => {
+                AutoencoderKL::load(path, device, kind, false).with_context(context)?;
+            }
+            "image_encoder" => {
+                ClipVisionModelWithProjection::load(path, device, kind).with_context(context)?;
+            }
+            "scorer" => {
+                ClipModel::load(path, device, kind).with_context(context)?;
+            }
+            _ => {
+                let adapter = AdapterFile::open(path).with_context(context)?;
+                ImageProj::load(&adapter, device, kind).with_context(context)?;
+                if let Some(unet) = unet.as_mut() {
+                    UNet2DConditionModel::load_ip_adapter(unet, adapter.tensors())
+                        .with_context(context)?;
+                }
+            }
+        }
+        println!("{role:<16} loads");
+    }
+    Ok(())
+}
+
+/// The UNet (kept to check the adapters against), the VAE, the text encoder, the tokenizer.
+fn load_pipeline(path: &Path, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {
+    if ldm::is_single_file(path) {
+        let ckpt = ldm::open_single_file(path)?;
+        let cfg = UNet2DConditionConfig::sd15();
+        let ip = Some(IpLayout::for_config(&cfg));
+        let unet = UNet2DConditionModel::from_source(ckpt.unet()?.as_ref(), &cfg, device, kind, ip)?;
+        if ckpt.has_vae() {
+            AutoencoderKL::from_source(
+                ckpt.vae()?.as_ref(),
+                &AutoencoderKLConfig::sd15(),
+                device,
+                kind,
+                false,
+            )?;
+        }
+        let mut vs = nn::VarStore::new(device);
+        let _text = ClipTextModel::new(vs.root() / "text_model", &ClipTextConfig::sd15());
+        vs.set_kind(kind);
+        load_var_store(&vs, ckpt.text_encoder()?.as_ref(), |n| Some(n.to_string()))?;
+        return Ok(unet);
+    }
+    let cfg = UNet2DConditionConfig::from_json_file(&path.join("unet/config.json"))?;
+    let unet = UNet2DConditionModel::load(
+        &path.join("unet"),
+        device,
+        kind,
+        Some(IpLayout::for_config(&cfg)),
+    )?;
+    AutoencoderKL::load(&path.join("vae"), device, kind, false)?;
+    ClipTextModel::load(&path.join("text_encoder"), device, kind)?;
+    ClipTokenizer::from_folder(&path.join("tokenizer"))?;
+    Ok(unet)
+}

@@ -1,0 +1,201 @@
+//! One grid cell: the parameters of one image, with input images by their `[images.NAME]`.
+use super::values::{Param, Value};
+use crate::params::{AdapterKind, BranchWeight, GenParams, NegativeMode, NoImage, SchedulerKind};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CellSpec {
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// `None`: follows what the cell has (text if a negative prompt, image if a negative image).
+    pub negative: Option<NegativeMode>,
+    pub positive_image: Option<String>,
+    pub negative_image: Option<String>,
+    pub adapter: AdapterKind,
+    pub weight: f64,
+    pub start: f64,
+    pub end: f64,
+    /// `None`: the uncond branch takes the positive weight/window, as in the official
+    /// IP-Adapter where one scale multiplies both branches.
+    pub neg_weight: Option<f64>,
+    pub neg_start: Option<f64>,
+    pub neg_end: Option<f64>,
+    pub cfg: f64,
+    pub steps: usize,
+    pub scheduler: SchedulerKind,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub no_image: NoImage,
+}
+
+impl Default for CellSpec {
+    /// The seed demo's set-up: DDIM 25 steps, CFG 7.5, 512x512, weight 1 over the whole run.
+    fn default() -> Self {
+        let p = GenParams::new(0);
+        CellSpec {
+            prompt: p.prompt,
+            negative_prompt: p.negative_prompt,
+            negative: None,
+            positive_image: None,
+            negative_image: None,
+            adapter: p.adapter,
+            weight: p.positive.weight,
+            start: p.positive.start,
+            end: p.positive.end,
+            neg_weight: None,
+            neg_start: None,
+            neg_end: None,
+            cfg: p.cfg,
+            steps: p.steps,
+            scheduler: p.scheduler,
+            seed: 0,
+            width: p.width,
+            height: p.height,
+            no_image: p.no_image,
+        }
+    }
+}
+
+impl CellSpec {
+    pub fn set(&mut self, param: Param, value: &Value) {
+        match (param, value) {
+            (Param::Prompt, Value::Text(s)) => self.prompt = s.clone(),
+            (Param::NegativePrompt, Value::Text(s)) => self.negative_prompt = s.clone(),
+            (Param::Negative, Value::Negative(m)) => self.negative = Some(*m),
+            (Param::PositiveImage, Value::Image(i)) => self.positive_image = i.clone(),
+            (Param::NegativeImage, Value::Image(i)) => self.negative_image = i.clone(),
+            (Param::Adapter, Value::Adapter(a)) => self.adapter = *a,
+            (Param::Weight, Value::Num(x)) => self.weight = *x,
+            (Param::Start, Value::Num(x)) => self.start = *x,
+            (Param::End, Value::Num(x)) => self.end = *x,
+            (Param::NegWeight, Value::Num(x)) => self.neg_weight = Some(*x),
+            (Param::NegStart, Value::Num(x)) => self.neg_start = Some(*x),
+            (Param::NegEnd, Value::Num(x)) => self.neg_end = Some(*x),
+            (Param::Cfg, Value::Num(x)) => self.cfg = *x,
+            (Param::Steps, Value::Int(n)) => self.steps = *n as usize,
+            (Param::Scheduler, Value::Scheduler(s)) => self.scheduler = *s,
+            (Param::Seed, Value::Int(n)) => self.seed = *n,
+            (Param::NoImage, Value::NoImage(n)) => self.no_image = *n,
+            (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
+        }
+    }
+
+    /// The negative mode in effect.
+    pub fn negative_mode(&self) -> NegativeMode {
+        self.negative.unwrap_or(
+            match (
+                !self.negative_prompt.is_empty(),
+                self.negative_image.is_some(),
+            ) {
+                (false, false) => NegativeMode::None,
+                (true, false) => NegativeMode::Text,
+                (false, true) => NegativeMode::Image,
+                (true, true) => NegativeMode::Both,
+            },
+        )
+    }
+
+    pub fn positive_branch(&self) -> BranchWeight {
+        BranchWeight {
+            weight: self.weight,
+            start: self.start,
+            end: self.end,
+        }
+    }
+
+    pub fn negative_branch(&self) -> BranchWeight {
+        BranchWeight {
+            weight: self.neg_weight.unwrap_or(self.weight),
+            start: self.neg_start.unwrap_or(self.start),
+            end: self.neg_end.unwrap_or(self.end),
+        }
+    }
+
+    /// The value of `param` in effect in this cell, as records.csv shows it.
+    pub fn get(&self, param: Param) -> Value {
+        let neg = self.negative_branch();
+        match param {
+            Param::Prompt => Value::Text(self.prompt.clone()),
+            Param::NegativePrompt => Value::Text(self.negative_prompt.clone()),
+            Param::Negative => Value::Negative(self.negative_mode()),
+            Param::PositiveImage => Value::Image(self.positive_image.clone()),
+            Param::NegativeImage => Value::Image(self.negative_image.clone()),
+            Param::Adapter => Value::Adapter(self.adapter),
+            Param::Weight => Value::Num(self.weight),
+            Param::Start => Value::Num(self.start),
+            Param::End => Value::Num(self.end),
+            Param::NegWeight => Value::Num(neg.weight),
+            Param::NegStart => Value::Num(neg.start),
+            Param::NegEnd => Value::Num(neg.end),
+            Param::Cfg => Value::Num(self.cfg),
+            Param::Steps => Value::Int(self.steps as u64),
+            Param::Scheduler => Value::Scheduler(self.scheduler),
+            Param::Seed => Value::Int(self.seed),
+            Param::NoImage => Value::NoImage(self.no_image),
+        }
+    }
+
+    /// The pipeline's parameters, with each `[images.NAME]` replaced by `image_path(NAME)`.
+    pub fn params(&self, image_path: &dyn Fn(&str) -> PathBuf) -> GenParams {
+        GenParams {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            negative: self.negative_mode(),
+            positive_image: self.positive_image.as_deref().map(image_path),
+            negative_image: self.negative_image.as_deref().map(image_path),
+            adapter: self.adapter,
+            positive: self.positive_branch(),
+            negative_branch: self.negative_branch(),
+            cfg: self.cfg,
+            steps: self.steps,
+            scheduler: self.scheduler,
+            seed: self.seed,
+            width: self.width,
+            height: self.height,
+            no_image: self.no_image,
+        }
+    }
+
+    /// `weight=0.5 negative=image seed=3`: the values of `params` in this cell.
+    pub fn describe(&self, params: &[Param]) -> String {
+        params
+            .iter()
+            .map(|&p| format!("{p}={}", self.get(p)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_mode_follows_what_the_cell_has_unless_set() {
+        let mut c = CellSpec::default();
+        assert_eq!(c.negative_mode(), NegativeMode::None);
+        c.negative_image = Some("lawn".into());
+        assert_eq!(c.negative_mode(), NegativeMode::Image);
+        c.negative_prompt = "grass".into();
+        assert_eq!(c.negative_mode(), NegativeMode::Both);
+        c.negative = Some(NegativeMode::Text);
+        assert_eq!(c.negative_mode(), NegativeMode::Text);
+    }
+
+    #[test]
+    fn uncond_branch_takes_the_positive_weight_and_window_unless_set() {
+        let mut c = CellSpec {
+            weight: 0.6,
+            start: 0.2,
+            ..CellSpec::default()
+        };
+        assert_eq!(c.negative_branch(), c.positive_branch());
+        c.neg_weight = Some(0.3);
+        let n = c.negative_branch();
+        assert_eq!((n.weight, n.start, n.end), (0.3, 0.2, 1.0));
+        let p = c.params(&|name| PathBuf::from(format!("inputs/{name}.png")));
+        assert_eq!(p.negative_branch.weight, 0.3);
+        assert_eq!(p.positive.weight, 0.6);
+    }
+}

@@ -1,0 +1,479 @@
+//! Generation parameters as experiment files name them, and their values: single values in
+//! `[defaults]`, lists and A1111-style ranges (`1-5 (+2)`, `1-10 [5]`) on `[grid]` axes.
+use super::source::Source;
+use crate::params::{AdapterKind, NegativeMode, NoImage, SchedulerKind};
+use anyhow::Result;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::ops::Range;
+use toml::Spanned;
+use toml::de::DeValue;
+
+/// Most values one range may expand to (a bigger grid is refused by the cell count anyway).
+pub const MAX_AXIS_VALUES: usize = 1_000_000;
+
+/// A parameter that `[defaults]` sets and `[grid]` varies; names are `Record` field names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Param {
+    Prompt,
+    NegativePrompt,
+    Negative,
+    PositiveImage,
+    NegativeImage,
+    Adapter,
+    Weight,
+    Start,
+    End,
+    NegWeight,
+    NegStart,
+    NegEnd,
+    Cfg,
+    Steps,
+    Scheduler,
+    Seed,
+    NoImage,
+}
+
+impl Param {
+    pub const ALL: [Param; 17] = [
+        Param::Prompt,
+        Param::NegativePrompt,
+        Param::Negative,
+        Param::PositiveImage,
+        Param::NegativeImage,
+        Param::Adapter,
+        Param::Weight,
+        Param::Start,
+        Param::End,
+        Param::NegWeight,
+        Param::NegStart,
+        Param::NegEnd,
+        Param::Cfg,
+        Param::Steps,
+        Param::Scheduler,
+        Param::Seed,
+        Param::NoImage,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Param::Prompt => "prompt",
+            Param::NegativePrompt => "negative_prompt",
+            Param::Negative => "negative",
+            Param::PositiveImage => "positive_image",
+            Param::NegativeImage => "negative_image",
+            Param::Adapter => "adapter",
+            Param::Weight => "weight",
+            Param::Start => "start",
+            Param::End => "end",
+            Param::NegWeight => "neg_weight",
+            Param::NegStart => "neg_start",
+            Param::NegEnd => "neg_end",
+            Param::Cfg => "cfg",
+            Param::Steps => "steps",
+            Param::Scheduler => "scheduler",
+            Param::Seed => "seed",
+            Param::NoImage => "no_image",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Param> {
+        Param::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Numeric parameters accept ranges; the others take lists only.
+    fn numeric(self) -> Option<NumKind> {
+        Some(match self {
+            Param::Weight | Param::NegWeight => NumKind::Float { min: 0.0, max: 10.0 },
+            Param::Start | Param::End | Param::NegStart | Param::NegEnd => {
+                NumKind::Float { min: 0.0, max: 1.0 }
+            }
+            Param::Cfg => NumKind::Float {
+                min: 0.0,
+                max: 100.0,
+            },
+            Param::Steps => NumKind::Int { min: 1, max: 1000 },
+            Param::Seed => NumKind::Int {
+                min: 0,
+                max: i64::MAX as u64,
+            },
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum NumKind {
+    Float { min: f64, max: f64 },
+    Int { min: u64, max: u64 },
+}
+
+/// One value of a parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Num(f64),
+    Int(u64),
+    Text(String),
+    Negative(NegativeMode),
+    Adapter(AdapterKind),
+    Scheduler(SchedulerKind),
+    NoImage(NoImage),
+    /// An `[images.NAME]` reference; `None` is no image.
+    Image(Option<String>),
+}
+
+impl fmt::Display for Value {
+    /// As records.csv writes the value (floats keep a decimal point, as the csv crate writes them).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Num(x) => write!(f, "{x:?}"),
+            Value::Int(x) => write!(f, "{x}"),
+            Value::Text(s) => f.write_str(s),
+            Value::Negative(v) => write!(f, "{v}"),
+            Value::Adapter(v) => write!(f, "{v}"),
+            Value::Scheduler(v) => write!(f, "{v}"),
+            Value::NoImage(v) => write!(f, "{v}"),
+            Value::Image(v) => f.write_str(v.as_deref().unwrap_or("")),
+        }
+    }
+}
+
+/// Reads one value of `param` (a `[defaults]` entry).
+pub fn single(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Result<Value> {
+    let span = v.span();
+    match (param.numeric(), v.get_ref()) {
+        (Some(kind), DeValue::Integer(_) | DeValue::Float(_)) => {
+            let x = number(src, key, v)?;
+            check_number(src, key, span, kind, x)
+        }
+        (Some(_), other) => Err(src.error(
+            span,
+            key,
+            format!("expected a number, found {}", other.type_str()),
+        )),
+        (None, DeValue::String(s)) => word(src, key, span, param, s),
+        (None, other) => Err(src.error(
+            span,
+            key,
+            format!("expected a string, found {}", other.type_str()),
+        )),
+    }
+}
+
+/// Reads the values of a `[grid]` axis: a list, a single value, or (numbers) a string of
+/// comma-separated numbers and ranges: `0-1 (+0.25)` (step), `1-10 [5]` (count), `5-1 (-2)`.
+/// Text prompts are never split on commas.
+pub fn list(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Result<Vec<Value>> {
+    let span = v.span();
+    let mut out = Vec::new();
+    match v.get_ref() {
+        DeValue::Array(items) => {
+            for item in items.iter() {
+                match (param.numeric(), item.get_ref()) {
+                    (Some(kind), DeValue::String(s)) => {
+                        expand_numbers(src, key, item.span(), kind, s, &mut out)?
+                    }
+                    _ => out.push(single(src, key, param, item)?),
+                }
+            }
+        }
+        DeValue::String(s) => match param.numeric() {
+            Some(kind) => expand_numbers(src, key, span.clone(), kind, s, &mut out)?,
+            None if matches!(param, Param::Prompt | Param::NegativePrompt) => {
+                out.push(Value::Text(s.to_string()))
+            }
+            None => {
+                for part in s.split(',') {
+                    out.push(word(src, key, span.clone(), param, part.trim())?);
+                }
+            }
+        },
+        DeValue::Table(_) | DeValue::Boolean(_) | DeValue::Datetime(_) => {
+            return Err(src.error(
+                span,
+                key,
+                format!(
+                    "expected a list of values, found {}",
+                    v.get_ref().type_str()
+                ),
+            ));
+        }
+        _ => out.push(single(src, key, param, v)?),
+    }
+    if out.is_empty() {
+        return Err(src.error(span, key, "an axis needs at least one value"));
+    }
+    Ok(out)
+}
+
+/// An axis must not repeat a value (two cells would be the same image).
+pub fn unique(src: &Source, key: &str, span: Range<usize>, values: &[Value]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for a in values {
+        if !seen.insert(format!("{a:?}")) {
+            return Err(src.error(
+                span,
+                key,
+                format!("value `{a}` appears twice; every cell must differ"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn number(src: &Source, key: &str, v: &Spanned<DeValue>) -> Result<f64> {
+    let parsed = match v.get_ref() {
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            .ok()
+            .map(|x| x as f64),
+        DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+        other => {
+            return Err(src.error(
+                v.span(),
+                key,
+                format!("expected a number, found {}", other.type_str()),
+            ));
+        }
+    };
+    parsed.ok_or_else(|| src.error(v.span(), key, "cannot read this number"))
+}
+
+/// An integer (`steps`, `seed`, counts) in `min..=max`.
+pub fn integer(src: &Source, key: &str, v: &Spanned<DeValue>, min: u64, max: u64) -> Result<u64> {
+    let x = number(src, key, v)?;
+    match check_number(src, key, v.span(), NumKind::Int { min, max }, x)? {
+        Value::Int(n) => Ok(n),
+        _ => unreachable!("NumKind::Int checks to Value::Int"),
+    }
+}
+
+fn check_number(
+    src: &Source,
+    key: &str,
+    span: Range<usize>,
+    kind: NumKind,
+    x: f64,
+) -> Result<Value> {
+    if !x.is_finite() {
+        return Err(src.error(span, key, format!("{x} is not a finite number")));
+    }
+    match kind {
+        NumKind::Float { min, max } => {
+            if x < min || x > max {
+                return Err(src.error(
+                    span,
+                    key,
+                    format!("{x} is out of range: it must be between {min} and {max}"),
+                ));
+            }
+            Ok(Value::Num(x))
+        }
+        NumKind::Int { min, max } => {
+            if x.fract() != 0.0 {
+                return Err(src.error(span, key, format!("{x} is not a whole number")));
+            }
+            if x < min as f64 || x > max as f64 {
+                return Err(src.error(
+                    span,
+                    key,
+                    format!("{x} is out of range: it must be between {min} and {max}"),
+                ));
+            }
+            Ok(Value::Int(x as u64))
+        }
+    }
+}
+
+fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> Result<Value> {
+    fn parse<T: DeserializeOwned>(
+        src: &Source,
+        key: &str,
+        span: Range<usize>,
+        s: &str,
+        choices: &str,
+    ) -> Result<T> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+            src.error(
+                span,
+                key,
+                format!("{s:?} is not one of {choices}"),
+            )
+        })
+    }
+    Ok(match param {
+        Param::Prompt | Param::NegativePrompt => Value::Text(s.to_string()),
+        Param::Negative => Value::Negative(parse(src, key, span, s, "none, text, image, both")?),
+        Param::Adapter => Value::Adapter(parse(src, key, span, s, "base, plus")?),
+        Param::Scheduler => Value::Scheduler(parse(
+            src,
+            key,
+            span,
+            s,
+            "ddim, euler, dpmpp_2m, dpmpp_2m_karras",
+        )?),
+        Param::NoImage => Value::NoImage(parse(src, key, span, s, "reference, black")?),
+        Param::PositiveImage | Param::NegativeImage => {
+            Value::Image((!(s.is_empty() || s == "none")).then(|| s.to_string()))
+        }
+        _ => {
+            return Err(src.error(span, key, format!("expected a number, found {s:?}")));
+        }
+    })
+}
+
+/// Expands `1, 2.5, 3-9 (+3), 0-1 [5]` into numbers checked against `kind`.
+fn expand_numbers(
+    src: &Source,
+    key: &str,
+    span: Range<usize>,
+    kind: NumKind,
+    text: &str,
+    out: &mut Vec<Value>,
+) -> Result<()> {
+    for item in text.split(',') {
+        let values = parse_range(item).map_err(|e| src.error(span.clone(), key, e))?;
+        if out.len() + values.len() > MAX_AXIS_VALUES {
+            return Err(src.error(
+                span,
+                key,
+                format!("more than {MAX_AXIS_VALUES} values"),
+            ));
+        }
+        for x in values {
+            out.push(check_number(src, key, span.clone(), kind, x)?);
+        }
+    }
+    Ok(())
+}
+
+/// One item of a numeric axis string: a number, `A-B` (step 1), `A-B (+S)`, `A-B (-S)` or
+/// `A-B [N]` (N values evenly spaced, ends included).
+pub fn parse_range(item: &str) -> std::result::Result<Vec<f64>, String> {
+    let item = item.trim();
+    if item.is_empty() {
+        return Err("empty value (a stray comma?)".into());
+    }
+    let (body, suffix) = match item.find(['(', '[']) {
+        Some(i) => (item[..i].trim(), Some(item[i..].trim())),
+        None => (item, None),
+    };
+    let num = |s: &str| -> std::result::Result<f64, String> {
+        let s = s.trim();
+        s.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| format!("{s:?} is not a number (in {item:?})"))
+    };
+    // The '-' between the ends: not a leading sign, not an exponent's sign.
+    let bytes = body.as_bytes();
+    let dash = (1..bytes.len())
+        .find(|&i| bytes[i] == b'-' && !matches!(bytes[i - 1], b'e' | b'E' | b'-'));
+    let Some(dash) = dash else {
+        if suffix.is_some() {
+            return Err(format!(
+                "{item:?}: a step or count needs a range like 1-5 (+2) or 1-10 [5]"
+            ));
+        }
+        return Ok(vec![num(body)?]);
+    };
+    let (a, b) = (num(&body[..dash])?, num(&body[dash + 1..])?);
+    let too_many = || format!("{item:?} has more than {MAX_AXIS_VALUES} values");
+    let values = match suffix {
+        Some(s) if s.starts_with('[') && s.ends_with(']') => {
+            let n: usize = s[1..s.len() - 1]
+                .trim()
+                .parse()
+                .map_err(|_| format!("{item:?}: the count in [..] must be a whole number"))?;
+            if n == 0 {
+                return Err(format!("{item:?}: the count must be at least 1"));
+            }
+            if n > MAX_AXIS_VALUES {
+                return Err(too_many());
+            }
+            if n == 1 {
+                vec![a]
+            } else {
+                (0..n)
+                    .map(|i| round(a + (b - a) * i as f64 / (n - 1) as f64))
+                    .collect()
+            }
+        }
+        Some(s) if s.starts_with('(') && s.ends_with(')') => {
+            let step = num(&s[1..s.len() - 1])?;
+            stepped(item, a, b, step)?
+        }
+        Some(s) => return Err(format!("{item:?}: cannot read {s:?}; write (+STEP) or [COUNT]")),
+        None => stepped(item, a, b, if b >= a { 1.0 } else { -1.0 })?,
+    };
+    Ok(values)
+}
+
+fn stepped(item: &str, a: f64, b: f64, step: f64) -> std::result::Result<Vec<f64>, String> {
+    if step == 0.0 {
+        return Err(format!("{item:?}: the step must not be zero"));
+    }
+    if (b - a) * step < 0.0 {
+        return Err(format!(
+            "{item:?}: the step {step} goes away from the end {b}; write a positive step \
+             for an increasing range and a negative one for a decreasing range"
+        ));
+    }
+    let n = ((b - a) / step + 1e-9).floor() + 1.0;
+    if n > MAX_AXIS_VALUES as f64 {
+        return Err(format!("{item:?} has more than {MAX_AXIS_VALUES} values"));
+    }
+    Ok((0..n as usize).map(|i| round(a + step * i as f64)).collect())
+}
+
+/// Removes float noise (0.1 * 3 = 0.30000000000000004) from range values.
+fn round(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a1111_ranges_expand_with_steps_and_counts() {
+        assert_eq!(parse_range("1-5 (+2)").unwrap(), vec![1.0, 3.0, 5.0]);
+        assert_eq!(parse_range("1-5").unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(parse_range("5-1 (-2)").unwrap(), vec![5.0, 3.0, 1.0]);
+        assert_eq!(
+            parse_range("1-10 [5]").unwrap(),
+            vec![1.0, 3.25, 5.5, 7.75, 10.0]
+        );
+        assert_eq!(
+            parse_range("0-1 (+0.1)").unwrap().len(),
+            11,
+            "float steps include the end"
+        );
+        assert_eq!(parse_range("0-0.3 (+0.1)").unwrap()[3], 0.3);
+        assert_eq!(parse_range(" 2.5 ").unwrap(), vec![2.5]);
+        assert_eq!(parse_range("1e-1").unwrap(), vec![0.1]);
+    }
+
+    #[test]
+    fn bad_ranges_are_refused_with_a_reason() {
+        for (bad, why) in [
+            ("1-5 (+0)", "zero"),
+            ("1-5 (-1)", "goes away"),
+            ("5-1 (+1)", "goes away"),
+            ("1-5 [0]", "at least 1"),
+            ("1-5 [x]", "whole number"),
+            ("a-5", "not a number"),
+            ("", "empty"),
+            ("3 (+1)", "needs a range"),
+            ("0-1e9 (+0.0001)", "more than"),
+        ] {
+            let err = parse_range(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+}

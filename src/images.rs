@@ -1,0 +1,86 @@
+//! Reading input images (prompt images, images to score) as 8-bit RGB.
+//!
+//! Rules, the same for the pipeline and the scorer:
+//! - PNG and JPEG, recognised from the content (not the extension).
+//! - The size is checked from the header before pixels are allocated: at most
+//!   [`MAX_SIDE`] pixels a side and [`MAX_ALLOC`] bytes decoded; a larger image is refused.
+//! - Any size down to 1x1 is accepted: the CLIP preprocessing resizes every image to 224
+//!   (shortest side) anyway, so a tiny image is blurry but valid.
+//! - EXIF orientation is applied, so the picture is upright as viewers show it.
+//! - Grayscale becomes gray RGB; 16-bit channels are rounded to 8 bits; CMYK JPEGs are
+//!   converted to RGB by the decoder.
+//! - Transparency is composited onto white (as browsers show a transparent PNG on a white
+//!   page): `rgb = alpha * rgb + (1 - alpha) * 255`.
+//!
+//! Every error names the file.
+use anyhow::{Context, Result, bail};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use std::path::Path;
+
+/// Largest accepted width or height.
+pub const MAX_SIDE: u32 = 16384;
+/// Largest decoded size in bytes (a 16384x16384 RGB image is 768 MiB).
+pub const MAX_ALLOC: u64 = 1 << 30;
+
+/// Loads `path` as an upright 8-bit RGB image (see the module docs for the rules).
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let what = || format!("image {}", path.display());
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", what()))?
+        .len();
+    if len == 0 {
+        bail!("{}: the file is empty", what());
+    }
+    // The content decides the format, never the extension.
+    let mut head = [0u8; 16];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .with_context(|| format!("cannot read {}", what()))?;
+    let format = image::guess_format(&head[..n])
+        .map_err(|_| anyhow::anyhow!("{}: not a PNG or JPEG file (unrecognised content)", what()))?;
+    let mut reader = ImageReader::open(path).with_context(|| format!("cannot open {}", what()))?;
+    reader.set_format(format);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| describe(e, &what()))?;
+    let orientation = decoder
+        .orientation()
+        .map_err(|e| describe(e, &what()))?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| describe(e, &what()))?;
+    image.apply_orientation(orientation);
+    Ok(to_rgb_on_white(&image))
+}
+
+fn describe(e: image::ImageError, what: &str) -> anyhow::Error {
+    match e {
+        image::ImageError::Limits(l) => anyhow::anyhow!(
+            "{what}: too large to load ({l}); the limit is {MAX_SIDE}x{MAX_SIDE} pixels \
+             (images are resized to 224 or 512 pixels anyway: shrink it first)"
+        ),
+        image::ImageError::Unsupported(u) => anyhow::anyhow!("{what}: unsupported ({u})"),
+        other => anyhow::anyhow!(
+            "{what}: cannot decode ({other}); the file may be truncated or corrupt"
+        ),
+    }
+}
+
+/// 8-bit RGB, transparency composited onto white.
+fn to_rgb_on_white(image: &DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.to_rgb8();
+    }
+    // 16-bit precision for the blend, so 16-bit RGBA is not rounded twice.
+    let rgba = image.to_rgba16();
+    let mut out = RgbImage::new(rgba.width(), rgba.height());
+    for (dst, src) in out.pixels_mut().zip(rgba.pixels()) {
+        let alpha = u32::from(src[3]);
+        for c in 0..3 {
+            let blended = (u32::from(src[c]) * alpha + 65535 * (65535 - alpha)) / 65535;
+            dst[c] = ((blended * 255 + 32767) / 65535) as u8;
+        }
+    }
+    out
+}

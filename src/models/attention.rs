@@ -1,0 +1,284 @@
+//! Attention layers: the UNet's transformer blocks, whose cross-attention (`attn2`) can
+//! carry the decoupled IP-Adapter branch, and the VAE's single-head spatial self-attention.
+use crate::models::resnet::{conv2d, group_norm};
+use tch::{Tensor, nn, nn::Module};
+
+/// The image-prompt side of one UNet call: IP-Adapter tokens [B, T, cross_dim] and the
+/// weight of the image attention for each batch row, already shaped [B, 1, 1] in the
+/// model's kind.
+pub struct IpContext<'a> {
+    pub tokens: &'a Tensor,
+    pub scale: Tensor,
+}
+
+/// What the cross-attention layers attend to.
+pub struct CrossAttnContext<'a> {
+    /// Text encoder states [B, 77, cross_dim].
+    pub text: &'a Tensor,
+    pub ip: Option<IpContext<'a>>,
+}
+
+/// `to_k_ip` / `to_v_ip` weights [hidden, cross_dim] of one cross-attention layer; created
+/// as zeros (no effect) until an adapter is loaded into them.
+#[derive(Debug)]
+pub struct IpWeights {
+    pub to_k_ip: Tensor,
+    pub to_v_ip: Tensor,
+}
+
+impl IpWeights {
+    /// Variables under `attn2.processor.to_{k,v}_ip.0.weight`, where diffusers keeps them
+    /// once an adapter is loaded.
+    fn new(vs: nn::Path, hidden: i64, cross_dim: i64) -> Self {
+        let p = vs / "processor";
+        let zeros = nn::Init::Const(0.0);
+        IpWeights {
+            to_k_ip: (&p / "to_k_ip" / 0).var("weight", &[hidden, cross_dim], zeros),
+            to_v_ip: (&p / "to_v_ip" / 0).var("weight", &[hidden, cross_dim], zeros),
+        }
+    }
+}
+
+fn linear(vs: nn::Path, din: i64, dout: i64, bias: bool) -> nn::Linear {
+    let cfg = nn::LinearConfig {
+        bias,
+        ..Default::default()
+    };
+    nn::linear(vs, din, dout, cfg)
+}
+
+/// Multi-head attention with fused SDPA (scale 1/sqrt(head_dim), as diffusers'
+/// `AttnProcessor2_0` / `IPAdapterAttnProcessor2_0`).
+#[derive(Debug)]
+pub struct Attention {
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    heads: i64,
+    ip: Option<IpWeights>,
+}
+
+impl Attention {
+    /// `cross_dim` is `None` for self-attention; `ip` adds the IP-Adapter branch.
+    pub fn new(
+        vs: nn::Path,
+        dim: i64,
+        cross_dim: Option<i64>,
+        heads: i64,
+        qkv_bias: bool,
+        ip: bool,
+    ) -> Self {
+        let kv_dim = cross_dim.unwrap_or(dim);
+        Attention {
+            to_q: linear(&vs / "to_q", dim, dim, qkv_bias),
+            to_k: linear(&vs / "to_k", kv_dim, dim, qkv_bias),
+            to_v: linear(&vs / "to_v", kv_dim, dim, qkv_bias),
+            to_out: linear(&vs / "to_out" / 0, dim, dim, true),
+            heads,
+            ip: ip.then(|| IpWeights::new(vs, dim, kv_dim)),
+        }
+    }
+
+    pub fn ip_weights(&self) -> Option<&IpWeights> {
+        self.ip.as_ref()
+    }
+
+    /// [B, N, C] -> [B, heads, N, C / heads]
+    fn split_heads(&self, xs: &Tensor) -> Tensor {
+        let b = xs.size()[0];
+        let d = xs.size()[2] / self.heads;
+        xs.view([b, -1, self.heads, d]).transpose(1, 2)
+    }
+
+    /// [B, heads, N, d] -> [B, N, heads * d]
+    fn merge_heads(xs: &Tensor) -> Tensor {
+        let (b, h, _, d) = xs.size4().expect("attention output is [B,heads,N,d]");
+        xs.transpose(1, 2).reshape([b, -1, h * d])
+    }
+
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let (k, v) = (self.split_heads(k), self.split_heads(v));
+        let out = Tensor::scaled_dot_product_attention(q, &k, &v, None::<&Tensor>, 0.0, false, None, false);
+        Self::merge_heads(&out)
+    }
+
+    /// `xs` [B, N, dim]; `context` [B, M, cross_dim] for cross-attention, `None` for
+    /// self-attention. With `ip`, the output is
+    /// `to_out(Attn(q, k(ctx), v(ctx)) + scale[b] * Attn(q, to_k_ip(img), to_v_ip(img)))`.
+    pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>, ip: Option<&IpContext>) -> Tensor {
+        let ctx = context.unwrap_or(xs);
+        let q = self.split_heads(&self.to_q.forward(xs));
+        let mut out = self.attend(&q, &self.to_k.forward(ctx), &self.to_v.forward(ctx));
+        if let (Some(w), Some(ip)) = (&self.ip, ip) {
+            let k = ip.tokens.linear(&w.to_k_ip, None::<&Tensor>);
+            let v = ip.tokens.linear(&w.to_v_ip, None::<&Tensor>);
+            out += self.attend(&q, &k, &v) * &ip.scale;
+        }
+        self.to_out.forward(&out)
+    }
+}
+
+/// GEGLU feed-forward: `net.2(a * gelu(g))` with `[a, g] = net.0.proj(x)`.
+#[derive(Debug)]
+struct FeedForward {
+    proj: nn::Linear,
+    out: nn::Linear,
+}
+
+impl FeedForward {
+    fn new(vs: nn::Path, dim: i64) -> Self {
+        let inner = 4 * dim;
+        FeedForward {
+            proj: linear(&vs / "net" / 0 / "proj", dim, 2 * inner, true),
+            out: linear(&vs / "net" / 2, inner, dim, true),
+        }
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let h = self.proj.forward(xs).chunk(2, -1);
+        self.out.forward(&(&h[0] * h[1].gelu("none")))
+    }
+}
+
+fn layer_norm(vs: nn::Path, dim: i64) -> nn::LayerNorm {
+    nn::layer_norm(vs, vec![dim], Default::default())
+}
+
+/// Self-attention, cross-attention, feed-forward; pre-LayerNorm (eps 1e-5), residual each.
+#[derive(Debug)]
+pub struct BasicTransformerBlock {
+    norm1: nn::LayerNorm,
+    attn1: Attention,
+    norm2: nn::LayerNorm,
+    attn2: Attention,
+    norm3: nn::LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    pub fn new(vs: nn::Path, dim: i64, heads: i64, cross_dim: i64, ip: bool) -> Self {
+        BasicTransformerBlock {
+            norm1: layer_norm(&vs / "norm1", dim),
+            attn1: Attention::new(&vs / "attn1", dim, None, heads, false, false),
+            norm2: layer_norm(&vs / "norm2", dim),
+            attn2: Attention::new(&vs / "attn2", dim, Some(cross_dim), heads, false, ip),
+            norm3: layer_norm(&vs / "norm3", dim),
+            ff: FeedForward::new(&vs / "ff", dim),
+        }
+    }
+
+    pub fn cross_attention(&self) -> &Attention {
+        &self.attn2
+    }
+
+    pub fn forward(&self, xs: &Tensor, ctx: &CrossAttnContext) -> Tensor {
+        let xs = self.attn1.forward(&self.norm1.forward(xs), None, None) + xs;
+        let xs = self.attn2.forward(&self.norm2.forward(&xs), Some(ctx.text), ctx.ip.as_ref()) + xs;
+        self.ff.forward(&self.norm3.forward(&xs)) + xs
+    }
+}
+
+/// `proj_in` is a 1x1 convolution (SD1.x) or a linear layer (`use_linear_projection`).
+#[derive(Debug)]
+enum Projection {
+    Conv(nn::Conv2D),
+    Linear(nn::Linear),
+}
+
+/// diffusers `Transformer2DModel` on continuous inputs: GroupNorm (eps 1e-6), proj_in,
+/// transformer blocks over the H*W tokens, proj_out, plus the input.
+#[derive(Debug)]
+pub struct Transformer2DModel {
+    norm: nn::GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+/// Shape of one `Transformer2DModel`.
+#[derive(Clone, Copy, Debug)]
+pub struct TransformerConfig {
+    pub channels: i64,
+    pub heads: i64,
+    pub layers: i64,
+    pub cross_dim: i64,
+    pub groups: i64,
+    pub linear_projection: bool,
+    pub ip: bool,
+}
+
+impl Transformer2DModel {
+    pub fn new(vs: nn::Path, c: TransformerConfig) -> Self {
+        let proj = |name: &str| {
+            if c.linear_projection {
+                Projection::Linear(linear(&vs / name, c.channels, c.channels, true))
+            } else {
+                Projection::Conv(conv2d(&vs / name, c.channels, c.channels, 1, 1, 0))
+            }
+        };
+        let blocks = (0..c.layers)
+            .map(|i| {
+                let p = &vs / "transformer_blocks" / i;
+                BasicTransformerBlock::new(p, c.channels, c.heads, c.cross_dim, c.ip)
+            })
+            .collect();
+        Transformer2DModel {
+            norm: group_norm(&vs / "norm", c.groups, c.channels, 1e-6),
+            proj_in: proj("proj_in"),
+            blocks,
+            proj_out: proj("proj_out"),
+        }
+    }
+
+    pub fn blocks(&self) -> &[BasicTransformerBlock] {
+        &self.blocks
+    }
+
+    pub fn forward(&self, xs: &Tensor, ctx: &CrossAttnContext) -> Tensor {
+        let (b, c, h, w) = xs.size4().expect("Transformer2DModel expects [B,C,H,W]");
+        let to_tokens = |t: &Tensor| t.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
+        let to_image = |t: &Tensor| t.reshape([b, h, w, c]).permute([0, 3, 1, 2]).contiguous();
+        let normed = self.norm.forward(xs);
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)),
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, ctx);
+        }
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(&tokens)),
+            Projection::Linear(lin) => to_image(&lin.forward(&tokens)),
+        };
+        out + xs
+    }
+}
+
+/// The VAE mid-block attention: GroupNorm, one head over the H*W positions, `to_out.0`,
+/// plus the input (`Attention(..., residual_connection=True, _from_deprecated_attn_block)`).
+#[derive(Debug)]
+pub struct SpatialSelfAttention {
+    group_norm: nn::GroupNorm,
+    attn: Attention,
+}
+
+impl SpatialSelfAttention {
+    pub fn new(vs: nn::Path, channels: i64, groups: i64, eps: f64) -> Self {
+        SpatialSelfAttention {
+            group_norm: group_norm(&vs / "group_norm", groups, channels, eps),
+            attn: Attention::new(vs, channels, None, 1, true, false),
+        }
+    }
+}
+
+impl Module for SpatialSelfAttention {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let (b, c, h, w) = xs.size4().expect("SpatialSelfAttention expects [B,C,H,W]");
+        let tokens = self.group_norm.forward(xs).view([b, c, h * w]).transpose(1, 2);
+        let out = self.attn.forward(&tokens, None, None);
+        out.transpose(1, 2).reshape([b, c, h, w]) + xs
+    }
+}

@@ -1,0 +1,384 @@
+//! CLIP text transformer as transformers' `CLIPTextModel` (keys `text_model.*`), plus the
+//! pre-norm transformer encoder that the vision tower shares.
+use crate::weights::{self, TensorSource};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor, nn, nn::Module};
+
+/// `hidden_act` of a CLIP config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`, OpenAI's CLIP (SD1.5's text encoder).
+    QuickGelu,
+    /// Exact (erf) GELU, OpenCLIP ViT-H.
+    Gelu,
+    /// tanh approximation.
+    #[serde(alias = "gelu_new", alias = "gelu_fast")]
+    GeluPytorchTanh,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::QuickGelu => x * (x * 1.702).sigmoid(),
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluPytorchTanh => x.gelu("tanh"),
+        }
+    }
+}
+
+/// The layer shapes shared by the text and vision configs.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderShape {
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+}
+
+pub fn layer_norm(vs: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(
+        vs,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
+}
+
+struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    out_proj: nn::Linear,
+    heads: i64,
+}
+
+impl Attention {
+    fn new(vs: nn::Path, s: &EncoderShape) -> Self {
+        let lin =
+            |name: &str| nn::linear(&vs / name, s.hidden_size, s.hidden_size, Default::default());
+        Attention {
+            q_proj: lin("q_proj"),
+            k_proj: lin("k_proj"),
+            v_proj: lin("v_proj"),
+            out_proj: lin("out_proj"),
+            heads: s.num_attention_heads,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
+        let (b, t, c) = x.size3().expect("attention input is [B, T, C]");
+        let split = |y: Tensor| y.view([b, t, self.heads, c / self.heads]).transpose(1, 2);
+        let q = split(self.q_proj.forward(x));
+        let k = split(self.k_proj.forward(x));
+        let v = split(self.v_proj.forward(x));
+        // softmax(q k^T / sqrt(head_dim)) v, causal for text.
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            causal,
+            None,
+            false,
+        );
+        self.out_proj.forward(&y.transpose(1, 2).reshape([b, t, c]))
+    }
+}
+
+struct EncoderLayer {
+    self_attn: Attention,
+    layer_norm1: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    layer_norm2: nn::LayerNorm,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn new(vs: nn::Path, s: &EncoderShape) -> Self {
+        EncoderLayer {
+            self_attn: Attention::new(&vs / "self_attn", s),
+            layer_norm1: layer_norm(&vs / "layer_norm1", s.hidden_size, s.layer_norm_eps),
+            fc1: nn::linear(
+                &vs / "mlp" / "fc1",
+                s.hidden_size,
+                s.intermediate_size,
+                Default::default(),
+            ),
+            fc2: nn::linear(
+                &vs / "mlp" / "fc2",
+                s.intermediate_size,
+                s.hidden_size,
+                Default::default(),
+            ),
+            layer_norm2: layer_norm(&vs / "layer_norm2", s.hidden_size, s.layer_norm_eps),
+            act: s.hidden_act,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
+        let x = x + self.self_attn.forward(&self.layer_norm1.forward(x), causal);
+        let h = self.fc2.forward(
+            &self
+                .act
+                .apply(&self.fc1.forward(&self.layer_norm2.forward(&x))),
+        );
+        x + h
+    }
+}
+
+/// `encoder.layers.N`: pre-norm transformer layers.
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn new(vs: nn::Path, s: &EncoderShape) -> Self {
+        let layers = (0..s.num_hidden_layers)
+            .map(|i| EncoderLayer::new(&vs / "layers" / i, s))
+            .collect();
+        Encoder { layers }
+    }
+
+    /// Runs every layer; also returns the input of the last layer (transformers'
+    /// `hidden_states[-2]`, where `hidden_states[0]` is the encoder input).
+    pub fn forward(&self, x: &Tensor, causal: bool) -> (Tensor, Tensor) {
+        let mut penultimate = x.shallow_clone();
+        let mut x = x.shallow_clone();
+        for layer in &self.layers {
+            penultimate = x;
+            x = layer.forward(&penultimate, causal);
+        }
+        (x, penultimate)
+    }
+}
+
+/// transformers' `CLIPTextConfig` (the fields the network uses).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub projection_dim: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub max_position_embeddings: i64,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub bos_token_id: i64,
+    pub eos_token_id: i64,
+    pub pad_token_id: i64,
+}
+
+impl Default for ClipTextConfig {
+    /// transformers' defaults.
+    fn default() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            projection_dim: 512,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            bos_token_id: 49406,
+            eos_token_id: 49407,
+            pad_token_id: 1,
+        }
+    }
+}
+
+impl ClipTextConfig {
+    /// SD1.5's text encoder (OpenAI CLIP ViT-L/14 text tower).
+    pub fn sd15() -> Self {
+        ClipTextConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            projection_dim: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            // SD1.5's config keeps the pre-2023 ids; pooling then uses argmax(ids).
+            bos_token_id: 0,
+            eos_token_id: 2,
+            ..Default::default()
+        }
+    }
+
+    /// Text tower of openai/clip-vit-large-patch14 (the scorer), current config ids.
+    pub fn vit_l14() -> Self {
+        ClipTextConfig {
+            eos_token_id: 49407,
+            bos_token_id: 49406,
+            ..Self::sd15()
+        }
+    }
+
+    pub fn tiny() -> Self {
+        ClipTextConfig {
+            hidden_size: 32,
+            intermediate_size: 37,
+            projection_dim: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            ..Default::default()
+        }
+    }
+
+    pub fn shape(&self) -> EncoderShape {
+        EncoderShape {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            hidden_act: self.hidden_act,
+            layer_norm_eps: self.layer_norm_eps,
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        read_config(path)
+    }
+
+    /// A `config.json` that `CLIPTextModel.from_pretrained` loads.
+    pub fn to_config_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).expect("config serializes");
+        json["model_type"] = "clip_text_model".into();
+        json["architectures"] = serde_json::json!(["CLIPTextModel"]);
+        json
+    }
+}
+
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid model config", path.display()))
+}
+
+/// The weights of a transformers/diffusers model folder: `model.safetensors`, else
+/// `model.fp16.safetensors`.
+pub(crate) fn weights_file(dir: &Path) -> Result<PathBuf> {
+    for name in ["model.safetensors", "model.fp16.safetensors"] {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    if dir.join("pytorch_model.bin").is_file() {
+        bail!(
+            "{}: only pytorch_model.bin is present; negimg reads safetensors. Convert it with: \
+             python -c \"import transformers as t, sys; m = t.AutoModel.from_pretrained(sys.argv[1]); \
+             m.save_pretrained(sys.argv[1], safe_serialization=True)\" {}",
+            dir.display(),
+            dir.display()
+        );
+    }
+    bail!(
+        "{}: no model.safetensors (or model.fp16.safetensors)",
+        dir.display()
+    )
+}
+
+/// Writes `config.json` and `model.safetensors` (fp32) for the model in `vs`.
+pub(crate) fn save_model(dir: &Path, config: &serde_json::Value, vs: &nn::VarStore) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(config)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    weights::random::save_var_store(vs, &dir.join("model.safetensors"), Kind::Float)
+}
+
+/// Loads every variable of `vs` from `file` (same names), converted to `kind`.
+pub(crate) fn load_all(vs: &mut nn::VarStore, file: &dyn TensorSource, kind: Kind) -> Result<()> {
+    vs.set_kind(kind);
+    weights::load_var_store(vs, file, |name| Some(name.to_string()))?;
+    Ok(())
+}
+
+pub struct ClipTextModel {
+    token_embedding: nn::Embedding,
+    position_embedding: nn::Embedding,
+    encoder: Encoder,
+    final_layer_norm: nn::LayerNorm,
+    eos_token_id: i64,
+}
+
+impl ClipTextModel {
+    /// `vs` is the `text_model` path.
+    pub fn new(vs: nn::Path, cfg: &ClipTextConfig) -> Self {
+        let emb = &vs / "embeddings";
+        ClipTextModel {
+            token_embedding: nn::embedding(
+                &emb / "token_embedding",
+                cfg.vocab_size,
+                cfg.hidden_size,
+                Default::default(),
+            ),
+            position_embedding: nn::embedding(
+                &emb / "position_embedding",
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                Default::default(),
+            ),
+            encoder: Encoder::new(&vs / "encoder", &cfg.shape()),
+            final_layer_norm: layer_norm(
+                &vs / "final_layer_norm",
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+            ),
+            eos_token_id: cfg.eos_token_id,
+        }
+    }
+
+    /// Loads a `CLIPTextModel` folder (diffusers `text_encoder/`): config.json + weights.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
+        let file = weights::TensorFile::open(weights_file(dir)?)?;
+        let mut vs = nn::VarStore::new(device);
+        let model = ClipTextModel::new(vs.root() / "text_model", &cfg);
+        load_all(&mut vs, &file, kind)?;
+        Ok(model)
+    }
+
+    /// `last_hidden_state` `[B, T, hidden]` (after `final_layer_norm`) for ids `[B, T]`.
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        let t = ids.size()[1];
+        let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
+        let x = self.token_embedding.forward(ids) + self.position_embedding.forward(&positions);
+        let (x, _) = self.encoder.forward(&x, true);
+        self.final_layer_norm.forward(&x)
+    }
+
+    /// `pooler_output` `[B, hidden]`: the hidden state at the first end-of-text token.
+    pub fn pooled(&self, ids: &Tensor, last_hidden: &Tensor) -> Tensor {
+        // Configs from before transformers#24773 have eos_token_id 2 and pool at argmax(ids),
+        // which is the first <|endoftext|> (the largest id) for CLIP's tokenizer.
+        let positions = if self.eos_token_id == 2 {
+            ids.argmax(-1, false)
+        } else {
+            ids.eq(self.eos_token_id)
+                .to_kind(Kind::Int)
+                .argmax(-1, false)
+        };
+        let rows = Tensor::arange(ids.size()[0], (Kind::Int64, ids.device()));
+        last_hidden.index(&[Some(rows), Some(positions)])
+    }
+}
+
+/// Writes a `CLIPTextModel` folder with seeded random weights: `config.json` + `model.safetensors`.
+pub fn write_random_model(dir: &Path, cfg: &ClipTextConfig, seed: i64) -> Result<()> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = ClipTextModel::new(vs.root() / "text_model", cfg);
+    weights::random::randomize(&vs, seed, 0.02);
+    save_model(dir, &cfg.to_config_json(), &vs)
+}

@@ -1,0 +1,372 @@
+//! `AutoencoderKL` (diffusers 0.42): the decoder that turns latents into images, and the
+//! encoder (built only when asked for: generation needs the decoder alone).
+use crate::models::resnet::{conv2d, group_norm};
+use crate::models::unet::{component_files, save_component};
+use crate::models::unet_blocks::{BlockCommon, CoderBlock2D, Resample, UNetMidBlock2D};
+use crate::weights::{self, TensorFile, TensorSource, load_var_store};
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Device, Kind, Tensor, nn, nn::Module};
+
+/// diffusers' `AutoencoderKL` config.json (missing keys take diffusers' defaults, unknown
+/// keys are ignored).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AutoencoderKLConfig {
+    pub in_channels: i64,
+    pub out_channels: i64,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<i64>,
+    pub layers_per_block: i64,
+    pub act_fn: String,
+    pub latent_channels: i64,
+    pub norm_num_groups: i64,
+    pub sample_size: i64,
+    pub scaling_factor: f64,
+    pub shift_factor: Option<f64>,
+    pub latents_mean: Option<Vec<f64>>,
+    pub latents_std: Option<Vec<f64>>,
+    pub force_upcast: bool,
+    pub use_quant_conv: bool,
+    pub use_post_quant_conv: bool,
+    pub mid_block_add_attention: bool,
+}
+
+impl Default for AutoencoderKLConfig {
+    /// diffusers' constructor defaults.
+    fn default() -> Self {
+        AutoencoderKLConfig {
+            in_channels: 3,
+            out_channels: 3,
+            down_block_types: vec!["DownEncoderBlock2D".into()],
+            up_block_types: vec!["UpDecoderBlock2D".into()],
+            block_out_channels: vec![64],
+            layers_per_block: 1,
+            act_fn: "silu".into(),
+            latent_channels: 4,
+            norm_num_groups: 32,
+            sample_size: 32,
+            scaling_factor: 0.18215,
+            shift_factor: None,
+            latents_mean: None,
+            latents_std: None,
+            force_upcast: true,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+        }
+    }
+}
+
+impl AutoencoderKLConfig {
+    fn with_channels(block_out_channels: Vec<i64>, sample_size: i64) -> Self {
+        let n = block_out_channels.len();
+        AutoencoderKLConfig {
+            down_block_types: vec!["DownEncoderBlock2D".into(); n],
+            up_block_types: vec!["UpDecoderBlock2D".into(); n],
+            block_out_channels,
+            layers_per_block: 2,
+            sample_size,
+            ..Default::default()
+        }
+    }
+
+    /// The SD1.5 VAE: channels (128, 256, 512, 512), 8x downsampling, scale 0.18215.
+    pub fn sd15() -> Self {
+        Self::with_channels(vec![128, 256, 512, 512], 512)
+    }
+
+    /// The tiny VAE of `diffusers_baseline.py --tiny`: channels (32, 64), so it downsamples
+    /// by 2 only (a 64x64 image has 32x32 latents).
+    pub fn tiny() -> Self {
+        Self::with_channels(vec![32, 64], 64)
+    }
+
+    /// Image pixels per latent pixel along each side: 2^(blocks - 1).
+    pub fn scale_factor(&self) -> i64 {
+        1 << (self.block_out_channels.len().max(1) - 1)
+    }
+
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read VAE config {}", path.display()))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid AutoencoderKL config", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}: unsupported VAE config", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// A config.json that diffusers' `AutoencoderKL.from_pretrained` loads.
+    pub fn to_config_json(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        v["_class_name"] = "AutoencoderKL".into();
+        v["_diffusers_version"] = "0.42.1".into();
+        serde_json::to_string_pretty(&v).expect("config serializes")
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let n = self.block_out_channels.len();
+        ensure!(n > 0, "block_out_channels is empty");
+        ensure!(
+            self.down_block_types.len() == n && self.up_block_types.len() == n,
+            "down_block_types ({}), up_block_types ({}) and block_out_channels ({n}) must have \
+             the same length",
+            self.down_block_types.len(),
+            self.up_block_types.len()
+        );
+        for t in &self.down_block_types {
+            ensure!(t == "DownEncoderBlock2D", "down block type {t:?} is not supported");
+        }
+        for t in &self.up_block_types {
+            ensure!(t == "UpDecoderBlock2D", "up block type {t:?} is not supported");
+        }
+        ensure!(self.act_fn == "silu", "act_fn {:?} is not supported", self.act_fn);
+        for &c in &self.block_out_channels {
+            ensure!(
+                c % self.norm_num_groups == 0,
+                "block_out_channels entry {c} is not a multiple of norm_num_groups {}",
+                self.norm_num_groups
+            );
+        }
+        Ok(())
+    }
+
+    fn common(&self) -> BlockCommon {
+        BlockCommon {
+            temb_channels: None,
+            groups: self.norm_num_groups,
+            eps: 1e-6,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Encoder {
+    conv_in: nn::Conv2D,
+    down_blocks: Vec<CoderBlock2D>,
+    mid_block: UNetMidBlock2D,
+    conv_norm_out: nn::GroupNorm,
+    conv_out: nn::Conv2D,
+}
+
+impl Encoder {
+    fn new(vs: nn::Path, cfg: &AutoencoderKLConfig) -> Self {
+        let boc = &cfg.block_out_channels;
+        let n = boc.len();
+        let common = cfg.common();
+        let down_blocks = (0..n)
+            .map(|i| {
+                let cin = if i == 0 { boc[0] } else { boc[i - 1] };
+                let resample = if i + 1 < n { Resample::Down } else { Resample::None };
+                CoderBlock2D::new(&vs / "down_blocks" / i, common, cin, boc[i], cfg.layers_per_block, resample)
+            })
+            .collect();
+        Encoder {
+            conv_in: conv2d(&vs / "conv_in", cfg.in_channels, boc[0], 3, 1, 1),
+            down_blocks,
+            mid_block: UNetMidBlock2D::new(&vs / "mid_block", common, boc[n - 1], cfg.mid_block_add_attention),
+            conv_norm_out: group_norm(&vs / "conv_norm_out", cfg.norm_num_groups, boc[n - 1], 1e-6),
+            // Mean and log-variance of the latent distribution.
+            conv_out: conv2d(&vs / "conv_out", boc[n - 1], 2 * cfg.latent_channels, 3, 1, 1),
+        }
+    }
+}
+
+impl Module for Encoder {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let mut x = self.conv_in.forward(xs);
+        for block in &self.down_blocks {
+            x = block.forward(&x);
+        }
+        let x = self.mid_block.forward(&x);
+        self.conv_out.forward(&self.conv_norm_out.forward(&x).silu())
+    }
+}
+
+#[derive(Debug)]
+struct Decoder {
+    conv_in: nn::Conv2D,
+    mid_block: UNetMidBlock2D,
+    up_blocks: Vec<CoderBlock2D>,
+    conv_norm_out: nn::GroupNorm,
+    conv_out: nn::Conv2D,
+}
+
+impl Decoder {
+    fn new(vs: nn::Path, cfg: &AutoencoderKLConfig) -> Self {
+        let boc = &cfg.block_out_channels;
+        let n = boc.len();
+        let common = cfg.common();
+        let up_blocks = (0..n)
+            .map(|i| {
+                let r = n - 1 - i;
+                let prev = if i == 0 { boc[n - 1] } else { boc[r + 1] };
+                let resample = if i + 1 < n { Resample::Up } else { Resample::None };
+                CoderBlock2D::new(&vs / "up_blocks" / i, common, prev, boc[r], cfg.layers_per_block + 1, resample)
+            })
+            .collect();
+        Decoder {
+            conv_in: conv2d(&vs / "conv_in", cfg.latent_channels, boc[n - 1], 3, 1, 1),
+            mid_block: UNetMidBlock2D::new(&vs / "mid_block", common, boc[n - 1], cfg.mid_block_add_attention),
+            up_blocks,
+            conv_norm_out: group_norm(&vs / "conv_norm_out", cfg.norm_num_groups, boc[0], 1e-6),
+            conv_out: conv2d(&vs / "conv_out", boc[0], cfg.out_channels, 3, 1, 1),
+        }
+    }
+}
+
+impl Module for Decoder {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let mut x = self.mid_block.forward(&self.conv_in.forward(xs));
+        for block in &self.up_blocks {
+            x = block.forward(&x);
+        }
+        self.conv_out.forward(&self.conv_norm_out.forward(&x).silu())
+    }
+}
+
+#[derive(Debug)]
+pub struct AutoencoderKL {
+    cfg: AutoencoderKLConfig,
+    encoder: Option<(Encoder, Option<nn::Conv2D>)>,
+    post_quant_conv: Option<nn::Conv2D>,
+    decoder: Decoder,
+}
+
+/// The file key of a variable: diffusers' names, or for VAEs saved by diffusers before
+/// 0.14 (e.g. stabilityai/sd-vae-ft-mse) the old mid-block attention names
+/// `query`/`key`/`value`/`proj_attn`, which diffusers renames the same way when loading.
+fn vae_key(source: &dyn TensorSource, name: &str) -> String {
+    if source.shape(name).is_none() && name.contains(".attentions.") {
+        for (new, old) in [(".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")] {
+            let legacy = name.replace(new, old);
+            if legacy != name && source.shape(&legacy).is_some() {
+                return legacy;
+            }
+        }
+    }
+    name.to_string()
+}
+
+impl AutoencoderKL {
+    /// Builds the decoder (and `post_quant_conv`); with `with_encoder` also the encoder
+    /// and `quant_conv`.
+    pub fn new(vs: nn::Path, cfg: &AutoencoderKLConfig, with_encoder: bool) -> Result<Self> {
+        cfg.validate()?;
+        let latent = cfg.latent_channels;
+        let encoder = with_encoder.then(|| {
+            let quant = cfg.use_quant_conv.then(|| conv2d(&vs / "quant_conv", 2 * latent, 2 * latent, 1, 1, 0));
+            (Encoder::new(&vs / "encoder", cfg), quant)
+        });
+        Ok(AutoencoderKL {
+            cfg: cfg.clone(),
+            encoder,
+            post_quant_conv: cfg
+                .use_post_quant_conv
+                .then(|| conv2d(&vs / "post_quant_conv", latent, latent, 1, 1, 0)),
+            decoder: Decoder::new(&vs / "decoder", cfg),
+        })
+    }
+
+    pub fn config(&self) -> &AutoencoderKLConfig {
+        &self.cfg
+    }
+
+    /// Builds the VAE on `device` in `kind` and loads it from `source`.
+    pub fn from_source(
+        source: &dyn TensorSource,
+        cfg: &AutoencoderKLConfig,
+        device: Device,
+        kind: Kind,
+        with_encoder: bool,
+    ) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        vs.set_kind(kind);
+        let model = Self::new(vs.root(), cfg, with_encoder)?;
+        vs.freeze();
+        load_var_store(&vs, source, |name| Some(vae_key(source, name)))?;
+        Ok(model)
+    }
+
+    /// Loads a diffusers `vae/` folder (config.json + diffusion_pytorch_model[.fp16]
+    /// .safetensors), or a weights file with config.json beside it.
+    pub fn load(path: &Path, device: Device, kind: Kind, with_encoder: bool) -> Result<Self> {
+        let (config, weights) = component_files(path, kind)?;
+        let cfg = AutoencoderKLConfig::from_json_file(&config)?;
+        let file = TensorFile::open(&weights)?;
+        Self::from_source(&file, &cfg, device, kind, with_encoder)
+    }
+
+    fn kind_device(&self) -> (Kind, Device) {
+        let w = &self.decoder.conv_in.ws;
+        (w.kind(), w.device())
+    }
+
+    /// Images [B, 3, H, W] in about [-1, 1] from latents [B, 4, h, w] that the caller has
+    /// already divided by `scaling_factor`. Computed in the model's kind.
+    pub fn decode(&self, latents: &Tensor) -> Tensor {
+        let (kind, device) = self.kind_device();
+        let z = latents.to_device(device).to_kind(kind);
+        let z = match &self.post_quant_conv {
+            Some(conv) => conv.forward(&z),
+            None => z,
+        };
+        self.decoder.forward(&z)
+    }
+
+    /// The mean of the latent distribution of images [B, 3, H, W] in [-1, 1] (not yet
+    /// multiplied by `scaling_factor`). Needs a VAE built `with_encoder`.
+    pub fn encode(&self, images: &Tensor) -> Result<Tensor> {
+        let Some((encoder, quant_conv)) = &self.encoder else {
+            anyhow::bail!("this VAE was loaded without its encoder");
+        };
+        let (kind, device) = self.kind_device();
+        let moments = encoder.forward(&images.to_device(device).to_kind(kind));
+        let moments = match quant_conv {
+            Some(conv) => conv.forward(&moments),
+            None => moments,
+        };
+        Ok(moments.narrow(1, 0, self.cfg.latent_channels))
+    }
+}
+
+/// Writes a diffusers `vae/` folder (encoder included) with seeded random weights.
+pub fn write_random_model(dir: &Path, cfg: &AutoencoderKLConfig, seed: i64, fp16_variant: bool) -> Result<()> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = AutoencoderKL::new(vs.root(), cfg, true)?;
+    weights::random::randomize(&vs, seed, 0.02);
+    save_component(dir, &cfg.to_config_json(), &vs, fp16_variant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_vae_shapes_and_keys() {
+        let cfg = AutoencoderKLConfig::tiny();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let vae = AutoencoderKL::new(vs.root(), &cfg, true).unwrap();
+        let names = vs.variables();
+        for key in [
+            "decoder.mid_block.attentions.0.group_norm.weight",
+            "decoder.mid_block.attentions.0.to_out.0.bias",
+            "decoder.up_blocks.0.upsamplers.0.conv.weight",
+            "encoder.down_blocks.0.downsamplers.0.conv.weight",
+            "post_quant_conv.weight",
+            "quant_conv.bias",
+        ] {
+            assert!(names.contains_key(key), "{key}");
+        }
+        let z = Tensor::randn([1, 4, 8, 8], (Kind::Float, Device::Cpu));
+        let img = tch::no_grad(|| vae.decode(&z));
+        assert_eq!(img.size(), [1, 3, 16, 16]);
+        let back = tch::no_grad(|| vae.encode(&img)).unwrap();
+        assert_eq!(back.size(), [1, 4, 8, 8]);
+        assert_eq!(cfg.scale_factor(), 2);
+        assert_eq!(AutoencoderKLConfig::sd15().scale_factor(), 8);
+    }
+}

@@ -1,0 +1,260 @@
+//! Identities: sha256 of model files (hashed once, cached by path, size and mtime), input
+//! images, and the cell id that decides whether a cell is already done.
+use super::fsio::atomic_write;
+use crate::experiment::ModelRef;
+use crate::params::{AdapterKind, GenParams};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CacheEntry {
+    size: u64,
+    mtime_ns: i128,
+    sha256: String,
+}
+
+/// sha256 of files by canonical path, valid while size and mtime are unchanged: a 4 GB
+/// checkpoint is hashed once per machine, not on every run.
+pub struct HashCache {
+    path: PathBuf,
+    entries: BTreeMap<String, CacheEntry>,
+    dirty: bool,
+}
+
+impl HashCache {
+    pub fn load(path: &Path) -> HashCache {
+        let entries = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        HashCache {
+            path: path.to_path_buf(),
+            entries,
+            dirty: false,
+        }
+    }
+
+    pub fn sha256(&mut self, file: &Path) -> Result<String> {
+        let meta =
+            std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        let key = std::fs::canonicalize(file)
+            .unwrap_or_else(|_| file.to_path_buf())
+            .display()
+            .to_string();
+        if let Some(e) = self.entries.get(&key)
+            && e.size == meta.len()
+            && e.mtime_ns == mtime_ns
+        {
+            return Ok(e.sha256.clone());
+        }
+        let sha256 = sha256_file(file)?;
+        self.entries.insert(
+            key,
+            CacheEntry {
+                size: meta.len(),
+                mtime_ns,
+                sha256: sha256.clone(),
+            },
+        );
+        self.dirty = true;
+        Ok(sha256)
+    }
+
+    pub fn save(&mut self) -> Result<()> {
+        if self.dirty {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            atomic_write(&self.path, &serde_json::to_vec_pretty(&self.entries)?)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Relative to the model's path (empty when the model is one file).
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A model's files as the manifest lists them, and one digest over all of them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelFiles {
+    pub role: String,
+    pub reference: String,
+    pub path: PathBuf,
+    pub files: Vec<FileInfo>,
+    pub digest: String,
+}
+
+pub fn model_files(role: &str, m: &ModelRef, cache: &mut HashCache) -> Result<ModelFiles> {
+    // The files the model loader reads (one weight file per component, configs,
+    // tokenizer): other files in the folder (.bin pickles, other variants) do not count.
+    let paths = crate::weights::hub::component_files(&m.path, crate::experiment::component(role))
+        .with_context(|| format!("{role} {}", m.reference))?;
+    let mut files = Vec::new();
+    for p in paths {
+        let size = std::fs::metadata(&p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .len();
+        files.push(FileInfo {
+            file: p
+                .strip_prefix(&m.path)
+                .unwrap_or(&p)
+                .display()
+                .to_string(),
+            size,
+            sha256: cache.sha256(&p)?,
+        });
+    }
+    let digest = sha256_hex(&serde_json::to_vec(&files)?);
+    Ok(ModelFiles {
+        role: role.to_string(),
+        reference: m.reference.clone(),
+        path: m.path.clone(),
+        files,
+        digest,
+    })
+}
+
+/// The digests that decide an image: everything but the scorer.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ModelDigests {
+    pub pipeline: String,
+    pub vae: Option<String>,
+    pub image_encoder: String,
+    pub ip_adapter_base: Option<String>,
+    pub ip_adapter_plus: Option<String>,
+}
+
+impl ModelDigests {
+    pub fn from_files(files: &[ModelFiles]) -> ModelDigests {
+        let get = |role: &str| {
+            files
+                .iter()
+                .find(|f| f.role == role)
+                .map(|f| f.digest.clone())
+        };
+        ModelDigests {
+            pipeline: get("pipeline").unwrap_or_default(),
+            vae: get("vae"),
+            image_encoder: get("image_encoder").unwrap_or_default(),
+            ip_adapter_base: get("ip_adapter.base"),
+            ip_adapter_plus: get("ip_adapter.plus"),
+        }
+    }
+}
+
+/// A stable id for an image: the parameters, the identity (not the path) of its input
+/// images, the dtype, and the models that make it (the cell's adapter only).
+pub fn image_id(
+    params: &GenParams,
+    positive_image: Option<&str>,
+    negative_image: Option<&str>,
+    models: &ModelDigests,
+    dtype: &str,
+) -> String {
+    #[derive(Serialize)]
+    struct Identity<'a> {
+        version: u32,
+        params: GenParams,
+        dtype: &'a str,
+        pipeline: &'a str,
+        vae: Option<&'a str>,
+        image_encoder: &'a str,
+        adapter: Option<&'a str>,
+    }
+    let mut params = params.clone();
+    params.positive_image = positive_image.map(PathBuf::from);
+    params.negative_image = negative_image.map(PathBuf::from);
+    let adapter = match params.adapter {
+        AdapterKind::Base => models.ip_adapter_base.as_deref(),
+        AdapterKind::Plus => models.ip_adapter_plus.as_deref(),
+    };
+    let identity = Identity {
+        version: 1,
+        params,
+        dtype,
+        pipeline: &models.pipeline,
+        vae: models.vae.as_deref(),
+        image_encoder: &models.image_encoder,
+        adapter,
+    };
+    let json = serde_json::to_vec(&identity).unwrap_or_default();
+    sha256_hex(&json)[..16].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_ids_depend_on_image_identity_not_path_and_on_models() {
+        let mut p = GenParams::new(3);
+        p.negative_image = Some("/run/a/inputs/lawn.png".into());
+        let models = ModelDigests {
+            pipeline: "p".into(),
+            image_encoder: "e".into(),
+            ip_adapter_base: Some("b".into()),
+            ..Default::default()
+        };
+        let a = image_id(&p, None, Some("lawnsha"), &models, "fp32");
+        let mut q = p.clone();
+        q.negative_image = Some("/run/b/inputs/lawn.png".into());
+        assert_eq!(a, image_id(&q, None, Some("lawnsha"), &models, "fp32"));
+        assert_ne!(a, image_id(&p, None, Some("othersha"), &models, "fp32"));
+        assert_ne!(a, image_id(&p, None, Some("lawnsha"), &models, "fp16"));
+        let other = ModelDigests {
+            pipeline: "p2".into(),
+            ..models.clone()
+        };
+        assert_ne!(a, image_id(&p, None, Some("lawnsha"), &other, "fp32"));
+        // The Plus adapter's file does not change a base-adapter cell.
+        let plus = ModelDigests {
+            ip_adapter_plus: Some("x".into()),
+            ..models.clone()
+        };
+        assert_eq!(a, image_id(&p, None, Some("lawnsha"), &plus, "fp32"));
+        q.seed = 4;
+        assert_ne!(a, image_id(&q, None, Some("lawnsha"), &models, "fp32"));
+        assert_eq!(a.len(), 16);
+    }
+}

@@ -1,0 +1,100 @@
+//! DDIM (Song et al. 2021), eta 0, as diffusers' `DDIMScheduler`.
+use super::Scheduler;
+use super::scheduler::SchedulerConfig;
+use anyhow::{Result, bail};
+use tch::Tensor;
+
+pub struct Ddim {
+    alphas_cumprod: Vec<f32>,
+    /// `alphas_cumprod[0]`, or 1 with `set_alpha_to_one`: the "previous" alpha of the last step.
+    final_alpha_cumprod: f32,
+    clip: Option<f64>,
+    timesteps: Vec<f64>,
+    /// Train-step distance between consecutive inference steps (`num_train // steps`).
+    step_ratio: i64,
+}
+
+impl Ddim {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+        let n = cfg.num_train_timesteps;
+        if steps == 0 || steps > n {
+            bail!("DDIM: {steps} steps; it takes 1 to {n}");
+        }
+        let alphas_cumprod = cfg.alphas_cumprod();
+        let final_alpha_cumprod = if cfg.set_alpha_to_one.unwrap_or(true) {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
+        let timesteps: Vec<i64> = match cfg.spacing("leading") {
+            "linspace" => super::scheduler::np_linspace(0.0, (n - 1) as f64, steps)
+                .iter()
+                .rev()
+                .map(|t| t.round_ties_even() as i64)
+                .collect(),
+            "trailing" => {
+                let ratio = n as f64 / steps as f64;
+                let len = (n as f64 / ratio).ceil() as usize;
+                (0..len)
+                    .map(|i| (n as f64 - i as f64 * ratio).round_ties_even() as i64 - 1)
+                    .collect()
+            }
+            _ => {
+                let ratio = (n / steps) as i64;
+                (0..steps as i64)
+                    .rev()
+                    .map(|i| i * ratio + cfg.steps_offset as i64)
+                    .collect()
+            }
+        };
+        if let Some(&t) = timesteps.iter().find(|&&t| t < 0 || t >= n as i64) {
+            bail!("DDIM: timestep {t} is outside the training schedule 0..{n} (steps_offset?)");
+        }
+        let clip = if cfg.clip_sample.unwrap_or(true) {
+            Some(cfg.clip_sample_range.unwrap_or(1.0))
+        } else {
+            None
+        };
+        Ok(Ddim {
+            alphas_cumprod,
+            final_alpha_cumprod,
+            clip,
+            timesteps: timesteps.iter().map(|&t| t as f64).collect(),
+            step_ratio: (n / steps) as i64,
+        })
+    }
+}
+
+impl Scheduler for Ddim {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, x: &Tensor, _step_index: usize) -> Tensor {
+        x.shallow_clone()
+    }
+
+    fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
+        let t = self.timesteps[step_index] as i64;
+        let prev_t = t - self.step_ratio;
+        let alpha_prod_t = self.alphas_cumprod[t as usize];
+        let alpha_prod_prev = if prev_t >= 0 {
+            self.alphas_cumprod[prev_t as usize]
+        } else {
+            self.final_alpha_cumprod
+        };
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        // x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t)
+        let mut x0 = (x - eps * beta_prod_t.sqrt() as f64) / alpha_prod_t.sqrt() as f64;
+        if let Some(r) = self.clip {
+            x0 = x0.clamp(-r, r);
+        }
+        // x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps   (eta = 0: no noise term)
+        let direction = eps * (1.0 - alpha_prod_prev).sqrt() as f64;
+        x0 * alpha_prod_prev.sqrt() as f64 + direction
+    }
+}

@@ -1,0 +1,84 @@
+//! Euler discrete (Karras et al. 2022, Algorithm 2 without churn), as diffusers'
+//! `EulerDiscreteScheduler` with linear sigma interpolation and a final sigma of zero.
+use super::Scheduler;
+use super::scheduler::{SchedulerConfig, np_interp_index, np_linspace};
+use anyhow::{Result, bail};
+use tch::Tensor;
+
+pub struct Euler {
+    timesteps: Vec<f64>,
+    /// One per step plus the final 0, float32 as diffusers stores them.
+    sigmas: Vec<f32>,
+    init_noise_sigma: f64,
+}
+
+impl Euler {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+        let n = cfg.num_train_timesteps;
+        if steps == 0 || steps > n {
+            bail!("Euler: {steps} steps; it takes 1 to {n}");
+        }
+        let spacing = cfg.spacing("linspace");
+        let timesteps: Vec<f32> = match spacing {
+            "leading" => {
+                let ratio = n / steps;
+                (0..steps)
+                    .rev()
+                    .map(|i| (i * ratio) as f32 + cfg.steps_offset as f32)
+                    .collect()
+            }
+            "trailing" => {
+                let ratio = n as f64 / steps as f64;
+                let len = (n as f64 / ratio).ceil() as usize;
+                (0..len)
+                    .map(|i| (n as f64 - i as f64 * ratio).round_ties_even() as f32 - 1.0)
+                    .collect()
+            }
+            _ => np_linspace(0.0, (n - 1) as f64, steps)
+                .iter()
+                .rev()
+                .map(|&t| t as f32)
+                .collect(),
+        };
+        let train = cfg.train_sigmas();
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| np_interp_index(t as f64, &train) as f32)
+            .collect();
+        sigmas.push(0.0);
+        let max_sigma = sigmas.iter().cloned().fold(0.0f32, f32::max);
+        let init_noise_sigma = match spacing {
+            "linspace" | "trailing" => max_sigma,
+            _ => (max_sigma * max_sigma + 1.0).sqrt(),
+        } as f64;
+        Ok(Euler {
+            timesteps: timesteps.iter().map(|&t| t as f64).collect(),
+            sigmas,
+            init_noise_sigma,
+        })
+    }
+}
+
+impl Scheduler for Euler {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    fn scale_model_input(&self, x: &Tensor, step_index: usize) -> Tensor {
+        let sigma = self.sigmas[step_index];
+        x / (sigma * sigma + 1.0).sqrt() as f64
+    }
+
+    fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
+        let sigma = self.sigmas[step_index];
+        // x0 = x - sigma eps; dx/dsigma = (x - x0) / sigma; one Euler step to the next sigma
+        let x0 = x - eps * sigma as f64;
+        let derivative = (x - x0) / sigma as f64;
+        let dt = self.sigmas[step_index + 1] - sigma;
+        x + derivative * dt as f64
+    }
+}

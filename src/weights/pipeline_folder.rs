@@ -1,0 +1,161 @@
+//! A diffusers-layout pipeline folder: `model_index.json`, `unet/`, `vae/`, `text_encoder/`,
+//! `tokenizer/`, `scheduler/`.
+//!
+//! Weights are `*.safetensors`; the `*.fp16.safetensors` variant is used when it is the only
+//! one, or when fp16 is asked for and it exists. Pickled `.bin` weights are refused with a
+//! message (they can run code when loaded).
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+/// One model component: its folder, `config.json` and weight file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Component {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub weights: PathBuf,
+}
+
+impl Component {
+    /// The component in `dir`, whose weights are `<stem>.safetensors` or
+    /// `<stem>.fp16.safetensors` (diffusers: `diffusion_pytorch_model`, transformers: `model`).
+    pub fn open(dir: &Path, stem: &str, prefer_fp16: bool) -> Result<Component> {
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            bail!("{}: config.json is missing", dir.display());
+        }
+        let full = dir.join(format!("{stem}.safetensors"));
+        let half = dir.join(format!("{stem}.fp16.safetensors"));
+        let weights = match (full.is_file(), half.is_file()) {
+            (true, true) if prefer_fp16 => half,
+            (true, _) => full,
+            (false, true) => half,
+            (false, false) => {
+                if dir.join(format!("{stem}.safetensors.index.json")).is_file() {
+                    bail!(
+                        "{}: sharded weights ({stem}-0000x-of-0000y.safetensors) are not supported; \
+                         SD1.5 components are single files",
+                        dir.display()
+                    );
+                }
+                if dir.join(format!("{stem}.bin")).is_file()
+                    || dir.join(format!("{stem}.fp16.bin")).is_file()
+                {
+                    bail!(
+                        "{}: only pickled {stem}.bin weights found; negimg reads .safetensors \
+                         (download the safetensors files of this model)",
+                        dir.display()
+                    );
+                }
+                bail!(
+                    "{}: no {stem}.safetensors (or {stem}.fp16.safetensors) found",
+                    dir.display()
+                );
+            }
+        };
+        Ok(Component {
+            dir: dir.to_path_buf(),
+            config,
+            weights,
+        })
+    }
+}
+
+/// An opened diffusers pipeline folder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineFolder {
+    pub root: PathBuf,
+    pub unet: Component,
+    pub vae: Component,
+    pub text_encoder: Component,
+    /// `tokenizer/` (vocab.json, merges.txt).
+    pub tokenizer: PathBuf,
+    /// `scheduler/scheduler_config.json`, when present.
+    pub scheduler_config: Option<PathBuf>,
+}
+
+impl PipelineFolder {
+    /// Opens `dir`, preferring full-precision weights.
+    pub fn open(dir: &Path) -> Result<PipelineFolder> {
+        Self::open_with(dir, false)
+    }
+
+    /// Opens `dir`; with `prefer_fp16`, `*.fp16.safetensors` variants win where both exist.
+    pub fn open_with(dir: &Path, prefer_fp16: bool) -> Result<PipelineFolder> {
+        let index = dir.join("model_index.json");
+        let text = std::fs::read_to_string(&index).with_context(|| {
+            format!(
+                "{}: not a diffusers pipeline folder (cannot read model_index.json)",
+                dir.display()
+            )
+        })?;
+        let _: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", index.display()))?;
+        let tokenizer = dir.join("tokenizer");
+        for file in ["vocab.json", "merges.txt"] {
+            if !tokenizer.join(file).is_file() {
+                bail!("{}: tokenizer/{file} is missing", dir.display());
+            }
+        }
+        let scheduler_config = dir.join("scheduler/scheduler_config.json");
+        Ok(PipelineFolder {
+            root: dir.to_path_buf(),
+            unet: Component::open(&dir.join("unet"), "diffusion_pytorch_model", prefer_fp16)?,
+            vae: Component::open(&dir.join("vae"), "diffusion_pytorch_model", prefer_fp16)?,
+            text_encoder: Component::open(&dir.join("text_encoder"), "model", prefer_fp16)?,
+            tokenizer,
+            scheduler_config: scheduler_config.is_file().then_some(scheduler_config),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"{}").unwrap();
+    }
+
+    #[test]
+    fn finds_components_and_prefers_fp16_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        touch(&d.join("model_index.json"));
+        for f in ["tokenizer/vocab.json", "tokenizer/merges.txt"] {
+            touch(&d.join(f));
+        }
+        for c in ["unet", "vae"] {
+            touch(&d.join(c).join("config.json"));
+            touch(&d.join(c).join("diffusion_pytorch_model.safetensors"));
+            touch(&d.join(c).join("diffusion_pytorch_model.fp16.safetensors"));
+        }
+        touch(&d.join("text_encoder/config.json"));
+        touch(&d.join("text_encoder/model.fp16.safetensors"));
+        let f = PipelineFolder::open(d).unwrap();
+        assert!(
+            f.unet
+                .weights
+                .ends_with("unet/diffusion_pytorch_model.safetensors")
+        );
+        assert!(f.text_encoder.weights.ends_with("model.fp16.safetensors"));
+        assert!(f.scheduler_config.is_none());
+        let f16 = PipelineFolder::open_with(d, true).unwrap();
+        assert!(
+            f16.vae
+                .weights
+                .ends_with("diffusion_pytorch_model.fp16.safetensors")
+        );
+        std::fs::remove_file(d.join("text_encoder/model.fp16.safetensors")).unwrap();
+        touch(&d.join("text_encoder/model.bin"));
+        let err = PipelineFolder::open(d).unwrap_err().to_string();
+        assert!(
+            err.contains("model.bin") && err.contains("safetensors"),
+            "{err}"
+        );
+        let err = PipelineFolder::open(&d.join("unet"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model_index.json"), "{err}");
+    }
+}

@@ -1,0 +1,31 @@
+//! The tiny random model set shared by the integration tests.
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// `target/test-models/tiny`, written once by `negimg models init-random --preset tiny`
+/// (the command builds in a temporary folder and renames it into place, so test binaries
+/// running at the same time never see a half-written set; the loser of a race finds the
+/// winner's folder). Layout: `pipeline/`, `image_encoder/`, `scorer/`,
+/// `ip-adapter_sd15.safetensors`, `ip-adapter-plus_sd15.safetensors`.
+pub fn tiny_models() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = super::repo().join("target/test-models/tiny");
+        let ready = || dir.join("pipeline/model_index.json").is_file();
+        if !ready() {
+            std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+            let out = std::process::Command::new(super::negimg_bin())
+                .args(["models", "init-random", "--preset", "tiny", "--out"])
+                .arg(&dir)
+                .output()
+                .expect("cannot run negimg");
+            assert!(
+                ready(),
+                "negimg models init-random failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        dir
+    })
+    .clone()
+}

@@ -1,0 +1,287 @@
+//! Experiment files: valid ones expand as documented; bad ones fail with the file, the key
+//! and the line; the binary exits non-zero and leaves no results folder behind.
+mod common;
+
+use negimg::experiment::{self, LoadOptions, Param, Value};
+use negimg::params::{AdapterKind, NegativeMode};
+use std::path::Path;
+
+/// A valid experiment whose models `init_random` would make (nothing is read from disk).
+const BASE: &str = r#"
+[experiment]
+name = "t"
+description = "test"
+
+[models]
+pipeline = "no-such-models/pipeline"
+ip_adapter = { base = "no-such-models/ip-adapter_sd15.safetensors", plus = "no-such-models/ip-adapter-plus_sd15.safetensors" }
+image_encoder = "no-such-models/image_encoder"
+init_random = { preset = "tiny", dir = "no-such-models" }
+
+[images.house]
+generate = { prompt = "a house with a green lawn", seed = 1 }
+
+[images.lawn]
+generate = { prompt = "a lawn" }
+
+[defaults]
+steps = 4
+size = 64
+seeds = [1, 2]
+positive_image = "house"
+
+[grid]
+weight = "0.5-1 (+0.25)"
+negative_image = ["lawn", "none"]
+"#;
+
+fn parse(text: &str) -> anyhow::Result<experiment::Experiment> {
+    experiment::parse(Path::new("t.toml"), text.to_string(), &LoadOptions::default())
+}
+
+/// The 1-based line of the first occurrence of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    let at = text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the text"));
+    text[..at].matches('\n').count() + 1
+}
+
+/// Parses `text`, expects an error that names `t.toml`, the line of `at` (when given) and
+/// contains every one of `words`.
+fn expect_error(text: &str, at: Option<&str>, words: &[&str]) -> String {
+    let err = match parse(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("t.toml"), "no file name in: {err}");
+    if let Some(at) = at {
+        let line = line_of(text, at);
+        assert!(
+            err.contains(&format!("t.toml:{line}:")) || err.contains(&format!("line {line}")),
+            "no line {line} in: {err}"
+        );
+    }
+    for w in words {
+        assert!(err.contains(w), "{w:?} not in: {err}");
+    }
+    err
+}
+
+fn with(extra_grid: &str) -> String {
+    format!("{BASE}{extra_grid}\n")
+}
+
+#[test]
+fn valid_file_expands_axes_in_order_with_seeds_innermost() {
+    let e = parse(BASE).unwrap();
+    assert_eq!(e.name, "t");
+    assert_eq!(e.cells.len(), 3 * 2 * 2);
+    let c = &e.cells[0];
+    assert_eq!((c.weight, c.negative_image.as_deref(), c.seed), (0.5, Some("lawn"), 1));
+    assert_eq!(e.cells[1].seed, 2);
+    assert_eq!(e.cells[2].negative_image, None);
+    assert_eq!(e.cells[4].weight, 0.75);
+    // negative follows what the cell has: image with a negative image, none without.
+    assert_eq!(c.negative_mode(), NegativeMode::Image);
+    assert_eq!(e.cells[2].negative_mode(), NegativeMode::None);
+    assert_eq!((c.width, c.height, c.steps), (64, 64, 4));
+    let axes = e.axes();
+    let names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["weight", "negative_image", "seed"]);
+    assert_eq!(axes[0].values, ["0.5", "0.75", "1.0"]);
+    assert_eq!(axes[1].values, ["lawn", ""]);
+}
+
+#[test]
+fn zip_varies_parameters_together_and_counts_and_seeds_tables_work() {
+    let text = BASE.replace(
+        "[grid]\nweight = \"0.5-1 (+0.25)\"\nnegative_image = [\"lawn\", \"none\"]",
+        r#"[grid]
+adapter = "base, plus"
+[[grid.zip]]
+negative = ["text", "image", "both"]
+negative_prompt = ["grass", "", "grass"]
+negative_image = ["none", "lawn", "lawn"]
+"#,
+    )
+    .replace("seeds = [1, 2]", "seeds = { count = 3, base = 100 }");
+    let e = parse(&text).unwrap();
+    assert_eq!(e.cells.len(), 2 * 3 * 3);
+    assert_eq!(e.cells[0].adapter, AdapterKind::Base);
+    assert_eq!(e.cells[9].adapter, AdapterKind::Plus);
+    assert_eq!(
+        e.cells.iter().map(|c| c.seed).take(3).collect::<Vec<_>>(),
+        [100, 101, 102]
+    );
+    let text_cell = &e.cells[0];
+    assert_eq!(text_cell.negative_mode(), NegativeMode::Text);
+    assert_eq!(text_cell.negative_prompt, "grass");
+    let image_cell = &e.cells[3];
+    assert_eq!(image_cell.negative_mode(), NegativeMode::Image);
+    assert_eq!(image_cell.negative_image.as_deref(), Some("lawn"));
+    assert_eq!(
+        image_cell.get(Param::Negative),
+        Value::Negative(NegativeMode::Image)
+    );
+}
+
+#[test]
+fn count_ranges_and_neg_branch_defaults_follow_the_positive() {
+    let e = parse(&with("cfg = \"1-10 [4]\"\nneg_start = [0.0, 0.5]")).unwrap();
+    let cfgs: Vec<f64> = e.cells.iter().map(|c| c.cfg).collect();
+    assert!(cfgs.contains(&4.0) && cfgs.contains(&10.0));
+    let c = &e.cells[0];
+    let neg = c.negative_branch();
+    assert_eq!((neg.weight, neg.end), (c.weight, c.end));
+}
+
+#[test]
+fn malformed_toml_names_the_line() {
+    let text = BASE.replace("[grid]", "[grid");
+    expect_error(&text, Some("[grid"), &[]);
+}
+
+#[test]
+fn unknown_section_is_refused_with_its_name() {
+    let text = format!("{BASE}\n[grdi]\nweight = [1]\n");
+    expect_error(&text, Some("[grdi]"), &["grdi"]);
+}
+
+#[test]
+fn unknown_grid_key_is_refused_with_a_suggestion_and_line() {
+    let text = with("wieght = [1]");
+    expect_error(&text, Some("wieght"), &["grid.wieght", "did you mean `weight`"]);
+}
+
+#[test]
+fn unknown_keys_in_models_images_defaults_and_zip_are_refused() {
+    let text = BASE.replace("image_encoder =", "image_encodr =");
+    expect_error(&text, Some("image_encodr"), &["image_encodr"]);
+    let text = BASE.replace("generate = { prompt = \"a lawn\" }", "generate = { promt = \"a lawn\" }");
+    expect_error(&text, Some("promt"), &["promt"]);
+    let text = BASE.replace("steps = 4", "stepz = 4");
+    expect_error(&text, Some("stepz"), &["defaults.stepz", "did you mean `steps`"]);
+    let text = format!("{BASE}\n[[grid.zip]]\ncfgg = [1, 2]\n");
+    expect_error(&text, Some("cfgg"), &["grid.zip[0].cfgg"]);
+}
+
+#[test]
+fn wrong_types_are_refused() {
+    let text = BASE.replace("steps = 4", "steps = \"many\"");
+    expect_error(&text, Some("\"many\""), &["defaults.steps", "expected a number"]);
+    let text = with("cfg = true");
+    expect_error(&text, Some("cfg = true"), &["grid.cfg", "expected a list"]);
+    let text = BASE.replace("name = \"t\"", "name = 3");
+    expect_error(&text, Some("name = 3"), &["string"]);
+    let text = with("scheduler = [\"ddm\"]");
+    expect_error(&text, Some("\"ddm\""), &["grid.scheduler", "ddim, euler"]);
+}
+
+#[test]
+fn empty_axes_are_refused() {
+    let text = with("cfg = []");
+    expect_error(&text, Some("cfg = []"), &["grid.cfg", "at least one value"]);
+    let text = format!("{BASE}\n[[grid.zip]]\n");
+    expect_error(&text, Some("[[grid.zip]]"), &["grid.zip[0]", "empty"]);
+}
+
+#[test]
+fn ranges_with_zero_or_negative_step_are_refused() {
+    let text = with("cfg = \"1-5 (+0)\"");
+    expect_error(&text, Some("cfg ="), &["grid.cfg", "must not be zero"]);
+    let text = with("cfg = \"1-5 (-1)\"");
+    expect_error(&text, Some("cfg ="), &["grid.cfg", "goes away"]);
+}
+
+#[test]
+fn out_of_range_values_are_refused() {
+    let text = BASE.replace("weight = \"0.5-1 (+0.25)\"", "weight = [-0.5, 1]");
+    expect_error(&text, Some("weight = [-0.5"), &["grid.weight", "-0.5", "out of range"]);
+    let text = BASE.replace("steps = 4", "steps = 0");
+    expect_error(&text, Some("steps = 0"), &["defaults.steps", "between 1 and"]);
+    let text = BASE.replace("size = 64", "size = 100");
+    expect_error(&text, Some("size = 100"), &["defaults.size", "multiple of 8"]);
+    let text = with("cfg = [-1]");
+    expect_error(&text, Some("cfg = [-1]"), &["grid.cfg", "out of range"]);
+    let text = BASE.replace("steps = 4", "steps = 4\nstart = 0.8\nend = 0.5");
+    expect_error(&text, None, &["start", "end", "0.8", "after"]);
+    let text = BASE.replace("seeds = [1, 2]", "seeds = 2");
+    expect_error(&text, Some("seeds = 2"), &["defaults.seeds", "ambiguous"]);
+}
+
+#[test]
+fn duplicate_image_names_are_refused() {
+    let text = format!("{BASE}\n[images.lawn]\ngenerate = {{ prompt = \"grass\" }}\n");
+    let line = text.rfind("[images.lawn]").map(|i| text[..i].matches('\n').count() + 1).unwrap();
+    let err = format!("{:#}", parse(&text).unwrap_err());
+    assert!(err.contains("t.toml") && err.contains(&line.to_string()), "{err}");
+    assert!(err.to_lowercase().contains("duplicate") || err.contains("lawn"), "{err}");
+}
+
+#[test]
+fn references_to_missing_images_are_refused() {
+    let text = BASE.replace("[\"lawn\", \"none\"]", "[\"lawn\", \"sky\"]");
+    expect_error(&text, Some("negative_image = ["), &["grid.negative_image", "[images.sky]"]);
+    let text = BASE.replace("positive_image = \"house\"", "positive_image = \"hous\"");
+    expect_error(&text, Some("positive_image = \"hous\""), &["[images.hous]"]);
+    let text = format!("{BASE}\n[scoring]\nnegative_reference = \"grass\"\n");
+    expect_error(&text, Some("\"grass\""), &["scoring.negative_reference"]);
+    let text = BASE.replace(
+        "[images.lawn]\ngenerate = { prompt = \"a lawn\" }",
+        "[images.lawn]\npath = \"no-such-file.png\"",
+    );
+    expect_error(&text, Some("[images.lawn]"), &["images.lawn.path", "no-such-file.png"]);
+}
+
+#[test]
+fn a_mode_without_the_image_it_needs_or_a_missing_model_is_refused() {
+    let text = with("negative = [\"both\"]").replace("[\"lawn\", \"none\"]", "[\"none\", \"lawn\"]");
+    expect_error(&text, None, &["negative_image", "cell 1"]);
+    let text = BASE.replace(", plus = \"no-such-models/ip-adapter-plus_sd15.safetensors\"", "");
+    let text = format!("{text}adapter = [\"plus\"]\n");
+    expect_error(&text, None, &["ip_adapter.plus"]);
+}
+
+#[test]
+fn duplicate_values_and_parameters_on_two_axes_are_refused() {
+    let text = with("cfg = [7, 7.0]");
+    expect_error(&text, Some("cfg ="), &["grid.cfg", "twice"]);
+    let text = format!("{BASE}\n[[grid.zip]]\nweight = [1, 2]\ncfg = [3, 4]\n");
+    expect_error(&text, Some("weight = [1, 2]"), &["grid.zip[0].weight", "already varies in grid.weight"]);
+    let text = format!("{BASE}\n[[grid.zip]]\ncfg = [1, 2]\nsteps = [3]\n");
+    expect_error(&text, Some("steps = [3]"), &["same length"]);
+}
+
+#[test]
+fn million_cell_grid_is_refused_with_its_count_unless_allowed() {
+    let text = with("cfg = \"0-99.9 (+0.1)\"\nsteps = \"1-100\"");
+    let err = expect_error(&text, None, &["--allow-large"]);
+    assert!(err.contains(&format!("{}", 3 * 2 * 2 * 1000 * 100)), "{err}");
+    // Allowed, a grid is still bounded by what fits in memory.
+    let text = with("cfg = \"0-99.9 (+0.1)\"\nsteps = \"1-1000\"");
+    let opts = LoadOptions {
+        allow_large: true,
+        download: false,
+    };
+    let err = experiment::parse(Path::new("t.toml"), text, &opts).unwrap_err();
+    assert!(format!("{err:#}").contains("at most"), "{err:#}");
+}
+
+#[test]
+fn bad_files_exit_non_zero_and_leave_no_results_folder() {
+    let dir = common::scratch("experiment_errors_binary");
+    let bad = [
+        ("typo.toml", with("wieght = [1]"), "wieght"),
+        ("range.toml", with("cfg = \"1-5 (+0)\""), "grid.cfg"),
+        ("syntax.toml", BASE.replace("[grid]", "[grid"), "line"),
+    ];
+    for (file, text, word) in bad {
+        std::fs::write(dir.join(file), text).unwrap();
+        for cmd in ["run", "plan"] {
+            let out = common::negimg(&[cmd, file, "--device", "cpu"], &dir);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{cmd} {file} succeeded");
+            assert!(stderr.contains(file) && stderr.contains(word), "{cmd} {file}: {stderr}");
+            assert!(!dir.join("results").exists(), "{cmd} {file} left a results folder");
+        }
+    }
+}

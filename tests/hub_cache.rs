@@ -1,0 +1,220 @@
+//! `hf:` references resolved from a Hugging Face cache in huggingface_hub's snapshot layout
+//! (refs/, snapshots/<sha>/ links into blobs/), and the errors when files are missing.
+mod common;
+
+use negimg::weights::hub::{Component, resolve_cached};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Adds `files` (repo path, content) to `repo` in the cache `hub` as huggingface_hub stores
+/// them: content in blobs/<hash>, snapshots/<sha>/<path> a relative link to it, refs/main.
+fn add_to_cache(hub: &Path, repo: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let repo_dir = hub.join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(repo_dir.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), SHA).unwrap();
+    let snapshot = repo_dir.join("snapshots").join(SHA);
+    for (i, (path, content)) in files.iter().enumerate() {
+        let blob = format!("blob{i:04}{}", path.len());
+        std::fs::write(repo_dir.join("blobs").join(&blob), content).unwrap();
+        let link = snapshot.join(path);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        let depth = path.matches('/').count() + 2;
+        let target = format!("{}blobs/{blob}", "../".repeat(depth));
+        std::os::unix::fs::symlink(target, &link).unwrap();
+    }
+    snapshot
+}
+
+const PIPELINE: &[(&str, &[u8])] = &[
+    ("model_index.json", b"{}"),
+    ("unet/config.json", b"{}"),
+    ("unet/diffusion_pytorch_model.fp16.safetensors", b"unet fp16"),
+    ("vae/config.json", b"{}"),
+    ("vae/diffusion_pytorch_model.safetensors", b"vae"),
+    ("text_encoder/config.json", b"{}"),
+    ("text_encoder/model.safetensors", b"text"),
+    ("tokenizer/vocab.json", b"{}"),
+    ("tokenizer/merges.txt", b""),
+    ("scheduler/scheduler_config.json", b"{}"),
+];
+
+#[test]
+fn hub_snapshot_cache_resolves_offline() {
+    let dir = common::scratch("hub_resolve");
+    let hub = dir.join("hub");
+    let snapshot = add_to_cache(&hub, "org/tiny-pipeline", PIPELINE);
+    let adapters = add_to_cache(
+        &hub,
+        "org/adapters",
+        &[
+            ("models/ip-adapter_sd15.safetensors", b"adapter"),
+            ("models/image_encoder/config.json", b"{}"),
+            ("models/image_encoder/model.safetensors", b"encoder"),
+        ],
+    );
+    let base = dir.as_path();
+    let got = resolve_cached("hf:org/tiny-pipeline", base, Component::Pipeline, &hub).unwrap();
+    assert_eq!(got, snapshot.join(""));
+    assert!(got.join("unet/diffusion_pytorch_model.fp16.safetensors").is_file());
+    // Auto finds the pipeline from model_index.json.
+    assert_eq!(resolve_cached("hf:org/tiny-pipeline", base, Component::Auto, &hub).unwrap(), got);
+
+    let adapter = "hf:org/adapters/models/ip-adapter_sd15.safetensors";
+    let file = resolve_cached(adapter, base, Component::File, &hub).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"adapter");
+    let encoder = resolve_cached("hf:org/adapters/models/image_encoder", base, Component::Auto, &hub);
+    assert_eq!(encoder.unwrap(), adapters.join("models/image_encoder"));
+
+    // A commit sha as revision, and a tag through refs/.
+    let by_sha = format!("hf:org/adapters/models/ip-adapter_sd15.safetensors@{SHA}");
+    assert_eq!(resolve_cached(&by_sha, base, Component::File, &hub).unwrap(), file);
+    std::fs::write(hub.join("models--org--adapters/refs/v1"), SHA).unwrap();
+    let by_tag = "hf:org/adapters/models/ip-adapter_sd15.safetensors@v1";
+    assert_eq!(resolve_cached(by_tag, base, Component::File, &hub).unwrap(), file);
+
+    // Local paths are relative to the base folder and must exist.
+    std::fs::write(dir.join("local.safetensors"), b"x").unwrap();
+    let local = resolve_cached("local.safetensors", base, Component::File, &hub).unwrap();
+    assert_eq!(local, dir.join("local.safetensors"));
+    let msg = format!("{:#}", resolve_cached("nope.safetensors", base, Component::File, &hub).unwrap_err());
+    assert!(msg.contains("nope.safetensors") && msg.contains("does not exist"), "{msg}");
+}
+
+#[test]
+fn hub_missing_file_error_names_repo_file_and_command() {
+    let dir = common::scratch("hub_missing");
+    let hub = dir.join("hub");
+    add_to_cache(&hub, "org/adapters", &[("models/other.safetensors", b"x")]);
+    let reference = "hf:org/adapters/models/ip-adapter_sd15.safetensors";
+    let msg = format!("{:#}", resolve_cached(reference, &dir, Component::File, &hub).unwrap_err());
+    for part in [
+        "org/adapters",
+        "models/ip-adapter_sd15.safetensors",
+        "hf download org/adapters models/ip-adapter_sd15.safetensors",
+        "negimg models fetch",
+        hub.to_str().unwrap(),
+    ] {
+        assert!(msg.contains(part), "{part:?} not in: {msg}");
+    }
+    // A repo never downloaded: the command names the files to include.
+    let msg = format!("{:#}", resolve_cached("hf:org/never", &dir, Component::Pipeline, &hub).unwrap_err());
+    assert!(msg.contains("hf download org/never --include") && msg.contains("unet/*"), "{msg}");
+}
+
+#[test]
+fn hub_incomplete_snapshot_lists_missing_files() {
+    let dir = common::scratch("hub_incomplete");
+    let hub = dir.join("hub");
+    // The unet weights were never downloaded, and the vae's blob is gone (dangling link).
+    let partial: Vec<(&str, &[u8])> = PIPELINE
+        .iter()
+        .filter(|(p, _)| !p.starts_with("unet/diffusion"))
+        .copied()
+        .collect();
+    let snapshot = add_to_cache(&hub, "org/partial", &partial);
+    let vae = snapshot.join("vae/diffusion_pytorch_model.safetensors");
+    std::fs::remove_file(std::fs::canonicalize(&vae).unwrap()).unwrap();
+    let err = resolve_cached("hf:org/partial", &dir, Component::Pipeline, &hub).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("org/partial") && msg.contains("incomplete") && msg.contains("unet"), "{msg}");
+    assert!(msg.contains("hf download org/partial --include"), "{msg}");
+    // With the unet weights there, the dangling vae link is the one missing file.
+    let blob = snapshot.join("../../blobs/unet");
+    std::fs::write(&blob, b"unet").unwrap();
+    std::os::unix::fs::symlink("../../../blobs/unet", snapshot.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let msg = format!("{:#}", resolve_cached("hf:org/partial", &dir, Component::Pipeline, &hub).unwrap_err());
+    assert!(msg.contains("files missing: vae/diffusion_pytorch_model.safetensors"), "{msg}");
+}
+
+/// An experiment naming the real default models.
+fn real_models_experiment(dir: &Path) -> PathBuf {
+    let path = dir.join("real.toml");
+    std::fs::write(
+        &path,
+        r#"
+[models]
+pipeline = "hf:SG161222/Realistic_Vision_V5.1_noVAE"
+vae = "hf:stabilityai/sd-vae-ft-mse"
+ip_adapter = { base = "hf:h94/IP-Adapter/models/ip-adapter_sd15.safetensors", plus = "hf:h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors" }
+image_encoder = "hf:h94/IP-Adapter/models/image_encoder"
+scorer = "hf:openai/clip-vit-large-patch14"
+"#,
+    )
+    .unwrap();
+    path
+}
+
+fn run_negimg(args: &[&str], cwd: &Path, env: &[(&str, &str)], offline: bool) -> (i32, String, Duration) {
+    let mut cmd = std::process::Command::new(common::negimg_bin());
+    cmd.args(args).current_dir(cwd);
+    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        cmd.env_remove(var);
+    }
+    if offline {
+        cmd.env("HF_HUB_OFFLINE", "1");
+    } else {
+        cmd.env_remove("HF_HUB_OFFLINE");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let out = cmd.output().expect("cannot run negimg");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text, start.elapsed())
+}
+
+#[test]
+fn hub_offline_empty_cache_fails_fast_with_instructions() {
+    let dir = common::scratch("hub_offline_cli");
+    let exp = real_models_experiment(&dir);
+    let home = dir.join("hf_home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = [("HF_HOME", home.to_str().unwrap())];
+    for command in ["check", "fetch"] {
+        let (code, out, took) =
+            run_negimg(&["models", command, exp.to_str().unwrap()], &dir, &env, true);
+        assert_ne!(code, 0, "{out}");
+        assert!(took < Duration::from_secs(10), "models {command} took {took:?}");
+        assert!(!out.contains("panicked"), "{out}");
+        for part in [
+            "HF_HUB_OFFLINE",
+            "h94/IP-Adapter",
+            "models/ip-adapter_sd15.safetensors",
+            "hf download",
+            "SG161222/Realistic_Vision_V5.1_noVAE",
+        ] {
+            assert!(out.contains(part), "models {command}: {part:?} not in:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn hub_unreachable_network_fails_fast_without_offline_flag() {
+    let dir = common::scratch("hub_unreachable_cli");
+    let exp = real_models_experiment(&dir);
+    let home = dir.join("hf_home");
+    std::fs::create_dir_all(&home).unwrap();
+    // A refused connection (nothing listens on port 9) and a black-holed address (the connect
+    // timeout): neither may hang. The hub itself is not contacted, so this test behaves the
+    // same on a machine with internet.
+    for endpoint in ["http://127.0.0.1:9", "https://10.255.255.1"] {
+        let env = [
+            ("HF_HOME", home.to_str().unwrap()),
+            ("HF_ENDPOINT", endpoint),
+        ];
+        let (code, out, took) =
+            run_negimg(&["models", "fetch", exp.to_str().unwrap()], &dir, &env, false);
+        assert_ne!(code, 0, "{out}");
+        assert!(took < Duration::from_secs(10), "{endpoint}: took {took:?}");
+        assert!(out.contains("cannot be reached") && out.contains("hf download"), "{out}");
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}

@@ -1,0 +1,41 @@
+"""Reference scheduler trajectories from diffusers, for tests/parity_scheduler.rs.
+
+usage: sched_trajectories.py CASES.json OUT.safetensors
+CASES.json: [{"name", "kind": ddim|euler|dpmpp_2m|dpmpp_2m_karras, "steps", "config": {...}}]
+For each case: a fixed random initial noise and model-output sequence (saved), and what
+diffusers does with them the way StableDiffusionPipeline drives a scheduler.
+"""
+import json, sys
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler
+from safetensors.torch import save_file
+
+cases = json.load(open(sys.argv[1]))
+out = {}
+for case in cases:
+    cfg, kind, n, name = case["config"], case["kind"], case["steps"], case["name"]
+    if kind == "ddim":
+        s = DDIMScheduler.from_config(cfg)
+    elif kind == "euler":
+        s = EulerDiscreteScheduler.from_config(cfg)
+    else:
+        s = DPMSolverMultistepScheduler.from_config(
+            cfg, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=kind.endswith("karras"))
+    s.set_timesteps(n)
+    g = torch.Generator("cpu").manual_seed(len(out))
+    shape = (2, 4, 8, 8)
+    x_t = torch.randn(shape, generator=g)
+    eps = torch.randn((n,) + shape, generator=g)
+    x = x_t * s.init_noise_sigma
+    inputs, traj = [], [x]
+    for i, t in enumerate(s.timesteps):
+        inputs.append(s.scale_model_input(x, t))
+        x = s.step(eps[i], t, x).prev_sample
+        traj.append(x)
+    out[f"{name}.timesteps"] = s.timesteps.to(torch.float64)
+    out[f"{name}.init_noise_sigma"] = torch.tensor([float(s.init_noise_sigma)], dtype=torch.float64)
+    out[f"{name}.x_t"] = x_t
+    out[f"{name}.eps"] = eps
+    out[f"{name}.inputs"] = torch.stack(inputs)
+    out[f"{name}.trajectory"] = torch.stack(traj)
+save_file({k: v.contiguous() for k, v in out.items()}, sys.argv[2])

@@ -1,0 +1,152 @@
+//! Scoring a small run: per-image scores, summary tables, paired differences, two scorers
+//! side by side, and `negimg score`.
+mod common;
+mod scoring_fixture;
+
+use negimg::models::clip_model::{ClipConfig, write_random_model};
+use negimg::models::tokenizer::find_open_clip_vocab;
+use negimg::params::NegativeMode;
+use negimg::run::records::Status;
+use negimg::scoring::{self, ScorerInfo};
+use scoring_fixture::write_run;
+use std::path::{Path, PathBuf};
+
+const MODES: [NegativeMode; 3] = [NegativeMode::None, NegativeMode::Text, NegativeMode::Image];
+
+/// A tiny random CLIPModel folder (shared by the tests of this file, written once per call).
+fn tiny_scorer(dir: &Path, seed: i64) -> PathBuf {
+    let vocab = find_open_clip_vocab().unwrap();
+    write_random_model(dir, &ClipConfig::tiny(), seed, &vocab).unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn summary_has_one_row_per_condition_with_intervals_and_paired_differences() {
+    let dir = common::scratch("scoring_summary");
+    let fx = write_run(&dir, &[0.5, 1.0], &MODES, &[1, 2, 3, 4], Some((0, 2, 4)), false);
+    // Known scores: clip_i_pos = weight + seed/100 + (image: 0.1, text: 0.04).
+    let id = "known-0000";
+    let sdir = scoring::scorer_dir(&dir, id);
+    std::fs::create_dir_all(&sdir).unwrap();
+    let value = |w: f64, m: NegativeMode, s: u64| {
+        w + s as f64 / 100.0
+            + match m {
+                NegativeMode::Image => 0.1,
+                NegativeMode::Text => 0.04,
+                _ => 0.0,
+            }
+    };
+    let rows: Vec<(String, String, Vec<f64>)> = fx
+        .records
+        .iter()
+        .filter(|r| r.status == Status::Done)
+        .map(|r| (r.cell_id.clone(), r.file.clone(), vec![value(r.weight, r.negative, r.seed), f64::NAN]))
+        .collect();
+    let metrics = vec!["clip_i_pos".to_string(), "clip_i_base".to_string()];
+    scoring::write_scores(&sdir.join("scores.csv"), &metrics, &rows).unwrap();
+    let info = ScorerInfo {
+        id: id.into(),
+        path: "known".into(),
+        targets: vec![],
+        positive_reference: None,
+        negative_reference: None,
+        metrics,
+    };
+    std::fs::write(sdir.join("scorer.json"), serde_json::to_string(&info).unwrap()).unwrap();
+
+    let summary = scoring::summarize_scorer(&dir, id).unwrap();
+    assert_eq!(summary.axes, vec!["weight", "negative"]);
+    assert_eq!(summary.rows.len(), 6, "weights x modes");
+    let keys: Vec<Vec<String>> = summary.rows.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys[0], vec!["0.5", "none"]);
+    assert_eq!(keys[2], vec!["0.5", "image"]);
+    assert_eq!(keys[5], vec!["1.0", "image"]);
+    let failed = &summary.rows[2];
+    assert_eq!((failed.n, failed.n_failed), (3, 1), "the failed cell is counted, not scored");
+    let e = summary.rows[1].estimates[0];
+    assert!((e.mean - (0.5 + 0.025 + 0.04)).abs() < 1e-12);
+    assert!((e.std - (0.0001f64 * 5.0 / 3.0).sqrt()).abs() < 1e-12);
+    assert!(e.ci_lo < e.mean && e.mean < e.ci_hi);
+    assert!(e.ci_lo >= 0.5 + 0.01 + 0.04 - 1e-12 && e.ci_hi <= 0.5 + 0.04 + 0.04 + 1e-12);
+
+    // summary.csv: one row per condition, CI columns.
+    let mut reader = csv::Reader::from_path(sdir.join("summary.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    for col in ["weight", "negative", "n", "n_failed", "clip_i_pos_mean", "clip_i_pos_std", "clip_i_pos_ci_lo", "clip_i_pos_ci_hi"] {
+        assert!(header.contains(&col.to_string()), "summary.csv has {col}");
+    }
+    assert_eq!(reader.records().count(), 6);
+
+    // Paired: image - text is exactly 0.06 on every seed (3 seeds at weight 0.5: one failed).
+    let p = summary
+        .paired
+        .iter()
+        .find(|p| p.key == ["0.5"] && p.a == "text" && p.b == "image" && p.metric == "clip_i_pos")
+        .unwrap();
+    assert_eq!(p.estimate.n, 3);
+    assert!((p.estimate.mean - 0.06).abs() < 1e-12);
+    assert!((p.estimate.ci_lo - 0.06).abs() < 1e-12 && (p.estimate.ci_hi - 0.06).abs() < 1e-12);
+    assert_eq!(p.b_greater, 1.0);
+    let paired = std::fs::read_to_string(sdir.join("paired.csv")).unwrap();
+    assert!(paired.starts_with("weight,metric,a,b,n,mean_b_minus_a,std,ci_lo,ci_hi,b_greater"));
+
+    let tex = std::fs::read_to_string(sdir.join("summary.tex")).unwrap();
+    for part in ["\\toprule", "\\midrule", "\\bottomrule", "clip\\_i\\_pos", "image $-$ text"] {
+        assert!(tex.contains(part), "summary.tex has {part}");
+    }
+    assert!(!tex.contains("clip\\_i\\_base"), "all-empty metrics are left out of the tables");
+    let md = std::fs::read_to_string(sdir.join("summary.md")).unwrap();
+    assert!(md.contains("| weight | negative | n | failed | clip_i_pos |"));
+}
+
+#[test]
+fn scoring_twice_with_two_scorers_keeps_both() {
+    let dir = common::scratch("scoring_two_scorers");
+    let models = common::scratch("scoring_two_scorers_models");
+    let a = tiny_scorer(&models.join("scorer-a"), 1);
+    let b = tiny_scorer(&models.join("scorer-b"), 2);
+    let fx = write_run(&dir, &[0.5, 1.0], &MODES, &[1, 2], Some((1, 1, 2)), true);
+
+    scoring::score_run(&dir, &a, tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let id_a = scoring::scorer_id(&a).unwrap();
+    assert!(id_a.starts_with("scorer-a-"), "{id_a}");
+    let scores_a = scoring::scorer_dir(&dir, &id_a).join("scores.csv");
+    let before = std::fs::read(&scores_a).unwrap();
+    let table = scoring::read_scores(&scores_a).unwrap();
+    assert_eq!(
+        table.metrics,
+        ["clip_i_pos", "clip_i_neg", "subtraction", "clip_i_base", "clip_t_1", "clip_t_cos_1", "clip_t_2", "clip_t_cos_2"]
+    );
+    let done: Vec<_> = fx.records.iter().filter(|r| r.status == Status::Done).collect();
+    assert_eq!(table.values.len(), done.len(), "one row per done image");
+    for r in &done {
+        let v = &table.values[&r.cell_id];
+        assert!((v[2] - (v[0] - v[1])).abs() < 1e-12, "subtraction");
+        assert!(v[0].abs() <= 1.0 + 1e-9 && v[1].abs() <= 1.0 + 1e-9, "cosines");
+        assert!((v[4] - 100.0 * v[5].max(0.0)).abs() < 1e-9, "CLIPScore convention");
+        if r.negative == NegativeMode::None {
+            assert!((v[3] - 1.0).abs() < 1e-6, "a none cell is its own baseline");
+        } else {
+            assert!(v[3] < 1.0 - 1e-6, "other cells differ from their baseline");
+        }
+    }
+    let sum_a = std::fs::read_to_string(scoring::scorer_dir(&dir, &id_a).join("summary.csv")).unwrap();
+    assert_eq!(sum_a.lines().count(), 1 + 6);
+
+    // A second scorer through the command line: the first one's scores stay.
+    let out = common::negimg(
+        &["score", dir.to_str().unwrap(), "--scorer", b.to_str().unwrap(), "--device", "cpu"],
+        &dir,
+    );
+    assert!(out.status.success(), "negimg score: {}", String::from_utf8_lossy(&out.stderr));
+    let ids = scoring::scorers(&dir).unwrap();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(std::fs::read(&scores_a).unwrap(), before, "first scorer's scores untouched");
+    let id_b = scoring::scorer_id(&b).unwrap();
+    assert_ne!(id_a, id_b);
+    let table_b = scoring::read_scores(&scoring::scorer_dir(&dir, &id_b).join("scores.csv")).unwrap();
+    let first = &done[1].cell_id;
+    assert_ne!(table.values[first][0], table_b.values[first][0], "different models, different scores");
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(html.contains(&id_a) && html.contains(&id_b), "the report shows both scorers");
+}
