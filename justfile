@@ -24,8 +24,9 @@ build: setup
 run FILE *ARGS: build
     target/release/negimg run {{FILE}} {{ARGS}}
 
-# the whole test suite (CPU; parity tests call diffusers/transformers from .venv)
+# the whole test suite (CPU; parity tests call diffusers/transformers from .venv; the report test needs chromium)
 test: build
+    scripts/install-chromium.sh
     cargo test --release --locked -- --test-threads 2
 
 # speed benchmark: random SD1.5-shape weights; e.g. just bench --device cpu

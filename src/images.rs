@@ -36,8 +36,9 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let n = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .with_context(|| format!("cannot read {}", what()))?;
-    let format = image::guess_format(&head[..n])
-        .map_err(|_| anyhow::anyhow!("{}: not a PNG or JPEG file (unrecognised content)", what()))?;
+    let format = image::guess_format(&head[..n]).map_err(|_| {
+        anyhow::anyhow!("{}: not a PNG or JPEG file (unrecognised content)", what())
+    })?;
     let mut reader = ImageReader::open(path).with_context(|| format!("cannot open {}", what()))?;
     reader.set_format(format);
     let mut limits = Limits::default();
@@ -46,9 +47,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| describe(e, &what()))?;
-    let orientation = decoder
-        .orientation()
-        .map_err(|e| describe(e, &what()))?;
+    let orientation = decoder.orientation().map_err(|e| describe(e, &what()))?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| describe(e, &what()))?;
     image.apply_orientation(orientation);
     Ok(to_rgb_on_white(&image))
@@ -61,9 +60,9 @@ fn describe(e: image::ImageError, what: &str) -> anyhow::Error {
              (images are resized to 224 or 512 pixels anyway: shrink it first)"
         ),
         image::ImageError::Unsupported(u) => anyhow::anyhow!("{what}: unsupported ({u})"),
-        other => anyhow::anyhow!(
-            "{what}: cannot decode ({other}); the file may be truncated or corrupt"
-        ),
+        other => {
+            anyhow::anyhow!("{what}: cannot decode ({other}); the file may be truncated or corrupt")
+        }
     }
 }
 

@@ -72,7 +72,7 @@ pub type FloatOutcome = std::result::Result<Tensor, String>;
 enum VaeOrigin {
     File {
         weights: PathBuf,
-        cfg: AutoencoderKLConfig,
+        cfg: Box<AutoencoderKLConfig>,
     },
     Single(PathBuf),
     Memory,
@@ -502,13 +502,7 @@ impl Pipeline {
 
         // Initial noise, per cell, drawn on the CPU.
         let (h, w) = ((height / f) as i64, (width / f) as i64);
-        let noise: Vec<Tensor> = cells
-            .iter()
-            .map(|c| {
-                tch::manual_seed(c.seed as i64);
-                Tensor::randn([1, 4, h, w], (Kind::Float, Device::Cpu))
-            })
-            .collect();
+        let noise: Vec<Tensor> = cells.iter().map(|c| initial_noise(c.seed, h, w)).collect();
         let mut x = Tensor::cat(&noise, 0).to_device(self.device) * scheduler.init_noise_sigma();
         let cfg: Vec<f64> = cells.iter().map(|c| c.cfg).collect();
         let refs: Vec<&GenParams> = cells.iter().collect();
@@ -721,9 +715,20 @@ fn load_vae(c: &Component, device: Device, kind: Kind) -> Result<(AutoencoderKL,
         vae,
         VaeOrigin::File {
             weights: c.weights.clone(),
-            cfg,
+            cfg: Box::new(cfg),
         },
     ))
+}
+
+/// N(0, 1) latents `[1, 4, h, w]` from libtorch's CPU generator seeded with `seed` (as
+/// `torch.Generator("cpu").manual_seed(seed)`; seeds of 2^63 and above wrap to negative i64,
+/// the same 64 bits). The generator is global, so seeding and drawing hold a lock against
+/// other pipelines in the process.
+pub fn initial_noise(seed: u64, h: i64, w: i64) -> Tensor {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed as i64);
+    Tensor::randn([1, 4, h, w], (Kind::Float, Device::Cpu))
 }
 
 /// Per row of `[B, ...]`: true when every value is finite.

@@ -31,7 +31,10 @@ fn add_to_cache(hub: &Path, repo: &str, files: &[(&str, &[u8])]) -> PathBuf {
 const PIPELINE: &[(&str, &[u8])] = &[
     ("model_index.json", b"{}"),
     ("unet/config.json", b"{}"),
-    ("unet/diffusion_pytorch_model.fp16.safetensors", b"unet fp16"),
+    (
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        b"unet fp16",
+    ),
     ("vae/config.json", b"{}"),
     ("vae/diffusion_pytorch_model.safetensors", b"vae"),
     ("text_encoder/config.json", b"{}"),
@@ -58,29 +61,52 @@ fn hub_snapshot_cache_resolves_offline() {
     let base = dir.as_path();
     let got = resolve_cached("hf:org/tiny-pipeline", base, Component::Pipeline, &hub).unwrap();
     assert_eq!(got, snapshot.join(""));
-    assert!(got.join("unet/diffusion_pytorch_model.fp16.safetensors").is_file());
+    assert!(
+        got.join("unet/diffusion_pytorch_model.fp16.safetensors")
+            .is_file()
+    );
     // Auto finds the pipeline from model_index.json.
-    assert_eq!(resolve_cached("hf:org/tiny-pipeline", base, Component::Auto, &hub).unwrap(), got);
+    assert_eq!(
+        resolve_cached("hf:org/tiny-pipeline", base, Component::Auto, &hub).unwrap(),
+        got
+    );
 
     let adapter = "hf:org/adapters/models/ip-adapter_sd15.safetensors";
     let file = resolve_cached(adapter, base, Component::File, &hub).unwrap();
     assert_eq!(std::fs::read(&file).unwrap(), b"adapter");
-    let encoder = resolve_cached("hf:org/adapters/models/image_encoder", base, Component::Auto, &hub);
+    let encoder = resolve_cached(
+        "hf:org/adapters/models/image_encoder",
+        base,
+        Component::Auto,
+        &hub,
+    );
     assert_eq!(encoder.unwrap(), adapters.join("models/image_encoder"));
 
     // A commit sha as revision, and a tag through refs/.
     let by_sha = format!("hf:org/adapters/models/ip-adapter_sd15.safetensors@{SHA}");
-    assert_eq!(resolve_cached(&by_sha, base, Component::File, &hub).unwrap(), file);
+    assert_eq!(
+        resolve_cached(&by_sha, base, Component::File, &hub).unwrap(),
+        file
+    );
     std::fs::write(hub.join("models--org--adapters/refs/v1"), SHA).unwrap();
     let by_tag = "hf:org/adapters/models/ip-adapter_sd15.safetensors@v1";
-    assert_eq!(resolve_cached(by_tag, base, Component::File, &hub).unwrap(), file);
+    assert_eq!(
+        resolve_cached(by_tag, base, Component::File, &hub).unwrap(),
+        file
+    );
 
     // Local paths are relative to the base folder and must exist.
     std::fs::write(dir.join("local.safetensors"), b"x").unwrap();
     let local = resolve_cached("local.safetensors", base, Component::File, &hub).unwrap();
     assert_eq!(local, dir.join("local.safetensors"));
-    let msg = format!("{:#}", resolve_cached("nope.safetensors", base, Component::File, &hub).unwrap_err());
-    assert!(msg.contains("nope.safetensors") && msg.contains("does not exist"), "{msg}");
+    let msg = format!(
+        "{:#}",
+        resolve_cached("nope.safetensors", base, Component::File, &hub).unwrap_err()
+    );
+    assert!(
+        msg.contains("nope.safetensors") && msg.contains("does not exist"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -89,7 +115,10 @@ fn hub_missing_file_error_names_repo_file_and_command() {
     let hub = dir.join("hub");
     add_to_cache(&hub, "org/adapters", &[("models/other.safetensors", b"x")]);
     let reference = "hf:org/adapters/models/ip-adapter_sd15.safetensors";
-    let msg = format!("{:#}", resolve_cached(reference, &dir, Component::File, &hub).unwrap_err());
+    let msg = format!(
+        "{:#}",
+        resolve_cached(reference, &dir, Component::File, &hub).unwrap_err()
+    );
     for part in [
         "org/adapters",
         "models/ip-adapter_sd15.safetensors",
@@ -100,8 +129,14 @@ fn hub_missing_file_error_names_repo_file_and_command() {
         assert!(msg.contains(part), "{part:?} not in: {msg}");
     }
     // A repo never downloaded: the command names the files to include.
-    let msg = format!("{:#}", resolve_cached("hf:org/never", &dir, Component::Pipeline, &hub).unwrap_err());
-    assert!(msg.contains("hf download org/never --include") && msg.contains("unet/*"), "{msg}");
+    let msg = format!(
+        "{:#}",
+        resolve_cached("hf:org/never", &dir, Component::Pipeline, &hub).unwrap_err()
+    );
+    assert!(
+        msg.contains("hf download org/never --include") && msg.contains("unet/*"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -119,14 +154,27 @@ fn hub_incomplete_snapshot_lists_missing_files() {
     std::fs::remove_file(std::fs::canonicalize(&vae).unwrap()).unwrap();
     let err = resolve_cached("hf:org/partial", &dir, Component::Pipeline, &hub).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("org/partial") && msg.contains("incomplete") && msg.contains("unet"), "{msg}");
+    assert!(
+        msg.contains("org/partial") && msg.contains("incomplete") && msg.contains("unet"),
+        "{msg}"
+    );
     assert!(msg.contains("hf download org/partial --include"), "{msg}");
     // With the unet weights there, the dangling vae link is the one missing file.
     let blob = snapshot.join("../../blobs/unet");
     std::fs::write(&blob, b"unet").unwrap();
-    std::os::unix::fs::symlink("../../../blobs/unet", snapshot.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    let msg = format!("{:#}", resolve_cached("hf:org/partial", &dir, Component::Pipeline, &hub).unwrap_err());
-    assert!(msg.contains("files missing: vae/diffusion_pytorch_model.safetensors"), "{msg}");
+    std::os::unix::fs::symlink(
+        "../../../blobs/unet",
+        snapshot.join("unet/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let msg = format!(
+        "{:#}",
+        resolve_cached("hf:org/partial", &dir, Component::Pipeline, &hub).unwrap_err()
+    );
+    assert!(
+        msg.contains("files missing: vae/diffusion_pytorch_model.safetensors"),
+        "{msg}"
+    );
 }
 
 /// An experiment naming the real default models.
@@ -147,10 +195,23 @@ scorer = "hf:openai/clip-vit-large-patch14"
     path
 }
 
-fn run_negimg(args: &[&str], cwd: &Path, env: &[(&str, &str)], offline: bool) -> (i32, String, Duration) {
+fn run_negimg(
+    args: &[&str],
+    cwd: &Path,
+    env: &[(&str, &str)],
+    offline: bool,
+) -> (i32, String, Duration) {
     let mut cmd = std::process::Command::new(common::negimg_bin());
     cmd.args(args).current_dir(cwd);
-    for var in ["HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+    for var in [
+        "HF_HUB_CACHE",
+        "HF_TOKEN",
+        "HF_ENDPOINT",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         cmd.env_remove(var);
     }
     if offline {
@@ -179,10 +240,17 @@ fn hub_offline_empty_cache_fails_fast_with_instructions() {
     std::fs::create_dir_all(&home).unwrap();
     let env = [("HF_HOME", home.to_str().unwrap())];
     for command in ["check", "fetch"] {
-        let (code, out, took) =
-            run_negimg(&["models", command, exp.to_str().unwrap()], &dir, &env, true);
+        let (code, out, took) = run_negimg(
+            &["models", command, exp.to_str().unwrap()],
+            &dir,
+            &env,
+            true,
+        );
         assert_ne!(code, 0, "{out}");
-        assert!(took < Duration::from_secs(10), "models {command} took {took:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "models {command} took {took:?}"
+        );
         assert!(!out.contains("panicked"), "{out}");
         for part in [
             "HF_HUB_OFFLINE",
@@ -191,7 +259,10 @@ fn hub_offline_empty_cache_fails_fast_with_instructions() {
             "hf download",
             "SG161222/Realistic_Vision_V5.1_noVAE",
         ] {
-            assert!(out.contains(part), "models {command}: {part:?} not in:\n{out}");
+            assert!(
+                out.contains(part),
+                "models {command}: {part:?} not in:\n{out}"
+            );
         }
     }
 }
@@ -210,11 +281,113 @@ fn hub_unreachable_network_fails_fast_without_offline_flag() {
             ("HF_HOME", home.to_str().unwrap()),
             ("HF_ENDPOINT", endpoint),
         ];
-        let (code, out, took) =
-            run_negimg(&["models", "fetch", exp.to_str().unwrap()], &dir, &env, false);
+        let (code, out, took) = run_negimg(
+            &["models", "fetch", exp.to_str().unwrap()],
+            &dir,
+            &env,
+            false,
+        );
         assert_ne!(code, 0, "{out}");
         assert!(took < Duration::from_secs(10), "{endpoint}: took {took:?}");
-        assert!(out.contains("cannot be reached") && out.contains("hf download"), "{out}");
+        assert!(
+            out.contains("cannot be reached") && out.contains("hf download"),
+            "{out}"
+        );
         assert!(!out.contains("panicked"), "{out}");
     }
+}
+
+/// Every file under `dir`, relative, '/'-separated.
+fn files_under(dir: &Path, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if path.is_dir() {
+            files_under(&path, &rel, out);
+        } else {
+            out.push((rel, std::fs::read(&path).unwrap()));
+        }
+    }
+}
+
+#[test]
+fn hub_models_check_tiny_models_from_cache() {
+    let dir = common::scratch("hub_check_tiny");
+    let made = dir.join("made");
+    let out = common::negimg(
+        &[
+            "models",
+            "init-random",
+            "--preset",
+            "tiny",
+            "--out",
+            made.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files = vec![];
+    files_under(&made, "", &mut files);
+    let borrowed: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let home = dir.join("hf_home");
+    let snapshot = add_to_cache(&home.join("hub"), "negimg/tiny", &borrowed);
+    let exp = dir.join("tiny.toml");
+    std::fs::write(
+        &exp,
+        r#"
+[models]
+pipeline = "hf:negimg/tiny/pipeline"
+ip_adapter = { base = "hf:negimg/tiny/ip-adapter_sd15.safetensors", plus = "hf:negimg/tiny/ip-adapter-plus_sd15.safetensors" }
+image_encoder = "hf:negimg/tiny/image_encoder"
+scorer = "hf:negimg/tiny/scorer"
+"#,
+    )
+    .unwrap();
+    let env = [("HF_HOME", home.to_str().unwrap())];
+    let (code, text, _) = run_negimg(
+        &["models", "check", exp.to_str().unwrap()],
+        &dir,
+        &env,
+        true,
+    );
+    assert_eq!(code, 0, "{text}");
+    use sha2::Digest;
+    let adapter = std::fs::read(snapshot.join("ip-adapter_sd15.safetensors")).unwrap();
+    let digest: String = sha2::Sha256::digest(&adapter)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(text.contains(&digest), "sha256 {digest} not in:\n{text}");
+    assert!(text.contains("every tensor is present"), "{text}");
+
+    // A truncated UNet blob is found by `check`, naming the file.
+    let unet =
+        std::fs::canonicalize(snapshot.join("pipeline/unet/diffusion_pytorch_model.safetensors"))
+            .unwrap();
+    let bytes = std::fs::read(&unet).unwrap();
+    std::fs::write(&unet, &bytes[..bytes.len() - 100]).unwrap();
+    let (code, text, _) = run_negimg(
+        &["models", "check", "--no-hash", exp.to_str().unwrap()],
+        &dir,
+        &env,
+        true,
+    );
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("truncated") && text.contains("diffusion_pytorch_model"),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
 }

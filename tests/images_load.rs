@@ -2,12 +2,12 @@
 //! orientation) are written at test time, with Pillow's own reading as the expectation.
 mod common;
 
-use image::{ImageBuffer, Luma, Rgb, Rgba, RgbImage};
+use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};
 use negimg::images::load_rgb;
 use std::path::{Path, PathBuf};
 
 fn err_of(path: &Path) -> String {
-    format!("{:#}", load_rgb(path).err().expect("load should fail"))
+    format!("{:#}", load_rgb(path).expect_err("load should fail"))
 }
 
 fn gradient(w: u32, h: u32) -> RgbImage {
@@ -39,7 +39,8 @@ fn images_png_and_jpeg_load_as_rgb() {
     assert_eq!(load_rgb(&png).unwrap(), img);
     // Content decides, not the extension.
     let jpeg = dir.join("really_a_jpeg.png");
-    img.save_with_format(&jpeg, image::ImageFormat::Jpeg).unwrap();
+    img.save_with_format(&jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
     let got = load_rgb(&jpeg).unwrap();
     assert_eq!(got.dimensions(), (8, 6));
     assert!(max_diff(&got, &img) < 40);
@@ -66,7 +67,10 @@ fn images_not_an_image_is_refused() {
     let path = dir.join("notes.jpg");
     std::fs::write(&path, b"these are words, not pixels").unwrap();
     let msg = err_of(&path);
-    assert!(msg.contains("notes.jpg") && msg.contains("not a PNG or JPEG"), "{msg}");
+    assert!(
+        msg.contains("notes.jpg") && msg.contains("not a PNG or JPEG"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -76,7 +80,10 @@ fn images_truncated_png_is_refused() {
     let path = dir.join("truncated.png");
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let msg = err_of(&path);
-    assert!(msg.contains("truncated.png") && msg.contains("cannot decode"), "{msg}");
+    assert!(
+        msg.contains("truncated.png") && msg.contains("cannot decode"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -84,7 +91,10 @@ fn images_corrupt_jpeg_is_refused() {
     let dir = common::scratch("images_corrupt");
     let mut bytes = Vec::new();
     gradient(32, 32)
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Jpeg,
+        )
         .unwrap();
     // Keep the SOI marker, wreck the headers and the entropy-coded data.
     for b in bytes.iter_mut().skip(4) {
@@ -102,7 +112,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -121,15 +135,24 @@ fn images_huge_header_is_refused_before_allocating() {
     std::fs::write(&path, &bytes).unwrap();
     let start = std::time::Instant::now();
     let msg = err_of(&path);
-    assert!(msg.contains("huge.png") && msg.contains("too large"), "{msg}");
-    assert!(start.elapsed().as_secs_f64() < 1.0, "took {:?}", start.elapsed());
+    assert!(
+        msg.contains("huge.png") && msg.contains("too large"),
+        "{msg}"
+    );
+    assert!(
+        start.elapsed().as_secs_f64() < 1.0,
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
 fn images_one_pixel_is_accepted() {
     let dir = common::scratch("images_1x1");
     let path = dir.join("dot.png");
-    RgbImage::from_pixel(1, 1, Rgb([1, 2, 3])).save(&path).unwrap();
+    RgbImage::from_pixel(1, 1, Rgb([1, 2, 3]))
+        .save(&path)
+        .unwrap();
     assert_eq!(load_rgb(&path).unwrap().get_pixel(0, 0), &Rgb([1, 2, 3]));
 }
 
@@ -149,7 +172,11 @@ fn images_sixteen_bit_png_is_rounded_to_eight() {
     let dir = common::scratch("images_16bit");
     let path = dir.join("deep.png");
     ImageBuffer::<Rgb<u16>, _>::from_fn(2, 1, |x, _| {
-        if x == 0 { Rgb([65535, 0, 32896]) } else { Rgb([257 * 10, 257 * 200, 0]) }
+        if x == 0 {
+            Rgb([65535, 0, 32896])
+        } else {
+            Rgb([257 * 10, 257 * 200, 0])
+        }
     })
     .save(&path)
     .unwrap();
@@ -163,9 +190,9 @@ fn images_rgba_is_composited_on_white() {
     let dir = common::scratch("images_rgba");
     let path = dir.join("alpha.png");
     let img = ImageBuffer::<Rgba<u8>, _>::from_fn(3, 1, |x, _| match x {
-        0 => Rgba([255, 0, 0, 0]),     // fully transparent: white
-        1 => Rgba([0, 0, 255, 255]),   // opaque: unchanged
-        _ => Rgba([0, 0, 0, 128]),     // half black over white: mid gray
+        0 => Rgba([255, 0, 0, 0]),   // fully transparent: white
+        1 => Rgba([0, 0, 255, 255]), // opaque: unchanged
+        _ => Rgba([0, 0, 0, 128]),   // half black over white: mid gray
     });
     img.save(&path).unwrap();
     let got = load_rgb(&path).unwrap();
@@ -197,7 +224,11 @@ ImageOps.exif_transpose(Image.open(f"{d}/rotated.jpg")).convert("RGB").save(f"{d
         .args(["-c", code, dir.to_str().unwrap()])
         .output()
         .expect("cannot run python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (
         dir.join("cmyk.jpg"),
         dir.join("cmyk_pillow.png"),
@@ -214,10 +245,22 @@ fn images_cmyk_jpeg_and_exif_orientation_match_pillow() {
     let want = image::open(&cmyk_ref).unwrap().to_rgb8();
     assert_eq!(got.dimensions(), (48, 32));
     // Different JPEG decoders: a few levels apart at most, never inverted or swapped.
-    assert!(max_diff(&got, &want) < 24, "CMYK differs by {}", max_diff(&got, &want));
+    assert!(
+        max_diff(&got, &want) < 24,
+        "CMYK differs by {}",
+        max_diff(&got, &want)
+    );
 
     let got = load_rgb(&rotated).unwrap();
     let want = image::open(&rotated_ref).unwrap().to_rgb8();
-    assert_eq!(got.dimensions(), (32, 48), "orientation 6 turns 48x32 upright to 32x48");
-    assert!(max_diff(&got, &want) < 24, "rotated differs by {}", max_diff(&got, &want));
+    assert_eq!(
+        got.dimensions(),
+        (32, 48),
+        "orientation 6 turns 48x32 upright to 32x48"
+    );
+    assert!(
+        max_diff(&got, &want) < 24,
+        "rotated differs by {}",
+        max_diff(&got, &want)
+    );
 }

@@ -19,7 +19,11 @@ fn assert_same_tensors(view: &dyn TensorSource, reference: &TensorFile, what: &s
     got.sort();
     assert_eq!(got, expected, "{what}: diffusers names differ");
     for name in &expected {
-        assert_eq!(view.shape(name), reference.shape(name), "{what}: shape of {name}");
+        assert_eq!(
+            view.shape(name),
+            reference.shape(name),
+            "{what}: shape of {name}"
+        );
         let a = view.get(name, Device::Cpu, Kind::Float).unwrap();
         let b = reference.get(name, Device::Cpu, Kind::Float).unwrap();
         assert_eq!(common::max_abs_diff(&a, &b), 0.0, "{what}: {name}");
@@ -48,9 +52,14 @@ fn ldm_single_file_matches_diffusers_layout() {
     );
 
     // A diffusers-layout file is not a single-file checkpoint: the error says what to do.
-    let err = open_single_file(&dir.join("unet.safetensors")).err().unwrap();
+    let err = open_single_file(&dir.join("unet.safetensors"))
+        .err()
+        .unwrap();
     let msg = format!("{err:#}");
-    assert!(msg.contains("model.diffusion_model") && msg.contains("unet.safetensors"), "{msg}");
+    assert!(
+        msg.contains("model.diffusion_model") && msg.contains("unet.safetensors"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -59,7 +68,10 @@ fn ldm_pickled_ckpt_is_refused_with_conversion_command() {
     let path = dir.join("model.ckpt");
     std::fs::write(&path, b"not read").unwrap();
     let msg = format!("{:#}", open_single_file(&path).err().unwrap());
-    assert!(msg.contains("model.ckpt") && msg.contains("safetensors") && msg.contains("python -c"), "{msg}");
+    assert!(
+        msg.contains("model.ckpt") && msg.contains("safetensors") && msg.contains("python -c"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -67,10 +79,16 @@ fn ldm_checkpoint_without_vae_names_the_missing_part() {
     let dir = common::scratch("ldm_no_vae");
     let path = dir.join("unet_only.safetensors");
     let w = tch::Tensor::zeros([4, 4, 3, 3], (Kind::Float, Device::Cpu));
-    tch::Tensor::write_safetensors(&[("model.diffusion_model.input_blocks.0.0.weight", w)], &path)
-        .unwrap();
+    tch::Tensor::write_safetensors(
+        &[("model.diffusion_model.input_blocks.0.0.weight", w)],
+        &path,
+    )
+    .unwrap();
     let ckpt = open_single_file(&path).unwrap();
     assert!(ckpt.unet().unwrap().shape("conv_in.weight").is_some());
     let msg = format!("{:#}", ckpt.vae().err().unwrap());
-    assert!(msg.contains("no VAE") && msg.contains("unet_only.safetensors"), "{msg}");
+    assert!(
+        msg.contains("no VAE") && msg.contains("unet_only.safetensors"),
+        "{msg}"
+    );
 }

@@ -14,7 +14,13 @@ use scoring_fixture::write_run;
 fn clip_metrics_match_transformers() {
     let dir = common::scratch("parity_score_run");
     let scorer = common::scratch("parity_score_model").join("scorer");
-    write_random_model(&scorer, &ClipConfig::tiny(), 11, &find_open_clip_vocab().unwrap()).unwrap();
+    write_random_model(
+        &scorer,
+        &ClipConfig::tiny(),
+        11,
+        &find_open_clip_vocab().unwrap(),
+    )
+    .unwrap();
     // 48x32 textured images: the resize and centre crop matter; one failed cell.
     let modes = [NegativeMode::None, NegativeMode::Image, NegativeMode::Both];
     let fx = write_run(&dir, &[0.5, 1.0], &modes, &[1, 2], Some((0, 1, 2)), true);
@@ -35,21 +41,37 @@ fn clip_metrics_match_transformers() {
     );
     let reference = tch::Tensor::read_safetensors(&out).unwrap();
     let metrics = &reference.iter().find(|(n, _)| n == "metrics").unwrap().1;
-    let done: Vec<_> = fx.records.iter().filter(|r| r.status == Status::Done).collect();
-    assert_eq!(metrics.size(), [done.len() as i64, table.metrics.len() as i64]);
+    let done: Vec<_> = fx
+        .records
+        .iter()
+        .filter(|r| r.status == Status::Done)
+        .collect();
+    assert_eq!(
+        metrics.size(),
+        [done.len() as i64, table.metrics.len() as i64]
+    );
     let mut worst = 0.0f64;
     for (i, r) in done.iter().enumerate() {
         let ours = &table.values[&r.cell_id];
         for (m, name) in table.metrics.iter().enumerate() {
             let want = metrics.double_value(&[i as i64, m as i64]);
             let got = ours[m];
-            assert_eq!(want.is_nan(), got.is_nan(), "{name} of {} defined on one side only", r.cell_id);
+            assert_eq!(
+                want.is_nan(),
+                got.is_nan(),
+                "{name} of {} defined on one side only",
+                r.cell_id
+            );
             if want.is_nan() {
                 continue;
             }
             let diff = (got - want).abs();
             worst = worst.max(diff);
-            assert!(diff < 1e-4, "{name} of {}: ours {got}, transformers {want}", r.cell_id);
+            assert!(
+                diff < 1e-4,
+                "{name} of {}: ours {got}, transformers {want}",
+                r.cell_id
+            );
         }
     }
     println!("max |diff| = {worst:e} over {} images", done.len());

@@ -19,15 +19,30 @@ fn write_adapter(path: &Path, widths: &[i64], cross: i64, embed_dim: i64, seed: 
     tch::manual_seed(seed);
     let f = (Kind::Float, Device::Cpu);
     let mut tensors = vec![
-        ("image_proj.proj.weight".to_string(), Tensor::randn([4 * cross, embed_dim], f) * 0.1),
-        ("image_proj.proj.bias".to_string(), Tensor::randn([4 * cross], f) * 0.1),
-        ("image_proj.norm.weight".to_string(), Tensor::ones([cross], f) + Tensor::randn([cross], f) * 0.1),
-        ("image_proj.norm.bias".to_string(), Tensor::randn([cross], f) * 0.1),
+        (
+            "image_proj.proj.weight".to_string(),
+            Tensor::randn([4 * cross, embed_dim], f) * 0.1,
+        ),
+        (
+            "image_proj.proj.bias".to_string(),
+            Tensor::randn([4 * cross], f) * 0.1,
+        ),
+        (
+            "image_proj.norm.weight".to_string(),
+            Tensor::ones([cross], f) + Tensor::randn([cross], f) * 0.1,
+        ),
+        (
+            "image_proj.norm.bias".to_string(),
+            Tensor::randn([cross], f) * 0.1,
+        ),
     ];
     for (i, &w) in widths.iter().enumerate() {
         let k = 2 * i + 1;
         for name in ["to_k_ip", "to_v_ip"] {
-            tensors.push((format!("ip_adapter.{k}.{name}.weight"), Tensor::randn([w, cross], f) * 0.2));
+            tensors.push((
+                format!("ip_adapter.{k}.{name}.weight"),
+                Tensor::randn([w, cross], f) * 0.2,
+            ));
         }
     }
     Tensor::write_safetensors(&tensors, path).unwrap();
@@ -44,7 +59,13 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
     let unet_dir = dir.join("unet");
     write_random_model(&unet_dir, &cfg, 7, false).unwrap();
     let adapter = dir.join("ip-adapter.safetensors");
-    write_adapter(&adapter, &ip_attn_hidden_sizes(&cfg), cfg.context_dim(), 16, 11);
+    write_adapter(
+        &adapter,
+        &ip_attn_hidden_sizes(&cfg),
+        cfg.context_dim(),
+        16,
+        11,
+    );
 
     tch::manual_seed(3);
     let f = (Kind::Float, Device::Cpu);
@@ -61,7 +82,12 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
     let out = dir.join("ref.safetensors");
     common::run_python(
         "unet_parity.py",
-        &[unet_dir.to_str().unwrap(), adapter.to_str().unwrap(), inputs.to_str().unwrap(), out.to_str().unwrap()],
+        &[
+            unet_dir.to_str().unwrap(),
+            adapter.to_str().unwrap(),
+            inputs.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
     );
     let reference = TensorFile::open(&out).unwrap();
     let x = TensorFile::open(&inputs).unwrap();
@@ -72,9 +98,18 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
     let eps = tch::no_grad(|| plain.forward_timesteps(&latents, &timesteps, &text, None));
     let diff = common::max_abs_diff(&eps, &get(&reference, "eps_plain"));
     eprintln!("UNet without IP, per-row timesteps: max abs diff {diff:e}");
-    assert!(diff <= TOL, "UNet without IP differs from diffusers by {diff}");
+    assert!(
+        diff <= TOL,
+        "UNet without IP differs from diffusers by {diff}"
+    );
 
-    let mut unet = UNet2DConditionModel::load(&unet_dir, Device::Cpu, Kind::Float, Some(IpLayout::for_config(&cfg))).unwrap();
+    let mut unet = UNet2DConditionModel::load(
+        &unet_dir,
+        Device::Cpu,
+        Kind::Float,
+        Some(IpLayout::for_config(&cfg)),
+    )
+    .unwrap();
     // Before the adapter is loaded the IP branch is inert.
     let tokens = get(&reference, "tokens");
     let scales = get(&x, "scales");
@@ -82,7 +117,8 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
     let plain_501 = tch::no_grad(|| plain.forward(&latents, 501.0, &text, None));
     assert!(common::max_abs_diff(&inert, &plain_501) < 1e-6);
 
-    unet.load_ip_adapter(&TensorFile::open(&adapter).unwrap()).unwrap();
+    unet.load_ip_adapter(&TensorFile::open(&adapter).unwrap())
+        .unwrap();
     let eps = tch::no_grad(|| unet.forward(&latents, 501.0, &text, Some((&tokens, &scales))));
     let expected = get(&reference, "eps_ip");
     let diff = common::max_abs_diff(&eps, &expected);
@@ -97,8 +133,14 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
 /// Rewrites `src` into `dst` with `edit` applied to its (name, tensor) list.
 fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
     let file = TensorFile::open(src).unwrap();
-    let mut tensors: Vec<(String, Tensor)> =
-        file.names().into_iter().map(|n| { let t = get(&file, &n); (n, t) }).collect();
+    let mut tensors: Vec<(String, Tensor)> = file
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = get(&file, &n);
+            (n, t)
+        })
+        .collect();
     edit(&mut tensors);
     std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
     Tensor::write_safetensors(&tensors, dst).unwrap();
@@ -110,7 +152,10 @@ fn parity_unet_load_errors_name_tensor_and_shapes() {
     let cfg = UNet2DConditionConfig::tiny();
     let good = dir.join("good");
     write_random_model(&good, &cfg, 1, true).unwrap();
-    assert!(good.join("diffusion_pytorch_model.fp16.safetensors").is_file());
+    assert!(
+        good.join("diffusion_pytorch_model.fp16.safetensors")
+            .is_file()
+    );
     let weights = good.join("diffusion_pytorch_model.safetensors");
     let key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight";
 
@@ -121,34 +166,81 @@ fn parity_unet_load_errors_name_tensor_and_shapes() {
         entry.1 = Tensor::zeros([32, 16], (Kind::Float, Device::Cpu));
     });
     std::fs::copy(good.join("config.json"), dir.join("bad_shape/config.json")).unwrap();
-    let err = format!("{:#}", UNet2DConditionModel::load(bad.parent().unwrap(), Device::Cpu, Kind::Float, None).unwrap_err());
-    assert!(err.contains(key) && err.contains("[32, 16]") && err.contains("[32, 32]"), "{err}");
+    let err = format!(
+        "{:#}",
+        UNet2DConditionModel::load(bad.parent().unwrap(), Device::Cpu, Kind::Float, None)
+            .unwrap_err()
+    );
+    assert!(
+        err.contains(key) && err.contains("[32, 16]") && err.contains("[32, 32]"),
+        "{err}"
+    );
     assert!(err.contains("bad_shape"), "error names the file: {err}");
 
     // Missing tensor.
     let missing = dir.join("missing/diffusion_pytorch_model.safetensors");
-    rewrite(&weights, &missing, |t| t.retain(|(n, _)| n != "mid_block.resnets.1.conv2.bias"));
+    rewrite(&weights, &missing, |t| {
+        t.retain(|(n, _)| n != "mid_block.resnets.1.conv2.bias")
+    });
     std::fs::copy(good.join("config.json"), dir.join("missing/config.json")).unwrap();
-    let err = format!("{:#}", UNet2DConditionModel::load(&missing, Device::Cpu, Kind::Float, None).unwrap_err());
-    assert!(err.contains("mid_block.resnets.1.conv2.bias") && err.contains("missing") && err.contains("[64]"), "{err}");
+    let err = format!(
+        "{:#}",
+        UNet2DConditionModel::load(&missing, Device::Cpu, Kind::Float, None).unwrap_err()
+    );
+    assert!(
+        err.contains("mid_block.resnets.1.conv2.bias")
+            && err.contains("missing")
+            && err.contains("[64]"),
+        "{err}"
+    );
 
     // An adapter made for other widths, and one for another layer count.
-    let mut unet = UNet2DConditionModel::load(&good, Device::Cpu, Kind::Float, Some(IpLayout::for_config(&cfg))).unwrap();
+    let mut unet = UNet2DConditionModel::load(
+        &good,
+        Device::Cpu,
+        Kind::Float,
+        Some(IpLayout::for_config(&cfg)),
+    )
+    .unwrap();
     let mut widths = ip_attn_hidden_sizes(&cfg);
     widths[2] = 48;
     let adapter = dir.join("wide.safetensors");
     write_adapter(&adapter, &widths, 32, 16, 1);
-    let err = format!("{:#}", unet.load_ip_adapter(&TensorFile::open(&adapter).unwrap()).unwrap_err());
-    assert!(err.contains("ip_adapter.5.to_k_ip.weight") && err.contains("[48, 32]") && err.contains("[32, 32]"), "{err}");
-    assert!(err.contains("wide.safetensors") && err.contains("up_blocks.1.attentions.0"), "{err}");
+    let err = format!(
+        "{:#}",
+        unet.load_ip_adapter(&TensorFile::open(&adapter).unwrap())
+            .unwrap_err()
+    );
+    assert!(
+        err.contains("ip_adapter.5.to_k_ip.weight")
+            && err.contains("[48, 32]")
+            && err.contains("[32, 32]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("wide.safetensors") && err.contains("up_blocks.1.attentions.0"),
+        "{err}"
+    );
     let sd15_adapter = dir.join("sd15.safetensors");
     write_adapter(&sd15_adapter, &[32; 16], 32, 16, 1);
-    let err = format!("{:#}", unet.load_ip_adapter(&TensorFile::open(&sd15_adapter).unwrap()).unwrap_err());
-    assert!(err.contains("16 cross-attention layers") && err.contains("has 6"), "{err}");
+    let err = format!(
+        "{:#}",
+        unet.load_ip_adapter(&TensorFile::open(&sd15_adapter).unwrap())
+            .unwrap_err()
+    );
+    assert!(
+        err.contains("16 cross-attention layers") && err.contains("has 6"),
+        "{err}"
+    );
 
     // A UNet built without IP layers refuses an adapter.
     let mut plain = UNet2DConditionModel::load(&good, Device::Cpu, Kind::Float, None).unwrap();
-    let err = format!("{:#}", plain.load_ip_adapter(&TensorFile::open(&adapter).unwrap()).unwrap_err());
+    let err = format!(
+        "{:#}",
+        plain
+            .load_ip_adapter(&TensorFile::open(&adapter).unwrap())
+            .unwrap_err()
+    );
     assert!(err.contains("without IP-Adapter layers"), "{err}");
 }
 
@@ -169,7 +261,11 @@ fn parity_unet_half_precision_kinds() {
     half.load_ip_adapter(&adapter).unwrap();
     tch::manual_seed(1);
     let f = (Kind::Float, Device::Cpu);
-    let (x, text, tokens) = (Tensor::randn([2, 4, 8, 8], f), Tensor::randn([2, 77, 32], f), Tensor::randn([2, 4, 32], f));
+    let (x, text, tokens) = (
+        Tensor::randn([2, 4, 8, 8], f),
+        Tensor::randn([2, 77, 32], f),
+        Tensor::randn([2, 4, 32], f),
+    );
     let scale = Tensor::from_slice(&[0.5f32, 1.0]);
     let a = tch::no_grad(|| full.forward(&x, 700.0, &text, Some((&tokens, &scale))));
     let b = tch::no_grad(|| half.forward(&x, 700.0, &text, Some((&tokens, &scale))));
@@ -193,18 +289,28 @@ fn parity_unet_sd15_layout_keys_and_ip_order() {
     let config = dir.join("config.json");
     std::fs::write(&config, cfg.to_config_json()).unwrap();
     let out = dir.join("keys.json");
-    common::run_python("model_keys.py", &["unet", config.to_str().unwrap(), out.to_str().unwrap()]);
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    common::run_python(
+        "model_keys.py",
+        &["unet", config.to_str().unwrap(), out.to_str().unwrap()],
+    );
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let expected: std::collections::BTreeMap<String, Vec<i64>> =
         serde_json::from_value(reference["shapes"].clone()).unwrap();
 
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let _unet = UNet2DConditionModel::new(vs.root(), &cfg, None).unwrap();
-    let ours: std::collections::BTreeMap<String, Vec<i64>> =
-        vs.variables().into_iter().map(|(k, v)| (k, v.size())).collect();
+    let ours: std::collections::BTreeMap<String, Vec<i64>> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.size()))
+        .collect();
     assert_eq!(ours, expected);
 
-    let names: Vec<String> = negimg::models::unet::ip_attn_layers(&cfg).into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = negimg::models::unet::ip_attn_layers(&cfg)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let cross: Vec<String> = serde_json::from_value(reference["cross_attention"].clone()).unwrap();
     assert_eq!(names, cross);
 }

@@ -27,7 +27,11 @@ fn parity_vae_decode_and_encode() {
     let out = dir.join("ref.safetensors");
     common::run_python(
         "vae_parity.py",
-        &[vae_dir.to_str().unwrap(), inputs.to_str().unwrap(), out.to_str().unwrap()],
+        &[
+            vae_dir.to_str().unwrap(),
+            inputs.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
     );
     let reference = TensorFile::open(&out).unwrap();
     let x = TensorFile::open(&inputs).unwrap();
@@ -37,7 +41,10 @@ fn parity_vae_decode_and_encode() {
     let decoded = tch::no_grad(|| vae.decode(&get(&x, "latents")));
     let expected = get(&reference, "decoded");
     let diff = common::max_abs_diff(&decoded, &expected);
-    eprintln!("VAE decode: max abs diff {diff:e} (output max abs {:.3})", expected.abs().max().double_value(&[]));
+    eprintln!(
+        "VAE decode: max abs diff {diff:e} (output max abs {:.3})",
+        expected.abs().max().double_value(&[])
+    );
     assert!(diff <= TOL, "VAE decode differs from diffusers by {diff}");
     let mean = tch::no_grad(|| vae.encode(&get(&x, "images"))).unwrap();
     let diff = common::max_abs_diff(&mean, &get(&reference, "mean"));
@@ -62,8 +69,16 @@ fn parity_vae_decode_and_encode() {
             (old, t)
         })
         .collect();
-    assert!(renamed.iter().any(|(n, _)| n == "decoder.mid_block.attentions.0.proj_attn.weight"));
-    Tensor::write_safetensors(&renamed, legacy_dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    assert!(
+        renamed
+            .iter()
+            .any(|(n, _)| n == "decoder.mid_block.attentions.0.proj_attn.weight")
+    );
+    Tensor::write_safetensors(
+        &renamed,
+        legacy_dir.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
     let legacy = AutoencoderKL::load(&legacy_dir, Device::Cpu, Kind::Float, false).unwrap();
     let again = tch::no_grad(|| legacy.decode(&get(&x, "latents")));
     assert!(common::max_abs_diff(&again, &decoded) == 0.0);
@@ -91,13 +106,20 @@ fn parity_vae_sd15_layout_keys() {
     let config = dir.join("config.json");
     std::fs::write(&config, cfg.to_config_json()).unwrap();
     let out = dir.join("keys.json");
-    common::run_python("model_keys.py", &["vae", config.to_str().unwrap(), out.to_str().unwrap()]);
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    common::run_python(
+        "model_keys.py",
+        &["vae", config.to_str().unwrap(), out.to_str().unwrap()],
+    );
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let expected: std::collections::BTreeMap<String, Vec<i64>> =
         serde_json::from_value(reference["shapes"].clone()).unwrap();
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let _vae = AutoencoderKL::new(vs.root(), &cfg, true).unwrap();
-    let ours: std::collections::BTreeMap<String, Vec<i64>> =
-        vs.variables().into_iter().map(|(k, v)| (k, v.size())).collect();
+    let ours: std::collections::BTreeMap<String, Vec<i64>> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.size()))
+        .collect();
     assert_eq!(ours, expected);
 }

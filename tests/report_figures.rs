@@ -48,13 +48,19 @@ fn known_score(weight: f64, mode: NegativeMode, seed: u64) -> [f64; 3] {
 fn write_known_scores(dir: &Path, fx: &Fixture, id: &str) {
     let sdir = scoring::scorer_dir(dir, id);
     std::fs::create_dir_all(&sdir).unwrap();
-    let metrics: Vec<String> = ["clip_i_pos", "clip_i_neg", "subtraction"].map(String::from).to_vec();
+    let metrics: Vec<String> = ["clip_i_pos", "clip_i_neg", "subtraction"]
+        .map(String::from)
+        .to_vec();
     let rows: Vec<(String, String, Vec<f64>)> = fx
         .records
         .iter()
         .filter(|r| r.status == Status::Done)
         .map(|r| {
-            (r.cell_id.clone(), r.file.clone(), known_score(r.weight, r.negative, r.seed).to_vec())
+            (
+                r.cell_id.clone(),
+                r.file.clone(),
+                known_score(r.weight, r.negative, r.seed).to_vec(),
+            )
         })
         .collect();
     scoring::write_scores(&sdir.join("scores.csv"), &metrics, &rows).unwrap();
@@ -66,7 +72,11 @@ fn write_known_scores(dir: &Path, fx: &Fixture, id: &str) {
         negative_reference: None,
         metrics,
     };
-    std::fs::write(sdir.join("scorer.json"), serde_json::to_string(&info).unwrap()).unwrap();
+    std::fs::write(
+        sdir.join("scorer.json"),
+        serde_json::to_string(&info).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -75,7 +85,11 @@ fn grid_places_cells_labels_and_input_headers() {
     let fx = write_run(&dir, &[0.5, 1.0], &MODES, &[1, 2], Some((1, 2, 2)), false);
     let opts = GridOptions::default();
     let arr = arrange(&fx.info, &fx.records, &opts);
-    assert_eq!(arr.cols.as_ref().unwrap().name, "negative", "most values go on columns");
+    assert_eq!(
+        arr.cols.as_ref().unwrap().name,
+        "negative",
+        "most values go on columns"
+    );
     assert_eq!(arr.rows.as_ref().unwrap().name, "weight");
     assert_eq!(arr.seeds_in_cell, vec!["1", "2"], "two seeds side by side");
 
@@ -86,9 +100,15 @@ fn grid_places_cells_labels_and_input_headers() {
     let plan = &sheets[0];
     let l = &plan.layout;
     assert_eq!((l.rows, l.cols, l.subs), (2, 3, 2));
-    assert_eq!(plan.col_labels, vec!["negative: none", "negative: image", "negative: text"]);
+    assert_eq!(
+        plan.col_labels,
+        vec!["negative: none", "negative: image", "negative: text"]
+    );
     assert_eq!(plan.row_labels, vec!["weight: 0.5", "weight: 1.0"]);
-    assert_eq!(plan.inputs.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(), ["positive: pos", "negative: neg"]);
+    assert_eq!(
+        plan.inputs.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(),
+        ["positive: pos", "negative: neg"]
+    );
     let img = render_sheet(plan, &dir, &fx.records, &captions).unwrap();
     img.save(dir.join("grid.png")).unwrap();
     assert_eq!((img.width(), img.height()), (l.width, l.height));
@@ -112,22 +132,38 @@ fn grid_places_cells_labels_and_input_headers() {
                 assert!(count_dark(&img, cap) > 5, "caption under ({r},{c},{s})");
             }
         }
-        assert!(count_dark(&img, l.row_label_rect(r)) > 30, "row label {r} has text");
+        assert!(
+            count_dark(&img, l.row_label_rect(r)) > 30,
+            "row label {r} has text"
+        );
         // Left of the row label text and between cells is white.
         let (x0, y0) = l.cell_origin(r, 0);
         assert_eq!(*img.get_pixel(x0 - 1, y0 + 5), Rgb([255, 255, 255]));
     }
     for c in 0..3u32 {
-        assert!(count_dark(&img, l.col_label_rect(c)) > 30, "column label {c} has text");
+        assert!(
+            count_dark(&img, l.col_label_rect(c)) > 30,
+            "column label {c} has text"
+        );
         let (x, y) = l.cell_origin(0, c);
         if c > 0 {
-            assert_eq!(*img.get_pixel(x - l.gap / 2, y + 10), Rgb([255, 255, 255]), "gap");
+            assert_eq!(
+                *img.get_pixel(x - l.gap / 2, y + 10),
+                Rgb([255, 255, 255]),
+                "gap"
+            );
         }
     }
     // Header: title text and the two input thumbnails in their colours.
     let header = (0, 0, l.width, l.margin + l.header_h);
-    assert!(has_color(&img, header, POS), "positive input shown in the header");
-    assert!(has_color(&img, header, NEG), "negative input shown in the header");
+    assert!(
+        has_color(&img, header, POS),
+        "positive input shown in the header"
+    );
+    assert!(
+        has_color(&img, header, NEG),
+        "negative input shown in the header"
+    );
     assert!(count_dark(&img, header) > 50, "header has text");
 }
 
@@ -153,7 +189,12 @@ fn grid_splits_large_sheets_and_writes_png_and_jpeg() {
     assert_eq!(files.len(), 2);
     for f in &files {
         let png = image::open(dir.join(&f.png)).unwrap();
-        assert!(png.width() <= cap, "{} is {} wide, cap {cap}", f.png, png.width());
+        assert!(
+            png.width() <= cap,
+            "{} is {} wide, cap {cap}",
+            f.png,
+            png.width()
+        );
         let jpg = image::open(dir.join(&f.jpg)).unwrap();
         assert_eq!(jpg.width(), 100, "the JPEG is the smaller copy");
     }
@@ -172,12 +213,29 @@ fn grid_splits_large_sheets_and_writes_png_and_jpeg() {
 #[test]
 fn curves_from_known_scores() {
     let dir = common::scratch("report_curves");
-    let fx = write_run(&dir, &[0.0, 0.5, 1.0], &[NegativeMode::Text, NegativeMode::Image], &[1, 2, 3], None, false);
+    let fx = write_run(
+        &dir,
+        &[0.0, 0.5, 1.0],
+        &[NegativeMode::Text, NegativeMode::Image],
+        &[1, 2, 3],
+        None,
+        false,
+    );
     write_known_scores(&dir, &fx, "known-0000");
     let scores = scoring::read_scores(&dir.join("scores/known-0000/scores.csv")).unwrap();
     assert_eq!(curves::x_axis(&fx.info).as_deref(), Some("weight"));
-    assert_eq!(curves::series_axes(&fx.info, "weight"), vec!["negative"]);
-    let data = curves::curve_data(&fx.info, &fx.records, &scores, 0, "weight", &["negative".into()]);
+    assert_eq!(
+        curves::series_axes(&fx.info, &fx.records, "weight"),
+        vec!["negative"]
+    );
+    let data = curves::curve_data(
+        &fx.info,
+        &fx.records,
+        &scores,
+        0,
+        "weight",
+        &["negative".into()],
+    );
     assert_eq!(data.len(), 2);
     assert_eq!(data[0].label, "negative=text");
     assert_eq!(data[1].label, "negative=image");
@@ -185,32 +243,51 @@ fn curves_from_known_scores() {
         let xs: Vec<f64> = s.points.iter().map(|p| p.0).collect();
         assert_eq!(xs, vec![0.0, 0.5, 1.0]);
         for (x, e) in &s.points {
-            let want: f64 = [1, 2, 3].map(|seed| known_score(*x, mode, seed)[0]).iter().sum::<f64>() / 3.0;
+            let want: f64 = [1, 2, 3]
+                .map(|seed| known_score(*x, mode, seed)[0])
+                .iter()
+                .sum::<f64>()
+                / 3.0;
             assert!((e.mean - want).abs() < 1e-12, "mean at {x}");
             assert_eq!(e.n, 3);
             assert!(e.ci_lo < e.mean && e.mean < e.ci_hi, "CI brackets the mean");
         }
     }
-    let files = curves::write_curves(&dir, &fx.info, &fx.records, "known-0000", &scores, &[]).unwrap();
+    let files =
+        curves::write_curves(&dir, &fx.info, &fx.records, "known-0000", &scores, &[]).unwrap();
     let metrics: Vec<&str> = files.iter().map(|f| f.metric.as_str()).collect();
     assert_eq!(metrics, ["clip_i_pos", "clip_i_neg", "subtraction"]);
     for f in &files {
         let svg = std::fs::read_to_string(dir.join(&f.svg)).unwrap();
-        assert!(svg.contains("negative=text") && svg.contains("negative=image"), "legend");
+        assert!(
+            svg.contains("negative=text") && svg.contains("negative=image"),
+            "legend"
+        );
         assert!(svg.contains("\nweight\n"), "x label");
         let png = image::open(dir.join(&f.png)).unwrap().to_rgb8();
         assert_eq!((png.width(), png.height()), curves::SIZE);
         // Both series colours are drawn.
         let full = (0, 0, png.width(), png.height());
-        assert!(has_color(&png, full, Rgb([31, 119, 180])), "{}: first series", f.png);
-        assert!(has_color(&png, full, Rgb([255, 127, 14])), "{}: second series", f.png);
+        assert!(
+            has_color(&png, full, Rgb([31, 119, 180])),
+            "{}: first series",
+            f.png
+        );
+        assert!(
+            has_color(&png, full, Rgb([255, 127, 14])),
+            "{}: second series",
+            f.png
+        );
     }
 }
 
 /// Headless Chromium: screenshot of `page`, and the console lines it logged.
 fn chromium(page: &Path, shot: &Path, profile: &Path) -> String {
     let bin = Path::new("/usr/bin/chromium");
-    assert!(bin.exists(), "headless Chromium is missing: run scripts/install-chromium.sh");
+    assert!(
+        bin.exists(),
+        "headless Chromium is missing: run scripts/install-chromium.sh"
+    );
     let out = Command::new(bin)
         .args([
             "--headless",
@@ -231,7 +308,11 @@ fn chromium(page: &Path, shot: &Path, profile: &Path) -> String {
         .arg(format!("file://{}", page.display()))
         .output()
         .expect("cannot run chromium");
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stderr)
         .lines()
         .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
@@ -258,17 +339,40 @@ fn relative_links(html: &str) -> Vec<String> {
 #[test]
 fn plot_command_writes_a_report_that_chromium_shows_without_errors() {
     let dir = common::scratch("report_html");
-    let fx = write_run(&dir, &[0.0, 0.5, 1.0], &MODES, &[1, 2, 3], Some((2, 1, 3)), false);
+    let fx = write_run(
+        &dir,
+        &[0.0, 0.5, 1.0],
+        &MODES,
+        &[1, 2, 3],
+        Some((2, 1, 3)),
+        false,
+    );
     write_known_scores(&dir, &fx, "known-0000");
     let out = common::negimg(&["plot", dir.to_str().unwrap()], &dir);
-    assert!(out.status.success(), "negimg plot: {}", String::from_utf8_lossy(&out.stderr));
-    for f in ["index.html", "grids/grid.png", "grids/grid.jpg", "curves/known-0000/subtraction.svg", "scores/known-0000/summary.tex"] {
+    assert!(
+        out.status.success(),
+        "negimg plot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "index.html",
+        "grids/grid.png",
+        "grids/grid.jpg",
+        "curves/known-0000/subtraction.svg",
+        "scores/known-0000/summary.tex",
+    ] {
         assert!(dir.join(f).is_file(), "{f} written");
     }
     let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
-    assert!(html.contains("a &lt;test&gt; &amp; run"), "experiment text, escaped");
+    assert!(
+        html.contains("a &lt;test&gt; &amp; run"),
+        "experiment text, escaped"
+    );
     for link in relative_links(&html) {
-        assert!(!link.contains("://") && !link.starts_with('/'), "{link} is not relative");
+        assert!(
+            !link.contains("://") && !link.starts_with('/'),
+            "{link} is not relative"
+        );
         assert!(dir.join(&link).is_file(), "{link} points to a file");
     }
 
@@ -278,14 +382,145 @@ fn plot_command_writes_a_report_that_chromium_shows_without_errors() {
     assert!(console.is_empty(), "console output:\n{console}");
     let img = image::open(&shot).unwrap().to_rgb8();
     let full = (0, 0, img.width(), img.height());
-    assert!(has_color(&img, full, POS), "the positive input image is visible");
-    assert!(has_color(&img, full, NEG), "the negative input image is visible");
-    assert!(has_color(&img, full, Rgb([31, 119, 180])), "a curve is visible");
+    assert!(
+        has_color(&img, full, POS),
+        "the positive input image is visible"
+    );
+    assert!(
+        has_color(&img, full, NEG),
+        "the negative input image is visible"
+    );
+    assert!(
+        has_color(&img, full, Rgb([31, 119, 180])),
+        "a curve is visible"
+    );
 
     // The same check notices a broken page: a missing image and a script error.
     let broken = dir.join("broken.html");
-    std::fs::write(&broken, html.replace("inputs/pos.png", "inputs/nothing.png").replace("</body>", "<script>undefined_function();</script></body>")).unwrap();
+    std::fs::write(
+        &broken,
+        html.replace("inputs/pos.png", "inputs/nothing.png")
+            .replace("</body>", "<script>undefined_function();</script></body>"),
+    )
+    .unwrap();
     let console = chromium(&broken, &tmp.join("broken.png"), &tmp.join("profile2"));
-    assert!(console.contains("images not loaded: inputs/nothing.png"), "{console}");
+    assert!(
+        console.contains("images not loaded: inputs/nothing.png"),
+        "{console}"
+    );
     assert!(console.contains("Uncaught ReferenceError"), "{console}");
+}
+
+#[test]
+fn zipped_axes_make_one_grid_axis_and_no_extra_curves() {
+    let dir = common::scratch("report_zipped");
+    let mut fx = write_run(&dir, &[0.5, 1.0, 1.5], &MODES[..2], &[1], None, false);
+    // The fixture sets neg_weight = weight: an experiment that zips the two.
+    let values = fx.info.axes[0].values.clone();
+    fx.info.axes.insert(
+        1,
+        negimg::run::info::Axis {
+            name: "neg_weight".into(),
+            values,
+        },
+    );
+    let arr = arrange(&fx.info, &fx.records, &GridOptions::default());
+    let cols = arr.cols.unwrap();
+    assert_eq!(cols.name, "weight, neg_weight");
+    assert_eq!(cols.values, ["0.5, 0.5", "1.0, 1.0", "1.5, 1.5"]);
+    assert_eq!(arr.rows.unwrap().name, "negative");
+    let sheets = plan_sheets(&fx.info, &fx.records, false, &GridOptions::default());
+    assert_eq!(sheets.len(), 1);
+    assert!(
+        sheets[0]
+            .cells
+            .iter()
+            .flatten()
+            .flatten()
+            .all(Option::is_some),
+        "no missing cells: zipped axes are not crossed"
+    );
+    assert_eq!(
+        curves::series_axes(&fx.info, &fx.records, "weight"),
+        ["negative"]
+    );
+}
+
+#[test]
+fn a_single_failed_cell_still_gets_a_report() {
+    let dir = common::scratch("report_single_failed");
+    write_run(
+        &dir,
+        &[1.0],
+        &[NegativeMode::Image],
+        &[7],
+        Some((0, 0, 7)),
+        false,
+    );
+    negimg::report::plot_run(&dir).unwrap();
+    let grid = image::open(dir.join("grids/grid.png")).unwrap().to_rgb8();
+    let full = (0, 0, grid.width(), grid.height());
+    assert!(
+        has_color(&grid, full, Rgb([200, 200, 200])),
+        "the failed cell is drawn"
+    );
+    assert!(
+        has_color(&grid, full, POS) && has_color(&grid, full, NEG),
+        "inputs in the header"
+    );
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(html.contains("Not scored yet"));
+}
+
+#[test]
+fn image_axes_show_their_image_under_the_label() {
+    let dir = common::scratch("report_image_axis");
+    let mut fx = write_run(&dir, &[0.5, 1.0], &[NegativeMode::Image], &[1], None, false);
+    let green = Rgb([20, 200, 20]);
+    RgbImage::from_pixel(40, 40, green)
+        .save(dir.join("inputs/neg2.png"))
+        .unwrap();
+    let more: Vec<_> = fx
+        .records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.cell_id.push('b');
+            r.negative_image = "neg2".into();
+            r
+        })
+        .collect();
+    fx.records.extend(more);
+    fx.info.axes.insert(
+        1,
+        negimg::run::info::Axis {
+            name: "negative_image".into(),
+            values: vec!["neg".into(), "neg2".into()],
+        },
+    );
+    fx.info
+        .images
+        .insert("neg2".into(), "inputs/neg2.png".into());
+    let sheets = plan_sheets(&fx.info, &fx.records, false, &GridOptions::default());
+    let plan = &sheets[0];
+    assert_eq!(
+        plan.row_labels,
+        ["negative_image: neg", "negative_image: neg2"]
+    );
+    assert_eq!(
+        plan.row_thumbs,
+        [
+            Some("inputs/neg.png".to_string()),
+            Some("inputs/neg2.png".to_string())
+        ]
+    );
+    let img = render_sheet(plan, &dir, &fx.records, &HashMap::new()).unwrap();
+    img.save(dir.join("grid.png")).unwrap();
+    let l = &plan.layout;
+    assert!(
+        has_color(&img, l.row_label_rect(0), NEG) && !has_color(&img, l.row_label_rect(0), green)
+    );
+    assert!(
+        has_color(&img, l.row_label_rect(1), green) && !has_color(&img, l.row_label_rect(1), NEG)
+    );
 }

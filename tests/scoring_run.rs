@@ -23,7 +23,14 @@ fn tiny_scorer(dir: &Path, seed: i64) -> PathBuf {
 #[test]
 fn summary_has_one_row_per_condition_with_intervals_and_paired_differences() {
     let dir = common::scratch("scoring_summary");
-    let fx = write_run(&dir, &[0.5, 1.0], &MODES, &[1, 2, 3, 4], Some((0, 2, 4)), false);
+    let fx = write_run(
+        &dir,
+        &[0.5, 1.0],
+        &MODES,
+        &[1, 2, 3, 4],
+        Some((0, 2, 4)),
+        false,
+    );
     // Known scores: clip_i_pos = weight + seed/100 + (image: 0.1, text: 0.04).
     let id = "known-0000";
     let sdir = scoring::scorer_dir(&dir, id);
@@ -40,7 +47,13 @@ fn summary_has_one_row_per_condition_with_intervals_and_paired_differences() {
         .records
         .iter()
         .filter(|r| r.status == Status::Done)
-        .map(|r| (r.cell_id.clone(), r.file.clone(), vec![value(r.weight, r.negative, r.seed), f64::NAN]))
+        .map(|r| {
+            (
+                r.cell_id.clone(),
+                r.file.clone(),
+                vec![value(r.weight, r.negative, r.seed), f64::NAN],
+            )
+        })
         .collect();
     let metrics = vec!["clip_i_pos".to_string(), "clip_i_base".to_string()];
     scoring::write_scores(&sdir.join("scores.csv"), &metrics, &rows).unwrap();
@@ -52,7 +65,11 @@ fn summary_has_one_row_per_condition_with_intervals_and_paired_differences() {
         negative_reference: None,
         metrics,
     };
-    std::fs::write(sdir.join("scorer.json"), serde_json::to_string(&info).unwrap()).unwrap();
+    std::fs::write(
+        sdir.join("scorer.json"),
+        serde_json::to_string(&info).unwrap(),
+    )
+    .unwrap();
 
     let summary = scoring::summarize_scorer(&dir, id).unwrap();
     assert_eq!(summary.axes, vec!["weight", "negative"]);
@@ -62,7 +79,11 @@ fn summary_has_one_row_per_condition_with_intervals_and_paired_differences() {
     assert_eq!(keys[2], vec!["0.5", "image"]);
     assert_eq!(keys[5], vec!["1.0", "image"]);
     let failed = &summary.rows[2];
-    assert_eq!((failed.n, failed.n_failed), (3, 1), "the failed cell is counted, not scored");
+    assert_eq!(
+        (failed.n, failed.n_failed),
+        (3, 1),
+        "the failed cell is counted, not scored"
+    );
     let e = summary.rows[1].estimates[0];
     assert!((e.mean - (0.5 + 0.025 + 0.04)).abs() < 1e-12);
     assert!((e.std - (0.0001f64 * 5.0 / 3.0).sqrt()).abs() < 1e-12);
@@ -72,7 +93,16 @@ fn summary_has_one_row_per_condition_with_intervals_and_paired_differences() {
     // summary.csv: one row per condition, CI columns.
     let mut reader = csv::Reader::from_path(sdir.join("summary.csv")).unwrap();
     let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    for col in ["weight", "negative", "n", "n_failed", "clip_i_pos_mean", "clip_i_pos_std", "clip_i_pos_ci_lo", "clip_i_pos_ci_hi"] {
+    for col in [
+        "weight",
+        "negative",
+        "n",
+        "n_failed",
+        "clip_i_pos_mean",
+        "clip_i_pos_std",
+        "clip_i_pos_ci_lo",
+        "clip_i_pos_ci_hi",
+    ] {
         assert!(header.contains(&col.to_string()), "summary.csv has {col}");
     }
     assert_eq!(reader.records().count(), 6);
@@ -91,10 +121,19 @@ fn summary_has_one_row_per_condition_with_intervals_and_paired_differences() {
     assert!(paired.starts_with("weight,metric,a,b,n,mean_b_minus_a,std,ci_lo,ci_hi,b_greater"));
 
     let tex = std::fs::read_to_string(sdir.join("summary.tex")).unwrap();
-    for part in ["\\toprule", "\\midrule", "\\bottomrule", "clip\\_i\\_pos", "image $-$ text"] {
+    for part in [
+        "\\toprule",
+        "\\midrule",
+        "\\bottomrule",
+        "clip\\_i\\_pos",
+        "image $-$ text",
+    ] {
         assert!(tex.contains(part), "summary.tex has {part}");
     }
-    assert!(!tex.contains("clip\\_i\\_base"), "all-empty metrics are left out of the tables");
+    assert!(
+        !tex.contains("clip\\_i\\_base"),
+        "all-empty metrics are left out of the tables"
+    );
     let md = std::fs::read_to_string(sdir.join("summary.md")).unwrap();
     assert!(md.contains("| weight | negative | n | failed | clip_i_pos |"));
 }
@@ -115,38 +154,80 @@ fn scoring_twice_with_two_scorers_keeps_both() {
     let table = scoring::read_scores(&scores_a).unwrap();
     assert_eq!(
         table.metrics,
-        ["clip_i_pos", "clip_i_neg", "subtraction", "clip_i_base", "clip_t_1", "clip_t_cos_1", "clip_t_2", "clip_t_cos_2"]
+        [
+            "clip_i_pos",
+            "clip_i_neg",
+            "subtraction",
+            "clip_i_base",
+            "clip_t_1",
+            "clip_t_cos_1",
+            "clip_t_2",
+            "clip_t_cos_2"
+        ]
     );
-    let done: Vec<_> = fx.records.iter().filter(|r| r.status == Status::Done).collect();
+    let done: Vec<_> = fx
+        .records
+        .iter()
+        .filter(|r| r.status == Status::Done)
+        .collect();
     assert_eq!(table.values.len(), done.len(), "one row per done image");
     for r in &done {
         let v = &table.values[&r.cell_id];
         assert!((v[2] - (v[0] - v[1])).abs() < 1e-12, "subtraction");
-        assert!(v[0].abs() <= 1.0 + 1e-9 && v[1].abs() <= 1.0 + 1e-9, "cosines");
-        assert!((v[4] - 100.0 * v[5].max(0.0)).abs() < 1e-9, "CLIPScore convention");
+        assert!(
+            v[0].abs() <= 1.0 + 1e-9 && v[1].abs() <= 1.0 + 1e-9,
+            "cosines"
+        );
+        assert!(
+            (v[4] - 100.0 * v[5].max(0.0)).abs() < 1e-9,
+            "CLIPScore convention"
+        );
         if r.negative == NegativeMode::None {
             assert!((v[3] - 1.0).abs() < 1e-6, "a none cell is its own baseline");
         } else {
             assert!(v[3] < 1.0 - 1e-6, "other cells differ from their baseline");
         }
     }
-    let sum_a = std::fs::read_to_string(scoring::scorer_dir(&dir, &id_a).join("summary.csv")).unwrap();
+    let sum_a =
+        std::fs::read_to_string(scoring::scorer_dir(&dir, &id_a).join("summary.csv")).unwrap();
     assert_eq!(sum_a.lines().count(), 1 + 6);
 
     // A second scorer through the command line: the first one's scores stay.
     let out = common::negimg(
-        &["score", dir.to_str().unwrap(), "--scorer", b.to_str().unwrap(), "--device", "cpu"],
+        &[
+            "score",
+            dir.to_str().unwrap(),
+            "--scorer",
+            b.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
         &dir,
     );
-    assert!(out.status.success(), "negimg score: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "negimg score: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ids = scoring::scorers(&dir).unwrap();
     assert_eq!(ids.len(), 2, "{ids:?}");
-    assert_eq!(std::fs::read(&scores_a).unwrap(), before, "first scorer's scores untouched");
+    assert_eq!(
+        std::fs::read(&scores_a).unwrap(),
+        before,
+        "first scorer's scores untouched"
+    );
     let id_b = scoring::scorer_id(&b).unwrap();
     assert_ne!(id_a, id_b);
-    let table_b = scoring::read_scores(&scoring::scorer_dir(&dir, &id_b).join("scores.csv")).unwrap();
+    let table_b =
+        scoring::read_scores(&scoring::scorer_dir(&dir, &id_b).join("scores.csv")).unwrap();
     let first = &done[1].cell_id;
-    assert_ne!(table.values[first][0], table_b.values[first][0], "different models, different scores");
+    assert_ne!(
+        table.values[first][0], table_b.values[first][0],
+        "different models, different scores"
+    );
     let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
-    assert!(html.contains(&id_a) && html.contains(&id_b), "the report shows both scorers");
+    assert!(
+        html.contains(&id_a) && html.contains(&id_b),
+        "the report shows both scorers"
+    );
 }

@@ -14,7 +14,10 @@ fn write_raw(path: &Path, header: &str, data: &[u8]) {
 }
 
 fn open_err(path: &Path) -> String {
-    format!("{:#}", TensorFile::open(path).err().expect("open should fail"))
+    format!(
+        "{:#}",
+        TensorFile::open(path).err().expect("open should fail")
+    )
 }
 
 fn good_file(dir: &Path) -> PathBuf {
@@ -22,8 +25,11 @@ fn good_file(dir: &Path) -> PathBuf {
     let a = Tensor::arange(12, (Kind::Float, Device::Cpu)).reshape([3, 4]);
     let b = Tensor::ones([4], (Kind::Half, Device::Cpu));
     let extra = Tensor::zeros([2], (Kind::Float, Device::Cpu));
-    Tensor::write_safetensors(&[("lin.weight", a), ("lin.bias", b), ("unused.x", extra)], &path)
-        .unwrap();
+    Tensor::write_safetensors(
+        &[("lin.weight", a), ("lin.bias", b), ("unused.x", extra)],
+        &path,
+    )
+    .unwrap();
     path
 }
 
@@ -63,7 +69,10 @@ fn weights_truncated_file_is_refused() {
     let path = dir.join("truncated.safetensors");
     std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
     let msg = open_err(&path);
-    assert!(msg.contains("truncated.safetensors") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("truncated.safetensors") && msg.contains("truncated"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -74,7 +83,10 @@ fn weights_file_shorter_than_its_header_is_refused() {
     bytes.extend_from_slice(b"{\"a\":");
     std::fs::write(&path, bytes).unwrap();
     let msg = open_err(&path);
-    assert!(msg.contains("short.safetensors") && msg.contains("not a valid safetensors"), "{msg}");
+    assert!(
+        msg.contains("short.safetensors") && msg.contains("not a valid safetensors"),
+        "{msg}"
+    );
     std::fs::write(&path, b"abc").unwrap();
     assert!(open_err(&path).contains("short.safetensors"));
 }
@@ -84,12 +96,23 @@ fn weights_header_lying_about_sizes_is_refused() {
     let dir = common::scratch("weights_lying");
     // Shape [4] of F32 is 16 bytes, the offsets say 8.
     let path = dir.join("lying_shape.safetensors");
-    write_raw(&path, r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#, &[0; 8]);
+    write_raw(
+        &path,
+        r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#,
+        &[0; 8],
+    );
     let msg = open_err(&path);
-    assert!(msg.contains("lying_shape.safetensors") && msg.contains("not a valid"), "{msg}");
+    assert!(
+        msg.contains("lying_shape.safetensors") && msg.contains("not a valid"),
+        "{msg}"
+    );
     // Consistent header, but the data stops short of what it describes.
     let path = dir.join("lying_length.safetensors");
-    write_raw(&path, r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8]);
+    write_raw(
+        &path,
+        r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+        &[0; 8],
+    );
     let msg = open_err(&path);
     assert!(msg.contains("lying_length.safetensors"), "{msg}");
     // Not JSON at all.
@@ -124,10 +147,14 @@ fn weights_wrong_shape_is_named() {
     let w = Tensor::zeros([3, 5], (Kind::Float, Device::Cpu));
     Tensor::write_safetensors(&[("lin.weight", w)], &path).unwrap();
     let file = TensorFile::open(&path).unwrap();
-    let err = load_var_store(&model(), &file, |n| (n == "lin.weight").then(|| n.to_string()));
+    let err = load_var_store(&model(), &file, |n| {
+        (n == "lin.weight").then(|| n.to_string())
+    });
     let msg = format!("{:#}", err.err().unwrap());
     assert!(
-        msg.contains("shape.safetensors") && msg.contains("lin.weight") && msg.contains("[3, 5]")
+        msg.contains("shape.safetensors")
+            && msg.contains("lin.weight")
+            && msg.contains("[3, 5]")
             && msg.contains("[3, 4]"),
         "{msg}"
     );
@@ -142,7 +169,36 @@ fn weights_missing_tensor_is_named() {
     let file = TensorFile::open(&path).unwrap();
     let err = load_var_store(&model(), &file, |n| Some(n.to_string()));
     let msg = format!("{:#}", err.err().unwrap());
-    assert!(msg.contains("partial.safetensors") && msg.contains("lin.bias") && msg.contains("missing"), "{msg}");
-    let msg = format!("{:#}", file.get("nope", Device::Cpu, Kind::Float).err().unwrap());
+    assert!(
+        msg.contains("partial.safetensors") && msg.contains("lin.bias") && msg.contains("missing"),
+        "{msg}"
+    );
+    let msg = format!(
+        "{:#}",
+        file.get("nope", Device::Cpu, Kind::Float).err().unwrap()
+    );
     assert!(msg.contains("nope"), "{msg}");
+}
+
+#[test]
+fn weights_pytorch_pickle_is_refused_with_conversion_command() {
+    let dir = common::scratch("weights_pickle");
+    let path = dir.join("pytorch_model.safetensors");
+    let code = "import sys, torch; torch.save({'a': torch.zeros(2)}, sys.argv[1])";
+    let out = std::process::Command::new(common::python())
+        .args(["-c", code, path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msg = open_err(&path);
+    assert!(
+        msg.contains("pytorch_model.safetensors")
+            && msg.contains("pickle")
+            && msg.contains("save_file"),
+        "{msg}"
+    );
 }

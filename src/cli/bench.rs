@@ -1,10 +1,228 @@
-//! `negimg bench`.
+//! `negimg bench`: generation speed on random weights (no download), the same work as
+//! `tools/diffusers_baseline.py`: IP-Adapter with a positive and a negative image prompt per
+//! image (both encoded every run), DDIM, CFG 7.5, VAE decode included. Prints one JSON line.
 use super::Globals;
-use anyhow::{Result, bail};
+use crate::params::{AdapterKind, GenParams, NegativeMode, SchedulerKind};
+use crate::pipeline::{CellOutcome, Pipeline, RandomPreset, cuda_mem_info};
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tch::Device;
+
+/// FLOPs (REFERENCE.md, torch FlopCounterMode, SD1.5 shapes at 512x512): UNet with CFG
+/// (batch 2) per step, VAE decode per image, ViT-H encode per image.
+const UNET_CFG_TFLOP_PER_STEP: f64 = 1.607;
+const VAE_DECODE_TFLOP: f64 = 2.51;
+const VIT_H_ENCODE_TFLOP: f64 = 0.33;
 
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Model shapes; default sd15 on CUDA, tiny on the CPU (SD1.5 on a CPU takes minutes per image).
+    #[arg(long, value_enum)]
+    pub preset: Option<RandomPreset>,
+    /// Images per batch (one UNet call per step for all of them).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Image side in pixels (default: 512 for sd15, 64 for tiny).
+    #[arg(long)]
+    pub size: Option<usize>,
+    #[arg(long, value_enum, default_value = "base")]
+    pub adapter: super::generate::AdapterArg,
+    /// Timed repetitions after one warm-up run; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    pub cfg: f64,
+}
 
-pub fn run(_args: BenchArgs, _g: &Globals) -> Result<()> {
-    bail!("`negimg bench` is not implemented yet")
+pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
+    let (device, kind) = g.device_and_dtype()?;
+    let preset = args.preset.unwrap_or(match device {
+        Device::Cuda(_) => RandomPreset::Sd15,
+        _ => RandomPreset::Tiny,
+    });
+    let size = args.size.unwrap_or(preset.default_size());
+    if args.batch == 0 || args.reps == 0 || args.steps == 0 {
+        bail!("--batch, --reps and --steps must be at least 1");
+    }
+    let adapter = match args.adapter {
+        super::generate::AdapterArg::Base => AdapterKind::Base,
+        super::generate::AdapterArg::Plus => AdapterKind::Plus,
+    };
+    let scratch = Scratch::new()?;
+    let mut pipeline = Pipeline::random(preset, device, kind, scratch.path())?;
+    pipeline.set_max_batch(args.batch);
+
+    let memory = MemorySampler::start(device);
+    let mut times = Vec::new();
+    for rep in 0..=args.reps {
+        // Fresh image files every run, so the image encoder runs every time (as the peer's).
+        let cells = cells(scratch.path(), rep, &args, size, adapter)?;
+        sync(device);
+        let t = Instant::now();
+        let out = pipeline.generate_all(&cells, &mut |_, _| {})?;
+        sync(device);
+        let elapsed = t.elapsed().as_secs_f64();
+        if let Some(CellOutcome::Failed(reason)) =
+            out.iter().find(|o| matches!(o, CellOutcome::Failed(_)))
+        {
+            log::warn!("a benchmark image failed ({reason}); timing kept");
+        }
+        if rep > 0 {
+            times.push(elapsed);
+        }
+    }
+    let peak = memory.stop();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let area = (size * size) as f64 / (512.0 * 512.0);
+    let tflop_per_image = UNET_CFG_TFLOP_PER_STEP * args.steps as f64 * area
+        + VAE_DECODE_TFLOP * area
+        + 2.0 * VIT_H_ENCODE_TFLOP;
+    let tflops =
+        (preset == RandomPreset::Sd15).then(|| tflop_per_image * args.batch as f64 / median);
+    let note = match (args.preset, preset, device) {
+        (None, RandomPreset::Tiny, _) => {
+            "tiny preset chosen automatically on the CPU; TFLOP/s only for sd15"
+        }
+        (_, RandomPreset::Tiny, _) => "tiny preset; TFLOP/s only for sd15",
+        (_, _, Device::Cuda(_)) => {
+            "peak memory: highest device memory in use (cudaMemGetInfo, sampled every 5 ms; includes the CUDA context and the allocator's cache)"
+        }
+        _ => "peak memory is reported on CUDA only",
+    };
+    let line = serde_json::json!({
+        "tool": "negimg",
+        "preset": preset,
+        "device": match device { Device::Cuda(i) => format!("cuda:{i}"), _ => "cpu".into() },
+        "dtype": crate::device::dtype_name(kind),
+        "size": size,
+        "steps": args.steps,
+        "batch": args.batch,
+        "adapter": adapter,
+        "reps": args.reps,
+        "median_s": round(median, 4),
+        "images_per_s": round(args.batch as f64 / median, 3),
+        "s_per_step": round(median / args.steps as f64, 5),
+        "peak_mem_gib": peak.map(|b| round(b as f64 / (1u64 << 30) as f64, 2)),
+        "tflops": tflops.map(|t| round(t, 1)),
+        "note": note,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// `batch` cells with their own positive and negative image (random pixels).
+fn cells(
+    dir: &Path,
+    rep: usize,
+    a: &BenchArgs,
+    size: usize,
+    adapter: AdapterKind,
+) -> Result<Vec<GenParams>> {
+    let mut cells = Vec::new();
+    for i in 0..a.batch {
+        let mut paths = Vec::new();
+        for which in ["pos", "neg"] {
+            let path = dir.join(format!("{which}-{rep}-{i}.png"));
+            let seed = (rep * 7919 + i * 2 + (which == "neg") as usize) as u32;
+            let img = image::RgbImage::from_fn(224, 224, |x, y| {
+                let v = x
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(y.wrapping_mul(40503))
+                    .wrapping_add(seed.wrapping_mul(97));
+                image::Rgb([(v >> 3) as u8, (v >> 11) as u8, (v >> 19) as u8])
+            });
+            img.save(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            paths.push(path);
+        }
+        let mut c = GenParams::new(i as u64);
+        c.negative = NegativeMode::Image;
+        c.negative_image = paths.pop();
+        c.positive_image = paths.pop();
+        c.adapter = adapter;
+        c.positive.weight = 0.7;
+        c.negative_branch.weight = 0.7;
+        c.cfg = a.cfg;
+        c.steps = a.steps;
+        c.scheduler = SchedulerKind::Ddim;
+        c.width = size;
+        c.height = size;
+        cells.push(c);
+    }
+    Ok(cells)
+}
+
+/// Samples the device memory in use on a thread; `stop` gives the highest value seen.
+struct MemorySampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MemorySampler {
+    fn start(device: Device) -> MemorySampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let thread = match device {
+            Device::Cuda(i) if cuda_mem_info(i).is_some() => {
+                let (stop, peak) = (stop.clone(), peak.clone());
+                Some(std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some((free, total)) = cuda_mem_info(i) {
+                            peak.fetch_max(total - free, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }))
+            }
+            _ => None,
+        };
+        MemorySampler { stop, peak, thread }
+    }
+
+    fn stop(mut self) -> Option<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take()?;
+        let _ = thread.join();
+        Some(self.peak.load(Ordering::Relaxed))
+    }
+}
+
+/// A temporary folder removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("negimg-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

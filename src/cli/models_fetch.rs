@@ -81,10 +81,7 @@ fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
     let m: ModelsTable = table
         .try_into()
         .with_context(|| format!("{}: [models]", path.display()))?;
-    let base_dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut entries = vec![Entry {
         role: "pipeline",
         reference: m.pipeline,
@@ -102,13 +99,18 @@ fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
     push("vae", m.vae, Component::ModelFolder);
     push("ip_adapter.base", m.ip_adapter.base, Component::File);
     push("ip_adapter.plus", m.ip_adapter.plus, Component::File);
-    push("image_encoder", Some(m.image_encoder), Component::ModelFolder);
+    push(
+        "image_encoder",
+        Some(m.image_encoder),
+        Component::ModelFolder,
+    );
     push("scorer", m.scorer, Component::ModelFolder);
     // Models that `init_random` creates on the first run are not fetched.
     if let Some(init) = m.init_random {
         let dir = base_dir.join(init.dir);
         entries.retain(|e| {
-            let made = !e.reference.starts_with("hf:") && base_dir.join(&e.reference).starts_with(&dir);
+            let made =
+                !e.reference.starts_with("hf:") && base_dir.join(&e.reference).starts_with(&dir);
             if made {
                 println!("{:<16} {} (made by init_random)", e.role, e.reference);
             }
@@ -152,7 +154,7 @@ pub fn check(args: CheckArgs, _g: &Globals) -> Result<()> {
         {
             Ok((files, path)) => {
                 println!("{:<16} {} -> {}", e.role, e.reference, path.display());
-                print_files(&files, !args.no_hash)?;
+                print_files(&path, &files, !args.no_hash)?;
                 resolved.push((e.role, path));
             }
             Err(err) => {
@@ -176,7 +178,8 @@ pub fn check(args: CheckArgs, _g: &Globals) -> Result<()> {
     Ok(())
 }
 
-fn print_files(files: &[PathBuf], hash: bool) -> Result<()> {
+/// Size, SHA-256 and name (relative to the model's `root`) of each file.
+fn print_files(root: &Path, files: &[PathBuf], hash: bool) -> Result<()> {
     let rows: Vec<Result<(u64, String)>> = files
         .par_iter()
         .map(|f| {
@@ -189,7 +192,17 @@ fn print_files(files: &[PathBuf], hash: bool) -> Result<()> {
         .collect();
     for (file, row) in files.iter().zip(rows) {
         let (size, digest) = row?;
-        println!("    {:>10}  {}  {}", human_size(size), digest, file.display());
+        let name = file
+            .strip_prefix(root)
+            .ok()
+            .filter(|n| !n.as_os_str().is_empty());
+        let name = name.unwrap_or(file);
+        println!(
+            "    {:>9}  {}  {}",
+            human_size(size),
+            digest,
+            name.display()
+        );
     }
     Ok(())
 }
@@ -266,7 +279,8 @@ fn load_pipeline(path: &Path, device: Device, kind: Kind) -> Result<UNet2DCondit
         let ckpt = ldm::open_single_file(path)?;
         let cfg = UNet2DConditionConfig::sd15();
         let ip = Some(IpLayout::for_config(&cfg));
-        let unet = UNet2DConditionModel::from_source(ckpt.unet()?.as_ref(), &cfg, device, kind, ip)?;
+        let unet =
+            UNet2DConditionModel::from_source(ckpt.unet()?.as_ref(), &cfg, device, kind, ip)?;
         if ckpt.has_vae() {
             AutoencoderKL::from_source(
                 ckpt.vae()?.as_ref(),

@@ -83,10 +83,11 @@ pub fn ensure_random_models(exp: &Experiment) -> Result<()> {
 }
 
 fn init_random(preset: &str, dir: &Path) -> Result<()> {
-    anyhow::bail!(
-        "init_random {preset} {}: `negimg models init-random` is not available in this build",
-        dir.display()
-    )
+    let preset = match preset {
+        "sd15" => crate::pipeline::RandomPreset::Sd15,
+        _ => crate::pipeline::RandomPreset::Tiny,
+    };
+    super::models::init_random(preset, dir, 0)
 }
 
 pub fn run(args: RunArgs, g: &Globals) -> Result<()> {

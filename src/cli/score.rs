@@ -11,7 +11,7 @@ pub struct ScoreArgs {
     /// The run folder (results/<experiment>/<run-id>).
     pub run_dir: PathBuf,
     /// CLIP model in Hugging Face CLIPModel layout: a local folder or hf:org/repo[@rev].
-    /// Default: the experiment's `[models] scorer`, else hf:openai/clip-vit-large-patch14.
+    /// Default: the run's scorer (manifest.json), else hf:openai/clip-vit-large-patch14.
     #[arg(long)]
     pub scorer: Option<String>,
     /// Only score; leave grids, curves and index.html as they are.
@@ -19,22 +19,28 @@ pub struct ScoreArgs {
     pub no_plot: bool,
 }
 
-/// The scorer an experiment names: `[models] scorer` of the run's copy of experiment.toml.
-fn experiment_scorer(run_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(run_dir.join("experiment.toml")).ok()?;
-    let value: toml::Table = toml::from_str(&text).ok()?;
-    value
+/// The scorer of the run's manifest (`[models] scorer` of the experiment): its resolved path
+/// when it is still there, else its reference.
+fn manifest_scorer(run_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(run_dir.join("manifest.json")).ok()?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let scorer = manifest
         .get("models")?
-        .get("scorer")?
-        .as_str()
-        .map(String::from)
+        .as_array()?
+        .iter()
+        .find(|m| m.get("role").and_then(|r| r.as_str()) == Some("scorer"))?;
+    let path = scorer.get("path").and_then(|p| p.as_str());
+    match path {
+        Some(p) if Path::new(p).exists() => Some(p.to_string()),
+        _ => scorer.get("reference")?.as_str().map(String::from),
+    }
 }
 
 pub fn run(args: ScoreArgs, g: &Globals) -> Result<()> {
     let (device, kind) = g.device_and_dtype()?;
     let reference = args
         .scorer
-        .or_else(|| experiment_scorer(&args.run_dir))
+        .or_else(|| manifest_scorer(&args.run_dir))
         .unwrap_or_else(|| DEFAULT_SCORER.to_string());
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
     let scorer = crate::weights::hub::resolve(&reference, &cwd)

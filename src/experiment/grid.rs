@@ -66,6 +66,35 @@ impl Grid {
         cells
     }
 
+    /// The axes as plots and statistics see them: `(parameter, values as in records.csv)`.
+    /// A zip is labelled by its first parameter whose values tell its rows apart; when none
+    /// does, each zipped parameter is listed with its distinct values.
+    pub fn labels(&self) -> Vec<(Param, Vec<String>)> {
+        let column = |a: &Axis, i: usize| -> Vec<String> {
+            a.rows.iter().map(|r| r[i].to_string()).collect()
+        };
+        let distinct = |v: &[String]| {
+            let mut seen = std::collections::HashSet::new();
+            v.iter().all(|x| seen.insert(x.clone()))
+        };
+        let mut out = Vec::new();
+        for a in &self.axes {
+            let key = (0..a.params.len()).find(|&i| distinct(&column(a, i)));
+            match key {
+                Some(i) => out.push((a.params[i], column(a, i))),
+                None => {
+                    for (i, p) in a.params.iter().enumerate() {
+                        let mut values = column(a, i);
+                        let mut seen = std::collections::HashSet::new();
+                        values.retain(|v| seen.insert(v.clone()));
+                        out.push((*p, values));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Parameters that vary, in axis order.
     pub fn varying(&self) -> Vec<Param> {
         self.axes

@@ -158,22 +158,15 @@ impl Experiment {
         }
     }
 
-    /// The grid's axes for run.json: one per parameter (zipped ones each), values as in
-    /// records.csv; the seed only when it varies.
+    /// The grid's axes for run.json, values as in records.csv; the seed only when it varies.
     pub fn axes(&self) -> Vec<crate::run::info::Axis> {
         self.grid
-            .axes
-            .iter()
-            .filter(|a| !(a.params == [Param::Seed] && a.rows.len() < 2))
-            .flat_map(|a| {
-                a.params
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| crate::run::info::Axis {
-                        name: p.name().to_string(),
-                        values: a.rows.iter().map(|r| r[i].to_string()).collect(),
-                    })
-                    .collect::<Vec<_>>()
+            .labels()
+            .into_iter()
+            .filter(|(p, values)| !(*p == Param::Seed && values.len() < 2))
+            .map(|(p, values)| crate::run::info::Axis {
+                name: p.name().to_string(),
+                values,
             })
             .collect()
     }
@@ -379,11 +372,8 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         positive_reference: image_ref("scoring.positive_reference", &raw.scoring.positive_reference)?,
         negative_reference: image_ref("scoring.negative_reference", &raw.scoring.negative_reference)?,
     };
-    let axis_names: Vec<&str> = grid
-        .axes
-        .iter()
-        .flat_map(|a| a.params.iter().map(|p| p.name()))
-        .collect();
+    let labels = grid.labels();
+    let axis_names: Vec<&str> = labels.iter().map(|(p, _)| p.name()).collect();
     let axis_ref = |key: &str, r: &Spanned<String>| -> Result<String> {
         if axis_names.contains(&r.get_ref().as_str()) {
             Ok(r.get_ref().clone())
@@ -413,13 +403,10 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             .collect::<Result<_>>()?,
     };
     if let Some(x) = &p.curve_x {
-        let numeric = Param::from_name(x.get_ref()).and_then(|param| {
-            grid.axes.iter().find_map(|a| {
-                let i = a.params.iter().position(|q| *q == param)?;
-                Some(a.rows.iter().all(|r| matches!(r[i], Value::Num(_) | Value::Int(_))))
-            })
+        let numeric = labels.iter().any(|(param, values)| {
+            param.name() == x.get_ref() && values.iter().all(|v| v.parse::<f64>().is_ok())
         });
-        if numeric != Some(true) {
+        if !numeric {
             return Err(src.error(
                 x.span(),
                 "plots.curve_x",

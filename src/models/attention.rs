@@ -99,7 +99,16 @@ impl Attention {
 
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (k, v) = (self.split_heads(k), self.split_heads(v));
-        let out = Tensor::scaled_dot_product_attention(q, &k, &v, None::<&Tensor>, 0.0, false, None, false);
+        let out = Tensor::scaled_dot_product_attention(
+            q,
+            &k,
+            &v,
+            None::<&Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
         Self::merge_heads(&out)
     }
 
@@ -176,7 +185,10 @@ impl BasicTransformerBlock {
 
     pub fn forward(&self, xs: &Tensor, ctx: &CrossAttnContext) -> Tensor {
         let xs = self.attn1.forward(&self.norm1.forward(xs), None, None) + xs;
-        let xs = self.attn2.forward(&self.norm2.forward(&xs), Some(ctx.text), ctx.ip.as_ref()) + xs;
+        let xs = self
+            .attn2
+            .forward(&self.norm2.forward(&xs), Some(ctx.text), ctx.ip.as_ref())
+            + xs;
         self.ff.forward(&self.norm3.forward(&xs)) + xs
     }
 }
@@ -277,7 +289,11 @@ impl SpatialSelfAttention {
 impl Module for SpatialSelfAttention {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let (b, c, h, w) = xs.size4().expect("SpatialSelfAttention expects [B,C,H,W]");
-        let tokens = self.group_norm.forward(xs).view([b, c, h * w]).transpose(1, 2);
+        let tokens = self
+            .group_norm
+            .forward(xs)
+            .view([b, c, h * w])
+            .transpose(1, 2);
         let out = self.attn.forward(&tokens, None, None);
         out.transpose(1, 2).reshape([b, c, h, w]) + xs
     }

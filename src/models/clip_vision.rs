@@ -58,6 +58,11 @@ impl ClipVisionConfig {
         }
     }
 
+    /// The SD1.5 IP-Adapter image encoder ([`Self::vit_h`]).
+    pub fn sd15() -> Self {
+        Self::vit_h()
+    }
+
     /// OpenAI CLIP ViT-L/14 vision tower (the scorer).
     pub fn vit_l14() -> Self {
         ClipVisionConfig {

@@ -10,8 +10,7 @@ pub fn timestep_embedding(
     downscale_freq_shift: f64,
 ) -> Tensor {
     let half = dim / 2;
-    let exponent = Tensor::arange(half, (Kind::Float, timesteps.device()))
-        * (-(10000f64.ln()))
+    let exponent = Tensor::arange(half, (Kind::Float, timesteps.device())) * (-(10000f64.ln()))
         / (half as f64 - downscale_freq_shift);
     let args = timesteps.to_kind(Kind::Float).unsqueeze(1) * exponent.exp().unsqueeze(0);
     let (sin, cos) = (args.sin(), args.cos());

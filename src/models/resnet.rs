@@ -10,7 +10,14 @@ pub(crate) fn group_norm(vs: nn::Path, groups: i64, channels: i64, eps: f64) -> 
     nn::group_norm(vs, groups, channels, cfg)
 }
 
-pub(crate) fn conv2d(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, pad: i64) -> nn::Conv2D {
+pub(crate) fn conv2d(
+    vs: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    k: i64,
+    stride: i64,
+    pad: i64,
+) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
         stride,
         padding: pad,

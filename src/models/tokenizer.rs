@@ -26,6 +26,8 @@ const SPLIT_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// Number of merges CLIP uses from its merge list (`49152 - 256 - 2`).
 const CLIP_MERGES: usize = 48894;
+/// BPE merges in rank order.
+type Merges = Vec<(String, String)>;
 const OPEN_CLIP_VOCAB: &str = "bpe_simple_vocab_16e6.txt.gz";
 
 pub struct ClipTokenizer {
@@ -99,11 +101,7 @@ impl ClipTokenizer {
         Self::build(vocab, merges, EOS)
     }
 
-    fn build(
-        vocab: HashMap<String, u32>,
-        merges: Vec<(String, String)>,
-        pad: &str,
-    ) -> Result<Self> {
+    fn build(vocab: HashMap<String, u32>, merges: Merges, pad: &str) -> Result<Self> {
         let id = |token: &str| -> Result<i64> {
             vocab
                 .get(token)
@@ -218,7 +216,7 @@ fn bytes_to_unicode() -> Vec<char> {
 /// The vocabulary (tokens in id order) and merges of CLIP, built from open_clip's merge list
 /// the way CLIP's `SimpleTokenizer` does: 256 byte symbols, the same with `</w>`, one token per
 /// merge, then `<|startoftext|>` and `<|endoftext|>` (49408 tokens).
-fn vocab_from_open_clip(gz: &Path) -> Result<(Vec<String>, Vec<(String, String)>)> {
+fn vocab_from_open_clip(gz: &Path) -> Result<(Vec<String>, Merges)> {
     let file = std::fs::File::open(gz)
         .with_context(|| format!("cannot open CLIP vocabulary {}", gz.display()))?;
     let mut text = String::new();
@@ -305,10 +303,10 @@ pub fn find_open_clip_vocab() -> Result<PathBuf> {
     if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
         venvs.push(v.into());
     }
-    if let Some(py) = std::env::var_os("NEGIMG_PYTHON") {
-        if let Some(venv) = Path::new(&py).parent().and_then(Path::parent) {
-            venvs.push(venv.to_path_buf());
-        }
+    if let Some(py) = std::env::var_os("NEGIMG_PYTHON")
+        && let Some(venv) = Path::new(&py).parent().and_then(Path::parent)
+    {
+        venvs.push(venv.to_path_buf());
     }
     venvs.push(PathBuf::from(".venv"));
     venvs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));

@@ -7,7 +7,9 @@
 use crate::models::attention::{CrossAttnContext, IpContext, IpWeights};
 use crate::models::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::models::resnet::{conv2d, group_norm};
-use crate::models::unet_blocks::{AttnSpec, BlockCommon, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
+use crate::models::unet_blocks::{
+    AttnSpec, BlockCommon, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
+};
 use crate::weights::{self, TensorFile, TensorSource, load_var_store};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
@@ -180,8 +182,12 @@ impl UNet2DConditionConfig {
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read UNet config {}", path.display()))?;
-        let cfg: Self = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid UNet2DConditionModel config", path.display()))?;
+        let cfg: Self = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a valid UNet2DConditionModel config",
+                path.display()
+            )
+        })?;
         cfg.validate()
             .with_context(|| format!("{}: unsupported UNet config", path.display()))?;
         Ok(cfg)
@@ -219,41 +225,87 @@ impl UNet2DConditionConfig {
         for (name, len) in [
             ("layers_per_block", self.layers_per_block.len()),
             ("cross_attention_dim", self.cross_attention_dim.len()),
-            ("transformer_layers_per_block", self.transformer_layers_per_block.len()),
+            (
+                "transformer_layers_per_block",
+                self.transformer_layers_per_block.len(),
+            ),
             ("attention_head_dim", self.attention_head_dim.len()),
             ("only_cross_attention", self.only_cross_attention.len()),
         ] {
             if let Some(len) = len {
-                ensure!(len == n, "{name} has {len} entries, expected one per block ({n})");
+                ensure!(
+                    len == n,
+                    "{name} has {len} entries, expected one per block ({n})"
+                );
             }
         }
         for t in &self.down_block_types {
-            ensure!(t == CROSS_DOWN || t == PLAIN_DOWN, "down block type {t:?} is not supported");
+            ensure!(
+                t == CROSS_DOWN || t == PLAIN_DOWN,
+                "down block type {t:?} is not supported"
+            );
         }
         for t in &self.up_block_types {
-            ensure!(t == CROSS_UP || t == PLAIN_UP, "up block type {t:?} is not supported");
+            ensure!(
+                t == CROSS_UP || t == PLAIN_UP,
+                "up block type {t:?} is not supported"
+            );
         }
         ensure!(
             self.mid_block_type.as_deref() == Some("UNetMidBlock2DCrossAttn"),
             "mid_block_type {:?} is not supported",
             self.mid_block_type
         );
-        ensure!(self.num_attention_heads.is_none(), "num_attention_heads must not be set (use attention_head_dim, as diffusers)");
-        ensure!(self.act_fn == "silu", "act_fn {:?} is not supported", self.act_fn);
-        ensure!(self.norm_num_groups.is_some(), "norm_num_groups null is not supported");
-        ensure!(self.resnet_time_scale_shift == "default", "resnet_time_scale_shift {:?} is not supported", self.resnet_time_scale_shift);
-        ensure!(self.time_embedding_type == "positional", "time_embedding_type {:?} is not supported", self.time_embedding_type);
-        ensure!(self.attention_type == "default", "attention_type {:?} is not supported", self.attention_type);
+        ensure!(
+            self.num_attention_heads.is_none(),
+            "num_attention_heads must not be set (use attention_head_dim, as diffusers)"
+        );
+        ensure!(
+            self.act_fn == "silu",
+            "act_fn {:?} is not supported",
+            self.act_fn
+        );
+        ensure!(
+            self.norm_num_groups.is_some(),
+            "norm_num_groups null is not supported"
+        );
+        ensure!(
+            self.resnet_time_scale_shift == "default",
+            "resnet_time_scale_shift {:?} is not supported",
+            self.resnet_time_scale_shift
+        );
+        ensure!(
+            self.time_embedding_type == "positional",
+            "time_embedding_type {:?} is not supported",
+            self.time_embedding_type
+        );
+        ensure!(
+            self.attention_type == "default",
+            "attention_type {:?} is not supported",
+            self.attention_type
+        );
         let unsupported = [
-            ("class_embed_type", self.class_embed_type.is_some() || self.num_class_embeds.is_some()),
+            (
+                "class_embed_type",
+                self.class_embed_type.is_some() || self.num_class_embeds.is_some(),
+            ),
             ("addition_embed_type", self.addition_embed_type.is_some()),
-            ("encoder_hid_dim", self.encoder_hid_dim.is_some() || self.encoder_hid_dim_type.is_some()),
-            ("time_embedding_act_fn", self.time_embedding_act_fn.is_some()),
+            (
+                "encoder_hid_dim",
+                self.encoder_hid_dim.is_some() || self.encoder_hid_dim_type.is_some(),
+            ),
+            (
+                "time_embedding_act_fn",
+                self.time_embedding_act_fn.is_some(),
+            ),
             ("timestep_post_act", self.timestep_post_act.is_some()),
             ("cross_attention_norm", self.cross_attention_norm.is_some()),
             ("dual_cross_attention", self.dual_cross_attention),
             ("resnet_skip_time_act", self.resnet_skip_time_act),
-            ("only_cross_attention", (0..n).any(|i| self.only_cross_attention.get(i))),
+            (
+                "only_cross_attention",
+                (0..n).any(|i| self.only_cross_attention.get(i)),
+            ),
         ];
         for (name, set) in unsupported {
             ensure!(!set, "{name} is not supported (SD1.x/2.x UNets only)");
@@ -262,8 +314,14 @@ impl UNet2DConditionConfig {
         for i in 0..n {
             let c = self.block_out_channels[i];
             let heads = self.attention_head_dim.get(i);
-            ensure!(c % groups == 0, "block_out_channels[{i}] = {c} is not a multiple of norm_num_groups {groups}");
-            ensure!(heads > 0 && c % heads == 0, "block_out_channels[{i}] = {c} is not a multiple of the head count {heads}");
+            ensure!(
+                c % groups == 0,
+                "block_out_channels[{i}] = {c} is not a multiple of norm_num_groups {groups}"
+            );
+            ensure!(
+                heads > 0 && c % heads == 0,
+                "block_out_channels[{i}] = {c} is not a multiple of the head count {heads}"
+            );
         }
         Ok(())
     }
@@ -303,20 +361,34 @@ pub fn ip_attn_layers(cfg: &UNet2DConditionConfig) -> Vec<(String, i64)> {
     let mut push = |prefix: String, attentions: i64, layers: i64, width: i64| {
         for a in 0..attentions {
             for t in 0..layers {
-                out.push((format!("{prefix}.attentions.{a}.transformer_blocks.{t}.attn2"), width));
+                out.push((
+                    format!("{prefix}.attentions.{a}.transformer_blocks.{t}.attn2"),
+                    width,
+                ));
             }
         }
     };
     for i in (0..n).filter(|&i| cfg.is_cross_down(i)) {
-        let (layers, tl) = (cfg.layers_per_block.get(i), cfg.transformer_layers_per_block.get(i));
+        let (layers, tl) = (
+            cfg.layers_per_block.get(i),
+            cfg.transformer_layers_per_block.get(i),
+        );
         push(format!("down_blocks.{i}"), layers, tl, boc[i]);
     }
     for i in (0..n).filter(|&i| cfg.is_cross_up(i)) {
         let r = n - 1 - i;
-        let (layers, tl) = (cfg.layers_per_block.get(r) + 1, cfg.transformer_layers_per_block.get(r));
+        let (layers, tl) = (
+            cfg.layers_per_block.get(r) + 1,
+            cfg.transformer_layers_per_block.get(r),
+        );
         push(format!("up_blocks.{i}"), layers, tl, boc[r]);
     }
-    push("mid_block".into(), 1, cfg.transformer_layers_per_block.get(n - 1), boc[n - 1]);
+    push(
+        "mid_block".into(),
+        1,
+        cfg.transformer_layers_per_block.get(n - 1),
+        boc[n - 1],
+    );
     out
 }
 
@@ -366,7 +438,14 @@ impl UNet2DConditionModel {
             })
         };
         let (kin, kout) = (cfg.conv_in_kernel, cfg.conv_out_kernel);
-        let conv_in = conv2d(&vs / "conv_in", cfg.in_channels, boc[0], kin, 1, (kin - 1) / 2);
+        let conv_in = conv2d(
+            &vs / "conv_in",
+            cfg.in_channels,
+            boc[0],
+            kin,
+            1,
+            (kin - 1) / 2,
+        );
         let time_embedding = TimestepEmbedding::new(&vs / "time_embedding", boc[0], time_dim);
         let down_blocks = (0..n)
             .map(|i| {
@@ -409,7 +488,14 @@ impl UNet2DConditionModel {
             })
             .collect::<Vec<_>>();
         let conv_norm_out = group_norm(&vs / "conv_norm_out", common.groups, boc[0], cfg.norm_eps);
-        let conv_out = conv2d(&vs / "conv_out", boc[0], cfg.out_channels, kout, 1, (kout - 1) / 2);
+        let conv_out = conv2d(
+            &vs / "conv_out",
+            boc[0],
+            cfg.out_channels,
+            kout,
+            1,
+            (kout - 1) / 2,
+        );
 
         let mut model = UNet2DConditionModel {
             cfg: cfg.clone(),
@@ -441,7 +527,11 @@ impl UNet2DConditionModel {
             .filter_map(|block| block.cross_attention().ip_weights())
             .collect();
         let names = ip_attn_layers(&self.cfg);
-        assert_eq!(names.len(), weights.len(), "IP layer walk and config disagree");
+        assert_eq!(
+            names.len(),
+            weights.len(),
+            "IP layer walk and config disagree"
+        );
         names
             .into_iter()
             .zip(weights)
@@ -473,7 +563,9 @@ impl UNet2DConditionModel {
         let model = Self::new(vs.root(), cfg, ip)?;
         vs.freeze();
         // The IP weights come from the adapter file, not from the UNet's.
-        load_var_store(&vs, source, |name| (!name.contains(".processor.")).then(|| name.to_string()))?;
+        load_var_store(&vs, source, |name| {
+            (!name.contains(".processor.")).then(|| name.to_string())
+        })?;
         Ok(model)
     }
 
@@ -514,7 +606,9 @@ impl UNet2DConditionModel {
                 let key = format!("ip_adapter.{k}.{what}.weight");
                 let expected: Vec<usize> = var.size().iter().map(|&d| d as usize).collect();
                 let Some(found) = source.shape(&key) else {
-                    bail!("{origin}: tensor {key:?} is missing (expected shape {expected:?} for {layer})");
+                    bail!(
+                        "{origin}: tensor {key:?} is missing (expected shape {expected:?} for {layer})"
+                    );
                 };
                 if found != expected {
                     bail!(
@@ -577,10 +671,12 @@ impl UNet2DConditionModel {
         let ip_tokens = ip.map(|(tokens, _)| tokens.to_device(device).to_kind(kind));
         let ctx = CrossAttnContext {
             text: &text,
-            ip: ip.zip(ip_tokens.as_ref()).map(|((_, scale), tokens)| IpContext {
-                tokens,
-                scale: scale.to_device(device).to_kind(kind).view([b, 1, 1]),
-            }),
+            ip: ip
+                .zip(ip_tokens.as_ref())
+                .map(|((_, scale), tokens)| IpContext {
+                    tokens,
+                    scale: scale.to_device(device).to_kind(kind).reshape([b, 1, 1]),
+                }),
         };
 
         // Upsample to the skip's size when H or W is not a multiple of the total factor.
@@ -590,7 +686,7 @@ impl UNet2DConditionModel {
         let mut x = self.conv_in.forward(&x);
         let mut skips = vec![x.shallow_clone()];
         for block in &self.down_blocks {
-            let (out, states) = block.forward(&x, Some(&emb), Some(&ctx));
+            let (out, states) = block.forward(&x, &emb, &ctx);
             x = out;
             skips.extend(states);
         }
@@ -606,7 +702,8 @@ impl UNet2DConditionModel {
             };
             x = block.forward(&x, &used, &emb, &ctx, upsample_size);
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&x).silu())
+        self.conv_out
+            .forward(&self.conv_norm_out.forward(&x).silu())
     }
 }
 
@@ -618,12 +715,24 @@ pub fn component_files(path: &Path, kind: Kind) -> Result<(PathBuf, PathBuf)> {
         let dir = path.parent().unwrap_or(Path::new("."));
         return Ok((dir.join("config.json"), path.to_path_buf()));
     }
-    ensure!(path.is_dir(), "{}: no such model folder or file", path.display());
+    ensure!(
+        path.is_dir(),
+        "{}: no such model folder or file",
+        path.display()
+    );
     let config = path.join("config.json");
-    ensure!(config.is_file(), "{}: config.json is missing", path.display());
+    ensure!(
+        config.is_file(),
+        "{}: config.json is missing",
+        path.display()
+    );
     let full = path.join("diffusion_pytorch_model.safetensors");
     let half = path.join("diffusion_pytorch_model.fp16.safetensors");
-    let candidates = if kind == Kind::Half { [&half, &full] } else { [&full, &half] };
+    let candidates = if kind == Kind::Half {
+        [&half, &full]
+    } else {
+        [&full, &half]
+    };
     match candidates.into_iter().find(|p| p.is_file()) {
         Some(weights) => Ok((config, weights.clone())),
         None => {
@@ -646,19 +755,38 @@ pub fn component_files(path: &Path, kind: Kind) -> Result<(PathBuf, PathBuf)> {
 /// Writes `dir/config.json` and the variables of `vs` as
 /// `diffusion_pytorch_model.safetensors` (fp32) and, with `fp16_variant`, also
 /// `diffusion_pytorch_model.fp16.safetensors`.
-pub(crate) fn save_component(dir: &Path, config_json: &str, vs: &nn::VarStore, fp16_variant: bool) -> Result<()> {
+pub(crate) fn save_component(
+    dir: &Path,
+    config_json: &str,
+    vs: &nn::VarStore,
+    fp16_variant: bool,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = dir.join("config.json");
-    std::fs::write(&config, config_json).with_context(|| format!("cannot write {}", config.display()))?;
-    weights::random::save_var_store(vs, &dir.join("diffusion_pytorch_model.safetensors"), Kind::Float)?;
+    std::fs::write(&config, config_json)
+        .with_context(|| format!("cannot write {}", config.display()))?;
+    weights::random::save_var_store(
+        vs,
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        Kind::Float,
+    )?;
     if fp16_variant {
-        weights::random::save_var_store(vs, &dir.join("diffusion_pytorch_model.fp16.safetensors"), Kind::Half)?;
+        weights::random::save_var_store(
+            vs,
+            &dir.join("diffusion_pytorch_model.fp16.safetensors"),
+            Kind::Half,
+        )?;
     }
     Ok(())
 }
 
 /// Writes a diffusers `unet/` folder with seeded random weights (no IP layers).
-pub fn write_random_model(dir: &Path, cfg: &UNet2DConditionConfig, seed: i64, fp16_variant: bool) -> Result<()> {
+pub fn write_random_model(
+    dir: &Path,
+    cfg: &UNet2DConditionConfig,
+    seed: i64,
+    fp16_variant: bool,
+) -> Result<()> {
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = UNet2DConditionModel::new(vs.root(), cfg, None)?;
     weights::random::randomize(&vs, seed, 0.02);
@@ -676,22 +804,40 @@ mod tests {
             320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 1280,
         ];
         assert_eq!(widths, expected);
-        let names: Vec<String> = ip_attn_layers(&UNet2DConditionConfig::sd15()).into_iter().map(|x| x.0).collect();
-        assert_eq!(names[0], "down_blocks.0.attentions.0.transformer_blocks.0.attn2");
-        assert_eq!(names[6], "up_blocks.1.attentions.0.transformer_blocks.0.attn2");
-        assert_eq!(names[15], "mid_block.attentions.0.transformer_blocks.0.attn2");
+        let names: Vec<String> = ip_attn_layers(&UNet2DConditionConfig::sd15())
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(
+            names[0],
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+        );
+        assert_eq!(
+            names[6],
+            "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
+        );
+        assert_eq!(
+            names[15],
+            "mid_block.attentions.0.transformer_blocks.0.attn2"
+        );
     }
 
     #[test]
     fn tiny_model_walk_matches_config_and_shapes() {
         let cfg = UNet2DConditionConfig::tiny();
         let vs = nn::VarStore::new(Device::Cpu);
-        let unet = UNet2DConditionModel::new(vs.root(), &cfg, Some(IpLayout::for_config(&cfg))).unwrap();
+        let unet =
+            UNet2DConditionModel::new(vs.root(), &cfg, Some(IpLayout::for_config(&cfg))).unwrap();
         let widths: Vec<i64> = unet.ip_slots.iter().map(|s| s.1.size()[0]).collect();
         assert_eq!(widths, ip_attn_hidden_sizes(&cfg));
         let variables = vs.variables();
-        assert!(variables.contains_key("down_blocks.0.attentions.1.transformer_blocks.0.attn2.processor.to_k_ip.0.weight"));
-        assert!(variables.contains_key("up_blocks.1.attentions.2.transformer_blocks.0.ff.net.0.proj.weight"));
+        assert!(variables.contains_key(
+            "down_blocks.0.attentions.1.transformer_blocks.0.attn2.processor.to_k_ip.0.weight"
+        ));
+        assert!(
+            variables
+                .contains_key("up_blocks.1.attentions.2.transformer_blocks.0.ff.net.0.proj.weight")
+        );
         assert!(variables.contains_key("mid_block.resnets.1.time_emb_proj.bias"));
         let x = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu));
         let text = Tensor::randn([2, 5, 32], (Kind::Float, Device::Cpu));

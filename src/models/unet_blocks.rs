@@ -101,14 +101,14 @@ impl DownBlock2D {
     pub fn forward(
         &self,
         xs: &Tensor,
-        temb: Option<&Tensor>,
-        ctx: Option<&CrossAttnContext>,
+        temb: &Tensor,
+        ctx: &CrossAttnContext,
     ) -> (Tensor, Vec<Tensor>) {
         let mut xs = xs.shallow_clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
-            xs = resnet.forward(&xs, temb);
-            if let (Some(attn), Some(ctx)) = (self.attentions.get(i), ctx) {
+            xs = resnet.forward(&xs, Some(temb));
+            if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, ctx);
             }
             states.push(xs.shallow_clone());
@@ -129,7 +129,13 @@ pub struct UNetMidBlock2DCrossAttn {
 }
 
 impl UNetMidBlock2DCrossAttn {
-    pub fn new(vs: nn::Path, common: BlockCommon, channels: i64, attn: AttnSpec, scale: f64) -> Self {
+    pub fn new(
+        vs: nn::Path,
+        common: BlockCommon,
+        channels: i64,
+        attn: AttnSpec,
+        scale: f64,
+    ) -> Self {
         // diffusers passes `mid_block_scale_factor` as the resnets' output scale factor.
         let resnet = |i: i64| {
             ResnetBlock2D::new(
@@ -146,7 +152,12 @@ impl UNetMidBlock2DCrossAttn {
         };
         UNetMidBlock2DCrossAttn {
             resnets: vec![resnet(0), resnet(1)],
-            attentions: vec![transformer(&vs / "attentions" / 0, channels, common.groups, attn)],
+            attentions: vec![transformer(
+                &vs / "attentions" / 0,
+                channels,
+                common.groups,
+                attn,
+            )],
         }
     }
 
@@ -252,7 +263,12 @@ impl UNetMidBlock2D {
                 .map(|i| common.resnet(&vs / "resnets" / i, channels, channels))
                 .collect(),
             attention: add_attention.then(|| {
-                SpatialSelfAttention::new(&vs / "attentions" / 0, channels, common.groups, common.eps)
+                SpatialSelfAttention::new(
+                    &vs / "attentions" / 0,
+                    channels,
+                    common.groups,
+                    common.eps,
+                )
             }),
         }
     }

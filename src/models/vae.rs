@@ -118,12 +118,22 @@ impl AutoencoderKLConfig {
             self.up_block_types.len()
         );
         for t in &self.down_block_types {
-            ensure!(t == "DownEncoderBlock2D", "down block type {t:?} is not supported");
+            ensure!(
+                t == "DownEncoderBlock2D",
+                "down block type {t:?} is not supported"
+            );
         }
         for t in &self.up_block_types {
-            ensure!(t == "UpDecoderBlock2D", "up block type {t:?} is not supported");
+            ensure!(
+                t == "UpDecoderBlock2D",
+                "up block type {t:?} is not supported"
+            );
         }
-        ensure!(self.act_fn == "silu", "act_fn {:?} is not supported", self.act_fn);
+        ensure!(
+            self.act_fn == "silu",
+            "act_fn {:?} is not supported",
+            self.act_fn
+        );
         for &c in &self.block_out_channels {
             ensure!(
                 c % self.norm_num_groups == 0,
@@ -160,17 +170,40 @@ impl Encoder {
         let down_blocks = (0..n)
             .map(|i| {
                 let cin = if i == 0 { boc[0] } else { boc[i - 1] };
-                let resample = if i + 1 < n { Resample::Down } else { Resample::None };
-                CoderBlock2D::new(&vs / "down_blocks" / i, common, cin, boc[i], cfg.layers_per_block, resample)
+                let resample = if i + 1 < n {
+                    Resample::Down
+                } else {
+                    Resample::None
+                };
+                CoderBlock2D::new(
+                    &vs / "down_blocks" / i,
+                    common,
+                    cin,
+                    boc[i],
+                    cfg.layers_per_block,
+                    resample,
+                )
             })
             .collect();
         Encoder {
             conv_in: conv2d(&vs / "conv_in", cfg.in_channels, boc[0], 3, 1, 1),
             down_blocks,
-            mid_block: UNetMidBlock2D::new(&vs / "mid_block", common, boc[n - 1], cfg.mid_block_add_attention),
+            mid_block: UNetMidBlock2D::new(
+                &vs / "mid_block",
+                common,
+                boc[n - 1],
+                cfg.mid_block_add_attention,
+            ),
             conv_norm_out: group_norm(&vs / "conv_norm_out", cfg.norm_num_groups, boc[n - 1], 1e-6),
             // Mean and log-variance of the latent distribution.
-            conv_out: conv2d(&vs / "conv_out", boc[n - 1], 2 * cfg.latent_channels, 3, 1, 1),
+            conv_out: conv2d(
+                &vs / "conv_out",
+                boc[n - 1],
+                2 * cfg.latent_channels,
+                3,
+                1,
+                1,
+            ),
         }
     }
 }
@@ -182,7 +215,8 @@ impl Module for Encoder {
             x = block.forward(&x);
         }
         let x = self.mid_block.forward(&x);
-        self.conv_out.forward(&self.conv_norm_out.forward(&x).silu())
+        self.conv_out
+            .forward(&self.conv_norm_out.forward(&x).silu())
     }
 }
 
@@ -204,13 +238,29 @@ impl Decoder {
             .map(|i| {
                 let r = n - 1 - i;
                 let prev = if i == 0 { boc[n - 1] } else { boc[r + 1] };
-                let resample = if i + 1 < n { Resample::Up } else { Resample::None };
-                CoderBlock2D::new(&vs / "up_blocks" / i, common, prev, boc[r], cfg.layers_per_block + 1, resample)
+                let resample = if i + 1 < n {
+                    Resample::Up
+                } else {
+                    Resample::None
+                };
+                CoderBlock2D::new(
+                    &vs / "up_blocks" / i,
+                    common,
+                    prev,
+                    boc[r],
+                    cfg.layers_per_block + 1,
+                    resample,
+                )
             })
             .collect();
         Decoder {
             conv_in: conv2d(&vs / "conv_in", cfg.latent_channels, boc[n - 1], 3, 1, 1),
-            mid_block: UNetMidBlock2D::new(&vs / "mid_block", common, boc[n - 1], cfg.mid_block_add_attention),
+            mid_block: UNetMidBlock2D::new(
+                &vs / "mid_block",
+                common,
+                boc[n - 1],
+                cfg.mid_block_add_attention,
+            ),
             up_blocks,
             conv_norm_out: group_norm(&vs / "conv_norm_out", cfg.norm_num_groups, boc[0], 1e-6),
             conv_out: conv2d(&vs / "conv_out", boc[0], cfg.out_channels, 3, 1, 1),
@@ -224,7 +274,8 @@ impl Module for Decoder {
         for block in &self.up_blocks {
             x = block.forward(&x);
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&x).silu())
+        self.conv_out
+            .forward(&self.conv_norm_out.forward(&x).silu())
     }
 }
 
@@ -241,7 +292,12 @@ pub struct AutoencoderKL {
 /// `query`/`key`/`value`/`proj_attn`, which diffusers renames the same way when loading.
 fn vae_key(source: &dyn TensorSource, name: &str) -> String {
     if source.shape(name).is_none() && name.contains(".attentions.") {
-        for (new, old) in [(".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")] {
+        for (new, old) in [
+            (".to_q.", ".query."),
+            (".to_k.", ".key."),
+            (".to_v.", ".value."),
+            (".to_out.0.", ".proj_attn."),
+        ] {
             let legacy = name.replace(new, old);
             if legacy != name && source.shape(&legacy).is_some() {
                 return legacy;
@@ -258,7 +314,9 @@ impl AutoencoderKL {
         cfg.validate()?;
         let latent = cfg.latent_channels;
         let encoder = with_encoder.then(|| {
-            let quant = cfg.use_quant_conv.then(|| conv2d(&vs / "quant_conv", 2 * latent, 2 * latent, 1, 1, 0));
+            let quant = cfg
+                .use_quant_conv
+                .then(|| conv2d(&vs / "quant_conv", 2 * latent, 2 * latent, 1, 1, 0));
             (Encoder::new(&vs / "encoder", cfg), quant)
         });
         Ok(AutoencoderKL {
@@ -334,7 +392,12 @@ impl AutoencoderKL {
 }
 
 /// Writes a diffusers `vae/` folder (encoder included) with seeded random weights.
-pub fn write_random_model(dir: &Path, cfg: &AutoencoderKLConfig, seed: i64, fp16_variant: bool) -> Result<()> {
+pub fn write_random_model(
+    dir: &Path,
+    cfg: &AutoencoderKLConfig,
+    seed: i64,
+    fp16_variant: bool,
+) -> Result<()> {
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = AutoencoderKL::new(vs.root(), cfg, true)?;
     weights::random::randomize(&vs, seed, 0.02);

@@ -4,7 +4,7 @@
 use super::font::{FAMILY, register_plotters_font};
 use crate::run::info::RunInfo;
 use crate::run::records::{Record, Status};
-use crate::scoring::stats::{Estimate, ScoreTable, record_field};
+use crate::scoring::stats::{Estimate, ScoreTable, axis_value, merged_axes, record_field};
 use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -39,7 +39,9 @@ pub struct Series {
 pub fn x_axis(info: &RunInfo) -> Option<String> {
     let numeric = |name: &str| {
         info.axes.iter().any(|a| {
-            a.name == name && a.values.len() > 1 && a.values.iter().all(|v| v.parse::<f64>().is_ok())
+            a.name == name
+                && a.values.len() > 1
+                && a.values.iter().all(|v| v.parse::<f64>().is_ok())
         })
     };
     if let Some(x) = &info.plots.curve_x {
@@ -52,15 +54,16 @@ pub fn x_axis(info: &RunInfo) -> Option<String> {
 }
 
 /// The axes whose combinations make one line each: RunInfo.plots.series, else every other
-/// varying axis but the seed.
-pub fn series_axes(info: &RunInfo, x: &str) -> Vec<String> {
+/// varying axis but the seed (an axis zipped with `x` is not another line).
+pub fn series_axes(info: &RunInfo, records: &[Record], x: &str) -> Vec<String> {
     if !info.plots.series.is_empty() {
         return info.plots.series.clone();
     }
-    info.axes
-        .iter()
-        .filter(|a| a.name != "seed" && a.name != x && a.values.len() > 1)
-        .map(|a| a.name.clone())
+    merged_axes(info, records)
+        .into_iter()
+        .filter(|a| a.name != "seed" && a.values.len() > 1)
+        .filter(|a| !a.name.split(", ").any(|part| part == x))
+        .map(|a| a.name)
         .collect()
 }
 
@@ -73,9 +76,9 @@ pub fn curve_data(
     x: &str,
     series: &[String],
 ) -> Vec<Series> {
+    let axes = merged_axes(info, records);
     let position = |axis: &str, value: &str| {
-        info.axes
-            .iter()
+        axes.iter()
             .find(|a| a.name == axis)
             .and_then(|a| a.values.iter().position(|v| v == value))
             .unwrap_or(usize::MAX)
@@ -92,9 +95,13 @@ pub fn curve_data(
         };
         let keys: Vec<String> = series
             .iter()
-            .map(|s| record_field(r, s).unwrap_or_default())
+            .map(|s| axis_value(r, s).unwrap_or_default())
             .collect();
-        let order: Vec<usize> = series.iter().zip(&keys).map(|(s, k)| position(s, k)).collect();
+        let order: Vec<usize> = series
+            .iter()
+            .zip(&keys)
+            .map(|(s, k)| position(s, k))
+            .collect();
         let label = series
             .iter()
             .zip(&keys)
@@ -120,7 +127,11 @@ pub fn curve_data(
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
             Series {
-                label: if label.is_empty() { "all".into() } else { label },
+                label: if label.is_empty() {
+                    "all".into()
+                } else {
+                    label
+                },
                 points,
             }
         })
@@ -145,7 +156,11 @@ fn draw<DB: DrawingBackend>(
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
     // The legend gets its own strip on the right so that it never hides a line.
-    let widest = series.iter().map(|s| s.label.chars().count()).max().unwrap_or(0) as u32;
+    let widest = series
+        .iter()
+        .map(|s| s.label.chars().count())
+        .max()
+        .unwrap_or(0) as u32;
     let legend_w = (widest * 8 + 48).min(root.dim_in_pixel().0 / 3);
     let (plot, legend) = root.split_horizontally(root.dim_in_pixel().0 - legend_w);
     let all = series.iter().flat_map(|s| &s.points);
@@ -193,16 +208,26 @@ fn draw<DB: DrawingBackend>(
             )
             .collect();
         if band.len() >= 4 {
-            chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.18).filled())))?;
+            chart.draw_series(std::iter::once(Polygon::new(
+                band,
+                color.mix(0.18).filled(),
+            )))?;
         }
         let line: Vec<(f64, f64)> = s.points.iter().map(|(x, e)| (*x, e.mean)).collect();
         chart.draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?;
         chart.draw_series(line.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
         let y = 60 + 24 * i as i32;
-        legend.draw(&PathElement::new(vec![(4, y), (28, y)], color.stroke_width(3)))?;
+        legend.draw(&PathElement::new(
+            vec![(4, y), (28, y)],
+            color.stroke_width(3),
+        ))?;
         let max_chars = (legend_w.saturating_sub(40) / 7) as usize;
         let text: String = if s.label.chars().count() > max_chars {
-            s.label.chars().take(max_chars.saturating_sub(1)).chain(['…']).collect()
+            s.label
+                .chars()
+                .take(max_chars.saturating_sub(1))
+                .chain(['…'])
+                .collect()
         } else {
             s.label.clone()
         };
@@ -212,17 +237,35 @@ fn draw<DB: DrawingBackend>(
 }
 
 /// One metric's figure written as `<stem>.svg` and `<stem>.png`.
-pub fn write_curve(stem: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+pub fn write_curve(
+    stem: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
     register_plotters_font();
     if let Some(dir) = stem.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let svg = stem.with_extension("svg");
-    draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), title, x_label, y_label, series)
-        .map_err(|e| anyhow!("cannot draw {}: {e}", svg.display()))?;
+    draw(
+        SVGBackend::new(&svg, SIZE).into_drawing_area(),
+        title,
+        x_label,
+        y_label,
+        series,
+    )
+    .map_err(|e| anyhow!("cannot draw {}: {e}", svg.display()))?;
     let png = stem.with_extension("png");
-    draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), title, x_label, y_label, series)
-        .map_err(|e| anyhow!("cannot draw {}: {e}", png.display()))?;
+    draw(
+        BitMapBackend::new(&png, SIZE).into_drawing_area(),
+        title,
+        x_label,
+        y_label,
+        series,
+    )
+    .map_err(|e| anyhow!("cannot draw {}: {e}", png.display()))?;
     Ok(())
 }
 
@@ -265,7 +308,7 @@ pub fn write_curves(
     let Some(x) = x_axis(info) else {
         return Ok(Vec::new());
     };
-    let series = series_axes(info, &x);
+    let series = series_axes(info, records, &x);
     let mut files = Vec::new();
     for (m, metric) in scores.metrics.iter().enumerate() {
         if metric.starts_with("clip_t_cos_") {
@@ -276,8 +319,17 @@ pub fn write_curves(
             continue;
         }
         let rel = format!("curves/{scorer_id}/{metric}");
-        let title = format!("{}: {metric} vs {x} (mean, 95% CI over seeds)", info.experiment);
-        write_curve(&run_dir.join(&rel), &title, &x, &metric_label(metric, targets), &data)?;
+        let title = format!(
+            "{}: {metric} vs {x} (mean, 95% CI over seeds)",
+            info.experiment
+        );
+        write_curve(
+            &run_dir.join(&rel),
+            &title,
+            &x,
+            &metric_label(metric, targets),
+            &data,
+        )?;
         files.push(CurveFile {
             metric: metric.clone(),
             svg: format!("{rel}.svg"),

@@ -79,7 +79,8 @@ pub fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, px: f32, color:
             outline.draw(|gx, gy, coverage| {
                 let px_x = bounds.min.x as i64 + gx as i64;
                 let px_y = bounds.min.y as i64 + gy as i64;
-                if px_x < 0 || px_y < 0 || px_x >= img.width() as i64 || px_y >= img.height() as i64 {
+                if px_x < 0 || px_y < 0 || px_x >= img.width() as i64 || px_y >= img.height() as i64
+                {
                     return;
                 }
                 let p = img.get_pixel_mut(px_x as u32, px_y as u32);

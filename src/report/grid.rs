@@ -5,7 +5,7 @@
 use super::font;
 use crate::run::info::{Axis, RunInfo};
 use crate::run::records::{Record, Status};
-use crate::scoring::stats::record_field;
+use crate::scoring::stats::{axis_value, merged_axes};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage, imageops};
 use rayon::prelude::*;
@@ -55,19 +55,26 @@ pub struct Arrangement {
 /// and rows, the others on pages; seeds fill an empty row/column slot, else go side by side
 /// (up to `max_side_by_side`), else on pages.
 pub fn arrange(info: &RunInfo, records: &[Record], opts: &GridOptions) -> Arrangement {
+    let axes = merged_axes(info, records);
+    // A named axis, or the zipped axis it is part of.
     let find = |name: &Option<String>| {
         name.as_ref()
-            .and_then(|n| info.axes.iter().find(|a| &a.name == n))
+            .and_then(|n| {
+                axes.iter()
+                    .find(|a| a.name.split(", ").any(|part| part == n))
+            })
             .cloned()
     };
     let mut rows = find(&info.plots.rows);
     let mut cols = find(&info.plots.cols);
     let mut pages: Vec<Axis> = find(&info.plots.pages).into_iter().collect();
     let placed = |name: &str, rows: &Option<Axis>, cols: &Option<Axis>, pages: &[Axis]| {
-        rows.iter().chain(cols.iter()).chain(pages).any(|a| a.name == name)
+        rows.iter()
+            .chain(cols.iter())
+            .chain(pages)
+            .any(|a| a.name == name)
     };
-    let mut rest: Vec<Axis> = info
-        .axes
+    let mut rest: Vec<Axis> = axes
         .iter()
         .filter(|a| a.name != "seed" && a.values.len() > 1)
         .filter(|a| !placed(&a.name, &rows, &cols, &pages))
@@ -82,8 +89,7 @@ pub fn arrange(info: &RunInfo, records: &[Record], opts: &GridOptions) -> Arrang
         rows = rest.next();
     }
     pages.extend(rest);
-    let seeds = info
-        .axes
+    let seeds = axes
         .iter()
         .find(|a| a.name == "seed")
         .cloned()
@@ -133,6 +139,8 @@ pub struct Layout {
     /// Title and input images.
     pub header_h: u32,
     pub thumb_h: u32,
+    /// Side of the image shown under the label of an image axis (positive_image...).
+    pub label_thumb_h: u32,
     pub col_label_h: u32,
     pub row_label_w: u32,
     pub rows: u32,
@@ -158,7 +166,12 @@ impl Layout {
     /// Rectangle (x, y, w, h) of image `sub` of cell (row, col).
     pub fn image_rect(&self, row: u32, col: u32, sub: u32) -> (u32, u32, u32, u32) {
         let (x, y) = self.cell_origin(row, col);
-        (x + sub * (self.img_w + self.sub_gap), y, self.img_w, self.img_h)
+        (
+            x + sub * (self.img_w + self.sub_gap),
+            y,
+            self.img_w,
+            self.img_h,
+        )
     }
     /// Rectangle of the label of column `col`.
     pub fn col_label_rect(&self, col: u32) -> (u32, u32, u32, u32) {
@@ -180,6 +193,9 @@ pub struct SheetPlan {
     pub stem: String,
     pub row_labels: Vec<String>,
     pub col_labels: Vec<String>,
+    /// Input image (file relative to the run folder) under each label of an image axis.
+    pub row_thumbs: Vec<Option<String>>,
+    pub col_thumbs: Vec<Option<String>>,
     /// `cells[row][col][sub]`: index into the records, `None` where no record exists.
     pub cells: Vec<Vec<Vec<Option<usize>>>>,
     /// (label, file relative to the run folder) of the input images shown in the header.
@@ -189,6 +205,7 @@ pub struct SheetPlan {
 
 fn label(axis: &Option<Axis>, value: &str) -> String {
     match axis {
+        Some(a) if value.is_empty() => format!("{}: (none)", a.name),
         Some(a) => format!("{}: {value}", a.name),
         None => String::new(),
     }
@@ -196,7 +213,13 @@ fn label(axis: &Option<Axis>, value: &str) -> String {
 
 fn slug(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect()
 }
@@ -223,7 +246,7 @@ pub fn plan_sheets(
     // Every record by (page values, row, col, seed-in-cell).
     let field = |r: &Record, a: &Option<Axis>| {
         a.as_ref()
-            .and_then(|a| record_field(r, &a.name))
+            .and_then(|a| axis_value(r, &a.name))
             .unwrap_or_default()
     };
     let mut index: HashMap<Vec<String>, usize> = HashMap::new();
@@ -231,7 +254,7 @@ pub fn plan_sheets(
         let mut key: Vec<String> = arr
             .pages
             .iter()
-            .map(|a| record_field(r, &a.name).unwrap_or_default())
+            .map(|a| axis_value(r, &a.name).unwrap_or_default())
             .collect();
         key.push(field(r, &arr.rows));
         key.push(field(r, &arr.cols));
@@ -275,7 +298,13 @@ pub fn plan_sheets(
                     .collect()
             })
             .collect();
-        let members: Vec<usize> = cells.iter().flatten().flatten().flatten().copied().collect();
+        let members: Vec<usize> = cells
+            .iter()
+            .flatten()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
         if members.is_empty() {
             continue;
         }
@@ -301,7 +330,11 @@ pub fn plan_sheets(
                 .iter()
                 .map(|&i| {
                     let r = &records[i];
-                    if pick { r.positive_image.as_str() } else { r.negative_image.as_str() }
+                    if pick {
+                        r.positive_image.as_str()
+                    } else {
+                        r.negative_image.as_str()
+                    }
                 })
                 .filter(|n| !n.is_empty())
                 .collect();
@@ -313,24 +346,65 @@ pub fn plan_sheets(
                 }
             }
         }
-        let img_w = members.iter().map(|&i| records[i].width as u32).max().unwrap_or(64).max(8);
-        let img_h = members.iter().map(|&i| records[i].height as u32).max().unwrap_or(64).max(8);
+        let img_w = members
+            .iter()
+            .map(|&i| records[i].width as u32)
+            .max()
+            .unwrap_or(64)
+            .max(8);
+        let img_h = members
+            .iter()
+            .map(|&i| records[i].height as u32)
+            .max()
+            .unwrap_or(64)
+            .max(8);
         let font_px = (img_w as f32 / 20.0).clamp(12.0, 28.0);
         let row_labels: Vec<String> = row_values.iter().map(|v| label(&arr.rows, v)).collect();
         let col_labels: Vec<String> = col_values.iter().map(|v| label(&arr.cols, v)).collect();
         let line = font::line_height(font_px);
         let pad = (font_px / 2.0).ceil() as u32;
+        // Image axes show their image under the label.
+        let thumbs_of = |axis: &Option<Axis>, values: &[String]| -> Vec<Option<String>> {
+            let part = axis.as_ref().and_then(|a| {
+                a.name
+                    .split(", ")
+                    .position(|p| p == "positive_image" || p == "negative_image")
+            });
+            values
+                .iter()
+                .map(|v| {
+                    let name = v.split(", ").nth(part?)?;
+                    info.images.get(name).cloned()
+                })
+                .collect()
+        };
+        let row_thumbs = thumbs_of(&arr.rows, &row_values);
+        let col_thumbs = thumbs_of(&arr.cols, &col_values);
+        let label_thumb_h = (img_h / 3)
+            .clamp(24, 128)
+            .min(img_h.saturating_sub(line + pad).max(8));
         let row_label_w = if arr.rows.is_some() {
             let widest = row_labels
                 .iter()
                 .map(|l| font::text_width(l, font_px))
                 .fold(0.0f32, f32::max);
+            let widest = if row_thumbs.iter().any(Option::is_some) {
+                widest.max(label_thumb_h as f32)
+            } else {
+                widest
+            };
             (widest.ceil() as u32 + 2 * pad).min(2 * img_w)
         } else {
             0
         };
         let thumb_h = (img_h / 2).clamp(32, 192);
-        let header_h = line + pad + if inputs.is_empty() { 0 } else { line + thumb_h + pad };
+        let header_h = line
+            + pad
+            + if inputs.is_empty() {
+                0
+            } else {
+                line + thumb_h + pad
+            };
         let caption_h = if captions || !arr.seeds_in_cell.is_empty() {
             font::line_height(font_px * 0.8) + pad / 2
         } else {
@@ -338,8 +412,8 @@ pub fn plan_sheets(
         };
         let base = Layout {
             margin: (font_px as u32).max(8),
-            gap: (img_w / 32).clamp(4, 16),
-            sub_gap: (img_w / 64).clamp(2, 8),
+            gap: (img_w / 16).clamp(6, 32),
+            sub_gap: (img_w / 128).clamp(1, 4),
             img_w,
             img_h,
             subs: subs.len() as u32,
@@ -347,7 +421,12 @@ pub fn plan_sheets(
             caption_h,
             header_h,
             thumb_h,
-            col_label_h: if arr.cols.is_some() { line + pad } else { 0 },
+            label_thumb_h,
+            col_label_h: match (&arr.cols, col_thumbs.iter().any(Option::is_some)) {
+                (None, _) => 0,
+                (Some(_), false) => line + pad,
+                (Some(_), true) => line + pad + label_thumb_h + pad,
+            },
             row_label_w,
             rows: 0,
             cols: 0,
@@ -357,7 +436,8 @@ pub fn plan_sheets(
         // Split to respect the size cap: as many rows/columns per part as fit (at least one).
         let fit = |avail: u32, cell: u32, gap: u32| ((avail + gap) / (cell + gap)).max(1) as usize;
         let per_sheet_cols = fit(
-            opts.max_width.saturating_sub(2 * base.margin + base.row_label_w),
+            opts.max_width
+                .saturating_sub(2 * base.margin + base.row_label_w),
             base.cell_w(),
             base.gap,
         );
@@ -367,8 +447,16 @@ pub fn plan_sheets(
             base.cell_h(),
             base.gap,
         );
-        let row_chunks: Vec<_> = (0..row_values.len()).collect::<Vec<_>>().chunks(per_sheet_rows).map(<[usize]>::to_vec).collect();
-        let col_chunks: Vec<_> = (0..col_values.len()).collect::<Vec<_>>().chunks(per_sheet_cols).map(<[usize]>::to_vec).collect();
+        let row_chunks: Vec<_> = (0..row_values.len())
+            .collect::<Vec<_>>()
+            .chunks(per_sheet_rows)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let col_chunks: Vec<_> = (0..col_values.len())
+            .collect::<Vec<_>>()
+            .chunks(per_sheet_cols)
+            .map(<[usize]>::to_vec)
+            .collect();
         let parts = row_chunks.len() * col_chunks.len();
         let header_w = inputs
             .iter()
@@ -385,16 +473,21 @@ pub fn plan_sheets(
             let mut layout = base.clone();
             layout.rows = rows.len() as u32;
             layout.cols = cols.len() as u32;
-            let grid_w = layout.row_label_w + layout.cols * (layout.cell_w() + layout.gap) - layout.gap;
+            let grid_w =
+                layout.row_label_w + layout.cols * (layout.cell_w() + layout.gap) - layout.gap;
             let title_w = font::text_width(&title, font_px * 1.2).ceil() as u32;
-            layout.width = 2 * layout.margin + grid_w.max(header_w).max(title_w).min(opts.max_width);
+            layout.width =
+                2 * layout.margin + grid_w.max(header_w).max(title_w).min(opts.max_width);
             layout.height = 2 * layout.margin
                 + layout.header_h
                 + layout.col_label_h
                 + layout.rows * (layout.cell_h() + layout.gap)
                 - layout.gap;
             let (title, stem) = if parts > 1 {
-                (format!("{title} (part {} of {parts})", p + 1), format!("{stem}_part{}", p + 1))
+                (
+                    format!("{title} (part {} of {parts})", p + 1),
+                    format!("{stem}_part{}", p + 1),
+                )
             } else {
                 (title.clone(), stem.clone())
             };
@@ -403,6 +496,8 @@ pub fn plan_sheets(
                 stem,
                 row_labels: rows.iter().map(|&r| row_labels[r].clone()).collect(),
                 col_labels: cols.iter().map(|&c| col_labels[c].clone()).collect(),
+                row_thumbs: rows.iter().map(|&r| row_thumbs[r].clone()).collect(),
+                col_thumbs: cols.iter().map(|&c| col_thumbs[c].clone()).collect(),
                 cells: rows
                     .iter()
                     .map(|&r| cols.iter().map(|&c| cells[r][c].clone()).collect())
@@ -460,7 +555,14 @@ pub fn render_sheet(
     let px = l.font_px;
     let line = font::line_height(px);
     // Header: title, then the input images with their role and name.
-    font::draw_text(&mut canvas, &font::fit(&plan.title, px * 1.2, (l.width - 2 * l.margin) as f32), l.margin as f32, l.margin as f32, px * 1.2, INK);
+    font::draw_text(
+        &mut canvas,
+        &font::fit(&plan.title, px * 1.2, (l.width - 2 * l.margin) as f32),
+        l.margin as f32,
+        l.margin as f32,
+        px * 1.2,
+        INK,
+    );
     let mut x = l.margin;
     let y = l.margin + line + (px / 2.0) as u32;
     for (text, file) in &plan.inputs {
@@ -474,15 +576,41 @@ pub fn render_sheet(
         imageops::replace(&mut canvas, &thumb, x as i64, (y + line) as i64);
         x += (font::text_width(text, px).ceil() as u32).max(tw) + l.gap;
     }
+    let pad = (px / 2.0).ceil() as u32;
+    let label_thumb = |file: &str| -> Result<RgbImage> {
+        let path = run_dir.join(file);
+        let img = image::open(&path)
+            .with_context(|| format!("cannot decode input image {}", path.display()))?
+            .to_rgb8();
+        Ok(fit_into(img, l.label_thumb_h, l.label_thumb_h))
+    };
     for (c, text) in plan.col_labels.iter().enumerate() {
-        centered_text(&mut canvas, text, l.col_label_rect(c as u32), px);
+        let (x, y, w, h) = l.col_label_rect(c as u32);
+        match &plan.col_thumbs[c] {
+            Some(file) => {
+                centered_text(&mut canvas, text, (x, y, w, line + pad), px);
+                let thumb = label_thumb(file)?;
+                let tx = x + w.saturating_sub(thumb.width()) / 2;
+                imageops::replace(&mut canvas, &thumb, tx as i64, (y + line + pad) as i64);
+            }
+            None => centered_text(&mut canvas, text, (x, y, w, h), px),
+        }
     }
     for (r, text) in plan.row_labels.iter().enumerate() {
         let (rx, ry, rw, _) = l.row_label_rect(r as u32);
-        let pad = (px / 2.0) as u32;
         let fitted = font::fit(text, px, (rw.saturating_sub(2 * pad)) as f32);
-        let th = line as f32;
-        font::draw_text(&mut canvas, &fitted, (rx + pad) as f32, ry as f32 + (l.img_h as f32 - th) / 2.0, px, INK);
+        let thumb = plan.row_thumbs[r].as_deref().map(label_thumb).transpose()?;
+        let block = line + thumb.as_ref().map_or(0, |t| t.height() + pad / 2);
+        let top = ry + l.img_h.saturating_sub(block) / 2;
+        font::draw_text(&mut canvas, &fitted, (rx + pad) as f32, top as f32, px, INK);
+        if let Some(t) = thumb {
+            imageops::replace(
+                &mut canvas,
+                &t,
+                (rx + pad) as i64,
+                (top + line + pad / 2) as i64,
+            );
+        }
     }
     // Cells: decode in parallel, then paste.
     let jobs: Vec<(u32, u32, u32, Option<usize>)> = plan
@@ -520,7 +648,12 @@ pub fn render_sheet(
             (Some(_), Some(img)) => {
                 let dx = (rect.2 - img.width()) / 2;
                 let dy = (rect.3 - img.height()) / 2;
-                imageops::replace(&mut canvas, &img, (rect.0 + dx) as i64, (rect.1 + dy) as i64);
+                imageops::replace(
+                    &mut canvas,
+                    &img,
+                    (rect.0 + dx) as i64,
+                    (rect.1 + dy) as i64,
+                );
             }
             (Some(_), None) => {
                 fill(&mut canvas, rect, FAILED);
@@ -531,18 +664,18 @@ pub fn render_sheet(
                 centered_text(&mut canvas, "missing", rect, px);
             }
         }
-        if l.caption_h > 0 {
-            if let Some(rec) = idx.map(|i| &records[i]) {
-                let mut parts = Vec::new();
-                if l.subs > 1 {
-                    parts.push(format!("seed {}", rec.seed));
-                }
-                if let Some(text) = captions.get(&rec.cell_id) {
-                    parts.push(text.clone());
-                }
-                let caption_rect = (rect.0, rect.1 + l.img_h, rect.2, l.caption_h);
-                centered_text(&mut canvas, &parts.join("  "), caption_rect, caption_px);
+        if let Some(rec) = idx.map(|i| &records[i])
+            && l.caption_h > 0
+        {
+            let mut parts = Vec::new();
+            if l.subs > 1 {
+                parts.push(format!("seed {}", rec.seed));
             }
+            if let Some(text) = captions.get(&rec.cell_id) {
+                parts.push(text.clone());
+            }
+            let caption_rect = (rect.0, rect.1 + l.img_h, rect.2, l.caption_h);
+            centered_text(&mut canvas, &parts.join("  "), caption_rect, caption_px);
         }
     }
     Ok(canvas)
@@ -575,14 +708,16 @@ pub fn write_grids(
             .save(&png)
             .with_context(|| format!("cannot write {}", png.display()))?;
         let small = if canvas.width() > opts.jpeg_width {
-            let h = (canvas.height() as u64 * opts.jpeg_width as u64 / canvas.width() as u64).max(1) as u32;
+            let h = (canvas.height() as u64 * opts.jpeg_width as u64 / canvas.width() as u64).max(1)
+                as u32;
             imageops::resize(&canvas, opts.jpeg_width, h, imageops::FilterType::Triangle)
         } else {
             canvas
         };
         let jpg = dir.join(format!("{}.jpg", plan.stem));
         let out = std::io::BufWriter::new(
-            std::fs::File::create(&jpg).with_context(|| format!("cannot write {}", jpg.display()))?,
+            std::fs::File::create(&jpg)
+                .with_context(|| format!("cannot write {}", jpg.display()))?,
         );
         image::codecs::jpeg::JpegEncoder::new_with_quality(out, opts.jpeg_quality)
             .encode_image(&small)

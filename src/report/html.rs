@@ -99,9 +99,9 @@ fn summary_table(s: &mut String, summary: &Summary) {
         for k in &p.key {
             let _ = write!(s, "<td class=k>{}</td>", escape(k));
         }
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<td class=k>{}</td><td class=k>{} − {}</td><td>{}</td><td>{}</td><td>{:.0}%</td></tr>\n",
+            "<td class=k>{}</td><td class=k>{} − {}</td><td>{}</td><td>{}</td><td>{:.0}%</td></tr>",
             escape(&p.metric),
             escape(&p.b),
             escape(&p.a),
@@ -129,7 +129,9 @@ pub fn index_html(
         escape(&title),
         escape(&title)
     );
-    s.push_str("<p>Files: <a href=\"records.csv\">records.csv</a> · <a href=\"run.json\">run.json</a>");
+    s.push_str(
+        "<p>Files: <a href=\"records.csv\">records.csv</a> · <a href=\"run.json\">run.json</a>",
+    );
     if experiment_toml.is_some() {
         s.push_str(" · <a href=\"experiment.toml\">experiment.toml</a>");
     }
@@ -152,9 +154,9 @@ pub fn index_html(
     if !grids.is_empty() {
         s.push_str("<h2>Grids</h2>\n");
         for g in grids {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<div class=grid><h3>{0}</h3><a href=\"{1}\"><img src=\"{2}\" alt=\"{0}\"></a><p><a href=\"{1}\">full-size PNG</a></p></div>\n",
+                "<div class=grid><h3>{0}</h3><a href=\"{1}\"><img src=\"{2}\" alt=\"{0}\"></a><p><a href=\"{1}\">full-size PNG</a></p></div>",
                 escape(&g.title),
                 href(&g.png),
                 href(&g.jpg)
@@ -169,7 +171,13 @@ pub fn index_html(
             let _ = write!(s, "<li>{}</li>", escape(n));
         }
         s.push_str("</ul>\n<p>Mean [95% bootstrap CI over seeds]. Files:");
-        for f in ["summary.csv", "paired.csv", "summary.md", "summary.tex", "scores.csv"] {
+        for f in [
+            "summary.csv",
+            "paired.csv",
+            "summary.md",
+            "summary.tex",
+            "scores.csv",
+        ] {
             let _ = write!(s, " <a href=\"{}\">{f}</a>", href(&format!("{dir}/{f}")));
         }
         s.push_str("</p>\n");
@@ -177,9 +185,9 @@ pub fn index_html(
         if !sc.curves.is_empty() {
             s.push_str("<h3>Curves</h3>\n");
             for c in &sc.curves {
-                let _ = write!(
+                let _ = writeln!(
                     s,
-                    "<figure class=curve><a href=\"{0}\"><img src=\"{1}\" alt=\"{2}\"></a><figcaption>{2} (<a href=\"{0}\">SVG</a>)</figcaption></figure>\n",
+                    "<figure class=curve><a href=\"{0}\"><img src=\"{1}\" alt=\"{2}\"></a><figcaption>{2} (<a href=\"{0}\">SVG</a>)</figcaption></figure>",
                     href(&c.svg),
                     href(&c.png),
                     escape(&c.metric)

@@ -64,8 +64,7 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
         let summary = scoring::summarize_scorer(run_dir, id)?;
         let scorer = scoring::read_scorer_info(run_dir, id)?;
         let scores = scoring::read_scores(&scoring::scorer_dir(run_dir, id).join("scores.csv"))?;
-        let curves =
-            curves::write_curves(run_dir, &info, &records, id, &scores, &scorer.targets)?;
+        let curves = curves::write_curves(run_dir, &info, &records, id, &scores, &scorer.targets)?;
         if caption_scorer.as_deref() == Some(id.as_str()) {
             let cols: Vec<(usize, &String)> = opts
                 .caption_metrics

@@ -264,36 +264,35 @@ pub fn run(
             (id, p)
         })
         .collect();
-    let mut shard_cells = 0;
-    let mut pending = Vec::new();
-    for (i, (id, _)) in cells.iter().enumerate() {
-        if !opts.shard.owns(i) {
-            continue;
-        }
-        shard_cells += 1;
-        let keep = match read_cell(&run, id) {
-            Some(r) if r.status == Status::Done => {
-                !opts.force && run.dir.join(&r.file).exists()
-            }
-            Some(_) => !(opts.force || opts.retry_failed),
-            None => false,
-        };
-        if !keep {
-            pending.push(i);
-        }
-    }
-    let skipped = shard_cells - pending.len();
+    // The shard's cells, and which of them this call makes.
+    let shard: Vec<usize> = (0..cells.len()).filter(|&i| opts.shard.owns(i)).collect();
+    let pending: Vec<bool> = shard
+        .iter()
+        .map(|&i| {
+            let id = &cells[i].0;
+            let keep = match read_cell(&run, id) {
+                Some(r) if r.status == Status::Done => {
+                    !opts.force && run.dir.join(&r.file).exists()
+                }
+                Some(_) => !(opts.force || opts.retry_failed),
+                None => false,
+            };
+            !keep
+        })
+        .collect();
+    let to_make = pending.iter().filter(|&&p| p).count();
+    let shard_cells = shard.len();
+    let skipped = shard_cells - to_make;
     log.line(&format!(
-        "{} cell(s) in this shard: {} done before, {} to make",
-        shard_cells,
-        skipped,
-        pending.len()
+        "{shard_cells} cell(s) in this shard: {skipped} done before, {to_make} to make"
     ));
 
     // Room for the images before any generation (PNG is at most about raw size).
-    let need: u64 = pending
+    let need: u64 = shard
         .iter()
-        .map(|&i| (cells[i].1.width * cells[i].1.height * 3 + 4096) as u64)
+        .zip(&pending)
+        .filter(|(_, p)| **p)
+        .map(|(&i, _)| (cells[i].1.width * cells[i].1.height * 3 + 4096) as u64)
         .sum::<u64>()
         + (1 << 20);
     if let Some(free) = free_bytes(&run.dir) {
@@ -302,18 +301,24 @@ pub fn run(
 
     let (mut generated, mut failed) = (0, 0);
     let mut interrupted = false;
-    if !pending.is_empty() {
+    if to_make > 0 {
         if generator.is_none() {
             generator = Some(load()?);
         }
         let Some(g) = generator.as_mut() else {
             bail!("no generator")
         };
-        let params: Vec<GenParams> = pending.iter().map(|&i| cells[i].1.clone()).collect();
-        let bar = progress_bar(opts.progress, pending.len());
-        let batch = opts.batch.unwrap_or_else(|| g.max_batch());
-        let batches = crate::sampling::batch::plan_batches(&params, batch);
-        for batch in batches {
+        // Batches are a fixed function of the shard's cells and the run's batch size, and a
+        // batch with any cell to make is made whole: floating-point results can depend on
+        // the batch's shape, and this way a resumed run gives the bytes an uninterrupted
+        // one gives.
+        let batch_size = run_batch_size(&run, opts.batch, g.max_batch())?;
+        let params: Vec<GenParams> = shard.iter().map(|&i| cells[i].1.clone()).collect();
+        let bar = progress_bar(opts.progress, to_make);
+        for batch in crate::sampling::batch::plan_batches(&params, batch_size) {
+            if !batch.iter().any(|&j| pending[j]) {
+                continue;
+            }
             if stop.load(Ordering::SeqCst) {
                 interrupted = true;
                 break;
@@ -329,7 +334,10 @@ pub fn run(
             }
             let seconds = t.elapsed().as_secs_f64() / n as f64;
             for (&j, outcome) in batch.iter().zip(outcomes) {
-                let i = pending[j];
+                if !pending[j] {
+                    continue;
+                }
+                let i = shard[j];
                 let (id, p) = &cells[i];
                 let spec = &exp.cells[i];
                 let record = match outcome {
@@ -347,8 +355,8 @@ pub fn run(
                     }
                 };
                 atomic_write(&run.cell_file(id), &serde_json::to_vec_pretty(&record)?)?;
+                bar.inc(1);
             }
-            bar.inc(n as u64);
         }
         bar.finish_and_clear();
     }
@@ -394,6 +402,22 @@ pub fn run(
         interrupted,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The run's batch size: `--batch` when given (and remembered), else the one the run
+/// started with, else the generator's estimate (remembered).
+fn run_batch_size(run: &RunDir, requested: Option<usize>, estimate: usize) -> Result<usize> {
+    let file = run.dir.join("batch.json");
+    let stored: Option<usize> = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["batch"].as_u64())
+        .map(|n| n as usize);
+    let size = requested.or(stored).unwrap_or(estimate).max(1);
+    if stored != Some(size) {
+        atomic_write(&file, &serde_json::to_vec(&serde_json::json!({ "batch": size }))?)?;
+    }
+    Ok(size)
 }
 
 fn read_cell(run: &RunDir, id: &str) -> Option<Record> {

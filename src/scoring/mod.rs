@@ -65,7 +65,9 @@ pub fn scorers(run_dir: &Path) -> Result<Vec<String>> {
         return Ok(Vec::new());
     }
     let mut ids = Vec::new();
-    for entry in std::fs::read_dir(&root).with_context(|| format!("cannot list {}", root.display()))? {
+    for entry in
+        std::fs::read_dir(&root).with_context(|| format!("cannot list {}", root.display()))?
+    {
         let entry = entry?;
         if entry.path().join("scores.csv").is_file() {
             ids.push(entry.file_name().to_string_lossy().into_owned());
@@ -78,7 +80,9 @@ pub fn scorers(run_dir: &Path) -> Result<Vec<String>> {
 /// A readable, stable identity for a scorer folder: its name (`org--name` for a hub
 /// snapshot) and a short hash of its config.json and weight files (name, size, first MiB).
 pub fn scorer_id(dir: &Path) -> Result<String> {
-    let comps: Vec<String> = dir
+    let full =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot find {}", dir.display()))?;
+    let comps: Vec<String> = full
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
@@ -125,9 +129,13 @@ pub fn scorer_id(dir: &Path) -> Result<String> {
 }
 
 /// Writes `scores.csv`: cell_id, file, then the metric columns.
-pub fn write_scores(path: &Path, metrics: &[String], rows: &[(String, String, Vec<f64>)]) -> Result<()> {
-    let mut w = csv::Writer::from_path(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+pub fn write_scores(
+    path: &Path,
+    metrics: &[String],
+    rows: &[(String, String, Vec<f64>)],
+) -> Result<()> {
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
     let mut header = vec!["cell_id".to_string(), "file".to_string()];
     header.extend(metrics.iter().cloned());
     w.write_record(&header)?;
@@ -175,7 +183,13 @@ pub fn read_scores(path: &Path) -> Result<ScoreTable> {
             })
             .collect::<Result<Vec<f64>>>()?;
         if v.len() != metrics.len() {
-            bail!("{}: row {} has {} values, expected {}", path.display(), i + 2, v.len(), metrics.len());
+            bail!(
+                "{}: row {} has {} values, expected {}",
+                path.display(),
+                i + 2,
+                v.len(),
+                metrics.len()
+            );
         }
         values.insert(row[0].to_string(), v);
     }
@@ -184,8 +198,8 @@ pub fn read_scores(path: &Path) -> Result<ScoreTable> {
 
 pub fn read_scorer_info(run_dir: &Path, id: &str) -> Result<ScorerInfo> {
     let path = scorer_dir(run_dir, id).join("scorer.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is malformed", path.display()))
 }
 
@@ -215,20 +229,32 @@ pub fn summarize_scorer(run_dir: &Path, id: &str) -> Result<stats::Summary> {
 pub fn score_notes(scorer: &ScorerInfo) -> Vec<String> {
     let mut notes = vec![format!("scorer: {}", scorer.path)];
     if let Some(p) = &scorer.positive_reference {
-        notes.push(format!("clip_i_pos reference where a cell has no positive image: {p}"));
+        notes.push(format!(
+            "clip_i_pos reference where a cell has no positive image: {p}"
+        ));
     }
     if let Some(n) = &scorer.negative_reference {
-        notes.push(format!("clip_i_neg reference where a cell has no negative image: {n}"));
+        notes.push(format!(
+            "clip_i_neg reference where a cell has no negative image: {n}"
+        ));
     }
     for (k, t) in scorer.targets.iter().enumerate() {
-        notes.push(format!("clip_t_{}: CLIPScore 100·max(cos, 0) against \"{t}\"", k + 1));
+        notes.push(format!(
+            "clip_t_{}: CLIPScore 100·max(cos, 0) against \"{t}\"",
+            k + 1
+        ));
     }
     notes
 }
 
 /// Scores every done image of a run with the CLIP model in `scorer` (HF CLIPModel layout),
 /// writes `scores/<scorer-id>/` and its summaries. Other scorers' folders are left alone.
-pub fn score_run(run_dir: &Path, scorer: &Path, device: tch::Device, kind: tch::Kind) -> Result<()> {
+pub fn score_run(
+    run_dir: &Path,
+    scorer: &Path,
+    device: tch::Device,
+    kind: tch::Kind,
+) -> Result<()> {
     let info = read_info(run_dir)?;
     let records = read_run_records(run_dir)?;
     let id = scorer_id(scorer)?;

@@ -4,7 +4,7 @@
 //! The bootstrap is deterministic: every (condition, metric) draws from its own SplitMix64
 //! stream seeded from [`BOOTSTRAP_SEED`] and the condition's label, so adding a condition to
 //! an experiment leaves the intervals of the others unchanged.
-use crate::run::info::RunInfo;
+use crate::run::info::{Axis, RunInfo};
 use crate::run::records::{Record, Status};
 use std::collections::{BTreeMap, HashMap};
 
@@ -115,6 +115,71 @@ pub fn record_field(record: &Record, name: &str) -> Option<String> {
     }
 }
 
+/// Separates the parts of a zipped axis, in its name and in its values.
+pub const ZIP_SEPARATOR: &str = ", ";
+
+/// The value of an axis for a record; a zipped axis (`weight, neg_weight`) gives its parts'
+/// values joined (`0.5, 0.5`).
+pub fn axis_value(record: &Record, name: &str) -> Option<String> {
+    name.split(ZIP_SEPARATOR)
+        .map(|part| record_field(record, part))
+        .collect::<Option<Vec<String>>>()
+        .map(|v| v.join(ZIP_SEPARATOR))
+}
+
+/// The run's axes with zipped ones merged: two varying axes whose values go one-to-one in
+/// the records (an experiment's zip, e.g. weight and neg_weight swept together) become one
+/// axis `weight, neg_weight` with values `0.5, 0.5`..., so that figures do not cross them.
+pub fn merged_axes(info: &RunInfo, records: &[Record]) -> Vec<Axis> {
+    let one_to_one = |a: &Axis, b: &Axis| {
+        let mut ab: HashMap<String, String> = HashMap::new();
+        let mut ba: HashMap<String, String> = HashMap::new();
+        !records.is_empty()
+            && records.iter().all(|r| {
+                let (Some(x), Some(y)) = (record_field(r, &a.name), record_field(r, &b.name))
+                else {
+                    return false;
+                };
+                ab.entry(x.clone()).or_insert_with(|| y.clone()) == &y
+                    && ba.entry(y).or_insert(x.clone()) == &x
+            })
+    };
+    let mut merged: Vec<Vec<&Axis>> = Vec::new();
+    for axis in &info.axes {
+        let zip_with = merged.iter_mut().find(|group| {
+            let first = group[0];
+            axis.name != "seed"
+                && first.name != "seed"
+                && axis.values.len() > 1
+                && first.values.len() == axis.values.len()
+                && one_to_one(first, axis)
+        });
+        match zip_with {
+            Some(group) => group.push(axis),
+            None => merged.push(vec![axis]),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|group| Axis {
+            name: group
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(ZIP_SEPARATOR),
+            values: (0..group[0].values.len())
+                .map(|i| {
+                    group
+                        .iter()
+                        .map(|a| a.values[i].as_str())
+                        .collect::<Vec<_>>()
+                        .join(ZIP_SEPARATOR)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// The condition axes of a run: every axis but the seed.
 pub fn condition_axes(info: &RunInfo) -> Vec<String> {
     info.axes
@@ -188,10 +253,13 @@ pub struct Summary {
     pub paired: Vec<PairedRow>,
 }
 
+/// Groups in the experiment's order: ordered key -> (condition values, members).
+type Groups<T> = BTreeMap<Vec<(usize, String)>, (Vec<String>, T)>;
+
 /// Groups the records by condition and estimates every metric.
 pub fn summarize(info: &RunInfo, records: &[Record], scores: &ScoreTable) -> Summary {
     let axes = condition_axes(info);
-    let mut groups: BTreeMap<Vec<(usize, String)>, (Vec<String>, Vec<&Record>)> = BTreeMap::new();
+    let mut groups: Groups<Vec<&Record>> = BTreeMap::new();
     for r in records {
         let key = key_of(r, &axes);
         groups
@@ -258,7 +326,7 @@ fn paired_differences(
     let others: Vec<String> = axes.iter().filter(|a| *a != "negative").cloned().collect();
     // (ordered condition key) -> seed -> mode -> metric values
     type BySeed<'a> = BTreeMap<u64, HashMap<String, &'a Vec<f64>>>;
-    let mut groups: BTreeMap<Vec<(usize, String)>, (Vec<String>, BySeed)> = BTreeMap::new();
+    let mut groups: Groups<BySeed> = BTreeMap::new();
     for r in records.iter().filter(|r| r.status == Status::Done) {
         let Some(values) = scores.values.get(&r.cell_id) else {
             continue;
@@ -340,7 +408,12 @@ mod tests {
         let mut covered = 0;
         for t in 0..400 {
             let v: Vec<f64> = (0..30)
-                .map(|_| (0..12).map(|_| rng.below(1_000_000) as f64 / 1e6).sum::<f64>() - 6.0)
+                .map(|_| {
+                    (0..12)
+                        .map(|_| rng.below(1_000_000) as f64 / 1e6)
+                        .sum::<f64>()
+                        - 6.0
+                })
                 .collect();
             let (lo, hi) = bootstrap_ci(&v, &t.to_string());
             if lo <= 0.0 && 0.0 <= hi {

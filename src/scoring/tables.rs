@@ -43,8 +43,8 @@ pub fn mean_ci(e: &Estimate, d: usize) -> String {
 }
 
 pub fn write_summary_csv(summary: &Summary, path: &Path) -> Result<()> {
-    let mut w = csv::Writer::from_path(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
     let mut header: Vec<String> = summary.axes.clone();
     header.extend(["n".into(), "n_failed".into()]);
     for m in &summary.metrics {
@@ -72,8 +72,8 @@ pub fn write_summary_csv(summary: &Summary, path: &Path) -> Result<()> {
 }
 
 pub fn write_paired_csv(summary: &Summary, path: &Path) -> Result<()> {
-    let mut w = csv::Writer::from_path(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
     let mut header = summary.paired_axes.clone();
     for h in [
         "metric",
@@ -255,4 +255,32 @@ pub fn latex(summary: &Summary, caption: &str) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latex_special_characters_are_escaped() {
+        assert_eq!(
+            tex_escape(r"a_b & 50% {x} #1 $y ~ ^ \"),
+            r"a\_b \& 50\% \{x\} \#1 \$y \textasciitilde{} \textasciicircum{} \textbackslash{}"
+        );
+    }
+
+    #[test]
+    fn mean_and_interval_are_formatted_per_metric_scale() {
+        let e = Estimate {
+            n: 3,
+            mean: 0.81234,
+            std: 0.01,
+            ci_lo: 0.8,
+            ci_hi: 0.825,
+        };
+        assert_eq!(mean_ci(&e, digits("clip_i_pos")), "0.812 [0.800, 0.825]");
+        assert_eq!(mean_ci(&e, digits("clip_t_1")), "0.81 [0.80, 0.82]");
+        let empty = Estimate { n: 0, ..e };
+        assert_eq!(mean_ci(&empty, 3), "–");
+    }
 }

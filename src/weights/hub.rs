@@ -125,7 +125,11 @@ pub fn resolve_as(
     component: Component,
     download: bool,
 ) -> Result<PathBuf> {
-    let mode = if download { Mode::Download } else { Mode::NoDownload };
+    let mode = if download {
+        Mode::Download
+    } else {
+        Mode::NoDownload
+    };
     resolve_in(reference, base_dir, component, &super::hf_hub_cache(), mode)
 }
 
@@ -256,8 +260,7 @@ fn snapshot_dir(repo_dir: &Path, revision: &str) -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-/// Every file under `dir` (following the snapshot's links; dangling ones are left out), as
-/// '/'-separated relative paths.
+/// Every file under `dir` (the snapshot's links included), as '/'-separated relative paths.
 fn local_listing(dir: &Path) -> Vec<String> {
     fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -273,7 +276,9 @@ fn local_listing(dir: &Path) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 walk(&path, &rel, out);
-            } else if path.is_file() {
+            } else if path.is_file() || path.is_symlink() {
+                // A dangling link is a file of the repo whose blob is gone: listed, then
+                // reported missing.
                 out.push(rel);
             }
         }
@@ -301,7 +306,11 @@ pub fn plan_files(listing: &[String], base: &str, component: Component) -> Resul
         Component::Auto if has(&join("config.json")) => Component::ModelFolder,
         Component::Auto => bail!(
             "{}: neither a file nor a model folder (no model_index.json or config.json)",
-            if base.is_empty() { "the repo root" } else { base }
+            if base.is_empty() {
+                "the repo root"
+            } else {
+                base
+            }
         ),
         other => other,
     };
@@ -356,8 +365,15 @@ fn direct_child<'a>(file: &'a str, folder: &str) -> Option<&'a str> {
 /// variant where there is one.
 fn folder_files(listing: &[String], folder: &str) -> Result<Vec<String>> {
     let mut files = small_files(listing, folder);
-    let where_ = if folder.is_empty() { "repo root" } else { folder };
-    if !files.iter().any(|f| direct_child(f, folder) == Some("config.json")) {
+    let where_ = if folder.is_empty() {
+        "repo root"
+    } else {
+        folder
+    };
+    if !files
+        .iter()
+        .any(|f| direct_child(f, folder) == Some("config.json"))
+    {
         bail!("{where_}: config.json is missing");
     }
     let weights: BTreeSet<&str> = listing
@@ -460,8 +476,7 @@ fn token() -> Option<String> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("token")))
         .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/huggingface/token"))
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/token"))
         })?;
     let t = std::fs::read_to_string(path).ok()?.trim().to_string();
     (!t.is_empty()).then_some(t)
@@ -486,7 +501,11 @@ fn download_component(
         .with_progress(true)
         .with_retries(2)
         .build()
-        .map_err(|e| Fetch::Failed(anyhow::anyhow!("cannot set up the Hugging Face client: {e}")))?;
+        .map_err(|e| {
+            Fetch::Failed(anyhow::anyhow!(
+                "cannot set up the Hugging Face client: {e}"
+            ))
+        })?;
     let repo = api.repo(Repo::with_revision(
         hf.repo.clone(),
         RepoType::Model,
@@ -496,7 +515,10 @@ fn download_component(
     // that accepts connections but never answers fails in seconds too.
     let info: hf_hub::api::RepoInfo = match repo.info_request().timeout(LIST_TIMEOUT).call() {
         Ok(response) => response.into_json().map_err(|e| {
-            Fetch::Failed(anyhow::anyhow!("{hf}: unreadable answer listing {}: {e}", hf.repo))
+            Fetch::Failed(anyhow::anyhow!(
+                "{hf}: unreadable answer listing {}: {e}",
+                hf.repo
+            ))
         })?,
         Err(e) => {
             let text = e.to_string();
@@ -511,7 +533,9 @@ fn download_component(
                     hf.repo,
                     hf.revision
                 )),
-                Some(_) => Fetch::Failed(anyhow::anyhow!("{hf}: listing {} failed: {text}", hf.repo)),
+                Some(_) => {
+                    Fetch::Failed(anyhow::anyhow!("{hf}: listing {} failed: {text}", hf.repo))
+                }
                 None => Fetch::Unreachable(text),
             });
         }
@@ -529,9 +553,8 @@ fn download_component(
             continue;
         }
         log::info!("downloading {file} from {}", hf.repo);
-        repo.download(file).map_err(|e| {
-            Fetch::Failed(anyhow::anyhow!("{hf}: cannot download {file}: {e}"))
-        })?;
+        repo.download(file)
+            .map_err(|e| Fetch::Failed(anyhow::anyhow!("{hf}: cannot download {file}: {e}")))?;
     }
     Ok(snapshot.join(&hf.path))
 }
@@ -653,12 +676,19 @@ mod tests {
         let files = plan_files(&listing, "", Component::Auto).unwrap();
         assert!(files.contains(&"unet/diffusion_pytorch_model.fp16.safetensors".to_string()));
         assert!(!files.contains(&"unet/diffusion_pytorch_model.safetensors".to_string()));
-        assert!(!files.iter().any(|f| f.contains("safety_checker") || f.ends_with(".bin")));
+        assert!(
+            !files
+                .iter()
+                .any(|f| f.contains("safety_checker") || f.ends_with(".bin"))
+        );
         assert!(!files.contains(&"big-single-file.safetensors".to_string()));
         assert_eq!(files.len(), 10);
         let file = plan_files(&listing, "big-single-file.safetensors", Component::Auto).unwrap();
         assert_eq!(file, vec!["big-single-file.safetensors"]);
-        let bin_only = vec!["enc/config.json".to_string(), "enc/pytorch_model.bin".to_string()];
+        let bin_only = vec![
+            "enc/config.json".to_string(),
+            "enc/pytorch_model.bin".to_string(),
+        ];
         let err = plan_files(&bin_only, "enc", Component::Auto).unwrap_err();
         assert!(format!("{err:#}").contains(".bin"), "{err:#}");
     }

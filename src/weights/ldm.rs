@@ -40,9 +40,9 @@ pub struct LdmCheckpoint {
 /// True when `path` looks like a single-file LDM checkpoint (a file, not a diffusers folder).
 pub fn is_single_file(path: &Path) -> bool {
     path.is_file()
-        && path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors") || e.eq_ignore_ascii_case("ckpt"))
+        && path.extension().is_some_and(|e| {
+            e.eq_ignore_ascii_case("safetensors") || e.eq_ignore_ascii_case("ckpt")
+        })
 }
 
 /// Opens a single-file checkpoint and maps its keys to the diffusers layout.
@@ -238,11 +238,13 @@ fn unet_key(key: &str, per_block: usize) -> Option<String> {
     ];
     for (ldm, diffusers) in fixed {
         if let Some(rest) = key.strip_prefix(ldm) {
-            return Some(if ldm.starts_with("middle_block.0") || ldm.starts_with("middle_block.2") {
-                format!("{diffusers}{}", resnet_suffix(rest))
-            } else {
-                format!("{diffusers}{rest}")
-            });
+            return Some(
+                if ldm.starts_with("middle_block.0") || ldm.starts_with("middle_block.2") {
+                    format!("{diffusers}{}", resnet_suffix(rest))
+                } else {
+                    format!("{diffusers}{rest}")
+                },
+            );
         }
     }
     let mut parts = key.splitn(4, '.');
@@ -308,12 +310,21 @@ fn map_vae(names: &[String]) -> BTreeMap<String, (String, Reshape)> {
     else {
         return BTreeMap::new();
     };
-    let keys: Vec<&str> = names.iter().filter_map(|n| n.strip_prefix(prefix)).collect();
+    let keys: Vec<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix(prefix))
+        .collect();
     // The decoder's `up.{b}` are numbered from the lowest resolution up; diffusers'
     // `up_blocks` run the other way.
     let up_blocks = keys
         .iter()
-        .filter_map(|k| k.strip_prefix("decoder.up.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix("decoder.up.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map_or(0, |m| m + 1);
     let mut map = BTreeMap::new();
@@ -332,7 +343,8 @@ fn vae_key(key: &str, up_blocks: usize) -> Option<(String, Reshape)> {
     let same = |s: String| Some((s, Reshape::Same));
     let (coder, rest) = key.split_once('.')?;
     if !matches!(coder, "encoder" | "decoder") {
-        return matches!(coder, "quant_conv" | "post_quant_conv").then(|| (key.to_string(), Reshape::Same));
+        return matches!(coder, "quant_conv" | "post_quant_conv")
+            .then(|| (key.to_string(), Reshape::Same));
     }
     if let Some(tail) = rest.strip_prefix("norm_out.") {
         return same(format!("{coder}.conv_norm_out.{tail}"));
@@ -357,7 +369,10 @@ fn vae_key(key: &str, up_blocks: usize) -> Option<(String, Reshape)> {
             "proj_out" => ("to_out.0", Reshape::ConvToLinear),
             _ => return None,
         };
-        return Some((format!("{coder}.mid_block.attentions.0.{name}.{kind}"), reshape));
+        return Some((
+            format!("{coder}.mid_block.attentions.0.{name}.{kind}"),
+            reshape,
+        ));
     }
     let (dir, rest) = rest.split_once('.')?;
     let (index, rest) = rest.split_once('.')?;
@@ -369,12 +384,19 @@ fn vae_key(key: &str, up_blocks: usize) -> Option<(String, Reshape)> {
     };
     if let Some(tail) = rest.strip_prefix("block.") {
         let (layer, tail) = tail.split_once('.')?;
-        return same(format!("{coder}.{blocks}.{block}.resnets.{layer}.{}", vae_resnet(tail)));
+        return same(format!(
+            "{coder}.{blocks}.{block}.resnets.{layer}.{}",
+            vae_resnet(tail)
+        ));
     }
     let tail = rest
         .strip_prefix("downsample.")
         .or_else(|| rest.strip_prefix("upsample."))?;
-    let sampler = if dir == "down" { "downsamplers" } else { "upsamplers" };
+    let sampler = if dir == "down" {
+        "downsamplers"
+    } else {
+        "upsamplers"
+    };
     same(format!("{coder}.{blocks}.{block}.{sampler}.0.{tail}"))
 }
 
@@ -410,25 +432,59 @@ mod tests {
     fn unet_keys_of_sd15_layout() {
         let per_block = 3;
         let cases = [
-            ("input_blocks.1.0.in_layers.0.weight", "down_blocks.0.resnets.0.norm1.weight"),
-            ("input_blocks.2.1.proj_in.weight", "down_blocks.0.attentions.1.proj_in.weight"),
-            ("input_blocks.3.0.op.weight", "down_blocks.0.downsamplers.0.conv.weight"),
-            ("input_blocks.4.0.skip_connection.bias", "down_blocks.1.resnets.0.conv_shortcut.bias"),
-            ("input_blocks.11.0.emb_layers.1.weight", "down_blocks.3.resnets.1.time_emb_proj.weight"),
-            ("middle_block.2.out_layers.3.bias", "mid_block.resnets.1.conv2.bias"),
+            (
+                "input_blocks.1.0.in_layers.0.weight",
+                "down_blocks.0.resnets.0.norm1.weight",
+            ),
+            (
+                "input_blocks.2.1.proj_in.weight",
+                "down_blocks.0.attentions.1.proj_in.weight",
+            ),
+            (
+                "input_blocks.3.0.op.weight",
+                "down_blocks.0.downsamplers.0.conv.weight",
+            ),
+            (
+                "input_blocks.4.0.skip_connection.bias",
+                "down_blocks.1.resnets.0.conv_shortcut.bias",
+            ),
+            (
+                "input_blocks.11.0.emb_layers.1.weight",
+                "down_blocks.3.resnets.1.time_emb_proj.weight",
+            ),
+            (
+                "middle_block.2.out_layers.3.bias",
+                "mid_block.resnets.1.conv2.bias",
+            ),
             (
                 "middle_block.1.transformer_blocks.0.attn2.to_k.weight",
                 "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight",
             ),
-            ("output_blocks.2.1.conv.weight", "up_blocks.0.upsamplers.0.conv.weight"),
-            ("output_blocks.5.2.conv.bias", "up_blocks.1.upsamplers.0.conv.bias"),
-            ("output_blocks.5.1.norm.weight", "up_blocks.1.attentions.2.norm.weight"),
-            ("output_blocks.11.0.out_layers.0.weight", "up_blocks.3.resnets.2.norm2.weight"),
+            (
+                "output_blocks.2.1.conv.weight",
+                "up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            (
+                "output_blocks.5.2.conv.bias",
+                "up_blocks.1.upsamplers.0.conv.bias",
+            ),
+            (
+                "output_blocks.5.1.norm.weight",
+                "up_blocks.1.attentions.2.norm.weight",
+            ),
+            (
+                "output_blocks.11.0.out_layers.0.weight",
+                "up_blocks.3.resnets.2.norm2.weight",
+            ),
             ("time_embed.2.bias", "time_embedding.linear_2.bias"),
             ("out.2.weight", "conv_out.weight"),
         ];
         for (ldm, diffusers) in cases {
-            assert_eq!(unet_key(ldm, per_block).as_deref(), Some(diffusers), "{ldm}");
+            assert_eq!(
+                unet_key(ldm, per_block).as_deref(),
+                Some(diffusers),
+                "{ldm}"
+            );
         }
     }
 
@@ -436,11 +492,17 @@ mod tests {
     fn vae_decoder_blocks_are_reversed_and_attention_squeezed() {
         assert_eq!(
             vae_key("decoder.up.3.block.0.nin_shortcut.weight", 4),
-            Some(("decoder.up_blocks.0.resnets.0.conv_shortcut.weight".into(), Reshape::Same))
+            Some((
+                "decoder.up_blocks.0.resnets.0.conv_shortcut.weight".into(),
+                Reshape::Same
+            ))
         );
         assert_eq!(
             vae_key("decoder.up.1.upsample.conv.bias", 4),
-            Some(("decoder.up_blocks.2.upsamplers.0.conv.bias".into(), Reshape::Same))
+            Some((
+                "decoder.up_blocks.2.upsamplers.0.conv.bias".into(),
+                Reshape::Same
+            ))
         );
         assert_eq!(
             vae_key("encoder.mid.attn_1.proj_out.weight", 4),

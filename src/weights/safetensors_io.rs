@@ -34,7 +34,21 @@ impl TensorFile {
         // SAFETY: the map is read-only; weight files are not modified while negimg runs.
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("cannot map weight file {}", path.display()))?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+        let parsed = SafeTensors::read_metadata(&mmap);
+        // Only a file that is not valid safetensors is looked at as a pickle.
+        if parsed.is_err() && is_pickle(&mmap) {
+            bail!(
+                "{}: a PyTorch pickle (.bin/.pt/.ckpt), not safetensors; negimg does not read \
+                 pickles (loading one can run code). Use the .safetensors release of this model, \
+                 or convert the file once (see README, Models: set-up), e.g.\n  python -c \
+                 \"import sys, torch; from safetensors.torch import save_file; \
+                 sd = torch.load(sys.argv[1], map_location='cpu', weights_only=True); \
+                 save_file({{k: v.contiguous() for k, v in sd.items()}}, sys.argv[2])\" {} OUT.safetensors",
+                path.display(),
+                path.display()
+            );
+        }
+        let (header_len, metadata) = parsed.map_err(|e| {
             anyhow::anyhow!(
                 "{}: not a valid safetensors file ({e}); the file may be truncated or corrupt, \
                  download it again",
@@ -72,6 +86,11 @@ impl TensorFile {
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
+}
+
+/// `torch.save` output: a zip archive (PyTorch >= 1.6) or a bare pickle (protocol 2+).
+fn is_pickle(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || (bytes.len() > 1 && bytes[0] == 0x80 && bytes[1] <= 5)
 }
 
 impl TensorSource for TensorFile {

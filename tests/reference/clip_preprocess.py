@@ -11,6 +11,12 @@ import json
 import os
 import sys
 
+if sys.argv[1] == "--data-dir":
+    import skimage
+
+    print(os.path.join(os.path.dirname(skimage.__file__), "data"))
+    sys.exit(0)
+
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -18,11 +24,6 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 d = sys.argv[1]
-if d == "--data-dir":
-    import skimage
-
-    print(os.path.join(os.path.dirname(skimage.__file__), "data"))
-    sys.exit(0)
 files = json.load(open(os.path.join(d, "images.json")))
 tv, pil = CLIPImageProcessor(), CLIPImageProcessorPil()
 enc = CLIPVisionModelWithProjection.from_pretrained(os.path.join(d, "vision")).eval()

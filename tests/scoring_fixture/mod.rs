@@ -13,11 +13,7 @@ pub const NEG: Rgb<u8> = Rgb([20, 20, 230]);
 
 /// The colour of the image of (weight index, mode index, seed): distinct per cell.
 pub fn color(w: usize, m: usize, seed: u64) -> Rgb<u8> {
-    Rgb([
-        40 + 60 * w as u8,
-        30 + 50 * m as u8,
-        20 + 70 * seed as u8,
-    ])
+    Rgb([40 + 60 * w as u8, 30 + 50 * m as u8, 20 + 70 * seed as u8])
 }
 
 pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: NegativeMode) -> Record {
@@ -70,8 +66,12 @@ pub fn write_run(
 ) -> Fixture {
     std::fs::create_dir_all(dir.join("inputs")).unwrap();
     std::fs::create_dir_all(dir.join("images")).unwrap();
-    RgbImage::from_pixel(40, 40, POS).save(dir.join("inputs/pos.png")).unwrap();
-    RgbImage::from_pixel(40, 40, NEG).save(dir.join("inputs/neg.png")).unwrap();
+    RgbImage::from_pixel(40, 40, POS)
+        .save(dir.join("inputs/pos.png"))
+        .unwrap();
+    RgbImage::from_pixel(40, 40, NEG)
+        .save(dir.join("inputs/neg.png"))
+        .unwrap();
     let mut records = Vec::new();
     for (wi, &w) in weights.iter().enumerate() {
         for (mi, &m) in modes.iter().enumerate() {
@@ -126,7 +126,11 @@ pub fn write_run(
             ("pos".to_string(), "inputs/pos.png".to_string()),
         ]),
     };
-    std::fs::write(dir.join("run.json"), serde_json::to_string_pretty(&info).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("run.json"),
+        serde_json::to_string_pretty(&info).unwrap(),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("experiment.toml"),
         "name = \"fixture\"\n# a <test> & run\n",

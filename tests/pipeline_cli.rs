@@ -1,0 +1,112 @@
+//! `negimg generate` end to end on the tiny models: writes the PNG the library makes, and
+//! rejects bad flags with a message; `negimg models init-random` refuses a non-empty folder.
+mod common;
+
+use negimg::params::{GenParams, NegativeMode, SchedulerKind};
+use negimg::pipeline::{CellOutcome, ModelSet, Pipeline};
+use tch::{Device, Kind};
+
+#[test]
+fn generate_writes_the_library_image_as_png() {
+    let dir = common::scratch("pipeline_cli_generate");
+    let models = common::tiny::tiny_models();
+    let pos = dir.join("pos.png");
+    let neg = dir.join("neg.png");
+    image::RgbImage::from_fn(50, 40, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 6) as u8, 90])
+    })
+    .save(&pos)
+    .unwrap();
+    image::RgbImage::from_fn(30, 60, |x, y| {
+        image::Rgb([20, (x * 8) as u8, (y * 4) as u8])
+    })
+    .save(&neg)
+    .unwrap();
+    let out = dir.join("sub/out.png");
+    let args = [
+        "generate",
+        "--device",
+        "cpu",
+        "--models",
+        models.to_str().unwrap(),
+        "--positive",
+        pos.to_str().unwrap(),
+        "--negative",
+        neg.to_str().unwrap(),
+        "--negative-prompt",
+        "grass",
+        "--weight",
+        "0.8",
+        "--neg-weight",
+        "0.5",
+        "--start",
+        "0.25",
+        "--steps",
+        "4",
+        "--scheduler",
+        "euler",
+        "--seed",
+        "3",
+        "--size",
+        "32",
+        "--cfg",
+        "6",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = common::negimg(&args, &dir);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let written = image::open(&out).unwrap().to_rgb8();
+
+    let mut cell = GenParams::new(3);
+    cell.positive_image = Some(pos);
+    cell.negative_image = Some(neg);
+    cell.negative_prompt = "grass".into();
+    cell.negative = NegativeMode::Both;
+    cell.positive.weight = 0.8;
+    cell.positive.start = 0.25;
+    cell.negative_branch.weight = 0.5;
+    cell.negative_branch.start = 0.25;
+    cell.steps = 4;
+    cell.scheduler = SchedulerKind::Euler;
+    cell.width = 32;
+    cell.height = 32;
+    cell.cfg = 6.0;
+    let mut pipeline = Pipeline::load(
+        &ModelSet::from_models_dir(&models),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let Some(CellOutcome::Image(img)) = pipeline.generate(&[cell], &mut |_, _| {}).unwrap().pop()
+    else {
+        panic!("the library image failed");
+    };
+    assert_eq!(written, img);
+
+    let bad = common::negimg(
+        &[
+            "generate",
+            "--device",
+            "cpu",
+            "--models",
+            models.to_str().unwrap(),
+            "--negative-mode",
+            "image",
+        ],
+        &dir,
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--negative IMAGE"));
+
+    let taken = common::negimg(
+        &["models", "init-random", "--out", models.to_str().unwrap()],
+        &dir,
+    );
+    assert!(!taken.status.success());
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("not empty"));
+}

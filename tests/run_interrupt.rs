@@ -1,0 +1,235 @@
+//! The real binary on the tiny models: SIGKILL at a random point then a rerun gives every
+//! image exactly once, byte-identical to an uninterrupted run;
+//! SIGINT finishes the writes in flight and exits 130; slurm scripts; plan output.
+mod common;
+
+use common::tiny::tiny_models;
+use negimg::run::records::{Status, read_records};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// 2 weights x 2 cfg x 4 seeds = 16 cells of 3 steps at 64x64.
+const CELLS: usize = 16;
+
+fn experiment(dir: &Path) -> PathBuf {
+    let tiny = tiny_models();
+    let t = tiny.display();
+    let text = format!(
+        r#"[experiment]
+name = "kill"
+[models]
+pipeline = "{t}/pipeline"
+ip_adapter = {{ base = "{t}/ip-adapter_sd15.safetensors" }}
+image_encoder = "{t}/image_encoder"
+[images.lawn]
+generate = {{ prompt = "a lawn", seed = 2 }}
+[defaults]
+prompt = "a house"
+steps = 3
+size = 64
+dtype = "fp32"
+negative_image = "lawn"
+seeds = {{ count = 4 }}
+[grid]
+weight = [0.5, 1.0]
+cfg = [5, 7.5]
+"#
+    );
+    let file = dir.join("kill.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn spawn(dir: &Path, results: &str, extra: &[&str]) -> Child {
+    Command::new(common::negimg_bin())
+        .args(["--device", "cpu", "run", "kill.toml", "--no-report", "--results", results])
+        .args(extra)
+        .current_dir(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run negimg")
+}
+
+fn run_to_end(dir: &Path, results: &str, extra: &[&str]) -> String {
+    let out = spawn(dir, results, extra).wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "negimg run failed:\n{text}");
+    text
+}
+
+/// The only run folder under `results/kill`.
+fn run_dir(results: &Path) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(results.join("kill"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].clone()
+}
+
+fn done_cells(results: &Path) -> usize {
+    let Ok(runs) = std::fs::read_dir(results.join("kill")) else {
+        return 0;
+    };
+    runs.flatten()
+        .filter_map(|r| std::fs::read_dir(r.path().join("cells")).ok())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .sum()
+}
+
+fn wait_for_cells(results: &Path, n: usize, child: &mut Child) {
+    let t = Instant::now();
+    while done_cells(results) < n {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {n} cells");
+        assert!(t.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn images(run: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(run.join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            assert!(!name.starts_with('.'), "partial file left: images/{name}");
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+fn check_complete(run: &Path) {
+    let records = read_records(&run.join("records.csv")).unwrap();
+    assert_eq!(records.len(), CELLS);
+    let mut ids: Vec<&str> = records.iter().map(|r| r.cell_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), CELLS, "every image exactly once");
+    assert!(records.iter().all(|r| r.status == Status::Done));
+    for sub in ["cells", "inputs", ""] {
+        for e in std::fs::read_dir(run.join(sub)).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            assert!(!n.ends_with(".tmp"), "partial file left: {sub}/{n}");
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_a_random_point_then_rerun_completes_identical_to_an_uninterrupted_run() {
+    let dir = common::scratch("run_interrupt_kill");
+    experiment(&dir);
+    // Uninterrupted.
+    run_to_end(&dir, "whole", &["--batch", "3"]);
+    let whole = images(&run_dir(&dir.join("whole")));
+    assert_eq!(whole.len(), CELLS);
+
+    // Killed after a random number of finished cells, then resumed (the run keeps its
+    // batch size, so the resumed batches are those of an uninterrupted run).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    let kill_after = 1 + nanos % (CELLS - 6);
+    let mut child = spawn(&dir, "killed", &["--batch", "3"]);
+    wait_for_cells(&dir.join("killed"), kill_after, &mut child);
+    std::thread::sleep(Duration::from_millis((nanos % 300) as u64));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = done_cells(&dir.join("killed"));
+    assert!(before < CELLS, "killed too late ({before} cells done)");
+    let out = run_to_end(&dir, "killed", &[]);
+    assert!(out.contains(&format!("{before} done before")), "{out}");
+    let run = run_dir(&dir.join("killed"));
+    check_complete(&run);
+    assert_eq!(images(&run), whole, "killed after {kill_after}: images differ");
+
+    // Again: nothing new, nothing changed.
+    let out = run_to_end(&dir, "killed", &[]);
+    assert!(out.contains(&format!("{CELLS} done before, 0 made")), "{out}");
+    assert_eq!(images(&run), whole);
+}
+
+#[test]
+fn sigint_finishes_the_writes_in_flight_and_exits_130() {
+    let dir = common::scratch("run_interrupt_sigint");
+    experiment(&dir);
+    let results = dir.join("int");
+    let mut child = spawn(&dir, "int", &["--batch", "2"]);
+    wait_for_cells(&results, 2, &mut child);
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let run = run_dir(&results);
+    let records = read_records(&run.join("records.csv")).unwrap();
+    assert!(!records.is_empty() && records.len() < CELLS, "{} records", records.len());
+    assert_eq!(records.len(), done_cells(&results), "records.csv lists every finished cell");
+    assert!(records.iter().all(|r| run.join(&r.file).is_file()));
+    assert_eq!(images(&run).len(), records.len(), "no image without its record");
+    run_to_end(&dir, "int", &[]);
+    check_complete(&run);
+}
+
+#[test]
+fn slurm_writes_a_job_array_of_shards_sharing_one_run() {
+    let dir = common::scratch("run_interrupt_slurm");
+    experiment(&dir);
+    let out = common::negimg(
+        &["slurm", "kill.toml", "--jobs", "4", "--run-id", "sweep1", "--out", "job.sbatch", "--partition", "gpu"],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = std::fs::read_to_string(dir.join("job.sbatch")).unwrap();
+    for line in [
+        "#SBATCH --array=1-4",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --partition=gpu",
+        "--run-id sweep1 --shard \"${SLURM_ARRAY_TASK_ID}/4\"",
+    ] {
+        assert!(script.contains(line), "{line:?} not in:\n{script}");
+    }
+    assert!(dir.join("results/kill/slurm").is_dir(), "the log folder sbatch needs");
+    // What one array task runs works as is (task 2 of 4 here).
+    let task = script.lines().last().unwrap().replace("${SLURM_ARRAY_TASK_ID}", "2");
+    let out = Command::new("bash")
+        .args(["-c", &task.replace("exec ", "")])
+        .arg("--")
+        .env("NEGIMG_DEVICE", "cpu")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("(4 in shard 2/4)") && text.contains("not complete yet"), "{text}");
+    let records = read_records(&dir.join("results/kill/sweep1/records.csv")).unwrap();
+    assert_eq!(records.len(), 4);
+}
+
+#[test]
+fn plan_prints_the_cells_counts_and_an_estimate_without_writing() {
+    let dir = common::scratch("run_interrupt_plan");
+    experiment(&dir);
+    let out = common::negimg(&["--device", "cpu", "plan", "kill.toml"], &dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("grid: weight 2 × cfg 2 × seed 4 = 16 cells"), "{text}");
+    assert!(text.contains("weight=0.5 cfg=5.0 seed=0"), "{text}");
+    assert!(text.contains("16 cells: 3 steps 64x64 ddim base"), "{text}");
+    assert!(text.contains("estimate on cpu fp32"), "{text}");
+    assert!(!dir.join("results").exists());
+}
