@@ -36,12 +36,18 @@ negative_image = ["lawn", "none"]
 "#;
 
 fn parse(text: &str) -> anyhow::Result<experiment::Experiment> {
-    experiment::parse(Path::new("t.toml"), text.to_string(), &LoadOptions::default())
+    experiment::parse(
+        Path::new("t.toml"),
+        text.to_string(),
+        &LoadOptions::default(),
+    )
 }
 
 /// The 1-based line of the first occurrence of `needle` in `text`.
 fn line_of(text: &str, needle: &str) -> usize {
-    let at = text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the text"));
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in the text"));
     text[..at].matches('\n').count() + 1
 }
 
@@ -76,7 +82,10 @@ fn valid_file_expands_axes_in_order_with_seeds_innermost() {
     assert_eq!(e.name, "t");
     assert_eq!(e.cells.len(), 3 * 2 * 2);
     let c = &e.cells[0];
-    assert_eq!((c.weight, c.negative_image.as_deref(), c.seed), (0.5, Some("lawn"), 1));
+    assert_eq!(
+        (c.weight, c.negative_image.as_deref(), c.seed),
+        (0.5, Some("lawn"), 1)
+    );
     assert_eq!(e.cells[1].seed, 2);
     assert_eq!(e.cells[2].negative_image, None);
     assert_eq!(e.cells[4].weight, 0.75);
@@ -93,17 +102,18 @@ fn valid_file_expands_axes_in_order_with_seeds_innermost() {
 
 #[test]
 fn zip_varies_parameters_together_and_counts_and_seeds_tables_work() {
-    let text = BASE.replace(
-        "[grid]\nweight = \"0.5-1 (+0.25)\"\nnegative_image = [\"lawn\", \"none\"]",
-        r#"[grid]
+    let text = BASE
+        .replace(
+            "[grid]\nweight = \"0.5-1 (+0.25)\"\nnegative_image = [\"lawn\", \"none\"]",
+            r#"[grid]
 adapter = "base, plus"
 [[grid.zip]]
 negative = ["text", "image", "both"]
 negative_prompt = ["grass", "", "grass"]
 negative_image = ["none", "lawn", "lawn"]
 "#,
-    )
-    .replace("seeds = [1, 2]", "seeds = { count = 3, base = 100 }");
+        )
+        .replace("seeds = [1, 2]", "seeds = { count = 3, base = 100 }");
     let e = parse(&text).unwrap();
     assert_eq!(e.cells.len(), 2 * 3 * 3);
     assert_eq!(e.cells[0].adapter, AdapterKind::Base);
@@ -121,6 +131,31 @@ negative_image = ["none", "lawn", "lawn"]
     assert_eq!(
         image_cell.get(Param::Negative),
         Value::Negative(NegativeMode::Image)
+    );
+    // run.json labels a zip by its first parameter that tells its rows apart.
+    let axes = e.axes();
+    let names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["adapter", "negative", "seed"]);
+    assert_eq!(axes[1].values, ["text", "image", "both"]);
+}
+
+#[test]
+fn a_zip_without_a_distinct_column_lists_each_parameter_once_per_value() {
+    let text = format!(
+        "{}[[grid.zip]]\ncfg = [5, 5, 7]\nsteps = [4, 8, 4]\n",
+        BASE.replace("weight = \"0.5-1 (+0.25)\"\n", "")
+    );
+    let e = parse(&text).unwrap();
+    assert_eq!(e.cells.len(), 2 * 3 * 2);
+    let axes = e.axes();
+    let cfg = axes.iter().find(|a| a.name == "cfg").unwrap();
+    let steps = axes.iter().find(|a| a.name == "steps").unwrap();
+    assert_eq!(
+        (cfg.values.as_slice(), steps.values.as_slice()),
+        (
+            &["5.0".to_string(), "7.0".to_string()][..],
+            &["4".to_string(), "8".to_string()][..]
+        )
     );
 }
 
@@ -149,17 +184,28 @@ fn unknown_section_is_refused_with_its_name() {
 #[test]
 fn unknown_grid_key_is_refused_with_a_suggestion_and_line() {
     let text = with("wieght = [1]");
-    expect_error(&text, Some("wieght"), &["grid.wieght", "did you mean `weight`"]);
+    expect_error(
+        &text,
+        Some("wieght"),
+        &["grid.wieght", "did you mean `weight`"],
+    );
 }
 
 #[test]
 fn unknown_keys_in_models_images_defaults_and_zip_are_refused() {
     let text = BASE.replace("image_encoder =", "image_encodr =");
     expect_error(&text, Some("image_encodr"), &["image_encodr"]);
-    let text = BASE.replace("generate = { prompt = \"a lawn\" }", "generate = { promt = \"a lawn\" }");
+    let text = BASE.replace(
+        "generate = { prompt = \"a lawn\" }",
+        "generate = { promt = \"a lawn\" }",
+    );
     expect_error(&text, Some("promt"), &["promt"]);
     let text = BASE.replace("steps = 4", "stepz = 4");
-    expect_error(&text, Some("stepz"), &["defaults.stepz", "did you mean `steps`"]);
+    expect_error(
+        &text,
+        Some("stepz"),
+        &["defaults.stepz", "did you mean `steps`"],
+    );
     let text = format!("{BASE}\n[[grid.zip]]\ncfgg = [1, 2]\n");
     expect_error(&text, Some("cfgg"), &["grid.zip[0].cfgg"]);
 }
@@ -167,7 +213,11 @@ fn unknown_keys_in_models_images_defaults_and_zip_are_refused() {
 #[test]
 fn wrong_types_are_refused() {
     let text = BASE.replace("steps = 4", "steps = \"many\"");
-    expect_error(&text, Some("\"many\""), &["defaults.steps", "expected a number"]);
+    expect_error(
+        &text,
+        Some("\"many\""),
+        &["defaults.steps", "expected a number"],
+    );
     let text = with("cfg = true");
     expect_error(&text, Some("cfg = true"), &["grid.cfg", "expected a list"]);
     let text = BASE.replace("name = \"t\"", "name = 3");
@@ -195,11 +245,23 @@ fn ranges_with_zero_or_negative_step_are_refused() {
 #[test]
 fn out_of_range_values_are_refused() {
     let text = BASE.replace("weight = \"0.5-1 (+0.25)\"", "weight = [-0.5, 1]");
-    expect_error(&text, Some("weight = [-0.5"), &["grid.weight", "-0.5", "out of range"]);
+    expect_error(
+        &text,
+        Some("weight = [-0.5"),
+        &["grid.weight", "-0.5", "out of range"],
+    );
     let text = BASE.replace("steps = 4", "steps = 0");
-    expect_error(&text, Some("steps = 0"), &["defaults.steps", "between 1 and"]);
+    expect_error(
+        &text,
+        Some("steps = 0"),
+        &["defaults.steps", "between 1 and"],
+    );
     let text = BASE.replace("size = 64", "size = 100");
-    expect_error(&text, Some("size = 100"), &["defaults.size", "multiple of 8"]);
+    expect_error(
+        &text,
+        Some("size = 100"),
+        &["defaults.size", "multiple of 8"],
+    );
     let text = with("cfg = [-1]");
     expect_error(&text, Some("cfg = [-1]"), &["grid.cfg", "out of range"]);
     let text = BASE.replace("steps = 4", "steps = 4\nstart = 0.8\nend = 0.5");
@@ -211,16 +273,29 @@ fn out_of_range_values_are_refused() {
 #[test]
 fn duplicate_image_names_are_refused() {
     let text = format!("{BASE}\n[images.lawn]\ngenerate = {{ prompt = \"grass\" }}\n");
-    let line = text.rfind("[images.lawn]").map(|i| text[..i].matches('\n').count() + 1).unwrap();
+    let line = text
+        .rfind("[images.lawn]")
+        .map(|i| text[..i].matches('\n').count() + 1)
+        .unwrap();
     let err = format!("{:#}", parse(&text).unwrap_err());
-    assert!(err.contains("t.toml") && err.contains(&line.to_string()), "{err}");
-    assert!(err.to_lowercase().contains("duplicate") || err.contains("lawn"), "{err}");
+    assert!(
+        err.contains("t.toml") && err.contains(&line.to_string()),
+        "{err}"
+    );
+    assert!(
+        err.to_lowercase().contains("duplicate") || err.contains("lawn"),
+        "{err}"
+    );
 }
 
 #[test]
 fn references_to_missing_images_are_refused() {
     let text = BASE.replace("[\"lawn\", \"none\"]", "[\"lawn\", \"sky\"]");
-    expect_error(&text, Some("negative_image = ["), &["grid.negative_image", "[images.sky]"]);
+    expect_error(
+        &text,
+        Some("negative_image = ["),
+        &["grid.negative_image", "[images.sky]"],
+    );
     let text = BASE.replace("positive_image = \"house\"", "positive_image = \"hous\"");
     expect_error(&text, Some("positive_image = \"hous\""), &["[images.hous]"]);
     let text = format!("{BASE}\n[scoring]\nnegative_reference = \"grass\"\n");
@@ -229,14 +304,22 @@ fn references_to_missing_images_are_refused() {
         "[images.lawn]\ngenerate = { prompt = \"a lawn\" }",
         "[images.lawn]\npath = \"no-such-file.png\"",
     );
-    expect_error(&text, Some("[images.lawn]"), &["images.lawn.path", "no-such-file.png"]);
+    expect_error(
+        &text,
+        Some("[images.lawn]"),
+        &["images.lawn.path", "no-such-file.png"],
+    );
 }
 
 #[test]
 fn a_mode_without_the_image_it_needs_or_a_missing_model_is_refused() {
-    let text = with("negative = [\"both\"]").replace("[\"lawn\", \"none\"]", "[\"none\", \"lawn\"]");
+    let text =
+        with("negative = [\"both\"]").replace("[\"lawn\", \"none\"]", "[\"none\", \"lawn\"]");
     expect_error(&text, None, &["negative_image", "cell 1"]);
-    let text = BASE.replace(", plus = \"no-such-models/ip-adapter-plus_sd15.safetensors\"", "");
+    let text = BASE.replace(
+        ", plus = \"no-such-models/ip-adapter-plus_sd15.safetensors\"",
+        "",
+    );
     let text = format!("{text}adapter = [\"plus\"]\n");
     expect_error(&text, None, &["ip_adapter.plus"]);
 }
@@ -246,7 +329,11 @@ fn duplicate_values_and_parameters_on_two_axes_are_refused() {
     let text = with("cfg = [7, 7.0]");
     expect_error(&text, Some("cfg ="), &["grid.cfg", "twice"]);
     let text = format!("{BASE}\n[[grid.zip]]\nweight = [1, 2]\ncfg = [3, 4]\n");
-    expect_error(&text, Some("weight = [1, 2]"), &["grid.zip[0].weight", "already varies in grid.weight"]);
+    expect_error(
+        &text,
+        Some("weight = [1, 2]"),
+        &["grid.zip[0].weight", "already varies in grid.weight"],
+    );
     let text = format!("{BASE}\n[[grid.zip]]\ncfg = [1, 2]\nsteps = [3]\n");
     expect_error(&text, Some("steps = [3]"), &["same length"]);
 }
@@ -255,7 +342,10 @@ fn duplicate_values_and_parameters_on_two_axes_are_refused() {
 fn million_cell_grid_is_refused_with_its_count_unless_allowed() {
     let text = with("cfg = \"0-99.9 (+0.1)\"\nsteps = \"1-100\"");
     let err = expect_error(&text, None, &["--allow-large"]);
-    assert!(err.contains(&format!("{}", 3 * 2 * 2 * 1000 * 100)), "{err}");
+    assert!(
+        err.contains(&format!("{}", 3 * 2 * 2 * 1000 * 100)),
+        "{err}"
+    );
     // Allowed, a grid is still bounded by what fits in memory.
     let text = with("cfg = \"0-99.9 (+0.1)\"\nsteps = \"1-1000\"");
     let opts = LoadOptions {
@@ -280,8 +370,14 @@ fn bad_files_exit_non_zero_and_leave_no_results_folder() {
             let out = common::negimg(&[cmd, file, "--device", "cpu"], &dir);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{cmd} {file} succeeded");
-            assert!(stderr.contains(file) && stderr.contains(word), "{cmd} {file}: {stderr}");
-            assert!(!dir.join("results").exists(), "{cmd} {file} left a results folder");
+            assert!(
+                stderr.contains(file) && stderr.contains(word),
+                "{cmd} {file}: {stderr}"
+            );
+            assert!(
+                !dir.join("results").exists(),
+                "{cmd} {file} left a results folder"
+            );
         }
     }
 }

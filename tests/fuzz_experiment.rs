@@ -43,7 +43,10 @@ fn check(text: &str) {
     let opts = LoadOptions::default();
     if let Err(e) = experiment::parse(Path::new("fz.toml"), text.to_string(), &opts) {
         let msg = format!("{e:#}");
-        assert!(msg.contains("fz.toml"), "error without the file name: {msg}");
+        assert!(
+            msg.contains("fz.toml"),
+            "error without the file name: {msg}"
+        );
     }
 }
 
@@ -110,8 +113,12 @@ proptest! {
 
 #[test]
 fn the_fuzzed_base_file_is_valid() {
-    let e = experiment::parse(Path::new("fz.toml"), VALID.to_string(), &LoadOptions::default())
-        .unwrap();
+    let e = experiment::parse(
+        Path::new("fz.toml"),
+        VALID.to_string(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(e.cells.len(), 3 * 2 * 2 * 2 * 2);
     assert_eq!((e.cells[0].width, e.cells[0].height), (64, 48));
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// 2 weights x 2 cfg x 4 seeds = 16 cells of 3 steps at 64x64.
-const CELLS: usize = 16;
+/// 2 weights x 4 seeds = 8 cells of 2 steps at 64x64.
+const CELLS: usize = 8;
 
 fn experiment(dir: &Path) -> PathBuf {
     let tiny = tiny_models();
@@ -27,14 +27,13 @@ image_encoder = "{t}/image_encoder"
 generate = {{ prompt = "a lawn", seed = 2 }}
 [defaults]
 prompt = "a house"
-steps = 3
+steps = 2
 size = 64
 dtype = "fp32"
 negative_image = "lawn"
 seeds = {{ count = 4 }}
 [grid]
 weight = [0.5, 1.0]
-cfg = [5, 7.5]
 "#
     );
     let file = dir.join("kill.toml");
@@ -44,7 +43,15 @@ cfg = [5, 7.5]
 
 fn spawn(dir: &Path, results: &str, extra: &[&str]) -> Child {
     Command::new(common::negimg_bin())
-        .args(["--device", "cpu", "run", "kill.toml", "--no-report", "--results", results])
+        .args([
+            "--device",
+            "cpu",
+            "run",
+            "kill.toml",
+            "--no-report",
+            "--results",
+            results,
+        ])
         .args(extra)
         .current_dir(dir)
         .env("HF_HUB_OFFLINE", "1")
@@ -94,7 +101,10 @@ fn done_cells(results: &Path) -> usize {
 fn wait_for_cells(results: &Path, n: usize, child: &mut Child) {
     let t = Instant::now();
     while done_cells(results) < n {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before {n} cells");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before {n} cells"
+        );
         assert!(t.elapsed() < Duration::from_secs(120), "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -133,7 +143,7 @@ fn sigkill_at_a_random_point_then_rerun_completes_identical_to_an_uninterrupted_
     let dir = common::scratch("run_interrupt_kill");
     experiment(&dir);
     // Uninterrupted.
-    run_to_end(&dir, "whole", &["--batch", "3"]);
+    run_to_end(&dir, "whole", &["--batch", "2"]);
     let whole = images(&run_dir(&dir.join("whole")));
     assert_eq!(whole.len(), CELLS);
 
@@ -143,8 +153,8 @@ fn sigkill_at_a_random_point_then_rerun_completes_identical_to_an_uninterrupted_
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos() as usize;
-    let kill_after = 1 + nanos % (CELLS - 6);
-    let mut child = spawn(&dir, "killed", &["--batch", "3"]);
+    let kill_after = 1 + nanos % (CELLS - 4);
+    let mut child = spawn(&dir, "killed", &["--batch", "2"]);
     wait_for_cells(&dir.join("killed"), kill_after, &mut child);
     std::thread::sleep(Duration::from_millis((nanos % 300) as u64));
     child.kill().unwrap(); // SIGKILL
@@ -155,11 +165,18 @@ fn sigkill_at_a_random_point_then_rerun_completes_identical_to_an_uninterrupted_
     assert!(out.contains(&format!("{before} done before")), "{out}");
     let run = run_dir(&dir.join("killed"));
     check_complete(&run);
-    assert_eq!(images(&run), whole, "killed after {kill_after}: images differ");
+    assert_eq!(
+        images(&run),
+        whole,
+        "killed after {kill_after}: images differ"
+    );
 
     // Again: nothing new, nothing changed.
     let out = run_to_end(&dir, "killed", &[]);
-    assert!(out.contains(&format!("{CELLS} done before, 0 made")), "{out}");
+    assert!(
+        out.contains(&format!("{CELLS} done before, 0 made")),
+        "{out}"
+    );
     assert_eq!(images(&run), whole);
 }
 
@@ -178,10 +195,22 @@ fn sigint_finishes_the_writes_in_flight_and_exits_130() {
     assert!(stderr.contains("interrupted"), "{stderr}");
     let run = run_dir(&results);
     let records = read_records(&run.join("records.csv")).unwrap();
-    assert!(!records.is_empty() && records.len() < CELLS, "{} records", records.len());
-    assert_eq!(records.len(), done_cells(&results), "records.csv lists every finished cell");
+    assert!(
+        !records.is_empty() && records.len() < CELLS,
+        "{} records",
+        records.len()
+    );
+    assert_eq!(
+        records.len(),
+        done_cells(&results),
+        "records.csv lists every finished cell"
+    );
     assert!(records.iter().all(|r| run.join(&r.file).is_file()));
-    assert_eq!(images(&run).len(), records.len(), "no image without its record");
+    assert_eq!(
+        images(&run).len(),
+        records.len(),
+        "no image without its record"
+    );
     run_to_end(&dir, "int", &[]);
     check_complete(&run);
 }
@@ -191,10 +220,25 @@ fn slurm_writes_a_job_array_of_shards_sharing_one_run() {
     let dir = common::scratch("run_interrupt_slurm");
     experiment(&dir);
     let out = common::negimg(
-        &["slurm", "kill.toml", "--jobs", "4", "--run-id", "sweep1", "--out", "job.sbatch", "--partition", "gpu"],
+        &[
+            "slurm",
+            "kill.toml",
+            "--jobs",
+            "4",
+            "--run-id",
+            "sweep1",
+            "--out",
+            "job.sbatch",
+            "--partition",
+            "gpu",
+        ],
         &dir,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let script = std::fs::read_to_string(dir.join("job.sbatch")).unwrap();
     for line in [
         "#SBATCH --array=1-4",
@@ -204,9 +248,16 @@ fn slurm_writes_a_job_array_of_shards_sharing_one_run() {
     ] {
         assert!(script.contains(line), "{line:?} not in:\n{script}");
     }
-    assert!(dir.join("results/kill/slurm").is_dir(), "the log folder sbatch needs");
+    assert!(
+        dir.join("results/kill/slurm").is_dir(),
+        "the log folder sbatch needs"
+    );
     // What one array task runs works as is (task 2 of 4 here).
-    let task = script.lines().last().unwrap().replace("${SLURM_ARRAY_TASK_ID}", "2");
+    let task = script
+        .lines()
+        .last()
+        .unwrap()
+        .replace("${SLURM_ARRAY_TASK_ID}", "2");
     let out = Command::new("bash")
         .args(["-c", &task.replace("exec ", "")])
         .arg("--")
@@ -214,10 +265,17 @@ fn slurm_writes_a_job_array_of_shards_sharing_one_run() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("(4 in shard 2/4)") && text.contains("not complete yet"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("(2 in shard 2/4)") && text.contains("not complete yet"),
+        "{text}"
+    );
     let records = read_records(&dir.join("results/kill/sweep1/records.csv")).unwrap();
-    assert_eq!(records.len(), 4);
+    assert_eq!(records.len(), 2);
 }
 
 #[test]
@@ -226,10 +284,14 @@ fn plan_prints_the_cells_counts_and_an_estimate_without_writing() {
     experiment(&dir);
     let out = common::negimg(&["--device", "cpu", "plan", "kill.toml"], &dir);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("grid: weight 2 × cfg 2 × seed 4 = 16 cells"), "{text}");
-    assert!(text.contains("weight=0.5 cfg=5.0 seed=0"), "{text}");
-    assert!(text.contains("16 cells: 3 steps 64x64 ddim base"), "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("grid: weight 2 × seed 4 = 8 cells"), "{text}");
+    assert!(text.contains("weight=0.5 seed=0"), "{text}");
+    assert!(text.contains("8 cells: 2 steps 64x64 ddim base"), "{text}");
     assert!(text.contains("estimate on cpu fp32"), "{text}");
     assert!(!dir.join("results").exists());
 }

@@ -24,7 +24,10 @@ fn dummy_models(dir: &Path) {
     write("pipeline/model_index.json", "{}");
     for sub in ["unet", "vae"] {
         write(&format!("pipeline/{sub}/config.json"), "{}");
-        write(&format!("pipeline/{sub}/diffusion_pytorch_model.safetensors"), sub);
+        write(
+            &format!("pipeline/{sub}/diffusion_pytorch_model.safetensors"),
+            sub,
+        );
     }
     write("pipeline/text_encoder/config.json", "{}");
     write("pipeline/text_encoder/model.safetensors", "te");
@@ -107,8 +110,16 @@ impl Generator for Fake {
                     return CellOutcome::Failed("NaN in latents at step 2".into());
                 }
                 let mut q = p.clone();
-                q.positive_image = p.positive_image.as_ref().and_then(|f| f.file_name()).map(PathBuf::from);
-                q.negative_image = p.negative_image.as_ref().and_then(|f| f.file_name()).map(PathBuf::from);
+                q.positive_image = p
+                    .positive_image
+                    .as_ref()
+                    .and_then(|f| f.file_name())
+                    .map(PathBuf::from);
+                q.negative_image = p
+                    .negative_image
+                    .as_ref()
+                    .and_then(|f| f.file_name())
+                    .map(PathBuf::from);
                 let h = negimg::run::ids::sha256_hex(&serde_json::to_vec(&q).unwrap());
                 let b = h.as_bytes();
                 CellOutcome::Image(image::RgbImage::from_fn(8, 8, |x, y| {
@@ -171,7 +182,12 @@ fn images(run: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(run.join("images"))
         .unwrap()
         .flatten()
-        .map(|e| (e.file_name().to_string_lossy().to_string(), std::fs::read(e.path()).unwrap()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -190,15 +206,30 @@ fn resume_skips_done_cells_and_leaves_images_unchanged() {
     let opts = options(&s.dir.join("results"));
     let fake = Fake::default();
     let first = go(&s, &opts, &fake).unwrap();
-    assert_eq!((first.generated, first.skipped, first.failed), (CELLS, 0, 0));
+    assert_eq!(
+        (first.generated, first.skipped, first.failed),
+        (CELLS, 0, 0)
+    );
     assert!(first.complete);
     let run = first.dir.clone();
-    for f in ["records.csv", "run.json", "manifest.json", "experiment.toml", "log.txt", "inputs/house.png", "inputs/lawn.png"] {
+    for f in [
+        "records.csv",
+        "run.json",
+        "manifest.json",
+        "experiment.toml",
+        "log.txt",
+        "inputs/house.png",
+        "inputs/lawn.png",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let records = read_records(&run.join("records.csv")).unwrap();
     assert_eq!(records.len(), CELLS);
-    assert!(records.iter().all(|r| r.status == Status::Done && run.join(&r.file).is_file()));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.status == Status::Done && run.join(&r.file).is_file())
+    );
     let before = images(&run);
     assert_eq!(before.len(), CELLS);
     let made = fake.cells.load(Ordering::SeqCst);
@@ -207,15 +238,26 @@ fn resume_skips_done_cells_and_leaves_images_unchanged() {
     let second = go(&s, &opts, &fake).unwrap();
     assert_eq!(second.dir, run, "continues the latest run");
     assert_eq!((second.generated, second.skipped), (0, CELLS));
-    assert_eq!(fake.cells.load(Ordering::SeqCst), made, "nothing generated again");
+    assert_eq!(
+        fake.cells.load(Ordering::SeqCst),
+        made,
+        "nothing generated again"
+    );
     assert_eq!(images(&run), before);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["experiment_text"], EXPERIMENT);
     let models = manifest["models"].as_array().unwrap();
-    assert!(models.iter().any(|m| m["role"] == "pipeline" && m["files"].as_array().unwrap().len() >= 8));
+    assert!(
+        models
+            .iter()
+            .any(|m| m["role"] == "pipeline" && m["files"].as_array().unwrap().len() >= 8)
+    );
     assert_eq!(
-        models.iter().find(|m| m["role"] == "ip_adapter.base").unwrap()["files"][0]["sha256"],
+        models
+            .iter()
+            .find(|m| m["role"] == "ip_adapter.base")
+            .unwrap()["files"][0]["sha256"],
         negimg::run::ids::sha256_hex(b"base")
     );
     // Batches never mix batch keys and respect the generator's limit.
@@ -230,8 +272,15 @@ fn force_regenerates_and_new_starts_a_fresh_run() {
     let first = go(&s, &opts, &fake).unwrap();
     opts.force = true;
     let forced = go(&s, &opts, &fake).unwrap();
-    assert_eq!((forced.dir.clone(), forced.generated), (first.dir.clone(), CELLS));
-    assert_eq!(images(&first.dir), images(&forced.dir), "same parameters, same images");
+    assert_eq!(
+        (forced.dir.clone(), forced.generated),
+        (first.dir.clone(), CELLS)
+    );
+    assert_eq!(
+        images(&first.dir),
+        images(&forced.dir),
+        "same parameters, same images"
+    );
     opts.force = false;
     opts.choice = RunChoice::New;
     let inputs_before = fake.cells.load(Ordering::SeqCst);
@@ -263,17 +312,27 @@ fn shards_running_concurrently_fill_one_run_folder_exactly_once() {
         })
         .collect();
     let summaries: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert_eq!(summaries.iter().map(|s| s.shard_cells).sum::<usize>(), CELLS);
+    assert_eq!(
+        summaries.iter().map(|s| s.shard_cells).sum::<usize>(),
+        CELLS
+    );
     let run = s.dir.join("results/fake/job-7");
     assert!(summaries.iter().all(|x| x.dir == run));
     let records = read_records(&run.join("records.csv")).unwrap();
-    assert_eq!(records.len(), CELLS, "the last shard to finish merges every record");
+    assert_eq!(
+        records.len(),
+        CELLS,
+        "the last shard to finish merges every record"
+    );
     let mut ids: Vec<_> = records.iter().map(|r| r.cell_id.clone()).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), CELLS, "every cell exactly once");
     let made: usize = fakes.iter().map(|f| f.cells.load(Ordering::SeqCst)).sum();
-    assert!((CELLS + 1..=CELLS + 3).contains(&made), "{made}: each cell made by one shard");
+    assert!(
+        (CELLS + 1..=CELLS + 3).contains(&made),
+        "{made}: each cell made by one shard"
+    );
     no_temp_files(&run);
 
     // The same images as one unsharded run.
@@ -295,9 +354,16 @@ fn nan_cell_is_marked_failed_with_its_reason_and_others_continue() {
     assert_eq!((sum.generated, sum.failed, sum.failed_total), (16, 8, 8));
     assert!(sum.complete);
     let records = read_records(&sum.dir.join("records.csv")).unwrap();
-    let failed: Vec<_> = records.iter().filter(|r| r.status == Status::Failed).collect();
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .collect();
     assert_eq!(failed.len(), 8);
-    assert!(failed.iter().all(|r| r.cfg == 13.0 && r.file.is_empty() && r.error.contains("NaN")));
+    assert!(
+        failed
+            .iter()
+            .all(|r| r.cfg == 13.0 && r.file.is_empty() && r.error.contains("NaN"))
+    );
     let log = std::fs::read_to_string(sum.dir.join("log.txt")).unwrap();
     assert!(log.contains("failed: NaN in latents"), "{log}");
     // Failed cells are not retried unless asked; then they are.
@@ -346,7 +412,13 @@ fn partial_files_of_a_killed_run_never_count() {
     let victim = &records[5];
     std::fs::remove_file(run.join("cells").join(format!("{}.json", victim.cell_id))).unwrap();
     std::fs::write(run.join(&victim.file), b"truncated").unwrap();
-    let host = String::from_utf8(std::process::Command::new("hostname").output().unwrap().stdout).unwrap();
+    let host = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let stale = run.join(format!("images/.x.png.{}.2147483646.tmp", host.trim()));
     std::fs::write(&stale, b"partial").unwrap();
     let fake = Fake::default();
@@ -370,7 +442,10 @@ fn unwritable_or_full_results_folder_fails_before_any_generation() {
     let fake = Fake::default();
     let err = go(&s, &options(&blocker), &fake).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("cannot create the results folder") && msg.contains("results-is-a-file"), "{msg}");
+    assert!(
+        msg.contains("cannot create the results folder") && msg.contains("results-is-a-file"),
+        "{msg}"
+    );
     assert_eq!(fake.cells.load(Ordering::SeqCst), 0);
     let err = runner::check_space(Path::new("results"), 50 << 20, 1 << 20).unwrap_err();
     assert!(err.to_string().contains("not enough free disk"), "{err}");

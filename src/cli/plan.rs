@@ -4,7 +4,8 @@ use super::Globals;
 use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
 use crate::run::records::{Status, read_records};
 use anyhow::{Context, Result};
-use std::io::Read;
+use std::fmt::Write as _;
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -32,36 +33,45 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         },
     )?;
     let (device, kind) = super::run::device_and_dtype(&exp, g)?;
-    println!("experiment {} ({})", exp.name, exp.path.display());
-    if !exp.description.is_empty() {
-        println!("  {}", exp.description);
+    // Printed at the end, and a closed pipe (`plan ... | head`) is not an error.
+    let mut out = String::new();
+    macro_rules! say {
+        ($($t:tt)*) => { writeln!(out, $($t)*).unwrap_or(()) }
     }
-    println!("models:");
+    say!("experiment {} ({})", exp.name, exp.path.display());
+    if !exp.description.is_empty() {
+        say!("  {}", exp.description);
+    }
+    say!("models:");
     for (role, m) in exp.models.all() {
         let state = if m.path.exists() {
             m.path.display().to_string()
+        } else if m.reference.starts_with("hf:") {
+            "not in the Hugging Face cache yet (`run` or `negimg models fetch FILE` downloads it)"
+                .to_string()
         } else {
             format!("{} (made by init_random)", m.path.display())
         };
-        println!("  {role:<16} {} -> {state}", m.reference);
+        say!("  {role:<16} {} -> {state}", m.reference);
     }
     if !exp.images.is_empty() {
-        println!("images:");
+        say!("images:");
         for (name, source) in &exp.images {
             match source {
-                ImageSource::File(p) => println!("  {name:<12} {}", p.display()),
-                ImageSource::Generate(s) => println!(
+                ImageSource::File(p) => say!("  {name:<12} {}", p.display()),
+                ImageSource::Generate(s) => say!(
                     "  {name:<12} text-to-image: {:?} (seed {})",
-                    s.prompt, s.seed
+                    s.prompt,
+                    s.seed
                 ),
             }
         }
     }
-    println!("grid: {} = {} cells", exp.grid.shape(), exp.cells.len());
+    say!("grid: {} = {} cells", exp.grid.shape(), exp.cells.len());
     let varying = exp.grid.varying();
     let shown = if args.all { exp.cells.len() } else { 40 };
     for (i, c) in exp.cells.iter().enumerate().take(shown) {
-        println!(
+        say!(
             "  {:>5}  {}",
             i + 1,
             if varying.is_empty() {
@@ -72,7 +82,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         );
     }
     if exp.cells.len() > shown {
-        println!("  ... {} more (--all prints them)", exp.cells.len() - shown);
+        say!("  ... {} more (--all prints them)", exp.cells.len() - shown);
     }
     let mut groups: Vec<((usize, usize, usize, _, _), usize)> = Vec::new();
     for c in &exp.cells {
@@ -82,9 +92,9 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             None => groups.push((key, 1)),
         }
     }
-    println!("batches (cells sharing steps, size, scheduler, adapter):");
+    say!("batches (cells sharing steps, size, scheduler, adapter):");
     for ((steps, w, h, sched, adapter), n) in &groups {
-        println!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter}");
+        say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter}");
     }
     let generated_inputs = exp
         .images
@@ -93,13 +103,14 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         .count();
     let (per_image, how) = estimate(&exp, &args.results, device, kind);
     let total = per_image * (exp.cells.len() + generated_inputs) as f64;
-    println!(
+    say!(
         "estimate on {} {}: {} ({:.2} s per image, {how})",
         crate::device::device_name(device),
         crate::device::dtype_name(kind),
         duration(total),
         per_image
     );
+    let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(())
 }
 
@@ -128,7 +139,10 @@ fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f6
             .collect();
         if !done.is_empty() {
             let mean = done.iter().sum::<f64>() / done.len() as f64;
-            return (mean, format!("measured by run {last}: {} images", done.len()));
+            return (
+                mean,
+                format!("measured by run {last}: {} images", done.len()),
+            );
         }
     }
     let (unet, vae) = pipeline_params(&exp.models.pipeline.path);
@@ -144,7 +158,8 @@ fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f6
         .sum::<f64>()
         / exp.cells.len().max(1) as f64;
     let speed = matmul_speed(device, kind);
-    let steps = exp.cells.iter().map(|c| c.steps).sum::<usize>() as f64 / exp.cells.len().max(1) as f64;
+    let steps =
+        exp.cells.iter().map(|c| c.steps).sum::<usize>() as f64 / exp.cells.len().max(1) as f64;
     // Convolutions and attention reach about a third of matmul speed (measured on an H200);
     // small models are bound by the cost of each operator call instead.
     let overhead = if device == Device::Cpu { 0.1 } else { 0.01 };
@@ -168,9 +183,9 @@ fn pipeline_params(pipeline: &Path) -> (f64, f64) {
             crate::weights::hub::Component::Pipeline,
         )
         .ok()?;
-        let file = files
-            .iter()
-            .find(|f| f.starts_with(pipeline.join(sub)) && f.extension().is_some_and(|e| e == "safetensors"))?;
+        let file = files.iter().find(|f| {
+            f.starts_with(pipeline.join(sub)) && f.extension().is_some_and(|e| e == "safetensors")
+        })?;
         header_params(file).ok()
     };
     (
@@ -180,7 +195,8 @@ fn pipeline_params(pipeline: &Path) -> (f64, f64) {
 }
 
 fn header_params(file: &Path) -> Result<f64> {
-    let mut f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut f =
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)?;
     let n = u64::from_le_bytes(len);

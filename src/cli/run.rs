@@ -143,7 +143,10 @@ pub fn run(args: RunArgs, g: &Globals) -> Result<()> {
         s.dir.display(),
         s.grid_cells,
         if args.shard.count > 1 {
-            format!(" ({} in shard {}/{})", s.shard_cells, args.shard.index, args.shard.count)
+            format!(
+                " ({} in shard {}/{})",
+                s.shard_cells, args.shard.index, args.shard.count
+            )
         } else {
             String::new()
         },

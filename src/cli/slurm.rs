@@ -53,7 +53,13 @@ pub fn run(args: SlurmArgs, _g: &Globals) -> Result<()> {
     };
     crate::run::layout::check_run_id(&run_id)?;
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
-    let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd.join(p)
+        }
+    };
     let exe = std::env::current_exe().context("cannot find the negimg executable")?;
     let results = abs(&args.results);
     let logs = results.join(&exp.name).join("slurm");
@@ -126,7 +132,8 @@ pub fn script(s: &ScriptSpec) -> String {
         String::new(),
         "# Each task makes one shard of the grid into the same run folder; images and".into(),
         "# records are per-cell files, so nothing needs merging. A task that is requeued or".into(),
-        "# resubmitted skips the cells already done. The last task to finish scores and plots.".into(),
+        "# resubmitted skips the cells already done. The last task to finish scores and plots."
+            .into(),
         "set -euo pipefail".into(),
         format!("cd {}", quote(s.workdir)),
         format!(

@@ -114,13 +114,21 @@ fn section<'a, 'i>(root: &'a DeTable<'i>, name: &str) -> Option<&'a DeTable<'i>>
 /// Entries in the order they are written.
 fn entries<'a, 'i>(
     table: &'a DeTable<'i>,
-) -> Vec<(&'a Spanned<std::borrow::Cow<'i, str>>, &'a Spanned<DeValue<'i>>)> {
+) -> Vec<(
+    &'a Spanned<std::borrow::Cow<'i, str>>,
+    &'a Spanned<DeValue<'i>>,
+)> {
     let mut e: Vec<_> = table.iter().collect();
     e.sort_by_key(|(k, _)| k.span().start);
     e
 }
 
-fn unknown(src: &Source, section: &str, key: &Spanned<std::borrow::Cow<str>>, extra: &[&str]) -> anyhow::Error {
+fn unknown(
+    src: &Source,
+    section: &str,
+    key: &Spanned<std::borrow::Cow<str>>,
+    extra: &[&str],
+) -> anyhow::Error {
     let names: Vec<&str> = Param::ALL
         .iter()
         .map(|p| p.name())
@@ -211,7 +219,11 @@ pub fn read(src: &Source, root: &DeTable, images: &dyn Fn(&str) -> bool) -> Resu
                 for (i, t) in tables.iter().enumerate() {
                     let zkey = format!("grid.zip[{i}]");
                     let Some(table) = t.get_ref().as_table() else {
-                        return Err(src.error(t.span(), &zkey, "expected a table of parameter lists"));
+                        return Err(src.error(
+                            t.span(),
+                            &zkey,
+                            "expected a table of parameter lists",
+                        ));
                     };
                     let mut params = Vec::new();
                     let mut columns: Vec<Vec<Value>> = Vec::new();
@@ -253,7 +265,10 @@ pub fn read(src: &Source, root: &DeTable, images: &dyn Fn(&str) -> bool) -> Resu
                             return Err(src.error(
                                 t.span(),
                                 &zkey,
-                                format!("row {} repeats an earlier row; every cell must differ", r + 1),
+                                format!(
+                                    "row {} repeats an earlier row; every cell must differ",
+                                    r + 1
+                                ),
                             ));
                         }
                     }
@@ -348,12 +363,12 @@ fn read_seeds(src: &Source, key: &str, v: &Spanned<DeValue>) -> Result<Vec<u64>>
             let list = values::list(src, key, Param::Seed, v)?;
             values::unique(src, key, v.span(), &list)?;
             Ok(list
-            .into_iter()
-            .filter_map(|x| match x {
-                Value::Int(n) => Some(n),
-                _ => None,
-            })
-            .collect())
+                .into_iter()
+                .filter_map(|x| match x {
+                    Value::Int(n) => Some(n),
+                    _ => None,
+                })
+                .collect())
         }
     }
 }

@@ -69,8 +69,16 @@ impl Models {
     pub fn all(&self) -> Vec<(&'static str, &ModelRef)> {
         let mut v = vec![("pipeline", &self.pipeline)];
         v.extend(self.vae.as_ref().map(|m| ("vae", m)));
-        v.extend(self.ip_adapter_base.as_ref().map(|m| ("ip_adapter.base", m)));
-        v.extend(self.ip_adapter_plus.as_ref().map(|m| ("ip_adapter.plus", m)));
+        v.extend(
+            self.ip_adapter_base
+                .as_ref()
+                .map(|m| ("ip_adapter.base", m)),
+        );
+        v.extend(
+            self.ip_adapter_plus
+                .as_ref()
+                .map(|m| ("ip_adapter.plus", m)),
+        );
         v.push(("image_encoder", &self.image_encoder));
         v.extend(self.scorer.as_ref().map(|m| ("scorer", m)));
         v
@@ -232,8 +240,14 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     };
     let resolve = |key: &str, r: &Spanned<String>| -> Result<ModelRef> {
         let role = key.trim_start_matches("models.");
-        let path = resolve_model(role, r.get_ref(), &base_dir, init_random.as_ref(), opts.download)
-            .map_err(|e| src.error(r.span(), key, format!("{e:#}")))?;
+        let path = resolve_model(
+            role,
+            r.get_ref(),
+            &base_dir,
+            init_random.as_ref(),
+            opts.download,
+        )
+        .map_err(|e| src.error(r.span(), key, format!("{e:#}")))?;
         Ok(ModelRef {
             reference: r.get_ref().clone(),
             path,
@@ -242,7 +256,11 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     let m = &raw.models;
     let models = Models {
         pipeline: resolve("models.pipeline", &m.pipeline)?,
-        vae: m.vae.as_ref().map(|r| resolve("models.vae", r)).transpose()?,
+        vae: m
+            .vae
+            .as_ref()
+            .map(|r| resolve("models.vae", r))
+            .transpose()?,
         ip_adapter_base: m
             .ip_adapter
             .base
@@ -256,7 +274,11 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             .map(|r| resolve("models.ip_adapter.plus", r))
             .transpose()?,
         image_encoder: resolve("models.image_encoder", &m.image_encoder)?,
-        scorer: m.scorer.as_ref().map(|r| resolve("models.scorer", r)).transpose()?,
+        scorer: m
+            .scorer
+            .as_ref()
+            .map(|r| resolve("models.scorer", r))
+            .transpose()?,
     };
     if models.ip_adapter_base.is_none() && models.ip_adapter_plus.is_none() {
         return Err(src.error_at_key(
@@ -312,7 +334,11 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
                     ));
                 }
                 if g.seed > i64::MAX as u64 {
-                    return Err(src.error(spec.span(), &format!("{key}.generate.seed"), "too large"));
+                    return Err(src.error(
+                        spec.span(),
+                        &format!("{key}.generate.seed"),
+                        "too large",
+                    ));
                 }
                 ImageSource::Generate(GenerateSpec {
                     prompt: g.prompt.clone(),
@@ -369,8 +395,14 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     };
     let scoring = ScoringSpec {
         targets: raw.scoring.targets.clone(),
-        positive_reference: image_ref("scoring.positive_reference", &raw.scoring.positive_reference)?,
-        negative_reference: image_ref("scoring.negative_reference", &raw.scoring.negative_reference)?,
+        positive_reference: image_ref(
+            "scoring.positive_reference",
+            &raw.scoring.positive_reference,
+        )?,
+        negative_reference: image_ref(
+            "scoring.negative_reference",
+            &raw.scoring.negative_reference,
+        )?,
     };
     let labels = grid.labels();
     let axis_names: Vec<&str> = labels.iter().map(|(p, _)| p.name()).collect();
@@ -390,7 +422,8 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         }
     };
     let p = &raw.plots;
-    let opt_axis = |key: &str, r: &Option<Spanned<String>>| r.as_ref().map(|r| axis_ref(key, r)).transpose();
+    let opt_axis =
+        |key: &str, r: &Option<Spanned<String>>| r.as_ref().map(|r| axis_ref(key, r)).transpose();
     let plots = PlotsSpec {
         rows: opt_axis("plots.rows", &p.rows)?,
         cols: opt_axis("plots.cols", &p.cols)?,
@@ -474,7 +507,15 @@ fn resolve_model(
             return Ok(path);
         }
     }
-    crate::weights::hub::resolve_as(reference, base_dir, component(role), download)
+    let resolved = crate::weights::hub::resolve_as(reference, base_dir, component(role), download);
+    // Without downloading (plan, slurm), a well-formed hf: reference that is not cached yet
+    // still counts: `run` downloads it. Its path is where the cache will have it.
+    match (resolved, crate::weights::hub::HfRef::parse(reference)) {
+        (Err(_), Ok(Some(hf))) if !download => Ok(crate::weights::hf_hub_cache()
+            .join(hf.cache_folder())
+            .join(&hf.path)),
+        (resolved, _) => resolved,
+    }
 }
 
 /// What a `[models]` role points at, which decides the files it needs.

@@ -1,8 +1,8 @@
 //! Checks that need a whole cell: windows, images a mode needs, models a cell needs.
+use super::Models;
 use super::cell::CellSpec;
 use super::grid::Grid;
 use super::source::Source;
-use super::Models;
 use crate::params::AdapterKind;
 use anyhow::Result;
 
@@ -18,7 +18,10 @@ pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> 
             Err(src.error_at_key(keys, format!("cell {}{at}: {msg}", i + 1)))
         };
         if c.start > c.end {
-            return fail("start, end", format!("start {} is after end {}", c.start, c.end));
+            return fail(
+                "start, end",
+                format!("start {} is after end {}", c.start, c.end),
+            );
         }
         let neg = c.negative_branch();
         if neg.start > neg.end {

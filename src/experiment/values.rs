@@ -84,7 +84,10 @@ impl Param {
     /// Numeric parameters accept ranges; the others take lists only.
     fn numeric(self) -> Option<NumKind> {
         Some(match self {
-            Param::Weight | Param::NegWeight => NumKind::Float { min: 0.0, max: 10.0 },
+            Param::Weight | Param::NegWeight => NumKind::Float {
+                min: 0.0,
+                max: 10.0,
+            },
             Param::Start | Param::End | Param::NegStart | Param::NegEnd => {
                 NumKind::Float { min: 0.0, max: 1.0 }
             }
@@ -298,13 +301,8 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
         s: &str,
         choices: &str,
     ) -> Result<T> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-            src.error(
-                span,
-                key,
-                format!("{s:?} is not one of {choices}"),
-            )
-        })
+        serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map_err(|_| src.error(span, key, format!("{s:?} is not one of {choices}")))
     }
     Ok(match param {
         Param::Prompt | Param::NegativePrompt => Value::Text(s.to_string()),
@@ -339,11 +337,7 @@ fn expand_numbers(
     for item in text.split(',') {
         let values = parse_range(item).map_err(|e| src.error(span.clone(), key, e))?;
         if out.len() + values.len() > MAX_AXIS_VALUES {
-            return Err(src.error(
-                span,
-                key,
-                format!("more than {MAX_AXIS_VALUES} values"),
-            ));
+            return Err(src.error(span, key, format!("more than {MAX_AXIS_VALUES} values")));
         }
         for x in values {
             out.push(check_number(src, key, span.clone(), kind, x)?);
@@ -372,8 +366,8 @@ pub fn parse_range(item: &str) -> std::result::Result<Vec<f64>, String> {
     };
     // The '-' between the ends: not a leading sign, not an exponent's sign.
     let bytes = body.as_bytes();
-    let dash = (1..bytes.len())
-        .find(|&i| bytes[i] == b'-' && !matches!(bytes[i - 1], b'e' | b'E' | b'-'));
+    let dash =
+        (1..bytes.len()).find(|&i| bytes[i] == b'-' && !matches!(bytes[i - 1], b'e' | b'E' | b'-'));
     let Some(dash) = dash else {
         if suffix.is_some() {
             return Err(format!(
@@ -408,7 +402,11 @@ pub fn parse_range(item: &str) -> std::result::Result<Vec<f64>, String> {
             let step = num(&s[1..s.len() - 1])?;
             stepped(item, a, b, step)?
         }
-        Some(s) => return Err(format!("{item:?}: cannot read {s:?}; write (+STEP) or [COUNT]")),
+        Some(s) => {
+            return Err(format!(
+                "{item:?}: cannot read {s:?}; write (+STEP) or [COUNT]"
+            ));
+        }
         None => stepped(item, a, b, if b >= a { 1.0 } else { -1.0 })?,
     };
     Ok(values)
@@ -428,7 +426,9 @@ fn stepped(item: &str, a: f64, b: f64, step: f64) -> std::result::Result<Vec<f64
     if n > MAX_AXIS_VALUES as f64 {
         return Err(format!("{item:?} has more than {MAX_AXIS_VALUES} values"));
     }
-    Ok((0..n as usize).map(|i| round(a + step * i as f64)).collect())
+    Ok((0..n as usize)
+        .map(|i| round(a + step * i as f64))
+        .collect())
 }
 
 /// Removes float noise (0.1 * 3 = 0.30000000000000004) from range values.

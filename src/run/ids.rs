@@ -136,11 +136,7 @@ pub fn model_files(role: &str, m: &ModelRef, cache: &mut HashCache) -> Result<Mo
             .with_context(|| format!("cannot read {}", p.display()))?
             .len();
         files.push(FileInfo {
-            file: p
-                .strip_prefix(&m.path)
-                .unwrap_or(&p)
-                .display()
-                .to_string(),
+            file: p.strip_prefix(&m.path).unwrap_or(&p).display().to_string(),
             size,
             sha256: cache.sha256(&p)?,
         });

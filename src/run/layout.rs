@@ -87,19 +87,27 @@ pub enum Choice<'a> {
     Id(&'a str),
 }
 
-/// The runs of an experiment, oldest first (run ids sort by time).
+/// The runs of an experiment, least recently started first (by their manifest's time, then
+/// by id; generated run ids are UTC times).
 pub fn runs(exp_dir: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(exp_dir)
+    let mut runs: Vec<(Option<SystemTime>, String)> = std::fs::read_dir(exp_dir)
         .map(|rd| {
             rd.flatten()
-                .filter(|e| e.path().join("manifest.json").exists() || e.path().join("cells").is_dir())
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| !n.starts_with('.'))
+                .filter(|e| {
+                    e.path().join("manifest.json").exists() || e.path().join("cells").is_dir()
+                })
+                .map(|e| {
+                    let started = std::fs::metadata(e.path().join("manifest.json"))
+                        .and_then(|m| m.modified())
+                        .ok();
+                    (started, e.file_name().to_string_lossy().to_string())
+                })
+                .filter(|(_, n)| !n.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default();
-    ids.sort();
-    ids
+    runs.sort();
+    runs.into_iter().map(|(_, id)| id).collect()
 }
 
 /// Chooses (or makes) the run folder, under a lock so that shards started together agree.
@@ -151,7 +159,10 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_738_605); // 2026-11-27 00:16:45 UTC
         assert_eq!(new_run_id(t), "20261127-001645");
         assert_eq!(utc(t), "2026-11-27 00:16:45");
-        assert_eq!(new_run_id(UNIX_EPOCH + Duration::from_secs(951_782_400)), "20000229-000000");
+        assert_eq!(
+            new_run_id(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "20000229-000000"
+        );
         assert!(check_run_id("../x").is_err());
         assert!(check_run_id("job-123").is_ok());
     }

@@ -114,7 +114,9 @@ mod tests {
         p.negative_prompt = "grass, lawn".into();
         p.negative = crate::params::NegativeMode::Both;
         let text = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");
-        assert!(text.starts_with("a house\nNegative prompt: grass, lawn\nSteps: 25, Sampler: DDIM"));
+        assert!(
+            text.starts_with("a house\nNegative prompt: grass, lawn\nSteps: 25, Sampler: DDIM")
+        );
         assert!(text.contains("Seed: 42") && text.contains("Negative image: lawn"));
         let json = "{\"cafe\": \"é\"}";
         let a = encode(&img, &[("parameters", &text), ("negimg", json)]).unwrap();

@@ -61,7 +61,14 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
 
 impl Record {
     /// The row of a cell; `file` and `error` as the outcome gives them.
-    pub fn new(cell_id: &str, cell: &CellSpec, status: Status, file: &str, seconds: f64, error: &str) -> Record {
+    pub fn new(
+        cell_id: &str,
+        cell: &CellSpec,
+        status: Status,
+        file: &str,
+        seconds: f64,
+        error: &str,
+    ) -> Record {
         let pos = cell.positive_branch();
         let neg = cell.negative_branch();
         Record {

@@ -196,7 +196,11 @@ pub fn run(
     };
     log.line(&format!(
         "{} run {} of {} ({} cells) on {} {}",
-        if run.created { "starting" } else { "continuing" },
+        if run.created {
+            "starting"
+        } else {
+            "continuing"
+        },
         run.run_id,
         exp.path.display(),
         exp.cells.len(),
@@ -206,7 +210,10 @@ pub fn run(
     for d in [run.images(), run.cells(), run.inputs()] {
         let n = clean_stale_temps(&d)?;
         if n > 0 {
-            log.line(&format!("removed {n} partial file(s) of a killed run in {}", d.display()));
+            log.line(&format!(
+                "removed {n} partial file(s) of a killed run in {}",
+                d.display()
+            ));
         }
     }
     atomic_write(&run.dir.join("experiment.toml"), exp.text.as_bytes())?;
@@ -248,7 +255,11 @@ pub fn run(
     let inputs_dir = std::fs::canonicalize(run.inputs())
         .with_context(|| format!("cannot find {}", run.inputs().display()))?;
     let path_of = |name: &str| inputs_dir.join(format!("{name}.png"));
-    let image_id = |name: &Option<String>| name.as_ref().and_then(|n| image_ids.get(n)).map(String::as_str);
+    let image_id = |name: &Option<String>| {
+        name.as_ref()
+            .and_then(|n| image_ids.get(n))
+            .map(String::as_str)
+    };
     let cells: Vec<(String, GenParams)> = exp
         .cells
         .iter()
@@ -330,7 +341,10 @@ pub fn run(
                 bar.set_message(format!("batch of {n}: step {step}/{steps}"));
             })?;
             if outcomes.len() != n {
-                bail!("the pipeline returned {} images for {n} cells", outcomes.len());
+                bail!(
+                    "the pipeline returned {} images for {n} cells",
+                    outcomes.len()
+                );
             }
             let seconds = t.elapsed().as_secs_f64() / n as f64;
             for (&j, outcome) in batch.iter().zip(outcomes) {
@@ -364,7 +378,10 @@ pub fn run(
     // records.csv and run.json from every shard's cell records, in grid order.
     let (complete, failed_total) = {
         let _lock = FileLock::acquire(&run.lock())?;
-        let records: Vec<Record> = cells.iter().filter_map(|(id, _)| read_cell(&run, id)).collect();
+        let records: Vec<Record> = cells
+            .iter()
+            .filter_map(|(id, _)| read_cell(&run, id))
+            .collect();
         write_records(&run.records(), &records)?;
         let info = RunInfo {
             experiment: exp.name.clone(),
@@ -378,16 +395,30 @@ pub fn run(
                 .map(|n| (n.clone(), format!("inputs/{n}.png")))
                 .collect(),
         };
-        atomic_write(&run.dir.join("run.json"), &serde_json::to_vec_pretty(&info)?)?;
+        atomic_write(
+            &run.dir.join("run.json"),
+            &serde_json::to_vec_pretty(&info)?,
+        )?;
         (
             records.len() == cells.len(),
-            records.iter().filter(|r| r.status == Status::Failed).count(),
+            records
+                .iter()
+                .filter(|r| r.status == Status::Failed)
+                .count(),
         )
     };
     log.line(&format!(
         "{} {generated} image(s), {failed} failed; the grid is {}",
-        if interrupted { "interrupted after" } else { "made" },
-        if complete { "complete" } else { "not complete yet" }
+        if interrupted {
+            "interrupted after"
+        } else {
+            "made"
+        },
+        if complete {
+            "complete"
+        } else {
+            "not complete yet"
+        }
     ));
     Ok(Summary {
         dir: run.dir.clone(),
@@ -415,7 +446,10 @@ fn run_batch_size(run: &RunDir, requested: Option<usize>, estimate: usize) -> Re
         .map(|n| n as usize);
     let size = requested.or(stored).unwrap_or(estimate).max(1);
     if stored != Some(size) {
-        atomic_write(&file, &serde_json::to_vec(&serde_json::json!({ "batch": size }))?)?;
+        atomic_write(
+            &file,
+            &serde_json::to_vec(&serde_json::json!({ "batch": size }))?,
+        )?;
     }
     Ok(size)
 }
@@ -472,8 +506,14 @@ fn encode_cell(
     );
     // Paths of the run folder stay out, so the file is the same in any run folder.
     let mut params = p.clone();
-    params.positive_image = spec.positive_image.as_ref().map(|n| format!("inputs/{n}.png").into());
-    params.negative_image = spec.negative_image.as_ref().map(|n| format!("inputs/{n}.png").into());
+    params.positive_image = spec
+        .positive_image
+        .as_ref()
+        .map(|n| format!("inputs/{n}.png").into());
+    params.negative_image = spec
+        .negative_image
+        .as_ref()
+        .map(|n| format!("inputs/{n}.png").into());
     let json = CellJson {
         experiment: &exp.name,
         cell_id: id,
@@ -552,7 +592,10 @@ fn inputs(
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cannot create {}", cache_dir.display()))?;
     let names: Vec<&str> = to_make.iter().map(|(n, _, _)| n.as_str()).collect();
-    log.line(&format!("making input image(s) {} text-to-image", names.join(", ")));
+    log.line(&format!(
+        "making input image(s) {} text-to-image",
+        names.join(", ")
+    ));
     if generator.is_none() {
         *generator = Some(load()?);
     }

@@ -8,12 +8,26 @@
 //! linear weights) when a tensor is read. The renaming follows the published conversion
 //! (diffusers' `convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
 //! `convert_ldm_clip_checkpoint`). Block indices are derived from the file's own keys, so any
-//! block count and `layers_per_block` works (SD1.5 and the tiny test models alike); the
-//! models themselves are built from the SD1.5 configs by the pipeline.
+//! block count and `layers_per_block` works (SD1.5 and the tiny test models alike).
+//!
+//! A single file has no config.json, so the model configs come from (see
+//! [`LdmCheckpoint::unet_config`] and its siblings):
+//! 1. `<file name without extension>.configs/{unet,vae,text_encoder}/config.json` beside the
+//!    file, when present (a diffusers folder of the same model without its weights; its
+//!    `tokenizer/` and `scheduler/` are used too);
+//! 2. otherwise the tensor shapes: channels, blocks, layers, which blocks have attention,
+//!    cross-attention width, vocabulary, positions... Head counts are not in the shapes;
+//!    they follow Stable Diffusion 1.x: 8 heads in every UNet attention (diffusers'
+//!    `attention_head_dim: 8`) and `hidden_size / 64` heads in the text encoder (CLIP
+//!    ViT-L/14). Everything else keeps its SD1.5 value, so an SD1.5 checkpoint gets exactly
+//!    the SD1.5 configs.
 use super::safetensors_io::{TensorFile, TensorSource};
-use anyhow::{Context, Result, bail};
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use crate::models::clip_text::ClipTextConfig;
+use crate::models::unet::{OneOrMany, UNet2DConditionConfig};
+use crate::models::vae::AutoencoderKLConfig;
+use anyhow::{Context, Result, bail, ensure};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
@@ -65,6 +79,17 @@ pub fn open_single_file(path: &Path) -> Result<LdmCheckpoint> {
     }
     let file = TensorFile::open(path)?;
     let names = file.names();
+    // SD2 keeps an OpenCLIP text encoder under `cond_stage_model.model.`, SDXL uses
+    // `conditioner.embedders.`: other architectures, not SD1.5.
+    if let Some(other) = names.iter().find(|n| {
+        n.starts_with("cond_stage_model.model.") || n.starts_with("conditioner.embedders.")
+    }) {
+        bail!(
+            "{}: an SD2 or SDXL checkpoint (it has {other:?}); negimg runs Stable Diffusion 1.5 \
+             checkpoints only",
+            path.display()
+        );
+    }
     let unet = map_unet(&names)
         .with_context(|| format!("{}: cannot map the UNet keys", path.display()))?;
     if unet.is_empty() {
@@ -115,6 +140,81 @@ impl LdmCheckpoint {
 
     pub fn has_vae(&self) -> bool {
         !self.vae.is_empty()
+    }
+
+    /// `<file name without extension>.configs/` beside the checkpoint: a diffusers folder of
+    /// the same model without weights, whose configs override those inferred from shapes.
+    pub fn config_dir(&self) -> PathBuf {
+        self.path().with_extension("configs")
+    }
+
+    /// `rel` (e.g. `scheduler/scheduler_config.json`) in [`config_dir`](Self::config_dir),
+    /// when it exists.
+    pub fn config_file(&self, rel: &str) -> Option<PathBuf> {
+        Some(self.config_dir().join(rel)).filter(|p| p.exists())
+    }
+
+    /// `unet/config.json` of the config folder, else [`infer_unet_config`].
+    pub fn unet_config(&self) -> Result<UNet2DConditionConfig> {
+        match self.config_file("unet/config.json") {
+            Some(path) => UNet2DConditionConfig::from_json_file(&path),
+            None => self.inferred("UNet", "unet", |c| {
+                let cfg = infer_unet_config(c.unet()?.as_ref())?;
+                Ok((cfg == UNet2DConditionConfig::sd15(), cfg))
+            }),
+        }
+    }
+
+    /// `vae/config.json` of the config folder, else [`infer_vae_config`].
+    pub fn vae_config(&self) -> Result<AutoencoderKLConfig> {
+        match self.config_file("vae/config.json") {
+            Some(path) => AutoencoderKLConfig::from_json_file(&path),
+            None => self.inferred("VAE", "vae", |c| {
+                let cfg = infer_vae_config(c.vae()?.as_ref())?;
+                Ok((cfg == AutoencoderKLConfig::sd15(), cfg))
+            }),
+        }
+    }
+
+    /// `text_encoder/config.json` of the config folder, else [`infer_text_config`].
+    pub fn text_encoder_config(&self) -> Result<ClipTextConfig> {
+        match self.config_file("text_encoder/config.json") {
+            Some(path) => ClipTextConfig::from_file(&path),
+            None => self.inferred("text encoder", "text_encoder", |c| {
+                let cfg = infer_text_config(c.text_encoder()?.as_ref())?;
+                let sd15 = serde_json::to_value(&cfg).ok()
+                    == serde_json::to_value(ClipTextConfig::sd15()).ok();
+                Ok((sd15, cfg))
+            }),
+        }
+    }
+
+    /// A config inferred by `infer` (which also says whether it is SD1.5's); a model of other
+    /// shapes gets a warning that its head counts are assumed.
+    fn inferred<T>(
+        &self,
+        what: &str,
+        folder: &str,
+        infer: impl FnOnce(&Self) -> Result<(bool, T)>,
+    ) -> Result<T> {
+        let hint = || {
+            format!(
+                "{}: cannot tell the {what} config from the tensor shapes; put its diffusers \
+                 config.json in {}",
+                self.path().display(),
+                self.config_dir().join(folder).display()
+            )
+        };
+        let (sd15, cfg) = infer(self).with_context(hint)?;
+        if !sd15 {
+            log::warn!(
+                "{}: the {what} is not SD1.5's; its config is inferred from the tensor shapes \
+                 with SD1.x head counts (put its config.json in {} if that is wrong)",
+                self.path().display(),
+                self.config_dir().join(folder).display()
+            );
+        }
+        Ok(cfg)
     }
 
     fn view(
@@ -179,6 +279,162 @@ impl TensorSource for MappedSource {
             _ => tensor,
         })
     }
+}
+
+/// Heads of every UNet attention in Stable Diffusion 1.x (diffusers' `attention_head_dim`,
+/// which is a head count there).
+const SD1_UNET_HEADS: i64 = 8;
+/// Width of one text-encoder head in CLIP ViT-L/14, SD1.x's text encoder.
+const SD1_TEXT_HEAD_DIM: i64 = 64;
+
+fn shape_of(src: &dyn TensorSource, name: &str) -> Result<Vec<i64>> {
+    let shape = src
+        .shape(name)
+        .with_context(|| format!("{}: no tensor {name:?}", src.origin().display()))?;
+    Ok(shape.into_iter().map(|d| d as i64).collect())
+}
+
+fn dim_of(src: &dyn TensorSource, name: &str, i: usize) -> Result<i64> {
+    let shape = shape_of(src, name)?;
+    shape.get(i).copied().with_context(|| {
+        format!(
+            "{}: tensor {name:?} has shape {shape:?}, expected more dimensions",
+            src.origin().display()
+        )
+    })
+}
+
+/// How many `{prefix}{i}.` there are, checking that `i` runs 0, 1, ... without gaps.
+fn count(names: &[String], prefix: &str) -> Result<usize> {
+    let found: BTreeSet<usize> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix(prefix)?.split('.').next()?.parse().ok())
+        .collect();
+    ensure!(
+        found.iter().copied().eq(0..found.len()),
+        "`{prefix}*` indices {found:?} are not 0, 1, 2..."
+    );
+    Ok(found.len())
+}
+
+/// The UNet config that fits the shapes of `src` (diffusers names): SD1.5's with the block
+/// channels, layers per block, attention blocks, cross-attention width, transformer depth,
+/// projection kind, time embedding width and in/out channels and kernels of the tensors; 8
+/// heads in every attention, as SD1.x.
+pub fn infer_unet_config(src: &dyn TensorSource) -> Result<UNet2DConditionConfig> {
+    let names = src.names();
+    let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+    let conv_in = shape_of(src, "conv_in.weight")?;
+    let conv_out = shape_of(src, "conv_out.weight")?;
+    ensure!(
+        conv_in.len() == 4 && conv_out.len() == 4,
+        "conv_in/conv_out weights are not 4-D convolutions"
+    );
+    let n = count(&names, "down_blocks.")?;
+    ensure!(n > 0, "no down_blocks");
+    let block_out_channels = (0..n)
+        .map(|b| dim_of(src, &format!("down_blocks.{b}.resnets.0.conv1.weight"), 0))
+        .collect::<Result<Vec<_>>>()?;
+    let layers = count(&names, "down_blocks.0.resnets.")? as i64;
+    let kinds = |blocks: &str, cross: &str, plain: &str| {
+        (0..n)
+            .map(|b| {
+                let attn = has(&format!("{blocks}.{b}.attentions."));
+                (if attn { cross } else { plain }).to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let mid = "mid_block.attentions.0.";
+    // Transformer depth of every attention (SD1.x: 1), which must be the same everywhere.
+    let mut depths = BTreeMap::new();
+    for name in &names {
+        if let Some((attention, rest)) = name.split_once(".transformer_blocks.")
+            && let Some(Ok(i)) = rest.split('.').next().map(str::parse::<i64>)
+        {
+            let d = depths.entry(attention).or_insert(0);
+            *d = (*d).max(i + 1);
+        }
+    }
+    let depth: BTreeSet<i64> = depths.into_values().collect();
+    ensure!(
+        depth.len() == 1,
+        "attentions have different transformer depths {depth:?}"
+    );
+    let time_dim = dim_of(src, "time_embedding.linear_1.weight", 0)?;
+    let cfg = UNet2DConditionConfig {
+        in_channels: conv_in[1],
+        out_channels: conv_out[0],
+        conv_in_kernel: conv_in[2],
+        conv_out_kernel: conv_out[2],
+        down_block_types: kinds("down_blocks", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types: kinds("up_blocks", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block: OneOrMany::One(layers),
+        cross_attention_dim: OneOrMany::One(dim_of(
+            src,
+            &format!("{mid}transformer_blocks.0.attn2.to_k.weight"),
+            1,
+        )?),
+        transformer_layers_per_block: OneOrMany::One(depth.into_iter().next().unwrap_or(1)),
+        // SD2-style UNets project in and out with linear layers, SD1 with 1x1 convs.
+        use_linear_projection: shape_of(src, &format!("{mid}proj_in.weight"))?.len() == 2,
+        time_embedding_dim: (time_dim != 4 * block_out_channels[0]).then_some(time_dim),
+        attention_head_dim: OneOrMany::One(SD1_UNET_HEADS),
+        block_out_channels,
+        ..UNet2DConditionConfig::sd15()
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The VAE config that fits the shapes of `src` (diffusers names): SD1.5's with the block
+/// channels, layers per block, latent and image channels, quant convs and mid attention of
+/// the tensors.
+pub fn infer_vae_config(src: &dyn TensorSource) -> Result<AutoencoderKLConfig> {
+    let names = src.names();
+    let has = |name: &str| names.iter().any(|n| n == name);
+    let n = count(&names, "encoder.down_blocks.")?;
+    ensure!(n > 0, "no encoder.down_blocks");
+    let cfg = AutoencoderKLConfig {
+        in_channels: dim_of(src, "encoder.conv_in.weight", 1)?,
+        out_channels: dim_of(src, "decoder.conv_out.weight", 0)?,
+        down_block_types: vec!["DownEncoderBlock2D".into(); n],
+        up_block_types: vec!["UpDecoderBlock2D".into(); n],
+        block_out_channels: (0..n)
+            .map(|b| dim_of(src, &format!("encoder.down_blocks.{b}.resnets.0.conv1.weight"), 0))
+            .collect::<Result<Vec<_>>>()?,
+        layers_per_block: count(&names, "encoder.down_blocks.0.resnets.")? as i64,
+        latent_channels: dim_of(src, "decoder.conv_in.weight", 1)?,
+        use_quant_conv: has("quant_conv.weight"),
+        use_post_quant_conv: has("post_quant_conv.weight"),
+        mid_block_add_attention: has("encoder.mid_block.attentions.0.to_q.weight"),
+        ..AutoencoderKLConfig::sd15()
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The CLIP text config that fits the shapes of `src` (transformers names): SD1.5's with the
+/// vocabulary, width, depth, MLP width and positions of the tensors; `hidden_size / 64`
+/// heads, as CLIP ViT-L/14.
+pub fn infer_text_config(src: &dyn TensorSource) -> Result<ClipTextConfig> {
+    let names = src.names();
+    let token = shape_of(src, "text_model.embeddings.token_embedding.weight")?;
+    ensure!(token.len() == 2, "token_embedding.weight is not 2-D");
+    let hidden = token[1];
+    ensure!(
+        hidden % SD1_TEXT_HEAD_DIM == 0,
+        "width {hidden} is not a multiple of SD1.x's head width {SD1_TEXT_HEAD_DIM}, so the \
+         head count is unknown"
+    );
+    Ok(ClipTextConfig {
+        vocab_size: token[0],
+        hidden_size: hidden,
+        num_attention_heads: hidden / SD1_TEXT_HEAD_DIM,
+        intermediate_size: dim_of(src, "text_model.encoder.layers.0.mlp.fc1.weight", 0)?,
+        num_hidden_layers: count(&names, "text_model.encoder.layers.")? as i64,
+        max_position_embeddings: dim_of(src, "text_model.embeddings.position_embedding.weight", 0)?,
+        ..ClipTextConfig::sd15()
+    })
 }
 
 /// `input_blocks.{i}` of LDM hold `layers_per_block` resnets (+attention) per down block and
