@@ -74,7 +74,10 @@ enum VaeOrigin {
         weights: PathBuf,
         cfg: Box<AutoencoderKLConfig>,
     },
-    Single(PathBuf),
+    Single {
+        path: PathBuf,
+        cfg: Box<AutoencoderKLConfig>,
+    },
     Memory,
 }
 
@@ -125,24 +128,36 @@ impl Pipeline {
     /// Loads every model of `models` on `device` in `kind` (fp16 on CUDA by default).
     ///
     /// `models.pipeline` is a diffusers folder ([`PipelineFolder`]) or a single-file LDM
-    /// checkpoint (SD1.5 configs, open_clip's vocabulary, the demo's DDIM scheduler).
+    /// checkpoint. A single file takes its configs, tokenizer and scheduler from
+    /// `<file name without extension>.configs/` beside it where that folder has them;
+    /// otherwise the model configs are inferred from the tensor shapes with SD1.x head counts
+    /// (see [`ldm`]), the tokenizer is open_clip's vocabulary (SD1.5's) and the scheduler
+    /// the demo's DDIM.
     pub fn load(models: &ModelSet, device: Device, kind: Kind) -> Result<Pipeline> {
         let fp16 = kind == Kind::Half;
         let ip = |cfg: &UNet2DConditionConfig| Some(IpLayout::for_config(cfg));
         let (tokenizer, text_encoder, unet, mut vae, mut vae_origin, scheduler_cfg);
         if ldm::is_single_file(&models.pipeline) {
             let ckpt = ldm::open_single_file(&models.pipeline)?;
-            let vocab = find_open_clip_vocab().context(
-                "a single-file checkpoint has no tokenizer; negimg uses open_clip's vocabulary",
-            )?;
-            tokenizer = ClipTokenizer::from_open_clip_vocab(&vocab)?;
+            tokenizer = match ckpt.config_file("tokenizer/vocab.json") {
+                Some(vocab) => {
+                    ClipTokenizer::from_folder(vocab.parent().unwrap_or(Path::new(".")))?
+                }
+                None => {
+                    let vocab = find_open_clip_vocab().context(
+                        "a single-file checkpoint has no tokenizer; negimg uses open_clip's \
+                         vocabulary",
+                    )?;
+                    ClipTokenizer::from_open_clip_vocab(&vocab)?
+                }
+            };
             text_encoder = text_encoder_from(
                 ckpt.text_encoder()?.as_ref(),
-                &ClipTextConfig::sd15(),
+                &ckpt.text_encoder_config()?,
                 device,
                 kind,
             )?;
-            let ucfg = UNet2DConditionConfig::sd15();
+            let ucfg = ckpt.unet_config()?;
             unet = UNet2DConditionModel::from_source(
                 ckpt.unet()?.as_ref(),
                 &ucfg,
@@ -153,7 +168,7 @@ impl Pipeline {
             vae = None;
             vae_origin = VaeOrigin::Memory;
             if models.vae.is_none() {
-                let cfg = AutoencoderKLConfig::sd15();
+                let cfg = ckpt.vae_config()?;
                 vae = Some(AutoencoderKL::from_source(
                     ckpt.vae()?.as_ref(),
                     &cfg,
@@ -161,9 +176,15 @@ impl Pipeline {
                     kind,
                     false,
                 )?);
-                vae_origin = VaeOrigin::Single(models.pipeline.clone());
+                vae_origin = VaeOrigin::Single {
+                    path: models.pipeline.clone(),
+                    cfg: Box::new(cfg),
+                };
             }
-            scheduler_cfg = SchedulerConfig::sd15_ddim();
+            scheduler_cfg = match ckpt.config_file("scheduler/scheduler_config.json") {
+                Some(path) => SchedulerConfig::from_file(&path)?,
+                None => SchedulerConfig::sd15_ddim(),
+            };
         } else {
             let folder = PipelineFolder::open_with(&models.pipeline, fp16)?;
             tokenizer = ClipTokenizer::from_folder(&folder.tokenizer)?;
@@ -668,9 +689,9 @@ impl Pipeline {
                     Kind::Float,
                     false,
                 )?,
-                VaeOrigin::Single(path) => AutoencoderKL::from_source(
+                VaeOrigin::Single { path, cfg } => AutoencoderKL::from_source(
                     ldm::open_single_file(path)?.vae()?.as_ref(),
-                    &AutoencoderKLConfig::sd15(),
+                    cfg,
                     self.device,
                     Kind::Float,
                     false,

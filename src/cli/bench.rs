@@ -37,6 +37,11 @@ pub struct BenchArgs {
     pub reps: usize,
     #[arg(long, default_value_t = 7.5)]
     pub cfg: f64,
+    /// Load the models from a folder made by `negimg models init-random` (or laid out like
+    /// one) instead of building random weights in memory: to time the same files as the
+    /// peer's `diffusers_baseline.py --unet DIR/pipeline/unet --vae ... --ip-adapter ...`.
+    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    pub models: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
@@ -45,7 +50,10 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         Device::Cuda(_) => RandomPreset::Sd15,
         _ => RandomPreset::Tiny,
     });
-    let size = args.size.unwrap_or(preset.default_size());
+    let size = match &args.models {
+        Some(dir) => args.size.unwrap_or(models_dir_size(dir)?),
+        None => args.size.unwrap_or(preset.default_size()),
+    };
     if args.batch == 0 || args.reps == 0 || args.steps == 0 {
         bail!("--batch, --reps and --steps must be at least 1");
     }
@@ -54,7 +62,14 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         super::generate::AdapterArg::Plus => AdapterKind::Plus,
     };
     let scratch = Scratch::new()?;
-    let mut pipeline = Pipeline::random(preset, device, kind, scratch.path())?;
+    let mut pipeline = match &args.models {
+        Some(dir) => Pipeline::load(
+            &crate::pipeline::ModelSet::from_models_dir(dir),
+            device,
+            kind,
+        )?,
+        None => Pipeline::random(preset, device, kind, scratch.path())?,
+    };
     pipeline.set_max_batch(args.batch);
 
     let memory = MemorySampler::start(device);
@@ -86,6 +101,7 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     let tflops =
         (preset == RandomPreset::Sd15).then(|| tflop_per_image * args.batch as f64 / median);
     let note = match (args.preset, preset, device) {
+        _ if args.models.is_some() => "models loaded from --models; TFLOP/s only for sd15 presets",
         (None, RandomPreset::Tiny, _) => {
             "tiny preset chosen automatically on the CPU; TFLOP/s only for sd15"
         }
@@ -97,7 +113,8 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     };
     let line = serde_json::json!({
         "tool": "negimg",
-        "preset": preset,
+        "preset": if args.models.is_some() { serde_json::Value::Null } else { serde_json::json!(preset) },
+        "models": args.models.as_ref().map(|d| d.display().to_string()),
         "device": match device { Device::Cuda(i) => format!("cuda:{i}"), _ => "cpu".into() },
         "dtype": crate::device::dtype_name(kind),
         "size": size,
@@ -114,6 +131,15 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// The UNet's native image side (`sample_size` x VAE scale), as diffusers' pipeline defaults it.
+fn models_dir_size(dir: &Path) -> Result<usize> {
+    let folder = crate::weights::pipeline_folder::PipelineFolder::open(&dir.join("pipeline"))?;
+    let unet = crate::models::unet::UNet2DConditionConfig::from_json_file(&folder.unet.config)?;
+    let vae = crate::models::vae::AutoencoderKLConfig::from_json_file(&folder.vae.config)?;
+    let sample = unet.sample_size.unwrap_or(64);
+    Ok(sample as usize * vae.scale_factor() as usize)
 }
 
 fn round(x: f64, digits: i32) -> f64 {

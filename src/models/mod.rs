@@ -1,13 +1,13 @@
 //! Networks, one file each; variable paths mirror the checkpoint keys.
-pub mod tokenizer;
+pub mod attention;
 pub mod clip_model;
 pub mod clip_text;
 pub mod clip_vision;
-pub mod preprocess;
-pub mod attention;
 pub mod embeddings;
+pub mod ip_adapter;
+pub mod preprocess;
 pub mod resnet;
+pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;
 pub mod vae;
-pub mod ip_adapter;

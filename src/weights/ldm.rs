@@ -158,10 +158,13 @@ impl LdmCheckpoint {
     pub fn unet_config(&self) -> Result<UNet2DConditionConfig> {
         match self.config_file("unet/config.json") {
             Some(path) => UNet2DConditionConfig::from_json_file(&path),
-            None => self.inferred("UNet", "unet", |c| {
-                let cfg = infer_unet_config(c.unet()?.as_ref())?;
-                Ok((cfg == UNet2DConditionConfig::sd15(), cfg))
-            }),
+            None => {
+                let view = self.unet()?;
+                self.inferred("UNet", "unet", || {
+                    let cfg = infer_unet_config(view.as_ref())?;
+                    Ok((cfg == UNet2DConditionConfig::sd15(), cfg))
+                })
+            }
         }
     }
 
@@ -169,10 +172,13 @@ impl LdmCheckpoint {
     pub fn vae_config(&self) -> Result<AutoencoderKLConfig> {
         match self.config_file("vae/config.json") {
             Some(path) => AutoencoderKLConfig::from_json_file(&path),
-            None => self.inferred("VAE", "vae", |c| {
-                let cfg = infer_vae_config(c.vae()?.as_ref())?;
-                Ok((cfg == AutoencoderKLConfig::sd15(), cfg))
-            }),
+            None => {
+                let view = self.vae()?;
+                self.inferred("VAE", "vae", || {
+                    let cfg = infer_vae_config(view.as_ref())?;
+                    Ok((cfg == AutoencoderKLConfig::sd15(), cfg))
+                })
+            }
         }
     }
 
@@ -180,12 +186,16 @@ impl LdmCheckpoint {
     pub fn text_encoder_config(&self) -> Result<ClipTextConfig> {
         match self.config_file("text_encoder/config.json") {
             Some(path) => ClipTextConfig::from_file(&path),
-            None => self.inferred("text encoder", "text_encoder", |c| {
-                let cfg = infer_text_config(c.text_encoder()?.as_ref())?;
-                let sd15 = serde_json::to_value(&cfg).ok()
-                    == serde_json::to_value(ClipTextConfig::sd15()).ok();
-                Ok((sd15, cfg))
-            }),
+            None => {
+                let view = self.text_encoder()?;
+                self.inferred("text encoder", "text_encoder", || {
+                    let cfg = infer_text_config(view.as_ref())?;
+                    // ClipTextConfig has no PartialEq: compare the serialized configs.
+                    let sd15 = serde_json::to_value(&cfg).ok()
+                        == serde_json::to_value(ClipTextConfig::sd15()).ok();
+                    Ok((sd15, cfg))
+                })
+            }
         }
     }
 
@@ -195,7 +205,7 @@ impl LdmCheckpoint {
         &self,
         what: &str,
         folder: &str,
-        infer: impl FnOnce(&Self) -> Result<(bool, T)>,
+        infer: impl FnOnce() -> Result<(bool, T)>,
     ) -> Result<T> {
         let hint = || {
             format!(
@@ -205,7 +215,7 @@ impl LdmCheckpoint {
                 self.config_dir().join(folder).display()
             )
         };
-        let (sd15, cfg) = infer(self).with_context(hint)?;
+        let (sd15, cfg) = infer().with_context(hint)?;
         if !sd15 {
             log::warn!(
                 "{}: the {what} is not SD1.5's; its config is inferred from the tensor shapes \
@@ -400,7 +410,13 @@ pub fn infer_vae_config(src: &dyn TensorSource) -> Result<AutoencoderKLConfig> {
         down_block_types: vec!["DownEncoderBlock2D".into(); n],
         up_block_types: vec!["UpDecoderBlock2D".into(); n],
         block_out_channels: (0..n)
-            .map(|b| dim_of(src, &format!("encoder.down_blocks.{b}.resnets.0.conv1.weight"), 0))
+            .map(|b| {
+                dim_of(
+                    src,
+                    &format!("encoder.down_blocks.{b}.resnets.0.conv1.weight"),
+                    0,
+                )
+            })
             .collect::<Result<Vec<_>>>()?,
         layers_per_block: count(&names, "encoder.down_blocks.0.resnets.")? as i64,
         latent_channels: dim_of(src, "decoder.conv_in.weight", 1)?,

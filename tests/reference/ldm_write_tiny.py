@@ -1,10 +1,13 @@
 """Writes a tiny Stable Diffusion model twice: in the diffusers layout and as one single-file
-checkpoint in the original LDM layout (A1111 / ComfyUI / Civitai), for tests/ldm_single_file.rs.
+checkpoint in the original LDM layout (A1111 / ComfyUI / Civitai), for tests/ldm_single_file.rs
+and tests/ldm_images.rs.
 
-usage: ldm_write_tiny.py OUT_DIR
+usage: ldm_write_tiny.py OUT_DIR [PIPELINE_DIR]
 
 OUT_DIR/unet.safetensors, vae.safetensors, text_encoder.safetensors: diffusers/transformers
-state dicts of random tiny models. OUT_DIR/ldm.safetensors: the same tensors under LDM names
+state dicts of random tiny models, or, given PIPELINE_DIR (a diffusers folder such as
+`negimg models init-random` writes), the weights of that folder's unet/, vae/ and
+text_encoder/ as they are stored. OUT_DIR/ldm.safetensors: the same tensors under LDM names
 (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.text_model.*`),
 plus an EMA tensor and position_ids as real checkpoints have. OUT_DIR/ldm_old_clip.safetensors:
 the same with the text encoder saved without `text_model.` (older transformers).
@@ -15,8 +18,10 @@ and layers_per_block. They are not taken on trust: the LDM dict is converted bac
 diffusers' own single-file converters (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
 convert_ldm_clip_checkpoint) and must give the original state dicts exactly.
 """
+import json
 import os
 import sys
+from types import SimpleNamespace
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -25,7 +30,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
 )
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 
@@ -131,9 +136,8 @@ def assert_same(converted, original, what):
         assert converted[k].shape == v.shape, (what, k, converted[k].shape, v.shape)
 
 
-def main():
-    out_dir = sys.argv[1]
-    os.makedirs(out_dir, exist_ok=True)
+def random_models():
+    """(unet_sd, unet_config, vae_sd, vae_config, text_sd) of random tiny models."""
     unet = randomize(
         UNet2DConditionModel(
             sample_size=8,
@@ -176,20 +180,42 @@ def main():
     )
     unet_sd = {k: v.contiguous() for k, v in unet.state_dict().items()}
     vae_sd = {k: v.contiguous() for k, v in vae.state_dict().items()}
+    text_sd = {k: v.contiguous() for k, v in text.state_dict().items()}
+    return unet_sd, dict(unet.config), vae_sd, dict(vae.config), text_sd
+
+
+def folder_models(folder):
+    """The same from a diffusers pipeline folder: its tensors untouched, its configs."""
+
+    def part(name, weights):
+        with open(os.path.join(folder, name, "config.json")) as f:
+            config = json.load(f)
+        return load_file(os.path.join(folder, name, weights)), config
+
+    unet_sd, unet_cfg = part("unet", "diffusion_pytorch_model.safetensors")
+    vae_sd, vae_cfg = part("vae", "diffusion_pytorch_model.safetensors")
+    text_sd, _ = part("text_encoder", "model.safetensors")
+    return unet_sd, unet_cfg, vae_sd, vae_cfg, text_sd
+
+
+def main():
+    out_dir = sys.argv[1]
+    os.makedirs(out_dir, exist_ok=True)
+    if len(sys.argv) > 2:
+        unet_sd, unet_cfg, vae_sd, vae_cfg, text_sd = folder_models(sys.argv[2])
+    else:
+        unet_sd, unet_cfg, vae_sd, vae_cfg, text_sd = random_models()
     # Files on the hub (and transformers < 5) name the text encoder's tensors `text_model.*`.
-    text_sd = {
-        (k if k.startswith("text_model.") else "text_model." + k): v.contiguous()
-        for k, v in text.state_dict().items()
-    }
+    text_sd = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in text_sd.items()}
 
     ldm = {}
-    ldm.update(unet_to_ldm(unet_sd, unet.config))
-    ldm.update(vae_to_ldm(vae_sd, vae.config))
+    ldm.update(unet_to_ldm(unet_sd, SimpleNamespace(**unet_cfg)))
+    ldm.update(vae_to_ldm(vae_sd, SimpleNamespace(**vae_cfg)))
     ldm.update({"cond_stage_model.transformer." + k: v for k, v in text_sd.items()})
 
     # The published converters must give back exactly the diffusers state dicts.
-    assert_same(convert_ldm_unet_checkpoint(dict(ldm), dict(unet.config)), unet_sd, "unet")
-    assert_same(convert_ldm_vae_checkpoint(dict(ldm), dict(vae.config)), vae_sd, "vae")
+    assert_same(convert_ldm_unet_checkpoint(dict(ldm), unet_cfg), unet_sd, "unet")
+    assert_same(convert_ldm_vae_checkpoint(dict(ldm), vae_cfg), vae_sd, "vae")
     assert_same(convert_ldm_clip_checkpoint(dict(ldm)), text_sd, "text")
 
     # What real checkpoints also carry, which a loader must skip.
