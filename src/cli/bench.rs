@@ -98,8 +98,8 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     let tflop_per_image = UNET_CFG_TFLOP_PER_STEP * args.steps as f64 * area
         + VAE_DECODE_TFLOP * area
         + 2.0 * VIT_H_ENCODE_TFLOP;
-    let tflops =
-        (preset == RandomPreset::Sd15).then(|| tflop_per_image * args.batch as f64 / median);
+    let tflops = (preset == RandomPreset::Sd15 && args.models.is_none())
+        .then(|| tflop_per_image * args.batch as f64 / median);
     let note = match (args.preset, preset, device) {
         _ if args.models.is_some() => "models loaded from --models; TFLOP/s only for sd15 presets",
         (None, RandomPreset::Tiny, _) => {
