@@ -28,8 +28,9 @@ pub struct RunArgs {
     /// Make only shard K of N (1 <= K <= N): cells i with i mod N = K - 1.
     #[arg(long, default_value = "1/1")]
     pub shard: Shard,
-    /// Most cells per UNet batch (default: estimated from free memory; results do not
-    /// depend on it).
+    /// Most cells per UNet batch (default: estimated from free memory). A run keeps the size
+    /// it started with, so resumed images are identical; other sizes agree within float
+    /// rounding (an 8-bit pixel may differ by 1).
     #[arg(long)]
     pub batch: Option<usize>,
     /// The results root.
