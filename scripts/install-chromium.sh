@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium for the report test (tests/report_html.rs). Debian's package; idempotent.
+# Headless Chromium for the report test (tests/report_figures.rs). Debian's package; idempotent.
 set -euo pipefail
 if [ -x /usr/bin/chromium ]; then
     exit 0

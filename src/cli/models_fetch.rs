@@ -6,12 +6,12 @@
 //! whose grid or images are not ready yet can still have its models fetched.
 use super::Globals;
 use crate::models::clip_model::ClipModel;
-use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::clip_text::ClipTextModel;
 use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
-use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::vae::AutoencoderKL;
 use crate::weights::hub::{self, Component};
 use crate::weights::{ldm, load_var_store};
 use anyhow::{Context, Result, bail};
@@ -277,21 +277,21 @@ fn load_all(resolved: &[(&str, PathBuf)]) -> Result<()> {
 fn load_pipeline(path: &Path, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {
     if ldm::is_single_file(path) {
         let ckpt = ldm::open_single_file(path)?;
-        let cfg = UNet2DConditionConfig::sd15();
+        let cfg = ckpt.unet_config()?;
         let ip = Some(IpLayout::for_config(&cfg));
         let unet =
             UNet2DConditionModel::from_source(ckpt.unet()?.as_ref(), &cfg, device, kind, ip)?;
         if ckpt.has_vae() {
             AutoencoderKL::from_source(
                 ckpt.vae()?.as_ref(),
-                &AutoencoderKLConfig::sd15(),
+                &ckpt.vae_config()?,
                 device,
                 kind,
                 false,
             )?;
         }
         let mut vs = nn::VarStore::new(device);
-        let _text = ClipTextModel::new(vs.root() / "text_model", &ClipTextConfig::sd15());
+        let _text = ClipTextModel::new(vs.root() / "text_model", &ckpt.text_encoder_config()?);
         vs.set_kind(kind);
         load_var_store(&vs, ckpt.text_encoder()?.as_ref(), |n| Some(n.to_string()))?;
         return Ok(unet);
