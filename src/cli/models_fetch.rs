@@ -16,8 +16,6 @@ use crate::weights::hub::{self, Component};
 use crate::weights::{ldm, load_var_store};
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, nn};
 
@@ -186,7 +184,11 @@ fn print_files(root: &Path, files: &[PathBuf], hash: bool) -> Result<()> {
             let size = std::fs::metadata(f)
                 .with_context(|| format!("cannot read {}", f.display()))?
                 .len();
-            let digest = if hash { sha256(f)? } else { String::new() };
+            let digest = if hash {
+                crate::run::ids::sha256_file(f)?
+            } else {
+                String::new()
+            };
             Ok((size, digest))
         })
         .collect();
@@ -205,27 +207,6 @@ fn print_files(root: &Path, files: &[PathBuf], hash: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn sha256(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 fn human_size(bytes: u64) -> String {

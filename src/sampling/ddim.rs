@@ -70,14 +70,6 @@ impl Scheduler for Ddim {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, x: &Tensor, _step_index: usize) -> Tensor {
-        x.shallow_clone()
-    }
-
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
         let t = self.timesteps[step_index] as i64;
         let prev_t = t - self.step_ratio;

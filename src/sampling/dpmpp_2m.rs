@@ -84,14 +84,6 @@ impl Scheduler for DpmPp2m {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, x: &Tensor, _step_index: usize) -> Tensor {
-        x.shallow_clone()
-    }
-
     fn step(&mut self, eps: &Tensor, i: usize, x: &Tensor) -> Tensor {
         let (alpha_s0, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i]);
         let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i + 1]);

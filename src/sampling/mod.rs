@@ -21,9 +21,15 @@ pub trait Scheduler {
     /// The UNet timestep of each step (integers for DDIM and DPM++, floats for Euler).
     fn timesteps(&self) -> &[f64];
     /// Standard deviation of the initial noise (the pipeline multiplies N(0,1) noise by it).
-    fn init_noise_sigma(&self) -> f64;
-    /// The UNet input for `x` at step `step_index`.
-    fn scale_model_input(&self, x: &Tensor, step_index: usize) -> Tensor;
+    /// 1 for schedulers that work on variance-preserving samples (DDIM, DPM++).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// The UNet input for `x` at step `step_index` (unchanged unless the scheduler works on
+    /// sigma-scaled samples, as Euler does).
+    fn scale_model_input(&self, x: &Tensor, _step_index: usize) -> Tensor {
+        x.shallow_clone()
+    }
     /// The sample after step `step_index`, given the noise prediction `eps` for `x`.
     /// Steps must be taken in order (multistep schedulers keep history).
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor;
