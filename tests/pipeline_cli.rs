@@ -87,6 +87,22 @@ fn generate_writes_the_library_image_as_png() {
         panic!("the library image failed");
     };
     assert_eq!(written, img);
+    // The PNG carries the same text chunks as a grid cell.
+    let texts = negimg::run::png::read_texts(&out).unwrap();
+    let parameters = texts
+        .iter()
+        .find(|(k, _)| k == "parameters")
+        .map(|(_, v)| v.as_str());
+    assert!(
+        parameters.is_some_and(|p| p.contains("Seed: ") && p.contains("IP-Adapter")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|(k, v)| k == "negimg" && v.contains("\"seed\"")),
+        "{texts:?}"
+    );
 
     let bad = common::negimg(
         &[

@@ -54,7 +54,7 @@ pub fn run(args: DoctorArgs, g: &Globals) -> Result<()> {
         ("models", &models),
         ("hf cache", &hub),
     ] {
-        match free_bytes(path) {
+        match crate::run::fsio::free_bytes(path) {
             Some(b) => println!(
                 "free disk ({what}): {:.1} GiB",
                 b as f64 / (1u64 << 30) as f64
@@ -109,21 +109,6 @@ fn gpu_names() -> Vec<String> {
             .collect(),
         _ => vec!["(GPU names need nvidia-smi, not found)".into()],
     }
-}
-
-fn free_bytes(path: &Path) -> Option<u64> {
-    let mut probe = path.to_path_buf();
-    while !probe.exists() {
-        probe = probe.parent()?.to_path_buf();
-        if probe.as_os_str().is_empty() {
-            probe = PathBuf::from(".");
-        }
-    }
-    let c_path = std::ffi::CString::new(probe.to_str()?).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is a valid NUL-terminated string and stat a valid out-pointer.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
-    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 fn matmul_check(device: Device, kind: Kind) {

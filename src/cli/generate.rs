@@ -239,8 +239,19 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            img.save(&args.out)
-                .with_context(|| format!("cannot write {}", args.out.display()))?;
+            // The same PNG text chunks as a grid cell: A1111's `parameters` and the full cell.
+            let name = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+            let (pos, neg) = (name(&cell.positive_image), name(&cell.negative_image));
+            let parameters = crate::run::png::a1111_parameters(
+                &cell,
+                pos.as_deref(),
+                neg.as_deref(),
+                &models.pipeline.display().to_string(),
+            );
+            let json = serde_json::to_string(&cell)?;
+            let bytes =
+                crate::run::png::encode(&img, &[("parameters", &parameters), ("negimg", &json)])?;
+            crate::run::fsio::atomic_write(&args.out, &bytes)?;
             println!("{}", args.out.display());
             Ok(())
         }
