@@ -281,30 +281,16 @@ fn parity_unet_half_precision_kinds() {
 /// IP-Adapter layer order is diffusers' `attn_processors` order.
 #[test]
 fn parity_unet_sd15_layout_keys_and_ip_order() {
-    let dir = common::scratch("parity_unet_sd15_keys");
     let cfg = UNet2DConditionConfig {
         block_out_channels: vec![32, 64, 128, 128],
         ..UNet2DConditionConfig::sd15()
     };
-    let config = dir.join("config.json");
-    std::fs::write(&config, cfg.to_config_json()).unwrap();
-    let out = dir.join("keys.json");
-    common::run_python(
-        "model_keys.py",
-        &["unet", config.to_str().unwrap(), out.to_str().unwrap()],
-    );
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let expected: std::collections::BTreeMap<String, Vec<i64>> =
-        serde_json::from_value(reference["shapes"].clone()).unwrap();
-
+    let reference =
+        common::diffusers_model_keys("parity_unet_sd15_keys", "unet", &cfg.to_config_json());
+    let expected = common::shapes_of(&reference);
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let _unet = UNet2DConditionModel::new(vs.root(), &cfg, None).unwrap();
-    let ours: std::collections::BTreeMap<String, Vec<i64>> = vs
-        .variables()
-        .into_iter()
-        .map(|(k, v)| (k, v.size()))
-        .collect();
+    let ours = common::var_shapes(&vs);
     assert_eq!(ours, expected);
 
     let names: Vec<String> = negimg::models::unet::ip_attn_layers(&cfg)

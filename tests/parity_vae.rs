@@ -98,28 +98,17 @@ fn parity_vae_decode_and_encode() {
 /// variables with the encoder are exactly diffusers' state-dict keys and shapes.
 #[test]
 fn parity_vae_sd15_layout_keys() {
-    let dir = common::scratch("parity_vae_sd15_keys");
     let cfg = AutoencoderKLConfig {
         block_out_channels: vec![32, 64, 128, 128],
         ..AutoencoderKLConfig::sd15()
     };
-    let config = dir.join("config.json");
-    std::fs::write(&config, cfg.to_config_json()).unwrap();
-    let out = dir.join("keys.json");
-    common::run_python(
-        "model_keys.py",
-        &["vae", config.to_str().unwrap(), out.to_str().unwrap()],
-    );
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let expected: std::collections::BTreeMap<String, Vec<i64>> =
-        serde_json::from_value(reference["shapes"].clone()).unwrap();
+    let expected = common::shapes_of(&common::diffusers_model_keys(
+        "parity_vae_sd15_keys",
+        "vae",
+        &cfg.to_config_json(),
+    ));
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let _vae = AutoencoderKL::new(vs.root(), &cfg, true).unwrap();
-    let ours: std::collections::BTreeMap<String, Vec<i64>> = vs
-        .variables()
-        .into_iter()
-        .map(|(k, v)| (k, v.size()))
-        .collect();
+    let ours = common::var_shapes(&vs);
     assert_eq!(ours, expected);
 }

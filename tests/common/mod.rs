@@ -66,3 +66,32 @@ pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
         .max()
         .double_value(&[])
 }
+
+/// What `tests/reference/model_keys.py` reports of the model diffusers builds from
+/// `config_json` (on the meta device, no memory), for `component` = "unet" or "vae":
+/// `shapes` (state-dict keys and shapes) and, for the UNet, `cross_attention` (the
+/// attention processors' order).
+pub fn diffusers_model_keys(name: &str, component: &str, config_json: &str) -> serde_json::Value {
+    let dir = scratch(name);
+    let config = dir.join("config.json");
+    std::fs::write(&config, config_json).unwrap();
+    let out = dir.join("keys.json");
+    run_python(
+        "model_keys.py",
+        &[component, config.to_str().unwrap(), out.to_str().unwrap()],
+    );
+    serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+}
+
+/// The `shapes` of a [`diffusers_model_keys`] report.
+pub fn shapes_of(reference: &serde_json::Value) -> std::collections::BTreeMap<String, Vec<i64>> {
+    serde_json::from_value(reference["shapes"].clone()).unwrap()
+}
+
+/// The variable names and shapes of a VarStore.
+pub fn var_shapes(vs: &tch::nn::VarStore) -> std::collections::BTreeMap<String, Vec<i64>> {
+    vs.variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.size()))
+        .collect()
+}
