@@ -7,8 +7,7 @@ use image::{Rgb, RgbImage};
 use negimg::params::NegativeMode;
 use negimg::report::curves;
 use negimg::report::grid::{GridOptions, arrange, plan_sheets, render_sheet, write_grids};
-use negimg::run::records::Status;
-use negimg::scoring::{self, ScorerInfo};
+use negimg::scoring;
 use scoring_fixture::{Fixture, NEG, POS, color, write_run};
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,37 +45,14 @@ fn known_score(weight: f64, mode: NegativeMode, seed: u64) -> [f64; 3] {
 }
 
 fn write_known_scores(dir: &Path, fx: &Fixture, id: &str) {
-    let sdir = scoring::scorer_dir(dir, id);
-    std::fs::create_dir_all(&sdir).unwrap();
-    let metrics: Vec<String> = ["clip_i_pos", "clip_i_neg", "subtraction"]
-        .map(String::from)
-        .to_vec();
-    let rows: Vec<(String, String, Vec<f64>)> = fx
-        .records
-        .iter()
-        .filter(|r| r.status == Status::Done)
-        .map(|r| {
-            (
-                r.cell_id.clone(),
-                r.file.clone(),
-                known_score(r.weight, r.negative, r.seed).to_vec(),
-            )
-        })
-        .collect();
-    scoring::write_scores(&sdir.join("scores.csv"), &metrics, &rows).unwrap();
-    let info = ScorerInfo {
-        id: id.into(),
-        path: "test/known".into(),
-        targets: vec![],
-        positive_reference: None,
-        negative_reference: None,
-        metrics,
-    };
-    std::fs::write(
-        sdir.join("scorer.json"),
-        serde_json::to_string(&info).unwrap(),
-    )
-    .unwrap();
+    scoring_fixture::write_known_scorer(
+        dir,
+        id,
+        "test/known",
+        fx,
+        &["clip_i_pos", "clip_i_neg", "subtraction"],
+        |r| known_score(r.weight, r.negative, r.seed).to_vec(),
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use negimg::models::clip_model::{ClipConfig, write_random_model};
 use negimg::models::tokenizer::find_open_clip_vocab;
 use negimg::params::NegativeMode;
 use negimg::run::records::Status;
-use negimg::scoring::{self, ScorerInfo};
+use negimg::scoring;
 use scoring_fixture::write_run;
 use std::path::{Path, PathBuf};
 
@@ -33,8 +33,6 @@ fn summary_has_one_row_per_condition_with_intervals_and_paired_differences() {
     );
     // Known scores: clip_i_pos = weight + seed/100 + (image: 0.1, text: 0.04).
     let id = "known-0000";
-    let sdir = scoring::scorer_dir(&dir, id);
-    std::fs::create_dir_all(&sdir).unwrap();
     let value = |w: f64, m: NegativeMode, s: u64| {
         w + s as f64 / 100.0
             + match m {
@@ -43,34 +41,16 @@ fn summary_has_one_row_per_condition_with_intervals_and_paired_differences() {
                 _ => 0.0,
             }
     };
-    let rows: Vec<(String, String, Vec<f64>)> = fx
-        .records
-        .iter()
-        .filter(|r| r.status == Status::Done)
-        .map(|r| {
-            (
-                r.cell_id.clone(),
-                r.file.clone(),
-                vec![value(r.weight, r.negative, r.seed), f64::NAN],
-            )
-        })
-        .collect();
-    let metrics = vec!["clip_i_pos".to_string(), "clip_i_base".to_string()];
-    scoring::write_scores(&sdir.join("scores.csv"), &metrics, &rows).unwrap();
-    let info = ScorerInfo {
-        id: id.into(),
-        path: "known".into(),
-        targets: vec![],
-        positive_reference: None,
-        negative_reference: None,
-        metrics,
-    };
-    std::fs::write(
-        sdir.join("scorer.json"),
-        serde_json::to_string(&info).unwrap(),
-    )
-    .unwrap();
+    scoring_fixture::write_known_scorer(
+        &dir,
+        id,
+        "known",
+        &fx,
+        &["clip_i_pos", "clip_i_base"],
+        |r| vec![value(r.weight, r.negative, r.seed), f64::NAN],
+    );
 
+    let sdir = scoring::scorer_dir(&dir, id);
     let summary = scoring::summarize_scorer(&dir, id).unwrap();
     assert_eq!(summary.axes, vec!["weight", "negative"]);
     assert_eq!(summary.rows.len(), 6, "weights x modes");

@@ -144,3 +144,38 @@ pub fn write_run(
         seeds: seeds.to_vec(),
     }
 }
+
+/// Writes a scorer folder `scores/<id>/` with known values, as `score_run` would: one row
+/// per done record of `fx`, `score(record)` giving the values of `metrics` in order.
+pub fn write_known_scorer(
+    run_dir: &Path,
+    id: &str,
+    scorer_path: &str,
+    fx: &Fixture,
+    metrics: &[&str],
+    score: impl Fn(&Record) -> Vec<f64>,
+) {
+    let sdir = negimg::scoring::scorer_dir(run_dir, id);
+    std::fs::create_dir_all(&sdir).unwrap();
+    let metrics: Vec<String> = metrics.iter().map(|m| m.to_string()).collect();
+    let rows: Vec<(String, String, Vec<f64>)> = fx
+        .records
+        .iter()
+        .filter(|r| r.status == Status::Done)
+        .map(|r| (r.cell_id.clone(), r.file.clone(), score(r)))
+        .collect();
+    negimg::scoring::write_scores(&sdir.join("scores.csv"), &metrics, &rows).unwrap();
+    let info = negimg::scoring::ScorerInfo {
+        id: id.into(),
+        path: scorer_path.into(),
+        targets: vec![],
+        positive_reference: None,
+        negative_reference: None,
+        metrics,
+    };
+    std::fs::write(
+        sdir.join("scorer.json"),
+        serde_json::to_string(&info).unwrap(),
+    )
+    .unwrap();
+}
