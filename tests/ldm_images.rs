@@ -10,11 +10,11 @@ use negimg::models::clip_text::ClipTextConfig;
 use negimg::models::unet::{OneOrMany, UNet2DConditionConfig};
 use negimg::models::vae::AutoencoderKLConfig;
 use negimg::params::{AdapterKind, GenParams, NegativeMode};
-use negimg::pipeline::{ModelSet, Pipeline};
-use negimg::weights::TensorSource;
-use negimg::weights::ldm::{
+use negimg::pipeline::single_file::{
     infer_text_config, infer_unet_config, infer_vae_config, open_single_file,
 };
+use negimg::roles::ModelSet;
+use negimg::weights::TensorSource;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -74,11 +74,9 @@ fn ldm_single_file_generates_the_folder_images() {
         pipeline: ckpt.clone(),
         ..folder.clone()
     };
-    let generate = |models: &ModelSet| -> Vec<Tensor> {
-        let mut pipeline = Pipeline::load(models, Device::Cpu, Kind::Float).unwrap();
-        pipeline
-            .generate_all_float(&cells, &mut |_, _| {})
-            .unwrap()
+    let generate = |models: &ModelSet<PathBuf>| -> Vec<Tensor> {
+        let mut pipeline = common::load_pipeline(models);
+        common::generate_float(&mut pipeline, &cells, 4, &mut |_, _| {})
             .into_iter()
             .map(|r| r.unwrap())
             .collect()

@@ -3,7 +3,7 @@
 //! there against diffusers' own single-file converters.
 mod common;
 
-use negimg::weights::ldm::open_single_file;
+use negimg::pipeline::single_file::open_single_file;
 use negimg::weights::{TensorFile, TensorSource};
 use tch::{Device, Kind};
 

@@ -4,7 +4,8 @@
 mod common;
 
 use negimg::params::{AdapterKind, BranchWeight, GenParams, NegativeMode, NoImage, SchedulerKind};
-use negimg::pipeline::{ModelSet, Pipeline, to_rgb8};
+use negimg::pipeline::{Pipeline, to_rgb8};
+use negimg::roles::ModelSet;
 use negimg::weights::{TensorFile, TensorSource};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -110,9 +111,7 @@ fn u8_of(img: &Tensor) -> Tensor {
 }
 
 fn generate(pipeline: &mut Pipeline, cells: &[GenParams]) -> Vec<Tensor> {
-    pipeline
-        .generate_all_float(cells, &mut |_, _| {})
-        .unwrap()
+    common::generate_float(pipeline, cells, 4, &mut |_, _| {})
         .into_iter()
         .map(|r| r.unwrap())
         .collect()
@@ -146,7 +145,7 @@ fn shared() -> &'static Shared {
 }
 
 fn pipeline(models: &Path) -> Pipeline {
-    Pipeline::load(&ModelSet::from_models_dir(models), Device::Cpu, Kind::Float).unwrap()
+    common::load_pipeline(&ModelSet::from_models_dir(models))
 }
 
 fn mode_cases(dir: &Path) -> Vec<Case> {

@@ -3,8 +3,7 @@
 mod common;
 
 use negimg::params::{AdapterKind, BranchWeight, GenParams, NegativeMode, SchedulerKind};
-use negimg::pipeline::{ModelSet, Pipeline};
-use tch::{Device, Kind};
+use negimg::roles::ModelSet;
 
 fn write_image(path: &std::path::Path, w: u32, h: u32, seed: u32) {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
@@ -74,19 +73,11 @@ fn batched_cells_equal_cells_generated_alone() {
     t2i.negative_branch.weight = 0.0;
     cells.push(t2i);
 
-    let mut pipeline = Pipeline::load(
-        &ModelSet::from_models_dir(&models),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    pipeline.set_max_batch(1);
-    let alone = pipeline.generate_all_float(&cells, &mut |_, _| {}).unwrap();
-    pipeline.set_max_batch(cells.len());
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
+    let alone = common::generate_float(&mut pipeline, &cells, 1, &mut |_, _| {});
     let mut calls = 0;
-    let together = pipeline
-        .generate_all_float(&cells, &mut |_, _| calls += 1)
-        .unwrap();
+    let together =
+        common::generate_float(&mut pipeline, &cells, cells.len(), &mut |_, _| calls += 1);
     assert_eq!(calls, 4, "one batch of 4 steps");
     for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
         let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());

@@ -3,8 +3,8 @@
 mod common;
 
 use negimg::params::{GenParams, NegativeMode, SchedulerKind};
-use negimg::pipeline::{CellOutcome, ModelSet, Pipeline};
-use tch::{Device, Kind};
+use negimg::pipeline::CellOutcome;
+use negimg::roles::ModelSet;
 
 #[test]
 fn generate_writes_the_library_image_as_png() {
@@ -76,12 +76,7 @@ fn generate_writes_the_library_image_as_png() {
     cell.width = 32;
     cell.height = 32;
     cell.cfg = 6.0;
-    let mut pipeline = Pipeline::load(
-        &ModelSet::from_models_dir(&models),
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
     let Some(CellOutcome::Image(img)) = pipeline.generate(&[cell], &mut |_, _| {}).unwrap().pop()
     else {
         panic!("the library image failed");

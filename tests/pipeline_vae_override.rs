@@ -3,19 +3,17 @@ mod common;
 
 use negimg::models::vae::{AutoencoderKLConfig, write_random_model};
 use negimg::params::{GenParams, NegativeMode};
-use negimg::pipeline::{ModelSet, Pipeline};
-use tch::{Device, Kind};
+use negimg::roles::ModelSet;
+use std::path::PathBuf;
 
-fn images(models: &ModelSet) -> Vec<tch::Tensor> {
-    let mut pipeline = Pipeline::load(models, Device::Cpu, Kind::Float).unwrap();
+fn images(models: &ModelSet<PathBuf>) -> Vec<tch::Tensor> {
+    let mut pipeline = common::load_pipeline(models);
     let mut cell = GenParams::new(7);
     cell.steps = 2;
     cell.width = 32;
     cell.height = 32;
     cell.negative = NegativeMode::None;
-    pipeline
-        .generate_all_float(&[cell], &mut |_, _| {})
-        .unwrap()
+    common::generate_float(&mut pipeline, &[cell], 1, &mut |_, _| {})
         .into_iter()
         .map(|o| o.unwrap())
         .collect()

@@ -5,7 +5,7 @@ mod common;
 use anyhow::Result;
 use negimg::experiment::{self, Experiment, LoadOptions};
 use negimg::params::GenParams;
-use negimg::pipeline::CellOutcome;
+use negimg::pipeline::{CellOutcome, GenerateError};
 use negimg::run::records::{Status, read_records};
 use negimg::run::{Generator, RunChoice, RunOptions, Shard, runner};
 use std::collections::BTreeMap;
@@ -83,14 +83,14 @@ struct Fake {
 }
 
 impl Generator for Fake {
-    fn max_batch(&self) -> usize {
+    fn estimate_batch(&self, _width: usize, _height: usize) -> usize {
         3
     }
     fn generate(
         &mut self,
         cells: &[GenParams],
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Vec<CellOutcome>> {
+    ) -> std::result::Result<Vec<CellOutcome>, GenerateError> {
         progress(1, 1);
         let mut batches = self.batches.lock().unwrap();
         batches.push(cells.len());

@@ -2,8 +2,10 @@
 //! `tools/diffusers_baseline.py`: IP-Adapter with a positive and a negative image prompt per
 //! image (both encoded every run), DDIM, CFG 7.5, VAE decode included. Prints one JSON line.
 use super::Globals;
+use crate::device::cuda_mem_info;
 use crate::params::{AdapterKind, GenParams, NegativeMode, SchedulerKind};
-use crate::pipeline::{CellOutcome, Pipeline, RandomPreset, cuda_mem_info};
+use crate::pipeline::{CellOutcome, Pipeline, RandomPreset};
+use crate::roles::ModelSet;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ const VIT_H_ENCODE_TFLOP: f64 = 0.33;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Model shapes; default sd15 on CUDA, tiny on the CPU (SD1.5 on a CPU takes minutes per image).
-    #[arg(long, value_enum)]
+    #[arg(long)]
     pub preset: Option<RandomPreset>,
     /// Images per batch (one UNet call per step for all of them).
     #[arg(long, default_value_t = 1)]
@@ -64,13 +66,13 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     let scratch = Scratch::new()?;
     let mut pipeline = match &args.models {
         Some(dir) => Pipeline::load(
-            &crate::pipeline::ModelSet::from_models_dir(dir),
+            &ModelSet::from_models_dir(dir),
             device,
             kind,
+            &mut super::loading,
         )?,
         None => Pipeline::random(preset, device, kind, scratch.path())?,
     };
-    pipeline.set_max_batch(args.batch);
 
     let memory = MemorySampler::start(device);
     let mut times = Vec::new();
@@ -79,7 +81,8 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         let cells = cells(scratch.path(), rep, &args, size, adapter)?;
         sync(device);
         let t = Instant::now();
-        let out = pipeline.generate_all(&cells, &mut |_, _| {})?;
+        // One batch of --batch cells, as the peer's one pipeline call.
+        let out = pipeline.generate(&cells, &mut |_, _| {})?;
         sync(device);
         let elapsed = t.elapsed().as_secs_f64();
         if let Some(CellOutcome::Failed(reason)) =

@@ -1,7 +1,8 @@
 //! `negimg doctor`: what negimg runs on. The first thing to run when something is off.
 use super::Globals;
+use crate::provenance::{git_revision, libtorch};
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 #[derive(clap::Args, Debug)]
@@ -14,7 +15,7 @@ pub struct DoctorArgs {
 pub fn run(args: DoctorArgs, g: &Globals) -> Result<()> {
     println!(
         "negimg {} (git {})",
-        env!("CARGO_PKG_VERSION"),
+        crate::provenance::VERSION,
         git_revision()
     );
     let (version, lib) = libtorch();
@@ -67,32 +68,6 @@ pub fn run(args: DoctorArgs, g: &Globals) -> Result<()> {
         matmul_check(device, kind);
     }
     Ok(())
-}
-
-pub fn git_revision() -> &'static str {
-    env!("NEGIMG_GIT_REVISION")
-}
-
-/// libtorch's version as seen at run time, from the library this process has loaded.
-pub fn libtorch() -> (String, Option<PathBuf>) {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let lib = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.ends_with("/libtorch_cpu.so"))
-        .and_then(|p| Path::new(p).parent().map(Path::to_path_buf));
-    let version = lib.as_deref().and_then(|lib| {
-        let root = lib.parent()?;
-        // pip wheels carry torch/version.py; libtorch archives carry build-version.
-        if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
-            let line = text.lines().find(|l| l.starts_with("__version__"))?;
-            return Some(line.split('\'').nth(1)?.to_string());
-        }
-        std::fs::read_to_string(root.join("build-version"))
-            .ok()
-            .map(|s| s.trim().to_string())
-    });
-    (version.unwrap_or_else(|| "unknown".into()), lib)
 }
 
 fn gpu_names() -> Vec<String> {

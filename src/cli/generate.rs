@@ -2,7 +2,8 @@
 use super::Globals;
 use crate::models::ip_adapter::AdapterFile;
 use crate::params::{AdapterKind, BranchWeight, GenParams, NegativeMode, NoImage, SchedulerKind};
-use crate::pipeline::{CellOutcome, ModelSet, Pipeline};
+use crate::pipeline::{CellOutcome, Pipeline};
+use crate::roles::ModelSet;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 
@@ -123,7 +124,7 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
 }
 
 /// The model set from `--models` and the per-model flags.
-fn model_set(a: &GenerateArgs) -> Result<ModelSet> {
+fn model_set(a: &GenerateArgs) -> Result<ModelSet<PathBuf>> {
     let mut set = match &a.models {
         Some(dir) => ModelSet::from_models_dir(dir),
         None => {
@@ -136,6 +137,7 @@ fn model_set(a: &GenerateArgs) -> Result<ModelSet> {
                 ip_adapter_base: None,
                 ip_adapter_plus: None,
                 image_encoder: encoder.clone(),
+                scorer: None,
             }
         }
     };
@@ -223,7 +225,7 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
     let cell = params(&args)?;
     let (device, kind) = g.device_and_dtype()?;
     let models = model_set(&args)?;
-    let mut pipeline = Pipeline::load(&models, device, kind)?;
+    let mut pipeline = Pipeline::load(&models, device, kind, &mut super::loading)?;
     let bar = indicatif::ProgressBar::new(cell.steps as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise}")

@@ -74,6 +74,11 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
 }
 
+/// Progress while models load (real weights take a while to read).
+pub fn loading(role: crate::roles::Role) {
+    eprintln!("  loading {role}");
+}
+
 /// Exit status when a run was interrupted (SIGINT) after finishing its writes.
 pub const EXIT_INTERRUPTED: i32 = 130;
 

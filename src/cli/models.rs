@@ -27,7 +27,7 @@ pub enum ModelsCommand {
 #[derive(clap::Args, Debug)]
 pub struct InitRandomArgs {
     /// tiny: a few MB, fast on a CPU at 64x64; sd15: the real shapes (several GB).
-    #[arg(long, value_enum, default_value = "tiny")]
+    #[arg(long, default_value = "tiny")]
     pub preset: RandomPreset,
     /// Output folder (created; must not exist, or be empty).
     #[arg(long)]

@@ -6,18 +6,13 @@
 //! whose grid or images are not ready yet can still have its models fetched.
 use super::Globals;
 use crate::models::clip_model::ClipModel;
-use crate::models::clip_text::ClipTextModel;
-use crate::models::clip_vision::ClipVisionModelWithProjection;
-use crate::models::ip_adapter::{AdapterFile, ImageProj};
-use crate::models::tokenizer::ClipTokenizer;
-use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
-use crate::models::vae::AutoencoderKL;
-use crate::weights::hub::{self, Component};
-use crate::weights::{ldm, load_var_store};
+use crate::pipeline::Pipeline;
+use crate::roles::{ModelSet, Role};
+use crate::weights::hub;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, nn};
+use tch::{Device, Kind};
 
 #[derive(clap::Args, Debug)]
 pub struct FetchArgs {
@@ -39,9 +34,8 @@ pub struct CheckArgs {
 
 /// One `[models]` entry.
 struct Entry {
-    role: &'static str,
+    role: Role,
     reference: String,
-    component: Component,
 }
 
 #[derive(serde::Deserialize)]
@@ -80,29 +74,18 @@ fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
         .try_into()
         .with_context(|| format!("{}: [models]", path.display()))?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut entries = vec![Entry {
-        role: "pipeline",
-        reference: m.pipeline,
-        component: Component::Pipeline,
-    }];
-    let mut push = |role, reference: Option<String>, component| {
-        if let Some(reference) = reference {
-            entries.push(Entry {
-                role,
-                reference,
-                component,
-            });
-        }
-    };
-    push("vae", m.vae, Component::ModelFolder);
-    push("ip_adapter.base", m.ip_adapter.base, Component::File);
-    push("ip_adapter.plus", m.ip_adapter.plus, Component::File);
-    push(
-        "image_encoder",
-        Some(m.image_encoder),
-        Component::ModelFolder,
-    );
-    push("scorer", m.scorer, Component::ModelFolder);
+    let given = [
+        (Role::Pipeline, Some(m.pipeline)),
+        (Role::Vae, m.vae),
+        (Role::IpAdapterBase, m.ip_adapter.base),
+        (Role::IpAdapterPlus, m.ip_adapter.plus),
+        (Role::ImageEncoder, Some(m.image_encoder)),
+        (Role::Scorer, m.scorer),
+    ];
+    let mut entries: Vec<Entry> = given
+        .into_iter()
+        .filter_map(|(role, r)| r.map(|reference| Entry { role, reference }))
+        .collect();
     // Models that `init_random` creates on the first run are not fetched.
     if let Some(init) = m.init_random {
         let dir = base_dir.join(init.dir);
@@ -110,7 +93,11 @@ fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
             let made =
                 !e.reference.starts_with("hf:") && base_dir.join(&e.reference).starts_with(&dir);
             if made {
-                println!("{:<16} {} (made by init_random)", e.role, e.reference);
+                println!(
+                    "{:<16} {} (made by init_random)",
+                    e.role.name(),
+                    e.reference
+                );
             }
             !made
         });
@@ -122,10 +109,15 @@ pub fn fetch(args: FetchArgs, _g: &Globals) -> Result<()> {
     let (base_dir, entries) = read_models(&args.experiment)?;
     let mut failed = vec![];
     for e in &entries {
-        match hub::resolve_as(&e.reference, &base_dir, e.component, true) {
-            Ok(path) => println!("{:<16} {} -> {}", e.role, e.reference, path.display()),
+        match hub::resolve_as(&e.reference, &base_dir, e.role.component(), true) {
+            Ok(path) => println!(
+                "{:<16} {} -> {}",
+                e.role.name(),
+                e.reference,
+                path.display()
+            ),
             Err(err) => {
-                eprintln!("{:<16} {} FAILED", e.role, e.reference);
+                eprintln!("{:<16} {} FAILED", e.role.name(), e.reference);
                 failed.push(format!("{}: {err:#}", e.role));
             }
         }
@@ -147,16 +139,22 @@ pub fn check(args: CheckArgs, _g: &Globals) -> Result<()> {
     let mut failed = vec![];
     let mut resolved = vec![];
     for e in &entries {
-        match hub::resolve_as(&e.reference, &base_dir, e.component, false)
-            .and_then(|p| Ok((hub::component_files(&p, e.component)?, p)))
+        let component = e.role.component();
+        match hub::resolve_as(&e.reference, &base_dir, component, false)
+            .and_then(|p| Ok((hub::component_files(&p, component)?, p)))
         {
             Ok((files, path)) => {
-                println!("{:<16} {} -> {}", e.role, e.reference, path.display());
+                println!(
+                    "{:<16} {} -> {}",
+                    e.role.name(),
+                    e.reference,
+                    path.display()
+                );
                 print_files(&path, &files, !args.no_hash)?;
                 resolved.push((e.role, path));
             }
             Err(err) => {
-                println!("{:<16} {} MISSING", e.role, e.reference);
+                println!("{:<16} {} MISSING", e.role.name(), e.reference);
                 failed.push(format!("{}: {err:#}", e.role));
             }
         }
@@ -220,72 +218,41 @@ fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", units[unit])
 }
 
-/// Loads every model on the CPU as a run would: a missing tensor or a shape that does not
-/// fit the config is an error naming the file and the tensor.
-fn load_all(resolved: &[(&str, PathBuf)]) -> Result<()> {
+/// Loads every model on the CPU as a run does, through the same loader: a missing tensor or
+/// a shape that does not fit the config is an error naming the file and the tensor, and each
+/// adapter is put into the UNet once.
+fn load_all(resolved: &[(Role, PathBuf)]) -> Result<()> {
     let (device, kind) = (Device::Cpu, Kind::Float);
-    let mut unet = None;
-    for (role, path) in resolved {
-        let context = || format!("{role} {}", path.display());
-        match *role {
-            "pipeline" => {
-                unet = Some(load_pipeline(path, device, kind).with_context(context)?);
-            }
-            "vae" => {
-                AutoencoderKL::load(path, device, kind, false).with_context(context)?;
-            }
-            "image_encoder" => {
-                ClipVisionModelWithProjection::load(path, device, kind).with_context(context)?;
-            }
-            "scorer" => {
-                ClipModel::load(path, device, kind).with_context(context)?;
-            }
-            _ => {
-                let adapter = AdapterFile::open(path).with_context(context)?;
-                ImageProj::load(&adapter, device, kind).with_context(context)?;
-                if let Some(unet) = unet.as_mut() {
-                    UNet2DConditionModel::load_ip_adapter(unet, adapter.tensors())
-                        .with_context(context)?;
-                }
-            }
+    let path = |role: Role| {
+        resolved
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, p)| p.clone())
+    };
+    if let (Some(pipeline), Some(image_encoder)) = (path(Role::Pipeline), path(Role::ImageEncoder))
+    {
+        let set = ModelSet {
+            pipeline,
+            vae: path(Role::Vae),
+            ip_adapter_base: path(Role::IpAdapterBase),
+            ip_adapter_plus: path(Role::IpAdapterPlus),
+            image_encoder,
+            scorer: None,
+        };
+        let mut pipeline = Pipeline::load(&set, device, kind, &mut |_| {})?;
+        pipeline.check_adapters()?;
+        for (role, _) in set.iter() {
+            println!("{:<16} loads", role.name());
         }
-        println!("{role:<16} loads");
+    } else if resolved.iter().any(|(r, _)| r.makes_images()) {
+        println!(
+            "pipeline and image encoder not both checked here (made by init_random): not loaded"
+        );
+    }
+    if let Some(scorer) = path(Role::Scorer) {
+        ClipModel::load(&scorer, device, kind)
+            .with_context(|| format!("scorer {}", scorer.display()))?;
+        println!("{:<16} loads", Role::Scorer.name());
     }
     Ok(())
-}
-
-/// The UNet (kept to check the adapters against), the VAE, the text encoder, the tokenizer.
-fn load_pipeline(path: &Path, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {
-    if ldm::is_single_file(path) {
-        let ckpt = ldm::open_single_file(path)?;
-        let cfg = ckpt.unet_config()?;
-        let ip = Some(IpLayout::for_config(&cfg));
-        let unet =
-            UNet2DConditionModel::from_source(ckpt.unet()?.as_ref(), &cfg, device, kind, ip)?;
-        if ckpt.has_vae() {
-            AutoencoderKL::from_source(
-                ckpt.vae()?.as_ref(),
-                &ckpt.vae_config()?,
-                device,
-                kind,
-                false,
-            )?;
-        }
-        let mut vs = nn::VarStore::new(device);
-        let _text = ClipTextModel::new(vs.root() / "text_model", &ckpt.text_encoder_config()?);
-        vs.set_kind(kind);
-        load_var_store(&vs, ckpt.text_encoder()?.as_ref(), |n| Some(n.to_string()))?;
-        return Ok(unet);
-    }
-    let cfg = UNet2DConditionConfig::from_json_file(&path.join("unet/config.json"))?;
-    let unet = UNet2DConditionModel::load(
-        &path.join("unet"),
-        device,
-        kind,
-        Some(IpLayout::for_config(&cfg)),
-    )?;
-    AutoencoderKL::load(&path.join("vae"), device, kind, false)?;
-    ClipTextModel::load(&path.join("text_encoder"), device, kind)?;
-    ClipTokenizer::from_folder(&path.join("tokenizer"))?;
-    Ok(unet)
 }

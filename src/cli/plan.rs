@@ -43,7 +43,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         say!("  {}", exp.description);
     }
     say!("models:");
-    for (role, m) in exp.models.all() {
+    for (role, m) in exp.models.iter() {
         let state = if m.path.exists() {
             m.path.display().to_string()
         } else if m.reference.starts_with("hf:") {
@@ -52,7 +52,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         } else {
             format!("{} (made by init_random)", m.path.display())
         };
-        say!("  {role:<16} {} -> {state}", m.reference);
+        say!("  {:<16} {} -> {state}", role.name(), m.reference);
     }
     if !exp.images.is_empty() {
         say!("images:");

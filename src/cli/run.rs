@@ -62,7 +62,7 @@ pub fn ensure_random_models(exp: &Experiment) -> Result<()> {
     let Some(init) = &exp.init_random else {
         return Ok(());
     };
-    let missing = exp.models.all().iter().any(|(_, m)| !m.path.exists());
+    let missing = exp.models.iter().any(|(_, m)| !m.path.exists());
     if !missing {
         return Ok(());
     }
@@ -72,7 +72,7 @@ pub fn ensure_random_models(exp: &Experiment) -> Result<()> {
     }
     // Shards started together make the models once.
     let _lock = run::fsio::FileLock::acquire(&init.dir.with_extension("lock"))?;
-    if exp.models.all().iter().any(|(_, m)| !m.path.exists()) {
+    if exp.models.iter().any(|(_, m)| !m.path.exists()) {
         eprintln!(
             "making random {} models in {} (init_random)",
             init.preset,
@@ -84,11 +84,7 @@ pub fn ensure_random_models(exp: &Experiment) -> Result<()> {
 }
 
 fn init_random(preset: &str, dir: &Path) -> Result<()> {
-    let preset = match preset {
-        "sd15" => crate::pipeline::RandomPreset::Sd15,
-        _ => crate::pipeline::RandomPreset::Tiny,
-    };
-    super::models::init_random(preset, dir, 0)
+    super::models::init_random(preset.parse()?, dir, 0)
 }
 
 pub fn run(args: RunArgs, g: &Globals) -> Result<()> {
@@ -124,18 +120,14 @@ pub fn run(args: RunArgs, g: &Globals) -> Result<()> {
         dtype: crate::device::dtype_name(kind).to_string(),
         progress: true,
     };
-    let models = exp.models.model_set();
-    let batch = args.batch;
+    let models = exp.models.paths();
     let mut load = || -> Result<Box<dyn run::Generator>> {
         eprintln!(
             "loading models on {} ({})",
             crate::device::device_name(device),
             crate::device::dtype_name(kind)
         );
-        let mut p = crate::pipeline::Pipeline::load(&models, device, kind)?;
-        if let Some(n) = batch {
-            p.set_max_batch(n);
-        }
+        let p = crate::pipeline::Pipeline::load(&models, device, kind, &mut super::loading)?;
         Ok(Box::new(p))
     };
     let s = run::runner::run(&exp, &opts, &mut load, &STOP)?;

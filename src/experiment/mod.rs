@@ -5,6 +5,7 @@
 //! names the file and the line/column or the key.
 pub mod cell;
 pub mod grid;
+pub mod outputs;
 mod schema;
 pub mod source;
 mod validate;
@@ -15,10 +16,9 @@ pub use grid::{Axis, Grid};
 pub use values::{Param, Value};
 
 use crate::params::{AdapterKind, BranchWeight, GenParams, NegativeMode};
-use crate::pipeline::ModelSet;
-use crate::run::info::{PlotsSpec, ScoringSpec};
-use crate::weights::hub::Component;
+use crate::roles::{ModelSet, Role};
 use anyhow::{Context, Result, anyhow};
+use outputs::{PlotsSpec, ScoringSpec};
 use source::Source;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,51 +44,13 @@ pub struct ModelRef {
     pub path: PathBuf,
 }
 
-#[derive(Clone, Debug)]
-pub struct Models {
-    pub pipeline: ModelRef,
-    pub vae: Option<ModelRef>,
-    pub ip_adapter_base: Option<ModelRef>,
-    pub ip_adapter_plus: Option<ModelRef>,
-    pub image_encoder: ModelRef,
-    pub scorer: Option<ModelRef>,
-}
+/// The experiment's models by role.
+pub type Models = ModelSet<ModelRef>;
 
 impl Models {
-    pub fn model_set(&self) -> ModelSet {
-        ModelSet {
-            pipeline: self.pipeline.path.clone(),
-            vae: self.vae.as_ref().map(|m| m.path.clone()),
-            ip_adapter_base: self.ip_adapter_base.as_ref().map(|m| m.path.clone()),
-            ip_adapter_plus: self.ip_adapter_plus.as_ref().map(|m| m.path.clone()),
-            image_encoder: self.image_encoder.path.clone(),
-        }
-    }
-
-    /// (role, model) for every model given.
-    pub fn all(&self) -> Vec<(&'static str, &ModelRef)> {
-        let mut v = vec![("pipeline", &self.pipeline)];
-        v.extend(self.vae.as_ref().map(|m| ("vae", m)));
-        v.extend(
-            self.ip_adapter_base
-                .as_ref()
-                .map(|m| ("ip_adapter.base", m)),
-        );
-        v.extend(
-            self.ip_adapter_plus
-                .as_ref()
-                .map(|m| ("ip_adapter.plus", m)),
-        );
-        v.push(("image_encoder", &self.image_encoder));
-        v.extend(self.scorer.as_ref().map(|m| ("scorer", m)));
-        v
-    }
-
-    pub fn adapter(&self, kind: AdapterKind) -> Option<&ModelRef> {
-        match kind {
-            AdapterKind::Base => self.ip_adapter_base.as_ref(),
-            AdapterKind::Plus => self.ip_adapter_plus.as_ref(),
-        }
+    /// The local files of every model, for the pipeline.
+    pub fn paths(&self) -> ModelSet<PathBuf> {
+        self.map(|_, m| m.path.clone())
     }
 }
 
@@ -167,12 +129,12 @@ impl Experiment {
     }
 
     /// The grid's axes for run.json, values as in records.csv; the seed only when it varies.
-    pub fn axes(&self) -> Vec<crate::run::info::Axis> {
+    pub fn axes(&self) -> Vec<outputs::Axis> {
         self.grid
             .labels()
             .into_iter()
             .filter(|(p, values)| !(*p == Param::Seed && values.len() < 2))
-            .map(|(p, values)| crate::run::info::Axis {
+            .map(|(p, values)| outputs::Axis {
                 name: p.name().to_string(),
                 values,
             })
@@ -238,8 +200,8 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         }
         None => None,
     };
-    let resolve = |key: &str, r: &Spanned<String>| -> Result<ModelRef> {
-        let role = key.trim_start_matches("models.");
+    let resolve = |role: Role, r: &Spanned<String>| -> Result<ModelRef> {
+        let key = format!("models.{role}");
         let path = resolve_model(
             role,
             r.get_ref(),
@@ -247,7 +209,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             init_random.as_ref(),
             opts.download,
         )
-        .map_err(|e| src.error(r.span(), key, format!("{e:#}")))?;
+        .map_err(|e| src.error(r.span(), &key, format!("{e:#}")))?;
         Ok(ModelRef {
             reference: r.get_ref().clone(),
             path,
@@ -255,29 +217,25 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     };
     let m = &raw.models;
     let models = Models {
-        pipeline: resolve("models.pipeline", &m.pipeline)?,
-        vae: m
-            .vae
-            .as_ref()
-            .map(|r| resolve("models.vae", r))
-            .transpose()?,
+        pipeline: resolve(Role::Pipeline, &m.pipeline)?,
+        vae: m.vae.as_ref().map(|r| resolve(Role::Vae, r)).transpose()?,
         ip_adapter_base: m
             .ip_adapter
             .base
             .as_ref()
-            .map(|r| resolve("models.ip_adapter.base", r))
+            .map(|r| resolve(Role::IpAdapterBase, r))
             .transpose()?,
         ip_adapter_plus: m
             .ip_adapter
             .plus
             .as_ref()
-            .map(|r| resolve("models.ip_adapter.plus", r))
+            .map(|r| resolve(Role::IpAdapterPlus, r))
             .transpose()?,
-        image_encoder: resolve("models.image_encoder", &m.image_encoder)?,
+        image_encoder: resolve(Role::ImageEncoder, &m.image_encoder)?,
         scorer: m
             .scorer
             .as_ref()
-            .map(|r| resolve("models.scorer", r))
+            .map(|r| resolve(Role::Scorer, r))
             .transpose()?,
     };
     if models.ip_adapter_base.is_none() && models.ip_adapter_plus.is_none() {
@@ -492,7 +450,7 @@ fn check_name(src: &Source, n: &Spanned<String>, key: &str) -> Result<()> {
 /// `download`), anything else a path relative to the experiment file. A missing local path
 /// is accepted when `init_random` will create it.
 fn resolve_model(
-    role: &str,
+    role: Role,
     reference: &str,
     base_dir: &Path,
     init: Option<&InitRandom>,
@@ -507,7 +465,7 @@ fn resolve_model(
             return Ok(path);
         }
     }
-    let resolved = crate::weights::hub::resolve_as(reference, base_dir, component(role), download);
+    let resolved = crate::weights::hub::resolve_as(reference, base_dir, role.component(), download);
     // Without downloading (plan, slurm), a well-formed hf: reference that is not cached yet
     // still counts: `run` downloads it. Its path is where the cache will have it.
     match (resolved, crate::weights::hub::HfRef::parse(reference)) {
@@ -515,14 +473,5 @@ fn resolve_model(
             .join(hf.cache_folder())
             .join(&hf.path)),
         (resolved, _) => resolved,
-    }
-}
-
-/// What a `[models]` role points at, which decides the files it needs.
-pub fn component(role: &str) -> Component {
-    match role {
-        "pipeline" => Component::Pipeline,
-        "ip_adapter.base" | "ip_adapter.plus" => Component::File,
-        _ => Component::ModelFolder,
     }
 }

@@ -2,7 +2,8 @@
 //! images, and the cell id that decides whether a cell is already done.
 use super::fsio::atomic_write;
 use crate::experiment::ModelRef;
-use crate::params::{AdapterKind, GenParams};
+use crate::params::GenParams;
+use crate::roles::{ModelSet, Role};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -119,17 +120,17 @@ pub struct FileInfo {
 /// A model's files as the manifest lists them, and one digest over all of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelFiles {
-    pub role: String,
+    pub role: Role,
     pub reference: String,
     pub path: PathBuf,
     pub files: Vec<FileInfo>,
     pub digest: String,
 }
 
-pub fn model_files(role: &str, m: &ModelRef, cache: &mut HashCache) -> Result<ModelFiles> {
+pub fn model_files(role: Role, m: &ModelRef, cache: &mut HashCache) -> Result<ModelFiles> {
     // The files the model loader reads (one weight file per component, configs,
     // tokenizer): other files in the folder (.bin pickles, other variants) do not count.
-    let paths = crate::weights::hub::component_files(&m.path, crate::experiment::component(role))
+    let paths = crate::weights::hub::component_files(&m.path, role.component())
         .with_context(|| format!("{role} {}", m.reference))?;
     let mut files = Vec::new();
     for p in paths {
@@ -144,7 +145,7 @@ pub fn model_files(role: &str, m: &ModelRef, cache: &mut HashCache) -> Result<Mo
     }
     let digest = sha256_hex(&serde_json::to_vec(&files)?);
     Ok(ModelFiles {
-        role: role.to_string(),
+        role,
         reference: m.reference.clone(),
         path: m.path.clone(),
         files,
@@ -152,31 +153,24 @@ pub fn model_files(role: &str, m: &ModelRef, cache: &mut HashCache) -> Result<Mo
     })
 }
 
-/// The digests that decide an image: everything but the scorer.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ModelDigests {
-    pub pipeline: String,
-    pub vae: Option<String>,
-    pub image_encoder: String,
-    pub ip_adapter_base: Option<String>,
-    pub ip_adapter_plus: Option<String>,
-}
+/// The digest of each model's files (the scorer's does not decide an image).
+pub type ModelDigests = ModelSet<String>;
 
-impl ModelDigests {
-    pub fn from_files(files: &[ModelFiles]) -> ModelDigests {
-        let get = |role: &str| {
-            files
-                .iter()
-                .find(|f| f.role == role)
-                .map(|f| f.digest.clone())
-        };
-        ModelDigests {
-            pipeline: get("pipeline").unwrap_or_default(),
-            vae: get("vae"),
-            image_encoder: get("image_encoder").unwrap_or_default(),
-            ip_adapter_base: get("ip_adapter.base"),
-            ip_adapter_plus: get("ip_adapter.plus"),
-        }
+/// The digests of `files`, one per role.
+pub fn digests(files: &[ModelFiles]) -> ModelDigests {
+    let get = |role: Role| {
+        files
+            .iter()
+            .find(|f| f.role == role)
+            .map(|f| f.digest.clone())
+    };
+    ModelDigests {
+        pipeline: get(Role::Pipeline).unwrap_or_default(),
+        vae: get(Role::Vae),
+        ip_adapter_base: get(Role::IpAdapterBase),
+        ip_adapter_plus: get(Role::IpAdapterPlus),
+        image_encoder: get(Role::ImageEncoder).unwrap_or_default(),
+        scorer: get(Role::Scorer),
     }
 }
 
@@ -202,10 +196,7 @@ pub fn image_id(
     let mut params = params.clone();
     params.positive_image = positive_image.map(PathBuf::from);
     params.negative_image = negative_image.map(PathBuf::from);
-    let adapter = match params.adapter {
-        AdapterKind::Base => models.ip_adapter_base.as_deref(),
-        AdapterKind::Plus => models.ip_adapter_plus.as_deref(),
-    };
+    let adapter = models.adapter(params.adapter).map(String::as_str);
     let identity = Identity {
         version: 1,
         params,

@@ -4,10 +4,13 @@
 //! `cells/<cell-id>.json` record per finished cell (written after its image, atomically: a
 //! cell is done iff its record says so), `inputs/NAME.png`, and the merged `records.csv`,
 //! `run.json`, `manifest.json`, `experiment.toml` and `log.txt`.
+pub mod batching;
 pub mod fsio;
 pub mod ids;
 pub mod info;
+mod inputs;
 pub mod layout;
+mod manifest;
 pub mod png;
 pub mod records;
 pub mod runner;

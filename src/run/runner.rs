@@ -1,17 +1,21 @@
 //! The grid runner: every pending cell of an experiment (or of one shard of it) through a
 //! [`Generator`], each image and its record written atomically, so that a run can be killed
 //! at any point and resumed, and N shards can share one run folder.
+//!
+//! [`run`] goes through phases around a [`RunContext`]: open the folder, identify the models
+//! (manifest), put the input images in place, give every cell its id, make the pending
+//! cells batch by batch, merge the records.
+use super::batching::{BatchSize, plan_batches};
 use super::fsio::{FileLock, atomic_write, clean_stale_temps, free_bytes};
 use super::ids::{self, HashCache, ModelDigests, ModelFiles};
 use super::info::RunInfo;
 use super::layout::{self, Choice, RunDir};
-use super::png;
+use super::manifest::{encode_cell, manifest_json};
 use super::records::{Record, Status, write_records};
-use crate::experiment::{Experiment, ImageSource};
+use crate::experiment::Experiment;
 use crate::params::GenParams;
-use crate::pipeline::CellOutcome;
+use crate::pipeline::{CellOutcome, GenerateError, Pipeline};
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,26 +24,27 @@ use std::time::{Instant, SystemTime};
 
 /// What makes images from cells: the pipeline, or a fake in tests of the runner.
 pub trait Generator {
-    /// Most cells worth passing in one call.
-    fn max_batch(&self) -> usize;
-    /// One outcome per cell, in order. Cells may have different `batch_key`s.
+    /// The largest batch worth trying first for images of `width` x `height`; the runner
+    /// decides the batch size of a run from it once and records it.
+    fn estimate_batch(&self, width: usize, height: usize) -> usize;
+    /// One outcome per cell, in order. The cells share a [`GenParams::batch_key`].
     fn generate(
         &mut self,
         cells: &[GenParams],
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Vec<CellOutcome>>;
+    ) -> std::result::Result<Vec<CellOutcome>, GenerateError>;
 }
 
-impl Generator for crate::pipeline::Pipeline {
-    fn max_batch(&self) -> usize {
-        crate::pipeline::Pipeline::max_batch(self)
+impl Generator for Pipeline {
+    fn estimate_batch(&self, width: usize, height: usize) -> usize {
+        crate::device::estimate_max_batch(self.device(), self.kind(), width, height)
     }
     fn generate(
         &mut self,
         cells: &[GenParams],
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Vec<CellOutcome>> {
-        self.generate_all(cells, progress)
+    ) -> std::result::Result<Vec<CellOutcome>, GenerateError> {
+        Pipeline::generate(self, cells, progress)
     }
 }
 
@@ -95,7 +100,8 @@ pub struct RunOptions {
     /// Try failed cells again.
     pub retry_failed: bool,
     pub shard: Shard,
-    /// Most cells per pipeline call (default: the generator's own estimate).
+    /// Cells per pipeline call for a new run (default: the generator's estimate); a run
+    /// keeps the size it started with.
     pub batch: Option<usize>,
     /// For the manifest: `cpu`, `cuda:0`...
     pub device: String,
@@ -124,13 +130,13 @@ pub struct Summary {
 }
 
 /// Appends timestamped lines to the run's log.txt (and to the debug log).
-struct RunLog {
+pub(super) struct RunLog {
     file: Option<std::fs::File>,
     prefix: String,
 }
 
 impl RunLog {
-    fn line(&mut self, msg: &str) {
+    pub(super) fn line(&mut self, msg: &str) {
         log::info!("{msg}");
         if let Some(f) = &mut self.file {
             let _ = writeln!(f, "{} {}{msg}", layout::utc(SystemTime::now()), self.prefix);
@@ -138,35 +144,111 @@ impl RunLog {
     }
 }
 
-#[derive(Serialize)]
-struct Manifest<'a> {
-    experiment: &'a str,
-    run_id: &'a str,
-    description: &'a str,
-    tags: &'a [String],
-    experiment_file: String,
-    experiment_text: &'a str,
-    negimg_version: &'a str,
-    git_revision: &'a str,
-    libtorch: String,
-    device: &'a str,
-    dtype: &'a str,
-    updated: String,
-    cells: usize,
-    models: &'a [ModelFiles],
+/// The generator, loaded on first use (a run whose cells are all done loads no models),
+/// and the run's batch size, decided when the first batch is made.
+pub(super) struct Maker<'a> {
+    load: &'a mut dyn FnMut() -> Result<Box<dyn Generator>>,
+    generator: Option<Box<dyn Generator>>,
+    /// The run folder (its batch.json) and `--batch`.
+    run_dir: PathBuf,
+    requested: Option<usize>,
+    batch: Option<BatchSize>,
 }
 
-/// The JSON chunk of each PNG: the cell, with images by name and models by reference.
-#[derive(Serialize)]
-struct CellJson<'a> {
-    experiment: &'a str,
-    cell_id: &'a str,
-    params: GenParams,
-    positive_image: Option<&'a str>,
-    negative_image: Option<&'a str>,
-    models: BTreeMap<&'a str, &'a str>,
-    dtype: &'a str,
-    negimg_version: &'a str,
+/// What one call to [`Maker::make`] did.
+pub(super) struct Made {
+    interrupted: bool,
+}
+
+impl Maker<'_> {
+    fn generator(&mut self) -> Result<&mut Box<dyn Generator>> {
+        if self.generator.is_none() {
+            self.generator = Some((self.load)()?);
+        }
+        self.generator
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no generator"))
+    }
+
+    /// Makes the batches of `params` that hold a pending cell, whole (see
+    /// [`super::batching`]); `done(j, outcome, seconds)` for each pending cell j made, which
+    /// then stops being pending. After an out-of-memory failure the batches are planned
+    /// again at the halved size. Stops before a batch once `stop` is set.
+    pub(super) fn make(
+        &mut self,
+        params: &[GenParams],
+        pending: &mut [bool],
+        stop: &AtomicBool,
+        progress: &dyn Fn(String),
+        done: &mut dyn FnMut(usize, CellOutcome, f64) -> Result<()>,
+    ) -> Result<Made> {
+        'plan: loop {
+            let size = self.batch_size(params)?;
+            for batch in plan_batches(params, size) {
+                if !batch.iter().any(|&j| pending[j]) {
+                    continue;
+                }
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(Made { interrupted: true });
+                }
+                let cells: Vec<GenParams> = batch.iter().map(|&j| params[j].clone()).collect();
+                let n = cells.len();
+                let t = Instant::now();
+                self.generator()?;
+                let (Some(g), Some(batch_size)) = (self.generator.as_mut(), self.batch.as_mut())
+                else {
+                    bail!("no generator")
+                };
+                let Some(outcomes) = batch_size.attempt(g.as_mut(), &cells, &mut |s, steps| {
+                    progress(format!("batch of {n}: step {s}/{steps}"))
+                })?
+                else {
+                    continue 'plan;
+                };
+                let seconds = t.elapsed().as_secs_f64() / n as f64;
+                for (&j, outcome) in batch.iter().zip(outcomes) {
+                    if pending[j] {
+                        done(j, outcome, seconds)?;
+                        pending[j] = false;
+                    }
+                }
+            }
+            return Ok(Made { interrupted: false });
+        }
+    }
+
+    fn batch_size(&mut self, params: &[GenParams]) -> Result<usize> {
+        if self.batch.is_none() {
+            let (w, h) = params
+                .iter()
+                .map(|p| (p.width, p.height))
+                .max_by_key(|(w, h)| w * h)
+                .unwrap_or((512, 512));
+            let estimate = match self.requested {
+                Some(n) => n,
+                None => self.generator()?.estimate_batch(w, h),
+            };
+            self.batch = Some(BatchSize::resolve(&self.run_dir, self.requested, || {
+                estimate
+            })?);
+        }
+        Ok(self.batch.as_ref().map_or(1, BatchSize::get))
+    }
+}
+
+/// Everything the phases of a run share.
+struct RunContext<'a> {
+    exp: &'a Experiment,
+    opts: &'a RunOptions,
+    run: RunDir,
+    log: RunLog,
+    maker: Maker<'a>,
+}
+
+/// Each model's files (for the manifest) and digests (for the cell ids).
+struct ModelIdentity {
+    files: Vec<ModelFiles>,
+    digests: ModelDigests,
 }
 
 pub fn run(
@@ -176,238 +258,42 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let choice = match &opts.choice {
-        RunChoice::Latest => Choice::Latest,
-        RunChoice::New => Choice::New,
-        RunChoice::Id(id) => Choice::Id(id),
-    };
-    let run = layout::open(&opts.results, &exp.name, choice)?;
-    let mut log = RunLog {
-        file: std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(run.dir.join("log.txt"))
-            .ok(),
-        prefix: if opts.shard.count > 1 {
-            format!("[shard {}/{}] ", opts.shard.index, opts.shard.count)
-        } else {
-            String::new()
-        },
-    };
-    log.line(&format!(
-        "{} run {} of {} ({} cells) on {} {}",
-        if run.created {
-            "starting"
-        } else {
-            "continuing"
-        },
-        run.run_id,
-        exp.path.display(),
-        exp.cells.len(),
-        opts.device,
-        opts.dtype
-    ));
-    for d in [run.images(), run.cells(), run.inputs()] {
-        let n = clean_stale_temps(&d)?;
-        if n > 0 {
-            log.line(&format!(
-                "removed {n} partial file(s) of a killed run in {}",
-                d.display()
-            ));
-        }
-    }
-    atomic_write(&run.dir.join("experiment.toml"), exp.text.as_bytes())?;
-
-    // Model identities (sha256, cached per machine) for the manifest and the cell ids.
-    let mut cache = HashCache::load(&opts.results.join(".cache").join("sha256.json"));
-    let mut files = Vec::new();
-    for (role, m) in exp.models.all() {
-        files.push(ids::model_files(role, m, &mut cache)?);
-    }
-    cache.save()?;
-    let digests = ModelDigests::from_files(&files);
-    let (libtorch, _) = crate::cli::doctor::libtorch();
-    let manifest = Manifest {
-        experiment: &exp.name,
-        run_id: &run.run_id,
-        description: &exp.description,
-        tags: &exp.tags,
-        experiment_file: exp.path.display().to_string(),
-        experiment_text: &exp.text,
-        negimg_version: env!("CARGO_PKG_VERSION"),
-        git_revision: crate::cli::doctor::git_revision(),
-        libtorch,
-        device: &opts.device,
-        dtype: &opts.dtype,
-        updated: layout::utc(SystemTime::now()),
-        cells: exp.cells.len(),
-        models: &files,
-    };
-    atomic_write(
-        &run.dir.join("manifest.json"),
-        &serde_json::to_vec_pretty(&manifest)?,
-    )?;
-
-    let mut generator: Option<Box<dyn Generator>> = None;
-    let image_ids = inputs(exp, opts, &run, &digests, &mut generator, load, &mut log)?;
-
-    // Cells, their ids, and which ones this call makes.
-    let inputs_dir = std::fs::canonicalize(run.inputs())
-        .with_context(|| format!("cannot find {}", run.inputs().display()))?;
-    let path_of = |name: &str| inputs_dir.join(format!("{name}.png"));
-    let image_id = |name: &Option<String>| {
-        name.as_ref()
-            .and_then(|n| image_ids.get(n))
-            .map(String::as_str)
-    };
-    let cells: Vec<(String, GenParams)> = exp
-        .cells
-        .iter()
-        .map(|c| {
-            let p = c.params(&path_of);
-            let id = ids::image_id(
-                &p,
-                image_id(&c.positive_image),
-                image_id(&c.negative_image).filter(|_| p.negative.uses_image()),
-                &digests,
-                &opts.dtype,
-            );
-            (id, p)
-        })
-        .collect();
-    // The shard's cells, and which of them this call makes.
+    let mut ctx = RunContext::open(exp, opts, load)?;
+    let models = ctx.identify_models()?;
+    let image_ids = super::inputs::prepare(&mut ctx.input_maker(), &models.digests)?;
+    let cells = ctx.cells(&image_ids, &models.digests)?;
     let shard: Vec<usize> = (0..cells.len()).filter(|&i| opts.shard.owns(i)).collect();
-    let pending: Vec<bool> = shard
-        .iter()
-        .map(|&i| {
-            let id = &cells[i].0;
-            let keep = match read_cell(&run, id) {
-                Some(r) if r.status == Status::Done => {
-                    !opts.force && run.dir.join(&r.file).exists()
-                }
-                Some(_) => !(opts.force || opts.retry_failed),
-                None => false,
-            };
-            !keep
-        })
-        .collect();
+    let mut pending: Vec<bool> = shard.iter().map(|&i| ctx.is_pending(&cells[i].0)).collect();
     let to_make = pending.iter().filter(|&&p| p).count();
-    let shard_cells = shard.len();
-    let skipped = shard_cells - to_make;
-    log.line(&format!(
-        "{shard_cells} cell(s) in this shard: {skipped} done before, {to_make} to make"
+    let skipped = shard.len() - to_make;
+    ctx.log.line(&format!(
+        "{} cell(s) in this shard: {skipped} done before, {to_make} to make",
+        shard.len()
     ));
-
-    // Room for the images before any generation (PNG is at most about raw size).
-    let need: u64 = shard
-        .iter()
-        .zip(&pending)
-        .filter(|(_, p)| **p)
-        .map(|(&i, _)| (cells[i].1.width * cells[i].1.height * 3 + 4096) as u64)
-        .sum::<u64>()
-        + (1 << 20);
-    if let Some(free) = free_bytes(&run.dir) {
-        check_space(&run.dir, need, free)?;
-    }
-
+    ctx.check_space(
+        shard
+            .iter()
+            .zip(&pending)
+            .filter(|(_, p)| **p)
+            .map(|(&i, _)| &cells[i].1),
+    )?;
     let (mut generated, mut failed) = (0, 0);
     let mut interrupted = false;
     if to_make > 0 {
-        if generator.is_none() {
-            generator = Some(load()?);
-        }
-        let Some(g) = generator.as_mut() else {
-            bail!("no generator")
-        };
-        // Batches are a fixed function of the shard's cells and the run's batch size, and a
-        // batch with any cell to make is made whole: floating-point results can depend on
-        // the batch's shape, and this way a resumed run gives the bytes an uninterrupted
-        // one gives.
-        let batch_size = run_batch_size(&run, opts.batch, g.max_batch())?;
-        let params: Vec<GenParams> = shard.iter().map(|&i| cells[i].1.clone()).collect();
-        let bar = progress_bar(opts.progress, to_make);
-        for batch in crate::sampling::batch::plan_batches(&params, batch_size) {
-            if !batch.iter().any(|&j| pending[j]) {
-                continue;
-            }
-            if stop.load(Ordering::SeqCst) {
-                interrupted = true;
-                break;
-            }
-            let cell_params: Vec<GenParams> = batch.iter().map(|&j| params[j].clone()).collect();
-            let t = Instant::now();
-            let n = cell_params.len();
-            let outcomes = g.generate(&cell_params, &mut |step, steps| {
-                bar.set_message(format!("batch of {n}: step {step}/{steps}"));
-            })?;
-            if outcomes.len() != n {
-                bail!(
-                    "the pipeline returned {} images for {n} cells",
-                    outcomes.len()
-                );
-            }
-            let seconds = t.elapsed().as_secs_f64() / n as f64;
-            for (&j, outcome) in batch.iter().zip(outcomes) {
-                if !pending[j] {
-                    continue;
-                }
-                let i = shard[j];
-                let (id, p) = &cells[i];
-                let spec = &exp.cells[i];
-                let record = match outcome {
-                    CellOutcome::Image(img) => {
-                        let file = run.image_file(id);
-                        let bytes = encode_cell(exp, &files, opts, id, p, spec, &img)?;
-                        atomic_write(&run.dir.join(&file), &bytes)?;
-                        generated += 1;
-                        Record::new(id, spec, Status::Done, &file, seconds, "")
-                    }
-                    CellOutcome::Failed(reason) => {
-                        failed += 1;
-                        log.line(&format!("cell {} ({id}) failed: {reason}", i + 1));
-                        Record::new(id, spec, Status::Failed, "", seconds, &reason)
-                    }
-                };
-                atomic_write(&run.cell_file(id), &serde_json::to_vec_pretty(&record)?)?;
-                bar.inc(1);
-            }
-        }
-        bar.finish_and_clear();
-    }
-
-    // records.csv and run.json from every shard's cell records, in grid order.
-    let (complete, failed_total) = {
-        let _lock = FileLock::acquire(&run.lock())?;
-        let records: Vec<Record> = cells
-            .iter()
-            .filter_map(|(id, _)| read_cell(&run, id))
-            .collect();
-        write_records(&run.records(), &records)?;
-        let info = RunInfo {
-            experiment: exp.name.clone(),
-            run_id: run.run_id.clone(),
-            axes: exp.axes(),
-            plots: exp.plots.clone(),
-            scoring: exp.scoring.clone(),
-            images: exp
-                .images
-                .keys()
-                .map(|n| (n.clone(), format!("inputs/{n}.png")))
-                .collect(),
-        };
-        atomic_write(
-            &run.dir.join("run.json"),
-            &serde_json::to_vec_pretty(&info)?,
+        let made = ctx.make_cells(
+            &cells,
+            &shard,
+            &mut pending,
+            stop,
+            &models.files,
+            &mut |ok| {
+                if ok { generated += 1 } else { failed += 1 }
+            },
         )?;
-        (
-            records.len() == cells.len(),
-            records
-                .iter()
-                .filter(|r| r.status == Status::Failed)
-                .count(),
-        )
-    };
-    log.line(&format!(
+        interrupted = made.interrupted;
+    }
+    let (complete, failed_total) = ctx.merge_records(&cells)?;
+    ctx.log.line(&format!(
         "{} {generated} image(s), {failed} failed; the grid is {}",
         if interrupted {
             "interrupted after"
@@ -421,10 +307,10 @@ pub fn run(
         }
     ));
     Ok(Summary {
-        dir: run.dir.clone(),
-        run_id: run.run_id.clone(),
+        dir: ctx.run.dir.clone(),
+        run_id: ctx.run.run_id.clone(),
         grid_cells: cells.len(),
-        shard_cells,
+        shard_cells: shard.len(),
         skipped,
         generated,
         failed,
@@ -435,23 +321,233 @@ pub fn run(
     })
 }
 
-/// The run's batch size: `--batch` when given (and remembered), else the one the run
-/// started with, else the generator's estimate (remembered).
-fn run_batch_size(run: &RunDir, requested: Option<usize>, estimate: usize) -> Result<usize> {
-    let file = run.dir.join("batch.json");
-    let stored: Option<usize> = std::fs::read(&file)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["batch"].as_u64())
-        .map(|n| n as usize);
-    let size = requested.or(stored).unwrap_or(estimate).max(1);
-    if stored != Some(size) {
-        atomic_write(
-            &file,
-            &serde_json::to_vec(&serde_json::json!({ "batch": size }))?,
-        )?;
+impl<'a> RunContext<'a> {
+    /// Opens (or makes) the run folder, starts its log, removes partial files of a killed
+    /// run and keeps a copy of the experiment file.
+    fn open(
+        exp: &'a Experiment,
+        opts: &'a RunOptions,
+        load: &'a mut dyn FnMut() -> Result<Box<dyn Generator>>,
+    ) -> Result<RunContext<'a>> {
+        let choice = match &opts.choice {
+            RunChoice::Latest => Choice::Latest,
+            RunChoice::New => Choice::New,
+            RunChoice::Id(id) => Choice::Id(id),
+        };
+        let run = layout::open(&opts.results, &exp.name, choice)?;
+        let log = RunLog {
+            file: std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run.dir.join("log.txt"))
+                .ok(),
+            prefix: if opts.shard.count > 1 {
+                format!("[shard {}/{}] ", opts.shard.index, opts.shard.count)
+            } else {
+                String::new()
+            },
+        };
+        let mut ctx = RunContext {
+            exp,
+            opts,
+            maker: Maker {
+                load,
+                generator: None,
+                run_dir: run.dir.clone(),
+                requested: opts.batch,
+                batch: None,
+            },
+            run,
+            log,
+        };
+        ctx.log.line(&format!(
+            "{} run {} of {} ({} cells) on {} {}",
+            if ctx.run.created {
+                "starting"
+            } else {
+                "continuing"
+            },
+            ctx.run.run_id,
+            exp.path.display(),
+            exp.cells.len(),
+            opts.device,
+            opts.dtype
+        ));
+        for d in [ctx.run.images(), ctx.run.cells(), ctx.run.inputs()] {
+            let n = clean_stale_temps(&d)?;
+            if n > 0 {
+                ctx.log.line(&format!(
+                    "removed {n} partial file(s) of a killed run in {}",
+                    d.display()
+                ));
+            }
+        }
+        atomic_write(&ctx.run.dir.join("experiment.toml"), exp.text.as_bytes())?;
+        Ok(ctx)
     }
-    Ok(size)
+
+    /// Model identities (sha256, cached per machine), written to the manifest.
+    fn identify_models(&mut self) -> Result<ModelIdentity> {
+        let mut cache = HashCache::load(&self.opts.results.join(".cache").join("sha256.json"));
+        let files = self
+            .exp
+            .models
+            .iter()
+            .map(|(role, m)| ids::model_files(role, m, &mut cache))
+            .collect::<Result<Vec<_>>>()?;
+        cache.save()?;
+        let manifest = manifest_json(self.exp, &self.run.run_id, self.opts, &files)?;
+        atomic_write(&self.run.dir.join("manifest.json"), &manifest)?;
+        let digests = ids::digests(&files);
+        Ok(ModelIdentity { files, digests })
+    }
+
+    fn input_maker(&mut self) -> super::inputs::InputMaker<'_, 'a> {
+        super::inputs::InputMaker {
+            exp: self.exp,
+            results: &self.opts.results,
+            dtype: &self.opts.dtype,
+            run: &self.run,
+            maker: &mut self.maker,
+            log: &mut self.log,
+        }
+    }
+
+    /// Every cell with its id, in grid order.
+    fn cells(
+        &self,
+        image_ids: &BTreeMap<String, String>,
+        digests: &ModelDigests,
+    ) -> Result<Vec<(String, GenParams)>> {
+        let inputs_dir = std::fs::canonicalize(self.run.inputs())
+            .with_context(|| format!("cannot find {}", self.run.inputs().display()))?;
+        let path_of = |name: &str| inputs_dir.join(format!("{name}.png"));
+        let image_id = |name: &Option<String>| {
+            name.as_ref()
+                .and_then(|n| image_ids.get(n))
+                .map(String::as_str)
+        };
+        Ok(self
+            .exp
+            .cells
+            .iter()
+            .map(|c| {
+                let p = c.params(&path_of);
+                let id = ids::image_id(
+                    &p,
+                    image_id(&c.positive_image),
+                    image_id(&c.negative_image).filter(|_| p.negative.uses_image()),
+                    digests,
+                    &self.opts.dtype,
+                );
+                (id, p)
+            })
+            .collect())
+    }
+
+    /// Whether this call makes the cell `id` (it has no record, or `--force` /
+    /// `--retry-failed` asks for it again).
+    fn is_pending(&self, id: &str) -> bool {
+        let keep = match read_cell(&self.run, id) {
+            Some(r) if r.status == Status::Done => {
+                !self.opts.force && self.run.dir.join(&r.file).exists()
+            }
+            Some(_) => !(self.opts.force || self.opts.retry_failed),
+            None => false,
+        };
+        !keep
+    }
+
+    /// Room for the images of `to_make` before any generation (PNG is at most about raw size).
+    fn check_space<'c>(&self, to_make: impl Iterator<Item = &'c GenParams>) -> Result<()> {
+        let need: u64 = to_make
+            .map(|p| (p.width * p.height * 3 + 4096) as u64)
+            .sum::<u64>()
+            + (1 << 20);
+        match free_bytes(&self.run.dir) {
+            Some(free) => check_space(&self.run.dir, need, free),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes the pending cells of the shard; `counted(ok)` for each cell made or failed.
+    fn make_cells(
+        &mut self,
+        cells: &[(String, GenParams)],
+        shard: &[usize],
+        pending: &mut [bool],
+        stop: &AtomicBool,
+        files: &[ModelFiles],
+        counted: &mut dyn FnMut(bool),
+    ) -> Result<Made> {
+        let params: Vec<GenParams> = shard.iter().map(|&i| cells[i].1.clone()).collect();
+        let bar = progress_bar(self.opts.progress, pending.iter().filter(|&&p| p).count());
+        let (exp, opts, run) = (self.exp, self.opts, &self.run);
+        let log = &mut self.log;
+        let made = self.maker.make(
+            &params,
+            pending,
+            stop,
+            &|msg| bar.set_message(msg),
+            &mut |j, outcome, seconds| {
+                let i = shard[j];
+                let (id, p) = &cells[i];
+                let spec = &exp.cells[i];
+                let record = match outcome {
+                    CellOutcome::Image(img) => {
+                        let file = run.image_file(id);
+                        let bytes = encode_cell(exp, files, &opts.dtype, id, p, spec, &img)?;
+                        atomic_write(&run.dir.join(&file), &bytes)?;
+                        counted(true);
+                        Record::new(id, spec, Status::Done, &file, seconds, "")
+                    }
+                    CellOutcome::Failed(reason) => {
+                        counted(false);
+                        log.line(&format!("cell {} ({id}) failed: {reason}", i + 1));
+                        Record::new(id, spec, Status::Failed, "", seconds, &reason)
+                    }
+                };
+                atomic_write(&run.cell_file(id), &serde_json::to_vec_pretty(&record)?)?;
+                bar.inc(1);
+                Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
+        Ok(made)
+    }
+
+    /// records.csv and run.json from every shard's cell records, in grid order: whether
+    /// every cell has a record, and how many failed.
+    fn merge_records(&self, cells: &[(String, GenParams)]) -> Result<(bool, usize)> {
+        let _lock = FileLock::acquire(&self.run.lock())?;
+        let records: Vec<Record> = cells
+            .iter()
+            .filter_map(|(id, _)| read_cell(&self.run, id))
+            .collect();
+        write_records(&self.run.records(), &records)?;
+        let exp = self.exp;
+        let info = RunInfo {
+            experiment: exp.name.clone(),
+            run_id: self.run.run_id.clone(),
+            axes: exp.axes(),
+            plots: exp.plots.clone(),
+            scoring: exp.scoring.clone(),
+            images: exp
+                .images
+                .keys()
+                .map(|n| (n.clone(), format!("inputs/{n}.png")))
+                .collect(),
+        };
+        atomic_write(
+            &self.run.dir.join("run.json"),
+            &serde_json::to_vec_pretty(&info)?,
+        )?;
+        let failed = records
+            .iter()
+            .filter(|r| r.status == Status::Failed)
+            .count();
+        Ok((records.len() == cells.len(), failed))
+    }
 }
 
 fn read_cell(run: &RunDir, id: &str) -> Option<Record> {
@@ -483,138 +579,4 @@ fn progress_bar(show: bool, len: usize) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
-}
-
-fn encode_cell(
-    exp: &Experiment,
-    files: &[ModelFiles],
-    opts: &RunOptions,
-    id: &str,
-    p: &GenParams,
-    spec: &crate::experiment::CellSpec,
-    img: &image::RgbImage,
-) -> Result<Vec<u8>> {
-    let negative_image = spec
-        .negative_image
-        .as_deref()
-        .filter(|_| p.negative.uses_image());
-    let parameters = png::a1111_parameters(
-        p,
-        spec.positive_image.as_deref(),
-        negative_image,
-        &exp.models.pipeline.reference,
-    );
-    // Paths of the run folder stay out, so the file is the same in any run folder.
-    let mut params = p.clone();
-    params.positive_image = spec
-        .positive_image
-        .as_ref()
-        .map(|n| format!("inputs/{n}.png").into());
-    params.negative_image = spec
-        .negative_image
-        .as_ref()
-        .map(|n| format!("inputs/{n}.png").into());
-    let json = CellJson {
-        experiment: &exp.name,
-        cell_id: id,
-        params,
-        positive_image: spec.positive_image.as_deref(),
-        negative_image: spec.negative_image.as_deref(),
-        models: files
-            .iter()
-            .map(|f| (f.role.as_str(), f.reference.as_str()))
-            .collect(),
-        dtype: &opts.dtype,
-        negimg_version: env!("CARGO_PKG_VERSION"),
-    };
-    png::encode(
-        img,
-        &[
-            ("parameters", &parameters),
-            ("negimg", &serde_json::to_string(&json)?),
-        ],
-    )
-}
-
-/// Writes `bytes` unless the file already has them (inputs are shared by every shard).
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
-    if std::fs::read(path).ok().as_deref() != Some(bytes) {
-        atomic_write(path, bytes)?;
-    }
-    Ok(())
-}
-
-/// Puts every `[images.NAME]` into `inputs/NAME.png` (files converted to PNG; `generate`
-/// images made text-to-image once and cached in `results/.cache/inputs/`), and returns
-/// each image's identity for the cell ids.
-fn inputs(
-    exp: &Experiment,
-    opts: &RunOptions,
-    run: &RunDir,
-    digests: &ModelDigests,
-    generator: &mut Option<Box<dyn Generator>>,
-    load: &mut dyn FnMut() -> Result<Box<dyn Generator>>,
-    log: &mut RunLog,
-) -> Result<BTreeMap<String, String>> {
-    let cache_dir = opts.results.join(".cache").join("inputs");
-    let mut ids = BTreeMap::new();
-    let mut to_make: Vec<(String, GenParams, PathBuf)> = Vec::new();
-    for (name, source) in &exp.images {
-        let dest = run.inputs().join(format!("{name}.png"));
-        match source {
-            ImageSource::File(file) => {
-                let bytes = std::fs::read(file)
-                    .with_context(|| format!("[images.{name}]: cannot read {}", file.display()))?;
-                let img = image::load_from_memory(&bytes)
-                    .with_context(|| format!("[images.{name}]: cannot decode {}", file.display()))?
-                    .to_rgb8();
-                write_if_changed(&dest, &png::encode(&img, &[])?)?;
-                ids.insert(name.clone(), ids::sha256_hex(&bytes));
-            }
-            ImageSource::Generate(spec) => {
-                let p = exp.input_params(spec);
-                let id = ids::image_id(&p, None, None, digests, &opts.dtype);
-                let cached = cache_dir.join(format!("{id}.png"));
-                if cached.exists() {
-                    let bytes = std::fs::read(&cached)
-                        .with_context(|| format!("cannot read {}", cached.display()))?;
-                    write_if_changed(&dest, &bytes)?;
-                } else {
-                    to_make.push((name.clone(), p, cached));
-                }
-                ids.insert(name.clone(), id);
-            }
-        }
-    }
-    if to_make.is_empty() {
-        return Ok(ids);
-    }
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("cannot create {}", cache_dir.display()))?;
-    let names: Vec<&str> = to_make.iter().map(|(n, _, _)| n.as_str()).collect();
-    log.line(&format!(
-        "making input image(s) {} text-to-image",
-        names.join(", ")
-    ));
-    if generator.is_none() {
-        *generator = Some(load()?);
-    }
-    let Some(g) = generator.as_mut() else {
-        bail!("no generator")
-    };
-    let params: Vec<GenParams> = to_make.iter().map(|(_, p, _)| p.clone()).collect();
-    let outcomes = g.generate(&params, &mut |_, _| {})?;
-    for ((name, _, cached), outcome) in to_make.iter().zip(outcomes) {
-        match outcome {
-            CellOutcome::Image(img) => {
-                let bytes = png::encode(&img, &[])?;
-                atomic_write(cached, &bytes)?;
-                write_if_changed(&run.inputs().join(format!("{name}.png")), &bytes)?;
-            }
-            CellOutcome::Failed(reason) => {
-                bail!("[images.{name}]: the text-to-image input could not be made: {reason}")
-            }
-        }
-    }
-    Ok(ids)
 }

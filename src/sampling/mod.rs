@@ -1,9 +1,8 @@
-//! Schedulers, guidance (branches, weights, windows) and batching.
+//! Schedulers and guidance (branches, weights, windows).
 //!
 //! Schedulers follow diffusers' formulas and timestep spacing exactly (parity-tested against
 //! diffusers by `tests/parity_scheduler.rs`); they act row-wise, so one scheduler serves a
 //! whole batch of cells that share steps and scheduler kind.
-pub mod batch;
 pub mod ddim;
 pub mod dpmpp_2m;
 pub mod euler;

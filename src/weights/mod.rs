@@ -1,6 +1,5 @@
 //! Weight files: safetensors into tch VarStores with shape checks and precise errors.
 pub mod hub;
-pub mod ldm;
 pub mod pipeline_folder;
 pub mod random;
 pub mod safetensors_io;

@@ -95,3 +95,28 @@ pub fn var_shapes(vs: &tch::nn::VarStore) -> std::collections::BTreeMap<String, 
         .map(|(k, v)| (k, v.size()))
         .collect()
 }
+
+/// Loads a model set on the CPU in float32.
+pub fn load_pipeline(models: &negimg::roles::ModelSet<PathBuf>) -> negimg::pipeline::Pipeline {
+    negimg::pipeline::Pipeline::load(models, tch::Device::Cpu, tch::Kind::Float, &mut |_| {})
+        .unwrap()
+}
+
+/// Generates `cells` (any mix of batch keys) in the runner's batches of at most
+/// `max_batch` cells; float outcomes in the order of `cells`.
+pub fn generate_float(
+    pipeline: &mut negimg::pipeline::Pipeline,
+    cells: &[negimg::params::GenParams],
+    max_batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Vec<negimg::pipeline::FloatOutcome> {
+    let mut out: Vec<Option<negimg::pipeline::FloatOutcome>> = cells.iter().map(|_| None).collect();
+    for batch in negimg::run::batching::plan_batches(cells, max_batch) {
+        let group: Vec<_> = batch.iter().map(|&i| cells[i].clone()).collect();
+        let results = pipeline.generate_float(&group, progress).unwrap();
+        for (&i, r) in batch.iter().zip(results) {
+            out[i] = Some(r);
+        }
+    }
+    out.into_iter().map(Option::unwrap).collect()
+}

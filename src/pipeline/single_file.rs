@@ -21,10 +21,10 @@
 //!    `attention_head_dim: 8`) and `hidden_size / 64` heads in the text encoder (CLIP
 //!    ViT-L/14). Everything else keeps its SD1.5 value, so an SD1.5 checkpoint gets exactly
 //!    the SD1.5 configs.
-use super::safetensors_io::{TensorFile, TensorSource};
 use crate::models::clip_text::ClipTextConfig;
 use crate::models::unet::{OneOrMany, UNet2DConditionConfig};
 use crate::models::vae::AutoencoderKLConfig;
+use crate::weights::{TensorFile, TensorSource};
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,32 @@
+//! What an experiment asks of its outputs: the axes as labelled in records.csv, the scoring
+//! and the figures. Written into run.json by the runner, read by the scorer and the report.
+use serde::{Deserialize, Serialize};
+
+/// One grid axis: a `Record` field name (`weight`, `negative`, `negative_image`, `seed`...)
+/// and its values in the experiment's order, formatted as in records.csv.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Axis {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlotsSpec {
+    pub rows: Option<String>,
+    pub cols: Option<String>,
+    pub pages: Option<String>,
+    /// Numeric axis on the x of curves.
+    pub curve_x: Option<String>,
+    /// Axes whose combinations make one line each on curves (default: the other non-seed axes).
+    pub series: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoringSpec {
+    /// Texts for CLIP-T.
+    pub targets: Vec<String>,
+    /// `[images.NAME]` compared by clip_i_pos when a cell has no positive image of its own.
+    pub positive_reference: Option<String>,
+    /// `[images.NAME]` compared by clip_i_neg when a cell has no negative image of its own.
+    pub negative_reference: Option<String>,
+}

@@ -1,0 +1,47 @@
+//! The sampling loop: one UNet call per step on `[uncond rows; cond rows]` of a batch, each
+//! row with its own text, image tokens and IP scale, each cell with its own guidance scale.
+use crate::models::unet::UNet2DConditionModel;
+use crate::params::GenParams;
+use crate::sampling::{Scheduler, guidance};
+use tch::{Kind, Tensor};
+
+/// What every step of a batch is conditioned on.
+pub struct Conditioning<'a> {
+    /// Text rows `[2B, 77, hidden]`.
+    pub text: &'a Tensor,
+    /// Image-token rows `[2B, T, cross]`, when the batch uses an IP-Adapter.
+    pub image_tokens: Option<&'a Tensor>,
+}
+
+/// Runs `scheduler` from the initial latents `x` `[B, 4, h, w]` (already scaled by the
+/// scheduler's initial sigma) to the final latents of `cells`. `progress(step, steps)` after
+/// each step.
+pub fn denoise(
+    unet: &UNet2DConditionModel,
+    scheduler: &mut dyn Scheduler,
+    cells: &[GenParams],
+    cond: &Conditioning,
+    mut x: Tensor,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Tensor {
+    let steps = cells[0].steps;
+    let device = x.device();
+    let cfg: Vec<f64> = cells.iter().map(|c| c.cfg).collect();
+    let refs: Vec<&GenParams> = cells.iter().collect();
+    let timesteps = scheduler.timesteps().to_vec();
+    for (i, &t) in timesteps.iter().enumerate() {
+        let x_in = scheduler.scale_model_input(&x, i);
+        let rows = Tensor::cat(&[&x_in, &x_in], 0);
+        let scale = guidance::ip_scale_tensor(&refs, i, steps, device, Kind::Float);
+        let eps = unet.forward(
+            &rows,
+            t,
+            cond.text,
+            cond.image_tokens.map(|tok| (tok, &scale)),
+        );
+        let eps = guidance::combine(&eps.to_kind(Kind::Float), &cfg);
+        x = scheduler.step(&eps, i, &x);
+        progress(i + 1, steps);
+    }
+    x
+}

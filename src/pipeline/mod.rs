@@ -1,0 +1,350 @@
+//! The generation pipeline: models loaded once; a batch of cells -> latents -> images.
+//!
+//! One UNet call per step serves a whole batch: rows `[uncond of every cell; cond of every
+//! cell]`, each row with its own text embedding, IP-Adapter image tokens and IP scale (from
+//! its branch's weight and window at that step, see [`crate::sampling::guidance`]), and each
+//! cell with its own guidance scale. Cells of one batch may differ in everything but
+//! [`GenParams::batch_key`]; batching does not change the result (each row is computed as it
+//! would be alone, up to float rounding). Which cells make a batch is the caller's decision
+//! (the runner's, see [`crate::run::batching`]); the pipeline generates what it is handed.
+//!
+//! Noise: each cell draws its initial latents on the CPU with `tch::manual_seed(seed)` and
+//! `randn([1, 4, h/f, w/f])` in float32, so seed N gives diffusers' image for
+//! `generator=torch.Generator("cpu").manual_seed(N)` (one image per call) on any device.
+//!
+//! Stages, one file each: [`source`] (file layouts), [`conditioning`] (text and image
+//! tokens, cached), [`denoise`] (the sampling loop), [`decode`] (VAE, fp32 re-decode),
+//! [`random`] (random-weight sets for benchmarks and tests), [`single_file`] (LDM checkpoints).
+pub mod conditioning;
+pub mod decode;
+pub mod denoise;
+pub mod random;
+pub mod single_file;
+pub mod source;
+
+pub use random::{RandomPreset, RandomShapes, write_random_adapter};
+
+use crate::models::clip_text::ClipTextModel;
+use crate::models::clip_vision::ClipVisionModelWithProjection;
+use crate::models::ip_adapter::{AdapterFile, ImageProj};
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet::UNet2DConditionModel;
+use crate::models::vae::AutoencoderKL;
+use crate::params::{AdapterKind, GenParams};
+use crate::roles::{ModelSet, Role};
+use crate::sampling::{SchedulerConfig, make_scheduler};
+use anyhow::{Context, Result, anyhow, bail};
+use conditioning::{Adapter, Conditioner};
+use decode::Decoder;
+use source::VaeFile;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// What became of one cell.
+#[derive(Clone, Debug)]
+pub enum CellOutcome {
+    Image(image::RgbImage),
+    /// The cell could not be made (e.g. NaN in the latents); the others go on.
+    Failed(String),
+}
+
+/// A cell's decoded image as float RGB `[3, H, W]` in `[0, 1]` (before 8-bit rounding), or
+/// why it failed.
+pub type FloatOutcome = std::result::Result<Tensor, String>;
+
+/// Why a batch could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// The device ran out of memory: a smaller batch may fit.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Models loaded once; generates batches of cells.
+pub struct Pipeline {
+    device: Device,
+    kind: Kind,
+    conditioner: Conditioner,
+    unet: UNet2DConditionModel,
+    decoder: Decoder,
+    /// Image pixels per latent pixel (8 for SD1.5).
+    vae_scale: usize,
+    /// The adapter whose `to_k_ip`/`to_v_ip` weights the UNet holds now.
+    unet_adapter: Option<AdapterKind>,
+    scheduler_cfg: SchedulerConfig,
+}
+
+/// The loaded models a pipeline is assembled from.
+struct Parts {
+    device: Device,
+    kind: Kind,
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    vae_file: Option<VaeFile>,
+    encoder: ClipVisionModelWithProjection,
+    adapters: HashMap<AdapterKind, Adapter>,
+    scheduler_cfg: SchedulerConfig,
+}
+
+impl Pipeline {
+    /// Loads every image-making model of `models` on `device` in `kind` (the scorer is not
+    /// loaded). `stage(role)` is called before each model loads, for progress.
+    pub fn load(
+        models: &ModelSet<PathBuf>,
+        device: Device,
+        kind: Kind,
+        stage: &mut dyn FnMut(Role),
+    ) -> Result<Pipeline> {
+        let fp16 = kind == Kind::Half;
+        stage(Role::Pipeline);
+        let source = source::open(&models.pipeline, fp16)?;
+        let tokenizer = source.tokenizer()?;
+        let text_encoder = source.text_encoder(device, kind)?;
+        let unet = source.unet(device, kind)?;
+        let vae_file = match &models.vae {
+            Some(path) => {
+                stage(Role::Vae);
+                VaeFile::from_path(path, fp16)?
+            }
+            None => source.vae()?.ok_or_else(|| {
+                anyhow!(
+                    "{} has no VAE: give one as [models] vae",
+                    models.pipeline.display()
+                )
+            })?,
+        };
+        let vae = vae_file.load(device, kind)?;
+        stage(Role::ImageEncoder);
+        let encoder = ClipVisionModelWithProjection::load(&models.image_encoder, device, kind)
+            .with_context(|| format!("image encoder {}", models.image_encoder.display()))?;
+        let mut adapters = HashMap::new();
+        for kind_ in [AdapterKind::Base, AdapterKind::Plus] {
+            if let Some(path) = models.adapter(kind_) {
+                stage(Role::adapter(kind_));
+                adapters.insert(kind_, load_adapter(path, kind_, device, kind)?);
+            }
+        }
+        Ok(Self::assemble(Parts {
+            device,
+            kind,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            vae_file: Some(vae_file),
+            encoder,
+            adapters,
+            scheduler_cfg: source.scheduler_config()?,
+        }))
+    }
+
+    fn assemble(p: Parts) -> Pipeline {
+        let vae_scale = p.vae.config().scale_factor() as usize;
+        Pipeline {
+            device: p.device,
+            kind: p.kind,
+            conditioner: Conditioner::new(
+                p.device,
+                p.kind,
+                p.tokenizer,
+                p.text_encoder,
+                p.encoder,
+                p.adapters,
+            ),
+            unet: p.unet,
+            decoder: Decoder::new(p.vae, p.vae_file, p.device, p.kind),
+            vae_scale,
+            unet_adapter: None,
+            scheduler_cfg: p.scheduler_cfg,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The scheduler configuration in use (the pipeline folder's, else the demo's DDIM).
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_cfg
+    }
+
+    /// Image pixels per latent pixel (8 for SD1.5): width and height must be multiples.
+    pub fn vae_scale(&self) -> usize {
+        self.vae_scale
+    }
+
+    /// Loads each adapter's attention weights into the UNet once: an adapter made for
+    /// another UNet fails here, naming its file (`negimg models check`).
+    pub fn check_adapters(&mut self) -> Result<()> {
+        for kind in [AdapterKind::Base, AdapterKind::Plus] {
+            self.use_adapter(kind)?;
+        }
+        Ok(())
+    }
+
+    /// Generates one batch of cells that share a [`GenParams::batch_key`]; the outcomes
+    /// follow the order of `cells`. `progress(step, steps)` is called after each step.
+    pub fn generate(
+        &mut self,
+        cells: &[GenParams],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> std::result::Result<Vec<CellOutcome>, GenerateError> {
+        let floats = self.generate_float(cells, progress)?;
+        Ok(floats.into_iter().map(to_outcome).collect())
+    }
+
+    /// As [`generate`](Self::generate), with the float images `[3, H, W]` in `[0, 1]`.
+    /// Out-of-memory failures (errors or libtorch panics) come back as
+    /// [`GenerateError::OutOfMemory`], so that the caller can try a smaller batch.
+    pub fn generate_float(
+        &mut self,
+        cells: &[GenParams],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> std::result::Result<Vec<FloatOutcome>, GenerateError> {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tch::no_grad(|| self.generate_batch(cells, progress))
+        }));
+        match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) if is_oom(&format!("{e:#}")) => {
+                Err(GenerateError::OutOfMemory(format!("{e:#}")))
+            }
+            Ok(Err(e)) => Err(GenerateError::Other(e)),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                if is_oom(&msg) {
+                    Err(GenerateError::OutOfMemory(first_line(&msg)))
+                } else {
+                    Err(GenerateError::Other(anyhow!("generation failed: {msg}")))
+                }
+            }
+        }
+    }
+
+    fn generate_batch(
+        &mut self,
+        cells: &[GenParams],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<FloatOutcome>> {
+        let Some(first) = cells.first() else {
+            return Ok(vec![]);
+        };
+        if let Some(c) = cells.iter().find(|c| c.batch_key() != first.batch_key()) {
+            bail!(
+                "cells of one batch must share steps, size, scheduler and adapter (seed {} differs from seed {})",
+                c.seed,
+                first.seed
+            );
+        }
+        let (h, w) = self.latent_size(first.width, first.height)?;
+        let mut scheduler = make_scheduler(first.scheduler, &self.scheduler_cfg, first.steps)?;
+        let text = self.conditioner.text_rows(cells);
+        let image_tokens = self.conditioner.image_rows(cells)?;
+        if image_tokens.is_some() {
+            self.use_adapter(first.adapter)?;
+        }
+        let noise: Vec<Tensor> = cells.iter().map(|c| initial_noise(c.seed, h, w)).collect();
+        let x = Tensor::cat(&noise, 0).to_device(self.device) * scheduler.init_noise_sigma();
+        let cond = denoise::Conditioning {
+            text: &text,
+            image_tokens: image_tokens.as_ref(),
+        };
+        let x = denoise::denoise(&self.unet, scheduler.as_mut(), cells, &cond, x, progress);
+        self.decoder.decode(&x, cells)
+    }
+
+    /// The latent height and width for an image of `width` x `height`.
+    fn latent_size(&self, width: usize, height: usize) -> Result<(i64, i64)> {
+        let f = self.vae_scale;
+        if width == 0 || height == 0 || !width.is_multiple_of(f) || !height.is_multiple_of(f) {
+            bail!(
+                "image size {width}x{height}: width and height must be positive multiples of {f}"
+            );
+        }
+        Ok(((height / f) as i64, (width / f) as i64))
+    }
+
+    /// Puts `kind`'s attention weights into the UNet (a no-op when they are there already).
+    fn use_adapter(&mut self, kind: AdapterKind) -> Result<()> {
+        if self.unet_adapter == Some(kind) {
+            return Ok(());
+        }
+        if let Some(file) = self.conditioner.adapter_file(kind) {
+            self.unet.load_ip_adapter(file.tensors())?;
+            self.unet_adapter = Some(kind);
+        }
+        Ok(())
+    }
+}
+
+/// An IP-Adapter file given as `want`: its keys must be those of that kind.
+fn load_adapter(
+    path: &std::path::Path,
+    want: AdapterKind,
+    device: Device,
+    kind: Kind,
+) -> Result<Adapter> {
+    let file = AdapterFile::open(path)?;
+    if file.kind != want {
+        bail!(
+            "{}: given as the {want} adapter, but its keys are those of a {} adapter",
+            path.display(),
+            file.kind
+        );
+    }
+    let proj = ImageProj::load(&file, device, kind)?;
+    Ok(Adapter { file, proj })
+}
+
+fn is_oom(message: &str) -> bool {
+    message.contains("out of memory")
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+/// N(0, 1) latents `[1, 4, h, w]` from libtorch's CPU generator seeded with `seed` (as
+/// `torch.Generator("cpu").manual_seed(seed)`; seeds of 2^63 and above wrap to negative i64,
+/// the same 64 bits). The generator is global, so seeding and drawing hold a lock against
+/// other pipelines in the process.
+pub fn initial_noise(seed: u64, h: i64, w: i64) -> Tensor {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed as i64);
+    Tensor::randn([1, 4, h, w], (Kind::Float, Device::Cpu))
+}
+
+/// 8-bit RGB as diffusers' `numpy_to_pil`: `round(x * 255)` of the `[0, 1]` float image.
+pub fn to_rgb8(img: &Tensor) -> image::RgbImage {
+    let (_, h, w) = img.size3().unwrap_or((3, 0, 0));
+    let bytes = (img.to_kind(Kind::Float) * 255.0)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .permute([1, 2, 0])
+        .contiguous()
+        .to_device(Device::Cpu);
+    let data = Vec::<u8>::try_from(bytes.flatten(0, -1)).unwrap_or_default();
+    image::RgbImage::from_raw(w as u32, h as u32, data).unwrap_or_default()
+}
+
+fn to_outcome(r: FloatOutcome) -> CellOutcome {
+    match r {
+        Ok(t) => CellOutcome::Image(to_rgb8(&t)),
+        Err(reason) => CellOutcome::Failed(reason),
+    }
+}

@@ -1,0 +1,144 @@
+//! Random-weight model sets at the shapes of a preset, built in memory: for speed benchmarks
+//! and tests, without files.
+use super::Pipeline;
+use super::conditioning::Adapter;
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModelWithProjection};
+use crate::models::ip_adapter::{AdapterFile, ImageProj};
+use crate::models::tokenizer::{ClipTokenizer, find_open_clip_vocab};
+use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::params::AdapterKind;
+use crate::sampling::SchedulerConfig;
+use anyhow::{Result, bail};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, nn};
+
+/// Shapes of a random-weight model set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RandomPreset {
+    /// Small models for CPU tests: a few MB, fast at 64x64.
+    Tiny,
+    /// The real shapes: SD1.5 UNet/VAE/text encoder, ViT-H/14 image encoder, ip-adapter_sd15.
+    Sd15,
+}
+
+impl std::str::FromStr for RandomPreset {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<RandomPreset> {
+        match s {
+            "tiny" => Ok(RandomPreset::Tiny),
+            "sd15" => Ok(RandomPreset::Sd15),
+            other => bail!("{other:?} is not a preset: tiny, sd15"),
+        }
+    }
+}
+
+pub struct RandomShapes {
+    pub unet: UNet2DConditionConfig,
+    pub vae: AutoencoderKLConfig,
+    pub text: ClipTextConfig,
+    pub vision: ClipVisionConfig,
+}
+
+impl RandomPreset {
+    pub fn shapes(self) -> RandomShapes {
+        match self {
+            RandomPreset::Tiny => RandomShapes {
+                unet: UNet2DConditionConfig::tiny(),
+                vae: AutoencoderKLConfig::tiny(),
+                text: ClipTextConfig::tiny(),
+                vision: ClipVisionConfig::tiny(),
+            },
+            RandomPreset::Sd15 => RandomShapes {
+                unet: UNet2DConditionConfig::sd15(),
+                vae: AutoencoderKLConfig::sd15(),
+                text: ClipTextConfig::sd15(),
+                vision: ClipVisionConfig::vit_h(),
+            },
+        }
+    }
+
+    /// The default image side of the preset (64 for tiny, 512 for SD1.5).
+    pub fn default_size(self) -> usize {
+        match self {
+            RandomPreset::Tiny => 64,
+            RandomPreset::Sd15 => 512,
+        }
+    }
+}
+
+/// Writes a random adapter of `kind` that fits `unet` and `vision`.
+pub fn write_random_adapter(
+    path: &Path,
+    kind: AdapterKind,
+    unet: &UNet2DConditionConfig,
+    vision: &ClipVisionConfig,
+    seed: i64,
+) -> Result<()> {
+    let embed_dim = match kind {
+        AdapterKind::Base => vision.projection_dim,
+        AdapterKind::Plus => vision.hidden_size,
+    };
+    crate::models::ip_adapter::write_random(
+        path,
+        kind,
+        unet.context_dim(),
+        embed_dim,
+        &crate::models::unet::ip_attn_hidden_sizes(unet),
+        seed,
+    )
+}
+
+impl Pipeline {
+    /// A pipeline of random weights built in memory (no files but the small adapter files,
+    /// written to `scratch`), at the shapes of `preset`.
+    pub fn random(
+        preset: RandomPreset,
+        device: Device,
+        kind: Kind,
+        scratch: &Path,
+    ) -> Result<Pipeline> {
+        let shapes = preset.shapes();
+        let store = || {
+            let mut vs = nn::VarStore::new(device);
+            vs.set_kind(kind);
+            vs
+        };
+        let (text_vs, unet_vs, vae_vs, enc_vs) = (store(), store(), store(), store());
+        let text_encoder = ClipTextModel::new(text_vs.root() / "text_model", &shapes.text);
+        let ip = Some(IpLayout::for_config(&shapes.unet));
+        let unet = UNet2DConditionModel::new(unet_vs.root(), &shapes.unet, ip)?;
+        let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, false)?;
+        let encoder = ClipVisionModelWithProjection::new(enc_vs.root(), &shapes.vision);
+        for vs in [&text_vs, &unet_vs, &vae_vs, &enc_vs] {
+            vs.variables().values().for_each(|v| {
+                let _ = v.shallow_clone().set_requires_grad(false);
+            });
+        }
+        let tokenizer = ClipTokenizer::from_open_clip_vocab(&find_open_clip_vocab()?)?;
+        let mut adapters = HashMap::new();
+        for adapter in [AdapterKind::Base, AdapterKind::Plus] {
+            let path = scratch.join(format!("random-{adapter}.safetensors"));
+            write_random_adapter(&path, adapter, &shapes.unet, &shapes.vision, 7)?;
+            let file = AdapterFile::open(&path)?;
+            let proj = ImageProj::load(&file, device, kind)?;
+            adapters.insert(adapter, Adapter { file, proj });
+        }
+        Ok(Pipeline::assemble(super::Parts {
+            device,
+            kind,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            vae_file: None,
+            encoder,
+            adapters,
+            scheduler_cfg: SchedulerConfig::sd15_ddim(),
+        }))
+    }
+}

@@ -1,0 +1,186 @@
+//! Where a pipeline's models come from. A diffusers folder and a single-file LDM checkpoint
+//! both implement [`PipelineSource`], so `run`, `generate`, `bench` and `models check` load
+//! through the same code.
+use super::single_file::{self, LdmCheckpoint};
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::tokenizer::{ClipTokenizer, find_open_clip_vocab};
+use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::sampling::SchedulerConfig;
+use crate::weights::pipeline_folder::{Component, PipelineFolder};
+use crate::weights::{TensorFile, TensorSource, load_var_store};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, nn};
+
+/// The models of a Stable Diffusion pipeline, read from some file layout.
+pub trait PipelineSource {
+    fn tokenizer(&self) -> Result<ClipTokenizer>;
+    fn text_encoder(&self, device: Device, kind: Kind) -> Result<ClipTextModel>;
+    /// The UNet, with room for IP-Adapter weights.
+    fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel>;
+    /// The pipeline's own VAE, where it has one.
+    fn vae(&self) -> Result<Option<VaeFile>>;
+    fn scheduler_config(&self) -> Result<SchedulerConfig>;
+}
+
+/// Opens `path`: a single-file checkpoint (`.safetensors`, `.ckpt`) or a diffusers folder
+/// (with `prefer_fp16`, its `*.fp16.safetensors` variants win where both exist).
+pub fn open(path: &Path, prefer_fp16: bool) -> Result<Box<dyn PipelineSource>> {
+    if single_file::is_single_file(path) {
+        Ok(Box::new(single_file::open_single_file(path)?))
+    } else {
+        Ok(Box::new(PipelineFolder::open_with(path, prefer_fp16)?))
+    }
+}
+
+/// Where a VAE's weights are, so that it can be loaded again (in float32, when an fp16
+/// decode overflows).
+#[derive(Clone, Debug)]
+pub enum VaeFile {
+    /// A diffusers component: config.json and one weight file.
+    Component(Component),
+    /// The VAE inside a single-file checkpoint.
+    SingleFile {
+        path: PathBuf,
+        config: Box<AutoencoderKLConfig>,
+    },
+}
+
+impl VaeFile {
+    /// `[models] vae`: a diffusers VAE folder, or a weight file with config.json beside it.
+    pub fn from_path(path: &Path, prefer_fp16: bool) -> Result<VaeFile> {
+        if path.is_file() {
+            let parent = path.parent().unwrap_or(Path::new("."));
+            return Ok(VaeFile::Component(Component {
+                dir: parent.to_path_buf(),
+                config: parent.join("config.json"),
+                weights: path.to_path_buf(),
+            }));
+        }
+        let component = Component::open(path, "diffusion_pytorch_model", prefer_fp16)?;
+        Ok(VaeFile::Component(component))
+    }
+
+    pub fn load(&self, device: Device, kind: Kind) -> Result<AutoencoderKL> {
+        match self {
+            VaeFile::Component(c) => {
+                let cfg = AutoencoderKLConfig::from_json_file(&c.config)?;
+                AutoencoderKL::from_source(
+                    &TensorFile::open(&c.weights)?,
+                    &cfg,
+                    device,
+                    kind,
+                    false,
+                )
+            }
+            VaeFile::SingleFile { path, config } => {
+                let ckpt = single_file::open_single_file(path)?;
+                AutoencoderKL::from_source(ckpt.vae()?.as_ref(), config, device, kind, false)
+            }
+        }
+    }
+}
+
+/// A transformers `CLIPTextModel` from any tensor source.
+fn text_encoder_from(
+    source: &dyn TensorSource,
+    cfg: &ClipTextConfig,
+    device: Device,
+    kind: Kind,
+) -> Result<ClipTextModel> {
+    let mut vs = nn::VarStore::new(device);
+    vs.set_kind(kind);
+    let model = ClipTextModel::new(vs.root() / "text_model", cfg);
+    vs.freeze();
+    load_var_store(&vs, source, |name| Some(name.to_string()))?;
+    Ok(model)
+}
+
+fn unet_from(
+    source: &dyn TensorSource,
+    cfg: &UNet2DConditionConfig,
+    device: Device,
+    kind: Kind,
+) -> Result<UNet2DConditionModel> {
+    let ip = Some(IpLayout::for_config(cfg));
+    UNet2DConditionModel::from_source(source, cfg, device, kind, ip)
+}
+
+impl PipelineSource for PipelineFolder {
+    fn tokenizer(&self) -> Result<ClipTokenizer> {
+        ClipTokenizer::from_folder(&self.tokenizer)
+    }
+
+    fn text_encoder(&self, device: Device, kind: Kind) -> Result<ClipTextModel> {
+        let cfg = ClipTextConfig::from_file(&self.text_encoder.config)?;
+        text_encoder_from(
+            &TensorFile::open(&self.text_encoder.weights)?,
+            &cfg,
+            device,
+            kind,
+        )
+    }
+
+    fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {
+        let cfg = UNet2DConditionConfig::from_json_file(&self.unet.config)?;
+        unet_from(&TensorFile::open(&self.unet.weights)?, &cfg, device, kind)
+    }
+
+    fn vae(&self) -> Result<Option<VaeFile>> {
+        Ok(Some(VaeFile::Component(self.vae.clone())))
+    }
+
+    fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        match &self.scheduler_config {
+            Some(path) => SchedulerConfig::from_file(path),
+            None => Ok(SchedulerConfig::sd15_ddim()),
+        }
+    }
+}
+
+/// A single file takes its configs, tokenizer and scheduler from
+/// `<file name without extension>.configs/` beside it where that folder has them; otherwise
+/// the model configs are inferred from the tensor shapes with SD1.x head counts (see
+/// [`single_file`]), the tokenizer is open_clip's vocabulary (SD1.5's) and the scheduler
+/// the demo's DDIM.
+impl PipelineSource for LdmCheckpoint {
+    fn tokenizer(&self) -> Result<ClipTokenizer> {
+        match self.config_file("tokenizer/vocab.json") {
+            Some(vocab) => ClipTokenizer::from_folder(vocab.parent().unwrap_or(Path::new("."))),
+            None => {
+                let vocab = find_open_clip_vocab().context(
+                    "a single-file checkpoint has no tokenizer; negimg uses open_clip's vocabulary",
+                )?;
+                ClipTokenizer::from_open_clip_vocab(&vocab)
+            }
+        }
+    }
+
+    fn text_encoder(&self, device: Device, kind: Kind) -> Result<ClipTextModel> {
+        let cfg = self.text_encoder_config()?;
+        text_encoder_from(self.text_encoder()?.as_ref(), &cfg, device, kind)
+    }
+
+    fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {
+        let cfg = self.unet_config()?;
+        unet_from(LdmCheckpoint::unet(self)?.as_ref(), &cfg, device, kind)
+    }
+
+    fn vae(&self) -> Result<Option<VaeFile>> {
+        if !self.has_vae() {
+            return Ok(None);
+        }
+        Ok(Some(VaeFile::SingleFile {
+            path: self.path().to_path_buf(),
+            config: Box::new(self.vae_config()?),
+        }))
+    }
+
+    fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        match self.config_file("scheduler/scheduler_config.json") {
+            Some(path) => SchedulerConfig::from_file(&path),
+            None => Ok(SchedulerConfig::sd15_ddim()),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The models of a run by role, and one generic set of them: the experiment's references
+//! (`ModelSet<ModelRef>`), the files the pipeline loads (`ModelSet<PathBuf>`) and the digests
+//! that identify an image (`ModelSet<String>`) are the same shape with other contents.
+use crate::params::AdapterKind;
+use crate::weights::hub::Component;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What a model is for. The serde name is the one written in manifests and printed by
+/// `negimg models check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    #[serde(rename = "pipeline")]
+    Pipeline,
+    #[serde(rename = "vae")]
+    Vae,
+    #[serde(rename = "ip_adapter.base")]
+    IpAdapterBase,
+    #[serde(rename = "ip_adapter.plus")]
+    IpAdapterPlus,
+    #[serde(rename = "image_encoder")]
+    ImageEncoder,
+    #[serde(rename = "scorer")]
+    Scorer,
+}
+
+impl Role {
+    /// Every role, in the order manifests list them.
+    pub const ALL: [Role; 6] = [
+        Role::Pipeline,
+        Role::Vae,
+        Role::IpAdapterBase,
+        Role::IpAdapterPlus,
+        Role::ImageEncoder,
+        Role::Scorer,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Pipeline => "pipeline",
+            Role::Vae => "vae",
+            Role::IpAdapterBase => "ip_adapter.base",
+            Role::IpAdapterPlus => "ip_adapter.plus",
+            Role::ImageEncoder => "image_encoder",
+            Role::Scorer => "scorer",
+        }
+    }
+
+    /// What the reference points at, which decides the files the role needs.
+    pub fn component(self) -> Component {
+        match self {
+            Role::Pipeline => Component::Pipeline,
+            Role::IpAdapterBase | Role::IpAdapterPlus => Component::File,
+            Role::Vae | Role::ImageEncoder | Role::Scorer => Component::ModelFolder,
+        }
+    }
+
+    /// Whether the role's files decide the pixels of an image (the scorer's do not).
+    pub fn makes_images(self) -> bool {
+        self != Role::Scorer
+    }
+
+    pub fn adapter(kind: AdapterKind) -> Role {
+        match kind {
+            AdapterKind::Base => Role::IpAdapterBase,
+            AdapterKind::Plus => Role::IpAdapterPlus,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One `T` per role; the pipeline and the image encoder are always there.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ModelSet<T> {
+    /// A diffusers-layout folder, or a single-file LDM checkpoint (`.safetensors`).
+    pub pipeline: T,
+    /// A VAE that replaces the pipeline's own.
+    pub vae: Option<T>,
+    pub ip_adapter_base: Option<T>,
+    pub ip_adapter_plus: Option<T>,
+    /// CLIPVisionModelWithProjection folder.
+    pub image_encoder: T,
+    /// CLIP model for the scores (not used to make images).
+    pub scorer: Option<T>,
+}
+
+impl<T> ModelSet<T> {
+    pub fn get(&self, role: Role) -> Option<&T> {
+        match role {
+            Role::Pipeline => Some(&self.pipeline),
+            Role::Vae => self.vae.as_ref(),
+            Role::IpAdapterBase => self.ip_adapter_base.as_ref(),
+            Role::IpAdapterPlus => self.ip_adapter_plus.as_ref(),
+            Role::ImageEncoder => Some(&self.image_encoder),
+            Role::Scorer => self.scorer.as_ref(),
+        }
+    }
+
+    pub fn adapter(&self, kind: AdapterKind) -> Option<&T> {
+        self.get(Role::adapter(kind))
+    }
+
+    /// The models given, in [`Role::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Role, &T)> {
+        Role::ALL
+            .into_iter()
+            .filter_map(move |role| self.get(role).map(|m| (role, m)))
+    }
+
+    /// The same set with `f` applied to every model given.
+    pub fn map<U>(&self, mut f: impl FnMut(Role, &T) -> U) -> ModelSet<U> {
+        ModelSet {
+            pipeline: f(Role::Pipeline, &self.pipeline),
+            vae: self.vae.as_ref().map(|m| f(Role::Vae, m)),
+            ip_adapter_base: self
+                .ip_adapter_base
+                .as_ref()
+                .map(|m| f(Role::IpAdapterBase, m)),
+            ip_adapter_plus: self
+                .ip_adapter_plus
+                .as_ref()
+                .map(|m| f(Role::IpAdapterPlus, m)),
+            image_encoder: f(Role::ImageEncoder, &self.image_encoder),
+            scorer: self.scorer.as_ref().map(|m| f(Role::Scorer, m)),
+        }
+    }
+}
+
+impl ModelSet<PathBuf> {
+    /// The layout `negimg models init-random --out DIR` writes: `DIR/pipeline`,
+    /// `DIR/ip-adapter_sd15.safetensors`, `DIR/ip-adapter-plus_sd15.safetensors`,
+    /// `DIR/image_encoder`, `DIR/scorer` (optional models that are absent are left out).
+    pub fn from_models_dir(dir: &Path) -> ModelSet<PathBuf> {
+        let optional = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
+        ModelSet {
+            pipeline: dir.join("pipeline"),
+            vae: None,
+            ip_adapter_base: optional("ip-adapter_sd15.safetensors"),
+            ip_adapter_plus: optional("ip-adapter-plus_sd15.safetensors"),
+            image_encoder: dir.join("image_encoder"),
+            scorer: optional("scorer"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_serialise_as_their_names_and_sets_iterate_in_order() {
+        for role in Role::ALL {
+            assert_eq!(
+                serde_json::to_string(&role).unwrap(),
+                format!("\"{}\"", role.name())
+            );
+        }
+        let set = ModelSet {
+            pipeline: 1,
+            vae: None,
+            ip_adapter_base: None,
+            ip_adapter_plus: Some(4),
+            image_encoder: 5,
+            scorer: Some(6),
+        };
+        let roles: Vec<Role> = set.iter().map(|(r, _)| r).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::Pipeline,
+                Role::IpAdapterPlus,
+                Role::ImageEncoder,
+                Role::Scorer
+            ]
+        );
+        assert_eq!(set.map(|_, v| v * 10).adapter(AdapterKind::Plus), Some(&40));
+        assert_eq!(set.adapter(AdapterKind::Base), None);
+    }
+}

@@ -1,0 +1,114 @@
+//! `manifest.json` and the `negimg` PNG chunk: what made a run and each of its images.
+use super::ids::ModelFiles;
+use super::png;
+use super::runner::RunOptions;
+use crate::experiment::{CellSpec, Experiment};
+use crate::params::GenParams;
+use crate::provenance;
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    experiment: &'a str,
+    run_id: &'a str,
+    description: &'a str,
+    tags: &'a [String],
+    experiment_file: String,
+    experiment_text: &'a str,
+    negimg_version: &'a str,
+    git_revision: &'a str,
+    libtorch: String,
+    device: &'a str,
+    dtype: &'a str,
+    updated: String,
+    cells: usize,
+    models: &'a [ModelFiles],
+}
+
+/// The manifest of run `run_id` as JSON.
+pub fn manifest_json(
+    exp: &Experiment,
+    run_id: &str,
+    opts: &RunOptions,
+    files: &[ModelFiles],
+) -> Result<Vec<u8>> {
+    let manifest = Manifest {
+        experiment: &exp.name,
+        run_id,
+        description: &exp.description,
+        tags: &exp.tags,
+        experiment_file: exp.path.display().to_string(),
+        experiment_text: &exp.text,
+        negimg_version: provenance::VERSION,
+        git_revision: provenance::git_revision(),
+        libtorch: provenance::libtorch().0,
+        device: &opts.device,
+        dtype: &opts.dtype,
+        updated: super::layout::utc(std::time::SystemTime::now()),
+        cells: exp.cells.len(),
+        models: files,
+    };
+    Ok(serde_json::to_vec_pretty(&manifest)?)
+}
+
+/// The JSON chunk of each PNG: the cell, with images by name and models by reference.
+#[derive(Serialize)]
+struct CellJson<'a> {
+    experiment: &'a str,
+    cell_id: &'a str,
+    params: GenParams,
+    positive_image: Option<&'a str>,
+    negative_image: Option<&'a str>,
+    models: BTreeMap<&'a str, &'a str>,
+    dtype: &'a str,
+    negimg_version: &'a str,
+}
+
+/// A cell's image as PNG bytes, with its `parameters` (A1111) and `negimg` (JSON) chunks.
+pub fn encode_cell(
+    exp: &Experiment,
+    files: &[ModelFiles],
+    dtype: &str,
+    id: &str,
+    p: &GenParams,
+    spec: &CellSpec,
+    img: &image::RgbImage,
+) -> Result<Vec<u8>> {
+    let negative_image = spec
+        .negative_image
+        .as_deref()
+        .filter(|_| p.negative.uses_image());
+    let parameters = png::a1111_parameters(
+        p,
+        spec.positive_image.as_deref(),
+        negative_image,
+        &exp.models.pipeline.reference,
+    );
+    // Paths of the run folder stay out, so the file is the same in any run folder.
+    let input = |name: &Option<String>| name.as_ref().map(|n| format!("inputs/{n}.png").into());
+    let mut params = p.clone();
+    params.positive_image = input(&spec.positive_image);
+    params.negative_image = input(&spec.negative_image);
+    let json = CellJson {
+        experiment: &exp.name,
+        cell_id: id,
+        params,
+        positive_image: spec.positive_image.as_deref(),
+        negative_image: spec.negative_image.as_deref(),
+        models: files
+            .iter()
+            .map(|f| (f.role.name(), f.reference.as_str()))
+            .collect(),
+        dtype,
+        negimg_version: provenance::VERSION,
+    };
+    png::encode(
+        img,
+        &[
+            ("parameters", &parameters),
+            ("negimg", &serde_json::to_string(&json)?),
+        ],
+    )
+}
