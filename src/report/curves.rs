@@ -4,7 +4,7 @@
 use super::font::{FAMILY, register_plotters_font};
 use crate::run::info::RunInfo;
 use crate::run::records::{Record, Status};
-use crate::scoring::stats::{Estimate, ScoreTable, axis_value, merged_axes, record_field};
+use crate::scoring::stats::{Estimate, ScoreTable};
 use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -59,7 +59,7 @@ pub fn series_axes(info: &RunInfo, records: &[Record], x: &str) -> Vec<String> {
     if !info.plots.series.is_empty() {
         return info.plots.series.clone();
     }
-    merged_axes(info, records)
+    info.merged_axes(records)
         .into_iter()
         .filter(|a| a.name != "seed" && a.values.len() > 1)
         .filter(|a| !a.name.split(", ").any(|part| part == x))
@@ -76,7 +76,7 @@ pub fn curve_data(
     x: &str,
     series: &[String],
 ) -> Vec<Series> {
-    let axes = merged_axes(info, records);
+    let axes = info.merged_axes(records);
     let position = |axis: &str, value: &str| {
         axes.iter()
             .find(|a| a.name == axis)
@@ -89,13 +89,13 @@ pub fn curve_data(
     for r in records.iter().filter(|r| r.status == Status::Done) {
         let (Some(values), Some(xv)) = (
             scores.values.get(&r.cell_id),
-            record_field(r, x).and_then(|v| v.parse::<f64>().ok()),
+            r.field(x).and_then(|v| v.parse::<f64>().ok()),
         ) else {
             continue;
         };
         let keys: Vec<String> = series
             .iter()
-            .map(|s| axis_value(r, s).unwrap_or_default())
+            .map(|s| r.axis_value(s).unwrap_or_default())
             .collect();
         let order: Vec<usize> = series
             .iter()

@@ -5,7 +5,6 @@
 use super::font;
 use crate::run::info::{Axis, RunInfo};
 use crate::run::records::{Record, Status};
-use crate::scoring::stats::{axis_value, merged_axes};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage, imageops};
 use rayon::prelude::*;
@@ -55,7 +54,7 @@ pub struct Arrangement {
 /// and rows, the others on pages; seeds fill an empty row/column slot, else go side by side
 /// (up to `max_side_by_side`), else on pages.
 pub fn arrange(info: &RunInfo, records: &[Record], opts: &GridOptions) -> Arrangement {
-    let axes = merged_axes(info, records);
+    let axes = info.merged_axes(records);
     // A named axis, or the zipped axis it is part of.
     let find = |name: &Option<String>| {
         name.as_ref()
@@ -246,7 +245,7 @@ pub fn plan_sheets(
     // Every record by (page values, row, col, seed-in-cell).
     let field = |r: &Record, a: &Option<Axis>| {
         a.as_ref()
-            .and_then(|a| axis_value(r, &a.name))
+            .and_then(|a| r.axis_value(&a.name))
             .unwrap_or_default()
     };
     let mut index: HashMap<Vec<String>, usize> = HashMap::new();
@@ -254,7 +253,7 @@ pub fn plan_sheets(
         let mut key: Vec<String> = arr
             .pages
             .iter()
-            .map(|a| axis_value(r, &a.name).unwrap_or_default())
+            .map(|a| r.axis_value(&a.name).unwrap_or_default())
             .collect();
         key.push(field(r, &arr.rows));
         key.push(field(r, &arr.cols));

@@ -1,7 +1,9 @@
 //! `run.json`: what the report and the scorer need to know about a run, written by `run`.
+use super::records::Record;
 pub use crate::experiment::outputs::{Axis, PlotsSpec, ScoringSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
@@ -13,4 +15,61 @@ pub struct RunInfo {
     pub scoring: ScoringSpec,
     /// Input images by name, as files relative to the run folder (`inputs/NAME.png`).
     pub images: BTreeMap<String, String>,
+}
+
+/// Separates the parts of a zipped axis, in its name and in its values.
+pub const ZIP_SEPARATOR: &str = ", ";
+
+impl RunInfo {
+    /// The run's axes with zipped ones merged: two varying axes whose values go one-to-one in
+    /// the records (an experiment's zip, e.g. weight and neg_weight swept together) become one
+    /// axis `weight, neg_weight` with values `0.5, 0.5`..., so that figures do not cross them.
+    pub fn merged_axes(&self, records: &[Record]) -> Vec<Axis> {
+        let one_to_one = |a: &Axis, b: &Axis| {
+            let mut ab: HashMap<String, String> = HashMap::new();
+            let mut ba: HashMap<String, String> = HashMap::new();
+            !records.is_empty()
+                && records.iter().all(|r| {
+                    let (Some(x), Some(y)) = (r.field(&a.name), r.field(&b.name)) else {
+                        return false;
+                    };
+                    ab.entry(x.clone()).or_insert_with(|| y.clone()) == &y
+                        && ba.entry(y).or_insert(x.clone()) == &x
+                })
+        };
+        let mut merged: Vec<Vec<&Axis>> = Vec::new();
+        for axis in &self.axes {
+            let zip_with = merged.iter_mut().find(|group| {
+                let first = group[0];
+                axis.name != "seed"
+                    && first.name != "seed"
+                    && axis.values.len() > 1
+                    && first.values.len() == axis.values.len()
+                    && one_to_one(first, axis)
+            });
+            match zip_with {
+                Some(group) => group.push(axis),
+                None => merged.push(vec![axis]),
+            }
+        }
+        merged
+            .into_iter()
+            .map(|group| Axis {
+                name: group
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(ZIP_SEPARATOR),
+                values: (0..group[0].values.len())
+                    .map(|i| {
+                        group
+                            .iter()
+                            .map(|a| a.values[i].as_str())
+                            .collect::<Vec<_>>()
+                            .join(ZIP_SEPARATOR)
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
 }

@@ -60,6 +60,47 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
 }
 
 impl Record {
+    /// A field formatted as in records.csv (`weight` -> "0.5", `negative` -> "image"), by
+    /// its column name; `None` for a name that is not a column.
+    pub fn field(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "cell_id" => self.cell_id.clone(),
+            "status" => csv_value(&self.status),
+            "file" => self.file.clone(),
+            "seed" => self.seed.to_string(),
+            "prompt" => self.prompt.clone(),
+            "negative_prompt" => self.negative_prompt.clone(),
+            "negative" => csv_value(&self.negative),
+            "positive_image" => self.positive_image.clone(),
+            "negative_image" => self.negative_image.clone(),
+            "adapter" => csv_value(&self.adapter),
+            "weight" => csv_value(&self.weight),
+            "start" => csv_value(&self.start),
+            "end" => csv_value(&self.end),
+            "neg_weight" => csv_value(&self.neg_weight),
+            "neg_start" => csv_value(&self.neg_start),
+            "neg_end" => csv_value(&self.neg_end),
+            "cfg" => csv_value(&self.cfg),
+            "steps" => self.steps.to_string(),
+            "scheduler" => csv_value(&self.scheduler),
+            "width" => self.width.to_string(),
+            "height" => self.height.to_string(),
+            "no_image" => csv_value(&self.no_image),
+            "seconds" => csv_value(&self.seconds),
+            "error" => self.error.clone(),
+            _ => return None,
+        })
+    }
+
+    /// The value of an axis; a zipped axis (`weight, neg_weight`) gives its parts' values
+    /// joined (`0.5, 0.5`).
+    pub fn axis_value(&self, name: &str) -> Option<String> {
+        name.split(super::info::ZIP_SEPARATOR)
+            .map(|part| self.field(part))
+            .collect::<Option<Vec<String>>>()
+            .map(|v| v.join(super::info::ZIP_SEPARATOR))
+    }
+
     /// The row of a cell; `file` and `error` as the outcome gives them.
     pub fn new(
         cell_id: &str,
@@ -100,6 +141,15 @@ impl Record {
     }
 }
 
+/// A value as serde writes it into records.csv (numbers as JSON writes them: 1.0, 0.5).
+fn csv_value<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
 /// Writes records.csv atomically.
 pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -111,4 +161,33 @@ pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
         .into_inner()
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     super::fsio::atomic_write(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_column_reads_back_through_field_as_written() {
+        let cell = CellSpec {
+            prompt: "a house".into(),
+            negative_image: Some("lawn".into()),
+            ..Default::default()
+        };
+        let record = Record::new("abc", &cell, Status::Done, "images/abc.png", 0.25, "");
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(&record).unwrap();
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        let mut rows = csv::Reader::from_reader(text.as_bytes());
+        let header = rows.headers().unwrap().clone();
+        let row = rows.records().next().unwrap().unwrap();
+        for (column, value) in header.iter().zip(row.iter()) {
+            assert_eq!(record.field(column).as_deref(), Some(value), "{column}");
+        }
+        assert_eq!(record.field("wieght"), None);
+        assert_eq!(
+            record.axis_value("weight, negative_image").unwrap(),
+            "1.0, lawn"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! The bootstrap is deterministic: every (condition, metric) draws from its own SplitMix64
 //! stream seeded from [`BOOTSTRAP_SEED`] and the condition's label, so adding a condition to
 //! an experiment leaves the intervals of the others unchanged.
-use crate::run::info::{Axis, RunInfo};
+use crate::run::info::RunInfo;
 use crate::run::records::{Record, Status};
 use std::collections::{BTreeMap, HashMap};
 
@@ -104,82 +104,6 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-/// A `Record` field formatted as in records.csv (`weight` -> "0.5", `negative` -> "image").
-pub fn record_field(record: &Record, name: &str) -> Option<String> {
-    let value = serde_json::to_value(record).ok()?;
-    match value.get(name)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        other => Some(other.to_string()),
-    }
-}
-
-/// Separates the parts of a zipped axis, in its name and in its values.
-pub const ZIP_SEPARATOR: &str = ", ";
-
-/// The value of an axis for a record; a zipped axis (`weight, neg_weight`) gives its parts'
-/// values joined (`0.5, 0.5`).
-pub fn axis_value(record: &Record, name: &str) -> Option<String> {
-    name.split(ZIP_SEPARATOR)
-        .map(|part| record_field(record, part))
-        .collect::<Option<Vec<String>>>()
-        .map(|v| v.join(ZIP_SEPARATOR))
-}
-
-/// The run's axes with zipped ones merged: two varying axes whose values go one-to-one in
-/// the records (an experiment's zip, e.g. weight and neg_weight swept together) become one
-/// axis `weight, neg_weight` with values `0.5, 0.5`..., so that figures do not cross them.
-pub fn merged_axes(info: &RunInfo, records: &[Record]) -> Vec<Axis> {
-    let one_to_one = |a: &Axis, b: &Axis| {
-        let mut ab: HashMap<String, String> = HashMap::new();
-        let mut ba: HashMap<String, String> = HashMap::new();
-        !records.is_empty()
-            && records.iter().all(|r| {
-                let (Some(x), Some(y)) = (record_field(r, &a.name), record_field(r, &b.name))
-                else {
-                    return false;
-                };
-                ab.entry(x.clone()).or_insert_with(|| y.clone()) == &y
-                    && ba.entry(y).or_insert(x.clone()) == &x
-            })
-    };
-    let mut merged: Vec<Vec<&Axis>> = Vec::new();
-    for axis in &info.axes {
-        let zip_with = merged.iter_mut().find(|group| {
-            let first = group[0];
-            axis.name != "seed"
-                && first.name != "seed"
-                && axis.values.len() > 1
-                && first.values.len() == axis.values.len()
-                && one_to_one(first, axis)
-        });
-        match zip_with {
-            Some(group) => group.push(axis),
-            None => merged.push(vec![axis]),
-        }
-    }
-    merged
-        .into_iter()
-        .map(|group| Axis {
-            name: group
-                .iter()
-                .map(|a| a.name.as_str())
-                .collect::<Vec<_>>()
-                .join(ZIP_SEPARATOR),
-            values: (0..group[0].values.len())
-                .map(|i| {
-                    group
-                        .iter()
-                        .map(|a| a.values[i].as_str())
-                        .collect::<Vec<_>>()
-                        .join(ZIP_SEPARATOR)
-                })
-                .collect(),
-        })
-        .collect()
-}
-
 /// The condition axes of a run: every axis but the seed.
 pub fn condition_axes(info: &RunInfo) -> Vec<String> {
     info.axes
@@ -192,7 +116,7 @@ pub fn condition_axes(info: &RunInfo) -> Vec<String> {
 /// Values of `axes` for one record.
 pub fn key_of(record: &Record, axes: &[String]) -> Vec<String> {
     axes.iter()
-        .map(|a| record_field(record, a).unwrap_or_default())
+        .map(|a| record.field(a).unwrap_or_default())
         .collect()
 }
 
