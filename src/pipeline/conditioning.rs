@@ -19,35 +19,30 @@ pub struct Adapter {
     pub proj: ImageProj,
 }
 
-/// The text and image encoders with their caches.
+/// The models that turn texts and images into conditioning.
+pub struct Encoders {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub image_encoder: ClipVisionModelWithProjection,
+    pub adapters: HashMap<AdapterKind, Adapter>,
+}
+
+/// The encoders with their caches.
 pub struct Conditioner {
     device: Device,
     kind: Kind,
-    tokenizer: ClipTokenizer,
-    text_encoder: ClipTextModel,
-    encoder: ClipVisionModelWithProjection,
-    adapters: HashMap<AdapterKind, Adapter>,
+    models: Encoders,
     text_cache: HashMap<String, Tensor>,
     image_cache: HashMap<(PathBuf, AdapterKind), Tensor>,
     no_image_cache: HashMap<(AdapterKind, NoImage), Tensor>,
 }
 
 impl Conditioner {
-    pub fn new(
-        device: Device,
-        kind: Kind,
-        tokenizer: ClipTokenizer,
-        text_encoder: ClipTextModel,
-        encoder: ClipVisionModelWithProjection,
-        adapters: HashMap<AdapterKind, Adapter>,
-    ) -> Conditioner {
+    pub fn new(device: Device, kind: Kind, models: Encoders) -> Conditioner {
         Conditioner {
             device,
             kind,
-            tokenizer,
-            text_encoder,
-            encoder,
-            adapters,
+            models,
             text_cache: HashMap::new(),
             image_cache: HashMap::new(),
             no_image_cache: HashMap::new(),
@@ -55,7 +50,7 @@ impl Conditioner {
     }
 
     pub fn adapter_file(&self, kind: AdapterKind) -> Option<&AdapterFile> {
-        self.adapters.get(&kind).map(|a| &a.file)
+        self.models.adapters.get(&kind).map(|a| &a.file)
     }
 
     /// Text rows `[2B, 77, hidden]`: every cell's uncond text, then every cell's prompt.
@@ -71,10 +66,10 @@ impl Conditioner {
         if let Some(t) = self.text_cache.get(text) {
             return t.shallow_clone();
         }
-        let ids = Tensor::from_slice(&self.tokenizer.encode(text))
+        let ids = Tensor::from_slice(&self.models.tokenizer.encode(text))
             .view([1, -1])
             .to_device(self.device);
-        let emb = self.text_encoder.forward(&ids);
+        let emb = self.models.text_encoder.forward(&ids);
         self.text_cache
             .insert(text.to_string(), emb.shallow_clone());
         emb
@@ -85,7 +80,7 @@ impl Conditioner {
     /// images: plain text-to-image).
     pub fn image_rows(&mut self, cells: &[GenParams]) -> Result<Option<Tensor>> {
         let kind = cells[0].adapter;
-        if !self.adapters.contains_key(&kind) {
+        if !self.models.adapters.contains_key(&kind) {
             if cells.iter().any(needs_ip) {
                 bail!(
                     "the {kind} IP-Adapter is needed but none was given (ip_adapter_{kind} in the model set)"
@@ -125,11 +120,11 @@ impl Conditioner {
             .iter()
             .map(|p| load_rgb(p))
             .collect::<Result<Vec<_>>>()?;
-        let size = self.encoder.image_size();
+        let size = self.models.image_encoder.image_size();
         let pixels = clip_pixels_batch(&imgs, size, self.device, self.kind);
-        let tokens = self.adapters[&kind]
+        let tokens = self.models.adapters[&kind]
             .proj
-            .tokens(&self.encoder.forward(&pixels));
+            .tokens(&self.models.image_encoder.forward(&pixels));
         for (j, p) in new_paths.into_iter().enumerate() {
             self.image_cache
                 .insert((p, kind), tokens.narrow(0, j as i64, 1));
@@ -149,9 +144,9 @@ impl Conditioner {
         if let Some(t) = self.no_image_cache.get(&(kind, mode)) {
             return t.shallow_clone();
         }
-        let t = self.adapters[&kind]
+        let t = self.models.adapters[&kind]
             .proj
-            .no_image_tokens(&self.encoder, mode);
+            .no_image_tokens(&self.models.image_encoder, mode);
         self.no_image_cache.insert((kind, mode), t.shallow_clone());
         t
     }

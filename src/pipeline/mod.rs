@@ -24,17 +24,14 @@ pub mod source;
 
 pub use random::{RandomPreset, RandomShapes, write_random_adapter};
 
-use crate::models::clip_text::ClipTextModel;
 use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
-use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::UNet2DConditionModel;
-use crate::models::vae::AutoencoderKL;
 use crate::params::{AdapterKind, GenParams};
 use crate::roles::{ModelSet, Role};
 use crate::sampling::{SchedulerConfig, make_scheduler};
 use anyhow::{Context, Result, anyhow, bail};
-use conditioning::{Adapter, Conditioner};
+use conditioning::{Adapter, Conditioner, Encoders};
 use decode::Decoder;
 use source::VaeFile;
 use std::collections::HashMap;
@@ -77,20 +74,6 @@ pub struct Pipeline {
     scheduler_cfg: SchedulerConfig,
 }
 
-/// The loaded models a pipeline is assembled from.
-struct Parts {
-    device: Device,
-    kind: Kind,
-    tokenizer: ClipTokenizer,
-    text_encoder: ClipTextModel,
-    unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
-    vae_file: Option<VaeFile>,
-    encoder: ClipVisionModelWithProjection,
-    adapters: HashMap<AdapterKind, Adapter>,
-    scheduler_cfg: SchedulerConfig,
-}
-
 impl Pipeline {
     /// Loads every image-making model of `models` on `device` in `kind` (the scorer is not
     /// loaded). `stage(role)` is called before each model loads, for progress.
@@ -120,8 +103,9 @@ impl Pipeline {
         };
         let vae = vae_file.load(device, kind)?;
         stage(Role::ImageEncoder);
-        let encoder = ClipVisionModelWithProjection::load(&models.image_encoder, device, kind)
-            .with_context(|| format!("image encoder {}", models.image_encoder.display()))?;
+        let image_encoder =
+            ClipVisionModelWithProjection::load(&models.image_encoder, device, kind)
+                .with_context(|| format!("image encoder {}", models.image_encoder.display()))?;
         let mut adapters = HashMap::new();
         for kind_ in [AdapterKind::Base, AdapterKind::Plus] {
             if let Some(path) = models.adapter(kind_) {
@@ -129,38 +113,41 @@ impl Pipeline {
                 adapters.insert(kind_, load_adapter(path, kind_, device, kind)?);
             }
         }
-        Ok(Self::assemble(Parts {
-            device,
-            kind,
+        let encoders = Encoders {
             tokenizer,
             text_encoder,
-            unet,
-            vae,
-            vae_file: Some(vae_file),
-            encoder,
+            image_encoder,
             adapters,
-            scheduler_cfg: source.scheduler_config()?,
-        }))
+        };
+        let decoder = Decoder::new(vae, Some(vae_file), device, kind);
+        let scheduler_cfg = source.scheduler_config()?;
+        Ok(Self::assemble(
+            device,
+            kind,
+            encoders,
+            unet,
+            decoder,
+            scheduler_cfg,
+        ))
     }
 
-    fn assemble(p: Parts) -> Pipeline {
-        let vae_scale = p.vae.config().scale_factor() as usize;
+    fn assemble(
+        device: Device,
+        kind: Kind,
+        encoders: Encoders,
+        unet: UNet2DConditionModel,
+        decoder: Decoder,
+        scheduler_cfg: SchedulerConfig,
+    ) -> Pipeline {
         Pipeline {
-            device: p.device,
-            kind: p.kind,
-            conditioner: Conditioner::new(
-                p.device,
-                p.kind,
-                p.tokenizer,
-                p.text_encoder,
-                p.encoder,
-                p.adapters,
-            ),
-            unet: p.unet,
-            decoder: Decoder::new(p.vae, p.vae_file, p.device, p.kind),
-            vae_scale,
+            device,
+            kind,
+            conditioner: Conditioner::new(device, kind, encoders),
+            unet,
+            vae_scale: decoder.vae().config().scale_factor() as usize,
+            decoder,
             unet_adapter: None,
-            scheduler_cfg: p.scheduler_cfg,
+            scheduler_cfg,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Random-weight model sets at the shapes of a preset, built in memory: for speed benchmarks
 //! and tests, without files.
 use super::Pipeline;
-use super::conditioning::Adapter;
+use super::conditioning::{Adapter, Encoders};
+use super::decode::Decoder;
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModelWithProjection};
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
@@ -113,7 +114,7 @@ impl Pipeline {
         let ip = Some(IpLayout::for_config(&shapes.unet));
         let unet = UNet2DConditionModel::new(unet_vs.root(), &shapes.unet, ip)?;
         let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, false)?;
-        let encoder = ClipVisionModelWithProjection::new(enc_vs.root(), &shapes.vision);
+        let image_encoder = ClipVisionModelWithProjection::new(enc_vs.root(), &shapes.vision);
         for vs in [&text_vs, &unet_vs, &vae_vs, &enc_vs] {
             vs.variables().values().for_each(|v| {
                 let _ = v.shallow_clone().set_requires_grad(false);
@@ -128,17 +129,21 @@ impl Pipeline {
             let proj = ImageProj::load(&file, device, kind)?;
             adapters.insert(adapter, Adapter { file, proj });
         }
-        Ok(Pipeline::assemble(super::Parts {
-            device,
-            kind,
+        let encoders = Encoders {
             tokenizer,
             text_encoder,
-            unet,
-            vae,
-            vae_file: None,
-            encoder,
+            image_encoder,
             adapters,
-            scheduler_cfg: SchedulerConfig::sd15_ddim(),
-        }))
+        };
+        let decoder = Decoder::new(vae, None, device, kind);
+        let scheduler_cfg = SchedulerConfig::sd15_ddim();
+        Ok(Pipeline::assemble(
+            device,
+            kind,
+            encoders,
+            unet,
+            decoder,
+            scheduler_cfg,
+        ))
     }
 }
