@@ -19,6 +19,8 @@ pub(super) struct InputMaker<'m, 'a> {
     pub exp: &'a Experiment,
     pub results: &'a Path,
     pub dtype: &'a str,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
     pub run: &'m RunDir,
     pub maker: &'m mut Maker<'a>,
     pub log: &'m mut RunLog,
@@ -93,12 +95,14 @@ fn make_generated(m: &mut InputMaker, to_make: &[ToMake]) -> Result<()> {
     let mut pending = vec![true; params.len()];
     let never = AtomicBool::new(false);
     let run = m.run;
+    let bar = super::runner::progress_bar(m.progress, params.len());
     m.maker.make(
         &params,
         &mut pending,
         &never,
-        &|_| {},
+        &|msg| bar.set_message(format!("input images: {msg}")),
         &mut |j, outcome, _| {
+            bar.inc(1);
             let t = &to_make[j];
             match outcome {
                 CellOutcome::Image(img) => {
@@ -113,6 +117,7 @@ fn make_generated(m: &mut InputMaker, to_make: &[ToMake]) -> Result<()> {
             }
         },
     )?;
+    bar.finish_and_clear();
     Ok(())
 }
 

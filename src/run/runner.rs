@@ -407,6 +407,7 @@ impl<'a> RunContext<'a> {
             exp: self.exp,
             results: &self.opts.results,
             dtype: &self.opts.dtype,
+            progress: self.opts.progress,
             run: &self.run,
             maker: &mut self.maker,
             log: &mut self.log,
@@ -568,7 +569,7 @@ pub fn check_space(dir: &Path, need: u64, free: u64) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(show: bool, len: usize) -> indicatif::ProgressBar {
+pub(super) fn progress_bar(show: bool, len: usize) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
