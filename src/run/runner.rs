@@ -565,9 +565,8 @@ fn inputs(
             ImageSource::File(file) => {
                 let bytes = std::fs::read(file)
                     .with_context(|| format!("[images.{name}]: cannot read {}", file.display()))?;
-                let img = image::load_from_memory(&bytes)
-                    .with_context(|| format!("[images.{name}]: cannot decode {}", file.display()))?
-                    .to_rgb8();
+                let img = crate::images::decode_rgb(&bytes, file)
+                    .with_context(|| format!("[images.{name}]"))?;
                 write_if_changed(&dest, &png::encode(&img, &[])?)?;
                 ids.insert(name.clone(), ids::sha256_hex(&bytes));
             }
