@@ -12,9 +12,11 @@
 //! - Transparency is composited onto white (as browsers show a transparent PNG on a white
 //!   page): `rgb = alpha * rgb + (1 - alpha) * 255`.
 //!
-//! Every error names the file.
+//! Every error names the file. [`load_rgb`] reads a file, [`decode_rgb`] the same bytes
+//! already in memory, under the same rules.
 use anyhow::{Context, Result, bail};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use std::io::{BufRead, BufReader, Cursor, Seek};
 use std::path::Path;
 
 /// Largest accepted width or height.
@@ -24,31 +26,59 @@ pub const MAX_ALLOC: u64 = 1 << 30;
 
 /// Loads `path` as an upright 8-bit RGB image (see the module docs for the rules).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let what = || format!("image {}", path.display());
+    let what = what(path);
     let len = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", what()))?
+        .with_context(|| format!("cannot read {what}"))?
         .len();
     if len == 0 {
-        bail!("{}: the file is empty", what());
+        bail!("{what}: the file is empty");
     }
-    // The content decides the format, never the extension.
     let mut head = [0u8; 16];
     let n = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-        .with_context(|| format!("cannot read {}", what()))?;
-    let format = image::guess_format(&head[..n]).map_err(|_| {
-        anyhow::anyhow!("{}: not a PNG or JPEG file (unrecognised content)", what())
-    })?;
-    let mut reader = ImageReader::open(path).with_context(|| format!("cannot open {}", what()))?;
-    reader.set_format(format);
+        .with_context(|| format!("cannot read {what}"))?;
+    let format = sniff(&head[..n], &what)?;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {what}"))?;
+    decode(
+        ImageReader::with_format(BufReader::new(file), format),
+        &what,
+    )
+}
+
+/// As [`load_rgb`], from the file's bytes already read (by a caller that also hashes them);
+/// `path` names the file in errors.
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let what = what(path);
+    if bytes.is_empty() {
+        bail!("{what}: the file is empty");
+    }
+    let format = sniff(&bytes[..bytes.len().min(16)], &what)?;
+    decode(ImageReader::with_format(Cursor::new(bytes), format), &what)
+}
+
+fn what(path: &Path) -> String {
+    format!("image {}", path.display())
+}
+
+/// The format from the first bytes: the content decides, never the extension.
+fn sniff(head: &[u8], what: &str) -> Result<ImageFormat> {
+    match image::guess_format(head) {
+        Ok(f @ (ImageFormat::Png | ImageFormat::Jpeg)) => Ok(f),
+        Ok(other) => bail!("{what}: not a PNG or JPEG file (the content is {other:?})"),
+        Err(_) => bail!("{what}: not a PNG or JPEG file (unrecognised content)"),
+    }
+}
+
+/// Decodes under the size limits, applies the EXIF orientation, composites onto white.
+fn decode<R: BufRead + Seek>(mut reader: ImageReader<R>, what: &str) -> Result<RgbImage> {
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| describe(e, &what()))?;
-    let orientation = decoder.orientation().map_err(|e| describe(e, &what()))?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| describe(e, &what()))?;
+    let mut decoder = reader.into_decoder().map_err(|e| describe(e, what))?;
+    let orientation = decoder.orientation().map_err(|e| describe(e, what))?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| describe(e, what))?;
     image.apply_orientation(orientation);
     Ok(to_rgb_on_white(&image))
 }

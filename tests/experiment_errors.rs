@@ -306,7 +306,7 @@ fn references_to_missing_images_are_refused() {
     );
     expect_error(
         &text,
-        Some("[images.lawn]"),
+        Some("path = \"no-such-file.png\""),
         &["images.lawn.path", "no-such-file.png"],
     );
 }

@@ -15,6 +15,7 @@ pub use cell::CellSpec;
 pub use grid::{Axis, Grid};
 pub use values::{Param, Value};
 
+use crate::images;
 use crate::params::{AdapterKind, BranchWeight, GenParams, NegativeMode};
 use crate::roles::{ModelSet, Role};
 use anyhow::{Context, Result, anyhow};
@@ -246,6 +247,8 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     }
 
     let mut images = BTreeMap::new();
+    // Files already decoded, so one named by several keys is read once.
+    let mut checked = std::collections::HashSet::new();
     for (name, spec) in &raw.images {
         let key = format!("images.{name}");
         if !is_safe_name(name) {
@@ -257,14 +260,13 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         }
         let source = match (&spec.get_ref().path, &spec.get_ref().generate) {
             (Some(p), None) => {
-                let file = base_dir.join(p);
-                image::image_dimensions(&file).map_err(|e| {
-                    src.error(
-                        spec.span(),
-                        &format!("{key}.path"),
-                        format!("cannot read image {}: {e}", file.display()),
-                    )
-                })?;
+                let file = base_dir.join(p.get_ref());
+                // Decoded as `run` decodes it, so `plan` refuses what `run` would.
+                if checked.insert(file.clone()) {
+                    images::load_rgb(&file).map_err(|e| {
+                        src.error(p.span(), &format!("{key}.path"), format!("{e:#}"))
+                    })?;
+                }
                 ImageSource::File(file)
             }
             (None, Some(g)) => {

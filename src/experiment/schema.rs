@@ -67,8 +67,8 @@ pub struct InitRandomRaw {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRaw {
-    /// An image file, relative to the experiment file.
-    pub path: Option<String>,
+    /// An image file, relative to the experiment file (spanned: errors name its line).
+    pub path: Option<Spanned<String>>,
     /// Or: made text-to-image by the experiment's pipeline.
     pub generate: Option<GenerateRaw>,
 }

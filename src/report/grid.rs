@@ -3,6 +3,7 @@
 //! images as a header; labels "name: value"; an optional score caption under each image.
 //! Sheets larger than the size cap are split into parts.
 use super::font;
+use crate::images::load_rgb;
 use crate::run::info::{Axis, RunInfo};
 use crate::run::records::{Record, Status};
 use anyhow::{Context, Result};
@@ -566,9 +567,7 @@ pub fn render_sheet(
     let y = l.margin + line + (px / 2.0) as u32;
     for (text, file) in &plan.inputs {
         let path = run_dir.join(file);
-        let img = image::open(&path)
-            .with_context(|| format!("cannot decode input image {}", path.display()))?
-            .to_rgb8();
+        let img = load_rgb(&path)?;
         let tw = (l.thumb_h * img.width() / img.height().max(1)).max(1);
         let thumb = imageops::resize(&img, tw, l.thumb_h, imageops::FilterType::Triangle);
         font::draw_text(&mut canvas, text, x as f32, y as f32, px, INK);
@@ -578,9 +577,7 @@ pub fn render_sheet(
     let pad = (px / 2.0).ceil() as u32;
     let label_thumb = |file: &str| -> Result<RgbImage> {
         let path = run_dir.join(file);
-        let img = image::open(&path)
-            .with_context(|| format!("cannot decode input image {}", path.display()))?
-            .to_rgb8();
+        let img = load_rgb(&path)?;
         Ok(fit_into(img, l.label_thumb_h, l.label_thumb_h))
     };
     for (c, text) in plan.col_labels.iter().enumerate() {
@@ -634,9 +631,7 @@ pub fn render_sheet(
                 return Ok(None);
             }
             let path = run_dir.join(&r.file);
-            let img = image::open(&path)
-                .with_context(|| format!("cannot decode {}", path.display()))?
-                .to_rgb8();
+            let img = load_rgb(&path)?;
             Ok(Some(fit_into(img, l.img_w, l.img_h)))
         })
         .collect();

@@ -77,9 +77,8 @@ pub(super) fn prepare(
 fn copy_file_input(name: &str, file: &Path, dest: &Path) -> Result<String> {
     let bytes = std::fs::read(file)
         .with_context(|| format!("[images.{name}]: cannot read {}", file.display()))?;
-    let img = image::load_from_memory(&bytes)
-        .with_context(|| format!("[images.{name}]: cannot decode {}", file.display()))?
-        .to_rgb8();
+    let img =
+        crate::images::decode_rgb(&bytes, file).with_context(|| format!("[images.{name}]"))?;
     write_if_changed(dest, &png::encode(&img, &[])?)?;
     Ok(ids::sha256_hex(&bytes))
 }

@@ -1,5 +1,6 @@
 //! CLIP embeddings of a run's images and target texts: images decoded and preprocessed in
 //! parallel (rayon), embedded in batches on the chosen device.
+use crate::images::load_rgb;
 use crate::models::clip_model::ClipModel;
 use crate::models::preprocess::clip_pixels_batch;
 use crate::models::tokenizer::ClipTokenizer;
@@ -38,11 +39,7 @@ pub fn embed_images(
     for chunk in files.chunks(BATCH) {
         let images = chunk
             .par_iter()
-            .map(|(_, path)| {
-                Ok(image::open(path)
-                    .with_context(|| format!("cannot decode image {}", path.display()))?
-                    .to_rgb8())
-            })
+            .map(|(_, path)| load_rgb(path))
             .collect::<Result<Vec<_>>>()?;
         let pixels = clip_pixels_batch(&images, model.image_size(), device, kind);
         let embeds = tch::no_grad(|| model.image_embeds(&pixels));
