@@ -52,6 +52,7 @@ struct ModelsTable {
     ip_adapter: IpTable,
     image_encoder: String,
     scorer: Option<String>,
+    scorer_dino: Option<String>,
     init_random: Option<InitRandom>,
 }
 
@@ -103,6 +104,7 @@ fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
         Component::ModelFolder,
     );
     push("scorer", m.scorer, Component::ModelFolder);
+    push("scorer_dino", m.scorer_dino, Component::ModelFolder);
     // Models that `init_random` creates on the first run are not fetched.
     if let Some(init) = m.init_random {
         let dir = base_dir.join(init.dir);
@@ -239,6 +241,10 @@ fn load_all(resolved: &[(&str, PathBuf)]) -> Result<()> {
             }
             "scorer" => {
                 ClipModel::load(path, device, kind).with_context(context)?;
+            }
+            "scorer_dino" => {
+                crate::models::dinov2::Dinov2Model::load(path, device, kind)
+                    .with_context(context)?;
             }
             _ => {
                 let adapter = AdapterFile::open(path).with_context(context)?;

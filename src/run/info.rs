@@ -29,6 +29,10 @@ pub struct ScoringSpec {
     pub positive_reference: Option<String>,
     /// `[images.NAME]` compared by clip_i_neg when a cell has no negative image of its own.
     pub negative_reference: Option<String>,
+    /// The baseline cells every condition is paired with (axis -> value, formatted as in
+    /// records.csv); empty: `negative = none`. Old run.json files have none.
+    #[serde(default)]
+    pub baseline: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
