@@ -22,17 +22,20 @@ pub enum Role {
     ImageEncoder,
     #[serde(rename = "scorer")]
     Scorer,
+    #[serde(rename = "scorer_dino")]
+    ScorerDino,
 }
 
 impl Role {
     /// Every role, in the order manifests list them.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Pipeline,
         Role::Vae,
         Role::IpAdapterBase,
         Role::IpAdapterPlus,
         Role::ImageEncoder,
         Role::Scorer,
+        Role::ScorerDino,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Role {
             Role::IpAdapterPlus => "ip_adapter.plus",
             Role::ImageEncoder => "image_encoder",
             Role::Scorer => "scorer",
+            Role::ScorerDino => "scorer_dino",
         }
     }
 
@@ -51,13 +55,15 @@ impl Role {
         match self {
             Role::Pipeline => Component::Pipeline,
             Role::IpAdapterBase | Role::IpAdapterPlus => Component::File,
-            Role::Vae | Role::ImageEncoder | Role::Scorer => Component::ModelFolder,
+            Role::Vae | Role::ImageEncoder | Role::Scorer | Role::ScorerDino => {
+                Component::ModelFolder
+            }
         }
     }
 
-    /// Whether the role's files decide the pixels of an image (the scorer's do not).
+    /// Whether the role's files decide the pixels of an image (the scorers' do not).
     pub fn makes_images(self) -> bool {
-        self != Role::Scorer
+        !matches!(self, Role::Scorer | Role::ScorerDino)
     }
 
     pub fn adapter(kind: AdapterKind) -> Role {
@@ -87,6 +93,8 @@ pub struct ModelSet<T> {
     pub image_encoder: T,
     /// CLIP model for the scores (not used to make images).
     pub scorer: Option<T>,
+    /// DINOv2 model for the scores (not used to make images).
+    pub scorer_dino: Option<T>,
 }
 
 impl<T> ModelSet<T> {
@@ -98,6 +106,7 @@ impl<T> ModelSet<T> {
             Role::IpAdapterPlus => self.ip_adapter_plus.as_ref(),
             Role::ImageEncoder => Some(&self.image_encoder),
             Role::Scorer => self.scorer.as_ref(),
+            Role::ScorerDino => self.scorer_dino.as_ref(),
         }
     }
 
@@ -127,6 +136,7 @@ impl<T> ModelSet<T> {
                 .map(|m| f(Role::IpAdapterPlus, m)),
             image_encoder: f(Role::ImageEncoder, &self.image_encoder),
             scorer: self.scorer.as_ref().map(|m| f(Role::Scorer, m)),
+            scorer_dino: self.scorer_dino.as_ref().map(|m| f(Role::ScorerDino, m)),
         }
     }
 }
@@ -144,6 +154,7 @@ impl ModelSet<PathBuf> {
             ip_adapter_plus: optional("ip-adapter-plus_sd15.safetensors"),
             image_encoder: dir.join("image_encoder"),
             scorer: optional("scorer"),
+            scorer_dino: None,
         }
     }
 }
@@ -167,6 +178,7 @@ mod tests {
             ip_adapter_plus: Some(4),
             image_encoder: 5,
             scorer: Some(6),
+            scorer_dino: None,
         };
         let roles: Vec<Role> = set.iter().map(|(r, _)| r).collect();
         assert_eq!(

@@ -381,3 +381,45 @@ fn bad_files_exit_non_zero_and_leave_no_results_folder() {
         }
     }
 }
+
+#[test]
+fn scoring_baseline_is_checked_against_the_grid() {
+    let good =
+        format!("{BASE}\n[scoring]\nbaseline = {{ negative_image = \"none\", weight = 0.5 }}\n");
+    let e = parse(&good).unwrap();
+    assert_eq!(
+        e.scoring.baseline,
+        std::collections::BTreeMap::from([
+            ("negative_image".to_string(), String::new()),
+            ("weight".to_string(), "0.5".to_string()),
+        ])
+    );
+    let text = format!("{BASE}\n[scoring]\nbaseline = {{ cfg = 7 }}\n");
+    expect_error(
+        &text,
+        Some("baseline ="),
+        &["scoring.baseline.cfg", "not an axis"],
+    );
+    let text = format!("{BASE}\n[scoring]\nbaseline = {{ weight = 3 }}\n");
+    expect_error(
+        &text,
+        Some("baseline ="),
+        &["scoring.baseline.weight", "not a value"],
+    );
+    let text = format!("{BASE}\n[models]\n");
+    assert!(parse(&text).is_err(), "a duplicate table is refused");
+    let dino = BASE.replace(
+        "init_random =",
+        "scorer_dino = \"no-such-models/dino\"\ninit_random =",
+    );
+    let e = parse(&dino).unwrap();
+    assert_eq!(
+        e.models.scorer_dino.as_ref().map(|m| m.reference.as_str()),
+        Some("no-such-models/dino")
+    );
+    assert!(
+        e.models
+            .iter()
+            .any(|(role, _)| role == negimg::roles::Role::ScorerDino)
+    );
+}

@@ -292,9 +292,13 @@ fn scorer_reads_images_by_the_same_rules() {
     load_rgb(&clear).unwrap().save(&clear_flat).unwrap();
     load_rgb(&rotated).unwrap().save(&rotated_flat).unwrap();
     let scorer = common::tiny::tiny_models().join("scorer");
-    let model =
-        negimg::models::clip_model::ClipModel::load(&scorer, tch::Device::Cpu, tch::Kind::Float)
-            .unwrap();
+    let model = negimg::scoring::embed::ImageModel::load(
+        negimg::scoring::metrics::Embedder::Clip,
+        &scorer,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+    )
+    .unwrap();
     let files: Vec<(String, PathBuf)> = [&clear, &clear_flat, &rotated, &rotated_flat]
         .iter()
         .map(|p| (p.display().to_string(), p.to_path_buf()))

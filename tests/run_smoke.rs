@@ -102,6 +102,51 @@ fn smoke_run_makes_the_whole_results_tree_and_a_rerun_changes_nothing() {
         }
     }
 
+    // The summary pairs every condition with its negative=none baseline; 2 seeds: unreliable.
+    let ids = negimg::scoring::scorers(&run).unwrap();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let sdir = negimg::scoring::scorer_dir(&run, &ids[0]);
+    let mut reader = csv::Reader::from_path(sdir.join("summary.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    for col in [
+        "clip_i_neg_diff",
+        "clip_i_neg_diff_ci_lo",
+        "clip_i_neg_p_holm",
+        "clip_i_neg_win_rate",
+        "clip_i_pos_p_holm",
+        "dino_i_neg_p_holm",
+        "ssim_base_mean",
+        "clip_div_mean",
+        "unreliable",
+    ] {
+        if col.starts_with("dino") {
+            assert!(
+                !header.contains(&col.to_string()),
+                "no DINO model in smoke.toml"
+            );
+            continue;
+        }
+        assert!(header.contains(&col.to_string()), "summary.csv has {col}");
+    }
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 24, "adapter x negative x weight");
+    assert!(rows.iter().all(|r| &r[at("unreliable")] == "true"));
+    let paired = rows
+        .iter()
+        .filter(|r| &r[at("baseline")] == "false")
+        .filter(|r| !r[at("clip_i_neg_p_holm")].is_empty())
+        .count();
+    assert_eq!(paired, 18, "every non-baseline condition has a Holm p");
+    let html = std::fs::read_to_string(run.join("index.html")).unwrap();
+    let verdict = html.find("<h2>Verdict</h2>").expect("verdict table");
+    assert!(
+        verdict < html.find("<h2>Grids</h2>").unwrap(),
+        "the report opens with it"
+    );
+    assert!(html.contains("2 seeds: unreliable"));
+    assert!(sdir.join("verdict.csv").is_file() && sdir.join("verdict.tex").is_file());
+
     // Each PNG carries its parameters, A1111-style and as JSON.
     let first = run.join(&records[0].file);
     let texts = negimg::run::png::read_texts(&first).unwrap();

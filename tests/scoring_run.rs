@@ -142,7 +142,10 @@ fn scoring_twice_with_two_scorers_keeps_both() {
             "clip_t_1",
             "clip_t_cos_1",
             "clip_t_2",
-            "clip_t_cos_2"
+            "clip_t_cos_2",
+            "clip_div",
+            "mad_base",
+            "ssim_base"
         ]
     );
     let done: Vec<_> = fx
@@ -210,4 +213,164 @@ fn scoring_twice_with_two_scorers_keeps_both() {
         html.contains(&id_a) && html.contains(&id_b),
         "the report shows both scorers"
     );
+}
+
+#[test]
+fn conditions_are_paired_with_their_baseline_seed_by_seed() {
+    let dir = common::scratch("scoring_baseline");
+    let fx = write_run(&dir, &[0.5, 1.0], &MODES, &[1, 2, 3, 4, 5, 6], None, false);
+    // clip_i_neg: image moves away from the negative on every seed (by 0.1 + seed/100);
+    // text alternates (+0.02, -0.02): no effect. clip_i_pos: image +0.01 on seeds 1-5 only.
+    let neg = |r: &negimg::run::records::Record| {
+        0.8 - match r.negative {
+            NegativeMode::Image => 0.1 + r.seed as f64 / 100.0,
+            NegativeMode::Text => 0.02 * if r.seed.is_multiple_of(2) { 1.0 } else { -1.0 },
+            _ => 0.0,
+        }
+    };
+    let pos = |r: &negimg::run::records::Record| {
+        0.5 + if r.negative == NegativeMode::Image && r.seed <= 5 {
+            0.01
+        } else {
+            0.0
+        }
+    };
+    let id = "known-base";
+    scoring_fixture::write_known_scorer(
+        &dir,
+        id,
+        "known",
+        &fx,
+        &["clip_i_pos", "clip_i_neg"],
+        |r| vec![pos(r), neg(r)],
+    );
+    let summary = scoring::summarize_scorer(&dir, id).unwrap();
+    assert_eq!(
+        summary.baseline,
+        [("negative".to_string(), "none".to_string())]
+    );
+    let row = |w: &str, m: &str| {
+        summary
+            .rows
+            .iter()
+            .find(|r| r.key == [w, m])
+            .unwrap_or_else(|| panic!("no row {w} {m}"))
+    };
+    assert!(row("0.5", "none").is_baseline && row("0.5", "none").vs_base.is_empty());
+    let image = row("1.0", "image");
+    let d = image.vs_base[1].as_ref().expect("clip_i_neg difference");
+    assert_eq!(d.estimate.n, 6);
+    assert!((d.estimate.mean - -(0.1 + 3.5 / 100.0)).abs() < 1e-12);
+    assert!(d.estimate.ci_hi < 0.0, "the interval excludes 0");
+    // All six differences negative: only the two constant sign vectors reach |sum| -> 2/64.
+    assert!((d.p - 2.0 / 64.0).abs() < 1e-12, "p = {}", d.p);
+    assert_eq!((d.wins, d.win_rate), (6, 1.0));
+    let p_pos = image.vs_base[0].as_ref().unwrap();
+    assert_eq!((p_pos.wins, p_pos.estimate.n), (5, 6));
+    let text = row("0.5", "text").vs_base[1].as_ref().unwrap();
+    assert!(text.p > 0.5 && text.win_rate == 0.5, "text: {text:?}");
+    // Holm over the four non-baseline conditions of clip_i_neg.
+    let ps: Vec<f64> = summary
+        .rows
+        .iter()
+        .filter(|r| !r.is_baseline)
+        .map(|r| r.vs_base[1].as_ref().unwrap().p)
+        .collect();
+    assert_eq!(ps.len(), 4);
+    let adjusted = scoring::stats::holm(&ps);
+    let got: Vec<f64> = summary
+        .rows
+        .iter()
+        .filter(|r| !r.is_baseline)
+        .map(|r| r.vs_base[1].as_ref().unwrap().p_holm)
+        .collect();
+    assert_eq!(got, adjusted);
+    assert!(
+        (d.p_holm - 4.0 * 2.0 / 64.0).abs() < 1e-12,
+        "smallest p times 4"
+    );
+
+    // summary.csv carries the paired columns; 6 seeds: reliable.
+    let sdir = scoring::scorer_dir(&dir, id);
+    let mut reader = csv::Reader::from_path(sdir.join("summary.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    for col in [
+        "baseline",
+        "unreliable",
+        "clip_i_neg_diff",
+        "clip_i_neg_diff_ci_lo",
+        "clip_i_neg_diff_ci_hi",
+        "clip_i_neg_p",
+        "clip_i_neg_p_holm",
+        "clip_i_neg_win_rate",
+    ] {
+        assert!(header.contains(&col.to_string()), "summary.csv has {col}");
+    }
+    let unreliable = header.iter().position(|h| h == "unreliable").unwrap();
+    assert!(reader.records().all(|r| &r.unwrap()[unreliable] == "false"));
+    let verdict = std::fs::read_to_string(sdir.join("verdict.csv")).unwrap();
+    assert!(verdict.starts_with("weight,negative,n,neg_metric,neg_diff"));
+    assert_eq!(verdict.lines().count(), 1 + 4);
+    assert!(
+        verdict.contains("moved away from the negative in 6/6 seeds, p_holm=0.12"),
+        "{verdict}"
+    );
+    let tex = std::fs::read_to_string(sdir.join("verdict.tex")).unwrap();
+    assert!(tex.contains("\\toprule") && tex.contains("$p_\\mathrm{Holm}$"));
+    let md = std::fs::read_to_string(sdir.join("summary.md")).unwrap();
+    assert!(md.contains("Paired differences to the baseline (negative = none)"));
+    assert!(
+        md.contains("sign-flip") && md.contains("2000"),
+        "method stated"
+    );
+
+    // Another baseline: weight 0.5 of the same mode and seed.
+    let mut info = fx.info.clone();
+    info.scoring.baseline = [("weight".to_string(), "0.5".to_string())].into();
+    std::fs::write(dir.join("run.json"), serde_json::to_string(&info).unwrap()).unwrap();
+    let summary = scoring::summarize_scorer(&dir, id).unwrap();
+    let image = summary
+        .rows
+        .iter()
+        .find(|r| r.key == ["1.0", "image"])
+        .unwrap();
+    let d = image.vs_base[1].as_ref().unwrap();
+    assert!(
+        d.estimate.mean.abs() < 1e-12,
+        "same mode, other weight: no change"
+    );
+    assert!(
+        summary.rows.iter().filter(|r| r.is_baseline).count() == 3,
+        "the three weight-0.5 conditions"
+    );
+}
+
+#[test]
+fn fewer_than_five_seeds_are_marked_unreliable() {
+    let dir = common::scratch("scoring_unreliable");
+    let fx = write_run(&dir, &[0.5], &MODES, &[1, 2], None, false);
+    scoring_fixture::write_known_scorer(&dir, "k", "known", &fx, &["clip_i_neg"], |r| {
+        vec![
+            r.seed as f64 / 10.0
+                + if r.negative == NegativeMode::Image {
+                    -0.2
+                } else {
+                    0.0
+                },
+        ]
+    });
+    scoring::summarize_scorer(&dir, "k").unwrap();
+    let sdir = scoring::scorer_dir(&dir, "k");
+    let summary = std::fs::read_to_string(sdir.join("summary.csv")).unwrap();
+    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
+    let at = header.iter().position(|h| *h == "unreliable").unwrap();
+    for line in summary.lines().skip(1) {
+        assert_eq!(line.split(',').nth(at), Some("true"), "{line}");
+    }
+    let md = std::fs::read_to_string(sdir.join("summary.md")).unwrap();
+    assert!(md.contains("]†"), "marker in the tables:\n{md}");
+    let tex = std::fs::read_to_string(sdir.join("verdict.tex")).unwrap();
+    assert!(tex.contains("†"), "marker in the LaTeX verdict");
+    let verdict = std::fs::read_to_string(sdir.join("verdict.csv")).unwrap();
+    assert!(verdict.contains("2 seeds: unreliable"), "{verdict}");
 }

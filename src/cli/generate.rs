@@ -138,6 +138,7 @@ fn model_set(a: &GenerateArgs) -> Result<ModelSet<PathBuf>> {
                 ip_adapter_plus: None,
                 image_encoder: encoder.clone(),
                 scorer: None,
+                scorer_dino: None,
             }
         }
     };

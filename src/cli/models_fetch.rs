@@ -46,6 +46,7 @@ struct ModelsTable {
     ip_adapter: IpTable,
     image_encoder: String,
     scorer: Option<String>,
+    scorer_dino: Option<String>,
     init_random: Option<InitRandom>,
 }
 
@@ -81,6 +82,7 @@ fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
         (Role::IpAdapterPlus, m.ip_adapter.plus),
         (Role::ImageEncoder, Some(m.image_encoder)),
         (Role::Scorer, m.scorer),
+        (Role::ScorerDino, m.scorer_dino),
     ];
     let mut entries: Vec<Entry> = given
         .into_iter()
@@ -238,6 +240,7 @@ fn load_all(resolved: &[(Role, PathBuf)]) -> Result<()> {
             ip_adapter_plus: path(Role::IpAdapterPlus),
             image_encoder,
             scorer: None,
+            scorer_dino: None,
         };
         let mut pipeline = Pipeline::load(&set, device, kind, &mut |_| {})?;
         pipeline.check_adapters()?;
@@ -253,6 +256,11 @@ fn load_all(resolved: &[(Role, PathBuf)]) -> Result<()> {
         ClipModel::load(&scorer, device, kind)
             .with_context(|| format!("scorer {}", scorer.display()))?;
         println!("{:<16} loads", Role::Scorer.name());
+    }
+    if let Some(dino) = path(Role::ScorerDino) {
+        crate::models::dinov2::Dinov2Model::load(&dino, device, kind)
+            .with_context(|| format!("scorer_dino {}", dino.display()))?;
+        println!("{:<16} loads", Role::ScorerDino.name());
     }
     Ok(())
 }

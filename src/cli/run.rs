@@ -165,11 +165,15 @@ pub fn run(args: RunArgs, g: &Globals) -> Result<()> {
     if args.no_report {
         return Ok(());
     }
-    match &exp.models.scorer {
-        Some(scorer) => crate::scoring::score_run(&s.dir, &scorer.path, device, kind)
-            .with_context(|| format!("scoring {}", s.dir.display()))?,
-        None => println!("no [models] scorer: CLIP scores skipped"),
+    if exp.models.scorer.is_none() {
+        println!("no [models] scorer: CLIP scores skipped");
     }
+    let models = crate::scoring::ScoreModels {
+        clip: exp.models.scorer.as_ref().map(|m| m.path.clone()),
+        dino: exp.models.scorer_dino.as_ref().map(|m| m.path.clone()),
+    };
+    crate::scoring::score_all(&s.dir, &models, device, kind)
+        .with_context(|| format!("scoring {}", s.dir.display()))?;
     crate::report::plot_run(&s.dir).with_context(|| format!("plotting {}", s.dir.display()))?;
     println!("report: {}", s.dir.join("index.html").display());
     Ok(())

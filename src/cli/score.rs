@@ -1,4 +1,6 @@
-//! `negimg score RUN_DIR [--scorer REF]`: (re)scores a finished run without regenerating it.
+//! `negimg score RUN_DIR [--scorer REF] [--scorer-dino REF]`: (re)scores a finished run with
+//! the current measures (CLIP, DINOv2, pixel change, statistics against the baseline)
+//! without regenerating it; each scorer writes its own folder under scores/.
 use super::Globals;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -14,21 +16,25 @@ pub struct ScoreArgs {
     /// Default: the run's scorer (manifest.json), else hf:openai/clip-vit-large-patch14.
     #[arg(long)]
     pub scorer: Option<String>,
+    /// DINOv2 model in Hugging Face Dinov2Model layout (e.g. hf:facebook/dinov2-base).
+    /// Default: the run's scorer_dino (manifest.json), else none.
+    #[arg(long)]
+    pub scorer_dino: Option<String>,
     /// Only score; leave grids, curves and index.html as they are.
     #[arg(long)]
     pub no_plot: bool,
 }
 
-/// The scorer of the run's manifest (`[models] scorer` of the experiment): its resolved path
-/// when it is still there, else its reference.
-fn manifest_scorer(run_dir: &Path) -> Option<String> {
+/// A model of the run's manifest (`[models] scorer` or `scorer_dino` of the experiment): its
+/// resolved path when it is still there, else its reference.
+fn manifest_model(run_dir: &Path, role: &str) -> Option<String> {
     let text = std::fs::read_to_string(run_dir.join("manifest.json")).ok()?;
     let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
     let scorer = manifest
         .get("models")?
         .as_array()?
         .iter()
-        .find(|m| m.get("role").and_then(|r| r.as_str()) == Some("scorer"))?;
+        .find(|m| m.get("role").and_then(|r| r.as_str()) == Some(role))?;
     let path = scorer.get("path").and_then(|p| p.as_str());
     match path {
         Some(p) if Path::new(p).exists() => Some(p.to_string()),
@@ -38,19 +44,28 @@ fn manifest_scorer(run_dir: &Path) -> Option<String> {
 
 pub fn run(args: ScoreArgs, g: &Globals) -> Result<()> {
     let (device, kind) = g.device_and_dtype()?;
-    let reference = args
-        .scorer
-        .or_else(|| manifest_scorer(&args.run_dir))
-        .unwrap_or_else(|| DEFAULT_SCORER.to_string());
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
-    let scorer = crate::weights::hub::resolve(&reference, &cwd)
-        .with_context(|| format!("scorer {reference:?}"))?;
-    crate::scoring::score_run(&args.run_dir, &scorer, device, kind)?;
-    let id = crate::scoring::scorer_id(&scorer)?;
-    println!(
-        "scores: {}",
-        crate::scoring::scorer_dir(&args.run_dir, &id).display()
-    );
+    let resolve = |reference: String, what: &str| {
+        crate::weights::hub::resolve(&reference, &cwd)
+            .with_context(|| format!("{what} {reference:?}"))
+    };
+    let clip = args
+        .scorer
+        .or_else(|| manifest_model(&args.run_dir, "scorer"))
+        .unwrap_or_else(|| DEFAULT_SCORER.to_string());
+    let dino = args
+        .scorer_dino
+        .or_else(|| manifest_model(&args.run_dir, "scorer_dino"));
+    let models = crate::scoring::ScoreModels {
+        clip: Some(resolve(clip, "scorer")?),
+        dino: dino.map(|d| resolve(d, "scorer_dino")).transpose()?,
+    };
+    for id in crate::scoring::score_all(&args.run_dir, &models, device, kind)? {
+        println!(
+            "scores: {}",
+            crate::scoring::scorer_dir(&args.run_dir, &id).display()
+        );
+    }
     if !args.no_plot {
         crate::report::plot_run(&args.run_dir)?;
         println!("report: {}", args.run_dir.join("index.html").display());

@@ -238,6 +238,11 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             .as_ref()
             .map(|r| resolve(Role::Scorer, r))
             .transpose()?,
+        scorer_dino: m
+            .scorer_dino
+            .as_ref()
+            .map(|r| resolve(Role::ScorerDino, r))
+            .transpose()?,
     };
     if models.ip_adapter_base.is_none() && models.ip_adapter_plus.is_none() {
         return Err(src.error_at_key(
@@ -363,8 +368,13 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             "scoring.negative_reference",
             &raw.scoring.negative_reference,
         )?,
+        baseline: BTreeMap::new(),
     };
     let labels = grid.labels();
+    let scoring = ScoringSpec {
+        baseline: baseline(&src, &labels, raw.scoring.baseline.as_ref())?,
+        ..scoring
+    };
     let axis_names: Vec<&str> = labels.iter().map(|(p, _)| p.name()).collect();
     let axis_ref = |key: &str, r: &Spanned<String>| -> Result<String> {
         if axis_names.contains(&r.get_ref().as_str()) {
@@ -423,6 +433,60 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         scoring,
         plots,
     })
+}
+
+/// `[scoring] baseline`: every key an axis of the grid, every value one of its values.
+fn baseline(
+    src: &Source,
+    labels: &[(Param, Vec<String>)],
+    raw: Option<&Spanned<toml::Table>>,
+) -> Result<BTreeMap<String, String>> {
+    let Some(raw) = raw else {
+        return Ok(BTreeMap::new());
+    };
+    let mut out = BTreeMap::new();
+    for (key, value) in raw.get_ref() {
+        let at = format!("scoring.baseline.{key}");
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                value.to_string()
+            }
+            _ => return Err(src.error(raw.span(), &at, "expected a single value")),
+        };
+        let Some((_, values)) = labels.iter().find(|(p, _)| p.name() == key) else {
+            let names: Vec<&str> = labels.iter().map(|(p, _)| p.name()).collect();
+            return Err(src.error(
+                raw.span(),
+                &at,
+                format!(
+                    "{key:?} is not an axis of [grid] (axes: {})",
+                    names.join(", ")
+                ),
+            ));
+        };
+        // Image axes record "no image" as an empty value.
+        let text = if text == "none" && values.iter().any(String::is_empty) {
+            String::new()
+        } else {
+            text
+        };
+        if !values
+            .iter()
+            .any(|v| crate::scoring::metrics::values_match(v, &text))
+        {
+            return Err(src.error(
+                raw.span(),
+                &at,
+                format!(
+                    "{text:?} is not a value of the axis {key} ({})",
+                    values.join(", ")
+                ),
+            ));
+        }
+        out.insert(key.clone(), text);
+    }
+    Ok(out)
 }
 
 fn is_safe_name(s: &str) -> bool {

@@ -1,6 +1,7 @@
 //! What an experiment asks of its outputs: the axes as labelled in records.csv, the scoring
 //! and the figures. Written into run.json by the runner, read by the scorer and the report.
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One grid axis: a `Record` field name (`weight`, `negative`, `negative_image`, `seed`...)
 /// and its values in the experiment's order, formatted as in records.csv.
@@ -29,4 +30,8 @@ pub struct ScoringSpec {
     pub positive_reference: Option<String>,
     /// `[images.NAME]` compared by clip_i_neg when a cell has no negative image of its own.
     pub negative_reference: Option<String>,
+    /// The baseline cells every condition is paired with (axis -> value, formatted as in
+    /// records.csv); empty: `negative = none`. Old run.json files have none.
+    #[serde(default)]
+    pub baseline: BTreeMap<String, String>,
 }

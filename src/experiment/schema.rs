@@ -44,6 +44,8 @@ pub struct ModelsRaw {
     pub ip_adapter: IpAdapterRaw,
     pub image_encoder: Spanned<String>,
     pub scorer: Option<Spanned<String>>,
+    /// A DINOv2 model (transformers' Dinov2Model layout), the second embedding.
+    pub scorer_dino: Option<Spanned<String>>,
     /// Create random models when `dir` is missing (`negimg models init-random`).
     pub init_random: Option<Spanned<InitRandomRaw>>,
 }
@@ -92,6 +94,8 @@ pub struct ScoringRaw {
     pub targets: Vec<String>,
     pub positive_reference: Option<Spanned<String>>,
     pub negative_reference: Option<Spanned<String>>,
+    /// The baseline cells: axis = value (default `negative = "none"`).
+    pub baseline: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

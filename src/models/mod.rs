@@ -3,6 +3,7 @@ pub mod attention;
 pub mod clip_model;
 pub mod clip_text;
 pub mod clip_vision;
+pub mod dinov2;
 pub mod embeddings;
 pub mod ip_adapter;
 pub mod preprocess;

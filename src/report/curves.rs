@@ -1,10 +1,13 @@
 //! Curves: one figure per metric, the metric's mean against a numeric axis (weight, cfg,
 //! start, end...), one line per series (e.g. adapter x negative mode), a 95% bootstrap
-//! band around each line. SVG for papers, PNG for the page.
+//! band around each line; and per metric the paired difference to the baseline (same seed)
+//! with its band. Lines resting on fewer than 5 seeds are marked unreliable (†) in the legend
+//! and the title. SVG for papers, PNG for the page.
 use super::font::{FAMILY, register_plotters_font};
 use crate::run::info::RunInfo;
 use crate::run::records::{Record, Status};
-use crate::scoring::stats::{Estimate, ScoreTable};
+use crate::scoring::metrics;
+use crate::scoring::stats::{Estimate, ScoreTable, UNRELIABLE_BELOW, UNRELIABLE_MARK};
 use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -76,6 +79,48 @@ pub fn curve_data(
     x: &str,
     series: &[String],
 ) -> Vec<Series> {
+    let value = |_: usize, r: &Record| Some(scores.values.get(&r.cell_id)?[m]);
+    collect_series(info, records, &format!("{m}"), x, series, value)
+}
+
+/// Estimates of the paired difference `cell - baseline` of metric column `m` (same seed),
+/// per series and x value; baseline cells are left out.
+pub fn diff_curve_data(
+    info: &RunInfo,
+    records: &[Record],
+    scores: &ScoreTable,
+    m: usize,
+    x: &str,
+    series: &[String],
+) -> Vec<Series> {
+    let bases = metrics::baselines(info, records);
+    let spec = metrics::baseline_spec(info);
+    let value = |i: usize, r: &Record| {
+        if metrics::is_baseline(r, &spec) {
+            return None;
+        }
+        let base = &records[bases[i]?];
+        Some(scores.values.get(&r.cell_id)?[m] - scores.values.get(&base.cell_id)?[m])
+    };
+    collect_series(
+        info,
+        records,
+        &format!("{m}\u{1e}baseline"),
+        x,
+        series,
+        value,
+    )
+}
+
+/// Groups `value(index, record)` of the done records by series and x, and estimates them.
+fn collect_series(
+    info: &RunInfo,
+    records: &[Record],
+    label_tail: &str,
+    x: &str,
+    series: &[String],
+    value: impl Fn(usize, &Record) -> Option<f64>,
+) -> Vec<Series> {
     let axes = info.merged_axes(records);
     let position = |axis: &str, value: &str| {
         axes.iter()
@@ -86,11 +131,12 @@ pub fn curve_data(
     // ordered series key -> (label, x bits -> values)
     type Points = BTreeMap<u64, (f64, Vec<f64>)>;
     let mut lines: BTreeMap<Vec<usize>, (String, Points)> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.status == Status::Done) {
-        let (Some(values), Some(xv)) = (
-            scores.values.get(&r.cell_id),
-            r.field(x).and_then(|v| v.parse::<f64>().ok()),
-        ) else {
+    for (i, r) in records.iter().enumerate() {
+        if r.status != Status::Done {
+            continue;
+        }
+        let (Some(v), Some(xv)) = (value(i, r), r.field(x).and_then(|v| v.parse::<f64>().ok()))
+        else {
             continue;
         };
         let keys: Vec<String> = series
@@ -115,14 +161,17 @@ pub fn curve_data(
             .entry(xv.to_bits())
             .or_insert((xv, Vec::new()))
             .1
-            .push(values[m]);
+            .push(v);
     }
     lines
         .into_values()
         .map(|(label, points)| {
             let mut points: Vec<(f64, Estimate)> = points
                 .into_values()
-                .map(|(xv, v)| (xv, Estimate::of(&v, &format!("{label}\u{1e}{xv}\u{1e}{m}"))))
+                .map(|(xv, v)| {
+                    let e = Estimate::of(&v, &format!("{label}\u{1e}{xv}\u{1e}{label_tail}"));
+                    (xv, e)
+                })
                 .filter(|(_, e)| e.n > 0)
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -145,6 +194,20 @@ fn padded(lo: f64, hi: f64) -> (f64, f64) {
     }
     let pad = (hi - lo) * 0.06;
     (lo - pad, hi + pad)
+}
+
+/// A line with a point on fewer than [`UNRELIABLE_BELOW`] seeds.
+fn unreliable(s: &Series) -> bool {
+    s.points.iter().any(|(_, e)| e.n < UNRELIABLE_BELOW)
+}
+
+/// The title, with the unreliable note when a line needs it.
+fn titled(title: &str, series: &[Series]) -> String {
+    if series.iter().any(unreliable) {
+        format!("{title} — {UNRELIABLE_MARK} <{UNRELIABLE_BELOW} seeds: band unreliable")
+    } else {
+        title.to_string()
+    }
 }
 
 fn draw<DB: DrawingBackend>(
@@ -222,14 +285,19 @@ fn draw<DB: DrawingBackend>(
             color.stroke_width(3),
         ))?;
         let max_chars = (legend_w.saturating_sub(40) / 7) as usize;
-        let text: String = if s.label.chars().count() > max_chars {
-            s.label
+        let label = if unreliable(s) {
+            format!("{} {UNRELIABLE_MARK}", s.label)
+        } else {
+            s.label.clone()
+        };
+        let text: String = if label.chars().count() > max_chars {
+            label
                 .chars()
                 .take(max_chars.saturating_sub(1))
                 .chain(['…'])
                 .collect()
         } else {
-            s.label.clone()
+            label
         };
         legend.draw(&Text::new(text, (34, y - 8), (FAMILY, 14).into_font()))?;
     }
@@ -248,6 +316,7 @@ pub fn write_curve(
     if let Some(dir) = stem.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    let title = &titled(title, series);
     let svg = stem.with_extension("svg");
     draw(
         SVGBackend::new(&svg, SIZE).into_drawing_area(),
@@ -286,7 +355,13 @@ pub fn metric_label(metric: &str, targets: &[String]) -> String {
         ("clip_i_pos", _) => "CLIP-I to the positive image (cosine)".into(),
         ("clip_i_neg", _) => "CLIP-I to the negative image (cosine)".into(),
         ("subtraction", _) => "CLIP-I pos − CLIP-I neg".into(),
-        ("clip_i_base", _) => "CLIP-I to the negative=none image (cosine)".into(),
+        ("clip_i_base", _) => "CLIP-I to the baseline image (cosine)".into(),
+        ("dino_i_pos", _) => "DINO-I to the positive image (cosine)".into(),
+        ("dino_i_neg", _) => "DINO-I to the negative image (cosine)".into(),
+        ("dino_i_base", _) => "DINO-I to the baseline image (cosine)".into(),
+        ("mad_base", _) => "mean |pixel − baseline pixel| (0..1)".into(),
+        ("ssim_base", _) => "SSIM to the baseline image".into(),
+        (m, _) if m.ends_with("_div") => "diversity over seeds (mean 1 − cos)".into(),
         (_, Some(k)) => match targets.get(k - 1) {
             Some(t) => format!("CLIPScore vs \"{}\"", super::font::fit(t, 14.0, 320.0)),
             None => metric.into(),
@@ -332,6 +407,30 @@ pub fn write_curves(
         )?;
         files.push(CurveFile {
             metric: metric.clone(),
+            svg: format!("{rel}.svg"),
+            png: format!("{rel}.png"),
+        });
+        if metrics::is_condition_level(metric) {
+            continue;
+        }
+        let diff = diff_curve_data(info, records, scores, m, &x, &series);
+        if diff.is_empty() {
+            continue;
+        }
+        let rel = format!("curves/{scorer_id}/{metric}_vs_baseline");
+        let title = format!(
+            "{}: {metric} − baseline vs {x} (paired, 95% CI over seeds)",
+            info.experiment
+        );
+        write_curve(
+            &run_dir.join(&rel),
+            &title,
+            &x,
+            &format!("Δ {} to the baseline", metric_label(metric, targets)),
+            &diff,
+        )?;
+        files.push(CurveFile {
+            metric: format!("{metric} − baseline"),
             svg: format!("{rel}.svg"),
             png: format!("{rel}.png"),
         });

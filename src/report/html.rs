@@ -6,7 +6,10 @@ use super::grid::GridFile;
 use crate::run::info::RunInfo;
 use crate::scoring::ScorerInfo;
 use crate::scoring::stats::Summary;
-use crate::scoring::tables::{digits, mean_ci, table_metrics};
+use crate::scoring::stats::{BaseDiff, method_note};
+use crate::scoring::tables::{
+    VerdictRow, baseline_text, digits, mean_ci, mean_ci_marked, p_text, table_metrics, verdict_rows,
+};
 use std::fmt::Write as _;
 
 /// What the page shows of one scorer.
@@ -51,7 +54,12 @@ pre{background:#f6f6f6;padding:12px;overflow:auto;font-size:13px}\
 figure{display:inline-block;margin:0 16px 16px 0;vertical-align:top}figure img{border:1px solid #ddd}\
 .inputs img{max-height:256px}.grid img{max-width:100%}.curve img{width:720px;max-width:100%}\
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}\
-th{background:#f0f0f0}td.k{text-align:left}.missing{background:#fdd;color:#900;padding:8px;display:none}";
+th{background:#f0f0f0}td.k{text-align:left}table.sortable th{cursor:pointer}tr.unreliable td{color:#777}.missing{background:#fdd;color:#900;padding:8px;display:none}";
+
+/// Sorts a `table.sortable` by the clicked column (`data-v` numbers, else the text).
+const SORT: &str = "document.querySelectorAll('table.sortable').forEach(function(t){t.querySelectorAll('th').forEach(function(th,i){th.addEventListener('click',function(){var rows=Array.prototype.slice.call(t.querySelectorAll('tr')).slice(1);var up=th.getAttribute('data-up')!=='1';th.setAttribute('data-up',up?'1':'0');\
+var val=function(r){var c=r.children[i];var v=c.getAttribute('data-v');return v!==null&&v!==''?parseFloat(v):c.textContent;};\
+rows.sort(function(a,b){var x=val(a),y=val(b);var d=(typeof x==='number'&&typeof y==='number')?x-y:String(x).localeCompare(String(y));return up?d:-d;});rows.forEach(function(r){t.appendChild(r);});});});});";
 
 /// Logs (and shows) every image that did not load: a broken link is visible, not silent.
 const CHECK: &str = "window.addEventListener('load',function(){var bad=[];for(var i=0;i<document.images.length;i++){var im=document.images[i];if(!im.complete||im.naturalWidth===0){bad.push(im.getAttribute('src'));}}\
@@ -75,12 +83,16 @@ fn summary_table(s: &mut String, summary: &Summary) {
         }
         let _ = write!(s, "<td>{}</td><td>{}</td>", row.n, row.n_failed);
         for &m in &metrics {
-            let text = mean_ci(&row.estimates[m], digits(&summary.metrics[m]));
+            let text = mean_ci_marked(&row.estimates[m], digits(&summary.metrics[m]));
             let _ = write!(s, "<td>{}</td>", escape(&text));
         }
         s.push_str("</tr>\n");
     }
     s.push_str("</table>\n");
+}
+
+/// The differences between negative modes: long, so after the curves.
+fn paired_table(s: &mut String, summary: &Summary) {
     let paired: Vec<_> = summary
         .paired
         .iter()
@@ -113,6 +125,75 @@ fn summary_table(s: &mut String, summary: &Summary) {
     s.push_str("</table>\n");
 }
 
+fn num_attr(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        String::new()
+    }
+}
+
+/// One side (negative or positive) of a verdict row: difference [CI], p_holm, wins.
+fn verdict_side(s: &mut String, side: &Option<(String, BaseDiff)>) {
+    match side {
+        Some((m, d)) => {
+            let _ = write!(
+                s,
+                "<td data-v=\"{}\">{}</td><td data-v=\"{}\">{}</td><td data-v=\"{}\">{}/{}</td>",
+                num_attr(d.estimate.mean),
+                escape(&mean_ci_marked(&d.estimate, digits(m))),
+                num_attr(d.p_holm),
+                escape(&p_text(d.p_holm)),
+                num_attr(d.win_rate),
+                d.wins,
+                d.estimate.n
+            );
+        }
+        None => s.push_str("<td>–</td><td>–</td><td>–</td>"),
+    }
+}
+
+/// The verdict table of one scorer: each condition against its baseline, sortable.
+fn verdict_table(s: &mut String, sc: &ScorerSection, rows: &[VerdictRow]) {
+    let summary = &sc.summary;
+    let name = |side: usize, fallback: &str| {
+        rows.iter()
+            .find_map(|r| [&r.neg, &r.pos][side].as_ref().map(|(m, _)| m.clone()))
+            .unwrap_or_else(|| fallback.into())
+    };
+    let _ = write!(
+        s,
+        "<h3>{} — against the baseline ({})</h3>\n<table class=sortable><tr>",
+        escape(&sc.info.id),
+        escape(&baseline_text(summary))
+    );
+    for a in &summary.axes {
+        let _ = write!(s, "<th>{}</th>", escape(a));
+    }
+    let _ = writeln!(
+        s,
+        "<th>n</th><th>Δ {0} [95% CI]</th><th>p_holm</th><th>wins</th><th>Δ {1} [95% CI]</th><th>p_holm</th><th>wins</th><th>reading</th></tr>",
+        escape(&name(0, "negative")),
+        escape(&name(1, "positive"))
+    );
+    for row in rows {
+        let class = if row.unreliable {
+            " class=unreliable"
+        } else {
+            ""
+        };
+        let _ = write!(s, "<tr{class}>");
+        for k in &row.key {
+            let _ = write!(s, "<td class=k>{}</td>", escape(k));
+        }
+        let _ = write!(s, "<td data-v=\"{0}\">{0}</td>", row.n);
+        verdict_side(s, &row.neg);
+        verdict_side(s, &row.pos);
+        let _ = writeln!(s, "<td class=k>{}</td></tr>", escape(&row.reading));
+    }
+    s.push_str("</table>\n");
+}
+
 /// The page. `experiment_toml` is the experiment file's text, if the run folder has it.
 pub fn index_html(
     info: &RunInfo,
@@ -136,6 +217,21 @@ pub fn index_html(
         s.push_str(" · <a href=\"experiment.toml\">experiment.toml</a>");
     }
     s.push_str("</p>\n");
+    let verdicts: Vec<(&ScorerSection, Vec<VerdictRow>)> = scorers
+        .iter()
+        .map(|sc| (sc, verdict_rows(&sc.summary)))
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect();
+    if !verdicts.is_empty() {
+        let _ = write!(
+            s,
+            "<h2>Verdict</h2>\n<p>Each condition against its baseline on the same seeds (click a column to sort). {}</p>\n",
+            escape(&method_note())
+        );
+        for (sc, rows) in &verdicts {
+            verdict_table(&mut s, sc, rows);
+        }
+    }
     if let Some(text) = experiment_toml {
         let _ = write!(s, "<h2>Experiment</h2>\n<pre>{}</pre>\n", escape(text));
     }
@@ -173,6 +269,8 @@ pub fn index_html(
         s.push_str("</ul>\n<p>Mean [95% bootstrap CI over seeds]. Files:");
         for f in [
             "summary.csv",
+            "verdict.csv",
+            "verdict.tex",
             "paired.csv",
             "summary.md",
             "summary.tex",
@@ -194,10 +292,11 @@ pub fn index_html(
                 );
             }
         }
+        paired_table(&mut s, &sc.summary);
     }
     if scorers.is_empty() {
         s.push_str("<h2>Scores</h2><p>Not scored yet: <code>negimg score RUN_DIR</code>.</p>\n");
     }
-    let _ = write!(s, "<script>{CHECK}</script>\n</body></html>\n");
+    let _ = write!(s, "<script>{SORT}{CHECK}</script>\n</body></html>\n");
     s
 }

@@ -171,6 +171,7 @@ pub fn digests(files: &[ModelFiles]) -> ModelDigests {
         ip_adapter_plus: get(Role::IpAdapterPlus),
         image_encoder: get(Role::ImageEncoder).unwrap_or_default(),
         scorer: get(Role::Scorer),
+        scorer_dino: get(Role::ScorerDino),
     }
 }
 

@@ -1,8 +1,10 @@
-//! CLIP embeddings of a run's images and target texts: images decoded and preprocessed in
-//! parallel (rayon), embedded in batches on the chosen device.
+//! Embeddings of a run's images (CLIP or DINOv2) and target texts (CLIP): images decoded
+//! and preprocessed in parallel (rayon), embedded in batches on the chosen device.
+use super::metrics::Embedder;
 use crate::images::load_rgb;
 use crate::models::clip_model::ClipModel;
-use crate::models::preprocess::clip_pixels_batch;
+use crate::models::dinov2::Dinov2Model;
+use crate::models::preprocess::Preprocess;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::run::info::RunInfo;
 use crate::run::records::{Record, Status};
@@ -10,6 +12,7 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// Images per forward pass of the vision tower.
@@ -21,6 +24,35 @@ pub struct Embeddings {
     pub texts: Vec<Vec<f64>>,
 }
 
+/// An image embedding model.
+pub enum ImageModel {
+    Clip(Box<ClipModel>),
+    Dino(Box<Dinov2Model>),
+}
+
+impl ImageModel {
+    pub fn load(embedder: Embedder, dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        Ok(match embedder {
+            Embedder::Clip => ImageModel::Clip(Box::new(ClipModel::load(dir, device, kind)?)),
+            Embedder::Dino => ImageModel::Dino(Box::new(Dinov2Model::load(dir, device, kind)?)),
+        })
+    }
+
+    fn preprocess(&self) -> Preprocess {
+        match self {
+            ImageModel::Clip(m) => Preprocess::clip(m.image_size()),
+            ImageModel::Dino(m) => *m.preprocess(),
+        }
+    }
+
+    fn embeds(&self, pixels: &Tensor) -> Tensor {
+        tch::no_grad(|| match self {
+            ImageModel::Clip(m) => m.image_embeds(pixels),
+            ImageModel::Dino(m) => m.image_embeds(pixels),
+        })
+    }
+}
+
 /// Rows of an embedding tensor [B, D] as unit vectors in f64.
 fn unit_rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
     let t = t.to_kind(Kind::Double).to_device(Device::Cpu);
@@ -30,37 +62,35 @@ fn unit_rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
 
 /// Embeds `files` (keyed) with `model`; errors name the file that could not be decoded.
 pub fn embed_images(
-    model: &ClipModel,
+    model: &ImageModel,
     files: &[(String, PathBuf)],
     device: Device,
     kind: Kind,
 ) -> Result<HashMap<String, Vec<f64>>> {
+    let start = Instant::now();
+    let preprocess = model.preprocess();
     let mut out = HashMap::with_capacity(files.len());
     for chunk in files.chunks(BATCH) {
         let images = chunk
             .par_iter()
             .map(|(_, path)| load_rgb(path))
             .collect::<Result<Vec<_>>>()?;
-        let pixels = clip_pixels_batch(&images, model.image_size(), device, kind);
-        let embeds = tch::no_grad(|| model.image_embeds(&pixels));
-        for ((key, _), e) in chunk.iter().zip(unit_rows(&embeds)?) {
+        let pixels = preprocess.batch(&images, device, kind);
+        for ((key, _), e) in chunk.iter().zip(unit_rows(&model.embeds(&pixels))?) {
             out.insert(key.clone(), e);
         }
     }
+    let seconds = start.elapsed().as_secs_f64();
+    log::info!(
+        "embedded {} images in {seconds:.2} s ({:.2} images/s, decoding included)",
+        files.len(),
+        files.len() as f64 / seconds.max(1e-9)
+    );
     Ok(out)
 }
 
-/// Embeds every done cell's image and every input image of a run, and the target texts.
-pub fn embed_run(
-    run_dir: &Path,
-    info: &RunInfo,
-    records: &[Record],
-    scorer: &Path,
-    device: Device,
-    kind: Kind,
-) -> Result<Embeddings> {
-    let model = ClipModel::load(scorer, device, kind)
-        .with_context(|| format!("cannot load the scorer {}", scorer.display()))?;
+/// Every done cell's image and every input image of a run, keyed as in [`Embeddings`].
+pub fn run_images(run_dir: &Path, info: &RunInfo, records: &[Record]) -> Vec<(String, PathBuf)> {
     let mut files: Vec<(String, PathBuf)> = info
         .images
         .iter()
@@ -72,15 +102,31 @@ pub fn embed_run(
             .filter(|r| r.status == Status::Done)
             .map(|r| (format!("cell:{}", r.cell_id), run_dir.join(&r.file))),
     );
-    let images = embed_images(&model, &files, device, kind)?;
-    let texts = if info.scoring.targets.is_empty() {
-        Vec::new()
-    } else {
-        let tokenizer = ClipTokenizer::from_folder(scorer)
-            .with_context(|| format!("cannot load the tokenizer of {}", scorer.display()))?;
-        let targets: Vec<&str> = info.scoring.targets.iter().map(String::as_str).collect();
-        let ids = tokenizer.encode_batch(&targets).to_device(device);
-        unit_rows(&tch::no_grad(|| model.text_embeds(&ids)))?
+    files
+}
+
+/// Embeds every done cell's image and every input image of a run, and (CLIP) the targets.
+pub fn embed_run(
+    run_dir: &Path,
+    info: &RunInfo,
+    records: &[Record],
+    embedder: Embedder,
+    scorer: &Path,
+    device: Device,
+    kind: Kind,
+) -> Result<Embeddings> {
+    let model = ImageModel::load(embedder, scorer, device, kind)
+        .with_context(|| format!("cannot load the scorer {}", scorer.display()))?;
+    let images = embed_images(&model, &run_images(run_dir, info, records), device, kind)?;
+    let texts = match &model {
+        ImageModel::Clip(clip) if !info.scoring.targets.is_empty() => {
+            let tokenizer = ClipTokenizer::from_folder(scorer)
+                .with_context(|| format!("cannot load the tokenizer of {}", scorer.display()))?;
+            let targets: Vec<&str> = info.scoring.targets.iter().map(String::as_str).collect();
+            let ids = tokenizer.encode_batch(&targets).to_device(device);
+            unit_rows(&tch::no_grad(|| clip.text_embeds(&ids)))?
+        }
+        _ => Vec::new(),
     };
     Ok(Embeddings { images, texts })
 }

@@ -1,23 +1,30 @@
-//! CLIP metrics per image and statistics per condition.
+//! Metrics per image (CLIP, DINOv2, pixel change) and statistics per condition.
 //!
-//! Layout in a run folder, one folder per scorer so that scorers coexist:
+//! Layout in a run folder, one folder per scorer so that scorers coexist (a CLIP model, a
+//! DINOv2 model); each also has the pixel change against the baseline (mad_base, ssim_base):
 //!
 //! ```text
 //! scores/<scorer-id>/scorer.json   which model, targets, references, metric names
 //! scores/<scorer-id>/scores.csv    cell_id, file, one column per metric (empty: undefined)
-//! scores/<scorer-id>/summary.csv   one row per condition: n, n_failed, mean/std/CI per metric
+//! scores/<scorer-id>/summary.csv   one row per condition: n, n_failed, mean/std/CI per metric,
+//!                                  the paired difference to the baseline (CI, p, p_holm, win rate)
 //! scores/<scorer-id>/paired.csv    differences between negative modes on the same seed
+//! scores/<scorer-id>/verdict.csv   per condition: the effect on the negative and the positive
 //! scores/<scorer-id>/summary.md    the same as tables for reading
 //! scores/<scorer-id>/summary.tex   booktabs tables for papers
+//! scores/<scorer-id>/verdict.tex   the verdict table for papers
 //! ```
 pub mod embed;
 pub mod metrics;
+pub mod pixel;
 pub mod stats;
 pub mod tables;
 
 use crate::run::info::RunInfo;
-use crate::run::records::{Record, read_records};
+use crate::run::records::{self, Record, read_records};
 use anyhow::{Context, Result, bail};
+use metrics::Embedder;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stats::ScoreTable;
@@ -214,28 +221,37 @@ pub fn summarize_scorer(run_dir: &Path, id: &str) -> Result<stats::Summary> {
     let summary = stats::summarize(&info, &records, &scores);
     tables::write_summary_csv(&summary, &dir.join("summary.csv"))?;
     tables::write_paired_csv(&summary, &dir.join("paired.csv"))?;
+    let verdict = tables::verdict_rows(&summary);
+    tables::write_verdict_csv(&summary, &verdict, &dir.join("verdict.csv"))?;
     let notes = score_notes(&scorer);
     let title = format!("{} — scorer {id}", info.experiment);
     let md = tables::markdown(&summary, &title, &notes);
-    let path = dir.join("summary.md");
-    std::fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))?;
-    let tex = tables::latex(&summary, &format!("{} (scorer {id})", info.experiment));
-    let path = dir.join("summary.tex");
-    std::fs::write(&path, tex).with_context(|| format!("cannot write {}", path.display()))?;
+    fsio_write(&dir.join("summary.md"), &md)?;
+    let caption = format!("{} (scorer {id})", info.experiment);
+    fsio_write(&dir.join("summary.tex"), &tables::latex(&summary, &caption))?;
+    fsio_write(
+        &dir.join("verdict.tex"),
+        &tables::verdict_latex(&summary, &verdict, &caption),
+    )?;
     Ok(summary)
+}
+
+fn fsio_write(path: &Path, text: &str) -> Result<()> {
+    crate::run::fsio::atomic_write(path, text.as_bytes())
 }
 
 /// What the metric names refer to, for the tables.
 pub fn score_notes(scorer: &ScorerInfo) -> Vec<String> {
     let mut notes = vec![format!("scorer: {}", scorer.path)];
-    if let Some(p) = &scorer.positive_reference {
+    let has = |suffix: &str| scorer.metrics.iter().find(|m| m.ends_with(suffix));
+    if let (Some(p), Some(m)) = (&scorer.positive_reference, has("_i_pos")) {
         notes.push(format!(
-            "clip_i_pos reference where a cell has no positive image: {p}"
+            "{m} reference where a cell has no positive image: {p}"
         ));
     }
-    if let Some(n) = &scorer.negative_reference {
+    if let (Some(n), Some(m)) = (&scorer.negative_reference, has("_i_neg")) {
         notes.push(format!(
-            "clip_i_neg reference where a cell has no negative image: {n}"
+            "{m} reference where a cell has no negative image: {n}"
         ));
     }
     for (k, t) in scorer.targets.iter().enumerate() {
@@ -244,7 +260,44 @@ pub fn score_notes(scorer: &ScorerInfo) -> Vec<String> {
             k + 1
         ));
     }
+    if let Some(m) = has("_div") {
+        notes.push(format!(
+            "{m}: diversity over seeds, mean pairwise 1 − cos within a condition (no interval: the pairs are not independent)"
+        ));
+    }
+    if let Some(m) = has("_i_base") {
+        notes.push(format!(
+            "{m}: cosine to the paired baseline image (same seed)"
+        ));
+    }
+    notes.push(stats::method_note());
     notes
+}
+
+/// The models `score_all` scores a run with.
+#[derive(Clone, Debug, Default)]
+pub struct ScoreModels {
+    /// A CLIPModel folder.
+    pub clip: Option<PathBuf>,
+    /// A Dinov2Model folder.
+    pub dino: Option<PathBuf>,
+}
+
+/// Scores a run with every model given, each into its own folder.
+pub fn score_all(
+    run_dir: &Path,
+    models: &ScoreModels,
+    device: tch::Device,
+    kind: tch::Kind,
+) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    if let Some(clip) = &models.clip {
+        ids.push(score_with(run_dir, Embedder::Clip, clip, device, kind)?);
+    }
+    if let Some(dino) = &models.dino {
+        ids.push(score_with(run_dir, Embedder::Dino, dino, device, kind)?);
+    }
+    Ok(ids)
 }
 
 /// Scores every done image of a run with the CLIP model in `scorer` (HF CLIPModel layout),
@@ -255,13 +308,86 @@ pub fn score_run(
     device: tch::Device,
     kind: tch::Kind,
 ) -> Result<()> {
+    score_with(run_dir, Embedder::Clip, scorer, device, kind).map(|_| ())
+}
+
+/// Scores every done image with `embedder`'s model in `scorer`; returns the scorer id.
+pub fn score_with(
+    run_dir: &Path,
+    embedder: Embedder,
+    scorer: &Path,
+    device: tch::Device,
+    kind: tch::Kind,
+) -> Result<String> {
     let info = read_info(run_dir)?;
     let records = read_run_records(run_dir)?;
     let id = scorer_id(scorer)?;
-    let embeds = embed::embed_run(run_dir, &info, &records, scorer, device, kind)?;
-    let rows = metrics::compute(&info, &records, &embeds.images, &embeds.texts);
-    let names = metrics::metric_names(info.scoring.targets.len());
-    // Columns no cell defines (e.g. clip_i_base without `negative = none` cells) are dropped.
+    let embeds = embed::embed_run(run_dir, &info, &records, embedder, scorer, device, kind)?;
+    let mut rows = metrics::compute(&info, &records, embedder, &embeds.images, &embeds.texts);
+    let mut names = metrics::metric_names(embedder, embeds.texts.len());
+    // The pixel change does not depend on the model; each scorer folder carries it so that
+    // its verdict and tables are complete on their own.
+    let pixels = pixel_change(run_dir, &info, &records)?;
+    for (cell, values) in &mut rows {
+        values.extend(pixels.get(cell).cloned().unwrap_or_default());
+    }
+    names.extend(pixel::METRICS.iter().map(|m| m.to_string()));
+    let scorer_info = ScorerInfo {
+        id: id.clone(),
+        path: scorer.display().to_string(),
+        targets: if embedder == Embedder::Clip {
+            info.scoring.targets.clone()
+        } else {
+            Vec::new()
+        },
+        positive_reference: info.scoring.positive_reference.clone(),
+        negative_reference: info.scoring.negative_reference.clone(),
+        metrics: names,
+    };
+    write_scorer(run_dir, &records, scorer_info, rows)?;
+    Ok(id)
+}
+
+/// Mean absolute difference and SSIM of every done image against its paired baseline
+/// image (NaN without a baseline), by cell id.
+fn pixel_change(
+    run_dir: &Path,
+    info: &RunInfo,
+    records: &[Record],
+) -> Result<HashMap<String, Vec<f64>>> {
+    let bases = metrics::baselines(info, records);
+    let load = |r: &Record| -> Result<image::RgbImage> {
+        let path = run_dir.join(&r.file);
+        Ok(image::open(&path)
+            .with_context(|| format!("cannot decode image {}", path.display()))?
+            .to_rgb8())
+    };
+    records
+        .par_iter()
+        .zip(&bases)
+        .filter(|(r, _)| r.status == records::Status::Done)
+        .map(|(r, base)| {
+            let values = match base {
+                Some(b) => {
+                    let (img, base) = (load(r)?, load(&records[*b])?);
+                    vec![pixel::mean_abs_diff(&img, &base), pixel::ssim(&img, &base)]
+                }
+                None => vec![f64::NAN; pixel::METRICS.len()],
+            };
+            Ok((r.cell_id.clone(), values))
+        })
+        .collect()
+}
+
+/// Writes a scorer folder: scores.csv (columns no cell defines are dropped, e.g.
+/// clip_i_base without baseline cells), scorer.json, and the summaries.
+fn write_scorer(
+    run_dir: &Path,
+    records: &[Record],
+    mut scorer: ScorerInfo,
+    rows: Vec<(String, Vec<f64>)>,
+) -> Result<()> {
+    let names = std::mem::take(&mut scorer.metrics);
     let keep: Vec<usize> = (0..names.len())
         .filter(|&m| rows.iter().any(|(_, v)| !v[m].is_nan()))
         .collect();
@@ -276,22 +402,18 @@ pub fn score_run(
             (cell, file, keep.iter().map(|&m| v[m]).collect())
         })
         .collect();
-    let metrics: Vec<String> = keep.iter().map(|&m| names[m].clone()).collect();
-    let dir = scorer_dir(run_dir, &id);
+    scorer.metrics = keep.iter().map(|&m| names[m].clone()).collect();
+    let dir = scorer_dir(run_dir, &scorer.id);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_scores(&dir.join("scores.csv"), &metrics, &rows)?;
-    let scorer_info = ScorerInfo {
-        id: id.clone(),
-        path: scorer.display().to_string(),
-        targets: info.scoring.targets.clone(),
-        positive_reference: info.scoring.positive_reference.clone(),
-        negative_reference: info.scoring.negative_reference.clone(),
-        metrics,
-    };
-    let path = dir.join("scorer.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&scorer_info)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    summarize_scorer(run_dir, &id)?;
-    log::info!("scored {} images with {id}", rows.len());
+    let tmp = dir.join("scores.csv.tmp");
+    write_scores(&tmp, &scorer.metrics, &rows)?;
+    std::fs::rename(&tmp, dir.join("scores.csv"))
+        .with_context(|| format!("cannot write {}", dir.join("scores.csv").display()))?;
+    fsio_write(
+        &dir.join("scorer.json"),
+        &serde_json::to_string_pretty(&scorer)?,
+    )?;
+    summarize_scorer(run_dir, &scorer.id)?;
+    log::info!("scored {} images with {}", rows.len(), scorer.id);
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! Statistics per condition: mean, standard deviation and a 95% bootstrap confidence
-//! interval over seeds; paired differences between negative modes on the same seed.
+//! interval over seeds; paired differences to the baseline on the same seed with a sign-flip
+//! permutation p-value, Holm-corrected across the run's conditions, and the win rate;
+//! paired differences between negative modes on the same seed.
 //!
-//! The bootstrap is deterministic: every (condition, metric) draws from its own SplitMix64
+//! Resampling is deterministic: every (condition, metric) draws from its own SplitMix64
 //! stream seeded from [`BOOTSTRAP_SEED`] and the condition's label, so adding a condition to
-//! an experiment leaves the intervals of the others unchanged.
+//! an experiment leaves the intervals and p-values of the others unchanged.
+use super::metrics::{self, Direction};
 use crate::run::info::RunInfo;
 use crate::run::records::{Record, Status};
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +17,29 @@ pub const BOOTSTRAP_RESAMPLES: usize = 2000;
 pub const BOOTSTRAP_SEED: u64 = 0x6e65_6769_6d67_0001;
 /// Confidence level of the intervals.
 pub const CONFIDENCE: f64 = 0.95;
+/// Up to this many seeds the sign-flip test enumerates all 2^n sign vectors.
+pub const PERMUTATION_EXACT_MAX: usize = 16;
+/// Random sign vectors of the Monte Carlo sign-flip test above that.
+pub const PERMUTATION_RESAMPLES: usize = 10_000;
+/// Below this many seeds an interval is marked unreliable.
+pub const UNRELIABLE_BELOW: usize = 5;
+/// The marker of an unreliable interval in every table and figure.
+pub const UNRELIABLE_MARK: &str = "†";
+
+/// How the intervals and p-values are made, for the summaries.
+pub fn method_note() -> String {
+    format!(
+        "Intervals: {:.0}% percentile bootstrap of the mean over seeds, {BOOTSTRAP_RESAMPLES} \
+         seeded resamples. p: two-sided sign-flip permutation test of the mean paired \
+         difference over seeds, exact (all 2^n sign vectors) for n ≤ {PERMUTATION_EXACT_MAX}, \
+         else {PERMUTATION_RESAMPLES} seeded random sign vectors (p = (k+1)/(B+1)); p_holm: \
+         Holm's step-down correction across the run's conditions, per metric. Win rate: share \
+         of seeds that moved the right way (lower for *_i_neg, higher for *_i_pos and \
+         subtraction). {UNRELIABLE_MARK} fewer than {UNRELIABLE_BELOW} seeds: the interval \
+         is unreliable.",
+        100.0 * CONFIDENCE
+    )
+}
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-studied 64-bit generator.
 pub struct SplitMix64(u64);
@@ -96,6 +122,77 @@ pub fn bootstrap_ci(values: &[f64], label: &str) -> (f64, f64) {
     (quantile(&means, alpha), quantile(&means, 1.0 - alpha))
 }
 
+impl Estimate {
+    /// Too few values for the interval to mean much.
+    pub fn unreliable(&self) -> bool {
+        self.n < UNRELIABLE_BELOW
+    }
+
+    /// The mean alone: for condition-level metrics, whose values are not independent.
+    fn without_interval(self) -> Estimate {
+        Estimate {
+            ci_lo: f64::NAN,
+            ci_hi: f64::NAN,
+            ..self
+        }
+    }
+}
+
+/// Two-sided sign-flip permutation p-value of the mean of paired differences: the share of
+/// sign vectors whose |mean| reaches the observed one (ties within 100 ulp, as scipy's
+/// `permutation_test`). Exact for n ≤ [`PERMUTATION_EXACT_MAX`], else Monte Carlo with
+/// [`PERMUTATION_RESAMPLES`] vectors seeded from `label`, `(k + 1) / (B + 1)`. NaN when empty.
+pub fn sign_flip_p(diffs: &[f64], label: &str) -> f64 {
+    let n = diffs.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let observed = diffs.iter().sum::<f64>().abs();
+    let threshold = observed - 100.0 * f64::EPSILON * observed;
+    let flipped = |signs: u64| -> f64 {
+        diffs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| if signs >> i & 1 == 1 { -d } else { *d })
+            .sum::<f64>()
+            .abs()
+    };
+    if n <= PERMUTATION_EXACT_MAX {
+        let total = 1u64 << n;
+        let hits = (0..total).filter(|&s| flipped(s) >= threshold).count();
+        return hits as f64 / total as f64;
+    }
+    let mut rng = SplitMix64::new(PERMUTATION_SEED ^ fnv1a(label));
+    let hits = (0..PERMUTATION_RESAMPLES)
+        .filter(|_| {
+            let sum: f64 = diffs
+                .iter()
+                .map(|d| if rng.next_u64() >> 63 == 1 { -d } else { *d })
+                .sum();
+            sum.abs() >= threshold
+        })
+        .count();
+    (hits + 1) as f64 / (PERMUTATION_RESAMPLES + 1) as f64
+}
+
+/// The seed of the Monte Carlo sign-flip streams.
+const PERMUTATION_SEED: u64 = 0x6e65_6769_6d67_0002;
+
+/// Holm's step-down adjusted p-values (NaNs are not part of the family and stay NaN):
+/// sorted ascending, `p_(i) * (m - i)` (0-based), made monotone, capped at 1.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let m = order.len();
+    let mut out = vec![f64::NAN; p.len()];
+    let mut running = 0.0f64;
+    for (rank, &i) in order.iter().enumerate() {
+        running = running.max((p[i] * (m - rank) as f64).min(1.0));
+        out[i] = running;
+    }
+    out
+}
+
 /// Quantile of sorted values, linear interpolation (numpy's default).
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
@@ -142,10 +239,30 @@ pub struct ScoreTable {
     pub values: HashMap<String, Vec<f64>>,
 }
 
+/// One metric of one condition against its baseline, seed by seed.
+#[derive(Clone, Debug)]
+pub struct BaseDiff {
+    /// Of `condition - baseline` over the paired seeds.
+    pub estimate: Estimate,
+    /// Sign-flip p-value (NaN for condition-level metrics).
+    pub p: f64,
+    /// Holm-adjusted across the run's conditions.
+    pub p_holm: f64,
+    pub direction: Direction,
+    /// Seeds that moved the right way (0 for undirected metrics).
+    pub wins: usize,
+    /// `wins / n`; NaN for undirected and condition-level metrics.
+    pub win_rate: f64,
+}
+
 #[derive(Clone, Debug)]
 pub struct SummaryRow {
     /// Values of the condition axes.
     pub key: Vec<String>,
+    /// A baseline condition (its differences to itself are not reported).
+    pub is_baseline: bool,
+    /// Per metric: the paired difference to the baseline, where the condition has pairs.
+    pub vs_base: Vec<Option<BaseDiff>>,
     /// Images scored (done cells with scores).
     pub n: usize,
     /// Cells of this condition that failed to generate.
@@ -170,6 +287,8 @@ pub struct PairedRow {
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub axes: Vec<String>,
+    /// The baseline: (axis, value) pairs.
+    pub baseline: Vec<(String, String)>,
     pub metrics: Vec<String>,
     pub rows: Vec<SummaryRow>,
     /// Axes of `PairedRow::key` (the condition axes without `negative`).
@@ -180,21 +299,25 @@ pub struct Summary {
 /// Groups in the experiment's order: ordered key -> (condition values, members).
 type Groups<T> = BTreeMap<Vec<(usize, String)>, (Vec<String>, T)>;
 
-/// Groups the records by condition and estimates every metric.
+/// Groups the records by condition, estimates every metric and its paired difference to the
+/// baseline.
 pub fn summarize(info: &RunInfo, records: &[Record], scores: &ScoreTable) -> Summary {
     let axes = condition_axes(info);
-    let mut groups: Groups<Vec<&Record>> = BTreeMap::new();
-    for r in records {
+    let spec = metrics::baseline_spec(info);
+    let bases = metrics::baselines(info, records);
+    let mut groups: Groups<Vec<usize>> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
         let key = key_of(r, &axes);
         groups
             .entry(order_of(info, &axes, &key))
             .or_insert_with(|| (key, Vec::new()))
             .1
-            .push(r);
+            .push(i);
     }
-    let rows = groups
+    let mut rows: Vec<SummaryRow> = groups
         .into_values()
         .map(|(key, members)| {
+            let members: Vec<&Record> = members.iter().map(|&i| &records[i]).collect();
             let scored: Vec<&Vec<f64>> = members
                 .iter()
                 .filter(|r| r.status == Status::Done)
@@ -207,27 +330,128 @@ pub fn summarize(info: &RunInfo, records: &[Record], scores: &ScoreTable) -> Sum
                 .enumerate()
                 .map(|(m, metric)| {
                     let v: Vec<f64> = scored.iter().map(|row| row[m]).collect();
-                    Estimate::of(&v, &format!("{label}\u{1e}{metric}"))
+                    let e = Estimate::of(&v, &format!("{label}\u{1e}{metric}"));
+                    if metrics::is_condition_level(metric) {
+                        e.without_interval()
+                    } else {
+                        e
+                    }
                 })
                 .collect();
+            let is_baseline = members.iter().all(|r| metrics::is_baseline(r, &spec));
             SummaryRow {
                 n: scored.len(),
                 n_failed: members
                     .iter()
                     .filter(|r| r.status == Status::Failed)
                     .count(),
+                is_baseline,
+                vs_base: Vec::new(),
                 key,
                 estimates,
             }
         })
         .collect();
+    for row in rows.iter_mut().filter(|r| !r.is_baseline) {
+        row.vs_base = base_diffs(records, &bases, scores, &axes, row);
+    }
+    apply_holm(&mut rows, scores.metrics.len());
     let (paired_axes, paired) = paired_differences(info, records, scores, &axes);
     Summary {
         axes,
+        baseline: spec,
         metrics: scores.metrics.clone(),
         rows,
         paired_axes,
         paired,
+    }
+}
+
+/// Per metric, the differences `condition - baseline` of one condition's seeds.
+fn base_diffs(
+    records: &[Record],
+    bases: &[Option<usize>],
+    scores: &ScoreTable,
+    axes: &[String],
+    row: &SummaryRow,
+) -> Vec<Option<BaseDiff>> {
+    let pairs: Vec<(&Vec<f64>, &Vec<f64>)> = records
+        .iter()
+        .zip(bases)
+        .filter(|(r, _)| r.status == Status::Done && key_of(r, axes) == row.key)
+        .filter_map(|(r, b)| {
+            let base = &records[(*b)?];
+            Some((
+                scores.values.get(&r.cell_id)?,
+                scores.values.get(&base.cell_id)?,
+            ))
+        })
+        .collect();
+    let label = row.key.join("\u{1f}");
+    scores
+        .metrics
+        .iter()
+        .enumerate()
+        .map(|(m, metric)| {
+            let diffs: Vec<f64> = pairs
+                .iter()
+                .map(|(v, b)| v[m] - b[m])
+                .filter(|d| !d.is_nan())
+                .collect();
+            if diffs.is_empty() {
+                return None;
+            }
+            let label = format!("{label}\u{1e}{metric}\u{1e}baseline");
+            let estimate = Estimate::of(&diffs, &label);
+            let direction = metrics::direction(metric);
+            if metrics::is_condition_level(metric) {
+                return Some(BaseDiff {
+                    estimate: estimate.without_interval(),
+                    p: f64::NAN,
+                    p_holm: f64::NAN,
+                    direction,
+                    wins: 0,
+                    win_rate: f64::NAN,
+                });
+            }
+            let wins = match direction {
+                Direction::Lower => diffs.iter().filter(|d| **d < 0.0).count(),
+                Direction::Higher => diffs.iter().filter(|d| **d > 0.0).count(),
+                Direction::Undirected => 0,
+            };
+            Some(BaseDiff {
+                estimate,
+                p: sign_flip_p(&diffs, &label),
+                p_holm: f64::NAN,
+                direction,
+                wins,
+                win_rate: if direction == Direction::Undirected {
+                    f64::NAN
+                } else {
+                    wins as f64 / diffs.len() as f64
+                },
+            })
+        })
+        .collect()
+}
+
+/// Holm across the run's conditions, one family per metric.
+fn apply_holm(rows: &mut [SummaryRow], metrics: usize) {
+    for m in 0..metrics {
+        let p: Vec<f64> = rows
+            .iter()
+            .map(|r| {
+                r.vs_base
+                    .get(m)
+                    .and_then(|d| d.as_ref())
+                    .map_or(f64::NAN, |d| d.p)
+            })
+            .collect();
+        for (row, adjusted) in rows.iter_mut().zip(holm(&p)) {
+            if let Some(Some(d)) = row.vs_base.get_mut(m) {
+                d.p_holm = adjusted;
+            }
+        }
     }
 }
 
@@ -270,6 +494,9 @@ fn paired_differences(
         for (i, a) in modes.iter().enumerate() {
             for b in &modes[i + 1..] {
                 for (m, metric) in scores.metrics.iter().enumerate() {
+                    if metrics::is_condition_level(metric) {
+                        continue;
+                    }
                     let diffs: Vec<f64> = by_seed
                         .values()
                         .filter_map(|modes| Some(modes.get(b)?[m] - modes.get(a)?[m]))

@@ -1,6 +1,7 @@
 //! Summary tables: `summary.csv`, `paired.csv` (machine-readable), `summary.md` and
 //! `summary.tex` (booktabs) for papers.
-use super::stats::{Estimate, Summary};
+use super::metrics::Direction;
+use super::stats::{BaseDiff, Estimate, Summary, UNRELIABLE_MARK};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -42,21 +43,81 @@ pub fn mean_ci(e: &Estimate, d: usize) -> String {
     }
 }
 
+/// `mean_ci` with the unreliable marker when the interval rests on too few seeds.
+pub fn mean_ci_marked(e: &Estimate, d: usize) -> String {
+    let text = mean_ci(e, d);
+    if e.n > 0 && e.unreliable() {
+        format!("{text}{UNRELIABLE_MARK}")
+    } else {
+        text
+    }
+}
+
+/// A p-value for reading: two significant digits, "<0.001" below that.
+pub fn p_text(p: f64) -> String {
+    if p.is_nan() {
+        "–".into()
+    } else if p < 0.001 {
+        "<0.001".into()
+    } else if p < 0.01 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.2}")
+    }
+}
+
+/// Columns of one metric's paired difference to the baseline in summary.csv.
+const BASE_COLUMNS: [&str; 7] = [
+    "diff_n",
+    "diff",
+    "diff_ci_lo",
+    "diff_ci_hi",
+    "p",
+    "p_holm",
+    "win_rate",
+];
+
+fn base_cells(d: Option<&BaseDiff>) -> Vec<String> {
+    match d {
+        None => vec![String::new(); BASE_COLUMNS.len()],
+        Some(d) => vec![
+            d.estimate.n.to_string(),
+            num(d.estimate.mean),
+            num(d.estimate.ci_lo),
+            num(d.estimate.ci_hi),
+            num(d.p),
+            num(d.p_holm),
+            num(d.win_rate),
+        ],
+    }
+}
+
+/// summary.csv: per condition, per metric the estimate and the paired difference to the
+/// baseline (`<m>_diff`, its CI, `<m>_p`, `<m>_p_holm`, `<m>_win_rate`); `baseline` marks the
+/// baseline conditions, `unreliable` those with fewer than 5 seeds.
 pub fn write_summary_csv(summary: &Summary, path: &Path) -> Result<()> {
     let mut w =
         csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
     let mut header: Vec<String> = summary.axes.clone();
-    header.extend(["n".into(), "n_failed".into()]);
+    header.extend(["n", "n_failed", "baseline", "unreliable"].map(String::from));
     for m in &summary.metrics {
         for s in ["n", "mean", "std", "ci_lo", "ci_hi"] {
+            header.push(format!("{m}_{s}"));
+        }
+        for s in BASE_COLUMNS {
             header.push(format!("{m}_{s}"));
         }
     }
     w.write_record(&header)?;
     for row in &summary.rows {
         let mut rec = row.key.clone();
-        rec.extend([row.n.to_string(), row.n_failed.to_string()]);
-        for e in &row.estimates {
+        rec.extend([
+            row.n.to_string(),
+            row.n_failed.to_string(),
+            row.is_baseline.to_string(),
+            (row.n < super::stats::UNRELIABLE_BELOW).to_string(),
+        ]);
+        for (m, e) in row.estimates.iter().enumerate() {
             rec.extend([
                 e.n.to_string(),
                 num(e.mean),
@@ -64,6 +125,7 @@ pub fn write_summary_csv(summary: &Summary, path: &Path) -> Result<()> {
                 num(e.ci_lo),
                 num(e.ci_hi),
             ]);
+            rec.extend(base_cells(row.vs_base.get(m).and_then(|d| d.as_ref())));
         }
         w.write_record(&rec)?;
     }
@@ -130,10 +192,14 @@ pub fn markdown(summary: &Summary, title: &str, notes: &[String]) -> String {
         let mut cells: Vec<String> = row.key.iter().map(|k| md_escape(k)).collect();
         cells.extend([row.n.to_string(), row.n_failed.to_string()]);
         for &m in &metrics {
-            cells.push(mean_ci(&row.estimates[m], digits(&summary.metrics[m])));
+            cells.push(mean_ci_marked(
+                &row.estimates[m],
+                digits(&summary.metrics[m]),
+            ));
         }
         let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
+    base_markdown(&mut s, summary, &metrics);
     let paired: Vec<_> = summary
         .paired
         .iter()
@@ -207,7 +273,7 @@ pub fn latex(summary: &Summary, caption: &str) -> String {
         let mut cells: Vec<String> = row.key.iter().map(|k| tex_escape(k)).collect();
         cells.extend([row.n.to_string(), row.n_failed.to_string()]);
         for &m in &metrics {
-            cells.push(tex_escape(&mean_ci(
+            cells.push(tex_escape(&mean_ci_marked(
                 &row.estimates[m],
                 digits(&summary.metrics[m]),
             )));
@@ -216,8 +282,9 @@ pub fn latex(summary: &Summary, caption: &str) -> String {
     }
     let _ = writeln!(
         s,
-        "\\bottomrule\n\\end{{tabular}}\n\\caption{{{}. Mean [95\\% bootstrap CI over seeds].}}\n\\end{{table}}",
-        tex_escape(caption)
+        "\\bottomrule\n\\end{{tabular}}\n\\caption{{{}. Mean [95\\% bootstrap CI over seeds]; {UNRELIABLE_MARK}: fewer than {} seeds, unreliable.}}\n\\end{{table}}",
+        tex_escape(caption),
+        super::stats::UNRELIABLE_BELOW
     );
     let paired: Vec<_> = summary
         .paired
@@ -254,6 +321,233 @@ pub fn latex(summary: &Summary, caption: &str) -> String {
             tex_escape(caption)
         );
     }
+    s
+}
+
+/// "−0.041 [−0.060, −0.020]" for a difference, with the unreliable marker.
+fn diff_text(d: &BaseDiff, metric: &str) -> String {
+    let text = mean_ci_marked(&d.estimate, digits(metric));
+    if d.estimate.mean > 0.0 {
+        format!("+{text}")
+    } else {
+        text
+    }
+}
+
+fn win_text(d: &BaseDiff) -> String {
+    if d.win_rate.is_nan() {
+        "–".into()
+    } else {
+        format!("{}/{}", d.wins, d.estimate.n)
+    }
+}
+
+/// The markdown table of paired differences to the baseline (non-baseline conditions).
+fn base_markdown(s: &mut String, summary: &Summary, metrics: &[usize]) {
+    let rows: Vec<_> = summary
+        .rows
+        .iter()
+        .filter(|r| !r.vs_base.is_empty())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n### Paired differences to the baseline ({}), same seed\n\n\
+         condition − baseline, mean [95% CI]; p_holm; wins = seeds that moved the right way.\n",
+        baseline_text(summary)
+    );
+    let mut header: Vec<String> = summary.axes.clone();
+    for &m in metrics {
+        header.push(format!("{} diff", summary.metrics[m]));
+        header.push("p_holm".into());
+        header.push("wins".into());
+    }
+    let _ = writeln!(s, "| {} |", header.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
+    for row in rows {
+        let mut cells: Vec<String> = row.key.iter().map(|k| md_escape(k)).collect();
+        for &m in metrics {
+            match &row.vs_base[m] {
+                Some(d) => cells.extend([
+                    diff_text(d, &summary.metrics[m]),
+                    p_text(d.p_holm),
+                    win_text(d),
+                ]),
+                None => cells.extend(["–".into(), "–".into(), "–".into()]),
+            }
+        }
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+}
+
+/// "negative = none".
+pub fn baseline_text(summary: &Summary) -> String {
+    summary
+        .baseline
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One row of the verdict table: a condition against its baseline.
+#[derive(Clone, Debug)]
+pub struct VerdictRow {
+    pub key: Vec<String>,
+    /// Paired seeds (the most of the two metrics).
+    pub n: usize,
+    /// The metric towards the negative reference (`*_i_neg`) and its difference.
+    pub neg: Option<(String, BaseDiff)>,
+    /// The metric towards the positive reference (`*_i_pos`) and its difference.
+    pub pos: Option<(String, BaseDiff)>,
+    /// One line for reading: "moved away from the negative in 7/8 seeds, p_holm=0.03; ...".
+    pub reading: String,
+    pub unreliable: bool,
+}
+
+fn phrase(metric: &str, d: &BaseDiff) -> String {
+    let n = d.estimate.n;
+    let (wins, side) = (d.wins, metric.ends_with("_i_neg"));
+    let text = match (side, d.direction) {
+        (true, _) => format!("moved away from the negative in {wins}/{n} seeds"),
+        (false, Direction::Higher) => format!("moved towards the positive in {wins}/{n} seeds"),
+        _ => format!("changed {metric} in {n} seeds"),
+    };
+    format!("{text}, p_holm={}", p_text(d.p_holm))
+}
+
+/// The verdict rows of a scorer with `*_i_neg` or `*_i_pos` metrics (none otherwise).
+pub fn verdict_rows(summary: &Summary) -> Vec<VerdictRow> {
+    let find = |suffix: &str| summary.metrics.iter().position(|m| m.ends_with(suffix));
+    let (neg, pos) = (find("_i_neg"), find("_i_pos"));
+    if neg.is_none() && pos.is_none() {
+        return Vec::new();
+    }
+    let pick = |row: &super::stats::SummaryRow, m: Option<usize>| {
+        let m = m?;
+        Some((summary.metrics[m].clone(), row.vs_base.get(m)?.clone()?))
+    };
+    summary
+        .rows
+        .iter()
+        .filter(|r| !r.is_baseline)
+        .filter_map(|row| {
+            let (neg, pos) = (pick(row, neg), pick(row, pos));
+            if neg.is_none() && pos.is_none() {
+                return None;
+            }
+            let n = [&neg, &pos]
+                .iter()
+                .filter_map(|x| x.as_ref().map(|(_, d)| d.estimate.n))
+                .max()
+                .unwrap_or(0);
+            let mut parts: Vec<String> = [&neg, &pos]
+                .iter()
+                .filter_map(|x| x.as_ref().map(|(m, d)| phrase(m, d)))
+                .collect();
+            let unreliable = n < super::stats::UNRELIABLE_BELOW;
+            if unreliable {
+                parts.push(format!("{UNRELIABLE_MARK} {n} seeds: unreliable"));
+            }
+            Some(VerdictRow {
+                key: row.key.clone(),
+                n,
+                reading: parts.join("; "),
+                neg,
+                pos,
+                unreliable,
+            })
+        })
+        .collect()
+}
+
+/// Columns of one side (negative, positive) of the verdict table.
+const VERDICT_SIDE: [&str; 7] = [
+    "metric", "diff", "ci_lo", "ci_hi", "p", "p_holm", "win_rate",
+];
+
+/// verdict.csv: one row per non-baseline condition.
+pub fn write_verdict_csv(summary: &Summary, rows: &[VerdictRow], path: &Path) -> Result<()> {
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut header: Vec<String> = summary.axes.clone();
+    header.push("n".into());
+    for side in ["neg", "pos"] {
+        header.extend(VERDICT_SIDE.iter().map(|c| format!("{side}_{c}")));
+    }
+    header.extend(["unreliable".into(), "reading".into()]);
+    w.write_record(&header)?;
+    for row in rows {
+        let mut rec = row.key.clone();
+        rec.push(row.n.to_string());
+        for side in [&row.neg, &row.pos] {
+            match side {
+                Some((m, d)) => rec.extend([
+                    m.clone(),
+                    num(d.estimate.mean),
+                    num(d.estimate.ci_lo),
+                    num(d.estimate.ci_hi),
+                    num(d.p),
+                    num(d.p_holm),
+                    num(d.win_rate),
+                ]),
+                None => rec.extend(vec![String::new(); VERDICT_SIDE.len()]),
+            }
+        }
+        rec.extend([row.unreliable.to_string(), row.reading.clone()]);
+        w.write_record(&rec)?;
+    }
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The verdict table (booktabs), ready for `\input{}`.
+pub fn verdict_latex(summary: &Summary, rows: &[VerdictRow], caption: &str) -> String {
+    let mut s = String::from("% Generated by negimg; needs \\usepackage{booktabs}.\n");
+    let cols = format!("{}r{}", "l".repeat(summary.axes.len()), "rrr".repeat(2));
+    let _ = writeln!(
+        s,
+        "\\begin{{table}}[t]\n\\centering\n\\small\n\\begin{{tabular}}{{{cols}}}\n\\toprule"
+    );
+    let side_name = |side: usize| {
+        rows.iter()
+            .find_map(|r| [&r.neg, &r.pos][side].as_ref().map(|(m, _)| m.clone()))
+            .unwrap_or_else(|| ["negative", "positive"][side].into())
+    };
+    let mut header: Vec<String> = summary.axes.iter().map(|a| tex_escape(a)).collect();
+    header.push("$n$".into());
+    for side in 0..2 {
+        header.extend([
+            format!("$\\Delta$ {}", tex_escape(&side_name(side))),
+            "$p_\\mathrm{Holm}$".into(),
+            "wins".into(),
+        ]);
+    }
+    let _ = writeln!(s, "{} \\\\\n\\midrule", header.join(" & "));
+    for row in rows {
+        let mut cells: Vec<String> = row.key.iter().map(|k| tex_escape(k)).collect();
+        cells.push(row.n.to_string());
+        for side in [&row.neg, &row.pos] {
+            match side {
+                Some((m, d)) => cells.extend([
+                    tex_escape(&diff_text(d, m)).replace('−', "$-$"),
+                    tex_escape(&p_text(d.p_holm)).replace('<', "$<$"),
+                    tex_escape(&win_text(d)),
+                ]),
+                None => cells.extend(["--".into(), "--".into(), "--".into()]),
+            }
+        }
+        let _ = writeln!(s, "{} \\\\", cells.join(" & "));
+    }
+    let _ = writeln!(
+        s,
+        "\\bottomrule\n\\end{{tabular}}\n\\caption{{{}: each condition against the baseline ({}) on the same seeds. $\\Delta$: mean difference [95\\% bootstrap CI]; $p_\\mathrm{{Holm}}$: sign-flip permutation test, Holm-corrected across conditions; wins: seeds that moved the right way; {UNRELIABLE_MARK}: fewer than {} seeds, unreliable.}}\n\\end{{table}}",
+        tex_escape(caption),
+        tex_escape(&baseline_text(summary)),
+        super::stats::UNRELIABLE_BELOW
+    );
     s
 }
 

@@ -5,7 +5,10 @@ Reads RUN_DIR/records.csv and RUN_DIR/run.json as negimg writes them, scores eve
 image with transformers' CLIPModel + CLIPImageProcessor + CLIPTokenizer loaded from
 SCORER_DIR, and writes `metrics` [N, M]: one row per done record (records.csv order), one
 column per name in METRICS_JSON (a JSON list: clip_i_pos, clip_i_neg, subtraction,
-clip_i_base, clip_t_K, clip_t_cos_K). NaN where a metric is undefined.
+clip_i_base, clip_t_K, clip_t_cos_K, clip_div). NaN where a metric is undefined.
+clip_div: mean 1 - cos to the other done images of the same condition (all axes but the seed).
+mad_base / ssim_base: mean |pixel - baseline pixel| on 0..1 (RGB) and scikit-image's SSIM
+(Gaussian 11x11, sigma 1.5, data_range 255) of the luma, against the baseline image.
 """
 import csv
 import json
@@ -16,6 +19,8 @@ import sys
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+import numpy as np
+from skimage.metrics import structural_similarity
 from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 run_dir, scorer_dir, metric_names, out_path = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
@@ -62,6 +67,11 @@ for i, r in enumerate(done):
     if r["negative"] == "none":
         base_index.setdefault(tuple(r[k] for k in same), i)
 
+axes = [a["name"] for a in info["axes"] if a["name"] != "seed"]
+groups = {}
+for i, r in enumerate(done):
+    groups.setdefault(tuple(r[a] for a in axes), []).append(i)
+
 rows = []
 for i, r in enumerate(done):
     e = cells[i]
@@ -79,6 +89,17 @@ for i, r in enumerate(done):
         c = float(e @ texts[k])
         values[f"clip_t_{k + 1}"] = 100.0 * max(c, 0.0)
         values[f"clip_t_cos_{k + 1}"] = c
+    if b is not None:
+        x = np.asarray(Image.open(os.path.join(run_dir, r["file"])).convert("RGB"), dtype=np.float64)
+        y = np.asarray(Image.open(os.path.join(run_dir, done[b]["file"])).convert("RGB"), dtype=np.float64)
+        luma = np.array([0.299, 0.587, 0.114])
+        values["mad_base"] = float(np.abs(x - y).mean() / 255.0)
+        values["ssim_base"] = float(structural_similarity(x @ luma, y @ luma, gaussian_weights=True, sigma=1.5,
+                                                          use_sample_covariance=False, data_range=255.0))
+    else:
+        values["mad_base"] = values["ssim_base"] = math.nan
+    others = [j for j in groups[tuple(r[a] for a in axes)] if j != i]
+    values["clip_div"] = (sum(1.0 - float(e @ cells[j]) for j in others) / len(others)) if others else math.nan
     rows.append([values[m] for m in metric_names])
 
 save_file({"metrics": torch.tensor(rows, dtype=torch.float64)}, out_path)

@@ -120,6 +120,7 @@ pub fn write_run(
             targets: vec!["a red square".into(), "a blue square".into()],
             positive_reference: None,
             negative_reference: None,
+            baseline: BTreeMap::new(),
         },
         images: BTreeMap::from([
             ("neg".to_string(), "inputs/neg.png".to_string()),
