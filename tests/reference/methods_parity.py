@@ -120,7 +120,8 @@ with torch.no_grad():
         sched = pipe.scheduler
         sched.set_timesteps(n)
         g = torch.Generator("cpu").manual_seed(c["seed"])
-        x = torch.randn([1, 4, size // 8, size // 8], generator=g) * sched.init_noise_sigma
+        f = pipe.vae_scale_factor
+        x = torch.randn([1, 4, size // f, size // f], generator=g) * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
             set_scales(pipe, [at(b, i, n) for _, _, b in r])
             x_in = sched.scale_model_input(torch.cat([x] * len(r)), t)
