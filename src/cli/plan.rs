@@ -96,6 +96,13 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     for ((steps, w, h, sched, adapter), n) in &groups {
         say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter}");
     }
+    let three_rows = exp.cells.iter().filter(|c| c.method.rows() == 3).count();
+    if three_rows > 0 {
+        say!(
+            "UNet rows per step: {three_rows} cells take 3 (three_branch, perp_neg), {} take 2",
+            exp.cells.len() - three_rows
+        );
+    }
     let generated_inputs = exp
         .images
         .values()

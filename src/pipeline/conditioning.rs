@@ -11,7 +11,7 @@ use crate::params::{AdapterKind, GenParams, NoImage, RowImage};
 use crate::sampling::guidance;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// An IP-Adapter: its file (the UNet's `to_k_ip`/`to_v_ip` weights) and its projection.
@@ -169,13 +169,13 @@ impl Conditioner {
         &mut self,
         kind: AdapterKind,
         positive: Option<&PathBuf>,
-        negative: &PathBuf,
+        negative: &Path,
         scale: f64,
         mode: NoImage,
     ) -> Tensor {
         let key = (
             positive.cloned(),
-            negative.clone(),
+            negative.to_path_buf(),
             scale.to_bits(),
             kind,
             mode,
@@ -189,7 +189,7 @@ impl Conditioner {
                 .shallow_clone(),
             None => self.no_image(kind, mode).features.shallow_clone(),
         };
-        let neg = &self.image_cache[&(negative.clone(), kind)].features;
+        let neg = &self.image_cache[&(negative.to_path_buf(), kind)].features;
         let tokens = self.adapters[&kind].proj.project(&(pos - neg * scale));
         self.subtract_cache.insert(key, tokens.shallow_clone());
         tokens
