@@ -58,6 +58,45 @@ pub enum NoImage {
     Black,
 }
 
+/// How a cell uses its negative image (see the README's "Negative methods").
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The negative image's tokens replace the "no image" tokens of the uncond branch.
+    #[default]
+    Uncond,
+    /// The cond branch gets the tokens of `e_pos - neg_embed_scale * e_neg` (image encoder
+    /// output, before the adapter's projection); the uncond branch the "no image" tokens.
+    Subtract,
+    /// Rows uncond, cond and negative: `e0 + cfg (e+ - e0) - neg_cfg (e- - e0)`.
+    ThreeBranch,
+    /// The same rows; the negative direction's part orthogonal to the positive one.
+    PerpNeg,
+}
+
+impl Method {
+    pub fn is_uncond(&self) -> bool {
+        *self == Method::Uncond
+    }
+    /// UNet rows per cell and step.
+    pub fn rows(self) -> usize {
+        match self {
+            Method::Uncond | Method::Subtract => 2,
+            Method::ThreeBranch | Method::PerpNeg => 3,
+        }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+
 macro_rules! display_as_serde {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -68,7 +107,7 @@ macro_rules! display_as_serde {
         }
     )*};
 }
-display_as_serde!(AdapterKind, NegativeMode, SchedulerKind, NoImage);
+display_as_serde!(AdapterKind, NegativeMode, SchedulerKind, NoImage, Method);
 
 /// An IP-Adapter image weight and its active window, for one CFG branch.
 ///
@@ -96,6 +135,35 @@ impl BranchWeight {
     }
 }
 
+/// One UNet row of a cell: the two CFG branches, and the third row of the three-row methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Row {
+    /// The uncond branch (ε∅ for the three-row methods).
+    Uncond,
+    Cond,
+    /// The negative branch (ε₋) of `three_branch` and `perp_neg`.
+    Negative,
+}
+
+/// What a row's image tokens are made of.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RowImage<'a> {
+    /// The "no image" tokens.
+    NoImage,
+    Image(&'a PathBuf),
+    /// `subtract`: the tokens of `e(positive) - scale * e(negative)` (e: the encoder output
+    /// the adapter projects; a missing positive image counts as "no image").
+    Subtract {
+        positive: Option<&'a PathBuf>,
+        negative: &'a PathBuf,
+        scale: f64,
+    },
+}
+
+fn row_image(p: Option<&PathBuf>) -> RowImage<'_> {
+    p.map_or(RowImage::NoImage, RowImage::Image)
+}
+
 /// Everything that determines one image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenParams {
@@ -119,6 +187,16 @@ pub struct GenParams {
     pub width: usize,
     pub height: usize,
     pub no_image: NoImage,
+    /// New fields are left out of the JSON at their defaults, so that the cell ids of
+    /// experiments made before them (hashes of this struct's JSON) do not change.
+    #[serde(default, skip_serializing_if = "Method::is_uncond")]
+    pub method: Method,
+    /// `subtract`: how much of the negative embedding is taken off the positive one.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub neg_embed_scale: f64,
+    /// Three-row methods: the negative's guidance scale; `None`: `cfg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neg_cfg: Option<f64>,
 }
 
 impl GenParams {
@@ -145,10 +223,19 @@ impl GenParams {
             width: 512,
             height: 512,
             no_image: NoImage::Reference,
+            method: Method::Uncond,
+            neg_embed_scale: 1.0,
+            neg_cfg: None,
         }
     }
 
-    /// The negative text actually used by the uncond branch.
+    /// The negative guidance scale in effect.
+    pub fn neg_cfg(&self) -> f64 {
+        self.neg_cfg.unwrap_or(self.cfg)
+    }
+
+    /// The negative text actually used by the uncond branch (the negative row of the
+    /// three-row methods).
     pub fn uncond_text(&self) -> &str {
         if self.negative.uses_text() {
             &self.negative_prompt
@@ -166,7 +253,53 @@ impl GenParams {
         }
     }
 
+    /// The rows of this cell, in the order the UNet sees them (see `sampling::guidance`).
+    pub fn rows(&self) -> &'static [Row] {
+        match self.method.rows() {
+            2 => &[Row::Uncond, Row::Cond],
+            _ => &[Row::Uncond, Row::Cond, Row::Negative],
+        }
+    }
+
+    /// The text of `row`. The three-row methods' uncond row is unconditioned (empty text);
+    /// their negative row takes the negative text when `negative` uses text.
+    pub fn row_text(&self, row: Row) -> &str {
+        match (row, self.method.rows()) {
+            (Row::Cond, _) => &self.prompt,
+            (Row::Uncond, 3) => "",
+            _ => self.uncond_text(),
+        }
+    }
+
+    /// The image of `row`.
+    pub fn row_image(&self, row: Row) -> RowImage<'_> {
+        match (row, self.method) {
+            (Row::Cond, Method::Subtract) => match self.uncond_image() {
+                Some(negative) => RowImage::Subtract {
+                    positive: self.positive_image.as_ref(),
+                    negative,
+                    scale: self.neg_embed_scale,
+                },
+                None => row_image(self.positive_image.as_ref()),
+            },
+            (Row::Cond, _) => row_image(self.positive_image.as_ref()),
+            (Row::Uncond, Method::Uncond) | (Row::Negative, _) => row_image(self.uncond_image()),
+            (Row::Uncond, _) => RowImage::NoImage,
+        }
+    }
+
+    /// The weight and window of `row`: the uncond row of the three-row methods (ε∅, "no
+    /// image" tokens) takes the positive branch's, as the official IP-Adapter weights its
+    /// "no image" tokens with the one scale; the negative row takes the negative branch's.
+    pub fn row_weight(&self, row: Row) -> BranchWeight {
+        match (row, self.method.rows()) {
+            (Row::Cond, _) | (Row::Uncond, 3) => self.positive,
+            _ => self.negative_branch,
+        }
+    }
+
     /// Cells that can share one UNet call per step: same steps, size, scheduler, adapter kind.
+    /// Methods may mix: a batch's rows are laid out per cell (`sampling::guidance`).
     pub fn batch_key(&self) -> (usize, usize, usize, SchedulerKind, AdapterKind) {
         (
             self.steps,
@@ -199,6 +332,40 @@ mod tests {
             end: 1.0,
         };
         assert!((0..25).all(|i| full.active(i, 25)));
+    }
+
+    #[test]
+    fn rows_follow_the_method() {
+        let mut p = GenParams::new(1);
+        p.prompt = "house".into();
+        p.negative_prompt = "grass".into();
+        p.negative = NegativeMode::Both;
+        let (pos, neg): (PathBuf, PathBuf) = ("house.png".into(), "lawn.png".into());
+        p.positive_image = Some(pos.clone());
+        p.negative_image = Some(neg.clone());
+        p.negative_branch.weight = 0.4;
+        assert_eq!(p.row_image(Row::Uncond), RowImage::Image(&neg));
+        assert_eq!(p.row_text(Row::Uncond), "grass");
+        p.method = Method::Subtract;
+        p.neg_embed_scale = 0.5;
+        assert_eq!(p.row_image(Row::Uncond), RowImage::NoImage);
+        let sub = RowImage::Subtract {
+            positive: Some(&pos),
+            negative: &neg,
+            scale: 0.5,
+        };
+        assert_eq!(p.row_image(Row::Cond), sub);
+        p.method = Method::PerpNeg;
+        assert_eq!(p.rows().len(), 3);
+        assert_eq!(
+            (p.row_text(Row::Uncond), p.row_text(Row::Negative)),
+            ("", "grass")
+        );
+        assert_eq!(p.row_image(Row::Uncond), RowImage::NoImage);
+        assert_eq!(p.row_image(Row::Negative), RowImage::Image(&neg));
+        assert_eq!(p.row_weight(Row::Uncond).weight, 1.0);
+        assert_eq!(p.row_weight(Row::Negative).weight, 0.4);
+        assert_eq!(p.neg_cfg(), p.cfg);
     }
 
     #[test]

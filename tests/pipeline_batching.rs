@@ -85,3 +85,63 @@ fn batched_cells_equal_cells_generated_alone() {
         assert!(d <= 1e-5, "cell {i}: batched image differs by {d}");
     }
 }
+
+/// Cells of every negative method in one batch (two- and three-row cells mixed, both
+/// adapters' layouts of rows) give the images they give alone.
+#[test]
+fn batched_mixed_methods_equal_cells_generated_alone() {
+    use negimg::params::Method;
+    let dir = common::scratch("pipeline_batching_methods");
+    let models = common::tiny::tiny_models();
+    let images: Vec<_> = (0..2)
+        .map(|i| {
+            let p = dir.join(format!("img{i}.png"));
+            write_image(&p, 48, 40 + 8 * i, i);
+            p
+        })
+        .collect();
+    let methods = [
+        Method::PerpNeg,
+        Method::Uncond,
+        Method::Subtract,
+        Method::ThreeBranch,
+        Method::PerpNeg,
+        Method::Subtract,
+    ];
+    let mut cells = Vec::new();
+    for (i, method) in methods.into_iter().enumerate() {
+        for adapter in [AdapterKind::Base, AdapterKind::Plus] {
+            let mut c = GenParams::new(200 + i as u64);
+            c.steps = 3;
+            c.width = 32;
+            c.height = 32;
+            c.adapter = adapter;
+            c.method = method;
+            c.positive_image = (i != 5).then(|| images[0].clone());
+            c.negative_image = Some(images[1].clone());
+            c.negative = [NegativeMode::Image, NegativeMode::Both][i % 2];
+            c.prompt = ["a red house", ""][i % 2].into();
+            c.negative_prompt = "grass".into();
+            c.negative_branch.weight = 0.5 + 0.2 * i as f64;
+            c.neg_embed_scale = 0.5 + 0.25 * i as f64;
+            c.neg_cfg = (i % 3 == 0).then_some(2.5);
+            c.cfg = [7.5, 4.0][i % 2];
+            cells.push(c);
+        }
+    }
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
+    let alone = common::generate_float(&mut pipeline, &cells, 1, &mut |_, _| {});
+    let mut calls = 0;
+    let together =
+        common::generate_float(&mut pipeline, &cells, cells.len(), &mut |_, _| calls += 1);
+    assert_eq!(calls, 6, "one batch of 3 steps per adapter");
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        let d = common::max_abs_diff(a, b);
+        assert!(
+            d <= 1e-5,
+            "cell {i} ({}): batched image differs by {d}",
+            cells[i].method
+        );
+    }
+}

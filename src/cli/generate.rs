@@ -1,7 +1,9 @@
 //! `negimg generate`: one image from flags.
 use super::Globals;
 use crate::models::ip_adapter::AdapterFile;
-use crate::params::{AdapterKind, BranchWeight, GenParams, NegativeMode, NoImage, SchedulerKind};
+use crate::params::{
+    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, NoImage, SchedulerKind,
+};
 use crate::pipeline::{CellOutcome, Pipeline};
 use crate::roles::ModelSet;
 use anyhow::{Context, Result, bail};
@@ -72,6 +74,16 @@ pub struct GenerateArgs {
     /// "No image" tokens: reference (IP-Adapter's) or black (ComfyUI's).
     #[arg(long, value_enum, default_value = "reference")]
     pub no_image: NoImageArg,
+    /// How the negative image is used: uncond, subtract, three_branch, perp_neg (README,
+    /// "Negative methods").
+    #[arg(long, default_value = "uncond", value_parser = parse_method)]
+    pub method: Method,
+    /// subtract: the cond branch's embedding is e_pos - SCALE * e_neg.
+    #[arg(long, default_value_t = 1.0)]
+    pub neg_embed_scale: f64,
+    /// three_branch, perp_neg: the negative's guidance scale (default: --cfg).
+    #[arg(long)]
+    pub neg_cfg: Option<f64>,
     /// Output PNG.
     #[arg(long, default_value = "out.png")]
     pub out: PathBuf,
@@ -105,6 +117,11 @@ pub enum SchedulerArg {
 pub enum NoImageArg {
     Reference,
     Black,
+}
+
+fn parse_method(s: &str) -> std::result::Result<Method, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not one of uncond, subtract, three_branch, perp_neg"))
 }
 
 /// `WxH` or `N` -> (width, height).
@@ -219,6 +236,9 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
             NoImageArg::Reference => NoImage::Reference,
             NoImageArg::Black => NoImage::Black,
         },
+        method: a.method,
+        neg_embed_scale: a.neg_embed_scale,
+        neg_cfg: a.neg_cfg,
     })
 }
 
@@ -272,5 +292,11 @@ mod tests {
         assert_eq!(parse_size("64").unwrap(), (64, 64));
         assert_eq!(parse_size("640x512").unwrap(), (640, 512));
         assert!(parse_size("big").is_err());
+    }
+
+    #[test]
+    fn methods_parse_by_their_toml_names() {
+        assert_eq!(parse_method("perp_neg").unwrap(), Method::PerpNeg);
+        assert!(parse_method("perp").unwrap_err().contains("three_branch"));
     }
 }

@@ -96,6 +96,13 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     for ((steps, w, h, sched, adapter), n) in &groups {
         say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter}");
     }
+    let three_rows = exp.cells.iter().filter(|c| c.method.rows() == 3).count();
+    if three_rows > 0 {
+        say!(
+            "UNet rows per step: {three_rows} cells take 3 (three_branch, perp_neg), {} take 2",
+            exp.cells.len() - three_rows
+        );
+    }
     let generated_inputs = exp
         .images
         .values()
@@ -146,15 +153,17 @@ fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f6
         }
     }
     let (unet, vae) = pipeline_params(&exp.models.pipeline.path);
-    let flops_per_cell = |steps: usize, pixels: f64| {
+    let flops_per_cell = |steps: usize, rows: usize, pixels: f64| {
         let scale = pixels / (512.0 * 512.0);
-        // SD1.5: 859.5M UNet parameters, 1.607 TFLOP per CFG step at 512x512; VAE decode 2.51 TFLOP.
-        steps as f64 * 1.607e12 * scale * unet / 859.5e6 + 2.51e12 * scale * vae / 83.65e6
+        // SD1.5: 859.5M UNet parameters, 1.607 TFLOP per CFG step (2 UNet rows) at 512x512;
+        // VAE decode 2.51 TFLOP. The three-row negative methods take 3 rows per step.
+        let unet_step = 1.607e12 * rows as f64 / 2.0;
+        steps as f64 * unet_step * scale * unet / 859.5e6 + 2.51e12 * scale * vae / 83.65e6
     };
     let flops: f64 = exp
         .cells
         .iter()
-        .map(|c| flops_per_cell(c.steps, (c.width * c.height) as f64))
+        .map(|c| flops_per_cell(c.steps, c.method.rows(), (c.width * c.height) as f64))
         .sum::<f64>()
         / exp.cells.len().max(1) as f64;
     let speed = matmul_speed(device, kind);

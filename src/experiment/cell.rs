@@ -1,6 +1,8 @@
 //! One grid cell: the parameters of one image, with input images by their `[images.NAME]`.
 use super::values::{Param, Value};
-use crate::params::{AdapterKind, BranchWeight, GenParams, NegativeMode, NoImage, SchedulerKind};
+use crate::params::{
+    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, NoImage, SchedulerKind,
+};
 use std::path::PathBuf;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +29,10 @@ pub struct CellSpec {
     pub width: usize,
     pub height: usize,
     pub no_image: NoImage,
+    pub method: Method,
+    pub neg_embed_scale: f64,
+    /// `None`: `cfg`.
+    pub neg_cfg: Option<f64>,
 }
 
 impl Default for CellSpec {
@@ -53,6 +59,9 @@ impl Default for CellSpec {
             width: p.width,
             height: p.height,
             no_image: p.no_image,
+            method: p.method,
+            neg_embed_scale: p.neg_embed_scale,
+            neg_cfg: p.neg_cfg,
         }
     }
 }
@@ -77,6 +86,9 @@ impl CellSpec {
             (Param::Scheduler, Value::Scheduler(s)) => self.scheduler = *s,
             (Param::Seed, Value::Int(n)) => self.seed = *n,
             (Param::NoImage, Value::NoImage(n)) => self.no_image = *n,
+            (Param::Method, Value::Method(m)) => self.method = *m,
+            (Param::NegEmbedScale, Value::Num(x)) => self.neg_embed_scale = *x,
+            (Param::NegCfg, Value::Num(x)) => self.neg_cfg = Some(*x),
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -133,6 +145,9 @@ impl CellSpec {
             Param::Scheduler => Value::Scheduler(self.scheduler),
             Param::Seed => Value::Int(self.seed),
             Param::NoImage => Value::NoImage(self.no_image),
+            Param::Method => Value::Method(self.method),
+            Param::NegEmbedScale => Value::Num(self.neg_embed_scale),
+            Param::NegCfg => Value::Num(self.neg_cfg.unwrap_or(self.cfg)),
         }
     }
 
@@ -154,6 +169,9 @@ impl CellSpec {
             width: self.width,
             height: self.height,
             no_image: self.no_image,
+            method: self.method,
+            neg_embed_scale: self.neg_embed_scale,
+            neg_cfg: self.neg_cfg,
         }
     }
 

@@ -126,6 +126,9 @@ impl Experiment {
             width: base.width,
             height: base.height,
             no_image: base.no_image,
+            method: crate::params::Method::Uncond,
+            neg_embed_scale: 1.0,
+            neg_cfg: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Generation parameters as experiment files name them, and their values: single values in
 //! `[defaults]`, lists and A1111-style ranges (`1-5 (+2)`, `1-10 [5]`) on `[grid]` axes.
 use super::source::Source;
-use crate::params::{AdapterKind, NegativeMode, NoImage, SchedulerKind};
+use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind};
 use anyhow::Result;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -32,10 +32,13 @@ pub enum Param {
     Scheduler,
     Seed,
     NoImage,
+    Method,
+    NegEmbedScale,
+    NegCfg,
 }
 
 impl Param {
-    pub const ALL: [Param; 17] = [
+    pub const ALL: [Param; 20] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -53,6 +56,9 @@ impl Param {
         Param::Scheduler,
         Param::Seed,
         Param::NoImage,
+        Param::Method,
+        Param::NegEmbedScale,
+        Param::NegCfg,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +80,9 @@ impl Param {
             Param::Scheduler => "scheduler",
             Param::Seed => "seed",
             Param::NoImage => "no_image",
+            Param::Method => "method",
+            Param::NegEmbedScale => "neg_embed_scale",
+            Param::NegCfg => "neg_cfg",
         }
     }
 
@@ -91,9 +100,13 @@ impl Param {
             Param::Start | Param::End | Param::NegStart | Param::NegEnd => {
                 NumKind::Float { min: 0.0, max: 1.0 }
             }
-            Param::Cfg => NumKind::Float {
+            Param::Cfg | Param::NegCfg => NumKind::Float {
                 min: 0.0,
                 max: 100.0,
+            },
+            Param::NegEmbedScale => NumKind::Float {
+                min: 0.0,
+                max: 10.0,
             },
             Param::Steps => NumKind::Int { min: 1, max: 1000 },
             Param::Seed => NumKind::Int {
@@ -127,6 +140,7 @@ pub enum Value {
     Adapter(AdapterKind),
     Scheduler(SchedulerKind),
     NoImage(NoImage),
+    Method(Method),
     /// An `[images.NAME]` reference; `None` is no image.
     Image(Option<String>),
 }
@@ -142,6 +156,7 @@ impl fmt::Display for Value {
             Value::Adapter(v) => write!(f, "{v}"),
             Value::Scheduler(v) => write!(f, "{v}"),
             Value::NoImage(v) => write!(f, "{v}"),
+            Value::Method(v) => write!(f, "{v}"),
             Value::Image(v) => f.write_str(v.as_deref().unwrap_or("")),
         }
     }
@@ -316,6 +331,13 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             "ddim, euler, dpmpp_2m, dpmpp_2m_karras",
         )?),
         Param::NoImage => Value::NoImage(parse(src, key, span, s, "reference, black")?),
+        Param::Method => Value::Method(parse(
+            src,
+            key,
+            span,
+            s,
+            "uncond, subtract, three_branch, perp_neg",
+        )?),
         Param::PositiveImage | Param::NegativeImage => {
             Value::Image((!(s.is_empty() || s == "none")).then(|| s.to_string()))
         }

@@ -427,17 +427,40 @@ impl ImageProj {
 
     /// Image tokens `[B, T, cross]`: base from `image_embeds`, Plus from `hidden_states[-2]`.
     pub fn tokens(&self, vision: &VisionOutput) -> Tensor {
+        self.project(&self.features(vision))
+    }
+
+    /// What the projection reads from the encoder: `image_embeds` `[B, embed]` (base) or
+    /// `hidden_states[-2]` `[B, positions, hidden]` (Plus), in the adapter's kind.
+    pub fn features(&self, vision: &VisionOutput) -> Tensor {
         match &self.net {
-            Projection::Base(p) => p.forward(&vision.image_embeds.to_kind(self.kind)),
-            Projection::Plus(r) => r.forward(&vision.penultimate.to_kind(self.kind)),
+            Projection::Base(_) => vision.image_embeds.to_kind(self.kind),
+            Projection::Plus(_) => vision.penultimate.to_kind(self.kind),
+        }
+    }
+
+    /// Tokens `[B, T, cross]` of [`features`](Self::features).
+    pub fn project(&self, features: &Tensor) -> Tensor {
+        match &self.net {
+            Projection::Base(p) => p.forward(features),
+            Projection::Plus(r) => r.forward(features),
         }
     }
 
     /// Tokens `[1, T, cross]` for a branch without an image.
-    /// `Reference` (IP-Adapter's): base = projection of an all-zero `image_embeds`; Plus =
-    /// Resampler of the encoder states of an all-zero *normalized* pixel tensor.
-    /// `Black` (ComfyUI's): the tokens of an all-black image.
     pub fn no_image_tokens(
+        &self,
+        encoder: &ClipVisionModelWithProjection,
+        mode: NoImage,
+    ) -> Tensor {
+        self.project(&self.no_image_features(encoder, mode))
+    }
+
+    /// [`features`](Self::features) `[1, ...]` of "no image".
+    /// `Reference` (IP-Adapter's): base = an all-zero `image_embeds`; Plus = the encoder
+    /// states of an all-zero *normalized* pixel tensor.
+    /// `Black` (ComfyUI's): the features of an all-black image.
+    pub fn no_image_features(
         &self,
         encoder: &ClipVisionModelWithProjection,
         mode: NoImage,
@@ -445,16 +468,16 @@ impl ImageProj {
         let size = encoder.image_size();
         match (mode, &self.net) {
             (NoImage::Reference, Projection::Base(p)) => {
-                p.forward(&Tensor::zeros([1, p.embed_dim], (self.kind, self.device)))
+                Tensor::zeros([1, p.embed_dim], (self.kind, self.device))
             }
             (NoImage::Reference, Projection::Plus(_)) => {
                 let pixels =
                     Tensor::zeros([1, 3, size as i64, size as i64], (self.kind, self.device));
-                self.tokens(&encoder.forward(&pixels))
+                self.features(&encoder.forward(&pixels))
             }
             (NoImage::Black, _) => {
                 let black = image::RgbImage::new(size as u32, size as u32);
-                self.tokens(&encoder.forward(&clip_pixels(&black, size, self.device, self.kind)))
+                self.features(&encoder.forward(&clip_pixels(&black, size, self.device, self.kind)))
             }
         }
     }

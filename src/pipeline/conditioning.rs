@@ -1,16 +1,17 @@
-//! The conditioning rows of a batch: text embeddings and IP-Adapter image tokens, for the
-//! uncond branch then the cond branch of every cell, each computed once per text, image and
-//! adapter and cached for the rest of the run.
+//! The conditioning rows of a batch: text embeddings and IP-Adapter image tokens, one per
+//! UNet row in [`guidance::row_layout`] order, each computed once per text, image and
+//! adapter (and, for `subtract`, image pair and scale) and cached for the rest of the run.
 use crate::images::load_rgb;
 use crate::models::clip_text::ClipTextModel;
 use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::preprocess::clip_pixels_batch;
 use crate::models::tokenizer::ClipTokenizer;
-use crate::params::{AdapterKind, GenParams, NoImage};
+use crate::params::{AdapterKind, GenParams, NoImage, RowImage};
+use crate::sampling::guidance;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// An IP-Adapter: its file (the UNet's `to_k_ip`/`to_v_ip` weights) and its projection.
@@ -33,8 +34,18 @@ pub struct Conditioner {
     kind: Kind,
     models: Encoders,
     text_cache: HashMap<String, Tensor>,
-    image_cache: HashMap<(PathBuf, AdapterKind), Tensor>,
-    no_image_cache: HashMap<(AdapterKind, NoImage), Tensor>,
+    image_cache: HashMap<(PathBuf, AdapterKind), Encoded>,
+    no_image_cache: HashMap<(AdapterKind, NoImage), Encoded>,
+    /// `subtract` tokens by (positive or none, negative, scale bits, adapter, no-image mode).
+    subtract_cache: HashMap<SubtractKey, Tensor>,
+}
+
+type SubtractKey = (Option<PathBuf>, PathBuf, u64, AdapterKind, NoImage);
+
+/// An image's encoder features (what the projection reads) and its tokens.
+struct Encoded {
+    features: Tensor,
+    tokens: Tensor,
 }
 
 impl Conditioner {
@@ -46,6 +57,7 @@ impl Conditioner {
             text_cache: HashMap::new(),
             image_cache: HashMap::new(),
             no_image_cache: HashMap::new(),
+            subtract_cache: HashMap::new(),
         }
     }
 
@@ -53,11 +65,13 @@ impl Conditioner {
         self.models.adapters.get(&kind).map(|a| &a.file)
     }
 
-    /// Text rows `[2B, 77, hidden]`: every cell's uncond text, then every cell's prompt.
+    /// Text rows `[R, 77, hidden]`, one per row of [`guidance::row_layout`].
     pub fn text_rows(&mut self, cells: &[GenParams]) -> Tensor {
-        let uncond = cells.iter().map(|c| c.uncond_text());
-        let cond = cells.iter().map(|c| c.prompt.as_str());
-        let rows: Vec<Tensor> = uncond.chain(cond).map(|t| self.text(t)).collect();
+        let refs: Vec<&GenParams> = cells.iter().collect();
+        let rows: Vec<Tensor> = guidance::row_layout(&refs)
+            .into_iter()
+            .map(|(i, row)| self.text(cells[i].row_text(row)))
+            .collect();
         Tensor::cat(&rows, 0)
     }
 
@@ -75,7 +89,7 @@ impl Conditioner {
         emb
     }
 
-    /// Image-token rows `[2B, T, cross]` in the order of [`text_rows`](Self::text_rows), or
+    /// Image-token rows `[R, T, cross]` in the order of [`text_rows`](Self::text_rows), or
     /// `None` when the batch's adapter is not loaded and no cell needs it (all weights 0, no
     /// images: plain text-to-image).
     pub fn image_rows(&mut self, cells: &[GenParams]) -> Result<Option<Tensor>> {
@@ -89,13 +103,10 @@ impl Conditioner {
             return Ok(None);
         }
         self.encode_new_images(cells, kind)?;
-        let uncond = cells.iter().map(|c| c.uncond_image());
-        let cond = cells.iter().map(|c| c.positive_image.as_ref());
-        let modes = cells.iter().chain(cells).map(|c| c.no_image);
-        let rows: Vec<Tensor> = uncond
-            .chain(cond)
-            .zip(modes)
-            .map(|(image, mode)| self.branch_tokens(kind, image, mode))
+        let refs: Vec<&GenParams> = cells.iter().collect();
+        let rows: Vec<Tensor> = guidance::row_layout(&refs)
+            .into_iter()
+            .map(|(i, row)| self.row_tokens(kind, cells[i].row_image(row), cells[i].no_image))
             .collect();
         Ok(Some(Tensor::cat(&rows, 0)))
     }
@@ -122,33 +133,74 @@ impl Conditioner {
             .collect::<Result<Vec<_>>>()?;
         let size = self.models.image_encoder.image_size();
         let pixels = clip_pixels_batch(&imgs, size, self.device, self.kind);
-        let tokens = self.models.adapters[&kind]
-            .proj
-            .tokens(&self.models.image_encoder.forward(&pixels));
+        let proj = &self.models.adapters[&kind].proj;
+        let features = proj.features(&self.models.image_encoder.forward(&pixels));
+        let tokens = proj.project(&features);
         for (j, p) in new_paths.into_iter().enumerate() {
-            self.image_cache
-                .insert((p, kind), tokens.narrow(0, j as i64, 1));
+            let encoded = Encoded {
+                features: features.narrow(0, j as i64, 1),
+                tokens: tokens.narrow(0, j as i64, 1),
+            };
+            self.image_cache.insert((p, kind), encoded);
         }
         Ok(())
     }
 
-    fn branch_tokens(
+    fn row_tokens(&mut self, kind: AdapterKind, image: RowImage, mode: NoImage) -> Tensor {
+        match image {
+            RowImage::NoImage => self.no_image(kind, mode).tokens.shallow_clone(),
+            RowImage::Image(p) => self.image_cache[&(p.clone(), kind)].tokens.shallow_clone(),
+            RowImage::Subtract {
+                positive,
+                negative,
+                scale,
+            } => self.subtract_tokens(kind, positive, negative, scale, mode),
+        }
+    }
+
+    /// The tokens of `e(positive) - scale * e(negative)`, taken on the encoder features
+    /// before the projection (as ComfyUI's "subtract" combine of embeddings).
+    fn subtract_tokens(
         &mut self,
         kind: AdapterKind,
-        image: Option<&PathBuf>,
+        positive: Option<&PathBuf>,
+        negative: &Path,
+        scale: f64,
         mode: NoImage,
     ) -> Tensor {
-        if let Some(p) = image {
-            return self.image_cache[&(p.clone(), kind)].shallow_clone();
-        }
-        if let Some(t) = self.no_image_cache.get(&(kind, mode)) {
+        let key = (
+            positive.cloned(),
+            negative.to_path_buf(),
+            scale.to_bits(),
+            kind,
+            mode,
+        );
+        if let Some(t) = self.subtract_cache.get(&key) {
             return t.shallow_clone();
         }
-        let t = self.models.adapters[&kind]
+        let pos = match positive {
+            Some(p) => self.image_cache[&(p.clone(), kind)]
+                .features
+                .shallow_clone(),
+            None => self.no_image(kind, mode).features.shallow_clone(),
+        };
+        let neg = &self.image_cache[&(negative.to_path_buf(), kind)].features;
+        let tokens = self.models.adapters[&kind]
             .proj
-            .no_image_tokens(&self.models.image_encoder, mode);
-        self.no_image_cache.insert((kind, mode), t.shallow_clone());
-        t
+            .project(&(pos - neg * scale));
+        self.subtract_cache.insert(key, tokens.shallow_clone());
+        tokens
+    }
+
+    fn no_image(&mut self, kind: AdapterKind, mode: NoImage) -> &Encoded {
+        if !self.no_image_cache.contains_key(&(kind, mode)) {
+            let proj = &self.models.adapters[&kind].proj;
+            let features = proj.no_image_features(&self.models.image_encoder, mode);
+            let tokens = proj.project(&features);
+            self.no_image_cache
+                .insert((kind, mode), Encoded { features, tokens });
+        }
+        &self.no_image_cache[&(kind, mode)]
     }
 }
 

@@ -1,5 +1,6 @@
-//! The sampling loop: one UNet call per step on `[uncond rows; cond rows]` of a batch, each
-//! row with its own text, image tokens and IP scale, each cell with its own guidance scale.
+//! The sampling loop: one UNet call per step on the rows of a batch (uncond rows, cond rows,
+//! negative rows of the three-row methods: [`guidance::row_layout`]), each row with its own
+//! text, image tokens and IP scale, each cell guided by its own method and scales.
 use crate::models::unet::UNet2DConditionModel;
 use crate::params::GenParams;
 use crate::sampling::{Scheduler, guidance};
@@ -7,9 +8,9 @@ use tch::{Kind, Tensor};
 
 /// What every step of a batch is conditioned on.
 pub struct Conditioning<'a> {
-    /// Text rows `[2B, 77, hidden]`.
+    /// Text rows `[R, 77, hidden]` in [`guidance::row_layout`] order.
     pub text: &'a Tensor,
-    /// Image-token rows `[2B, T, cross]`, when the batch uses an IP-Adapter.
+    /// Image-token rows `[R, T, cross]`, when the batch uses an IP-Adapter.
     pub image_tokens: Option<&'a Tensor>,
 }
 
@@ -26,12 +27,16 @@ pub fn denoise(
 ) -> Tensor {
     let steps = cells[0].steps;
     let device = x.device();
-    let cfg: Vec<f64> = cells.iter().map(|c| c.cfg).collect();
     let refs: Vec<&GenParams> = cells.iter().collect();
+    let cell_of_row: Vec<i64> = guidance::row_layout(&refs)
+        .into_iter()
+        .map(|(i, _)| i as i64)
+        .collect();
+    let cell_of_row = Tensor::from_slice(&cell_of_row).to_device(device);
     let timesteps = scheduler.timesteps().to_vec();
     for (i, &t) in timesteps.iter().enumerate() {
         let x_in = scheduler.scale_model_input(&x, i);
-        let rows = Tensor::cat(&[&x_in, &x_in], 0);
+        let rows = x_in.index_select(0, &cell_of_row);
         let scale = guidance::ip_scale_tensor(&refs, i, steps, device, Kind::Float);
         let eps = unet.forward(
             &rows,
@@ -39,7 +44,7 @@ pub fn denoise(
             cond.text,
             cond.image_tokens.map(|tok| (tok, &scale)),
         );
-        let eps = guidance::combine(&eps.to_kind(Kind::Float), &cfg);
+        let eps = guidance::combine(&eps.to_kind(Kind::Float), &refs);
         x = scheduler.step(&eps, i, &x);
         progress(i + 1, steps);
     }

@@ -246,4 +246,26 @@ mod tests {
         assert_ne!(a, image_id(&q, None, Some("lawnsha"), &models, "fp32"));
         assert_eq!(a.len(), 16);
     }
+
+    #[test]
+    fn cells_made_before_the_negative_methods_keep_their_ids() {
+        let mut p = GenParams::new(3);
+        p.negative_image = Some("/run/a/inputs/lawn.png".into());
+        let models = ModelDigests {
+            pipeline: "p".into(),
+            image_encoder: "e".into(),
+            ip_adapter_base: Some("b".into()),
+            ..Default::default()
+        };
+        // The id this cell had at commit 13521f6, before `method`, `neg_embed_scale` and
+        // `neg_cfg` existed.
+        let before = "c03a18f4c15d64db";
+        assert_eq!(image_id(&p, None, Some("lawnsha"), &models, "fp32"), before);
+        let mut q = p.clone();
+        q.method = crate::params::Method::PerpNeg;
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        q = p.clone();
+        q.neg_cfg = Some(7.5);
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+    }
 }

@@ -1,6 +1,6 @@
 //! PNG files with their parameters inside: an A1111-style `parameters` text chunk (what
 //! image viewers and A1111's "PNG Info" show) and the full cell as JSON in a `negimg` chunk.
-use crate::params::{GenParams, SchedulerKind};
+use crate::params::{GenParams, Method, SchedulerKind};
 use anyhow::{Context, Result};
 
 /// The bytes of a PNG of `img` with the given text chunks (`(keyword, text)`). Deterministic:
@@ -68,6 +68,13 @@ pub fn a1111_parameters(
             p.negative_branch.weight, p.negative_branch.start, p.negative_branch.end
         ),
     ];
+    fields.push(format!("Negative method: {}", p.method));
+    if p.method == Method::Subtract {
+        fields.push(format!("Negative embed scale: {}", p.neg_embed_scale));
+    }
+    if p.method.rows() == 3 {
+        fields.push(format!("Negative CFG scale: {}", p.neg_cfg()));
+    }
     if let Some(name) = positive_image {
         fields.push(format!("Positive image: {name}"));
     }
@@ -118,6 +125,11 @@ mod tests {
             text.starts_with("a house\nNegative prompt: grass, lawn\nSteps: 25, Sampler: DDIM")
         );
         assert!(text.contains("Seed: 42") && text.contains("Negative image: lawn"));
+        assert!(text.contains("Negative method: uncond") && !text.contains("Negative CFG"));
+        p.method = Method::PerpNeg;
+        p.neg_cfg = Some(3.0);
+        let perp = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");
+        assert!(perp.contains("Negative method: perp_neg, Negative CFG scale: 3"));
         let json = "{\"cafe\": \"é\"}";
         let a = encode(&img, &[("parameters", &text), ("negimg", json)]).unwrap();
         let b = encode(&img, &[("parameters", &text), ("negimg", json)]).unwrap();

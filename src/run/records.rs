@@ -1,6 +1,6 @@
 //! `records.csv`: one row per image of a run.
 use crate::experiment::CellSpec;
-use crate::params::{AdapterKind, NegativeMode, NoImage, SchedulerKind};
+use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -41,10 +41,22 @@ pub struct Record {
     pub width: usize,
     pub height: usize,
     pub no_image: NoImage,
+    /// Columns added after the first runs: absent in their records.csv, read as the defaults.
+    #[serde(default)]
+    pub method: Method,
+    #[serde(default = "one")]
+    pub neg_embed_scale: f64,
+    /// The negative guidance scale in effect (`cfg` unless set); empty in old runs.
+    #[serde(default)]
+    pub neg_cfg: Option<f64>,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
     pub error: String,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
@@ -86,6 +98,9 @@ impl Record {
             "width" => self.width.to_string(),
             "height" => self.height.to_string(),
             "no_image" => csv_value(&self.no_image),
+            "method" => csv_value(&self.method),
+            "neg_embed_scale" => csv_value(&self.neg_embed_scale),
+            "neg_cfg" => self.neg_cfg.as_ref().map(csv_value).unwrap_or_default(),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             _ => return None,
@@ -135,6 +150,9 @@ impl Record {
             width: cell.width,
             height: cell.height,
             no_image: cell.no_image,
+            method: cell.method,
+            neg_embed_scale: cell.neg_embed_scale,
+            neg_cfg: Some(cell.neg_cfg.unwrap_or(cell.cfg)),
             seconds,
             error: error.to_string(),
         }

@@ -1,23 +1,39 @@
-//! Classifier-free guidance with per-row image weights and guidance scales.
+//! Classifier-free guidance with per-row image weights and guidance scales, for every
+//! negative method.
 //!
-//! The UNet runs once per step on `[uncond rows; cond rows]` (2B rows for B cells). The
-//! IP-Adapter scale of each row comes from its branch: the cell's `negative_branch` for the
-//! uncond row, `positive` for the cond row, each evaluated at the step with
-//! [`BranchWeight::at`](crate::params::BranchWeight::at): with N steps, step i (0-based) is
-//! active iff `start <= i/N < end`; an inactive branch has scale 0 at that step. So a window
-//! takes effect at its first step (not one late), and the negative weight applies at every
-//! step (the two defects of the demo).
-use crate::params::GenParams;
+//! Row layout of a batch of B cells: the uncond row of every cell, then the cond row of
+//! every cell, then the negative row of each three-row cell (`three_branch`, `perp_neg`) in
+//! cell order. Cells of different methods share a batch this way, and the two-row part is
+//! laid out as it was before the three-row methods.
+//!
+//! The IP-Adapter scale of each row comes from its branch ([`GenParams::row_weight`])
+//! evaluated at the step with [`BranchWeight::at`](crate::params::BranchWeight::at): with N
+//! steps, step i (0-based) is active iff `start <= i/N < end`; an inactive branch has scale
+//! 0 at that step. So a window takes effect at its first step (not one late), and the
+//! negative weight applies at every step (the two defects of the demo).
+use crate::params::{GenParams, Method, Row};
 use tch::{Device, Kind, Tensor};
 
-/// The IP-Adapter scale of each UNet row at `step` of `steps`: `[uncond...; cond...]`.
-pub fn ip_scales(cells: &[&GenParams], step: usize, steps: usize) -> Vec<f64> {
-    let uncond = cells.iter().map(|c| c.negative_branch.at(step, steps));
-    let cond = cells.iter().map(|c| c.positive.at(step, steps));
-    uncond.chain(cond).collect()
+/// The rows of a batch in UNet order, as (cell index, row).
+pub fn row_layout(cells: &[&GenParams]) -> Vec<(usize, Row)> {
+    let two = [Row::Uncond, Row::Cond]
+        .into_iter()
+        .flat_map(|row| (0..cells.len()).map(move |i| (i, row)));
+    let neg = (0..cells.len())
+        .filter(|&i| cells[i].rows().contains(&Row::Negative))
+        .map(|i| (i, Row::Negative));
+    two.chain(neg).collect()
 }
 
-/// The same as a `[2B]` tensor of `kind` on `device`.
+/// The IP-Adapter scale of each UNet row at `step` of `steps`, in [`row_layout`] order.
+pub fn ip_scales(cells: &[&GenParams], step: usize, steps: usize) -> Vec<f64> {
+    row_layout(cells)
+        .into_iter()
+        .map(|(i, row)| cells[i].row_weight(row).at(step, steps))
+        .collect()
+}
+
+/// The same as a tensor of `kind` on `device`.
 pub fn ip_scale_tensor(
     cells: &[&GenParams],
     step: usize,
@@ -30,25 +46,71 @@ pub fn ip_scale_tensor(
         .to_device(device)
 }
 
-/// Guided noise prediction from the UNet output `eps` of `[uncond; cond]` rows:
-/// `uncond + cfg * (cond - uncond)` per row; rows with `cfg <= 1` take `cond` alone, as
-/// diffusers does when guidance is off.
-pub fn combine(eps: &Tensor, cfg: &[f64]) -> Tensor {
+/// Guided noise prediction `[B, ...]` from the UNet output `eps` of the rows of
+/// [`row_layout`]. Two-row cells: `uncond + cfg * (cond - uncond)`, `cond` alone when
+/// `cfg <= 1` (as diffusers when guidance is off). Three-row cells: see [`three_rows`].
+pub fn combine(eps: &Tensor, cells: &[&GenParams]) -> Tensor {
+    let b = cells.len() as i64;
+    let cfg: Vec<f64> = cells.iter().map(|c| c.cfg).collect();
+    let two = two_rows(&eps.narrow(0, 0, b), &eps.narrow(0, b, b), &cfg);
+    let three: Vec<usize> = (0..cells.len())
+        .filter(|&i| cells[i].method.rows() == 3)
+        .collect();
+    if three.is_empty() {
+        return two;
+    }
+    let rows: Vec<Tensor> = (0..cells.len())
+        .map(|i| match three.iter().position(|&j| j == i) {
+            None => two.get(i as i64),
+            Some(k) => three_rows(
+                cells[i],
+                &eps.get(i as i64),
+                &eps.get(b + i as i64),
+                &eps.get(2 * b + k as i64),
+            ),
+        })
+        .collect();
+    Tensor::stack(&rows, 0)
+}
+
+fn two_rows(uncond: &Tensor, cond: &Tensor, cfg: &[f64]) -> Tensor {
     let b = cfg.len() as i64;
-    let uncond = eps.narrow(0, 0, b);
-    let cond = eps.narrow(0, b, b);
     let scale = Tensor::from_slice(cfg)
-        .to_kind(eps.kind())
-        .to_device(eps.device())
+        .to_kind(uncond.kind())
+        .to_device(uncond.device())
         .view([b, 1, 1, 1]);
-    let guided = &uncond + (&cond - &uncond) * &scale;
+    let guided = uncond + (cond - uncond) * &scale;
     if cfg.iter().all(|&g| g > 1.0) {
         return guided;
     }
     let on = Tensor::from_slice(&cfg.iter().map(|&g| g > 1.0).collect::<Vec<bool>>())
-        .to_device(eps.device())
+        .to_device(uncond.device())
         .view([b, 1, 1, 1]);
-    guided.where_self(&on, &cond)
+    guided.where_self(&on, cond)
+}
+
+/// One three-row cell from ε∅, ε₊, ε₋ (`[C, H, W]` each), with `p = ε₊ − ε∅` and
+/// `n = ε₋ − ε∅`:
+/// - `three_branch`: `ε∅ + cfg·p − neg_cfg·n`;
+/// - `perp_neg`: `ε∅ + cfg·(p − neg_cfg·n⊥)`, `n⊥ = n − (⟨n,p⟩/‖p‖²)·p` over this cell's
+///   values only (ComfyUI takes one ⟨n,p⟩/‖p‖² over its whole batch, which would make a
+///   cell depend on the cells batched with it). `p = 0` gives `n⊥ = n`.
+///
+/// No `cfg <= 1` rule here: the formulas apply as written at every scale.
+pub fn three_rows(cell: &GenParams, uncond: &Tensor, cond: &Tensor, neg: &Tensor) -> Tensor {
+    let p = cond - uncond;
+    let n = neg - uncond;
+    match cell.method {
+        Method::PerpNeg => {
+            let p_sq = (&p * &p)
+                .sum(Kind::Float)
+                .clamp_min(f64::from(f32::MIN_POSITIVE));
+            let coef = ((&n * &p).sum(Kind::Float) / p_sq).to_kind(p.kind());
+            let perp = &n - &p * coef;
+            uncond + (p - perp * cell.neg_cfg()) * cell.cfg
+        }
+        _ => uncond + p * cell.cfg - n * cell.neg_cfg(),
+    }
 }
 
 #[cfg(test)]
@@ -84,8 +146,50 @@ mod tests {
     #[test]
     fn cfg_combines_per_row_and_is_off_at_one() {
         let eps = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 5.0]).view([4, 1, 1, 1]);
-        let out = combine(&eps, &[2.0, 1.0]);
+        let mut a = GenParams::new(0);
+        a.cfg = 2.0;
+        let mut b = a.clone();
+        b.cfg = 1.0;
+        let out = combine(&eps, &[&a, &b]);
         let v = Vec::<f32>::try_from(out.flatten(0, -1)).unwrap();
         assert_eq!(v, vec![4.0, 5.0]);
+    }
+
+    #[test]
+    fn three_row_cells_take_their_rows_after_the_two_row_part() {
+        let two = GenParams::new(0);
+        let mut three = GenParams::new(1);
+        three.method = Method::ThreeBranch;
+        three.cfg = 2.0;
+        three.neg_cfg = Some(0.5);
+        let layout = row_layout(&[&three, &two]);
+        assert_eq!(
+            layout,
+            vec![
+                (0, Row::Uncond),
+                (1, Row::Uncond),
+                (0, Row::Cond),
+                (1, Row::Cond),
+                (0, Row::Negative)
+            ]
+        );
+        // rows: e0 of three = 1, e0 of two = 0, e+ = 3 and 4, e- of three = 5.
+        let eps = Tensor::from_slice(&[1.0f32, 0.0, 3.0, 4.0, 5.0]).view([5, 1, 1, 1]);
+        let v = Vec::<f32>::try_from(combine(&eps, &[&three, &two]).flatten(0, -1)).unwrap();
+        // 1 + 2*(3-1) - 0.5*(5-1) = 3; 0 + 7.5*(4-0) = 30.
+        assert_eq!(v, vec![3.0, 30.0]);
+    }
+
+    #[test]
+    fn perp_neg_keeps_only_the_orthogonal_part_of_the_negative() {
+        let mut c = GenParams::new(0);
+        c.method = Method::PerpNeg;
+        c.cfg = 2.0;
+        c.neg_cfg = Some(1.0);
+        let t = |v: [f32; 2]| Tensor::from_slice(&v).view([2, 1, 1]);
+        // p = (1, 0), n = (3, 4): n⊥ = (0, 4); ε = 0 + 2*((1,0) - (0,4)).
+        let out = three_rows(&c, &t([0.0, 0.0]), &t([1.0, 0.0]), &t([3.0, 4.0]));
+        let v = Vec::<f32>::try_from(out.flatten(0, -1)).unwrap();
+        assert_eq!(v, vec![2.0, -8.0]);
     }
 }

@@ -40,6 +40,9 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         width: 48,
         height: 32,
         no_image: NoImage::Reference,
+        method: Default::default(),
+        neg_embed_scale: 1.0,
+        neg_cfg: Some(7.5),
         seconds: 0.1,
         error: String::new(),
     }

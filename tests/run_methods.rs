@@ -1,0 +1,61 @@
+//! `negimg plan` and `negimg run` of experiments/methods-tiny.toml (tiny random models,
+//! offline): every method is planned and made, and records.csv names each cell's method.
+mod common;
+
+use negimg::params::Method;
+use negimg::run::records::{Status, read_records};
+
+#[test]
+fn methods_tiny_runs_every_method_and_records_it() {
+    let dir = common::scratch("run_methods");
+    std::fs::create_dir_all(dir.join("experiments")).unwrap();
+    let exp = "experiments/methods-tiny.toml";
+    std::fs::copy(common::repo().join(exp), dir.join(exp)).unwrap();
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = common::negimg(&["--device", "cpu", "run", exp], &dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("32 cells; 0 done before, 32 made, 0 failed"),
+        "{}",
+        text(&out)
+    );
+    let plan = common::negimg(&["--device", "cpu", "plan", exp], &dir);
+    let plan = text(&plan);
+    for m in [
+        "method=uncond",
+        "method=subtract",
+        "method=three_branch",
+        "method=perp_neg",
+    ] {
+        assert!(plan.contains(m), "plan lists {m}:\n{plan}");
+    }
+    assert!(
+        plan.contains("16 cells take 3 (three_branch, perp_neg), 16 take 2"),
+        "{plan}"
+    );
+    let runs: Vec<_> = std::fs::read_dir(dir.join("results/methods-tiny"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    let records = read_records(&runs[0].path().join("records.csv")).unwrap();
+    assert!(records.iter().all(|r| r.status == Status::Done));
+    for m in [
+        Method::Uncond,
+        Method::Subtract,
+        Method::ThreeBranch,
+        Method::PerpNeg,
+    ] {
+        assert_eq!(records.iter().filter(|r| r.method == m).count(), 8, "{m}");
+    }
+    assert!(records.iter().all(|r| r.neg_cfg == Some(5.0)));
+    let mut scales: Vec<f64> = records.iter().map(|r| r.neg_embed_scale).collect();
+    scales.dedup();
+    assert!(scales.contains(&0.5) && scales.contains(&1.0));
+}
