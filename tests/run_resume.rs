@@ -4,7 +4,7 @@ mod common;
 
 use anyhow::Result;
 use negimg::experiment::{self, Experiment, LoadOptions};
-use negimg::params::GenParams;
+use negimg::params::{GenParams, NegativeMode};
 use negimg::pipeline::{CellOutcome, GenerateError};
 use negimg::run::records::{Status, read_records};
 use negimg::run::{Generator, RunChoice, RunOptions, Shard, runner};
@@ -136,13 +136,17 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
+    setup_with(name, EXPERIMENT)
+}
+
+fn setup_with(name: &str, text: &str) -> Setup {
     let dir = common::scratch(name);
     dummy_models(&dir.join("models"));
     image::RgbImage::from_pixel(4, 4, image::Rgb([0, 200, 0]))
         .save(dir.join("lawn.png"))
         .unwrap();
     let file = dir.join("fake.toml");
-    std::fs::write(&file, EXPERIMENT).unwrap();
+    std::fs::write(&file, text).unwrap();
     let exp = experiment::load(&file, &LoadOptions::default()).unwrap();
     Setup { dir, exp }
 }
@@ -463,4 +467,77 @@ fn shard_specs_parse_and_partition_the_cells() {
     for i in 0..100 {
         assert_eq!(shards.iter().filter(|s| s.owns(i)).count(), 1);
     }
+}
+
+/// `negative = none` ignores the negative image: its two cells share one image file but
+/// each has its own record row.
+const CROSSED: &str = r#"
+[experiment]
+name = "crossed"
+
+[models]
+pipeline = "models/pipeline"
+ip_adapter = { base = "models/ip-adapter_sd15.safetensors" }
+image_encoder = "models/image_encoder"
+
+[images.house]
+generate = { prompt = "a house" }
+
+[images.lawn]
+path = "lawn.png"
+
+[defaults]
+steps = 3
+size = 16
+positive_image = "house"
+seeds = [1]
+
+[grid]
+negative = ["none", "image"]
+negative_image = ["lawn", "house"]
+"#;
+
+#[test]
+fn cells_differing_only_in_an_ignored_parameter_keep_one_record_each() {
+    let s = setup_with("run_resume_crossed", CROSSED);
+    let opts = options(&s.dir.join("results"));
+    let fake = Fake::default();
+    let sum = go(&s, &opts, &fake).unwrap();
+    assert!(sum.complete);
+    assert_eq!(sum.generated, 4, "every grid cell counted once");
+    assert_eq!(
+        fake.cells.load(Ordering::SeqCst),
+        1 + 3,
+        "the input image and three distinct images"
+    );
+    let records = read_records(&sum.dir.join("records.csv")).unwrap();
+    let mut rows: Vec<(NegativeMode, &str)> = records
+        .iter()
+        .map(|r| (r.negative, r.negative_image.as_str()))
+        .collect();
+    rows.sort();
+    let mut want = vec![
+        (NegativeMode::Image, "house"),
+        (NegativeMode::Image, "lawn"),
+        (NegativeMode::None, "house"),
+        (NegativeMode::None, "lawn"),
+    ];
+    want.sort();
+    assert_eq!(rows, want);
+    let mut ids: Vec<_> = records.iter().map(|r| r.cell_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "one record key per cell");
+    let none: Vec<_> = records
+        .iter()
+        .filter(|r| r.negative == NegativeMode::None)
+        .collect();
+    assert_eq!(none[0].file, none[1].file, "one image file for both");
+    assert_eq!(images(&sum.dir).len(), 3);
+    // Cells whose image is their own keep the image id as record key.
+    for r in records.iter().filter(|r| r.negative == NegativeMode::Image) {
+        assert_eq!(r.file, format!("images/{}.png", r.cell_id));
+    }
+    let again = go(&s, &opts, &fake).unwrap();
+    assert_eq!((again.generated, again.skipped), (0, 4));
 }

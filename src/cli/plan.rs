@@ -96,13 +96,27 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     for ((steps, w, h, sched, adapter), n) in &groups {
         say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter}");
     }
+    // Cells that differ only in what their negative mode ignores make one image.
+    let images: std::collections::BTreeSet<String> = exp
+        .cells
+        .iter()
+        .map(|c| serde_json::to_string(&c.params(&|n| PathBuf::from(n)).effective()))
+        .collect::<std::result::Result<_, _>>()?;
+    if images.len() < exp.cells.len() {
+        say!(
+            "{} images for {} cells: cells that differ only in a parameter their negative \
+             mode ignores share one image file (each keeps its own record)",
+            images.len(),
+            exp.cells.len()
+        );
+    }
     let generated_inputs = exp
         .images
         .values()
         .filter(|s| matches!(s, ImageSource::Generate(_)))
         .count();
     let (per_image, how) = estimate(&exp, &args.results, device, kind);
-    let total = per_image * (exp.cells.len() + generated_inputs) as f64;
+    let total = per_image * (images.len() + generated_inputs) as f64;
     say!(
         "estimate on {} {}: {} ({:.2} s per image, {how})",
         crate::device::device_name(device),
