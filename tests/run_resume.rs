@@ -541,3 +541,35 @@ fn cells_differing_only_in_an_ignored_parameter_keep_one_record_each() {
     let again = go(&s, &opts, &fake).unwrap();
     assert_eq!((again.generated, again.skipped), (0, 4));
 }
+
+#[test]
+fn editing_the_experiment_is_said_and_changed_cells_need_new_or_force() {
+    let s = setup("run_resume_edited");
+    let mut opts = options(&s.dir.join("results"));
+    let first = go(&s, &opts, &Fake::default()).unwrap();
+    let file = s.dir.join("fake.toml");
+    // One more cfg value: the run is extended, and the log says the file changed.
+    std::fs::write(&file, EXPERIMENT.replace("[5, 13, 7]", "[5, 13, 7, 9]")).unwrap();
+    let grown = Setup {
+        dir: s.dir.clone(),
+        exp: experiment::load(&file, &LoadOptions::default()).unwrap(),
+    };
+    let more = go(&grown, &opts, &Fake::default()).unwrap();
+    assert_eq!((more.dir.clone(), more.generated), (first.dir.clone(), 8));
+    let log = std::fs::read_to_string(first.dir.join("log.txt")).unwrap();
+    assert!(log.contains("changed since run"), "{log}");
+    // cfg 7 becomes 8: cells of the run would change, so it is refused.
+    std::fs::write(&file, EXPERIMENT.replace("[5, 13, 7]", "[5, 13, 8]")).unwrap();
+    let changed = Setup {
+        dir: s.dir.clone(),
+        exp: experiment::load(&file, &LoadOptions::default()).unwrap(),
+    };
+    let err = format!("{:#}", go(&changed, &opts, &Fake::default()).unwrap_err());
+    assert!(
+        err.contains("--new") && err.contains("no longer in the grid"),
+        "{err}"
+    );
+    opts.choice = RunChoice::New;
+    let fresh = go(&changed, &opts, &Fake::default()).unwrap();
+    assert_ne!(fresh.dir, first.dir);
+}

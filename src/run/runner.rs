@@ -17,7 +17,7 @@ use crate::params::GenParams;
 use crate::pipeline::{CellOutcome, GenerateError, Pipeline};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
@@ -271,7 +271,12 @@ pub fn run(
     let image_ids = super::inputs::prepare(&mut ctx.input_maker(), &models.digests)?;
     let cells = ctx.cells(&image_ids, &models.digests)?;
     let shard: Vec<usize> = (0..cells.len()).filter(|&i| opts.shard.owns(i)).collect();
-    let mut pending: Vec<bool> = shard.iter().map(|&i| ctx.is_pending(&cells[i].key)).collect();
+    let mut pending: Vec<bool> = shard
+        .iter()
+        .map(|&i| ctx.is_pending(&cells[i].key))
+        .collect();
+    // From the start, so a killed run is a run folder that can be scored and inspected.
+    ctx.merge_records(&cells)?;
     let to_make = pending.iter().filter(|&&p| p).count();
     let skipped = shard.len() - to_make;
     ctx.log.line(&format!(
@@ -390,8 +395,42 @@ impl<'a> RunContext<'a> {
                 ));
             }
         }
+        if !ctx.run.created {
+            ctx.check_edited()?;
+        }
         atomic_write(&ctx.run.dir.join("experiment.toml"), exp.text.as_bytes())?;
         Ok(ctx)
+    }
+
+    /// A run continued after its experiment file was edited: said so, and refused (unless
+    /// `--force`) when cells already made are no longer in the grid (their parameters changed).
+    fn check_edited(&mut self) -> Result<()> {
+        let copy = self.run.dir.join("experiment.toml");
+        let Ok(before) = std::fs::read_to_string(&copy) else {
+            return Ok(());
+        };
+        if before == self.exp.text {
+            return Ok(());
+        }
+        let changed = super::records::cell_records(&self.run.cells())
+            .iter()
+            .filter(|r| !self.exp.cells.iter().any(|c| r.is_of(c)))
+            .count();
+        let what = format!(
+            "{} changed since run {} started",
+            self.exp.path.display(),
+            self.run.run_id
+        );
+        if changed > 0 && !self.opts.force {
+            bail!(
+                "{what}: {changed} cell(s) made in that run are no longer in the grid (their \
+                 parameters changed); use --new for a fresh run, or --force to continue this one"
+            );
+        }
+        let note = format!("note: {what}; continuing it with the edited grid");
+        eprintln!("{note}");
+        self.log.line(&note);
+        Ok(())
     }
 
     /// Model identities (sha256, cached per machine), written to the manifest.
@@ -523,7 +562,11 @@ impl<'a> RunContext<'a> {
         for (j, &g) in group.iter().enumerate() {
             todo[g] |= pending[j];
         }
-        let bar = progress_bar(self.opts.progress, pending.iter().filter(|&&p| p).count());
+        let total = pending.iter().filter(|&&p| p).count();
+        let bar = progress_bar(self.opts.progress, total);
+        // Without a bar (not on a terminal) the progress lines go to stderr too.
+        let lines = self.opts.progress && !std::io::stderr().is_terminal();
+        let mut ticker = Ticker::new();
         let (exp, opts, run) = (self.exp, self.opts, &self.run);
         let log = &mut self.log;
         let made = self.maker.make(
@@ -564,6 +607,15 @@ impl<'a> RunContext<'a> {
                     pending[j] = false;
                     bar.inc(1);
                 }
+                let done = total - pending.iter().filter(|&&p| p).count();
+                if let Some(line) = ticker.tick(done, total) {
+                    if lines {
+                        eprintln!("{line}");
+                    }
+                    log.line(&line);
+                    // A killed run can be scored and inspected up to here.
+                    merge_records(run, exp, cells)?;
+                }
                 Ok(())
             },
         )?;
@@ -571,38 +623,41 @@ impl<'a> RunContext<'a> {
         Ok(made)
     }
 
-    /// records.csv and run.json from every shard's cell records, in grid order: whether
-    /// every cell has a record, and how many failed.
     fn merge_records(&self, cells: &[Cell]) -> Result<(bool, usize)> {
-        let _lock = FileLock::acquire(&self.run.lock())?;
-        let records: Vec<Record> = cells
-            .iter()
-            .filter_map(|c| read_cell(&self.run, &c.key))
-            .collect();
-        write_records(&self.run.records(), &records)?;
-        let exp = self.exp;
-        let info = RunInfo {
-            experiment: exp.name.clone(),
-            run_id: self.run.run_id.clone(),
-            axes: exp.axes(),
-            plots: exp.plots.clone(),
-            scoring: exp.scoring.clone(),
-            images: exp
-                .images
-                .keys()
-                .map(|n| (n.clone(), format!("inputs/{n}.png")))
-                .collect(),
-        };
-        atomic_write(
-            &self.run.dir.join("run.json"),
-            &serde_json::to_vec_pretty(&info)?,
-        )?;
-        let failed = records
-            .iter()
-            .filter(|r| r.status == Status::Failed)
-            .count();
-        Ok((records.len() == cells.len(), failed))
+        merge_records(&self.run, self.exp, cells)
     }
+}
+
+/// records.csv and run.json from every shard's cell records, in grid order (under the run
+/// lock, so shards merge): whether every cell has a record, and how many failed.
+fn merge_records(run: &RunDir, exp: &Experiment, cells: &[Cell]) -> Result<(bool, usize)> {
+    let _lock = FileLock::acquire(&run.lock())?;
+    let records: Vec<Record> = cells
+        .iter()
+        .filter_map(|c| read_cell(run, &c.key))
+        .collect();
+    write_records(&run.records(), &records)?;
+    let info = RunInfo {
+        experiment: exp.name.clone(),
+        run_id: run.run_id.clone(),
+        axes: exp.axes(),
+        plots: exp.plots.clone(),
+        scoring: exp.scoring.clone(),
+        images: exp
+            .images
+            .keys()
+            .map(|n| (n.clone(), format!("inputs/{n}.png")))
+            .collect(),
+    };
+    atomic_write(
+        &run.dir.join("run.json"),
+        &serde_json::to_vec_pretty(&info)?,
+    )?;
+    let failed = records
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .count();
+    Ok((records.len() == cells.len(), failed))
 }
 
 fn read_cell(run: &RunDir, id: &str) -> Option<Record> {
@@ -621,6 +676,37 @@ pub fn check_space(dir: &Path, need: u64, free: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Progress lines for log.txt (and stderr where no bar is drawn: Slurm, nohup, CI): the
+/// first cell, then at most one line every [`Ticker::EVERY`], and the last.
+struct Ticker {
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl Ticker {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn new() -> Ticker {
+        Ticker {
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    fn tick(&mut self, done: usize, total: usize) -> Option<String> {
+        let due = self.last.is_none_or(|t| t.elapsed() >= Self::EVERY) || done == total;
+        if !due {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let eta = elapsed / done.max(1) as f64 * (total - done) as f64;
+        Some(format!(
+            "progress: {done}/{total} cells done, {elapsed:.0} s elapsed, ETA {eta:.0} s"
+        ))
+    }
 }
 
 fn progress_bar(show: bool, len: usize) -> indicatif::ProgressBar {
