@@ -39,8 +39,9 @@ pub struct GenerateArgs {
     /// --negative-prompt).
     #[arg(long, value_enum)]
     pub negative_mode: Option<NegativeModeArg>,
-    #[arg(long, value_enum, default_value = "base")]
-    pub adapter: AdapterArg,
+    /// Adapter kind; default: the kind of the one --ip-adapter file, else base.
+    #[arg(long, value_enum)]
+    pub adapter: Option<AdapterArg>,
     /// Image prompt weight of the cond branch.
     #[arg(long, default_value_t = 1.0)]
     pub weight: f64,
@@ -162,6 +163,16 @@ fn check_flags(a: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--adapter`, else the kind of the one `--ip-adapter` file (read from the file), else base.
+fn adapter_kind(a: &GenerateArgs) -> Result<AdapterKind> {
+    Ok(match (a.adapter.as_ref(), a.ip_adapter.as_slice()) {
+        (Some(AdapterArg::Base), _) => AdapterKind::Base,
+        (Some(AdapterArg::Plus), _) => AdapterKind::Plus,
+        (None, [only]) => AdapterFile::open(only)?.kind,
+        (None, _) => AdapterKind::Base,
+    })
+}
+
 /// The model set from `--models` and the per-model flags.
 fn model_set(a: &GenerateArgs) -> Result<ModelSet<PathBuf>> {
     let mut set = match &a.models {
@@ -228,10 +239,7 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         negative,
         positive_image: a.positive.clone(),
         negative_image: a.negative.clone(),
-        adapter: match a.adapter {
-            AdapterArg::Base => AdapterKind::Base,
-            AdapterArg::Plus => AdapterKind::Plus,
-        },
+        adapter: adapter_kind(a)?,
         positive,
         negative_branch: BranchWeight {
             weight: a.neg_weight.unwrap_or(a.weight),
@@ -327,6 +335,38 @@ mod tests {
             let err = parse(bad).unwrap().unwrap_err().to_string();
             assert!(err.contains(want), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_adapter_kind_comes_from_the_one_ip_adapter_file() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: GenerateArgs,
+        }
+        let dir = std::env::temp_dir().join(format!("negimg-gen-kind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shapes = crate::pipeline::RandomPreset::Tiny.shapes();
+        let plus = dir.join("plus.safetensors");
+        crate::pipeline::write_random_adapter(
+            &plus,
+            AdapterKind::Plus,
+            &shapes.unet,
+            &shapes.vision,
+            1,
+        )
+        .unwrap();
+        let kind = |extra: &[&str]| {
+            let mut args = vec!["x", "--ip-adapter", plus.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            params(&Cli::try_parse_from(args).unwrap().a)
+                .unwrap()
+                .adapter
+        };
+        assert_eq!(kind(&[]), AdapterKind::Plus);
+        assert_eq!(kind(&["--adapter", "base"]), AdapterKind::Base);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
