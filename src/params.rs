@@ -298,6 +298,15 @@ impl GenParams {
         }
     }
 
+    /// The parameters that decide the image: the negative image dropped where the mode
+    /// ignores it (cells that differ only there make the same image).
+    pub fn effective(&self) -> GenParams {
+        GenParams {
+            negative_image: self.uncond_image().cloned(),
+            ..self.clone()
+        }
+    }
+
     /// Cells that can share one UNet call per step: same steps, size, scheduler, adapter kind.
     /// Methods may mix: a batch's rows are laid out per cell (`sampling::guidance`).
     pub fn batch_key(&self) -> (usize, usize, usize, SchedulerKind, AdapterKind) {

@@ -121,3 +121,64 @@ fn generate_writes_the_library_image_as_png() {
     assert!(!taken.status.success());
     assert!(String::from_utf8_lossy(&taken.stderr).contains("not empty"));
 }
+
+/// Every file under `dir`, by relative path.
+fn files_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn init_random_twice_with_one_seed_writes_identical_files() {
+    let dir = common::scratch("pipeline_cli_init_random_twice");
+    let sets: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let out = dir.join(name);
+            let run = common::negimg(
+                &[
+                    "models",
+                    "init-random",
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--seed",
+                    "11",
+                ],
+                &dir,
+            );
+            assert!(
+                run.status.success(),
+                "{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            files_of(&out)
+        })
+        .collect();
+    assert!(
+        sets[0].keys().any(|k| k.contains("unet")),
+        "{:?}",
+        sets[0].keys()
+    );
+    assert_eq!(
+        sets[0].keys().collect::<Vec<_>>(),
+        sets[1].keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in &sets[0] {
+        assert!(
+            &sets[1][name] == bytes,
+            "{name} differs between the two runs"
+        );
+    }
+}

@@ -500,3 +500,27 @@ fn image_axes_show_their_image_under_the_label() {
         has_color(&img, l.row_label_rect(1), green) && !has_color(&img, l.row_label_rect(1), NEG)
     );
 }
+
+#[test]
+fn unknown_caption_metric_or_scorer_is_an_error_naming_the_known_ones() {
+    let dir = common::scratch("report_caption_unknown");
+    let fx = write_run(&dir, &[1.0], &MODES[..2], &[1], None, false);
+    write_known_scores(&dir, &fx, "known");
+    let with = |metrics: &[&str], scorer: Option<&str>| negimg::report::PlotOptions {
+        caption_metrics: metrics.iter().map(|m| m.to_string()).collect(),
+        caption_scorer: scorer.map(str::to_string),
+        ..Default::default()
+    };
+    let err = negimg::report::plot_run_with(&dir, &with(&["foo"], None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"foo\"") && err.contains("clip_i_pos, clip_i_neg"),
+        "{err}"
+    );
+    let err = negimg::report::plot_run_with(&dir, &with(&["clip_i_pos"], Some("nope")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"nope\"") && err.contains("known"), "{err}");
+    negimg::report::plot_run_with(&dir, &with(&["clip_i_pos"], Some("known"))).unwrap();
+}

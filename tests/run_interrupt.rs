@@ -162,7 +162,13 @@ fn sigkill_at_a_random_point_then_rerun_completes_identical_to_an_uninterrupted_
     let before = done_cells(&dir.join("killed"));
     assert!(before < CELLS, "killed too late ({before} cells done)");
     let out = run_to_end(&dir, "killed", &[]);
-    assert!(out.contains(&format!("{before} done before")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{} made now, {before} kept from before",
+            CELLS - before
+        )),
+        "{out}"
+    );
     let run = run_dir(&dir.join("killed"));
     check_complete(&run);
     assert_eq!(
@@ -174,7 +180,7 @@ fn sigkill_at_a_random_point_then_rerun_completes_identical_to_an_uninterrupted_
     // Again: nothing new, nothing changed.
     let out = run_to_end(&dir, "killed", &[]);
     assert!(
-        out.contains(&format!("{CELLS} done before, 0 made")),
+        out.contains(&format!("0 made now, {CELLS} kept from before")),
         "{out}"
     );
     assert_eq!(images(&run), whole);
@@ -213,6 +219,65 @@ fn sigint_finishes_the_writes_in_flight_and_exits_130() {
     );
     run_to_end(&dir, "int", &[]);
     check_complete(&run);
+}
+
+#[test]
+fn second_sigint_stops_at_once_with_one_line_and_exits_130() {
+    let dir = common::scratch("run_interrupt_sigint_twice");
+    experiment(&dir);
+    let results = dir.join("int2");
+    let mut child = spawn(&dir, "int2", &["--batch", "2"]);
+    wait_for_cells(&results, 1, &mut child);
+    for _ in 0..2 {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopping now"), "{stderr}");
+    for bad in ["panicked", "backtrace", "frame #", "terminate called"] {
+        assert!(!stderr.contains(bad), "{bad} in {stderr}");
+    }
+    // Not on a terminal: progress lines with counts and an ETA.
+    assert!(
+        stderr.contains("cells done") && stderr.contains("ETA"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(run_dir(&results).join("log.txt")).unwrap();
+    assert!(log.contains("cells done") && log.contains("ETA"), "{log}");
+    // Killed mid-batch: records.csv and run.json are there, listing the cells written.
+    let run = run_dir(&results);
+    assert!(run.join("run.json").is_file());
+    let records = read_records(&run.join("records.csv")).unwrap();
+    assert!(!records.is_empty(), "records.csv lists the first cells");
+    assert!(records.iter().all(|r| run.join(&r.file).is_file()));
+    // The partial run can be inspected and plotted.
+    let run_arg = run.to_str().unwrap();
+    let status = common::negimg(&["status", run_arg], &dir);
+    let listing = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{listing}");
+    let done = done_cells(&results);
+    assert!(
+        listing.contains(&format!(
+            "{CELLS} cells: {done} done, 0 failed, {} pending",
+            CELLS - done
+        )),
+        "{listing}"
+    );
+    assert_eq!(
+        listing.matches(" pending ").count(),
+        CELLS - done,
+        "{listing}"
+    );
+    let plot = common::negimg(&["plot", run_arg], &dir);
+    assert!(
+        plot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plot.stderr)
+    );
+    assert!(run.join("index.html").is_file());
 }
 
 #[test]

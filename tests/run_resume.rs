@@ -4,7 +4,7 @@ mod common;
 
 use anyhow::Result;
 use negimg::experiment::{self, Experiment, LoadOptions};
-use negimg::params::GenParams;
+use negimg::params::{GenParams, NegativeMode};
 use negimg::pipeline::{CellOutcome, GenerateError};
 use negimg::run::records::{Status, read_records};
 use negimg::run::{Generator, RunChoice, RunOptions, Shard, runner};
@@ -136,13 +136,17 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
+    setup_with(name, EXPERIMENT)
+}
+
+fn setup_with(name: &str, text: &str) -> Setup {
     let dir = common::scratch(name);
     dummy_models(&dir.join("models"));
     image::RgbImage::from_pixel(4, 4, image::Rgb([0, 200, 0]))
         .save(dir.join("lawn.png"))
         .unwrap();
     let file = dir.join("fake.toml");
-    std::fs::write(&file, EXPERIMENT).unwrap();
+    std::fs::write(&file, text).unwrap();
     let exp = experiment::load(&file, &LoadOptions::default()).unwrap();
     Setup { dir, exp }
 }
@@ -463,4 +467,109 @@ fn shard_specs_parse_and_partition_the_cells() {
     for i in 0..100 {
         assert_eq!(shards.iter().filter(|s| s.owns(i)).count(), 1);
     }
+}
+
+/// `negative = none` ignores the negative image: its two cells share one image file but
+/// each has its own record row.
+const CROSSED: &str = r#"
+[experiment]
+name = "crossed"
+
+[models]
+pipeline = "models/pipeline"
+ip_adapter = { base = "models/ip-adapter_sd15.safetensors" }
+image_encoder = "models/image_encoder"
+
+[images.house]
+generate = { prompt = "a house" }
+
+[images.lawn]
+path = "lawn.png"
+
+[defaults]
+steps = 3
+size = 16
+positive_image = "house"
+seeds = [1]
+
+[grid]
+negative = ["none", "image"]
+negative_image = ["lawn", "house"]
+"#;
+
+#[test]
+fn cells_differing_only_in_an_ignored_parameter_keep_one_record_each() {
+    let s = setup_with("run_resume_crossed", CROSSED);
+    let opts = options(&s.dir.join("results"));
+    let fake = Fake::default();
+    let sum = go(&s, &opts, &fake).unwrap();
+    assert!(sum.complete);
+    assert_eq!(sum.generated, 4, "every grid cell counted once");
+    assert_eq!(
+        fake.cells.load(Ordering::SeqCst),
+        1 + 3,
+        "the input image and three distinct images"
+    );
+    let records = read_records(&sum.dir.join("records.csv")).unwrap();
+    let mut rows: Vec<(NegativeMode, &str)> = records
+        .iter()
+        .map(|r| (r.negative, r.negative_image.as_str()))
+        .collect();
+    rows.sort();
+    let mut want = vec![
+        (NegativeMode::Image, "house"),
+        (NegativeMode::Image, "lawn"),
+        (NegativeMode::None, "house"),
+        (NegativeMode::None, "lawn"),
+    ];
+    want.sort();
+    assert_eq!(rows, want);
+    let mut ids: Vec<_> = records.iter().map(|r| r.cell_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "one record key per cell");
+    let none: Vec<_> = records
+        .iter()
+        .filter(|r| r.negative == NegativeMode::None)
+        .collect();
+    assert_eq!(none[0].file, none[1].file, "one image file for both");
+    assert_eq!(images(&sum.dir).len(), 3);
+    // Cells whose image is their own keep the image id as record key.
+    for r in records.iter().filter(|r| r.negative == NegativeMode::Image) {
+        assert_eq!(r.file, format!("images/{}.png", r.cell_id));
+    }
+    let again = go(&s, &opts, &fake).unwrap();
+    assert_eq!((again.generated, again.skipped), (0, 4));
+}
+
+#[test]
+fn editing_the_experiment_is_said_and_changed_cells_need_new_or_force() {
+    let s = setup("run_resume_edited");
+    let mut opts = options(&s.dir.join("results"));
+    let first = go(&s, &opts, &Fake::default()).unwrap();
+    let file = s.dir.join("fake.toml");
+    // One more cfg value: the run is extended, and the log says the file changed.
+    std::fs::write(&file, EXPERIMENT.replace("[5, 13, 7]", "[5, 13, 7, 9]")).unwrap();
+    let grown = Setup {
+        dir: s.dir.clone(),
+        exp: experiment::load(&file, &LoadOptions::default()).unwrap(),
+    };
+    let more = go(&grown, &opts, &Fake::default()).unwrap();
+    assert_eq!((more.dir.clone(), more.generated), (first.dir.clone(), 8));
+    let log = std::fs::read_to_string(first.dir.join("log.txt")).unwrap();
+    assert!(log.contains("changed since run"), "{log}");
+    // cfg 7 becomes 8: cells of the run would change, so it is refused.
+    std::fs::write(&file, EXPERIMENT.replace("[5, 13, 7]", "[5, 13, 8]")).unwrap();
+    let changed = Setup {
+        dir: s.dir.clone(),
+        exp: experiment::load(&file, &LoadOptions::default()).unwrap(),
+    };
+    let err = format!("{:#}", go(&changed, &opts, &Fake::default()).unwrap_err());
+    assert!(
+        err.contains("--new") && err.contains("no longer in the grid"),
+        "{err}"
+    );
+    opts.choice = RunChoice::New;
+    let fresh = go(&changed, &opts, &Fake::default()).unwrap();
+    assert_ne!(fresh.dir, first.dir);
 }

@@ -41,8 +41,9 @@ pub struct GenerateArgs {
     /// --negative-prompt).
     #[arg(long, value_enum)]
     pub negative_mode: Option<NegativeModeArg>,
-    #[arg(long, value_enum, default_value = "base")]
-    pub adapter: AdapterArg,
+    /// Adapter kind; default: the kind of the one --ip-adapter file, else base.
+    #[arg(long, value_enum)]
+    pub adapter: Option<AdapterArg>,
     /// Image prompt weight of the cond branch.
     #[arg(long, default_value_t = 1.0)]
     pub weight: f64,
@@ -131,13 +132,62 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
             .parse::<usize>()
             .with_context(|| format!("--size {s:?}: expected WxH or N"))
     };
-    match s.split_once(['x', 'X']) {
-        Some((w, h)) => Ok((parse(w)?, parse(h)?)),
+    let (w, h) = match s.split_once(['x', 'X']) {
+        Some((w, h)) => (parse(w)?, parse(h)?),
         None => {
             let n = parse(s)?;
-            Ok((n, n))
+            (n, n)
+        }
+    };
+    // As in experiment files.
+    for x in [w, h] {
+        if !(8..=4096).contains(&x) || x % 8 != 0 {
+            bail!(
+                "--size {s:?}: {x} is not a multiple of 8 between 8 and 4096 (the VAE downsamples by 8)"
+            );
         }
     }
+    Ok((w, h))
+}
+
+/// The ranges and windows experiment files get, for the flags.
+fn check_flags(a: &GenerateArgs) -> Result<()> {
+    use crate::experiment::Param;
+    let values = [
+        (Param::Weight, Some(a.weight)),
+        (Param::Start, Some(a.start)),
+        (Param::End, Some(a.end)),
+        (Param::NegWeight, a.neg_weight),
+        (Param::NegStart, a.neg_start),
+        (Param::NegEnd, a.neg_end),
+        (Param::Cfg, Some(a.cfg)),
+        (Param::Steps, Some(a.steps as f64)),
+    ];
+    for (param, v) in values {
+        if let Some(x) = v {
+            param
+                .check_value(x)
+                .map_err(|e| anyhow::anyhow!("--{}: {e}", param.name().replace('_', "-")))?;
+        }
+    }
+    if a.start > a.end {
+        bail!("--start {} is after --end {}", a.start, a.end);
+    }
+    let (ns, ne) = (a.neg_start.unwrap_or(a.start), a.neg_end.unwrap_or(a.end));
+    if ns > ne {
+        bail!("the negative window starts at {ns} after it ends at {ne} (--neg-start, --neg-end)");
+    }
+    Ok(())
+}
+
+/// `--adapter`, else the kind of the one `--ip-adapter` file (read from the file), else base.
+fn adapter_kind(a: &GenerateArgs) -> Result<AdapterKind> {
+    Ok(match (a.adapter.as_ref(), a.ip_adapter.as_slice()) {
+        (Some(AdapterArg::Base), _) => AdapterKind::Base,
+        (Some(AdapterArg::Plus), _) => AdapterKind::Plus,
+        (None, [only]) => AdapterFile::open(only)?.kind,
+        (None, _) => AdapterKind::Base,
+    })
 }
 
 /// The model set from `--models` and the per-model flags.
@@ -200,21 +250,14 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         start: a.start,
         end: a.end,
     };
-    for (what, v) in [("start", a.start), ("end", a.end)] {
-        if !(0.0..=1.0).contains(&v) {
-            bail!("--{what} {v}: a window bound is a fraction of the steps, 0 to 1");
-        }
-    }
+    check_flags(a)?;
     Ok(GenParams {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
         negative,
         positive_image: a.positive.clone(),
         negative_image: a.negative.clone(),
-        adapter: match a.adapter {
-            AdapterArg::Base => AdapterKind::Base,
-            AdapterArg::Plus => AdapterKind::Plus,
-        },
+        adapter: adapter_kind(a)?,
         positive,
         negative_branch: BranchWeight {
             weight: a.neg_weight.unwrap_or(a.weight),
@@ -286,6 +329,66 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_get_the_experiment_files_ranges() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: GenerateArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["x", "--prompt", "p", "--models", "m"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|c| params(&c.a))
+        };
+        assert!(parse(&[]).unwrap().is_ok());
+        for (bad, want) in [
+            (&["--size", "60"][..], "multiple of 8"),
+            (&["--cfg", "500"][..], "--cfg: 500 is out of range"),
+            (&["--weight", "50"][..], "--weight: 50 is out of range"),
+            (
+                &["--start", "0.8", "--end", "0.2"][..],
+                "--start 0.8 is after --end 0.2",
+            ),
+        ] {
+            let err = parse(bad).unwrap().unwrap_err().to_string();
+            assert!(err.contains(want), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_adapter_kind_comes_from_the_one_ip_adapter_file() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: GenerateArgs,
+        }
+        let dir = std::env::temp_dir().join(format!("negimg-gen-kind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shapes = crate::pipeline::RandomPreset::Tiny.shapes();
+        let plus = dir.join("plus.safetensors");
+        crate::pipeline::write_random_adapter(
+            &plus,
+            AdapterKind::Plus,
+            &shapes.unet,
+            &shapes.vision,
+            1,
+        )
+        .unwrap();
+        let kind = |extra: &[&str]| {
+            let mut args = vec!["x", "--ip-adapter", plus.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            params(&Cli::try_parse_from(args).unwrap().a)
+                .unwrap()
+                .adapter
+        };
+        assert_eq!(kind(&[]), AdapterKind::Plus);
+        assert_eq!(kind(&["--adapter", "base"]), AdapterKind::Base);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn sizes_parse_as_wxh_or_square() {

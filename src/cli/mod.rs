@@ -13,6 +13,7 @@ pub mod plot;
 pub mod run;
 pub mod score;
 pub mod slurm;
+pub mod status;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,6 +63,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// (Re)score a finished run with a CLIP scorer.
     Score(score::ScoreArgs),
+    /// List a run's cells: done, failed (with the reason) or pending.
+    Status(status::StatusArgs),
     /// Regenerate grids, curves, tables and index.html of a run.
     Plot(plot::PlotArgs),
     /// Speed benchmark on random weights of real SD1.5 shapes.
@@ -119,6 +122,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args, g),
         Command::Score(args) => score::run(args, g),
         Command::Plot(args) => plot::run(args, g),
+        Command::Status(args) => status::run(args, g),
         Command::Bench(args) => bench::run(args, g),
         Command::Models(args) => models::run(args, g),
         Command::Slurm(args) => slurm::run(args, g),

@@ -103,13 +103,27 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             exp.cells.len() - three_rows
         );
     }
+    // Cells that differ only in what their negative mode ignores make one image.
+    let images: std::collections::BTreeSet<String> = exp
+        .cells
+        .iter()
+        .map(|c| serde_json::to_string(&c.params(&|n| PathBuf::from(n)).effective()))
+        .collect::<std::result::Result<_, _>>()?;
+    if images.len() < exp.cells.len() {
+        say!(
+            "{} images for {} cells: cells that differ only in a parameter their negative \
+             mode ignores share one image file (each keeps its own record)",
+            images.len(),
+            exp.cells.len()
+        );
+    }
     let generated_inputs = exp
         .images
         .values()
         .filter(|s| matches!(s, ImageSource::Generate(_)))
         .count();
     let (per_image, how) = estimate(&exp, &args.results, device, kind);
-    let total = per_image * (exp.cells.len() + generated_inputs) as f64;
+    let total = per_image * (images.len() + generated_inputs) as f64;
     say!(
         "estimate on {} {}: {} ({:.2} s per image, {how})",
         crate::device::device_name(device),
@@ -139,16 +153,29 @@ fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f6
     if let Some(last) = crate::run::layout::runs(&exp_dir).last()
         && let Ok(records) = read_records(&exp_dir.join(last).join("records.csv"))
     {
-        let done: Vec<f64> = records
+        let done: Vec<_> = records
             .iter()
             .filter(|r| r.status == Status::Done)
-            .map(|r| r.seconds)
             .collect();
         if !done.is_empty() {
-            let mean = done.iter().sum::<f64>() / done.len() as f64;
+            // Seconds per unit of cost measured there, times the cost of this grid's images.
+            let rate = done.iter().map(|r| r.seconds).sum::<f64>()
+                / done
+                    .iter()
+                    .map(|r| image_cost(r.steps, r.width, r.height))
+                    .sum::<f64>();
+            let mean_cost = exp
+                .cells
+                .iter()
+                .map(|c| image_cost(c.steps, c.width, c.height))
+                .sum::<f64>()
+                / exp.cells.len().max(1) as f64;
             return (
-                mean,
-                format!("measured by run {last}: {} images", done.len()),
+                rate * mean_cost,
+                format!(
+                    "measured by run {last}: {} images, scaled by pixels and steps",
+                    done.len()
+                ),
             );
         }
     }
@@ -181,6 +208,12 @@ fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f6
             speed / 1e9
         ),
     )
+}
+
+/// The relative cost of one image: two UNet rows (CFG's cond and uncond) per step and
+/// one VAE decode (about three rows in SD1.5), each proportional to the pixels.
+fn image_cost(steps: usize, width: usize, height: usize) -> f64 {
+    (width * height) as f64 * (2.0 * steps as f64 + 3.0)
 }
 
 /// Parameters of the UNet and the VAE, from the safetensors headers (no weights read).
@@ -244,4 +277,40 @@ fn matmul_speed(device: Device, kind: Kind) -> f64 {
     }
     sync();
     2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::records::{Record, write_records};
+
+    #[test]
+    fn history_estimate_scales_with_pixels_and_steps() {
+        let dir = std::env::temp_dir().join(format!("negimg-plan-{}", std::process::id()));
+        let text = |size: usize, steps: usize| {
+            format!(
+                "[experiment]\nname = \"e\"\n[models]\npipeline = \"m/pipeline\"\n\
+                 ip_adapter = {{ base = \"m/ip-adapter_sd15.safetensors\" }}\n\
+                 image_encoder = \"m/image_encoder\"\n\
+                 init_random = {{ preset = \"tiny\", dir = \"m\" }}\n\
+                 [defaults]\nsize = {size}\nsteps = {steps}\nseeds = [1]\n"
+            )
+        };
+        let parse = |t: String| {
+            crate::experiment::parse(&dir.join("e.toml"), t, &LoadOptions::default()).unwrap()
+        };
+        let small = parse(text(64, 2));
+        let run = dir.join("results/e/20260101-000000");
+        std::fs::create_dir_all(run.join("cells")).unwrap();
+        let rec = Record::new("x", &small.cells[0], Status::Done, "images/x.png", 1.0, "");
+        write_records(&run.join("records.csv"), &[rec]).unwrap();
+        let results = dir.join("results");
+        let (same, _) = estimate(&small, &results, Device::Cpu, Kind::Float);
+        assert!((same - 1.0).abs() < 1e-9, "{same}");
+        let big = parse(text(128, 8));
+        let (scaled, how) = estimate(&big, &results, Device::Cpu, Kind::Float);
+        let want = 4.0 * (2.0 * 8.0 + 3.0) / (2.0 * 2.0 + 3.0);
+        assert!((scaled - want).abs() < 1e-9, "{scaled} vs {want}: {how}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

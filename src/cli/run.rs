@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// Do not score and plot at the end.
     #[arg(long)]
     pub no_report: bool,
+    /// Exit 0 although cells failed (they are listed in records.csv either way).
+    #[arg(long)]
+    pub allow_failed: bool,
 }
 
 /// Set by Ctrl-C: the run stops after the batch in flight.
@@ -99,8 +102,11 @@ pub fn run(args: RunArgs, g: &Globals) -> Result<()> {
     ensure_random_models(&exp)?;
     ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
-            eprintln!("\nstopping now");
-            std::process::exit(super::EXIT_INTERRUPTED);
+            eprintln!("\nstopping now (images and records written so far are kept)");
+            // _exit, not exit: exit runs libtorch's static destructors while the main thread
+            // is still inside a UNet call, which aborts with a long trace.
+            // SAFETY: ends the process at once; every file is written atomically.
+            unsafe { libc::_exit(super::EXIT_INTERRUPTED) };
         }
         eprintln!("\nfinishing the images in flight (Ctrl-C again to stop at once)");
     })
@@ -131,40 +137,63 @@ pub fn run(args: RunArgs, g: &Globals) -> Result<()> {
         Ok(Box::new(p))
     };
     let s = run::runner::run(&exp, &opts, &mut load, &STOP)?;
-    println!(
-        "{}: {} cells{}; {} done before, {} made, {} failed ({:.1} s)",
-        s.dir.display(),
-        s.grid_cells,
-        if args.shard.count > 1 {
-            format!(
-                " ({} in shard {}/{})",
-                s.shard_cells, args.shard.index, args.shard.count
-            )
-        } else {
-            String::new()
-        },
-        s.skipped,
-        s.generated,
-        s.failed,
-        s.seconds
-    );
-    if s.failed_total > 0 {
-        println!(
-            "{} cell(s) failed: see the status and error columns of {}",
-            s.failed_total,
-            s.dir.join("records.csv").display()
-        );
-    }
+    println!("{}", summary_line(&s, args.shard));
     if s.interrupted {
         return Err(run::Interrupted.into());
     }
     if !s.complete {
         println!("other shards have cells left; the grid is not complete yet");
-        return Ok(());
+        return failed_cells(&s, args.allow_failed);
     }
-    if args.no_report {
-        return Ok(());
+    if !args.no_report {
+        report(&exp, &s, device, kind)?;
     }
+    failed_cells(&s, args.allow_failed)
+}
+
+/// One line for the call, each cell counted once: made now (done or failed), kept from
+/// before, and the grid's failed cells (one count of failures).
+fn summary_line(s: &run::runner::Summary, shard: Shard) -> String {
+    let of_shard = if shard.count > 1 {
+        format!(
+            " ({} in shard {}/{})",
+            s.shard_cells, shard.index, shard.count
+        )
+    } else {
+        String::new()
+    };
+    let failed = if s.failed_total > 0 {
+        format!(
+            "; {} cell(s) of the grid failed: see the status and error columns of {}",
+            s.failed_total,
+            s.dir.join("records.csv").display()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{}: {} cells{of_shard}; {} made now, {} kept from before ({:.1} s){failed}",
+        s.dir.display(),
+        s.grid_cells,
+        s.generated + s.failed,
+        s.skipped,
+        s.seconds
+    )
+}
+
+/// A run with failed cells is an error unless `--allow-failed`.
+fn failed_cells(s: &run::runner::Summary, allow_failed: bool) -> Result<()> {
+    if s.failed_total > 0 && !allow_failed {
+        anyhow::bail!(
+            "{} cell(s) failed (--retry-failed tries them again, --allow-failed exits 0)",
+            s.failed_total
+        );
+    }
+    Ok(())
+}
+
+/// Scores and plots a complete run.
+fn report(exp: &Experiment, s: &run::runner::Summary, device: Device, kind: Kind) -> Result<()> {
     if exp.models.scorer.is_none() {
         println!("no [models] scorer: CLIP scores skipped");
     }
@@ -177,4 +206,42 @@ pub fn run(args: RunArgs, g: &Globals) -> Result<()> {
     crate::report::plot_run(&s.dir).with_context(|| format!("plotting {}", s.dir.display()))?;
     println!("report: {}", s.dir.join("index.html").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(generated: usize, failed: usize, failed_total: usize) -> run::runner::Summary {
+        run::runner::Summary {
+            dir: "results/x/1".into(),
+            run_id: "1".into(),
+            grid_cells: 8,
+            shard_cells: 8,
+            skipped: 8 - generated - failed,
+            generated,
+            failed,
+            failed_total,
+            complete: true,
+            interrupted: false,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn failed_cells_fail_the_run_unless_allowed_and_are_counted_once() {
+        // A rerun that kept 4 failed cells from before.
+        let s = summary(0, 0, 4);
+        let err = failed_cells(&s, false).unwrap_err().to_string();
+        assert!(
+            err.contains("4 cell(s) failed") && err.contains("--allow-failed"),
+            "{err}"
+        );
+        assert!(failed_cells(&s, true).is_ok());
+        assert!(failed_cells(&summary(8, 0, 0), false).is_ok());
+        let line = summary_line(&s, Shard::default());
+        assert!(!line.contains("0 failed"), "{line}");
+        assert_eq!(line.matches("failed").count(), 1, "{line}");
+        assert!(line.contains("4 cell(s) of the grid failed"), "{line}");
+    }
 }

@@ -118,6 +118,24 @@ impl Param {
     }
 }
 
+impl Param {
+    /// The range an experiment file accepts for `x`, for flags (`negimg generate`) too: one
+    /// validation for both.
+    pub fn check_value(self, x: f64) -> std::result::Result<(), String> {
+        let (min, max) = match self.numeric() {
+            Some(NumKind::Float { min, max }) => (min, max),
+            Some(NumKind::Int { min, max }) => (min as f64, max as f64),
+            None => return Ok(()),
+        };
+        if !x.is_finite() || x < min || x > max {
+            return Err(format!(
+                "{x} is out of range: it must be between {min} and {max}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Param {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

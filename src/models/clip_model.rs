@@ -151,7 +151,7 @@ impl ClipModel {
 /// `model.safetensors`, `preprocessor_config.json` and the tokenizer files built from
 /// open_clip's `vocab_gz` (as in a Hugging Face CLIP repository).
 pub fn write_random_model(dir: &Path, cfg: &ClipConfig, seed: i64, vocab_gz: &Path) -> Result<()> {
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = weights::random::seeded_var_store(seed);
     let _model = ClipModel::new(vs.root(), cfg);
     weights::random::randomize(&vs, seed, 0.02);
     save_model(dir, &cfg.to_config_json(), &vs)?;

@@ -377,7 +377,7 @@ impl ClipTextModel {
 
 /// Writes a `CLIPTextModel` folder with seeded random weights: `config.json` + `model.safetensors`.
 pub fn write_random_model(dir: &Path, cfg: &ClipTextConfig, seed: i64) -> Result<()> {
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = weights::random::seeded_var_store(seed);
     let _model = ClipTextModel::new(vs.root() / "text_model", cfg);
     weights::random::randomize(&vs, seed, 0.02);
     save_model(dir, &cfg.to_config_json(), &vs)

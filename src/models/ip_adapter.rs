@@ -495,7 +495,7 @@ pub fn write_random(
     attn_hidden_sizes: &[i64],
     seed: i64,
 ) -> Result<()> {
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = weights::random::seeded_var_store(seed);
     let root = vs.root();
     match kind {
         AdapterKind::Base => {

@@ -398,7 +398,7 @@ pub fn write_random_model(
     seed: i64,
     fp16_variant: bool,
 ) -> Result<()> {
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = weights::random::seeded_var_store(seed);
     let _model = AutoencoderKL::new(vs.root(), cfg, true)?;
     weights::random::randomize(&vs, seed, 0.02);
     save_component(dir, &cfg.to_config_json(), &vs, fp16_variant)

@@ -15,7 +15,8 @@ use std::path::Path;
 const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
 const INK: Rgb<u8> = Rgb([20, 20, 20]);
 const FAILED: Rgb<u8> = Rgb([200, 200, 200]);
-const MISSING: Rgb<u8> = Rgb([236, 236, 236]);
+/// A cell without a record: not made yet (a partial or killed run).
+const PENDING: Rgb<u8> = Rgb([236, 236, 236]);
 
 #[derive(Clone, Debug)]
 pub struct GridOptions {
@@ -654,8 +655,8 @@ pub fn render_sheet(
                 centered_text(&mut canvas, "failed", rect, px);
             }
             (None, _) => {
-                fill(&mut canvas, rect, MISSING);
-                centered_text(&mut canvas, "missing", rect, px);
+                fill(&mut canvas, rect, PENDING);
+                centered_text(&mut canvas, "pending", rect, px);
             }
         }
         if let Some(rec) = idx.map(|i| &records[i])

@@ -6,7 +6,7 @@ pub mod grid;
 pub mod html;
 
 use crate::scoring;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -59,6 +59,19 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
         std::fs::remove_dir_all(&curves_dir)
             .with_context(|| format!("cannot clear {}", curves_dir.display()))?;
     }
+    if let Some(want) = &opts.caption_scorer
+        && !ids.contains(want)
+    {
+        bail!(
+            "--caption-scorer {want:?}: {} has scores of {}",
+            run_dir.display(),
+            if ids.is_empty() {
+                "no scorer".to_string()
+            } else {
+                ids.join(", ")
+            }
+        );
+    }
     let caption_scorer = opts.caption_scorer.clone().or_else(|| ids.first().cloned());
     for id in &ids {
         let summary = scoring::summarize_scorer(run_dir, id)?;
@@ -66,6 +79,16 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
         let scores = scoring::read_scores(&scoring::scorer_dir(run_dir, id).join("scores.csv"))?;
         let curves = curves::write_curves(run_dir, &info, &records, id, &scores, &scorer.targets)?;
         if caption_scorer.as_deref() == Some(id.as_str()) {
+            if let Some(m) = opts
+                .caption_metrics
+                .iter()
+                .find(|m| !scores.metrics.contains(m))
+            {
+                bail!(
+                    "--caption {m:?} is not a metric of scorer {id}; known: {}",
+                    scores.metrics.join(", ")
+                );
+            }
             let cols: Vec<(usize, &String)> = opts
                 .caption_metrics
                 .iter()

@@ -1,6 +1,7 @@
 //! Identities: sha256 of model files (hashed once, cached by path, size and mtime), input
 //! images, and the cell id that decides whether a cell is already done.
 use super::fsio::atomic_write;
+use super::records::Record;
 use crate::experiment::ModelRef;
 use crate::params::GenParams;
 use crate::roles::{ModelSet, Role};
@@ -209,6 +210,32 @@ pub fn image_id(
     };
     let json = serde_json::to_vec(&identity).unwrap_or_default();
     sha256_hex(&json)[..16].to_string()
+}
+
+/// The key of each cell's record (`cells/<key>.json`, records.csv's `cell_id`), one per
+/// grid cell: the image id where no other cell makes the same image, else the image id
+/// and a digest of the cell's own row (its experiment-level values, such as an ignored
+/// negative image), with an ordinal for cells listed twice. Such cells share one image file.
+pub fn record_ids(image_ids: &[String], rows: &[Record]) -> Vec<String> {
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in image_ids {
+        *count.entry(id).or_default() += 1;
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    image_ids
+        .iter()
+        .zip(rows)
+        .map(|(id, row)| {
+            if count[id.as_str()] == 1 {
+                return id.clone();
+            }
+            let json = serde_json::to_vec(row).unwrap_or_default();
+            let key = format!("{id}-{}", &sha256_hex(&json)[..8]);
+            let n = seen.entry(key.clone()).or_default();
+            *n += 1;
+            if *n == 1 { key } else { format!("{key}-{n}") }
+        })
+        .collect()
 }
 
 #[cfg(test)]

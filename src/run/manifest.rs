@@ -86,17 +86,18 @@ pub fn encode_cell(
         negative_image,
         &exp.models.pipeline.reference,
     );
-    // Paths of the run folder stay out, so the file is the same in any run folder.
-    let input = |name: &Option<String>| name.as_ref().map(|n| format!("inputs/{n}.png").into());
+    // Paths of the run folder stay out, so the file is the same in any run folder; an
+    // ignored negative image too, so cells sharing the image write the same file.
+    let input = |name: Option<&str>| name.map(|n| format!("inputs/{n}.png").into());
     let mut params = p.clone();
-    params.positive_image = input(&spec.positive_image);
-    params.negative_image = input(&spec.negative_image);
+    params.positive_image = input(spec.positive_image.as_deref());
+    params.negative_image = input(negative_image);
     let json = CellJson {
         experiment: &exp.name,
         cell_id: id,
         params,
         positive_image: spec.positive_image.as_deref(),
-        negative_image: spec.negative_image.as_deref(),
+        negative_image,
         models: files
             .iter()
             .map(|f| (f.role.name(), f.reference.as_str()))

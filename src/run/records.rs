@@ -168,6 +168,34 @@ fn csv_value<T: Serialize>(value: &T) -> String {
     }
 }
 
+impl Record {
+    /// Whether this record is of `cell` (the same experiment-level values, whatever the
+    /// outcome): how a run's records are matched to an edited or re-read grid.
+    pub fn is_of(&self, cell: &CellSpec) -> bool {
+        let outcome_blanked = Record {
+            cell_id: String::new(),
+            status: Status::Done,
+            file: String::new(),
+            seconds: 0.0,
+            error: String::new(),
+            ..self.clone()
+        };
+        outcome_blanked == Record::new("", cell, Status::Done, "", 0.0, "")
+    }
+}
+
+/// Every record in a run's `cells/` folder (one per finished cell, of every shard).
+pub fn cell_records(cells: &Path) -> Vec<Record> {
+    let Ok(entries) = std::fs::read_dir(cells) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .collect()
+}
+
 /// Writes records.csv atomically.
 pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());

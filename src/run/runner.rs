@@ -17,7 +17,7 @@ use crate::params::GenParams;
 use crate::pipeline::{CellOutcome, GenerateError, Pipeline};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
@@ -245,6 +245,14 @@ struct RunContext<'a> {
     maker: Maker<'a>,
 }
 
+/// One grid cell: the key of its record, the id of its image (cells whose effective
+/// parameters are the same share the image), its parameters.
+struct Cell {
+    key: String,
+    image: String,
+    params: GenParams,
+}
+
 /// Each model's files (for the manifest) and digests (for the cell ids).
 struct ModelIdentity {
     files: Vec<ModelFiles>,
@@ -263,7 +271,12 @@ pub fn run(
     let image_ids = super::inputs::prepare(&mut ctx.input_maker(), &models.digests)?;
     let cells = ctx.cells(&image_ids, &models.digests)?;
     let shard: Vec<usize> = (0..cells.len()).filter(|&i| opts.shard.owns(i)).collect();
-    let mut pending: Vec<bool> = shard.iter().map(|&i| ctx.is_pending(&cells[i].0)).collect();
+    let mut pending: Vec<bool> = shard
+        .iter()
+        .map(|&i| ctx.is_pending(&cells[i].key))
+        .collect();
+    // From the start, so a killed run is a run folder that can be scored and inspected.
+    ctx.merge_records(&cells)?;
     let to_make = pending.iter().filter(|&&p| p).count();
     let skipped = shard.len() - to_make;
     ctx.log.line(&format!(
@@ -275,7 +288,7 @@ pub fn run(
             .iter()
             .zip(&pending)
             .filter(|(_, p)| **p)
-            .map(|(&i, _)| &cells[i].1),
+            .map(|(&i, _)| &cells[i].params),
     )?;
     let (mut generated, mut failed) = (0, 0);
     let mut interrupted = false;
@@ -382,8 +395,42 @@ impl<'a> RunContext<'a> {
                 ));
             }
         }
+        if !ctx.run.created {
+            ctx.check_edited()?;
+        }
         atomic_write(&ctx.run.dir.join("experiment.toml"), exp.text.as_bytes())?;
         Ok(ctx)
+    }
+
+    /// A run continued after its experiment file was edited: said so, and refused (unless
+    /// `--force`) when cells already made are no longer in the grid (their parameters changed).
+    fn check_edited(&mut self) -> Result<()> {
+        let copy = self.run.dir.join("experiment.toml");
+        let Ok(before) = std::fs::read_to_string(&copy) else {
+            return Ok(());
+        };
+        if before == self.exp.text {
+            return Ok(());
+        }
+        let changed = super::records::cell_records(&self.run.cells())
+            .iter()
+            .filter(|r| !self.exp.cells.iter().any(|c| r.is_of(c)))
+            .count();
+        let what = format!(
+            "{} changed since run {} started",
+            self.exp.path.display(),
+            self.run.run_id
+        );
+        if changed > 0 && !self.opts.force {
+            bail!(
+                "{what}: {changed} cell(s) made in that run are no longer in the grid (their \
+                 parameters changed); use --new for a fresh run, or --force to continue this one"
+            );
+        }
+        let note = format!("note: {what}; continuing it with the edited grid");
+        eprintln!("{note}");
+        self.log.line(&note);
+        Ok(())
     }
 
     /// Model identities (sha256, cached per machine), written to the manifest.
@@ -414,12 +461,12 @@ impl<'a> RunContext<'a> {
         }
     }
 
-    /// Every cell with its id, in grid order.
+    /// Every cell with its record key and image id, in grid order.
     fn cells(
         &self,
         image_ids: &BTreeMap<String, String>,
         digests: &ModelDigests,
-    ) -> Result<Vec<(String, GenParams)>> {
+    ) -> Result<Vec<Cell>> {
         let inputs_dir = std::fs::canonicalize(self.run.inputs())
             .with_context(|| format!("cannot find {}", self.run.inputs().display()))?;
         let path_of = |name: &str| inputs_dir.join(format!("{name}.png"));
@@ -428,7 +475,7 @@ impl<'a> RunContext<'a> {
                 .and_then(|n| image_ids.get(n))
                 .map(String::as_str)
         };
-        Ok(self
+        let (images, params): (Vec<String>, Vec<GenParams>) = self
             .exp
             .cells
             .iter()
@@ -443,6 +490,19 @@ impl<'a> RunContext<'a> {
                 );
                 (id, p)
             })
+            .unzip();
+        let rows: Vec<Record> = self
+            .exp
+            .cells
+            .iter()
+            .map(|c| Record::new("", c, Status::Done, "", 0.0, ""))
+            .collect();
+        let keys = ids::record_ids(&images, &rows);
+        Ok(keys
+            .into_iter()
+            .zip(images)
+            .zip(params)
+            .map(|((key, image), params)| Cell { key, image, params })
             .collect())
     }
 
@@ -471,45 +531,92 @@ impl<'a> RunContext<'a> {
         }
     }
 
-    /// Makes the pending cells of the shard; `counted(ok)` for each cell made or failed.
+    /// Makes the pending cells of the shard, each image once (cells sharing an image get
+    /// one record each); `counted(ok)` for each cell made or failed.
     fn make_cells(
         &mut self,
-        cells: &[(String, GenParams)],
+        cells: &[Cell],
         shard: &[usize],
         pending: &mut [bool],
         stop: &AtomicBool,
         files: &[ModelFiles],
         counted: &mut dyn FnMut(bool),
     ) -> Result<Made> {
-        let params: Vec<GenParams> = shard.iter().map(|&i| cells[i].1.clone()).collect();
-        let bar = progress_bar(self.opts.progress, pending.iter().filter(|&&p| p).count());
+        // The shard's distinct images (first cell of each) and the image of each shard cell.
+        let mut first: Vec<usize> = Vec::new();
+        let mut of: BTreeMap<&str, usize> = BTreeMap::new();
+        let group: Vec<usize> = shard
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                *of.entry(&cells[i].image).or_insert_with(|| {
+                    first.push(j);
+                    first.len() - 1
+                })
+            })
+            .collect();
+        let params: Vec<GenParams> = first
+            .iter()
+            .map(|&j| cells[shard[j]].params.clone())
+            .collect();
+        let mut todo = vec![false; first.len()];
+        for (j, &g) in group.iter().enumerate() {
+            todo[g] |= pending[j];
+        }
+        let total = pending.iter().filter(|&&p| p).count();
+        let bar = progress_bar(self.opts.progress, total);
+        // Without a bar (not on a terminal) the progress lines go to stderr too.
+        let lines = self.opts.progress && !std::io::stderr().is_terminal();
+        let mut ticker = Ticker::new();
         let (exp, opts, run) = (self.exp, self.opts, &self.run);
         let log = &mut self.log;
         let made = self.maker.make(
             &params,
-            pending,
+            &mut todo,
             stop,
             &|msg| bar.set_message(msg),
-            &mut |j, outcome, seconds| {
-                let i = shard[j];
-                let (id, p) = &cells[i];
-                let spec = &exp.cells[i];
-                let record = match outcome {
+            &mut |g, outcome, seconds| {
+                let members: Vec<usize> = (0..shard.len())
+                    .filter(|&j| group[j] == g && pending[j])
+                    .collect();
+                let lead = shard[first[g]];
+                let (image, p) = (&cells[lead].image, &cells[lead].params);
+                let (file, error) = match &outcome {
                     CellOutcome::Image(img) => {
-                        let file = run.image_file(id);
-                        let bytes = encode_cell(exp, files, &opts.dtype, id, p, spec, &img)?;
+                        let file = run.image_file(image);
+                        let spec = &exp.cells[lead];
+                        let bytes = encode_cell(exp, files, &opts.dtype, image, p, spec, img)?;
                         atomic_write(&run.dir.join(&file), &bytes)?;
-                        counted(true);
-                        Record::new(id, spec, Status::Done, &file, seconds, "")
+                        (file, None)
                     }
-                    CellOutcome::Failed(reason) => {
-                        counted(false);
-                        log.line(&format!("cell {} ({id}) failed: {reason}", i + 1));
-                        Record::new(id, spec, Status::Failed, "", seconds, &reason)
-                    }
+                    CellOutcome::Failed(reason) => (String::new(), Some(reason.clone())),
                 };
-                atomic_write(&run.cell_file(id), &serde_json::to_vec_pretty(&record)?)?;
-                bar.inc(1);
+                for j in members {
+                    let i = shard[j];
+                    let (key, spec) = (&cells[i].key, &exp.cells[i]);
+                    let status = match &error {
+                        None => Status::Done,
+                        Some(reason) => {
+                            log.line(&format!("cell {} ({key}) failed: {reason}", i + 1));
+                            Status::Failed
+                        }
+                    };
+                    counted(status == Status::Done);
+                    let reason = error.as_deref().unwrap_or("");
+                    let record = Record::new(key, spec, status, &file, seconds, reason);
+                    atomic_write(&run.cell_file(key), &serde_json::to_vec_pretty(&record)?)?;
+                    pending[j] = false;
+                    bar.inc(1);
+                }
+                let done = total - pending.iter().filter(|&&p| p).count();
+                if let Some(line) = ticker.tick(done, total) {
+                    if lines {
+                        eprintln!("{line}");
+                    }
+                    log.line(&line);
+                    // A killed run can be scored and inspected up to here.
+                    merge_records(run, exp, cells)?;
+                }
                 Ok(())
             },
         )?;
@@ -517,38 +624,41 @@ impl<'a> RunContext<'a> {
         Ok(made)
     }
 
-    /// records.csv and run.json from every shard's cell records, in grid order: whether
-    /// every cell has a record, and how many failed.
-    fn merge_records(&self, cells: &[(String, GenParams)]) -> Result<(bool, usize)> {
-        let _lock = FileLock::acquire(&self.run.lock())?;
-        let records: Vec<Record> = cells
-            .iter()
-            .filter_map(|(id, _)| read_cell(&self.run, id))
-            .collect();
-        write_records(&self.run.records(), &records)?;
-        let exp = self.exp;
-        let info = RunInfo {
-            experiment: exp.name.clone(),
-            run_id: self.run.run_id.clone(),
-            axes: exp.axes(),
-            plots: exp.plots.clone(),
-            scoring: exp.scoring.clone(),
-            images: exp
-                .images
-                .keys()
-                .map(|n| (n.clone(), format!("inputs/{n}.png")))
-                .collect(),
-        };
-        atomic_write(
-            &self.run.dir.join("run.json"),
-            &serde_json::to_vec_pretty(&info)?,
-        )?;
-        let failed = records
-            .iter()
-            .filter(|r| r.status == Status::Failed)
-            .count();
-        Ok((records.len() == cells.len(), failed))
+    fn merge_records(&self, cells: &[Cell]) -> Result<(bool, usize)> {
+        merge_records(&self.run, self.exp, cells)
     }
+}
+
+/// records.csv and run.json from every shard's cell records, in grid order (under the run
+/// lock, so shards merge): whether every cell has a record, and how many failed.
+fn merge_records(run: &RunDir, exp: &Experiment, cells: &[Cell]) -> Result<(bool, usize)> {
+    let _lock = FileLock::acquire(&run.lock())?;
+    let records: Vec<Record> = cells
+        .iter()
+        .filter_map(|c| read_cell(run, &c.key))
+        .collect();
+    write_records(&run.records(), &records)?;
+    let info = RunInfo {
+        experiment: exp.name.clone(),
+        run_id: run.run_id.clone(),
+        axes: exp.axes(),
+        plots: exp.plots.clone(),
+        scoring: exp.scoring.clone(),
+        images: exp
+            .images
+            .keys()
+            .map(|n| (n.clone(), format!("inputs/{n}.png")))
+            .collect(),
+    };
+    atomic_write(
+        &run.dir.join("run.json"),
+        &serde_json::to_vec_pretty(&info)?,
+    )?;
+    let failed = records
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .count();
+    Ok((records.len() == cells.len(), failed))
 }
 
 fn read_cell(run: &RunDir, id: &str) -> Option<Record> {
@@ -567,6 +677,37 @@ pub fn check_space(dir: &Path, need: u64, free: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Progress lines for log.txt (and stderr where no bar is drawn: Slurm, nohup, CI): the
+/// first cell, then at most one line every [`Ticker::EVERY`], and the last.
+struct Ticker {
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl Ticker {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn new() -> Ticker {
+        Ticker {
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    fn tick(&mut self, done: usize, total: usize) -> Option<String> {
+        let due = self.last.is_none_or(|t| t.elapsed() >= Self::EVERY) || done == total;
+        if !due {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let eta = elapsed / done.max(1) as f64 * (total - done) as f64;
+        Some(format!(
+            "progress: {done}/{total} cells done, {elapsed:.0} s elapsed, ETA {eta:.0} s"
+        ))
+    }
 }
 
 pub(super) fn progress_bar(show: bool, len: usize) -> indicatif::ProgressBar {

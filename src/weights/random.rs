@@ -3,6 +3,13 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use tch::{Tensor, nn};
 
+/// An empty CPU store with the global generator seeded: the model built into it next
+/// draws its initial weights from `seed`, not from whatever ran before.
+pub fn seeded_var_store(seed: i64) -> nn::VarStore {
+    tch::manual_seed(seed);
+    nn::VarStore::new(tch::Device::Cpu)
+}
+
 /// Perturbs every variable of `vs` with seeded noise, so that norms and biases are not
 /// their trivial initial values (1 and 0) and a parity test notices if one is not loaded.
 /// Variables are visited in name order, so the result depends only on `seed` and the model.
