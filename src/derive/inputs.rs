@@ -1,0 +1,1 @@
+//! Derived images of a run, written into `inputs/`.
