@@ -94,6 +94,16 @@ impl Recipe {
             (k, b) => format!("{k} {s} of {from}, blur {b}"),
         }
     }
+
+    /// `fade of house, blur 5`: the recipe but its strength (what a family shares).
+    pub fn family_caption(&self) -> String {
+        let from = self.from.as_deref().unwrap_or("black");
+        match (self.noise, self.blur) {
+            (NoiseKind::Blur, b) => format!("blur of {from}, kernel {b}"),
+            (k, 0) => format!("{k} of {from}"),
+            (k, b) => format!("{k} of {from}, blur {b}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +129,7 @@ mod tests {
             blur: 5,
         };
         assert_eq!(r.caption(), "fade 0.25 of house, blur 5");
+        assert_eq!(r.family_caption(), "fade of house, blur 5");
         r.noise = NoiseKind::Blur;
         r.from = None;
         assert_eq!(r.caption(), "blur 0.25 of black, kernel 5");

@@ -154,6 +154,8 @@ struct Manifest<'a> {
     updated: String,
     cells: usize,
     models: &'a [ModelFiles],
+    /// Derived input images and their recipes.
+    derived: BTreeMap<&'a str, &'a crate::derive::Recipe>,
 }
 
 /// The JSON chunk of each PNG: the cell, with images by name and models by reference.
@@ -242,6 +244,7 @@ pub fn run(
         updated: layout::utc(SystemTime::now()),
         cells: exp.cells.len(),
         models: &files,
+        derived: crate::derive::inputs::recipes(exp),
     };
     atomic_write(
         &run.dir.join("manifest.json"),
@@ -394,6 +397,7 @@ pub fn run(
                 .keys()
                 .map(|n| (n.clone(), format!("inputs/{n}.png")))
                 .collect(),
+            captions: crate::derive::inputs::captions(exp),
         };
         atomic_write(
             &run.dir.join("run.json"),
@@ -537,7 +541,7 @@ fn encode_cell(
 }
 
 /// Writes `bytes` unless the file already has them (inputs are shared by every shard).
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
     if std::fs::read(path).ok().as_deref() != Some(bytes) {
         atomic_write(path, bytes)?;
     }
@@ -545,7 +549,8 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Puts every `[images.NAME]` into `inputs/NAME.png` (files converted to PNG; `generate`
-/// images made text-to-image once and cached in `results/.cache/inputs/`), and returns
+/// images made text-to-image once and cached in `results/.cache/inputs/`; `derive` images
+/// last, from those), and returns
 /// each image's identity for the cell ids.
 fn inputs(
     exp: &Experiment,
@@ -584,10 +589,12 @@ fn inputs(
                 }
                 ids.insert(name.clone(), id);
             }
+            // Made last, from the images above (crate::derive::inputs).
+            ImageSource::Derive(_) => {}
         }
     }
     if to_make.is_empty() {
-        return Ok(ids);
+        return crate::derive::inputs::write_all(exp, &run.inputs(), &cache_dir, ids);
     }
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cannot create {}", cache_dir.display()))?;
@@ -616,5 +623,5 @@ fn inputs(
             }
         }
     }
-    Ok(ids)
+    crate::derive::inputs::write_all(exp, &run.inputs(), &cache_dir, ids)
 }
