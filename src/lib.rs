@@ -4,6 +4,7 @@
 //! resume, shards) -> [`sampling`] + [`pipeline`] (batches -> images) -> [`scoring`] ->
 //! [`report`] (grids, curves, tables, index.html). The CLI in [`cli`] stays thin.
 pub mod cli;
+pub mod derive;
 pub mod device;
 pub mod experiment;
 pub mod images;

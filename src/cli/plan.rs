@@ -56,7 +56,8 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     }
     if !exp.images.is_empty() {
         say!("images:");
-        for (name, source) in &exp.images {
+        let in_family = |n: &String| exp.families.values().any(|m| m.contains(n));
+        for (name, source) in exp.images.iter().filter(|(n, _)| !in_family(n)) {
             match source {
                 ImageSource::File(p) => say!("  {name:<12} {}", p.display()),
                 ImageSource::Generate(s) => say!(
@@ -64,7 +65,28 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
                     s.prompt,
                     s.seed
                 ),
+                ImageSource::Derive(r) => say!("  {name:<12} derived: {}", r.caption()),
             }
+        }
+        for (family, members) in &exp.families {
+            let recipes: Vec<&crate::derive::Recipe> = members
+                .iter()
+                .filter_map(|m| match exp.images.get(m) {
+                    Some(ImageSource::Derive(r)) => Some(r),
+                    _ => None,
+                })
+                .collect();
+            let strengths: Vec<String> = recipes.iter().map(|r| r.strength.to_string()).collect();
+            say!(
+                "  {family:<12} derived family of {}: {} at strength {} ({} ... {})",
+                members.len(),
+                recipes
+                    .first()
+                    .map_or(String::new(), |r| r.family_caption()),
+                strengths.join(", "),
+                members[0],
+                members[members.len() - 1]
+            );
         }
     }
     say!("grid: {} = {} cells", exp.grid.shape(), exp.cells.len());

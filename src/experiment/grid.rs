@@ -145,20 +145,43 @@ fn unknown(
     )
 }
 
-pub fn read(src: &Source, root: &DeTable, images: &dyn Fn(&str) -> bool) -> Result<Grid> {
-    let check_images = |key: &str, span: Range<usize>, vals: &[Value]| -> Result<()> {
+/// `images(NAME)`: the images NAME stands for (itself, or the members of a family of derived
+/// images); `None` when there is no such image.
+pub fn read(
+    src: &Source,
+    root: &DeTable,
+    images: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<Grid> {
+    // Image names checked, families expanded into their members (on axes only).
+    let resolve = |key: &str, span: Range<usize>, vals: Vec<Value>, axis: bool| {
+        let mut out = Vec::with_capacity(vals.len());
         for v in vals {
-            if let Value::Image(Some(name)) = v
-                && !images(name)
-            {
+            let Value::Image(Some(name)) = &v else {
+                out.push(v);
+                continue;
+            };
+            let Some(members) = images(name) else {
                 return Err(src.error(
-                    span.clone(),
+                    span,
                     key,
                     format!("there is no [images.{name}] in this file"),
                 ));
+            };
+            if !axis && members != [name.as_str()] {
+                return Err(src.error(
+                    span,
+                    key,
+                    format!(
+                        "{name:?} is a family of {} derived images; name one ({:?}) or put the \
+                         family on a [grid] axis",
+                        members.len(),
+                        members[0]
+                    ),
+                ));
             }
+            out.extend(members.into_iter().map(|m| Value::Image(Some(m))));
         }
-        Ok(())
+        Ok(out)
     };
     let mut base = CellSpec::default();
     let mut dtype = None;
@@ -177,7 +200,7 @@ pub fn read(src: &Source, root: &DeTable, images: &dyn Fn(&str) -> bool) -> Resu
                             seed_key = Some(k.span());
                         }
                         let value = values::single(src, &key, p, v)?;
-                        check_images(&key, v.span(), std::slice::from_ref(&value))?;
+                        let value = resolve(&key, v.span(), vec![value], false)?.remove(0);
                         base.set(p, &value)
                     }
                     None => return Err(unknown(src, "defaults", k, &["seeds", "size", "dtype"])),
@@ -233,8 +256,7 @@ pub fn read(src: &Source, root: &DeTable, images: &dyn Fn(&str) -> bool) -> Resu
                             return Err(unknown(src, &zkey, zk, &[]));
                         };
                         claim(p, &key, zk.span())?;
-                        let col = values::list(src, &key, p, zv)?;
-                        check_images(&key, zv.span(), &col)?;
+                        let col = resolve(&key, zv.span(), values::list(src, &key, p, zv)?, true)?;
                         if let Some(first) = columns.first()
                             && first.len() != col.len()
                         {
@@ -286,9 +308,8 @@ pub fn read(src: &Source, root: &DeTable, images: &dyn Fn(&str) -> bool) -> Resu
                 return Err(unknown(src, "grid", k, &["zip"]));
             };
             claim(p, &key, k.span())?;
-            let values = values::list(src, &key, p, v)?;
+            let values = resolve(&key, v.span(), values::list(src, &key, p, v)?, true)?;
             values::unique(src, &key, v.span(), &values)?;
-            check_images(&key, v.span(), &values)?;
             axes.push(Axis {
                 params: vec![p],
                 rows: values.into_iter().map(|v| vec![v]).collect(),

@@ -4,6 +4,7 @@
 //! value, file and model reference without loading weights, and expands the grid. Every error
 //! names the file and the line/column or the key.
 pub mod cell;
+mod derived;
 pub mod grid;
 pub mod outputs;
 mod schema;
@@ -76,6 +77,8 @@ pub enum ImageSource {
     File(PathBuf),
     /// Made text-to-image by the experiment's pipeline (and cached).
     Generate(GenerateSpec),
+    /// Derived from another input image (or from a black image) by noise or a control.
+    Derive(crate::derive::Recipe),
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +91,8 @@ pub struct Experiment {
     pub models: Models,
     pub init_random: Option<InitRandom>,
     pub images: BTreeMap<String, ImageSource>,
+    /// Families of derived images (`derive` with several strengths): name -> member names.
+    pub families: BTreeMap<String, Vec<String>>,
     pub grid: Grid,
     /// Every cell, in grid order (first axis outermost, seeds innermost).
     pub cells: Vec<CellSpec>,
@@ -257,6 +262,8 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     let mut images = BTreeMap::new();
     // Files already decoded, so one named by several keys is read once.
     let mut checked = std::collections::HashSet::new();
+    let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut from_spans = BTreeMap::new();
     for (name, spec) in &raw.images {
         let key = format!("images.{name}");
         if !is_safe_name(name) {
@@ -266,8 +273,9 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
                 "image names may use letters, digits, '-', '_' and '.' only",
             ));
         }
-        let source = match (&spec.get_ref().path, &spec.get_ref().generate) {
-            (Some(p), None) => {
+        let s = spec.get_ref();
+        let source = match (&s.path, &s.generate, &s.derive) {
+            (Some(p), None, None) => {
                 let file = base_dir.join(p.get_ref());
                 // Decoded as `run` decodes it, so `plan` refuses what `run` would.
                 if checked.insert(file.clone()) {
@@ -277,7 +285,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
                 }
                 ImageSource::File(file)
             }
-            (None, Some(g)) => {
+            (None, Some(g), None) => {
                 let steps = g
                     .steps
                     .map(|s| {
@@ -316,18 +324,43 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
                     cfg: g.cfg,
                 })
             }
+            (None, None, Some(d)) => {
+                let from_span = d.get_ref().from.as_ref().map(|f| f.span());
+                match derived::read(&src, &key, name, d)? {
+                    derived::Declared::One(recipe) => {
+                        from_spans.extend(from_span.map(|span| (name.clone(), span)));
+                        ImageSource::Derive(recipe)
+                    }
+                    derived::Declared::Family(members) => {
+                        let mut names = Vec::new();
+                        for (member, recipe) in members {
+                            from_spans.extend(from_span.clone().map(|span| (member.clone(), span)));
+                            images.insert(member.clone(), ImageSource::Derive(recipe));
+                            names.push(member);
+                        }
+                        families.insert(name.clone(), names);
+                        continue;
+                    }
+                }
+            }
             _ => {
                 return Err(src.error(
                     spec.span(),
                     &key,
-                    "give exactly one of `path = \"file.png\"` and `generate = { prompt = \"...\" }`",
+                    "give exactly one of `path = \"file.png\"`, `generate = { prompt = \"...\" }` \
+                     and `derive = { from = \"...\", noise = \"...\" }`",
                 ));
             }
         };
         images.insert(name.clone(), source);
     }
+    derived::check_sources(&src, &images, &families, &from_spans)?;
 
-    let grid = grid::read(&src, doc.get_ref(), &|n| images.contains_key(n))?;
+    let members_of = |n: &str| match families.get(n) {
+        Some(members) => Some(members.clone()),
+        None => images.contains_key(n).then(|| vec![n.to_string()]),
+    };
+    let grid = grid::read(&src, doc.get_ref(), &members_of)?;
     let count = grid.count();
     if count > MAX_GRID {
         return Err(src.error_at_key(
@@ -430,6 +463,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         models,
         init_random,
         images,
+        families,
         dtype: grid.dtype.clone(),
         grid,
         cells,

@@ -73,6 +73,19 @@ pub struct ImageRaw {
     pub path: Option<Spanned<String>>,
     /// Or: made text-to-image by the experiment's pipeline.
     pub generate: Option<GenerateRaw>,
+    /// Or: derived from another input image (`derived.rs`).
+    pub derive: Option<Spanned<DeriveRaw>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveRaw {
+    /// The source image; none: a black 224x224 image.
+    pub from: Option<Spanned<String>>,
+    pub noise: Spanned<String>,
+    /// A number, or a list or range string for a family.
+    pub strength: Option<Spanned<toml::Value>>,
+    pub blur: Option<Spanned<i64>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

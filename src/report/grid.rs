@@ -9,7 +9,7 @@ use crate::run::records::{Record, Status};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage, imageops};
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
@@ -204,10 +204,15 @@ pub struct SheetPlan {
     pub layout: Layout,
 }
 
-fn label(axis: &Option<Axis>, value: &str) -> String {
+/// `name: value`; a derived image shows its caption (kind, strength, source) for its name.
+fn label(axis: &Option<Axis>, value: &str, captions: &BTreeMap<String, String>) -> String {
+    let shown: Vec<&str> = value
+        .split(", ")
+        .map(|part| captions.get(part).map_or(part, String::as_str))
+        .collect();
     match axis {
         Some(a) if value.is_empty() => format!("{}: (none)", a.name),
-        Some(a) => format!("{}: {value}", a.name),
+        Some(a) => format!("{}: {}", a.name, shown.join(", ")),
         None => String::new(),
     }
 }
@@ -343,7 +348,11 @@ pub fn plan_sheets(
             names.dedup();
             for n in names {
                 if let Some(file) = info.images.get(n) {
-                    inputs.push((format!("{role}: {n}"), file.clone()));
+                    let text = match info.captions.get(n) {
+                        Some(c) => format!("{role}: {n} ({c})"),
+                        None => format!("{role}: {n}"),
+                    };
+                    inputs.push((text, file.clone()));
                 }
             }
         }
@@ -360,8 +369,15 @@ pub fn plan_sheets(
             .unwrap_or(64)
             .max(8);
         let font_px = (img_w as f32 / 20.0).clamp(12.0, 28.0);
-        let row_labels: Vec<String> = row_values.iter().map(|v| label(&arr.rows, v)).collect();
-        let col_labels: Vec<String> = col_values.iter().map(|v| label(&arr.cols, v)).collect();
+        let caps = &info.captions;
+        let row_labels: Vec<String> = row_values
+            .iter()
+            .map(|v| label(&arr.rows, v, caps))
+            .collect();
+        let col_labels: Vec<String> = col_values
+            .iter()
+            .map(|v| label(&arr.cols, v, caps))
+            .collect();
         let line = font::line_height(font_px);
         let pad = (font_px / 2.0).ceil() as u32;
         // Image axes show their image under the label.

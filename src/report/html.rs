@@ -242,7 +242,10 @@ pub fn index_html(
                 s,
                 "<figure><a href=\"{0}\"><img src=\"{0}\" alt=\"{1}\"></a><figcaption>{1}</figcaption></figure>",
                 href(file),
-                escape(name)
+                escape(&match info.captions.get(name) {
+                    Some(c) => format!("{name} ({c})"),
+                    None => name.clone(),
+                })
             );
         }
         s.push_str("</div>\n");

@@ -15,6 +15,9 @@ pub struct RunInfo {
     pub scoring: ScoringSpec,
     /// Input images by name, as files relative to the run folder (`inputs/NAME.png`).
     pub images: BTreeMap<String, String>,
+    /// Captions of derived images (`fade 0.25 of house`) by name, for labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub captions: BTreeMap<String, String>,
 }
 
 /// Separates the parts of a zipped axis, in its name and in its values.

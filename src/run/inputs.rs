@@ -1,6 +1,7 @@
 //! The input-images phase of a run: every `[images.NAME]` into `inputs/NAME.png` (files
 //! decoded by the one image decoder and stored as PNG; `generate` images made text-to-image
-//! once and cached in `results/.cache/inputs/`), with each image's identity for the cell ids.
+//! once and cached in `results/.cache/inputs/`; `derive` images last, from those, see
+//! [`super::derived`]), with each image's identity for the cell ids.
 use super::fsio::atomic_write;
 use super::ids::{self, ModelDigests};
 use super::layout::RunDir;
@@ -62,6 +63,8 @@ pub(super) fn prepare(
                 }
                 id
             }
+            // Made last, from the images above (see super::derived).
+            ImageSource::Derive(_) => continue,
         };
         identities.insert(name.clone(), identity);
     }
@@ -70,7 +73,7 @@ pub(super) fn prepare(
             .with_context(|| format!("cannot create {}", cache_dir.display()))?;
         make_generated(m, &to_make)?;
     }
-    Ok(identities)
+    super::derived::write_all(m.exp, &m.run.inputs(), &cache_dir, identities)
 }
 
 /// A file input as PNG in the run folder; its identity is the sha256 of the file's bytes.
@@ -121,7 +124,7 @@ fn make_generated(m: &mut InputMaker, to_make: &[ToMake]) -> Result<()> {
 }
 
 /// Writes `bytes` unless the file already has them (inputs are shared by every shard).
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(super) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
     if std::fs::read(path).ok().as_deref() != Some(bytes) {
         atomic_write(path, bytes)?;
     }

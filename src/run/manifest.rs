@@ -25,6 +25,8 @@ struct Manifest<'a> {
     updated: String,
     cells: usize,
     models: &'a [ModelFiles],
+    /// Derived input images and their recipes.
+    derived: BTreeMap<&'a str, &'a crate::derive::Recipe>,
 }
 
 /// The manifest of run `run_id` as JSON.
@@ -49,6 +51,7 @@ pub fn manifest_json(
         updated: super::layout::utc(std::time::SystemTime::now()),
         cells: exp.cells.len(),
         models: files,
+        derived: super::derived::recipes(exp),
     };
     Ok(serde_json::to_vec_pretty(&manifest)?)
 }

@@ -5,6 +5,7 @@
 //! cell is done iff its record says so), `inputs/NAME.png`, and the merged `records.csv`,
 //! `run.json`, `manifest.json`, `experiment.toml` and `log.txt`.
 pub mod batching;
+pub mod derived;
 pub mod fsio;
 pub mod ids;
 pub mod info;

@@ -649,6 +649,7 @@ fn merge_records(run: &RunDir, exp: &Experiment, cells: &[Cell]) -> Result<(bool
             .keys()
             .map(|n| (n.clone(), format!("inputs/{n}.png")))
             .collect(),
+        captions: super::derived::captions(exp),
     };
     atomic_write(
         &run.dir.join("run.json"),

@@ -129,6 +129,7 @@ pub fn write_run(
             ("neg".to_string(), "inputs/neg.png".to_string()),
             ("pos".to_string(), "inputs/pos.png".to_string()),
         ]),
+        captions: BTreeMap::new(),
     };
     std::fs::write(
         dir.join("run.json"),
