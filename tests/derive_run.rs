@@ -29,7 +29,7 @@ fn controls_tiny_runs_with_every_kind_and_reruns_from_the_cache() {
     };
     let text = run_it();
     assert!(
-        text.contains("17 cells; 0 done before, 17 made, 0 failed"),
+        text.contains("17 cells; 17 made now, 0 kept from before"),
         "{text}"
     );
 
@@ -86,7 +86,7 @@ fn controls_tiny_runs_with_every_kind_and_reruns_from_the_cache() {
     let before = std::fs::read(run.join("inputs/house_shuffle@0.png")).unwrap();
     std::fs::remove_file(run.join("inputs/house_shuffle@0.png")).unwrap();
     let text = run_it();
-    assert!(text.contains("17 done before, 0 made"), "{text}");
+    assert!(text.contains("0 made now, 17 kept from before"), "{text}");
     assert_eq!(
         std::fs::read(run.join("inputs/house_shuffle@0.png")).unwrap(),
         before

@@ -39,7 +39,7 @@ fn smoke_run_makes_the_whole_results_tree_and_a_rerun_changes_nothing() {
     );
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("48 cells; 0 done before, 48 made, 0 failed"),
+        text.contains("48 cells; 48 made now, 0 kept from before"),
         "{text}"
     );
     assert!(
@@ -169,7 +169,7 @@ fn smoke_run_makes_the_whole_results_tree_and_a_rerun_changes_nothing() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("48 done before, 0 made"), "{text}");
+    assert!(text.contains("0 made now, 48 kept from before"), "{text}");
     assert_eq!(images(&run), before, "images rewritten");
 }
 
