@@ -1,4 +1,5 @@
 //! Weight files: safetensors into tch VarStores with shape checks and precise errors.
+pub mod config_json;
 pub mod hub;
 pub mod ldm;
 pub mod pipeline_folder;
