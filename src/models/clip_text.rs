@@ -247,7 +247,7 @@ impl ClipTextConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path)
+        weights::config_json::read(path, "CLIPTextConfig")
     }
 
     /// A `config.json` that `CLIPTextModel.from_pretrained` loads.
@@ -257,12 +257,6 @@ impl ClipTextConfig {
         json["architectures"] = serde_json::json!(["CLIPTextModel"]);
         json
     }
-}
-
-pub(crate) fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: invalid model config", path.display()))
 }
 
 /// The weights of a transformers/diffusers model folder: `model.safetensors`, else

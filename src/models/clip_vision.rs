@@ -1,7 +1,7 @@
 //! CLIP vision tower as transformers' `CLIPVisionModelWithProjection` (keys `vision_model.*`,
 //! `visual_projection.weight`): the IP-Adapter image encoder (OpenCLIP ViT-H/14).
 use super::clip_text::{
-    Activation, Encoder, EncoderShape, layer_norm, load_all, read_config, save_model, weights_file,
+    Activation, Encoder, EncoderShape, layer_norm, load_all, save_model, weights_file,
 };
 use crate::weights::{self, TensorSource};
 use anyhow::Result;
@@ -106,7 +106,7 @@ impl ClipVisionConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path)
+        weights::config_json::read(path, "CLIPVisionConfig")
     }
 
     /// A `config.json` that `CLIPVisionModelWithProjection.from_pretrained` loads.

@@ -1,13 +1,25 @@
 //! `AutoencoderKL` (diffusers 0.42): the decoder that turns latents into images, and the
 //! encoder (built only when asked for: generation needs the decoder alone).
-use crate::models::resnet::{conv2d, group_norm};
+use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet::{component_files, save_component};
 use crate::models::unet_blocks::{BlockCommon, CoderBlock2D, Resample, UNetMidBlock2D};
-use crate::weights::{self, TensorFile, TensorSource, load_var_store};
+use crate::weights::{self, TensorFile, TensorSource, config_json, load_var_store};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Device, Kind, Tensor, nn, nn::Module};
+
+/// An encoder block of the VAE (diffusers' `down_block_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VaeDownBlockType {
+    DownEncoderBlock2D,
+}
+
+/// A decoder block of the VAE (diffusers' `up_block_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VaeUpBlockType {
+    UpDecoderBlock2D,
+}
 
 /// diffusers' `AutoencoderKL` config.json (missing keys take diffusers' defaults, unknown
 /// keys are ignored).
@@ -16,11 +28,11 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 pub struct AutoencoderKLConfig {
     pub in_channels: i64,
     pub out_channels: i64,
-    pub down_block_types: Vec<String>,
-    pub up_block_types: Vec<String>,
+    pub down_block_types: Vec<VaeDownBlockType>,
+    pub up_block_types: Vec<VaeUpBlockType>,
     pub block_out_channels: Vec<i64>,
     pub layers_per_block: i64,
-    pub act_fn: String,
+    pub act_fn: ActFn,
     pub latent_channels: i64,
     pub norm_num_groups: i64,
     pub sample_size: i64,
@@ -40,11 +52,11 @@ impl Default for AutoencoderKLConfig {
         AutoencoderKLConfig {
             in_channels: 3,
             out_channels: 3,
-            down_block_types: vec!["DownEncoderBlock2D".into()],
-            up_block_types: vec!["UpDecoderBlock2D".into()],
+            down_block_types: vec![VaeDownBlockType::DownEncoderBlock2D],
+            up_block_types: vec![VaeUpBlockType::UpDecoderBlock2D],
             block_out_channels: vec![64],
             layers_per_block: 1,
-            act_fn: "silu".into(),
+            act_fn: ActFn::Silu,
             latent_channels: 4,
             norm_num_groups: 32,
             sample_size: 32,
@@ -64,8 +76,8 @@ impl AutoencoderKLConfig {
     fn with_channels(block_out_channels: Vec<i64>, sample_size: i64) -> Self {
         let n = block_out_channels.len();
         AutoencoderKLConfig {
-            down_block_types: vec!["DownEncoderBlock2D".into(); n],
-            up_block_types: vec!["UpDecoderBlock2D".into(); n],
+            down_block_types: vec![VaeDownBlockType::DownEncoderBlock2D; n],
+            up_block_types: vec![VaeUpBlockType::UpDecoderBlock2D; n],
             block_out_channels,
             layers_per_block: 2,
             sample_size,
@@ -90,10 +102,7 @@ impl AutoencoderKLConfig {
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read VAE config {}", path.display()))?;
-        let cfg: Self = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid AutoencoderKL config", path.display()))?;
+        let cfg: Self = config_json::read(path, "AutoencoderKL config")?;
         cfg.validate()
             .with_context(|| format!("{}: unsupported VAE config", path.display()))?;
         Ok(cfg)
@@ -116,23 +125,6 @@ impl AutoencoderKLConfig {
              the same length",
             self.down_block_types.len(),
             self.up_block_types.len()
-        );
-        for t in &self.down_block_types {
-            ensure!(
-                t == "DownEncoderBlock2D",
-                "down block type {t:?} is not supported"
-            );
-        }
-        for t in &self.up_block_types {
-            ensure!(
-                t == "UpDecoderBlock2D",
-                "up block type {t:?} is not supported"
-            );
-        }
-        ensure!(
-            self.act_fn == "silu",
-            "act_fn {:?} is not supported",
-            self.act_fn
         );
         for &c in &self.block_out_channels {
             ensure!(
@@ -431,5 +423,38 @@ mod tests {
         assert_eq!(back.size(), [1, 4, 8, 8]);
         assert_eq!(cfg.scale_factor(), 2);
         assert_eq!(AutoencoderKLConfig::sd15().scale_factor(), 8);
+    }
+
+    #[test]
+    fn option_values_are_diffusers_names_and_others_fail_naming_file_and_key() {
+        let json: serde_json::Value =
+            serde_json::from_str(&AutoencoderKLConfig::sd15().to_config_json()).unwrap();
+        assert_eq!(json["down_block_types"][0], "DownEncoderBlock2D");
+        assert_eq!(json["up_block_types"][3], "UpDecoderBlock2D");
+        assert_eq!(json["act_fn"], "silu");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        for (json, key, allowed) in [
+            (
+                r#"{"down_block_types": ["DownEncoderBlock2d"]}"#,
+                "down_block_types",
+                "`DownEncoderBlock2D`",
+            ),
+            (
+                r#"{"up_block_types": ["AttnUpDecoderBlock2D"]}"#,
+                "up_block_types",
+                "`UpDecoderBlock2D`",
+            ),
+            (r#"{"act_fn": "swishh"}"#, "act_fn", "`silu`"),
+        ] {
+            std::fs::write(&path, json).unwrap();
+            let msg = format!(
+                "{:#}",
+                AutoencoderKLConfig::from_json_file(&path).unwrap_err()
+            );
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains(&format!("key \"{key}\"")), "{msg}");
+            assert!(msg.contains(allowed), "{msg}");
+        }
     }
 }
