@@ -8,7 +8,8 @@ use crate::models::attention::{CrossAttnContext, IpContext, IpWeights};
 use crate::models::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet_blocks::{
-    AttnSpec, BlockCommon, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
+    AttnSpec, BlockCommon, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D,
+    UpBlockConfig,
 };
 use crate::weights::{self, TensorFile, TensorSource, config_json, load_var_store};
 use anyhow::{Context, Result, bail, ensure};
@@ -478,13 +479,15 @@ impl UNet2DConditionModel {
                 let cin = if i == 0 { boc[0] } else { boc[i - 1] };
                 DownBlock2D::new(
                     &vs / "down_blocks" / i,
-                    common,
-                    cin,
-                    boc[i],
-                    cfg.layers_per_block.get(i),
-                    attn(i, cfg.is_cross_down(i)),
-                    i + 1 < n,
-                    cfg.downsample_padding,
+                    &DownBlockConfig {
+                        common,
+                        in_channels: cin,
+                        out_channels: boc[i],
+                        layers: cfg.layers_per_block.get(i),
+                        attn: attn(i, cfg.is_cross_down(i)),
+                        add_downsample: i + 1 < n,
+                        downsample_padding: cfg.downsample_padding,
+                    },
                 )
             })
             .collect::<Vec<_>>();
@@ -503,13 +506,15 @@ impl UNet2DConditionModel {
                 let cin = boc[r.saturating_sub(1)];
                 UpBlock2D::new(
                     &vs / "up_blocks" / i,
-                    common,
-                    cin,
-                    prev,
-                    boc[r],
-                    cfg.layers_per_block.get(r) + 1,
-                    attn(r, cfg.is_cross_up(i)),
-                    i + 1 < n,
+                    &UpBlockConfig {
+                        common,
+                        in_channels: cin,
+                        prev_output_channels: prev,
+                        out_channels: boc[r],
+                        layers: cfg.layers_per_block.get(r) + 1,
+                        attn: attn(r, cfg.is_cross_up(i)),
+                        add_upsample: i + 1 < n,
+                    },
                 )
             })
             .collect::<Vec<_>>();

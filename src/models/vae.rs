@@ -2,7 +2,9 @@
 //! encoder (built only when asked for: generation needs the decoder alone).
 use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet::{component_files, save_component};
-use crate::models::unet_blocks::{BlockCommon, CoderBlock2D, Resample, UNetMidBlock2D};
+use crate::models::unet_blocks::{
+    BlockCommon, CoderBlock2D, CoderBlockConfig, Resample, UNetMidBlock2D,
+};
 use crate::weights::{self, TensorFile, TensorSource, config_json, load_var_store};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
@@ -169,11 +171,13 @@ impl Encoder {
                 };
                 CoderBlock2D::new(
                     &vs / "down_blocks" / i,
-                    common,
-                    cin,
-                    boc[i],
-                    cfg.layers_per_block,
-                    resample,
+                    &CoderBlockConfig {
+                        common,
+                        in_channels: cin,
+                        out_channels: boc[i],
+                        layers: cfg.layers_per_block,
+                        resample,
+                    },
                 )
             })
             .collect();
@@ -237,11 +241,13 @@ impl Decoder {
                 };
                 CoderBlock2D::new(
                     &vs / "up_blocks" / i,
-                    common,
-                    prev,
-                    boc[r],
-                    cfg.layers_per_block + 1,
-                    resample,
+                    &CoderBlockConfig {
+                        common,
+                        in_channels: prev,
+                        out_channels: boc[r],
+                        layers: cfg.layers_per_block + 1,
+                        resample,
+                    },
                 )
             })
             .collect();
