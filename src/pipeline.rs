@@ -17,7 +17,7 @@ use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::preprocess::clip_pixels_batch;
 use crate::models::tokenizer::{ClipTokenizer, find_open_clip_vocab};
 use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
-use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, VaeParts};
 use crate::params::{AdapterKind, GenParams, NoImage};
 use crate::sampling::{SchedulerConfig, batch::plan_batches, guidance, make_scheduler};
 use crate::weights::pipeline_folder::{Component, PipelineFolder};
@@ -174,7 +174,7 @@ impl Pipeline {
                     &cfg,
                     device,
                     kind,
-                    false,
+                    VaeParts::DecoderOnly,
                 )?);
                 vae_origin = VaeOrigin::Single {
                     path: models.pipeline.clone(),
@@ -282,7 +282,7 @@ impl Pipeline {
         let text_encoder = ClipTextModel::new(text_vs.root() / "text_model", &shapes.text);
         let ip = Some(IpLayout::for_config(&shapes.unet));
         let unet = UNet2DConditionModel::new(unet_vs.root(), &shapes.unet, ip)?;
-        let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, false)?;
+        let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, VaeParts::DecoderOnly)?;
         let encoder = ClipVisionModelWithProjection::new(enc_vs.root(), &shapes.vision);
         for vs in [&text_vs, &unet_vs, &vae_vs, &enc_vs] {
             vs.variables().values().for_each(|v| {
@@ -687,14 +687,14 @@ impl Pipeline {
                     cfg,
                     self.device,
                     Kind::Float,
-                    false,
+                    VaeParts::DecoderOnly,
                 )?,
                 VaeOrigin::Single { path, cfg } => AutoencoderKL::from_source(
                     ldm::open_single_file(path)?.vae()?.as_ref(),
                     cfg,
                     self.device,
                     Kind::Float,
-                    false,
+                    VaeParts::DecoderOnly,
                 )?,
                 VaeOrigin::Memory => bail!("the VAE has no file to load again in float32"),
             };
@@ -730,8 +730,13 @@ fn first_line(s: &str) -> String {
 
 fn load_vae(c: &Component, device: Device, kind: Kind) -> Result<(AutoencoderKL, VaeOrigin)> {
     let cfg = AutoencoderKLConfig::from_json_file(&c.config)?;
-    let vae =
-        AutoencoderKL::from_source(&TensorFile::open(&c.weights)?, &cfg, device, kind, false)?;
+    let vae = AutoencoderKL::from_source(
+        &TensorFile::open(&c.weights)?,
+        &cfg,
+        device,
+        kind,
+        VaeParts::DecoderOnly,
+    )?;
     Ok((
         vae,
         VaeOrigin::File {

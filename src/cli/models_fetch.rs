@@ -11,7 +11,7 @@ use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
-use crate::models::vae::AutoencoderKL;
+use crate::models::vae::{AutoencoderKL, VaeParts};
 use crate::weights::hub::{self, Component};
 use crate::weights::{ldm, load_var_store};
 use anyhow::{Context, Result, bail};
@@ -232,7 +232,8 @@ fn load_all(resolved: &[(&str, PathBuf)]) -> Result<()> {
                 unet = Some(load_pipeline(path, device, kind).with_context(context)?);
             }
             "vae" => {
-                AutoencoderKL::load(path, device, kind, false).with_context(context)?;
+                AutoencoderKL::load(path, device, kind, VaeParts::DecoderOnly)
+                    .with_context(context)?;
             }
             "image_encoder" => {
                 ClipVisionModelWithProjection::load(path, device, kind).with_context(context)?;
@@ -268,7 +269,7 @@ fn load_pipeline(path: &Path, device: Device, kind: Kind) -> Result<UNet2DCondit
                 &ckpt.vae_config()?,
                 device,
                 kind,
-                false,
+                VaeParts::DecoderOnly,
             )?;
         }
         let mut vs = nn::VarStore::new(device);
@@ -284,7 +285,7 @@ fn load_pipeline(path: &Path, device: Device, kind: Kind) -> Result<UNet2DCondit
         kind,
         Some(IpLayout::for_config(&cfg)),
     )?;
-    AutoencoderKL::load(&path.join("vae"), device, kind, false)?;
+    AutoencoderKL::load(&path.join("vae"), device, kind, VaeParts::DecoderOnly)?;
     ClipTextModel::load(&path.join("text_encoder"), device, kind)?;
     ClipTokenizer::from_folder(&path.join("tokenizer"))?;
     Ok(unet)

@@ -305,13 +305,22 @@ fn vae_key(source: &dyn TensorSource, name: &str) -> String {
     name.to_string()
 }
 
+/// The halves of the VAE to build: generation only decodes, so it leaves the encoder out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaeParts {
+    /// The decoder and `post_quant_conv`.
+    DecoderOnly,
+    /// Also the encoder and `quant_conv`, for [`AutoencoderKL::encode`].
+    EncoderAndDecoder,
+}
+
 impl AutoencoderKL {
-    /// Builds the decoder (and `post_quant_conv`); with `with_encoder` also the encoder
-    /// and `quant_conv`.
-    pub fn new(vs: nn::Path, cfg: &AutoencoderKLConfig, with_encoder: bool) -> Result<Self> {
+    /// Builds the decoder (and `post_quant_conv`), and the encoder (and `quant_conv`) when
+    /// `parts` asks for it.
+    pub fn new(vs: nn::Path, cfg: &AutoencoderKLConfig, parts: VaeParts) -> Result<Self> {
         cfg.validate()?;
         let latent = cfg.latent_channels;
-        let encoder = with_encoder.then(|| {
+        let encoder = (parts == VaeParts::EncoderAndDecoder).then(|| {
             let quant = cfg
                 .use_quant_conv
                 .then(|| conv2d(&vs / "quant_conv", 2 * latent, 2 * latent, 1, 1, 0));
@@ -337,11 +346,11 @@ impl AutoencoderKL {
         cfg: &AutoencoderKLConfig,
         device: Device,
         kind: Kind,
-        with_encoder: bool,
+        parts: VaeParts,
     ) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         vs.set_kind(kind);
-        let model = Self::new(vs.root(), cfg, with_encoder)?;
+        let model = Self::new(vs.root(), cfg, parts)?;
         vs.freeze();
         load_var_store(&vs, source, |name| Some(vae_key(source, name)))?;
         Ok(model)
@@ -349,11 +358,11 @@ impl AutoencoderKL {
 
     /// Loads a diffusers `vae/` folder (config.json + diffusion_pytorch_model[.fp16]
     /// .safetensors), or a weights file with config.json beside it.
-    pub fn load(path: &Path, device: Device, kind: Kind, with_encoder: bool) -> Result<Self> {
+    pub fn load(path: &Path, device: Device, kind: Kind, parts: VaeParts) -> Result<Self> {
         let (config, weights) = component_files(path, kind)?;
         let cfg = AutoencoderKLConfig::from_json_file(&config)?;
         let file = TensorFile::open(&weights)?;
-        Self::from_source(&file, &cfg, device, kind, with_encoder)
+        Self::from_source(&file, &cfg, device, kind, parts)
     }
 
     fn kind_device(&self) -> (Kind, Device) {
@@ -374,7 +383,7 @@ impl AutoencoderKL {
     }
 
     /// The mean of the latent distribution of images [B, 3, H, W] in [-1, 1] (not yet
-    /// multiplied by `scaling_factor`). Needs a VAE built `with_encoder`.
+    /// multiplied by `scaling_factor`). Needs a VAE built with [`VaeParts::EncoderAndDecoder`].
     pub fn encode(&self, images: &Tensor) -> Result<Tensor> {
         let Some((encoder, quant_conv)) = &self.encoder else {
             anyhow::bail!("this VAE was loaded without its encoder");
@@ -397,7 +406,7 @@ pub fn write_random_model(
     fp16_variant: bool,
 ) -> Result<()> {
     let vs = nn::VarStore::new(Device::Cpu);
-    let _model = AutoencoderKL::new(vs.root(), cfg, true)?;
+    let _model = AutoencoderKL::new(vs.root(), cfg, VaeParts::EncoderAndDecoder)?;
     weights::random::randomize(&vs, seed, 0.02);
     save_component(dir, &cfg.to_config_json(), &vs, fp16_variant)
 }
@@ -410,7 +419,7 @@ mod tests {
     fn tiny_vae_shapes_and_keys() {
         let cfg = AutoencoderKLConfig::tiny();
         let vs = nn::VarStore::new(Device::Cpu);
-        let vae = AutoencoderKL::new(vs.root(), &cfg, true).unwrap();
+        let vae = AutoencoderKL::new(vs.root(), &cfg, VaeParts::EncoderAndDecoder).unwrap();
         let names = vs.variables();
         for key in [
             "decoder.mid_block.attentions.0.group_norm.weight",
