@@ -21,7 +21,7 @@ use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, VaeParts};
 use crate::params::{AdapterKind, GenParams, NoImage};
 use crate::sampling::{SchedulerConfig, batch::plan_batches, guidance, make_scheduler};
 use crate::weights::pipeline_folder::{Component, PipelineFolder};
-use crate::weights::{TensorFile, TensorSource, ldm, load_var_store};
+use crate::weights::{TensorFile, ldm};
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,21 +109,6 @@ pub struct Pipeline {
     max_batch: usize,
 }
 
-/// Loads a transformers `CLIPTextModel` from any tensor source.
-fn text_encoder_from(
-    source: &dyn TensorSource,
-    cfg: &ClipTextConfig,
-    device: Device,
-    kind: Kind,
-) -> Result<ClipTextModel> {
-    let mut vs = nn::VarStore::new(device);
-    vs.set_kind(kind);
-    let model = ClipTextModel::new(vs.root() / "text_model", cfg);
-    vs.freeze();
-    load_var_store(&vs, source, |name| Some(name.to_string()))?;
-    Ok(model)
-}
-
 impl Pipeline {
     /// Loads every model of `models` on `device` in `kind` (fp16 on CUDA by default).
     ///
@@ -151,7 +136,7 @@ impl Pipeline {
                     ClipTokenizer::from_open_clip_vocab(&vocab)?
                 }
             };
-            text_encoder = text_encoder_from(
+            text_encoder = ClipTextModel::load_from(
                 ckpt.text_encoder()?.as_ref(),
                 &ckpt.text_encoder_config()?,
                 device,
@@ -189,7 +174,7 @@ impl Pipeline {
             let folder = PipelineFolder::open_with(&models.pipeline, fp16)?;
             tokenizer = ClipTokenizer::from_folder(&folder.tokenizer)?;
             let tcfg = ClipTextConfig::from_file(&folder.text_encoder.config)?;
-            text_encoder = text_encoder_from(
+            text_encoder = ClipTextModel::load_from(
                 &TensorFile::open(&folder.text_encoder.weights)?,
                 &tcfg,
                 device,

@@ -13,11 +13,11 @@ use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, VaeParts};
 use crate::weights::hub::{self, Component};
-use crate::weights::{ldm, load_var_store};
+use crate::weights::ldm;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, nn};
+use tch::{Device, Kind};
 
 #[derive(clap::Args, Debug)]
 pub struct FetchArgs {
@@ -272,10 +272,12 @@ fn load_pipeline(path: &Path, device: Device, kind: Kind) -> Result<UNet2DCondit
                 VaeParts::DecoderOnly,
             )?;
         }
-        let mut vs = nn::VarStore::new(device);
-        let _text = ClipTextModel::new(vs.root() / "text_model", &ckpt.text_encoder_config()?);
-        vs.set_kind(kind);
-        load_var_store(&vs, ckpt.text_encoder()?.as_ref(), |n| Some(n.to_string()))?;
+        ClipTextModel::load_from(
+            ckpt.text_encoder()?.as_ref(),
+            &ckpt.text_encoder_config()?,
+            device,
+            kind,
+        )?;
         return Ok(unet);
     }
     let cfg = UNet2DConditionConfig::from_json_file(&path.join("unet/config.json"))?;

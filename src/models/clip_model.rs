@@ -1,6 +1,6 @@
 //! transformers' `CLIPModel` (text and vision towers with their projections) for scoring:
 //! CLIP-I (image-image cosine) and CLIP-T (image-text cosine).
-use super::clip_text::{ClipTextConfig, ClipTextModel, load_all, save_model, weights_file};
+use super::clip_text::{ClipTextConfig, ClipTextModel, save_model, weights_file};
 use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer};
 use super::preprocess::{CLIP_MEAN, CLIP_STD};
 use crate::weights;
@@ -115,10 +115,10 @@ impl ClipModel {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let cfg = ClipConfig::from_file(&dir.join("config.json"))?;
         let file = weights::TensorFile::open(weights_file(dir)?)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = ClipModel::new(vs.root(), &cfg);
-        load_all(&mut vs, &file, kind).with_context(|| format!("CLIP model {}", dir.display()))?;
-        Ok(model)
+        weights::build_and_load(&file, device, kind, weights::same_name, |root| {
+            Ok(ClipModel::new(root, &cfg))
+        })
+        .with_context(|| format!("CLIP model {}", dir.display()))
     }
 
     /// Side of the square pixel input.

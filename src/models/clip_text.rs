@@ -292,13 +292,6 @@ pub(crate) fn save_model(dir: &Path, config: &serde_json::Value, vs: &nn::VarSto
     weights::random::save_var_store(vs, &dir.join("model.safetensors"), Kind::Float)
 }
 
-/// Loads every variable of `vs` from `file` (same names), converted to `kind`.
-pub(crate) fn load_all(vs: &mut nn::VarStore, file: &dyn TensorSource, kind: Kind) -> Result<()> {
-    vs.set_kind(kind);
-    weights::load_var_store(vs, file, |name| Some(name.to_string()))?;
-    Ok(())
-}
-
 pub struct ClipTextModel {
     token_embedding: nn::Embedding,
     position_embedding: nn::Embedding,
@@ -338,10 +331,19 @@ impl ClipTextModel {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
         let file = weights::TensorFile::open(weights_file(dir)?)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = ClipTextModel::new(vs.root() / "text_model", &cfg);
-        load_all(&mut vs, &file, kind)?;
-        Ok(model)
+        Self::load_from(&file, &cfg, device, kind)
+    }
+
+    /// Builds the model on `device` in `kind` and loads it from `source` (transformers' names).
+    pub fn load_from(
+        source: &dyn TensorSource,
+        cfg: &ClipTextConfig,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        weights::build_and_load(source, device, kind, weights::same_name, |root| {
+            Ok(ClipTextModel::new(root / "text_model", cfg))
+        })
     }
 
     /// `last_hidden_state` `[B, T, hidden]` (after `final_layer_norm`) for ids `[B, T]`.

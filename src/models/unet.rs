@@ -11,7 +11,7 @@ use crate::models::unet_blocks::{
     AttnSpec, BlockCommon, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D,
     UpBlockConfig,
 };
-use crate::weights::{self, TensorFile, TensorSource, config_json, load_var_store};
+use crate::weights::{self, TensorFile, TensorSource, config_json};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -589,15 +589,11 @@ impl UNet2DConditionModel {
         kind: Kind,
         ip: Option<IpLayout>,
     ) -> Result<Self> {
-        let mut vs = nn::VarStore::new(device);
-        vs.set_kind(kind);
-        let model = Self::new(vs.root(), cfg, ip)?;
-        vs.freeze();
         // The IP weights come from the adapter file, not from the UNet's.
-        load_var_store(&vs, source, |name| {
-            (!name.contains(".processor.")).then(|| name.to_string())
-        })?;
-        Ok(model)
+        let key_for = |name: &str| (!name.contains(".processor.")).then(|| name.to_string());
+        weights::build_and_load(source, device, kind, key_for, |root| {
+            Self::new(root, cfg, ip)
+        })
     }
 
     /// Loads a diffusers `unet/` folder (config.json + diffusion_pytorch_model.safetensors

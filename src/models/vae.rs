@@ -5,7 +5,7 @@ use crate::models::unet::{component_files, save_component};
 use crate::models::unet_blocks::{
     BlockCommon, CoderBlock2D, CoderBlockConfig, Resample, UNetMidBlock2D,
 };
-use crate::weights::{self, TensorFile, TensorSource, config_json, load_var_store};
+use crate::weights::{self, TensorFile, TensorSource, config_json};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -348,12 +348,10 @@ impl AutoencoderKL {
         kind: Kind,
         parts: VaeParts,
     ) -> Result<Self> {
-        let mut vs = nn::VarStore::new(device);
-        vs.set_kind(kind);
-        let model = Self::new(vs.root(), cfg, parts)?;
-        vs.freeze();
-        load_var_store(&vs, source, |name| Some(vae_key(source, name)))?;
-        Ok(model)
+        let key_for = |name: &str| Some(vae_key(source, name));
+        weights::build_and_load(source, device, kind, key_for, |root| {
+            Self::new(root, cfg, parts)
+        })
     }
 
     /// Loads a diffusers `vae/` folder (config.json + diffusion_pytorch_model[.fp16]

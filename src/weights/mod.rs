@@ -6,8 +6,34 @@ pub mod pipeline_folder;
 pub mod random;
 pub mod safetensors_io;
 
+use anyhow::Result;
 pub use safetensors_io::{TensorFile, TensorSource, load_var_store};
 use std::path::PathBuf;
+use tch::{Device, Kind, nn};
+
+/// Builds a model into a new VarStore on `device` in `kind` and loads it from `source`:
+/// `build` creates the variables under the root, `key_for` names the tensor of each variable
+/// as in [`load_var_store`] (which checks every shape). The weights are frozen: negimg only
+/// runs models.
+pub fn build_and_load<M>(
+    source: &dyn TensorSource,
+    device: Device,
+    kind: Kind,
+    key_for: impl Fn(&str) -> Option<String>,
+    build: impl FnOnce(nn::Path) -> Result<M>,
+) -> Result<M> {
+    let mut vs = nn::VarStore::new(device);
+    vs.set_kind(kind);
+    let model = build(vs.root())?;
+    vs.freeze();
+    load_var_store(&vs, source, key_for)?;
+    Ok(model)
+}
+
+/// The `key_for` of a model whose variables have the file's names.
+pub fn same_name(name: &str) -> Option<String> {
+    Some(name.to_string())
+}
 
 /// Where `models init-random` and relative model names go: `$NEGIMG_MODELS` or `./models`.
 pub fn models_dir() -> PathBuf {
