@@ -25,7 +25,7 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T> {
         return Err(err.into());
     };
     let hint = if err.to_string().starts_with("unknown variant") {
-        " (the values negimg computes)"
+        " (negimg computes only the listed values)"
     } else {
         ""
     };

@@ -56,3 +56,34 @@ pub fn hf_hub_cache() -> PathBuf {
         .unwrap_or_default();
     home.join(".cache").join("huggingface").join("hub")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Tensor;
+
+    #[test]
+    fn build_and_load_fills_a_frozen_model_of_the_kind_and_names_bad_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let weight = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).reshape([3, 2]);
+        let bias = Tensor::from_slice(&[0.5f32, -0.5, 0.25]);
+        Tensor::write_safetensors(&[("lin.weight", &weight), ("lin.bias", &bias)], &path).unwrap();
+        let file = TensorFile::open(&path).unwrap();
+        let build = |width: i64| {
+            move |root: nn::Path| Ok(nn::linear(root / "lin", width, 3, Default::default()))
+        };
+        let lin = build_and_load(&file, Device::Cpu, Kind::Double, same_name, build(2)).unwrap();
+        assert_eq!(lin.ws.kind(), Kind::Double);
+        assert!(!lin.ws.requires_grad() && !lin.bs.as_ref().unwrap().requires_grad());
+        assert_eq!(lin.ws.to_kind(Kind::Float), weight);
+        // A model of other widths: the error names the file and the tensor.
+        let msg = build_and_load(&file, Device::Cpu, Kind::Float, same_name, build(4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("\"lin.weight\""),
+            "{msg}"
+        );
+    }
+}
