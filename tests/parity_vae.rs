@@ -4,7 +4,7 @@
 //! and fp16 decoding agrees with fp32.
 mod common;
 
-use negimg::models::vae::{AutoencoderKL, AutoencoderKLConfig, write_random_model};
+use negimg::models::vae::{AutoencoderKL, AutoencoderKLConfig, VaeParts, write_random_model};
 use negimg::weights::{TensorFile, TensorSource};
 use tch::{Device, Kind, Tensor};
 
@@ -37,7 +37,13 @@ fn parity_vae_decode_and_encode() {
     let x = TensorFile::open(&inputs).unwrap();
     let get = |file: &TensorFile, name: &str| file.get(name, Device::Cpu, Kind::Float).unwrap();
 
-    let vae = AutoencoderKL::load(&vae_dir, Device::Cpu, Kind::Float, true).unwrap();
+    let vae = AutoencoderKL::load(
+        &vae_dir,
+        Device::Cpu,
+        Kind::Float,
+        VaeParts::EncoderAndDecoder,
+    )
+    .unwrap();
     let decoded = tch::no_grad(|| vae.decode(&get(&x, "latents")));
     let expected = get(&reference, "decoded");
     let diff = common::max_abs_diff(&decoded, &expected);
@@ -79,14 +85,16 @@ fn parity_vae_decode_and_encode() {
         legacy_dir.join("diffusion_pytorch_model.safetensors"),
     )
     .unwrap();
-    let legacy = AutoencoderKL::load(&legacy_dir, Device::Cpu, Kind::Float, false).unwrap();
+    let legacy =
+        AutoencoderKL::load(&legacy_dir, Device::Cpu, Kind::Float, VaeParts::DecoderOnly).unwrap();
     let again = tch::no_grad(|| legacy.decode(&get(&x, "latents")));
     assert!(common::max_abs_diff(&again, &decoded) == 0.0);
     let err = legacy.encode(&get(&x, "images")).unwrap_err().to_string();
     assert!(err.contains("without its encoder"), "{err}");
 
     // Decoding in fp16 (the model's kind) agrees with fp32 to fp16 accuracy.
-    let half = AutoencoderKL::load(&vae_dir, Device::Cpu, Kind::Half, false).unwrap();
+    let half =
+        AutoencoderKL::load(&vae_dir, Device::Cpu, Kind::Half, VaeParts::DecoderOnly).unwrap();
     let decoded_half = tch::no_grad(|| half.decode(&get(&x, "latents")));
     assert_eq!(decoded_half.kind(), Kind::Half);
     let diff = common::max_abs_diff(&decoded_half, &decoded);
@@ -108,7 +116,7 @@ fn parity_vae_sd15_layout_keys() {
         &cfg.to_config_json(),
     ));
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    let _vae = AutoencoderKL::new(vs.root(), &cfg, true).unwrap();
+    let _vae = AutoencoderKL::new(vs.root(), &cfg, VaeParts::EncoderAndDecoder).unwrap();
     let ours = common::var_shapes(&vs);
     assert_eq!(ours, expected);
 }

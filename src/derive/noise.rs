@@ -15,7 +15,6 @@
 use super::{NoiseKind, Recipe, SIDE};
 use anyhow::{Context, Result};
 use image::RgbImage;
-use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 const FLOAT: (Kind, Device) = (Kind::Float, Device::Cpu);
@@ -25,8 +24,6 @@ const SEED_MODULUS: i64 = 1_000_000_007;
 const ELASTIC_ALPHA: f64 = 75.0;
 /// The elastic transform's sigma per unit: `(1 - strength) * 3.5` (node), `noise * 3.5` (old).
 const ELASTIC_SIGMA: f64 = 3.5;
-
-static TORCH_STATE: Mutex<()> = Mutex::new(());
 
 /// torchvision's two APIs: the node uses transforms.v2, the older node v1. They differ in the
 /// Gaussian kernel's arithmetic and in a stride detail of the resize.
@@ -38,7 +35,7 @@ enum Api {
 
 /// The derived image as ComfyUI's IMAGE: float [1, 224, 224, 3], in 0..=1 except `legacy`.
 pub fn derive_tensor(source: Option<&RgbImage>, recipe: &Recipe) -> Tensor {
-    let _guard = TORCH_STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = crate::weights::random::global_generator();
     let threads = tch::get_num_threads();
     // One thread: the seed's float sum (a parallel reduction) adds in one order everywhere.
     tch::set_num_threads(1);

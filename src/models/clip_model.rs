@@ -1,8 +1,6 @@
 //! transformers' `CLIPModel` (text and vision towers with their projections) for scoring:
 //! CLIP-I (image-image cosine) and CLIP-T (image-text cosine).
-use super::clip_text::{
-    ClipTextConfig, ClipTextModel, load_all, read_config, save_model, weights_file,
-};
+use super::clip_text::{ClipTextConfig, ClipTextModel, save_model, weights_file};
 use super::clip_vision::{ClipVisionConfig, ClipVisionTransformer};
 use super::preprocess::{CLIP_MEAN, CLIP_STD};
 use crate::weights;
@@ -53,7 +51,7 @@ impl ClipConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path)
+        weights::config_json::read(path, "CLIPConfig")
     }
 
     /// A `config.json` that `CLIPModel.from_pretrained` loads.
@@ -117,10 +115,10 @@ impl ClipModel {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let cfg = ClipConfig::from_file(&dir.join("config.json"))?;
         let file = weights::TensorFile::open(weights_file(dir)?)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = ClipModel::new(vs.root(), &cfg);
-        load_all(&mut vs, &file, kind).with_context(|| format!("CLIP model {}", dir.display()))?;
-        Ok(model)
+        weights::build_and_load(&file, device, kind, weights::same_name, |root| {
+            Ok(ClipModel::new(root, &cfg))
+        })
+        .with_context(|| format!("CLIP model {}", dir.display()))
     }
 
     /// Side of the square pixel input.
@@ -168,4 +166,43 @@ pub fn write_random_model(dir: &Path, cfg: &ClipConfig, seed: i64, vocab_gz: &Pa
     std::fs::write(&path, serde_json::to_string_pretty(&processor)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     super::tokenizer::write_tokenizer_folder(dir, vocab_gz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::clip_text::Activation;
+    use crate::models::clip_vision::ClipVisionConfig;
+
+    #[test]
+    fn hidden_act_is_an_enum_and_others_fail_naming_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"text_config": {"hidden_act": "quick_gelu"}, "vision_config": {"hidden_act": "gelu"}}"#,
+        )
+        .unwrap();
+        let cfg = ClipConfig::from_file(&path).unwrap();
+        assert_eq!(cfg.text_config.hidden_act, Activation::QuickGelu);
+        assert_eq!(cfg.vision_config.hidden_act, Activation::Gelu);
+        assert_eq!(
+            cfg.to_config_json()["text_config"]["hidden_act"],
+            "quick_gelu"
+        );
+        std::fs::write(&path, r#"{"vision_config": {"hidden_act": "relu"}}"#).unwrap();
+        let msg = format!("{:#}", ClipConfig::from_file(&path).unwrap_err());
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains(r#"key "vision_config.hidden_act""#), "{msg}");
+        assert!(
+            msg.contains("`quick_gelu`") && msg.contains("`gelu`"),
+            "{msg}"
+        );
+        std::fs::write(&path, r#"{"hidden_act": "gelu_typo"}"#).unwrap();
+        let msg = format!("{:#}", ClipVisionConfig::from_file(&path).unwrap_err());
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains(r#"key "hidden_act""#),
+            "{msg}"
+        );
+    }
 }

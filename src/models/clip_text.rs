@@ -247,7 +247,7 @@ impl ClipTextConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path)
+        weights::config_json::read(path, "CLIPTextConfig")
     }
 
     /// A `config.json` that `CLIPTextModel.from_pretrained` loads.
@@ -257,12 +257,6 @@ impl ClipTextConfig {
         json["architectures"] = serde_json::json!(["CLIPTextModel"]);
         json
     }
-}
-
-pub(crate) fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: invalid model config", path.display()))
 }
 
 /// The weights of a transformers/diffusers model folder: `model.safetensors`, else
@@ -296,13 +290,6 @@ pub(crate) fn save_model(dir: &Path, config: &serde_json::Value, vs: &nn::VarSto
     std::fs::write(&path, serde_json::to_string_pretty(config)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     weights::random::save_var_store(vs, &dir.join("model.safetensors"), Kind::Float)
-}
-
-/// Loads every variable of `vs` from `file` (same names), converted to `kind`.
-pub(crate) fn load_all(vs: &mut nn::VarStore, file: &dyn TensorSource, kind: Kind) -> Result<()> {
-    vs.set_kind(kind);
-    weights::load_var_store(vs, file, |name| Some(name.to_string()))?;
-    Ok(())
 }
 
 pub struct ClipTextModel {
@@ -344,10 +331,19 @@ impl ClipTextModel {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
         let file = weights::TensorFile::open(weights_file(dir)?)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = ClipTextModel::new(vs.root() / "text_model", &cfg);
-        load_all(&mut vs, &file, kind)?;
-        Ok(model)
+        Self::load_from(&file, &cfg, device, kind)
+    }
+
+    /// Builds the model on `device` in `kind` and loads it from `source` (transformers' names).
+    pub fn load_from(
+        source: &dyn TensorSource,
+        cfg: &ClipTextConfig,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        weights::build_and_load(source, device, kind, weights::same_name, |root| {
+            Ok(ClipTextModel::new(root / "text_model", cfg))
+        })
     }
 
     /// `last_hidden_state` `[B, T, hidden]` (after `final_layer_norm`) for ids `[B, T]`.

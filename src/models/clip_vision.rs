@@ -1,8 +1,6 @@
 //! CLIP vision tower as transformers' `CLIPVisionModelWithProjection` (keys `vision_model.*`,
 //! `visual_projection.weight`): the IP-Adapter image encoder (OpenCLIP ViT-H/14).
-use super::clip_text::{
-    Activation, Encoder, EncoderShape, layer_norm, load_all, read_config, save_model, weights_file,
-};
+use super::clip_text::{Activation, Encoder, EncoderShape, layer_norm, save_model, weights_file};
 use crate::weights::{self, TensorSource};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -106,7 +104,7 @@ impl ClipVisionConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path)
+        weights::config_json::read(path, "CLIPVisionConfig")
     }
 
     /// A `config.json` that `CLIPVisionModelWithProjection.from_pretrained` loads.
@@ -231,10 +229,9 @@ impl ClipVisionModelWithProjection {
         device: Device,
         kind: Kind,
     ) -> Result<Self> {
-        let mut vs = nn::VarStore::new(device);
-        let model = Self::new(vs.root(), cfg);
-        load_all(&mut vs, file, kind)?;
-        Ok(model)
+        weights::build_and_load(file, device, kind, weights::same_name, |root| {
+            Ok(Self::new(root, cfg))
+        })
     }
 
     pub fn image_size(&self) -> usize {

@@ -3,9 +3,10 @@
 //! `encoder.layer.N.{norm1, attention.attention.{query,key,value}, attention.output.dense,
 //! layer_scale1.lambda1, norm2, mlp.fc1, mlp.fc2, layer_scale2.lambda1}`, `layernorm`.
 //! The image embedding is the final-norm CLS token (transformers' `pooler_output`).
-use super::clip_text::{Activation, layer_norm, load_all, read_config, save_model, weights_file};
+use super::clip_text::{Activation, layer_norm, save_model, weights_file};
 use super::preprocess::Preprocess;
 use crate::weights;
+use crate::weights::config_json::read as read_config;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -87,7 +88,7 @@ impl Dinov2Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let cfg: Self = read_config(path)?;
+        let cfg: Self = read_config(path, "DINOv2 config")?;
         if cfg.use_swiglu_ffn {
             bail!(
                 "{}: use_swiglu_ffn (dinov2-giant) is not supported; use dinov2-small/-base/-large",
@@ -231,9 +232,9 @@ impl Dinov2Model {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let cfg = Dinov2Config::from_file(&dir.join("config.json"))?;
         let file = weights::TensorFile::open(weights_file(dir)?)?;
-        let mut vs = nn::VarStore::new(device);
-        let mut model = Dinov2Model::new(vs.root(), &cfg);
-        load_all(&mut vs, &file, kind)?;
+        let mut model = weights::build_and_load(&file, device, kind, weights::same_name, |root| {
+            Ok(Dinov2Model::new(root, &cfg))
+        })?;
         model.preprocess = read_preprocess(&dir.join("preprocessor_config.json"))?;
         Ok(model)
     }
@@ -305,7 +306,7 @@ fn read_preprocess(path: &Path) -> Result<Preprocess> {
     if !path.is_file() {
         return Ok(p);
     }
-    let raw: ProcessorRaw = read_config(path)?;
+    let raw: ProcessorRaw = read_config(path, "image processor config")?;
     let side = |v: &Option<serde_json::Value>, key: &str| -> Result<Option<usize>> {
         match v {
             None => Ok(None),

@@ -402,19 +402,19 @@ pub struct ImageProj {
 impl ImageProj {
     /// The `image_proj.*` weights of `file` on `device` in `kind`.
     pub fn load(file: &AdapterFile, device: Device, kind: Kind) -> Result<ImageProj> {
-        let mut vs = nn::VarStore::new(device);
-        let root = vs.root() / "image_proj";
-        let net = match &file.resampler {
-            Some(cfg) => Projection::Plus(Resampler::new(root, cfg)),
-            None => Projection::Base(ImageProjection::new(
-                root,
-                file.embed_dim,
-                file.cross_dim,
-                file.num_tokens,
-            )),
-        };
-        vs.set_kind(kind);
-        weights::load_var_store(&vs, file.tensors(), |name| Some(name.to_string()))?;
+        let net =
+            weights::build_and_load(file.tensors(), device, kind, weights::same_name, |vs| {
+                let root = vs / "image_proj";
+                Ok(match &file.resampler {
+                    Some(cfg) => Projection::Plus(Resampler::new(root, cfg)),
+                    None => Projection::Base(ImageProjection::new(
+                        root,
+                        file.embed_dim,
+                        file.cross_dim,
+                        file.num_tokens,
+                    )),
+                })
+            })?;
         Ok(ImageProj { net, device, kind })
     }
 

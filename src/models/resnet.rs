@@ -1,6 +1,15 @@
 //! `ResnetBlock2D`, `Downsample2D` and `Upsample2D` as in diffusers (time-embedding norm
 //! "default": the projected embedding is added after conv1).
+use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn, nn::Module};
+
+/// `act_fn` of the UNet and VAE configs: the nonlinearity of the resnets and the output
+/// head. diffusers' other activations (`mish`, `gelu`, ...) are not implemented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActFn {
+    Silu,
+}
 
 pub(crate) fn group_norm(vs: nn::Path, groups: i64, channels: i64, eps: f64) -> nn::GroupNorm {
     let cfg = nn::GroupNormConfig {

@@ -6,11 +6,12 @@
 //! [`UNet2DConditionModel::load_ip_adapter`]), as diffusers does after `load_ip_adapter`.
 use crate::models::attention::{CrossAttnContext, IpContext, IpWeights};
 use crate::models::embeddings::{TimestepEmbedding, timestep_embedding};
-use crate::models::resnet::{conv2d, group_norm};
+use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet_blocks::{
-    AttnSpec, BlockCommon, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
+    AttnSpec, BlockCommon, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D,
+    UpBlockConfig,
 };
-use crate::weights::{self, TensorFile, TensorSource, load_var_store};
+use crate::weights::{self, TensorFile, TensorSource, config_json};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,73 @@ impl<T: Copy> OneOrMany<T> {
     }
 }
 
+/// A down block of the UNet (diffusers' `down_block_types`); the variant names are
+/// diffusers' class names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownBlockType {
+    CrossAttnDownBlock2D,
+    DownBlock2D,
+}
+
+impl DownBlockType {
+    /// The block with (`true`) or without cross-attention.
+    pub fn with_cross_attention(cross: bool) -> Self {
+        if cross {
+            DownBlockType::CrossAttnDownBlock2D
+        } else {
+            DownBlockType::DownBlock2D
+        }
+    }
+}
+
+/// An up block of the UNet (diffusers' `up_block_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpBlockType {
+    CrossAttnUpBlock2D,
+    UpBlock2D,
+}
+
+impl UpBlockType {
+    /// The block with (`true`) or without cross-attention.
+    pub fn with_cross_attention(cross: bool) -> Self {
+        if cross {
+            UpBlockType::CrossAttnUpBlock2D
+        } else {
+            UpBlockType::UpBlock2D
+        }
+    }
+}
+
+/// The UNet's mid block; diffusers' `UNetMidBlock2DSimpleCrossAttn` and `UNetMidBlock2D`
+/// are not implemented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MidBlockType {
+    UNetMidBlock2DCrossAttn,
+}
+
+/// How the time embedding enters the resnets; diffusers' `scale_shift` is not implemented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeScaleShift {
+    /// Added to the hidden states.
+    Default,
+}
+
+/// Diffusers' `time_embedding_type`; `fourier` is not implemented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeEmbeddingType {
+    /// Sinusoidal, as in DDPM.
+    Positional,
+}
+
+/// Diffusers' `attention_type`; the gated (GLIGEN) variants are not implemented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionType {
+    Default,
+}
+
 /// diffusers' `UNet2DConditionModel` config.json. Missing keys take diffusers' defaults;
 /// unknown keys are ignored; options this implementation does not have are rejected by
 /// [`UNet2DConditionConfig::validate`].
@@ -54,15 +122,16 @@ pub struct UNet2DConditionConfig {
     pub center_input_sample: bool,
     pub flip_sin_to_cos: bool,
     pub freq_shift: f64,
-    pub down_block_types: Vec<String>,
-    pub mid_block_type: Option<String>,
-    pub up_block_types: Vec<String>,
+    pub down_block_types: Vec<DownBlockType>,
+    /// `null` (no mid block) is refused by `validate`.
+    pub mid_block_type: Option<MidBlockType>,
+    pub up_block_types: Vec<UpBlockType>,
     pub only_cross_attention: OneOrMany<bool>,
     pub block_out_channels: Vec<i64>,
     pub layers_per_block: OneOrMany<i64>,
     pub downsample_padding: i64,
     pub mid_block_scale_factor: f64,
-    pub act_fn: String,
+    pub act_fn: ActFn,
     pub norm_num_groups: Option<i64>,
     pub norm_eps: f64,
     pub cross_attention_dim: OneOrMany<i64>,
@@ -74,9 +143,9 @@ pub struct UNet2DConditionConfig {
     pub use_linear_projection: bool,
     /// No effect with fused attention (diffusers' `AttnProcessor2_0` ignores it too).
     pub upcast_attention: bool,
-    pub resnet_time_scale_shift: String,
+    pub resnet_time_scale_shift: TimeScaleShift,
     pub resnet_skip_time_act: bool,
-    pub time_embedding_type: String,
+    pub time_embedding_type: TimeEmbeddingType,
     pub time_embedding_dim: Option<i64>,
     pub time_embedding_act_fn: Option<String>,
     pub timestep_post_act: Option<String>,
@@ -87,14 +156,15 @@ pub struct UNet2DConditionConfig {
     pub addition_embed_type: Option<String>,
     pub encoder_hid_dim: Option<i64>,
     pub encoder_hid_dim_type: Option<String>,
-    pub attention_type: String,
+    pub attention_type: AttentionType,
     pub cross_attention_norm: Option<String>,
 }
 
 impl Default for UNet2DConditionConfig {
     /// diffusers' constructor defaults.
     fn default() -> Self {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        use DownBlockType::{CrossAttnDownBlock2D, DownBlock2D};
+        use UpBlockType::{CrossAttnUpBlock2D, UpBlock2D};
         UNet2DConditionConfig {
             sample_size: None,
             in_channels: 4,
@@ -102,25 +172,25 @@ impl Default for UNet2DConditionConfig {
             center_input_sample: false,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
-            down_block_types: s(&[
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "DownBlock2D",
-            ]),
-            mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
-            up_block_types: s(&[
-                "UpBlock2D",
-                "CrossAttnUpBlock2D",
-                "CrossAttnUpBlock2D",
-                "CrossAttnUpBlock2D",
-            ]),
+            down_block_types: vec![
+                CrossAttnDownBlock2D,
+                CrossAttnDownBlock2D,
+                CrossAttnDownBlock2D,
+                DownBlock2D,
+            ],
+            mid_block_type: Some(MidBlockType::UNetMidBlock2DCrossAttn),
+            up_block_types: vec![
+                UpBlock2D,
+                CrossAttnUpBlock2D,
+                CrossAttnUpBlock2D,
+                CrossAttnUpBlock2D,
+            ],
             only_cross_attention: OneOrMany::One(false),
             block_out_channels: vec![320, 640, 1280, 1280],
             layers_per_block: OneOrMany::One(2),
             downsample_padding: 1,
             mid_block_scale_factor: 1.0,
-            act_fn: "silu".into(),
+            act_fn: ActFn::Silu,
             norm_num_groups: Some(32),
             norm_eps: 1e-5,
             cross_attention_dim: OneOrMany::One(1280),
@@ -130,9 +200,9 @@ impl Default for UNet2DConditionConfig {
             dual_cross_attention: false,
             use_linear_projection: false,
             upcast_attention: false,
-            resnet_time_scale_shift: "default".into(),
+            resnet_time_scale_shift: TimeScaleShift::Default,
             resnet_skip_time_act: false,
-            time_embedding_type: "positional".into(),
+            time_embedding_type: TimeEmbeddingType::Positional,
             time_embedding_dim: None,
             time_embedding_act_fn: None,
             timestep_post_act: None,
@@ -143,16 +213,11 @@ impl Default for UNet2DConditionConfig {
             addition_embed_type: None,
             encoder_hid_dim: None,
             encoder_hid_dim_type: None,
-            attention_type: "default".into(),
+            attention_type: AttentionType::Default,
             cross_attention_norm: None,
         }
     }
 }
-
-const CROSS_DOWN: &str = "CrossAttnDownBlock2D";
-const PLAIN_DOWN: &str = "DownBlock2D";
-const CROSS_UP: &str = "CrossAttnUpBlock2D";
-const PLAIN_UP: &str = "UpBlock2D";
 
 impl UNet2DConditionConfig {
     /// Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5 `unet/config.json`).
@@ -167,11 +232,13 @@ impl UNet2DConditionConfig {
     /// The tiny UNet of `diffusers_baseline.py --tiny`: channels (32, 64), 2 layers,
     /// cross-attention width 32, 4 heads; latents of 8x8 (sample_size 8).
     pub fn tiny() -> Self {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         UNet2DConditionConfig {
             sample_size: Some(8),
-            down_block_types: s(&[CROSS_DOWN, PLAIN_DOWN]),
-            up_block_types: s(&[PLAIN_UP, CROSS_UP]),
+            down_block_types: vec![
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::DownBlock2D,
+            ],
+            up_block_types: vec![UpBlockType::UpBlock2D, UpBlockType::CrossAttnUpBlock2D],
             block_out_channels: vec![32, 64],
             cross_attention_dim: OneOrMany::One(32),
             attention_head_dim: OneOrMany::One(4),
@@ -180,14 +247,7 @@ impl UNet2DConditionConfig {
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read UNet config {}", path.display()))?;
-        let cfg: Self = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{}: not a valid UNet2DConditionModel config",
-                path.display()
-            )
-        })?;
+        let cfg: Self = config_json::read(path, "UNet2DConditionModel config")?;
         cfg.validate()
             .with_context(|| format!("{}: unsupported UNet config", path.display()))?;
         Ok(cfg)
@@ -239,50 +299,17 @@ impl UNet2DConditionConfig {
                 );
             }
         }
-        for t in &self.down_block_types {
-            ensure!(
-                t == CROSS_DOWN || t == PLAIN_DOWN,
-                "down block type {t:?} is not supported"
-            );
-        }
-        for t in &self.up_block_types {
-            ensure!(
-                t == CROSS_UP || t == PLAIN_UP,
-                "up block type {t:?} is not supported"
-            );
-        }
         ensure!(
-            self.mid_block_type.as_deref() == Some("UNetMidBlock2DCrossAttn"),
-            "mid_block_type {:?} is not supported",
-            self.mid_block_type
+            self.mid_block_type.is_some(),
+            "mid_block_type null (a UNet without mid block) is not supported"
         );
         ensure!(
             self.num_attention_heads.is_none(),
             "num_attention_heads must not be set (use attention_head_dim, as diffusers)"
         );
         ensure!(
-            self.act_fn == "silu",
-            "act_fn {:?} is not supported",
-            self.act_fn
-        );
-        ensure!(
             self.norm_num_groups.is_some(),
             "norm_num_groups null is not supported"
-        );
-        ensure!(
-            self.resnet_time_scale_shift == "default",
-            "resnet_time_scale_shift {:?} is not supported",
-            self.resnet_time_scale_shift
-        );
-        ensure!(
-            self.time_embedding_type == "positional",
-            "time_embedding_type {:?} is not supported",
-            self.time_embedding_type
-        );
-        ensure!(
-            self.attention_type == "default",
-            "attention_type {:?} is not supported",
-            self.attention_type
         );
         let unsupported = [
             (
@@ -327,11 +354,11 @@ impl UNet2DConditionConfig {
     }
 
     fn is_cross_down(&self, i: usize) -> bool {
-        self.down_block_types[i] == CROSS_DOWN
+        self.down_block_types[i] == DownBlockType::CrossAttnDownBlock2D
     }
 
     fn is_cross_up(&self, i: usize) -> bool {
-        self.up_block_types[i] == CROSS_UP
+        self.up_block_types[i] == UpBlockType::CrossAttnUpBlock2D
     }
 }
 
@@ -452,13 +479,15 @@ impl UNet2DConditionModel {
                 let cin = if i == 0 { boc[0] } else { boc[i - 1] };
                 DownBlock2D::new(
                     &vs / "down_blocks" / i,
-                    common,
-                    cin,
-                    boc[i],
-                    cfg.layers_per_block.get(i),
-                    attn(i, cfg.is_cross_down(i)),
-                    i + 1 < n,
-                    cfg.downsample_padding,
+                    &DownBlockConfig {
+                        common,
+                        in_channels: cin,
+                        out_channels: boc[i],
+                        layers: cfg.layers_per_block.get(i),
+                        attn: attn(i, cfg.is_cross_down(i)),
+                        add_downsample: i + 1 < n,
+                        downsample_padding: cfg.downsample_padding,
+                    },
                 )
             })
             .collect::<Vec<_>>();
@@ -477,13 +506,15 @@ impl UNet2DConditionModel {
                 let cin = boc[r.saturating_sub(1)];
                 UpBlock2D::new(
                     &vs / "up_blocks" / i,
-                    common,
-                    cin,
-                    prev,
-                    boc[r],
-                    cfg.layers_per_block.get(r) + 1,
-                    attn(r, cfg.is_cross_up(i)),
-                    i + 1 < n,
+                    &UpBlockConfig {
+                        common,
+                        in_channels: cin,
+                        prev_output_channels: prev,
+                        out_channels: boc[r],
+                        layers: cfg.layers_per_block.get(r) + 1,
+                        attn: attn(r, cfg.is_cross_up(i)),
+                        add_upsample: i + 1 < n,
+                    },
                 )
             })
             .collect::<Vec<_>>();
@@ -558,15 +589,11 @@ impl UNet2DConditionModel {
         kind: Kind,
         ip: Option<IpLayout>,
     ) -> Result<Self> {
-        let mut vs = nn::VarStore::new(device);
-        vs.set_kind(kind);
-        let model = Self::new(vs.root(), cfg, ip)?;
-        vs.freeze();
         // The IP weights come from the adapter file, not from the UNet's.
-        load_var_store(&vs, source, |name| {
-            (!name.contains(".processor.")).then(|| name.to_string())
-        })?;
-        Ok(model)
+        let key_for = |name: &str| (!name.contains(".processor.")).then(|| name.to_string());
+        weights::build_and_load(source, device, kind, key_for, |root| {
+            Self::new(root, cfg, ip)
+        })
     }
 
     /// Loads a diffusers `unet/` folder (config.json + diffusion_pytorch_model.safetensors
@@ -849,6 +876,74 @@ mod tests {
         let x = Tensor::randn([1, 4, 7, 9], (Kind::Float, Device::Cpu));
         let out = tch::no_grad(|| unet.forward(&x, 10.0, &text.narrow(0, 0, 1), None));
         assert_eq!(out.size(), [1, 4, 7, 9]);
+    }
+
+    /// Writes `json` as a config.json and reads it back: the path and the error message.
+    fn read_error(json: &str) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json).unwrap();
+        let err = UNet2DConditionConfig::from_json_file(&path).unwrap_err();
+        (path.display().to_string(), format!("{err:#}"))
+    }
+
+    #[test]
+    fn option_values_are_diffusers_names_and_others_fail_naming_file_and_key() {
+        let json: serde_json::Value =
+            serde_json::from_str(&UNet2DConditionConfig::sd15().to_config_json()).unwrap();
+        assert_eq!(json["down_block_types"][0], "CrossAttnDownBlock2D");
+        assert_eq!(json["up_block_types"][0], "UpBlock2D");
+        assert_eq!(json["mid_block_type"], "UNetMidBlock2DCrossAttn");
+        assert_eq!(json["act_fn"], "silu");
+        assert_eq!(json["resnet_time_scale_shift"], "default");
+        assert_eq!(json["time_embedding_type"], "positional");
+        assert_eq!(json["attention_type"], "default");
+        for (json, key, allowed) in [
+            (
+                r#"{"down_block_types": ["CrossAttnDownBlock2D", "DownBlok2D"]}"#,
+                "down_block_types",
+                &["`CrossAttnDownBlock2D`", "`DownBlock2D`"][..],
+            ),
+            // Values diffusers writes that this UNet does not compute.
+            (
+                r#"{"up_block_types": ["AttnUpBlock2D"]}"#,
+                "up_block_types",
+                &["`CrossAttnUpBlock2D`", "`UpBlock2D`"],
+            ),
+            (
+                r#"{"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}"#,
+                "mid_block_type",
+                &["`UNetMidBlock2DCrossAttn`"],
+            ),
+            (r#"{"act_fn": "gelu"}"#, "act_fn", &["`silu`"]),
+            (
+                r#"{"resnet_time_scale_shift": "scale_shift"}"#,
+                "resnet_time_scale_shift",
+                &["`default`"],
+            ),
+            (
+                r#"{"time_embedding_type": "fourier"}"#,
+                "time_embedding_type",
+                &["`positional`"],
+            ),
+            (
+                r#"{"attention_type": "gated"}"#,
+                "attention_type",
+                &["`default`"],
+            ),
+        ] {
+            let (path, msg) = read_error(json);
+            assert!(msg.contains(&path), "{msg}");
+            assert!(msg.contains(&format!("key \"{key}\"")), "{msg}");
+            for value in allowed {
+                assert!(msg.contains(value), "{msg}");
+            }
+        }
+        let (path, msg) = read_error(r#"{"mid_block_type": null}"#);
+        assert!(
+            msg.contains(&path) && msg.contains("mid_block_type"),
+            "{msg}"
+        );
     }
 
     #[test]

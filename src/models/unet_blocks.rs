@@ -55,6 +55,20 @@ fn transformer(vs: nn::Path, channels: i64, groups: i64, a: AttnSpec) -> Transfo
     )
 }
 
+/// The shape of a [`DownBlock2D`] (diffusers' constructor arguments).
+#[derive(Clone, Copy, Debug)]
+pub struct DownBlockConfig {
+    pub common: BlockCommon,
+    pub in_channels: i64,
+    pub out_channels: i64,
+    pub layers: i64,
+    /// `Some`: `CrossAttnDownBlock2D`, a transformer after each resnet.
+    pub attn: Option<AttnSpec>,
+    /// A stride-2 downsampler at the end (all blocks but the last).
+    pub add_downsample: bool,
+    pub downsample_padding: i64,
+}
+
 /// `CrossAttnDownBlock2D` / `DownBlock2D`.
 #[derive(Debug)]
 pub struct DownBlock2D {
@@ -64,28 +78,23 @@ pub struct DownBlock2D {
 }
 
 impl DownBlock2D {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        vs: nn::Path,
-        common: BlockCommon,
-        cin: i64,
-        cout: i64,
-        layers: i64,
-        attn: Option<AttnSpec>,
-        downsample: bool,
-        downsample_padding: i64,
-    ) -> Self {
-        let resnets = (0..layers)
-            .map(|i| common.resnet(&vs / "resnets" / i, if i == 0 { cin } else { cout }, cout))
+    pub fn new(vs: nn::Path, c: &DownBlockConfig) -> Self {
+        let (cin, cout) = (c.in_channels, c.out_channels);
+        let resnets = (0..c.layers)
+            .map(|i| {
+                let input = if i == 0 { cin } else { cout };
+                c.common.resnet(&vs / "resnets" / i, input, cout)
+            })
             .collect();
-        let attentions = match attn {
-            Some(a) => (0..layers)
-                .map(|i| transformer(&vs / "attentions" / i, cout, common.groups, a))
+        let attentions = match c.attn {
+            Some(a) => (0..c.layers)
+                .map(|i| transformer(&vs / "attentions" / i, cout, c.common.groups, a))
                 .collect(),
             None => vec![],
         };
-        let downsampler = downsample
-            .then(|| Downsample2D::new(&vs / "downsamplers" / 0, cout, downsample_padding));
+        let downsampler = c
+            .add_downsample
+            .then(|| Downsample2D::new(&vs / "downsamplers" / 0, cout, c.downsample_padding));
         DownBlock2D {
             resnets,
             attentions,
@@ -174,6 +183,22 @@ impl UNetMidBlock2DCrossAttn {
     }
 }
 
+/// The shape of an [`UpBlock2D`] (diffusers' constructor arguments).
+#[derive(Clone, Copy, Debug)]
+pub struct UpBlockConfig {
+    pub common: BlockCommon,
+    /// Channels of the skip state that enters the last resnet.
+    pub in_channels: i64,
+    /// Channels of the previous block's output, which enters the first resnet.
+    pub prev_output_channels: i64,
+    pub out_channels: i64,
+    pub layers: i64,
+    /// `Some`: `CrossAttnUpBlock2D`, a transformer after each resnet.
+    pub attn: Option<AttnSpec>,
+    /// A 2x upsampler at the end (all blocks but the last).
+    pub add_upsample: bool,
+}
+
 /// `CrossAttnUpBlock2D` / `UpBlock2D`: each resnet takes the previous output concatenated
 /// with one skip state (popped from the end).
 #[derive(Debug)]
@@ -184,33 +209,28 @@ pub struct UpBlock2D {
 }
 
 impl UpBlock2D {
-    /// `cin`: channels of the skip state that enters the last resnet; `prev`: channels of
-    /// the previous block's output.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        vs: nn::Path,
-        common: BlockCommon,
-        cin: i64,
-        prev: i64,
-        cout: i64,
-        layers: i64,
-        attn: Option<AttnSpec>,
-        upsample: bool,
-    ) -> Self {
-        let resnets = (0..layers)
+    pub fn new(vs: nn::Path, c: &UpBlockConfig) -> Self {
+        let cout = c.out_channels;
+        let resnets = (0..c.layers)
             .map(|i| {
-                let skip = if i == layers - 1 { cin } else { cout };
-                let input = if i == 0 { prev } else { cout };
-                common.resnet(&vs / "resnets" / i, input + skip, cout)
+                let skip = if i == c.layers - 1 {
+                    c.in_channels
+                } else {
+                    cout
+                };
+                let input = if i == 0 { c.prev_output_channels } else { cout };
+                c.common.resnet(&vs / "resnets" / i, input + skip, cout)
             })
             .collect();
-        let attentions = match attn {
-            Some(a) => (0..layers)
-                .map(|i| transformer(&vs / "attentions" / i, cout, common.groups, a))
+        let attentions = match c.attn {
+            Some(a) => (0..c.layers)
+                .map(|i| transformer(&vs / "attentions" / i, cout, c.common.groups, a))
                 .collect(),
             None => vec![],
         };
-        let upsampler = upsample.then(|| Upsample2D::new(&vs / "upsamplers" / 0, cout));
+        let upsampler = c
+            .add_upsample
+            .then(|| Upsample2D::new(&vs / "upsamplers" / 0, cout));
         UpBlock2D {
             resnets,
             attentions,
@@ -309,19 +329,26 @@ pub enum Resample {
     None,
 }
 
+/// The shape of a [`CoderBlock2D`].
+#[derive(Clone, Copy, Debug)]
+pub struct CoderBlockConfig {
+    pub common: BlockCommon,
+    pub in_channels: i64,
+    pub out_channels: i64,
+    pub layers: i64,
+    pub resample: Resample,
+}
+
 impl CoderBlock2D {
-    pub fn new(
-        vs: nn::Path,
-        common: BlockCommon,
-        cin: i64,
-        cout: i64,
-        layers: i64,
-        resample: Resample,
-    ) -> Self {
-        let resnets = (0..layers)
-            .map(|i| common.resnet(&vs / "resnets" / i, if i == 0 { cin } else { cout }, cout))
+    pub fn new(vs: nn::Path, c: &CoderBlockConfig) -> Self {
+        let (cin, cout) = (c.in_channels, c.out_channels);
+        let resnets = (0..c.layers)
+            .map(|i| {
+                let input = if i == 0 { cin } else { cout };
+                c.common.resnet(&vs / "resnets" / i, input, cout)
+            })
             .collect();
-        let resample = match resample {
+        let resample = match c.resample {
             Resample::Down => Resampler::Down(Downsample2D::new(&vs / "downsamplers" / 0, cout, 0)),
             Resample::Up => Resampler::Up(Upsample2D::new(&vs / "upsamplers" / 0, cout)),
             Resample::None => Resampler::None,

@@ -1,13 +1,27 @@
 //! `AutoencoderKL` (diffusers 0.42): the decoder that turns latents into images, and the
 //! encoder (built only when asked for: generation needs the decoder alone).
-use crate::models::resnet::{conv2d, group_norm};
+use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet::{component_files, save_component};
-use crate::models::unet_blocks::{BlockCommon, CoderBlock2D, Resample, UNetMidBlock2D};
-use crate::weights::{self, TensorFile, TensorSource, load_var_store};
+use crate::models::unet_blocks::{
+    BlockCommon, CoderBlock2D, CoderBlockConfig, Resample, UNetMidBlock2D,
+};
+use crate::weights::{self, TensorFile, TensorSource, config_json};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Device, Kind, Tensor, nn, nn::Module};
+
+/// An encoder block of the VAE (diffusers' `down_block_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VaeDownBlockType {
+    DownEncoderBlock2D,
+}
+
+/// A decoder block of the VAE (diffusers' `up_block_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VaeUpBlockType {
+    UpDecoderBlock2D,
+}
 
 /// diffusers' `AutoencoderKL` config.json (missing keys take diffusers' defaults, unknown
 /// keys are ignored).
@@ -16,11 +30,11 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 pub struct AutoencoderKLConfig {
     pub in_channels: i64,
     pub out_channels: i64,
-    pub down_block_types: Vec<String>,
-    pub up_block_types: Vec<String>,
+    pub down_block_types: Vec<VaeDownBlockType>,
+    pub up_block_types: Vec<VaeUpBlockType>,
     pub block_out_channels: Vec<i64>,
     pub layers_per_block: i64,
-    pub act_fn: String,
+    pub act_fn: ActFn,
     pub latent_channels: i64,
     pub norm_num_groups: i64,
     pub sample_size: i64,
@@ -40,11 +54,11 @@ impl Default for AutoencoderKLConfig {
         AutoencoderKLConfig {
             in_channels: 3,
             out_channels: 3,
-            down_block_types: vec!["DownEncoderBlock2D".into()],
-            up_block_types: vec!["UpDecoderBlock2D".into()],
+            down_block_types: vec![VaeDownBlockType::DownEncoderBlock2D],
+            up_block_types: vec![VaeUpBlockType::UpDecoderBlock2D],
             block_out_channels: vec![64],
             layers_per_block: 1,
-            act_fn: "silu".into(),
+            act_fn: ActFn::Silu,
             latent_channels: 4,
             norm_num_groups: 32,
             sample_size: 32,
@@ -64,8 +78,8 @@ impl AutoencoderKLConfig {
     fn with_channels(block_out_channels: Vec<i64>, sample_size: i64) -> Self {
         let n = block_out_channels.len();
         AutoencoderKLConfig {
-            down_block_types: vec!["DownEncoderBlock2D".into(); n],
-            up_block_types: vec!["UpDecoderBlock2D".into(); n],
+            down_block_types: vec![VaeDownBlockType::DownEncoderBlock2D; n],
+            up_block_types: vec![VaeUpBlockType::UpDecoderBlock2D; n],
             block_out_channels,
             layers_per_block: 2,
             sample_size,
@@ -90,10 +104,7 @@ impl AutoencoderKLConfig {
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read VAE config {}", path.display()))?;
-        let cfg: Self = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid AutoencoderKL config", path.display()))?;
+        let cfg: Self = config_json::read(path, "AutoencoderKL config")?;
         cfg.validate()
             .with_context(|| format!("{}: unsupported VAE config", path.display()))?;
         Ok(cfg)
@@ -116,23 +127,6 @@ impl AutoencoderKLConfig {
              the same length",
             self.down_block_types.len(),
             self.up_block_types.len()
-        );
-        for t in &self.down_block_types {
-            ensure!(
-                t == "DownEncoderBlock2D",
-                "down block type {t:?} is not supported"
-            );
-        }
-        for t in &self.up_block_types {
-            ensure!(
-                t == "UpDecoderBlock2D",
-                "up block type {t:?} is not supported"
-            );
-        }
-        ensure!(
-            self.act_fn == "silu",
-            "act_fn {:?} is not supported",
-            self.act_fn
         );
         for &c in &self.block_out_channels {
             ensure!(
@@ -177,11 +171,13 @@ impl Encoder {
                 };
                 CoderBlock2D::new(
                     &vs / "down_blocks" / i,
-                    common,
-                    cin,
-                    boc[i],
-                    cfg.layers_per_block,
-                    resample,
+                    &CoderBlockConfig {
+                        common,
+                        in_channels: cin,
+                        out_channels: boc[i],
+                        layers: cfg.layers_per_block,
+                        resample,
+                    },
                 )
             })
             .collect();
@@ -245,11 +241,13 @@ impl Decoder {
                 };
                 CoderBlock2D::new(
                     &vs / "up_blocks" / i,
-                    common,
-                    prev,
-                    boc[r],
-                    cfg.layers_per_block + 1,
-                    resample,
+                    &CoderBlockConfig {
+                        common,
+                        in_channels: prev,
+                        out_channels: boc[r],
+                        layers: cfg.layers_per_block + 1,
+                        resample,
+                    },
                 )
             })
             .collect();
@@ -307,13 +305,22 @@ fn vae_key(source: &dyn TensorSource, name: &str) -> String {
     name.to_string()
 }
 
+/// The halves of the VAE to build: generation only decodes, so it leaves the encoder out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaeParts {
+    /// The decoder and `post_quant_conv`.
+    DecoderOnly,
+    /// Also the encoder and `quant_conv`, for [`AutoencoderKL::encode`].
+    EncoderAndDecoder,
+}
+
 impl AutoencoderKL {
-    /// Builds the decoder (and `post_quant_conv`); with `with_encoder` also the encoder
-    /// and `quant_conv`.
-    pub fn new(vs: nn::Path, cfg: &AutoencoderKLConfig, with_encoder: bool) -> Result<Self> {
+    /// Builds the decoder (and `post_quant_conv`), and the encoder (and `quant_conv`) when
+    /// `parts` asks for it.
+    pub fn new(vs: nn::Path, cfg: &AutoencoderKLConfig, parts: VaeParts) -> Result<Self> {
         cfg.validate()?;
         let latent = cfg.latent_channels;
-        let encoder = with_encoder.then(|| {
+        let encoder = (parts == VaeParts::EncoderAndDecoder).then(|| {
             let quant = cfg
                 .use_quant_conv
                 .then(|| conv2d(&vs / "quant_conv", 2 * latent, 2 * latent, 1, 1, 0));
@@ -339,23 +346,21 @@ impl AutoencoderKL {
         cfg: &AutoencoderKLConfig,
         device: Device,
         kind: Kind,
-        with_encoder: bool,
+        parts: VaeParts,
     ) -> Result<Self> {
-        let mut vs = nn::VarStore::new(device);
-        vs.set_kind(kind);
-        let model = Self::new(vs.root(), cfg, with_encoder)?;
-        vs.freeze();
-        load_var_store(&vs, source, |name| Some(vae_key(source, name)))?;
-        Ok(model)
+        let key_for = |name: &str| Some(vae_key(source, name));
+        weights::build_and_load(source, device, kind, key_for, |root| {
+            Self::new(root, cfg, parts)
+        })
     }
 
     /// Loads a diffusers `vae/` folder (config.json + diffusion_pytorch_model[.fp16]
     /// .safetensors), or a weights file with config.json beside it.
-    pub fn load(path: &Path, device: Device, kind: Kind, with_encoder: bool) -> Result<Self> {
+    pub fn load(path: &Path, device: Device, kind: Kind, parts: VaeParts) -> Result<Self> {
         let (config, weights) = component_files(path, kind)?;
         let cfg = AutoencoderKLConfig::from_json_file(&config)?;
         let file = TensorFile::open(&weights)?;
-        Self::from_source(&file, &cfg, device, kind, with_encoder)
+        Self::from_source(&file, &cfg, device, kind, parts)
     }
 
     fn kind_device(&self) -> (Kind, Device) {
@@ -376,7 +381,7 @@ impl AutoencoderKL {
     }
 
     /// The mean of the latent distribution of images [B, 3, H, W] in [-1, 1] (not yet
-    /// multiplied by `scaling_factor`). Needs a VAE built `with_encoder`.
+    /// multiplied by `scaling_factor`). Needs a VAE built with [`VaeParts::EncoderAndDecoder`].
     pub fn encode(&self, images: &Tensor) -> Result<Tensor> {
         let Some((encoder, quant_conv)) = &self.encoder else {
             anyhow::bail!("this VAE was loaded without its encoder");
@@ -399,7 +404,7 @@ pub fn write_random_model(
     fp16_variant: bool,
 ) -> Result<()> {
     let vs = weights::random::seeded_var_store(seed);
-    let _model = AutoencoderKL::new(vs.root(), cfg, true)?;
+    let _model = AutoencoderKL::new(vs.root(), cfg, VaeParts::EncoderAndDecoder)?;
     weights::random::randomize(&vs, seed, 0.02);
     save_component(dir, &cfg.to_config_json(), &vs, fp16_variant)
 }
@@ -412,7 +417,7 @@ mod tests {
     fn tiny_vae_shapes_and_keys() {
         let cfg = AutoencoderKLConfig::tiny();
         let vs = nn::VarStore::new(Device::Cpu);
-        let vae = AutoencoderKL::new(vs.root(), &cfg, true).unwrap();
+        let vae = AutoencoderKL::new(vs.root(), &cfg, VaeParts::EncoderAndDecoder).unwrap();
         let names = vs.variables();
         for key in [
             "decoder.mid_block.attentions.0.group_norm.weight",
@@ -431,5 +436,38 @@ mod tests {
         assert_eq!(back.size(), [1, 4, 8, 8]);
         assert_eq!(cfg.scale_factor(), 2);
         assert_eq!(AutoencoderKLConfig::sd15().scale_factor(), 8);
+    }
+
+    #[test]
+    fn option_values_are_diffusers_names_and_others_fail_naming_file_and_key() {
+        let json: serde_json::Value =
+            serde_json::from_str(&AutoencoderKLConfig::sd15().to_config_json()).unwrap();
+        assert_eq!(json["down_block_types"][0], "DownEncoderBlock2D");
+        assert_eq!(json["up_block_types"][3], "UpDecoderBlock2D");
+        assert_eq!(json["act_fn"], "silu");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        for (json, key, allowed) in [
+            (
+                r#"{"down_block_types": ["DownEncoderBlock2d"]}"#,
+                "down_block_types",
+                "`DownEncoderBlock2D`",
+            ),
+            (
+                r#"{"up_block_types": ["AttnUpDecoderBlock2D"]}"#,
+                "up_block_types",
+                "`UpDecoderBlock2D`",
+            ),
+            (r#"{"act_fn": "swishh"}"#, "act_fn", "`silu`"),
+        ] {
+            std::fs::write(&path, json).unwrap();
+            let msg = format!(
+                "{:#}",
+                AutoencoderKLConfig::from_json_file(&path).unwrap_err()
+            );
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains(&format!("key \"{key}\"")), "{msg}");
+            assert!(msg.contains(allowed), "{msg}");
+        }
     }
 }

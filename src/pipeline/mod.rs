@@ -306,11 +306,10 @@ fn first_line(s: &str) -> String {
 
 /// N(0, 1) latents `[1, 4, h, w]` from libtorch's CPU generator seeded with `seed` (as
 /// `torch.Generator("cpu").manual_seed(seed)`; seeds of 2^63 and above wrap to negative i64,
-/// the same 64 bits). The generator is global, so seeding and drawing hold a lock against
-/// other pipelines in the process.
+/// the same 64 bits). The generator is global, so seeding and drawing hold
+/// [`crate::weights::random::global_generator`].
 pub fn initial_noise(seed: u64, h: i64, w: i64) -> Tensor {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _generator = crate::weights::random::global_generator();
     tch::manual_seed(seed as i64);
     Tensor::randn([1, 4, h, w], (Kind::Float, Device::Cpu))
 }

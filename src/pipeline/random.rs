@@ -8,7 +8,7 @@ use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModelWithProjection
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::tokenizer::{ClipTokenizer, find_open_clip_vocab};
 use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
-use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, VaeParts};
 use crate::params::AdapterKind;
 use crate::sampling::SchedulerConfig;
 use anyhow::{Result, bail};
@@ -113,7 +113,7 @@ impl Pipeline {
         let text_encoder = ClipTextModel::new(text_vs.root() / "text_model", &shapes.text);
         let ip = Some(IpLayout::for_config(&shapes.unet));
         let unet = UNet2DConditionModel::new(unet_vs.root(), &shapes.unet, ip)?;
-        let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, false)?;
+        let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, VaeParts::DecoderOnly)?;
         let image_encoder = ClipVisionModelWithProjection::new(enc_vs.root(), &shapes.vision);
         for vs in [&text_vs, &unet_vs, &vae_vs, &enc_vs] {
             vs.variables().values().for_each(|v| {

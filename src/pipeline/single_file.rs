@@ -22,8 +22,8 @@
 //!    ViT-L/14). Everything else keeps its SD1.5 value, so an SD1.5 checkpoint gets exactly
 //!    the SD1.5 configs.
 use crate::models::clip_text::ClipTextConfig;
-use crate::models::unet::{OneOrMany, UNet2DConditionConfig};
-use crate::models::vae::AutoencoderKLConfig;
+use crate::models::unet::{DownBlockType, OneOrMany, UNet2DConditionConfig, UpBlockType};
+use crate::models::vae::{AutoencoderKLConfig, VaeDownBlockType, VaeUpBlockType};
 use crate::weights::{TensorFile, TensorSource};
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -346,12 +346,9 @@ pub fn infer_unet_config(src: &dyn TensorSource) -> Result<UNet2DConditionConfig
         .map(|b| dim_of(src, &format!("down_blocks.{b}.resnets.0.conv1.weight"), 0))
         .collect::<Result<Vec<_>>>()?;
     let layers = count(&names, "down_blocks.0.resnets.")? as i64;
-    let kinds = |blocks: &str, cross: &str, plain: &str| {
+    let cross = |blocks: &str| {
         (0..n)
-            .map(|b| {
-                let attn = has(&format!("{blocks}.{b}.attentions."));
-                (if attn { cross } else { plain }).to_string()
-            })
+            .map(|b| has(&format!("{blocks}.{b}.attentions.")))
             .collect::<Vec<_>>()
     };
     let mid = "mid_block.attentions.0.";
@@ -376,8 +373,14 @@ pub fn infer_unet_config(src: &dyn TensorSource) -> Result<UNet2DConditionConfig
         out_channels: conv_out[0],
         conv_in_kernel: conv_in[2],
         conv_out_kernel: conv_out[2],
-        down_block_types: kinds("down_blocks", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types: kinds("up_blocks", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types: cross("down_blocks")
+            .into_iter()
+            .map(DownBlockType::with_cross_attention)
+            .collect(),
+        up_block_types: cross("up_blocks")
+            .into_iter()
+            .map(UpBlockType::with_cross_attention)
+            .collect(),
         layers_per_block: OneOrMany::One(layers),
         cross_attention_dim: OneOrMany::One(dim_of(
             src,
@@ -407,8 +410,8 @@ pub fn infer_vae_config(src: &dyn TensorSource) -> Result<AutoencoderKLConfig> {
     let cfg = AutoencoderKLConfig {
         in_channels: dim_of(src, "encoder.conv_in.weight", 1)?,
         out_channels: dim_of(src, "decoder.conv_out.weight", 0)?,
-        down_block_types: vec!["DownEncoderBlock2D".into(); n],
-        up_block_types: vec!["UpDecoderBlock2D".into(); n],
+        down_block_types: vec![VaeDownBlockType::DownEncoderBlock2D; n],
+        up_block_types: vec![VaeUpBlockType::UpDecoderBlock2D; n],
         block_out_channels: (0..n)
             .map(|b| {
                 dim_of(

@@ -5,13 +5,13 @@ use super::single_file::{self, LdmCheckpoint};
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::tokenizer::{ClipTokenizer, find_open_clip_vocab};
 use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
-use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, VaeParts};
 use crate::sampling::SchedulerConfig;
 use crate::weights::pipeline_folder::{Component, PipelineFolder};
-use crate::weights::{TensorFile, TensorSource, load_var_store};
+use crate::weights::{TensorFile, TensorSource};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, nn};
+use tch::{Device, Kind};
 
 /// The models of a Stable Diffusion pipeline, read from some file layout.
 pub trait PipelineSource {
@@ -71,30 +71,21 @@ impl VaeFile {
                     &cfg,
                     device,
                     kind,
-                    false,
+                    VaeParts::DecoderOnly,
                 )
             }
             VaeFile::SingleFile { path, config } => {
                 let ckpt = single_file::open_single_file(path)?;
-                AutoencoderKL::from_source(ckpt.vae()?.as_ref(), config, device, kind, false)
+                AutoencoderKL::from_source(
+                    ckpt.vae()?.as_ref(),
+                    config,
+                    device,
+                    kind,
+                    VaeParts::DecoderOnly,
+                )
             }
         }
     }
-}
-
-/// A transformers `CLIPTextModel` from any tensor source.
-fn text_encoder_from(
-    source: &dyn TensorSource,
-    cfg: &ClipTextConfig,
-    device: Device,
-    kind: Kind,
-) -> Result<ClipTextModel> {
-    let mut vs = nn::VarStore::new(device);
-    vs.set_kind(kind);
-    let model = ClipTextModel::new(vs.root() / "text_model", cfg);
-    vs.freeze();
-    load_var_store(&vs, source, |name| Some(name.to_string()))?;
-    Ok(model)
 }
 
 fn unet_from(
@@ -114,7 +105,7 @@ impl PipelineSource for PipelineFolder {
 
     fn text_encoder(&self, device: Device, kind: Kind) -> Result<ClipTextModel> {
         let cfg = ClipTextConfig::from_file(&self.text_encoder.config)?;
-        text_encoder_from(
+        ClipTextModel::load_from(
             &TensorFile::open(&self.text_encoder.weights)?,
             &cfg,
             device,
@@ -159,7 +150,7 @@ impl PipelineSource for LdmCheckpoint {
 
     fn text_encoder(&self, device: Device, kind: Kind) -> Result<ClipTextModel> {
         let cfg = self.text_encoder_config()?;
-        text_encoder_from(self.text_encoder()?.as_ref(), &cfg, device, kind)
+        ClipTextModel::load_from(self.text_encoder()?.as_ref(), &cfg, device, kind)
     }
 
     fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {

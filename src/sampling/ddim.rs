@@ -1,6 +1,6 @@
 //! DDIM (Song et al. 2021), eta 0, as diffusers' `DDIMScheduler`.
 use super::Scheduler;
-use super::scheduler::SchedulerConfig;
+use super::scheduler::{SchedulerConfig, TimestepSpacing};
 use anyhow::{Result, bail};
 use tch::Tensor;
 
@@ -26,20 +26,20 @@ impl Ddim {
         } else {
             alphas_cumprod[0]
         };
-        let timesteps: Vec<i64> = match cfg.spacing("leading") {
-            "linspace" => super::scheduler::np_linspace(0.0, (n - 1) as f64, steps)
+        let timesteps: Vec<i64> = match cfg.spacing(TimestepSpacing::Leading) {
+            TimestepSpacing::Linspace => super::scheduler::np_linspace(0.0, (n - 1) as f64, steps)
                 .iter()
                 .rev()
                 .map(|t| t.round_ties_even() as i64)
                 .collect(),
-            "trailing" => {
+            TimestepSpacing::Trailing => {
                 let ratio = n as f64 / steps as f64;
                 let len = (n as f64 / ratio).ceil() as usize;
                 (0..len)
                     .map(|i| (n as f64 - i as f64 * ratio).round_ties_even() as i64 - 1)
                     .collect()
             }
-            _ => {
+            TimestepSpacing::Leading => {
                 let ratio = (n / steps) as i64;
                 (0..steps as i64)
                     .rev()

@@ -2,7 +2,9 @@
 //! `algorithm_type="dpmsolver++"`, `solver_order=2`, midpoint solver, `lower_order_final`,
 //! final sigma 0 (so the last step is first order), optionally Karras sigmas (rho 7).
 use super::Scheduler;
-use super::scheduler::{SchedulerConfig, karras_sigmas, np_interp_index, np_linspace, sigma_to_t};
+use super::scheduler::{
+    SchedulerConfig, TimestepSpacing, karras_sigmas, np_interp_index, np_linspace, sigma_to_t,
+};
 use anyhow::{Result, bail};
 use tch::Tensor;
 
@@ -30,22 +32,22 @@ impl DpmPp2m {
         }
         // lambda_min_clipped is -inf: the schedule runs up to the last training step
         let last = n;
-        let mut timesteps: Vec<f64> = match cfg.spacing("linspace") {
-            "leading" => {
+        let mut timesteps: Vec<f64> = match cfg.spacing(TimestepSpacing::Linspace) {
+            TimestepSpacing::Leading => {
                 let ratio = last / (steps + 1);
                 (1..=steps)
                     .rev()
                     .map(|i| (i * ratio + cfg.steps_offset) as f64)
                     .collect()
             }
-            "trailing" => {
+            TimestepSpacing::Trailing => {
                 let ratio = n as f64 / steps as f64;
                 let len = (last as f64 / ratio).ceil() as usize;
                 (0..len)
                     .map(|i| (last as f64 - i as f64 * ratio).round_ties_even() - 1.0)
                     .collect()
             }
-            _ => {
+            TimestepSpacing::Linspace => {
                 let mut v: Vec<f64> = np_linspace(0.0, (last - 1) as f64, steps + 1)
                     .iter()
                     .rev()

@@ -1,7 +1,7 @@
 //! Euler discrete (Karras et al. 2022, Algorithm 2 without churn), as diffusers'
 //! `EulerDiscreteScheduler` with linear sigma interpolation and a final sigma of zero.
 use super::Scheduler;
-use super::scheduler::{SchedulerConfig, np_interp_index, np_linspace};
+use super::scheduler::{SchedulerConfig, TimestepSpacing, np_interp_index, np_linspace};
 use anyhow::{Result, bail};
 use tch::Tensor;
 
@@ -18,23 +18,23 @@ impl Euler {
         if steps == 0 || steps > n {
             bail!("Euler: {steps} steps; it takes 1 to {n}");
         }
-        let spacing = cfg.spacing("linspace");
+        let spacing = cfg.spacing(TimestepSpacing::Linspace);
         let timesteps: Vec<f32> = match spacing {
-            "leading" => {
+            TimestepSpacing::Leading => {
                 let ratio = n / steps;
                 (0..steps)
                     .rev()
                     .map(|i| (i * ratio) as f32 + cfg.steps_offset as f32)
                     .collect()
             }
-            "trailing" => {
+            TimestepSpacing::Trailing => {
                 let ratio = n as f64 / steps as f64;
                 let len = (n as f64 / ratio).ceil() as usize;
                 (0..len)
                     .map(|i| (n as f64 - i as f64 * ratio).round_ties_even() as f32 - 1.0)
                     .collect()
             }
-            _ => np_linspace(0.0, (n - 1) as f64, steps)
+            TimestepSpacing::Linspace => np_linspace(0.0, (n - 1) as f64, steps)
                 .iter()
                 .rev()
                 .map(|&t| t as f32)
@@ -48,8 +48,8 @@ impl Euler {
         sigmas.push(0.0);
         let max_sigma = sigmas.iter().cloned().fold(0.0f32, f32::max);
         let init_noise_sigma = match spacing {
-            "linspace" | "trailing" => max_sigma,
-            _ => (max_sigma * max_sigma + 1.0).sqrt(),
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
+            TimestepSpacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
         } as f64;
         Ok(Euler {
             timesteps: timesteps.iter().map(|&t| t as f64).collect(),

@@ -1,5 +1,6 @@
 //! The scheduler configuration (diffusers' `scheduler_config.json`) and the training noise
 //! schedule every scheduler derives from.
+use crate::weights::config_json;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -16,13 +17,13 @@ pub struct SchedulerConfig {
     pub beta_start: f64,
     #[serde(default = "default_beta_end")]
     pub beta_end: f64,
-    #[serde(default = "default_beta_schedule")]
-    pub beta_schedule: String,
-    #[serde(default = "default_prediction_type")]
-    pub prediction_type: String,
-    /// `leading`, `linspace` or `trailing`; `None`: the scheduler's own default.
     #[serde(default)]
-    pub timestep_spacing: Option<String>,
+    pub beta_schedule: BetaSchedule,
+    #[serde(default)]
+    pub prediction_type: PredictionType,
+    /// `None`: the scheduler's own default.
+    #[serde(default)]
+    pub timestep_spacing: Option<TimestepSpacing>,
     #[serde(default)]
     pub steps_offset: usize,
     /// DDIM only.
@@ -33,6 +34,14 @@ pub struct SchedulerConfig {
     pub clip_sample: Option<bool>,
     #[serde(default)]
     pub clip_sample_range: Option<f64>,
+    /// Options of diffusers that change the schedule and negimg does not compute: read so
+    /// that a config which sets them is refused instead of run as if they were absent.
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: Option<bool>,
+    #[serde(default)]
+    pub thresholding: Option<bool>,
 }
 
 fn default_train_steps() -> usize {
@@ -44,11 +53,35 @@ fn default_beta_start() -> f64 {
 fn default_beta_end() -> f64 {
     0.02
 }
-fn default_beta_schedule() -> String {
-    "linear".into()
+
+/// How the training betas run from `beta_start` to `beta_end` (diffusers' `beta_schedule`;
+/// its `squaredcos_cap_v2` and `sigmoid` are not computed here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    #[default]
+    Linear,
+    /// Linear in `sqrt(beta)`, as Stable Diffusion was trained.
+    ScaledLinear,
 }
-fn default_prediction_type() -> String {
-    "epsilon".into()
+
+/// What the UNet predicts; negimg runs epsilon-prediction SD1.5 models only (diffusers'
+/// `v_prediction` and `sample` are refused when the config is read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionType {
+    #[default]
+    Epsilon,
+}
+
+/// Where the inference timesteps fall among the training steps (diffusers'
+/// `timestep_spacing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSpacing {
+    Leading,
+    Linspace,
+    Trailing,
 }
 
 impl SchedulerConfig {
@@ -59,22 +92,22 @@ impl SchedulerConfig {
             num_train_timesteps: 1000,
             beta_start: 0.00085,
             beta_end: 0.012,
-            beta_schedule: "scaled_linear".into(),
-            prediction_type: "epsilon".into(),
-            timestep_spacing: Some("leading".into()),
+            beta_schedule: BetaSchedule::ScaledLinear,
+            prediction_type: PredictionType::Epsilon,
+            timestep_spacing: Some(TimestepSpacing::Leading),
             steps_offset: 1,
             set_alpha_to_one: Some(false),
             clip_sample: Some(false),
             clip_sample_range: Some(1.0),
+            trained_betas: None,
+            rescale_betas_zero_snr: None,
+            thresholding: None,
         }
     }
 
     /// Reads `scheduler_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read scheduler config {}", path.display()))?;
-        let cfg: SchedulerConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid scheduler config", path.display()))?;
+        let cfg: SchedulerConfig = config_json::read(path, "scheduler config")?;
         cfg.validate()
             .with_context(|| format!("scheduler config {}", path.display()))?;
         Ok(cfg)
@@ -91,22 +124,17 @@ impl SchedulerConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.prediction_type != "epsilon" {
-            bail!(
-                "prediction_type {:?} is not supported (negimg runs epsilon-prediction SD1.5 models)",
-                self.prediction_type
-            );
-        }
-        if !matches!(self.beta_schedule.as_str(), "linear" | "scaled_linear") {
-            bail!(
-                "beta_schedule {:?} is not supported (linear, scaled_linear)",
-                self.beta_schedule
-            );
-        }
-        if let Some(s) = &self.timestep_spacing
-            && !matches!(s.as_str(), "leading" | "linspace" | "trailing")
-        {
-            bail!("timestep_spacing {s:?} is not one of leading, linspace, trailing");
+        for (key, set) in [
+            ("trained_betas", self.trained_betas.is_some()),
+            (
+                "rescale_betas_zero_snr",
+                self.rescale_betas_zero_snr == Some(true),
+            ),
+            ("thresholding", self.thresholding == Some(true)),
+        ] {
+            if set {
+                bail!("{key} is not supported (negimg computes the betas from beta_schedule)");
+            }
         }
         if self.num_train_timesteps < 2 {
             bail!("num_train_timesteps must be at least 2");
@@ -115,8 +143,8 @@ impl SchedulerConfig {
     }
 
     /// The spacing in use, with `default` when the config has none.
-    pub fn spacing<'a>(&'a self, default: &'a str) -> &'a str {
-        self.timestep_spacing.as_deref().unwrap_or(default)
+    pub fn spacing(&self, default: TimestepSpacing) -> TimestepSpacing {
+        self.timestep_spacing.unwrap_or(default)
     }
 
     /// `alphas_cumprod` of the training schedule, computed with torch in float32 exactly as
@@ -124,12 +152,12 @@ impl SchedulerConfig {
     pub fn alphas_cumprod(&self) -> Vec<f32> {
         let n = self.num_train_timesteps as i64;
         let opts = (Kind::Float, tch::Device::Cpu);
-        let betas = match self.beta_schedule.as_str() {
-            "scaled_linear" => {
+        let betas = match self.beta_schedule {
+            BetaSchedule::ScaledLinear => {
                 Tensor::linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n, opts)
                     .pow_tensor_scalar(2)
             }
-            _ => Tensor::linspace(self.beta_start, self.beta_end, n, opts),
+            BetaSchedule::Linear => Tensor::linspace(self.beta_start, self.beta_end, n, opts),
         };
         let alphas = betas.neg() + 1.0;
         let cumprod = alphas.cumprod(0, Kind::Float);
@@ -197,4 +225,101 @@ pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec
         .into_iter()
         .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// Writes `json` as a scheduler_config.json and reads it back.
+    fn read(json: &str) -> (PathBuf, Result<SchedulerConfig>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler_config.json");
+        std::fs::write(&path, json).unwrap();
+        let cfg = SchedulerConfig::from_file(&path);
+        (path, cfg)
+    }
+
+    #[test]
+    fn options_parse_to_their_enums() {
+        let (_, cfg) = read(
+            r#"{"beta_schedule": "scaled_linear", "prediction_type": "epsilon",
+                "timestep_spacing": "trailing", "trained_betas": null}"#,
+        );
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.beta_schedule, BetaSchedule::ScaledLinear);
+        assert_eq!(
+            cfg.spacing(TimestepSpacing::Leading),
+            TimestepSpacing::Trailing
+        );
+        let (_, cfg) = read("{}");
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.beta_schedule, BetaSchedule::Linear);
+        assert_eq!(
+            cfg.spacing(TimestepSpacing::Leading),
+            TimestepSpacing::Leading
+        );
+        // Written as diffusers spells the values.
+        let json = SchedulerConfig::sd15_ddim().to_config_json();
+        assert_eq!(json["beta_schedule"], "scaled_linear");
+        assert_eq!(json["timestep_spacing"], "leading");
+        assert!(json.get("trained_betas").is_none());
+    }
+
+    #[test]
+    fn unknown_option_values_name_file_key_and_allowed_values() {
+        for (json, key, allowed) in [
+            (
+                r#"{"beta_schedule": "cosine_typo"}"#,
+                "beta_schedule",
+                &["`linear`", "`scaled_linear`"][..],
+            ),
+            // Values diffusers knows but negimg does not compute.
+            (
+                r#"{"beta_schedule": "squaredcos_cap_v2"}"#,
+                "beta_schedule",
+                &["`linear`", "`scaled_linear`"],
+            ),
+            (
+                r#"{"prediction_type": "v_prediction"}"#,
+                "prediction_type",
+                &["`epsilon`"],
+            ),
+            (
+                r#"{"timestep_spacing": "trailng", "steps_offset": 1}"#,
+                "timestep_spacing",
+                &["`leading`", "`linspace`", "`trailing`"],
+            ),
+        ] {
+            let (path, cfg) = read(json);
+            let msg = format!("{:#}", cfg.unwrap_err());
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains(&format!("key \"{key}\"")), "{msg}");
+            for value in allowed {
+                assert!(msg.contains(value), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn schedule_options_negimg_does_not_compute_are_refused() {
+        for (json, key) in [
+            (r#"{"trained_betas": [0.1, 0.2]}"#, "trained_betas"),
+            (
+                r#"{"rescale_betas_zero_snr": true}"#,
+                "rescale_betas_zero_snr",
+            ),
+            (r#"{"thresholding": true}"#, "thresholding"),
+        ] {
+            let (path, cfg) = read(json);
+            let msg = format!("{:#}", cfg.unwrap_err());
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains(key),
+                "{msg}"
+            );
+        }
+        let (_, cfg) = read(r#"{"rescale_betas_zero_snr": false, "thresholding": false}"#);
+        assert!(cfg.is_ok());
+    }
 }

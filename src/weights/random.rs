@@ -5,6 +5,14 @@ use tch::{Tensor, nn};
 
 /// An empty CPU store with the global generator seeded: the model built into it next
 /// draws its initial weights from `seed`, not from whatever ran before.
+/// libtorch's default generator is global to the process: seeding it and drawing from it
+/// (initial latents, noise images) must not interleave with another thread's draws, and
+/// building a model draws its initial weights from it. Each of these holds this lock.
+pub fn global_generator() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn seeded_var_store(seed: i64) -> nn::VarStore {
     tch::manual_seed(seed);
     nn::VarStore::new(tch::Device::Cpu)
