@@ -43,7 +43,8 @@ pub fn run(args: ScoreArgs, g: &Globals) -> Result<()> {
         .or_else(|| manifest_scorer(&args.run_dir))
         .unwrap_or_else(|| DEFAULT_SCORER.to_string());
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
-    let scorer = crate::weights::hub::resolve(&reference, &cwd)
+    let component = crate::weights::hub::Component::ModelFolder;
+    let scorer = crate::weights::hub::resolve_as(&reference, &cwd, component, true)
         .with_context(|| format!("scorer {reference:?}"))?;
     crate::scoring::score_run(&args.run_dir, &scorer, device, kind)?;
     let id = crate::scoring::scorer_id(&scorer)?;

@@ -1,5 +1,6 @@
 //! Weight files: safetensors into tch VarStores with shape checks and precise errors.
 pub mod hub;
+mod hub_client;
 pub mod ldm;
 pub mod pipeline_folder;
 pub mod random;
@@ -15,17 +16,26 @@ pub fn models_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("models"))
 }
 
-/// The Hugging Face hub cache, as huggingface_hub finds it: `$HF_HUB_CACHE`, else
-/// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-pub fn hf_hub_cache() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
-        return PathBuf::from(dir);
+/// huggingface_hub's home folder: `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else
+/// `~/.cache/huggingface`.
+pub fn hf_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("HF_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
     }
-    if let Some(home) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(home).join("hub");
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(xdg).join("huggingface");
     }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default();
-    home.join(".cache").join("huggingface").join("hub")
+    home.join(".cache").join("huggingface")
+}
+
+/// The Hugging Face hub cache, as huggingface_hub finds it: `$HF_HUB_CACHE`, else
+/// [`hf_home`]`/hub`.
+pub fn hf_hub_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    hf_home().join("hub")
 }
