@@ -120,7 +120,8 @@ fn text_encoder_from(
     vs.set_kind(kind);
     let model = ClipTextModel::new(vs.root() / "text_model", cfg);
     vs.freeze();
-    load_var_store(&vs, source, |name| Some(name.to_string()))?;
+    let keys = crate::weights::safetensors_io::with_or_without_prefix(source, "text_model");
+    load_var_store(&vs, source, keys)?;
     Ok(model)
 }
 

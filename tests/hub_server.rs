@@ -517,3 +517,84 @@ fn sha_of(hub: &StandIn, file: &str) -> String {
         hub.repo(PIPELINE).files[file].as_slice(),
     ))
 }
+
+#[test]
+fn hub_fetches_bin_only_for_folders_without_safetensors_and_loads_it() {
+    let dir = common::scratch("hub_server_bin");
+    let home = dir.join("hf_home");
+    let tiny = common::tiny::tiny_models();
+    // A pickled UNet as older repos ship it: torch.save of the state dict.
+    let bin = dir.join("unet.bin");
+    let code = "import sys, torch; from safetensors.torch import load_file; \
+                torch.save(load_file(sys.argv[1]), sys.argv[2])";
+    let out = Command::new(common::python())
+        .args(["-c", code])
+        .arg(tiny.join("pipeline").join(UNET))
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut all = repos();
+    let pipeline = &mut all.iter_mut().find(|(n, _)| *n == PIPELINE).unwrap().1;
+    pipeline.files.remove(UNET);
+    pipeline.files.insert(
+        "unet/diffusion_pytorch_model.bin".into(),
+        std::sync::Arc::new(std::fs::read(&bin).unwrap()),
+    );
+    let hub = StandIn::start(all, TOKEN);
+    let exp = models_only(&dir, PIPELINE);
+    let (ok, text, _) = output(fetch(&hub, &home, &exp, &[]));
+    assert!(ok, "{text}");
+    let got: Vec<String> = hub
+        .downloaded()
+        .into_iter()
+        .filter(|(r, f)| {
+            r == PIPELINE && (f.starts_with("unet/") || f.starts_with("text_encoder/"))
+        })
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.bin"
+        ]
+    );
+    // `models check` loads it through a safetensors copy kept outside blobs/ and snapshots/.
+    let converted = dir.join("converted");
+    let check = negimg(
+        &hub,
+        &home,
+        &["models", "check", "--no-hash", exp.to_str().unwrap()],
+        &[
+            ("NEGIMG_CONVERTED", converted.to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    let (ok, text, _) = output(check);
+    assert!(ok, "{text}");
+    assert!(text.contains("every tensor is present"), "{text}");
+    let copies: Vec<_> = files_under(&converted, "")
+        .into_iter()
+        .filter(|(p, _)| p.ends_with(".safetensors"))
+        .collect();
+    assert_eq!(
+        copies.len(),
+        1,
+        "{:?}",
+        copies.iter().map(|c| &c.0).collect::<Vec<_>>()
+    );
+    let in_cache = files_under(&home.join("hub"), "");
+    assert!(
+        !in_cache
+            .iter()
+            .any(|(p, _)| p.contains("unet/") && p.ends_with(".safetensors")),
+        "a converted file in the hub cache"
+    );
+}

@@ -119,7 +119,9 @@ impl ClipModel {
         let file = weights::TensorFile::open(weights_file(dir)?)?;
         let mut vs = nn::VarStore::new(device);
         let model = ClipModel::new(vs.root(), &cfg);
-        load_all(&mut vs, &file, kind).with_context(|| format!("CLIP model {}", dir.display()))?;
+        // transformers' base-model prefix for CLIPModel is `clip`.
+        load_all(&mut vs, &file, "clip", kind)
+            .with_context(|| format!("CLIP model {}", dir.display()))?;
         Ok(model)
     }
 

@@ -1,7 +1,7 @@
 //! CLIP text transformer as transformers' `CLIPTextModel` (keys `text_model.*`), plus the
 //! pre-norm transformer encoder that the vision tower shares.
 use crate::weights::{self, TensorSource};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor, nn, nn::Module};
@@ -266,27 +266,9 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result
 }
 
 /// The weights of a transformers/diffusers model folder: `model.safetensors`, else
-/// `model.fp16.safetensors`.
+/// `model.fp16.safetensors`, else `pytorch_model.bin`.
 pub(crate) fn weights_file(dir: &Path) -> Result<PathBuf> {
-    for name in ["model.safetensors", "model.fp16.safetensors"] {
-        let path = dir.join(name);
-        if path.is_file() {
-            return Ok(path);
-        }
-    }
-    if dir.join("pytorch_model.bin").is_file() {
-        bail!(
-            "{}: only pytorch_model.bin is present; negimg reads safetensors. Convert it with: \
-             python -c \"import transformers as t, sys; m = t.AutoModel.from_pretrained(sys.argv[1]); \
-             m.save_pretrained(sys.argv[1], safe_serialization=True)\" {}",
-            dir.display(),
-            dir.display()
-        );
-    }
-    bail!(
-        "{}: no model.safetensors (or model.fp16.safetensors)",
-        dir.display()
-    )
+    weights::pipeline_folder::find_weights(dir, "model", false)
 }
 
 /// Writes `config.json` and `model.safetensors` (fp32) for the model in `vs`.
@@ -298,10 +280,20 @@ pub(crate) fn save_model(dir: &Path, config: &serde_json::Value, vs: &nn::VarSto
     weights::random::save_var_store(vs, &dir.join("model.safetensors"), Kind::Float)
 }
 
-/// Loads every variable of `vs` from `file` (same names), converted to `kind`.
-pub(crate) fn load_all(vs: &mut nn::VarStore, file: &dyn TensorSource, kind: Kind) -> Result<()> {
+/// Loads every variable of `vs` from `file`, converted to `kind`; the file may hold the
+/// variables under `prefix` or without it ([`weights::safetensors_io::with_or_without_prefix`]).
+pub(crate) fn load_all(
+    vs: &mut nn::VarStore,
+    file: &dyn TensorSource,
+    prefix: &str,
+    kind: Kind,
+) -> Result<()> {
     vs.set_kind(kind);
-    weights::load_var_store(vs, file, |name| Some(name.to_string()))?;
+    weights::load_var_store(
+        vs,
+        file,
+        weights::safetensors_io::with_or_without_prefix(file, prefix),
+    )?;
     Ok(())
 }
 
@@ -346,7 +338,7 @@ impl ClipTextModel {
         let file = weights::TensorFile::open(weights_file(dir)?)?;
         let mut vs = nn::VarStore::new(device);
         let model = ClipTextModel::new(vs.root() / "text_model", &cfg);
-        load_all(&mut vs, &file, kind)?;
+        load_all(&mut vs, &file, "text_model", kind)?;
         Ok(model)
     }
 

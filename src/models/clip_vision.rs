@@ -233,7 +233,7 @@ impl ClipVisionModelWithProjection {
     ) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let model = Self::new(vs.root(), cfg);
-        load_all(&mut vs, file, kind)?;
+        load_all(&mut vs, file, "vision_model", kind)?;
         Ok(model)
     }
 

@@ -5,6 +5,7 @@ pub mod ldm;
 pub mod pipeline_folder;
 pub mod random;
 pub mod safetensors_io;
+pub mod torch_bin;
 
 pub use safetensors_io::{TensorFile, TensorSource, load_var_store};
 use std::path::PathBuf;
