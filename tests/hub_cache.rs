@@ -123,7 +123,6 @@ fn hub_missing_file_error_names_repo_file_and_command() {
         "org/adapters",
         "models/ip-adapter_sd15.safetensors",
         "hf download org/adapters models/ip-adapter_sd15.safetensors",
-        "negimg models fetch",
         hub.to_str().unwrap(),
     ] {
         assert!(msg.contains(part), "{part:?} not in: {msg}");
@@ -204,6 +203,8 @@ fn run_negimg(
     let mut cmd = std::process::Command::new(common::negimg_bin());
     cmd.args(args).current_dir(cwd);
     for var in [
+        "HF_HOME",
+        "XDG_CACHE_HOME",
         "HF_HUB_CACHE",
         "HF_TOKEN",
         "HF_ENDPOINT",
@@ -268,22 +269,121 @@ fn hub_offline_empty_cache_fails_fast_with_instructions() {
 }
 
 #[test]
+fn hub_offline_hints_name_the_component_files_and_the_experiment() {
+    let dir = common::scratch("hub_offline_hints");
+    let exp = real_models_experiment(&dir);
+    let home = dir.join("hf_home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = [("HF_HOME", home.to_str().unwrap())];
+    let (code, out, _) = run_negimg(
+        &["models", "fetch", exp.to_str().unwrap()],
+        &dir,
+        &env,
+        true,
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("<experiment.toml>"), "{out}");
+    assert!(
+        out.contains(&format!("negimg models fetch {}", exp.display())),
+        "{out}"
+    );
+    // `negimg score` with a scorer from the hub: no experiment to name, and the files are a
+    // model folder's, not a pipeline's.
+    let (code, out, _) = run_negimg(
+        &[
+            "score",
+            dir.to_str().unwrap(),
+            "--scorer",
+            "hf:openai/clip-vit-large-patch14",
+        ],
+        &dir,
+        &env,
+        true,
+    );
+    assert_ne!(code, 0, "{out}");
+    let hint = out
+        .lines()
+        .find(|l| l.contains("hf download openai/clip-vit-large-patch14"))
+        .unwrap_or_else(|| panic!("no hf download hint in:\n{out}"));
+    assert!(
+        hint.contains("\"*.safetensors\"") && hint.contains("\"*.json\""),
+        "{hint}"
+    );
+    assert!(!out.contains("unet/*") && !out.contains("vae/*"), "{out}");
+    assert!(!out.contains("<experiment.toml>"), "{out}");
+}
+
+#[test]
+fn hub_cache_follows_xdg_cache_home_as_huggingface_hub() {
+    let dir = common::scratch("hub_xdg");
+    let xdg = dir.join("xdg");
+    add_to_cache(
+        &xdg.join("huggingface/hub"),
+        "org/adapters",
+        &[("models/ip-adapter_sd15.safetensors", b"adapter")],
+    );
+    let exp = dir.join("xdg.toml");
+    std::fs::write(
+        &exp,
+        "[models]\npipeline = \"hf:org/adapters/models/ip-adapter_sd15.safetensors\"\n\
+         image_encoder = \"hf:org/adapters/models/ip-adapter_sd15.safetensors\"\n",
+    )
+    .unwrap();
+    let args = ["models", "check", "--no-load", exp.to_str().unwrap()];
+    let env = [("XDG_CACHE_HOME", xdg.to_str().unwrap())];
+    let (code, out, _) = run_negimg(&args, &dir, &env, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(xdg.join("huggingface/hub").to_str().unwrap()),
+        "{out}"
+    );
+    // HF_HOME wins over XDG_CACHE_HOME, HF_HUB_CACHE over both.
+    let other = dir.join("other");
+    let env = [
+        ("XDG_CACHE_HOME", xdg.to_str().unwrap()),
+        ("HF_HOME", other.to_str().unwrap()),
+    ];
+    let (code, out, _) = run_negimg(&args, &dir, &env, true);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains(other.join("hub").to_str().unwrap()), "{out}");
+    let xdg_hub = xdg.join("huggingface/hub");
+    let env = [
+        ("HF_HOME", other.to_str().unwrap()),
+        ("HF_HUB_CACHE", xdg_hub.to_str().unwrap()),
+    ];
+    let (code, out, _) = run_negimg(&args, &dir, &env, true);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
 fn hub_unreachable_network_fails_fast_without_offline_flag() {
     let dir = common::scratch("hub_unreachable_cli");
     let exp = real_models_experiment(&dir);
     let home = dir.join("hf_home");
     std::fs::create_dir_all(&home).unwrap();
-    // A refused connection (nothing listens on port 9) and a server that accepts and never
-    // answers (a loopback listener: tests contact no other address): neither may hang. The
-    // hub itself is not contacted, so this test behaves the same on a machine with internet.
-    let silent = silent_listener();
-    for (endpoint, bound) in [
-        ("http://127.0.0.1:9".to_string(), Duration::from_secs(10)),
-        (format!("http://{silent}"), Duration::from_secs(20)),
+    // A refused connection (a port just closed) and a listener that accepts and never
+    // answers: neither may hang. Only loopback is contacted, so this behaves the same on a
+    // machine with internet.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    // Accepted connections are kept open and never read from or written to.
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().collect();
+        drop(held);
+    });
+    // The silent one fails after HF_HUB_ETAG_TIMEOUT (huggingface_hub's variable).
+    for endpoint in [
+        format!("http://127.0.0.1:{closed_port}"),
+        format!("http://127.0.0.1:{silent_port}"),
     ] {
+        let endpoint = endpoint.as_str();
         let env = [
             ("HF_HOME", home.to_str().unwrap()),
-            ("HF_ENDPOINT", endpoint.as_str()),
+            ("HF_ENDPOINT", endpoint),
+            ("HF_HUB_ETAG_TIMEOUT", "3"),
         ];
         let (code, out, took) = run_negimg(
             &["models", "fetch", exp.to_str().unwrap()],
@@ -292,25 +392,13 @@ fn hub_unreachable_network_fails_fast_without_offline_flag() {
             false,
         );
         assert_ne!(code, 0, "{out}");
-        assert!(took < bound, "{endpoint}: took {took:?}");
+        assert!(took < Duration::from_secs(10), "{endpoint}: took {took:?}");
         assert!(
             out.contains("cannot be reached") && out.contains("hf download"),
             "{out}"
         );
         assert!(!out.contains("panicked"), "{out}");
     }
-}
-
-/// A 127.0.0.1 listener that accepts connections and never answers (it holds them open for
-/// the rest of the test process); its address.
-fn silent_listener() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let held: Vec<_> = listener.incoming().map_while(Result::ok).collect();
-        drop(held);
-    });
-    addr
 }
 
 /// Every file under `dir`, relative, '/'-separated.

@@ -107,11 +107,28 @@ fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
     Ok((base_dir, entries))
 }
 
+fn resolve_how<'a>(
+    base_dir: &'a Path,
+    e: &Entry,
+    download: bool,
+    experiment: &'a Path,
+) -> hub::Resolve<'a> {
+    hub::Resolve {
+        base_dir,
+        component: e.role.component(),
+        download,
+        experiment: Some(experiment),
+    }
+}
+
 pub fn fetch(args: FetchArgs, _g: &Globals) -> Result<()> {
     let (base_dir, entries) = read_models(&args.experiment)?;
     let mut failed = vec![];
     for e in &entries {
-        match hub::resolve_as(&e.reference, &base_dir, e.role.component(), true) {
+        match hub::resolve_for(
+            &e.reference,
+            &resolve_how(&base_dir, e, true, &args.experiment),
+        ) {
             Ok(path) => println!(
                 "{:<16} {} -> {}",
                 e.role.name(),
@@ -141,9 +158,11 @@ pub fn check(args: CheckArgs, _g: &Globals) -> Result<()> {
     let mut failed = vec![];
     let mut resolved = vec![];
     for e in &entries {
-        let component = e.role.component();
-        match hub::resolve_as(&e.reference, &base_dir, component, false)
-            .and_then(|p| Ok((hub::component_files(&p, component)?, p)))
+        match hub::resolve_for(
+            &e.reference,
+            &resolve_how(&base_dir, e, false, &args.experiment),
+        )
+        .and_then(|p| Ok((hub::component_files(&p, e.role.component())?, p)))
         {
             Ok((files, path)) => {
                 println!(

@@ -46,7 +46,8 @@ pub fn run(args: ScoreArgs, g: &Globals) -> Result<()> {
     let (device, kind) = g.device_and_dtype()?;
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
     let resolve = |reference: String, what: &str| {
-        crate::weights::hub::resolve(&reference, &cwd)
+        let component = crate::weights::hub::Component::ModelFolder;
+        crate::weights::hub::resolve_as(&reference, &cwd, component, true)
             .with_context(|| format!("{what} {reference:?}"))
     };
     let clip = args

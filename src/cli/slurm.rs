@@ -1,5 +1,6 @@
 //! `negimg slurm FILE --jobs N`: an sbatch job-array script whose tasks run the shards of one
-//! experiment into one run folder (`--run-id`), each on one GPU.
+//! experiment into one run folder (`--run-id`), each with `--gpus N` GPUs (0: a CPU
+//! partition, no `--gres` line) and the `--device`/`--dtype` given to `negimg slurm`.
 use super::Globals;
 use crate::experiment::{self, LoadOptions};
 use anyhow::{Context, Result, bail};
@@ -26,6 +27,9 @@ pub struct SlurmArgs {
     pub time: String,
     #[arg(long, default_value_t = 8)]
     pub cpus: usize,
+    /// GPUs per task (`--gres=gpu:N`); 0 for a CPU partition (no --gres line).
+    #[arg(long, default_value_t = 1)]
+    pub gpus: usize,
     #[arg(long, default_value = "64G")]
     pub mem: String,
     /// The results root the tasks write to.
@@ -36,7 +40,7 @@ pub struct SlurmArgs {
     pub allow_large: bool,
 }
 
-pub fn run(args: SlurmArgs, _g: &Globals) -> Result<()> {
+pub fn run(args: SlurmArgs, g: &Globals) -> Result<()> {
     if args.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
@@ -47,6 +51,16 @@ pub fn run(args: SlurmArgs, _g: &Globals) -> Result<()> {
             download: false,
         },
     )?;
+    if args.jobs > exp.cells.len() {
+        eprintln!(
+            "warning: {} tasks for {} cells: tasks {}..{} will have no cell to make (use --jobs {})",
+            args.jobs,
+            exp.cells.len(),
+            exp.cells.len() + 1,
+            args.jobs,
+            exp.cells.len().max(1)
+        );
+    }
     let run_id = match &args.run_id {
         Some(id) => id.clone(),
         None => crate::run::layout::new_run_id(std::time::SystemTime::now()),
@@ -69,6 +83,7 @@ pub fn run(args: SlurmArgs, _g: &Globals) -> Result<()> {
         partition: args.partition.as_deref(),
         time: &args.time,
         cpus: args.cpus,
+        gpus: args.gpus,
         mem: &args.mem,
         logs: &logs,
         workdir: &cwd,
@@ -76,6 +91,8 @@ pub fn run(args: SlurmArgs, _g: &Globals) -> Result<()> {
         experiment: &abs(&args.experiment),
         results: &results,
         run_id: &run_id,
+        device: passed_on(&g.device),
+        dtype: passed_on(&g.dtype),
     });
     let out = args
         .out
@@ -94,12 +111,18 @@ pub fn run(args: SlurmArgs, _g: &Globals) -> Result<()> {
     Ok(())
 }
 
+/// A `--device`/`--dtype` value for the tasks: none for "auto" (each task decides).
+fn passed_on(value: &str) -> Option<&str> {
+    (value != "auto").then_some(value)
+}
+
 pub struct ScriptSpec<'a> {
     pub name: &'a str,
     pub jobs: usize,
     pub partition: Option<&'a str>,
     pub time: &'a str,
     pub cpus: usize,
+    pub gpus: usize,
     pub mem: &'a str,
     pub logs: &'a Path,
     pub workdir: &'a Path,
@@ -107,6 +130,8 @@ pub struct ScriptSpec<'a> {
     pub experiment: &'a Path,
     pub results: &'a Path,
     pub run_id: &'a str,
+    pub device: Option<&'a str>,
+    pub dtype: Option<&'a str>,
 }
 
 fn quote(p: &Path) -> String {
@@ -118,15 +143,23 @@ pub fn script(s: &ScriptSpec) -> String {
         "#!/bin/bash".to_string(),
         format!("#SBATCH --job-name=negimg-{}", s.name),
         format!("#SBATCH --array=1-{}", s.jobs),
-        "#SBATCH --gres=gpu:1".into(),
         "#SBATCH --ntasks=1".into(),
         format!("#SBATCH --cpus-per-task={}", s.cpus),
         format!("#SBATCH --mem={}", s.mem),
         format!("#SBATCH --time={}", s.time),
         format!("#SBATCH --output={}/%A_%a.log", s.logs.display()),
     ];
+    if s.gpus > 0 {
+        lines.push(format!("#SBATCH --gres=gpu:{}", s.gpus));
+    }
     if let Some(p) = s.partition {
         lines.push(format!("#SBATCH --partition={p}"));
+    }
+    let mut globals = String::new();
+    for (flag, value) in [("--device", s.device), ("--dtype", s.dtype)] {
+        if let Some(v) = value {
+            globals.push_str(&format!(" {flag} {}", quote(Path::new(v))));
+        }
     }
     lines.extend([
         String::new(),
@@ -137,7 +170,7 @@ pub fn script(s: &ScriptSpec) -> String {
         "set -euo pipefail".into(),
         format!("cd {}", quote(s.workdir)),
         format!(
-            "exec {} run {} --results {} --run-id {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"",
+            "exec {}{globals} run {} --results {} --run-id {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"",
             quote(s.exe),
             quote(s.experiment),
             quote(s.results),

@@ -217,6 +217,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             &base_dir,
             init_random.as_ref(),
             opts.download,
+            path,
         )
         .map_err(|e| src.error(r.span(), &key, format!("{e:#}")))?;
         Ok(ModelRef {
@@ -558,6 +559,7 @@ fn resolve_model(
     base_dir: &Path,
     init: Option<&InitRandom>,
     download: bool,
+    experiment: &Path,
 ) -> Result<PathBuf> {
     if !reference.starts_with("hf:") {
         let path = base_dir.join(reference);
@@ -568,7 +570,13 @@ fn resolve_model(
             return Ok(path);
         }
     }
-    let resolved = crate::weights::hub::resolve_as(reference, base_dir, role.component(), download);
+    let how = crate::weights::hub::Resolve {
+        base_dir,
+        component: role.component(),
+        download,
+        experiment: Some(experiment),
+    };
+    let resolved = crate::weights::hub::resolve_for(reference, &how);
     // Without downloading (plan, slurm), a well-formed hf: reference that is not cached yet
     // still counts: `run` downloads it. Its path is where the cache will have it.
     match (resolved, crate::weights::hub::HfRef::parse(reference)) {

@@ -115,9 +115,13 @@ impl ClipModel {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let cfg = ClipConfig::from_file(&dir.join("config.json"))?;
         let file = weights::TensorFile::open(weights_file(dir)?)?;
-        weights::build_and_load(&file, device, kind, weights::same_name, |root| {
-            Ok(ClipModel::new(root, &cfg))
-        })
+        weights::build_and_load(
+            &file,
+            device,
+            kind,
+            weights::safetensors_io::with_or_without_prefix(&file, "clip"),
+            |root| Ok(ClipModel::new(root, &cfg)),
+        )
         .with_context(|| format!("CLIP model {}", dir.display()))
     }
 

@@ -1,7 +1,7 @@
 //! CLIP text transformer as transformers' `CLIPTextModel` (keys `text_model.*`), plus the
 //! pre-norm transformer encoder that the vision tower shares.
 use crate::weights::{self, TensorSource};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor, nn, nn::Module};
@@ -260,27 +260,9 @@ impl ClipTextConfig {
 }
 
 /// The weights of a transformers/diffusers model folder: `model.safetensors`, else
-/// `model.fp16.safetensors`.
+/// `model.fp16.safetensors`, else `pytorch_model.bin`.
 pub(crate) fn weights_file(dir: &Path) -> Result<PathBuf> {
-    for name in ["model.safetensors", "model.fp16.safetensors"] {
-        let path = dir.join(name);
-        if path.is_file() {
-            return Ok(path);
-        }
-    }
-    if dir.join("pytorch_model.bin").is_file() {
-        bail!(
-            "{}: only pytorch_model.bin is present; negimg reads safetensors. Convert it with: \
-             python -c \"import transformers as t, sys; m = t.AutoModel.from_pretrained(sys.argv[1]); \
-             m.save_pretrained(sys.argv[1], safe_serialization=True)\" {}",
-            dir.display(),
-            dir.display()
-        );
-    }
-    bail!(
-        "{}: no model.safetensors (or model.fp16.safetensors)",
-        dir.display()
-    )
+    weights::pipeline_folder::find_weights(dir, "model", false)
 }
 
 /// Writes `config.json` and `model.safetensors` (fp32) for the model in `vs`.
@@ -341,9 +323,13 @@ impl ClipTextModel {
         device: Device,
         kind: Kind,
     ) -> Result<Self> {
-        weights::build_and_load(source, device, kind, weights::same_name, |root| {
-            Ok(ClipTextModel::new(root / "text_model", cfg))
-        })
+        weights::build_and_load(
+            source,
+            device,
+            kind,
+            weights::safetensors_io::with_or_without_prefix(source, "text_model"),
+            |root| Ok(ClipTextModel::new(root / "text_model", cfg)),
+        )
     }
 
     /// `last_hidden_state` `[B, T, hidden]` (after `final_layer_norm`) for ids `[B, T]`.

@@ -229,9 +229,13 @@ impl ClipVisionModelWithProjection {
         device: Device,
         kind: Kind,
     ) -> Result<Self> {
-        weights::build_and_load(file, device, kind, weights::same_name, |root| {
-            Ok(Self::new(root, cfg))
-        })
+        weights::build_and_load(
+            file,
+            device,
+            kind,
+            weights::safetensors_io::with_or_without_prefix(file, "vision_model"),
+            |root| Ok(Self::new(root, cfg)),
+        )
     }
 
     pub fn image_size(&self) -> usize {

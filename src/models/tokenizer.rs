@@ -42,30 +42,12 @@ impl ClipTokenizer {
     /// `merges.txt` and, if present, the pad token of `tokenizer_config.json` /
     /// `special_tokens_map.json`.
     pub fn from_folder(dir: &Path) -> Result<Self> {
-        let vocab_path = dir.join("vocab.json");
-        let text = std::fs::read_to_string(&vocab_path).with_context(|| {
-            format!("cannot read tokenizer vocabulary {}", vocab_path.display())
-        })?;
-        let vocab: HashMap<String, u32> = serde_json::from_str(&text).with_context(|| {
-            format!("{}: not a JSON object of token -> id", vocab_path.display())
-        })?;
-        let merges_path = dir.join("merges.txt");
-        let text = std::fs::read_to_string(&merges_path)
-            .with_context(|| format!("cannot read tokenizer merges {}", merges_path.display()))?;
-        let mut merges = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            if line.starts_with("#version") || line.trim().is_empty() {
-                continue;
-            }
-            let Some((a, b)) = line.split_once(' ') else {
-                bail!(
-                    "{} line {}: a merge is two tokens separated by a space",
-                    merges_path.display(),
-                    n + 1
-                );
+        let (vocab, merges) =
+            if !dir.join("vocab.json").is_file() && dir.join("tokenizer.json").is_file() {
+                vocab_from_tokenizer_json(&dir.join("tokenizer.json"))?
+            } else {
+                vocab_and_merges_files(dir)?
             };
-            merges.push((a.to_string(), b.to_string()));
-        }
         let mut pad = EOS.to_string();
         for name in ["special_tokens_map.json", "tokenizer_config.json"] {
             let path = dir.join(name);
@@ -192,6 +174,75 @@ impl ClipTokenizer {
     pub fn eos_id(&self) -> i64 {
         self.eos_id
     }
+}
+
+/// `vocab.json` and `merges.txt` of a tokenizer folder.
+fn vocab_and_merges_files(dir: &Path) -> Result<(HashMap<String, u32>, Merges)> {
+    let vocab_path = dir.join("vocab.json");
+    let text = std::fs::read_to_string(&vocab_path)
+        .with_context(|| format!("cannot read tokenizer vocabulary {}", vocab_path.display()))?;
+    let vocab: HashMap<String, u32> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a JSON object of token -> id", vocab_path.display()))?;
+    let merges_path = dir.join("merges.txt");
+    let text = std::fs::read_to_string(&merges_path)
+        .with_context(|| format!("cannot read tokenizer merges {}", merges_path.display()))?;
+    let mut merges = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with("#version") || line.trim().is_empty() {
+            continue;
+        }
+        let Some((a, b)) = line.split_once(' ') else {
+            bail!(
+                "{} line {}: a merge is two tokens separated by a space",
+                merges_path.display(),
+                n + 1
+            );
+        };
+        merges.push((a.to_string(), b.to_string()));
+    }
+    Ok((vocab, merges))
+}
+
+/// The BPE vocabulary and merges of a `tokenizer.json` (what transformers 5 saves in place of
+/// vocab.json and merges.txt); a merge is `"a b"` or `["a", "b"]`.
+fn vocab_from_tokenizer_json(path: &Path) -> Result<(HashMap<String, u32>, Merges)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let model = &json["model"];
+    let vocab: HashMap<String, u32> =
+        serde_json::from_value(model["vocab"].clone()).with_context(|| {
+            format!(
+                "{}: model.vocab is not an object of token -> id",
+                path.display()
+            )
+        })?;
+    let list = model["merges"]
+        .as_array()
+        .with_context(|| format!("{}: model.merges is not a list", path.display()))?;
+    let mut merges = Vec::with_capacity(list.len());
+    for (n, m) in list.iter().enumerate() {
+        let pair = match m {
+            serde_json::Value::String(s) => s.split_once(' ').map(|(a, b)| (a.into(), b.into())),
+            serde_json::Value::Array(p) => match (p.first(), p.get(1), p.len()) {
+                (Some(a), Some(b), 2) => a
+                    .as_str()
+                    .zip(b.as_str())
+                    .map(|(a, b)| (a.into(), b.into())),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(pair) = pair else {
+            bail!(
+                "{}: model.merges[{n}] is not a pair of tokens",
+                path.display()
+            );
+        };
+        merges.push(pair);
+    }
+    Ok((vocab, merges))
 }
 
 /// GPT-2's reversible map from bytes to printable characters, which CLIP's vocabulary uses.

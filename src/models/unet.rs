@@ -753,30 +753,12 @@ pub fn component_files(path: &Path, kind: Kind) -> Result<(PathBuf, PathBuf)> {
         "{}: config.json is missing",
         path.display()
     );
-    let full = path.join("diffusion_pytorch_model.safetensors");
-    let half = path.join("diffusion_pytorch_model.fp16.safetensors");
-    let candidates = if kind == Kind::Half {
-        [&half, &full]
-    } else {
-        [&full, &half]
-    };
-    match candidates.into_iter().find(|p| p.is_file()) {
-        Some(weights) => Ok((config, weights.clone())),
-        None => {
-            let bin = path.join("diffusion_pytorch_model.bin");
-            if bin.is_file() {
-                bail!(
-                    "{}: only a pickled .bin is present; negimg reads .safetensors (convert it, \
-                     or download the safetensors variant)",
-                    bin.display()
-                );
-            }
-            bail!(
-                "{}: no diffusion_pytorch_model.safetensors (or .fp16.safetensors) found",
-                path.display()
-            )
-        }
-    }
+    let weights = crate::weights::pipeline_folder::find_weights(
+        path,
+        "diffusion_pytorch_model",
+        kind == Kind::Half,
+    )?;
+    Ok((config, weights))
 }
 
 /// Writes `dir/config.json` and the variables of `vs` as

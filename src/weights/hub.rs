@@ -3,12 +3,14 @@
 //!
 //! The cache has huggingface_hub's layout: `<cache>/models--org--repo/refs/<revision>` holds a
 //! commit sha, `snapshots/<sha>/<path>` are links into `blobs/`. The cache folder is
-//! `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`
-//! ([`super::hf_hub_cache`]). A reference resolves from the cache without touching the network
-//! when every file the component needs is there; otherwise only those files are downloaded
-//! (fp16 variants where the repo has them) with the `hf-hub` crate, unless `HF_HUB_OFFLINE`
-//! is set or the hub cannot be reached within a few seconds: then the error names the repo,
-//! the missing files and the commands that fetch them.
+//! `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
+//! `~/.cache/huggingface/hub` ([`super::hf_hub_cache`]). A reference resolves from the cache
+//! without touching the network when every file the component needs is there; otherwise only
+//! those files are downloaded (fp16 variants where the repo has them; pickled `.bin` only for
+//! folders without safetensors) by [`super::hub_client`], unless `HF_HUB_OFFLINE` is set or
+//! the hub cannot be reached within a few seconds: then the error names the repo, the missing
+//! files and the commands that fetch them.
+use super::hub_client::{Client, Fetch, write_ref};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -17,8 +19,6 @@ use std::time::Duration;
 
 /// How long to wait for the hub before treating the network as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
-/// How long listing a repo may take before the hub counts as unreachable.
-const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// What a reference points at, which decides the files it needs.
@@ -112,12 +112,7 @@ pub fn is_offline() -> bool {
 }
 
 /// Resolves a model reference to a local path: a local path relative to `base_dir` (it must
-/// exist), or an `hf:` reference through the cache, downloading what is missing unless offline.
-pub fn resolve(reference: &str, base_dir: &Path) -> Result<PathBuf> {
-    resolve_as(reference, base_dir, Component::Auto, true)
-}
-
-/// [`resolve`] for a known kind of component; with `download` false, a missing file is an
+/// exist), or an `hf:` reference through the cache, downloading what is missing unless offline; with `download` false, a missing file is an
 /// error even when the network is there (`models check`).
 pub fn resolve_as(
     reference: &str,
@@ -125,12 +120,39 @@ pub fn resolve_as(
     component: Component,
     download: bool,
 ) -> Result<PathBuf> {
-    let mode = if download {
+    resolve_for(
+        reference,
+        &Resolve {
+            base_dir,
+            component,
+            download,
+            experiment: None,
+        },
+    )
+}
+
+/// How to resolve a reference, and the experiment file that names it (for the hints).
+pub struct Resolve<'a> {
+    /// Local paths are relative to it.
+    pub base_dir: &'a Path,
+    pub component: Component,
+    /// False: a missing file is an error even when the network is there (`models check`).
+    pub download: bool,
+    pub experiment: Option<&'a Path>,
+}
+
+/// [`resolve_as`] with the experiment file named in the error's `negimg models fetch` hint.
+pub fn resolve_for(reference: &str, how: &Resolve) -> Result<PathBuf> {
+    let mode = if how.download {
         Mode::Download
     } else {
         Mode::NoDownload
     };
-    resolve_in(reference, base_dir, component, &super::hf_hub_cache(), mode)
+    let hint = Hint {
+        cache: &super::hf_hub_cache(),
+        experiment: how.experiment,
+    };
+    resolve_in(reference, how.base_dir, how.component, &hint, mode)
 }
 
 /// [`resolve_as`] in the cache folder `cache` (the `hub` folder), never downloading.
@@ -140,7 +162,17 @@ pub fn resolve_cached(
     component: Component,
     cache: &Path,
 ) -> Result<PathBuf> {
-    resolve_in(reference, base_dir, component, cache, Mode::CacheOnly)
+    let hint = Hint {
+        cache,
+        experiment: None,
+    };
+    resolve_in(reference, base_dir, component, &hint, Mode::CacheOnly)
+}
+
+/// The cache searched, and the experiment file to name in the hints.
+struct Hint<'a> {
+    cache: &'a Path,
+    experiment: Option<&'a Path>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -156,9 +188,10 @@ fn resolve_in(
     reference: &str,
     base_dir: &Path,
     component: Component,
-    cache: &Path,
+    hint: &Hint,
     mode: Mode,
 ) -> Result<PathBuf> {
+    let cache = hint.cache;
     let Some(hf) = HfRef::parse(reference)? else {
         let path = base_dir.join(reference);
         if !path.exists() {
@@ -204,7 +237,7 @@ fn resolve_in(
         network_down()
     };
     if let Some(reason) = reason {
-        bail!(missing_message(&hf, component, &missing, cache, &reason));
+        bail!(missing_message(&hf, component, &missing, hint, &reason));
     }
     match download_component(&hf, component, cache) {
         Ok(path) => Ok(path),
@@ -213,7 +246,7 @@ fn resolve_in(
             if let Ok(mut down) = NETWORK_DOWN.lock() {
                 *down = Some(reason.clone());
             }
-            bail!(missing_message(&hf, component, &missing, cache, &reason))
+            bail!(missing_message(&hf, component, &missing, hint, &reason))
         }
         Err(Fetch::Failed(e)) => Err(e),
     }
@@ -390,21 +423,8 @@ fn folder_files(listing: &[String], folder: &str) -> Result<Vec<String>> {
     let weight = match preferred.iter().find(|p| weights.contains(*p)) {
         Some(w) => *w,
         None if weights.len() == 1 => weights.iter().next().copied().unwrap_or_default(),
-        None if weights.is_empty() => {
-            let has_bin = listing
-                .iter()
-                .filter_map(|f| direct_child(f, folder))
-                .any(|n| n.ends_with(".bin"));
-            bail!(
-                "{where_}: no .safetensors weights{}",
-                if has_bin {
-                    " (only pickled .bin files, which negimg does not read; convert them with \
-                     the python one-liner in the README, section Models: set-up)"
-                } else {
-                    ""
-                }
-            )
-        }
+        None if weights.is_empty() => pickled_weights(listing, folder)
+            .with_context(|| format!("{where_}: no .safetensors or .bin weights"))?,
         None => bail!("{where_}: several weight files ({weights:?}); name one of them"),
     };
     files.push(if folder.is_empty() {
@@ -413,6 +433,27 @@ fn folder_files(listing: &[String], folder: &str) -> Result<Vec<String>> {
         format!("{folder}/{weight}")
     });
     Ok(files)
+}
+
+/// The pickled weights of a folder that has no safetensors (negimg converts them on loading,
+/// [`super::torch_bin`]): the fp16 variant first, as for safetensors.
+fn pickled_weights<'a>(listing: &'a [String], folder: &str) -> Option<&'a str> {
+    let bins: BTreeSet<&str> = listing
+        .iter()
+        .filter_map(|f| direct_child(f, folder))
+        .filter(|n| n.ends_with(".bin"))
+        .collect();
+    let preferred = [
+        "diffusion_pytorch_model.fp16.bin",
+        "pytorch_model.fp16.bin",
+        "diffusion_pytorch_model.bin",
+        "pytorch_model.bin",
+    ];
+    match preferred.iter().find(|p| bins.contains(*p)) {
+        Some(b) => Some(b),
+        None if bins.len() == 1 => bins.into_iter().next(),
+        None => None,
+    }
 }
 
 fn endpoint() -> String {
@@ -474,18 +515,9 @@ fn token() -> Option<String> {
     }
     let path = std::env::var_os("HF_TOKEN_PATH")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("token")))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/token"))
-        })?;
+        .unwrap_or_else(|| super::hf_home().join("token"));
     let t = std::fs::read_to_string(path).ok()?.trim().to_string();
     (!t.is_empty()).then_some(t)
-}
-
-enum Fetch {
-    /// No answer from the hub: treated like offline.
-    Unreachable(String),
-    Failed(anyhow::Error),
 }
 
 fn download_component(
@@ -493,69 +525,21 @@ fn download_component(
     component: Component,
     cache: &Path,
 ) -> std::result::Result<PathBuf, Fetch> {
-    use hf_hub::{Repo, RepoType, api::sync::ApiBuilder};
-    let api = ApiBuilder::new()
-        .with_endpoint(endpoint())
-        .with_cache_dir(cache.to_path_buf())
-        .with_token(token())
-        .with_progress(true)
-        .with_retries(2)
-        .build()
-        .map_err(|e| {
-            Fetch::Failed(anyhow::anyhow!(
-                "cannot set up the Hugging Face client: {e}"
-            ))
-        })?;
-    let repo = api.repo(Repo::with_revision(
-        hf.repo.clone(),
-        RepoType::Model,
-        hf.revision.clone(),
-    ));
-    // hf-hub's client has no read timeout: bound the listing request, so that a network
-    // that accepts connections but never answers fails in seconds too.
-    let info: hf_hub::api::RepoInfo = match repo.info_request().timeout(LIST_TIMEOUT).call() {
-        Ok(response) => response.into_json().map_err(|e| {
-            Fetch::Failed(anyhow::anyhow!(
-                "{hf}: unreadable answer listing {}: {e}",
-                hf.repo
-            ))
-        })?,
-        Err(e) => {
-            let text = e.to_string();
-            return Err(match e.into_response() {
-                Some(r) if matches!(r.status(), 401 | 403) => Fetch::Failed(anyhow::anyhow!(
-                    "{hf}: access to {} denied ({text}); a private or gated repo needs HF_TOKEN \
-                     (a token from your account, after accepting the model's terms)",
-                    hf.repo
-                )),
-                Some(r) if r.status() == 404 => Fetch::Failed(anyhow::anyhow!(
-                    "{hf}: no repo {} with revision {} ({text})",
-                    hf.repo,
-                    hf.revision
-                )),
-                Some(_) => {
-                    Fetch::Failed(anyhow::anyhow!("{hf}: listing {} failed: {text}", hf.repo))
-                }
-                None => Fetch::Unreachable(text),
-            });
-        }
-    };
-    let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
-    let files = plan_files(&listing, &hf.path, component)
+    let client = Client::new(endpoint(), token());
+    let info = client.repo_info(hf)?;
+    let files = plan_files(&info.files, &hf.path, component)
         .with_context(|| format!("{hf}"))
         .map_err(Fetch::Failed)?;
-    let snapshot = cache
-        .join(hf.cache_folder())
-        .join("snapshots")
-        .join(&info.sha);
+    let repo_dir = cache.join(hf.cache_folder());
+    let snapshot = repo_dir.join("snapshots").join(&info.sha);
     for file in &files {
-        if snapshot.join(file).is_file() {
-            continue;
+        if !snapshot.join(file).is_file() {
+            client
+                .download(hf, cache, &info.sha, file)
+                .map_err(Fetch::Failed)?;
         }
-        log::info!("downloading {file} from {}", hf.repo);
-        repo.download(file)
-            .map_err(|e| Fetch::Failed(anyhow::anyhow!("{hf}: cannot download {file}: {e}")))?;
     }
+    write_ref(&repo_dir, &hf.revision, &info.sha).map_err(Fetch::Failed)?;
     Ok(snapshot.join(&hf.path))
 }
 
@@ -570,7 +554,7 @@ fn missing_message(
     hf: &HfRef,
     component: Component,
     missing: &Missing,
-    cache: &Path,
+    hint: &Hint,
     reason: &str,
 ) -> String {
     let rev = if hf.revision == "main" {
@@ -588,16 +572,23 @@ fn missing_message(
         (None, None) if hf.path.is_empty() => "nothing of it is cached".to_string(),
         (None, None) => format!("{} is not cached", hf.path),
     };
+    let fetch = match hint.experiment {
+        Some(exp) => format!(
+            "negimg models fetch {}\n  or with huggingface_hub's CLI (`hf`, formerly \
+             `huggingface-cli download`):\n    ",
+            exp.display()
+        ),
+        None => "with huggingface_hub's CLI (`hf`, formerly `huggingface-cli download`):\n    "
+            .to_string(),
+    };
     format!(
         "model {hf} is not in the Hugging Face cache {} and {reason}.\n  \
          repo {} (revision {}); {files}.\n\
          To get it, on a machine with internet:\n    \
-         negimg models fetch <experiment.toml>\n  \
-         or with huggingface_hub's CLI (`hf`, formerly `huggingface-cli download`):\n    \
-         hf download {}{rev} {what}\n  \
+         {fetch}hf download {}{rev} {what}\n  \
          then copy that cache folder here, or point HF_HOME / HF_HUB_CACHE at it, or give a \
          local path instead of the hf: reference.",
-        cache.display(),
+        hint.cache.display(),
         hf.repo,
         hf.revision,
         hf.repo
@@ -617,10 +608,15 @@ fn include_patterns(base: &str, component: Component) -> String {
     match component {
         _ if looks_like_file => base.to_string(),
         Component::File => base.to_string(),
-        Component::Pipeline | Component::Auto if base.is_empty() => format!(
-            "--include {} \"unet/*\" \"vae/*\" \"text_encoder/*\" \"tokenizer/*\" \"scheduler/*\" \
+        Component::Pipeline => format!(
+            "--include {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" \
              --exclude \"*.bin\" \"*.ckpt\" \"*.msgpack\" \"*.onnx*\"",
-            join("model_index.json")
+            join("model_index.json"),
+            join("unet/*"),
+            join("vae/*"),
+            join("text_encoder/*"),
+            join("tokenizer/*"),
+            join("scheduler/*")
         ),
         _ => format!(
             "--include \"{}\" \"{}\" \"{}\"",
@@ -689,7 +685,14 @@ mod tests {
             "enc/config.json".to_string(),
             "enc/pytorch_model.bin".to_string(),
         ];
-        let err = plan_files(&bin_only, "enc", Component::Auto).unwrap_err();
-        assert!(format!("{err:#}").contains(".bin"), "{err:#}");
+        // Pickled weights only where a folder has no safetensors.
+        let plan = plan_files(&bin_only, "enc", Component::Auto).unwrap();
+        assert_eq!(plan, vec!["enc/config.json", "enc/pytorch_model.bin"]);
+        let nothing = vec!["enc/config.json".to_string()];
+        let err = plan_files(&nothing, "enc", Component::Auto).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no .safetensors or .bin"),
+            "{err:#}"
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! `tokenizer/`, `scheduler/`.
 //!
 //! Weights are `*.safetensors`; the `*.fp16.safetensors` variant is used when it is the only
-//! one, or when fp16 is asked for and it exists. Pickled `.bin` weights are refused with a
-//! message (they can run code when loaded).
+//! one, or when fp16 is asked for and it exists. A folder with only pickled `.bin` weights is
+//! read through a safetensors copy ([`super::torch_bin`]).
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -23,41 +23,58 @@ impl Component {
         if !config.is_file() {
             bail!("{}: config.json is missing", dir.display());
         }
-        let full = dir.join(format!("{stem}.safetensors"));
-        let half = dir.join(format!("{stem}.fp16.safetensors"));
-        let weights = match (full.is_file(), half.is_file()) {
-            (true, true) if prefer_fp16 => half,
-            (true, _) => full,
-            (false, true) => half,
-            (false, false) => {
-                if dir.join(format!("{stem}.safetensors.index.json")).is_file() {
-                    bail!(
-                        "{}: sharded weights ({stem}-0000x-of-0000y.safetensors) are not supported; \
-                         SD1.5 components are single files",
-                        dir.display()
-                    );
-                }
-                if dir.join(format!("{stem}.bin")).is_file()
-                    || dir.join(format!("{stem}.fp16.bin")).is_file()
-                {
-                    bail!(
-                        "{}: only pickled {stem}.bin weights found; negimg reads .safetensors \
-                         (download the safetensors files of this model)",
-                        dir.display()
-                    );
-                }
-                bail!(
-                    "{}: no {stem}.safetensors (or {stem}.fp16.safetensors) found",
-                    dir.display()
-                );
-            }
-        };
+        let weights = find_weights(dir, stem, prefer_fp16)?;
         Ok(Component {
             dir: dir.to_path_buf(),
             config,
             weights,
         })
     }
+}
+
+/// The weight file of the model in `dir`: `<stem>.safetensors` or `<stem>.fp16.safetensors`
+/// (the fp16 one first with `prefer_fp16`), else the pickled `.bin` of the same name
+/// (`pytorch_model.bin` for transformers' `model`), which [`super::TensorFile`] reads through
+/// a converted copy.
+pub fn find_weights(dir: &Path, stem: &str, prefer_fp16: bool) -> Result<PathBuf> {
+    let bin_stem = if stem == "model" {
+        "pytorch_model"
+    } else {
+        stem
+    };
+    let ordered = |full: String, half: String| {
+        if prefer_fp16 {
+            [half, full]
+        } else {
+            [full, half]
+        }
+    };
+    let candidates = ordered(
+        format!("{stem}.safetensors"),
+        format!("{stem}.fp16.safetensors"),
+    )
+    .into_iter()
+    .chain(ordered(
+        format!("{bin_stem}.bin"),
+        format!("{bin_stem}.fp16.bin"),
+    ));
+    for name in candidates {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    if dir.join(format!("{stem}.safetensors.index.json")).is_file() {
+        bail!(
+            "{}: sharded weights ({stem}-0000x-of-0000y.safetensors) are not supported; \
+             SD1.5 components are single files",
+            dir.display()
+        );
+    }
+    bail!(
+        "{}: no {stem}.safetensors, {stem}.fp16.safetensors or {bin_stem}.bin found",
+        dir.display()
+    )
 }
 
 /// An opened diffusers pipeline folder.
@@ -67,7 +84,7 @@ pub struct PipelineFolder {
     pub unet: Component,
     pub vae: Component,
     pub text_encoder: Component,
-    /// `tokenizer/` (vocab.json, merges.txt).
+    /// `tokenizer/` (vocab.json and merges.txt, or tokenizer.json).
     pub tokenizer: PathBuf,
     /// `scheduler/scheduler_config.json`, when present.
     pub scheduler_config: Option<PathBuf>,
@@ -91,9 +108,15 @@ impl PipelineFolder {
         let _: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", index.display()))?;
         let tokenizer = dir.join("tokenizer");
-        for file in ["vocab.json", "merges.txt"] {
-            if !tokenizer.join(file).is_file() {
-                bail!("{}: tokenizer/{file} is missing", dir.display());
+        // transformers 5 saves tokenizer.json alone; older versions vocab.json + merges.txt.
+        if !tokenizer.join("tokenizer.json").is_file() {
+            for file in ["vocab.json", "merges.txt"] {
+                if !tokenizer.join(file).is_file() {
+                    bail!(
+                        "{}: tokenizer/{file} is missing (and there is no tokenizer.json)",
+                        dir.display()
+                    );
+                }
             }
         }
         let scheduler_config = dir.join("scheduler/scheduler_config.json");
@@ -146,13 +169,13 @@ mod tests {
                 .weights
                 .ends_with("diffusion_pytorch_model.fp16.safetensors")
         );
+        // transformers' pickled weights are pytorch_model.bin, used when nothing else is there.
         std::fs::remove_file(d.join("text_encoder/model.fp16.safetensors")).unwrap();
-        touch(&d.join("text_encoder/model.bin"));
         let err = PipelineFolder::open(d).unwrap_err().to_string();
-        assert!(
-            err.contains("model.bin") && err.contains("safetensors"),
-            "{err}"
-        );
+        assert!(err.contains("pytorch_model.bin"), "{err}");
+        touch(&d.join("text_encoder/pytorch_model.bin"));
+        let f = PipelineFolder::open(d).unwrap();
+        assert!(f.text_encoder.weights.ends_with("pytorch_model.bin"));
         let err = PipelineFolder::open(&d.join("unet"))
             .unwrap_err()
             .to_string();

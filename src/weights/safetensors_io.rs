@@ -35,12 +35,19 @@ impl TensorFile {
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("cannot map weight file {}", path.display()))?;
         let parsed = SafeTensors::read_metadata(&mmap);
-        // Only a file that is not valid safetensors is looked at as a pickle.
+        // Only a file that is not valid safetensors is looked at as a pickle: a `.bin` is
+        // read through its safetensors copy, other pickles are refused.
         if parsed.is_err() && is_pickle(&mmap) {
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("bin"))
+            {
+                return TensorFile::open(super::torch_bin::converted(&path)?);
+            }
             bail!(
-                "{}: a PyTorch pickle (.bin/.pt/.ckpt), not safetensors; negimg does not read \
-                 pickles (loading one can run code). Use the .safetensors release of this model, \
-                 or convert the file once (see README, Models: set-up), e.g.\n  python -c \
+                "{}: a PyTorch pickle (.pt/.ckpt), not safetensors; negimg reads pickles only as \
+                 .bin weight files (converted once with torch's weights_only loader). Use the \
+                 .safetensors release of this model, or convert the file, e.g.\n  python -c \
                  \"import sys, torch; from safetensors.torch import save_file; \
                  sd = torch.load(sys.argv[1], map_location='cpu', weights_only=True); \
                  save_file({{k: v.contiguous() for k, v in sd.items()}}, sys.argv[2])\" {} OUT.safetensors",
@@ -130,6 +137,37 @@ impl TensorSource for TensorFile {
         let tensor = Tensor::f_from_data_size(bytes, &shape, stored_kind)
             .with_context(|| format!("{}: tensor {name:?} cannot be read", self.path.display()))?;
         Ok(tensor.to_device(device).to_kind(kind))
+    }
+}
+
+/// Tensor names for a model whose variables sit under `prefix` (transformers' base model,
+/// e.g. `text_model`), in a file that may hold them with or without it: transformers 5 saves
+/// `CLIPTextModel` unprefixed, older versions (and every SD1.5 pipeline) with `text_model.`,
+/// and transformers loads both. A file that also carries `prefix` above the model's own
+/// names (a base-model checkpoint in a wrapper) is read too. Names found in neither layout
+/// are given in the file's layout, for the error.
+pub fn with_or_without_prefix<'a>(
+    file: &'a dyn TensorSource,
+    prefix: &'a str,
+) -> impl Fn(&str) -> Option<String> + 'a {
+    let dotted = format!("{prefix}.");
+    let file_prefixed = file.names().iter().any(|n| n.starts_with(&dotted));
+    move |var: &str| {
+        let stripped = var.strip_prefix(&dotted).map(str::to_string);
+        let added = format!("{dotted}{var}");
+        let candidates = [Some(var.to_string()), stripped.clone(), Some(added.clone())];
+        if let Some(found) = candidates
+            .iter()
+            .flatten()
+            .find(|k| file.shape(k).is_some())
+        {
+            return Some(found.clone());
+        }
+        Some(match (file_prefixed, stripped) {
+            (false, Some(s)) => s,
+            (true, None) => added,
+            _ => var.to_string(),
+        })
     }
 }
 
