@@ -213,9 +213,9 @@ fn slurm_array_of_three_tasks_makes_the_smoke_run_under_real_slurm() {
         .map(|(_, t)| {
             let line = t
                 .lines()
-                .find(|l| l.contains(" cells (") && l.contains(" made, "))
+                .find(|l| l.contains(" cells (") && l.contains(" made now, "))
                 .unwrap_or_else(|| panic!("no summary line:\n{all}"));
-            let before_made = line.split(" made, ").next().unwrap();
+            let before_made = line.split(" made now, ").next().unwrap();
             before_made
                 .rsplit(' ')
                 .next()

@@ -228,11 +228,13 @@ impl Dinov2Model {
     }
 
     /// Loads a `Dinov2Model` folder (config.json + model.safetensors, optionally
-    /// preprocessor_config.json), e.g. facebook/dinov2-base.
+    /// preprocessor_config.json), e.g. facebook/dinov2-base. The weights may carry
+    /// transformers' base-model prefix `dinov2.` or not, as transformers accepts both.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let cfg = Dinov2Config::from_file(&dir.join("config.json"))?;
         let file = weights::TensorFile::open(weights_file(dir)?)?;
-        let mut model = weights::build_and_load(&file, device, kind, weights::same_name, |root| {
+        let keys = weights::safetensors_io::with_or_without_prefix(&file, "dinov2");
+        let mut model = weights::build_and_load(&file, device, kind, keys, |root| {
             Ok(Dinov2Model::new(root, &cfg))
         })?;
         model.preprocess = read_preprocess(&dir.join("preprocessor_config.json"))?;
