@@ -385,6 +385,16 @@ pub fn write_curves(
     };
     let series = series_axes(info, records, &x);
     let mut files = Vec::new();
+    let mut emit =
+        |name: String, rel: String, title: String, y: String, data: &[Series]| -> Result<()> {
+            write_curve(&run_dir.join(&rel), &title, &x, &y, data)?;
+            files.push(CurveFile {
+                metric: name,
+                svg: format!("{rel}.svg"),
+                png: format!("{rel}.png"),
+            });
+            Ok(())
+        };
     for (m, metric) in scores.metrics.iter().enumerate() {
         if metric.starts_with("clip_t_cos_") {
             continue;
@@ -393,23 +403,17 @@ pub fn write_curves(
         if data.is_empty() {
             continue;
         }
-        let rel = format!("curves/{scorer_id}/{metric}");
-        let title = format!(
-            "{}: {metric} vs {x} (mean, 95% CI over seeds)",
-            info.experiment
-        );
-        write_curve(
-            &run_dir.join(&rel),
-            &title,
-            &x,
-            &metric_label(metric, targets),
+        let label = metric_label(metric, targets);
+        emit(
+            metric.clone(),
+            format!("curves/{scorer_id}/{metric}"),
+            format!(
+                "{}: {metric} vs {x} (mean, 95% CI over seeds)",
+                info.experiment
+            ),
+            label.clone(),
             &data,
         )?;
-        files.push(CurveFile {
-            metric: metric.clone(),
-            svg: format!("{rel}.svg"),
-            png: format!("{rel}.png"),
-        });
         if metrics::is_condition_level(metric) {
             continue;
         }
@@ -417,23 +421,16 @@ pub fn write_curves(
         if diff.is_empty() {
             continue;
         }
-        let rel = format!("curves/{scorer_id}/{metric}_vs_baseline");
-        let title = format!(
-            "{}: {metric} − baseline vs {x} (paired, 95% CI over seeds)",
-            info.experiment
-        );
-        write_curve(
-            &run_dir.join(&rel),
-            &title,
-            &x,
-            &format!("Δ {} to the baseline", metric_label(metric, targets)),
+        emit(
+            format!("{metric} − baseline"),
+            format!("curves/{scorer_id}/{metric}_vs_baseline"),
+            format!(
+                "{}: {metric} − baseline vs {x} (paired, 95% CI over seeds)",
+                info.experiment
+            ),
+            format!("Δ {label} to the baseline"),
             &diff,
         )?;
-        files.push(CurveFile {
-            metric: format!("{metric} − baseline"),
-            svg: format!("{rel}.svg"),
-            png: format!("{rel}.png"),
-        });
     }
     Ok(files)
 }

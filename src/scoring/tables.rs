@@ -80,16 +80,23 @@ const BASE_COLUMNS: [&str; 7] = [
 fn base_cells(d: Option<&BaseDiff>) -> Vec<String> {
     match d {
         None => vec![String::new(); BASE_COLUMNS.len()],
-        Some(d) => vec![
-            d.estimate.n.to_string(),
-            num(d.estimate.mean),
-            num(d.estimate.ci_lo),
-            num(d.estimate.ci_hi),
-            num(d.p),
-            num(d.p_holm),
-            num(d.win_rate),
-        ],
+        Some(d) => std::iter::once(d.estimate.n.to_string())
+            .chain(diff_cells(d))
+            .collect(),
     }
+}
+
+/// Mean, interval, p, Holm p and win rate of a paired difference, as table cells.
+fn diff_cells(d: &BaseDiff) -> [String; 6] {
+    [
+        d.estimate.mean,
+        d.estimate.ci_lo,
+        d.estimate.ci_hi,
+        d.p,
+        d.p_holm,
+        d.win_rate,
+    ]
+    .map(num)
 }
 
 /// summary.csv: per condition, per metric the estimate and the paired difference to the
@@ -484,15 +491,10 @@ pub fn write_verdict_csv(summary: &Summary, rows: &[VerdictRow], path: &Path) ->
         rec.push(row.n.to_string());
         for side in [&row.neg, &row.pos] {
             match side {
-                Some((m, d)) => rec.extend([
-                    m.clone(),
-                    num(d.estimate.mean),
-                    num(d.estimate.ci_lo),
-                    num(d.estimate.ci_hi),
-                    num(d.p),
-                    num(d.p_holm),
-                    num(d.win_rate),
-                ]),
+                Some((m, d)) => {
+                    rec.push(m.clone());
+                    rec.extend(diff_cells(d));
+                }
                 None => rec.extend(vec![String::new(); VERDICT_SIDE.len()]),
             }
         }
