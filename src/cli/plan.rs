@@ -1,5 +1,6 @@
-//! `negimg plan FILE`: checks an experiment without loading weights and prints its cells,
-//! counts and a time estimate on the chosen device.
+//! `negimg plan FILE`: checks an experiment without downloading and prints its cells,
+//! counts and a time estimate on the chosen device (see `estimate.rs`; without an
+//! earlier run it loads and times the UNet and the VAE, unless `--no-calibrate`).
 use super::Globals;
 use crate::experiment::{self, ImageSource, LoadOptions};
 use anyhow::Result;
