@@ -3,21 +3,11 @@
 use anyhow::{Result, bail};
 use tch::{Device, Kind};
 
-/// A device as the user writes it: `auto`, `cpu`, `cuda` or `cuda:N`.
+/// A device as the user writes it: `auto`, `cpu`, `cuda` or `cuda:N`; a CUDA device must
+/// be visible.
 pub fn parse_device(spec: &str) -> Result<Device> {
+    let device = parse_device_spec(spec)?;
     let spec = spec.trim().to_ascii_lowercase();
-    let device = match spec.as_str() {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:") {
-            Some(index) => match index.parse::<usize>() {
-                Ok(i) => Device::Cuda(i),
-                Err(_) => bail!("--device {spec:?}: the GPU index after 'cuda:' must be a number"),
-            },
-            None => bail!("--device {spec:?} is not one of auto, cpu, cuda, cuda:N"),
-        },
-    };
     if let Device::Cuda(i) = device {
         let count = tch::Cuda::device_count() as usize;
         if count == 0 {
@@ -34,6 +24,32 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         }
     }
     Ok(device)
+}
+
+/// As [`parse_device`], without asking whether the device is there (`plan` estimates for a
+/// GPU it cannot see).
+pub fn parse_device_spec(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    Ok(match spec.as_str() {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:") {
+            Some(index) => match index.parse::<usize>() {
+                Ok(i) => Device::Cuda(i),
+                Err(_) => bail!("--device {spec:?}: the GPU index after 'cuda:' must be a number"),
+            },
+            None => bail!("--device {spec:?} is not one of auto, cpu, cuda, cuda:N"),
+        },
+    })
+}
+
+/// Whether libtorch sees `device` here.
+pub fn is_visible(device: Device) -> bool {
+    match device {
+        Device::Cuda(i) => (i as i64) < tch::Cuda::device_count(),
+        _ => true,
+    }
 }
 
 /// A dtype as the user writes it: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`.

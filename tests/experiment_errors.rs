@@ -423,3 +423,184 @@ fn scoring_baseline_is_checked_against_the_grid() {
             .any(|(role, _)| role == negimg::roles::Role::ScorerDino)
     );
 }
+
+/// Expects `text` to fail at the line of `at` with `key`, "did you mean `hint`" and the
+/// known keys `known` listed.
+fn expect_unknown(text: &str, at: &str, key: &str, hint: &str, known: &[&str]) {
+    let err = expect_error(
+        text,
+        Some(at),
+        &[key, "unknown key", &format!("did you mean `{hint}`")],
+    );
+    let line = line_of(text, at);
+    let col = text[..text.find(at).unwrap()]
+        .rsplit('\n')
+        .next()
+        .unwrap()
+        .chars()
+        .count()
+        + 1;
+    assert!(
+        err.contains(&format!("t.toml:{line}:{col}: {key}:")),
+        "{err}"
+    );
+    for k in known {
+        assert!(err.contains(k), "{k:?} not listed in: {err}");
+    }
+    assert!(
+        !err.contains("TOML parse error"),
+        "the parser's text in: {err}"
+    );
+}
+
+#[test]
+fn unknown_experiment_keys_get_place_key_and_suggestion() {
+    let text = BASE.replace("description =", "descripton =");
+    expect_unknown(
+        &text,
+        "descripton",
+        "experiment.descripton",
+        "description",
+        &["name", "tags"],
+    );
+}
+
+#[test]
+fn unknown_models_keys_get_place_key_and_suggestion() {
+    let text = BASE.replace("image_encoder =", "image_encodr =");
+    expect_unknown(
+        &text,
+        "image_encodr",
+        "models.image_encodr",
+        "image_encoder",
+        &["pipeline", "scorer_dino"],
+    );
+    let text = BASE.replace("{ base = \"no-such", "{ bas = \"no-such");
+    expect_unknown(&text, "bas =", "models.ip_adapter.bas", "base", &["plus"]);
+    let text = BASE.replace("preset = \"tiny\"", "presett = \"tiny\"");
+    expect_unknown(
+        &text,
+        "presett",
+        "models.init_random.presett",
+        "preset",
+        &["dir"],
+    );
+}
+
+#[test]
+fn unknown_image_keys_get_place_key_and_suggestion() {
+    let text = BASE.replace(
+        "generate = { prompt = \"a lawn\" }",
+        "generate = { promt = \"a lawn\" }",
+    );
+    expect_unknown(
+        &text,
+        "promt",
+        "images.lawn.generate.promt",
+        "prompt",
+        &["negative_prompt"],
+    );
+    let text = BASE.replace("[images.lawn]\n", "[images.lawn]\npaht = \"x.png\"\n");
+    expect_unknown(&text, "paht", "images.lawn.paht", "path", &["derive"]);
+}
+
+#[test]
+fn unknown_scoring_keys_get_place_key_and_suggestion() {
+    let text = format!("{BASE}\n[scoring]\ntarget = [\"house\"]\n");
+    expect_unknown(
+        &text,
+        "target =",
+        "scoring.target",
+        "targets",
+        &["positive_reference", "baseline"],
+    );
+}
+
+#[test]
+fn unknown_plots_keys_get_place_key_and_suggestion() {
+    let text = format!("{BASE}\n[plots]\nrow = \"weight\"\n");
+    expect_unknown(&text, "row =", "plots.row", "rows", &["cols", "curve_x"]);
+}
+
+#[test]
+fn unknown_top_level_keys_get_place_key_and_suggestion() {
+    let text = format!("dtyp = \"fp16\"\n{BASE}");
+    let err = expect_error(&text, Some("dtyp"), &["dtyp", "unknown key", "defaults"]);
+    assert!(err.contains("t.toml:1:1: dtyp:"), "{err}");
+    let text = format!("{BASE}\n[grdi]\nweight = [1]\n");
+    expect_unknown(
+        &text,
+        "grdi]",
+        "grdi",
+        "grid",
+        &["experiment", "models", "plots"],
+    );
+}
+
+/// `t.toml:L1 (KEY1) and :L2 (KEY2)` for the lines of `at1` and `at2`.
+fn two_places(text: &str, at1: &str, key1: &str, at2: &str, key2: &str) -> String {
+    format!(
+        "t.toml:{} ({key1}) and :{} ({key2})",
+        line_of(text, at1),
+        line_of(text, at2)
+    )
+}
+
+#[test]
+fn a_window_that_ends_before_it_starts_names_both_lines() {
+    let text = BASE.replace("steps = 4", "steps = 4\nend = 0.5") + "start = [0, 0.6]\n";
+    let want = two_places(
+        &text,
+        "start = [0",
+        "grid.start",
+        "end = 0.5",
+        "defaults.end",
+    );
+    expect_error(
+        &text,
+        None,
+        &[&want, "start 0.6 is after end 0.5", "cell 3 "],
+    );
+    // A zipped window: both keys in the zip, each on its line.
+    let text = format!("{BASE}\n[[grid.zip]]\nend = [1, 0.2]\nstart = [0, 0.5]\n");
+    let want = two_places(
+        &text,
+        "start = [0, 0.5]",
+        "grid.zip[0].start",
+        "end = [1, 0.2]",
+        "grid.zip[0].end",
+    );
+    expect_error(&text, None, &[&want, "after end 0.2"]);
+}
+
+#[test]
+fn a_negative_window_names_the_keys_it_follows() {
+    // neg_end is not set: it follows `end`, written in [defaults].
+    let text = BASE.replace("steps = 4", "steps = 4\nend = 0.5") + "neg_start = [0.1, 0.7]\n";
+    let want = two_places(
+        &text,
+        "neg_start =",
+        "grid.neg_start",
+        "end = 0.5",
+        "defaults.end",
+    );
+    expect_error(&text, None, &[&want, "negative window starts at 0.7"]);
+}
+
+#[test]
+fn a_mode_without_its_image_names_the_mode_line_and_the_unset_image() {
+    let text = BASE.replace(
+        "negative_image = [\"lawn\", \"none\"]",
+        "negative = [\"image\"]",
+    );
+    let err = expect_error(
+        &text,
+        None,
+        &["negative_image (default)", "needs a negative_image"],
+    );
+    let line = line_of(&text, "negative = [\"image\"]");
+    assert!(
+        err.contains(&format!("t.toml:{line} (grid.negative)")),
+        "{err}"
+    );
+}

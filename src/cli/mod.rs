@@ -5,6 +5,7 @@ use tch::{Device, Kind};
 
 pub mod bench;
 pub mod doctor;
+mod estimate;
 pub mod generate;
 pub mod models;
 pub mod models_fetch;

@@ -1,13 +1,12 @@
-//! `negimg plan FILE`: checks an experiment without loading weights and prints its cells,
-//! counts and a time estimate on the chosen device.
+//! `negimg plan FILE`: checks an experiment without downloading and prints its cells,
+//! counts and a time estimate on the chosen device (see `estimate.rs`; without an
+//! earlier run it loads and times the UNet and the VAE, unless `--no-calibrate`).
 use super::Globals;
-use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
-use crate::run::records::{Status, read_records};
-use anyhow::{Context, Result};
+use crate::experiment::{self, ImageSource, LoadOptions};
+use anyhow::Result;
 use std::fmt::Write as _;
-use std::io::{Read, Write as _};
-use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use std::io::Write as _;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
@@ -22,6 +21,10 @@ pub struct PlanArgs {
     /// The results root (to base the estimate on earlier runs).
     #[arg(long, default_value = "results", env = "NEGIMG_RESULTS")]
     pub results: PathBuf,
+    /// Without an earlier run, estimate from FLOP figures instead of loading the UNet and
+    /// VAE and timing them here (a few seconds).
+    #[arg(long)]
+    pub no_calibrate: bool,
 }
 
 pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
@@ -32,7 +35,9 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             download: false,
         },
     )?;
-    let (device, kind) = super::run::device_and_dtype(&exp, g)?;
+    // A GPU that is not visible here still gets an estimate (from FLOP figures).
+    let device = crate::device::parse_device_spec(&g.device)?;
+    let kind = super::run::dtype_for(&exp, g, device)?;
     // Printed at the end, and a closed pipe (`plan ... | head`) is not an error.
     let mut out = String::new();
     macro_rules! say {
@@ -144,14 +149,22 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         .values()
         .filter(|s| matches!(s, ImageSource::Generate(_)))
         .count();
-    let (per_image, how) = estimate(&exp, &args.results, device, kind);
-    let total = per_image * (images.len() + generated_inputs) as f64;
+    let estimate = super::estimate::estimate(&super::estimate::Target {
+        exp: &exp,
+        results: &args.results,
+        device,
+        kind,
+        visible: crate::device::is_visible(device),
+        calibrate: !args.no_calibrate,
+    });
+    let total = estimate.per_image * (images.len() + generated_inputs) as f64;
     say!(
-        "estimate on {} {}: {} ({:.2} s per image, {how})",
+        "estimate on {} {}: {} of generation, model loading excluded ({:.3} s per image; {})",
         crate::device::device_name(device),
         crate::device::dtype_name(kind),
         duration(total),
-        per_image
+        estimate.per_image,
+        estimate.how
     );
     let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(())
@@ -164,175 +177,5 @@ fn duration(s: f64) -> String {
         format!("{:.0} min", s / 60.0)
     } else {
         format!("{:.1} h", s / 3600.0)
-    }
-}
-
-/// Seconds per image: measured by the latest run of this experiment when it has images,
-/// else FLOPs (scaled from SD1.5's by the UNet and VAE parameter counts read from the
-/// safetensors headers) over a measured matmul speed.
-fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f64, String) {
-    let exp_dir = results.join(&exp.name);
-    if let Some(last) = crate::run::layout::runs(&exp_dir).last()
-        && let Ok(records) = read_records(&exp_dir.join(last).join("records.csv"))
-    {
-        let done: Vec<_> = records
-            .iter()
-            .filter(|r| r.status == Status::Done)
-            .collect();
-        if !done.is_empty() {
-            // Seconds per unit of cost measured there, times the cost of this grid's images.
-            let rate = done.iter().map(|r| r.seconds).sum::<f64>()
-                / done
-                    .iter()
-                    .map(|r| image_cost(r.steps, r.width, r.height))
-                    .sum::<f64>();
-            let mean_cost = exp
-                .cells
-                .iter()
-                .map(|c| image_cost(c.steps, c.width, c.height))
-                .sum::<f64>()
-                / exp.cells.len().max(1) as f64;
-            return (
-                rate * mean_cost,
-                format!(
-                    "measured by run {last}: {} images, scaled by pixels and steps",
-                    done.len()
-                ),
-            );
-        }
-    }
-    let (unet, vae) = pipeline_params(&exp.models.pipeline.path);
-    let flops_per_cell = |steps: usize, rows: usize, pixels: f64| {
-        let scale = pixels / (512.0 * 512.0);
-        // SD1.5: 859.5M UNet parameters, 1.607 TFLOP per CFG step (2 UNet rows) at 512x512;
-        // VAE decode 2.51 TFLOP. The three-row negative methods take 3 rows per step.
-        let unet_step = 1.607e12 * rows as f64 / 2.0;
-        steps as f64 * unet_step * scale * unet / 859.5e6 + 2.51e12 * scale * vae / 83.65e6
-    };
-    let flops: f64 = exp
-        .cells
-        .iter()
-        .map(|c| flops_per_cell(c.steps, c.method.rows(), (c.width * c.height) as f64))
-        .sum::<f64>()
-        / exp.cells.len().max(1) as f64;
-    let speed = matmul_speed(device, kind);
-    let steps =
-        exp.cells.iter().map(|c| c.steps).sum::<usize>() as f64 / exp.cells.len().max(1) as f64;
-    // Convolutions and attention reach about a third of matmul speed (measured on an H200);
-    // small models are bound by the cost of each operator call instead.
-    let overhead = if device == Device::Cpu { 0.1 } else { 0.01 };
-    let seconds = flops / (speed * 0.35) + overhead * (steps + 1.0);
-    (
-        seconds,
-        format!(
-            "from {:.1} GFLOP per image at {:.0} GFLOP/s matmul speed; rough",
-            flops / 1e9,
-            speed / 1e9
-        ),
-    )
-}
-
-/// The relative cost of one image: two UNet rows (CFG's cond and uncond) per step and
-/// one VAE decode (about three rows in SD1.5), each proportional to the pixels.
-fn image_cost(steps: usize, width: usize, height: usize) -> f64 {
-    (width * height) as f64 * (2.0 * steps as f64 + 3.0)
-}
-
-/// Parameters of the UNet and the VAE, from the safetensors headers (no weights read).
-/// Unknown layouts count as SD1.5.
-fn pipeline_params(pipeline: &Path) -> (f64, f64) {
-    let count = |sub: &str| -> Option<f64> {
-        let files = crate::weights::hub::component_files(
-            pipeline,
-            crate::weights::hub::Component::Pipeline,
-        )
-        .ok()?;
-        let file = files.iter().find(|f| {
-            f.starts_with(pipeline.join(sub)) && f.extension().is_some_and(|e| e == "safetensors")
-        })?;
-        header_params(file).ok()
-    };
-    (
-        count("unet").unwrap_or(859.5e6),
-        count("vae").unwrap_or(83.65e6),
-    )
-}
-
-fn header_params(file: &Path) -> Result<f64> {
-    let mut f =
-        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)?;
-    let n = u64::from_le_bytes(len);
-    anyhow::ensure!(n < 100 << 20, "{}: not a safetensors file", file.display());
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)?;
-    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)?;
-    Ok(json
-        .values()
-        .filter_map(|t| t.get("shape")?.as_array().cloned())
-        .map(|shape| shape.iter().filter_map(|d| d.as_f64()).product::<f64>())
-        .sum())
-}
-
-/// FLOP/s of a square matmul on `device` in `kind`.
-fn matmul_speed(device: Device, kind: Kind) -> f64 {
-    let n: i64 = if device == Device::Cpu { 1024 } else { 4096 };
-    let kind = if device == Device::Cpu && kind == Kind::Half {
-        Kind::Float
-    } else {
-        kind
-    };
-    let a = Tensor::randn([n, n], (kind, device));
-    let b = Tensor::randn([n, n], (kind, device));
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    let _ = a.matmul(&b);
-    sync();
-    let reps = if device == Device::Cpu { 3 } else { 20 };
-    let t = std::time::Instant::now();
-    for _ in 0..reps {
-        let _ = a.matmul(&b);
-    }
-    sync();
-    2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::run::records::{Record, write_records};
-
-    #[test]
-    fn history_estimate_scales_with_pixels_and_steps() {
-        let dir = std::env::temp_dir().join(format!("negimg-plan-{}", std::process::id()));
-        let text = |size: usize, steps: usize| {
-            format!(
-                "[experiment]\nname = \"e\"\n[models]\npipeline = \"m/pipeline\"\n\
-                 ip_adapter = {{ base = \"m/ip-adapter_sd15.safetensors\" }}\n\
-                 image_encoder = \"m/image_encoder\"\n\
-                 init_random = {{ preset = \"tiny\", dir = \"m\" }}\n\
-                 [defaults]\nsize = {size}\nsteps = {steps}\nseeds = [1]\n"
-            )
-        };
-        let parse = |t: String| {
-            crate::experiment::parse(&dir.join("e.toml"), t, &LoadOptions::default()).unwrap()
-        };
-        let small = parse(text(64, 2));
-        let run = dir.join("results/e/20260101-000000");
-        std::fs::create_dir_all(run.join("cells")).unwrap();
-        let rec = Record::new("x", &small.cells[0], Status::Done, "images/x.png", 1.0, "");
-        write_records(&run.join("records.csv"), &[rec]).unwrap();
-        let results = dir.join("results");
-        let (same, _) = estimate(&small, &results, Device::Cpu, Kind::Float);
-        assert!((same - 1.0).abs() < 1e-9, "{same}");
-        let big = parse(text(128, 8));
-        let (scaled, how) = estimate(&big, &results, Device::Cpu, Kind::Float);
-        let want = 4.0 * (2.0 * 8.0 + 3.0) / (2.0 * 2.0 + 3.0);
-        assert!((scaled - want).abs() < 1e-9, "{scaled} vs {want}: {how}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

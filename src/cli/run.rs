@@ -53,11 +53,16 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// The device and dtype: `--dtype` wins, else `[defaults] dtype`, else auto.
 pub fn device_and_dtype(exp: &Experiment, g: &Globals) -> Result<(Device, Kind)> {
     let device = g.device()?;
+    Ok((device, dtype_for(exp, g, device)?))
+}
+
+/// The dtype on `device`: `--dtype` wins, else `[defaults] dtype`, else auto.
+pub fn dtype_for(exp: &Experiment, g: &Globals, device: Device) -> Result<Kind> {
     let spec = match (&exp.dtype, g.dtype.as_str()) {
         (Some(d), "auto") => d.as_str(),
         (_, d) => d,
     };
-    Ok((device, crate::device::parse_dtype(spec, device)?))
+    crate::device::parse_dtype(spec, device)
 }
 
 /// Creates `[models] init_random` models when their folder is missing.

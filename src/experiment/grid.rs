@@ -3,7 +3,7 @@
 //! Axes keep the file's order; the first axis is the outermost loop, seeds the innermost.
 //! A `[[grid.zip]]` table is one axis whose parameters vary together.
 use super::cell::CellSpec;
-use super::source::{Source, suggest};
+use super::source::Source;
 use super::values::{self, Param, Value};
 use anyhow::Result;
 use std::collections::HashMap;
@@ -27,6 +27,9 @@ pub struct Grid {
     pub base: CellSpec,
     pub axes: Vec<Axis>,
     pub dtype: Option<String>,
+    /// Where each parameter set in the file is written (`grid.start`, `defaults.end`,
+    /// `grid.zip[0].cfg`) and the span of its key; an axis wins over `[defaults]`.
+    pub origins: HashMap<Param, (String, Range<usize>)>,
 }
 
 impl Grid {
@@ -95,6 +98,11 @@ impl Grid {
         out
     }
 
+    /// Where `param` gets its value in the file, if it is written there.
+    pub fn origin(&self, param: Param) -> Option<&(String, Range<usize>)> {
+        self.origins.get(&param)
+    }
+
     /// Parameters that vary, in axis order.
     pub fn varying(&self) -> Vec<Param> {
         self.axes
@@ -134,15 +142,7 @@ fn unknown(
         .map(|p| p.name())
         .chain(extra.iter().copied())
         .collect();
-    let hint = match suggest(key.get_ref(), names.iter().copied()) {
-        Some(s) => format!("did you mean `{s}`? "),
-        None => String::new(),
-    };
-    src.error(
-        key.span(),
-        &format!("{section}.{}", key.get_ref()),
-        format!("unknown key; {hint}(known: {})", names.join(", ")),
-    )
+    src.unknown_key(section, key.get_ref(), key.span(), &names)
 }
 
 /// `images(NAME)`: the images NAME stands for (itself, or the members of a family of derived
@@ -187,6 +187,7 @@ pub fn read(
     let mut dtype = None;
     let mut seeds: Option<(Vec<u64>, Range<usize>)> = None;
     let mut seed_key: Option<Range<usize>> = None;
+    let mut origins: HashMap<Param, (String, Range<usize>)> = HashMap::new();
     if let Some(defaults) = section(root, "defaults") {
         for (k, v) in entries(defaults) {
             let key = format!("defaults.{}", k.get_ref());
@@ -199,6 +200,7 @@ pub fn read(
                         if p == Param::Seed {
                             seed_key = Some(k.span());
                         }
+                        origins.insert(p, (key.clone(), k.span()));
                         let value = values::single(src, &key, p, v)?;
                         let value = resolve(&key, v.span(), vec![value], false)?.remove(0);
                         base.set(p, &value)
@@ -256,6 +258,7 @@ pub fn read(
                             return Err(unknown(src, &zkey, zk, &[]));
                         };
                         claim(p, &key, zk.span())?;
+                        origins.insert(p, (key.clone(), zk.span()));
                         let col = resolve(&key, zv.span(), values::list(src, &key, p, zv)?, true)?;
                         if let Some(first) = columns.first()
                             && first.len() != col.len()
@@ -308,6 +311,7 @@ pub fn read(
                 return Err(unknown(src, "grid", k, &["zip"]));
             };
             claim(p, &key, k.span())?;
+            origins.insert(p, (key.clone(), k.span()));
             let values = resolve(&key, v.span(), values::list(src, &key, p, v)?, true)?;
             values::unique(src, &key, v.span(), &values)?;
             axes.push(Axis {
@@ -317,6 +321,11 @@ pub fn read(
                 span: k.span(),
             });
         }
+    }
+    if let Some((_, span)) = &seeds {
+        origins
+            .entry(Param::Seed)
+            .or_insert_with(|| ("defaults.seeds".into(), span.clone()));
     }
     match (owner.get(&Param::Seed), seeds) {
         (Some(axis), Some((_, span))) => {
@@ -337,7 +346,12 @@ pub fn read(
         }
         (Some(_), None) => {}
     }
-    Ok(Grid { base, axes, dtype })
+    Ok(Grid {
+        base,
+        axes,
+        dtype,
+        origins,
+    })
 }
 
 /// `seeds = [1, 2, 3]`, `seeds = "1-8"`, or `seeds = { count = 8, base = 1000 }`.

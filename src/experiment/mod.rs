@@ -160,10 +160,11 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Experiment> {
 
 /// As [`load`], from the file's text (`path` names it in messages and anchors relative paths).
 pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment> {
-    let raw: schema::FileRaw =
-        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let src = Source::new(path, text.clone());
     let doc = toml::de::DeTable::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    schema::check_keys(&src, doc.get_ref())?;
+    let raw: schema::FileRaw =
+        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)

@@ -1,9 +1,11 @@
 //! The experiment file as serde reads it. Unknown keys are refused everywhere, so a typo fails
 //! with the key and its line. `[defaults]` and `[grid]` are only type-checked here (tables);
 //! they are read again from the spanned document by `grid.rs`, to report values with lines.
+use super::source::Source;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
+use toml::de::DeTable;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,4 +122,182 @@ pub struct PlotsRaw {
     pub curve_x: Option<Spanned<String>>,
     #[serde(default)]
     pub series: Vec<Spanned<String>>,
+}
+
+/// The keys each table of the experiment file may have, for [`check_keys`]. serde refuses
+/// unknown keys too (`deny_unknown_fields`), but with the parser's text; this walk gives the
+/// message `[grid]` gives (file:line:col, key, "did you mean"). A test keeps it equal to the
+/// structs above.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// A table with these keys.
+    Table(&'static [(&'static str, Keys)]),
+    /// A table of named tables, each with these keys (`[images.NAME]`).
+    Each(&'static [(&'static str, Keys)]),
+    /// A value, or a table checked elsewhere (`[defaults]`, `[grid]` by `grid.rs`,
+    /// `[scoring] baseline` against the axes).
+    Value,
+}
+
+const TOP: &[(&str, Keys)] = &[
+    ("experiment", Keys::Table(EXPERIMENT)),
+    ("models", Keys::Table(MODELS)),
+    ("images", Keys::Each(IMAGE)),
+    ("defaults", Keys::Value),
+    ("grid", Keys::Value),
+    ("scoring", Keys::Table(SCORING)),
+    ("plots", Keys::Table(PLOTS)),
+];
+const EXPERIMENT: &[(&str, Keys)] = &[
+    ("name", Keys::Value),
+    ("description", Keys::Value),
+    ("tags", Keys::Value),
+];
+const MODELS: &[(&str, Keys)] = &[
+    ("pipeline", Keys::Value),
+    ("vae", Keys::Value),
+    (
+        "ip_adapter",
+        Keys::Table(&[("base", Keys::Value), ("plus", Keys::Value)]),
+    ),
+    ("image_encoder", Keys::Value),
+    ("scorer", Keys::Value),
+    ("scorer_dino", Keys::Value),
+    (
+        "init_random",
+        Keys::Table(&[("preset", Keys::Value), ("dir", Keys::Value)]),
+    ),
+];
+const IMAGE: &[(&str, Keys)] = &[
+    ("path", Keys::Value),
+    (
+        "generate",
+        Keys::Table(&[
+            ("prompt", Keys::Value),
+            ("negative_prompt", Keys::Value),
+            ("seed", Keys::Value),
+            ("steps", Keys::Value),
+            ("cfg", Keys::Value),
+        ]),
+    ),
+    (
+        "derive",
+        Keys::Table(&[
+            ("from", Keys::Value),
+            ("noise", Keys::Value),
+            ("strength", Keys::Value),
+            ("blur", Keys::Value),
+        ]),
+    ),
+];
+const SCORING: &[(&str, Keys)] = &[
+    ("targets", Keys::Value),
+    ("positive_reference", Keys::Value),
+    ("negative_reference", Keys::Value),
+    ("baseline", Keys::Value),
+];
+const PLOTS: &[(&str, Keys)] = &[
+    ("rows", Keys::Value),
+    ("cols", Keys::Value),
+    ("pages", Keys::Value),
+    ("curve_x", Keys::Value),
+    ("series", Keys::Value),
+];
+
+/// Refuses the first key (in file order) that its table does not have. Values of the wrong
+/// type are left to serde.
+pub fn check_keys(src: &Source, doc: &DeTable) -> anyhow::Result<()> {
+    check_table(src, "", doc, TOP)
+}
+
+fn check_table(
+    src: &Source,
+    section: &str,
+    table: &DeTable,
+    known: &[(&str, Keys)],
+) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    for (k, v) in entries {
+        let name = k.get_ref().as_ref();
+        let Some((_, keys)) = known.iter().find(|(n, _)| *n == name) else {
+            let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+            return Err(src.unknown_key(section, name, k.span(), &names));
+        };
+        let path = if section.is_empty() {
+            name.to_string()
+        } else {
+            format!("{section}.{name}")
+        };
+        match (keys, v.get_ref().as_table()) {
+            (Keys::Table(inner), Some(t)) => check_table(src, &path, t, inner)?,
+            (Keys::Each(inner), Some(t)) => {
+                for (each, value) in t.iter() {
+                    if let Some(t) = value.get_ref().as_table() {
+                        check_table(src, &format!("{path}.{}", each.get_ref()), t, inner)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys serde's `deny_unknown_fields` lists for the table at `header` (`""`: top).
+    fn serde_keys(header: &str) -> Vec<String> {
+        let text = if header.is_empty() {
+            "zzzz = 1\n".to_string()
+        } else {
+            format!("[{header}]\nzzzz = 1\n")
+        };
+        let err = toml::from_str::<FileRaw>(&text).unwrap_err().to_string();
+        let listed = err
+            .split_once("expected")
+            .unwrap_or_else(|| panic!("{header}: {err}"))
+            .1;
+        let mut keys: Vec<String> = listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn table_at(path: &[&str]) -> Vec<String> {
+        let mut keys = TOP;
+        for part in path {
+            keys = match keys.iter().find(|(n, _)| n == part).map(|(_, k)| *k) {
+                Some(Keys::Table(t) | Keys::Each(t)) => t,
+                _ => panic!("{path:?}"),
+            };
+        }
+        let mut names: Vec<String> = keys.iter().map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_key_lists_are_those_of_the_structs() {
+        for (header, path) in [
+            ("", &[][..]),
+            ("experiment", &["experiment"][..]),
+            ("models", &["models"]),
+            ("models.ip_adapter", &["models", "ip_adapter"]),
+            ("models.init_random", &["models", "init_random"]),
+            ("images.x", &["images"]),
+            ("images.x.generate", &["images", "generate"]),
+            ("images.x.derive", &["images", "derive"]),
+            ("scoring", &["scoring"]),
+            ("plots", &["plots"]),
+        ] {
+            assert_eq!(table_at(path), serde_keys(header), "[{header}]");
+        }
+    }
 }

@@ -35,6 +35,51 @@ impl Source {
         anyhow!("{}:{line}:{col}: {key}: {msg}", self.path.display())
     }
 
+    /// `FILE:LINE:COL: SECTION.KEY: unknown key; did you mean `..`? (known: ..)`: the one
+    /// message for a key that no table of the experiment file knows (`section` empty at the
+    /// top level).
+    pub fn unknown_key(
+        &self,
+        section: &str,
+        key: &str,
+        span: Range<usize>,
+        known: &[&str],
+    ) -> anyhow::Error {
+        let hint = match suggest(key, known.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`? "),
+            None => String::new(),
+        };
+        let full = if section.is_empty() {
+            key.to_string()
+        } else {
+            format!("{section}.{key}")
+        };
+        self.error(
+            span,
+            &full,
+            format!("unknown key; {hint}(known: {})", known.join(", ")),
+        )
+    }
+
+    /// `FILE:12 (grid.start) and :14 (defaults.end)`: the lines of several keys, for a
+    /// message that involves all of them; `None` when none has a place in the file.
+    pub fn places(&self, keys: &[(String, Range<usize>)]) -> Option<String> {
+        let parts: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (key, span))| {
+                let (line, _) = self.line_col(span.start);
+                let file = if i == 0 {
+                    self.path.display().to_string()
+                } else {
+                    String::new()
+                };
+                format!("{file}:{line} ({key})")
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(" and "))
+    }
+
     /// `FILE: KEY: MESSAGE`, for what has no single place in the file.
     pub fn error_at_key(&self, key: &str, msg: impl Display) -> anyhow::Error {
         anyhow!("{}: {key}: {msg}", self.path.display())

@@ -3,30 +3,35 @@ use super::Models;
 use super::cell::CellSpec;
 use super::grid::Grid;
 use super::source::Source;
+use super::values::Param;
 use crate::params::AdapterKind;
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 
 pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> Result<()> {
     let varying = grid.varying();
     for (i, c) in cells.iter().enumerate() {
-        let fail = |keys: &str, msg: String| {
+        let fail = |params: &[Param], msg: String| {
             let at = if varying.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", c.describe(&varying))
             };
-            Err(src.error_at_key(keys, format!("cell {}{at}: {msg}", i + 1)))
+            Err(anyhow!(
+                "{}: cell {}{at}: {msg}",
+                places(src, grid, params),
+                i + 1
+            ))
         };
         if c.start > c.end {
             return fail(
-                "start, end",
+                &[Param::Start, Param::End],
                 format!("start {} is after end {}", c.start, c.end),
             );
         }
         let neg = c.negative_branch();
         if neg.start > neg.end {
             return fail(
-                "neg_start, neg_end",
+                &[Param::NegStart, Param::NegEnd],
                 format!(
                     "the negative window starts at {} after it ends at {}",
                     neg.start, neg.end
@@ -35,7 +40,7 @@ pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> 
         }
         if c.negative_mode().uses_image() && c.negative_image.is_none() {
             return fail(
-                "negative, negative_image",
+                &[Param::Negative, Param::NegativeImage],
                 format!(
                     "negative = \"{}\" needs a negative_image",
                     c.negative_mode()
@@ -48,10 +53,38 @@ pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> 
                 AdapterKind::Plus => "plus",
             };
             return fail(
-                "adapter",
+                &[Param::Adapter],
                 format!("adapter = \"{which}\" needs [models] ip_adapter.{which}"),
             );
         }
     }
     Ok(())
+}
+
+/// `FILE:12 (grid.start) and :14 (defaults.end)`: where the file sets `params` (a
+/// parameter of the negative branch that is not set follows the positive one); those it
+/// does not set are named as defaults.
+fn places(src: &Source, grid: &Grid, params: &[Param]) -> String {
+    let follows = |p: Param| match p {
+        Param::NegWeight => Some(Param::Weight),
+        Param::NegStart => Some(Param::Start),
+        Param::NegEnd => Some(Param::End),
+        _ => None,
+    };
+    let mut written = Vec::new();
+    let mut unset = Vec::new();
+    for &p in params {
+        match grid
+            .origin(p)
+            .or_else(|| follows(p).and_then(|q| grid.origin(q)))
+        {
+            Some(at) => written.push(at.clone()),
+            None => unset.push(format!("{p} (default)")),
+        }
+    }
+    match src.places(&written) {
+        Some(lines) if unset.is_empty() => lines,
+        Some(lines) => format!("{lines} and {}", unset.join(" and ")),
+        None => format!("{}: {}", src.path.display(), unset.join(", ")),
+    }
 }

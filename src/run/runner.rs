@@ -193,8 +193,9 @@ impl Maker<'_> {
                 }
                 let cells: Vec<GenParams> = batch.iter().map(|&j| params[j].clone()).collect();
                 let n = cells.len();
-                let t = Instant::now();
+                // Loading the models is not generation time (records' seconds, plan's estimate).
                 self.generator()?;
+                let t = Instant::now();
                 let (Some(g), Some(batch_size)) = (self.generator.as_mut(), self.batch.as_mut())
                 else {
                     bail!("no generator")

@@ -1,0 +1,434 @@
+//! `negimg plan`'s time estimate: the generation time of a grid's images (model loading
+//! excluded), from, in order of preference,
+//! 1. the latest run of the experiment on the same device and dtype (its seconds per unit
+//!    of cost, times this grid's cost),
+//! 2. a calibration on the spot: the UNet and the VAE decoder loaded on the device and
+//!    timed at the grid's size and batch rows,
+//! 3. FLOP figures (SD1.5's, scaled by pixels and parameter counts) over a measured matmul
+//!    speed, or over an assumed GPU's speed when the device is not visible here.
+//!
+//! Cost of one image: `rows * steps` UNet row-steps (two rows with CFG, three for the
+//! three-row methods) plus one decode, each proportional to the pixels.
+use crate::experiment::{CellSpec, Experiment};
+use crate::run::records::{Status, read_records};
+use anyhow::{Context, Result, bail};
+use std::io::Read;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// What the estimate is for.
+pub struct Target<'a> {
+    pub exp: &'a Experiment,
+    /// The results root, for the latest run.
+    pub results: &'a Path,
+    pub device: Device,
+    pub kind: Kind,
+    /// Whether `device` can be used here (a CUDA device may be named without a GPU).
+    pub visible: bool,
+    /// Load and time the models when there is no history (`--no-calibrate`: not).
+    pub calibrate: bool,
+}
+
+/// Seconds per image (mean over the grid's cells) and how they were found.
+pub struct Estimate {
+    pub per_image: f64,
+    pub how: String,
+}
+
+// SD1.5's figures (../shared/REFERENCE.md): 1.607 TFLOP per CFG step (two UNet rows) and
+// 2.51 TFLOP per VAE decode at 512x512, for 859.5M UNet and 83.65M VAE parameters.
+const SD15_UNET_ROW: f64 = 1.607e12 / 2.0;
+const SD15_DECODE: f64 = 2.51e12;
+const SD15_UNET_PARAMS: f64 = 859.5e6;
+const SD15_VAE_PARAMS: f64 = 83.65e6;
+const SD15_PIXELS: f64 = 512.0 * 512.0;
+/// Convolutions and attention reach about a third of matmul speed (the diffusers peer's
+/// best on an H200 is about 35% of the fp16 floor).
+const EFFICIENCY: f64 = 0.35;
+/// The GPU assumed when the device is not visible here: an H200's dense matmul speed.
+const ASSUMED_GPU: &str = "H200";
+const ASSUMED_FP16_FLOPS: f64 = 760e12;
+const ASSUMED_FP32_FLOPS: f64 = 67e12;
+/// The longest one calibration call should take; larger sizes are timed smaller.
+const CALL_BUDGET_S: f64 = 1.5;
+
+pub fn estimate(t: &Target) -> Estimate {
+    let mut notes = Vec::new();
+    match from_history(t) {
+        Ok(e) => return e,
+        Err(why) => notes.push(format!("{why:#}")),
+    }
+    if !t.visible {
+        return from_flops(t, notes);
+    }
+    if !t.calibrate {
+        notes.push("--no-calibrate".into());
+        return from_flops(t, notes);
+    }
+    match calibrate(t) {
+        Ok(e) => e,
+        Err(why) => {
+            notes.push(format!("no calibration: {why:#}"));
+            from_flops(t, notes)
+        }
+    }
+}
+
+/// UNet rows of a cell per step.
+fn rows(c: &CellSpec) -> f64 {
+    c.method.rows() as f64
+}
+
+/// Mean over the grid's cells of `f(cell)`.
+fn mean(exp: &Experiment, f: impl Fn(&CellSpec) -> f64) -> f64 {
+    exp.cells.iter().map(f).sum::<f64>() / exp.cells.len().max(1) as f64
+}
+
+/// The relative cost of one image: `rows * steps` UNet row-steps and one VAE decode (about
+/// three rows in SD1.5), each proportional to the pixels.
+fn image_cost(steps: usize, rows: f64, width: usize, height: usize) -> f64 {
+    (width * height) as f64 * (rows * steps as f64 + 3.0)
+}
+
+fn from_history(t: &Target) -> Result<Estimate> {
+    let exp_dir = t.results.join(&t.exp.name);
+    let Some(last) = crate::run::layout::runs(&exp_dir).last().cloned() else {
+        bail!("no earlier run");
+    };
+    let run = exp_dir.join(&last);
+    let records = read_records(&run.join("records.csv"))?;
+    let done: Vec<_> = records
+        .iter()
+        .filter(|r| r.status == Status::Done)
+        .collect();
+    if done.is_empty() {
+        bail!("run {last} has no image yet");
+    }
+    let (device, dtype) = (
+        crate::device::device_name(t.device),
+        crate::device::dtype_name(t.kind),
+    );
+    let manifest: serde_json::Value = std::fs::read(run.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let field = |k: &str| manifest.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+    if (field("device"), field("dtype")) != (device.as_str(), dtype) {
+        bail!(
+            "run {last} ran on {} {}, not {device} {dtype}",
+            field("device"),
+            field("dtype")
+        );
+    }
+    // Seconds per unit of cost measured there, times the cost of this grid's images.
+    let rate = done.iter().map(|r| r.seconds).sum::<f64>()
+        / done
+            .iter()
+            .map(|r| image_cost(r.steps, r.method.rows() as f64, r.width, r.height))
+            .sum::<f64>();
+    let cost = mean(t.exp, |c| image_cost(c.steps, rows(c), c.width, c.height));
+    Ok(Estimate {
+        per_image: rate * cost,
+        how: format!(
+            "measured by run {last}: {} images, scaled by pixels, steps and UNet rows",
+            done.len()
+        ),
+    })
+}
+
+/// The grid's largest size and the UNet rows of the batch the runner makes there (cells
+/// of one size and step count share batches, up to the device's batch size).
+fn batch_at_largest(t: &Target) -> ((usize, usize), usize) {
+    let largest = t
+        .exp
+        .cells
+        .iter()
+        .map(|c| (c.width, c.height))
+        .max_by_key(|(w, h)| w * h)
+        .unwrap_or((512, 512));
+    let at_size: Vec<&CellSpec> = t
+        .exp
+        .cells
+        .iter()
+        .filter(|c| (c.width, c.height) == largest)
+        .collect();
+    let max = crate::device::estimate_max_batch(t.device, t.kind, largest.0, largest.1);
+    let cells = at_size.len().clamp(1, max);
+    let rows_per_cell = at_size.iter().map(|c| c.method.rows()).max().unwrap_or(2);
+    (largest, cells * rows_per_cell)
+}
+
+/// Parameters of the UNet and the VAE, from the safetensors headers (no weights read);
+/// `None` for a layout without them.
+fn pipeline_params(exp: &Experiment) -> Option<(f64, f64)> {
+    let pipeline = &exp.models.pipeline.path;
+    let files =
+        crate::weights::hub::component_files(pipeline, crate::weights::hub::Component::Pipeline)
+            .ok()?;
+    let count = |sub: &str| -> Option<f64> {
+        let file = files.iter().find(|f| {
+            f.starts_with(pipeline.join(sub)) && f.extension().is_some_and(|e| e == "safetensors")
+        })?;
+        header_params(file).ok()
+    };
+    Some((count("unet")?, count("vae")?))
+}
+
+fn header_params(file: &Path) -> Result<f64> {
+    let mut f =
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let n = u64::from_le_bytes(len);
+    anyhow::ensure!(n < 100 << 20, "{}: not a safetensors file", file.display());
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)?;
+    Ok(json
+        .values()
+        .filter_map(|t| t.get("shape")?.as_array().cloned())
+        .map(|shape| shape.iter().filter_map(|d| d.as_f64()).product::<f64>())
+        .sum())
+}
+
+/// FLOPs of one UNet row-step and of one decode at `pixels`, scaled from SD1.5's by the
+/// pixels and the parameter counts (SD1.5's where the headers cannot be read).
+fn flops_at(params: Option<(f64, f64)>, pixels: f64) -> (f64, f64) {
+    let (unet, vae) = params.unwrap_or((SD15_UNET_PARAMS, SD15_VAE_PARAMS));
+    let scale = pixels / SD15_PIXELS;
+    (
+        SD15_UNET_ROW * scale * unet / SD15_UNET_PARAMS,
+        SD15_DECODE * scale * vae / SD15_VAE_PARAMS,
+    )
+}
+
+fn from_flops(t: &Target, mut notes: Vec<String>) -> Estimate {
+    let params = pipeline_params(t.exp);
+    if params.is_none() {
+        notes.push("the weights are not here: SD1.5-sized models assumed".into());
+    }
+    let flops = mean(t.exp, |c| {
+        let (row, decode) = flops_at(params, (c.width * c.height) as f64);
+        rows(c) * c.steps as f64 * row + decode
+    });
+    let steps = mean(t.exp, |c| c.steps as f64);
+    let half = matches!(t.kind, Kind::Half | Kind::BFloat16);
+    let (speed, speed_how) = if t.visible {
+        let s = matmul_speed(t.device, t.kind);
+        (
+            s,
+            format!("a measured matmul speed of {:.0} GFLOP/s", s / 1e9),
+        )
+    } else {
+        let s = if half {
+            ASSUMED_FP16_FLOPS
+        } else {
+            ASSUMED_FP32_FLOPS
+        };
+        notes.insert(
+            0,
+            format!(
+                "{} is not visible here",
+                crate::device::device_name(t.device)
+            ),
+        );
+        (
+            s,
+            format!(
+                "an assumed {ASSUMED_GPU}'s {:.0} TFLOP/s {}",
+                s / 1e12,
+                crate::device::dtype_name(t.kind)
+            ),
+        )
+    };
+    // Small models are bound by the cost of each operator call instead.
+    let overhead = if t.device == Device::Cpu { 0.1 } else { 0.01 };
+    Estimate {
+        per_image: flops / (speed * EFFICIENCY) + overhead * (steps + 1.0),
+        how: format!(
+            "FLOP-based estimate, not measured: {:.1} GFLOP per image at {:.0}% of {speed_how}; {}",
+            flops / 1e9,
+            EFFICIENCY * 100.0,
+            notes.join("; ")
+        ),
+    }
+}
+
+/// FLOP/s of a square matmul on `device` in `kind`.
+fn matmul_speed(device: Device, kind: Kind) -> f64 {
+    let n: i64 = if device == Device::Cpu { 1024 } else { 4096 };
+    let kind = if device == Device::Cpu && kind == Kind::Half {
+        Kind::Float
+    } else {
+        kind
+    };
+    let a = Tensor::randn([n, n], (kind, device));
+    let b = Tensor::randn([n, n], (kind, device));
+    let _ = a.matmul(&b);
+    sync(device);
+    let reps = if device == Device::Cpu { 3 } else { 20 };
+    let t = Instant::now();
+    for _ in 0..reps {
+        let _ = a.matmul(&b);
+    }
+    sync(device);
+    2.0 * (n as f64).powi(3) * reps as f64 / t.elapsed().as_secs_f64()
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Seconds of `f`, after one untimed call (first calls allocate and pick kernels): the
+/// median of three timed calls (a busy machine makes single calls jump), one when it is slow.
+fn time_call(device: Device, f: &dyn Fn() -> Tensor) -> f64 {
+    let _ = f();
+    sync(device);
+    let mut times = Vec::new();
+    while times.len() < 3 && times.iter().sum::<f64>() < CALL_BUDGET_S {
+        let t = Instant::now();
+        let _ = f();
+        sync(device);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Loads the UNet and the VAE decoder on the device and times one UNet call at the batch
+/// rows of the grid's largest size and one decode, then scales by pixels, steps and rows.
+/// A size whose calls would take more than [`CALL_BUDGET_S`] (FLOP figures at a measured
+/// matmul speed) is timed at fewer rows and pixels.
+fn calibrate(t: &Target) -> Result<Estimate> {
+    let models = t.exp.models.paths();
+    if !models.pipeline.exists() {
+        bail!("{} is not here yet", models.pipeline.display());
+    }
+    let fp16 = t.kind == Kind::Half;
+    let source = crate::pipeline::source::open(&models.pipeline, fp16)?;
+    let unet = source.unet(t.device, t.kind)?;
+    let vae_file = match &models.vae {
+        Some(path) => crate::pipeline::source::VaeFile::from_path(path, fp16)?,
+        None => source.vae()?.context("the pipeline has no VAE")?,
+    };
+    let vae = vae_file.load(t.device, t.kind)?;
+    let f = vae.config().scale_factor() as usize;
+    let ((w, h), batch_rows) = batch_at_largest(t);
+    // Keep each call short: fewer rows, then fewer pixels (same aspect).
+    let (row_flops, decode_flops) = flops_at(pipeline_params(t.exp), (w * h) as f64);
+    let speed = matmul_speed(t.device, t.kind) * EFFICIENCY;
+    let call_rows = if batch_rows as f64 * row_flops / speed > CALL_BUDGET_S {
+        2.min(batch_rows)
+    } else {
+        batch_rows
+    };
+    let slowest = (call_rows as f64 * row_flops).max(decode_flops) / speed;
+    let shrink = (CALL_BUDGET_S / slowest).sqrt().min(1.0);
+    let side = |x: usize| (((x as f64 * shrink) as usize / f).max(1) * f).min(x);
+    let (cw, ch) = (side(w), side(h));
+    let (lh, lw) = ((ch / f) as i64, (cw / f) as i64);
+    let cfg = unet.config();
+    let opts = (t.kind, t.device);
+    let latents = Tensor::randn([call_rows as i64, cfg.in_channels, lh, lw], opts);
+    let text = Tensor::randn([call_rows as i64, 77, cfg.context_dim()], opts);
+    let uses_images = t
+        .exp
+        .cells
+        .iter()
+        .any(|c| c.positive_image.is_some() || c.negative_image.is_some());
+    let tokens = match t.exp.cells.first().map(|c| c.adapter) {
+        Some(crate::params::AdapterKind::Plus) => 16,
+        _ => 4,
+    };
+    let image_tokens = Tensor::randn([call_rows as i64, tokens, cfg.context_dim()], opts);
+    let scale = Tensor::ones([call_rows as i64], (Kind::Float, t.device));
+    let ip = uses_images.then_some((&image_tokens, &scale));
+    let unet_s = tch::no_grad(|| time_call(t.device, &|| unet.forward(&latents, 500.0, &text, ip)));
+    let z = Tensor::randn([1, vae.config().latent_channels, lh, lw], opts);
+    let decode_s = tch::no_grad(|| time_call(t.device, &|| vae.decode(&z)));
+    let per_row_step = unet_s / call_rows as f64;
+    let pixels = (cw * ch) as f64;
+    let per_image = mean(t.exp, |c| {
+        let scale = (c.width * c.height) as f64 / pixels;
+        scale * (rows(c) * c.steps as f64 * per_row_step + decode_s)
+    });
+    let scaled = if (cw, ch) == (w, h) {
+        String::new()
+    } else {
+        format!(" (scaled to {w}x{h} by pixels)")
+    };
+    Ok(Estimate {
+        per_image,
+        how: format!(
+            "calibrated on the spot: {:.2} ms per UNet row-step at {cw}x{ch} with {call_rows} rows, \
+             {:.1} ms per decode{scaled}",
+            per_row_step * 1e3,
+            decode_s * 1e3
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::LoadOptions;
+    use crate::run::records::{Record, write_records};
+
+    fn parse(dir: &Path, size: usize, steps: usize, method: &str) -> Experiment {
+        let text = format!(
+            "[experiment]\nname = \"e\"\n[models]\npipeline = \"m/pipeline\"\n\
+             ip_adapter = {{ base = \"m/ip-adapter_sd15.safetensors\" }}\n\
+             image_encoder = \"m/image_encoder\"\n\
+             init_random = {{ preset = \"tiny\", dir = \"m\" }}\n\
+             [defaults]\nsize = {size}\nsteps = {steps}\nseeds = [1]\nmethod = \"{method}\"\n"
+        );
+        crate::experiment::parse(&dir.join("e.toml"), text, &LoadOptions::default()).unwrap()
+    }
+
+    fn target<'a>(exp: &'a Experiment, results: &'a Path) -> Target<'a> {
+        Target {
+            exp,
+            results,
+            device: Device::Cpu,
+            kind: Kind::Float,
+            visible: true,
+            calibrate: false,
+        }
+    }
+
+    #[test]
+    fn history_estimate_scales_with_pixels_steps_and_rows() {
+        let dir = std::env::temp_dir().join(format!("negimg-plan-{}", std::process::id()));
+        let small = parse(&dir, 64, 2, "uncond");
+        let run = dir.join("results/e/20260101-000000");
+        std::fs::create_dir_all(run.join("cells")).unwrap();
+        let rec = Record::new("x", &small.cells[0], Status::Done, "images/x.png", 1.0, "");
+        write_records(&run.join("records.csv"), &[rec]).unwrap();
+        let manifest = serde_json::json!({"device": "cpu", "dtype": "fp32"});
+        std::fs::write(run.join("manifest.json"), manifest.to_string()).unwrap();
+        let results = dir.join("results");
+        let same = estimate(&target(&small, &results));
+        assert!((same.per_image - 1.0).abs() < 1e-9, "{}", same.how);
+        let big = parse(&dir, 128, 8, "uncond");
+        let scaled = estimate(&target(&big, &results));
+        let want = 4.0 * (2.0 * 8.0 + 3.0) / (2.0 * 2.0 + 3.0);
+        assert!((scaled.per_image - want).abs() < 1e-9, "{}", scaled.how);
+        let three = parse(&dir, 128, 8, "perp_neg");
+        let three = estimate(&target(&three, &results));
+        let want = 4.0 * (3.0 * 8.0 + 3.0) / (2.0 * 2.0 + 3.0);
+        assert!((three.per_image - want).abs() < 1e-9, "{}", three.how);
+        // A run on another device says nothing of this one.
+        let cuda = Target {
+            device: Device::Cuda(0),
+            kind: Kind::Half,
+            visible: false,
+            ..target(&small, &results)
+        };
+        let other = estimate(&cuda);
+        assert!(other.how.contains("ran on cpu fp32"), "{}", other.how);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
