@@ -281,6 +281,21 @@ mod tests {
     }
 
     #[test]
+    fn percent_to_sigma_has_comfyuis_ends_and_interpolates_in_log_sigma() {
+        let schedule = NoiseSchedule::new(&SchedulerConfig::sd15_ddim());
+        let sigmas = &schedule.sigmas;
+        assert_eq!(schedule.percent_to_sigma(0.0), f64::INFINITY);
+        assert_eq!(schedule.percent_to_sigma(1.0), 0.0);
+        // p = 0.5: timestep 499.5, the geometric mean of the sigmas at 499 and 500.
+        let mid = schedule.percent_to_sigma(0.5);
+        let want = (sigmas[499] as f64 * sigmas[500] as f64).sqrt();
+        assert!((mid - want).abs() < 1e-5 * want, "{mid} vs {want}");
+        // p = 0.1 is timestep 899.1, just above the sigma at 899.
+        let p = schedule.percent_to_sigma(0.1);
+        assert!(sigmas[899] as f64 <= p && p < sigmas[900] as f64);
+    }
+
+    #[test]
     fn options_parse_to_their_enums() {
         let (_, cfg) = read(
             r#"{"beta_schedule": "scaled_linear", "prediction_type": "epsilon",
