@@ -107,12 +107,59 @@ macro_rules! display_as_serde {
         }
     )*};
 }
-display_as_serde!(AdapterKind, NegativeMode, SchedulerKind, NoImage, Method);
+/// Which sampling steps a branch's `start` and `end` fractions select (README, "Windows").
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Window {
+    /// Fractions of the step count: with N steps, step i (0-based) is active iff
+    /// `start <= i/N < end`.
+    #[default]
+    Steps,
+    /// Fractions of the noise schedule, as ComfyUI's IP-Adapter nodes: a fraction p maps to
+    /// the model's sigma at training timestep `(1 - p)·(T - 1)` (ComfyUI's
+    /// `percent_to_sigma`), and step i is active iff `σ(end) <= σ_i <= σ(start)`, σ_i the
+    /// noise level of that step.
+    Sigma,
+}
+
+impl Window {
+    pub fn is_steps(&self) -> bool {
+        *self == Window::Steps
+    }
+}
+
+display_as_serde!(
+    AdapterKind,
+    NegativeMode,
+    SchedulerKind,
+    NoImage,
+    Method,
+    Window
+);
+
+/// A fraction of the noise schedule as a noise level σ (`Window::Sigma`); implemented by the
+/// sampling layer from the model's schedule.
+pub trait PercentToSigma {
+    fn percent_to_sigma(&self, fraction: f64) -> f64;
+}
+
+/// One sampling step as the window rules see it.
+pub struct StepAt<'a> {
+    /// 0-based step index.
+    pub index: usize,
+    pub steps: usize,
+    /// The noise level σ of this step (`sqrt((1 - ᾱ_t) / ᾱ_t)` at its timestep for DDIM, the
+    /// scheduler's sigma for Euler and DPM++).
+    pub sigma: f64,
+    pub schedule: &'a dyn PercentToSigma,
+}
 
 /// An IP-Adapter image weight and its active window, for one CFG branch.
 ///
-/// Window: with N sampling steps, step i (0-based) is active iff `start <= i/N < end`.
-/// Inactive steps use weight 0 (the image tokens are ignored at that step).
+/// Inactive steps use weight 0 (the image tokens are ignored at that step); which steps are
+/// active is decided by the cell's [`Window`] rule.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BranchWeight {
     pub weight: f64,
@@ -121,13 +168,23 @@ pub struct BranchWeight {
 }
 
 impl BranchWeight {
-    pub fn active(&self, step: usize, steps: usize) -> bool {
-        let t = step as f64 / steps as f64;
-        self.start <= t && t < self.end
+    pub fn active(&self, window: Window, step: &StepAt) -> bool {
+        match window {
+            Window::Steps => {
+                let t = step.index as f64 / step.steps as f64;
+                self.start <= t && t < self.end
+            }
+            Window::Sigma => {
+                // `start` is the earlier, noisier end of the window: the larger sigma.
+                let high = step.schedule.percent_to_sigma(self.start);
+                let low = step.schedule.percent_to_sigma(self.end);
+                low <= step.sigma && step.sigma <= high
+            }
+        }
     }
-    /// The weight that applies at `step` of `steps`.
-    pub fn at(&self, step: usize, steps: usize) -> f64 {
-        if self.active(step, steps) {
+    /// The weight that applies at `step`.
+    pub fn at(&self, window: Window, step: &StepAt) -> f64 {
+        if self.active(window, step) {
             self.weight
         } else {
             0.0
@@ -197,6 +254,9 @@ pub struct GenParams {
     /// Three-row methods: the negative's guidance scale; `None`: `cfg`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neg_cfg: Option<f64>,
+    /// Which steps `start`/`end` select, for both branches.
+    #[serde(default, skip_serializing_if = "Window::is_steps")]
+    pub window: Window,
 }
 
 impl GenParams {
@@ -226,6 +286,7 @@ impl GenParams {
             method: Method::Uncond,
             neg_embed_scale: 1.0,
             neg_cfg: None,
+            window: Window::Steps,
         }
     }
 
@@ -324,6 +385,23 @@ impl GenParams {
 mod tests {
     use super::*;
 
+    /// A schedule whose sigma falls linearly from 10 at fraction 0 to 0 at fraction 1.
+    struct Linear;
+    impl PercentToSigma for Linear {
+        fn percent_to_sigma(&self, p: f64) -> f64 {
+            10.0 * (1.0 - p)
+        }
+    }
+
+    fn step(index: usize, steps: usize, sigma: f64) -> StepAt<'static> {
+        StepAt {
+            index,
+            steps,
+            sigma,
+            schedule: &Linear,
+        }
+    }
+
     #[test]
     fn window_is_active_from_its_first_step_not_one_late() {
         let w = BranchWeight {
@@ -331,16 +409,32 @@ mod tests {
             start: 0.2,
             end: 0.6,
         };
-        let active: Vec<usize> = (0..10).filter(|&i| w.active(i, 10)).collect();
+        let on = |i| w.active(Window::Steps, &step(i, 10, 0.0));
+        let active: Vec<usize> = (0..10).filter(|&i| on(i)).collect();
         assert_eq!(active, vec![2, 3, 4, 5]);
-        assert_eq!(w.at(1, 10), 0.0);
-        assert_eq!(w.at(2, 10), 0.7);
+        assert_eq!(w.at(Window::Steps, &step(1, 10, 0.0)), 0.0);
+        assert_eq!(w.at(Window::Steps, &step(2, 10, 0.0)), 0.7);
         let full = BranchWeight {
             weight: 1.0,
             start: 0.0,
             end: 1.0,
         };
-        assert!((0..25).all(|i| full.active(i, 25)));
+        assert!((0..25).all(|i| full.active(Window::Steps, &step(i, 25, 0.0))));
+    }
+
+    #[test]
+    fn sigma_window_takes_the_steps_whose_sigma_is_between_its_ends() {
+        // start 0.2 -> sigma 8, end 0.6 -> sigma 4: both ends included, whatever the index.
+        let w = BranchWeight {
+            weight: 0.7,
+            start: 0.2,
+            end: 0.6,
+        };
+        let on = |sigma| w.active(Window::Sigma, &step(0, 10, sigma));
+        assert!(on(8.0) && on(6.0) && on(4.0));
+        assert!(!on(8.5) && !on(3.9));
+        assert_eq!(Window::Sigma.to_string(), "sigma");
+        assert!(Window::default().is_steps());
     }
 
     #[test]

@@ -244,11 +244,11 @@ fn ranges_with_zero_or_negative_step_are_refused() {
 
 #[test]
 fn out_of_range_values_are_refused() {
-    let text = BASE.replace("weight = \"0.5-1 (+0.25)\"", "weight = [-0.5, 1]");
+    let text = BASE.replace("weight = \"0.5-1 (+0.25)\"", "weight = [-1.5, 1]");
     expect_error(
         &text,
-        Some("weight = [-0.5"),
-        &["grid.weight", "-0.5", "out of range"],
+        Some("weight = [-1.5"),
+        &["grid.weight", "-1.5", "out of range"],
     );
     let text = BASE.replace("steps = 4", "steps = 0");
     expect_error(
@@ -268,6 +268,72 @@ fn out_of_range_values_are_refused() {
     expect_error(&text, None, &["start", "end", "0.8", "after"]);
     let text = BASE.replace("seeds = [1, 2]", "seeds = 2");
     expect_error(&text, Some("seeds = 2"), &["defaults.seeds", "ambiguous"]);
+}
+
+#[test]
+fn negative_weight_down_to_minus_one_is_accepted_and_below_is_refused() {
+    let text = BASE.replace(
+        "weight = \"0.5-1 (+0.25)\"",
+        "weight = \"-1-1 (+0.5)\"\nneg_weight = [-1, 0.5]",
+    );
+    let e = parse(&text).unwrap();
+    let weights: Vec<f64> = e.cells.iter().map(|c| c.weight).step_by(8).collect();
+    assert_eq!(weights, [-1.0, -0.5, 0.0, 0.5, 1.0]);
+    assert_eq!(e.cells[0].negative_branch().weight, -1.0);
+    for (line, key) in [
+        ("neg_weight = -1.5", "defaults.neg_weight"),
+        ("weight = -1.5", "defaults.weight"),
+    ] {
+        let text = BASE.replace("steps = 4", &format!("steps = 4\n{line}"));
+        expect_error(
+            &text,
+            Some(line),
+            &[key, "-1.5 is out of range: it must be between -1 and 10"],
+        );
+    }
+    let text = BASE.replace("weight = \"0.5-1 (+0.25)\"", "neg_weight = \"-2-0 (+1)\"");
+    expect_error(
+        &text,
+        Some("neg_weight = \"-2"),
+        &["grid.neg_weight", "-2 is out of range"],
+    );
+}
+
+#[test]
+fn window_is_a_default_an_axis_and_a_zip_column() {
+    use negimg::params::Window;
+    let text = BASE.replace("steps = 4", "steps = 4\nwindow = \"sigma\"");
+    let e = parse(&text).unwrap();
+    assert!(e.cells.iter().all(|c| c.window == Window::Sigma));
+    let text = with("window = [\"steps\", \"sigma\"]");
+    let e = parse(&text).unwrap();
+    assert_eq!(e.cells.len(), 3 * 2 * 2 * 2);
+    assert_eq!(e.cells[0].get(Param::Window), Value::Window(Window::Steps));
+    assert_eq!(e.cells[2].window, Window::Sigma);
+    assert!(e.axes().iter().any(|a| a.name == "window"));
+    let text = with("[[grid.zip]]\nwindow = [\"steps\", \"sigma\"]\nstart = [0, 0.3]");
+    let e = parse(&text).unwrap();
+    let pairs: Vec<(Window, f64)> = e
+        .cells
+        .iter()
+        .map(|c| (c.window, c.start))
+        .take(4)
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            (Window::Steps, 0.0),
+            (Window::Steps, 0.0),
+            (Window::Sigma, 0.3),
+            (Window::Sigma, 0.3)
+        ]
+    );
+    let text = with("window = [\"sigmas\"]");
+    expect_error(
+        &text,
+        Some("window = [\"sigmas"),
+        &["grid.window", "\"sigmas\" is not one of steps, sigma"],
+    );
 }
 
 #[test]

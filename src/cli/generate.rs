@@ -2,7 +2,7 @@
 use super::Globals;
 use crate::models::ip_adapter::AdapterFile;
 use crate::params::{
-    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, NoImage, SchedulerKind,
+    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, NoImage, SchedulerKind, Window,
 };
 use crate::pipeline::{CellOutcome, Pipeline};
 use crate::roles::ModelSet;
@@ -44,14 +44,14 @@ pub struct GenerateArgs {
     /// Adapter kind; default: the kind of the one --ip-adapter file, else base.
     #[arg(long, value_enum)]
     pub adapter: Option<AdapterArg>,
-    /// Image prompt weight of the cond branch.
-    #[arg(long, default_value_t = 1.0)]
+    /// Image prompt weight of the cond branch (-1 to 10).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub weight: f64,
     /// Weight of the uncond branch (default: --weight, as the official IP-Adapter).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub neg_weight: Option<f64>,
-    /// Window of the cond branch as fractions of the steps: step i of N is active iff
-    /// start <= i/N < end.
+    /// Window of the cond branch as fractions: of the steps (--window steps: step i of N is
+    /// active iff start <= i/N < end) or of the noise schedule (--window sigma).
     #[arg(long, default_value_t = 0.0)]
     pub start: f64,
     #[arg(long, default_value_t = 1.0)]
@@ -85,6 +85,10 @@ pub struct GenerateArgs {
     /// three_branch, perp_neg: the negative's guidance scale (default: --cfg).
     #[arg(long)]
     pub neg_cfg: Option<f64>,
+    /// Which steps --start/--end select: steps (fractions of the step count) or sigma
+    /// (ComfyUI's rule on the noise schedule; README, "Windows").
+    #[arg(long, default_value = "steps", value_parser = parse_window)]
+    pub window: Window,
     /// Output PNG.
     #[arg(long, default_value = "out.png")]
     pub out: PathBuf,
@@ -123,6 +127,11 @@ pub enum NoImageArg {
 fn parse_method(s: &str) -> std::result::Result<Method, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| format!("{s:?} is not one of uncond, subtract, three_branch, perp_neg"))
+}
+
+fn parse_window(s: &str) -> std::result::Result<Window, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not one of steps, sigma"))
 }
 
 /// `WxH` or `N` -> (width, height).
@@ -282,6 +291,7 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         method: a.method,
         neg_embed_scale: a.neg_embed_scale,
         neg_cfg: a.neg_cfg,
+        window: a.window,
     })
 }
 
@@ -349,13 +359,25 @@ mod tests {
             (&["--cfg", "500"][..], "--cfg: 500 is out of range"),
             (&["--weight", "50"][..], "--weight: 50 is out of range"),
             (
+                &["--neg-weight", "-1.5"][..],
+                "--neg-weight: -1.5 is out of range: it must be between -1 and 10",
+            ),
+            (&["--window", "sigmas"][..], "is not one of steps, sigma"),
+            (
                 &["--start", "0.8", "--end", "0.2"][..],
                 "--start 0.8 is after --end 0.2",
             ),
         ] {
-            let err = parse(bad).unwrap().unwrap_err().to_string();
+            let err = match parse(bad) {
+                Ok(p) => p.unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
             assert!(err.contains(want), "{bad:?}: {err}");
         }
+        let p = parse(&["--weight", "-0.5", "--neg-weight=-1", "--window", "sigma"]);
+        let p = p.unwrap().unwrap();
+        assert_eq!((p.positive.weight, p.negative_branch.weight), (-0.5, -1.0));
+        assert_eq!(p.window, Window::Sigma);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! counts and a time estimate on the chosen device (see `estimate.rs`; without an
 //! earlier run it loads and times the UNet and the VAE, unless `--no-calibrate`).
 use super::Globals;
-use crate::experiment::{self, ImageSource, LoadOptions};
+use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
+use crate::params::Window;
+use crate::sampling::SchedulerConfig;
+use crate::sampling::window::{WindowCase, comparison_table};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -130,6 +133,13 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             exp.cells.len() - three_rows
         );
     }
+    if exp.cells.iter().any(|c| c.window == Window::Sigma) {
+        let (cfg, whose) = schedule_of(&exp);
+        say!("windows of the window = \"sigma\" cells (steps 0-based, {whose} schedule):");
+        for line in sigma_windows(&exp, &cfg)?.lines() {
+            say!("  {line}");
+        }
+    }
     // Cells that differ only in what their negative mode ignores make one image.
     let images: std::collections::BTreeSet<String> = exp
         .cells
@@ -168,6 +178,38 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     );
     let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(())
+}
+
+/// The pipeline's scheduler config (read without loading weights), or SD1.5's where the
+/// pipeline is not there yet (made by `init_random`, not downloaded yet).
+fn schedule_of(exp: &Experiment) -> (SchedulerConfig, String) {
+    let path = &exp.models.pipeline.path;
+    match crate::pipeline::source::open(path, false).and_then(|s| s.scheduler_config()) {
+        Ok(cfg) if path.exists() => (cfg, "the pipeline's".into()),
+        _ => (
+            SchedulerConfig::sd15_ddim(),
+            "SD1.5's (pipeline not there yet)".into(),
+        ),
+    }
+}
+
+/// The steps each rule makes active for every distinct window of the sigma-window cells.
+fn sigma_windows(exp: &Experiment, cfg: &SchedulerConfig) -> Result<String> {
+    let mut cases: Vec<WindowCase> = Vec::new();
+    for c in exp.cells.iter().filter(|c| c.window == Window::Sigma) {
+        for b in [c.positive_branch(), c.negative_branch()] {
+            let case = WindowCase {
+                scheduler: c.scheduler,
+                steps: c.steps,
+                start: b.start,
+                end: b.end,
+            };
+            if !cases.contains(&case) {
+                cases.push(case);
+            }
+        }
+    }
+    comparison_table(cfg, &cases)
 }
 
 fn duration(s: f64) -> String {

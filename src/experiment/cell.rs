@@ -1,7 +1,7 @@
 //! One grid cell: the parameters of one image, with input images by their `[images.NAME]`.
 use super::values::{Param, Value};
 use crate::params::{
-    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, NoImage, SchedulerKind,
+    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, NoImage, SchedulerKind, Window,
 };
 use std::path::PathBuf;
 
@@ -33,6 +33,7 @@ pub struct CellSpec {
     pub neg_embed_scale: f64,
     /// `None`: `cfg`.
     pub neg_cfg: Option<f64>,
+    pub window: Window,
 }
 
 impl Default for CellSpec {
@@ -62,6 +63,7 @@ impl Default for CellSpec {
             method: p.method,
             neg_embed_scale: p.neg_embed_scale,
             neg_cfg: p.neg_cfg,
+            window: p.window,
         }
     }
 }
@@ -89,6 +91,7 @@ impl CellSpec {
             (Param::Method, Value::Method(m)) => self.method = *m,
             (Param::NegEmbedScale, Value::Num(x)) => self.neg_embed_scale = *x,
             (Param::NegCfg, Value::Num(x)) => self.neg_cfg = Some(*x),
+            (Param::Window, Value::Window(w)) => self.window = *w,
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -148,6 +151,7 @@ impl CellSpec {
             Param::Method => Value::Method(self.method),
             Param::NegEmbedScale => Value::Num(self.neg_embed_scale),
             Param::NegCfg => Value::Num(self.neg_cfg.unwrap_or(self.cfg)),
+            Param::Window => Value::Window(self.window),
         }
     }
 
@@ -172,6 +176,7 @@ impl CellSpec {
             method: self.method,
             neg_embed_scale: self.neg_embed_scale,
             neg_cfg: self.neg_cfg,
+            window: self.window,
         }
     }
 

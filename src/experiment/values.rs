@@ -1,7 +1,7 @@
 //! Generation parameters as experiment files name them, and their values: single values in
 //! `[defaults]`, lists and A1111-style ranges (`1-5 (+2)`, `1-10 [5]`) on `[grid]` axes.
 use super::source::Source;
-use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind};
+use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind, Window};
 use anyhow::Result;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -35,10 +35,11 @@ pub enum Param {
     Method,
     NegEmbedScale,
     NegCfg,
+    Window,
 }
 
 impl Param {
-    pub const ALL: [Param; 20] = [
+    pub const ALL: [Param; 21] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -59,6 +60,7 @@ impl Param {
         Param::Method,
         Param::NegEmbedScale,
         Param::NegCfg,
+        Param::Window,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +85,7 @@ impl Param {
             Param::Method => "method",
             Param::NegEmbedScale => "neg_embed_scale",
             Param::NegCfg => "neg_cfg",
+            Param::Window => "window",
         }
     }
 
@@ -93,8 +96,10 @@ impl Param {
     /// Numeric parameters accept ranges; the others take lists only.
     fn numeric(self) -> Option<NumKind> {
         Some(match self {
+            // Down to -1 as ComfyUI's IP-Adapter nodes (their weight inputs take -1 to 5; a
+            // negative weight pushes the image's features away instead of towards them).
             Param::Weight | Param::NegWeight => NumKind::Float {
-                min: 0.0,
+                min: -1.0,
                 max: 10.0,
             },
             Param::Start | Param::End | Param::NegStart | Param::NegEnd => {
@@ -159,6 +164,7 @@ pub enum Value {
     Scheduler(SchedulerKind),
     NoImage(NoImage),
     Method(Method),
+    Window(Window),
     /// An `[images.NAME]` reference; `None` is no image.
     Image(Option<String>),
 }
@@ -175,6 +181,7 @@ impl fmt::Display for Value {
             Value::Scheduler(v) => write!(f, "{v}"),
             Value::NoImage(v) => write!(f, "{v}"),
             Value::Method(v) => write!(f, "{v}"),
+            Value::Window(v) => write!(f, "{v}"),
             Value::Image(v) => f.write_str(v.as_deref().unwrap_or("")),
         }
     }
@@ -356,6 +363,7 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             s,
             "uncond, subtract, three_branch, perp_neg",
         )?),
+        Param::Window => Value::Window(parse(src, key, span, s, "steps, sigma")?),
         Param::PositiveImage | Param::NegativeImage => {
             Value::Image((!(s.is_empty() || s == "none")).then(|| s.to_string()))
         }

@@ -3,7 +3,7 @@
 //! text, image tokens and IP scale, each cell guided by its own method and scales.
 use crate::models::unet::UNet2DConditionModel;
 use crate::params::GenParams;
-use crate::sampling::{Scheduler, guidance};
+use crate::sampling::{self, Scheduler, guidance};
 use tch::{Kind, Tensor};
 
 /// What every step of a batch is conditioned on.
@@ -37,7 +37,8 @@ pub fn denoise(
     for (i, &t) in timesteps.iter().enumerate() {
         let x_in = scheduler.scale_model_input(&x, i);
         let rows = x_in.index_select(0, &cell_of_row);
-        let scale = guidance::ip_scale_tensor(&refs, i, steps, device, Kind::Float);
+        let at = sampling::step_at(scheduler, i, steps);
+        let scale = guidance::ip_scale_tensor(&refs, &at, device, Kind::Float);
         let eps = unet.forward(
             &rows,
             t,

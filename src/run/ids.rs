@@ -294,5 +294,11 @@ mod tests {
         q = p.clone();
         q.neg_cfg = Some(7.5);
         assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        // `window` too: in the id only when not the default `steps`.
+        q = p.clone();
+        q.window = crate::params::Window::Steps;
+        assert_eq!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        q.window = crate::params::Window::Sigma;
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
     }
 }

@@ -68,6 +68,7 @@ pub fn a1111_parameters(
             p.negative_branch.weight, p.negative_branch.start, p.negative_branch.end
         ),
     ];
+    fields.push(format!("Window rule: {}", p.window));
     fields.push(format!("Negative method: {}", p.method));
     if p.method == Method::Subtract {
         fields.push(format!("Negative embed scale: {}", p.neg_embed_scale));
@@ -126,6 +127,7 @@ mod tests {
         );
         assert!(text.contains("Seed: 42") && text.contains("Negative image: lawn"));
         assert!(text.contains("Negative method: uncond") && !text.contains("Negative CFG"));
+        assert!(text.contains("Window rule: steps"));
         p.method = Method::PerpNeg;
         p.neg_cfg = Some(3.0);
         let perp = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");

@@ -1,6 +1,6 @@
 //! `records.csv`: one row per image of a run.
 use crate::experiment::CellSpec;
-use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind};
+use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind, Window};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -49,6 +49,8 @@ pub struct Record {
     /// The negative guidance scale in effect (`cfg` unless set); empty in old runs.
     #[serde(default)]
     pub neg_cfg: Option<f64>,
+    #[serde(default)]
+    pub window: Window,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -101,6 +103,7 @@ impl Record {
             "method" => csv_value(&self.method),
             "neg_embed_scale" => csv_value(&self.neg_embed_scale),
             "neg_cfg" => self.neg_cfg.as_ref().map(csv_value).unwrap_or_default(),
+            "window" => csv_value(&self.window),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             _ => return None,
@@ -153,6 +156,7 @@ impl Record {
             method: cell.method,
             neg_embed_scale: cell.neg_embed_scale,
             neg_cfg: Some(cell.neg_cfg.unwrap_or(cell.cfg)),
+            window: cell.window,
             seconds,
             error: error.to_string(),
         }

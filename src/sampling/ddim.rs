@@ -1,6 +1,6 @@
 //! DDIM (Song et al. 2021), eta 0, as diffusers' `DDIMScheduler`.
 use super::Scheduler;
-use super::scheduler::{SchedulerConfig, TimestepSpacing};
+use super::scheduler::{NoiseSchedule, SchedulerConfig, TimestepSpacing};
 use anyhow::{Result, bail};
 use tch::Tensor;
 
@@ -12,6 +12,7 @@ pub struct Ddim {
     timesteps: Vec<f64>,
     /// Train-step distance between consecutive inference steps (`num_train // steps`).
     step_ratio: i64,
+    schedule: NoiseSchedule,
 }
 
 impl Ddim {
@@ -61,6 +62,7 @@ impl Ddim {
             clip,
             timesteps: timesteps.iter().map(|&t| t as f64).collect(),
             step_ratio: (n / steps) as i64,
+            schedule: NoiseSchedule::new(cfg),
         })
     }
 }
@@ -68,6 +70,14 @@ impl Ddim {
 impl Scheduler for Ddim {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigma(&self, step_index: usize) -> f64 {
+        self.schedule.sigmas[self.timesteps[step_index] as usize] as f64
+    }
+
+    fn noise_schedule(&self) -> &NoiseSchedule {
+        &self.schedule
     }
 
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {

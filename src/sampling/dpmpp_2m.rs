@@ -3,7 +3,8 @@
 //! final sigma 0 (so the last step is first order), optionally Karras sigmas (rho 7).
 use super::Scheduler;
 use super::scheduler::{
-    SchedulerConfig, TimestepSpacing, karras_sigmas, np_interp_index, np_linspace, sigma_to_t,
+    NoiseSchedule, SchedulerConfig, TimestepSpacing, karras_sigmas, np_interp_index, np_linspace,
+    sigma_to_t,
 };
 use anyhow::{Result, bail};
 use tch::Tensor;
@@ -14,6 +15,7 @@ pub struct DpmPp2m {
     sigmas: Vec<f32>,
     /// The data prediction of the previous step (the multistep history).
     previous_x0: Option<Tensor>,
+    schedule: NoiseSchedule,
 }
 
 /// alpha_t = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha_t, lambda = log alpha_t - log sigma_t
@@ -57,7 +59,8 @@ impl DpmPp2m {
                 v
             }
         };
-        let train = cfg.train_sigmas();
+        let schedule = NoiseSchedule::new(cfg);
+        let train = &schedule.sigmas;
         let mut sigmas: Vec<f32> = if karras {
             let log_sigmas: Vec<f32> = train.iter().map(|s| s.ln()).collect();
             let k = karras_sigmas(train[0] as f64, train[n - 1] as f64, steps);
@@ -69,7 +72,7 @@ impl DpmPp2m {
         } else {
             timesteps
                 .iter()
-                .map(|&t| np_interp_index(t, &train) as f32)
+                .map(|&t| np_interp_index(t, train) as f32)
                 .collect()
         };
         sigmas.push(0.0);
@@ -77,6 +80,7 @@ impl DpmPp2m {
             timesteps,
             sigmas,
             previous_x0: None,
+            schedule,
         })
     }
 }
@@ -84,6 +88,14 @@ impl DpmPp2m {
 impl Scheduler for DpmPp2m {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigma(&self, step_index: usize) -> f64 {
+        self.sigmas[step_index] as f64
+    }
+
+    fn noise_schedule(&self) -> &NoiseSchedule {
+        &self.schedule
     }
 
     fn step(&mut self, eps: &Tensor, i: usize, x: &Tensor) -> Tensor {

@@ -1,7 +1,9 @@
 //! Euler discrete (Karras et al. 2022, Algorithm 2 without churn), as diffusers'
 //! `EulerDiscreteScheduler` with linear sigma interpolation and a final sigma of zero.
 use super::Scheduler;
-use super::scheduler::{SchedulerConfig, TimestepSpacing, np_interp_index, np_linspace};
+use super::scheduler::{
+    NoiseSchedule, SchedulerConfig, TimestepSpacing, np_interp_index, np_linspace,
+};
 use anyhow::{Result, bail};
 use tch::Tensor;
 
@@ -10,6 +12,7 @@ pub struct Euler {
     /// One per step plus the final 0, float32 as diffusers stores them.
     sigmas: Vec<f32>,
     init_noise_sigma: f64,
+    schedule: NoiseSchedule,
 }
 
 impl Euler {
@@ -40,10 +43,10 @@ impl Euler {
                 .map(|&t| t as f32)
                 .collect(),
         };
-        let train = cfg.train_sigmas();
+        let schedule = NoiseSchedule::new(cfg);
         let mut sigmas: Vec<f32> = timesteps
             .iter()
-            .map(|&t| np_interp_index(t as f64, &train) as f32)
+            .map(|&t| np_interp_index(t as f64, &schedule.sigmas) as f32)
             .collect();
         sigmas.push(0.0);
         let max_sigma = sigmas.iter().cloned().fold(0.0f32, f32::max);
@@ -55,6 +58,7 @@ impl Euler {
             timesteps: timesteps.iter().map(|&t| t as f64).collect(),
             sigmas,
             init_noise_sigma,
+            schedule,
         })
     }
 }
@@ -66,6 +70,14 @@ impl Scheduler for Euler {
 
     fn init_noise_sigma(&self) -> f64 {
         self.init_noise_sigma
+    }
+
+    fn sigma(&self, step_index: usize) -> f64 {
+        self.sigmas[step_index] as f64
+    }
+
+    fn noise_schedule(&self) -> &NoiseSchedule {
+        &self.schedule
     }
 
     fn scale_model_input(&self, x: &Tensor, step_index: usize) -> Tensor {

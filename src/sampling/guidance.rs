@@ -7,11 +7,12 @@
 //! laid out as it was before the three-row methods.
 //!
 //! The IP-Adapter scale of each row comes from its branch ([`GenParams::row_weight`])
-//! evaluated at the step with [`BranchWeight::at`](crate::params::BranchWeight::at): with N
-//! steps, step i (0-based) is active iff `start <= i/N < end`; an inactive branch has scale
-//! 0 at that step. So a window takes effect at its first step (not one late), and the
-//! negative weight applies at every step (the two defects of the demo).
-use crate::params::{GenParams, Method, Row};
+//! evaluated at the step with [`BranchWeight::at`](crate::params::BranchWeight::at) under
+//! the cell's window rule (`window = "steps"`: with N steps, step i (0-based) is active iff
+//! `start <= i/N < end`; `"sigma"`: ComfyUI's rule on the step's noise level); an inactive
+//! branch has scale 0 at that step. So a window takes effect at its first step (not one
+//! late), and the negative weight applies at every step (the two defects of the demo).
+use crate::params::{GenParams, Method, Row, StepAt};
 use tch::{Device, Kind, Tensor};
 
 /// The rows of a batch in UNet order, as (cell index, row).
@@ -25,23 +26,17 @@ pub fn row_layout(cells: &[&GenParams]) -> Vec<(usize, Row)> {
     two.chain(neg).collect()
 }
 
-/// The IP-Adapter scale of each UNet row at `step` of `steps`, in [`row_layout`] order.
-pub fn ip_scales(cells: &[&GenParams], step: usize, steps: usize) -> Vec<f64> {
+/// The IP-Adapter scale of each UNet row at `step`, in [`row_layout`] order.
+pub fn ip_scales(cells: &[&GenParams], step: &StepAt) -> Vec<f64> {
     row_layout(cells)
         .into_iter()
-        .map(|(i, row)| cells[i].row_weight(row).at(step, steps))
+        .map(|(i, row)| cells[i].row_weight(row).at(cells[i].window, step))
         .collect()
 }
 
 /// The same as a tensor of `kind` on `device`.
-pub fn ip_scale_tensor(
-    cells: &[&GenParams],
-    step: usize,
-    steps: usize,
-    device: Device,
-    kind: Kind,
-) -> Tensor {
-    Tensor::from_slice(&ip_scales(cells, step, steps))
+pub fn ip_scale_tensor(cells: &[&GenParams], step: &StepAt, device: Device, kind: Kind) -> Tensor {
+    Tensor::from_slice(&ip_scales(cells, step))
         .to_kind(kind)
         .to_device(device)
 }
@@ -116,7 +111,24 @@ pub fn three_rows(cell: &GenParams, uncond: &Tensor, cond: &Tensor, neg: &Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::BranchWeight;
+    use crate::params::{BranchWeight, PercentToSigma, Window};
+
+    /// Sigma 10 at fraction 0 down to 0 at fraction 1.
+    struct Linear;
+    impl PercentToSigma for Linear {
+        fn percent_to_sigma(&self, p: f64) -> f64 {
+            10.0 * (1.0 - p)
+        }
+    }
+
+    fn step(index: usize, steps: usize, sigma: f64) -> StepAt<'static> {
+        StepAt {
+            index,
+            steps,
+            sigma,
+            schedule: &Linear,
+        }
+    }
 
     #[test]
     fn scales_follow_each_branch_window_from_its_first_step() {
@@ -131,7 +143,7 @@ mod tests {
             start: 0.0,
             end: 0.5,
         };
-        let per_step: Vec<Vec<f64>> = (0..4).map(|i| ip_scales(&[&c], i, 4)).collect();
+        let per_step: Vec<Vec<f64>> = (0..4).map(|i| ip_scales(&[&c], &step(i, 4, 0.0))).collect();
         assert_eq!(
             per_step,
             vec![
@@ -141,6 +153,23 @@ mod tests {
                 vec![0.0, 0.8]
             ]
         );
+    }
+
+    #[test]
+    fn each_cell_follows_its_own_window_rule() {
+        // Step 1 of 4 at sigma 9: the steps rule gives 0.25 (outside [0, 0.2)); sigma 9 lies
+        // between sigma(0) = 10 and sigma(0.2) = 8, so the sigma rule is active.
+        let mut steps = GenParams::new(0);
+        steps.positive = BranchWeight {
+            weight: 0.5,
+            start: 0.0,
+            end: 0.2,
+        };
+        steps.negative_branch = steps.positive;
+        let mut sigma = steps.clone();
+        sigma.window = Window::Sigma;
+        let scales = ip_scales(&[&steps, &sigma], &step(1, 4, 9.0));
+        assert_eq!(scales, vec![0.0, 0.5, 0.0, 0.5]);
     }
 
     #[test]

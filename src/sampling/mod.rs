@@ -8,10 +8,11 @@ pub mod dpmpp_2m;
 pub mod euler;
 pub mod guidance;
 pub mod scheduler;
+pub mod window;
 
-pub use scheduler::SchedulerConfig;
+pub use scheduler::{NoiseSchedule, SchedulerConfig};
 
-use crate::params::SchedulerKind;
+use crate::params::{SchedulerKind, StepAt};
 use anyhow::Result;
 use tch::Tensor;
 
@@ -29,9 +30,25 @@ pub trait Scheduler {
     fn scale_model_input(&self, x: &Tensor, _step_index: usize) -> Tensor {
         x.shallow_clone()
     }
+    /// The noise level σ of step `step_index` (what ComfyUI's `sigma_start`/`sigma_end`
+    /// gate): the scheduler's sigma, or `sqrt((1 - ᾱ_t) / ᾱ_t)` at the step's timestep for
+    /// schedulers that step on timesteps (DDIM).
+    fn sigma(&self, step_index: usize) -> f64;
+    /// The model's training noise schedule this scheduler was built on.
+    fn noise_schedule(&self) -> &NoiseSchedule;
     /// The sample after step `step_index`, given the noise prediction `eps` for `x`.
     /// Steps must be taken in order (multistep schedulers keep history).
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor;
+}
+
+/// Step `index` of `steps` of `scheduler`, as the window rules see it.
+pub fn step_at(scheduler: &dyn Scheduler, index: usize, steps: usize) -> StepAt<'_> {
+    StepAt {
+        index,
+        steps,
+        sigma: scheduler.sigma(index),
+        schedule: scheduler.noise_schedule(),
+    }
 }
 
 /// The scheduler `kind` for `steps` steps, configured like diffusers'

@@ -1,5 +1,6 @@
 //! The scheduler configuration (diffusers' `scheduler_config.json`) and the training noise
 //! schedule every scheduler derives from.
+use crate::params::PercentToSigma;
 use crate::weights::config_json;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -173,6 +174,44 @@ impl SchedulerConfig {
     }
 }
 
+/// The training noise levels of a model's schedule, and ComfyUI's map from a fraction of the
+/// schedule to a noise level (`window = "sigma"`).
+#[derive(Clone, Debug)]
+pub struct NoiseSchedule {
+    /// `sqrt((1 - ᾱ_t) / ᾱ_t)` in float32, index = training timestep.
+    pub sigmas: Vec<f32>,
+    log_sigmas: Vec<f32>,
+}
+
+impl NoiseSchedule {
+    pub fn new(cfg: &SchedulerConfig) -> Self {
+        let sigmas = cfg.train_sigmas();
+        let log_sigmas = sigmas.iter().map(|s| s.ln()).collect();
+        NoiseSchedule { sigmas, log_sigmas }
+    }
+}
+
+impl PercentToSigma for NoiseSchedule {
+    /// ComfyUI's `ModelSamplingDiscrete.percent_to_sigma`: above every sigma at p <= 0, 0 at
+    /// p >= 1, otherwise the sigma at the fractional training timestep `(1 - p)·(T - 1)`,
+    /// interpolated linearly in log-sigma between the two neighbouring timesteps (float32, as
+    /// ComfyUI). ComfyUI writes `999` for `T - 1`: its discrete models have T = 1000.
+    fn percent_to_sigma(&self, p: f64) -> f64 {
+        if p <= 0.0 {
+            return f64::INFINITY;
+        }
+        if p >= 1.0 {
+            return 0.0;
+        }
+        let last = self.log_sigmas.len() - 1;
+        let t = (((1.0 - p) * last as f64) as f32).clamp(0.0, last as f32);
+        let (low, high) = (t.floor() as usize, t.ceil() as usize);
+        let w = t - t.floor();
+        let log_sigma = (1.0 - w) * self.log_sigmas[low] + w * self.log_sigmas[high];
+        log_sigma.exp() as f64
+    }
+}
+
 /// numpy's `linspace(start, stop, num)` in float64 (the last value is exactly `stop`).
 pub(crate) fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     if num == 1 {
@@ -239,6 +278,21 @@ mod tests {
         std::fs::write(&path, json).unwrap();
         let cfg = SchedulerConfig::from_file(&path);
         (path, cfg)
+    }
+
+    #[test]
+    fn percent_to_sigma_has_comfyuis_ends_and_interpolates_in_log_sigma() {
+        let schedule = NoiseSchedule::new(&SchedulerConfig::sd15_ddim());
+        let sigmas = &schedule.sigmas;
+        assert_eq!(schedule.percent_to_sigma(0.0), f64::INFINITY);
+        assert_eq!(schedule.percent_to_sigma(1.0), 0.0);
+        // p = 0.5: timestep 499.5, the geometric mean of the sigmas at 499 and 500.
+        let mid = schedule.percent_to_sigma(0.5);
+        let want = (sigmas[499] as f64 * sigmas[500] as f64).sqrt();
+        assert!((mid - want).abs() < 1e-5 * want, "{mid} vs {want}");
+        // p = 0.1 is timestep 899.1, just above the sigma at 899.
+        let p = schedule.percent_to_sigma(0.1);
+        assert!(sigmas[899] as f64 <= p && p < sigmas[900] as f64);
     }
 
     #[test]

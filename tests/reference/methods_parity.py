@@ -5,7 +5,8 @@ CFG rows only.
 usage: methods_parity.py MODELS_DIR CASES.json OUT.safetensors
 CASES.json: a list of {name, method: uncond|subtract|three_branch|perp_neg, adapter: base|plus,
  prompt, uncond_prompt, pos_image, uncond_image (paths or null), steps, cfg, neg_cfg,
- neg_embed_scale, seed, size, positive: {weight, start, end}, negative: {weight, start, end}}.
+ neg_embed_scale, seed, size, positive: {weight, start, end}, negative: {weight, start, end},
+ and optionally scheduler: ddim (default) | dpmpp_2m_karras, window: steps (default) | sigma}.
 Rows per method (image features are what the adapter's projection reads: CLIP image_embeds for
 base, hidden_states[-2] for Plus; "no image" is IP-Adapter's: zero embeds / zero pixels):
 - uncond: [uncond text + uncond image, prompt + positive image]; weights [negative, positive].
@@ -14,12 +15,19 @@ base, hidden_states[-2] for Plus; "no image" is IP-Adapter's: zero embeds / zero
   uncond image]; weights [positive, positive, negative].
 Guidance: uncond e0 + cfg (e1 - e0); three_branch e0 + cfg p - neg_cfg n; perp_neg
 e0 + cfg (p - neg_cfg (n - <n,p>/|p|^2 p)), with p = e1 - e0, n = e2 - e0 over the image.
-Writes `{name}.float` (the [0,1] image, [3,H,W]).
+Windows: `steps`: step i of N is active iff start <= i/N < end. `sigma` (ComfyUI's
+ModelSamplingDiscrete.percent_to_sigma and IPAdapter_plus' CrossAttentionPatch gate): a
+fraction p is the sigma at timestep (1-p)(T-1) of the scheduler's alphas_cumprod, log-sigma
+interpolated (float32), with p <= 0 -> 999999999.9 and p >= 1 -> 0; a step is active iff
+sigma(end) <= sigma_i <= sigma(start), sigma_i = sqrt((1-a_t)/a_t) at the step's timestep for
+DDIM, the scheduler's sigmas[i] for DPM++.
+Writes `{name}.float` (the [0,1] image, [3,H,W]) and `{name}.active` ([rows, steps], 1 where
+the row's branch is active).
 """
 import json, os, sys
 import torch
 from PIL import Image
-from diffusers import StableDiffusionPipeline, DDIMScheduler
+from diffusers import StableDiffusionPipeline, DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModelWithProjection, CLIPImageProcessor
@@ -41,8 +49,17 @@ def load_pipe(adapter):
         head, rest = key.split(".", 1)
         sd[head][rest] = value
     pipe.unet._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.base_scheduler_config = dict(pipe.scheduler.config)
     return pipe
+
+
+def make_scheduler(pipe, kind):
+    cfg = pipe.base_scheduler_config
+    if kind == "ddim":
+        return DDIMScheduler.from_config(cfg)
+    assert kind == "dpmpp_2m_karras", kind
+    return DPMSolverMultistepScheduler.from_config(
+        cfg, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True)
 
 
 class RowScale:
@@ -63,8 +80,30 @@ def set_scales(pipe, scales):
             proc.scale = [RowScale(t)]
 
 
-def at(branch, i, n):
-    return branch["weight"] if branch["start"] <= i / n < branch["end"] else 0.0
+def percent_to_sigma(log_sigmas, p):
+    if p <= 0.0:
+        return 999999999.9
+    if p >= 1.0:
+        return 0.0
+    t = torch.clamp(torch.tensor((1.0 - p) * (len(log_sigmas) - 1)), min=0, max=len(log_sigmas) - 1)
+    low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+    return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp().item()
+
+
+def step_sigmas(sched, kind):
+    """sigma_i of each step, as the window rule sees it."""
+    if kind == "ddim":
+        a = sched.alphas_cumprod[sched.timesteps]
+        return [s.item() for s in ((1 - a) / a) ** 0.5]
+    return [s.item() for s in sched.sigmas[:len(sched.timesteps)]]
+
+
+def active(branch, i, n, window, sigma, log_sigmas):
+    if window == "steps":
+        return branch["start"] <= i / n < branch["end"]
+    high = percent_to_sigma(log_sigmas, branch["start"])
+    low = percent_to_sigma(log_sigmas, branch["end"])
+    return low <= sigma <= high
 
 
 @torch.no_grad()
@@ -117,17 +156,23 @@ with torch.no_grad():
         text = torch.cat([pipe.encode_prompt(t, "cpu", 1, False)[0] for t, _, _ in r])
         image_embeds = [torch.cat([f for _, f, _ in r])]
         n, size = c["steps"], c["size"]
-        sched = pipe.scheduler
+        kind, window = c.get("scheduler", "ddim"), c.get("window", "steps")
+        sched = make_scheduler(pipe, kind)
         sched.set_timesteps(n)
+        ac = sched.alphas_cumprod.float()
+        log_sigmas = (((1 - ac) / ac) ** 0.5).log()
+        sigmas = step_sigmas(sched, kind)
+        on = [[active(b, i, n, window, sigmas[i], log_sigmas) for i in range(n)] for _, _, b in r]
         g = torch.Generator("cpu").manual_seed(c["seed"])
         f = pipe.vae_scale_factor
         x = torch.randn([1, 4, size // f, size // f], generator=g) * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
-            set_scales(pipe, [at(b, i, n) for _, _, b in r])
+            set_scales(pipe, [b["weight"] if on[k][i] else 0.0 for k, (_, _, b) in enumerate(r)])
             x_in = sched.scale_model_input(torch.cat([x] * len(r)), t)
             eps = pipe.unet(x_in, t, encoder_hidden_states=text,
                             added_cond_kwargs={"image_embeds": image_embeds}).sample
             x = sched.step(guide(c, eps), t, x).prev_sample
         image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
         out[c["name"] + ".float"] = (image[0] / 2 + 0.5).clamp(0, 1).float().contiguous()
+        out[c["name"] + ".active"] = torch.tensor(on, dtype=torch.int64)
 save_file(out, out_path)
