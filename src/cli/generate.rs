@@ -2,7 +2,8 @@
 use super::Globals;
 use crate::models::ip_adapter::AdapterFile;
 use crate::params::{
-    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, NoImage, SchedulerKind,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegativeMode, NoImage,
+    SchedulerKind,
 };
 use crate::pipeline::{CellOutcome, Pipeline};
 use crate::roles::ModelSet;
@@ -85,6 +86,17 @@ pub struct GenerateArgs {
     /// three_branch, perp_neg: the negative's guidance scale (default: --cfg).
     #[arg(long)]
     pub neg_cfg: Option<f64>,
+    /// IP-Adapter weight per cross-attention block (execution order, SD1.5: down 0-5, mid 6,
+    /// up 7-15): all, style, composition, strong_style, or "i:w, i:w" (unlisted blocks 0).
+    #[arg(long, default_value = "all", value_parser = parse_blocks)]
+    pub blocks: BlockWeights,
+    /// The same for the negative branch (default: --blocks).
+    #[arg(long, value_parser = parse_blocks)]
+    pub neg_blocks: Option<BlockWeights>,
+    /// How the weight enters the image attention: v, kv, kv_c, k_mean_v_c (ComfyUI's
+    /// embeds_scaling).
+    #[arg(long, default_value = "v", value_parser = parse_ip_scaling)]
+    pub ip_scaling: IpScaling,
     /// Output PNG.
     #[arg(long, default_value = "out.png")]
     pub out: PathBuf,
@@ -123,6 +135,15 @@ pub enum NoImageArg {
 fn parse_method(s: &str) -> std::result::Result<Method, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| format!("{s:?} is not one of uncond, subtract, three_branch, perp_neg"))
+}
+
+fn parse_blocks(s: &str) -> std::result::Result<BlockWeights, String> {
+    s.parse()
+}
+
+fn parse_ip_scaling(s: &str) -> std::result::Result<IpScaling, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not one of {}", IpScaling::NAMES))
 }
 
 /// `WxH` or `N` -> (width, height).
@@ -282,6 +303,9 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         method: a.method,
         neg_embed_scale: a.neg_embed_scale,
         neg_cfg: a.neg_cfg,
+        blocks: a.blocks.clone(),
+        neg_blocks: a.neg_blocks.clone().unwrap_or_else(|| a.blocks.clone()),
+        ip_scaling: a.ip_scaling,
     })
 }
 
@@ -401,5 +425,13 @@ mod tests {
     fn methods_parse_by_their_toml_names() {
         assert_eq!(parse_method("perp_neg").unwrap(), Method::PerpNeg);
         assert!(parse_method("perp").unwrap_err().contains("three_branch"));
+        assert_eq!(parse_ip_scaling("kv_c").unwrap(), IpScaling::KvC);
+        assert!(parse_ip_scaling("k+v").unwrap_err().contains("k_mean_v_c"));
+        assert_eq!(parse_blocks("style").unwrap(), BlockWeights::Style);
+        assert!(
+            parse_blocks("4:0.5, 16:1")
+                .unwrap_err()
+                .contains("block 16")
+        );
     }
 }

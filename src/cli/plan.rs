@@ -106,7 +106,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     if exp.cells.len() > shown {
         say!("  ... {} more (--all prints them)", exp.cells.len() - shown);
     }
-    let mut groups: Vec<((usize, usize, usize, _, _), usize)> = Vec::new();
+    let mut groups: Vec<(crate::params::BatchKey, usize)> = Vec::new();
     for c in &exp.cells {
         let key = c.params(&|n| PathBuf::from(n)).batch_key();
         match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -114,9 +114,9 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             None => groups.push((key, 1)),
         }
     }
-    say!("batches (cells sharing steps, size, scheduler, adapter):");
-    for ((steps, w, h, sched, adapter), n) in &groups {
-        say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter}");
+    say!("batches (cells sharing steps, size, scheduler, adapter, ip_scaling):");
+    for ((steps, w, h, sched, adapter, scaling), n) in &groups {
+        say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter} ip_scaling={scaling}");
     }
     let three_rows = exp.cells.iter().filter(|c| c.method.rows() == 3).count();
     if three_rows > 0 {

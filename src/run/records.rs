@@ -1,6 +1,8 @@
 //! `records.csv`: one row per image of a run.
 use crate::experiment::CellSpec;
-use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind};
+use crate::params::{
+    AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind,
+};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -49,6 +51,13 @@ pub struct Record {
     /// The negative guidance scale in effect (`cfg` unless set); empty in old runs.
     #[serde(default)]
     pub neg_cfg: Option<f64>,
+    #[serde(default)]
+    pub blocks: BlockWeights,
+    /// The negative branch's block weights in effect (`blocks` unless set).
+    #[serde(default)]
+    pub neg_blocks: BlockWeights,
+    #[serde(default)]
+    pub ip_scaling: IpScaling,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -101,6 +110,9 @@ impl Record {
             "method" => csv_value(&self.method),
             "neg_embed_scale" => csv_value(&self.neg_embed_scale),
             "neg_cfg" => self.neg_cfg.as_ref().map(csv_value).unwrap_or_default(),
+            "blocks" => self.blocks.to_string(),
+            "neg_blocks" => self.neg_blocks.to_string(),
+            "ip_scaling" => csv_value(&self.ip_scaling),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             _ => return None,
@@ -153,6 +165,9 @@ impl Record {
             method: cell.method,
             neg_embed_scale: cell.neg_embed_scale,
             neg_cfg: Some(cell.neg_cfg.unwrap_or(cell.cfg)),
+            blocks: cell.blocks.clone(),
+            neg_blocks: cell.neg_blocks().clone(),
+            ip_scaling: cell.ip_scaling,
             seconds,
             error: error.to_string(),
         }

@@ -11,6 +11,10 @@
 //! steps, step i (0-based) is active iff `start <= i/N < end`; an inactive branch has scale
 //! 0 at that step. So a window takes effect at its first step (not one late), and the
 //! negative weight applies at every step (the two defects of the demo).
+//!
+//! Each row's scale is given per cross-attention block (execution order: down, mid, up):
+//! the branch's weight times the factor of the row's [`GenParams::row_blocks`] for that
+//! block. `blocks = "all"` gives every block the branch weight.
 use crate::params::{GenParams, Method, Row};
 use tch::{Device, Kind, Tensor};
 
@@ -25,23 +29,35 @@ pub fn row_layout(cells: &[&GenParams]) -> Vec<(usize, Row)> {
     two.chain(neg).collect()
 }
 
-/// The IP-Adapter scale of each UNet row at `step` of `steps`, in [`row_layout`] order.
-pub fn ip_scales(cells: &[&GenParams], step: usize, steps: usize) -> Vec<f64> {
-    row_layout(cells)
+/// The IP-Adapter scale of each UNet row at `step` of `steps`, in [`row_layout`] order, for
+/// each of `blocks` cross-attention blocks: `[block][row]`.
+pub fn ip_scales(cells: &[&GenParams], step: usize, steps: usize, blocks: usize) -> Vec<Vec<f64>> {
+    let per_row: Vec<Vec<f64>> = row_layout(cells)
         .into_iter()
-        .map(|(i, row)| cells[i].row_weight(row).at(step, steps))
+        .map(|(i, row)| {
+            let weight = cells[i].row_weight(row).at(step, steps);
+            let factors = cells[i].row_blocks(row).factors(blocks);
+            factors.into_iter().map(|f| weight * f).collect()
+        })
+        .collect();
+    (0..blocks)
+        .map(|b| per_row.iter().map(|r| r[b]).collect())
         .collect()
 }
 
-/// The same as a tensor of `kind` on `device`.
+/// The same as a `[blocks, rows]` tensor of `kind` on `device`.
 pub fn ip_scale_tensor(
     cells: &[&GenParams],
     step: usize,
     steps: usize,
+    blocks: usize,
     device: Device,
     kind: Kind,
 ) -> Tensor {
-    Tensor::from_slice(&ip_scales(cells, step, steps))
+    let scales = ip_scales(cells, step, steps, blocks);
+    let rows = scales.first().map_or(0, Vec::len) as i64;
+    Tensor::from_slice(&scales.concat())
+        .view([blocks as i64, rows])
         .to_kind(kind)
         .to_device(device)
 }
@@ -131,7 +147,9 @@ mod tests {
             start: 0.0,
             end: 0.5,
         };
-        let per_step: Vec<Vec<f64>> = (0..4).map(|i| ip_scales(&[&c], i, 4)).collect();
+        let per_step: Vec<Vec<f64>> = (0..4)
+            .map(|i| ip_scales(&[&c], i, 4, 1)[0].clone())
+            .collect();
         assert_eq!(
             per_step,
             vec![
@@ -141,6 +159,28 @@ mod tests {
                 vec![0.0, 0.8]
             ]
         );
+    }
+
+    #[test]
+    fn block_factors_multiply_each_rows_branch_weight() {
+        let mut c = GenParams::new(0);
+        c.positive.weight = 0.5;
+        c.negative_branch.weight = 2.0;
+        c.blocks = "1:0.5".parse().unwrap();
+        c.neg_blocks = crate::params::BlockWeights::Composition;
+        let s = ip_scales(&[&c], 0, 4, 16);
+        // Rows: uncond (negative branch), cond (positive branch).
+        assert_eq!(s[1], vec![0.0, 0.25]);
+        assert_eq!(s[4], vec![0.5, 0.0]);
+        assert_eq!(s[5], vec![2.0, 0.0]);
+        assert!(s[6..].iter().all(|r| r == &vec![0.0, 0.0]));
+        // Three-row methods: the uncond row (ε∅) follows `blocks` as it follows `weight`.
+        c.method = Method::PerpNeg;
+        let s = ip_scales(&[&c], 0, 4, 16);
+        assert_eq!(s[1], vec![0.25, 0.25, 0.0]);
+        assert_eq!(s[5], vec![0.0, 0.0, 2.0]);
+        let t = ip_scale_tensor(&[&c], 0, 4, 16, Device::Cpu, Kind::Float);
+        assert_eq!(t.size(), [16, 3]);
     }
 
     #[test]
