@@ -87,3 +87,23 @@ fn blocks_tiny_runs_every_preset_and_ip_scaling_and_records_them() {
     let ids: std::collections::BTreeSet<_> = records.iter().map(|r| &r.cell_id).collect();
     assert_eq!(ids.len(), 40);
 }
+
+/// `negimg plan` reads the UNet config when the models are on disk: a preset on the tiny
+/// models' 6-block layout fails there, naming the block count, before any run.
+#[test]
+fn plan_refuses_presets_on_another_block_layout() {
+    let dir = common::scratch("run_blocks_plan");
+    let models = common::tiny::tiny_models();
+    let text = std::fs::read_to_string(common::repo().join("experiments/blocks-tiny.toml"))
+        .unwrap()
+        .replace("../models/tiny_sd15", models.to_str().unwrap())
+        .replace("preset = \"tiny_sd15\"", "preset = \"tiny\"");
+    std::fs::write(dir.join("b.toml"), text).unwrap();
+    let out = common::negimg(&["--device", "cpu", "plan", "b.toml"], &dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("b.toml") && err.contains("has 6 cross-attention blocks"),
+        "{err}"
+    );
+}

@@ -32,6 +32,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             download: false,
         },
     )?;
+    check_block_layout(&exp)?;
     let (device, kind) = super::run::device_and_dtype(&exp, g)?;
     // Printed at the end, and a closed pipe (`plan ... | head`) is not an error.
     let mut out = String::new();
@@ -240,6 +241,28 @@ fn image_cost(steps: usize, width: usize, height: usize) -> f64 {
 
 /// Parameters of the UNet and the VAE, from the safetensors headers (no weights read).
 /// Unknown layouts count as SD1.5.
+/// When the pipeline's UNet config is on disk, every cell's `blocks` / `neg_blocks` must fit
+/// its cross-attention blocks (otherwise `run` would fail those cells).
+fn check_block_layout(exp: &Experiment) -> Result<()> {
+    let config = exp.models.pipeline.path.join("unet/config.json");
+    if !config.is_file() {
+        return Ok(());
+    }
+    let blocks = crate::models::unet::UNet2DConditionConfig::from_json_file(&config)?
+        .cross_attention_blocks();
+    for c in &exp.cells {
+        let p = c.params(&|n| PathBuf::from(n));
+        p.check_blocks(blocks).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} ({})",
+                exp.path.display(),
+                exp.models.pipeline.path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn pipeline_params(pipeline: &Path) -> (f64, f64) {
     let count = |sub: &str| -> Option<f64> {
         let files = crate::weights::hub::component_files(
