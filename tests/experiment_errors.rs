@@ -433,7 +433,7 @@ fn block_weights_and_ip_scaling_work_in_defaults_axes_and_zips_and_bad_ones_name
     );
     let text = format!(
         "{}neg_blocks = [\"composition\", \"5:1, 4:0.25, 12:-0.5\"]\n\n[[grid.zip]]\nip_scaling = [\"v\", \"k_mean_v_c\"]\nblocks = [\"all\", \"0:1\"]\n",
-        text.replace("[grid]\n", "[grid]\n")
+        text
     );
     let exp = parse(&text).unwrap();
     let list = BlockWeights::List(vec![(4, 0.25), (5, 1.0), (12, -0.5)]);
