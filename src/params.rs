@@ -89,6 +89,207 @@ impl Method {
     }
 }
 
+/// How a branch's weight enters the image attention of a cross-attention layer, as ComfyUI
+/// IP-Adapter's `embeds_scaling` (README, "Per-block weights and IP scaling"). With `w` the
+/// weight, `K`, `V` the image keys and values, `C` the layer's width (320, 640 or 1280 in
+/// SD1.5) and `m` the mean of `V` over the image tokens:
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum IpScaling {
+    /// `w · Attn(q, K, V)` ("V only"; the official IP-Adapter's).
+    #[default]
+    #[serde(rename = "v")]
+    V,
+    /// `Attn(q, w·K, w·V)` ("K+V").
+    #[serde(rename = "kv")]
+    Kv,
+    /// `Attn(q, w'·K, w'·V)`, `w' = w·C/1280` ("K+V w/ C penalty").
+    #[serde(rename = "kv_c")]
+    KvC,
+    /// `Attn(q, w'·K, (V − m) + w'·m)`, `w' = w·C/1280` ("K+mean(V) w/ C penalty").
+    #[serde(rename = "k_mean_v_c")]
+    KMeanVC,
+}
+
+impl IpScaling {
+    pub const NAMES: &'static str = "v, kv, kv_c, k_mean_v_c";
+
+    pub fn is_v(&self) -> bool {
+        *self == IpScaling::V
+    }
+}
+
+/// The blocks of SD1.5's UNet that carry cross-attention, in the order the UNet runs them:
+/// down 0–5, mid 6, up 7–15 (ComfyUI's `transformer_index`).
+pub const SD15_BLOCKS: usize = 16;
+
+/// IP-Adapter weight per cross-attention block for one branch: a factor per block that
+/// multiplies the branch weight. Blocks are numbered in execution order, one per
+/// transformer (`Transformer2DModel`): SD1.5 has 16 (down 0–5, mid 6, up 7–15).
+/// Written as `all`, a preset name, or `"i:w, i:w"` (unlisted blocks 0).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum BlockWeights {
+    /// Every block at the branch weight.
+    #[default]
+    All,
+    /// ComfyUI's SD1.5 "style transfer": blocks 0–3 and 9–15 at 1.
+    Style,
+    /// ComfyUI's SD1.5 "composition": block 4 at 0.25, block 5 at 1.
+    Composition,
+    /// ComfyUI's SD1.5 "strong style transfer": every block but 4 and 5, at 1.
+    StrongStyle,
+    /// Explicit factors by block index, sorted by index, each index once.
+    List(Vec<(usize, f64)>),
+}
+
+impl BlockWeights {
+    pub const PRESETS: &'static str = "all, style, composition, strong_style";
+
+    pub fn is_all(&self) -> bool {
+        *self == BlockWeights::All
+    }
+
+    /// The (block, factor) pairs of a preset or list; `None` for `all`.
+    fn pairs(&self) -> Option<Vec<(usize, f64)>> {
+        let ones = |blocks: &mut dyn Iterator<Item = usize>| blocks.map(|b| (b, 1.0)).collect();
+        Some(match self {
+            BlockWeights::All => return None,
+            BlockWeights::Style => ones(&mut (0..4).chain(9..SD15_BLOCKS)),
+            BlockWeights::Composition => vec![(4, 0.25), (5, 1.0)],
+            BlockWeights::StrongStyle => ones(&mut (0..4).chain(6..SD15_BLOCKS)),
+            BlockWeights::List(pairs) => pairs.clone(),
+        })
+    }
+
+    /// Whether these weights apply to a UNet with `blocks` cross-attention blocks: the
+    /// presets are defined on SD1.5's 16; a list's indices must exist.
+    pub fn check(&self, blocks: usize) -> Result<(), String> {
+        let layout = || {
+            format!(
+                "this UNet has {blocks} cross-attention blocks (SD1.5 has {SD15_BLOCKS}: down 0-5, mid 6, up 7-15)"
+            )
+        };
+        match self {
+            BlockWeights::All => Ok(()),
+            BlockWeights::List(pairs) => match pairs.iter().find(|(i, _)| *i >= blocks) {
+                Some((i, _)) => Err(format!(
+                    "block {i} of \"{self}\" does not exist: {}, numbered 0-{}",
+                    layout(),
+                    blocks.saturating_sub(1)
+                )),
+                None => Ok(()),
+            },
+            _ if blocks != SD15_BLOCKS => Err(format!(
+                "the preset \"{self}\" is defined on SD1.5's {SD15_BLOCKS} blocks, but {}; \
+                 give the blocks as a list \"i:w, i:w\"",
+                layout()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The factor of each of `blocks` blocks (call [`check`](Self::check) first; blocks
+    /// beyond the model's are ignored).
+    pub fn factors(&self, blocks: usize) -> Vec<f64> {
+        match self.pairs() {
+            None => vec![1.0; blocks],
+            Some(pairs) => {
+                let mut f = vec![0.0; blocks];
+                for (i, w) in pairs.into_iter().filter(|(i, _)| *i < blocks) {
+                    f[i] = w;
+                }
+                f
+            }
+        }
+    }
+}
+
+/// Largest factor magnitude of an explicit block list.
+const MAX_BLOCK_FACTOR: f64 = 10.0;
+
+impl std::str::FromStr for BlockWeights {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        match s {
+            "all" => return Ok(BlockWeights::All),
+            "style" => return Ok(BlockWeights::Style),
+            "composition" => return Ok(BlockWeights::Composition),
+            "strong_style" => return Ok(BlockWeights::StrongStyle),
+            _ => {}
+        }
+        if !s.contains(':') {
+            return Err(format!(
+                "{s:?} is not one of {} nor a list \"i:w, i:w\" (block index: weight factor)",
+                Self::PRESETS
+            ));
+        }
+        let mut pairs: Vec<(usize, f64)> = vec![];
+        for item in s.split(',') {
+            let (i, w) = item
+                .split_once(':')
+                .ok_or_else(|| format!("{:?} in {s:?} is not \"index:weight\"", item.trim()))?;
+            let i: usize = i
+                .trim()
+                .parse()
+                .map_err(|_| format!("{:?} in {s:?} is not a block index (0-15)", i.trim()))?;
+            let w: f64 = w
+                .trim()
+                .parse()
+                .ok()
+                .filter(|w: &f64| w.is_finite() && w.abs() <= MAX_BLOCK_FACTOR)
+                .ok_or_else(|| {
+                    format!(
+                        "{:?} in {s:?} is not a weight factor between -{MAX_BLOCK_FACTOR} and {MAX_BLOCK_FACTOR}",
+                        w.trim()
+                    )
+                })?;
+            if i >= SD15_BLOCKS {
+                return Err(format!(
+                    "block {i} in {s:?}: blocks are numbered 0-{} (SD1.5: down 0-5, mid 6, up 7-15)",
+                    SD15_BLOCKS - 1
+                ));
+            }
+            if pairs.iter().any(|(j, _)| *j == i) {
+                return Err(format!("block {i} appears twice in {s:?}"));
+            }
+            pairs.push((i, w));
+        }
+        pairs.sort_by_key(|(i, _)| *i);
+        Ok(BlockWeights::List(pairs))
+    }
+}
+
+impl fmt::Display for BlockWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockWeights::All => f.write_str("all"),
+            BlockWeights::Style => f.write_str("style"),
+            BlockWeights::Composition => f.write_str("composition"),
+            BlockWeights::StrongStyle => f.write_str("strong_style"),
+            BlockWeights::List(pairs) => {
+                let items: Vec<String> = pairs.iter().map(|(i, w)| format!("{i}:{w}")).collect();
+                f.write_str(&items.join(", "))
+            }
+        }
+    }
+}
+
+/// As the text `all`, `style`, `4:0.25, 5:1` (TOML, JSON, records.csv).
+impl Serialize for BlockWeights {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for BlockWeights {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 fn one() -> f64 {
     1.0
 }
@@ -136,7 +337,8 @@ display_as_serde!(
     SchedulerKind,
     NoImage,
     Method,
-    Window
+    Window,
+    IpScaling
 );
 
 /// A fraction of the noise schedule as a noise level σ (`Window::Sigma`); implemented by the
@@ -221,6 +423,9 @@ fn row_image(p: Option<&PathBuf>) -> RowImage<'_> {
     p.map_or(RowImage::NoImage, RowImage::Image)
 }
 
+/// What cells of one batch share: steps, width, height, scheduler, adapter, ip_scaling.
+pub type BatchKey = (usize, usize, usize, SchedulerKind, AdapterKind, IpScaling);
+
 /// Everything that determines one image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenParams {
@@ -257,6 +462,16 @@ pub struct GenParams {
     /// Which steps `start`/`end` select, for both branches.
     #[serde(default, skip_serializing_if = "Window::is_steps")]
     pub window: Window,
+    /// IP-Adapter weight per cross-attention block of the rows that take the `positive`
+    /// branch ([`GenParams::row_blocks`]).
+    #[serde(default, skip_serializing_if = "BlockWeights::is_all")]
+    pub blocks: BlockWeights,
+    /// The same for the rows that take `negative_branch`.
+    #[serde(default, skip_serializing_if = "BlockWeights::is_all")]
+    pub neg_blocks: BlockWeights,
+    /// How the weights enter the image attention (every row of the cell).
+    #[serde(default, skip_serializing_if = "IpScaling::is_v")]
+    pub ip_scaling: IpScaling,
 }
 
 impl GenParams {
@@ -287,6 +502,9 @@ impl GenParams {
             neg_embed_scale: 1.0,
             neg_cfg: None,
             window: Window::Steps,
+            blocks: BlockWeights::All,
+            neg_blocks: BlockWeights::All,
+            ip_scaling: IpScaling::V,
         }
     }
 
@@ -359,6 +577,23 @@ impl GenParams {
         }
     }
 
+    /// The per-block weights of `row`: those of the branch whose weight it takes
+    /// ([`row_weight`](Self::row_weight)).
+    pub fn row_blocks(&self, row: Row) -> &BlockWeights {
+        match (row, self.method.rows()) {
+            (Row::Cond, _) | (Row::Uncond, 3) => &self.blocks,
+            _ => &self.neg_blocks,
+        }
+    }
+
+    /// Whether this cell's block weights fit a UNet with `blocks` cross-attention blocks.
+    pub fn check_blocks(&self, blocks: usize) -> Result<(), String> {
+        for (name, b) in [("blocks", &self.blocks), ("neg_blocks", &self.neg_blocks)] {
+            b.check(blocks).map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// The parameters that decide the image: the negative image dropped where the mode
     /// ignores it (cells that differ only there make the same image).
     pub fn effective(&self) -> GenParams {
@@ -368,15 +603,18 @@ impl GenParams {
         }
     }
 
-    /// Cells that can share one UNet call per step: same steps, size, scheduler, adapter kind.
-    /// Methods may mix: a batch's rows are laid out per cell (`sampling::guidance`).
-    pub fn batch_key(&self) -> (usize, usize, usize, SchedulerKind, AdapterKind) {
+    /// Cells that can share one UNet call per step: same steps, size, scheduler, adapter
+    /// kind and `ip_scaling` (one formula per attention call). Methods and block weights may
+    /// mix: a batch's rows are laid out per cell, each row with its own weight per block
+    /// (`sampling::guidance`).
+    pub fn batch_key(&self) -> BatchKey {
         (
             self.steps,
             self.width,
             self.height,
             self.scheduler,
             self.adapter,
+            self.ip_scaling,
         )
     }
 }
@@ -472,10 +710,84 @@ mod tests {
     }
 
     #[test]
+    fn block_weights_round_trip_as_text_and_follow_comfyui_presets() {
+        for text in [
+            "all",
+            "style",
+            "composition",
+            "strong_style",
+            "4:0.25, 5:1",
+            "0:-0.5",
+        ] {
+            let b: BlockWeights = text.parse().unwrap();
+            assert_eq!(b.to_string(), text);
+            let json = serde_json::to_string(&b).unwrap();
+            assert_eq!(serde_json::from_str::<BlockWeights>(&json).unwrap(), b);
+        }
+        // Listed in any order, kept sorted by block.
+        let b: BlockWeights = " 5:1 ,4:0.25".parse().unwrap();
+        assert_eq!(b, BlockWeights::List(vec![(4, 0.25), (5, 1.0)]));
+        let on = |b: &BlockWeights| -> Vec<usize> {
+            let f = b.factors(SD15_BLOCKS);
+            (0..SD15_BLOCKS).filter(|&i| f[i] != 0.0).collect()
+        };
+        assert_eq!(
+            on(&BlockWeights::Style),
+            [0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15]
+        );
+        assert_eq!(
+            on(&BlockWeights::StrongStyle),
+            [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        );
+        let comp = BlockWeights::Composition.factors(SD15_BLOCKS);
+        assert_eq!(
+            (comp[4], comp[5], comp.iter().sum::<f64>()),
+            (0.25, 1.0, 1.25)
+        );
+        assert_eq!(BlockWeights::All.factors(6), vec![1.0; 6]);
+        for (bad, why) in [
+            ("styles", "not one of all, style"),
+            ("4:0.5, 16:1", "block 16"),
+            ("4:x", "not a weight factor"),
+            ("4:11", "not a weight factor"),
+            ("a:1", "not a block index"),
+            ("4:1, 4:2", "twice"),
+            ("4:1,", "not \"index:weight\""),
+        ] {
+            let err = bad.parse::<BlockWeights>().unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn block_presets_need_the_sd15_layout_and_lists_existing_blocks() {
+        assert!(BlockWeights::Style.check(16).is_ok());
+        let err = BlockWeights::Style.check(6).unwrap_err();
+        assert!(err.contains("has 6 cross-attention blocks"), "{err}");
+        let list: BlockWeights = "2:1, 5:0.5".parse().unwrap();
+        assert!(list.check(6).is_ok());
+        let err = list.check(5).unwrap_err();
+        assert!(err.contains("block 5") && err.contains("has 5"), "{err}");
+        let mut p = GenParams::new(0);
+        p.neg_blocks = BlockWeights::Composition;
+        assert!(p.check_blocks(6).unwrap_err().starts_with("neg_blocks:"));
+    }
+
+    #[test]
     fn enums_display_as_their_toml_names() {
         assert_eq!(SchedulerKind::DpmPp2mKarras.to_string(), "dpmpp_2m_karras");
         assert_eq!(NegativeMode::Both.to_string(), "both");
         assert_eq!(AdapterKind::Plus.to_string(), "plus");
+        let names: Vec<String> = [
+            IpScaling::V,
+            IpScaling::Kv,
+            IpScaling::KvC,
+            IpScaling::KMeanVC,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(names.join(", "), IpScaling::NAMES);
     }
 
     #[test]

@@ -670,3 +670,88 @@ fn a_mode_without_its_image_names_the_mode_line_and_the_unset_image() {
         "{err}"
     );
 }
+
+#[test]
+fn block_weights_and_ip_scaling_work_in_defaults_axes_and_zips_and_bad_ones_name_the_line() {
+    use negimg::params::{BlockWeights, IpScaling};
+    let text = BASE.replace(
+        "steps = 4",
+        "steps = 4\nblocks = \"style\"\nip_scaling = \"kv\"",
+    );
+    let text = format!(
+        "{}neg_blocks = [\"composition\", \"5:1, 4:0.25, 12:-0.5\"]\n\n[[grid.zip]]\nip_scaling = [\"v\", \"k_mean_v_c\"]\nblocks = [\"all\", \"0:1\"]\n",
+        text
+    );
+    let exp = parse(&text).unwrap();
+    let list = BlockWeights::List(vec![(4, 0.25), (5, 1.0), (12, -0.5)]);
+    let values = |p: Param| -> Vec<Value> {
+        let mut v: Vec<Value> = exp.cells.iter().map(|c| c.get(p)).collect();
+        v.dedup();
+        v.sort_by_key(|v| v.to_string());
+        v.dedup();
+        v
+    };
+    assert_eq!(
+        values(Param::NegBlocks),
+        vec![
+            Value::Blocks(list.clone()),
+            Value::Blocks(BlockWeights::Composition)
+        ]
+    );
+    assert_eq!(
+        values(Param::Blocks),
+        vec![
+            Value::Blocks("0:1".parse().unwrap()),
+            Value::Blocks(BlockWeights::All)
+        ]
+    );
+    assert_eq!(
+        values(Param::IpScaling),
+        vec![
+            Value::IpScaling(IpScaling::KMeanVC),
+            Value::IpScaling(IpScaling::V)
+        ]
+    );
+    // Zipped: blocks = "0:1" only with k_mean_v_c; the [defaults] value is replaced.
+    assert!(
+        exp.cells
+            .iter()
+            .all(|c| (c.blocks == BlockWeights::All) == (c.ip_scaling == IpScaling::V))
+    );
+    // Without `neg_blocks`, the negative branch takes `blocks`, as neg_weight takes weight.
+    let text = BASE.replace("steps = 4", "steps = 4\nblocks = \"strong_style\"");
+    let exp = parse(&text).unwrap();
+    assert!(
+        exp.cells
+            .iter()
+            .all(|c| c.get(Param::NegBlocks) == Value::Blocks(BlockWeights::StrongStyle))
+    );
+    for (line, words) in [
+        (
+            "blocks = \"styles\"",
+            &["defaults.blocks", "not one of all, style"][..],
+        ),
+        ("blocks = \"4:0.5, 16:1\"", &["defaults.blocks", "block 16"]),
+        (
+            "neg_blocks = \"4:1, 4:2\"",
+            &["defaults.neg_blocks", "twice"],
+        ),
+        (
+            "neg_blocks = 4",
+            &["defaults.neg_blocks", "expected a string"],
+        ),
+        (
+            "ip_scaling = \"k+v\"",
+            &["defaults.ip_scaling", "v, kv, kv_c, k_mean_v_c"],
+        ),
+    ] {
+        let text = BASE.replace("steps = 4", &format!("steps = 4\n{line}"));
+        expect_error(&text, Some(line), words);
+    }
+    let text = with("neg_blocks = [\"all\", \"3:x\"]");
+    expect_error(
+        &text,
+        Some("neg_blocks = ["),
+        &["grid.neg_blocks", "not a weight factor"],
+    );
+}

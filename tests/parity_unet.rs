@@ -5,7 +5,8 @@
 mod common;
 
 use negimg::models::unet::{
-    IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_hidden_sizes, write_random_model,
+    IpInput, IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_hidden_sizes,
+    write_random_model,
 };
 use negimg::weights::{TensorFile, TensorSource};
 use std::path::Path;
@@ -113,13 +114,27 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
     // Before the adapter is loaded the IP branch is inert.
     let tokens = get(&reference, "tokens");
     let scales = get(&x, "scales");
-    let inert = tch::no_grad(|| unet.forward(&latents, 501.0, &text, Some((&tokens, &scales))));
+    let inert = tch::no_grad(|| {
+        unet.forward(
+            &latents,
+            501.0,
+            &text,
+            Some(IpInput::uniform(&tokens, &scales)),
+        )
+    });
     let plain_501 = tch::no_grad(|| plain.forward(&latents, 501.0, &text, None));
     assert!(common::max_abs_diff(&inert, &plain_501) < 1e-6);
 
     unet.load_ip_adapter(&TensorFile::open(&adapter).unwrap())
         .unwrap();
-    let eps = tch::no_grad(|| unet.forward(&latents, 501.0, &text, Some((&tokens, &scales))));
+    let eps = tch::no_grad(|| {
+        unet.forward(
+            &latents,
+            501.0,
+            &text,
+            Some(IpInput::uniform(&tokens, &scales)),
+        )
+    });
     let expected = get(&reference, "eps_ip");
     let diff = common::max_abs_diff(&eps, &expected);
     eprintln!("UNet with IP, scales [0, 0.6, 1.3]: max abs diff {diff:e}");
@@ -267,8 +282,10 @@ fn parity_unet_half_precision_kinds() {
         Tensor::randn([2, 4, 32], f),
     );
     let scale = Tensor::from_slice(&[0.5f32, 1.0]);
-    let a = tch::no_grad(|| full.forward(&x, 700.0, &text, Some((&tokens, &scale))));
-    let b = tch::no_grad(|| half.forward(&x, 700.0, &text, Some((&tokens, &scale))));
+    let a =
+        tch::no_grad(|| full.forward(&x, 700.0, &text, Some(IpInput::uniform(&tokens, &scale))));
+    let b =
+        tch::no_grad(|| half.forward(&x, 700.0, &text, Some(IpInput::uniform(&tokens, &scale))));
     assert_eq!(b.kind(), Kind::Half);
     let diff = common::max_abs_diff(&a, &b);
     eprintln!("UNet fp16 vs fp32: max abs diff {diff:e}");

@@ -145,3 +145,118 @@ fn batched_mixed_methods_equal_cells_generated_alone() {
         );
     }
 }
+
+/// A grid whose cells differ in `blocks` and `neg_blocks` (presets and lists, on the tiny
+/// models with SD1.5's 16-block layout) and in method: one batch, the same images as one by
+/// one.
+#[test]
+fn batched_mixed_blocks_equal_cells_generated_alone() {
+    use negimg::params::{BlockWeights, Method};
+    let dir = common::scratch("pipeline_batching_blocks");
+    let models = common::tiny::tiny_sd15_models();
+    let images: Vec<_> = (0..2)
+        .map(|i| {
+            let p = dir.join(format!("img{i}.png"));
+            write_image(&p, 48, 40 + 8 * i, i);
+            p
+        })
+        .collect();
+    let blocks: [(BlockWeights, Option<&str>); 5] = [
+        (BlockWeights::Style, None),
+        (BlockWeights::All, Some("4:0.25, 5:1")),
+        (BlockWeights::Composition, Some("strong_style")),
+        (BlockWeights::StrongStyle, Some("0:1, 15:-0.5")),
+        ("6:2, 7:1".parse().unwrap(), Some("all")),
+    ];
+    let mut cells = Vec::new();
+    for (i, (b, nb)) in blocks.into_iter().enumerate() {
+        for method in [Method::Uncond, Method::PerpNeg] {
+            let mut c = GenParams::new(300 + i as u64);
+            c.steps = 3;
+            c.width = 32;
+            c.height = 32;
+            c.method = method;
+            c.positive_image = Some(images[0].clone());
+            c.negative_image = Some(images[1].clone());
+            c.negative_branch.weight = 0.5 + 0.3 * i as f64;
+            c.neg_blocks = nb.map_or(b.clone(), |s| s.parse().unwrap());
+            c.blocks = b.clone();
+            cells.push(c);
+        }
+    }
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
+    let alone = common::generate_float(&mut pipeline, &cells, 1, &mut |_, _| {});
+    let mut calls = 0;
+    let together =
+        common::generate_float(&mut pipeline, &cells, cells.len(), &mut |_, _| calls += 1);
+    assert_eq!(calls, 3, "one batch of 3 steps");
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        let d = common::max_abs_diff(a, b);
+        let c = &cells[i];
+        assert!(
+            d <= 1e-5,
+            "cell {i} (blocks {}, neg_blocks {}, {}): batched image differs by {d}",
+            c.blocks,
+            c.neg_blocks,
+            c.method
+        );
+    }
+}
+
+/// Each `ip_scaling` (one per batch: it is part of the batch key) computes every UNet row of
+/// a batch as it computes the row alone, with a different weight per block and row. (Whole
+/// images are compared for `v` above: the tiny random models amplify float rounding along a
+/// trajectory, up to 1e-4 on 32x32 images with the penalized scalings, whose image attention
+/// is nearly uniform there.)
+#[test]
+fn unet_rows_in_a_batch_equal_rows_alone_for_every_ip_scaling() {
+    use negimg::models::unet::{IpInput, IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
+    use negimg::params::IpScaling;
+    use tch::{Device, Kind, Tensor, nn};
+    let cfg = UNet2DConditionConfig::tiny_sd15_layout();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let unet =
+        UNet2DConditionModel::new(vs.root(), &cfg, Some(IpLayout::for_config(&cfg))).unwrap();
+    let b = 6;
+    let randn = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu));
+    let (x, text, tokens, scales) = {
+        let _generator = negimg::weights::random::global_generator();
+        tch::manual_seed(3);
+        for (_, mut v) in vs.variables() {
+            tch::no_grad(|| v.copy_(&(randn(&v.size()) * 0.1)));
+        }
+        let scales = Tensor::rand([16, b], (Kind::Float, Device::Cpu)) * 3.0;
+        (
+            randn(&[b, 4, 16, 16]),
+            randn(&[b, 7, 32]),
+            randn(&[b, 4, 32]),
+            scales,
+        )
+    };
+    for scaling in [
+        IpScaling::V,
+        IpScaling::Kv,
+        IpScaling::KvC,
+        IpScaling::KMeanVC,
+    ] {
+        let all = IpInput {
+            tokens: &tokens,
+            scales: &scales,
+            scaling,
+        };
+        let all = tch::no_grad(|| unet.forward(&x, 500.0, &text, Some(all)));
+        for i in 0..b {
+            let (t, s) = (tokens.narrow(0, i, 1), scales.narrow(1, i, 1));
+            let ip = IpInput {
+                tokens: &t,
+                scales: &s,
+                scaling,
+            };
+            let (x1, text1) = (x.narrow(0, i, 1), text.narrow(0, i, 1));
+            let one = tch::no_grad(|| unet.forward(&x1, 500.0, &text1, Some(ip)));
+            let d = common::max_abs_diff(&one, &all.narrow(0, i, 1));
+            assert!(d <= 1e-5, "{scaling}, row {i}: {d} from the row alone");
+        }
+    }
+}

@@ -345,7 +345,7 @@ fn calibrate(t: &Target) -> Result<Estimate> {
     };
     let image_tokens = Tensor::randn([call_rows as i64, tokens, cfg.context_dim()], opts);
     let scale = Tensor::ones([call_rows as i64], (Kind::Float, t.device));
-    let ip = uses_images.then_some((&image_tokens, &scale));
+    let ip = uses_images.then(|| crate::models::unet::IpInput::uniform(&image_tokens, &scale));
     let unet_s = tch::no_grad(|| time_call(t.device, &|| unet.forward(&latents, 500.0, &text, ip)));
     let z = Tensor::randn([1, vae.config().latent_channels, lh, lw], opts);
     let decode_s = tch::no_grad(|| time_call(t.device, &|| vae.decode(&z)));

@@ -2,7 +2,8 @@
 use super::Globals;
 use crate::models::ip_adapter::AdapterFile;
 use crate::params::{
-    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, NoImage, SchedulerKind, Window,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegativeMode, NoImage,
+    SchedulerKind, Window,
 };
 use crate::pipeline::{CellOutcome, Pipeline};
 use crate::roles::ModelSet;
@@ -89,6 +90,17 @@ pub struct GenerateArgs {
     /// (ComfyUI's rule on the noise schedule; README, "Windows").
     #[arg(long, default_value = "steps", value_parser = parse_window)]
     pub window: Window,
+    /// IP-Adapter weight per cross-attention block (execution order, SD1.5: down 0-5, mid 6,
+    /// up 7-15): all, style, composition, strong_style, or "i:w, i:w" (unlisted blocks 0).
+    #[arg(long, default_value = "all", value_parser = parse_blocks)]
+    pub blocks: BlockWeights,
+    /// The same for the negative branch (default: --blocks).
+    #[arg(long, value_parser = parse_blocks)]
+    pub neg_blocks: Option<BlockWeights>,
+    /// How the weight enters the image attention: v, kv, kv_c, k_mean_v_c (ComfyUI's
+    /// embeds_scaling).
+    #[arg(long, default_value = "v", value_parser = parse_ip_scaling)]
+    pub ip_scaling: IpScaling,
     /// Output PNG.
     #[arg(long, default_value = "out.png")]
     pub out: PathBuf,
@@ -132,6 +144,15 @@ fn parse_method(s: &str) -> std::result::Result<Method, String> {
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| format!("{s:?} is not one of steps, sigma"))
+}
+
+fn parse_blocks(s: &str) -> std::result::Result<BlockWeights, String> {
+    s.parse()
+}
+
+fn parse_ip_scaling(s: &str) -> std::result::Result<IpScaling, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not one of {}", IpScaling::NAMES))
 }
 
 /// `WxH` or `N` -> (width, height).
@@ -292,6 +313,9 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         neg_embed_scale: a.neg_embed_scale,
         neg_cfg: a.neg_cfg,
         window: a.window,
+        blocks: a.blocks.clone(),
+        neg_blocks: a.neg_blocks.clone().unwrap_or_else(|| a.blocks.clone()),
+        ip_scaling: a.ip_scaling,
     })
 }
 
@@ -423,5 +447,13 @@ mod tests {
     fn methods_parse_by_their_toml_names() {
         assert_eq!(parse_method("perp_neg").unwrap(), Method::PerpNeg);
         assert!(parse_method("perp").unwrap_err().contains("three_branch"));
+        assert_eq!(parse_ip_scaling("kv_c").unwrap(), IpScaling::KvC);
+        assert!(parse_ip_scaling("k+v").unwrap_err().contains("k_mean_v_c"));
+        assert_eq!(parse_blocks("style").unwrap(), BlockWeights::Style);
+        assert!(
+            parse_blocks("4:0.5, 16:1")
+                .unwrap_err()
+                .contains("block 16")
+        );
     }
 }

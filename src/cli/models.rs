@@ -123,7 +123,7 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
         )?;
     }
     let scorer = match preset {
-        RandomPreset::Tiny => clip_model::ClipConfig::tiny(),
+        RandomPreset::Tiny | RandomPreset::TinySd15 => clip_model::ClipConfig::tiny(),
         RandomPreset::Sd15 => clip_model::ClipConfig::vit_l14(),
     };
     clip_model::write_random_model(&dir.join("scorer"), &scorer, seed + 7, &vocab)

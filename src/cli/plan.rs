@@ -38,6 +38,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             download: false,
         },
     )?;
+    check_block_layout(&exp)?;
     // A GPU that is not visible here still gets an estimate (from FLOP figures).
     let device = crate::device::parse_device_spec(&g.device)?;
     let kind = super::run::dtype_for(&exp, g, device)?;
@@ -114,7 +115,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     if exp.cells.len() > shown {
         say!("  ... {} more (--all prints them)", exp.cells.len() - shown);
     }
-    let mut groups: Vec<((usize, usize, usize, _, _), usize)> = Vec::new();
+    let mut groups: Vec<(crate::params::BatchKey, usize)> = Vec::new();
     for c in &exp.cells {
         let key = c.params(&|n| PathBuf::from(n)).batch_key();
         match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -122,9 +123,9 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             None => groups.push((key, 1)),
         }
     }
-    say!("batches (cells sharing steps, size, scheduler, adapter):");
-    for ((steps, w, h, sched, adapter), n) in &groups {
-        say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter}");
+    say!("batches (cells sharing steps, size, scheduler, adapter, ip_scaling):");
+    for ((steps, w, h, sched, adapter, scaling), n) in &groups {
+        say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter} ip_scaling={scaling}");
     }
     let three_rows = exp.cells.iter().filter(|c| c.method.rows() == 3).count();
     if three_rows > 0 {
@@ -210,6 +211,28 @@ fn sigma_windows(exp: &Experiment, cfg: &SchedulerConfig) -> Result<String> {
         }
     }
     comparison_table(cfg, &cases)
+}
+
+/// When the pipeline's UNet config is on disk, every cell's `blocks` / `neg_blocks` must fit
+/// its cross-attention blocks (otherwise `run` would fail those cells).
+fn check_block_layout(exp: &Experiment) -> Result<()> {
+    let config = exp.models.pipeline.path.join("unet/config.json");
+    if !config.is_file() {
+        return Ok(());
+    }
+    let blocks = crate::models::unet::UNet2DConditionConfig::from_json_file(&config)?
+        .cross_attention_blocks();
+    for c in &exp.cells {
+        let p = c.params(&|n| PathBuf::from(n));
+        p.check_blocks(blocks).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} ({})",
+                exp.path.display(),
+                exp.models.pipeline.path.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn duration(s: f64) -> String {

@@ -1,7 +1,8 @@
 //! One grid cell: the parameters of one image, with input images by their `[images.NAME]`.
 use super::values::{Param, Value};
 use crate::params::{
-    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, NoImage, SchedulerKind, Window,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegativeMode, NoImage,
+    SchedulerKind, Window,
 };
 use std::path::PathBuf;
 
@@ -34,6 +35,10 @@ pub struct CellSpec {
     /// `None`: `cfg`.
     pub neg_cfg: Option<f64>,
     pub window: Window,
+    pub blocks: BlockWeights,
+    /// `None`: `blocks`, as the negative weight follows the positive one.
+    pub neg_blocks: Option<BlockWeights>,
+    pub ip_scaling: IpScaling,
 }
 
 impl Default for CellSpec {
@@ -64,6 +69,9 @@ impl Default for CellSpec {
             neg_embed_scale: p.neg_embed_scale,
             neg_cfg: p.neg_cfg,
             window: p.window,
+            blocks: p.blocks,
+            neg_blocks: None,
+            ip_scaling: p.ip_scaling,
         }
     }
 }
@@ -92,6 +100,9 @@ impl CellSpec {
             (Param::NegEmbedScale, Value::Num(x)) => self.neg_embed_scale = *x,
             (Param::NegCfg, Value::Num(x)) => self.neg_cfg = Some(*x),
             (Param::Window, Value::Window(w)) => self.window = *w,
+            (Param::Blocks, Value::Blocks(b)) => self.blocks = b.clone(),
+            (Param::NegBlocks, Value::Blocks(b)) => self.neg_blocks = Some(b.clone()),
+            (Param::IpScaling, Value::IpScaling(s)) => self.ip_scaling = *s,
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -127,6 +138,11 @@ impl CellSpec {
         }
     }
 
+    /// The negative branch's block weights in effect.
+    pub fn neg_blocks(&self) -> &BlockWeights {
+        self.neg_blocks.as_ref().unwrap_or(&self.blocks)
+    }
+
     /// The value of `param` in effect in this cell, as records.csv shows it.
     pub fn get(&self, param: Param) -> Value {
         let neg = self.negative_branch();
@@ -152,6 +168,9 @@ impl CellSpec {
             Param::NegEmbedScale => Value::Num(self.neg_embed_scale),
             Param::NegCfg => Value::Num(self.neg_cfg.unwrap_or(self.cfg)),
             Param::Window => Value::Window(self.window),
+            Param::Blocks => Value::Blocks(self.blocks.clone()),
+            Param::NegBlocks => Value::Blocks(self.neg_blocks().clone()),
+            Param::IpScaling => Value::IpScaling(self.ip_scaling),
         }
     }
 
@@ -177,6 +196,9 @@ impl CellSpec {
             neg_embed_scale: self.neg_embed_scale,
             neg_cfg: self.neg_cfg,
             window: self.window,
+            blocks: self.blocks.clone(),
+            neg_blocks: self.neg_blocks().clone(),
+            ip_scaling: self.ip_scaling,
         }
     }
 

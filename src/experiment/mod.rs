@@ -135,6 +135,9 @@ impl Experiment {
             neg_embed_scale: 1.0,
             neg_cfg: None,
             window: crate::params::Window::Steps,
+            blocks: crate::params::BlockWeights::All,
+            neg_blocks: crate::params::BlockWeights::All,
+            ip_scaling: crate::params::IpScaling::V,
         }
     }
 
@@ -197,11 +200,11 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     let init_random = match &raw.models.init_random {
         Some(r) => {
             let r = r.get_ref();
-            if !matches!(r.preset.as_str(), "tiny" | "sd15") {
+            if !matches!(r.preset.as_str(), "tiny" | "tiny_sd15" | "sd15") {
                 return Err(src.error(
                     raw.models.init_random.as_ref().map_or(0..0, |s| s.span()),
                     "models.init_random.preset",
-                    format!("{:?} is not one of tiny, sd15", r.preset),
+                    format!("{:?} is not one of tiny, tiny_sd15, sd15", r.preset),
                 ));
             }
             Some(InitRandom {

@@ -1,7 +1,9 @@
 //! Generation parameters as experiment files name them, and their values: single values in
 //! `[defaults]`, lists and A1111-style ranges (`1-5 (+2)`, `1-10 [5]`) on `[grid]` axes.
 use super::source::Source;
-use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind, Window};
+use crate::params::{
+    AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind, Window,
+};
 use anyhow::Result;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -36,10 +38,13 @@ pub enum Param {
     NegEmbedScale,
     NegCfg,
     Window,
+    Blocks,
+    NegBlocks,
+    IpScaling,
 }
 
 impl Param {
-    pub const ALL: [Param; 21] = [
+    pub const ALL: [Param; 24] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -61,6 +66,9 @@ impl Param {
         Param::NegEmbedScale,
         Param::NegCfg,
         Param::Window,
+        Param::Blocks,
+        Param::NegBlocks,
+        Param::IpScaling,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +94,9 @@ impl Param {
             Param::NegEmbedScale => "neg_embed_scale",
             Param::NegCfg => "neg_cfg",
             Param::Window => "window",
+            Param::Blocks => "blocks",
+            Param::NegBlocks => "neg_blocks",
+            Param::IpScaling => "ip_scaling",
         }
     }
 
@@ -165,6 +176,8 @@ pub enum Value {
     NoImage(NoImage),
     Method(Method),
     Window(Window),
+    Blocks(BlockWeights),
+    IpScaling(IpScaling),
     /// An `[images.NAME]` reference; `None` is no image.
     Image(Option<String>),
 }
@@ -182,6 +195,8 @@ impl fmt::Display for Value {
             Value::NoImage(v) => write!(f, "{v}"),
             Value::Method(v) => write!(f, "{v}"),
             Value::Window(v) => write!(f, "{v}"),
+            Value::Blocks(v) => write!(f, "{v}"),
+            Value::IpScaling(v) => write!(f, "{v}"),
             Value::Image(v) => f.write_str(v.as_deref().unwrap_or("")),
         }
     }
@@ -211,7 +226,7 @@ pub fn single(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Re
 
 /// Reads the values of a `[grid]` axis: a list, a single value, or (numbers) a string of
 /// comma-separated numbers and ranges: `0-1 (+0.25)` (step), `1-10 [5]` (count), `5-1 (-2)`.
-/// Text prompts are never split on commas.
+/// Text prompts and block weights (`"4:0.25, 5:1"` is one value) are never split on commas.
 pub fn list(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Result<Vec<Value>> {
     let span = v.span();
     let mut out = Vec::new();
@@ -230,6 +245,9 @@ pub fn list(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Resu
             Some(kind) => expand_numbers(src, key, span.clone(), kind, s, &mut out)?,
             None if matches!(param, Param::Prompt | Param::NegativePrompt) => {
                 out.push(Value::Text(s.to_string()))
+            }
+            None if matches!(param, Param::Blocks | Param::NegBlocks) => {
+                out.push(word(src, key, span.clone(), param, s)?)
             }
             None => {
                 for part in s.split(',') {
@@ -364,6 +382,10 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             "uncond, subtract, three_branch, perp_neg",
         )?),
         Param::Window => Value::Window(parse(src, key, span, s, "steps, sigma")?),
+        Param::Blocks | Param::NegBlocks => {
+            Value::Blocks(s.parse().map_err(|e: String| src.error(span, key, e))?)
+        }
+        Param::IpScaling => Value::IpScaling(parse(src, key, span, s, IpScaling::NAMES)?),
         Param::PositiveImage | Param::NegativeImage => {
             Value::Image((!(s.is_empty() || s == "none")).then(|| s.to_string()))
         }

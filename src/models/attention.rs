@@ -1,15 +1,39 @@
 //! Attention layers: the UNet's transformer blocks, whose cross-attention (`attn2`) can
 //! carry the decoupled IP-Adapter branch, and the VAE's single-head spatial self-attention.
 use crate::models::resnet::{conv2d, group_norm};
-use tch::{Tensor, nn, nn::Module};
+use crate::params::IpScaling;
+use tch::{Kind, Tensor, nn, nn::Module};
 
-/// The image-prompt side of one UNet call: IP-Adapter tokens [B, T, cross_dim] and the
-/// weight of the image attention for each batch row, already shaped [B, 1, 1] in the
-/// model's kind.
+/// The image-prompt side of one UNet call: IP-Adapter tokens [B, T, cross_dim], the weight
+/// of the image attention for each cross-attention block and batch row, already shaped
+/// [blocks, B, 1, 1] in the model's kind, and how the weight enters the attention.
 pub struct IpContext<'a> {
     pub tokens: &'a Tensor,
-    pub scale: Tensor,
+    pub scales: Tensor,
+    pub scaling: IpScaling,
 }
+
+impl IpContext<'_> {
+    /// What the transformer numbered `index` (execution order) attends to.
+    pub fn block(&self, index: usize) -> IpBlock<'_> {
+        IpBlock {
+            tokens: self.tokens,
+            scale: self.scales.get(index as i64),
+            scaling: self.scaling,
+        }
+    }
+}
+
+/// The image-prompt side of one transformer: tokens, the weight of each row [B, 1, 1].
+pub struct IpBlock<'a> {
+    pub tokens: &'a Tensor,
+    pub scale: Tensor,
+    pub scaling: IpScaling,
+}
+
+/// ComfyUI's "C penalty" divides the weight by this width (SDXL's and SD1.5's widest
+/// cross-attention), so narrow high-resolution layers get less of the image.
+const C_PENALTY_WIDTH: f64 = 1280.0;
 
 /// What the cross-attention layers attend to.
 pub struct CrossAttnContext<'a> {
@@ -114,17 +138,39 @@ impl Attention {
 
     /// `xs` [B, N, dim]; `context` [B, M, cross_dim] for cross-attention, `None` for
     /// self-attention. With `ip`, the output is
-    /// `to_out(Attn(q, k(ctx), v(ctx)) + scale[b] * Attn(q, to_k_ip(img), to_v_ip(img)))`.
-    pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>, ip: Option<&IpContext>) -> Tensor {
+    /// `to_out(Attn(q, k(ctx), v(ctx)) + ImageAttn(q, to_k_ip(img), to_v_ip(img)))`, the
+    /// image attention weighted per row as `ip.scaling` says ([`Self::image_attention`]).
+    pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>, ip: Option<&IpBlock>) -> Tensor {
         let ctx = context.unwrap_or(xs);
         let q = self.split_heads(&self.to_q.forward(xs));
         let mut out = self.attend(&q, &self.to_k.forward(ctx), &self.to_v.forward(ctx));
         if let (Some(w), Some(ip)) = (&self.ip, ip) {
             let k = ip.tokens.linear(&w.to_k_ip, None::<&Tensor>);
             let v = ip.tokens.linear(&w.to_v_ip, None::<&Tensor>);
-            out += self.attend(&q, &k, &v) * &ip.scale;
+            out += self.image_attention(&q, k, v, ip);
         }
         self.to_out.forward(&out)
+    }
+
+    /// The image attention with the row weights `w` [B, 1, 1] applied as ComfyUI's
+    /// `embeds_scaling` (see [`IpScaling`]); `k`, `v` [B, T, C] before the head split, C
+    /// the layer's width.
+    fn image_attention(&self, q: &Tensor, k: Tensor, v: Tensor, ip: &IpBlock) -> Tensor {
+        let w = &ip.scale;
+        let penalized = || w * (k.size()[2] as f64 / C_PENALTY_WIDTH);
+        match ip.scaling {
+            IpScaling::V => self.attend(q, &k, &v) * w,
+            IpScaling::Kv => self.attend(q, &(&k * w), &(v * w)),
+            IpScaling::KvC => {
+                let wc = penalized();
+                self.attend(q, &(&k * &wc), &(v * &wc))
+            }
+            IpScaling::KMeanVC => {
+                let wc = penalized();
+                let mean = v.mean_dim(1, true, None::<Kind>);
+                self.attend(q, &(&k * &wc), &(v - &mean + mean * &wc))
+            }
+        }
     }
 }
 
@@ -183,11 +229,12 @@ impl BasicTransformerBlock {
         &self.attn2
     }
 
-    pub fn forward(&self, xs: &Tensor, ctx: &CrossAttnContext) -> Tensor {
+    /// `ip`: this block's share of `ctx.ip` (see [`Transformer2DModel::forward`]).
+    pub fn forward(&self, xs: &Tensor, ctx: &CrossAttnContext, ip: Option<&IpBlock>) -> Tensor {
         let xs = self.attn1.forward(&self.norm1.forward(xs), None, None) + xs;
         let xs = self
             .attn2
-            .forward(&self.norm2.forward(&xs), Some(ctx.text), ctx.ip.as_ref())
+            .forward(&self.norm2.forward(&xs), Some(ctx.text), ip)
             + xs;
         self.ff.forward(&self.norm3.forward(&xs)) + xs
     }
@@ -208,6 +255,9 @@ pub struct Transformer2DModel {
     proj_in: Projection,
     blocks: Vec<BasicTransformerBlock>,
     proj_out: Projection,
+    /// This transformer's number among the UNet's in execution order (down, mid, up):
+    /// which row of the per-block IP weights its cross-attention takes.
+    index: usize,
 }
 
 /// Shape of one `Transformer2DModel`.
@@ -220,6 +270,8 @@ pub struct TransformerConfig {
     pub groups: i64,
     pub linear_projection: bool,
     pub ip: bool,
+    /// Number in execution order (see [`Transformer2DModel`]).
+    pub index: usize,
 }
 
 impl Transformer2DModel {
@@ -242,11 +294,17 @@ impl Transformer2DModel {
             proj_in: proj("proj_in"),
             blocks,
             proj_out: proj("proj_out"),
+            index: c.index,
         }
     }
 
     pub fn blocks(&self) -> &[BasicTransformerBlock] {
         &self.blocks
+    }
+
+    /// The number of this transformer in execution order.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     pub fn forward(&self, xs: &Tensor, ctx: &CrossAttnContext) -> Tensor {
@@ -258,8 +316,11 @@ impl Transformer2DModel {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)),
         };
+        // Every transformer block of this model takes its per-block IP weight (ComfyUI
+        // numbers transformers, not their inner blocks).
+        let ip = ctx.ip.as_ref().map(|ip| ip.block(self.index));
         for block in &self.blocks {
-            tokens = block.forward(&tokens, ctx);
+            tokens = block.forward(&tokens, ctx, ip.as_ref());
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(&tokens)),

@@ -11,6 +11,7 @@ use crate::models::unet_blocks::{
     AttnSpec, BlockCommon, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D,
     UpBlockConfig,
 };
+use crate::params::IpScaling;
 use crate::weights::{self, TensorFile, TensorSource, config_json};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
@@ -246,6 +247,19 @@ impl UNet2DConditionConfig {
         }
     }
 
+    /// SD1.5's block layout (4 levels, 3 with cross-attention, 2 layers: 16 cross-attention
+    /// blocks) at the tiny widths: channels (32, 32, 64, 64), cross-attention width 32,
+    /// 4 heads.
+    pub fn tiny_sd15_layout() -> Self {
+        UNet2DConditionConfig {
+            sample_size: Some(8),
+            block_out_channels: vec![32, 32, 64, 64],
+            cross_attention_dim: OneOrMany::One(32),
+            attention_head_dim: OneOrMany::One(4),
+            ..Default::default()
+        }
+    }
+
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let cfg: Self = config_json::read(path, "UNet2DConditionModel config")?;
         cfg.validate()
@@ -353,6 +367,22 @@ impl UNet2DConditionConfig {
         Ok(())
     }
 
+    /// The number of cross-attention transformers (`Transformer2DModel`s), which the
+    /// per-block IP weights number in execution order: down blocks, mid, up blocks (SD1.5:
+    /// 16, down 0-5, mid 6, up 7-15).
+    pub fn cross_attention_blocks(&self) -> usize {
+        let n = self.num_blocks();
+        let down: i64 = (0..n)
+            .filter(|&i| self.is_cross_down(i))
+            .map(|i| self.layers_per_block.get(i))
+            .sum();
+        let up: i64 = (0..n)
+            .filter(|&i| self.is_cross_up(i))
+            .map(|i| self.layers_per_block.get(n - 1 - i) + 1)
+            .sum();
+        (down + 1 + up) as usize
+    }
+
     fn is_cross_down(&self, i: usize) -> bool {
         self.down_block_types[i] == DownBlockType::CrossAttnDownBlock2D
     }
@@ -455,13 +485,21 @@ impl UNet2DConditionModel {
             groups: cfg.norm_num_groups.unwrap_or(32),
             eps: cfg.norm_eps,
         };
-        let attn = |i: usize, cross: bool| {
-            cross.then(|| AttnSpec {
-                heads: cfg.attention_head_dim.get(i),
-                transformer_layers: cfg.transformer_layers_per_block.get(i),
-                cross_dim: cfg.cross_attention_dim.get(i),
-                linear_projection: cfg.use_linear_projection,
-                ip: ip.is_some(),
+        // Blocks are built in execution order (down, mid, up), so a running count numbers
+        // the transformers as the per-block IP weights expect.
+        let mut next_index = 0;
+        let mut attn = |i: usize, cross: bool, transformers: i64| {
+            cross.then(|| {
+                let spec = AttnSpec {
+                    heads: cfg.attention_head_dim.get(i),
+                    transformer_layers: cfg.transformer_layers_per_block.get(i),
+                    cross_dim: cfg.cross_attention_dim.get(i),
+                    linear_projection: cfg.use_linear_projection,
+                    ip: ip.is_some(),
+                    first_index: next_index,
+                };
+                next_index += transformers as usize;
+                spec
             })
         };
         let (kin, kout) = (cfg.conv_in_kernel, cfg.conv_out_kernel);
@@ -484,14 +522,14 @@ impl UNet2DConditionModel {
                         in_channels: cin,
                         out_channels: boc[i],
                         layers: cfg.layers_per_block.get(i),
-                        attn: attn(i, cfg.is_cross_down(i)),
+                        attn: attn(i, cfg.is_cross_down(i), cfg.layers_per_block.get(i)),
                         add_downsample: i + 1 < n,
                         downsample_padding: cfg.downsample_padding,
                     },
                 )
             })
             .collect::<Vec<_>>();
-        let mid_attn = attn(n - 1, true).expect("mid block has attention");
+        let mid_attn = attn(n - 1, true, 1).expect("mid block has attention");
         let mid_block = UNetMidBlock2DCrossAttn::new(
             &vs / "mid_block",
             common,
@@ -512,7 +550,7 @@ impl UNet2DConditionModel {
                         prev_output_channels: prev,
                         out_channels: boc[r],
                         layers: cfg.layers_per_block.get(r) + 1,
-                        attn: attn(r, cfg.is_cross_up(i)),
+                        attn: attn(r, cfg.is_cross_up(i), cfg.layers_per_block.get(r) + 1),
                         add_upsample: i + 1 < n,
                     },
                 )
@@ -572,6 +610,26 @@ impl UNet2DConditionModel {
 
     pub fn config(&self) -> &UNet2DConditionConfig {
         &self.cfg
+    }
+
+    /// Cross-attention transformers, numbered in execution order by the per-block weights.
+    pub fn cross_attention_blocks(&self) -> usize {
+        self.cfg.cross_attention_blocks()
+    }
+
+    /// `scales` ([B] or [blocks, B]) as [blocks, B, 1, 1].
+    fn block_scales(&self, scales: &Tensor, b: i64) -> Tensor {
+        let n = self.cross_attention_blocks() as i64;
+        let scales = match scales.dim() {
+            1 => scales.unsqueeze(0).expand([n, b], false),
+            _ => scales.shallow_clone(),
+        };
+        assert_eq!(
+            scales.size(),
+            [n, b],
+            "IP scales must be [rows] or [blocks, rows] ({n} blocks, {b} rows)"
+        );
+        scales.reshape([n, b, 1, 1])
     }
 
     /// True when the UNet was built with the IP-Adapter branch.
@@ -653,15 +711,15 @@ impl UNet2DConditionModel {
         Ok(())
     }
 
-    /// Noise prediction for one timestep shared by all rows. `text` [B, M, cross];
-    /// `ip`: image tokens [B, T, cross] and the IP weight of each row [B]. Inputs are cast
-    /// to the model's kind; the output is in the model's kind.
+    /// Noise prediction for one timestep shared by all rows. `text` [B, M, cross]; `ip`:
+    /// the image tokens and weights ([`IpInput`]). Inputs are cast to the model's kind; the
+    /// output is in the model's kind.
     pub fn forward(
         &self,
         latents: &Tensor,
         timestep: f64,
         text: &Tensor,
-        ip: Option<(&Tensor, &Tensor)>,
+        ip: Option<IpInput>,
     ) -> Tensor {
         let b = latents.size()[0];
         // diffusers turns a float timestep into an fp32 tensor before embedding it.
@@ -675,7 +733,7 @@ impl UNet2DConditionModel {
         latents: &Tensor,
         timesteps: &Tensor,
         text: &Tensor,
-        ip: Option<(&Tensor, &Tensor)>,
+        ip: Option<IpInput>,
     ) -> Tensor {
         let kind = self.conv_in.ws.kind();
         let device = self.conv_in.ws.device();
@@ -695,14 +753,21 @@ impl UNet2DConditionModel {
         let emb = self.time_embedding.forward(&t_emb);
 
         let text = text.to_device(device).to_kind(kind);
-        let ip_tokens = ip.map(|(tokens, _)| tokens.to_device(device).to_kind(kind));
+        let ip_tokens = ip
+            .as_ref()
+            .map(|ip| ip.tokens.to_device(device).to_kind(kind));
         let ctx = CrossAttnContext {
             text: &text,
             ip: ip
+                .as_ref()
                 .zip(ip_tokens.as_ref())
-                .map(|((_, scale), tokens)| IpContext {
+                .map(|(ip, tokens)| IpContext {
                     tokens,
-                    scale: scale.to_device(device).to_kind(kind).reshape([b, 1, 1]),
+                    scales: self
+                        .block_scales(ip.scales, b)
+                        .to_device(device)
+                        .to_kind(kind),
+                    scaling: ip.scaling,
                 }),
         };
 
@@ -731,6 +796,28 @@ impl UNet2DConditionModel {
         }
         self.conv_out
             .forward(&self.conv_norm_out.forward(&x).silu())
+    }
+}
+
+/// The IP-Adapter input of one UNet call.
+#[derive(Clone, Copy)]
+pub struct IpInput<'a> {
+    /// Image tokens [B, T, cross].
+    pub tokens: &'a Tensor,
+    /// The weight of each row: [B] for every block alike, or [blocks, B] per cross-attention
+    /// block in execution order ([`UNet2DConditionConfig::cross_attention_blocks`]).
+    pub scales: &'a Tensor,
+    pub scaling: IpScaling,
+}
+
+impl<'a> IpInput<'a> {
+    /// One weight per row for every block, "V only" scaling (the official IP-Adapter's).
+    pub fn uniform(tokens: &'a Tensor, scales: &'a Tensor) -> Self {
+        IpInput {
+            tokens,
+            scales,
+            scaling: IpScaling::V,
+        }
     }
 }
 
@@ -832,6 +919,35 @@ mod tests {
     }
 
     #[test]
+    fn cross_attention_blocks_are_numbered_in_execution_order() {
+        assert_eq!(UNet2DConditionConfig::sd15().cross_attention_blocks(), 16);
+        assert_eq!(
+            UNet2DConditionConfig::tiny_sd15_layout().cross_attention_blocks(),
+            16
+        );
+        let cfg = UNet2DConditionConfig::tiny();
+        assert_eq!(cfg.cross_attention_blocks(), 6);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let unet =
+            UNet2DConditionModel::new(vs.root(), &cfg, Some(IpLayout::for_config(&cfg))).unwrap();
+        let index = |t: &crate::models::attention::Transformer2DModel| t.index();
+        let down: Vec<usize> = unet
+            .down_blocks
+            .iter()
+            .flat_map(|b| b.attentions())
+            .map(index)
+            .collect();
+        let mid: Vec<usize> = unet.mid_block.attentions().iter().map(index).collect();
+        let up: Vec<usize> = unet
+            .up_blocks
+            .iter()
+            .flat_map(|b| b.attentions())
+            .map(index)
+            .collect();
+        assert_eq!((down, mid, up), (vec![0, 1], vec![2], vec![3, 4, 5]));
+    }
+
+    #[test]
     fn tiny_model_walk_matches_config_and_shapes() {
         let cfg = UNet2DConditionConfig::tiny();
         let vs = nn::VarStore::new(Device::Cpu);
@@ -852,7 +968,8 @@ mod tests {
         let text = Tensor::randn([2, 5, 32], (Kind::Float, Device::Cpu));
         let tokens = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
         let scale = Tensor::from_slice(&[0.5f32, 1.0]);
-        let out = tch::no_grad(|| unet.forward(&x, 10.0, &text, Some((&tokens, &scale))));
+        let ip = IpInput::uniform(&tokens, &scale);
+        let out = tch::no_grad(|| unet.forward(&x, 10.0, &text, Some(ip)));
         assert_eq!(out.size(), [2, 4, 8, 8]);
         // A size that is not a multiple of the downsampling factor still round-trips.
         let x = Tensor::randn([1, 4, 7, 9], (Kind::Float, Device::Cpu));

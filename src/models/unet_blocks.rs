@@ -38,9 +38,19 @@ pub struct AttnSpec {
     pub cross_dim: i64,
     pub linear_projection: bool,
     pub ip: bool,
+    /// The execution-order number of the block's first transformer; the i-th gets
+    /// `first_index + i`.
+    pub first_index: usize,
 }
 
-fn transformer(vs: nn::Path, channels: i64, groups: i64, a: AttnSpec) -> Transformer2DModel {
+/// The `i`-th transformer of a block.
+fn transformer(
+    vs: nn::Path,
+    channels: i64,
+    groups: i64,
+    a: AttnSpec,
+    i: usize,
+) -> Transformer2DModel {
     Transformer2DModel::new(
         vs,
         TransformerConfig {
@@ -51,6 +61,7 @@ fn transformer(vs: nn::Path, channels: i64, groups: i64, a: AttnSpec) -> Transfo
             groups,
             linear_projection: a.linear_projection,
             ip: a.ip,
+            index: a.first_index + i,
         },
     )
 }
@@ -88,7 +99,7 @@ impl DownBlock2D {
             .collect();
         let attentions = match c.attn {
             Some(a) => (0..c.layers)
-                .map(|i| transformer(&vs / "attentions" / i, cout, c.common.groups, a))
+                .map(|i| transformer(&vs / "attentions" / i, cout, c.common.groups, a, i as usize))
                 .collect(),
             None => vec![],
         };
@@ -166,6 +177,7 @@ impl UNetMidBlock2DCrossAttn {
                 channels,
                 common.groups,
                 attn,
+                0,
             )],
         }
     }
@@ -224,7 +236,7 @@ impl UpBlock2D {
             .collect();
         let attentions = match c.attn {
             Some(a) => (0..c.layers)
-                .map(|i| transformer(&vs / "attentions" / i, cout, c.common.groups, a))
+                .map(|i| transformer(&vs / "attentions" / i, cout, c.common.groups, a, i as usize))
                 .collect(),
             None => vec![],
         };

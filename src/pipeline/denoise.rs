@@ -1,7 +1,8 @@
 //! The sampling loop: one UNet call per step on the rows of a batch (uncond rows, cond rows,
 //! negative rows of the three-row methods: [`guidance::row_layout`]), each row with its own
-//! text, image tokens and IP scale, each cell guided by its own method and scales.
-use crate::models::unet::UNet2DConditionModel;
+//! text, image tokens and IP scale per cross-attention block, each cell guided by its own
+//! method and scales. `ip_scaling` is part of the batch key: one per batch.
+use crate::models::unet::{IpInput, UNet2DConditionModel};
 use crate::params::GenParams;
 use crate::sampling::{self, Scheduler, guidance};
 use tch::{Kind, Tensor};
@@ -34,17 +35,18 @@ pub fn denoise(
         .collect();
     let cell_of_row = Tensor::from_slice(&cell_of_row).to_device(device);
     let timesteps = scheduler.timesteps().to_vec();
+    let blocks = unet.cross_attention_blocks();
     for (i, &t) in timesteps.iter().enumerate() {
         let x_in = scheduler.scale_model_input(&x, i);
         let rows = x_in.index_select(0, &cell_of_row);
         let at = sampling::step_at(scheduler, i, steps);
-        let scale = guidance::ip_scale_tensor(&refs, &at, device, Kind::Float);
-        let eps = unet.forward(
-            &rows,
-            t,
-            cond.text,
-            cond.image_tokens.map(|tok| (tok, &scale)),
-        );
+        let scales = guidance::ip_scale_tensor(&refs, &at, blocks, device, Kind::Float);
+        let ip = cond.image_tokens.map(|tokens| IpInput {
+            tokens,
+            scales: &scales,
+            scaling: cells[0].ip_scaling,
+        });
+        let eps = unet.forward(&rows, t, cond.text, ip);
         let eps = guidance::combine(&eps.to_kind(Kind::Float), &refs);
         x = scheduler.step(&eps, i, &x);
         progress(i + 1, steps);

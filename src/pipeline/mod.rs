@@ -231,10 +231,14 @@ impl Pipeline {
         };
         if let Some(c) = cells.iter().find(|c| c.batch_key() != first.batch_key()) {
             bail!(
-                "cells of one batch must share steps, size, scheduler and adapter (seed {} differs from seed {})",
+                "cells of one batch must share steps, size, scheduler, adapter and ip_scaling (seed {} differs from seed {})",
                 c.seed,
                 first.seed
             );
+        }
+        let blocks = self.unet.cross_attention_blocks();
+        for c in cells {
+            c.check_blocks(blocks).map_err(|e| anyhow!(e))?;
         }
         let (h, w) = self.latent_size(first.width, first.height)?;
         let mut scheduler = make_scheduler(first.scheduler, &self.scheduler_cfg, first.steps)?;

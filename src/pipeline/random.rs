@@ -23,6 +23,10 @@ use tch::{Device, Kind, nn};
 pub enum RandomPreset {
     /// Small models for CPU tests: a few MB, fast at 64x64.
     Tiny,
+    /// As `tiny`, with a UNet of SD1.5's block layout (16 cross-attention blocks), so that
+    /// the per-block presets (`blocks = "style"`) run on it.
+    #[serde(rename = "tiny_sd15")]
+    TinySd15,
     /// The real shapes: SD1.5 UNet/VAE/text encoder, ViT-H/14 image encoder, ip-adapter_sd15.
     Sd15,
 }
@@ -32,8 +36,9 @@ impl std::str::FromStr for RandomPreset {
     fn from_str(s: &str) -> Result<RandomPreset> {
         match s {
             "tiny" => Ok(RandomPreset::Tiny),
+            "tiny_sd15" => Ok(RandomPreset::TinySd15),
             "sd15" => Ok(RandomPreset::Sd15),
-            other => bail!("{other:?} is not a preset: tiny, sd15"),
+            other => bail!("{other:?} is not a preset: tiny, tiny_sd15, sd15"),
         }
     }
 }
@@ -54,6 +59,10 @@ impl RandomPreset {
                 text: ClipTextConfig::tiny(),
                 vision: ClipVisionConfig::tiny(),
             },
+            RandomPreset::TinySd15 => RandomShapes {
+                unet: UNet2DConditionConfig::tiny_sd15_layout(),
+                ..RandomPreset::Tiny.shapes()
+            },
             RandomPreset::Sd15 => RandomShapes {
                 unet: UNet2DConditionConfig::sd15(),
                 vae: AutoencoderKLConfig::sd15(),
@@ -66,7 +75,7 @@ impl RandomPreset {
     /// The default image side of the preset (64 for tiny, 512 for SD1.5).
     pub fn default_size(self) -> usize {
         match self {
-            RandomPreset::Tiny => 64,
+            RandomPreset::Tiny | RandomPreset::TinySd15 => 64,
             RandomPreset::Sd15 => 512,
         }
     }

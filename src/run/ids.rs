@@ -300,5 +300,18 @@ mod tests {
         assert_eq!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
         q.window = crate::params::Window::Sigma;
         assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        // Nor `blocks`, `neg_blocks`, `ip_scaling` at their defaults; each changes it when set.
+        q = p.clone();
+        q.blocks = crate::params::BlockWeights::All;
+        q.ip_scaling = crate::params::IpScaling::V;
+        assert_eq!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        q.blocks = crate::params::BlockWeights::Style;
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        q = p.clone();
+        q.neg_blocks = "4:1".parse().unwrap();
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        q = p.clone();
+        q.ip_scaling = crate::params::IpScaling::Kv;
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
     }
 }

@@ -76,6 +76,14 @@ pub fn a1111_parameters(
     if p.method.rows() == 3 {
         fields.push(format!("Negative CFG scale: {}", p.neg_cfg()));
     }
+    // Quoted: a block list holds commas, which separate the fields.
+    if !(p.blocks.is_all() && p.neg_blocks.is_all()) {
+        fields.push(format!("IP-Adapter blocks: \"{}\"", p.blocks));
+        fields.push(format!("Negative blocks: \"{}\"", p.neg_blocks));
+    }
+    if !p.ip_scaling.is_v() {
+        fields.push(format!("IP-Adapter scaling: {}", p.ip_scaling));
+    }
     if let Some(name) = positive_image {
         fields.push(format!("Positive image: {name}"));
     }
@@ -132,6 +140,16 @@ mod tests {
         p.neg_cfg = Some(3.0);
         let perp = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");
         assert!(perp.contains("Negative method: perp_neg, Negative CFG scale: 3"));
+        assert!(!perp.contains("blocks") && !perp.contains("scaling"));
+        p.neg_blocks = "4:0.25, 5:1".parse().unwrap();
+        p.ip_scaling = crate::params::IpScaling::KMeanVC;
+        let blocks = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");
+        assert!(
+            blocks.contains(
+                "IP-Adapter blocks: \"all\", Negative blocks: \"4:0.25, 5:1\", IP-Adapter scaling: k_mean_v_c"
+            ),
+            "{blocks}"
+        );
         let json = "{\"cafe\": \"é\"}";
         let a = encode(&img, &[("parameters", &text), ("negimg", json)]).unwrap();
         let b = encode(&img, &[("parameters", &text), ("negimg", json)]).unwrap();

@@ -1,6 +1,8 @@
 //! `records.csv`: one row per image of a run.
 use crate::experiment::CellSpec;
-use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind, Window};
+use crate::params::{
+    AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind, Window,
+};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -51,6 +53,13 @@ pub struct Record {
     pub neg_cfg: Option<f64>,
     #[serde(default)]
     pub window: Window,
+    #[serde(default)]
+    pub blocks: BlockWeights,
+    /// The negative branch's block weights in effect (`blocks` unless set).
+    #[serde(default)]
+    pub neg_blocks: BlockWeights,
+    #[serde(default)]
+    pub ip_scaling: IpScaling,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -104,6 +113,9 @@ impl Record {
             "neg_embed_scale" => csv_value(&self.neg_embed_scale),
             "neg_cfg" => self.neg_cfg.as_ref().map(csv_value).unwrap_or_default(),
             "window" => csv_value(&self.window),
+            "blocks" => self.blocks.to_string(),
+            "neg_blocks" => self.neg_blocks.to_string(),
+            "ip_scaling" => csv_value(&self.ip_scaling),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             _ => return None,
@@ -157,6 +169,9 @@ impl Record {
             neg_embed_scale: cell.neg_embed_scale,
             neg_cfg: Some(cell.neg_cfg.unwrap_or(cell.cfg)),
             window: cell.window,
+            blocks: cell.blocks.clone(),
+            neg_blocks: cell.neg_blocks().clone(),
+            ip_scaling: cell.ip_scaling,
             seconds,
             error: error.to_string(),
         }

@@ -12,6 +12,10 @@
 //! `start <= i/N < end`; `"sigma"`: ComfyUI's rule on the step's noise level); an inactive
 //! branch has scale 0 at that step. So a window takes effect at its first step (not one
 //! late), and the negative weight applies at every step (the two defects of the demo).
+//!
+//! Each row's scale is given per cross-attention block (execution order: down, mid, up):
+//! the branch's weight times the factor of the row's [`GenParams::row_blocks`] for that
+//! block. `blocks = "all"` gives every block the branch weight.
 use crate::params::{GenParams, Method, Row, StepAt};
 use tch::{Device, Kind, Tensor};
 
@@ -26,17 +30,34 @@ pub fn row_layout(cells: &[&GenParams]) -> Vec<(usize, Row)> {
     two.chain(neg).collect()
 }
 
-/// The IP-Adapter scale of each UNet row at `step`, in [`row_layout`] order.
-pub fn ip_scales(cells: &[&GenParams], step: &StepAt) -> Vec<f64> {
-    row_layout(cells)
+/// The IP-Adapter scale of each UNet row at `step`, in [`row_layout`] order, for each of
+/// `blocks` cross-attention blocks: `[block][row]`.
+pub fn ip_scales(cells: &[&GenParams], step: &StepAt, blocks: usize) -> Vec<Vec<f64>> {
+    let per_row: Vec<Vec<f64>> = row_layout(cells)
         .into_iter()
-        .map(|(i, row)| cells[i].row_weight(row).at(cells[i].window, step))
+        .map(|(i, row)| {
+            let weight = cells[i].row_weight(row).at(cells[i].window, step);
+            let factors = cells[i].row_blocks(row).factors(blocks);
+            factors.into_iter().map(|f| weight * f).collect()
+        })
+        .collect();
+    (0..blocks)
+        .map(|b| per_row.iter().map(|r| r[b]).collect())
         .collect()
 }
 
-/// The same as a tensor of `kind` on `device`.
-pub fn ip_scale_tensor(cells: &[&GenParams], step: &StepAt, device: Device, kind: Kind) -> Tensor {
-    Tensor::from_slice(&ip_scales(cells, step))
+/// The same as a `[blocks, rows]` tensor of `kind` on `device`.
+pub fn ip_scale_tensor(
+    cells: &[&GenParams],
+    step: &StepAt,
+    blocks: usize,
+    device: Device,
+    kind: Kind,
+) -> Tensor {
+    let scales = ip_scales(cells, step, blocks);
+    let rows = scales.first().map_or(0, Vec::len) as i64;
+    Tensor::from_slice(&scales.concat())
+        .view([blocks as i64, rows])
         .to_kind(kind)
         .to_device(device)
 }
@@ -143,7 +164,9 @@ mod tests {
             start: 0.0,
             end: 0.5,
         };
-        let per_step: Vec<Vec<f64>> = (0..4).map(|i| ip_scales(&[&c], &step(i, 4, 0.0))).collect();
+        let per_step: Vec<Vec<f64>> = (0..4)
+            .map(|i| ip_scales(&[&c], &step(i, 4, 0.0), 1)[0].clone())
+            .collect();
         assert_eq!(
             per_step,
             vec![
@@ -168,8 +191,30 @@ mod tests {
         steps.negative_branch = steps.positive;
         let mut sigma = steps.clone();
         sigma.window = Window::Sigma;
-        let scales = ip_scales(&[&steps, &sigma], &step(1, 4, 9.0));
-        assert_eq!(scales, vec![0.0, 0.5, 0.0, 0.5]);
+        let scales = ip_scales(&[&steps, &sigma], &step(1, 4, 9.0), 1);
+        assert_eq!(scales[0], vec![0.0, 0.5, 0.0, 0.5]);
+    }
+
+    #[test]
+    fn block_factors_multiply_each_rows_branch_weight() {
+        let mut c = GenParams::new(0);
+        c.positive.weight = 0.5;
+        c.negative_branch.weight = 2.0;
+        c.blocks = "1:0.5".parse().unwrap();
+        c.neg_blocks = crate::params::BlockWeights::Composition;
+        let s = ip_scales(&[&c], &step(0, 4, 0.0), 16);
+        // Rows: uncond (negative branch), cond (positive branch).
+        assert_eq!(s[1], vec![0.0, 0.25]);
+        assert_eq!(s[4], vec![0.5, 0.0]);
+        assert_eq!(s[5], vec![2.0, 0.0]);
+        assert!(s[6..].iter().all(|r| r == &vec![0.0, 0.0]));
+        // Three-row methods: the uncond row (ε∅) follows `blocks` as it follows `weight`.
+        c.method = Method::PerpNeg;
+        let s = ip_scales(&[&c], &step(0, 4, 0.0), 16);
+        assert_eq!(s[1], vec![0.25, 0.25, 0.0]);
+        assert_eq!(s[5], vec![0.0, 0.0, 2.0]);
+        let t = ip_scale_tensor(&[&c], &step(0, 4, 0.0), 16, Device::Cpu, Kind::Float);
+        assert_eq!(t.size(), [16, 3]);
     }
 
     #[test]

@@ -9,23 +9,31 @@ use std::sync::OnceLock;
 /// `ip-adapter_sd15.safetensors`, `ip-adapter-plus_sd15.safetensors`.
 pub fn tiny_models() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = super::repo().join("target/test-models/tiny");
-        let ready = || dir.join("pipeline/model_index.json").is_file();
-        if !ready() {
-            std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-            let out = std::process::Command::new(super::negimg_bin())
-                .args(["models", "init-random", "--preset", "tiny", "--out"])
-                .arg(&dir)
-                .output()
-                .expect("cannot run negimg");
-            assert!(
-                ready(),
-                "negimg models init-random failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        dir
-    })
-    .clone()
+    DIR.get_or_init(|| random_models("tiny")).clone()
+}
+
+/// `target/test-models/tiny_sd15`: as [`tiny_models`], with a UNet of SD1.5's block layout
+/// (16 cross-attention blocks; `--preset tiny_sd15`).
+pub fn tiny_sd15_models() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| random_models("tiny_sd15")).clone()
+}
+
+fn random_models(preset: &str) -> PathBuf {
+    let dir = super::repo().join("target/test-models").join(preset);
+    let ready = || dir.join("pipeline/model_index.json").is_file();
+    if !ready() {
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        let out = std::process::Command::new(super::negimg_bin())
+            .args(["models", "init-random", "--preset", preset, "--out"])
+            .arg(&dir)
+            .output()
+            .expect("cannot run negimg");
+        assert!(
+            ready(),
+            "negimg models init-random failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
 }

@@ -44,6 +44,9 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         neg_embed_scale: 1.0,
         neg_cfg: Some(7.5),
         window: Default::default(),
+        blocks: Default::default(),
+        neg_blocks: Default::default(),
+        ip_scaling: Default::default(),
         seconds: 0.1,
         error: String::new(),
     }
