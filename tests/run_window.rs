@@ -108,6 +108,14 @@ fn window_runs_through_plan_records_png_chunks_ids_and_report() {
     assert_eq!(ids.len(), 4, "every cell its own id");
     let run_json = std::fs::read_to_string(run.join("run.json")).unwrap();
     assert!(run_json.contains("\"window\""), "{run_json}");
+    // The report's score table has a window column with both rules.
     let index = std::fs::read_to_string(run.join("index.html")).unwrap();
-    assert!(index.contains("window"), "report names the window axis");
+    assert!(
+        index.contains("<tr><th>window</th><th>neg_weight</th>"),
+        "{index}"
+    );
+    for row in ["steps", "sigma"] {
+        let cells = format!("<tr><td class=k>{row}</td><td class=k>-0.5</td>");
+        assert!(index.contains(&cells), "no {row} row in the report");
+    }
 }

@@ -135,7 +135,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         );
     }
     if exp.cells.iter().any(|c| c.window == Window::Sigma) {
-        let (cfg, whose) = schedule_of(&exp);
+        let (cfg, whose) = schedule_of(&exp)?;
         say!("windows of the window = \"sigma\" cells (steps 0-based, {whose} schedule):");
         for line in sigma_windows(&exp, &cfg)?.lines() {
             say!("  {line}");
@@ -183,15 +183,16 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
 
 /// The pipeline's scheduler config (read without loading weights), or SD1.5's where the
 /// pipeline is not there yet (made by `init_random`, not downloaded yet).
-fn schedule_of(exp: &Experiment) -> (SchedulerConfig, String) {
+fn schedule_of(exp: &Experiment) -> Result<(SchedulerConfig, &'static str)> {
     let path = &exp.models.pipeline.path;
-    match crate::pipeline::source::open(path, false).and_then(|s| s.scheduler_config()) {
-        Ok(cfg) if path.exists() => (cfg, "the pipeline's".into()),
-        _ => (
+    if !path.exists() {
+        return Ok((
             SchedulerConfig::sd15_ddim(),
-            "SD1.5's (pipeline not there yet)".into(),
-        ),
+            "SD1.5's (pipeline not there yet)",
+        ));
     }
+    let cfg = crate::pipeline::source::open(path, false)?.scheduler_config()?;
+    Ok((cfg, "the pipeline's"))
 }
 
 /// The steps each rule makes active for every distinct window of the sigma-window cells.
