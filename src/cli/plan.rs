@@ -125,6 +125,18 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             exp.cells.len() - three_rows
         );
     }
+    let negtome = negtome_cost(&exp)?;
+    if negtome.cells > 0 {
+        say!(
+            "NegToMe: {} cells merge against {} reference images: {} more UNet rows summed \
+             over the steps (each reference row only at the steps where a cell merges, \
+             shared by the cells of a batch), {} VAE encodes",
+            negtome.cells,
+            negtome.encodes,
+            negtome.row_steps,
+            negtome.encodes
+        );
+    }
     // Cells that differ only in what their negative mode ignores make one image.
     let images: std::collections::BTreeSet<String> = exp
         .cells
@@ -144,7 +156,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         .values()
         .filter(|s| matches!(s, ImageSource::Generate(_)))
         .count();
-    let (per_image, how) = estimate(&exp, &args.results, device, kind);
+    let (per_image, how) = estimate(&exp, &negtome, &args.results, device, kind);
     let total = per_image * (images.len() + generated_inputs) as f64;
     say!(
         "estimate on {} {}: {} ({:.2} s per image, {how})",
@@ -170,7 +182,13 @@ fn duration(s: f64) -> String {
 /// Seconds per image: measured by the latest run of this experiment when it has images,
 /// else FLOPs (scaled from SD1.5's by the UNet and VAE parameter counts read from the
 /// safetensors headers) over a measured matmul speed.
-fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f64, String) {
+fn estimate(
+    exp: &Experiment,
+    negtome: &NegtomeCost,
+    results: &Path,
+    device: Device,
+    kind: Kind,
+) -> (f64, String) {
     let exp_dir = results.join(&exp.name);
     if let Some(last) = crate::run::layout::runs(&exp_dir).last()
         && let Ok(records) = read_records(&exp_dir.join(last).join("records.csv"))
@@ -202,19 +220,21 @@ fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f6
         }
     }
     let (unet, vae) = pipeline_params(&exp.models.pipeline.path);
+    // SD1.5: 859.5M UNet parameters, 1.607 TFLOP per CFG step (2 UNet rows) at 512x512;
+    // VAE decode 2.51 TFLOP. The three-row negative methods take 3 rows per step.
+    let unet_row = |pixels: f64| 1.607e12 / 2.0 * pixels / (512.0 * 512.0) * unet / 859.5e6;
     let flops_per_cell = |steps: usize, rows: usize, pixels: f64| {
         let scale = pixels / (512.0 * 512.0);
-        // SD1.5: 859.5M UNet parameters, 1.607 TFLOP per CFG step (2 UNet rows) at 512x512;
-        // VAE decode 2.51 TFLOP. The three-row negative methods take 3 rows per step.
-        let unet_step = 1.607e12 * rows as f64 / 2.0;
-        steps as f64 * unet_step * scale * unet / 859.5e6 + 2.51e12 * scale * vae / 83.65e6
+        (steps * rows) as f64 * unet_row(pixels) + 2.51e12 * scale * vae / 83.65e6
     };
+    let n = exp.cells.len().max(1) as f64;
     let flops: f64 = exp
         .cells
         .iter()
         .map(|c| flops_per_cell(c.steps, c.method.rows(), (c.width * c.height) as f64))
         .sum::<f64>()
-        / exp.cells.len().max(1) as f64;
+        / n
+        + (negtome.row_flops(&unet_row) + negtome.encode_flops(vae)) / n;
     let speed = matmul_speed(device, kind);
     let steps =
         exp.cells.iter().map(|c| c.steps).sum::<usize>() as f64 / exp.cells.len().max(1) as f64;
@@ -230,6 +250,82 @@ fn estimate(exp: &Experiment, results: &Path, device: Device, kind: Kind) -> (f6
             speed / 1e9
         ),
     )
+}
+
+/// What NegToMe adds to an experiment, its batches taken as the groups of cells that share
+/// a batch key (the runner may split a group into several batches, each with its own
+/// reference rows: then this is a lower bound).
+#[derive(Debug, Default)]
+struct NegtomeCost {
+    /// Cells that merge.
+    cells: usize,
+    /// Reference rows summed over the steps, with their images' pixels.
+    row_steps: usize,
+    row_pixels: f64,
+    /// Distinct (reference image, size): one VAE encode each, with their pixels.
+    encodes: usize,
+    encode_pixels: f64,
+}
+
+impl NegtomeCost {
+    fn row_flops(&self, unet_row: &dyn Fn(f64) -> f64) -> f64 {
+        // `row_pixels` sums the pixels of every row-step, so one row's cost per pixel does.
+        unet_row(self.row_pixels)
+    }
+
+    /// SD1.5's VAE encoder: 1.12 TFLOP at 512x512 (torch FlopCounterMode, as the decode's 2.51),
+    /// scaled by the VAE's parameters as the decode is.
+    fn encode_flops(&self, vae: f64) -> f64 {
+        1.12e12 * self.encode_pixels / (512.0 * 512.0) * vae / 83.65e6
+    }
+}
+
+fn negtome_cost(exp: &Experiment) -> Result<NegtomeCost> {
+    let cells: Vec<crate::params::GenParams> = exp
+        .cells
+        .iter()
+        .map(|c| c.params(&|n| PathBuf::from(n)))
+        .filter(|p| p.negtome_image().is_some())
+        .collect();
+    let mut cost = NegtomeCost {
+        cells: cells.len(),
+        ..Default::default()
+    };
+    if cells.is_empty() {
+        return Ok(cost);
+    }
+    let folder = exp
+        .models
+        .pipeline
+        .path
+        .join("scheduler/scheduler_config.json");
+    let sched_cfg = if folder.is_file() {
+        crate::sampling::SchedulerConfig::from_file(&folder)?
+    } else {
+        crate::sampling::SchedulerConfig::sd15_ddim()
+    };
+    let mut keys = vec![];
+    for key in cells.iter().map(|c| c.batch_key()) {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    for key in keys {
+        let group: Vec<&crate::params::GenParams> =
+            cells.iter().filter(|c| c.batch_key() == key).collect();
+        let (steps, w, h, kind, _) = key;
+        let sched = crate::sampling::make_scheduler(kind, &sched_cfg, steps)?;
+        let row_steps = crate::sampling::negtome::reference_row_steps(&group, sched.timesteps());
+        let pixels = (w * h) as f64;
+        let images = crate::sampling::negtome::ReferenceRows::new(&group)
+            .images
+            .len();
+        cost.row_steps += row_steps;
+        cost.row_pixels += row_steps as f64 * pixels;
+        cost.encodes += images;
+        cost.encode_pixels += images as f64 * pixels;
+    }
+    Ok(cost)
 }
 
 /// The relative cost of one image: two UNet rows (CFG's cond and uncond) per step and
@@ -327,10 +423,11 @@ mod tests {
         let rec = Record::new("x", &small.cells[0], Status::Done, "images/x.png", 1.0, "");
         write_records(&run.join("records.csv"), &[rec]).unwrap();
         let results = dir.join("results");
-        let (same, _) = estimate(&small, &results, Device::Cpu, Kind::Float);
+        let none = NegtomeCost::default();
+        let (same, _) = estimate(&small, &none, &results, Device::Cpu, Kind::Float);
         assert!((same - 1.0).abs() < 1e-9, "{same}");
         let big = parse(text(128, 8));
-        let (scaled, how) = estimate(&big, &results, Device::Cpu, Kind::Float);
+        let (scaled, how) = estimate(&big, &none, &results, Device::Cpu, Kind::Float);
         let want = 4.0 * (2.0 * 8.0 + 3.0) / (2.0 * 2.0 + 3.0);
         assert!((scaled - want).abs() < 1e-9, "{scaled} vs {want}: {how}");
         let _ = std::fs::remove_dir_all(&dir);

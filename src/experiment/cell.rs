@@ -33,6 +33,11 @@ pub struct CellSpec {
     pub neg_embed_scale: f64,
     /// `None`: `cfg`.
     pub neg_cfg: Option<f64>,
+    pub negtome: bool,
+    pub negtome_alpha: f64,
+    pub negtome_threshold: f64,
+    pub negtome_t_min: f64,
+    pub negtome_t_max: f64,
 }
 
 impl Default for CellSpec {
@@ -62,6 +67,11 @@ impl Default for CellSpec {
             method: p.method,
             neg_embed_scale: p.neg_embed_scale,
             neg_cfg: p.neg_cfg,
+            negtome: p.negtome,
+            negtome_alpha: p.negtome_alpha,
+            negtome_threshold: p.negtome_threshold,
+            negtome_t_min: p.negtome_t_min,
+            negtome_t_max: p.negtome_t_max,
         }
     }
 }
@@ -89,6 +99,11 @@ impl CellSpec {
             (Param::Method, Value::Method(m)) => self.method = *m,
             (Param::NegEmbedScale, Value::Num(x)) => self.neg_embed_scale = *x,
             (Param::NegCfg, Value::Num(x)) => self.neg_cfg = Some(*x),
+            (Param::Negtome, Value::Bool(b)) => self.negtome = *b,
+            (Param::NegtomeAlpha, Value::Num(x)) => self.negtome_alpha = *x,
+            (Param::NegtomeThreshold, Value::Num(x)) => self.negtome_threshold = *x,
+            (Param::NegtomeTMin, Value::Num(x)) => self.negtome_t_min = *x,
+            (Param::NegtomeTMax, Value::Num(x)) => self.negtome_t_max = *x,
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -148,6 +163,11 @@ impl CellSpec {
             Param::Method => Value::Method(self.method),
             Param::NegEmbedScale => Value::Num(self.neg_embed_scale),
             Param::NegCfg => Value::Num(self.neg_cfg.unwrap_or(self.cfg)),
+            Param::Negtome => Value::Bool(self.negtome),
+            Param::NegtomeAlpha => Value::Num(self.negtome_alpha),
+            Param::NegtomeThreshold => Value::Num(self.negtome_threshold),
+            Param::NegtomeTMin => Value::Num(self.negtome_t_min),
+            Param::NegtomeTMax => Value::Num(self.negtome_t_max),
         }
     }
 
@@ -172,6 +192,11 @@ impl CellSpec {
             method: self.method,
             neg_embed_scale: self.neg_embed_scale,
             neg_cfg: self.neg_cfg,
+            negtome: self.negtome,
+            negtome_alpha: self.negtome_alpha,
+            negtome_threshold: self.negtome_threshold,
+            negtome_t_min: self.negtome_t_min,
+            negtome_t_max: self.negtome_t_max,
         }
     }
 

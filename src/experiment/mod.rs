@@ -134,6 +134,7 @@ impl Experiment {
             method: crate::params::Method::Uncond,
             neg_embed_scale: 1.0,
             neg_cfg: None,
+            ..GenParams::new(spec.seed)
         }
     }
 

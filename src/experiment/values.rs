@@ -35,10 +35,15 @@ pub enum Param {
     Method,
     NegEmbedScale,
     NegCfg,
+    Negtome,
+    NegtomeAlpha,
+    NegtomeThreshold,
+    NegtomeTMin,
+    NegtomeTMax,
 }
 
 impl Param {
-    pub const ALL: [Param; 20] = [
+    pub const ALL: [Param; 25] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -59,6 +64,11 @@ impl Param {
         Param::Method,
         Param::NegEmbedScale,
         Param::NegCfg,
+        Param::Negtome,
+        Param::NegtomeAlpha,
+        Param::NegtomeThreshold,
+        Param::NegtomeTMin,
+        Param::NegtomeTMax,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +93,11 @@ impl Param {
             Param::Method => "method",
             Param::NegEmbedScale => "neg_embed_scale",
             Param::NegCfg => "neg_cfg",
+            Param::Negtome => "negtome",
+            Param::NegtomeAlpha => "negtome_alpha",
+            Param::NegtomeThreshold => "negtome_threshold",
+            Param::NegtomeTMin => "negtome_t_min",
+            Param::NegtomeTMax => "negtome_t_max",
         }
     }
 
@@ -104,9 +119,17 @@ impl Param {
                 min: 0.0,
                 max: 100.0,
             },
-            Param::NegEmbedScale => NumKind::Float {
+            Param::NegEmbedScale | Param::NegtomeAlpha => NumKind::Float {
                 min: 0.0,
                 max: 10.0,
+            },
+            Param::NegtomeThreshold => NumKind::Float {
+                min: -1.0,
+                max: 1.0,
+            },
+            Param::NegtomeTMin | Param::NegtomeTMax => NumKind::Float {
+                min: 0.0,
+                max: 1000.0,
             },
             Param::Steps => NumKind::Int { min: 1, max: 1000 },
             Param::Seed => NumKind::Int {
@@ -159,6 +182,7 @@ pub enum Value {
     Scheduler(SchedulerKind),
     NoImage(NoImage),
     Method(Method),
+    Bool(bool),
     /// An `[images.NAME]` reference; `None` is no image.
     Image(Option<String>),
 }
@@ -175,6 +199,7 @@ impl fmt::Display for Value {
             Value::Scheduler(v) => write!(f, "{v}"),
             Value::NoImage(v) => write!(f, "{v}"),
             Value::Method(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
             Value::Image(v) => f.write_str(v.as_deref().unwrap_or("")),
         }
     }
@@ -194,6 +219,7 @@ pub fn single(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Re
             format!("expected a number, found {}", other.type_str()),
         )),
         (None, DeValue::String(s)) => word(src, key, span, param, s),
+        (None, DeValue::Boolean(b)) if param == Param::Negtome => Ok(Value::Bool(*b)),
         (None, other) => Err(src.error(
             span,
             key,
@@ -354,8 +380,13 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             key,
             span,
             s,
-            "uncond, subtract, three_branch, perp_neg",
+            "uncond, subtract, three_branch, perp_neg, negtome",
         )?),
+        Param::Negtome => match s {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => return Err(src.error(span, key, format!("{s:?} is not one of true, false"))),
+        },
         Param::PositiveImage | Param::NegativeImage => {
             Value::Image((!(s.is_empty() || s == "none")).then(|| s.to_string()))
         }

@@ -16,6 +16,49 @@ pub struct CrossAttnContext<'a> {
     /// Text encoder states [B, 77, cross_dim].
     pub text: &'a Tensor,
     pub ip: Option<IpContext<'a>>,
+    /// NegToMe's token merge, applied by the transformers that are at least its
+    /// `min_size` (the UNet sets it for the up blocks only).
+    pub negtome: Option<TokenMerge>,
+}
+
+/// NegToMe (Singh et al. 2024): after an attention's output projection, each token x of a
+/// merged row whose best match `r* = argmax_r cos(x, r)` among the tokens of its reference
+/// row has `cos(x, r*) > threshold` becomes `(1 + alpha) x - alpha r*`.
+pub struct TokenMerge {
+    /// The merged rows [M] (int64) and the reference row of each [M].
+    pub rows: Tensor,
+    pub refs: Tensor,
+    /// Per merged row, [M, 1] and [M, 1, 1] in the model's kind.
+    pub threshold: Tensor,
+    pub alpha: Tensor,
+    /// Transformers whose input is smaller than this along either side do not merge.
+    pub min_size: i64,
+}
+
+/// `x / max(|x|, 1e-12)` along the last dimension (`torch.nn.functional.normalize`).
+fn unit(x: &Tensor) -> Tensor {
+    x / x
+        .norm_scalaropt_dim(2.0, [-1i64].as_slice(), true)
+        .clamp_min(1e-12)
+}
+
+impl TokenMerge {
+    /// Whether a transformer over `h` x `w` tokens merges.
+    pub fn applies(&self, h: i64, w: i64) -> bool {
+        h >= self.min_size && w >= self.min_size
+    }
+
+    /// `xs` [B, N, C] (an attention output) with the merged rows replaced.
+    pub fn apply(&self, xs: &Tensor) -> Tensor {
+        let x = xs.index_select(0, &self.rows);
+        let r = xs.index_select(0, &self.refs);
+        let cos = unit(&x).matmul(&unit(&r).transpose(1, 2));
+        let (best, idx) = cos.max_dim(-1, false);
+        let r_star = r.gather(1, &idx.unsqueeze(-1).expand_as(&x), false);
+        let merged = &x + (&x - r_star) * &self.alpha;
+        let mask = best.gt_tensor(&self.threshold).unsqueeze(-1);
+        xs.index_copy(0, &self.rows, &merged.where_self(&mask, &x))
+    }
 }
 
 /// `to_k_ip` / `to_v_ip` weights [hidden, cross_dim] of one cross-attention layer; created
@@ -183,12 +226,23 @@ impl BasicTransformerBlock {
         &self.attn2
     }
 
-    pub fn forward(&self, xs: &Tensor, ctx: &CrossAttnContext) -> Tensor {
-        let xs = self.attn1.forward(&self.norm1.forward(xs), None, None) + xs;
-        let xs = self
+    /// `merge`: NegToMe on both attention outputs, before their residual adds (where the
+    /// reference code's attention processor applies it).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        ctx: &CrossAttnContext,
+        merge: Option<&TokenMerge>,
+    ) -> Tensor {
+        let merged = |out: Tensor| match merge {
+            Some(m) => m.apply(&out),
+            None => out,
+        };
+        let xs = merged(self.attn1.forward(&self.norm1.forward(xs), None, None)) + xs;
+        let attn2 = self
             .attn2
-            .forward(&self.norm2.forward(&xs), Some(ctx.text), ctx.ip.as_ref())
-            + xs;
+            .forward(&self.norm2.forward(&xs), Some(ctx.text), ctx.ip.as_ref());
+        let xs = merged(attn2) + xs;
         self.ff.forward(&self.norm3.forward(&xs)) + xs
     }
 }
@@ -258,8 +312,9 @@ impl Transformer2DModel {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)),
         };
+        let merge = ctx.negtome.as_ref().filter(|m| m.applies(h, w));
         for block in &self.blocks {
-            tokens = block.forward(&tokens, ctx);
+            tokens = block.forward(&tokens, ctx, merge);
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(&tokens)),

@@ -75,6 +75,23 @@ impl Conditioner {
         Tensor::cat(&rows, 0)
     }
 
+    /// NegToMe's reference rows: `k` rows of empty text, and of "no image" tokens when the
+    /// batch's adapter is in use (their IP scale is 0).
+    pub fn reference_rows(
+        &mut self,
+        cells: &[GenParams],
+        k: usize,
+        with_tokens: bool,
+    ) -> (Tensor, Option<Tensor>) {
+        let text = self.text("").repeat([k as i64, 1, 1]);
+        let tokens = with_tokens.then(|| {
+            self.no_image(cells[0].adapter, cells[0].no_image)
+                .tokens
+                .repeat([k as i64, 1, 1])
+        });
+        (text, tokens)
+    }
+
     /// `last_hidden_state` `[1, 77, hidden]` of `text`, cached.
     fn text(&mut self, text: &str) -> Tensor {
         if let Some(t) = self.text_cache.get(text) {

@@ -75,6 +75,12 @@ pub fn a1111_parameters(
     if p.method.rows() == 3 {
         fields.push(format!("Negative CFG scale: {}", p.neg_cfg()));
     }
+    if p.negtome_on() {
+        fields.push(format!(
+            "NegToMe: on, NegToMe alpha: {}, NegToMe threshold: {}, NegToMe timesteps: {}-{}",
+            p.negtome_alpha, p.negtome_threshold, p.negtome_t_min, p.negtome_t_max
+        ));
+    }
     if let Some(name) = positive_image {
         fields.push(format!("Positive image: {name}"));
     }
@@ -130,6 +136,11 @@ mod tests {
         p.neg_cfg = Some(3.0);
         let perp = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");
         assert!(perp.contains("Negative method: perp_neg, Negative CFG scale: 3"));
+        assert!(!perp.contains("NegToMe"));
+        p.negtome = true;
+        p.negtome_alpha = 0.5;
+        let negtome = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");
+        assert!(negtome.contains("NegToMe: on, NegToMe alpha: 0.5, NegToMe threshold: 0.65"));
         let json = "{\"cafe\": \"é\"}";
         let a = encode(&img, &[("parameters", &text), ("negimg", json)]).unwrap();
         let b = encode(&img, &[("parameters", &text), ("negimg", json)]).unwrap();

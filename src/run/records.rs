@@ -1,6 +1,6 @@
 //! `records.csv`: one row per image of a run.
 use crate::experiment::CellSpec;
-use crate::params::{AdapterKind, Method, NegativeMode, NoImage, SchedulerKind};
+use crate::params::{self, AdapterKind, Method, NegativeMode, NoImage, SchedulerKind};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -49,6 +49,16 @@ pub struct Record {
     /// The negative guidance scale in effect (`cfg` unless set); empty in old runs.
     #[serde(default)]
     pub neg_cfg: Option<f64>,
+    #[serde(default)]
+    pub negtome: bool,
+    #[serde(default = "negtome_alpha")]
+    pub negtome_alpha: f64,
+    #[serde(default = "negtome_threshold")]
+    pub negtome_threshold: f64,
+    #[serde(default = "negtome_t_min")]
+    pub negtome_t_min: f64,
+    #[serde(default = "negtome_t_max")]
+    pub negtome_t_max: f64,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -57,6 +67,18 @@ pub struct Record {
 
 fn one() -> f64 {
     1.0
+}
+fn negtome_alpha() -> f64 {
+    params::NEGTOME_ALPHA
+}
+fn negtome_threshold() -> f64 {
+    params::NEGTOME_THRESHOLD
+}
+fn negtome_t_min() -> f64 {
+    params::NEGTOME_T_MIN
+}
+fn negtome_t_max() -> f64 {
+    params::NEGTOME_T_MAX
 }
 
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
@@ -101,6 +123,11 @@ impl Record {
             "method" => csv_value(&self.method),
             "neg_embed_scale" => csv_value(&self.neg_embed_scale),
             "neg_cfg" => self.neg_cfg.as_ref().map(csv_value).unwrap_or_default(),
+            "negtome" => self.negtome.to_string(),
+            "negtome_alpha" => csv_value(&self.negtome_alpha),
+            "negtome_threshold" => csv_value(&self.negtome_threshold),
+            "negtome_t_min" => csv_value(&self.negtome_t_min),
+            "negtome_t_max" => csv_value(&self.negtome_t_max),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             _ => return None,
@@ -153,6 +180,11 @@ impl Record {
             method: cell.method,
             neg_embed_scale: cell.neg_embed_scale,
             neg_cfg: Some(cell.neg_cfg.unwrap_or(cell.cfg)),
+            negtome: cell.negtome,
+            negtome_alpha: cell.negtome_alpha,
+            negtome_threshold: cell.negtome_threshold,
+            negtome_t_min: cell.negtome_t_min,
+            negtome_t_max: cell.negtome_t_max,
             seconds,
             error: error.to_string(),
         }

@@ -7,6 +7,7 @@ pub mod ddim;
 pub mod dpmpp_2m;
 pub mod euler;
 pub mod guidance;
+pub mod negtome;
 pub mod scheduler;
 
 pub use scheduler::SchedulerConfig;
@@ -29,6 +30,9 @@ pub trait Scheduler {
     fn scale_model_input(&self, x: &Tensor, _step_index: usize) -> Tensor {
         x.shallow_clone()
     }
+    /// Clean latents `z0` noised with `noise` to the sample of step `step_index` (what
+    /// `x` would be there; diffusers' `add_noise`). NegToMe re-noises its reference so.
+    fn add_noise(&self, z0: &Tensor, noise: &Tensor, step_index: usize) -> Tensor;
     /// The sample after step `step_index`, given the noise prediction `eps` for `x`.
     /// Steps must be taken in order (multistep schedulers keep history).
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor;

@@ -43,6 +43,11 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         method: Default::default(),
         neg_embed_scale: 1.0,
         neg_cfg: Some(7.5),
+        negtome: false,
+        negtome_alpha: negimg::params::NEGTOME_ALPHA,
+        negtome_threshold: negimg::params::NEGTOME_THRESHOLD,
+        negtome_t_min: negimg::params::NEGTOME_T_MIN,
+        negtome_t_max: negimg::params::NEGTOME_T_MAX,
         seconds: 0.1,
         error: String::new(),
     }
