@@ -353,3 +353,41 @@ impl Module for SpatialSelfAttention {
         out.transpose(1, 2).reshape([b, c, h, w]) + xs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merge(threshold: f64) -> TokenMerge {
+        TokenMerge {
+            rows: Tensor::from_slice(&[0i64]),
+            refs: Tensor::from_slice(&[1i64]),
+            threshold: Tensor::from_slice(&[threshold as f32]).view([1, 1]),
+            alpha: Tensor::from_slice(&[0.5f32]).view([1, 1, 1]),
+            min_size: 32,
+        }
+    }
+
+    #[test]
+    fn each_token_merges_with_its_best_reference_token_above_the_threshold() {
+        // Row 0 (merged): x0 = (2, 0), x1 = (0, 3); row 1 (reference): r0 = (0, 1),
+        // r1 = (1, 0.1). x0's best match is r1 (cos 0.995), x1's is r0 (cos 1).
+        let xs = Tensor::from_slice(&[2.0f32, 0.0, 0.0, 3.0, 0.0, 1.0, 1.0, 0.1]).view([2, 2, 2]);
+        let values = |t: Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+        // (1 + 0.5) x - 0.5 r*: x0 -> (2.5, -0.05), x1 -> (0, 4); the reference row is kept.
+        let both = values(merge(0.99).apply(&xs));
+        let want = [2.5, -0.05, 0.0, 4.0, 0.0, 1.0, 1.0, 0.1];
+        assert!(
+            both.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{both:?}"
+        );
+        // Above x0's 0.995: only x1 merges.
+        let one = values(merge(0.999).apply(&xs));
+        let want = [2.0, 0.0, 0.0, 4.0, 0.0, 1.0, 1.0, 0.1];
+        assert!(
+            one.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{one:?}"
+        );
+        assert!(merge(0.0).applies(32, 40) && !merge(0.0).applies(16, 64));
+    }
+}
