@@ -60,7 +60,7 @@ pub enum Command {
     /// Validate an experiment file and print its cells, counts and a time estimate.
     Plan(plan::PlanArgs),
     /// Generate one image from flags.
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
     /// (Re)score a finished run with a CLIP scorer.
     Score(score::ScoreArgs),
     /// List a run's cells: done, failed (with the reason) or pending.
@@ -119,7 +119,7 @@ fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args, g),
         Command::Plan(args) => plan::run(args, g),
-        Command::Generate(args) => generate::run(args, g),
+        Command::Generate(args) => generate::run(*args, g),
         Command::Score(args) => score::run(args, g),
         Command::Plot(args) => plot::run(args, g),
         Command::Status(args) => status::run(args, g),
