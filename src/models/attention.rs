@@ -28,7 +28,8 @@ pub struct TokenMerge {
     /// The merged rows [M] (int64) and the reference row of each [M].
     pub rows: Tensor,
     pub refs: Tensor,
-    /// Per merged row, [M, 1] and [M, 1, 1] in the model's kind.
+    /// Per merged row: [M, 1] in float32 (the cosines are computed in float32), and
+    /// [M, 1, 1] in the model's kind.
     pub threshold: Tensor,
     pub alpha: Tensor,
     /// Transformers whose input is smaller than this along either side do not merge.
@@ -52,7 +53,9 @@ impl TokenMerge {
     pub fn apply(&self, xs: &Tensor) -> Tensor {
         let x = xs.index_select(0, &self.rows);
         let r = xs.index_select(0, &self.refs);
-        let cos = unit(&x).matmul(&unit(&r).transpose(1, 2));
+        // In float32: fp16's smallest normal (6e-5) would not keep 1e-12 off zero.
+        let f32 = |t: &Tensor| unit(&t.to_kind(tch::Kind::Float));
+        let cos = f32(&x).matmul(&f32(&r).transpose(1, 2));
         let (best, idx) = cos.max_dim(-1, false);
         let r_star = r.gather(1, &idx.unsqueeze(-1).expand_as(&x), false);
         let merged = &x + (&x - r_star) * &self.alpha;

@@ -7,7 +7,7 @@ use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::preprocess::clip_pixels_batch;
 use crate::models::tokenizer::ClipTokenizer;
-use crate::params::{AdapterKind, GenParams, NoImage, RowImage};
+use crate::params::{AdapterKind, GenParams, Method, NoImage, RowImage};
 use crate::sampling::guidance;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
@@ -132,10 +132,9 @@ impl Conditioner {
     fn encode_new_images(&mut self, cells: &[GenParams], kind: AdapterKind) -> Result<()> {
         let mut new_paths: Vec<PathBuf> = Vec::new();
         for c in cells {
-            for p in [c.positive_image.as_ref(), c.uncond_image()]
-                .into_iter()
-                .flatten()
-            {
+            // `negtome` uses its negative image in the token merge only, not as tokens.
+            let negative = c.uncond_image().filter(|_| c.method != Method::Negtome);
+            for p in [c.positive_image.as_ref(), negative].into_iter().flatten() {
                 if !self.image_cache.contains_key(&(p.clone(), kind)) && !new_paths.contains(p) {
                     new_paths.push(p.clone());
                 }
@@ -224,7 +223,7 @@ impl Conditioner {
 /// Whether a cell uses the IP-Adapter at all.
 fn needs_ip(c: &GenParams) -> bool {
     c.positive_image.is_some()
-        || c.uncond_image().is_some()
+        || (c.uncond_image().is_some() && c.method != Method::Negtome)
         || c.positive.weight != 0.0
         || c.negative_branch.weight != 0.0
 }

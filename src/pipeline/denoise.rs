@@ -109,7 +109,7 @@ fn token_merge(merges: &[MergedRow], kind: Kind, device: Device) -> TokenMerge {
     TokenMerge {
         rows: ints(|m| m.row),
         refs: ints(|m| m.reference),
-        threshold: floats(|m| m.threshold).view([m, 1]),
+        threshold: floats(|m| m.threshold).to_kind(Kind::Float).view([m, 1]),
         alpha: floats(|m| m.alpha).view([m, 1, 1]),
         min_size: MIN_SIZE,
     }
