@@ -74,6 +74,9 @@ pub enum Method {
     ThreeBranch,
     /// The same rows; the negative direction's part orthogonal to the positive one.
     PerpNeg,
+    /// NegToMe alone: two rows without the negative image's tokens (uncond: "no image"),
+    /// the negative image used only by the token merge (see [`GenParams::negtome_image`]).
+    Negtome,
 }
 
 impl Method {
@@ -83,7 +86,7 @@ impl Method {
     /// UNet rows per cell and step.
     pub fn rows(self) -> usize {
         match self {
-            Method::Uncond | Method::Subtract => 2,
+            Method::Uncond | Method::Subtract | Method::Negtome => 2,
             Method::ThreeBranch | Method::PerpNeg => 3,
         }
     }
@@ -298,6 +301,43 @@ fn is_one(x: &f64) -> bool {
     *x == 1.0
 }
 
+fn is_false(x: &bool) -> bool {
+    !*x
+}
+
+/// NegToMe's defaults: α 0.9 (the reference code's), threshold 0.65 (the reference code has
+/// 0.7), active for timesteps 800 <= t <= 1000 (the reference code's `merging_t_end` and
+/// `merging_t_start`).
+pub const NEGTOME_ALPHA: f64 = 0.9;
+pub const NEGTOME_THRESHOLD: f64 = 0.65;
+pub const NEGTOME_T_MIN: f64 = 800.0;
+pub const NEGTOME_T_MAX: f64 = 1000.0;
+
+fn negtome_alpha() -> f64 {
+    NEGTOME_ALPHA
+}
+fn is_negtome_alpha(x: &f64) -> bool {
+    *x == NEGTOME_ALPHA
+}
+fn negtome_threshold() -> f64 {
+    NEGTOME_THRESHOLD
+}
+fn is_negtome_threshold(x: &f64) -> bool {
+    *x == NEGTOME_THRESHOLD
+}
+fn negtome_t_min() -> f64 {
+    NEGTOME_T_MIN
+}
+fn is_negtome_t_min(x: &f64) -> bool {
+    *x == NEGTOME_T_MIN
+}
+fn negtome_t_max() -> f64 {
+    NEGTOME_T_MAX
+}
+fn is_negtome_t_max(x: &f64) -> bool {
+    *x == NEGTOME_T_MAX
+}
+
 macro_rules! display_as_serde {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -472,6 +512,24 @@ pub struct GenParams {
     /// How the weights enter the image attention (every row of the cell).
     #[serde(default, skip_serializing_if = "IpScaling::is_v")]
     pub ip_scaling: IpScaling,
+    /// NegToMe on top of `method` (`method = negtome` implies it): see
+    /// [`GenParams::negtome_image`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub negtome: bool,
+    /// NegToMe: a merged token x becomes `x + alpha * (x - r*)`.
+    #[serde(default = "negtome_alpha", skip_serializing_if = "is_negtome_alpha")]
+    pub negtome_alpha: f64,
+    /// NegToMe: tokens merge when their best cosine similarity is above this.
+    #[serde(
+        default = "negtome_threshold",
+        skip_serializing_if = "is_negtome_threshold"
+    )]
+    pub negtome_threshold: f64,
+    /// NegToMe is active at the steps whose timestep t has `t_min <= t <= t_max`.
+    #[serde(default = "negtome_t_min", skip_serializing_if = "is_negtome_t_min")]
+    pub negtome_t_min: f64,
+    #[serde(default = "negtome_t_max", skip_serializing_if = "is_negtome_t_max")]
+    pub negtome_t_max: f64,
 }
 
 impl GenParams {
@@ -505,7 +563,28 @@ impl GenParams {
             blocks: BlockWeights::All,
             neg_blocks: BlockWeights::All,
             ip_scaling: IpScaling::V,
+            negtome: false,
+            negtome_alpha: NEGTOME_ALPHA,
+            negtome_threshold: NEGTOME_THRESHOLD,
+            negtome_t_min: NEGTOME_T_MIN,
+            negtome_t_max: NEGTOME_T_MAX,
         }
+    }
+
+    /// Whether NegToMe is on: `negtome = true` or `method = negtome`.
+    pub fn negtome_on(&self) -> bool {
+        self.negtome || self.method == Method::Negtome
+    }
+
+    /// The reference image of NegToMe's token merge: the negative image, when NegToMe is on
+    /// and `negative` uses images (as the IP-Adapter methods read it).
+    pub fn negtome_image(&self) -> Option<&PathBuf> {
+        self.uncond_image().filter(|_| self.negtome_on())
+    }
+
+    /// Whether the merge applies at (scheduler) timestep `t`.
+    pub fn negtome_active(&self, t: f64) -> bool {
+        self.negtome_image().is_some() && self.negtome_t_min <= t && t <= self.negtome_t_max
     }
 
     /// The negative guidance scale in effect.

@@ -755,3 +755,41 @@ fn block_weights_and_ip_scaling_work_in_defaults_axes_and_zips_and_bad_ones_name
         &["grid.neg_blocks", "not a weight factor"],
     );
 }
+
+#[test]
+fn negtome_values_parse_as_axes_and_bad_ones_name_file_line_and_key() {
+    let exp = parse(&with(
+        "negtome = [true, false]\nnegtome_threshold = \"0.5-0.7 (+0.1)\"\nmethod = \"uncond, negtome\"",
+    ))
+    .unwrap();
+    // 3 weights x 2 negative images x 2 switches x 3 thresholds x 2 methods x 2 seeds.
+    assert_eq!(exp.cells.len(), 144);
+    assert!(
+        exp.cells
+            .iter()
+            .any(|c| c.negtome && c.negtome_threshold == 0.7)
+    );
+    assert_eq!(exp.cells[0].get(Param::Negtome), Value::Bool(true));
+    let defaults = BASE.replace("steps = 4", "steps = 4\nnegtome = true\nnegtome_t_min = 0");
+    let exp = parse(&defaults).unwrap();
+    assert!(
+        exp.cells
+            .iter()
+            .all(|c| c.negtome && c.negtome_t_min == 0.0)
+    );
+    expect_error(
+        &with("negtome = [\"maybe\"]"),
+        Some("negtome = [\"maybe\"]"),
+        &["negtome", "true, false"],
+    );
+    expect_error(
+        &with("negtome_threshold = [1.5]"),
+        Some("negtome_threshold = [1.5]"),
+        &["negtome_threshold", "out of range"],
+    );
+    expect_error(
+        &with("negtome_t_max = [2000]"),
+        Some("negtome_t_max = [2000]"),
+        &["negtome_t_max", "out of range"],
+    );
+}

@@ -3,9 +3,10 @@
 //! image (both encoded every run), DDIM, CFG 7.5, VAE decode included. Prints one JSON line.
 use super::Globals;
 use crate::device::cuda_mem_info;
-use crate::params::{AdapterKind, GenParams, NegativeMode, SchedulerKind};
+use crate::params::{AdapterKind, GenParams, Method, NegativeMode, SchedulerKind};
 use crate::pipeline::{CellOutcome, Pipeline, RandomPreset};
 use crate::roles::ModelSet;
+use crate::sampling::{make_scheduler, negtome};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use tch::Device;
 const UNET_CFG_TFLOP_PER_STEP: f64 = 1.607;
 const VAE_DECODE_TFLOP: f64 = 2.51;
 const VIT_H_ENCODE_TFLOP: f64 = 0.33;
+/// VAE encode per image (NegToMe's reference), measured the same way.
+const VAE_ENCODE_TFLOP: f64 = 1.12;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -39,6 +42,11 @@ pub struct BenchArgs {
     pub reps: usize,
     #[arg(long, default_value_t = 7.5)]
     pub cfg: f64,
+    /// The negative method of every image (uncond, subtract, three_branch, perp_neg,
+    /// negtome): the three-row methods add a UNet row per step, negtome a reference row per
+    /// image at its active steps and one VAE encode per image.
+    #[arg(long, default_value = "uncond", value_parser = super::generate::parse_method)]
+    pub method: Method,
     /// Load the models from a folder made by `negimg models init-random` (or laid out like
     /// one) instead of building random weights in memory: to time the same files as the
     /// peer's `diffusers_baseline.py --unet DIR/pipeline/unet --vae ... --ip-adapter ...`.
@@ -98,8 +106,18 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let area = (size * size) as f64 / (512.0 * 512.0);
-    let tflop_per_image = UNET_CFG_TFLOP_PER_STEP * args.steps as f64 * area
+    // Each image has its own negative image, so NegToMe adds one reference row per image.
+    let reference_rows = {
+        let sample = cells(scratch.path(), 0, &args, size, adapter)?;
+        let refs: Vec<&GenParams> = sample.iter().take(1).collect();
+        let sched = make_scheduler(SchedulerKind::Ddim, pipeline.scheduler_config(), args.steps)?;
+        negtome::reference_row_steps(&refs, sched.timesteps())
+    };
+    let rows = args.method.rows() as f64 * args.steps as f64 + reference_rows as f64;
+    let encodes = if reference_rows > 0 { 1.0 } else { 0.0 };
+    let tflop_per_image = UNET_CFG_TFLOP_PER_STEP / 2.0 * rows * area
         + VAE_DECODE_TFLOP * area
+        + VAE_ENCODE_TFLOP * encodes * area
         + 2.0 * VIT_H_ENCODE_TFLOP;
     let tflops = (preset == RandomPreset::Sd15 && args.models.is_none())
         .then(|| tflop_per_image * args.batch as f64 / median);
@@ -124,6 +142,8 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         "steps": args.steps,
         "batch": args.batch,
         "adapter": adapter,
+        "method": args.method,
+        "unet_rows_per_image": rows,
         "reps": args.reps,
         "median_s": round(median, 4),
         "images_per_s": round(args.batch as f64 / median, 3),
@@ -193,6 +213,7 @@ fn cells(
         c.scheduler = SchedulerKind::Ddim;
         c.width = size;
         c.height = size;
+        c.method = a.method;
         cells.push(c);
     }
     Ok(cells)

@@ -20,6 +20,8 @@ use tch::{Device, Kind, Tensor};
 /// What the estimate is for.
 pub struct Target<'a> {
     pub exp: &'a Experiment,
+    /// NegToMe's reference rows and encodes ([`negtome_cost`]).
+    pub negtome: &'a NegtomeCost,
     /// The results root, for the latest run.
     pub results: &'a Path,
     pub device: Device,
@@ -43,6 +45,8 @@ const SD15_DECODE: f64 = 2.51e12;
 const SD15_UNET_PARAMS: f64 = 859.5e6;
 const SD15_VAE_PARAMS: f64 = 83.65e6;
 const SD15_PIXELS: f64 = 512.0 * 512.0;
+/// SD1.5's VAE encoder at 512x512 (torch FlopCounterMode, as the decode's figure).
+const SD15_ENCODE: f64 = 1.12e12;
 /// Convolutions and attention reach about a third of matmul speed (the diffusers peer's
 /// best on an H200 is about 35% of the fp16 floor).
 const EFFICIENCY: f64 = 0.35;
@@ -127,7 +131,11 @@ fn from_history(t: &Target) -> Result<Estimate> {
             .iter()
             .map(|r| image_cost(r.steps, r.method.rows() as f64, r.width, r.height))
             .sum::<f64>();
-    let cost = mean(t.exp, |c| image_cost(c.steps, rows(c), c.width, c.height));
+    let (ref_pixel_steps, encoded) = t.negtome.per_image(t.exp.cells.len());
+    // A decode counts as three rows (image_cost); an encode as its FLOPs' share of that.
+    let cost = mean(t.exp, |c| image_cost(c.steps, rows(c), c.width, c.height))
+        + ref_pixel_steps
+        + encoded * 3.0 * SD15_ENCODE / SD15_DECODE;
     Ok(Estimate {
         per_image: rate * cost,
         how: format!(
@@ -192,6 +200,13 @@ fn header_params(file: &Path) -> Result<f64> {
         .sum())
 }
 
+/// NegToMe's reference rows and encodes per image, in FLOPs.
+fn negtome_flops(t: &Target, params: Option<(f64, f64)>) -> f64 {
+    let (ref_pixel_steps, encoded) = t.negtome.per_image(t.exp.cells.len());
+    let (row, decode) = flops_at(params, 1.0);
+    ref_pixel_steps * row + encoded * decode * SD15_ENCODE / SD15_DECODE
+}
+
 /// FLOPs of one UNet row-step and of one decode at `pixels`, scaled from SD1.5's by the
 /// pixels and the parameter counts (SD1.5's where the headers cannot be read).
 fn flops_at(params: Option<(f64, f64)>, pixels: f64) -> (f64, f64) {
@@ -211,7 +226,7 @@ fn from_flops(t: &Target, mut notes: Vec<String>) -> Estimate {
     let flops = mean(t.exp, |c| {
         let (row, decode) = flops_at(params, (c.width * c.height) as f64);
         rows(c) * c.steps as f64 * row + decode
-    });
+    }) + negtome_flops(t, params);
     let steps = mean(t.exp, |c| c.steps as f64);
     let half = matches!(t.kind, Kind::Half | Kind::BFloat16);
     let (speed, speed_how) = if t.visible {
@@ -355,6 +370,10 @@ fn calibrate(t: &Target) -> Result<Estimate> {
         let scale = (c.width * c.height) as f64 / pixels;
         scale * (rows(c) * c.steps as f64 * per_row_step + decode_s)
     });
+    let (ref_pixel_steps, encoded) = t.negtome.per_image(t.exp.cells.len());
+    let per_image = per_image
+        + (ref_pixel_steps * per_row_step + encoded * decode_s * SD15_ENCODE / SD15_DECODE)
+            / pixels;
     let scaled = if (cw, ch) == (w, h) {
         String::new()
     } else {
@@ -369,6 +388,78 @@ fn calibrate(t: &Target) -> Result<Estimate> {
             decode_s * 1e3
         ),
     })
+}
+
+/// What NegToMe adds to an experiment, its batches taken as the groups of cells that share
+/// a batch key (the runner may split a group into several batches, each with its own
+/// reference rows: then this is a lower bound).
+#[derive(Debug, Default)]
+pub struct NegtomeCost {
+    /// Cells that merge.
+    pub cells: usize,
+    /// Reference rows summed over the steps, with their images' pixels.
+    pub row_steps: usize,
+    pub row_pixels: f64,
+    /// Distinct (reference image, size): one VAE encode each, with their pixels.
+    pub encodes: usize,
+    pub encode_pixels: f64,
+}
+
+impl NegtomeCost {
+    /// Per image of the grid (`n` cells): reference row-steps times their pixels, and
+    /// VAE-encoded pixels.
+    fn per_image(&self, n: usize) -> (f64, f64) {
+        let n = n.max(1) as f64;
+        (self.row_pixels / n, self.encode_pixels / n)
+    }
+}
+
+pub fn negtome_cost(exp: &Experiment) -> Result<NegtomeCost> {
+    let cells: Vec<crate::params::GenParams> = exp
+        .cells
+        .iter()
+        .map(|c| c.params(&|n| std::path::PathBuf::from(n)))
+        .filter(|p| p.negtome_image().is_some())
+        .collect();
+    let mut cost = NegtomeCost {
+        cells: cells.len(),
+        ..Default::default()
+    };
+    if cells.is_empty() {
+        return Ok(cost);
+    }
+    let folder = exp
+        .models
+        .pipeline
+        .path
+        .join("scheduler/scheduler_config.json");
+    let sched_cfg = if folder.is_file() {
+        crate::sampling::SchedulerConfig::from_file(&folder)?
+    } else {
+        crate::sampling::SchedulerConfig::sd15_ddim()
+    };
+    let mut keys = vec![];
+    for key in cells.iter().map(|c| c.batch_key()) {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    for key in keys {
+        let group: Vec<&crate::params::GenParams> =
+            cells.iter().filter(|c| c.batch_key() == key).collect();
+        let (steps, w, h, kind, ..) = key;
+        let sched = crate::sampling::make_scheduler(kind, &sched_cfg, steps)?;
+        let row_steps = crate::sampling::negtome::reference_row_steps(&group, sched.timesteps());
+        let pixels = (w * h) as f64;
+        let images = crate::sampling::negtome::ReferenceRows::new(&group)
+            .images
+            .len();
+        cost.row_steps += row_steps;
+        cost.row_pixels += row_steps as f64 * pixels;
+        cost.encodes += images;
+        cost.encode_pixels += images as f64 * pixels;
+    }
+    Ok(cost)
 }
 
 #[cfg(test)]
@@ -388,9 +479,18 @@ mod tests {
         crate::experiment::parse(&dir.join("e.toml"), text, &LoadOptions::default()).unwrap()
     }
 
+    static NO_NEGTOME: NegtomeCost = NegtomeCost {
+        cells: 0,
+        row_steps: 0,
+        row_pixels: 0.0,
+        encodes: 0,
+        encode_pixels: 0.0,
+    };
+
     fn target<'a>(exp: &'a Experiment, results: &'a Path) -> Target<'a> {
         Target {
             exp,
+            negtome: &NO_NEGTOME,
             results,
             device: Device::Cpu,
             kind: Kind::Float,
@@ -420,6 +520,22 @@ mod tests {
         let three = estimate(&target(&three, &results));
         let want = 4.0 * (3.0 * 8.0 + 3.0) / (2.0 * 2.0 + 3.0);
         assert!((three.per_image - want).abs() < 1e-9, "{}", three.how);
+        // NegToMe's reference rows (8 row-steps) and one encode, at 128x128.
+        let pixels = 128.0 * 128.0;
+        let negtome = NegtomeCost {
+            cells: 1,
+            row_steps: 8,
+            row_pixels: 8.0 * pixels,
+            encodes: 1,
+            encode_pixels: pixels,
+        };
+        let with = estimate(&Target {
+            negtome: &negtome,
+            ..target(&big, &results)
+        });
+        let extra = (8.0 + 3.0 * SD15_ENCODE / SD15_DECODE) * pixels / (64.0 * 64.0 * 7.0);
+        let want = scaled.per_image + extra;
+        assert!((with.per_image - want).abs() < 1e-9, "{}", with.how);
         // A run on another device says nothing of this one.
         let cuda = Target {
             device: Device::Cuda(0),

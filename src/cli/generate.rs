@@ -76,7 +76,7 @@ pub struct GenerateArgs {
     /// "No image" tokens: reference (IP-Adapter's) or black (ComfyUI's).
     #[arg(long, value_enum, default_value = "reference")]
     pub no_image: NoImageArg,
-    /// How the negative image is used: uncond, subtract, three_branch, perp_neg (README,
+    /// How the negative image is used: uncond, subtract, three_branch, perp_neg, negtome (README,
     /// "Negative methods").
     #[arg(long, default_value = "uncond", value_parser = parse_method)]
     pub method: Method,
@@ -101,6 +101,20 @@ pub struct GenerateArgs {
     /// embeds_scaling).
     #[arg(long, default_value = "v", value_parser = parse_ip_scaling)]
     pub ip_scaling: IpScaling,
+    /// NegToMe on top of --method (README, "NegToMe"); --method negtome implies it.
+    #[arg(long)]
+    pub negtome: bool,
+    /// NegToMe: a merged token x becomes x + ALPHA (x - r*).
+    #[arg(long, default_value_t = crate::params::NEGTOME_ALPHA)]
+    pub negtome_alpha: f64,
+    /// NegToMe: tokens merge when their best cosine similarity to the reference is above this.
+    #[arg(long, default_value_t = crate::params::NEGTOME_THRESHOLD)]
+    pub negtome_threshold: f64,
+    /// NegToMe is active at the steps whose timestep t has T_MIN <= t <= T_MAX.
+    #[arg(long, default_value_t = crate::params::NEGTOME_T_MIN)]
+    pub negtome_t_min: f64,
+    #[arg(long, default_value_t = crate::params::NEGTOME_T_MAX)]
+    pub negtome_t_max: f64,
     /// Output PNG.
     #[arg(long, default_value = "out.png")]
     pub out: PathBuf,
@@ -136,9 +150,10 @@ pub enum NoImageArg {
     Black,
 }
 
-fn parse_method(s: &str) -> std::result::Result<Method, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| format!("{s:?} is not one of uncond, subtract, three_branch, perp_neg"))
+pub fn parse_method(s: &str) -> std::result::Result<Method, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        format!("{s:?} is not one of uncond, subtract, three_branch, perp_neg, negtome")
+    })
 }
 
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
@@ -192,6 +207,10 @@ fn check_flags(a: &GenerateArgs) -> Result<()> {
         (Param::NegEnd, a.neg_end),
         (Param::Cfg, Some(a.cfg)),
         (Param::Steps, Some(a.steps as f64)),
+        (Param::NegtomeAlpha, Some(a.negtome_alpha)),
+        (Param::NegtomeThreshold, Some(a.negtome_threshold)),
+        (Param::NegtomeTMin, Some(a.negtome_t_min)),
+        (Param::NegtomeTMax, Some(a.negtome_t_max)),
     ];
     for (param, v) in values {
         if let Some(x) = v {
@@ -275,6 +294,11 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
     if negative.uses_image() && a.negative.is_none() {
         bail!("--negative-mode {negative} needs --negative IMAGE");
     }
+    if (a.negtome || a.method == Method::Negtome) && !negative.uses_image() {
+        bail!(
+            "NegToMe (--negtome, --method negtome) needs --negative IMAGE and a --negative-mode using it"
+        );
+    }
     let positive = BranchWeight {
         weight: a.weight,
         start: a.start,
@@ -316,6 +340,11 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         blocks: a.blocks.clone(),
         neg_blocks: a.neg_blocks.clone().unwrap_or_else(|| a.blocks.clone()),
         ip_scaling: a.ip_scaling,
+        negtome: a.negtome,
+        negtome_alpha: a.negtome_alpha,
+        negtome_threshold: a.negtome_threshold,
+        negtome_t_min: a.negtome_t_min,
+        negtome_t_max: a.negtome_t_max,
     })
 }
 

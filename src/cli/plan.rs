@@ -141,6 +141,18 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             say!("  {line}");
         }
     }
+    let negtome = super::estimate::negtome_cost(&exp)?;
+    if negtome.cells > 0 {
+        say!(
+            "NegToMe: {} cells merge against {} reference images: {} more UNet rows summed \
+             over the steps (each reference row only at the steps where a cell merges, \
+             shared by the cells of a batch), {} VAE encodes",
+            negtome.cells,
+            negtome.encodes,
+            negtome.row_steps,
+            negtome.encodes
+        );
+    }
     // Cells that differ only in what their negative mode ignores make one image.
     let images: std::collections::BTreeSet<String> = exp
         .cells
@@ -162,6 +174,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         .count();
     let estimate = super::estimate::estimate(&super::estimate::Target {
         exp: &exp,
+        negtome: &negtome,
         results: &args.results,
         device,
         kind,

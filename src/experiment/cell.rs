@@ -39,6 +39,11 @@ pub struct CellSpec {
     /// `None`: `blocks`, as the negative weight follows the positive one.
     pub neg_blocks: Option<BlockWeights>,
     pub ip_scaling: IpScaling,
+    pub negtome: bool,
+    pub negtome_alpha: f64,
+    pub negtome_threshold: f64,
+    pub negtome_t_min: f64,
+    pub negtome_t_max: f64,
 }
 
 impl Default for CellSpec {
@@ -72,6 +77,11 @@ impl Default for CellSpec {
             blocks: p.blocks,
             neg_blocks: None,
             ip_scaling: p.ip_scaling,
+            negtome: p.negtome,
+            negtome_alpha: p.negtome_alpha,
+            negtome_threshold: p.negtome_threshold,
+            negtome_t_min: p.negtome_t_min,
+            negtome_t_max: p.negtome_t_max,
         }
     }
 }
@@ -103,6 +113,11 @@ impl CellSpec {
             (Param::Blocks, Value::Blocks(b)) => self.blocks = b.clone(),
             (Param::NegBlocks, Value::Blocks(b)) => self.neg_blocks = Some(b.clone()),
             (Param::IpScaling, Value::IpScaling(s)) => self.ip_scaling = *s,
+            (Param::Negtome, Value::Bool(b)) => self.negtome = *b,
+            (Param::NegtomeAlpha, Value::Num(x)) => self.negtome_alpha = *x,
+            (Param::NegtomeThreshold, Value::Num(x)) => self.negtome_threshold = *x,
+            (Param::NegtomeTMin, Value::Num(x)) => self.negtome_t_min = *x,
+            (Param::NegtomeTMax, Value::Num(x)) => self.negtome_t_max = *x,
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -171,6 +186,11 @@ impl CellSpec {
             Param::Blocks => Value::Blocks(self.blocks.clone()),
             Param::NegBlocks => Value::Blocks(self.neg_blocks().clone()),
             Param::IpScaling => Value::IpScaling(self.ip_scaling),
+            Param::Negtome => Value::Bool(self.negtome),
+            Param::NegtomeAlpha => Value::Num(self.negtome_alpha),
+            Param::NegtomeThreshold => Value::Num(self.negtome_threshold),
+            Param::NegtomeTMin => Value::Num(self.negtome_t_min),
+            Param::NegtomeTMax => Value::Num(self.negtome_t_max),
         }
     }
 
@@ -199,6 +219,11 @@ impl CellSpec {
             blocks: self.blocks.clone(),
             neg_blocks: self.neg_blocks().clone(),
             ip_scaling: self.ip_scaling,
+            negtome: self.negtome,
+            negtome_alpha: self.negtome_alpha,
+            negtome_threshold: self.negtome_threshold,
+            negtome_t_min: self.negtome_t_min,
+            negtome_t_max: self.negtome_t_max,
         }
     }
 

@@ -134,10 +134,7 @@ impl Experiment {
             method: crate::params::Method::Uncond,
             neg_embed_scale: 1.0,
             neg_cfg: None,
-            window: crate::params::Window::Steps,
-            blocks: crate::params::BlockWeights::All,
-            neg_blocks: crate::params::BlockWeights::All,
-            ip_scaling: crate::params::IpScaling::V,
+            ..GenParams::new(spec.seed)
         }
     }
 

@@ -41,10 +41,15 @@ pub enum Param {
     Blocks,
     NegBlocks,
     IpScaling,
+    Negtome,
+    NegtomeAlpha,
+    NegtomeThreshold,
+    NegtomeTMin,
+    NegtomeTMax,
 }
 
 impl Param {
-    pub const ALL: [Param; 24] = [
+    pub const ALL: [Param; 29] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -69,6 +74,11 @@ impl Param {
         Param::Blocks,
         Param::NegBlocks,
         Param::IpScaling,
+        Param::Negtome,
+        Param::NegtomeAlpha,
+        Param::NegtomeThreshold,
+        Param::NegtomeTMin,
+        Param::NegtomeTMax,
     ];
 
     pub fn name(self) -> &'static str {
@@ -97,6 +107,11 @@ impl Param {
             Param::Blocks => "blocks",
             Param::NegBlocks => "neg_blocks",
             Param::IpScaling => "ip_scaling",
+            Param::Negtome => "negtome",
+            Param::NegtomeAlpha => "negtome_alpha",
+            Param::NegtomeThreshold => "negtome_threshold",
+            Param::NegtomeTMin => "negtome_t_min",
+            Param::NegtomeTMax => "negtome_t_max",
         }
     }
 
@@ -120,9 +135,17 @@ impl Param {
                 min: 0.0,
                 max: 100.0,
             },
-            Param::NegEmbedScale => NumKind::Float {
+            Param::NegEmbedScale | Param::NegtomeAlpha => NumKind::Float {
                 min: 0.0,
                 max: 10.0,
+            },
+            Param::NegtomeThreshold => NumKind::Float {
+                min: -1.0,
+                max: 1.0,
+            },
+            Param::NegtomeTMin | Param::NegtomeTMax => NumKind::Float {
+                min: 0.0,
+                max: 1000.0,
             },
             Param::Steps => NumKind::Int { min: 1, max: 1000 },
             Param::Seed => NumKind::Int {
@@ -178,6 +201,7 @@ pub enum Value {
     Window(Window),
     Blocks(BlockWeights),
     IpScaling(IpScaling),
+    Bool(bool),
     /// An `[images.NAME]` reference; `None` is no image.
     Image(Option<String>),
 }
@@ -197,6 +221,7 @@ impl fmt::Display for Value {
             Value::Window(v) => write!(f, "{v}"),
             Value::Blocks(v) => write!(f, "{v}"),
             Value::IpScaling(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
             Value::Image(v) => f.write_str(v.as_deref().unwrap_or("")),
         }
     }
@@ -216,6 +241,7 @@ pub fn single(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Re
             format!("expected a number, found {}", other.type_str()),
         )),
         (None, DeValue::String(s)) => word(src, key, span, param, s),
+        (None, DeValue::Boolean(b)) if param == Param::Negtome => Ok(Value::Bool(*b)),
         (None, other) => Err(src.error(
             span,
             key,
@@ -379,13 +405,18 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             key,
             span,
             s,
-            "uncond, subtract, three_branch, perp_neg",
+            "uncond, subtract, three_branch, perp_neg, negtome",
         )?),
         Param::Window => Value::Window(parse(src, key, span, s, "steps, sigma")?),
         Param::Blocks | Param::NegBlocks => {
             Value::Blocks(s.parse().map_err(|e: String| src.error(span, key, e))?)
         }
         Param::IpScaling => Value::IpScaling(parse(src, key, span, s, IpScaling::NAMES)?),
+        Param::Negtome => match s {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => return Err(src.error(span, key, format!("{s:?} is not one of true, false"))),
+        },
         Param::PositiveImage | Param::NegativeImage => {
             Value::Image((!(s.is_empty() || s == "none")).then(|| s.to_string()))
         }

@@ -40,6 +40,52 @@ pub struct CrossAttnContext<'a> {
     /// Text encoder states [B, 77, cross_dim].
     pub text: &'a Tensor,
     pub ip: Option<IpContext<'a>>,
+    /// NegToMe's token merge, applied by the transformers that are at least its
+    /// `min_size` (the UNet sets it for the up blocks only).
+    pub negtome: Option<TokenMerge>,
+}
+
+/// NegToMe (Singh et al. 2024): after an attention's output projection, each token x of a
+/// merged row whose best match `r* = argmax_r cos(x, r)` among the tokens of its reference
+/// row has `cos(x, r*) > threshold` becomes `(1 + alpha) x - alpha r*`.
+pub struct TokenMerge {
+    /// The merged rows [M] (int64) and the reference row of each [M].
+    pub rows: Tensor,
+    pub refs: Tensor,
+    /// Per merged row: [M, 1] in float32 (the cosines are computed in float32), and
+    /// [M, 1, 1] in the model's kind.
+    pub threshold: Tensor,
+    pub alpha: Tensor,
+    /// Transformers whose input is smaller than this along either side do not merge.
+    pub min_size: i64,
+}
+
+/// `x / max(|x|, 1e-12)` along the last dimension (`torch.nn.functional.normalize`).
+fn unit(x: &Tensor) -> Tensor {
+    x / x
+        .norm_scalaropt_dim(2.0, [-1i64].as_slice(), true)
+        .clamp_min(1e-12)
+}
+
+impl TokenMerge {
+    /// Whether a transformer over `h` x `w` tokens merges.
+    pub fn applies(&self, h: i64, w: i64) -> bool {
+        h >= self.min_size && w >= self.min_size
+    }
+
+    /// `xs` [B, N, C] (an attention output) with the merged rows replaced.
+    pub fn apply(&self, xs: &Tensor) -> Tensor {
+        let x = xs.index_select(0, &self.rows);
+        let r = xs.index_select(0, &self.refs);
+        // In float32: fp16's smallest normal (6e-5) would not keep 1e-12 off zero.
+        let f32 = |t: &Tensor| unit(&t.to_kind(tch::Kind::Float));
+        let cos = f32(&x).matmul(&f32(&r).transpose(1, 2));
+        let (best, idx) = cos.max_dim(-1, false);
+        let r_star = r.gather(1, &idx.unsqueeze(-1).expand_as(&x), false);
+        let merged = &x + (&x - r_star) * &self.alpha;
+        let mask = best.gt_tensor(&self.threshold).unsqueeze(-1);
+        xs.index_copy(0, &self.rows, &merged.where_self(&mask, &x))
+    }
 }
 
 /// `to_k_ip` / `to_v_ip` weights [hidden, cross_dim] of one cross-attention layer; created
@@ -229,13 +275,25 @@ impl BasicTransformerBlock {
         &self.attn2
     }
 
-    /// `ip`: this block's share of `ctx.ip` (see [`Transformer2DModel::forward`]).
-    pub fn forward(&self, xs: &Tensor, ctx: &CrossAttnContext, ip: Option<&IpBlock>) -> Tensor {
-        let xs = self.attn1.forward(&self.norm1.forward(xs), None, None) + xs;
-        let xs = self
+    /// `ip`: this block's share of `ctx.ip` (see [`Transformer2DModel::forward`]); `merge`:
+    /// NegToMe on both attention outputs, before their residual adds (where the reference
+    /// code's attention processor applies it).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        ctx: &CrossAttnContext,
+        ip: Option<&IpBlock>,
+        merge: Option<&TokenMerge>,
+    ) -> Tensor {
+        let merged = |out: Tensor| match merge {
+            Some(m) => m.apply(&out),
+            None => out,
+        };
+        let xs = merged(self.attn1.forward(&self.norm1.forward(xs), None, None)) + xs;
+        let attn2 = self
             .attn2
-            .forward(&self.norm2.forward(&xs), Some(ctx.text), ip)
-            + xs;
+            .forward(&self.norm2.forward(&xs), Some(ctx.text), ip);
+        let xs = merged(attn2) + xs;
         self.ff.forward(&self.norm3.forward(&xs)) + xs
     }
 }
@@ -319,8 +377,9 @@ impl Transformer2DModel {
         // Every transformer block of this model takes its per-block IP weight (ComfyUI
         // numbers transformers, not their inner blocks).
         let ip = ctx.ip.as_ref().map(|ip| ip.block(self.index));
+        let merge = ctx.negtome.as_ref().filter(|m| m.applies(h, w));
         for block in &self.blocks {
-            tokens = block.forward(&tokens, ctx, ip.as_ref());
+            tokens = block.forward(&tokens, ctx, ip.as_ref(), merge);
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(&tokens)),
@@ -357,5 +416,43 @@ impl Module for SpatialSelfAttention {
             .transpose(1, 2);
         let out = self.attn.forward(&tokens, None, None);
         out.transpose(1, 2).reshape([b, c, h, w]) + xs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merge(threshold: f64) -> TokenMerge {
+        TokenMerge {
+            rows: Tensor::from_slice(&[0i64]),
+            refs: Tensor::from_slice(&[1i64]),
+            threshold: Tensor::from_slice(&[threshold as f32]).view([1, 1]),
+            alpha: Tensor::from_slice(&[0.5f32]).view([1, 1, 1]),
+            min_size: 32,
+        }
+    }
+
+    #[test]
+    fn each_token_merges_with_its_best_reference_token_above_the_threshold() {
+        // Row 0 (merged): x0 = (2, 0), x1 = (0, 3); row 1 (reference): r0 = (0, 1),
+        // r1 = (1, 0.1). x0's best match is r1 (cos 0.995), x1's is r0 (cos 1).
+        let xs = Tensor::from_slice(&[2.0f32, 0.0, 0.0, 3.0, 0.0, 1.0, 1.0, 0.1]).view([2, 2, 2]);
+        let values = |t: Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+        // (1 + 0.5) x - 0.5 r*: x0 -> (2.5, -0.05), x1 -> (0, 4); the reference row is kept.
+        let both = values(merge(0.99).apply(&xs));
+        let want = [2.5, -0.05, 0.0, 4.0, 0.0, 1.0, 1.0, 0.1];
+        assert!(
+            both.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{both:?}"
+        );
+        // Above x0's 0.995: only x1 merges.
+        let one = values(merge(0.999).apply(&xs));
+        let want = [2.0, 0.0, 0.0, 4.0, 0.0, 1.0, 1.0, 0.1];
+        assert!(
+            one.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{one:?}"
+        );
+        assert!(merge(0.0).applies(32, 40) && !merge(0.0).applies(16, 64));
     }
 }

@@ -4,7 +4,7 @@
 //! attn2.to_k.weight`, ...). A UNet built with an [`IpLayout`] also holds, in every `attn2`,
 //! `processor.to_k_ip.0.weight` / `processor.to_v_ip.0.weight` (zeros until
 //! [`UNet2DConditionModel::load_ip_adapter`]), as diffusers does after `load_ip_adapter`.
-use crate::models::attention::{CrossAttnContext, IpContext, IpWeights};
+use crate::models::attention::{CrossAttnContext, IpContext, IpWeights, TokenMerge};
 use crate::models::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet_blocks::{
@@ -632,6 +632,11 @@ impl UNet2DConditionModel {
         scales.reshape([n, b, 1, 1])
     }
 
+    /// The kind the UNet computes in.
+    pub fn kind(&self) -> Kind {
+        self.conv_in.ws.kind()
+    }
+
     /// True when the UNet was built with the IP-Adapter branch.
     pub fn has_ip(&self) -> bool {
         !self.ip_slots.is_empty()
@@ -727,6 +732,20 @@ impl UNet2DConditionModel {
         self.forward_timesteps(latents, &t, text, ip)
     }
 
+    /// As [`forward`](Self::forward), with NegToMe's token merge in the up blocks.
+    pub fn forward_merging(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        text: &Tensor,
+        ip: Option<IpInput>,
+        merge: Option<TokenMerge>,
+    ) -> Tensor {
+        let b = latents.size()[0];
+        let t = Tensor::full([b], timestep, (Kind::Float, latents.device()));
+        self.forward_rows(latents, &t, text, ip, merge)
+    }
+
     /// As [`forward`](Self::forward) with one timestep per row ([B], any numeric kind).
     pub fn forward_timesteps(
         &self,
@@ -734,6 +753,17 @@ impl UNet2DConditionModel {
         timesteps: &Tensor,
         text: &Tensor,
         ip: Option<IpInput>,
+    ) -> Tensor {
+        self.forward_rows(latents, timesteps, text, ip, None)
+    }
+
+    fn forward_rows(
+        &self,
+        latents: &Tensor,
+        timesteps: &Tensor,
+        text: &Tensor,
+        ip: Option<IpInput>,
+        merge: Option<TokenMerge>,
     ) -> Tensor {
         let kind = self.conv_in.ws.kind();
         let device = self.conv_in.ws.device();
@@ -769,6 +799,7 @@ impl UNet2DConditionModel {
                         .to_kind(kind),
                     scaling: ip.scaling,
                 }),
+            negtome: None,
         };
 
         // Upsample to the skip's size when H or W is not a multiple of the total factor.
@@ -783,6 +814,11 @@ impl UNet2DConditionModel {
             skips.extend(states);
         }
         x = self.mid_block.forward(&x, &emb, &ctx);
+        // NegToMe merges in the up blocks only (the reference code's `blocks = ['up_blocks']`).
+        let ctx = CrossAttnContext {
+            negtome: merge,
+            ..ctx
+        };
         for (i, block) in self.up_blocks.iter().enumerate() {
             let used = skips.split_off(skips.len() - block.num_resnets());
             let upsample_size = match (odd_size, skips.last()) {

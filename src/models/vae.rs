@@ -340,6 +340,11 @@ impl AutoencoderKL {
         &self.cfg
     }
 
+    /// Whether [`encode`](Self::encode) is available.
+    pub fn has_encoder(&self) -> bool {
+        self.encoder.is_some()
+    }
+
     /// Builds the VAE on `device` in `kind` and loads it from `source`.
     pub fn from_source(
         source: &dyn TensorSource,

@@ -7,7 +7,7 @@ use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::preprocess::clip_pixels_batch;
 use crate::models::tokenizer::ClipTokenizer;
-use crate::params::{AdapterKind, GenParams, NoImage, RowImage};
+use crate::params::{AdapterKind, GenParams, Method, NoImage, RowImage};
 use crate::sampling::guidance;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
@@ -75,6 +75,23 @@ impl Conditioner {
         Tensor::cat(&rows, 0)
     }
 
+    /// NegToMe's reference rows: `k` rows of empty text, and of "no image" tokens when the
+    /// batch's adapter is in use (their IP scale is 0).
+    pub fn reference_rows(
+        &mut self,
+        cells: &[GenParams],
+        k: usize,
+        with_tokens: bool,
+    ) -> (Tensor, Option<Tensor>) {
+        let text = self.text("").repeat([k as i64, 1, 1]);
+        let tokens = with_tokens.then(|| {
+            self.no_image(cells[0].adapter, cells[0].no_image)
+                .tokens
+                .repeat([k as i64, 1, 1])
+        });
+        (text, tokens)
+    }
+
     /// `last_hidden_state` `[1, 77, hidden]` of `text`, cached.
     fn text(&mut self, text: &str) -> Tensor {
         if let Some(t) = self.text_cache.get(text) {
@@ -115,10 +132,9 @@ impl Conditioner {
     fn encode_new_images(&mut self, cells: &[GenParams], kind: AdapterKind) -> Result<()> {
         let mut new_paths: Vec<PathBuf> = Vec::new();
         for c in cells {
-            for p in [c.positive_image.as_ref(), c.uncond_image()]
-                .into_iter()
-                .flatten()
-            {
+            // `negtome` uses its negative image in the token merge only, not as tokens.
+            let negative = c.uncond_image().filter(|_| c.method != Method::Negtome);
+            for p in [c.positive_image.as_ref(), negative].into_iter().flatten() {
                 if !self.image_cache.contains_key(&(p.clone(), kind)) && !new_paths.contains(p) {
                     new_paths.push(p.clone());
                 }
@@ -207,7 +223,7 @@ impl Conditioner {
 /// Whether a cell uses the IP-Adapter at all.
 fn needs_ip(c: &GenParams) -> bool {
     c.positive_image.is_some()
-        || c.uncond_image().is_some()
+        || (c.uncond_image().is_some() && c.method != Method::Negtome)
         || c.positive.weight != 0.0
         || c.negative_branch.weight != 0.0
 }

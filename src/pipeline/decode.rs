@@ -2,7 +2,7 @@
 //! finite fail on their own; an fp16 overflow is decoded again in float32 first.
 use super::FloatOutcome;
 use super::source::VaeFile;
-use crate::models::vae::AutoencoderKL;
+use crate::models::vae::{AutoencoderKL, VaeParts};
 use crate::params::GenParams;
 use anyhow::{Result, anyhow};
 use tch::{Device, Kind, Tensor};
@@ -30,6 +30,20 @@ impl Decoder {
 
     pub fn vae(&self) -> &AutoencoderKL {
         &self.vae
+    }
+
+    /// Latents `[B, 4, h, w]` (the latent distribution's mean times the scaling factor) of
+    /// images `[B, 3, H, W]` in `[-1, 1]`. Generation loads the decoder only: the first
+    /// call loads the VAE again with its encoder, in place of the decoder-only one.
+    pub fn encode(&mut self, pixels: &Tensor) -> Result<Tensor> {
+        if !self.vae.has_encoder() {
+            let file = self
+                .file
+                .as_ref()
+                .ok_or_else(|| anyhow!("the VAE has no encoder and no file to load it from"))?;
+            self.vae = file.load_parts(self.device, self.kind, VaeParts::EncoderAndDecoder)?;
+        }
+        Ok(self.vae.encode(pixels)? * self.vae.config().scaling_factor)
     }
 
     /// Images `[3, H, W]` in `[0, 1]` on the CPU for the latents `x` `[B, 4, h, w]` of `cells`.

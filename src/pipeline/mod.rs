@@ -18,6 +18,7 @@
 pub mod conditioning;
 pub mod decode;
 pub mod denoise;
+pub mod negtome;
 pub mod random;
 pub mod single_file;
 pub mod source;
@@ -72,6 +73,8 @@ pub struct Pipeline {
     /// The adapter whose `to_k_ip`/`to_v_ip` weights the UNet holds now.
     unet_adapter: Option<AdapterKind>,
     scheduler_cfg: SchedulerConfig,
+    /// NegToMe's encoded reference images by (path, width, height).
+    negtome_cache: HashMap<(PathBuf, usize, usize), negtome::Reference>,
 }
 
 impl Pipeline {
@@ -148,6 +151,7 @@ impl Pipeline {
             decoder,
             unet_adapter: None,
             scheduler_cfg,
+            negtome_cache: HashMap::new(),
         }
     }
 
@@ -249,9 +253,23 @@ impl Pipeline {
         }
         let noise: Vec<Tensor> = cells.iter().map(|c| initial_noise(c.seed, h, w)).collect();
         let x = Tensor::cat(&noise, 0).to_device(self.device) * scheduler.init_noise_sigma();
+        let references = self.negtome_references(cells)?;
+        let reference_rows = references.as_ref().map(|(rows, _, _)| {
+            self.conditioner
+                .reference_rows(cells, rows.images.len(), image_tokens.is_some())
+        });
         let cond = denoise::Conditioning {
             text: &text,
             image_tokens: image_tokens.as_ref(),
+            negtome: references.as_ref().zip(reference_rows.as_ref()).map(
+                |((rows, latents, noise), (text, tokens))| denoise::References {
+                    rows,
+                    latents,
+                    noise,
+                    text,
+                    image_tokens: tokens.as_ref(),
+                },
+            ),
         };
         let x = denoise::denoise(&self.unet, scheduler.as_mut(), cells, &cond, x, progress);
         self.decoder.decode(&x, cells)

@@ -122,7 +122,8 @@ impl Pipeline {
         let text_encoder = ClipTextModel::new(text_vs.root() / "text_model", &shapes.text);
         let ip = Some(IpLayout::for_config(&shapes.unet));
         let unet = UNet2DConditionModel::new(unet_vs.root(), &shapes.unet, ip)?;
-        let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, VaeParts::DecoderOnly)?;
+        // With its encoder, for NegToMe's reference images.
+        let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, VaeParts::EncoderAndDecoder)?;
         let image_encoder = ClipVisionModelWithProjection::new(enc_vs.root(), &shapes.vision);
         for vs in [&text_vs, &unet_vs, &vae_vs, &enc_vs] {
             vs.variables().values().for_each(|v| {

@@ -63,6 +63,10 @@ impl VaeFile {
     }
 
     pub fn load(&self, device: Device, kind: Kind) -> Result<AutoencoderKL> {
+        self.load_parts(device, kind, VaeParts::DecoderOnly)
+    }
+
+    pub fn load_parts(&self, device: Device, kind: Kind, parts: VaeParts) -> Result<AutoencoderKL> {
         match self {
             VaeFile::Component(c) => {
                 let cfg = AutoencoderKLConfig::from_json_file(&c.config)?;
@@ -71,18 +75,12 @@ impl VaeFile {
                     &cfg,
                     device,
                     kind,
-                    VaeParts::DecoderOnly,
+                    parts,
                 )
             }
             VaeFile::SingleFile { path, config } => {
                 let ckpt = single_file::open_single_file(path)?;
-                AutoencoderKL::from_source(
-                    ckpt.vae()?.as_ref(),
-                    config,
-                    device,
-                    kind,
-                    VaeParts::DecoderOnly,
-                )
+                AutoencoderKL::from_source(ckpt.vae()?.as_ref(), config, device, kind, parts)
             }
         }
     }

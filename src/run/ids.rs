@@ -313,5 +313,12 @@ mod tests {
         q = p.clone();
         q.ip_scaling = crate::params::IpScaling::Kv;
         assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        // NegToMe's parameters enter the id only when set.
+        q = p.clone();
+        q.negtome = true;
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        q = p.clone();
+        q.negtome_t_min = 500.0;
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
     }
 }

@@ -84,6 +84,12 @@ pub fn a1111_parameters(
     if !p.ip_scaling.is_v() {
         fields.push(format!("IP-Adapter scaling: {}", p.ip_scaling));
     }
+    if p.negtome_on() {
+        fields.push(format!(
+            "NegToMe: on, NegToMe alpha: {}, NegToMe threshold: {}, NegToMe timesteps: {}-{}",
+            p.negtome_alpha, p.negtome_threshold, p.negtome_t_min, p.negtome_t_max
+        ));
+    }
     if let Some(name) = positive_image {
         fields.push(format!("Positive image: {name}"));
     }
@@ -150,6 +156,11 @@ mod tests {
             ),
             "{blocks}"
         );
+        assert!(!perp.contains("NegToMe"));
+        p.negtome = true;
+        p.negtome_alpha = 0.5;
+        let negtome = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");
+        assert!(negtome.contains("NegToMe: on, NegToMe alpha: 0.5, NegToMe threshold: 0.65"));
         let json = "{\"cafe\": \"é\"}";
         let a = encode(&img, &[("parameters", &text), ("negimg", json)]).unwrap();
         let b = encode(&img, &[("parameters", &text), ("negimg", json)]).unwrap();

@@ -1,7 +1,8 @@
 //! `records.csv`: one row per image of a run.
 use crate::experiment::CellSpec;
 use crate::params::{
-    AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind, Window,
+    self, AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind,
+    Window,
 };
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,16 @@ pub struct Record {
     pub neg_blocks: BlockWeights,
     #[serde(default)]
     pub ip_scaling: IpScaling,
+    #[serde(default)]
+    pub negtome: bool,
+    #[serde(default = "negtome_alpha")]
+    pub negtome_alpha: f64,
+    #[serde(default = "negtome_threshold")]
+    pub negtome_threshold: f64,
+    #[serde(default = "negtome_t_min")]
+    pub negtome_t_min: f64,
+    #[serde(default = "negtome_t_max")]
+    pub negtome_t_max: f64,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -68,6 +79,18 @@ pub struct Record {
 
 fn one() -> f64 {
     1.0
+}
+fn negtome_alpha() -> f64 {
+    params::NEGTOME_ALPHA
+}
+fn negtome_threshold() -> f64 {
+    params::NEGTOME_THRESHOLD
+}
+fn negtome_t_min() -> f64 {
+    params::NEGTOME_T_MIN
+}
+fn negtome_t_max() -> f64 {
+    params::NEGTOME_T_MAX
 }
 
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
@@ -116,6 +139,11 @@ impl Record {
             "blocks" => self.blocks.to_string(),
             "neg_blocks" => self.neg_blocks.to_string(),
             "ip_scaling" => csv_value(&self.ip_scaling),
+            "negtome" => self.negtome.to_string(),
+            "negtome_alpha" => csv_value(&self.negtome_alpha),
+            "negtome_threshold" => csv_value(&self.negtome_threshold),
+            "negtome_t_min" => csv_value(&self.negtome_t_min),
+            "negtome_t_max" => csv_value(&self.negtome_t_max),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             _ => return None,
@@ -172,6 +200,11 @@ impl Record {
             blocks: cell.blocks.clone(),
             neg_blocks: cell.neg_blocks().clone(),
             ip_scaling: cell.ip_scaling,
+            negtome: cell.negtome,
+            negtome_alpha: cell.negtome_alpha,
+            negtome_threshold: cell.negtome_threshold,
+            negtome_t_min: cell.negtome_t_min,
+            negtome_t_max: cell.negtome_t_max,
             seconds,
             error: error.to_string(),
         }

@@ -80,6 +80,12 @@ impl Scheduler for Ddim {
         &self.schedule
     }
 
+    /// `sqrt(a_t) z0 + sqrt(1 - a_t) noise`.
+    fn add_noise(&self, z0: &Tensor, noise: &Tensor, step_index: usize) -> Tensor {
+        let a = self.alphas_cumprod[self.timesteps[step_index] as usize];
+        z0 * a.sqrt() as f64 + noise * (1.0 - a).sqrt() as f64
+    }
+
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
         let t = self.timesteps[step_index] as i64;
         let prev_t = t - self.step_ratio;

@@ -98,6 +98,12 @@ impl Scheduler for DpmPp2m {
         &self.schedule
     }
 
+    /// `alpha_t z0 + sigma_t noise`.
+    fn add_noise(&self, z0: &Tensor, noise: &Tensor, step_index: usize) -> Tensor {
+        let (alpha, sigma, _) = alpha_sigma_lambda(self.sigmas[step_index]);
+        z0 * alpha as f64 + noise * sigma as f64
+    }
+
     fn step(&mut self, eps: &Tensor, i: usize, x: &Tensor) -> Tensor {
         let (alpha_s0, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i]);
         let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i + 1]);

@@ -85,6 +85,11 @@ impl Scheduler for Euler {
         x / (sigma * sigma + 1.0).sqrt() as f64
     }
 
+    /// `z0 + sigma noise` (Euler works on sigma-scaled samples).
+    fn add_noise(&self, z0: &Tensor, noise: &Tensor, step_index: usize) -> Tensor {
+        z0 + noise * self.sigmas[step_index] as f64
+    }
+
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
         let sigma = self.sigmas[step_index];
         // x0 = x - sigma eps; dx/dsigma = (x - x0) / sigma; one Euler step to the next sigma

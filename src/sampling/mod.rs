@@ -7,6 +7,7 @@ pub mod ddim;
 pub mod dpmpp_2m;
 pub mod euler;
 pub mod guidance;
+pub mod negtome;
 pub mod scheduler;
 pub mod window;
 
@@ -36,6 +37,9 @@ pub trait Scheduler {
     fn sigma(&self, step_index: usize) -> f64;
     /// The model's training noise schedule this scheduler was built on.
     fn noise_schedule(&self) -> &NoiseSchedule;
+    /// Clean latents `z0` noised with `noise` to the sample of step `step_index` (what
+    /// `x` would be there; diffusers' `add_noise`). NegToMe re-noises its reference so.
+    fn add_noise(&self, z0: &Tensor, noise: &Tensor, step_index: usize) -> Tensor;
     /// The sample after step `step_index`, given the noise prediction `eps` for `x`.
     /// Steps must be taken in order (multistep schedulers keep history).
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor;

@@ -47,6 +47,11 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         blocks: Default::default(),
         neg_blocks: Default::default(),
         ip_scaling: Default::default(),
+        negtome: false,
+        negtome_alpha: negimg::params::NEGTOME_ALPHA,
+        negtome_threshold: negimg::params::NEGTOME_THRESHOLD,
+        negtome_t_min: negimg::params::NEGTOME_T_MIN,
+        negtome_t_max: negimg::params::NEGTOME_T_MAX,
         seconds: 0.1,
         error: String::new(),
     }
