@@ -398,6 +398,9 @@ fn calibrate(t: &Target) -> Result<Estimate> {
 pub struct NegtomeCost {
     /// Cells that merge.
     pub cells: usize,
+    /// Of those, the cells none of whose steps has a timestep in their active range (they
+    /// make the image their method makes without NegToMe).
+    pub never_active: usize,
     /// Reference rows summed over the steps, with their images' pixels.
     pub row_steps: usize,
     pub row_pixels: f64,
@@ -439,6 +442,7 @@ pub fn negtome_cost(exp: &Experiment) -> Result<NegtomeCost> {
     } else {
         crate::sampling::SchedulerConfig::sd15_ddim()
     };
+    let mut encoded = std::collections::BTreeSet::new();
     let mut keys = vec![];
     for key in cells.iter().map(|c| c.batch_key()) {
         if !keys.contains(&key) {
@@ -451,15 +455,20 @@ pub fn negtome_cost(exp: &Experiment) -> Result<NegtomeCost> {
         let (steps, w, h, kind, ..) = key;
         let sched = crate::sampling::make_scheduler(kind, &sched_cfg, steps)?;
         let row_steps = crate::sampling::negtome::reference_row_steps(&group, sched.timesteps());
+        cost.never_active += group
+            .iter()
+            .filter(|c| !sched.timesteps().iter().any(|&t| c.negtome_active(t)))
+            .count();
         let pixels = (w * h) as f64;
-        let images = crate::sampling::negtome::ReferenceRows::new(&group)
-            .images
-            .len();
         cost.row_steps += row_steps;
         cost.row_pixels += row_steps as f64 * pixels;
-        cost.encodes += images;
-        cost.encode_pixels += images as f64 * pixels;
+        for image in crate::sampling::negtome::ReferenceRows::new(&group).images {
+            encoded.insert((image, w, h));
+        }
     }
+    // The run encodes each image once per size, whatever the batches.
+    cost.encodes = encoded.len();
+    cost.encode_pixels = encoded.iter().map(|(_, w, h)| (w * h) as f64).sum();
     Ok(cost)
 }
 
@@ -482,6 +491,7 @@ mod tests {
 
     static NO_NEGTOME: NegtomeCost = NegtomeCost {
         cells: 0,
+        never_active: 0,
         row_steps: 0,
         row_pixels: 0.0,
         encodes: 0,
@@ -498,6 +508,26 @@ mod tests {
             visible: true,
             calibrate: false,
         }
+    }
+
+    #[test]
+    fn negtome_cells_with_no_step_in_their_range_are_counted() {
+        let dir = std::env::temp_dir().join(format!("negimg-negtome-{}", std::process::id()));
+        let text = "[experiment]\nname = \"e\"\n[models]\npipeline = \"m/pipeline\"\n\
+             ip_adapter = { base = \"m/ip-adapter_sd15.safetensors\" }\n\
+             image_encoder = \"m/image_encoder\"\n\
+             init_random = { preset = \"tiny\", dir = \"m\" }\n\
+             [images.lawn]\ngenerate = { prompt = \"a lawn\" }\n\
+             [defaults]\nsize = 64\nseeds = [1]\nmethod = \"negtome\"\n\
+             negative_image = \"lawn\"\n[grid]\nsteps = [4, 25]\n";
+        let exp =
+            crate::experiment::parse(&dir.join("e.toml"), text.into(), &LoadOptions::default())
+                .unwrap();
+        let cost = negtome_cost(&exp).unwrap();
+        // DDIM: 4 steps start at timestep 751, below 800; 25 steps start at 961.
+        assert_eq!((cost.cells, cost.never_active), (2, 1));
+        // One image at one size: encoded once although the cells make two batches.
+        assert_eq!(cost.encodes, 1);
     }
 
     #[test]
@@ -525,6 +555,7 @@ mod tests {
         let pixels = 128.0 * 128.0;
         let negtome = NegtomeCost {
             cells: 1,
+            never_active: 0,
             row_steps: 8,
             row_pixels: 8.0 * pixels,
             encodes: 1,

@@ -153,6 +153,13 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             negtome.encodes
         );
     }
+    if negtome.never_active > 0 {
+        say!(
+            "warning: {} NegToMe cells have no step with a timestep in their negtome_t_min..\
+             negtome_t_max range (few steps start below 800): they never merge",
+            negtome.never_active
+        );
+    }
     // Cells that differ only in what their negative mode ignores make one image.
     let images: std::collections::BTreeSet<String> = exp
         .cells
