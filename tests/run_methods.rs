@@ -21,7 +21,7 @@ fn methods_tiny_runs_every_method_and_records_it() {
     let out = common::negimg(&["--device", "cpu", "run", exp], &dir);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("32 cells; 32 made now, 0 kept from before"),
+        text(&out).contains("40 cells; 40 made now, 0 kept from before"),
         "{}",
         text(&out)
     );
@@ -32,13 +32,20 @@ fn methods_tiny_runs_every_method_and_records_it() {
         "method=subtract",
         "method=three_branch",
         "method=perp_neg",
+        "method=negtome",
     ] {
         assert!(plan.contains(m), "plan lists {m}:\n{plan}");
     }
     assert!(
-        plan.contains("16 cells take 3 (three_branch, perp_neg), 16 take 2"),
+        plan.contains("16 cells take 3 (three_branch, perp_neg), 24 take 2"),
         "{plan}"
     );
+    // The negtome cells with a negative image merge (at the first of the 3 steps).
+    assert!(
+        plan.contains("NegToMe: 4 cells merge against 1 reference image(s): 1 more UNet row(s)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("never merge"), "{plan}");
     let runs: Vec<_> = std::fs::read_dir(dir.join("results/methods-tiny"))
         .unwrap()
         .flatten()
@@ -51,6 +58,7 @@ fn methods_tiny_runs_every_method_and_records_it() {
         Method::Subtract,
         Method::ThreeBranch,
         Method::PerpNeg,
+        Method::Negtome,
     ] {
         assert_eq!(records.iter().filter(|r| r.method == m).count(), 8, "{m}");
     }

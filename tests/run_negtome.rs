@@ -34,7 +34,7 @@ fn negtome_tiny_experiment_plans_runs_and_records_the_merge() {
     // 4 merging cells, one reference image; DDIM's 3 steps are at 667, 334, 1 and the range
     // starts at 300: one reference row at 2 steps.
     assert!(
-        plan.contains("NegToMe: 4 cells merge against 1 reference images: 2 more UNet rows"),
+        plan.contains("NegToMe: 4 cells merge against 1 reference image(s): 2 more UNet row(s)"),
         "{plan}"
     );
     let runs: Vec<_> = std::fs::read_dir(dir.join("results/negtome-tiny"))

@@ -144,9 +144,9 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     let negtome = super::estimate::negtome_cost(&exp)?;
     if negtome.cells > 0 {
         say!(
-            "NegToMe: {} cells merge against {} reference images: {} more UNet rows summed \
+            "NegToMe: {} cells merge against {} reference image(s): {} more UNet row(s) summed \
              over the steps (each reference row only at the steps where a cell merges, \
-             shared by the cells of a batch), {} VAE encodes",
+             shared by the cells of a batch), {} VAE encode(s)",
             negtome.cells,
             negtome.encodes,
             negtome.row_steps,
