@@ -10,35 +10,8 @@ use negimg::run::records::{Status, read_records};
 
 #[test]
 fn controls_tiny_runs_with_every_kind_and_reruns_from_the_cache() {
-    let dir = common::scratch("derive_run");
-    std::fs::create_dir_all(dir.join("experiments")).unwrap();
+    let (dir, run) = common::run_copied_experiment("derive_run", "controls-tiny", 17);
     let file = dir.join("experiments/controls-tiny.toml");
-    std::fs::copy(common::repo().join("experiments/controls-tiny.toml"), &file).unwrap();
-    let run_it = || {
-        let out = common::negimg(
-            &["--device", "cpu", "run", "experiments/controls-tiny.toml"],
-            &dir,
-        );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{text}");
-        text
-    };
-    let text = run_it();
-    assert!(
-        text.contains("17 cells; 17 made now, 0 kept from before"),
-        "{text}"
-    );
-
-    let run = std::fs::read_dir(dir.join("results/controls-tiny"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
     let records = read_records(&run.join("records.csv")).unwrap();
     assert_eq!(records.len(), 17);
     assert!(records.iter().all(|r| r.status == Status::Done));
@@ -85,7 +58,12 @@ fn controls_tiny_runs_with_every_kind_and_reruns_from_the_cache() {
     // From the cache: nothing made again, the same inputs.
     let before = std::fs::read(run.join("inputs/house_shuffle@0.png")).unwrap();
     std::fs::remove_file(run.join("inputs/house_shuffle@0.png")).unwrap();
-    let text = run_it();
+    let out = common::negimg(
+        &["--device", "cpu", "run", "experiments/controls-tiny.toml"],
+        &dir,
+    );
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
     assert!(text.contains("0 made now, 17 kept from before"), "{text}");
     assert_eq!(
         std::fs::read(run.join("inputs/house_shuffle@0.png")).unwrap(),

@@ -8,62 +8,40 @@
 //! downsamples by 2: 64x64 images have 32x32 latents, the smallest size NegToMe merges at.
 mod common;
 
+use common::parity::{self, Parity, Setup};
 use negimg::params::{AdapterKind, GenParams, Method, NegativeMode};
+use negimg::pipeline::Pipeline;
 use negimg::pipeline::negtome::noise_seed;
-use negimg::pipeline::{Pipeline, to_rgb8};
 use negimg::roles::ModelSet;
-use negimg::weights::{TensorFile, TensorSource};
 use serde_json::json;
 use std::path::Path;
 use std::sync::OnceLock;
-use tch::{Device, Kind, Tensor};
-
-fn write_image(path: &Path, w: u32, h: u32, seed: u32) {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        let v =
-            |k: u32| ((x * (7 + k) + y * (13 + 2 * k) + seed * 31 + (x * y) % (5 + k)) % 256) as u8;
-        image::Rgb([v(0), v(1), v(2)])
-    });
-    img.save(path).unwrap();
-}
+use tch::{Device, Kind};
 
 /// A NegToMe cell of 64x64 whose merge is active at 3 of its 4 DDIM steps (timesteps 751,
 /// 501, 251 but not 1). Tokens of these random weights are near-parallel: at threshold 0.9
 /// about a third of them merge, so both sides of the threshold are exercised.
-fn cell(dir: &Path, method: Method, adapter: AdapterKind) -> GenParams {
-    let mut c = GenParams::new(5);
+fn cell(dir: &Path, method: Method, adapter: AdapterKind) -> (String, GenParams) {
+    let mut c = parity::cell(dir, 5);
     c.method = method;
     c.negtome = method != Method::Negtome;
     c.adapter = adapter;
-    c.positive_image = Some(dir.join("pos.png"));
-    c.negative_image = Some(dir.join("neg.png"));
-    c.prompt = "a house in winter".into();
-    c.negative_prompt = "grass, lawn".into();
-    c.negative = NegativeMode::Both;
     c.positive.weight = 0.8;
     c.negative_branch.weight = 0.6;
     c.negtome_alpha = 0.9;
     c.negtome_threshold = 0.9;
     c.negtome_t_min = 200.0;
     c.negtome_t_max = 1000.0;
-    c.steps = 4;
     c.width = 64;
     c.height = 64;
-    c
+    (format!("{method}_{adapter}"), c)
 }
 
-fn name(c: &GenParams) -> String {
-    format!("{}_{}", c.method, c.adapter)
-}
-
-fn case_json(c: &GenParams) -> serde_json::Value {
-    let path = |x: Option<&std::path::PathBuf>| x.map(|p| p.to_str().unwrap().to_string());
+/// What negtome_parity.py reads besides the common case keys.
+fn negtome_json(c: &GenParams) -> serde_json::Value {
     let neg = c.negtome_image().unwrap();
     json!({
-        "name": name(c), "method": c.method.to_string(), "adapter": c.adapter.to_string(),
-        "prompt": c.prompt, "uncond_prompt": c.uncond_text(),
-        "pos_image": path(c.positive_image.as_ref()), "neg_image": path(Some(neg)),
-        "steps": c.steps, "cfg": c.cfg, "seed": c.seed, "size": c.width,
+        "neg_image": neg.to_str().unwrap(),
         "weight": c.positive.weight, "neg_weight": c.negative_branch.weight,
         "alpha": c.negtome_alpha, "threshold": c.negtome_threshold,
         "t_min": c.negtome_t_min, "t_max": c.negtome_t_max,
@@ -71,99 +49,41 @@ fn case_json(c: &GenParams) -> serde_json::Value {
     })
 }
 
-struct Shared {
-    cells: Vec<GenParams>,
-    /// Our float images `[3, H, W]` as plain data (a static cannot hold tensors).
-    ours: Vec<(Vec<f32>, Vec<i64>)>,
-    reference: TensorFile,
-}
-
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
+fn shared() -> &'static Parity {
+    static SHARED: OnceLock<Parity> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let dir = common::scratch("parity_negtome");
-        let models = common::tiny::tiny_models();
-        write_image(&dir.join("pos.png"), 96, 80, 1);
-        // At the generation size: the VAE's input needs no resampling, so both sides agree.
-        write_image(&dir.join("neg.png"), 64, 64, 2);
-        let cells = vec![
-            cell(&dir, Method::Negtome, AdapterKind::Base),
-            cell(&dir, Method::Uncond, AdapterKind::Plus),
-        ];
-        let spec: Vec<_> = cells.iter().map(case_json).collect();
-        let cases = dir.join("cases.json");
-        std::fs::write(&cases, serde_json::to_string(&spec).unwrap()).unwrap();
-        let out = dir.join("ref.safetensors");
-        common::run_python(
-            "negtome_parity.py",
-            &[
-                models.to_str().unwrap(),
-                cases.to_str().unwrap(),
-                out.to_str().unwrap(),
-            ],
-        );
-        let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
-        let ours = common::generate_float(&mut pipeline, &cells, cells.len(), &mut |_, _| {})
-            .into_iter()
-            .map(|r| {
-                let t = r.unwrap();
-                (Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(), t.size())
-            })
-            .collect();
-        Shared {
-            cells,
-            ours,
-            reference: TensorFile::open(&out).unwrap(),
-        }
+        let setup = Setup {
+            // At the generation size: the VAE's input needs no resampling, so both sides agree.
+            neg_size: (64, 64),
+            extra: &negtome_json,
+            ..Setup::tiny("parity_negtome", "negtome_parity.py")
+        };
+        let cells = |dir: &Path| {
+            vec![
+                cell(dir, Method::Negtome, AdapterKind::Base),
+                cell(dir, Method::Uncond, AdapterKind::Plus),
+            ]
+        };
+        Parity::compute(setup, cells).0
     })
-}
-
-fn u8_of(img: &Tensor) -> Tensor {
-    let rgb = to_rgb8(img);
-    let (w, h) = rgb.dimensions();
-    Tensor::from_slice(rgb.as_raw())
-        .view([h as i64, w as i64, 3])
-        .permute([2, 0, 1])
-        .to_kind(Kind::Int64)
-}
-
-fn reference(s: &Shared, key: &str) -> Tensor {
-    s.reference.get(key, Device::Cpu, Kind::Float).unwrap()
-}
-
-fn ours(s: &Shared) -> Vec<(&GenParams, Tensor)> {
-    s.cells
-        .iter()
-        .zip(&s.ours)
-        .map(|(c, (data, shape))| (c, Tensor::from_slice(data).view(shape.as_slice())))
-        .collect()
 }
 
 /// Ours matches the reference within 1/255, and the reference did merge tokens.
 #[test]
 fn parity_negtome_alone_and_with_uncond() {
     let s = shared();
-    for (c, img) in ours(s) {
-        let merged = reference(s, &format!("{}.merged", name(c))).double_value(&[0]);
+    for (name, _, _) in s.select(|_| true) {
+        let merged = s
+            .reference_tensor(&format!("{name}.merged"), Kind::Float)
+            .double_value(&[0]);
         // 3 active steps x 2 attentions x 2 rows x 3 transformers (up_blocks.1) x 32*32.
         let tokens = (3 * 2 * 2 * 3 * 32 * 32) as f64;
+        eprintln!("{name}: {merged} tokens merged");
         assert!(
             merged > 0.0 && merged < tokens,
-            "{}: the reference merged {merged} of {tokens} tokens",
-            name(c)
+            "{name}: the reference merged {merged} of {tokens} tokens"
         );
-        let want = reference(s, &format!("{}.float", name(c)));
-        let float = common::max_abs_diff(&img, &want);
-        let u8_diff = common::max_abs_diff(&u8_of(&img), &u8_of(&want));
-        eprintln!(
-            "{}: float {float:.2e}, 8-bit {u8_diff}, {merged} tokens merged",
-            name(c)
-        );
-        assert!(
-            u8_diff <= 1.0,
-            "{}: 8-bit diff {u8_diff} (float {float})",
-            name(c)
-        );
+        s.assert_parity(name);
     }
 }
 
@@ -172,24 +92,21 @@ fn parity_negtome_alone_and_with_uncond() {
 #[test]
 fn negtome_guard_merge_is_not_skipped() {
     let s = shared();
-    for (c, img) in ours(s) {
-        let plain = reference(s, &format!("{}.nomerge", name(c)));
-        let d = common::max_abs_diff(&u8_of(&img), &u8_of(&plain));
-        eprintln!("{}: {d}/255 from the image without the merge", name(c));
-        assert!(d > 2.0, "{}: only {d}/255 from the unmerged image", name(c));
+    for (name, _, img) in s.select(|_| true) {
+        let plain = s.reference_tensor(&format!("{name}.nomerge"), Kind::Float);
+        parity::assert_far(name, &img, &plain, "the image without the merge");
     }
 }
 
 /// Batched as the runner does and one by one give the same images within 1e-5 (float64):
-/// two
-/// negative images (so two reference rows), cells sharing one, different α, thresholds and
+/// two negative images (so two reference rows), cells sharing one, different α, thresholds and
 /// ranges, a three-row method with NegToMe, and a cell without NegToMe.
 #[test]
 fn negtome_batched_cells_equal_cells_generated_alone() {
     let dir = common::scratch("negtome_batching");
     let models = common::tiny::tiny_models();
     for (i, (w, h)) in [(64, 64), (80, 72), (64, 64)].into_iter().enumerate() {
-        write_image(&dir.join(format!("img{i}.png")), w, h, 10 + i as u32);
+        parity::write_image(&dir.join(format!("img{i}.png")), w, h, 10 + i as u32);
     }
     let mut cells = Vec::new();
     for i in 0..5usize {
@@ -223,14 +140,6 @@ fn negtome_batched_cells_equal_cells_generated_alone() {
     // ~3e-3 on these random weights (measured); float64 shows the rows are the same rows.
     let set = ModelSet::from_models_dir(&models);
     let mut pipeline = Pipeline::load(&set, Device::Cpu, Kind::Double, &mut |_| {}).unwrap();
-    let alone = common::generate_float(&mut pipeline, &cells, 1, &mut |_, _| {});
-    let mut calls = 0;
-    let together =
-        common::generate_float(&mut pipeline, &cells, cells.len(), &mut |_, _| calls += 1);
-    assert_eq!(calls, 3, "one batch of 3 steps");
-    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
-        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-        let d = common::max_abs_diff(a, b);
-        assert!(d <= 1e-5, "cell {i}: batched image differs by {d}");
-    }
+    let calls = (3, "one batch of 3 steps");
+    common::assert_batched_equal_alone(&mut pipeline, &cells, calls, &|i| format!("cell {i}"));
 }

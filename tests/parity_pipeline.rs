@@ -3,23 +3,15 @@
 //! (a window one step late; the negative weight ignored after step 0).
 mod common;
 
+use common::parity::{self, branch, u8_of};
 use negimg::params::{AdapterKind, BranchWeight, GenParams, NegativeMode, NoImage, SchedulerKind};
-use negimg::pipeline::{Pipeline, to_rgb8};
+use negimg::pipeline::Pipeline;
 use negimg::roles::ModelSet;
 use negimg::weights::{TensorFile, TensorSource};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
-
-fn write_image(path: &Path, w: u32, h: u32, seed: u32) {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        let v =
-            |k: u32| ((x * (7 + k) + y * (13 + 2 * k) + seed * 31 + (x * y) % (5 + k)) % 256) as u8;
-        image::Rgb([v(0), v(1), v(2)])
-    });
-    img.save(path).unwrap();
-}
 
 struct Case {
     name: String,
@@ -29,39 +21,20 @@ struct Case {
 }
 
 fn full(weight: f64) -> BranchWeight {
-    BranchWeight {
-        weight,
-        start: 0.0,
-        end: 1.0,
-    }
-}
-
-fn branch_json(b: &BranchWeight) -> serde_json::Value {
-    json!({"weight": b.weight, "start": b.start, "end": b.end})
+    branch(weight, 0.0, 1.0)
 }
 
 fn case_json(c: &Case) -> serde_json::Value {
-    let p = &c.cell;
-    let path = |x: Option<&PathBuf>| x.map(|p| p.to_str().unwrap().to_string());
-    json!({
-        "name": c.name, "prompt": p.prompt, "uncond_prompt": p.uncond_text(),
-        "pos_image": path(p.positive_image.as_ref()), "uncond_image": path(p.uncond_image()),
-        "adapter": p.adapter.to_string(), "scheduler": p.scheduler.to_string(), "steps": p.steps,
-        "cfg": p.cfg, "seed": p.seed, "size": p.width, "no_image": p.no_image.to_string(),
-        "positive": branch_json(&p.positive), "negative": branch_json(&p.negative_branch),
-        "schedule": c.schedule,
-    })
+    let mut j = parity::case_json(&c.name, &c.cell);
+    j["schedule"] = json!(c.schedule);
+    j
 }
 
+/// The standard parity cell with no prompt.
 fn base_cell(dir: &Path, seed: u64) -> GenParams {
-    let mut c = GenParams::new(seed);
-    c.positive_image = Some(dir.join("pos.png"));
-    c.negative_image = Some(dir.join("neg.png"));
+    let mut c = parity::cell(dir, seed);
     c.prompt = String::new();
-    c.negative_prompt = "grass, lawn".into();
-    c.steps = 4;
-    c.width = 32;
-    c.height = 32;
+    c.negative = NegativeMode::Image;
     c
 }
 
@@ -84,30 +57,9 @@ impl Reference {
 
 fn run_reference(dir: &Path, models: &Path, cases: &[Case]) -> Reference {
     let spec: Vec<_> = cases.iter().map(case_json).collect();
-    let cases_path = dir.join("cases.json");
-    std::fs::write(&cases_path, serde_json::to_string(&spec).unwrap()).unwrap();
-    let out = dir.join("ref.safetensors");
-    common::run_python(
-        "pipeline_parity.py",
-        &[
-            models.to_str().unwrap(),
-            cases_path.to_str().unwrap(),
-            out.to_str().unwrap(),
-        ],
-    );
     Reference {
-        file: TensorFile::open(&out).unwrap(),
+        file: parity::run_reference("pipeline_parity.py", dir, models, &spec),
     }
-}
-
-/// 8-bit pixels of a float image as an Int64 tensor [3, H, W].
-fn u8_of(img: &Tensor) -> Tensor {
-    let rgb = to_rgb8(img);
-    let (w, h) = rgb.dimensions();
-    Tensor::from_slice(rgb.as_raw())
-        .view([h as i64, w as i64, 3])
-        .permute([2, 0, 1])
-        .to_kind(Kind::Int64)
 }
 
 fn generate(pipeline: &mut Pipeline, cells: &[GenParams]) -> Vec<Tensor> {
@@ -130,8 +82,7 @@ fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
         let dir = common::scratch("parity_pipeline");
         let models = common::tiny::tiny_models();
-        write_image(&dir.join("pos.png"), 96, 80, 1);
-        write_image(&dir.join("neg.png"), 70, 90, 2);
+        parity::write_pos_neg(&dir, (70, 90));
         let mut cases = mode_cases(&dir);
         cases.extend(defect_cases(&dir));
         let reference = run_reference(&dir, &models, &cases);
@@ -204,16 +155,8 @@ fn mode_cases(dir: &Path) -> Vec<Case> {
     extra("text_prompt_weights_windows", &|c| {
         c.prompt = "a house in winter".into();
         c.negative = NegativeMode::Both;
-        c.positive = BranchWeight {
-            weight: 0.6,
-            start: 0.25,
-            end: 1.0,
-        };
-        c.negative_branch = BranchWeight {
-            weight: 1.4,
-            start: 0.0,
-            end: 0.75,
-        };
+        c.positive = branch(0.6, 0.25, 1.0);
+        c.negative_branch = branch(1.4, 0.0, 0.75);
         c.steps = 5;
     });
     cases
@@ -224,11 +167,7 @@ fn mode_cases(dir: &Path) -> Vec<Case> {
 fn window_cell(dir: &Path) -> GenParams {
     let mut c = base_cell(dir, 7);
     c.negative = NegativeMode::Image;
-    c.positive = BranchWeight {
-        weight: 2.0,
-        start: 0.5,
-        end: 1.0,
-    };
+    c.positive = branch(2.0, 0.5, 1.0);
     c.negative_branch = full(1.0);
     c
 }

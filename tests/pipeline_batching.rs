@@ -4,6 +4,7 @@ mod common;
 
 use negimg::params::{AdapterKind, BranchWeight, GenParams, NegativeMode, SchedulerKind};
 use negimg::roles::ModelSet;
+use std::path::PathBuf;
 
 fn write_image(path: &std::path::Path, w: u32, h: u32, seed: u32) {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
@@ -16,25 +17,37 @@ fn write_image(path: &std::path::Path, w: u32, h: u32, seed: u32) {
     img.save(path).unwrap();
 }
 
+/// `n` test images of `dir` (`img{i}.png`), the i-th of `size(i)`.
+fn images(dir: &std::path::Path, n: u32, size: impl Fn(u32) -> (u32, u32)) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("img{i}.png"));
+            let (w, h) = size(i);
+            write_image(&p, w, h, i);
+            p
+        })
+        .collect()
+}
+
+/// A cell of `steps` steps at 32x32.
+fn small_cell(seed: u64, steps: usize) -> GenParams {
+    let mut c = GenParams::new(seed);
+    c.steps = steps;
+    c.width = 32;
+    c.height = 32;
+    c
+}
+
 #[test]
 fn batched_cells_equal_cells_generated_alone() {
     let dir = common::scratch("pipeline_batching");
     let models = common::tiny::tiny_models();
-    let images: Vec<_> = (0..3)
-        .map(|i| {
-            let p = dir.join(format!("img{i}.png"));
-            write_image(&p, 40 + 8 * i, 48, i);
-            p
-        })
-        .collect();
+    let images = images(&dir, 3, |i| (40 + 8 * i, 48));
     // Cells that differ in everything but the batch key: images, modes, weights, windows,
     // guidance, prompts, seeds.
     let mut cells = Vec::new();
     for i in 0..5usize {
-        let mut c = GenParams::new(100 + i as u64);
-        c.steps = 4;
-        c.width = 32;
-        c.height = 32;
+        let mut c = small_cell(100 + i as u64, 4);
         c.scheduler = SchedulerKind::DpmPp2mKarras;
         c.adapter = AdapterKind::Plus;
         c.positive_image = (i != 3).then(|| images[i % 3].clone());
@@ -61,10 +74,7 @@ fn batched_cells_equal_cells_generated_alone() {
         cells.push(c);
     }
     // A text-to-image cell: weights 0 and no images.
-    let mut t2i = GenParams::new(7);
-    t2i.steps = 4;
-    t2i.width = 32;
-    t2i.height = 32;
+    let mut t2i = small_cell(7, 4);
     t2i.scheduler = SchedulerKind::DpmPp2mKarras;
     t2i.adapter = AdapterKind::Plus;
     t2i.negative = NegativeMode::None;
@@ -74,16 +84,8 @@ fn batched_cells_equal_cells_generated_alone() {
     cells.push(t2i);
 
     let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
-    let alone = common::generate_float(&mut pipeline, &cells, 1, &mut |_, _| {});
-    let mut calls = 0;
-    let together =
-        common::generate_float(&mut pipeline, &cells, cells.len(), &mut |_, _| calls += 1);
-    assert_eq!(calls, 4, "one batch of 4 steps");
-    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
-        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-        let d = common::max_abs_diff(a, b);
-        assert!(d <= 1e-5, "cell {i}: batched image differs by {d}");
-    }
+    let calls = (4, "one batch of 4 steps");
+    common::assert_batched_equal_alone(&mut pipeline, &cells, calls, &|i| format!("cell {i}"));
 }
 
 /// Cells of every negative method in one batch (two- and three-row cells mixed, both
@@ -93,13 +95,7 @@ fn batched_mixed_methods_equal_cells_generated_alone() {
     use negimg::params::Method;
     let dir = common::scratch("pipeline_batching_methods");
     let models = common::tiny::tiny_models();
-    let images: Vec<_> = (0..2)
-        .map(|i| {
-            let p = dir.join(format!("img{i}.png"));
-            write_image(&p, 48, 40 + 8 * i, i);
-            p
-        })
-        .collect();
+    let images = images(&dir, 2, |i| (48, 40 + 8 * i));
     let methods = [
         Method::PerpNeg,
         Method::Uncond,
@@ -111,10 +107,7 @@ fn batched_mixed_methods_equal_cells_generated_alone() {
     let mut cells = Vec::new();
     for (i, method) in methods.into_iter().enumerate() {
         for adapter in [AdapterKind::Base, AdapterKind::Plus] {
-            let mut c = GenParams::new(200 + i as u64);
-            c.steps = 3;
-            c.width = 32;
-            c.height = 32;
+            let mut c = small_cell(200 + i as u64, 3);
             c.adapter = adapter;
             c.method = method;
             c.positive_image = (i != 5).then(|| images[0].clone());
@@ -130,20 +123,9 @@ fn batched_mixed_methods_equal_cells_generated_alone() {
         }
     }
     let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
-    let alone = common::generate_float(&mut pipeline, &cells, 1, &mut |_, _| {});
-    let mut calls = 0;
-    let together =
-        common::generate_float(&mut pipeline, &cells, cells.len(), &mut |_, _| calls += 1);
-    assert_eq!(calls, 6, "one batch of 3 steps per adapter");
-    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
-        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-        let d = common::max_abs_diff(a, b);
-        assert!(
-            d <= 1e-5,
-            "cell {i} ({}): batched image differs by {d}",
-            cells[i].method
-        );
-    }
+    let calls = (6, "one batch of 3 steps per adapter");
+    let label = |i: usize| format!("cell {i} ({})", cells[i].method);
+    common::assert_batched_equal_alone(&mut pipeline, &cells, calls, &label);
 }
 
 /// A grid whose cells differ in `blocks` and `neg_blocks` (presets and lists, on the tiny
@@ -154,13 +136,7 @@ fn batched_mixed_blocks_equal_cells_generated_alone() {
     use negimg::params::{BlockWeights, Method};
     let dir = common::scratch("pipeline_batching_blocks");
     let models = common::tiny::tiny_sd15_models();
-    let images: Vec<_> = (0..2)
-        .map(|i| {
-            let p = dir.join(format!("img{i}.png"));
-            write_image(&p, 48, 40 + 8 * i, i);
-            p
-        })
-        .collect();
+    let images = images(&dir, 2, |i| (48, 40 + 8 * i));
     let blocks: [(BlockWeights, Option<&str>); 5] = [
         (BlockWeights::Style, None),
         (BlockWeights::All, Some("4:0.25, 5:1")),
@@ -171,10 +147,7 @@ fn batched_mixed_blocks_equal_cells_generated_alone() {
     let mut cells = Vec::new();
     for (i, (b, nb)) in blocks.into_iter().enumerate() {
         for method in [Method::Uncond, Method::PerpNeg] {
-            let mut c = GenParams::new(300 + i as u64);
-            c.steps = 3;
-            c.width = 32;
-            c.height = 32;
+            let mut c = small_cell(300 + i as u64, 3);
             c.method = method;
             c.positive_image = Some(images[0].clone());
             c.negative_image = Some(images[1].clone());
@@ -185,23 +158,14 @@ fn batched_mixed_blocks_equal_cells_generated_alone() {
         }
     }
     let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
-    let alone = common::generate_float(&mut pipeline, &cells, 1, &mut |_, _| {});
-    let mut calls = 0;
-    let together =
-        common::generate_float(&mut pipeline, &cells, cells.len(), &mut |_, _| calls += 1);
-    assert_eq!(calls, 3, "one batch of 3 steps");
-    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
-        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-        let d = common::max_abs_diff(a, b);
+    let label = |i: usize| {
         let c = &cells[i];
-        assert!(
-            d <= 1e-5,
-            "cell {i} (blocks {}, neg_blocks {}, {}): batched image differs by {d}",
-            c.blocks,
-            c.neg_blocks,
-            c.method
-        );
-    }
+        format!(
+            "cell {i} (blocks {}, neg_blocks {}, {})",
+            c.blocks, c.neg_blocks, c.method
+        )
+    };
+    common::assert_batched_equal_alone(&mut pipeline, &cells, (3, "one batch of 3 steps"), &label);
 }
 
 /// Each `ip_scaling` (one per batch: it is part of the batch key) computes every UNet row of

@@ -3,8 +3,6 @@
 mod common;
 
 use negimg::params::{GenParams, NegativeMode, SchedulerKind};
-use negimg::pipeline::CellOutcome;
-use negimg::roles::ModelSet;
 
 #[test]
 fn generate_writes_the_library_image_as_png() {
@@ -24,11 +22,6 @@ fn generate_writes_the_library_image_as_png() {
     .unwrap();
     let out = dir.join("sub/out.png");
     let args = [
-        "generate",
-        "--device",
-        "cpu",
-        "--models",
-        models.to_str().unwrap(),
         "--positive",
         pos.to_str().unwrap(),
         "--negative",
@@ -54,7 +47,7 @@ fn generate_writes_the_library_image_as_png() {
         "--out",
         out.to_str().unwrap(),
     ];
-    let run = common::negimg(&args, &dir);
+    let run = common::negimg_generate(&models, &args, &dir);
     assert!(
         run.status.success(),
         "{}",
@@ -76,12 +69,7 @@ fn generate_writes_the_library_image_as_png() {
     cell.width = 32;
     cell.height = 32;
     cell.cfg = 6.0;
-    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
-    let Some(CellOutcome::Image(img)) = pipeline.generate(&[cell], &mut |_, _| {}).unwrap().pop()
-    else {
-        panic!("the library image failed");
-    };
-    assert_eq!(written, img);
+    assert_eq!(written, common::library_image(&models, cell));
     // The PNG carries the same text chunks as a grid cell.
     let texts = negimg::run::png::read_texts(&out).unwrap();
     let parameters = texts
@@ -99,18 +87,7 @@ fn generate_writes_the_library_image_as_png() {
         "{texts:?}"
     );
 
-    let bad = common::negimg(
-        &[
-            "generate",
-            "--device",
-            "cpu",
-            "--models",
-            models.to_str().unwrap(),
-            "--negative-mode",
-            "image",
-        ],
-        &dir,
-    );
+    let bad = common::negimg_generate(&models, &["--negative-mode", "image"], &dir);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--negative IMAGE"));
 

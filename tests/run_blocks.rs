@@ -8,25 +8,8 @@ use negimg::run::records::{Status, read_records};
 
 #[test]
 fn blocks_tiny_runs_every_preset_and_ip_scaling_and_records_them() {
-    let dir = common::scratch("run_blocks");
-    std::fs::create_dir_all(dir.join("experiments")).unwrap();
-    let exp = "experiments/blocks-tiny.toml";
-    std::fs::copy(common::repo().join(exp), dir.join(exp)).unwrap();
-    let text = |out: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
-    let out = common::negimg(&["--device", "cpu", "run", exp], &dir);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("40 cells; 40 made now, 0 kept from before"),
-        "{}",
-        text(&out)
-    );
-    let plan = text(&common::negimg(&["--device", "cpu", "plan", exp], &dir));
+    let (dir, run) = common::run_copied_experiment("run_blocks", "blocks-tiny", 40);
+    let plan = common::plan("experiments/blocks-tiny.toml", &dir);
     for v in [
         "neg_blocks=style",
         "neg_blocks=composition",
@@ -45,12 +28,7 @@ fn blocks_tiny_runs_every_preset_and_ip_scaling_and_records_them() {
             "one batch group per ip_scaling:\n{plan}"
         );
     }
-    let runs: Vec<_> = std::fs::read_dir(dir.join("results/blocks-tiny"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .collect();
-    let records = read_records(&runs[0].path().join("records.csv")).unwrap();
+    let records = read_records(&run.join("records.csv")).unwrap();
     assert!(records.iter().all(|r| r.status == Status::Done));
     let list: BlockWeights = "6:1, 12:0.5".parse().unwrap();
     for b in [

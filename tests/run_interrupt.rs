@@ -14,16 +14,11 @@ use std::time::{Duration, Instant};
 const CELLS: usize = 8;
 
 fn experiment(dir: &Path) -> PathBuf {
-    let tiny = tiny_models();
-    let t = tiny.display();
+    let models = common::tiny::models_toml(&tiny_models());
     let text = format!(
         r#"[experiment]
 name = "kill"
-[models]
-pipeline = "{t}/pipeline"
-ip_adapter = {{ base = "{t}/ip-adapter_sd15.safetensors" }}
-image_encoder = "{t}/image_encoder"
-[images.lawn]
+{models}[images.lawn]
 generate = {{ prompt = "a lawn", seed = 2 }}
 [defaults]
 prompt = "a house"

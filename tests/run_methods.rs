@@ -7,26 +7,8 @@ use negimg::run::records::{Status, read_records};
 
 #[test]
 fn methods_tiny_runs_every_method_and_records_it() {
-    let dir = common::scratch("run_methods");
-    std::fs::create_dir_all(dir.join("experiments")).unwrap();
-    let exp = "experiments/methods-tiny.toml";
-    std::fs::copy(common::repo().join(exp), dir.join(exp)).unwrap();
-    let text = |out: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
-    let out = common::negimg(&["--device", "cpu", "run", exp], &dir);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("40 cells; 40 made now, 0 kept from before"),
-        "{}",
-        text(&out)
-    );
-    let plan = common::negimg(&["--device", "cpu", "plan", exp], &dir);
-    let plan = text(&plan);
+    let (dir, run) = common::run_copied_experiment("run_methods", "methods-tiny", 40);
+    let plan = common::plan("experiments/methods-tiny.toml", &dir);
     for m in [
         "method=uncond",
         "method=subtract",
@@ -46,12 +28,7 @@ fn methods_tiny_runs_every_method_and_records_it() {
         "{plan}"
     );
     assert!(!plan.contains("never merge"), "{plan}");
-    let runs: Vec<_> = std::fs::read_dir(dir.join("results/methods-tiny"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .collect();
-    let records = read_records(&runs[0].path().join("records.csv")).unwrap();
+    let records = read_records(&run.join("records.csv")).unwrap();
     assert!(records.iter().all(|r| r.status == Status::Done));
     for m in [
         Method::Uncond,

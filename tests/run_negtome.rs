@@ -3,33 +3,14 @@
 //! `negimg generate --method negtome` (the library's image), `negimg bench --method negtome`.
 mod common;
 
+use common::text;
 use negimg::params::{GenParams, Method, NegativeMode};
-use negimg::pipeline::CellOutcome;
-use negimg::roles::ModelSet;
 use negimg::run::records::{Status, read_records};
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[test]
 fn negtome_tiny_experiment_plans_runs_and_records_the_merge() {
-    let dir = common::scratch("run_negtome");
-    std::fs::create_dir_all(dir.join("experiments")).unwrap();
-    let exp = "experiments/negtome-tiny.toml";
-    std::fs::copy(common::repo().join(exp), dir.join(exp)).unwrap();
-    let out = common::negimg(&["--device", "cpu", "run", exp], &dir);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("6 cells; 6 made now, 0 kept from before"),
-        "{}",
-        text(&out)
-    );
-    let plan = text(&common::negimg(&["--device", "cpu", "plan", exp], &dir));
+    let (dir, run) = common::run_copied_experiment("run_negtome", "negtome-tiny", 6);
+    let plan = common::plan("experiments/negtome-tiny.toml", &dir);
     assert!(plan.contains("method=negtome"), "{plan}");
     // 4 merging cells, one reference image; DDIM's 3 steps are at 667, 334, 1 and the range
     // starts at 300: one reference row at 2 steps.
@@ -37,12 +18,6 @@ fn negtome_tiny_experiment_plans_runs_and_records_the_merge() {
         plan.contains("NegToMe: 4 cells merge against 1 reference image(s): 2 more UNet row(s)"),
         "{plan}"
     );
-    let runs: Vec<_> = std::fs::read_dir(dir.join("results/negtome-tiny"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .collect();
-    let run = runs[0].path();
     let records = read_records(&run.join("records.csv")).unwrap();
     assert!(records.iter().all(|r| r.status == Status::Done));
     assert_eq!(
@@ -104,11 +79,6 @@ fn negtome_generate_flags_make_the_library_image() {
     .unwrap();
     let out = dir.join("out.png");
     let args = [
-        "generate",
-        "--device",
-        "cpu",
-        "--models",
-        models.to_str().unwrap(),
         "--negative",
         neg.to_str().unwrap(),
         "--prompt",
@@ -128,7 +98,7 @@ fn negtome_generate_flags_make_the_library_image() {
         "--out",
         out.to_str().unwrap(),
     ];
-    let run = common::negimg(&args, &dir);
+    let run = common::negimg_generate(&models, &args, &dir);
     assert!(run.status.success(), "{}", text(&run));
     let written = image::open(&out).unwrap().to_rgb8();
     let mut cell = GenParams::new(0);
@@ -142,36 +112,17 @@ fn negtome_generate_flags_make_the_library_image() {
     cell.steps = 2;
     cell.width = 64;
     cell.height = 64;
-    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
-    let Some(CellOutcome::Image(img)) = pipeline.generate(&[cell], &mut |_, _| {}).unwrap().pop()
-    else {
-        panic!("the library image failed");
-    };
-    assert_eq!(written, img);
-    let bad = common::negimg(
-        &[
-            "generate",
-            "--device",
-            "cpu",
-            "--models",
-            models.to_str().unwrap(),
-            "--negtome",
-        ],
-        &dir,
-    );
+    assert_eq!(written, common::library_image(&models, cell));
+    let bad = common::negimg_generate(&models, &["--negtome"], &dir);
     assert!(!bad.status.success());
     assert!(
         text(&bad).contains("needs --negative IMAGE"),
         "{}",
         text(&bad)
     );
-    let bad = common::negimg(
+    let bad = common::negimg_generate(
+        &models,
         &[
-            "generate",
-            "--device",
-            "cpu",
-            "--models",
-            models.to_str().unwrap(),
             "--negative",
             neg.to_str().unwrap(),
             "--negtome-threshold",

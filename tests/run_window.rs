@@ -10,17 +10,14 @@ use negimg::run::records::{Status, read_records};
 
 fn experiment(models: &std::path::Path) -> String {
     let m = models.display();
+    let models = common::tiny::models_toml(models);
     format!(
         r#"
 [experiment]
 name = "window-tiny"
 description = "Tiny random models: the steps and sigma window rules."
 
-[models]
-pipeline = "{m}/pipeline"
-ip_adapter = {{ base = "{m}/ip-adapter_sd15.safetensors" }}
-image_encoder = "{m}/image_encoder"
-scorer = "{m}/scorer"
+{models}scorer = "{m}/scorer"
 
 [images.house]
 generate = {{ prompt = "a house with a green lawn", seed = 1 }}
@@ -54,21 +51,13 @@ cols = "neg_weight"
     )
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn window_runs_through_plan_records_png_chunks_ids_and_report() {
     let dir = common::scratch("run_window");
     let exp = dir.join("window-tiny.toml");
     std::fs::write(&exp, experiment(&common::tiny::tiny_models())).unwrap();
     let exp = exp.to_str().unwrap();
-    let plan = text(&common::negimg(&["--device", "cpu", "plan", exp], &dir));
+    let plan = common::plan(exp, &dir);
     assert!(plan.contains("window=sigma neg_weight=-0.5"), "{plan}");
     // start 0.3 with 4 Karras steps: steps 2-3 by the step count, 1-3 by sigma.
     assert!(
@@ -76,13 +65,8 @@ fn window_runs_through_plan_records_png_chunks_ids_and_report() {
         "{plan}"
     );
     let out = common::negimg(&["--device", "cpu", "run", exp], &dir);
-    assert!(out.status.success(), "{}", text(&out));
-    let run = std::fs::read_dir(dir.join("results/window-tiny"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let run = common::only_run(&dir.join("results/window-tiny"));
     let records = read_records(&run.join("records.csv")).unwrap();
     assert_eq!(records.len(), 4);
     assert!(records.iter().all(|r| r.status == Status::Done));

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+pub mod parity;
 pub mod tiny;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -119,4 +120,91 @@ pub fn generate_float(
         }
     }
     out.into_iter().map(Option::unwrap).collect()
+}
+
+/// Generates `cells` one by one and in one batch of all; asserts the batch took `calls`
+/// progress calls (its steps) and gives every cell's image within 1e-5 of the image alone.
+/// `label` describes cell i in a failure.
+pub fn assert_batched_equal_alone(
+    pipeline: &mut negimg::pipeline::Pipeline,
+    cells: &[negimg::params::GenParams],
+    calls: (usize, &str),
+    label: &dyn Fn(usize) -> String,
+) {
+    let alone = generate_float(pipeline, cells, 1, &mut |_, _| {});
+    let mut n = 0;
+    let together = generate_float(pipeline, cells, cells.len(), &mut |_, _| n += 1);
+    assert_eq!(n, calls.0, "{}", calls.1);
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        let d = max_abs_diff(a, b);
+        assert!(d <= 1e-5, "{}: batched image differs by {d}", label(i));
+    }
+}
+
+/// What a command printed: stdout, then stderr.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Copies `experiments/<name>.toml` into a fresh scratch folder `scratch_name` and runs it
+/// there on the CPU; asserts the run succeeded and made all of its `cells` now. Returns the
+/// folder and the run's folder under results/.
+pub fn run_copied_experiment(scratch_name: &str, name: &str, cells: usize) -> (PathBuf, PathBuf) {
+    let dir = scratch(scratch_name);
+    std::fs::create_dir_all(dir.join("experiments")).unwrap();
+    let exp = format!("experiments/{name}.toml");
+    std::fs::copy(repo().join(&exp), dir.join(&exp)).unwrap();
+    let out = negimg(&["--device", "cpu", "run", &exp], &dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "{cells} cells; {cells} made now, 0 kept from before"
+        )),
+        "{}",
+        text(&out)
+    );
+    let run = only_run(&dir.join("results").join(name));
+    (dir, run)
+}
+
+/// The run folder in `results` (a results/<experiment> folder holding one run).
+pub fn only_run(results: &Path) -> PathBuf {
+    std::fs::read_dir(results)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap_or_else(|| panic!("no run in {}", results.display()))
+        .path()
+}
+
+/// What `negimg --device cpu plan <exp>` prints, run in `dir`.
+pub fn plan(exp: &str, dir: &Path) -> String {
+    text(&negimg(&["--device", "cpu", "plan", exp], dir))
+}
+
+/// The image the library makes of `cell` with the models of `models`.
+pub fn library_image(models: &Path, cell: negimg::params::GenParams) -> image::RgbImage {
+    let mut pipeline = load_pipeline(&negimg::roles::ModelSet::from_models_dir(models));
+    match pipeline.generate(&[cell], &mut |_, _| {}).unwrap().pop() {
+        Some(negimg::pipeline::CellOutcome::Image(img)) => img,
+        _ => panic!("the library image failed"),
+    }
+}
+
+/// `negimg generate --device cpu --models <models> <args>`, run in `dir`.
+pub fn negimg_generate(models: &Path, args: &[&str], dir: &Path) -> std::process::Output {
+    let mut all = vec![
+        "generate",
+        "--device",
+        "cpu",
+        "--models",
+        models.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    negimg(&all, dir)
 }

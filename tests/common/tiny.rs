@@ -19,6 +19,17 @@ pub fn tiny_sd15_models() -> PathBuf {
     DIR.get_or_init(|| random_models("tiny_sd15")).clone()
 }
 
+/// The `[models]` table of an experiment on the model set in `models` (without a scorer).
+pub fn models_toml(models: &std::path::Path) -> String {
+    let m = models.display();
+    format!(
+        "[models]\n\
+         pipeline = \"{m}/pipeline\"\n\
+         ip_adapter = {{ base = \"{m}/ip-adapter_sd15.safetensors\" }}\n\
+         image_encoder = \"{m}/image_encoder\"\n"
+    )
+}
+
 fn random_models(preset: &str) -> PathBuf {
     let dir = super::repo().join("target/test-models").join(preset);
     let ready = || dir.join("pipeline/model_index.json").is_file();

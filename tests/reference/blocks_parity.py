@@ -14,20 +14,14 @@ ip_scaling v runs diffusers' own IPAdapterAttnProcessor2_0 with a per-layer, per
 the other scalings run the processor below, written from CrossAttentionPatch.py's formulas.
 Writes `{name}.float` (the [0,1] image, [3,H,W]).
 """
-import json, os, sys
+
+import os, sys
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from diffusers import StableDiffusionPipeline, DDIMScheduler
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
-from safetensors.torch import load_file, save_file
-from transformers import CLIPVisionModelWithProjection, CLIPImageProcessor
 
-torch.set_num_threads(2)
-models, cases_path, out_path = sys.argv[1:4]
-cases = json.load(open(cases_path))
-encoder = CLIPVisionModelWithProjection.from_pretrained(os.path.join(models, "image_encoder")).eval()
-processor = CLIPImageProcessor()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common_ref import RowScale, at, cfg2, features, make_scheduler, run_cases, sample
 
 # ComfyUI_IPAdapter_plus, ipadapter_execute, SD1.5 (16 transformers).
 PRESETS = {
@@ -59,31 +53,6 @@ def transformers_in_execution_order(unet):
     for i, b in enumerate(unet.up_blocks):
         add(f"up_blocks.{i}", getattr(b, "attentions", []))
     return names
-
-
-def load_pipe(adapter):
-    pipe = StableDiffusionPipeline.from_pretrained(
-        os.path.join(models, "pipeline"), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    name = {"base": "ip-adapter_sd15.safetensors", "plus": "ip-adapter-plus_sd15.safetensors"}[adapter]
-    sd = {"image_proj": {}, "ip_adapter": {}}
-    for key, value in load_file(os.path.join(models, name)).items():
-        head, rest = key.split(".", 1)
-        sd[head][rest] = value
-    pipe.unet._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    return pipe
-
-
-class RowScale:
-    """A per-row IP scale [R,1,1] that IPAdapterAttnProcessor2_0 multiplies with."""
-    def __init__(self, t):
-        self.t = t
-    def __eq__(self, other):
-        return False
-    def __mul__(self, x):
-        return self.t.to(x.dtype) * x
-    __rmul__ = __mul__
 
 
 class ScaledIPProcessor:
@@ -147,53 +116,28 @@ def set_scales(pipe, per_block_rows):
                 p.w = t
 
 
-def at(branch, i, n):
-    return branch["weight"] if branch["start"] <= i / n < branch["end"] else 0.0
+def prepare(pipe):
+    pipe.base_procs = dict(pipe.unet.attn_processors)
+    pipe.order = transformers_in_execution_order(pipe.unet)
+    return pipe
 
 
-@torch.no_grad()
-def features(path, adapter):
-    if path is None:
-        pixels = processor(images=Image.new("RGB", (224, 224)), return_tensors="pt").pixel_values
-        if adapter == "base":
-            return torch.zeros_like(encoder(pixels).image_embeds)[:, None]
-        return encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2][:, None]
-    pixels = processor(images=Image.open(path).convert("RGB"), return_tensors="pt").pixel_values
-    out = encoder(pixels, output_hidden_states=True)
-    return out.image_embeds[:, None] if adapter == "base" else out.hidden_states[-2][:, None]
+def outputs(pipe, c):
+    set_scaling(pipe, c["ip_scaling"])
+    nb = len(pipe.order)
+    rows = [(c["uncond_prompt"], features(c["uncond_image"], c["adapter"]), c["negative"],
+             factors(c["neg_blocks"], nb)),
+            (c["prompt"], features(c["pos_image"], c["adapter"]), c["positive"],
+             factors(c["blocks"], nb))]
+    n = c["steps"]
+    sched = make_scheduler(pipe, "ddim")
+    sched.set_timesteps(n)
+
+    def before_step(i, t, x):
+        set_scales(pipe, [[at(b, i, n) * fs[j] for _, _, b, fs in rows] for j in range(nb)])
+        return torch.cat([x] * len(rows))
+
+    return {c["name"] + ".float": sample(pipe, sched, c, rows, before_step, cfg2(c))}
 
 
-pipes = {}
-out = {}
-with torch.no_grad():
-    for c in cases:
-        if c["adapter"] not in pipes:
-            pipe = load_pipe(c["adapter"])
-            pipe.base_procs = dict(pipe.unet.attn_processors)
-            pipe.order = transformers_in_execution_order(pipe.unet)
-            pipes[c["adapter"]] = pipe
-        pipe = pipes[c["adapter"]]
-        set_scaling(pipe, c["ip_scaling"])
-        nb = len(pipe.order)
-        rows = [(c["uncond_prompt"], features(c["uncond_image"], c["adapter"]), c["negative"],
-                 factors(c["neg_blocks"], nb)),
-                (c["prompt"], features(c["pos_image"], c["adapter"]), c["positive"],
-                 factors(c["blocks"], nb))]
-        text = torch.cat([pipe.encode_prompt(t, "cpu", 1, False)[0] for t, _, _, _ in rows])
-        image_embeds = [torch.cat([f for _, f, _, _ in rows])]
-        n, size = c["steps"], c["size"]
-        sched = pipe.scheduler
-        sched.set_timesteps(n)
-        g = torch.Generator("cpu").manual_seed(c["seed"])
-        f = pipe.vae_scale_factor
-        x = torch.randn([1, 4, size // f, size // f], generator=g) * sched.init_noise_sigma
-        for i, t in enumerate(sched.timesteps):
-            set_scales(pipe, [[at(b, i, n) * fs[j] for _, _, b, fs in rows] for j in range(nb)])
-            x_in = sched.scale_model_input(torch.cat([x] * len(rows)), t)
-            eps = pipe.unet(x_in, t, encoder_hidden_states=text,
-                            added_cond_kwargs={"image_embeds": image_embeds}).sample
-            e0, e1 = eps.chunk(2)
-            x = sched.step(e0 + c["cfg"] * (e1 - e0), t, x).prev_sample
-        image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
-        out[c["name"] + ".float"] = (image[0] / 2 + 0.5).clamp(0, 1).float().contiguous()
-save_file(out, out_path)
+run_cases(outputs, prepare)

@@ -18,21 +18,15 @@ r* = argmax_r cos(x, r) over the reference row's tokens and cos(x, r*) > thresho
 Writes `{name}.float` (the [0,1] image, [3,H,W]), `{name}.nomerge` (the same without the
 merge) and `{name}.merged` (tokens merged over the run, as a one-element tensor).
 """
-import json, os, sys
+
+import os, sys
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from diffusers import StableDiffusionPipeline, DDIMScheduler
-from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
-from safetensors.torch import load_file, save_file
-from transformers import CLIPVisionModelWithProjection, CLIPImageProcessor
 
-torch.set_num_threads(2)
-models, cases_path, out_path = sys.argv[1:4]
-cases = json.load(open(cases_path))
-encoder = CLIPVisionModelWithProjection.from_pretrained(os.path.join(models, "image_encoder")).eval()
-processor = CLIPImageProcessor()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common_ref import cfg2, features, make_scheduler, run_cases, sample, set_scales
 
 # What the merging processors read: on/off, alpha/threshold, the current transformer's size.
 state = {"on": False, "alpha": 0.0, "threshold": 0.0, "hw": (0, 0), "merged": 0}
@@ -68,17 +62,9 @@ class Merging:
         return out
 
 
-def load_pipe(adapter):
-    pipe = StableDiffusionPipeline.from_pretrained(
-        os.path.join(models, "pipeline"), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    name = {"base": "ip-adapter_sd15.safetensors", "plus": "ip-adapter-plus_sd15.safetensors"}[adapter]
-    sd = {"image_proj": {}, "ip_adapter": {}}
-    for key, value in load_file(os.path.join(models, name)).items():
-        head, rest = key.split(".", 1)
-        sd[head][rest] = value
-    pipe.unet._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+def prepare(pipe):
+    """The up blocks' attention processors wrapped in the merge; each transformer's input
+    size recorded for them."""
     procs = {}
     for key, proc in pipe.unet.attn_processors.items():
         procs[key] = Merging(proc) if key.startswith("up_blocks") else proc
@@ -89,37 +75,6 @@ def load_pipe(adapter):
     return pipe
 
 
-class RowScale:
-    """A per-row IP scale [R,1,1] that IPAdapterAttnProcessor2_0 multiplies with."""
-    def __init__(self, t):
-        self.t = t
-    def __eq__(self, other):
-        return False
-    def __mul__(self, x):
-        return self.t.to(x.dtype) * x
-    __rmul__ = __mul__
-
-
-def set_scales(pipe, scales):
-    t = torch.tensor(scales, dtype=torch.float32).view(len(scales), 1, 1)
-    for proc in pipe.unet.attn_processors.values():
-        inner = getattr(proc, "inner", proc)
-        if isinstance(inner, IPAdapterAttnProcessor2_0):
-            inner.scale = [RowScale(t)]
-
-
-@torch.no_grad()
-def features(path, adapter):
-    if path is None:
-        pixels = processor(images=Image.new("RGB", (224, 224)), return_tensors="pt").pixel_values
-        if adapter == "base":
-            return torch.zeros_like(encoder(pixels).image_embeds)[:, None]
-        return encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2][:, None]
-    pixels = processor(images=Image.open(path).convert("RGB"), return_tensors="pt").pixel_values
-    out = encoder(pixels, output_hidden_states=True)
-    return out.image_embeds[:, None] if adapter == "base" else out.hidden_states[-2][:, None]
-
-
 @torch.no_grad()
 def generate(pipe, c, merging):
     a = c["adapter"]
@@ -127,41 +82,31 @@ def generate(pipe, c, merging):
     rows = [(c["uncond_prompt"], features(uncond_image, a), c["neg_weight"]),
             (c["prompt"], features(c["pos_image"], a), c["weight"]),
             ("", features(None, a), 0.0)]
-    text = torch.cat([pipe.encode_prompt(t, "cpu", 1, False)[0] for t, _, _ in rows])
-    image_embeds = [torch.cat([f for _, f, _ in rows])]
     set_scales(pipe, [w for _, _, w in rows])
     img = np.asarray(Image.open(c["neg_image"]).convert("RGB"), dtype=np.float32)
     pixels = torch.from_numpy(img).permute(2, 0, 1)[None] / 127.5 - 1.0
     z0 = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
     ref_noise = torch.randn(z0.shape, generator=torch.Generator("cpu").manual_seed(c["noise_seed"]))
-    n, size = c["steps"], c["size"]
-    sched = pipe.scheduler
-    sched.set_timesteps(n)
-    g = torch.Generator("cpu").manual_seed(c["seed"])
-    f = pipe.vae_scale_factor
-    x = torch.randn([1, 4, size // f, size // f], generator=g) * sched.init_noise_sigma
+    sched = make_scheduler(pipe, "ddim")
+    sched.set_timesteps(c["steps"])
     state.update(alpha=c["alpha"], threshold=c["threshold"])
-    for t in sched.timesteps:
+
+    def before_step(i, t, x):
         ref = sched.add_noise(z0, ref_noise, t.view(1))
         state["on"] = merging and c["t_min"] <= int(t) <= c["t_max"]
-        x_in = sched.scale_model_input(torch.cat([x, x, ref]), t)
-        eps = pipe.unet(x_in, t, encoder_hidden_states=text,
-                        added_cond_kwargs={"image_embeds": image_embeds}).sample
-        e0, e1 = eps[0:1], eps[1:2]
-        x = sched.step(e0 + c["cfg"] * (e1 - e0), t, x).prev_sample
-    image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
-    return (image[0] / 2 + 0.5).clamp(0, 1).float().contiguous()
+        return torch.cat([x, x, ref])
+
+    # The reference row's prediction only feeds the merge.
+    return sample(pipe, sched, c, rows, before_step, lambda eps: cfg2(c)(eps[0:2]))
 
 
-pipes = {}
-out = {}
-for c in cases:
-    if c["adapter"] not in pipes:
-        pipes[c["adapter"]] = load_pipe(c["adapter"])
-    pipe = pipes[c["adapter"]]
+def outputs(pipe, c):
     state["merged"] = 0
-    out[c["name"] + ".float"] = generate(pipe, c, True)
-    out[c["name"] + ".merged"] = torch.tensor([float(state["merged"])])
-    out[c["name"] + ".nomerge"] = generate(pipe, c, False)
+    out = {c["name"] + ".float": generate(pipe, c, True),
+           c["name"] + ".merged": torch.tensor([float(state["merged"])])}
     print(c["name"], "merged tokens:", state["merged"])
-save_file(out, out_path)
+    out[c["name"] + ".nomerge"] = generate(pipe, c, False)
+    return out
+
+
+run_cases(outputs, prepare)
