@@ -507,7 +507,7 @@ fn unknown_caption_metric_or_scorer_is_an_error_naming_the_known_ones() {
     let fx = write_run(&dir, &[1.0], &MODES[..2], &[1], None, false);
     write_known_scores(&dir, &fx, "known");
     let with = |metrics: &[&str], scorer: Option<&str>| negimg::report::PlotOptions {
-        caption_metrics: metrics.iter().map(|m| m.to_string()).collect(),
+        caption_metrics: Some(metrics.iter().map(|m| m.to_string()).collect()),
         caption_scorer: scorer.map(str::to_string),
         ..Default::default()
     };

@@ -248,7 +248,7 @@ fn second_sigint_stops_at_once_with_one_line_and_exits_130() {
     let records = read_records(&run.join("records.csv")).unwrap();
     assert!(!records.is_empty(), "records.csv lists the first cells");
     assert!(records.iter().all(|r| run.join(&r.file).is_file()));
-    // The partial run can be inspected and plotted.
+    // The partial run can be inspected ...
     let run_arg = run.to_str().unwrap();
     let status = common::negimg(&["status", run_arg], &dir);
     let listing = String::from_utf8_lossy(&status.stdout);
@@ -266,6 +266,39 @@ fn second_sigint_stops_at_once_with_one_line_and_exits_130() {
         CELLS - done,
         "{listing}"
     );
+    // ... scored: every cell written gets its scores, the pending ones none ...
+    let scorer = tiny_models().join("scorer");
+    let score = common::negimg(
+        &[
+            "score",
+            run_arg,
+            "--scorer",
+            scorer.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        &dir,
+    );
+    assert!(
+        score.status.success(),
+        "{}",
+        String::from_utf8_lossy(&score.stderr)
+    );
+    let id = negimg::scoring::scorer_id(&scorer).unwrap();
+    let scores = negimg::scoring::scorer_dir(&run, &id).join("scores.csv");
+    let table = negimg::scoring::read_scores(&scores).unwrap();
+    let written: Vec<&str> = records
+        .iter()
+        .filter(|r| r.status == negimg::run::records::Status::Done)
+        .map(|r| r.cell_id.as_str())
+        .collect();
+    assert!(!written.is_empty());
+    assert!(
+        written.iter().all(|c| table.values.contains_key(*c)),
+        "{scores:?}"
+    );
+    assert!(table.values.len() < CELLS, "pending cells have no scores");
+    // ... and plotted.
     let plot = common::negimg(&["plot", run_arg], &dir);
     assert!(
         plot.status.success(),

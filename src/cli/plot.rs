@@ -8,9 +8,10 @@ use std::path::PathBuf;
 pub struct PlotArgs {
     /// The run folder (results/<experiment>/<run-id>).
     pub run_dir: PathBuf,
-    /// Metrics written under each grid image, comma-separated ("" for none).
-    #[arg(long, default_value = "clip_i_pos,clip_i_neg")]
-    pub caption: String,
+    /// Metrics written under each grid image, comma-separated ("" for none); default:
+    /// clip_i_pos and clip_i_neg, those the scorer has.
+    #[arg(long)]
+    pub caption: Option<String>,
     /// Scorer id (folder under scores/) for the captions; default: the first.
     #[arg(long)]
     pub caption_scorer: Option<String>,
@@ -24,13 +25,13 @@ pub struct PlotArgs {
 
 pub fn run(args: PlotArgs, _g: &Globals) -> Result<()> {
     let mut opts = PlotOptions {
-        caption_metrics: args
-            .caption
-            .split(',')
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-            .map(String::from)
-            .collect(),
+        caption_metrics: args.caption.map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(String::from)
+                .collect()
+        }),
         caption_scorer: args.caption_scorer,
         ..PlotOptions::default()
     };

@@ -10,24 +10,19 @@ use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::Path;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PlotOptions {
     pub grid: grid::GridOptions,
-    /// Metrics written under each grid image (those the scorer has); empty: no captions.
-    pub caption_metrics: Vec<String>,
+    /// Metrics written under each grid image; every one must be the scorer's. `None`:
+    /// [`DEFAULT_CAPTIONS`], those the scorer has (a run without positive images has no
+    /// `clip_i_pos`). Empty: no captions.
+    pub caption_metrics: Option<Vec<String>>,
     /// The scorer whose scores make the captions (default: the first one, by id).
     pub caption_scorer: Option<String>,
 }
 
-impl Default for PlotOptions {
-    fn default() -> Self {
-        PlotOptions {
-            grid: grid::GridOptions::default(),
-            caption_metrics: vec!["clip_i_pos".into(), "clip_i_neg".into()],
-            caption_scorer: None,
-        }
-    }
-}
+/// The captions when none are asked for.
+pub const DEFAULT_CAPTIONS: [&str; 2] = ["clip_i_pos", "clip_i_neg"];
 
 /// Short caption names of the metrics.
 fn short(metric: &str) -> String {
@@ -79,18 +74,19 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
         let scores = scoring::read_scores(&scoring::scorer_dir(run_dir, id).join("scores.csv"))?;
         let curves = curves::write_curves(run_dir, &info, &records, id, &scores, &scorer.targets)?;
         if caption_scorer.as_deref() == Some(id.as_str()) {
-            if let Some(m) = opts
-                .caption_metrics
-                .iter()
-                .find(|m| !scores.metrics.contains(m))
-            {
-                bail!(
-                    "--caption {m:?} is not a metric of scorer {id}; known: {}",
-                    scores.metrics.join(", ")
-                );
-            }
-            let cols: Vec<(usize, &String)> = opts
-                .caption_metrics
+            let wanted: Vec<String> = match &opts.caption_metrics {
+                Some(asked) => {
+                    if let Some(m) = asked.iter().find(|m| !scores.metrics.contains(m)) {
+                        bail!(
+                            "--caption {m:?} is not a metric of scorer {id}; known: {}",
+                            scores.metrics.join(", ")
+                        );
+                    }
+                    asked.clone()
+                }
+                None => DEFAULT_CAPTIONS.map(String::from).to_vec(),
+            };
+            let cols: Vec<(usize, &String)> = wanted
                 .iter()
                 .filter_map(|m| Some((scores.metrics.iter().position(|x| x == m)?, m)))
                 .collect();
