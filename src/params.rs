@@ -698,11 +698,12 @@ impl GenParams {
     }
 }
 
+/// A schedule for the tests of the window rules (here and in `sampling::guidance`).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_schedule {
+    use super::{PercentToSigma, StepAt};
 
-    /// A schedule whose sigma falls linearly from 10 at fraction 0 to 0 at fraction 1.
+    /// Sigma falls linearly from 10 at fraction 0 to 0 at fraction 1.
     struct Linear;
     impl PercentToSigma for Linear {
         fn percent_to_sigma(&self, p: f64) -> f64 {
@@ -710,7 +711,8 @@ mod tests {
         }
     }
 
-    fn step(index: usize, steps: usize, sigma: f64) -> StepAt<'static> {
+    /// Step `index` of `steps` at noise level `sigma` on that schedule.
+    pub fn step(index: usize, steps: usize, sigma: f64) -> StepAt<'static> {
         StepAt {
             index,
             steps,
@@ -718,6 +720,12 @@ mod tests {
             schedule: &Linear,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_schedule::step;
+    use super::*;
 
     #[test]
     fn window_is_active_from_its_first_step_not_one_late() {

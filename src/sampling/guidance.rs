@@ -132,24 +132,8 @@ pub fn three_rows(cell: &GenParams, uncond: &Tensor, cond: &Tensor, neg: &Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::{BranchWeight, PercentToSigma, Window};
-
-    /// Sigma 10 at fraction 0 down to 0 at fraction 1.
-    struct Linear;
-    impl PercentToSigma for Linear {
-        fn percent_to_sigma(&self, p: f64) -> f64 {
-            10.0 * (1.0 - p)
-        }
-    }
-
-    fn step(index: usize, steps: usize, sigma: f64) -> StepAt<'static> {
-        StepAt {
-            index,
-            steps,
-            sigma,
-            schedule: &Linear,
-        }
-    }
+    use crate::params::test_schedule::step;
+    use crate::params::{BranchWeight, Window};
 
     #[test]
     fn scales_follow_each_branch_window_from_its_first_step() {
