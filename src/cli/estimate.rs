@@ -418,7 +418,10 @@ impl NegtomeCost {
     }
 }
 
-pub fn negtome_cost(exp: &Experiment) -> Result<NegtomeCost> {
+pub fn negtome_cost(
+    exp: &Experiment,
+    sched_cfg: &crate::sampling::SchedulerConfig,
+) -> Result<NegtomeCost> {
     let cells: Vec<crate::params::GenParams> = exp
         .cells
         .iter()
@@ -432,16 +435,6 @@ pub fn negtome_cost(exp: &Experiment) -> Result<NegtomeCost> {
     if cells.is_empty() {
         return Ok(cost);
     }
-    let folder = exp
-        .models
-        .pipeline
-        .path
-        .join("scheduler/scheduler_config.json");
-    let sched_cfg = if folder.is_file() {
-        crate::sampling::SchedulerConfig::from_file(&folder)?
-    } else {
-        crate::sampling::SchedulerConfig::sd15_ddim()
-    };
     let mut encoded = std::collections::BTreeSet::new();
     let mut keys = vec![];
     for key in cells.iter().map(|c| c.batch_key()) {
@@ -453,7 +446,7 @@ pub fn negtome_cost(exp: &Experiment) -> Result<NegtomeCost> {
         let group: Vec<&crate::params::GenParams> =
             cells.iter().filter(|c| c.batch_key() == key).collect();
         let (steps, w, h, kind, ..) = key;
-        let sched = crate::sampling::make_scheduler(kind, &sched_cfg, steps)?;
+        let sched = crate::sampling::make_scheduler(kind, sched_cfg, steps)?;
         let row_steps = crate::sampling::negtome::reference_row_steps(&group, sched.timesteps());
         cost.never_active += group
             .iter()
@@ -523,7 +516,8 @@ mod tests {
         let exp =
             crate::experiment::parse(&dir.join("e.toml"), text.into(), &LoadOptions::default())
                 .unwrap();
-        let cost = negtome_cost(&exp).unwrap();
+        let sd15 = crate::sampling::SchedulerConfig::sd15_ddim();
+        let cost = negtome_cost(&exp, &sd15).unwrap();
         // DDIM: 4 steps start at timestep 751, below 800; 25 steps start at 961.
         assert_eq!((cost.cells, cost.never_active), (2, 1));
         // One image at one size: encoded once although the cells make two batches.

@@ -3,7 +3,7 @@
 //! earlier run it loads and times the UNet and the VAE, unless `--no-calibrate`).
 use super::Globals;
 use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
-use crate::params::Window;
+use crate::params::{Method, Window};
 use crate::sampling::SchedulerConfig;
 use crate::sampling::window::{WindowCase, comparison_table};
 use anyhow::Result;
@@ -134,14 +134,27 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             exp.cells.len() - three_rows
         );
     }
-    if exp.cells.iter().any(|c| c.window == Window::Sigma) {
-        let (cfg, whose) = schedule_of(&exp)?;
+    // The noise schedule, read once for what needs it: sigma windows and NegToMe's steps.
+    let sigma = exp.cells.iter().any(|c| c.window == Window::Sigma);
+    let negtome = exp
+        .cells
+        .iter()
+        .any(|c| c.negtome || c.method == Method::Negtome);
+    let schedule = if sigma || negtome {
+        Some(schedule_of(&exp)?)
+    } else {
+        None
+    };
+    if let Some((cfg, whose)) = schedule.as_ref().filter(|_| sigma) {
         say!("windows of the window = \"sigma\" cells (steps 0-based, {whose} schedule):");
-        for line in sigma_windows(&exp, &cfg)?.lines() {
+        for line in sigma_windows(&exp, cfg)?.lines() {
             say!("  {line}");
         }
     }
-    let negtome = super::estimate::negtome_cost(&exp)?;
+    let negtome = match &schedule {
+        Some((cfg, _)) => super::estimate::negtome_cost(&exp, cfg)?,
+        None => super::estimate::NegtomeCost::default(),
+    };
     if negtome.cells > 0 {
         say!(
             "NegToMe: {} cells merge against {} reference image(s): {} more UNet row(s) summed \
