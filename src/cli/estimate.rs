@@ -11,6 +11,7 @@
 //! three-row methods) plus one decode, each proportional to the pixels.
 use crate::experiment::{CellSpec, Experiment};
 use crate::run::records::{Status, read_records};
+use crate::sampling::methods;
 use anyhow::{Context, Result, bail};
 use std::io::Read;
 use std::path::Path;
@@ -81,7 +82,9 @@ pub fn estimate(t: &Target) -> Estimate {
 
 /// UNet rows of a cell per step (of the method its image is made with).
 fn rows(c: &CellSpec) -> f64 {
-    c.method.effective(c.negative_mode()).rows() as f64
+    methods::of(c.method.effective(c.negative_mode()))
+        .cost()
+        .row_equivalents()
 }
 
 /// Mean over the grid's cells of `f(cell)`.
@@ -130,7 +133,9 @@ fn from_history(t: &Target) -> Result<Estimate> {
         / done
             .iter()
             .map(|r| {
-                let rows = r.method.effective(r.negative).rows() as f64;
+                let rows = methods::of(r.method.effective(r.negative))
+                    .cost()
+                    .row_equivalents();
                 image_cost(r.steps, rows, r.width, r.height)
             })
             .sum::<f64>();
@@ -166,7 +171,15 @@ fn batch_at_largest(t: &Target) -> ((usize, usize), usize) {
         .collect();
     let max = crate::device::estimate_max_batch(t.device, t.kind, largest.0, largest.1);
     let cells = at_size.len().clamp(1, max);
-    let rows_per_cell = at_size.iter().map(|c| rows(c) as usize).max().unwrap_or(2);
+    let rows_per_cell = at_size
+        .iter()
+        .map(|c| {
+            methods::of(c.method.effective(c.negative_mode()))
+                .rows()
+                .len()
+        })
+        .max()
+        .unwrap_or(2);
     (largest, cells * rows_per_cell)
 }
 
@@ -474,13 +487,16 @@ mod tests {
     use crate::experiment::LoadOptions;
     use crate::run::records::{Record, write_records};
 
+    /// A one-cell grid of `method` with a negative text, so that three-row methods have
+    /// something to subtract.
     fn parse(dir: &Path, size: usize, steps: usize, method: &str) -> Experiment {
         let text = format!(
             "[experiment]\nname = \"e\"\n[models]\npipeline = \"m/pipeline\"\n\
              ip_adapter = {{ base = \"m/ip-adapter_sd15.safetensors\" }}\n\
              image_encoder = \"m/image_encoder\"\n\
              init_random = {{ preset = \"tiny\", dir = \"m\" }}\n\
-             [defaults]\nsize = {size}\nsteps = {steps}\nseeds = [1]\nmethod = \"{method}\"\n"
+             [defaults]\nsize = {size}\nsteps = {steps}\nseeds = [1]\nmethod = \"{method}\"\n\
+             negative = \"text\"\nnegative_prompt = \"grass\"\n"
         );
         crate::experiment::parse(&dir.join("e.toml"), text, &LoadOptions::default()).unwrap()
     }

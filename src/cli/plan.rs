@@ -4,8 +4,8 @@
 use super::Globals;
 use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
 use crate::params::{GenParams, Method, Window};
-use crate::sampling::SchedulerConfig;
 use crate::sampling::window::{WindowCase, comparison_table};
+use crate::sampling::{SchedulerConfig, methods};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -135,11 +135,17 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     }
     let three_rows = params
         .iter()
-        .filter(|p| p.effective_method().rows() == 3)
+        .filter(|p| methods::of(p.effective_method()).rows().len() == 3)
         .count();
     if three_rows > 0 {
+        let names: Vec<String> = methods::REGISTRY
+            .iter()
+            .filter(|m| m.rows().len() == 3)
+            .map(|m| m.method().to_string())
+            .collect();
         say!(
-            "UNet rows per step: {three_rows} cells take 3 (three_branch, perp_neg), {} take 2",
+            "UNet rows per step: {three_rows} cells take 3 ({}), {} take 2",
+            names.join(", "),
             exp.cells.len() - three_rows
         );
     }
@@ -184,6 +190,9 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     }
     for line in ignored_inputs(&exp, &params) {
         say!("{line}");
+    }
+    for warning in &exp.warnings {
+        say!("warning: {warning}");
     }
     // Cells that differ only in what their negative mode ignores make one image.
     let images: std::collections::BTreeSet<String> = params

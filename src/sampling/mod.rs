@@ -7,6 +7,7 @@ pub mod ddim;
 pub mod dpmpp_2m;
 pub mod euler;
 pub mod guidance;
+pub mod methods;
 pub mod negtome;
 pub mod scheduler;
 pub mod window;
