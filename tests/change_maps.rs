@@ -170,4 +170,10 @@ fn change_map_npy_is_not_written_without_a_baseline() {
     assert!(scalars[id].iter().all(|v| v.is_nan()));
     assert!(!negimg::scoring::change_map_file(&dir, id, "luma").exists());
     assert!(!dir.join("maps").exists());
+    // Grids asked to show maps that do not exist show the images (and say so).
+    let mut info = fx.info.clone();
+    info.plots.show = Show::Overlay;
+    std::fs::write(dir.join("run.json"), serde_json::to_string(&info).unwrap()).unwrap();
+    negimg::report::plot_run(&dir).unwrap();
+    assert!(dir.join("grids").read_dir().unwrap().next().is_some());
 }
