@@ -113,3 +113,53 @@ fn to_rgb_on_white(image: &DynamicImage) -> RgbImage {
     }
     out
 }
+
+/// A binary region mask (`[scoring] region`): black (0, 0, 0) outside, white (255, 255, 255)
+/// inside, decoded under the rules above.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BinaryMask {
+    width: usize,
+    height: usize,
+    inside: Vec<bool>,
+}
+
+impl BinaryMask {
+    pub fn load(path: &Path) -> Result<BinaryMask> {
+        let img = load_rgb(path)?;
+        BinaryMask::from_image(&img).with_context(|| format!("image {}", path.display()))
+    }
+
+    /// Refuses any pixel that is neither black nor white, naming the first.
+    pub fn from_image(img: &RgbImage) -> Result<BinaryMask> {
+        let mut inside = Vec::with_capacity((img.width() * img.height()) as usize);
+        for (x, y, p) in img.enumerate_pixels() {
+            match p.0 {
+                [0, 0, 0] => inside.push(false),
+                [255, 255, 255] => inside.push(true),
+                [r, g, b] => bail!(
+                    "not a binary mask: pixel ({x}, {y}) is ({r}, {g}, {b}); use black (0) \
+                     outside the region and white (255) inside"
+                ),
+            }
+        }
+        Ok(BinaryMask {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            inside,
+        })
+    }
+
+    /// The mask at `width` x `height` by nearest neighbour at pixel centres: pixel x of
+    /// `width` takes source pixel `floor((x + 0.5) · W_src / width)`.
+    pub fn resized(&self, width: usize, height: usize) -> Vec<bool> {
+        let src = |x: usize, from: usize, to: usize| ((2 * x + 1) * from / (2 * to)).min(from - 1);
+        let mut out = Vec::with_capacity(width * height);
+        for y in 0..height {
+            let sy = src(y, self.height, height);
+            for x in 0..width {
+                out.push(self.inside[sy * self.width + src(x, self.width, width)]);
+            }
+        }
+        out
+    }
+}

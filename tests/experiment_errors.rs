@@ -894,3 +894,45 @@ fn plan_lists_cells_with_nothing_to_subtract_as_made_like_the_baseline() {
     // 54 cells, 18 of them made as another: 36 images.
     assert!(plan.contains("36 images for 54 cells"), "{plan}");
 }
+
+#[test]
+fn region_mask_not_binary_or_unreadable_names_the_key_and_line() {
+    let dir = common::scratch("experiment_errors_region");
+    let file = dir.join("t.toml");
+    let load = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        experiment::load(&file, &LoadOptions::default())
+    };
+    let with_region = |mask: &str| format!("{BASE}\n[scoring]\nregion = \"{mask}\"\n");
+    image::RgbImage::from_fn(8, 6, |x, _| image::Rgb([if x < 4 { 0 } else { 255 }; 3]))
+        .save(dir.join("lawn.png"))
+        .unwrap();
+    let exp = load(&with_region("lawn.png")).unwrap();
+    let region = exp.scoring.region.expect("the mask");
+    assert!(region.is_absolute() && region.ends_with("lawn.png"));
+    let line = |text: &str| line_of(text, "region =");
+    image::RgbImage::from_pixel(8, 6, image::Rgb([0, 128, 0]))
+        .save(dir.join("grey.png"))
+        .unwrap();
+    std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
+    for (mask, want) in [
+        ("grey.png", "not a binary mask: pixel (0, 0) is (0, 128, 0)"),
+        ("broken.png", "broken.png"),
+        ("missing.png", "missing.png"),
+    ] {
+        let text = with_region(mask);
+        let err = format!("{:#}", load(&text).unwrap_err());
+        assert!(
+            err.contains(&format!("t.toml:{}:", line(&text)))
+                && err.contains("scoring.region")
+                && err.contains(want),
+            "{mask}: {err}"
+        );
+    }
+    let text = format!("{BASE}\n[plots]\nshow = \"heat\"\n");
+    expect_error(
+        &text,
+        Some("show ="),
+        &["plots.show", "image, change, overlay"],
+    );
+}

@@ -145,7 +145,8 @@ fn scoring_twice_with_two_scorers_keeps_both() {
             "clip_t_cos_2",
             "clip_div",
             "mad_base",
-            "ssim_base"
+            "ssim_base",
+            "change_entropy"
         ]
     );
     let done: Vec<_> = fx

@@ -411,6 +411,19 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             &raw.scoring.negative_reference,
         )?,
         baseline: BTreeMap::new(),
+        region: raw
+            .scoring
+            .region
+            .as_ref()
+            .map(|r| {
+                let file = base_dir.join(r.get_ref());
+                let bad =
+                    |e: anyhow::Error| src.error(r.span(), "scoring.region", format!("{e:#}"));
+                images::BinaryMask::load(&file).map_err(bad)?;
+                // Absolute, so that `negimg score` finds it from any folder.
+                std::fs::canonicalize(&file).map_err(|e| bad(e.into()))
+            })
+            .transpose()?,
     };
     let labels = grid.labels();
     let scoring = ScoringSpec {
@@ -446,6 +459,16 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             .iter()
             .map(|s| axis_ref("plots.series", s))
             .collect::<Result<_>>()?,
+        show: match &p.show {
+            None => outputs::Show::Image,
+            Some(s) => outputs::Show::parse(s.get_ref()).ok_or_else(|| {
+                src.error(
+                    s.span(),
+                    "plots.show",
+                    format!("{:?} is not one of {}", s.get_ref(), outputs::Show::NAMES),
+                )
+            })?,
+        },
     };
     if let Some(x) = &p.curve_x {
         let numeric = labels.iter().any(|(param, values)| {

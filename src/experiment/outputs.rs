@@ -20,6 +20,32 @@ pub struct PlotsSpec {
     pub curve_x: Option<String>,
     /// Axes whose combinations make one line each on curves (default: the other non-seed axes).
     pub series: Vec<String>,
+    /// What the grids show of each cell. Old run.json files have none.
+    #[serde(default, skip_serializing_if = "Show::is_image")]
+    pub show: Show,
+}
+
+/// `[plots] show`: a cell's image, its change map against the baseline, or the map laid
+/// over the image (README, "Change maps").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Show {
+    #[default]
+    Image,
+    Change,
+    Overlay,
+}
+
+impl Show {
+    pub const NAMES: &'static str = "image, change, overlay";
+
+    pub fn is_image(&self) -> bool {
+        *self == Show::Image
+    }
+
+    pub fn parse(s: &str) -> Option<Show> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -34,4 +60,8 @@ pub struct ScoringSpec {
     /// records.csv); empty: `negative = none`. Old run.json files have none.
     #[serde(default)]
     pub baseline: BTreeMap<String, String>,
+    /// `[scoring] region`: a binary mask (the file, resolved) for the change maps' region
+    /// shares. Old run.json files have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<std::path::PathBuf>,
 }

@@ -111,6 +111,8 @@ pub struct ScoringRaw {
     pub negative_reference: Option<Spanned<String>>,
     /// The baseline cells: axis = value (default `negative = "none"`).
     pub baseline: Option<Spanned<toml::Table>>,
+    /// A binary mask for the change maps' region shares.
+    pub region: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +124,7 @@ pub struct PlotsRaw {
     pub curve_x: Option<Spanned<String>>,
     #[serde(default)]
     pub series: Vec<Spanned<String>>,
+    pub show: Option<Spanned<String>>,
 }
 
 /// The keys each table of the experiment file may have, for [`check_keys`]. serde refuses
@@ -195,6 +198,7 @@ const SCORING: &[(&str, Keys)] = &[
     ("positive_reference", Keys::Value),
     ("negative_reference", Keys::Value),
     ("baseline", Keys::Value),
+    ("region", Keys::Value),
 ];
 const PLOTS: &[(&str, Keys)] = &[
     ("rows", Keys::Value),
@@ -202,6 +206,7 @@ const PLOTS: &[(&str, Keys)] = &[
     ("pages", Keys::Value),
     ("curve_x", Keys::Value),
     ("series", Keys::Value),
+    ("show", Keys::Value),
 ];
 
 /// Refuses the first key (in file order) that its table does not have. Values of the wrong

@@ -4,7 +4,7 @@
 //! Sheets larger than the size cap are split into parts.
 use super::font;
 use crate::images::load_rgb;
-use crate::run::info::{Axis, RunInfo};
+use crate::run::info::{Axis, RunInfo, Show};
 use crate::run::records::{Record, Status};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage, imageops};
@@ -202,6 +202,9 @@ pub struct SheetPlan {
     /// (label, file relative to the run folder) of the input images shown in the header.
     pub inputs: Vec<(String, String)>,
     pub layout: Layout,
+    /// What each cell shows (`[plots] show`) and the change maps' colour scale.
+    pub show: Show,
+    pub change_scale: f32,
 }
 
 /// `name: value`; a derived image shows its caption (kind, strength, source) for its name.
@@ -521,6 +524,8 @@ pub fn plan_sheets(
                     .collect(),
                 inputs: inputs.clone(),
                 layout,
+                show: info.plots.show,
+                change_scale: 1.0,
             });
         }
     }
@@ -647,8 +652,7 @@ pub fn render_sheet(
             if r.status != Status::Done {
                 return Ok(None);
             }
-            let path = run_dir.join(&r.file);
-            let img = load_rgb(&path)?;
+            let img = super::maps::cell_picture(run_dir, r, plan.show, plan.change_scale)?;
             Ok(Some(fit_into(img, l.img_w, l.img_h)))
         })
         .collect();
@@ -712,7 +716,13 @@ pub fn write_grids(
     let dir = run_dir.join("grids");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut files = Vec::new();
-    for plan in plan_sheets(info, records, !captions.is_empty(), opts) {
+    let scale = if info.plots.show.is_image() {
+        1.0
+    } else {
+        super::maps::run_scale(run_dir, records)?
+    };
+    for mut plan in plan_sheets(info, records, !captions.is_empty(), opts) {
+        plan.change_scale = scale;
         let canvas = render_sheet(&plan, run_dir, records, captions)?;
         let png = dir.join(format!("{}.png", plan.stem));
         canvas

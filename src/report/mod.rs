@@ -4,6 +4,7 @@ pub mod curves;
 pub mod font;
 pub mod grid;
 pub mod html;
+pub mod maps;
 
 use crate::scoring;
 use anyhow::{Context, Result, bail};
@@ -121,6 +122,18 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
     if grids_dir.is_dir() {
         std::fs::remove_dir_all(&grids_dir)
             .with_context(|| format!("cannot clear {}", grids_dir.display()))?;
+    }
+    let maps = maps::write_heat_pngs(run_dir, &records)?;
+    if maps > 0 {
+        log::info!("drew {maps} change map(s) under maps/");
+    } else if !info.plots.show.is_image() {
+        // Not an error: `negimg run` plots before scoring when it has no scorer.
+        eprintln!(
+            "note: [plots] show = {} but {} has no change maps yet (`negimg score` \
+             writes them): the grids show the images",
+            serde_json::to_string(&info.plots.show)?,
+            run_dir.display()
+        );
     }
     let grids = grid::write_grids(run_dir, &info, &records, &captions, &opts.grid)?;
     let toml = std::fs::read_to_string(run_dir.join("experiment.toml")).ok();

@@ -14,8 +14,10 @@
 //! scores/<scorer-id>/summary.tex   booktabs tables for papers
 //! scores/<scorer-id>/verdict.tex   the verdict table for papers
 //! ```
+pub mod change;
 pub mod embed;
 pub mod metrics;
+pub mod npy;
 pub mod pixel;
 pub mod stats;
 pub mod tables;
@@ -327,11 +329,14 @@ pub fn score_with(
     let mut names = metrics::metric_names(embedder, embeds.texts.len());
     // The pixel change does not depend on the model; each scorer folder carries it so that
     // its verdict and tables are complete on their own.
-    let pixels = pixel_change(run_dir, &info, &records)?;
+    let pixels = change_against_baseline(run_dir, &info, &records)?;
+    let width = pixel::METRICS.len() + change::METRICS.len();
     for (cell, values) in &mut rows {
-        values.extend(pixels.get(cell).cloned().unwrap_or_default());
+        let change = pixels.get(cell).cloned();
+        values.extend(change.unwrap_or_else(|| vec![f64::NAN; width]));
     }
     names.extend(pixel::METRICS.iter().map(|m| m.to_string()));
+    names.extend(change::METRICS.iter().map(|m| m.to_string()));
     let scorer_info = ScorerInfo {
         id: id.clone(),
         path: scorer.display().to_string(),
@@ -348,14 +353,22 @@ pub fn score_with(
     Ok(id)
 }
 
-/// Mean absolute difference and SSIM of every done image against its paired baseline
-/// image (NaN without a baseline), by cell id.
-fn pixel_change(
+/// Against the paired baseline image, by cell id: the mean absolute difference and SSIM
+/// ([`pixel::METRICS`]) and the luma change map's scalars ([`change::METRICS`]), the map
+/// written to `maps/<cell-id>/change_luma.npy`; NaN without a baseline.
+pub fn change_against_baseline(
     run_dir: &Path,
     info: &RunInfo,
     records: &[Record],
 ) -> Result<HashMap<String, Vec<f64>>> {
     let bases = metrics::baselines(info, records);
+    let region = info
+        .scoring
+        .region
+        .as_deref()
+        .map(crate::images::BinaryMask::load)
+        .transpose()
+        .context("[scoring] region")?;
     let load = |r: &Record| -> Result<image::RgbImage> {
         let path = run_dir.join(&r.file);
         Ok(image::open(&path)
@@ -367,16 +380,28 @@ fn pixel_change(
         .zip(&bases)
         .filter(|(r, _)| r.status == records::Status::Done)
         .map(|(r, base)| {
-            let values = match base {
-                Some(b) => {
-                    let (img, base) = (load(r)?, load(&records[*b])?);
-                    vec![pixel::mean_abs_diff(&img, &base), pixel::ssim(&img, &base)]
+            let mut values = vec![f64::NAN; pixel::METRICS.len() + change::METRICS.len()];
+            if let Some(b) = base {
+                let (img, base) = (load(r)?, load(&records[*b])?);
+                values[0] = pixel::mean_abs_diff(&img, &base);
+                values[1] = pixel::ssim(&img, &base);
+                if let Some(map) = change::luma_change(&img, &base) {
+                    map.write_npy(&change_map_file(run_dir, &r.cell_id, "luma"))?;
+                    let scalars = change::scalars(&map, region.as_ref());
+                    values[pixel::METRICS.len()..].copy_from_slice(&scalars);
                 }
-                None => vec![f64::NAN; pixel::METRICS.len()],
-            };
+            }
             Ok((r.cell_id.clone(), values))
         })
         .collect()
+}
+
+/// `maps/<cell-id>/change_<kind>.npy`.
+pub fn change_map_file(run_dir: &Path, cell_id: &str, kind: &str) -> PathBuf {
+    run_dir
+        .join("maps")
+        .join(cell_id)
+        .join(format!("change_{kind}.npy"))
 }
 
 /// Writes a scorer folder: scores.csv (columns no cell defines are dropped, e.g.

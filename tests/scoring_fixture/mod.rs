@@ -134,6 +134,7 @@ pub fn write_run(
             positive_reference: None,
             negative_reference: None,
             baseline: BTreeMap::new(),
+            region: None,
         },
         images: BTreeMap::from([
             ("neg".to_string(), "inputs/neg.png".to_string()),

@@ -1,0 +1,84 @@
+//! NumPy `.npy` files (format version 1.0) of 2-d float32 arrays, little-endian, C order:
+//! the change maps, so that numpy reads them with `np.load`.
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// The bytes of a `.npy` file holding `values` (row-major) of shape `(rows, cols)`.
+pub fn encode(rows: usize, cols: usize, values: &[f32]) -> Vec<u8> {
+    assert_eq!(rows * cols, values.len(), "shape and values disagree");
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // The header (magic, version, length, dict, padding, newline) is a multiple of 64 bytes.
+    let unpadded = MAGIC.len() + 2 + 2 + dict.len() + 1;
+    let padding = (64 - unpadded % 64) % 64;
+    let header_len = dict.len() + padding + 1;
+    let mut out = Vec::with_capacity(unpadded + padding + 4 * values.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header_len as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend(std::iter::repeat_n(b' ', padding));
+    out.push(b'\n');
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Reads a file [`encode`] wrote: `(rows, cols, values)`.
+pub fn read(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    decode(&bytes).with_context(|| format!("{} is not a 2-d float32 .npy file", path.display()))
+}
+
+fn decode(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>)> {
+    if bytes.len() < 10 || &bytes[..6] != MAGIC || bytes[6] != 1 {
+        bail!("no .npy version 1 header");
+    }
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let data = 10 + header_len;
+    let dict = std::str::from_utf8(bytes.get(10..data).unwrap_or_default())?;
+    if !dict.contains("'descr': '<f4'") || !dict.contains("'fortran_order': False") {
+        bail!("not little-endian float32 in C order: {dict}");
+    }
+    let shape = dict
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .context("no shape")?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()?;
+    let [rows, cols] = dims[..] else {
+        bail!("shape ({shape}) is not 2-d");
+    };
+    let body = &bytes[data.min(bytes.len())..];
+    if body.len() != 4 * rows * cols {
+        bail!("{} data bytes for shape ({rows}, {cols})", body.len());
+    }
+    let values = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((rows, cols, values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_map_npy_round_trips_with_an_aligned_header() {
+        let values: Vec<f32> = (0..6).map(|i| i as f32 * 0.25).collect();
+        let bytes = encode(2, 3, &values);
+        let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!(header % 64, 0);
+        assert_eq!(bytes[header - 1], b'\n');
+        assert_eq!(decode(&bytes).unwrap(), (2, 3, values));
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+}
