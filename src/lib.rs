@@ -7,6 +7,7 @@ pub mod cli;
 pub mod derive;
 pub mod device;
 pub mod experiment;
+pub mod export;
 pub mod images;
 pub mod models;
 pub mod params;

@@ -14,6 +14,7 @@ pub mod layout;
 mod manifest;
 pub mod png;
 pub mod records;
+pub mod replay;
 pub mod runner;
 
 pub use runner::{Generator, RunChoice, RunOptions, Shard, Summary};

@@ -1,0 +1,25 @@
+//! The export of each negative method, in one place keyed by method: the Python `guide(eps)`
+//! that combines the UNet's predictions for the method's rows (the rows themselves are data,
+//! from [`GenParams::rows`](crate::params::GenParams::rows)). A method without an export
+//! here is refused by name.
+use crate::params::Method;
+use anyhow::Result;
+
+/// The Python source of `guide(eps)` for `method`.
+pub fn guidance(method: Method) -> Result<&'static str> {
+    Ok(match method {
+        // Two CFG rows; the methods differ only in what the rows hold.
+        Method::Uncond | Method::Subtract | Method::Negtome => include_str!("py/cfg.py"),
+        Method::ThreeBranch => include_str!("py/three_branch.py"),
+        Method::PerpNeg => include_str!("py/perp_neg.py"),
+    })
+}
+
+/// The Python source of `prepare_merge`: NegToMe's token merge when the cell merges.
+pub fn token_merge(merges: bool) -> &'static str {
+    if merges {
+        include_str!("py/negtome.py")
+    } else {
+        include_str!("py/no_merge.py")
+    }
+}
