@@ -1,28 +1,40 @@
 //! `negimg generate --replay` and `negimg export --diffusers` on one run of tiny random
-//! models (SD1.5's block layout): an uncond cell with windows, a three-row cell (perp_neg)
-//! and a block preset with ComfyUI's `kv_c` scaling. Replay gives the same bytes; each
-//! exported script, run in the venv, gives negimg's image within 1/255.
+//! models (SD1.5's block layout): an uncond cell with windows, a three-row cell (perp_neg),
+//! a block preset with ComfyUI's `kv_c` scaling, `subtract` with the Plus adapter, a sigma
+//! window, DPM++ 2M Karras and black "no image" tokens, and NegToMe alone on Euler. Replay
+//! gives the same bytes; each exported script, run in the venv, gives negimg's image within
+//! 1/255.
 mod common;
 
 use common::{negimg, text};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// A cell of the run: name, method, start, neg_end, blocks, ip_scaling.
-type Cell = (
-    &'static str,
-    &'static str,
-    f64,
-    f64,
-    &'static str,
-    &'static str,
-);
-
-const CELLS: [Cell; 3] = [
-    ("uncond_window", "uncond", 0.25, 0.75, "all", "v"),
-    ("perp_neg", "perp_neg", 0.0, 1.0, "all", "v"),
-    ("style_kv_c", "uncond", 0.0, 1.0, "style", "kv_c"),
+/// The cells of the run, in the order of the zip below; each is found by its prompt.
+const CELLS: [&str; 5] = [
+    "uncond_window",
+    "perp_neg",
+    "style_kv_c",
+    "subtract_plus_sigma",
+    "negtome_euler",
 ];
+
+/// One column per parameter that varies, one value per cell of [`CELLS`].
+const ZIP: &str = r#"
+[[grid.zip]]
+prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler"]
+method = ["uncond", "perp_neg", "uncond", "subtract", "negtome"]
+start = [0.25, 0, 0, 0.2, 0]
+neg_end = [0.75, 1, 1, 1, 1]
+blocks = ["all", "all", "style", "all", "all"]
+ip_scaling = ["v", "v", "kv_c", "v", "v"]
+adapter = ["base", "base", "base", "plus", "base"]
+window = ["steps", "steps", "steps", "sigma", "steps"]
+scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler"]
+no_image = ["reference", "reference", "reference", "black", "reference"]
+negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64"]
+negtome_t_min = [800, 800, 800, 800, 200]
+"#;
 
 struct Run {
     dir: PathBuf,
@@ -30,28 +42,25 @@ struct Run {
 }
 
 /// One run of the cells (batches of 1, so a cell replayed alone is the same computation).
+/// 64x64 images: the tiny VAE's latents are 32x32, where NegToMe merges; NegToMe's negative
+/// image has that size (the export refuses a resize).
 fn run() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = common::scratch("replay_export");
         common::parity::write_pos_neg(&dir, (70, 90));
-        let models = common::tiny::tiny_sd15_models();
-        let col = |f: &dyn Fn(&Cell) -> String| {
-            CELLS.iter().map(f).collect::<Vec<_>>().join(", ")
-        };
+        common::parity::write_image(&dir.join("neg64.png"), 64, 64, 3);
+        let m = common::tiny::tiny_sd15_models();
+        let m = m.display();
         let toml = format!(
-            "[experiment]\nname = \"reproduce\"\n\n{}\n\
-             [images.house]\npath = \"pos.png\"\n[images.lawn]\npath = \"neg.png\"\n\n\
-             [defaults]\nsteps = 4\nsize = 32\ndtype = \"fp32\"\nseed = 7\ncfg = 6\n\
-             prompt = \"a house in winter\"\nnegative_prompt = \"grass\"\nnegative = \"both\"\n\
-             positive_image = \"house\"\nnegative_image = \"lawn\"\n\n\
-             [[grid.zip]]\nmethod = [{}]\nstart = [{}]\nneg_end = [{}]\nblocks = [{}]\nip_scaling = [{}]\n",
-            common::tiny::models_toml(&models),
-            col(&|c| format!("\"{}\"", c.1)),
-            col(&|c| c.2.to_string()),
-            col(&|c| c.3.to_string()),
-            col(&|c| format!("\"{}\"", c.4)),
-            col(&|c| format!("\"{}\"", c.5)),
+            "[experiment]\nname = \"reproduce\"\n\n[models]\npipeline = \"{m}/pipeline\"\n\
+             ip_adapter = {{ base = \"{m}/ip-adapter_sd15.safetensors\", \
+             plus = \"{m}/ip-adapter-plus_sd15.safetensors\" }}\n\
+             image_encoder = \"{m}/image_encoder\"\n\n\
+             [images.house]\npath = \"pos.png\"\n[images.lawn]\npath = \"neg.png\"\n\
+             [images.lawn64]\npath = \"neg64.png\"\n\n\
+             [defaults]\nsteps = 4\nsize = 64\ndtype = \"fp32\"\nseed = 7\ncfg = 6\n\
+             negative_prompt = \"grass\"\nnegative = \"both\"\npositive_image = \"house\"\n{ZIP}"
         );
         std::fs::write(dir.join("reproduce.toml"), toml).unwrap();
         let out = negimg(
@@ -72,21 +81,16 @@ fn run() -> &'static Run {
     })
 }
 
-/// The image of the cell named `name` (by its method, blocks and scaling in records.csv).
+/// The image of the cell named `name` (by its prompt in records.csv).
 fn image_of(name: &str) -> PathBuf {
     let r = run();
-    let (_, method, start, _, blocks, scaling) = CELLS.iter().find(|c| c.0 == name).unwrap();
     let mut csv = csv::Reader::from_path(r.run.join("records.csv")).unwrap();
     let headers = csv.headers().unwrap().clone();
     let col = |k: &str| headers.iter().position(|h| h == k).unwrap();
+    let prompt = format!("a house {name}");
     for rec in csv.records() {
         let rec = rec.unwrap();
-        let start_ok = rec[col("start")].parse::<f64>().unwrap() == *start;
-        if &rec[col("method")] == *method
-            && &rec[col("blocks")] == *blocks
-            && &rec[col("ip_scaling")] == *scaling
-            && start_ok
-        {
+        if rec[col("prompt")] == prompt {
             return r.run.join(&rec[col("file")]);
         }
     }
@@ -299,10 +303,21 @@ fn export_style_preset_with_kv_c_matches_negimg() {
 }
 
 #[test]
+fn export_subtract_plus_sigma_window_karras_black_matches_negimg() {
+    export_and_compare("subtract_plus_sigma");
+}
+
+#[test]
+fn export_negtome_on_euler_matches_negimg() {
+    export_and_compare("negtome_euler");
+}
+
+/// The cells without NegToMe are far apart, so that "within 1/255" tells them apart.
+#[test]
 fn export_cells_differ_so_the_tolerance_means_something() {
-    let imgs: Vec<image::RgbImage> = CELLS
+    let imgs: Vec<image::RgbImage> = CELLS[..4]
         .iter()
-        .map(|c| image::open(image_of(c.0)).unwrap().to_rgb8())
+        .map(|c| image::open(image_of(c)).unwrap().to_rgb8())
         .collect();
     for i in 0..imgs.len() {
         for j in i + 1..imgs.len() {
@@ -310,8 +325,8 @@ fn export_cells_differ_so_the_tolerance_means_something() {
             assert!(
                 d > 2,
                 "{} and {} are only {d}/255 apart",
-                CELLS[i].0,
-                CELLS[j].0
+                CELLS[i],
+                CELLS[j]
             );
         }
     }
