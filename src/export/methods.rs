@@ -1,7 +1,9 @@
 //! The export of each negative method, in one place keyed by method: the Python `guide(eps)`
 //! that combines the UNet's predictions for the method's rows (the rows themselves are data,
-//! from [`GenParams::rows`](crate::params::GenParams::rows)). A method without an export
-//! here is refused by name.
+//! from [`GenParams::rows`](crate::params::GenParams::rows)). The match is exhaustive: a
+//! new method does not build until it has an arm here, its export or a refusal naming it
+//! (`bail!("export: method X …")`). A PNG whose method this build lacks is refused by name
+//! when it is read (`run::replay`).
 use crate::params::Method;
 use anyhow::Result;
 

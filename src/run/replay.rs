@@ -71,6 +71,7 @@ pub fn read(png: &Path) -> Result<StoredCell> {
         .unwrap_or("0");
     check_version(version, provenance::VERSION)
         .with_context(|| format!("{} (negimg_version {version:?})", png.display()))?;
+    check_known_names(&value["params"]).with_context(|| png.display().to_string())?;
     let chunk: CellChunk = serde_json::from_value(value)
         .with_context(|| format!("{}: cannot read the `negimg` chunk", png.display()))?;
     let run_dir = run_dir_of(png)?;
@@ -150,6 +151,22 @@ fn read_batch(run_dir: &Path) -> Option<usize> {
     super::batching::read_size(&run_dir.join("batch.json"))
         .ok()
         .flatten()
+}
+
+/// The cell's method and scheduler are ones this negimg has (a PNG made by a build with more
+/// of them names what it lacks, instead of a bare deserialisation error).
+fn check_known_names(params: &serde_json::Value) -> Result<()> {
+    use crate::params::{Method, SchedulerKind};
+    let known = |key: &str, ok: fn(serde_json::Value) -> bool| match params.get(key) {
+        Some(v) if !ok(v.clone()) => bail!(
+            "the cell's {key} {v} is not one this negimg knows: update negimg to replay or export it"
+        ),
+        _ => Ok(()),
+    };
+    known("method", |v| serde_json::from_value::<Method>(v).is_ok())?;
+    known("scheduler", |v| {
+        serde_json::from_value::<SchedulerKind>(v).is_ok()
+    })
 }
 
 /// `made_by` is not newer than `this` (versions `major.minor.patch`).
@@ -307,5 +324,23 @@ mod tests {
         let err = check_version("0.2.0", "0.1.3").unwrap_err().to_string();
         assert!(err.contains("newer than this negimg 0.1.3"), "{err}");
         assert!(check_version("1.0.0", "0.9.9").is_err());
+    }
+
+    #[test]
+    fn a_replay_names_a_method_or_scheduler_this_negimg_lacks() {
+        let ok = serde_json::json!({"method": "perp_neg", "scheduler": "ddim"});
+        assert!(check_known_names(&ok).is_ok());
+        assert!(check_known_names(&serde_json::json!({"scheduler": "euler"})).is_ok());
+        let err = check_known_names(&serde_json::json!({"method": "nag"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the cell's method \"nag\" is not one this negimg knows"),
+            "{err}"
+        );
+        let err = check_known_names(&serde_json::json!({"scheduler": "euler_ancestral"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scheduler \"euler_ancestral\""), "{err}");
     }
 }
