@@ -9,6 +9,7 @@ pub mod derive;
 pub mod device;
 pub mod digest;
 pub mod experiment;
+pub mod export;
 pub mod images;
 pub mod models;
 pub mod params;

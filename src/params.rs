@@ -178,7 +178,7 @@ impl BlockWeights {
     }
 
     /// The (block, factor) pairs of a preset or list; `None` for `all`.
-    fn pairs(&self) -> Option<Vec<(usize, f64)>> {
+    pub fn pairs(&self) -> Option<Vec<(usize, f64)>> {
         let ones = |blocks: &mut dyn Iterator<Item = usize>| blocks.map(|b| (b, 1.0)).collect();
         Some(match self {
             BlockWeights::All => return None,

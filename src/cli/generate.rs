@@ -9,10 +9,18 @@ use crate::pipeline::{CellOutcome, Pipeline};
 use crate::roles::ModelSet;
 use crate::sampling::methods;
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
+    /// Remake a run's image from its PNG (its `negimg` chunk and the run's manifest, models
+    /// checked against their recorded sha256): the same bytes on the same device and dtype
+    /// (--dtype auto: the run's). Takes --out and --force only.
+    #[arg(long, value_name = "IMAGE.png", conflicts_with_all = CELL_FLAGS)]
+    pub replay: Option<PathBuf>,
+    /// With --replay: write over an existing --out file.
+    #[arg(long, requires = "replay")]
+    pub force: bool,
     /// A model set folder as `negimg models init-random` writes it (pipeline/, image_encoder/,
     /// ip-adapter*_sd15.safetensors); --pipeline etc. override its parts.
     #[arg(long)]
@@ -119,10 +127,49 @@ pub struct GenerateArgs {
     /// The negative methods' own parameters (`--nag-scale` ...), one flag each.
     #[command(flatten)]
     pub method_params: MethodFlags,
-    /// Output PNG.
-    #[arg(long, default_value = "out.png")]
-    pub out: PathBuf,
+    /// Output PNG (default out.png; with --replay, IMAGE-replay.png in the current folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
+
+/// The flags that describe a cell, which --replay takes from the image instead.
+const CELL_FLAGS: [&str; 35] = [
+    "models",
+    "pipeline",
+    "vae",
+    "ip_adapter",
+    "image_encoder",
+    "positive",
+    "negative",
+    "prompt",
+    "negative_prompt",
+    "negative_mode",
+    "adapter",
+    "weight",
+    "neg_weight",
+    "start",
+    "end",
+    "neg_start",
+    "neg_end",
+    "cfg",
+    "steps",
+    "scheduler",
+    "seed",
+    "size",
+    "no_image",
+    "method",
+    "neg_embed_scale",
+    "neg_cfg",
+    "window",
+    "blocks",
+    "neg_blocks",
+    "ip_scaling",
+    "negtome",
+    "negtome_alpha",
+    "negtome_threshold",
+    "negtome_t_min",
+    "negtome_t_max",
+];
 
 /// A flag per method parameter (`sampling::methods`): its key with dashes.
 #[derive(Clone, Debug, Default)]
@@ -432,44 +479,87 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
 }
 
 pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
+    if let Some(image) = &args.replay {
+        return replay(image, args.out.as_deref(), args.force, g);
+    }
     let cell = params(&args)?;
     let (device, kind) = g.device_and_dtype()?;
     let models = model_set(&args)?;
     let mut pipeline = Pipeline::load(&models, device, kind, &mut super::loading)?;
+    let img = generate_one(&mut pipeline, &cell)?;
+    // The same PNG text chunks as a grid cell: A1111's `parameters` and the full cell.
+    let name = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let (pos, neg) = (name(&cell.positive_image), name(&cell.negative_image));
+    let parameters = crate::run::png::a1111_parameters(
+        &cell,
+        pos.as_deref(),
+        neg.as_deref(),
+        &models.pipeline.display().to_string(),
+    );
+    let json = serde_json::to_string(&cell)?;
+    let out = args.out.unwrap_or_else(|| PathBuf::from("out.png"));
+    write_png(&out, &img, &parameters, &json)
+}
+
+/// `--replay IMAGE`: the run's cell made again, written with the image's own text chunks.
+fn replay(image: &Path, out: Option<&Path>, force: bool, g: &Globals) -> Result<()> {
+    let out = out.map_or_else(|| replay_name(image), Path::to_path_buf);
+    if out.exists() && !force {
+        bail!(
+            "{} exists: pass --force to write over it, or --out another file",
+            out.display()
+        );
+    }
+    let stored = crate::run::replay::read(image)?;
+    let device = g.device()?;
+    let dtype = if g.dtype == "auto" {
+        &stored.chunk.dtype
+    } else {
+        &g.dtype
+    };
+    let kind = crate::device::parse_dtype(dtype, device)?;
+    let models = stored.checked_models(&mut stored.hash_cache())?;
+    for note in stored.notes(device, kind) {
+        eprintln!("note: {note}");
+    }
+    let mut pipeline = Pipeline::load(&models, device, kind, &mut super::loading)?;
+    let img = generate_one(&mut pipeline, &stored.params)?;
+    write_png(&out, &img, &stored.parameters, &stored.chunk_text)
+}
+
+/// `IMAGE-replay.png` in the current folder.
+fn replay_name(image: &Path) -> PathBuf {
+    let stem = image.file_stem().unwrap_or_default().to_string_lossy();
+    PathBuf::from(format!("{stem}-replay.png"))
+}
+
+/// One cell's image, with a progress bar over its steps.
+fn generate_one(pipeline: &mut Pipeline, cell: &GenParams) -> Result<image::RgbImage> {
     let bar = indicatif::ProgressBar::new(cell.steps as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let outcome = pipeline.generate(std::slice::from_ref(&cell), &mut |step, _| {
+    let outcome = pipeline.generate(std::slice::from_ref(cell), &mut |step, _| {
         bar.set_position(step as u64)
     })?;
     bar.finish_and_clear();
     match outcome.into_iter().next() {
-        Some(CellOutcome::Image(img)) => {
-            if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-            }
-            // The same PNG text chunks as a grid cell: A1111's `parameters` and the full cell.
-            let name = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
-            let (pos, neg) = (name(&cell.positive_image), name(&cell.negative_image));
-            let parameters = crate::run::png::a1111_parameters(
-                &cell,
-                pos.as_deref(),
-                neg.as_deref(),
-                &models.pipeline.display().to_string(),
-            );
-            let json = serde_json::to_string(&cell)?;
-            let bytes =
-                crate::run::png::encode(&img, &[("parameters", &parameters), ("negimg", &json)])?;
-            crate::run::fsio::atomic_write(&args.out, &bytes)?;
-            println!("{}", args.out.display());
-            Ok(())
-        }
+        Some(CellOutcome::Image(img)) => Ok(img),
         Some(CellOutcome::Failed(reason)) => bail!("the image failed: {reason}"),
         None => bail!("no image was generated"),
     }
+}
+
+/// The PNG with A1111's `parameters` and the `negimg` chunk, written atomically.
+fn write_png(out: &Path, img: &image::RgbImage, parameters: &str, json: &str) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let bytes = crate::run::png::encode(img, &[("parameters", parameters), ("negimg", json)])?;
+    crate::run::fsio::atomic_write(out, &bytes)?;
+    println!("{}", out.display());
+    Ok(())
 }
 
 #[cfg(test)]

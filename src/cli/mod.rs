@@ -6,6 +6,7 @@ use tch::{Device, Kind};
 pub mod bench;
 pub mod doctor;
 mod estimate;
+pub mod export;
 pub mod generate;
 pub mod models;
 pub mod models_fetch;
@@ -60,8 +61,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Validate an experiment file and print its cells, counts and a time estimate.
     Plan(plan::PlanArgs),
-    /// Generate one image from flags.
+    /// Generate one image from flags, or remake a run's image from its PNG (--replay).
     Generate(Box<generate::GenerateArgs>),
+    /// Write a run's image as a standalone diffusers script (no negimg) that makes it again.
+    Export(export::ExportArgs),
     /// (Re)score a finished run with a CLIP scorer.
     Score(score::ScoreArgs),
     /// List a run's cells: done, failed (with the reason) or pending.
@@ -121,6 +124,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(args, g),
         Command::Plan(args) => plan::run(args, g),
         Command::Generate(args) => generate::run(*args, g),
+        Command::Export(args) => export::run(args, g),
         Command::Score(args) => score::run(args, g),
         Command::Plot(args) => plot::run(args, g),
         Command::Status(args) => status::run(args, g),

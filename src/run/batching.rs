@@ -114,7 +114,7 @@ impl BatchSize {
     }
 }
 
-fn read_size(file: &Path) -> Result<Option<usize>> {
+pub(super) fn read_size(file: &Path) -> Result<Option<usize>> {
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

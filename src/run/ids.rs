@@ -121,7 +121,8 @@ pub fn model_files(role: Role, m: &ModelRef, cache: &mut HashCache) -> Result<Mo
     Ok(ModelFiles {
         role,
         reference: m.reference.clone(),
-        path: m.path.clone(),
+        // Absolute, so that `generate --replay` finds the model from any folder.
+        path: std::fs::canonicalize(&m.path).unwrap_or_else(|_| m.path.clone()),
         files,
         digest,
     })

@@ -6,7 +6,7 @@ use crate::experiment::{CellSpec, Experiment};
 use crate::params::GenParams;
 use crate::provenance;
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Serialize)]
@@ -56,17 +56,19 @@ pub fn manifest_json(
     Ok(serde_json::to_vec_pretty(&manifest)?)
 }
 
-/// The JSON chunk of each PNG: the cell, with images by name and models by reference.
-#[derive(Serialize)]
-struct CellJson<'a> {
-    experiment: &'a str,
-    cell_id: &'a str,
-    params: GenParams,
-    positive_image: Option<&'a str>,
-    negative_image: Option<&'a str>,
-    models: BTreeMap<&'a str, &'a str>,
-    dtype: &'a str,
-    negimg_version: &'a str,
+/// The JSON chunk of each PNG: the cell, with images by name (`params` holds their paths in
+/// the run folder, `inputs/NAME.png`) and models by reference. `negimg generate --replay`
+/// and `negimg export` read it back (`super::replay`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CellChunk {
+    pub experiment: String,
+    pub cell_id: String,
+    pub params: GenParams,
+    pub positive_image: Option<String>,
+    pub negative_image: Option<String>,
+    pub models: BTreeMap<String, String>,
+    pub dtype: String,
+    pub negimg_version: String,
 }
 
 /// A cell's image as PNG bytes, with its `parameters` (A1111) and `negimg` (JSON) chunks.
@@ -95,18 +97,18 @@ pub fn encode_cell(
     let mut params = p.clone();
     params.positive_image = input(spec.positive_image.as_deref());
     params.negative_image = input(negative_image);
-    let json = CellJson {
-        experiment: &exp.name,
-        cell_id: id,
+    let json = CellChunk {
+        experiment: exp.name.clone(),
+        cell_id: id.to_string(),
         params,
-        positive_image: spec.positive_image.as_deref(),
-        negative_image,
+        positive_image: spec.positive_image.clone(),
+        negative_image: negative_image.map(str::to_string),
         models: files
             .iter()
-            .map(|f| (f.role.name(), f.reference.as_str()))
+            .map(|f| (f.role.name().to_string(), f.reference.clone()))
             .collect(),
-        dtype,
-        negimg_version: provenance::VERSION,
+        dtype: dtype.to_string(),
+        negimg_version: provenance::VERSION.to_string(),
     };
     png::encode(
         img,

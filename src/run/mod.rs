@@ -16,6 +16,7 @@ mod maker;
 mod manifest;
 pub mod png;
 pub mod records;
+pub mod replay;
 pub mod runner;
 
 pub use generator::Generator;

@@ -1,0 +1,319 @@
+//! `negimg export IMAGE.png --diffusers OUT.py`: a run's cell as a standalone Python script
+//! on diffusers + torch (no negimg) that makes the same image. The script is the cell as data
+//! (parameters, UNet rows, models by reference, input images embedded), then fixed code
+//! (`py/common.py`: loading, image features, per-row and per-block IP weights, windows, the
+//! sampling loop), the method's guidance and NegToMe's merge ([`methods`]). What a script
+//! cannot express is refused by name, never approximated.
+mod methods;
+
+use crate::params::{GenParams, IpScaling, NoImage, RowImage, SchedulerKind, Window};
+use crate::roles::Role;
+use crate::run::ids::ModelFiles;
+use crate::run::replay::StoredCell;
+use crate::weights::hub::HfRef;
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const COMMON: &str = include_str!("py/common.py");
+
+/// The script that makes `cell`'s image with diffusers.
+pub fn diffusers_script(cell: &StoredCell) -> Result<String> {
+    let p = &cell.params;
+    let guide = methods::guidance(p.method)?;
+    let merge = methods::token_merge(p.negtome_image().is_some());
+    let images = ImageNames::of(p);
+    let data = [
+        ("CELL", cell_json(cell)?),
+        ("ROWS", rows_json(p, &images)),
+        ("MODELS", models_json(cell)?),
+        ("NEGTOME", negtome_json(p)?),
+    ];
+    let mut s = docstring(cell);
+    s.push_str("import json\n\n");
+    for (name, value) in data {
+        s.push_str(&format!(
+            "{name} = json.loads(r'''{}''')\n",
+            python_safe_json(&value)?
+        ));
+    }
+    s.push_str(&images_literal(&images)?);
+    s.push('\n');
+    s.push_str(COMMON);
+    s.push_str(guide);
+    s.push_str(merge);
+    s.push_str("\n\nif __name__ == \"__main__\":\n    main()\n");
+    Ok(s)
+}
+
+fn docstring(cell: &StoredCell) -> String {
+    let c = &cell.chunk;
+    format!(
+        r#"#!/usr/bin/env python3
+"""Remakes {png} with diffusers, without negimg.
+
+Cell {id} of experiment "{exp}", made by negimg {version} on {device} in {dtype}. On the
+same device and dtype this script's image is within one 8-bit level of negimg's (checked on
+CPU in fp32 by negimg's export tests).
+
+Needs: Python 3.10+, torch, diffusers (tested: 0.42), transformers, safetensors, pillow,
+numpy, and huggingface_hub for hf: models. Local model paths are those of the run's
+machine: edit MODELS to point at your copies (sha256 of every file negimg read is listed).
+
+    python THIS.py [--out IMAGE.png] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
+"""
+"#,
+        png = cell.png.display(),
+        id = c.cell_id,
+        exp = c.experiment,
+        version = c.negimg_version,
+        device = cell.device,
+        dtype = c.dtype,
+    )
+}
+
+fn scheduler_name(s: SchedulerKind) -> &'static str {
+    match s {
+        SchedulerKind::Ddim => "ddim",
+        SchedulerKind::Euler => "euler",
+        SchedulerKind::DpmPp2m => "dpmpp_2m",
+        SchedulerKind::DpmPp2mKarras => "dpmpp_2m_karras",
+    }
+}
+
+fn window_name(w: Window) -> &'static str {
+    match w {
+        Window::Steps => "steps",
+        Window::Sigma => "sigma",
+    }
+}
+
+fn scaling_name(s: IpScaling) -> &'static str {
+    match s {
+        IpScaling::V => "v",
+        IpScaling::Kv => "kv",
+        IpScaling::KvC => "kv_c",
+        IpScaling::KMeanVC => "k_mean_v_c",
+    }
+}
+
+fn no_image_name(n: NoImage) -> &'static str {
+    match n {
+        NoImage::Reference => "reference",
+        NoImage::Black => "black",
+    }
+}
+
+fn cell_json(cell: &StoredCell) -> Result<Value> {
+    let p = &cell.params;
+    let device = if cell.device.starts_with("cuda") {
+        "cuda"
+    } else {
+        "cpu"
+    };
+    Ok(json!({
+        "seed": p.seed, "width": p.width, "height": p.height, "steps": p.steps,
+        "cfg": p.cfg, "neg_cfg": p.neg_cfg(), "scheduler": scheduler_name(p.scheduler),
+        "window": window_name(p.window), "adapter": p.adapter.to_string(),
+        "no_image": no_image_name(p.no_image), "ip_scaling": scaling_name(p.ip_scaling),
+        "dtype": cell.chunk.dtype, "device": device,
+        "out": format!("{}-diffusers.png", cell.chunk.cell_id),
+    }))
+}
+
+/// The script's names of the cell's input images: `positive`, `negative`.
+struct ImageNames {
+    files: BTreeMap<&'static str, PathBuf>,
+}
+
+impl ImageNames {
+    fn of(p: &GenParams) -> ImageNames {
+        let mut files = BTreeMap::new();
+        if let Some(f) = &p.positive_image {
+            files.insert("positive", f.clone());
+        }
+        if let Some(f) = p.uncond_image() {
+            files.insert("negative", f.clone());
+        }
+        ImageNames { files }
+    }
+
+    fn name(&self, path: &Path) -> &'static str {
+        // The negative first: a cell may use one image as both.
+        ["negative", "positive"]
+            .into_iter()
+            .find(|n| self.files.get(n).is_some_and(|f| f == path))
+            .unwrap_or("negative")
+    }
+}
+
+/// The UNet rows of the cell, in order: text, image tokens, branch weight and window, block
+/// factors (`null`: 1 in every block).
+fn rows_json(p: &GenParams, images: &ImageNames) -> Value {
+    let rows: Vec<Value> = p
+        .rows()
+        .iter()
+        .map(|&row| {
+            let image = match p.row_image(row) {
+                RowImage::NoImage => Value::Null,
+                RowImage::Image(f) => json!(images.name(f)),
+                RowImage::Subtract {
+                    positive,
+                    negative,
+                    scale,
+                } => json!({"subtract": {
+                    "positive": positive.map(|f| images.name(f)),
+                    "negative": images.name(negative), "scale": scale}}),
+            };
+            let b = p.row_weight(row);
+            json!({
+                "row": format!("{row:?}").to_lowercase(),
+                "text": p.row_text(row),
+                "image": image,
+                "branch": {"weight": b.weight, "start": b.start, "end": b.end},
+                "blocks": p.row_blocks(row).pairs(),
+            })
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+/// NegToMe's settings (`null` when the cell does not merge). negimg resizes a reference of
+/// another size with its own Lanczos3, which PIL's differs from: refused.
+fn negtome_json(p: &GenParams) -> Result<Value> {
+    let Some(file) = p.negtome_image() else {
+        return Ok(Value::Null);
+    };
+    let (w, h) =
+        image::image_dimensions(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if (w as usize, h as usize) != (p.width, p.height) {
+        bail!(
+            "NegToMe with a negative image of {w}x{h} at a generation size of {}x{}: negimg \
+             resizes it with its own Lanczos3 filter, which diffusers' (PIL's) does not \
+             reproduce, so the export is refused; use a negative image of the generation size",
+            p.width,
+            p.height
+        );
+    }
+    Ok(json!({
+        "image": "negative", "alpha": p.negtome_alpha, "threshold": p.negtome_threshold,
+        "t_min": p.negtome_t_min, "t_max": p.negtome_t_max,
+    }))
+}
+
+/// The models of the cell by role: a hub repo (with subfolder and revision) or a local path,
+/// with the sha256 of each file negimg read.
+fn models_json(cell: &StoredCell) -> Result<Value> {
+    let mut out = serde_json::Map::new();
+    for m in &cell.models {
+        let key = match m.role {
+            Role::IpAdapterBase | Role::IpAdapterPlus => "ip_adapter",
+            other => other.name(),
+        };
+        out.insert(key.to_string(), model_json(m)?);
+    }
+    Ok(Value::Object(out))
+}
+
+fn model_json(m: &ModelFiles) -> Result<Value> {
+    if m.role == Role::Pipeline && m.path.is_file() {
+        bail!(
+            "the pipeline {} is a single-file checkpoint: negimg maps it with its own configs \
+             (README, \"Single-file checkpoints\"), which diffusers' from_single_file does not \
+             promise to match, so the export is refused; export a run made from a diffusers folder",
+            m.reference
+        );
+    }
+    let mut v = match HfRef::parse(&m.reference)? {
+        Some(hf) => json!({"repo": hf.repo, "subfolder": hf.path, "revision": hf.revision}),
+        None => json!({"path": m.path.display().to_string()}),
+    };
+    v["role"] = json!(m.role.name());
+    v["reference"] = json!(m.reference);
+    if m.files.iter().any(|f| f.file.contains(".fp16.")) {
+        v["variant"] = json!("fp16");
+    }
+    v["sha256"] = m
+        .files
+        .iter()
+        .map(|f| (f.file.clone(), json!(f.sha256)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    Ok(v)
+}
+
+/// JSON that can sit in a Python `r'''...'''` literal (`'` only occurs in strings, where
+/// JSON's `\u0027` stands for it): an array one element per line, anything else pretty.
+fn python_safe_json(v: &Value) -> Result<String> {
+    let text = match v {
+        Value::Array(items) => {
+            let lines: Vec<String> = items
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<_, _>>()?;
+            format!("[\n  {}\n]", lines.join(",\n  "))
+        }
+        other => serde_json::to_string_pretty(other)?,
+    };
+    Ok(text.replace('\'', "\\u0027"))
+}
+
+/// `IMAGES = {...}`: each input image's file, base64, as negimg read it.
+fn images_literal(images: &ImageNames) -> Result<String> {
+    let mut s = String::from("IMAGES = {\n");
+    for (name, file) in &images.files {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        s.push_str(&format!("    \"{name}\": (\n"));
+        for line in base64(&bytes).as_bytes().chunks(88) {
+            s.push_str(&format!("        \"{}\"\n", String::from_utf8_lossy(line)));
+        }
+        s.push_str("    ),\n");
+    }
+    s.push_str("}\n");
+    Ok(s)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> shift) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_base64_matches_the_standard_alphabet() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar\xff"), "Zm9vYmFy/w==");
+    }
+
+    #[test]
+    fn export_json_keeps_quotes_out_of_the_python_literal() {
+        let s = python_safe_json(&json!({"text": "it's '''"})).unwrap();
+        assert!(!s.contains('\''), "{s}");
+        let back: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(back["text"], "it's '''");
+    }
+}

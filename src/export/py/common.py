@@ -1,0 +1,301 @@
+import argparse, base64, hashlib, io, os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler, StableDiffusionPipeline)
+from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+torch.set_grad_enabled(False)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ---- models -------------------------------------------------------------------------------
+
+def where(model):
+    """A model's local folder, or its hub repo and the from_pretrained arguments."""
+    if "path" in model:
+        return model["path"], {}
+    if model["subfolder"] and model["role"] == "pipeline":
+        from huggingface_hub import snapshot_download
+        root = snapshot_download(model["repo"], revision=model["revision"],
+                                 allow_patterns=[model["subfolder"] + "/*"])
+        return os.path.join(root, model["subfolder"]), {}
+    kw = {"revision": model["revision"]}
+    if model["subfolder"]:
+        kw["subfolder"] = model["subfolder"]
+    return model["repo"], kw
+
+
+def adapter_file(model):
+    if "path" in model:
+        return model["path"]
+    from huggingface_hub import hf_hub_download
+    return hf_hub_download(model["repo"], model["subfolder"], revision=model["revision"])
+
+
+def load(device, dtype):
+    """The pipeline (with MODELS' VAE and IP-Adapter) and the image encoder on `device`."""
+    path, kw = where(MODELS["pipeline"])
+    if MODELS["pipeline"].get("variant"):
+        kw["variant"] = MODELS["pipeline"]["variant"]
+    pipe = StableDiffusionPipeline.from_pretrained(
+        path, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        torch_dtype=dtype, **kw)
+    if "vae" in MODELS:
+        path, kw = where(MODELS["vae"])
+        pipe.vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype, **kw)
+    f = adapter_file(MODELS["ip_adapter"])
+    pipe.load_ip_adapter(os.path.dirname(f) or ".", subfolder="", weight_name=os.path.basename(f),
+                         image_encoder_folder=None)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    path, kw = where(MODELS["image_encoder"])
+    encoder = CLIPVisionModelWithProjection.from_pretrained(path, **kw).to(device, dtype).eval()
+    return pipe, encoder
+
+
+# ---- image prompts ------------------------------------------------------------------------
+
+def picture(name):
+    """An input image of the cell (the PNG negimg read, embedded below)."""
+    return Image.open(io.BytesIO(base64.b64decode(IMAGES[name]))).convert("RGB")
+
+
+class ImageFeatures:
+    """What the adapter's projection reads: CLIP image_embeds (base) or the penultimate
+    hidden states (Plus). "No image" is IP-Adapter's (zero embeds, zero pixels) or, with
+    no_image = black, the features of a black image."""
+
+    def __init__(self, encoder, device, dtype):
+        self.encoder, self.device, self.dtype = encoder, device, dtype
+        s = encoder.config.image_size
+        self.size = s
+        self.processor = CLIPImageProcessor(size={"shortest_edge": s},
+                                            crop_size={"height": s, "width": s})
+
+    def pixels(self, img):
+        p = self.processor(images=img, return_tensors="pt").pixel_values
+        return p.to(self.device, self.dtype)
+
+    def __call__(self, img):
+        base = CELL["adapter"] == "base"
+        if img is None and CELL["no_image"] == "reference":
+            p = self.pixels(Image.new("RGB", (self.size, self.size)))
+            if base:
+                return torch.zeros_like(self.encoder(p).image_embeds)
+            return self.encoder(torch.zeros_like(p), output_hidden_states=True).hidden_states[-2]
+        if img is None:
+            img = Image.new("RGB", (self.size, self.size))
+        out = self.encoder(self.pixels(img), output_hidden_states=True)
+        return out.image_embeds if base else out.hidden_states[-2]
+
+    def row(self, spec):
+        """A row's features: none ("no image"), an input image, or the subtract method's
+        e(positive) - scale * e(negative)."""
+        if spec is None:
+            return self(None)
+        if isinstance(spec, str):
+            return self(picture(spec))
+        s = spec["subtract"]
+        positive = self(None if s["positive"] is None else picture(s["positive"]))
+        return positive - s["scale"] * self(picture(s["negative"]))
+
+
+# ---- per-row, per-block IP weights (diffusers has one scale per adapter) -----------------
+
+class RowScale:
+    """A scale per row [R,1,1] where IPAdapterAttnProcessor2_0 multiplies by its scale."""
+    def __init__(self, t):
+        self.t = t
+    def __eq__(self, other):
+        return False
+    def __mul__(self, x):
+        return self.t.to(x.dtype) * x
+    __rmul__ = __mul__
+
+
+class ScaledIPProcessor:
+    """Decoupled cross-attention whose image part takes the weight w as ComfyUI's
+    embeds_scaling: kv: Attn(q, wK, wV); kv_c: the same with w' = w C/1280 (C the keys'
+    width); k_mean_v_c: Attn(q, w'K, (V - m) + w'm), m the mean of V over the image tokens."""
+    def __init__(self, ip_proc, mode):
+        self.to_k_ip, self.to_v_ip = ip_proc.to_k_ip[0], ip_proc.to_v_ip[0]
+        self.mode, self.w = mode, None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, **kwargs):
+        text, ip = encoder_hidden_states
+        b, heads = hidden_states.shape[0], attn.heads
+        ip = ip[0].reshape(b, -1, ip[0].shape[-1])
+
+        def attend(q, k, v):
+            split = lambda x: x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+            out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+            return out.transpose(1, 2).reshape(b, -1, q.shape[-1])
+
+        q = attn.to_q(hidden_states)
+        out = attend(q, attn.to_k(text), attn.to_v(text))
+        k, v = self.to_k_ip(ip), self.to_v_ip(ip)
+        w = self.w.to(k.dtype)
+        if self.mode == "kv":
+            out = out + attend(q, k * w, v * w)
+        else:
+            w = w * (k.shape[2] / 1280.0)
+            if self.mode == "kv_c":
+                out = out + attend(q, k * w, v * w)
+            else:
+                m = v.mean(dim=1, keepdim=True)
+                out = out + attend(q, k * w, (v - m) + m * w)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def transformers_in_execution_order(unet):
+    """The attn2 processor names of each Transformer2DModel: down blocks, mid, up blocks
+    (ComfyUI's transformer_index; SD1.5 has 16)."""
+    names = []
+    def add(prefix, attentions):
+        for a, t in enumerate(attentions):
+            names.append([f"{prefix}.attentions.{a}.transformer_blocks.{k}.attn2.processor"
+                          for k in range(len(t.transformer_blocks))])
+    for i, b in enumerate(unet.down_blocks):
+        add(f"down_blocks.{i}", getattr(b, "attentions", []))
+    add("mid_block", unet.mid_block.attentions)
+    for i, b in enumerate(unet.up_blocks):
+        add(f"up_blocks.{i}", getattr(b, "attentions", []))
+    return names
+
+
+class IPWeights:
+    """Installs the image-attention processors of CELL's ip_scaling and sets, at each step,
+    every row's weight in every block: the row's branch weight where its window is active,
+    times the branch's factor for the block."""
+
+    def __init__(self, unet):
+        procs = dict(unet.attn_processors)
+        mode = CELL["ip_scaling"]
+        if mode != "v":
+            procs = {n: ScaledIPProcessor(p, mode) if isinstance(p, IPAdapterAttnProcessor2_0) else p
+                     for n, p in procs.items()}
+            unet.set_attn_processor(dict(procs))
+        self.blocks = [[procs[n] for n in names] for names in transformers_in_execution_order(unet)]
+
+    def factor(self, row, j):
+        pairs = row["blocks"]
+        return 1.0 if pairs is None else dict((i, w) for i, w in pairs).get(j, 0.0)
+
+    def set(self, weights, device, extra_rows=0):
+        """`weights[k]`: row k's weight at this step; `extra_rows` more rows at 0."""
+        for j, procs in enumerate(self.blocks):
+            scales = [w * self.factor(row, j) for w, row in zip(weights, ROWS)] + [0.0] * extra_rows
+            t = torch.tensor(scales, dtype=torch.float32, device=device).view(-1, 1, 1)
+            for p in procs:
+                if isinstance(p, ScaledIPProcessor):
+                    p.w = t
+                else:
+                    p.scale = [RowScale(t)]
+
+
+# ---- windows ------------------------------------------------------------------------------
+
+def percent_to_sigma(log_sigmas, p):
+    """ComfyUI's percent_to_sigma: the sigma at training timestep (1 - p)(T - 1), log-linear."""
+    if p <= 0.0:
+        return 999999999.9
+    if p >= 1.0:
+        return 0.0
+    t = torch.clamp(torch.tensor((1.0 - p) * (len(log_sigmas) - 1)), min=0, max=len(log_sigmas) - 1)
+    low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+    return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp().item()
+
+
+def step_sigmas(sched):
+    """Each step's noise level: sqrt((1 - a_t) / a_t) for DDIM, the scheduler's sigma else."""
+    if CELL["scheduler"] == "ddim":
+        a = sched.alphas_cumprod[sched.timesteps]
+        return [s.item() for s in ((1 - a) / a) ** 0.5]
+    return [s.item() for s in sched.sigmas[:len(sched.timesteps)]]
+
+
+def weight_at(branch, i, n, sigma, log_sigmas):
+    """The branch's weight at step i of n, 0 outside its window (CELL's window rule)."""
+    if CELL["window"] == "steps":
+        on = branch["start"] <= i / n < branch["end"]
+    else:
+        high = percent_to_sigma(log_sigmas, branch["start"])
+        low = percent_to_sigma(log_sigmas, branch["end"])
+        on = low <= sigma <= high
+    return branch["weight"] if on else 0.0
+
+
+# ---- sampling -----------------------------------------------------------------------------
+
+def make_scheduler(pipe):
+    cfg = pipe.scheduler.config
+    kind = CELL["scheduler"]
+    if kind == "ddim":
+        return DDIMScheduler.from_config(cfg)
+    if kind == "euler":
+        return EulerDiscreteScheduler.from_config(cfg)
+    return DPMSolverMultistepScheduler.from_config(
+        cfg, algorithm_type="dpmsolver++", solver_order=2,
+        use_karras_sigmas=kind == "dpmpp_2m_karras")
+
+
+def text_rows(pipe, texts, device):
+    return torch.cat([pipe.encode_prompt(t, device, 1, False)[0] for t in texts])
+
+
+def decode(pipe, x):
+    """Latents to a [0,1] image [3,H,W]; in fp32 again where the dtype gives NaN (as negimg)."""
+    z = x / pipe.vae.config.scaling_factor
+    img = pipe.vae.decode(z.to(pipe.vae.dtype)).sample.float()
+    if not torch.isfinite(img).all():
+        img = pipe.vae.to(torch.float32).decode(z.float()).sample
+    return (img[0] / 2 + 0.5).clamp(0, 1)
+
+
+def generate(device, dtype):
+    pipe, encoder = load(device, dtype)
+    features = ImageFeatures(encoder, device, dtype)
+    weights = IPWeights(pipe.unet)
+    merge = prepare_merge(pipe, features, device, dtype)
+    text = text_rows(pipe, [r["text"] for r in ROWS], device)
+    embeds = torch.cat([features.row(r["image"]) for r in ROWS])[:, None]
+    sched = make_scheduler(pipe)
+    sched.set_timesteps(CELL["steps"])
+    ac = sched.alphas_cumprod.float()
+    log_sigmas = (((1 - ac) / ac) ** 0.5).log()
+    sigmas = step_sigmas(sched)
+    f = pipe.vae_scale_factor
+    g = torch.Generator("cpu").manual_seed(CELL["seed"])
+    x = torch.randn([1, 4, CELL["height"] // f, CELL["width"] // f], generator=g)
+    x = (x * sched.init_noise_sigma).to(device)
+    n, r = CELL["steps"], len(ROWS)
+    for i, t in enumerate(sched.timesteps):
+        x_in = torch.cat([sched.scale_model_input(x, t)] * r)
+        ws = [weight_at(row["branch"], i, n, sigmas[i], log_sigmas) for row in ROWS]
+        rows_in, rows_text, rows_embeds = merge(i, t, sched, x_in, text, embeds)
+        weights.set(ws, device, extra_rows=rows_in.shape[0] - r)
+        eps = pipe.unet(rows_in.to(dtype), t, encoder_hidden_states=rows_text.to(dtype),
+                        added_cond_kwargs={"image_embeds": [rows_embeds.to(dtype)]}).sample
+        x = sched.step(guide(eps[:r].float()), t, x).prev_sample
+    return decode(pipe, x)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=CELL["out"])
+    ap.add_argument("--device", default=CELL["device"])
+    ap.add_argument("--dtype", default=CELL["dtype"], choices=sorted(DTYPES))
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    image = generate(torch.device(a.device), DTYPES[a.dtype])
+    u8 = (image * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(u8).save(a.out)
+    print(a.out)

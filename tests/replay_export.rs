@@ -1,0 +1,361 @@
+//! `negimg generate --replay` and `negimg export --diffusers` on one run of tiny random
+//! models (SD1.5's block layout): an uncond cell with windows, a three-row cell (perp_neg),
+//! a block preset with ComfyUI's `kv_c` scaling, `subtract` with the Plus adapter, a sigma
+//! window, DPM++ 2M Karras and black "no image" tokens, and NegToMe alone on Euler. Replay
+//! gives the same bytes; each exported script, run in the venv, gives negimg's image within
+//! 1/255.
+mod common;
+
+use common::{negimg, text};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The cells of the run, in the order of the zip below; each is found by its prompt.
+const CELLS: [&str; 5] = [
+    "uncond_window",
+    "perp_neg",
+    "style_kv_c",
+    "subtract_plus_sigma",
+    "negtome_euler",
+];
+
+/// One column per parameter that varies, one value per cell of [`CELLS`].
+const ZIP: &str = r#"
+[[grid.zip]]
+prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler"]
+method = ["uncond", "perp_neg", "uncond", "subtract", "negtome"]
+start = [0.25, 0, 0, 0.2, 0]
+neg_end = [0.75, 1, 1, 1, 1]
+blocks = ["all", "all", "style", "all", "all"]
+ip_scaling = ["v", "v", "kv_c", "v", "v"]
+adapter = ["base", "base", "base", "plus", "base"]
+window = ["steps", "steps", "steps", "sigma", "steps"]
+scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler"]
+no_image = ["reference", "reference", "reference", "black", "reference"]
+negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64"]
+negtome_t_min = [800, 800, 800, 800, 200]
+"#;
+
+struct Run {
+    dir: PathBuf,
+    run: PathBuf,
+}
+
+/// One run of the cells (batches of 1, so a cell replayed alone is the same computation).
+/// 64x64 images: the tiny VAE's latents are 32x32, where NegToMe merges; NegToMe's negative
+/// image has that size (the export refuses a resize).
+fn run() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = common::scratch("replay_export");
+        common::parity::write_pos_neg(&dir, (70, 90));
+        common::parity::write_image(&dir.join("neg64.png"), 64, 64, 3);
+        let m = common::tiny::tiny_sd15_models();
+        let m = m.display();
+        let toml = format!(
+            "[experiment]\nname = \"reproduce\"\n\n[models]\npipeline = \"{m}/pipeline\"\n\
+             ip_adapter = {{ base = \"{m}/ip-adapter_sd15.safetensors\", \
+             plus = \"{m}/ip-adapter-plus_sd15.safetensors\" }}\n\
+             image_encoder = \"{m}/image_encoder\"\n\n\
+             [images.house]\npath = \"pos.png\"\n[images.lawn]\npath = \"neg.png\"\n\
+             [images.lawn64]\npath = \"neg64.png\"\n\n\
+             [defaults]\nsteps = 4\nsize = 64\ndtype = \"fp32\"\nseed = 7\ncfg = 6\n\
+             negative_prompt = \"grass\"\nnegative = \"both\"\npositive_image = \"house\"\n{ZIP}"
+        );
+        std::fs::write(dir.join("reproduce.toml"), toml).unwrap();
+        let out = negimg(
+            &[
+                "--device",
+                "cpu",
+                "run",
+                "reproduce.toml",
+                "--batch",
+                "1",
+                "--no-report",
+            ],
+            &dir,
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let run = common::only_run(&dir.join("results/reproduce"));
+        Run { dir, run }
+    })
+}
+
+/// The image of the cell named `name` (by its prompt in records.csv).
+fn image_of(name: &str) -> PathBuf {
+    let r = run();
+    let mut csv = csv::Reader::from_path(r.run.join("records.csv")).unwrap();
+    let headers = csv.headers().unwrap().clone();
+    let col = |k: &str| headers.iter().position(|h| h == k).unwrap();
+    let prompt = format!("a house {name}");
+    for rec in csv.records() {
+        let rec = rec.unwrap();
+        if rec[col("prompt")] == prompt {
+            return r.run.join(&rec[col("file")]);
+        }
+    }
+    panic!("no record of {name}");
+}
+
+fn negimg_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--device", "cpu"];
+    all.extend_from_slice(args);
+    negimg(&all, dir)
+}
+
+#[test]
+fn replay_remakes_the_same_bytes_and_never_overwrites_without_force() {
+    let r = run();
+    let png = image_of("uncond_window");
+    let out = r.dir.join("replayed.png");
+    let args = [
+        "generate",
+        "--replay",
+        png.to_str().unwrap(),
+        "--out",
+        "replayed.png",
+    ];
+    let first = negimg_in(&r.dir, &args);
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&png).unwrap());
+    std::fs::write(&out, b"keep me").unwrap();
+    let again = negimg_in(&r.dir, &args);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("exists: pass --force"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let third = negimg_in(&r.dir, &forced);
+    assert!(third.status.success(), "{}", text(&third));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&png).unwrap());
+}
+
+#[test]
+fn replay_refuses_a_png_without_chunk_and_one_from_a_newer_negimg() {
+    let r = run();
+    let plain = r.dir.join("plain.png");
+    std::fs::copy(r.dir.join("pos.png"), &plain).unwrap();
+    let out = negimg_in(&r.dir, &["generate", "--replay", "plain.png"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("plain.png has no `negimg` text chunk"),
+        "{}",
+        text(&out)
+    );
+    // The same image with its chunk's version raised: refused before anything is read.
+    let png = image_of("perp_neg");
+    let texts = negimg::run::png::read_texts(&png).unwrap();
+    let chunk = &texts.iter().find(|(k, _)| k == "negimg").unwrap().1;
+    let mut value: serde_json::Value = serde_json::from_str(chunk).unwrap();
+    value["negimg_version"] = "99.0.0".into();
+    let img = image::open(&png).unwrap().to_rgb8();
+    let bytes = negimg::run::png::encode(&img, &[("negimg", &value.to_string())]).unwrap();
+    std::fs::write(r.dir.join("future.png"), bytes).unwrap();
+    let out = negimg_in(&r.dir, &["generate", "--replay", "future.png"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("made by negimg 99.0.0, newer than this negimg"),
+        "{}",
+        text(&out)
+    );
+    assert!(!r.dir.join("future-replay.png").exists());
+}
+
+/// A copy of the run folder whose manifest `edit` changes (the models stay where they are).
+fn run_copy_with_manifest(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let r = run();
+    let copy = r.dir.join(name).join("run");
+    std::fs::create_dir_all(copy.join("images")).unwrap();
+    let png = image_of("uncond_window");
+    let image = copy.join("images").join(png.file_name().unwrap());
+    std::fs::copy(&png, &image).unwrap();
+    let copy_dir = |sub: &str| {
+        std::fs::create_dir_all(copy.join(sub)).unwrap();
+        for e in std::fs::read_dir(r.run.join(sub)).unwrap().flatten() {
+            std::fs::copy(e.path(), copy.join(sub).join(e.file_name())).unwrap();
+        }
+    };
+    copy_dir("inputs");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.run.join("manifest.json")).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(copy.join("manifest.json"), manifest.to_string()).unwrap();
+    image
+}
+
+fn adapter_entry(manifest: &mut serde_json::Value) -> &mut serde_json::Value {
+    manifest["models"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["role"] == "ip_adapter.base")
+        .unwrap()
+}
+
+#[test]
+fn replay_names_a_changed_or_missing_model() {
+    let r = run();
+    let changed = run_copy_with_manifest("changed", |m| {
+        let entry = adapter_entry(m);
+        entry["files"][0]["sha256"] = "0".repeat(64).into();
+        entry["digest"] = "x".into();
+    });
+    let out = negimg_in(
+        &r.dir,
+        &[
+            "generate",
+            "--replay",
+            changed.to_str().unwrap(),
+            "--out",
+            "c.png",
+        ],
+    );
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(
+        msg.contains("ip_adapter.base")
+            && msg.contains("changed since the run")
+            && msg.contains("ip-adapter_sd15.safetensors (sha256 000000000000 in the run"),
+        "{msg}"
+    );
+    let missing = run_copy_with_manifest("missing", |m| {
+        adapter_entry(m)["path"] = "/nonexistent/adapter.safetensors".into();
+    });
+    let out = negimg_in(
+        &r.dir,
+        &[
+            "generate",
+            "--replay",
+            missing.to_str().unwrap(),
+            "--out",
+            "m.png",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("/nonexistent/adapter.safetensors does not exist"),
+        "{}",
+        text(&out)
+    );
+    assert!(!r.dir.join("c.png").exists() && !r.dir.join("m.png").exists());
+}
+
+/// Exports the cell `name`, runs the script in the venv and compares its PNG with negimg's.
+fn export_and_compare(name: &str) {
+    let r = run();
+    let png = image_of(name);
+    let script = r.dir.join(format!("{name}.py"));
+    let out = negimg_in(
+        &r.dir,
+        &[
+            "export",
+            png.to_str().unwrap(),
+            "--diffusers",
+            script.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let made = r.dir.join(format!("{name}-diffusers.png"));
+    let py = std::process::Command::new(common::python())
+        .arg(&script)
+        .args(["--out", made.to_str().unwrap(), "--threads", "1"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{name}: {}", text(&py));
+    let ours = image::open(&png).unwrap().to_rgb8();
+    let theirs = image::open(&made).unwrap().to_rgb8();
+    let diff = max_level_diff(&ours, &theirs);
+    eprintln!("{name}: exported script within {diff}/255 of negimg");
+    assert!(
+        diff <= 1,
+        "{name}: the script's image is {diff}/255 from negimg's"
+    );
+}
+
+fn max_level_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn export_uncond_with_windows_matches_negimg() {
+    export_and_compare("uncond_window");
+}
+
+#[test]
+fn export_perp_neg_matches_negimg() {
+    export_and_compare("perp_neg");
+}
+
+#[test]
+fn export_style_preset_with_kv_c_matches_negimg() {
+    export_and_compare("style_kv_c");
+}
+
+#[test]
+fn export_subtract_plus_sigma_window_karras_black_matches_negimg() {
+    export_and_compare("subtract_plus_sigma");
+}
+
+#[test]
+fn export_negtome_on_euler_matches_negimg() {
+    export_and_compare("negtome_euler");
+}
+
+/// The cells without NegToMe are far apart, so that "within 1/255" tells them apart.
+#[test]
+fn export_cells_differ_so_the_tolerance_means_something() {
+    let imgs: Vec<image::RgbImage> = CELLS[..4]
+        .iter()
+        .map(|c| image::open(image_of(c)).unwrap().to_rgb8())
+        .collect();
+    for i in 0..imgs.len() {
+        for j in i + 1..imgs.len() {
+            let d = max_level_diff(&imgs[i], &imgs[j]);
+            assert!(
+                d > 2,
+                "{} and {} are only {d}/255 apart",
+                CELLS[i],
+                CELLS[j]
+            );
+        }
+    }
+}
+
+#[test]
+fn export_refuses_to_overwrite_and_help_shows_the_commands() {
+    let r = run();
+    let png = image_of("perp_neg");
+    std::fs::write(r.dir.join("taken.py"), "keep").unwrap();
+    let out = negimg_in(
+        &r.dir,
+        &["export", png.to_str().unwrap(), "--diffusers", "taken.py"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("taken.py exists"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(r.dir.join("taken.py")).unwrap(),
+        "keep"
+    );
+    let help = text(&negimg_in(&r.dir, &["export", "--help"]));
+    assert!(help.contains("--diffusers <OUT.py>"), "{help}");
+    let help = text(&negimg_in(&r.dir, &["generate", "--help"]));
+    assert!(help.contains("--replay <IMAGE.png>"), "{help}");
+    let clash = negimg_in(&r.dir, &["generate", "--replay", "x.png", "--seed", "3"]);
+    assert!(!clash.status.success());
+    assert!(
+        text(&clash).contains("cannot be used with"),
+        "{}",
+        text(&clash)
+    );
+}
