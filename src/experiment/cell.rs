@@ -44,6 +44,8 @@ pub struct CellSpec {
     pub negtome_threshold: f64,
     pub negtome_t_min: f64,
     pub negtome_t_max: f64,
+    /// The `[subjects.NAME]` whose images the cell has (a label: the images decide the image).
+    pub subject: Option<String>,
 }
 
 impl Default for CellSpec {
@@ -82,6 +84,7 @@ impl Default for CellSpec {
             negtome_threshold: p.negtome_threshold,
             negtome_t_min: p.negtome_t_min,
             negtome_t_max: p.negtome_t_max,
+            subject: None,
         }
     }
 }
@@ -118,6 +121,7 @@ impl CellSpec {
             (Param::NegtomeThreshold, Value::Num(x)) => self.negtome_threshold = *x,
             (Param::NegtomeTMin, Value::Num(x)) => self.negtome_t_min = *x,
             (Param::NegtomeTMax, Value::Num(x)) => self.negtome_t_max = *x,
+            (Param::Subject, Value::Text(s)) => self.subject = Some(s.clone()),
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -191,6 +195,7 @@ impl CellSpec {
             Param::NegtomeThreshold => Value::Num(self.negtome_threshold),
             Param::NegtomeTMin => Value::Num(self.negtome_t_min),
             Param::NegtomeTMax => Value::Num(self.negtome_t_max),
+            Param::Subject => Value::Text(self.subject.clone().unwrap_or_default()),
         }
     }
 

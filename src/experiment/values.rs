@@ -46,10 +46,12 @@ pub enum Param {
     NegtomeThreshold,
     NegtomeTMin,
     NegtomeTMax,
+    /// A `[subjects.NAME]`: sets the positive and negative image together.
+    Subject,
 }
 
 impl Param {
-    pub const ALL: [Param; 29] = [
+    pub const ALL: [Param; 30] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -79,6 +81,7 @@ impl Param {
         Param::NegtomeThreshold,
         Param::NegtomeTMin,
         Param::NegtomeTMax,
+        Param::Subject,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +115,7 @@ impl Param {
             Param::NegtomeThreshold => "negtome_threshold",
             Param::NegtomeTMin => "negtome_t_min",
             Param::NegtomeTMax => "negtome_t_max",
+            Param::Subject => "subject",
         }
     }
 
@@ -389,7 +393,7 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             .map_err(|_| src.error(span, key, format!("{s:?} is not one of {choices}")))
     }
     Ok(match param {
-        Param::Prompt | Param::NegativePrompt => Value::Text(s.to_string()),
+        Param::Prompt | Param::NegativePrompt | Param::Subject => Value::Text(s.to_string()),
         Param::Negative => Value::Negative(parse(src, key, span, s, "none, text, image, both")?),
         Param::Adapter => Value::Adapter(parse(src, key, span, s, "base, plus")?),
         Param::Scheduler => Value::Scheduler(parse(

@@ -18,6 +18,8 @@ pub struct ScorerSection {
     pub notes: Vec<String>,
     pub summary: Summary,
     pub curves: Vec<CurveFile>,
+    /// Forest plots (subjects and their pooled effect), one per metric.
+    pub forests: Vec<CurveFile>,
 }
 
 pub fn escape(s: &str) -> String {
@@ -228,6 +230,13 @@ pub fn index_html(
             "<h2>Verdict</h2>\n<p>Each condition against its baseline on the same seeds (click a column to sort). {}</p>\n",
             escape(&method_note())
         );
+        if verdicts.iter().any(|(sc, _)| !sc.summary.pooled.is_empty()) {
+            let _ = writeln!(
+                s,
+                "<p>Rows with subject = pooled come first. {}</p>",
+                escape(&crate::scoring::pooled::method_note())
+            );
+        }
         for (sc, rows) in &verdicts {
             verdict_table(&mut s, sc, rows);
         }
@@ -281,11 +290,21 @@ pub fn index_html(
         ] {
             let _ = write!(s, " <a href=\"{}\">{f}</a>", href(&format!("{dir}/{f}")));
         }
+        if !sc.summary.pooled.is_empty() {
+            let _ = write!(
+                s,
+                " <a href=\"{}\">pooled.csv</a>",
+                href(&format!("{dir}/pooled.csv"))
+            );
+        }
         s.push_str("</p>\n");
         summary_table(&mut s, &sc.summary);
-        if !sc.curves.is_empty() {
-            s.push_str("<h3>Curves</h3>\n");
-            for c in &sc.curves {
+        for (heading, figures) in [("Curves", &sc.curves), ("Forest plots", &sc.forests)] {
+            if figures.is_empty() {
+                continue;
+            }
+            let _ = writeln!(s, "<h3>{heading}</h3>");
+            for c in figures {
                 let _ = writeln!(
                     s,
                     "<figure class=curve><a href=\"{0}\"><img src=\"{1}\" alt=\"{2}\"></a><figcaption>{2} (<a href=\"{0}\">SVG</a>)</figcaption></figure>",

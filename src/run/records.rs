@@ -71,6 +71,10 @@ pub struct Record {
     pub negtome_t_min: f64,
     #[serde(default = "negtome_t_max")]
     pub negtome_t_max: f64,
+    /// The `[subjects.NAME]` of the cell; the column exists only in runs with subjects (so
+    /// the rows, and the record ids made from them, of other runs are unchanged).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject: String,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -144,6 +148,7 @@ impl Record {
             "negtome_threshold" => csv_value(&self.negtome_threshold),
             "negtome_t_min" => csv_value(&self.negtome_t_min),
             "negtome_t_max" => csv_value(&self.negtome_t_max),
+            "subject" => self.subject.clone(),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             _ => return None,
@@ -205,6 +210,7 @@ impl Record {
             negtome_threshold: cell.negtome_threshold,
             negtome_t_min: cell.negtome_t_min,
             negtome_t_max: cell.negtome_t_max,
+            subject: cell.subject.clone().unwrap_or_default(),
             seconds,
             error: error.to_string(),
         }

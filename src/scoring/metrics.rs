@@ -10,6 +10,11 @@
 //!   (torchmetrics' convention); `clip_t_cos_K`: the raw cosine.
 //! - `P_div`: mean `1 - cos` to the other seeds' images of the same condition; its mean over
 //!   a condition is the mean pairwise `1 - cos`, the condition's diversity over seeds.
+//! - `neg_present` (CLIP, cells of a subject with a `negative_caption`): CLIP zero-shot
+//!   presence of the negative's concept, 1 when the image's cosine to `negative_caption` is
+//!   above its cosine to the neutral caption (the subject's `positive_caption`, else
+//!   [`NEUTRAL_CAPTION`]), else 0; its mean over a condition is the presence rate, and
+//!   `1 - rate` the removal rate.
 use super::stats::{condition_axes, key_of};
 use crate::run::info::RunInfo;
 use crate::run::records::{Record, Status};
@@ -46,13 +51,33 @@ pub enum Direction {
 }
 
 pub fn direction(metric: &str) -> Direction {
-    if metric.ends_with("_i_neg") {
+    if metric.ends_with("_i_neg") || metric == NEG_PRESENT {
         Direction::Lower
     } else if metric.ends_with("_i_pos") || metric == "subtraction" {
         Direction::Higher
     } else {
         Direction::Undirected
     }
+}
+
+/// The removal measure's column.
+pub const NEG_PRESENT: &str = "neg_present";
+/// The caption `negative_caption` is compared with when a subject has no `positive_caption`.
+pub const NEUTRAL_CAPTION: &str = "a photo";
+
+/// 0/1 measures, whose paired test is McNemar's.
+pub fn is_binary(metric: &str) -> bool {
+    metric == NEG_PRESENT
+}
+
+/// The (negative, neutral) captions of a subject, or `None` without a `negative_caption`.
+pub fn removal_captions(subject: &crate::run::info::Subject) -> Option<(&str, &str)> {
+    let negative = subject.negative_caption.as_deref()?;
+    let neutral = subject
+        .positive_caption
+        .as_deref()
+        .unwrap_or(NEUTRAL_CAPTION);
+    Some((negative, neutral))
 }
 
 /// Metrics whose per-image values are shares of a condition-level quantity (diversity): their
@@ -92,6 +117,9 @@ pub fn metric_names(embedder: Embedder, targets: usize) -> Vec<String> {
         }
     }
     names.push(format!("{p}_div"));
+    if embedder == Embedder::Clip {
+        names.push(NEG_PRESENT.into());
+    }
     names
 }
 
@@ -142,13 +170,15 @@ pub fn baselines(info: &RunInfo, records: &[Record]) -> Vec<Option<usize>> {
 /// order (NaN where a metric is not defined for that cell).
 ///
 /// `image_embeds` maps an image key to its unit embedding: `cell:<cell_id>` for generated
-/// images and `input:<name>` for the run's input images.
+/// images and `input:<name>` for the run's input images; `captions` the subjects' captions
+/// (CLIP) by text.
 pub fn compute(
     info: &RunInfo,
     records: &[Record],
     embedder: Embedder,
     image_embeds: &HashMap<String, Vec<f64>>,
     text_embeds: &[Vec<f64>],
+    captions: &HashMap<String, Vec<f64>>,
 ) -> Vec<(String, Vec<f64>)> {
     let bases = baselines(info, records);
     let cell = |r: &Record| image_embeds.get(&format!("cell:{}", r.cell_id));
@@ -184,9 +214,29 @@ pub fn compute(
                 }
             }
             values.push(diversity.get(&r.cell_id).copied().unwrap_or(f64::NAN));
+            if embedder == Embedder::Clip {
+                values.push(neg_present(info, r, e, captions));
+            }
             Some((r.cell_id.clone(), values))
         })
         .collect()
+}
+
+/// 1 when the image is closer to its subject's negative caption than to the neutral one, 0
+/// when not, NaN without a subject or caption.
+fn neg_present(
+    info: &RunInfo,
+    r: &Record,
+    image: &[f64],
+    captions: &HashMap<String, Vec<f64>>,
+) -> f64 {
+    let Some((negative, neutral)) = info.subjects.get(&r.subject).and_then(removal_captions) else {
+        return f64::NAN;
+    };
+    match (captions.get(negative), captions.get(neutral)) {
+        (Some(n), Some(z)) => f64::from(u8::from(cosine(image, n) > cosine(image, z))),
+        _ => f64::NAN,
+    }
 }
 
 /// Per image: mean `1 - cos` to the other done images of its condition (NaN when alone).

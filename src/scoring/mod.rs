@@ -17,6 +17,7 @@
 pub mod embed;
 pub mod metrics;
 pub mod pixel;
+pub mod pooled;
 pub mod stats;
 pub mod tables;
 
@@ -221,6 +222,9 @@ pub fn summarize_scorer(run_dir: &Path, id: &str) -> Result<stats::Summary> {
     let summary = stats::summarize(&info, &records, &scores);
     tables::write_summary_csv(&summary, &dir.join("summary.csv"))?;
     tables::write_paired_csv(&summary, &dir.join("paired.csv"))?;
+    if !summary.pooled.is_empty() {
+        tables::write_pooled_csv(&summary, &dir.join("pooled.csv"))?;
+    }
     let verdict = tables::verdict_rows(&summary);
     tables::write_verdict_csv(&summary, &verdict, &dir.join("verdict.csv"))?;
     let notes = score_notes(&scorer);
@@ -271,6 +275,15 @@ pub fn score_notes(scorer: &ScorerInfo) -> Vec<String> {
         ));
     }
     notes.push(stats::method_note());
+    if scorer.metrics.iter().any(|m| m == metrics::NEG_PRESENT) {
+        notes.push(format!(
+            "{}: 1 when CLIP puts the image closer to the subject's negative_caption than to \
+             its positive_caption (else \"{}\"); its mean is the presence rate; paired test: \
+             McNemar's exact test on the discordant pairs",
+            metrics::NEG_PRESENT,
+            metrics::NEUTRAL_CAPTION
+        ));
+    }
     notes
 }
 
@@ -323,7 +336,14 @@ pub fn score_with(
     let records = read_run_records(run_dir)?;
     let id = scorer_id(scorer)?;
     let embeds = embed::embed_run(run_dir, &info, &records, embedder, scorer, device, kind)?;
-    let mut rows = metrics::compute(&info, &records, embedder, &embeds.images, &embeds.texts);
+    let mut rows = metrics::compute(
+        &info,
+        &records,
+        embedder,
+        &embeds.images,
+        &embeds.texts,
+        &embeds.captions,
+    );
     let mut names = metrics::metric_names(embedder, embeds.texts.len());
     // The pixel change does not depend on the model; each scorer folder carries it so that
     // its verdict and tables are complete on their own.

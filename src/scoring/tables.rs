@@ -207,6 +207,7 @@ pub fn markdown(summary: &Summary, title: &str, notes: &[String]) -> String {
         let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
     base_markdown(&mut s, summary, &metrics);
+    pooled_markdown(&mut s, summary, &metrics);
     let paired: Vec<_> = summary
         .paired
         .iter()
@@ -389,6 +390,89 @@ fn base_markdown(s: &mut String, summary: &Summary, metrics: &[usize]) {
     }
 }
 
+/// The markdown table of the effects pooled over subjects.
+fn pooled_markdown(s: &mut String, summary: &Summary, metrics: &[usize]) {
+    if summary.pooled.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n### Pooled over subjects (the subject is the unit)\n\n\
+         mean of the subjects' mean differences [95% two-stage bootstrap CI]; p_holm (sign-flip \
+         on the subject means, Holm across conditions); significant = subjects with p < {} the \
+         right way.\n",
+        super::pooled::SUBJECT_ALPHA
+    );
+    let mut header: Vec<String> = summary.axes.clone();
+    for &m in metrics {
+        header.push(format!("{} diff", summary.metrics[m]));
+        header.push("p_holm".into());
+        header.push("significant".into());
+    }
+    let _ = writeln!(s, "| {} |", header.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
+    for row in &summary.pooled {
+        let mut cells: Vec<String> = row.key.iter().map(|k| md_escape(k)).collect();
+        for &m in metrics {
+            match &row.vs_base[m] {
+                Some(d) => cells.extend([
+                    diff_text(&d.diff, &summary.metrics[m]),
+                    p_text(d.diff.p_holm),
+                    win_text(&d.diff),
+                ]),
+                None => cells.extend(["–".into(), "–".into(), "–".into()]),
+            }
+        }
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+}
+
+/// pooled.csv: one row per pooled condition and metric.
+pub fn write_pooled_csv(summary: &Summary, path: &Path) -> Result<()> {
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut header: Vec<String> = summary.axes.clone();
+    header.extend(
+        [
+            "metric",
+            "subjects",
+            "diff",
+            "diff_ci_lo",
+            "diff_ci_hi",
+            "p",
+            "p_holm",
+            "significant_share",
+            "subject_std",
+        ]
+        .map(String::from),
+    );
+    w.write_record(&header)?;
+    for row in &summary.pooled {
+        for (metric, d) in summary.metrics.iter().zip(&row.vs_base) {
+            let Some(d) = d else { continue };
+            let e = &d.diff.estimate;
+            let mut rec = row.key.clone();
+            rec.push(metric.clone());
+            rec.push(e.n.to_string());
+            rec.extend(
+                [
+                    e.mean,
+                    e.ci_lo,
+                    e.ci_hi,
+                    d.diff.p,
+                    d.diff.p_holm,
+                    d.diff.win_rate,
+                    e.std,
+                ]
+                .map(num),
+            );
+            w.write_record(&rec)?;
+        }
+    }
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// "negative = none".
 pub fn baseline_text(summary: &Summary) -> String {
     summary
@@ -414,34 +498,69 @@ pub struct VerdictRow {
     pub unreliable: bool,
 }
 
-fn phrase(metric: &str, d: &BaseDiff) -> String {
+/// What a row's n counts: seeds, or subjects for a pooled row (whose wins are the subjects
+/// with a significant effect).
+#[derive(Clone, Copy)]
+enum Unit {
+    Seeds,
+    Subjects,
+}
+
+fn phrase(metric: &str, d: &BaseDiff, unit: Unit) -> String {
     let n = d.estimate.n;
-    let (wins, side) = (d.wins, metric.ends_with("_i_neg"));
-    let text = match (side, d.direction) {
-        (true, _) => format!("moved away from the negative in {wins}/{n} seeds"),
-        (false, Direction::Higher) => format!("moved towards the positive in {wins}/{n} seeds"),
-        _ => format!("changed {metric} in {n} seeds"),
+    let wins = d.wins;
+    let unit = match unit {
+        Unit::Seeds => "seeds",
+        Unit::Subjects => "subjects (significant)",
+    };
+    let text = if metric == super::metrics::NEG_PRESENT {
+        format!(
+            "the negative's concept went from present to absent in {wins}/{n} {unit} (rate {:+.2})",
+            d.estimate.mean
+        )
+    } else if metric.ends_with("_i_neg") {
+        format!("moved away from the negative in {wins}/{n} {unit}")
+    } else if d.direction == Direction::Higher {
+        format!("moved towards the positive in {wins}/{n} {unit}")
+    } else {
+        format!("changed {metric} in {n} {unit}")
     };
     format!("{text}, p_holm={}", p_text(d.p_holm))
 }
 
-/// The verdict rows of a scorer with `*_i_neg` or `*_i_pos` metrics (none otherwise).
+/// The verdict rows of a scorer with `*_i_neg` or `*_i_pos` metrics (none otherwise): the
+/// conditions pooled over subjects first (when the run has subjects), then each condition.
 pub fn verdict_rows(summary: &Summary) -> Vec<VerdictRow> {
     let find = |suffix: &str| summary.metrics.iter().position(|m| m.ends_with(suffix));
     let (neg, pos) = (find("_i_neg"), find("_i_pos"));
     if neg.is_none() && pos.is_none() {
         return Vec::new();
     }
-    let pick = |row: &super::stats::SummaryRow, m: Option<usize>| {
+    let removal = summary
+        .metrics
+        .iter()
+        .position(|m| m == super::metrics::NEG_PRESENT);
+    let pick = |diffs: &[Option<BaseDiff>], m: Option<usize>| {
         let m = m?;
-        Some((summary.metrics[m].clone(), row.vs_base.get(m)?.clone()?))
+        Some((summary.metrics[m].clone(), diffs.get(m)?.clone()?))
     };
-    summary
+    let pooled = summary.pooled.iter().map(|row| {
+        let diffs: Vec<Option<BaseDiff>> = row
+            .vs_base
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.diff.clone()))
+            .collect();
+        (row.key.clone(), diffs, Unit::Subjects)
+    });
+    let single = summary
         .rows
         .iter()
         .filter(|r| !r.is_baseline)
-        .filter_map(|row| {
-            let (neg, pos) = (pick(row, neg), pick(row, pos));
+        .map(|row| (row.key.clone(), row.vs_base.clone(), Unit::Seeds));
+    pooled
+        .chain(single)
+        .filter_map(|(key, diffs, unit)| {
+            let (neg, pos) = (pick(&diffs, neg), pick(&diffs, pos));
             if neg.is_none() && pos.is_none() {
                 return None;
             }
@@ -450,16 +569,20 @@ pub fn verdict_rows(summary: &Summary) -> Vec<VerdictRow> {
                 .filter_map(|x| x.as_ref().map(|(_, d)| d.estimate.n))
                 .max()
                 .unwrap_or(0);
-            let mut parts: Vec<String> = [&neg, &pos]
+            let mut parts: Vec<String> = [&neg, &pos, &pick(&diffs, removal)]
                 .iter()
-                .filter_map(|x| x.as_ref().map(|(m, d)| phrase(m, d)))
+                .filter_map(|x| x.as_ref().map(|(m, d)| phrase(m, d, unit)))
                 .collect();
             let unreliable = n < super::stats::UNRELIABLE_BELOW;
             if unreliable {
-                parts.push(format!("{UNRELIABLE_MARK} {n} seeds: unreliable"));
+                let what = match unit {
+                    Unit::Seeds => "seeds",
+                    Unit::Subjects => "subjects",
+                };
+                parts.push(format!("{UNRELIABLE_MARK} {n} {what}: unreliable"));
             }
             Some(VerdictRow {
-                key: row.key.clone(),
+                key,
                 n,
                 reading: parts.join("; "),
                 neg,
