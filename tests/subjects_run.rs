@@ -51,6 +51,14 @@ fn subjects_tiny_runs_scores_pools_and_reports_by_subject() {
     assert_eq!((&removal[0][0], &removal[0][1]), ("pooled", "image"));
     assert_eq!(&removal[0][3], "3", "3 subjects: {pooled}");
 
+    // CMMD of the image condition against its baseline images, in summary.csv.
+    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert!(
+        summary.lines().next().unwrap().contains(",cmmd,cmmd_p,"),
+        "{summary}"
+    );
+    assert!(dir.join("cmmd.csv").is_file());
+
     // The verdict's first rows are the pooled ones.
     let verdict = std::fs::read_to_string(dir.join("verdict.csv")).unwrap();
     let lines: Vec<&str> = verdict.lines().collect();

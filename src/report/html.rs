@@ -8,7 +8,8 @@ use crate::scoring::ScorerInfo;
 use crate::scoring::stats::Summary;
 use crate::scoring::stats::{BaseDiff, method_note};
 use crate::scoring::tables::{
-    VerdictRow, baseline_text, digits, mean_ci, mean_ci_marked, p_text, table_metrics, verdict_rows,
+    VerdictRow, baseline_text, cmmd_text, digits, mean_ci, mean_ci_marked, p_text, table_metrics,
+    verdict_rows,
 };
 use std::fmt::Write as _;
 
@@ -74,6 +75,10 @@ fn summary_table(s: &mut String, summary: &Summary) {
         let _ = write!(s, "<th>{}</th>", escape(a));
     }
     s.push_str("<th>n</th><th>failed</th>");
+    let set_distance = summary.rows.iter().any(|r| r.cmmd.is_some());
+    if set_distance {
+        s.push_str("<th>CMMD to baseline (p)</th>");
+    }
     for &m in &metrics {
         let _ = write!(s, "<th>{}</th>", escape(&summary.metrics[m]));
     }
@@ -84,6 +89,9 @@ fn summary_table(s: &mut String, summary: &Summary) {
             let _ = write!(s, "<td class=k>{}</td>", escape(k));
         }
         let _ = write!(s, "<td>{}</td><td>{}</td>", row.n, row.n_failed);
+        if set_distance {
+            let _ = write!(s, "<td>{}</td>", escape(&cmmd_text(row.cmmd)));
+        }
         for &m in &metrics {
             let text = mean_ci_marked(&row.estimates[m], digits(&summary.metrics[m]));
             let _ = write!(s, "<td>{}</td>", escape(&text));

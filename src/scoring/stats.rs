@@ -288,6 +288,8 @@ pub struct SummaryRow {
     pub n_failed: usize,
     /// One estimate per metric, in `Summary::metrics` order.
     pub estimates: Vec<Estimate>,
+    /// CMMD to the baseline images and its permutation p (`cmmd.rs`), where scored.
+    pub cmmd: Option<(f64, f64)>,
 }
 
 /// Differences `b - a` between two negative modes on the same seed, all else equal.
@@ -371,6 +373,7 @@ pub fn summarize(info: &RunInfo, records: &[Record], scores: &ScoreTable) -> Sum
                 vs_base: Vec::new(),
                 key,
                 estimates,
+                cmmd: None,
             }
         })
         .collect();

@@ -107,6 +107,10 @@ pub fn write_summary_csv(summary: &Summary, path: &Path) -> Result<()> {
         csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
     let mut header: Vec<String> = summary.axes.clone();
     header.extend(["n", "n_failed", "baseline", "unreliable"].map(String::from));
+    let set_distance = summary.rows.iter().any(|r| r.cmmd.is_some());
+    if set_distance {
+        header.extend(["cmmd", "cmmd_p"].map(String::from));
+    }
     for m in &summary.metrics {
         for s in ["n", "mean", "std", "ci_lo", "ci_hi"] {
             header.push(format!("{m}_{s}"));
@@ -124,6 +128,10 @@ pub fn write_summary_csv(summary: &Summary, path: &Path) -> Result<()> {
             row.is_baseline.to_string(),
             (row.n < super::stats::UNRELIABLE_BELOW).to_string(),
         ]);
+        if set_distance {
+            let (d, p) = row.cmmd.unwrap_or((f64::NAN, f64::NAN));
+            rec.extend([num(d), num(p)]);
+        }
         for (m, e) in row.estimates.iter().enumerate() {
             rec.extend([
                 e.n.to_string(),
@@ -192,12 +200,19 @@ pub fn markdown(summary: &Summary, title: &str, notes: &[String]) -> String {
     let metrics = table_metrics(summary);
     let mut header: Vec<String> = summary.axes.clone();
     header.extend(["n".into(), "failed".into()]);
+    let set_distance = summary.rows.iter().any(|r| r.cmmd.is_some());
+    if set_distance {
+        header.push("CMMD (p)".into());
+    }
     header.extend(metrics.iter().map(|&m| summary.metrics[m].clone()));
     let _ = writeln!(s, "| {} |", header.join(" | "));
     let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
     for row in &summary.rows {
         let mut cells: Vec<String> = row.key.iter().map(|k| md_escape(k)).collect();
         cells.extend([row.n.to_string(), row.n_failed.to_string()]);
+        if set_distance {
+            cells.push(cmmd_text(row.cmmd));
+        }
         for &m in &metrics {
             cells.push(mean_ci_marked(
                 &row.estimates[m],
@@ -330,6 +345,14 @@ pub fn latex(summary: &Summary, caption: &str) -> String {
         );
     }
     s
+}
+
+/// "0.123 (p 0.01)": CMMD to the baseline images, "–" without one.
+pub fn cmmd_text(c: Option<(f64, f64)>) -> String {
+    match c {
+        Some((d, p)) => format!("{d:.3} (p {})", p_text(p)),
+        None => "–".into(),
+    }
 }
 
 /// "−0.041 [−0.060, −0.020]" for a difference, with the unreliable marker.
