@@ -274,3 +274,71 @@ fn diversity(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::CellSpec;
+    use crate::run::info::Subject;
+
+    #[test]
+    fn removal_neg_present_compares_the_negative_caption_with_the_neutral_one() {
+        let subject = |positive_caption: Option<&str>| Subject {
+            positive: "p".into(),
+            negative: "n".into(),
+            positive_caption: positive_caption.map(String::from),
+            negative_caption: Some("a lawn".into()),
+            mask: None,
+        };
+        let mut info = RunInfo {
+            experiment: "t".into(),
+            run_id: "r".into(),
+            axes: Vec::new(),
+            plots: Default::default(),
+            scoring: Default::default(),
+            images: Default::default(),
+            captions: Default::default(),
+            subjects: Default::default(),
+        };
+        info.subjects.insert("a".into(), subject(Some("a house")));
+        info.subjects.insert("b".into(), subject(None));
+        let record = |id: &str, subject: &str| {
+            let cell = CellSpec {
+                subject: Some(subject.into()),
+                ..Default::default()
+            };
+            let mut r = Record::new(id, &cell, Status::Done, "", 0.0, "");
+            r.subject = subject.to_string();
+            r
+        };
+        let records = [
+            record("x", "a"),
+            record("y", "a"),
+            record("z", "b"),
+            record("w", ""),
+        ];
+        // Unit vectors: x leans to "a lawn", y to "a house"; z is compared with "a photo".
+        let images = HashMap::from([
+            ("cell:x".to_string(), vec![0.8, 0.6, 0.0]),
+            ("cell:y".to_string(), vec![0.6, 0.8, 0.0]),
+            ("cell:z".to_string(), vec![0.6, 0.0, 0.8]),
+            ("cell:w".to_string(), vec![1.0, 0.0, 0.0]),
+        ]);
+        let captions = HashMap::from([
+            ("a lawn".to_string(), vec![1.0, 0.0, 0.0]),
+            ("a house".to_string(), vec![0.0, 1.0, 0.0]),
+            (NEUTRAL_CAPTION.to_string(), vec![0.0, 0.0, 1.0]),
+        ]);
+        let rows = compute(&info, &records, Embedder::Clip, &images, &[], &captions);
+        let column = metric_names(Embedder::Clip, 0)
+            .iter()
+            .position(|m| m == NEG_PRESENT)
+            .unwrap();
+        let present: Vec<f64> = rows.iter().map(|(_, v)| v[column]).collect();
+        assert_eq!(&present[..3], &[1.0, 0.0, 0.0]);
+        // No subject: not defined.
+        assert!(present[3].is_nan());
+        assert_eq!(direction(NEG_PRESENT), Direction::Lower);
+        assert!(is_binary(NEG_PRESENT) && !is_binary("clip_i_neg"));
+    }
+}
