@@ -30,6 +30,38 @@ pub struct PlanArgs {
     pub no_calibrate: bool,
 }
 
+/// The subjects, their images and captions, and a warning for masks (recorded, not applied).
+fn subject_lines(exp: &Experiment) -> Vec<String> {
+    if exp.subjects.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = vec![format!("subjects: {}", exp.subjects.len())];
+    for (name, s) in &exp.subjects {
+        let caption = |c: &Option<String>| c.as_deref().map_or("-".into(), |c| format!("{c:?}"));
+        lines.push(format!(
+            "  {name:<16} {} minus {}; negative_caption {}, positive_caption {}",
+            s.positive,
+            s.negative,
+            caption(&s.negative_caption),
+            caption(&s.positive_caption)
+        ));
+    }
+    let masked: Vec<&str> = exp
+        .subjects
+        .iter()
+        .filter(|(_, s)| s.mask.is_some())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !masked.is_empty() {
+        lines.push(format!(
+            "warning: the region masks of {} are checked and recorded in run.json, but no \
+             generation or score uses them yet",
+            masked.join(", ")
+        ));
+    }
+    lines
+}
+
 pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     let exp = experiment::load(
         &args.experiment,
@@ -97,6 +129,9 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
                 members[members.len() - 1]
             );
         }
+    }
+    for line in subject_lines(&exp) {
+        say!("{line}");
     }
     say!("grid: {} = {} cells", exp.grid.shape(), exp.cells.len());
     let varying = exp.grid.varying();

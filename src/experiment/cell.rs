@@ -49,6 +49,8 @@ pub struct CellSpec {
     pub negtome_t_max: f64,
     /// The negative methods' own parameters set by the file (`sampling::methods`).
     pub method_params: BTreeMap<&'static str, f64>,
+    /// The `[subjects.NAME]` whose images the cell has (a label: the images decide the image).
+    pub subject: Option<String>,
 }
 
 impl Default for CellSpec {
@@ -88,6 +90,7 @@ impl Default for CellSpec {
             negtome_t_min: p.negtome_t_min,
             negtome_t_max: p.negtome_t_max,
             method_params: BTreeMap::new(),
+            subject: None,
         }
     }
 }
@@ -127,6 +130,7 @@ impl CellSpec {
             (Param::MethodParam(key), Value::Num(x)) => {
                 self.method_params.insert(key, *x);
             }
+            (Param::Subject, Value::Text(s)) => self.subject = Some(s.clone()),
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -201,6 +205,7 @@ impl CellSpec {
             Param::NegtomeTMin => Value::Num(self.negtome_t_min),
             Param::NegtomeTMax => Value::Num(self.negtome_t_max),
             Param::MethodParam(key) => Value::Num(self.method_param(key)),
+            Param::Subject => Value::Text(self.subject.clone().unwrap_or_default()),
         }
     }
 

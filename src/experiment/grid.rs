@@ -3,6 +3,7 @@
 //! Axes keep the file's order; the first axis is the outermost loop, seeds the innermost.
 //! A `[[grid.zip]]` table is one axis whose parameters vary together.
 use super::cell::CellSpec;
+use super::outputs::Subject;
 use super::source::Source;
 use super::values::{self, Param, Value};
 use anyhow::Result;
@@ -146,11 +147,14 @@ fn unknown(
 }
 
 /// `images(NAME)`: the images NAME stands for (itself, or the members of a family of derived
-/// images); `None` when there is no such image.
+/// images); `None` when there is no such image. `subjects`: the file's `[subjects]`, in order;
+/// when there are any, the `subject` axis is `[grid] subject` or, if not written, the first
+/// axis with every subject.
 pub fn read(
     src: &Source,
     root: &DeTable,
     images: &dyn Fn(&str) -> Option<Vec<String>>,
+    subjects: &[(String, Subject)],
 ) -> Result<Grid> {
     // Image names checked, families expanded into their members (on axes only).
     let resolve = |key: &str, span: Range<usize>, vals: Vec<Value>, axis: bool| {
@@ -197,6 +201,7 @@ pub fn read(
                 "dtype" => dtype = Some(read_dtype(src, &key, v)?),
                 name => match Param::from_name(name) {
                     Some(p) => {
+                        refuse_beside_subjects(src, &key, k.span(), p, subjects)?;
                         if p == Param::Seed {
                             seed_key = Some(k.span());
                         }
@@ -257,6 +262,7 @@ pub fn read(
                         let Some(p) = Param::from_name(zk.get_ref()) else {
                             return Err(unknown(src, &zkey, zk, &[]));
                         };
+                        refuse_beside_subjects(src, &key, zk.span(), p, subjects)?;
                         claim(p, &key, zk.span())?;
                         origins.insert(p, (key.clone(), zk.span()));
                         let col = resolve(&key, zv.span(), values::list(src, &key, p, zv)?, true)?;
@@ -310,6 +316,17 @@ pub fn read(
             let Some(p) = Param::from_name(name) else {
                 return Err(unknown(src, "grid", k, &["zip"]));
             };
+            if p == Param::Subject {
+                let names = values::list(src, &key, p, v)?;
+                values::unique(src, &key, v.span(), &names)?;
+                for p in SUBJECT_PARAMS {
+                    claim(p, &key, k.span())?;
+                    origins.insert(p, (key.clone(), k.span()));
+                }
+                axes.push(subject_axis(src, &key, v.span(), &names, subjects)?);
+                continue;
+            }
+            refuse_beside_subjects(src, &key, k.span(), p, subjects)?;
             claim(p, &key, k.span())?;
             origins.insert(p, (key.clone(), k.span()));
             let values = resolve(&key, v.span(), values::list(src, &key, p, v)?, true)?;
@@ -321,6 +338,17 @@ pub fn read(
                 span: k.span(),
             });
         }
+    }
+    if !subjects.is_empty() && !owner.contains_key(&Param::Subject) {
+        let span = section_span(root, "subjects");
+        for p in SUBJECT_PARAMS {
+            origins.insert(p, ("subjects".into(), span.clone()));
+        }
+        let all: Vec<Value> = subjects
+            .iter()
+            .map(|(n, _)| Value::Text(n.clone()))
+            .collect();
+        axes.insert(0, subject_axis(src, "subjects", span, &all, subjects)?);
     }
     if let Some((_, span)) = &seeds {
         origins
@@ -351,6 +379,79 @@ pub fn read(
         axes,
         dtype,
         origins,
+    })
+}
+
+/// What the subject axis sets, in its rows' order.
+const SUBJECT_PARAMS: [Param; 3] = [Param::Subject, Param::PositiveImage, Param::NegativeImage];
+
+/// Span of a top-level table's key (`[subjects]`), for messages.
+fn section_span(root: &DeTable, name: &str) -> Range<usize> {
+    root.iter()
+        .find(|(k, _)| k.get_ref() == name)
+        .map_or(0..0, |(k, _)| k.span())
+}
+
+/// The images come from the subjects: a file with `[subjects]` may not set them elsewhere
+/// (the subject axis would silently override them), nor put `subject` in a zip or defaults.
+fn refuse_beside_subjects(
+    src: &Source,
+    key: &str,
+    span: Range<usize>,
+    p: Param,
+    subjects: &[(String, Subject)],
+) -> Result<()> {
+    if p == Param::Subject {
+        return Err(src.error(
+            span,
+            key,
+            "`subject` is an axis of its own: write [grid] subject = [\"a\", \"b\"], or \
+             leave it out to cross every [subjects.NAME]",
+        ));
+    }
+    if !subjects.is_empty() && matches!(p, Param::PositiveImage | Param::NegativeImage) {
+        return Err(src.error(
+            span,
+            key,
+            format!("`{p}` is set by each [subjects.NAME]; remove it here"),
+        ));
+    }
+    Ok(())
+}
+
+/// The subject axis over `names`: each row sets the subject and its two images.
+fn subject_axis(
+    src: &Source,
+    key: &str,
+    span: Range<usize>,
+    names: &[Value],
+    subjects: &[(String, Subject)],
+) -> Result<Axis> {
+    let mut rows = Vec::with_capacity(names.len());
+    for v in names {
+        let name = v.to_string();
+        let Some((_, s)) = subjects.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = subjects.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(src.error(
+                span,
+                key,
+                format!(
+                    "there is no [subjects.{name}] in this file (subjects: {})",
+                    known.join(", ")
+                ),
+            ));
+        };
+        rows.push(vec![
+            Value::Text(name),
+            Value::Image(Some(s.positive.clone())),
+            Value::Image(Some(s.negative.clone())),
+        ]);
+    }
+    Ok(Axis {
+        params: SUBJECT_PARAMS.to_vec(),
+        rows,
+        key: key.to_string(),
+        span,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod grid;
 pub mod outputs;
 mod schema;
 pub mod source;
+mod subjects;
 mod validate;
 pub mod values;
 
@@ -93,6 +94,8 @@ pub struct Experiment {
     pub images: BTreeMap<String, ImageSource>,
     /// Families of derived images (`derive` with several strengths): name -> member names.
     pub families: BTreeMap<String, Vec<String>>,
+    /// `[subjects]` in the order written (the `subject` axis' order when not on `[grid]`).
+    pub subjects: Vec<(String, outputs::Subject)>,
     pub grid: Grid,
     /// Every cell, in grid order (first axis outermost, seeds innermost).
     pub cells: Vec<CellSpec>,
@@ -360,12 +363,14 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         images.insert(name.clone(), source);
     }
     derived::check_sources(&src, &images, &families, &from_spans)?;
+    let declared = subjects::read(&src, doc.get_ref(), &images, &base_dir)?;
+    images.extend(declared.images);
 
     let members_of = |n: &str| match families.get(n) {
         Some(members) => Some(members.clone()),
         None => images.contains_key(n).then(|| vec![n.to_string()]),
     };
-    let grid = grid::read(&src, doc.get_ref(), &members_of)?;
+    let grid = grid::read(&src, doc.get_ref(), &members_of, &declared.subjects)?;
     let count = grid.count();
     if count > MAX_GRID {
         return Err(src.error_at_key(
@@ -449,10 +454,24 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     let p = &raw.plots;
     let opt_axis =
         |key: &str, r: &Option<Spanned<String>>| r.as_ref().map(|r| axis_ref(key, r)).transpose();
+    let (rows, cols) = (
+        opt_axis("plots.rows", &p.rows)?,
+        opt_axis("plots.cols", &p.cols)?,
+    );
+    // A page per subject unless the file places the axis.
+    let subject_elsewhere = [&rows, &cols]
+        .iter()
+        .any(|a| a.as_deref() == Some(Param::Subject.name()));
+    let pages = match opt_axis("plots.pages", &p.pages)? {
+        None if !declared.subjects.is_empty() && !subject_elsewhere => {
+            Some(Param::Subject.name().to_string())
+        }
+        pages => pages,
+    };
     let plots = PlotsSpec {
-        rows: opt_axis("plots.rows", &p.rows)?,
-        cols: opt_axis("plots.cols", &p.cols)?,
-        pages: opt_axis("plots.pages", &p.pages)?,
+        rows,
+        cols,
+        pages,
         curve_x: opt_axis("plots.curve_x", &p.curve_x)?,
         series: p
             .series
@@ -493,6 +512,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         init_random,
         images,
         families,
+        subjects: declared.subjects,
         dtype: grid.dtype.clone(),
         grid,
         cells,

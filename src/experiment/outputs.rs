@@ -65,3 +65,17 @@ pub struct ScoringSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<std::path::PathBuf>,
 }
+
+/// One `[subjects.NAME]`: its images by `[images]` name, the captions the removal rate
+/// compares, and an optional region mask (a file; recorded, not applied).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Subject {
+    pub positive: String,
+    pub negative: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_caption: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_caption: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+}

@@ -20,6 +20,9 @@ pub struct FileRaw {
     pub _defaults: Option<toml::Table>,
     #[serde(default, rename = "grid")]
     pub _grid: Option<toml::Table>,
+    /// Type-checked here, read by `subjects.rs`.
+    #[serde(default, rename = "subjects")]
+    pub _subjects: Option<toml::Table>,
     #[serde(default)]
     pub scoring: ScoringRaw,
     #[serde(default)]
@@ -148,6 +151,7 @@ const TOP: &[(&str, Keys)] = &[
     ("images", Keys::Each(IMAGE)),
     ("defaults", Keys::Value),
     ("grid", Keys::Value),
+    ("subjects", Keys::Value),
     ("scoring", Keys::Table(SCORING)),
     ("plots", Keys::Table(PLOTS)),
 ];

@@ -50,11 +50,13 @@ pub enum Param {
     /// A parameter of one negative method, by key (declared in its file under
     /// `sampling::methods`).
     MethodParam(&'static str),
+    /// A `[subjects.NAME]`: sets the positive and negative image together.
+    Subject,
 }
 
 impl Param {
     /// The parameters every cell has; [`Param::all`] adds the methods' own.
-    const COMMON: [Param; 29] = [
+    const COMMON: [Param; 30] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -84,6 +86,7 @@ impl Param {
         Param::NegtomeThreshold,
         Param::NegtomeTMin,
         Param::NegtomeTMax,
+        Param::Subject,
     ];
 
     pub fn name(self) -> &'static str {
@@ -118,6 +121,7 @@ impl Param {
             Param::NegtomeTMin => "negtome_t_min",
             Param::NegtomeTMax => "negtome_t_max",
             Param::MethodParam(name) => name,
+            Param::Subject => "subject",
         }
     }
 
@@ -415,7 +419,7 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             .map_err(|_| src.error(span, key, format!("{s:?} is not one of {choices}")))
     }
     Ok(match param {
-        Param::Prompt | Param::NegativePrompt => Value::Text(s.to_string()),
+        Param::Prompt | Param::NegativePrompt | Param::Subject => Value::Text(s.to_string()),
         Param::Negative => Value::Negative(parse(src, key, span, s, "none, text, image, both")?),
         Param::Adapter => Value::Adapter(parse(src, key, span, s, "base, plus")?),
         Param::Scheduler => Value::Scheduler(parse(

@@ -8,7 +8,8 @@ use crate::scoring::ScorerInfo;
 use crate::scoring::stats::Summary;
 use crate::scoring::stats::{BaseDiff, method_note};
 use crate::scoring::tables::{
-    VerdictRow, baseline_text, digits, mean_ci, mean_ci_marked, p_text, table_metrics, verdict_rows,
+    VerdictRow, baseline_text, cmmd_text, digits, mean_ci, mean_ci_marked, p_text, table_metrics,
+    verdict_rows,
 };
 use std::fmt::Write as _;
 
@@ -18,6 +19,8 @@ pub struct ScorerSection {
     pub notes: Vec<String>,
     pub summary: Summary,
     pub curves: Vec<CurveFile>,
+    /// Forest plots (subjects and their pooled effect), one per metric.
+    pub forests: Vec<CurveFile>,
 }
 
 pub fn escape(s: &str) -> String {
@@ -72,6 +75,10 @@ fn summary_table(s: &mut String, summary: &Summary) {
         let _ = write!(s, "<th>{}</th>", escape(a));
     }
     s.push_str("<th>n</th><th>failed</th>");
+    let set_distance = summary.rows.iter().any(|r| r.cmmd.is_some());
+    if set_distance {
+        s.push_str("<th>CMMD to baseline (p)</th>");
+    }
     for &m in &metrics {
         let _ = write!(s, "<th>{}</th>", escape(&summary.metrics[m]));
     }
@@ -82,6 +89,9 @@ fn summary_table(s: &mut String, summary: &Summary) {
             let _ = write!(s, "<td class=k>{}</td>", escape(k));
         }
         let _ = write!(s, "<td>{}</td><td>{}</td>", row.n, row.n_failed);
+        if set_distance {
+            let _ = write!(s, "<td>{}</td>", escape(&cmmd_text(row.cmmd)));
+        }
         for &m in &metrics {
             let text = mean_ci_marked(&row.estimates[m], digits(&summary.metrics[m]));
             let _ = write!(s, "<td>{}</td>", escape(&text));
@@ -228,6 +238,13 @@ pub fn index_html(
             "<h2>Verdict</h2>\n<p>Each condition against its baseline on the same seeds (click a column to sort). {}</p>\n",
             escape(&method_note())
         );
+        if verdicts.iter().any(|(sc, _)| !sc.summary.pooled.is_empty()) {
+            let _ = writeln!(
+                s,
+                "<p>Rows with subject = pooled come first. {}</p>",
+                escape(&crate::scoring::pooled::method_note())
+            );
+        }
         for (sc, rows) in &verdicts {
             verdict_table(&mut s, sc, rows);
         }
@@ -281,11 +298,21 @@ pub fn index_html(
         ] {
             let _ = write!(s, " <a href=\"{}\">{f}</a>", href(&format!("{dir}/{f}")));
         }
+        if !sc.summary.pooled.is_empty() {
+            let _ = write!(
+                s,
+                " <a href=\"{}\">pooled.csv</a>",
+                href(&format!("{dir}/pooled.csv"))
+            );
+        }
         s.push_str("</p>\n");
         summary_table(&mut s, &sc.summary);
-        if !sc.curves.is_empty() {
-            s.push_str("<h3>Curves</h3>\n");
-            for c in &sc.curves {
+        for (heading, figures) in [("Curves", &sc.curves), ("Forest plots", &sc.forests)] {
+            if figures.is_empty() {
+                continue;
+            }
+            let _ = writeln!(s, "<h3>{heading}</h3>");
+            for c in figures {
                 let _ = writeln!(
                     s,
                     "<figure class=curve><a href=\"{0}\"><img src=\"{1}\" alt=\"{2}\"></a><figcaption>{2} (<a href=\"{0}\">SVG</a>)</figcaption></figure>",

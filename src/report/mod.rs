@@ -2,6 +2,7 @@
 //! run.json, scores): `plot_run` never regenerates an image.
 pub mod curves;
 pub mod font;
+pub mod forest;
 pub mod grid;
 pub mod html;
 pub mod maps;
@@ -50,10 +51,12 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
     let ids = scoring::scorers(run_dir)?;
     let mut sections = Vec::new();
     let mut captions: HashMap<String, String> = HashMap::new();
-    let curves_dir = run_dir.join("curves");
-    if curves_dir.is_dir() {
-        std::fs::remove_dir_all(&curves_dir)
-            .with_context(|| format!("cannot clear {}", curves_dir.display()))?;
+    for figures in ["curves", "forest"] {
+        let dir = run_dir.join(figures);
+        if dir.is_dir() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
     }
     if let Some(want) = &opts.caption_scorer
         && !ids.contains(want)
@@ -83,6 +86,7 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
         let scorer = scoring::read_scorer_info(run_dir, id)?;
         let scores = scoring::read_scores(&scoring::scorer_dir(run_dir, id).join("scores.csv"))?;
         let curves = curves::write_curves(run_dir, &info, &records, id, &scores, &scorer.targets)?;
+        let forests = forest::write_forests(run_dir, id, &summary, &scorer.targets)?;
         if caption_scorer.as_deref() == Some(id.as_str()) {
             let wanted: Vec<String> = match &opts.caption_metrics {
                 Some(asked) => {
@@ -116,6 +120,7 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
             info: scorer,
             summary,
             curves,
+            forests,
         });
     }
     let grids_dir = run_dir.join("grids");

@@ -1,6 +1,6 @@
 //! `run.json`: what the report and the scorer need to know about a run, written by `run`.
 use super::records::Record;
-pub use crate::experiment::outputs::{Axis, PlotsSpec, ScoringSpec, Show};
+pub use crate::experiment::outputs::{Axis, PlotsSpec, ScoringSpec, Show, Subject};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -18,6 +18,9 @@ pub struct RunInfo {
     /// Captions of derived images (`fade 0.25 of house`) by name, for labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub captions: BTreeMap<String, String>,
+    /// `[subjects]` by name (the `subject` axis' values); empty without subjects.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subjects: BTreeMap<String, Subject>,
 }
 
 /// Separates the parts of a zipped axis, in its name and in its values.

@@ -77,6 +77,10 @@ pub struct Record {
     /// JSON when empty, so the ids of the cells made before it keep their digest.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub method_params: String,
+    /// The `[subjects.NAME]` of the cell; the column exists only in runs with subjects (so
+    /// the rows, and the record ids made from them, of other runs are unchanged).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject: String,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -151,6 +155,7 @@ impl Record {
             "negtome_t_min" => csv_value(&self.negtome_t_min),
             "negtome_t_max" => csv_value(&self.negtome_t_max),
             "method_params" => self.method_params.clone(),
+            "subject" => self.subject.clone(),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             key if methods::param(key).is_some() => self.method_param(key).unwrap_or_default(),
@@ -229,6 +234,7 @@ impl Record {
                 .map(|p| format!("{}={}", p.name, csv_value(&cell.method_param(p.name))))
                 .collect::<Vec<_>>()
                 .join("; "),
+            subject: cell.subject.clone().unwrap_or_default(),
             seconds,
             error: error.to_string(),
         }

@@ -513,6 +513,7 @@ fn merge_records(run: &RunDir, exp: &Experiment, cells: &[Cell]) -> Result<(bool
             .map(|n| (n.clone(), format!("inputs/{n}.png")))
             .collect(),
         captions: super::derived::captions(exp),
+        subjects: exp.subjects.iter().cloned().collect(),
     };
     atomic_write(
         &run.dir.join("run.json"),

@@ -18,10 +18,12 @@ use tch::{Device, Kind, Tensor};
 /// Images per forward pass of the vision tower.
 pub const BATCH: usize = 32;
 
-/// Unit embeddings: images by key (`cell:<cell_id>`, `input:<name>`), texts in target order.
+/// Unit embeddings: images by key (`cell:<cell_id>`, `input:<name>`), texts in target order,
+/// the subjects' removal captions by text.
 pub struct Embeddings {
     pub images: HashMap<String, Vec<f64>>,
     pub texts: Vec<Vec<f64>>,
+    pub captions: HashMap<String, Vec<f64>>,
 }
 
 /// An image embedding model.
@@ -118,15 +120,47 @@ pub fn embed_run(
     let model = ImageModel::load(embedder, scorer, device, kind)
         .with_context(|| format!("cannot load the scorer {}", scorer.display()))?;
     let images = embed_images(&model, &run_images(run_dir, info, records), device, kind)?;
-    let texts = match &model {
-        ImageModel::Clip(clip) if !info.scoring.targets.is_empty() => {
-            let tokenizer = ClipTokenizer::from_folder(scorer)
-                .with_context(|| format!("cannot load the tokenizer of {}", scorer.display()))?;
-            let targets: Vec<&str> = info.scoring.targets.iter().map(String::as_str).collect();
-            let ids = tokenizer.encode_batch(&targets).to_device(device);
-            unit_rows(&tch::no_grad(|| clip.text_embeds(&ids)))?
-        }
-        _ => Vec::new(),
+    let ImageModel::Clip(clip) = &model else {
+        return Ok(Embeddings {
+            images,
+            texts: Vec::new(),
+            captions: HashMap::new(),
+        });
     };
-    Ok(Embeddings { images, texts })
+    let targets: Vec<&str> = info.scoring.targets.iter().map(String::as_str).collect();
+    let mut captions: Vec<&str> = info
+        .subjects
+        .values()
+        .filter_map(super::metrics::removal_captions)
+        .flat_map(|(negative, neutral)| [negative, neutral])
+        .collect();
+    captions.sort();
+    captions.dedup();
+    let texts = embed_texts(clip, scorer, &targets, device)?;
+    let caption_embeds = embed_texts(clip, scorer, &captions, device)?;
+    Ok(Embeddings {
+        images,
+        texts,
+        captions: captions
+            .iter()
+            .map(|c| c.to_string())
+            .zip(caption_embeds)
+            .collect(),
+    })
+}
+
+/// Unit text embeddings of `texts` with the scorer's tokenizer (none for no texts).
+fn embed_texts(
+    clip: &ClipModel,
+    scorer: &Path,
+    texts: &[&str],
+    device: Device,
+) -> Result<Vec<Vec<f64>>> {
+    if texts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tokenizer = ClipTokenizer::from_folder(scorer)
+        .with_context(|| format!("cannot load the tokenizer of {}", scorer.display()))?;
+    let ids = tokenizer.encode_batch(texts).to_device(device);
+    unit_rows(&tch::no_grad(|| clip.text_embeds(&ids)))
 }

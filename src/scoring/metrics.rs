@@ -10,6 +10,11 @@
 //!   (torchmetrics' convention); `clip_t_cos_K`: the raw cosine.
 //! - `P_div`: mean `1 - cos` to the other seeds' images of the same condition; its mean over
 //!   a condition is the mean pairwise `1 - cos`, the condition's diversity over seeds.
+//! - `neg_present` (CLIP, cells of a subject with a `negative_caption`): CLIP zero-shot
+//!   presence of the negative's concept, 1 when the image's cosine to `negative_caption` is
+//!   above its cosine to the neutral caption (the subject's `positive_caption`, else
+//!   [`NEUTRAL_CAPTION`]), else 0; its mean over a condition is the presence rate, and
+//!   `1 - rate` the removal rate.
 use super::stats::{condition_axes, key_of};
 use crate::axis_value::values_match;
 use crate::run::info::RunInfo;
@@ -47,13 +52,33 @@ pub enum Direction {
 }
 
 pub fn direction(metric: &str) -> Direction {
-    if metric.ends_with("_i_neg") {
+    if metric.ends_with("_i_neg") || metric == NEG_PRESENT {
         Direction::Lower
     } else if metric.ends_with("_i_pos") || metric == "subtraction" {
         Direction::Higher
     } else {
         Direction::Undirected
     }
+}
+
+/// The removal measure's column.
+pub const NEG_PRESENT: &str = "neg_present";
+/// The caption `negative_caption` is compared with when a subject has no `positive_caption`.
+pub const NEUTRAL_CAPTION: &str = "a photo";
+
+/// 0/1 measures, whose paired test is McNemar's.
+pub fn is_binary(metric: &str) -> bool {
+    metric == NEG_PRESENT
+}
+
+/// The (negative, neutral) captions of a subject, or `None` without a `negative_caption`.
+pub fn removal_captions(subject: &crate::run::info::Subject) -> Option<(&str, &str)> {
+    let negative = subject.negative_caption.as_deref()?;
+    let neutral = subject
+        .positive_caption
+        .as_deref()
+        .unwrap_or(NEUTRAL_CAPTION);
+    Some((negative, neutral))
 }
 
 /// Metrics whose per-image values are shares of a condition-level quantity (diversity): their
@@ -93,6 +118,9 @@ pub fn metric_names(embedder: Embedder, targets: usize) -> Vec<String> {
         }
     }
     names.push(format!("{p}_div"));
+    if embedder == Embedder::Clip {
+        names.push(NEG_PRESENT.into());
+    }
     names
 }
 
@@ -138,13 +166,15 @@ pub fn baselines(info: &RunInfo, records: &[Record]) -> Vec<Option<usize>> {
 /// order (NaN where a metric is not defined for that cell).
 ///
 /// `image_embeds` maps an image key to its unit embedding: `cell:<cell_id>` for generated
-/// images and `input:<name>` for the run's input images.
+/// images and `input:<name>` for the run's input images; `captions` the subjects' captions
+/// (CLIP) by text.
 pub fn compute(
     info: &RunInfo,
     records: &[Record],
     embedder: Embedder,
     image_embeds: &HashMap<String, Vec<f64>>,
     text_embeds: &[Vec<f64>],
+    captions: &HashMap<String, Vec<f64>>,
 ) -> Vec<(String, Vec<f64>)> {
     let bases = baselines(info, records);
     let cell = |r: &Record| image_embeds.get(&format!("cell:{}", r.cell_id));
@@ -180,9 +210,29 @@ pub fn compute(
                 }
             }
             values.push(diversity.get(&r.cell_id).copied().unwrap_or(f64::NAN));
+            if embedder == Embedder::Clip {
+                values.push(neg_present(info, r, e, captions));
+            }
             Some((r.cell_id.clone(), values))
         })
         .collect()
+}
+
+/// 1 when the image is closer to its subject's negative caption than to the neutral one, 0
+/// when not, NaN without a subject or caption.
+fn neg_present(
+    info: &RunInfo,
+    r: &Record,
+    image: &[f64],
+    captions: &HashMap<String, Vec<f64>>,
+) -> f64 {
+    let Some((negative, neutral)) = info.subjects.get(&r.subject).and_then(removal_captions) else {
+        return f64::NAN;
+    };
+    match (captions.get(negative), captions.get(neutral)) {
+        (Some(n), Some(z)) => f64::from(u8::from(cosine(image, n) > cosine(image, z))),
+        _ => f64::NAN,
+    }
 }
 
 /// Per image: mean `1 - cos` to the other done images of its condition (NaN when alone).
@@ -219,4 +269,72 @@ fn diversity(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::CellSpec;
+    use crate::run::info::Subject;
+
+    #[test]
+    fn removal_neg_present_compares_the_negative_caption_with_the_neutral_one() {
+        let subject = |positive_caption: Option<&str>| Subject {
+            positive: "p".into(),
+            negative: "n".into(),
+            positive_caption: positive_caption.map(String::from),
+            negative_caption: Some("a lawn".into()),
+            mask: None,
+        };
+        let mut info = RunInfo {
+            experiment: "t".into(),
+            run_id: "r".into(),
+            axes: Vec::new(),
+            plots: Default::default(),
+            scoring: Default::default(),
+            images: Default::default(),
+            captions: Default::default(),
+            subjects: Default::default(),
+        };
+        info.subjects.insert("a".into(), subject(Some("a house")));
+        info.subjects.insert("b".into(), subject(None));
+        let record = |id: &str, subject: &str| {
+            let cell = CellSpec {
+                subject: Some(subject.into()),
+                ..Default::default()
+            };
+            let mut r = Record::new(id, &cell, Status::Done, "", 0.0, "");
+            r.subject = subject.to_string();
+            r
+        };
+        let records = [
+            record("x", "a"),
+            record("y", "a"),
+            record("z", "b"),
+            record("w", ""),
+        ];
+        // Unit vectors: x leans to "a lawn", y to "a house"; z is compared with "a photo".
+        let images = HashMap::from([
+            ("cell:x".to_string(), vec![0.8, 0.6, 0.0]),
+            ("cell:y".to_string(), vec![0.6, 0.8, 0.0]),
+            ("cell:z".to_string(), vec![0.6, 0.0, 0.8]),
+            ("cell:w".to_string(), vec![1.0, 0.0, 0.0]),
+        ]);
+        let captions = HashMap::from([
+            ("a lawn".to_string(), vec![1.0, 0.0, 0.0]),
+            ("a house".to_string(), vec![0.0, 1.0, 0.0]),
+            (NEUTRAL_CAPTION.to_string(), vec![0.0, 0.0, 1.0]),
+        ]);
+        let rows = compute(&info, &records, Embedder::Clip, &images, &[], &captions);
+        let column = metric_names(Embedder::Clip, 0)
+            .iter()
+            .position(|m| m == NEG_PRESENT)
+            .unwrap();
+        let present: Vec<f64> = rows.iter().map(|(_, v)| v[column]).collect();
+        assert_eq!(&present[..3], &[1.0, 0.0, 0.0]);
+        // No subject: not defined.
+        assert!(present[3].is_nan());
+        assert_eq!(direction(NEG_PRESENT), Direction::Lower);
+        assert!(is_binary(NEG_PRESENT) && !is_binary("clip_i_neg"));
+    }
 }

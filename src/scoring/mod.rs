@@ -15,10 +15,12 @@
 //! scores/<scorer-id>/verdict.tex   the verdict table for papers
 //! ```
 pub mod change;
+pub mod cmmd;
 pub mod embed;
 pub mod metrics;
 pub mod npy;
 pub mod pixel;
+pub mod pooled;
 pub mod stats;
 pub mod tables;
 
@@ -220,9 +222,16 @@ pub fn summarize_scorer(run_dir: &Path, id: &str) -> Result<stats::Summary> {
     let dir = scorer_dir(run_dir, id);
     let scores = read_scores(&dir.join("scores.csv"))?;
     let scorer = read_scorer_info(run_dir, id)?;
-    let summary = stats::summarize(&info, &records, &scores);
+    let mut summary = stats::summarize(&info, &records, &scores);
+    let set_distances = cmmd::read_csv(&dir.join("cmmd.csv"), summary.axes.len())?;
+    for row in &mut summary.rows {
+        row.cmmd = set_distances.get(&row.key).copied();
+    }
     tables::write_summary_csv(&summary, &dir.join("summary.csv"))?;
     tables::write_paired_csv(&summary, &dir.join("paired.csv"))?;
+    if !summary.pooled.is_empty() {
+        tables::write_pooled_csv(&summary, &dir.join("pooled.csv"))?;
+    }
     let verdict = tables::verdict_rows(&summary);
     tables::write_verdict_csv(&summary, &verdict, &dir.join("verdict.csv"))?;
     let notes = score_notes(&scorer);
@@ -273,6 +282,26 @@ pub fn score_notes(scorer: &ScorerInfo) -> Vec<String> {
         ));
     }
     notes.push(stats::method_note());
+    if scorer.metrics.iter().any(|m| m == "subtraction") {
+        notes.push(format!(
+            "CMMD: MMD² between a condition's images and its baseline images, Gaussian kernel \
+             σ = {}, ×{} (google-research cmmd), on this scorer's unit CLIP image embeddings at \
+             its own input size (the paper uses ViT-L/14 at 336 px); p: {} seeded label \
+             permutations",
+            cmmd::SIGMA,
+            cmmd::SCALE,
+            cmmd::PERMUTATIONS
+        ));
+    }
+    if scorer.metrics.iter().any(|m| m == metrics::NEG_PRESENT) {
+        notes.push(format!(
+            "{}: 1 when CLIP puts the image closer to the subject's negative_caption than to \
+             its positive_caption (else \"{}\"); its mean is the presence rate; paired test: \
+             McNemar's exact test on the discordant pairs",
+            metrics::NEG_PRESENT,
+            metrics::NEUTRAL_CAPTION
+        ));
+    }
     notes
 }
 
@@ -325,7 +354,27 @@ pub fn score_with(
     let records = read_run_records(run_dir)?;
     let id = scorer_id(scorer)?;
     let embeds = embed::embed_run(run_dir, &info, &records, embedder, scorer, device, kind)?;
-    let mut rows = metrics::compute(&info, &records, embedder, &embeds.images, &embeds.texts);
+    // The set-level distance needs the embeddings, so it is computed here and kept beside
+    // the scores for later summaries.
+    if embedder == Embedder::Clip {
+        let dir = scorer_dir(run_dir, &id);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let set_distances = cmmd::by_condition(&info, &records, &embeds.images);
+        cmmd::write_csv(
+            &dir.join("cmmd.csv"),
+            &stats::condition_axes(&info),
+            &set_distances,
+        )?;
+    }
+    let mut rows = metrics::compute(
+        &info,
+        &records,
+        embedder,
+        &embeds.images,
+        &embeds.texts,
+        &embeds.captions,
+    );
     let mut names = metrics::metric_names(embedder, embeds.texts.len());
     // The pixel change does not depend on the model; each scorer folder carries it so that
     // its verdict and tables are complete on their own.

@@ -62,7 +62,7 @@ impl SplitMix64 {
 }
 
 /// FNV-1a, to derive a stream seed from a label.
-fn fnv1a(text: &str) -> u64 {
+pub fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -175,6 +175,23 @@ pub fn sign_flip_p(diffs: &[f64], label: &str) -> f64 {
     (hits + 1) as f64 / (PERMUTATION_RESAMPLES + 1) as f64
 }
 
+/// McNemar's exact test of a paired 0/1 outcome: with `b` pairs that went 1 -> 0 and `c` that
+/// went 0 -> 1, the two-sided binomial test of `b` among the `b + c` discordant pairs at 1/2,
+/// `min(1, 2 * P(X <= min(b, c)))`, X ~ Binomial(b + c, 1/2) (scipy's `binomtest`). 1 without
+/// discordant pairs.
+pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
+    let n = b + c;
+    let k = b.min(c);
+    // Terms C(n, i) / 2^n in log space, so a large n does not underflow the first one.
+    let mut log_term = -(n as f64) * std::f64::consts::LN_2;
+    let mut tail = log_term.exp();
+    for i in 1..=k {
+        log_term += ((n - i + 1) as f64 / i as f64).ln();
+        tail += log_term.exp();
+    }
+    (2.0 * tail).min(1.0)
+}
+
 /// The seed of the Monte Carlo sign-flip streams.
 const PERMUTATION_SEED: u64 = 0x6e65_6769_6d67_0002;
 
@@ -253,6 +270,8 @@ pub struct BaseDiff {
     pub wins: usize,
     /// `wins / n`; NaN for undirected and condition-level metrics.
     pub win_rate: f64,
+    /// The paired differences, seed by seed (what the subject-level pooling resamples).
+    pub diffs: Vec<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -269,6 +288,8 @@ pub struct SummaryRow {
     pub n_failed: usize,
     /// One estimate per metric, in `Summary::metrics` order.
     pub estimates: Vec<Estimate>,
+    /// CMMD to the baseline images and its permutation p (`cmmd.rs`), where scored.
+    pub cmmd: Option<(f64, f64)>,
 }
 
 /// Differences `b - a` between two negative modes on the same seed, all else equal.
@@ -294,6 +315,9 @@ pub struct Summary {
     /// Axes of `PairedRow::key` (the condition axes without `negative`).
     pub paired_axes: Vec<String>,
     pub paired: Vec<PairedRow>,
+    /// Per condition of the other axes, the effect pooled over the `subject` axis (empty
+    /// without one); see `pooled.rs`.
+    pub pooled: Vec<super::pooled::PooledRow>,
 }
 
 /// Groups in the experiment's order: ordered key -> (condition values, members).
@@ -349,6 +373,7 @@ pub fn summarize(info: &RunInfo, records: &[Record], scores: &ScoreTable) -> Sum
                 vs_base: Vec::new(),
                 key,
                 estimates,
+                cmmd: None,
             }
         })
         .collect();
@@ -357,6 +382,7 @@ pub fn summarize(info: &RunInfo, records: &[Record], scores: &ScoreTable) -> Sum
     }
     apply_holm(&mut rows, scores.metrics.len());
     let (paired_axes, paired) = paired_differences(info, records, scores, &axes);
+    let pooled = super::pooled::pool(&axes, &scores.metrics, &rows);
     Summary {
         axes,
         baseline: spec,
@@ -364,6 +390,7 @@ pub fn summarize(info: &RunInfo, records: &[Record], scores: &ScoreTable) -> Sum
         rows,
         paired_axes,
         paired,
+        pooled,
     }
 }
 
@@ -412,6 +439,7 @@ fn base_diffs(
                     direction,
                     wins: 0,
                     win_rate: f64::NAN,
+                    diffs,
                 });
             }
             let wins = match direction {
@@ -419,9 +447,16 @@ fn base_diffs(
                 Direction::Higher => diffs.iter().filter(|d| **d > 0.0).count(),
                 Direction::Undirected => 0,
             };
+            // A 0/1 measure pairs as a 2x2 table: McNemar's exact test on the discordant pairs.
+            let p = if metrics::is_binary(metric) {
+                let count = |f: fn(f64) -> bool| diffs.iter().filter(|d| f(**d)).count() as u64;
+                mcnemar_exact(count(|d| d < 0.0), count(|d| d > 0.0))
+            } else {
+                sign_flip_p(&diffs, &label)
+            };
             Some(BaseDiff {
                 estimate,
-                p: sign_flip_p(&diffs, &label),
+                p,
                 p_holm: f64::NAN,
                 direction,
                 wins,
@@ -430,6 +465,7 @@ fn base_diffs(
                 } else {
                     wins as f64 / diffs.len() as f64
                 },
+                diffs,
             })
         })
         .collect()

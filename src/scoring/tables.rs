@@ -107,6 +107,10 @@ pub fn write_summary_csv(summary: &Summary, path: &Path) -> Result<()> {
         csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
     let mut header: Vec<String> = summary.axes.clone();
     header.extend(["n", "n_failed", "baseline", "unreliable"].map(String::from));
+    let set_distance = summary.rows.iter().any(|r| r.cmmd.is_some());
+    if set_distance {
+        header.extend(["cmmd", "cmmd_p"].map(String::from));
+    }
     for m in &summary.metrics {
         for s in ["n", "mean", "std", "ci_lo", "ci_hi"] {
             header.push(format!("{m}_{s}"));
@@ -124,6 +128,10 @@ pub fn write_summary_csv(summary: &Summary, path: &Path) -> Result<()> {
             row.is_baseline.to_string(),
             (row.n < super::stats::UNRELIABLE_BELOW).to_string(),
         ]);
+        if set_distance {
+            let (d, p) = row.cmmd.unwrap_or((f64::NAN, f64::NAN));
+            rec.extend([num(d), num(p)]);
+        }
         for (m, e) in row.estimates.iter().enumerate() {
             rec.extend([
                 e.n.to_string(),
@@ -192,12 +200,19 @@ pub fn markdown(summary: &Summary, title: &str, notes: &[String]) -> String {
     let metrics = table_metrics(summary);
     let mut header: Vec<String> = summary.axes.clone();
     header.extend(["n".into(), "failed".into()]);
+    let set_distance = summary.rows.iter().any(|r| r.cmmd.is_some());
+    if set_distance {
+        header.push("CMMD (p)".into());
+    }
     header.extend(metrics.iter().map(|&m| summary.metrics[m].clone()));
     let _ = writeln!(s, "| {} |", header.join(" | "));
     let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
     for row in &summary.rows {
         let mut cells: Vec<String> = row.key.iter().map(|k| md_escape(k)).collect();
         cells.extend([row.n.to_string(), row.n_failed.to_string()]);
+        if set_distance {
+            cells.push(cmmd_text(row.cmmd));
+        }
         for &m in &metrics {
             cells.push(mean_ci_marked(
                 &row.estimates[m],
@@ -207,6 +222,7 @@ pub fn markdown(summary: &Summary, title: &str, notes: &[String]) -> String {
         let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
     base_markdown(&mut s, summary, &metrics);
+    pooled_markdown(&mut s, summary, &metrics);
     let paired: Vec<_> = summary
         .paired
         .iter()
@@ -331,6 +347,14 @@ pub fn latex(summary: &Summary, caption: &str) -> String {
     s
 }
 
+/// "0.123 (p 0.01)": CMMD to the baseline images, "–" without one.
+pub fn cmmd_text(c: Option<(f64, f64)>) -> String {
+    match c {
+        Some((d, p)) => format!("{d:.3} (p {})", p_text(p)),
+        None => "–".into(),
+    }
+}
+
 /// "−0.041 [−0.060, −0.020]" for a difference, with the unreliable marker.
 fn diff_text(d: &BaseDiff, metric: &str) -> String {
     let text = mean_ci_marked(&d.estimate, digits(metric));
@@ -389,6 +413,89 @@ fn base_markdown(s: &mut String, summary: &Summary, metrics: &[usize]) {
     }
 }
 
+/// The markdown table of the effects pooled over subjects.
+fn pooled_markdown(s: &mut String, summary: &Summary, metrics: &[usize]) {
+    if summary.pooled.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n### Pooled over subjects (the subject is the unit)\n\n\
+         mean of the subjects' mean differences [95% two-stage bootstrap CI]; p_holm (sign-flip \
+         on the subject means, Holm across conditions); significant = subjects with p < {} the \
+         right way.\n",
+        super::pooled::SUBJECT_ALPHA
+    );
+    let mut header: Vec<String> = summary.axes.clone();
+    for &m in metrics {
+        header.push(format!("{} diff", summary.metrics[m]));
+        header.push("p_holm".into());
+        header.push("significant".into());
+    }
+    let _ = writeln!(s, "| {} |", header.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
+    for row in &summary.pooled {
+        let mut cells: Vec<String> = row.key.iter().map(|k| md_escape(k)).collect();
+        for &m in metrics {
+            match &row.vs_base[m] {
+                Some(d) => cells.extend([
+                    diff_text(&d.diff, &summary.metrics[m]),
+                    p_text(d.diff.p_holm),
+                    win_text(&d.diff),
+                ]),
+                None => cells.extend(["–".into(), "–".into(), "–".into()]),
+            }
+        }
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+}
+
+/// pooled.csv: one row per pooled condition and metric.
+pub fn write_pooled_csv(summary: &Summary, path: &Path) -> Result<()> {
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut header: Vec<String> = summary.axes.clone();
+    header.extend(
+        [
+            "metric",
+            "subjects",
+            "diff",
+            "diff_ci_lo",
+            "diff_ci_hi",
+            "p",
+            "p_holm",
+            "significant_share",
+            "subject_std",
+        ]
+        .map(String::from),
+    );
+    w.write_record(&header)?;
+    for row in &summary.pooled {
+        for (metric, d) in summary.metrics.iter().zip(&row.vs_base) {
+            let Some(d) = d else { continue };
+            let e = &d.diff.estimate;
+            let mut rec = row.key.clone();
+            rec.push(metric.clone());
+            rec.push(e.n.to_string());
+            rec.extend(
+                [
+                    e.mean,
+                    e.ci_lo,
+                    e.ci_hi,
+                    d.diff.p,
+                    d.diff.p_holm,
+                    d.diff.win_rate,
+                    e.std,
+                ]
+                .map(num),
+            );
+            w.write_record(&rec)?;
+        }
+    }
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// "negative = none".
 pub fn baseline_text(summary: &Summary) -> String {
     summary
@@ -415,12 +522,31 @@ pub struct VerdictRow {
     pub unreliable: bool,
 }
 
+/// What a row's n counts: seeds, or subjects for a pooled row (whose wins are the subjects
+/// with a significant effect).
+#[derive(Clone, Copy)]
+enum Unit {
+    Seeds,
+    Subjects,
+}
+
 /// "the mean moved towards the negative, not the hoped-for way; 2/8 seeds moved away from
 /// it, p_holm=0.5": which way the mean difference went and whether that is the way a
-/// working negative moves it, then the seeds that moved the hoped-for way.
-fn phrase(metric: &str, d: &BaseDiff) -> String {
+/// working negative moves it, then the seeds (or subjects) that moved the hoped-for way.
+fn phrase(metric: &str, d: &BaseDiff, unit: Unit) -> String {
     let (n, wins, mean) = (d.estimate.n, d.wins, d.estimate.mean);
-    let (hoped, other, seeds) = match d.direction {
+    let unit = match unit {
+        Unit::Seeds => "seeds",
+        Unit::Subjects => "subjects (significant)",
+    };
+    if metric == super::metrics::NEG_PRESENT {
+        return format!(
+            "the negative's concept went from present to absent in {wins}/{n} {unit} \
+             (rate {mean:+.2}), p_holm={}",
+            p_text(d.p_holm)
+        );
+    }
+    let (hoped, other, moved) = match d.direction {
         Direction::Lower => (
             "away from the negative",
             "towards the negative",
@@ -432,7 +558,7 @@ fn phrase(metric: &str, d: &BaseDiff) -> String {
             "moved towards it",
         ),
         Direction::Undirected => {
-            return format!("changed {metric} in {n} seeds, p_holm={}", p_text(d.p_holm));
+            return format!("changed {metric} in {n} {unit}, p_holm={}", p_text(d.p_holm));
         }
     };
     let how = if mean == 0.0 {
@@ -442,29 +568,42 @@ fn phrase(metric: &str, d: &BaseDiff) -> String {
     } else {
         format!("the mean moved {other}, not the hoped-for way")
     };
-    format!(
-        "{how}; {wins}/{n} seeds {seeds}, p_holm={}",
-        p_text(d.p_holm)
-    )
+    format!("{how}; {wins}/{n} {unit} {moved}, p_holm={}", p_text(d.p_holm))
 }
 
-/// The verdict rows of a scorer with `*_i_neg` or `*_i_pos` metrics (none otherwise).
+/// The verdict rows of a scorer with `*_i_neg` or `*_i_pos` metrics (none otherwise): the
+/// conditions pooled over subjects first (when the run has subjects), then each condition.
 pub fn verdict_rows(summary: &Summary) -> Vec<VerdictRow> {
     let find = |suffix: &str| summary.metrics.iter().position(|m| m.ends_with(suffix));
     let (neg, pos) = (find("_i_neg"), find("_i_pos"));
     if neg.is_none() && pos.is_none() {
         return Vec::new();
     }
-    let pick = |row: &super::stats::SummaryRow, m: Option<usize>| {
+    let removal = summary
+        .metrics
+        .iter()
+        .position(|m| m == super::metrics::NEG_PRESENT);
+    let pick = |diffs: &[Option<BaseDiff>], m: Option<usize>| {
         let m = m?;
-        Some((summary.metrics[m].clone(), row.vs_base.get(m)?.clone()?))
+        Some((summary.metrics[m].clone(), diffs.get(m)?.clone()?))
     };
-    summary
+    let pooled = summary.pooled.iter().map(|row| {
+        let diffs: Vec<Option<BaseDiff>> = row
+            .vs_base
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.diff.clone()))
+            .collect();
+        (row.key.clone(), diffs, Unit::Subjects)
+    });
+    let single = summary
         .rows
         .iter()
         .filter(|r| !r.is_baseline)
-        .filter_map(|row| {
-            let (neg, pos) = (pick(row, neg), pick(row, pos));
+        .map(|row| (row.key.clone(), row.vs_base.clone(), Unit::Seeds));
+    pooled
+        .chain(single)
+        .filter_map(|(key, diffs, unit)| {
+            let (neg, pos) = (pick(&diffs, neg), pick(&diffs, pos));
             if neg.is_none() && pos.is_none() {
                 return None;
             }
@@ -473,16 +612,20 @@ pub fn verdict_rows(summary: &Summary) -> Vec<VerdictRow> {
                 .filter_map(|x| x.as_ref().map(|(_, d)| d.estimate.n))
                 .max()
                 .unwrap_or(0);
-            let mut parts: Vec<String> = [&neg, &pos]
+            let mut parts: Vec<String> = [&neg, &pos, &pick(&diffs, removal)]
                 .iter()
-                .filter_map(|x| x.as_ref().map(|(m, d)| phrase(m, d)))
+                .filter_map(|x| x.as_ref().map(|(m, d)| phrase(m, d, unit)))
                 .collect();
             let unreliable = n < super::stats::UNRELIABLE_BELOW;
             if unreliable {
-                parts.push(format!("{UNRELIABLE_MARK} {n} seeds: unreliable"));
+                let what = match unit {
+                    Unit::Seeds => "seeds",
+                    Unit::Subjects => "subjects",
+                };
+                parts.push(format!("{UNRELIABLE_MARK} {n} {what}: unreliable"));
             }
             Some(VerdictRow {
-                key: row.key.clone(),
+                key,
                 n,
                 reading: parts.join("; "),
                 neg,
@@ -604,7 +747,7 @@ mod tests {
             wins,
             win_rate: wins as f64 / 8.0,
         };
-        let lower = |mean, wins| phrase("clip_i_neg", &diff(mean, Direction::Lower, wins));
+        let lower = |mean, wins| phrase("clip_i_neg", &diff(mean, Direction::Lower, wins), Unit::Seeds);
         // The case of the issue: Δ clip_i_neg > 0 with 2 of 8 seeds moving away.
         assert_eq!(
             lower(0.02, 2),
@@ -617,7 +760,7 @@ mod tests {
              from it, p_holm=0.50"
         );
         assert!(lower(0.0, 4).starts_with("the mean did not move; 4/8 seeds"));
-        let higher = |mean, wins| phrase("clip_i_pos", &diff(mean, Direction::Higher, wins));
+        let higher = |mean, wins| phrase("clip_i_pos", &diff(mean, Direction::Higher, wins), Unit::Seeds);
         assert!(higher(0.03, 6).starts_with(
             "the mean moved towards the positive, the hoped-for way; 6/8 seeds moved towards it"
         ));
@@ -625,7 +768,7 @@ mod tests {
             higher(-0.03, 1)
                 .starts_with("the mean moved away from the positive, not the hoped-for way; 1/8")
         );
-        let undirected = phrase("clip_i_base", &diff(0.1, Direction::Undirected, 0));
+        let undirected = phrase("clip_i_base", &diff(0.1, Direction::Undirected, 0), Unit::Seeds);
         assert!(undirected.starts_with("changed clip_i_base in 8 seeds"));
     }
 

@@ -53,6 +53,7 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         negtome_t_min: negimg::params::NEGTOME_T_MIN,
         negtome_t_max: negimg::params::NEGTOME_T_MAX,
         method_params: String::new(),
+        subject: String::new(),
         seconds: 0.1,
         error: String::new(),
     }
@@ -141,6 +142,7 @@ pub fn write_run(
             ("pos".to_string(), "inputs/pos.png".to_string()),
         ]),
         captions: BTreeMap::new(),
+        subjects: BTreeMap::new(),
     };
     std::fs::write(
         dir.join("run.json"),
