@@ -10,6 +10,7 @@ use crate::params::{GenParams, IpScaling, NoImage, RowImage, SchedulerKind, Wind
 use crate::roles::Role;
 use crate::run::ids::ModelFiles;
 use crate::run::replay::StoredCell;
+use crate::sampling::methods as registry;
 use crate::weights::hub::HfRef;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -151,11 +152,13 @@ impl ImageNames {
 /// The UNet rows of the cell, in order: text, image tokens, branch weight and window, block
 /// factors (`null`: 1 in every block).
 fn rows_json(p: &GenParams, images: &ImageNames) -> Value {
-    let rows: Vec<Value> = p
+    let method = registry::of(p.method);
+    let rows: Vec<Value> = method
         .rows()
         .iter()
         .map(|&row| {
-            let image = match p.row_image(row) {
+            let cond = method.row(p, row);
+            let image = match cond.image {
                 RowImage::NoImage => Value::Null,
                 RowImage::Image(f) => json!(images.name(f)),
                 RowImage::Subtract {
@@ -166,13 +169,13 @@ fn rows_json(p: &GenParams, images: &ImageNames) -> Value {
                     "positive": positive.map(|f| images.name(f)),
                     "negative": images.name(negative), "scale": scale}}),
             };
-            let b = p.row_weight(row);
+            let b = cond.branch.weight(p);
             json!({
                 "row": format!("{row:?}").to_lowercase(),
-                "text": p.row_text(row),
+                "text": cond.text,
                 "image": image,
                 "branch": {"weight": b.weight, "start": b.start, "end": b.end},
-                "blocks": p.row_blocks(row).pairs(),
+                "blocks": cond.branch.blocks(p).pairs(),
             })
         })
         .collect();
