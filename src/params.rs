@@ -78,11 +78,14 @@ pub enum Method {
     /// NegToMe alone: two rows without the negative image's tokens (uncond: "no image"),
     /// the negative image used only by the token merge (see [`GenParams::negtome_image`]).
     Negtome,
+    /// The cond row attends to the negative image too, at weight `-neg_weight`.
+    CondNegative,
 }
 
 impl Method {
     /// The TOML names, in `sampling::methods::REGISTRY` order.
-    pub const NAMES: &'static str = "uncond, subtract, three_branch, perp_neg, negtome";
+    pub const NAMES: &'static str =
+        "uncond, subtract, three_branch, perp_neg, negtome, cond_negative";
 
     pub fn is_uncond(&self) -> bool {
         *self == Method::Uncond

@@ -17,6 +17,7 @@
 //!
 //! Adding a method: its file here, its entry in [`REGISTRY`] and a name in
 //! [`Method`](crate::params::Method), its README section.
+mod cond_negative;
 mod negtome;
 mod perp_neg;
 mod subtract;
@@ -34,6 +35,7 @@ pub static REGISTRY: &[&dyn NegativeMethod] = &[
     &three_branch::ThreeBranch,
     &perp_neg::PerpNeg,
     &negtome::Negtome,
+    &cond_negative::CondNegative,
 ];
 
 /// The implementation of `method`.
@@ -102,6 +104,17 @@ pub struct RowCond<'a> {
     pub image: RowImage<'a>,
     /// The branch whose weight, window and block weights scale the image attention.
     pub branch: Branch,
+    /// A second image-attention term of the row, if any.
+    pub extra: Option<ExtraImage<'a>>,
+}
+
+/// A second image-attention term in a row (`cond_negative`): its own tokens and softmax,
+/// at `sign` times the weight of `branch` (its window and block weights too).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExtraImage<'a> {
+    pub image: RowImage<'a>,
+    pub branch: Branch,
+    pub sign: f64,
 }
 
 /// The two IP-Adapter branches of a cell.
@@ -135,6 +148,7 @@ pub fn cond_row(c: &GenParams) -> RowCond<'_> {
         text: &c.prompt,
         image: image_or_none(c.positive_image.as_ref()),
         branch: Branch::Positive,
+        extra: None,
     }
 }
 
@@ -161,6 +175,9 @@ pub enum WithoutNegativeImage {
     /// The method guides away from its negative row, made of the negative text alone
     /// (with `negative = "none"`, the unconditioned text and "no image" tokens).
     TextOnly,
+    /// One IP-Adapter term per row: two-row guidance whose uncond row's "no image" tokens
+    /// take `weight` (the `uncond` cell with `neg_weight = weight`).
+    OneAdapter,
 }
 
 /// UNet work per step of one cell: its rows, and attention work beyond them in row

@@ -28,6 +28,7 @@ impl NegativeMethod for Negtome {
                 text: c.uncond_text(),
                 image: RowImage::NoImage,
                 branch: Branch::Negative,
+                extra: None,
             },
         }
     }

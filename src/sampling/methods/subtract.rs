@@ -26,6 +26,7 @@ impl NegativeMethod for Subtract {
                 text: c.uncond_text(),
                 image: RowImage::NoImage,
                 branch: Branch::Negative,
+                extra: None,
             },
         }
     }

@@ -21,11 +21,13 @@ pub(super) fn row(c: &GenParams, row: Row) -> RowCond<'_> {
             text: "",
             image: RowImage::NoImage,
             branch: Branch::Positive,
+            extra: None,
         },
         Row::Negative => RowCond {
             text: c.uncond_text(),
             image: image_or_none(c.uncond_image()),
             branch: Branch::Negative,
+            extra: None,
         },
     }
 }

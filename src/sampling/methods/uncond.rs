@@ -18,6 +18,7 @@ impl NegativeMethod for Uncond {
                 text: c.uncond_text(),
                 image: image_or_none(c.uncond_image()),
                 branch: Branch::Negative,
+                extra: None,
             },
         }
     }
