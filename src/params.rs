@@ -78,11 +78,14 @@ pub enum Method {
     /// NegToMe alone: two rows without the negative image's tokens (uncond: "no image"),
     /// the negative image used only by the token merge (see [`GenParams::negtome_image`]).
     Negtome,
+    /// The cond row attends to the negative image too, at weight `-neg_weight`.
+    CondNegative,
 }
 
 impl Method {
     /// The TOML names, in `sampling::methods::REGISTRY` order.
-    pub const NAMES: &'static str = "uncond, subtract, three_branch, perp_neg, negtome";
+    pub const NAMES: &'static str =
+        "uncond, subtract, three_branch, perp_neg, negtome, cond_negative";
 
     pub fn is_uncond(&self) -> bool {
         *self == Method::Uncond
@@ -99,6 +102,10 @@ impl Method {
             // Only the negative image acts; the negative text goes to the uncond row, as
             // with `uncond`, so without the image the rows are `uncond`'s.
             Method::Subtract | Method::Negtome => negative.uses_image(),
+            // Without the image, its second image-attention term is gone and it is two-row
+            // guidance with one adapter: made as `uncond` by definition (its uncond row
+            // would weigh the "no image" tokens by `weight`, not `neg_weight`).
+            Method::CondNegative => negative.uses_image(),
             // The negative row takes the negative's text and image: with neither it is the
             // "no image" row again, and guiding away from it subtracts nothing.
             Method::ThreeBranch | Method::PerpNeg => negative != NegativeMode::None,

@@ -7,7 +7,7 @@ use negimg::run::records::{Status, read_records};
 
 #[test]
 fn methods_tiny_runs_every_method_and_records_it() {
-    let (dir, run) = common::run_copied_experiment("run_methods", "methods-tiny", 40);
+    let (dir, run) = common::run_copied_experiment("run_methods", "methods-tiny", 48);
     let plan = common::plan("experiments/methods-tiny.toml", &dir);
     for m in [
         "method=uncond",
@@ -15,6 +15,7 @@ fn methods_tiny_runs_every_method_and_records_it() {
         "method=three_branch",
         "method=perp_neg",
         "method=negtome",
+        "method=cond_negative",
     ] {
         assert!(plan.contains(m), "plan lists {m}:\n{plan}");
     }
@@ -34,6 +35,14 @@ fn methods_tiny_runs_every_method_and_records_it() {
         "{plan}"
     );
     assert!(!plan.contains("never merge"), "{plan}");
+    // Keys a cell's method does not read are named with their line, per method.
+    let unused = "methods-tiny.toml:31 (defaults.neg_cfg): method uncond does not use neg_cfg \
+                  (8 of 48 cells)";
+    assert!(plan.contains(unused), "{plan}");
+    assert!(
+        !plan.contains("method perp_neg does not use neg_cfg"),
+        "{plan}"
+    );
     let records = read_records(&run.join("records.csv")).unwrap();
     assert!(records.iter().all(|r| r.status == Status::Done));
     for m in [
@@ -42,6 +51,7 @@ fn methods_tiny_runs_every_method_and_records_it() {
         Method::ThreeBranch,
         Method::PerpNeg,
         Method::Negtome,
+        Method::CondNegative,
     ] {
         assert_eq!(records.iter().filter(|r| r.method == m).count(), 8, "{m}");
     }

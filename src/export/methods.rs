@@ -1,11 +1,11 @@
 //! The export of each negative method, in one place keyed by method: the Python `guide(eps)`
 //! that combines the UNet's predictions for the method's rows (the rows themselves are data,
-//! from [`GenParams::rows`](crate::params::GenParams::rows)). The match is exhaustive: a
+//! from the method registry's rows). The match is exhaustive: a
 //! new method does not build until it has an arm here, its export or a refusal naming it
 //! (`bail!("export: method X …")`). A PNG whose method this build lacks is refused by name
 //! when it is read (`run::replay`).
 use crate::params::Method;
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 /// The Python source of `guide(eps)` for `method`.
 pub fn guidance(method: Method) -> Result<&'static str> {
@@ -14,6 +14,12 @@ pub fn guidance(method: Method) -> Result<&'static str> {
         Method::Uncond | Method::Subtract | Method::Negtome => include_str!("py/cfg.py"),
         Method::ThreeBranch => include_str!("py/three_branch.py"),
         Method::PerpNeg => include_str!("py/perp_neg.py"),
+        // Its second image-attention term in the cond row needs a second adapter in the
+        // script; not written yet.
+        Method::CondNegative => bail!(
+            "export: method cond_negative has no diffusers export yet (its cond row's second \
+             IP-Adapter term at -neg_weight); export another method's cell"
+        ),
     })
 }
 

@@ -11,6 +11,16 @@ pub struct IpContext<'a> {
     pub tokens: &'a Tensor,
     pub scales: Tensor,
     pub scaling: IpScaling,
+    /// A second image-attention term of some rows (`cond_negative`).
+    pub extra: Option<ExtraContext<'a>>,
+}
+
+/// A second image-attention term, with its own softmax, added to the rows `rows` [S]
+/// (int64): their tokens [S, T, cross_dim] and weights [blocks, S, 1, 1] (model's kind).
+pub struct ExtraContext<'a> {
+    pub rows: &'a Tensor,
+    pub tokens: &'a Tensor,
+    pub scales: Tensor,
 }
 
 impl IpContext<'_> {
@@ -20,6 +30,11 @@ impl IpContext<'_> {
             tokens: self.tokens,
             scale: self.scales.get(index as i64),
             scaling: self.scaling,
+            extra: self.extra.as_ref().map(|x| ExtraBlock {
+                rows: x.rows,
+                tokens: x.tokens,
+                scale: x.scales.get(index as i64),
+            }),
         }
     }
 }
@@ -29,6 +44,14 @@ pub struct IpBlock<'a> {
     pub tokens: &'a Tensor,
     pub scale: Tensor,
     pub scaling: IpScaling,
+    pub extra: Option<ExtraBlock<'a>>,
+}
+
+/// One transformer's share of an [`ExtraContext`]: weights [S, 1, 1].
+pub struct ExtraBlock<'a> {
+    pub rows: &'a Tensor,
+    pub tokens: &'a Tensor,
+    pub scale: Tensor,
 }
 
 /// ComfyUI's "C penalty" divides the weight by this width (SDXL's and SD1.5's widest
@@ -191,9 +214,18 @@ impl Attention {
         let q = self.split_heads(&self.to_q.forward(xs));
         let mut out = self.attend(&q, &self.to_k.forward(ctx), &self.to_v.forward(ctx));
         if let (Some(w), Some(ip)) = (&self.ip, ip) {
-            let k = ip.tokens.linear(&w.to_k_ip, None::<&Tensor>);
-            let v = ip.tokens.linear(&w.to_v_ip, None::<&Tensor>);
-            out += self.image_attention(&q, k, v, ip);
+            let project = |tokens: &Tensor| {
+                let k = tokens.linear(&w.to_k_ip, None::<&Tensor>);
+                (k, tokens.linear(&w.to_v_ip, None::<&Tensor>))
+            };
+            let (k, v) = project(ip.tokens);
+            out += self.image_attention(&q, k, v, &ip.scale, ip.scaling);
+            if let Some(x) = &ip.extra {
+                let (k, v) = project(x.tokens);
+                let q = q.index_select(0, x.rows);
+                let term = self.image_attention(&q, k, v, &x.scale, ip.scaling);
+                out = out.index_add(0, x.rows, &term);
+            }
         }
         self.to_out.forward(&out)
     }
@@ -201,10 +233,16 @@ impl Attention {
     /// The image attention with the row weights `w` [B, 1, 1] applied as ComfyUI's
     /// `embeds_scaling` (see [`IpScaling`]); `k`, `v` [B, T, C] before the head split, C
     /// the layer's width.
-    fn image_attention(&self, q: &Tensor, k: Tensor, v: Tensor, ip: &IpBlock) -> Tensor {
-        let w = &ip.scale;
+    fn image_attention(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        w: &Tensor,
+        scaling: IpScaling,
+    ) -> Tensor {
         let penalized = || w * (k.size()[2] as f64 / C_PENALTY_WIDTH);
-        match ip.scaling {
+        match scaling {
             IpScaling::V => self.attend(q, &k, &v) * w,
             IpScaling::Kv => self.attend(q, &(&k * w), &(v * w)),
             IpScaling::KvC => {

@@ -4,7 +4,7 @@
 //! attn2.to_k.weight`, ...). A UNet built with an [`IpLayout`] also holds, in every `attn2`,
 //! `processor.to_k_ip.0.weight` / `processor.to_v_ip.0.weight` (zeros until
 //! [`UNet2DConditionModel::load_ip_adapter`]), as diffusers does after `load_ip_adapter`.
-use crate::models::attention::{CrossAttnContext, IpContext, IpWeights, TokenMerge};
+use crate::models::attention::{CrossAttnContext, ExtraContext, IpContext, IpWeights, TokenMerge};
 use crate::models::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet_blocks::{
@@ -732,18 +732,19 @@ impl UNet2DConditionModel {
         self.forward_timesteps(latents, &t, text, ip)
     }
 
-    /// As [`forward`](Self::forward), with NegToMe's token merge in the up blocks.
-    pub fn forward_merging(
+    /// As [`forward`](Self::forward), with what the negative methods add in the attention
+    /// layers ([`Hooks`]).
+    pub fn forward_hooked(
         &self,
         latents: &Tensor,
         timestep: f64,
         text: &Tensor,
         ip: Option<IpInput>,
-        merge: Option<TokenMerge>,
+        hooks: Hooks,
     ) -> Tensor {
         let b = latents.size()[0];
         let t = Tensor::full([b], timestep, (Kind::Float, latents.device()));
-        self.forward_rows(latents, &t, text, ip, merge)
+        self.forward_rows(latents, &t, text, ip, hooks)
     }
 
     /// As [`forward`](Self::forward) with one timestep per row ([B], any numeric kind).
@@ -754,7 +755,7 @@ impl UNet2DConditionModel {
         text: &Tensor,
         ip: Option<IpInput>,
     ) -> Tensor {
-        self.forward_rows(latents, timesteps, text, ip, None)
+        self.forward_rows(latents, timesteps, text, ip, Hooks::default())
     }
 
     fn forward_rows(
@@ -763,7 +764,7 @@ impl UNet2DConditionModel {
         timesteps: &Tensor,
         text: &Tensor,
         ip: Option<IpInput>,
-        merge: Option<TokenMerge>,
+        hooks: Hooks,
     ) -> Tensor {
         let kind = self.conv_in.ws.kind();
         let device = self.conv_in.ws.device();
@@ -786,6 +787,9 @@ impl UNet2DConditionModel {
         let ip_tokens = ip
             .as_ref()
             .map(|ip| ip.tokens.to_device(device).to_kind(kind));
+        let extra = hooks
+            .extra
+            .map(|x| (x, x.tokens.to_device(device).to_kind(kind)));
         let ctx = CrossAttnContext {
             text: &text,
             ip: ip
@@ -798,6 +802,14 @@ impl UNet2DConditionModel {
                         .to_device(device)
                         .to_kind(kind),
                     scaling: ip.scaling,
+                    extra: extra.as_ref().map(|(x, tokens)| ExtraContext {
+                        rows: x.rows,
+                        tokens,
+                        scales: self
+                            .block_scales(x.scales, x.rows.size()[0])
+                            .to_device(device)
+                            .to_kind(kind),
+                    }),
                 }),
             negtome: None,
         };
@@ -816,7 +828,7 @@ impl UNet2DConditionModel {
         x = self.mid_block.forward(&x, &emb, &ctx);
         // NegToMe merges in the up blocks only (the reference code's `blocks = ['up_blocks']`).
         let ctx = CrossAttnContext {
-            negtome: merge,
+            negtome: hooks.merge,
             ..ctx
         };
         for (i, block) in self.up_blocks.iter().enumerate() {
@@ -833,6 +845,24 @@ impl UNet2DConditionModel {
         self.conv_out
             .forward(&self.conv_norm_out.forward(&x).silu())
     }
+}
+
+/// What the negative methods add inside the attention layers of one UNet call.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// NegToMe's token merge (up blocks).
+    pub merge: Option<TokenMerge>,
+    /// A second image-attention term of some rows (`cond_negative`).
+    pub extra: Option<ExtraIp<'a>>,
+}
+
+/// A second image-attention term added to the rows `rows` [S] (int64): tokens
+/// [S, T, cross] and weights [S] or [blocks, S], with the call's [`IpInput::scaling`].
+#[derive(Clone, Copy)]
+pub struct ExtraIp<'a> {
+    pub rows: &'a Tensor,
+    pub tokens: &'a Tensor,
+    pub scales: &'a Tensor,
 }
 
 /// The IP-Adapter input of one UNet call.

@@ -127,7 +127,11 @@ impl Conditioner {
         // (its output may change in the last bit with the batch it is in).
         let mut encode_order: Vec<(&(usize, Row), &RowCond)> = layout.iter().zip(&rows).collect();
         encode_order.sort_by_key(|((i, row), _)| (*i, *row != Row::Cond));
-        self.encode_new_images(encode_order.into_iter().map(|(_, r)| r), kind)?;
+        let images = encode_order
+            .into_iter()
+            .flat_map(|(_, r)| [Some(r.image), r.extra.map(|x| x.image)])
+            .flatten();
+        self.encode_new_images(images, kind)?;
         let tokens: Vec<Tensor> = layout
             .iter()
             .zip(&rows)
@@ -136,14 +140,28 @@ impl Conditioner {
         Ok(Some(Tensor::cat(&tokens, 0)))
     }
 
+    /// The tokens `[S, T, cross]` of the second image-attention terms of a batch
+    /// ([`guidance::extra_rows`]; their images are encoded by [`image_rows`](Self::image_rows)),
+    /// `None` when no row has one.
+    pub fn extra_rows(&mut self, cells: &[GenParams]) -> Option<Tensor> {
+        let refs: Vec<&GenParams> = cells.iter().collect();
+        let kind = cells[0].adapter;
+        let cell_of = guidance::row_layout(&refs);
+        let tokens: Vec<Tensor> = guidance::extra_rows(&refs)
+            .into_iter()
+            .map(|(r, x)| self.row_tokens(kind, x.image, cells[cell_of[r].0].no_image))
+            .collect();
+        (!tokens.is_empty()).then(|| Tensor::cat(&tokens, 0))
+    }
+
     /// Encodes the images of `rows` not seen yet with `kind`'s adapter, in one encoder call.
     fn encode_new_images<'a>(
         &mut self,
-        rows: impl Iterator<Item = &'a RowCond<'a>>,
+        rows: impl Iterator<Item = RowImage<'a>>,
         kind: AdapterKind,
     ) -> Result<()> {
         let mut new_paths: Vec<PathBuf> = Vec::new();
-        for p in rows.flat_map(|r| images_of(r.image)) {
+        for p in rows.flat_map(images_of) {
             if !self.image_cache.contains_key(&(p.clone(), kind)) && !new_paths.contains(p) {
                 new_paths.push(p.clone());
             }
@@ -241,7 +259,8 @@ fn images_of(image: RowImage<'_>) -> Vec<&PathBuf> {
 
 /// Whether a batch uses the IP-Adapter at all: an image in a row, or a weight.
 fn needs_ip(cells: &[&GenParams], rows: &[RowCond]) -> bool {
-    rows.iter().any(|r| !images_of(r.image).is_empty())
+    rows.iter()
+        .any(|r| !images_of(r.image).is_empty() || r.extra.is_some())
         || cells
             .iter()
             .any(|c| c.positive.weight != 0.0 || c.negative_branch.weight != 0.0)

@@ -5,7 +5,7 @@
 //! where a NegToMe cell is active, its reference rows follow (re-noised to the step, empty
 //! text, IP scale 0; [`ReferenceRows`]) and their outputs are dropped.
 use crate::models::attention::TokenMerge;
-use crate::models::unet::{IpInput, UNet2DConditionModel};
+use crate::models::unet::{ExtraIp, Hooks, IpInput, UNet2DConditionModel};
 use crate::params::GenParams;
 use crate::sampling::methods::{CellState, Step};
 use crate::sampling::negtome::{MIN_SIZE, MergedRow, ReferenceRows};
@@ -18,6 +18,9 @@ pub struct Conditioning<'a> {
     pub text: &'a Tensor,
     /// Image-token rows `[R, T, cross]`, when the batch uses an IP-Adapter.
     pub image_tokens: Option<&'a Tensor>,
+    /// The tokens `[S, T, cross]` of the rows' second image-attention terms
+    /// ([`guidance::extra_rows`]), when some row has one.
+    pub extra_tokens: Option<&'a Tensor>,
     /// NegToMe's reference rows, when a cell merges.
     pub negtome: Option<References<'a>>,
 }
@@ -54,6 +57,11 @@ pub fn denoise(
         .collect();
     let n_rows = cell_of_row.len() as i64;
     let cell_of_row = Tensor::from_slice(&cell_of_row).to_device(device);
+    let extra_rows: Vec<i64> = guidance::extra_rows(&refs)
+        .into_iter()
+        .map(|(r, _)| r as i64)
+        .collect();
+    let extra_rows = Tensor::from_slice(&extra_rows).to_device(device);
     let timesteps = scheduler.timesteps().to_vec();
     let blocks = unet.cross_attention_blocks();
     // What each cell's method carries from step to step.
@@ -68,6 +76,17 @@ pub fn denoise(
             scales: &scales,
             scaling: cells[0].ip_scaling,
         });
+        let extra_scales = cond
+            .extra_tokens
+            .map(|_| guidance::extra_scale_tensor(&refs, &at, blocks, device, Kind::Float));
+        let extra = cond
+            .extra_tokens
+            .zip(extra_scales.as_ref())
+            .map(|(tokens, scales)| ExtraIp {
+                rows: &extra_rows,
+                tokens,
+                scales,
+            });
         let merges = cond
             .negtome
             .as_ref()
@@ -77,12 +96,18 @@ pub fn denoise(
             (Some(r), ip, false) => {
                 let reference =
                     scheduler.scale_model_input(&scheduler.add_noise(r.latents, r.noise, i), i);
-                let merge = token_merge(&merges, unet.kind(), device);
+                let hooks = Hooks {
+                    merge: Some(token_merge(&merges, unet.kind(), device)),
+                    extra,
+                };
                 let latents = Tensor::cat(&[&rows, &reference], 0);
-                let eps = with_references(unet, t, &latents, cond.text, ip, r, merge);
+                let eps = with_references(unet, t, &latents, cond.text, ip, r, hooks);
                 eps.narrow(0, 0, n_rows)
             }
-            (_, ip, _) => unet.forward(&rows, t, cond.text, ip),
+            (_, ip, _) => {
+                let hooks = Hooks { merge: None, extra };
+                unet.forward_hooked(&rows, t, cond.text, ip, hooks)
+            }
         };
         let step = Step {
             at: &at,
@@ -97,7 +122,7 @@ pub fn denoise(
 
 /// One UNet call on `latents`: the cell rows (conditioned by `text` and `ip`) followed by
 /// NegToMe's reference rows (empty text, "no image" tokens at IP scale 0), merging as
-/// `merge` says.
+/// `hooks` says.
 fn with_references(
     unet: &UNet2DConditionModel,
     t: f64,
@@ -105,7 +130,7 @@ fn with_references(
     text: &Tensor,
     ip: Option<IpInput>,
     r: &References,
-    merge: TokenMerge,
+    hooks: Hooks,
 ) -> Tensor {
     let k = r.latents.size()[0];
     let tokens = ip.as_ref().zip(r.image_tokens).map(|(ip, ref_tokens)| {
@@ -122,13 +147,7 @@ fn with_references(
         scales,
         scaling: *scaling,
     });
-    unet.forward_merging(
-        latents,
-        t,
-        &Tensor::cat(&[text, r.text], 0),
-        ip,
-        Some(merge),
-    )
+    unet.forward_hooked(latents, t, &Tensor::cat(&[text, r.text], 0), ip, hooks)
 }
 
 /// The merge of `merges` (non-empty) as the UNet takes it.

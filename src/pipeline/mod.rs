@@ -248,6 +248,7 @@ impl Pipeline {
         let mut scheduler = make_scheduler(first.scheduler, &self.scheduler_cfg, first.steps)?;
         let text = self.conditioner.text_rows(cells);
         let image_tokens = self.conditioner.image_rows(cells)?;
+        let extra_tokens = self.conditioner.extra_rows(cells);
         if image_tokens.is_some() {
             self.use_adapter(first.adapter)?;
         }
@@ -261,6 +262,7 @@ impl Pipeline {
         let cond = denoise::Conditioning {
             text: &text,
             image_tokens: image_tokens.as_ref(),
+            extra_tokens: extra_tokens.as_ref(),
             negtome: references.as_ref().zip(reference_rows.as_ref()).map(
                 |((rows, latents, noise), (text, tokens))| denoise::References {
                     rows,

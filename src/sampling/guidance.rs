@@ -17,7 +17,7 @@
 //! Each row's scale is given per cross-attention block (execution order: down, mid, up):
 //! the branch's weight times the factor of its block weights for that block.
 //! `blocks = "all"` gives every block the branch weight.
-use super::methods::{self, CellState, RowCond, Step};
+use super::methods::{self, Branch, CellState, ExtraImage, RowCond, Step};
 use crate::params::{GenParams, Row, StepAt};
 use tch::{Device, Kind, Tensor};
 
@@ -50,11 +50,21 @@ pub fn ip_scales(cells: &[&GenParams], step: &StepAt, blocks: usize) -> Vec<Vec<
         .map(|(i, row)| {
             let c = cells[i];
             let branch = methods::of(c.method).row(c, row).branch;
-            let weight = branch.weight(c).at(c.window, step);
-            let factors = branch.blocks(c).factors(blocks);
-            factors.into_iter().map(|f| weight * f).collect()
+            branch_scales(c, branch, step, blocks)
         })
         .collect();
+    by_block(&per_row, blocks)
+}
+
+/// The weight of `c`'s `branch` at `step` times its factor of each of `blocks` blocks.
+fn branch_scales(c: &GenParams, branch: Branch, step: &StepAt, blocks: usize) -> Vec<f64> {
+    let weight = branch.weight(c).at(c.window, step);
+    let factors = branch.blocks(c).factors(blocks);
+    factors.into_iter().map(|f| weight * f).collect()
+}
+
+/// Per-row scales `[row][block]` as `[block][row]`.
+fn by_block(per_row: &[Vec<f64>], blocks: usize) -> Vec<Vec<f64>> {
     (0..blocks)
         .map(|b| per_row.iter().map(|r| r[b]).collect())
         .collect()
@@ -68,12 +78,46 @@ pub fn ip_scale_tensor(
     device: Device,
     kind: Kind,
 ) -> Tensor {
-    let scales = ip_scales(cells, step, blocks);
+    scale_tensor(&ip_scales(cells, step, blocks), blocks, device, kind)
+}
+
+fn scale_tensor(scales: &[Vec<f64>], blocks: usize, device: Device, kind: Kind) -> Tensor {
     let rows = scales.first().map_or(0, Vec::len) as i64;
     Tensor::from_slice(&scales.concat())
         .view([blocks as i64, rows])
         .to_kind(kind)
         .to_device(device)
+}
+
+/// The UNet rows (in [`row_layout`] order) with a second image-attention term
+/// ([`RowCond::extra`]), and what conditions each.
+pub fn extra_rows<'a>(cells: &[&'a GenParams]) -> Vec<(usize, ExtraImage<'a>)> {
+    row_conds(cells)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(r, cond)| Some((r, cond.extra?)))
+        .collect()
+}
+
+/// The scales of the terms of [`extra_rows`] at `step`: `[blocks, S]`, each its branch's
+/// weight times its sign.
+pub fn extra_scale_tensor(
+    cells: &[&GenParams],
+    step: &StepAt,
+    blocks: usize,
+    device: Device,
+    kind: Kind,
+) -> Tensor {
+    let cell_of = row_layout(cells);
+    let per_row: Vec<Vec<f64>> = extra_rows(cells)
+        .into_iter()
+        .map(|(r, extra)| {
+            let c = cells[cell_of[r].0];
+            let scales = branch_scales(c, extra.branch, step, blocks);
+            scales.into_iter().map(|s| extra.sign * s).collect()
+        })
+        .collect();
+    scale_tensor(&by_block(&per_row, blocks), blocks, device, kind)
 }
 
 /// Guided noise prediction `[B, ...]` from the UNet output `eps` of the rows of

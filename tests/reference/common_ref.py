@@ -23,9 +23,10 @@ encoder = CLIPVisionModelWithProjection.from_pretrained(os.path.join(models, "im
 processor = CLIPImageProcessor()
 
 
-def load_pipe(adapter):
-    """The tiny pipeline with the `adapter` (base | plus) IP-Adapter loaded by diffusers;
-    `base_scheduler_config` keeps its scheduler's config."""
+def load_pipe(adapter, copies=1):
+    """The tiny pipeline with the `adapter` (base | plus) IP-Adapter loaded by diffusers
+    (`copies` times, as several IP-Adapters); `base_scheduler_config` keeps its scheduler's
+    config."""
     pipe = StableDiffusionPipeline.from_pretrained(
         os.path.join(models, "pipeline"), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
@@ -34,7 +35,7 @@ def load_pipe(adapter):
     for key, value in load_file(os.path.join(models, name)).items():
         head, rest = key.split(".", 1)
         sd[head][rest] = value
-    pipe.unet._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
+    pipe.unet._load_ip_adapter_weights([sd] * copies, low_cpu_mem_usage=False)
     pipe.set_progress_bar_config(disable=True)
     pipe.base_scheduler_config = dict(pipe.scheduler.config)
     return pipe
@@ -128,13 +129,14 @@ def sample(pipe, sched, c, rows, before_step, guide):
     return (image[0] / 2 + 0.5).clamp(0, 1).float().contiguous()
 
 
-def run_cases(outputs, prepare=lambda pipe: pipe):
+def run_cases(outputs, prepare=lambda pipe: pipe, copies=1):
     """Writes the tensors `outputs(pipe, case)` returns for every case (a dict of names) to
-    OUT.safetensors; one pipeline per adapter, passed once through `prepare`."""
+    OUT.safetensors; one pipeline per adapter (loaded `copies` times), passed once through
+    `prepare`."""
     pipes, out = {}, {}
     with torch.no_grad():
         for c in cases:
             if c["adapter"] not in pipes:
-                pipes[c["adapter"]] = prepare(load_pipe(c["adapter"]))
+                pipes[c["adapter"]] = prepare(load_pipe(c["adapter"], copies))
             out.update(outputs(pipes[c["adapter"]], c))
     save_file(out, out_path)

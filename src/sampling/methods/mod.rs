@@ -11,12 +11,14 @@
 //!   defaults and ranges by [`NegativeMethod::params`], live in
 //!   [`GenParams::method_params`]), so that a key it ignores is reported, not silently
 //!   dropped;
-//! - what a cell without a negative image means for it
-//!   ([`NegativeMethod::without_negative_image`]);
+//! - (what a cell without a negative image means for it is declared beside the method's
+//!   name, by [`Method::has_something_to_subtract`](crate::params::Method), so that
+//!   `GenParams::effective` can apply it);
 //! - its cost in UNet rows per step ([`NegativeMethod::cost`]).
 //!
 //! Adding a method: its file here, its entry in [`REGISTRY`] and a name in
 //! [`Method`](crate::params::Method), its README section.
+mod cond_negative;
 mod negtome;
 mod perp_neg;
 mod subtract;
@@ -34,6 +36,7 @@ pub static REGISTRY: &[&dyn NegativeMethod] = &[
     &three_branch::ThreeBranch,
     &perp_neg::PerpNeg,
     &negtome::Negtome,
+    &cond_negative::CondNegative,
 ];
 
 /// The implementation of `method`.
@@ -83,9 +86,6 @@ pub trait NegativeMethod: Sync {
         &[]
     }
 
-    /// What a cell without a negative image (`negative` = `none` or `text`) means.
-    fn without_negative_image(&self) -> WithoutNegativeImage;
-
     /// UNet work per step of one cell.
     fn cost(&self) -> Cost {
         Cost {
@@ -102,6 +102,17 @@ pub struct RowCond<'a> {
     pub image: RowImage<'a>,
     /// The branch whose weight, window and block weights scale the image attention.
     pub branch: Branch,
+    /// A second image-attention term of the row, if any.
+    pub extra: Option<ExtraImage<'a>>,
+}
+
+/// A second image-attention term in a row (`cond_negative`): its own tokens and softmax,
+/// at `sign` times the weight of `branch` (its window and block weights too).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExtraImage<'a> {
+    pub image: RowImage<'a>,
+    pub branch: Branch,
+    pub sign: f64,
 }
 
 /// The two IP-Adapter branches of a cell.
@@ -135,6 +146,7 @@ pub fn cond_row(c: &GenParams) -> RowCond<'_> {
         text: &c.prompt,
         image: image_or_none(c.positive_image.as_ref()),
         branch: Branch::Positive,
+        extra: None,
     }
 }
 
@@ -150,17 +162,6 @@ pub enum Attention {
     /// NegToMe's token merge against the negative image's reference row
     /// ([`sampling::negtome`](super::negtome)); any method may add it with `negtome = true`.
     TokenMerge,
-}
-
-/// What a cell without a negative image is, for a method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WithoutNegativeImage {
-    /// Two-row classifier-free guidance with the negative text, if any: the `uncond`
-    /// cell with the same parameters (the same image).
-    Baseline,
-    /// The method guides away from its negative row, made of the negative text alone
-    /// (with `negative = "none"`, the unconditioned text and "no image" tokens).
-    TextOnly,
 }
 
 /// UNet work per step of one cell: its rows, and attention work beyond them in row
@@ -336,15 +337,6 @@ mod tests {
         p.negative_branch.weight = 0.4;
         for m in REGISTRY {
             let method = m.method();
-            // The contract's description agrees with the rule `effective()` applies.
-            if method != Method::Uncond {
-                let baseline = m.without_negative_image() == WithoutNegativeImage::Baseline;
-                assert_eq!(
-                    baseline,
-                    !method.has_something_to_subtract(NegativeMode::Text),
-                    "{method}"
-                );
-            }
             for negative in [NegativeMode::None, NegativeMode::Text] {
                 p.method = method;
                 p.negative = negative;
@@ -354,8 +346,10 @@ mod tests {
                 let e = p.effective();
                 assert_eq!(e.method, Method::Uncond, "{method} {negative}");
                 // Two-row methods make the rows `uncond` makes, so sharing its image
-                // changes nothing.
-                if m.rows().len() == 2 {
+                // changes nothing; `cond_negative`'s uncond row would weigh its "no image"
+                // tokens by `weight`, not `neg_weight`: made as `uncond` by definition, as
+                // the three-row methods are.
+                if m.rows().len() == 2 && method != Method::CondNegative {
                     for &row in m.rows() {
                         let (mine, theirs) = (m.row(&p, row), of(Method::Uncond).row(&e, row));
                         assert_eq!(mine.text, theirs.text, "{method} {negative}");

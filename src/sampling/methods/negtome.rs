@@ -3,7 +3,7 @@
 //! image enters only NegToMe's token merge in the attention layers
 //! ([`sampling::negtome`](crate::sampling::negtome) for its reference rows). Any other
 //! method adds the merge with `negtome = true`.
-use super::{Attention, Branch, NegativeMethod, RowCond, WithoutNegativeImage, cond_row};
+use super::{Attention, Branch, NegativeMethod, RowCond, cond_row};
 use crate::params::{GenParams, Method, Row, RowImage};
 
 pub struct Negtome;
@@ -28,6 +28,7 @@ impl NegativeMethod for Negtome {
                 text: c.uncond_text(),
                 image: RowImage::NoImage,
                 branch: Branch::Negative,
+                extra: None,
             },
         }
     }
@@ -40,7 +41,4 @@ impl NegativeMethod for Negtome {
         &KEYS
     }
 
-    fn without_negative_image(&self) -> WithoutNegativeImage {
-        WithoutNegativeImage::Baseline
-    }
 }

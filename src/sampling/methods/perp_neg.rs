@@ -4,7 +4,7 @@
 //! over its whole batch, which would make a cell depend on the cells batched with it).
 //! `p = 0` gives `n⊥ = n`.
 use super::three_branch::{ROWS, row};
-use super::{CellState, NegativeMethod, RowCond, Step, WithoutNegativeImage};
+use super::{CellState, NegativeMethod, RowCond, Step};
 use crate::params::{GenParams, Method, Row};
 use tch::{Kind, Tensor};
 
@@ -34,9 +34,6 @@ impl NegativeMethod for PerpNeg {
         &["neg_cfg"]
     }
 
-    fn without_negative_image(&self) -> WithoutNegativeImage {
-        WithoutNegativeImage::TextOnly
-    }
 }
 
 /// The part of `n` orthogonal to `p`.

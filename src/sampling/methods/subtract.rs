@@ -1,7 +1,7 @@
 //! `subtract`: the cond row gets the tokens of `e(pos) − neg_embed_scale·e(neg)` (the image
 //! encoder's output before the adapter's projection, as ComfyUI's "subtract" combine of
 //! embeddings); the uncond row the "no image" tokens. Two rows, classifier-free guidance.
-use super::{Branch, NegativeMethod, RowCond, WithoutNegativeImage, cond_row};
+use super::{Branch, NegativeMethod, RowCond, cond_row};
 use crate::params::{GenParams, Method, Row, RowImage};
 
 pub struct Subtract;
@@ -26,6 +26,7 @@ impl NegativeMethod for Subtract {
                 text: c.uncond_text(),
                 image: RowImage::NoImage,
                 branch: Branch::Negative,
+                extra: None,
             },
         }
     }
@@ -34,7 +35,4 @@ impl NegativeMethod for Subtract {
         &["neg_embed_scale"]
     }
 
-    fn without_negative_image(&self) -> WithoutNegativeImage {
-        WithoutNegativeImage::Baseline
-    }
 }

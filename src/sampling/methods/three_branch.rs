@@ -2,7 +2,7 @@
 //! and image): `ε∅ + cfg·(ε₊ − ε∅) − neg_cfg·(ε₋ − ε∅)`. No `cfg <= 1` rule: the formula
 //! applies as written at every scale.
 use super::{
-    Branch, CellState, NegativeMethod, RowCond, Step, WithoutNegativeImage, cond_row, image_or_none,
+    Branch, CellState, NegativeMethod, RowCond, Step, cond_row, image_or_none,
 };
 use crate::params::{GenParams, Method, Row, RowImage};
 use tch::Tensor;
@@ -21,11 +21,13 @@ pub(super) fn row(c: &GenParams, row: Row) -> RowCond<'_> {
             text: "",
             image: RowImage::NoImage,
             branch: Branch::Positive,
+            extra: None,
         },
         Row::Negative => RowCond {
             text: c.uncond_text(),
             image: image_or_none(c.uncond_image()),
             branch: Branch::Negative,
+            extra: None,
         },
     }
 }
@@ -52,7 +54,4 @@ impl NegativeMethod for ThreeBranch {
         &["neg_cfg"]
     }
 
-    fn without_negative_image(&self) -> WithoutNegativeImage {
-        WithoutNegativeImage::TextOnly
-    }
 }

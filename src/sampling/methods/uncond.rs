@@ -1,7 +1,7 @@
 //! `uncond`: the negative image's tokens replace the "no image" tokens of the uncond row
 //! (the seed demo's trick, ComfyUI's negative image input): two-row classifier-free
 //! guidance `ε∅' + cfg·(ε₊ − ε∅')`, ε∅' conditioned on the negative text and image.
-use super::{Branch, NegativeMethod, RowCond, WithoutNegativeImage, cond_row, image_or_none};
+use super::{Branch, NegativeMethod, RowCond, cond_row, image_or_none};
 use crate::params::{GenParams, Method, Row};
 
 pub struct Uncond;
@@ -18,11 +18,9 @@ impl NegativeMethod for Uncond {
                 text: c.uncond_text(),
                 image: image_or_none(c.uncond_image()),
                 branch: Branch::Negative,
+                extra: None,
             },
         }
     }
 
-    fn without_negative_image(&self) -> WithoutNegativeImage {
-        WithoutNegativeImage::Baseline
-    }
 }
