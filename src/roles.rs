@@ -24,11 +24,13 @@ pub enum Role {
     Scorer,
     #[serde(rename = "scorer_dino")]
     ScorerDino,
+    #[serde(rename = "aesthetic")]
+    Aesthetic,
 }
 
 impl Role {
     /// Every role, in the order manifests list them.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Pipeline,
         Role::Vae,
         Role::IpAdapterBase,
@@ -36,6 +38,7 @@ impl Role {
         Role::ImageEncoder,
         Role::Scorer,
         Role::ScorerDino,
+        Role::Aesthetic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Role {
             Role::ImageEncoder => "image_encoder",
             Role::Scorer => "scorer",
             Role::ScorerDino => "scorer_dino",
+            Role::Aesthetic => "aesthetic",
         }
     }
 
@@ -54,7 +58,7 @@ impl Role {
     pub fn component(self) -> Component {
         match self {
             Role::Pipeline => Component::Pipeline,
-            Role::IpAdapterBase | Role::IpAdapterPlus => Component::File,
+            Role::IpAdapterBase | Role::IpAdapterPlus | Role::Aesthetic => Component::File,
             Role::Vae | Role::ImageEncoder | Role::Scorer | Role::ScorerDino => {
                 Component::ModelFolder
             }
@@ -63,7 +67,7 @@ impl Role {
 
     /// Whether the role's files decide the pixels of an image (the scorers' do not).
     pub fn makes_images(self) -> bool {
-        !matches!(self, Role::Scorer | Role::ScorerDino)
+        !matches!(self, Role::Scorer | Role::ScorerDino | Role::Aesthetic)
     }
 
     pub fn adapter(kind: AdapterKind) -> Role {
@@ -95,6 +99,9 @@ pub struct ModelSet<T> {
     pub scorer: Option<T>,
     /// DINOv2 model for the scores (not used to make images).
     pub scorer_dino: Option<T>,
+    /// LAION aesthetic predictor head (`.pth` or `.safetensors`) on the CLIP scorer's
+    /// embedding (not used to make images).
+    pub aesthetic: Option<T>,
 }
 
 impl<T> ModelSet<T> {
@@ -107,6 +114,7 @@ impl<T> ModelSet<T> {
             Role::ImageEncoder => Some(&self.image_encoder),
             Role::Scorer => self.scorer.as_ref(),
             Role::ScorerDino => self.scorer_dino.as_ref(),
+            Role::Aesthetic => self.aesthetic.as_ref(),
         }
     }
 
@@ -137,6 +145,7 @@ impl<T> ModelSet<T> {
             image_encoder: f(Role::ImageEncoder, &self.image_encoder),
             scorer: self.scorer.as_ref().map(|m| f(Role::Scorer, m)),
             scorer_dino: self.scorer_dino.as_ref().map(|m| f(Role::ScorerDino, m)),
+            aesthetic: self.aesthetic.as_ref().map(|m| f(Role::Aesthetic, m)),
         }
     }
 }
@@ -155,6 +164,7 @@ impl ModelSet<PathBuf> {
             image_encoder: dir.join("image_encoder"),
             scorer: optional("scorer"),
             scorer_dino: None,
+            aesthetic: None,
         }
     }
 }
@@ -179,6 +189,7 @@ mod tests {
             image_encoder: 5,
             scorer: Some(6),
             scorer_dino: None,
+            aesthetic: None,
         };
         let roles: Vec<Role> = set.iter().map(|(r, _)| r).collect();
         assert_eq!(

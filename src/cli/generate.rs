@@ -370,6 +370,7 @@ fn model_set(a: &GenerateArgs) -> Result<ModelSet<PathBuf>> {
                 image_encoder: encoder.clone(),
                 scorer: None,
                 scorer_dino: None,
+                aesthetic: None,
             }
         }
     };

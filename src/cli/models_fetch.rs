@@ -47,6 +47,7 @@ struct ModelsTable {
     image_encoder: String,
     scorer: Option<String>,
     scorer_dino: Option<String>,
+    aesthetic: Option<String>,
     init_random: Option<InitRandom>,
 }
 
@@ -83,6 +84,7 @@ fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
         (Role::ImageEncoder, Some(m.image_encoder)),
         (Role::Scorer, m.scorer),
         (Role::ScorerDino, m.scorer_dino),
+        (Role::Aesthetic, m.aesthetic),
     ];
     let mut entries: Vec<Entry> = given
         .into_iter()
@@ -260,6 +262,7 @@ fn load_all(resolved: &[(Role, PathBuf)]) -> Result<()> {
             image_encoder,
             scorer: None,
             scorer_dino: None,
+            aesthetic: None,
         };
         let mut pipeline = Pipeline::load(&set, device, kind, &mut |_| {})?;
         pipeline.check_adapters()?;
@@ -280,6 +283,10 @@ fn load_all(resolved: &[(Role, PathBuf)]) -> Result<()> {
         crate::models::dinov2::Dinov2Model::load(&dino, device, kind)
             .with_context(|| format!("scorer_dino {}", dino.display()))?;
         println!("{:<16} loads", Role::ScorerDino.name());
+    }
+    if let Some(head) = path(Role::Aesthetic) {
+        crate::models::aesthetic::AestheticHead::load(&head)?;
+        println!("{:<16} loads", Role::Aesthetic.name());
     }
     Ok(())
 }

@@ -205,6 +205,7 @@ fn report(exp: &Experiment, s: &run::runner::Summary, device: Device, kind: Kind
     let models = crate::scoring::ScoreModels {
         clip: exp.models.scorer.as_ref().map(|m| m.path.clone()),
         dino: exp.models.scorer_dino.as_ref().map(|m| m.path.clone()),
+        aesthetic: exp.models.aesthetic.as_ref().map(|m| m.path.clone()),
     };
     crate::scoring::score_all(&s.dir, &models, device, kind)
         .with_context(|| format!("scoring {}", s.dir.display()))?;

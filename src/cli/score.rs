@@ -1,4 +1,4 @@
-//! `negimg score RUN_DIR [--scorer REF] [--scorer-dino REF]`: (re)scores a finished run with
+//! `negimg score RUN_DIR [--scorer REF] [--scorer-dino REF] [--aesthetic REF]`: (re)scores a finished run with
 //! the current measures (CLIP, DINOv2, pixel change, statistics against the baseline)
 //! without regenerating it; each scorer writes its own folder under scores/.
 use super::Globals;
@@ -20,6 +20,10 @@ pub struct ScoreArgs {
     /// Default: the run's scorer_dino (manifest.json), else none.
     #[arg(long)]
     pub scorer_dino: Option<String>,
+    /// LAION improved aesthetic predictor head (.pth), on the CLIP scorer's ViT-L/14
+    /// embedding. Default: the run's aesthetic (manifest.json), else none.
+    #[arg(long)]
+    pub aesthetic: Option<String>,
     /// Only score; leave grids, curves and index.html as they are.
     #[arg(long)]
     pub no_plot: bool,
@@ -45,10 +49,12 @@ fn manifest_model(run_dir: &Path, role: &str) -> Option<String> {
 pub fn run(args: ScoreArgs, g: &Globals) -> Result<()> {
     let (device, kind) = g.device_and_dtype()?;
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
-    let resolve = |reference: String, what: &str| {
-        let component = crate::weights::hub::Component::ModelFolder;
+    let resolve_as = |reference: String, what: &str, component| {
         crate::weights::hub::resolve_as(&reference, &cwd, component, true)
             .with_context(|| format!("{what} {reference:?}"))
+    };
+    let resolve = |reference: String, what: &str| {
+        resolve_as(reference, what, crate::weights::hub::Component::ModelFolder)
     };
     let clip = args
         .scorer
@@ -57,9 +63,15 @@ pub fn run(args: ScoreArgs, g: &Globals) -> Result<()> {
     let dino = args
         .scorer_dino
         .or_else(|| manifest_model(&args.run_dir, "scorer_dino"));
+    let aesthetic = args
+        .aesthetic
+        .or_else(|| manifest_model(&args.run_dir, "aesthetic"));
     let models = crate::scoring::ScoreModels {
         clip: Some(resolve(clip, "scorer")?),
         dino: dino.map(|d| resolve(d, "scorer_dino")).transpose()?,
+        aesthetic: aesthetic
+            .map(|a| resolve_as(a, "aesthetic", crate::weights::hub::Component::File))
+            .transpose()?,
     };
     for id in crate::scoring::score_all(&args.run_dir, &models, device, kind)? {
         println!(

@@ -259,6 +259,11 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             .as_ref()
             .map(|r| resolve(Role::ScorerDino, r))
             .transpose()?,
+        aesthetic: m
+            .aesthetic
+            .as_ref()
+            .map(|r| resolve(Role::Aesthetic, r))
+            .transpose()?,
     };
     if models.ip_adapter_base.is_none() && models.ip_adapter_plus.is_none() {
         return Err(src.error_at_key(

@@ -51,6 +51,8 @@ pub struct ModelsRaw {
     pub scorer: Option<Spanned<String>>,
     /// A DINOv2 model (transformers' Dinov2Model layout), the second embedding.
     pub scorer_dino: Option<Spanned<String>>,
+    /// The LAION improved aesthetic predictor's head (`.pth`), on the scorer's embedding.
+    pub aesthetic: Option<Spanned<String>>,
     /// Create random models when `dir` is missing (`negimg models init-random`).
     pub init_random: Option<Spanned<InitRandomRaw>>,
 }
@@ -170,6 +172,7 @@ const MODELS: &[(&str, Keys)] = &[
     ("image_encoder", Keys::Value),
     ("scorer", Keys::Value),
     ("scorer_dino", Keys::Value),
+    ("aesthetic", Keys::Value),
     (
         "init_random",
         Keys::Table(&[("preset", Keys::Value), ("dir", Keys::Value)]),

@@ -1,4 +1,5 @@
 //! Networks, one file each; variable paths mirror the checkpoint keys.
+pub mod aesthetic;
 pub mod attention;
 pub mod clip_model;
 pub mod clip_text;

@@ -147,6 +147,7 @@ pub fn digests(files: &[ModelFiles]) -> ModelDigests {
         image_encoder: get(Role::ImageEncoder).unwrap_or_default(),
         scorer: get(Role::Scorer),
         scorer_dino: get(Role::ScorerDino),
+        aesthetic: get(Role::Aesthetic),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod pooled;
 pub mod stats;
 pub mod tables;
 
+use crate::models::aesthetic;
 use crate::run::info::RunInfo;
 use crate::run::records::{self, Record, read_records};
 use anyhow::{Context, Result, bail};
@@ -46,6 +47,9 @@ pub struct ScorerInfo {
     pub targets: Vec<String>,
     pub positive_reference: Option<String>,
     pub negative_reference: Option<String>,
+    /// The aesthetic predictor's head, when the scores have an `aesthetic` column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aesthetic: Option<String>,
     /// The metric columns of scores.csv.
     pub metrics: Vec<String>,
 }
@@ -293,6 +297,17 @@ pub fn score_notes(scorer: &ScorerInfo) -> Vec<String> {
             cmmd::PERMUTATIONS
         ));
     }
+    if let Some(head) = scorer
+        .aesthetic
+        .as_ref()
+        .filter(|_| has(aesthetic::METRIC).is_some())
+    {
+        notes.push(format!(
+            "{}: LAION improved aesthetic predictor (linear head 768→1024→128→64→16→1 on the \
+             L2-normalised CLIP image embedding), head {head}",
+            aesthetic::METRIC
+        ));
+    }
     if scorer.metrics.iter().any(|m| m == metrics::NEG_PRESENT) {
         notes.push(format!(
             "{}: 1 when CLIP puts the image closer to the subject's negative_caption than to \
@@ -312,6 +327,8 @@ pub struct ScoreModels {
     pub clip: Option<PathBuf>,
     /// A Dinov2Model folder.
     pub dino: Option<PathBuf>,
+    /// The LAION aesthetic predictor's head, applied to the CLIP scorer's embeddings.
+    pub aesthetic: Option<PathBuf>,
 }
 
 /// Scores a run with every model given, each into its own folder.
@@ -322,11 +339,34 @@ pub fn score_all(
     kind: tch::Kind,
 ) -> Result<Vec<String>> {
     let mut ids = Vec::new();
+    let aesthetic = match (&models.aesthetic, &models.clip) {
+        (Some(head), Some(_)) => Some(aesthetic::AestheticHead::load(head)?),
+        (Some(head), None) => bail!(
+            "aesthetic {} scores the CLIP scorer's embeddings, and no CLIP scorer is given",
+            head.display()
+        ),
+        (None, _) => None,
+    };
     if let Some(clip) = &models.clip {
-        ids.push(score_with(run_dir, Embedder::Clip, clip, device, kind)?);
+        let id = score_with(
+            run_dir,
+            Embedder::Clip,
+            clip,
+            aesthetic.as_ref(),
+            device,
+            kind,
+        )?;
+        ids.push(id);
     }
     if let Some(dino) = &models.dino {
-        ids.push(score_with(run_dir, Embedder::Dino, dino, device, kind)?);
+        ids.push(score_with(
+            run_dir,
+            Embedder::Dino,
+            dino,
+            None,
+            device,
+            kind,
+        )?);
     }
     Ok(ids)
 }
@@ -339,14 +379,16 @@ pub fn score_run(
     device: tch::Device,
     kind: tch::Kind,
 ) -> Result<()> {
-    score_with(run_dir, Embedder::Clip, scorer, device, kind).map(|_| ())
+    score_with(run_dir, Embedder::Clip, scorer, None, device, kind).map(|_| ())
 }
 
-/// Scores every done image with `embedder`'s model in `scorer`; returns the scorer id.
+/// Scores every done image with `embedder`'s model in `scorer` (and the aesthetic head on
+/// its embeddings, if given); returns the scorer id.
 pub fn score_with(
     run_dir: &Path,
     embedder: Embedder,
     scorer: &Path,
+    aesthetic: Option<&aesthetic::AestheticHead>,
     device: tch::Device,
     kind: tch::Kind,
 ) -> Result<String> {
@@ -354,6 +396,9 @@ pub fn score_with(
     let records = read_run_records(run_dir)?;
     let id = scorer_id(scorer)?;
     let embeds = embed::embed_run(run_dir, &info, &records, embedder, scorer, device, kind)?;
+    if let (Some(head), Some(e)) = (aesthetic, embeds.images.values().next()) {
+        head.check_scorer(scorer, e.len())?;
+    }
     // The set-level distance needs the embeddings, so it is computed here and kept beside
     // the scores for later summaries.
     if embedder == Embedder::Clip {
@@ -386,6 +431,13 @@ pub fn score_with(
     }
     names.extend(pixel::METRICS.iter().map(|m| m.to_string()));
     names.extend(change::METRICS.iter().map(|m| m.to_string()));
+    if let Some(head) = aesthetic {
+        for (cell, values) in &mut rows {
+            let embedding = embeds.images.get(&format!("cell:{cell}"));
+            values.push(embedding.map_or(f64::NAN, |e| head.score(e)));
+        }
+        names.push(aesthetic::METRIC.to_string());
+    }
     let scorer_info = ScorerInfo {
         id: id.clone(),
         path: scorer.display().to_string(),
@@ -396,6 +448,7 @@ pub fn score_with(
         },
         positive_reference: info.scoring.positive_reference.clone(),
         negative_reference: info.scoring.negative_reference.clone(),
+        aesthetic: aesthetic.map(|h| h.path().display().to_string()),
         metrics: names,
     };
     write_scorer(run_dir, &records, scorer_info, rows)?;

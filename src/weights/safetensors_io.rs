@@ -35,18 +35,18 @@ impl TensorFile {
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("cannot map weight file {}", path.display()))?;
         let parsed = SafeTensors::read_metadata(&mmap);
-        // Only a file that is not valid safetensors is looked at as a pickle: a `.bin` is
-        // read through its safetensors copy, other pickles are refused.
+        // Only a file that is not valid safetensors is looked at as a pickle: a `.bin` or
+        // `.pth` state dict is read through its safetensors copy, other pickles are refused.
         if parsed.is_err() && is_pickle(&mmap) {
             if path
                 .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("bin"))
+                .is_some_and(|e| e.eq_ignore_ascii_case("bin") || e.eq_ignore_ascii_case("pth"))
             {
                 return TensorFile::open(super::torch_bin::converted(&path)?);
             }
             bail!(
                 "{}: a PyTorch pickle (.pt/.ckpt), not safetensors; negimg reads pickles only as \
-                 .bin weight files (converted once with torch's weights_only loader). Use the \
+                 .bin or .pth weight files (converted once with torch's weights_only loader). Use the \
                  .safetensors release of this model, or convert the file, e.g.\n  python -c \
                  \"import sys, torch; from safetensors.torch import save_file; \
                  sd = torch.load(sys.argv[1], map_location='cpu', weights_only=True); \

@@ -189,6 +189,7 @@ pub fn write_known_scorer(
         targets: vec![],
         positive_reference: None,
         negative_reference: None,
+        aesthetic: None,
         metrics,
     };
     std::fs::write(
