@@ -45,6 +45,9 @@ pub enum SchedulerKind {
     DpmPp2m,
     #[serde(rename = "dpmpp_2m_karras")]
     DpmPp2mKarras,
+    /// Euler ancestral (A1111's "Euler a"): fresh noise at every step. Last, so that the
+    /// order of the older kinds is unchanged.
+    EulerAncestral,
 }
 
 /// How the "no image" tokens are made where a branch has no image.
@@ -863,6 +866,7 @@ mod tests {
     #[test]
     fn enums_display_as_their_toml_names() {
         assert_eq!(SchedulerKind::DpmPp2mKarras.to_string(), "dpmpp_2m_karras");
+        assert_eq!(SchedulerKind::EulerAncestral.to_string(), "euler_ancestral");
         assert_eq!(NegativeMode::Both.to_string(), "both");
         assert_eq!(AdapterKind::Plus.to_string(), "plus");
         let names: Vec<String> = [

@@ -34,14 +34,16 @@ pub struct References<'a> {
 }
 
 /// Runs `scheduler` from the initial latents `x` `[B, 4, h, w]` (already scaled by the
-/// scheduler's initial sigma) to the final latents of `cells`. `progress(step, steps)` after
-/// each step.
+/// scheduler's initial sigma) to the final latents of `cells`; `step_noise` `[steps, B, 4,
+/// h, w]` (any device) is each step's noise for an ancestral scheduler. `progress(step,
+/// steps)` after each step.
 pub fn denoise(
     unet: &UNet2DConditionModel,
     scheduler: &mut dyn Scheduler,
     cells: &[GenParams],
     cond: &Conditioning,
     mut x: Tensor,
+    step_noise: Option<&Tensor>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Tensor {
     let steps = cells[0].steps;
@@ -82,7 +84,8 @@ pub fn denoise(
             (_, ip, _) => unet.forward(&rows, t, cond.text, ip),
         };
         let eps = guidance::combine(&eps.to_kind(Kind::Float), &refs);
-        x = scheduler.step(&eps, i, &x);
+        let noise = step_noise.map(|n| n.get(i as i64).to_device(device));
+        x = scheduler.step(&eps, i, &x, noise.as_ref());
         progress(i + 1, steps);
     }
     x
