@@ -2,9 +2,9 @@
 //! timesteps, sigmas and model input of [`Euler`], and a step that goes down to `σ_down` and
 //! adds fresh noise of standard deviation `σ_up`, where (Karras et al. 2022's ancestral step
 //! with η = 1) `σ_up = sqrt(σ_to² (σ_from² − σ_to²) / σ_from²)`, `σ_down = sqrt(σ_to² − σ_up²)`.
-use super::Scheduler;
 use super::euler::Euler;
 use super::scheduler::{NoiseSchedule, SchedulerConfig};
+use super::{AncestralStep, Scheduler};
 use anyhow::Result;
 use tch::Tensor;
 
@@ -54,8 +54,13 @@ impl Scheduler for EulerAncestral {
         self.euler.add_noise(z0, noise, step_index)
     }
 
-    fn is_ancestral(&self) -> bool {
-        true
+    fn ancestral(&self, step_index: usize) -> Option<AncestralStep> {
+        let (up, down) = self.up_down(step_index);
+        Some(AncestralStep {
+            sigma: self.euler.sigma(step_index),
+            sigma_down: down as f64,
+            sigma_up: up as f64,
+        })
     }
 
     /// # Panics
@@ -93,5 +98,8 @@ mod tests {
         }
         // the last step goes to sigma 0 with no noise
         assert_eq!(s.up_down(9), (0.0, 0.0));
+        let last = s.ancestral(9).unwrap();
+        assert_eq!((last.sigma, last.sigma_up), (s.sigma(9), 0.0));
+        assert!(s.is_ancestral());
     }
 }

@@ -45,7 +45,11 @@ pub trait Scheduler {
     /// one N(0, 1) tensor shaped like `x`, drawn for each cell from its seeded generator after
     /// its initial latents, as diffusers' pipeline passes its `generator` to `step`.
     fn is_ancestral(&self) -> bool {
-        false
+        self.ancestral(0).is_some()
+    }
+    /// The noise levels of ancestral step `step_index`: `None` for a deterministic scheduler.
+    fn ancestral(&self, _step_index: usize) -> Option<AncestralStep> {
+        None
     }
     /// The sample after step `step_index`, given the noise prediction `eps` for `x` (and the
     /// step's `noise` for an ancestral scheduler; deterministic ones take `None`).
@@ -57,6 +61,16 @@ pub trait Scheduler {
         x: &Tensor,
         noise: Option<&Tensor>,
     ) -> Tensor;
+}
+
+/// One step of an ancestral scheduler: from `sigma` it moves deterministically to
+/// `sigma_down` and adds fresh noise of standard deviation `sigma_up`, so the next sample is
+/// drawn from N(x + (sigma_down − sigma)·ε, sigma_up²) (what DNG's posterior weighs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AncestralStep {
+    pub sigma: f64,
+    pub sigma_down: f64,
+    pub sigma_up: f64,
 }
 
 /// Step `index` of `steps` of `scheduler`, as the window rules see it.
