@@ -1,6 +1,7 @@
 //! The parameters of one generated image: what a grid cell resolves to and what the
 //! pipeline consumes. Shared by `experiment`, `run`, `pipeline`, `scoring` and `report`.
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -83,15 +84,11 @@ pub enum Method {
 }
 
 impl Method {
+    /// The TOML names, in `sampling::methods::REGISTRY` order.
+    pub const NAMES: &'static str = "uncond, subtract, three_branch, perp_neg, negtome";
+
     pub fn is_uncond(&self) -> bool {
         *self == Method::Uncond
-    }
-    /// UNet rows per cell and step.
-    pub fn rows(self) -> usize {
-        match self {
-            Method::Uncond | Method::Subtract | Method::Negtome => 2,
-            Method::ThreeBranch | Method::PerpNeg => 3,
-        }
     }
 }
 
@@ -437,7 +434,8 @@ impl BranchWeight {
     }
 }
 
-/// One UNet row of a cell: the two CFG branches, and the third row of the three-row methods.
+/// One UNet row of a cell: the two CFG branches, and the rows a method adds
+/// (`sampling::methods`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Row {
     /// The uncond branch (ε∅ for the three-row methods).
@@ -462,8 +460,32 @@ pub enum RowImage<'a> {
     },
 }
 
-fn row_image(p: Option<&PathBuf>) -> RowImage<'_> {
-    p.map_or(RowImage::NoImage, RowImage::Image)
+/// The parameters that belong to one negative method, by key (each method declares its
+/// own, with defaults and ranges, in `sampling::methods`). Only values away from their
+/// default are kept, so a cell's id is the same whether a key is left out or set to its
+/// default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MethodParams(BTreeMap<String, f64>);
+
+impl MethodParams {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value set for `key`, if it is not its default.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.0.get(key).copied()
+    }
+
+    /// Sets `key` to `value`; at `default` the key is dropped.
+    pub fn set(&mut self, key: &str, value: f64, default: f64) {
+        if value == default {
+            self.0.remove(key);
+        } else {
+            self.0.insert(key.to_string(), value);
+        }
+    }
 }
 
 /// What cells of one batch share: steps, width, height, scheduler, adapter, ip_scaling.
@@ -533,6 +555,10 @@ pub struct GenParams {
     pub negtome_t_min: f64,
     #[serde(default = "negtome_t_max", skip_serializing_if = "is_negtome_t_max")]
     pub negtome_t_max: f64,
+    /// The method's own parameters (`sampling::methods::value` reads them with their
+    /// defaults).
+    #[serde(default, skip_serializing_if = "MethodParams::is_empty")]
+    pub method_params: MethodParams,
 }
 
 impl GenParams {
@@ -571,6 +597,7 @@ impl GenParams {
             negtome_threshold: NEGTOME_THRESHOLD,
             negtome_t_min: NEGTOME_T_MIN,
             negtome_t_max: NEGTOME_T_MAX,
+            method_params: MethodParams::default(),
         }
     }
 
@@ -611,60 +638,6 @@ impl GenParams {
             self.negative_image.as_ref()
         } else {
             None
-        }
-    }
-
-    /// The rows of this cell, in the order the UNet sees them (see `sampling::guidance`).
-    pub fn rows(&self) -> &'static [Row] {
-        match self.method.rows() {
-            2 => &[Row::Uncond, Row::Cond],
-            _ => &[Row::Uncond, Row::Cond, Row::Negative],
-        }
-    }
-
-    /// The text of `row`. The three-row methods' uncond row is unconditioned (empty text);
-    /// their negative row takes the negative text when `negative` uses text.
-    pub fn row_text(&self, row: Row) -> &str {
-        match (row, self.method.rows()) {
-            (Row::Cond, _) => &self.prompt,
-            (Row::Uncond, 3) => "",
-            _ => self.uncond_text(),
-        }
-    }
-
-    /// The image of `row`.
-    pub fn row_image(&self, row: Row) -> RowImage<'_> {
-        match (row, self.method) {
-            (Row::Cond, Method::Subtract) => match self.uncond_image() {
-                Some(negative) => RowImage::Subtract {
-                    positive: self.positive_image.as_ref(),
-                    negative,
-                    scale: self.neg_embed_scale,
-                },
-                None => row_image(self.positive_image.as_ref()),
-            },
-            (Row::Cond, _) => row_image(self.positive_image.as_ref()),
-            (Row::Uncond, Method::Uncond) | (Row::Negative, _) => row_image(self.uncond_image()),
-            (Row::Uncond, _) => RowImage::NoImage,
-        }
-    }
-
-    /// The weight and window of `row`: the uncond row of the three-row methods (ε∅, "no
-    /// image" tokens) takes the positive branch's, as the official IP-Adapter weights its
-    /// "no image" tokens with the one scale; the negative row takes the negative branch's.
-    pub fn row_weight(&self, row: Row) -> BranchWeight {
-        match (row, self.method.rows()) {
-            (Row::Cond, _) | (Row::Uncond, 3) => self.positive,
-            _ => self.negative_branch,
-        }
-    }
-
-    /// The per-block weights of `row`: those of the branch whose weight it takes
-    /// ([`row_weight`](Self::row_weight)).
-    pub fn row_blocks(&self, row: Row) -> &BlockWeights {
-        match (row, self.method.rows()) {
-            (Row::Cond, _) | (Row::Uncond, 3) => &self.blocks,
-            _ => &self.neg_blocks,
         }
     }
 
@@ -763,40 +736,6 @@ mod tests {
         assert!(!on(8.5) && !on(3.9));
         assert_eq!(Window::Sigma.to_string(), "sigma");
         assert!(Window::default().is_steps());
-    }
-
-    #[test]
-    fn rows_follow_the_method() {
-        let mut p = GenParams::new(1);
-        p.prompt = "house".into();
-        p.negative_prompt = "grass".into();
-        p.negative = NegativeMode::Both;
-        let (pos, neg): (PathBuf, PathBuf) = ("house.png".into(), "lawn.png".into());
-        p.positive_image = Some(pos.clone());
-        p.negative_image = Some(neg.clone());
-        p.negative_branch.weight = 0.4;
-        assert_eq!(p.row_image(Row::Uncond), RowImage::Image(&neg));
-        assert_eq!(p.row_text(Row::Uncond), "grass");
-        p.method = Method::Subtract;
-        p.neg_embed_scale = 0.5;
-        assert_eq!(p.row_image(Row::Uncond), RowImage::NoImage);
-        let sub = RowImage::Subtract {
-            positive: Some(&pos),
-            negative: &neg,
-            scale: 0.5,
-        };
-        assert_eq!(p.row_image(Row::Cond), sub);
-        p.method = Method::PerpNeg;
-        assert_eq!(p.rows().len(), 3);
-        assert_eq!(
-            (p.row_text(Row::Uncond), p.row_text(Row::Negative)),
-            ("", "grass")
-        );
-        assert_eq!(p.row_image(Row::Uncond), RowImage::NoImage);
-        assert_eq!(p.row_image(Row::Negative), RowImage::Image(&neg));
-        assert_eq!(p.row_weight(Row::Uncond).weight, 1.0);
-        assert_eq!(p.row_weight(Row::Negative).weight, 0.4);
-        assert_eq!(p.neg_cfg(), p.cfg);
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn cell(dir: &Path, method: Method, adapter: AdapterKind) -> (String, GenParams)
     c.positive = branch(0.8, 0.0, 1.0);
     c.negative_branch = branch(1.2, 0.25, 1.0);
     c.neg_embed_scale = 0.7;
-    c.neg_cfg = (method.rows() == 3).then_some(4.0);
+    c.neg_cfg = (negimg::sampling::methods::of(method).rows().len() == 3).then_some(4.0);
     (format!("{method}_{adapter}"), c)
 }
 

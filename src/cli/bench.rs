@@ -113,7 +113,11 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         let sched = make_scheduler(SchedulerKind::Ddim, pipeline.scheduler_config(), args.steps)?;
         negtome::reference_row_steps(&refs, sched.timesteps())
     };
-    let rows = args.method.rows() as f64 * args.steps as f64 + reference_rows as f64;
+    let rows = crate::sampling::methods::of(args.method)
+        .cost()
+        .row_equivalents()
+        * args.steps as f64
+        + reference_rows as f64;
     let encodes = if reference_rows > 0 { 1.0 } else { 0.0 };
     let tflop_per_image = UNET_CFG_TFLOP_PER_STEP / 2.0 * rows * area
         + VAE_DECODE_TFLOP * area

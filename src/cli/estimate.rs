@@ -11,6 +11,7 @@
 //! three-row methods) plus one decode, each proportional to the pixels.
 use crate::experiment::{CellSpec, Experiment};
 use crate::run::records::{Status, read_records};
+use crate::sampling::methods;
 use anyhow::{Context, Result, bail};
 use std::io::Read;
 use std::path::Path;
@@ -81,7 +82,7 @@ pub fn estimate(t: &Target) -> Estimate {
 
 /// UNet rows of a cell per step.
 fn rows(c: &CellSpec) -> f64 {
-    c.method.rows() as f64
+    methods::of(c.method).cost().row_equivalents()
 }
 
 /// Mean over the grid's cells of `f(cell)`.
@@ -129,7 +130,10 @@ fn from_history(t: &Target) -> Result<Estimate> {
     let rate = done.iter().map(|r| r.seconds).sum::<f64>()
         / done
             .iter()
-            .map(|r| image_cost(r.steps, r.method.rows() as f64, r.width, r.height))
+            .map(|r| {
+                let rows = methods::of(r.method).cost().row_equivalents();
+                image_cost(r.steps, rows, r.width, r.height)
+            })
             .sum::<f64>();
     let (ref_pixel_steps, encoded) = t.negtome.per_image(t.exp.cells.len());
     // A decode counts as three rows (image_cost); an encode as its FLOPs' share of that.
@@ -163,7 +167,11 @@ fn batch_at_largest(t: &Target) -> ((usize, usize), usize) {
         .collect();
     let max = crate::device::estimate_max_batch(t.device, t.kind, largest.0, largest.1);
     let cells = at_size.len().clamp(1, max);
-    let rows_per_cell = at_size.iter().map(|c| c.method.rows()).max().unwrap_or(2);
+    let rows_per_cell = at_size
+        .iter()
+        .map(|c| methods::of(c.method).rows().len())
+        .max()
+        .unwrap_or(2);
     (largest, cells * rows_per_cell)
 }
 

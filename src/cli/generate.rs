@@ -2,11 +2,12 @@
 use super::Globals;
 use crate::models::ip_adapter::AdapterFile;
 use crate::params::{
-    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegativeMode, NoImage,
-    SchedulerKind, Window,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MethodParams,
+    NegativeMode, NoImage, SchedulerKind, Window,
 };
 use crate::pipeline::{CellOutcome, Pipeline};
 use crate::roles::ModelSet;
+use crate::sampling::methods;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 
@@ -115,9 +116,70 @@ pub struct GenerateArgs {
     pub negtome_t_min: f64,
     #[arg(long, default_value_t = crate::params::NEGTOME_T_MAX)]
     pub negtome_t_max: f64,
+    /// The negative methods' own parameters (`--nag-scale` ...), one flag each.
+    #[command(flatten)]
+    pub method_params: MethodFlags,
     /// Output PNG.
     #[arg(long, default_value = "out.png")]
     pub out: PathBuf,
+}
+
+/// A flag per method parameter (`sampling::methods`): its key with dashes.
+#[derive(Clone, Debug, Default)]
+pub struct MethodFlags(Vec<(&'static str, f64)>);
+
+impl clap::FromArgMatches for MethodFlags {
+    fn from_arg_matches(m: &clap::ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let given = methods::all_params()
+            .filter_map(|(_, p)| m.get_one::<f64>(p.name).map(|x| (p.name, *x)))
+            .collect();
+        Ok(MethodFlags(given))
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        m: &clap::ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for MethodFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        methods::all_params().fold(cmd, |cmd, (method, p)| {
+            // Made once per process; clap keeps flag names as `&'static str`.
+            let long: &'static str = Box::leak(p.name.replace('_', "-").into_boxed_str());
+            cmd.arg(
+                clap::Arg::new(p.name)
+                    .long(long)
+                    .value_parser(clap::value_parser!(f64))
+                    .allow_negative_numbers(true)
+                    .help(format!("{method}: {} (default {})", p.about, p.default)),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// The method parameters given as flags, checked against their ranges and against
+/// `method` (a flag of another method's parameter is an error, not a silent no-op).
+fn method_params(flags: &MethodFlags, method: Method) -> Result<MethodParams> {
+    let mut out = MethodParams::default();
+    for &(key, x) in &flags.0 {
+        let flag = key.replace('_', "-");
+        let spec = methods::param(key).expect("flags are made from the specs");
+        spec.check(x)
+            .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?;
+        if !methods::of(method).params().contains(spec) {
+            bail!("--{flag} is a parameter of another method than --method {method}");
+        }
+        out.set(key, x, spec.default);
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -153,9 +215,8 @@ pub enum NoImageArg {
 }
 
 pub fn parse_method(s: &str) -> std::result::Result<Method, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-        format!("{s:?} is not one of uncond, subtract, three_branch, perp_neg, negtome")
-    })
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not one of {}", Method::NAMES))
 }
 
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
@@ -348,6 +409,7 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         negtome_threshold: a.negtome_threshold,
         negtome_t_min: a.negtome_t_min,
         negtome_t_max: a.negtome_t_max,
+        method_params: method_params(&a.method_params, a.method)?,
     })
 }
 

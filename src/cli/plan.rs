@@ -4,8 +4,8 @@
 use super::Globals;
 use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
 use crate::params::{Method, Window};
-use crate::sampling::SchedulerConfig;
 use crate::sampling::window::{WindowCase, comparison_table};
+use crate::sampling::{SchedulerConfig, methods};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -127,10 +127,20 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     for ((steps, w, h, sched, adapter, scaling), n) in &groups {
         say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter} ip_scaling={scaling}");
     }
-    let three_rows = exp.cells.iter().filter(|c| c.method.rows() == 3).count();
+    let three_rows = exp
+        .cells
+        .iter()
+        .filter(|c| methods::of(c.method).rows().len() == 3)
+        .count();
     if three_rows > 0 {
+        let names: Vec<String> = methods::REGISTRY
+            .iter()
+            .filter(|m| m.rows().len() == 3)
+            .map(|m| m.method().to_string())
+            .collect();
         say!(
-            "UNet rows per step: {three_rows} cells take 3 (three_branch, perp_neg), {} take 2",
+            "UNet rows per step: {three_rows} cells take 3 ({}), {} take 2",
+            names.join(", "),
             exp.cells.len() - three_rows
         );
     }
@@ -172,6 +182,9 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
              negtome_t_max range (few steps start below 800): they never merge",
             negtome.never_active
         );
+    }
+    for warning in &exp.warnings {
+        say!("warning: {warning}");
     }
     // Cells that differ only in what their negative mode ignores make one image.
     let images: std::collections::BTreeSet<String> = exp

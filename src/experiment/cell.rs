@@ -1,9 +1,12 @@
 //! One grid cell: the parameters of one image, with input images by their `[images.NAME]`.
 use super::values::{Param, Value};
+use crate::params::MethodParams;
 use crate::params::{
     AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegativeMode, NoImage,
     SchedulerKind, Window,
 };
+use crate::sampling::methods;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +47,8 @@ pub struct CellSpec {
     pub negtome_threshold: f64,
     pub negtome_t_min: f64,
     pub negtome_t_max: f64,
+    /// The negative methods' own parameters set by the file (`sampling::methods`).
+    pub method_params: BTreeMap<&'static str, f64>,
 }
 
 impl Default for CellSpec {
@@ -82,6 +87,7 @@ impl Default for CellSpec {
             negtome_threshold: p.negtome_threshold,
             negtome_t_min: p.negtome_t_min,
             negtome_t_max: p.negtome_t_max,
+            method_params: BTreeMap::new(),
         }
     }
 }
@@ -118,6 +124,9 @@ impl CellSpec {
             (Param::NegtomeThreshold, Value::Num(x)) => self.negtome_threshold = *x,
             (Param::NegtomeTMin, Value::Num(x)) => self.negtome_t_min = *x,
             (Param::NegtomeTMax, Value::Num(x)) => self.negtome_t_max = *x,
+            (Param::MethodParam(key), Value::Num(x)) => {
+                self.method_params.insert(key, *x);
+            }
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -191,7 +200,27 @@ impl CellSpec {
             Param::NegtomeThreshold => Value::Num(self.negtome_threshold),
             Param::NegtomeTMin => Value::Num(self.negtome_t_min),
             Param::NegtomeTMax => Value::Num(self.negtome_t_max),
+            Param::MethodParam(key) => Value::Num(self.method_param(key)),
         }
+    }
+
+    /// The value of method parameter `key` in this cell: set, or its default.
+    pub fn method_param(&self, key: &str) -> f64 {
+        self.method_params
+            .get(key)
+            .copied()
+            .or_else(|| methods::param(key).map(|p| p.default))
+            .expect("Param::MethodParam holds a declared key")
+    }
+
+    /// The method parameters as the pipeline takes them: those away from their default.
+    fn gen_method_params(&self) -> MethodParams {
+        let mut out = MethodParams::default();
+        for (key, x) in &self.method_params {
+            let default = methods::param(key).map_or(f64::NAN, |p| p.default);
+            out.set(key, *x, default);
+        }
+        out
     }
 
     /// The pipeline's parameters, with each `[images.NAME]` replaced by `image_path(NAME)`.
@@ -224,6 +253,7 @@ impl CellSpec {
             negtome_threshold: self.negtome_threshold,
             negtome_t_min: self.negtome_t_min,
             negtome_t_max: self.negtome_t_max,
+            method_params: self.gen_method_params(),
         }
     }
 

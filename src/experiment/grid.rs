@@ -137,7 +137,7 @@ fn unknown(
     key: &Spanned<std::borrow::Cow<str>>,
     extra: &[&str],
 ) -> anyhow::Error {
-    let names: Vec<&str> = Param::ALL
+    let names: Vec<&str> = Param::all()
         .iter()
         .map(|p| p.name())
         .chain(extra.iter().copied())

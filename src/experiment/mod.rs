@@ -99,6 +99,8 @@ pub struct Experiment {
     pub dtype: Option<String>,
     pub scoring: ScoringSpec,
     pub plots: PlotsSpec,
+    /// What `negimg plan` warns about: keys that some cells' method does not read.
+    pub warnings: Vec<String>,
 }
 
 impl Experiment {
@@ -385,6 +387,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     }
     let cells = grid.expand();
     validate::cells(&src, &grid, &cells, &models)?;
+    let warnings = validate::unused_keys(&src, &grid, &cells);
 
     let image_ref = |key: &str, r: &Option<Spanned<String>>| -> Result<Option<String>> {
         match r {
@@ -472,6 +475,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         cells,
         scoring,
         plots,
+        warnings,
     })
 }
 

@@ -4,8 +4,11 @@ use super::cell::CellSpec;
 use super::grid::Grid;
 use super::source::Source;
 use super::values::Param;
-use crate::params::AdapterKind;
+use crate::params::{AdapterKind, Method};
+use crate::sampling::methods;
 use anyhow::{Result, anyhow};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> Result<()> {
     let varying = grid.varying();
@@ -87,4 +90,36 @@ fn places(src: &Source, grid: &Grid, params: &[Param]) -> String {
         Some(lines) => format!("{lines} and {}", unset.join(" and ")),
         None => format!("{}: {}", src.path.display(), unset.join(", ")),
     }
+}
+
+/// For `negimg plan`: the method-specific keys the file sets that some cells' method does
+/// not read, one line per key and method: `FILE:12 (defaults.neg_cfg): method uncond does
+/// not use neg_cfg (8 of 40 cells)`.
+pub fn unused_keys(src: &Source, grid: &Grid, cells: &[CellSpec]) -> Vec<String> {
+    let set: Vec<(&'static str, &(String, std::ops::Range<usize>))> = methods::method_keys()
+        .into_iter()
+        .filter_map(|k| Some((k, grid.origin(Param::from_name(k)?)?)))
+        .collect();
+    let keys: Vec<&'static str> = set.iter().map(|(k, _)| *k).collect();
+    let mut unused: BTreeMap<(&'static str, Method), usize> = BTreeMap::new();
+    for c in cells {
+        let params = c.params(&|name| PathBuf::from(name));
+        for k in methods::unused_keys(&params, &keys) {
+            *unused.entry((k, c.method)).or_default() += 1;
+        }
+    }
+    unused
+        .into_iter()
+        .map(|((key, method), n)| {
+            let origin = set
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, o)| (*o).clone());
+            let place = src.places(&Vec::from_iter(origin)).unwrap_or_default();
+            format!(
+                "{place}: method {method} does not use {key} ({n} of {} cells)",
+                cells.len()
+            )
+        })
+        .collect()
 }

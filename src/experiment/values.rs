@@ -4,6 +4,7 @@ use super::source::Source;
 use crate::params::{
     AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind, Window,
 };
+use crate::sampling::methods::{self, ParamSpec};
 use anyhow::Result;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -46,10 +47,14 @@ pub enum Param {
     NegtomeThreshold,
     NegtomeTMin,
     NegtomeTMax,
+    /// A parameter of one negative method, by key (declared in its file under
+    /// `sampling::methods`).
+    MethodParam(&'static str),
 }
 
 impl Param {
-    pub const ALL: [Param; 29] = [
+    /// The parameters every cell has; [`Param::all`] adds the methods' own.
+    const COMMON: [Param; 29] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -112,11 +117,18 @@ impl Param {
             Param::NegtomeThreshold => "negtome_threshold",
             Param::NegtomeTMin => "negtome_t_min",
             Param::NegtomeTMax => "negtome_t_max",
+            Param::MethodParam(name) => name,
         }
     }
 
+    /// Every parameter: the common ones, then each method's own.
+    pub fn all() -> Vec<Param> {
+        let own = methods::all_params().map(|(_, spec)| Param::MethodParam(spec.name));
+        Param::COMMON.into_iter().chain(own).collect()
+    }
+
     pub fn from_name(name: &str) -> Option<Param> {
-        Param::ALL.into_iter().find(|p| p.name() == name)
+        Param::all().into_iter().find(|p| p.name() == name)
     }
 
     /// Numeric parameters accept ranges; the others take lists only.
@@ -148,6 +160,7 @@ impl Param {
                 max: 1000.0,
             },
             Param::Steps => NumKind::Int { min: 1, max: 1000 },
+            Param::MethodParam(name) => NumKind::Method(methods::param(name)?),
             Param::Seed => NumKind::Int {
                 min: 0,
                 max: i64::MAX as u64,
@@ -164,6 +177,7 @@ impl Param {
         let (min, max) = match self.numeric() {
             Some(NumKind::Float { min, max }) => (min, max),
             Some(NumKind::Int { min, max }) => (min as f64, max as f64),
+            Some(NumKind::Method(spec)) => return spec.check(x),
             None => return Ok(()),
         };
         if !x.is_finite() || x < min || x > max {
@@ -183,8 +197,16 @@ impl fmt::Display for Param {
 
 #[derive(Clone, Copy, Debug)]
 enum NumKind {
-    Float { min: f64, max: f64 },
-    Int { min: u64, max: u64 },
+    Float {
+        min: f64,
+        max: f64,
+    },
+    Int {
+        min: u64,
+        max: u64,
+    },
+    /// A method's parameter: a float in the range its spec gives.
+    Method(&'static ParamSpec),
 }
 
 /// One value of a parameter.
@@ -374,6 +396,10 @@ fn check_number(
             }
             Ok(Value::Int(x as u64))
         }
+        NumKind::Method(spec) => match spec.check(x) {
+            Ok(()) => Ok(Value::Num(x)),
+            Err(e) => Err(src.error(span, key, e)),
+        },
     }
 }
 
@@ -400,13 +426,7 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             "ddim, euler, euler_ancestral, dpmpp_2m, dpmpp_2m_karras",
         )?),
         Param::NoImage => Value::NoImage(parse(src, key, span, s, "reference, black")?),
-        Param::Method => Value::Method(parse(
-            src,
-            key,
-            span,
-            s,
-            "uncond, subtract, three_branch, perp_neg, negtome",
-        )?),
+        Param::Method => Value::Method(parse(src, key, span, s, Method::NAMES)?),
         Param::Window => Value::Window(parse(src, key, span, s, "steps, sigma")?),
         Param::Blocks | Param::NegBlocks => {
             Value::Blocks(s.parse().map_err(|e: String| src.error(span, key, e))?)

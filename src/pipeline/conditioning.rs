@@ -7,8 +7,9 @@ use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::preprocess::clip_pixels_batch;
 use crate::models::tokenizer::ClipTokenizer;
-use crate::params::{AdapterKind, GenParams, Method, NoImage, RowImage};
+use crate::params::{AdapterKind, GenParams, NoImage, Row, RowImage};
 use crate::sampling::guidance;
+use crate::sampling::methods::RowCond;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,9 +69,9 @@ impl Conditioner {
     /// Text rows `[R, 77, hidden]`, one per row of [`guidance::row_layout`].
     pub fn text_rows(&mut self, cells: &[GenParams]) -> Tensor {
         let refs: Vec<&GenParams> = cells.iter().collect();
-        let rows: Vec<Tensor> = guidance::row_layout(&refs)
+        let rows: Vec<Tensor> = guidance::row_conds(&refs)
             .into_iter()
-            .map(|(i, row)| self.text(cells[i].row_text(row)))
+            .map(|row| self.text(row.text))
             .collect();
         Tensor::cat(&rows, 0)
     }
@@ -111,33 +112,40 @@ impl Conditioner {
     /// images: plain text-to-image).
     pub fn image_rows(&mut self, cells: &[GenParams]) -> Result<Option<Tensor>> {
         let kind = cells[0].adapter;
+        let refs: Vec<&GenParams> = cells.iter().collect();
+        let rows = guidance::row_conds(&refs);
         if !self.models.adapters.contains_key(&kind) {
-            if cells.iter().any(needs_ip) {
+            if needs_ip(&refs, &rows) {
                 bail!(
                     "the {kind} IP-Adapter is needed but none was given (ip_adapter_{kind} in the model set)"
                 );
             }
             return Ok(None);
         }
-        self.encode_new_images(cells, kind)?;
-        let refs: Vec<&GenParams> = cells.iter().collect();
-        let rows: Vec<Tensor> = guidance::row_layout(&refs)
-            .into_iter()
-            .map(|(i, row)| self.row_tokens(kind, cells[i].row_image(row), cells[i].no_image))
+        let layout = guidance::row_layout(&refs);
+        // Cell by cell, the cond row's images first: the order the encoder batches them in
+        // (its output may change in the last bit with the batch it is in).
+        let mut encode_order: Vec<(&(usize, Row), &RowCond)> = layout.iter().zip(&rows).collect();
+        encode_order.sort_by_key(|((i, row), _)| (*i, *row != Row::Cond));
+        self.encode_new_images(encode_order.into_iter().map(|(_, r)| r), kind)?;
+        let tokens: Vec<Tensor> = layout
+            .iter()
+            .zip(&rows)
+            .map(|((i, _), row)| self.row_tokens(kind, row.image, cells[*i].no_image))
             .collect();
-        Ok(Some(Tensor::cat(&rows, 0)))
+        Ok(Some(Tensor::cat(&tokens, 0)))
     }
 
-    /// Encodes the images of `cells` not seen yet with `kind`'s adapter, in one encoder call.
-    fn encode_new_images(&mut self, cells: &[GenParams], kind: AdapterKind) -> Result<()> {
+    /// Encodes the images of `rows` not seen yet with `kind`'s adapter, in one encoder call.
+    fn encode_new_images<'a>(
+        &mut self,
+        rows: impl Iterator<Item = &'a RowCond<'a>>,
+        kind: AdapterKind,
+    ) -> Result<()> {
         let mut new_paths: Vec<PathBuf> = Vec::new();
-        for c in cells {
-            // `negtome` uses its negative image in the token merge only, not as tokens.
-            let negative = c.uncond_image().filter(|_| c.method != Method::Negtome);
-            for p in [c.positive_image.as_ref(), negative].into_iter().flatten() {
-                if !self.image_cache.contains_key(&(p.clone(), kind)) && !new_paths.contains(p) {
-                    new_paths.push(p.clone());
-                }
+        for p in rows.flat_map(|r| images_of(r.image)) {
+            if !self.image_cache.contains_key(&(p.clone(), kind)) && !new_paths.contains(p) {
+                new_paths.push(p.clone());
             }
         }
         if new_paths.is_empty() {
@@ -220,10 +228,21 @@ impl Conditioner {
     }
 }
 
-/// Whether a cell uses the IP-Adapter at all.
-fn needs_ip(c: &GenParams) -> bool {
-    c.positive_image.is_some()
-        || (c.uncond_image().is_some() && c.method != Method::Negtome)
-        || c.positive.weight != 0.0
-        || c.negative_branch.weight != 0.0
+/// The images whose encodings make `image`'s tokens.
+fn images_of(image: RowImage<'_>) -> Vec<&PathBuf> {
+    match image {
+        RowImage::NoImage => vec![],
+        RowImage::Image(p) => vec![p],
+        RowImage::Subtract {
+            positive, negative, ..
+        } => positive.into_iter().chain([negative]).collect(),
+    }
+}
+
+/// Whether a batch uses the IP-Adapter at all: an image in a row, or a weight.
+fn needs_ip(cells: &[&GenParams], rows: &[RowCond]) -> bool {
+    rows.iter().any(|r| !images_of(r.image).is_empty())
+        || cells
+            .iter()
+            .any(|c| c.positive.weight != 0.0 || c.negative_branch.weight != 0.0)
 }

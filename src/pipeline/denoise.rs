@@ -1,12 +1,13 @@
 //! The sampling loop: one UNet call per step on the rows of a batch (uncond rows, cond rows,
 //! negative rows of the three-row methods: [`guidance::row_layout`]), each row with its own
 //! text, image tokens and IP scale per cross-attention block, each cell guided by its own
-//! method and scales. `ip_scaling` is part of the batch key: one per batch. At the steps
+//! method and scales (`sampling::methods`), with the state its method keeps across steps. `ip_scaling` is part of the batch key: one per batch. At the steps
 //! where a NegToMe cell is active, its reference rows follow (re-noised to the step, empty
 //! text, IP scale 0; [`ReferenceRows`]) and their outputs are dropped.
 use crate::models::attention::TokenMerge;
 use crate::models::unet::{IpInput, UNet2DConditionModel};
 use crate::params::GenParams;
+use crate::sampling::methods::{CellState, Step};
 use crate::sampling::negtome::{MIN_SIZE, MergedRow, ReferenceRows};
 use crate::sampling::{self, Scheduler, guidance};
 use tch::{Device, Kind, Tensor};
@@ -57,6 +58,8 @@ pub fn denoise(
     let cell_of_row = Tensor::from_slice(&cell_of_row).to_device(device);
     let timesteps = scheduler.timesteps().to_vec();
     let blocks = unet.cross_attention_blocks();
+    // What each cell's method carries from step to step.
+    let mut states: Vec<CellState> = cells.iter().map(|_| CellState::default()).collect();
     for (i, &t) in timesteps.iter().enumerate() {
         let x_in = scheduler.scale_model_input(&x, i);
         let rows = x_in.index_select(0, &cell_of_row);
@@ -83,7 +86,11 @@ pub fn denoise(
             }
             (_, ip, _) => unet.forward(&rows, t, cond.text, ip),
         };
-        let eps = guidance::combine(&eps.to_kind(Kind::Float), &refs);
+        let step = Step {
+            at: &at,
+            timestep: t,
+        };
+        let eps = guidance::combine(&eps.to_kind(Kind::Float), &refs, &mut states, &step);
         let noise = step_noise.map(|n| n.get(i as i64).to_device(device));
         x = scheduler.step(&eps, i, &x, noise.as_ref());
         progress(i + 1, steps);

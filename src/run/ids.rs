@@ -321,4 +321,49 @@ mod tests {
         q.negtome_t_min = 500.0;
         assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
     }
+
+    #[test]
+    fn cells_of_every_method_keep_their_ids_through_the_one_file_per_method_refactor() {
+        use crate::params::Method;
+        let models = ModelDigests {
+            pipeline: "p".into(),
+            image_encoder: "e".into(),
+            ip_adapter_base: Some("b".into()),
+            ..Default::default()
+        };
+        let cell = |method: Method| {
+            let mut p = GenParams::new(3);
+            p.negative_image = Some("/run/a/inputs/lawn.png".into());
+            p.positive_image = Some("/run/a/inputs/house.png".into());
+            p.method = method;
+            p
+        };
+        let mut subtract = cell(Method::Subtract);
+        subtract.neg_embed_scale = 0.5;
+        let mut three = cell(Method::ThreeBranch);
+        three.neg_cfg = Some(5.0);
+        let mut perp = cell(Method::PerpNeg);
+        perp.neg_cfg = Some(5.0);
+        let mut negtome = cell(Method::Negtome);
+        negtome.negtome_t_min = 600.0;
+        let mut merged = cell(Method::Uncond);
+        merged.negtome = true;
+        let ids: Vec<String> = [cell(Method::Uncond), subtract, three, perp, negtome, merged]
+            .iter()
+            .map(|p| image_id(p, Some("housesha"), Some("lawnsha"), &models, "fp32"))
+            .collect();
+        // The ids these cells had at commit f7e4cdc, before the methods moved to
+        // `sampling::methods` and gained `method_params`.
+        assert_eq!(
+            ids,
+            [
+                "bac124a758ed29af",
+                "8936737b81564e00",
+                "6fbfc46d131f5efe",
+                "b5de7b4eda771b0c",
+                "3d7144deba64d7c1",
+                "bc40a87ab4af9e54"
+            ]
+        );
+    }
 }

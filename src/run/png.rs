@@ -1,6 +1,7 @@
 //! PNG files with their parameters inside: an A1111-style `parameters` text chunk (what
 //! image viewers and A1111's "PNG Info" show) and the full cell as JSON in a `negimg` chunk.
-use crate::params::{GenParams, Method, SchedulerKind};
+use crate::params::{GenParams, SchedulerKind};
+use crate::sampling::methods;
 use anyhow::{Context, Result};
 
 /// The bytes of a PNG of `img` with the given text chunks (`(keyword, text)`). Deterministic:
@@ -71,11 +72,15 @@ pub fn a1111_parameters(
     ];
     fields.push(format!("Window rule: {}", p.window));
     fields.push(format!("Negative method: {}", p.method));
-    if p.method == Method::Subtract {
+    let method = methods::of(p.method);
+    if method.keys().contains(&"neg_embed_scale") {
         fields.push(format!("Negative embed scale: {}", p.neg_embed_scale));
     }
-    if p.method.rows() == 3 {
+    if method.keys().contains(&"neg_cfg") {
         fields.push(format!("Negative CFG scale: {}", p.neg_cfg()));
+    }
+    for spec in method.params() {
+        fields.push(format!("{}: {}", spec.name, methods::value(p, spec.name)));
     }
     // Quoted: a block list holds commas, which separate the fields.
     if !(p.blocks.is_all() && p.neg_blocks.is_all()) {
@@ -143,7 +148,7 @@ mod tests {
         assert!(text.contains("Seed: 42") && text.contains("Negative image: lawn"));
         assert!(text.contains("Negative method: uncond") && !text.contains("Negative CFG"));
         assert!(text.contains("Window rule: steps"));
-        p.method = Method::PerpNeg;
+        p.method = crate::params::Method::PerpNeg;
         p.neg_cfg = Some(3.0);
         let perp = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");
         assert!(perp.contains("Negative method: perp_neg, Negative CFG scale: 3"));

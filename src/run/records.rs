@@ -4,6 +4,7 @@ use crate::params::{
     self, AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind,
     Window,
 };
+use crate::sampling::methods;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -71,6 +72,11 @@ pub struct Record {
     pub negtome_t_min: f64,
     #[serde(default = "negtome_t_max")]
     pub negtome_t_max: f64,
+    /// The parameters of the cell's method that belong to it alone, in effect:
+    /// `key=value; key=value` (empty for methods without any). Left out of the cell's
+    /// JSON when empty, so the ids of the cells made before it keep their digest.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method_params: String,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -144,10 +150,22 @@ impl Record {
             "negtome_threshold" => csv_value(&self.negtome_threshold),
             "negtome_t_min" => csv_value(&self.negtome_t_min),
             "negtome_t_max" => csv_value(&self.negtome_t_max),
+            "method_params" => self.method_params.clone(),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
+            key if methods::param(key).is_some() => self.method_param(key).unwrap_or_default(),
             _ => return None,
         })
+    }
+
+    /// The value of method parameter `key` as written in `method_params`; `None` when the
+    /// cell's method does not have it.
+    fn method_param(&self, key: &str) -> Option<String> {
+        self.method_params
+            .split("; ")
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
     }
 
     /// The value of an axis; a zipped axis (`weight, neg_weight`) gives its parts' values
@@ -205,6 +223,12 @@ impl Record {
             negtome_threshold: cell.negtome_threshold,
             negtome_t_min: cell.negtome_t_min,
             negtome_t_max: cell.negtome_t_max,
+            method_params: methods::of(cell.method)
+                .params()
+                .iter()
+                .map(|p| format!("{}={}", p.name, csv_value(&cell.method_param(p.name))))
+                .collect::<Vec<_>>()
+                .join("; "),
             seconds,
             error: error.to_string(),
         }
@@ -248,12 +272,56 @@ pub fn cell_records(cells: &Path) -> Vec<Record> {
         .collect()
 }
 
+/// The columns of records.csv, in order: [`Record`]'s fields, `method_params` always (a
+/// record's JSON leaves it out when empty).
+pub const COLUMNS: [&str; 37] = [
+    "cell_id",
+    "status",
+    "file",
+    "seed",
+    "prompt",
+    "negative_prompt",
+    "negative",
+    "positive_image",
+    "negative_image",
+    "adapter",
+    "weight",
+    "start",
+    "end",
+    "neg_weight",
+    "neg_start",
+    "neg_end",
+    "cfg",
+    "steps",
+    "scheduler",
+    "width",
+    "height",
+    "no_image",
+    "method",
+    "neg_embed_scale",
+    "neg_cfg",
+    "window",
+    "blocks",
+    "neg_blocks",
+    "ip_scaling",
+    "negtome",
+    "negtome_alpha",
+    "negtome_threshold",
+    "negtome_t_min",
+    "negtome_t_max",
+    "method_params",
+    "seconds",
+    "error",
+];
+
 /// Writes records.csv atomically.
 pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
+    let row_error = || format!("cannot write a row of {}", path.display());
+    w.write_record(COLUMNS).with_context(row_error)?;
     for r in records {
-        w.serialize(r)
-            .with_context(|| format!("cannot write a row of {}", path.display()))?;
+        let fields = COLUMNS.map(|c| r.field(c).expect("every column is a field"));
+        w.write_record(&fields).with_context(row_error)?;
     }
     let bytes = w
         .into_inner()

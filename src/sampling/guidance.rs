@@ -1,22 +1,24 @@
 //! Classifier-free guidance with per-row image weights and guidance scales, for every
-//! negative method.
+//! negative method (`methods`: which rows a cell has, what conditions each, how its
+//! prediction is made from them).
 //!
 //! Row layout of a batch of B cells: the uncond row of every cell, then the cond row of
-//! every cell, then the negative row of each three-row cell (`three_branch`, `perp_neg`) in
-//! cell order. Cells of different methods share a batch this way, and the two-row part is
-//! laid out as it was before the three-row methods.
+//! every cell, then the rows a method adds (the negative row of `three_branch` and
+//! `perp_neg`), cell by cell in cell order. Cells of different methods share a batch this
+//! way, and the two-row part is laid out as it was before the three-row methods.
 //!
-//! The IP-Adapter scale of each row comes from its branch ([`GenParams::row_weight`])
-//! evaluated at the step with [`BranchWeight::at`](crate::params::BranchWeight::at) under
-//! the cell's window rule (`window = "steps"`: with N steps, step i (0-based) is active iff
+//! The IP-Adapter scale of each row comes from its branch ([`RowCond::branch`]) evaluated
+//! at the step with [`BranchWeight::at`](crate::params::BranchWeight::at) under the cell's
+//! window rule (`window = "steps"`: with N steps, step i (0-based) is active iff
 //! `start <= i/N < end`; `"sigma"`: ComfyUI's rule on the step's noise level); an inactive
 //! branch has scale 0 at that step. So a window takes effect at its first step (not one
 //! late), and the negative weight applies at every step (the two defects of the demo).
 //!
 //! Each row's scale is given per cross-attention block (execution order: down, mid, up):
-//! the branch's weight times the factor of the row's [`GenParams::row_blocks`] for that
-//! block. `blocks = "all"` gives every block the branch weight.
-use crate::params::{GenParams, Method, Row, StepAt};
+//! the branch's weight times the factor of its block weights for that block.
+//! `blocks = "all"` gives every block the branch weight.
+use super::methods::{self, CellState, RowCond, Step};
+use crate::params::{GenParams, Row, StepAt};
 use tch::{Device, Kind, Tensor};
 
 /// The rows of a batch in UNet order, as (cell index, row).
@@ -24,10 +26,20 @@ pub fn row_layout(cells: &[&GenParams]) -> Vec<(usize, Row)> {
     let two = [Row::Uncond, Row::Cond]
         .into_iter()
         .flat_map(|row| (0..cells.len()).map(move |i| (i, row)));
-    let neg = (0..cells.len())
-        .filter(|&i| cells[i].rows().contains(&Row::Negative))
-        .map(|i| (i, Row::Negative));
-    two.chain(neg).collect()
+    let own = (0..cells.len()).flat_map(|i| {
+        methods::of(cells[i].method).rows()[2..]
+            .iter()
+            .map(move |&r| (i, r))
+    });
+    two.chain(own).collect()
+}
+
+/// What conditions each row of [`row_layout`].
+pub fn row_conds<'a>(cells: &[&'a GenParams]) -> Vec<RowCond<'a>> {
+    row_layout(cells)
+        .into_iter()
+        .map(|(i, row)| methods::of(cells[i].method).row(cells[i], row))
+        .collect()
 }
 
 /// The IP-Adapter scale of each UNet row at `step`, in [`row_layout`] order, for each of
@@ -36,8 +48,10 @@ pub fn ip_scales(cells: &[&GenParams], step: &StepAt, blocks: usize) -> Vec<Vec<
     let per_row: Vec<Vec<f64>> = row_layout(cells)
         .into_iter()
         .map(|(i, row)| {
-            let weight = cells[i].row_weight(row).at(cells[i].window, step);
-            let factors = cells[i].row_blocks(row).factors(blocks);
+            let c = cells[i];
+            let branch = methods::of(c.method).row(c, row).branch;
+            let weight = branch.weight(c).at(c.window, step);
+            let factors = branch.blocks(c).factors(blocks);
             factors.into_iter().map(|f| weight * f).collect()
         })
         .collect();
@@ -63,77 +77,39 @@ pub fn ip_scale_tensor(
 }
 
 /// Guided noise prediction `[B, ...]` from the UNet output `eps` of the rows of
-/// [`row_layout`]. Two-row cells: `uncond + cfg * (cond - uncond)`, `cond` alone when
-/// `cfg <= 1` (as diffusers when guidance is off). Three-row cells: see [`three_rows`].
-pub fn combine(eps: &Tensor, cells: &[&GenParams]) -> Tensor {
-    let b = cells.len() as i64;
-    let cfg: Vec<f64> = cells.iter().map(|c| c.cfg).collect();
-    let two = two_rows(&eps.narrow(0, 0, b), &eps.narrow(0, b, b), &cfg);
-    let three: Vec<usize> = (0..cells.len())
-        .filter(|&i| cells[i].method.rows() == 3)
+/// [`row_layout`]: each cell's method guides from its own rows, with its state.
+pub fn combine(
+    eps: &Tensor,
+    cells: &[&GenParams],
+    states: &mut [CellState],
+    step: &Step,
+) -> Tensor {
+    let mut rows_of: Vec<Vec<Tensor>> = cells.iter().map(|_| Vec::new()).collect();
+    for (r, (i, _)) in row_layout(cells).into_iter().enumerate() {
+        rows_of[i].push(eps.get(r as i64));
+    }
+    let guided: Vec<Tensor> = (0..cells.len())
+        .map(|i| methods::of(cells[i].method).guide(cells[i], &rows_of[i], &mut states[i], step))
         .collect();
-    if three.is_empty() {
-        return two;
-    }
-    let rows: Vec<Tensor> = (0..cells.len())
-        .map(|i| match three.iter().position(|&j| j == i) {
-            None => two.get(i as i64),
-            Some(k) => three_rows(
-                cells[i],
-                &eps.get(i as i64),
-                &eps.get(b + i as i64),
-                &eps.get(2 * b + k as i64),
-            ),
-        })
-        .collect();
-    Tensor::stack(&rows, 0)
-}
-
-fn two_rows(uncond: &Tensor, cond: &Tensor, cfg: &[f64]) -> Tensor {
-    let b = cfg.len() as i64;
-    let scale = Tensor::from_slice(cfg)
-        .to_kind(uncond.kind())
-        .to_device(uncond.device())
-        .view([b, 1, 1, 1]);
-    let guided = uncond + (cond - uncond) * &scale;
-    if cfg.iter().all(|&g| g > 1.0) {
-        return guided;
-    }
-    let on = Tensor::from_slice(&cfg.iter().map(|&g| g > 1.0).collect::<Vec<bool>>())
-        .to_device(uncond.device())
-        .view([b, 1, 1, 1]);
-    guided.where_self(&on, cond)
-}
-
-/// One three-row cell from ε∅, ε₊, ε₋ (`[C, H, W]` each), with `p = ε₊ − ε∅` and
-/// `n = ε₋ − ε∅`:
-/// - `three_branch`: `ε∅ + cfg·p − neg_cfg·n`;
-/// - `perp_neg`: `ε∅ + cfg·(p − neg_cfg·n⊥)`, `n⊥ = n − (⟨n,p⟩/‖p‖²)·p` over this cell's
-///   values only (ComfyUI takes one ⟨n,p⟩/‖p‖² over its whole batch, which would make a
-///   cell depend on the cells batched with it). `p = 0` gives `n⊥ = n`.
-///
-/// No `cfg <= 1` rule here: the formulas apply as written at every scale.
-pub fn three_rows(cell: &GenParams, uncond: &Tensor, cond: &Tensor, neg: &Tensor) -> Tensor {
-    let p = cond - uncond;
-    let n = neg - uncond;
-    match cell.method {
-        Method::PerpNeg => {
-            let p_sq = (&p * &p)
-                .sum(Kind::Float)
-                .clamp_min(f64::from(f32::MIN_POSITIVE));
-            let coef = ((&n * &p).sum(Kind::Float) / p_sq).to_kind(p.kind());
-            let perp = &n - &p * coef;
-            uncond + (p - perp * cell.neg_cfg()) * cell.cfg
-        }
-        _ => uncond + p * cell.cfg - n * cell.neg_cfg(),
-    }
+    Tensor::stack(&guided, 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::params::test_schedule::step;
-    use crate::params::{BranchWeight, Window};
+    use crate::params::{BranchWeight, Method, Window};
+
+    /// `combine` at a step where no state matters.
+    fn guide(eps: &Tensor, cells: &[&GenParams]) -> Vec<f32> {
+        let at = step(0, 1, 0.0);
+        let step = Step {
+            at: &at,
+            timestep: 999.0,
+        };
+        let mut states: Vec<CellState> = cells.iter().map(|_| CellState::default()).collect();
+        Vec::<f32>::try_from(combine(eps, cells, &mut states, &step).flatten(0, -1)).unwrap()
+    }
 
     #[test]
     fn scales_follow_each_branch_window_from_its_first_step() {
@@ -208,9 +184,7 @@ mod tests {
         a.cfg = 2.0;
         let mut b = a.clone();
         b.cfg = 1.0;
-        let out = combine(&eps, &[&a, &b]);
-        let v = Vec::<f32>::try_from(out.flatten(0, -1)).unwrap();
-        assert_eq!(v, vec![4.0, 5.0]);
+        assert_eq!(guide(&eps, &[&a, &b]), vec![4.0, 5.0]);
     }
 
     #[test]
@@ -233,21 +207,7 @@ mod tests {
         );
         // rows: e0 of three = 1, e0 of two = 0, e+ = 3 and 4, e- of three = 5.
         let eps = Tensor::from_slice(&[1.0f32, 0.0, 3.0, 4.0, 5.0]).view([5, 1, 1, 1]);
-        let v = Vec::<f32>::try_from(combine(&eps, &[&three, &two]).flatten(0, -1)).unwrap();
         // 1 + 2*(3-1) - 0.5*(5-1) = 3; 0 + 7.5*(4-0) = 30.
-        assert_eq!(v, vec![3.0, 30.0]);
-    }
-
-    #[test]
-    fn perp_neg_keeps_only_the_orthogonal_part_of_the_negative() {
-        let mut c = GenParams::new(0);
-        c.method = Method::PerpNeg;
-        c.cfg = 2.0;
-        c.neg_cfg = Some(1.0);
-        let t = |v: [f32; 2]| Tensor::from_slice(&v).view([2, 1, 1]);
-        // p = (1, 0), n = (3, 4): n⊥ = (0, 4); ε = 0 + 2*((1,0) - (0,4)).
-        let out = three_rows(&c, &t([0.0, 0.0]), &t([1.0, 0.0]), &t([3.0, 4.0]));
-        let v = Vec::<f32>::try_from(out.flatten(0, -1)).unwrap();
-        assert_eq!(v, vec![2.0, -8.0]);
+        assert_eq!(guide(&eps, &[&three, &two]), vec![3.0, 30.0]);
     }
 }

@@ -8,6 +8,7 @@ pub mod dpmpp_2m;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod guidance;
+pub mod methods;
 pub mod negtome;
 pub mod scheduler;
 pub mod window;
