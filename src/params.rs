@@ -81,11 +81,15 @@ pub enum Method {
     /// NegToMe alone: two rows without the negative image's tokens (uncond: "no image"),
     /// the negative image used only by the token merge (see [`GenParams::negtome_image`]).
     Negtome,
+    /// SEGA: the negative as a reversed semantic-guidance concept (masked, with momentum).
+    Sega,
+    /// Dynamic Negative Guidance: the negative's scale follows a posterior estimate.
+    Dng,
 }
 
 impl Method {
     /// The TOML names, in `sampling::methods::REGISTRY` order.
-    pub const NAMES: &'static str = "uncond, subtract, three_branch, perp_neg, negtome";
+    pub const NAMES: &'static str = "uncond, subtract, three_branch, perp_neg, negtome, sega, dng";
 
     pub fn is_uncond(&self) -> bool {
         *self == Method::Uncond

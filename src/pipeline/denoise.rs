@@ -86,13 +86,16 @@ pub fn denoise(
             }
             (_, ip, _) => unet.forward(&rows, t, cond.text, ip),
         };
+        let ancestral = scheduler.ancestral(i);
         let step = Step {
             at: &at,
             timestep: t,
         };
         let eps = guidance::combine(&eps.to_kind(Kind::Float), &refs, &mut states, &step);
         let noise = step_noise.map(|n| n.get(i as i64).to_device(device));
-        x = scheduler.step(&eps, i, &x, noise.as_ref());
+        let next = scheduler.step(&eps, i, &x, noise.as_ref());
+        guidance::after_step(&refs, &mut states, &x, &next, ancestral);
+        x = next;
         progress(i + 1, steps);
     }
     x

@@ -17,13 +17,16 @@
 //!
 //! Adding a method: its file here, its entry in [`REGISTRY`] and a name in
 //! [`Method`](crate::params::Method), its README section.
+mod dng;
 mod negtome;
 mod perp_neg;
+mod sega;
 mod subtract;
 mod three_branch;
 mod uncond;
 
 use crate::params::{BlockWeights, BranchWeight, GenParams, Method, Row, RowImage, StepAt};
+use crate::sampling::AncestralStep;
 use std::any::Any;
 use tch::Tensor;
 
@@ -34,6 +37,8 @@ pub static REGISTRY: &[&dyn NegativeMethod] = &[
     &three_branch::ThreeBranch,
     &perp_neg::PerpNeg,
     &negtome::Negtome,
+    &sega::Sega,
+    &dng::Dng,
 ];
 
 /// The implementation of `method`.
@@ -85,6 +90,25 @@ pub trait NegativeMethod: Sync {
 
     /// What a cell without a negative image (`negative` = `none` or `text`) means.
     fn without_negative_image(&self) -> WithoutNegativeImage;
+
+    /// What the method learns from the step just taken (DNG's posterior): `x` the cell's
+    /// sample before the step and `next` after it, `[C, H, W]`; the step's noise levels
+    /// for an ancestral scheduler.
+    fn after_step(
+        &self,
+        _c: &GenParams,
+        _state: &mut CellState,
+        _x: &Tensor,
+        _next: &Tensor,
+        _ancestral: Option<AncestralStep>,
+    ) {
+    }
+
+    /// Whether the method can make cell `c` (a scheduler it needs, parameters that must
+    /// agree): the key at fault and why not.
+    fn check(&self, _c: &GenParams) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
 
     /// UNet work per step of one cell.
     fn cost(&self) -> Cost {
