@@ -156,3 +156,19 @@ impl NegativeMethod for Dng {
         WithoutNegativeImage::TextOnly
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dng_refuses_deterministic_schedulers_and_crossed_clamps() {
+        let mut c = GenParams::new(0);
+        c.method = Method::Dng;
+        assert_eq!(Dng.check(&c).unwrap_err().0, "scheduler");
+        c.scheduler = SchedulerKind::EulerAncestral;
+        assert!(Dng.check(&c).is_ok());
+        c.method_params.set("dng_p_min", 0.995, 1e-6);
+        assert_eq!(Dng.check(&c).unwrap_err().0, "dng_p_min");
+    }
+}
