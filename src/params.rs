@@ -46,6 +46,9 @@ pub enum SchedulerKind {
     DpmPp2m,
     #[serde(rename = "dpmpp_2m_karras")]
     DpmPp2mKarras,
+    /// Euler ancestral (A1111's "Euler a"): fresh noise at every step. Last, so that the
+    /// order of the older kinds is unchanged.
+    EulerAncestral,
 }
 
 /// How the "no image" tokens are made where a branch has no image.
@@ -80,12 +83,16 @@ pub enum Method {
     Negtome,
     /// The cond row attends to the negative image too, at weight `-neg_weight`.
     CondNegative,
+    /// SEGA: the negative as a reversed semantic-guidance concept (masked, with momentum).
+    Sega,
+    /// Dynamic Negative Guidance: the negative's scale follows a posterior estimate.
+    Dng,
 }
 
 impl Method {
     /// The TOML names, in `sampling::methods::REGISTRY` order.
     pub const NAMES: &'static str =
-        "uncond, subtract, three_branch, perp_neg, negtome, cond_negative";
+        "uncond, subtract, three_branch, perp_neg, negtome, cond_negative, sega, dng";
 
     pub fn is_uncond(&self) -> bool {
         *self == Method::Uncond
@@ -106,9 +113,11 @@ impl Method {
             // guidance with one adapter: made as `uncond` by definition (its uncond row
             // would weigh the "no image" tokens by `weight`, not `neg_weight`).
             Method::CondNegative => negative.uses_image(),
-            // The negative row takes the negative's text and image: with neither it is the
-            // "no image" row again, and guiding away from it subtracts nothing.
-            Method::ThreeBranch | Method::PerpNeg => negative != NegativeMode::None,
+            // The negative (concept) row takes the negative's text and image: with neither it
+            // is the "no image" row again, and guiding away from it subtracts nothing.
+            Method::ThreeBranch | Method::PerpNeg | Method::Sega | Method::Dng => {
+                negative != NegativeMode::None
+            }
         }
     }
 
@@ -853,6 +862,7 @@ mod tests {
     #[test]
     fn enums_display_as_their_toml_names() {
         assert_eq!(SchedulerKind::DpmPp2mKarras.to_string(), "dpmpp_2m_karras");
+        assert_eq!(SchedulerKind::EulerAncestral.to_string(), "euler_ancestral");
         assert_eq!(NegativeMode::Both.to_string(), "both");
         assert_eq!(AdapterKind::Plus.to_string(), "plus");
         let names: Vec<String> = [

@@ -1,5 +1,6 @@
 //! Scheduler parity with diffusers: timesteps (exactly), init_noise_sigma, the scaled model
-//! inputs and the whole trajectory for a fixed sequence of model outputs (1e-5 relative).
+//! inputs and the whole trajectory for a fixed sequence of model outputs (1e-5 relative);
+//! euler_ancestral also for a fixed sequence of step noises.
 mod common;
 
 use negimg::params::SchedulerKind;
@@ -33,6 +34,20 @@ fn parity_scheduler_trajectories_match_diffusers() {
         ("euler_25", "euler", 25, demo.clone()),
         ("euler_sd15_linspace_20", "euler", 20, sd15_pndm_config()),
         ("euler_trailing_9", "euler", 9, trailing.clone()),
+        ("euler_ancestral_4", "euler_ancestral", 4, demo.clone()),
+        ("euler_ancestral_25", "euler_ancestral", 25, demo.clone()),
+        (
+            "euler_ancestral_sd15_linspace_20",
+            "euler_ancestral",
+            20,
+            sd15_pndm_config(),
+        ),
+        (
+            "euler_ancestral_trailing_9",
+            "euler_ancestral",
+            9,
+            trailing.clone(),
+        ),
         ("dpm_4", "dpmpp_2m", 4, demo.clone()),
         ("dpm_25", "dpmpp_2m", 25, demo.clone()),
         ("dpm_sd15_linspace_20", "dpmpp_2m", 20, sd15_pndm_config()),
@@ -84,6 +99,7 @@ fn parity_scheduler_trajectories_match_diffusers() {
         let eps = get(format!("{name}.eps"));
         let inputs = get(format!("{name}.inputs"));
         let traj = get(format!("{name}.trajectory"));
+        let noise = s.is_ancestral().then(|| get(format!("{name}.noise")));
         let mut x = get(format!("{name}.x_t")) * s.init_noise_sigma();
         for i in 0..*steps {
             let xin = s.scale_model_input(&x, i);
@@ -92,7 +108,8 @@ fn parity_scheduler_trajectories_match_diffusers() {
                 &inputs.get(i as i64),
                 &format!("{name}: input of step {i}"),
             );
-            x = s.step(&eps.get(i as i64), i, &x);
+            let step_noise = noise.as_ref().map(|n| n.get(i as i64));
+            x = s.step(&eps.get(i as i64), i, &x, step_noise.as_ref());
             assert_close(
                 &x,
                 &traj.get(i as i64 + 1),

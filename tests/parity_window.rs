@@ -1,6 +1,6 @@
 //! `window = "sigma"` and negative weights against a reference on diffusers' UNet and
 //! schedulers (tests/reference/methods_parity.py; CPU, fp32, tiny random models, 32x32), for
-//! DDIM and dpmpp_2m_karras, with guards: windows chosen so that the sigma rule selects other
+//! DDIM, dpmpp_2m_karras and euler_ancestral, with guards: windows chosen so that the sigma rule selects other
 //! steps than the steps rule (negimg's active-step sets equal the reference's ComfyUI formula
 //! and differ from the steps rule's, and the images differ), and a negative weight whose image
 //! is neither the weight-0 nor the positive-weight image.
@@ -46,6 +46,7 @@ fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
         let setup = Setup::tiny("parity_window", "methods_parity.py");
         let (ddim, karras) = (SchedulerKind::Ddim, SchedulerKind::DpmPp2mKarras);
+        let ancestral = SchedulerKind::EulerAncestral;
         // One batch: sigma- and steps-window cells share UNet calls.
         let cells = |dir: &Path| {
             vec![
@@ -53,6 +54,8 @@ fn shared() -> &'static Shared {
                 cell(dir, "steps_ddim", ddim, Window::Steps),
                 cell(dir, "sigma_karras", karras, Window::Sigma),
                 cell(dir, "steps_karras", karras, Window::Steps),
+                cell(dir, "sigma_euler_ancestral", ancestral, Window::Sigma),
+                cell(dir, "steps_euler_ancestral", ancestral, Window::Steps),
                 weighted(dir, "negative_weight", -0.5),
                 weighted(dir, "zero_weight", 0.0),
                 weighted(dir, "positive_weight", 0.5),
@@ -127,6 +130,13 @@ fn parity_window_sigma_ddim() {
 #[test]
 fn parity_window_sigma_dpmpp_2m_karras() {
     assert_sigma_window("karras");
+}
+
+/// Euler ancestral's sigmas (those of Euler) gate the windows; its step noise comes from the
+/// cell's generator in the reference's loop as in diffusers' pipeline.
+#[test]
+fn parity_window_sigma_euler_ancestral() {
+    assert_sigma_window("euler_ancestral");
 }
 
 #[test]

@@ -251,6 +251,8 @@ pub enum SchedulerArg {
     DpmPp2m,
     #[value(name = "dpmpp_2m_karras")]
     DpmPp2mKarras,
+    #[value(name = "euler_ancestral")]
+    EulerAncestral,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -455,6 +457,7 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
             SchedulerArg::Euler => SchedulerKind::Euler,
             SchedulerArg::DpmPp2m => SchedulerKind::DpmPp2m,
             SchedulerArg::DpmPp2mKarras => SchedulerKind::DpmPp2mKarras,
+            SchedulerArg::EulerAncestral => SchedulerKind::EulerAncestral,
         },
         seed: a.seed,
         width,

@@ -60,6 +60,11 @@ pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> 
                 ),
             );
         }
+        let method = methods::of(c.method);
+        if let Err((key, why)) = method.check(&c.params(&|name| PathBuf::from(name))) {
+            let key = Param::from_name(key).expect("a method checks its experiment keys");
+            return fail(&[Param::Method, key], why);
+        }
         if models.adapter(c.adapter).is_none() {
             let which = match c.adapter {
                 AdapterKind::Base => "base",

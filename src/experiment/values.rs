@@ -427,7 +427,7 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             key,
             span,
             s,
-            "ddim, euler, dpmpp_2m, dpmpp_2m_karras",
+            "ddim, euler, euler_ancestral, dpmpp_2m, dpmpp_2m_karras",
         )?),
         Param::NoImage => Value::NoImage(parse(src, key, span, s, "reference, black")?),
         Param::Method => Value::Method(parse(src, key, span, s, Method::NAMES)?),

@@ -16,6 +16,10 @@ pub fn guidance(method: Method) -> Result<&'static str> {
         Method::PerpNeg => include_str!("py/perp_neg.py"),
         // Its second image-attention term in the cond row needs a second adapter in the
         // script; not written yet.
+        Method::Sega | Method::Dng => bail!(
+            "export: method {method} has no diffusers export yet (its guidance keeps a state \
+             across steps); export another method's cell"
+        ),
         Method::CondNegative => bail!(
             "export: method cond_negative has no diffusers export yet (its cond row's second \
              IP-Adapter term at -neg_weight); export another method's cell"

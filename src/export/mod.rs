@@ -74,13 +74,18 @@ machine: edit MODELS to point at your copies (sha256 of every file negimg read i
     )
 }
 
-fn scheduler_name(s: SchedulerKind) -> &'static str {
-    match s {
+fn scheduler_name(s: SchedulerKind) -> Result<&'static str> {
+    Ok(match s {
         SchedulerKind::Ddim => "ddim",
         SchedulerKind::Euler => "euler",
         SchedulerKind::DpmPp2m => "dpmpp_2m",
         SchedulerKind::DpmPp2mKarras => "dpmpp_2m_karras",
-    }
+        // Its per-cell step noise needs the script's loop to pass each cell's generator to
+        // `step`; not written yet.
+        SchedulerKind::EulerAncestral => {
+            bail!("export: scheduler euler_ancestral has no diffusers export yet")
+        }
+    })
 }
 
 fn window_name(w: Window) -> &'static str {
@@ -115,7 +120,7 @@ fn cell_json(cell: &StoredCell) -> Result<Value> {
     };
     Ok(json!({
         "seed": p.seed, "width": p.width, "height": p.height, "steps": p.steps,
-        "cfg": p.cfg, "neg_cfg": p.neg_cfg(), "scheduler": scheduler_name(p.scheduler),
+        "cfg": p.cfg, "neg_cfg": p.neg_cfg(), "scheduler": scheduler_name(p.scheduler)?,
         "window": window_name(p.window), "adapter": p.adapter.to_string(),
         "no_image": no_image_name(p.no_image), "ip_scaling": scaling_name(p.ip_scaling),
         "dtype": cell.chunk.dtype, "device": device,

@@ -38,14 +38,16 @@ pub struct References<'a> {
 }
 
 /// Runs `scheduler` from the initial latents `x` `[B, 4, h, w]` (already scaled by the
-/// scheduler's initial sigma) to the final latents of `cells`. `progress(step, steps)` after
-/// each step.
+/// scheduler's initial sigma) to the final latents of `cells`; `step_noise` `[steps, B, 4,
+/// h, w]` (any device) is each step's noise for an ancestral scheduler. `progress(step,
+/// steps)` after each step.
 pub fn denoise(
     unet: &UNet2DConditionModel,
     scheduler: &mut dyn Scheduler,
     cells: &[GenParams],
     cond: &Conditioning,
     mut x: Tensor,
+    step_noise: Option<&Tensor>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Tensor {
     let steps = cells[0].steps;
@@ -109,12 +111,16 @@ pub fn denoise(
                 unet.forward_hooked(&rows, t, cond.text, ip, hooks)
             }
         };
+        let ancestral = scheduler.ancestral(i);
         let step = Step {
             at: &at,
             timestep: t,
         };
         let eps = guidance::combine(&eps.to_kind(Kind::Float), &refs, &mut states, &step);
-        x = scheduler.step(&eps, i, &x);
+        let noise = step_noise.map(|n| n.get(i as i64).to_device(device));
+        let next = scheduler.step(&eps, i, &x, noise.as_ref());
+        guidance::after_step(&refs, &mut states, &x, &next, ancestral);
+        x = next;
         progress(i + 1, steps);
     }
     x

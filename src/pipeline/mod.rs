@@ -9,7 +9,8 @@
 //! (the runner's, see [`crate::run::batching`]); the pipeline generates what it is handed.
 //!
 //! Noise: each cell draws its initial latents on the CPU with `tch::manual_seed(seed)` and
-//! `randn([1, 4, h/f, w/f])` in float32, so seed N gives diffusers' image for
+//! `randn([1, 4, h/f, w/f])` in float32, and after them, for an ancestral scheduler, one
+//! more such tensor per step, so seed N gives diffusers' image for
 //! `generator=torch.Generator("cpu").manual_seed(N)` (one image per call) on any device.
 //!
 //! Stages, one file each: [`source`] (file layouts), [`conditioning`] (text and image
@@ -252,8 +253,18 @@ impl Pipeline {
         if image_tokens.is_some() {
             self.use_adapter(first.adapter)?;
         }
-        let noise: Vec<Tensor> = cells.iter().map(|c| initial_noise(c.seed, h, w)).collect();
+        let step_draws = if scheduler.is_ancestral() {
+            first.steps
+        } else {
+            0
+        };
+        let (noise, step_noise): (Vec<Tensor>, Vec<Tensor>) = cells
+            .iter()
+            .map(|c| cell_noise(c.seed, h, w, step_draws))
+            .unzip();
         let x = Tensor::cat(&noise, 0).to_device(self.device) * scheduler.init_noise_sigma();
+        // [steps, B, 4, h, w] on the CPU; each step moves its slice to the device
+        let step_noise = (step_draws > 0).then(|| Tensor::cat(&step_noise, 1));
         let references = self.negtome_references(cells)?;
         let reference_rows = references.as_ref().map(|(rows, _, _)| {
             self.conditioner
@@ -273,7 +284,15 @@ impl Pipeline {
                 },
             ),
         };
-        let x = denoise::denoise(&self.unet, scheduler.as_mut(), cells, &cond, x, progress);
+        let x = denoise::denoise(
+            &self.unet,
+            scheduler.as_mut(),
+            cells,
+            &cond,
+            x,
+            step_noise.as_ref(),
+            progress,
+        );
         self.decoder.decode(&x, cells)
     }
 
@@ -330,12 +349,29 @@ fn first_line(s: &str) -> String {
 
 /// N(0, 1) latents `[1, 4, h, w]` from libtorch's CPU generator seeded with `seed` (as
 /// `torch.Generator("cpu").manual_seed(seed)`; seeds of 2^63 and above wrap to negative i64,
-/// the same 64 bits). The generator is global, so seeding and drawing hold
-/// [`crate::weights::random::global_generator`].
+/// the same 64 bits).
 pub fn initial_noise(seed: u64, h: i64, w: i64) -> Tensor {
+    cell_noise(seed, h, w, 0).0
+}
+
+/// A cell's draws from its seeded generator (see [`initial_noise`]) in the order diffusers'
+/// pipeline draws from its `generator`: the initial latents `[1, 4, h, w]`, then
+/// `[step_draws, 1, 4, h, w]`, one per step of an ancestral scheduler (`scheduler.step(...,
+/// generator=generator)`). The generator is global, so seeding and drawing hold
+/// [`crate::weights::random::global_generator`].
+pub fn cell_noise(seed: u64, h: i64, w: i64, step_draws: usize) -> (Tensor, Tensor) {
     let _generator = crate::weights::random::global_generator();
     tch::manual_seed(seed as i64);
-    Tensor::randn([1, 4, h, w], (Kind::Float, Device::Cpu))
+    let opts = (Kind::Float, Device::Cpu);
+    let initial = Tensor::randn([1, 4, h, w], opts);
+    let steps: Vec<Tensor> = (0..step_draws)
+        .map(|_| Tensor::randn([1, 4, h, w], opts))
+        .collect();
+    let steps = match steps.is_empty() {
+        true => Tensor::zeros([0, 1, 4, h, w], opts),
+        false => Tensor::stack(&steps, 0),
+    };
+    (initial, steps)
 }
 
 /// 8-bit RGB as diffusers' `numpy_to_pil`: `round(x * 255)` of the `[0, 1]` float image.

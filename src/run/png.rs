@@ -36,6 +36,7 @@ fn sampler(s: SchedulerKind) -> &'static str {
         SchedulerKind::Euler => "Euler",
         SchedulerKind::DpmPp2m => "DPM++ 2M",
         SchedulerKind::DpmPp2mKarras => "DPM++ 2M Karras",
+        SchedulerKind::EulerAncestral => "Euler a",
     }
 }
 

@@ -221,6 +221,7 @@ impl StoredCell {
             image_encoder: required(Role::ImageEncoder)?,
             scorer: None,
             scorer_dino: None,
+            aesthetic: None,
         })
     }
 

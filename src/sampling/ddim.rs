@@ -86,7 +86,7 @@ impl Scheduler for Ddim {
         z0 * a.sqrt() as f64 + noise * (1.0 - a).sqrt() as f64
     }
 
-    fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
+    fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor, _: Option<&Tensor>) -> Tensor {
         let t = self.timesteps[step_index] as i64;
         let prev_t = t - self.step_ratio;
         let alpha_prod_t = self.alphas_cumprod[t as usize];

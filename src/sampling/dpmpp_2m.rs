@@ -104,7 +104,7 @@ impl Scheduler for DpmPp2m {
         z0 * alpha as f64 + noise * sigma as f64
     }
 
-    fn step(&mut self, eps: &Tensor, i: usize, x: &Tensor) -> Tensor {
+    fn step(&mut self, eps: &Tensor, i: usize, x: &Tensor, _: Option<&Tensor>) -> Tensor {
         let (alpha_s0, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i]);
         let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i + 1]);
         // data prediction x0 = (x - sigma_s eps) / alpha_s

@@ -90,7 +90,7 @@ impl Scheduler for Euler {
         z0 + noise * self.sigmas[step_index] as f64
     }
 
-    fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
+    fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor, _: Option<&Tensor>) -> Tensor {
         let sigma = self.sigmas[step_index];
         // x0 = x - sigma eps; dx/dsigma = (x - x0) / sigma; one Euler step to the next sigma
         let x0 = x - eps * sigma as f64;

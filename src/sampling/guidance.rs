@@ -17,6 +17,7 @@
 //! Each row's scale is given per cross-attention block (execution order: down, mid, up):
 //! the branch's weight times the factor of its block weights for that block.
 //! `blocks = "all"` gives every block the branch weight.
+use super::AncestralStep;
 use super::methods::{self, Branch, CellState, ExtraImage, RowCond, Step};
 use crate::params::{GenParams, Row, StepAt};
 use tch::{Device, Kind, Tensor};
@@ -136,6 +137,21 @@ pub fn combine(
         .map(|i| methods::of(cells[i].method).guide(cells[i], &rows_of[i], &mut states[i], step))
         .collect();
     Tensor::stack(&guided, 0)
+}
+
+/// Tells each cell's method the step taken, from `x` to `next` (`[B, ...]`), with the
+/// step's noise levels for an ancestral scheduler.
+pub fn after_step(
+    cells: &[&GenParams],
+    states: &mut [CellState],
+    x: &Tensor,
+    next: &Tensor,
+    ancestral: Option<AncestralStep>,
+) {
+    for (i, c) in cells.iter().enumerate() {
+        let (before, after) = (x.get(i as i64), next.get(i as i64));
+        methods::of(c.method).after_step(c, &mut states[i], &before, &after, ancestral);
+    }
 }
 
 #[cfg(test)]

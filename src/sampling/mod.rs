@@ -6,6 +6,7 @@
 pub mod ddim;
 pub mod dpmpp_2m;
 pub mod euler;
+pub mod euler_ancestral;
 pub mod guidance;
 pub mod methods;
 pub mod negtome;
@@ -41,9 +42,36 @@ pub trait Scheduler {
     /// Clean latents `z0` noised with `noise` to the sample of step `step_index` (what
     /// `x` would be there; diffusers' `add_noise`). NegToMe re-noises its reference so.
     fn add_noise(&self, z0: &Tensor, noise: &Tensor, step_index: usize) -> Tensor;
-    /// The sample after step `step_index`, given the noise prediction `eps` for `x`.
+    /// Whether `step` adds fresh noise (ancestral sampling): then the caller passes each step
+    /// one N(0, 1) tensor shaped like `x`, drawn for each cell from its seeded generator after
+    /// its initial latents, as diffusers' pipeline passes its `generator` to `step`.
+    fn is_ancestral(&self) -> bool {
+        self.ancestral(0).is_some()
+    }
+    /// The noise levels of ancestral step `step_index`: `None` for a deterministic scheduler.
+    fn ancestral(&self, _step_index: usize) -> Option<AncestralStep> {
+        None
+    }
+    /// The sample after step `step_index`, given the noise prediction `eps` for `x` (and the
+    /// step's `noise` for an ancestral scheduler; deterministic ones take `None`).
     /// Steps must be taken in order (multistep schedulers keep history).
-    fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor;
+    fn step(
+        &mut self,
+        eps: &Tensor,
+        step_index: usize,
+        x: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Tensor;
+}
+
+/// One step of an ancestral scheduler: from `sigma` it moves deterministically to
+/// `sigma_down` and adds fresh noise of standard deviation `sigma_up`, so the next sample is
+/// drawn from N(x + (sigma_down − sigma)·ε, sigma_up²) (what DNG's posterior weighs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AncestralStep {
+    pub sigma: f64,
+    pub sigma_down: f64,
+    pub sigma_up: f64,
 }
 
 /// Step `index` of `steps` of `scheduler`, as the window rules see it.
@@ -67,6 +95,9 @@ pub fn make_scheduler(
     Ok(match kind {
         SchedulerKind::Ddim => Box::new(ddim::Ddim::new(cfg, steps)?),
         SchedulerKind::Euler => Box::new(euler::Euler::new(cfg, steps)?),
+        SchedulerKind::EulerAncestral => {
+            Box::new(euler_ancestral::EulerAncestral::new(cfg, steps)?)
+        }
         SchedulerKind::DpmPp2m => Box::new(dpmpp_2m::DpmPp2m::new(cfg, steps, false)?),
         SchedulerKind::DpmPp2mKarras => Box::new(dpmpp_2m::DpmPp2m::new(cfg, steps, true)?),
     })

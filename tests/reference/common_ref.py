@@ -11,7 +11,7 @@ import json, os, sys
 import torch
 from PIL import Image
 from diffusers import (StableDiffusionPipeline, DDIMScheduler, EulerDiscreteScheduler,
-                       DPMSolverMultistepScheduler)
+                       EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler)
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModelWithProjection, CLIPImageProcessor
@@ -42,12 +42,14 @@ def load_pipe(adapter, copies=1):
 
 
 def make_scheduler(pipe, kind):
-    """A fresh scheduler of `kind` (ddim | euler | dpmpp_2m | dpmpp_2m_karras)."""
+    """A fresh scheduler of `kind` (ddim | euler | euler_ancestral | dpmpp_2m | dpmpp_2m_karras)."""
     cfg = pipe.base_scheduler_config
     if kind == "ddim":
         return DDIMScheduler.from_config(cfg)
     if kind == "euler":
         return EulerDiscreteScheduler.from_config(cfg)
+    if kind == "euler_ancestral":
+        return EulerAncestralDiscreteScheduler.from_config(cfg)
     assert kind in ("dpmpp_2m", "dpmpp_2m_karras"), kind
     return DPMSolverMultistepScheduler.from_config(
         cfg, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=kind.endswith("karras"))
@@ -115,7 +117,8 @@ def cfg2(c):
 def sample(pipe, sched, c, rows, before_step, guide):
     """The case's seeded latents denoised over `sched`'s timesteps (set by the caller) and
     decoded to a [0,1] image [3,H,W]. `before_step(i, t, x)` sets the step's IP scales and
-    returns the UNet's latent rows; `guide(eps)` combines their predictions."""
+    returns the UNet's latent rows; `guide(eps)` combines their predictions. The seeded
+    generator also feeds `step` (an ancestral scheduler's noise), as the pipeline does."""
     text, image_embeds = conditioning(pipe, rows)
     g = torch.Generator("cpu").manual_seed(c["seed"])
     f, size = pipe.vae_scale_factor, c["size"]
@@ -124,7 +127,7 @@ def sample(pipe, sched, c, rows, before_step, guide):
         x_in = sched.scale_model_input(before_step(i, t, x), t)
         eps = pipe.unet(x_in, t, encoder_hidden_states=text,
                         added_cond_kwargs={"image_embeds": image_embeds}).sample
-        x = sched.step(guide(eps), t, x).prev_sample
+        x = sched.step(guide(eps), t, x, generator=g).prev_sample
     image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
     return (image[0] / 2 + 0.5).clamp(0, 1).float().contiguous()
 

@@ -6,7 +6,8 @@ usage: methods_parity.py MODELS_DIR CASES.json OUT.safetensors
 CASES.json: a list of {name, method: uncond|subtract|three_branch|perp_neg, adapter: base|plus,
  prompt, uncond_prompt, pos_image, uncond_image (paths or null), steps, cfg, neg_cfg,
  neg_embed_scale, seed, size, positive: {weight, start, end}, negative: {weight, start, end},
- and optionally scheduler: ddim (default) | dpmpp_2m_karras, window: steps (default) | sigma}.
+ and optionally scheduler: ddim (default) | dpmpp_2m_karras | euler_ancestral, window: steps
+ (default) | sigma}.
 Rows per method (image features and "no image" as common_ref.py):
 - uncond: [uncond text + uncond image, prompt + positive image]; weights [negative, positive].
 - subtract: [uncond text + no image, prompt + (f(pos) - s * f(neg))]; weights as uncond.
@@ -19,7 +20,7 @@ ModelSamplingDiscrete.percent_to_sigma and IPAdapter_plus' CrossAttentionPatch g
 fraction p is the sigma at timestep (1-p)(T-1) of the scheduler's alphas_cumprod, log-sigma
 interpolated (float32), with p <= 0 -> 999999999.9 and p >= 1 -> 0; a step is active iff
 sigma(end) <= sigma_i <= sigma(start), sigma_i = sqrt((1-a_t)/a_t) at the step's timestep for
-DDIM, the scheduler's sigmas[i] for DPM++.
+DDIM, the scheduler's sigmas[i] for DPM++ and Euler ancestral.
 Writes `{name}.float` (the [0,1] image, [3,H,W]) and `{name}.active` ([rows, steps], 1 where
 the row's branch is active).
 """

@@ -4,7 +4,7 @@ tests/parity_pipeline.rs.
 usage: pipeline_parity.py MODELS_DIR CASES.json OUT.safetensors
 MODELS_DIR: a `negimg models init-random` folder. CASES.json: a list of
 {name, prompt, uncond_prompt, pos_image, uncond_image (paths or null), adapter: base|plus,
- scheduler: ddim|euler|dpmpp_2m|dpmpp_2m_karras, steps, cfg, seed, size, no_image: reference|black,
+ scheduler: ddim|euler|euler_ancestral|dpmpp_2m|dpmpp_2m_karras, steps, cfg, seed, size, no_image: reference|black,
  positive: {weight, start, end}, negative: {weight, start, end}}.
 Image embeddings (common_ref.py's features) enter the pipeline as
 ip_adapter_image_embeds=[cat([uncond, cond])]. The IP scale of each CFG row (uncond, cond) at

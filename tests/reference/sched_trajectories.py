@@ -1,13 +1,16 @@
 """Reference scheduler trajectories from diffusers, for tests/parity_scheduler.rs.
 
 usage: sched_trajectories.py CASES.json OUT.safetensors
-CASES.json: [{"name", "kind": ddim|euler|dpmpp_2m|dpmpp_2m_karras, "steps", "config": {...}}]
+CASES.json: [{"name", "kind": ddim|euler|euler_ancestral|dpmpp_2m|dpmpp_2m_karras, "steps", "config": {...}}]
 For each case: a fixed random initial noise and model-output sequence (saved), and what
-diffusers does with them the way StableDiffusionPipeline drives a scheduler.
+diffusers does with them the way StableDiffusionPipeline drives a scheduler. An ancestral
+scheduler draws its step noise from a generator passed to `step`; a twin generator draws the
+same tensors, saved as `{name}.noise`.
 """
 import json, sys
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler
+from diffusers import (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+                       DPMSolverMultistepScheduler)
 from safetensors.torch import save_file
 
 cases = json.load(open(sys.argv[1]))
@@ -18,6 +21,8 @@ for case in cases:
         s = DDIMScheduler.from_config(cfg)
     elif kind == "euler":
         s = EulerDiscreteScheduler.from_config(cfg)
+    elif kind == "euler_ancestral":
+        s = EulerAncestralDiscreteScheduler.from_config(cfg)
     else:
         s = DPMSolverMultistepScheduler.from_config(
             cfg, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=kind.endswith("karras"))
@@ -27,11 +32,15 @@ for case in cases:
     x_t = torch.randn(shape, generator=g)
     eps = torch.randn((n,) + shape, generator=g)
     x = x_t * s.init_noise_sigma
-    inputs, traj = [], [x]
+    inputs, traj, noise = [], [x], []
+    step_gen, twin = (torch.Generator("cpu").manual_seed(1000 + len(out)) for _ in range(2))
     for i, t in enumerate(s.timesteps):
         inputs.append(s.scale_model_input(x, t))
-        x = s.step(eps[i], t, x).prev_sample
+        x = s.step(eps[i], t, x, generator=step_gen).prev_sample
+        noise.append(torch.randn(shape, generator=twin))
         traj.append(x)
+    if kind == "euler_ancestral":
+        out[f"{name}.noise"] = torch.stack(noise)
     out[f"{name}.timesteps"] = s.timesteps.to(torch.float64)
     out[f"{name}.init_noise_sigma"] = torch.tensor([float(s.init_noise_sigma)], dtype=torch.float64)
     out[f"{name}.x_t"] = x_t

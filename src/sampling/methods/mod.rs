@@ -19,13 +19,16 @@
 //! Adding a method: its file here, its entry in [`REGISTRY`] and a name in
 //! [`Method`](crate::params::Method), its README section.
 mod cond_negative;
+mod dng;
 mod negtome;
 mod perp_neg;
+mod sega;
 mod subtract;
 mod three_branch;
 mod uncond;
 
 use crate::params::{BlockWeights, BranchWeight, GenParams, Method, Row, RowImage, StepAt};
+use crate::sampling::AncestralStep;
 use std::any::Any;
 use tch::Tensor;
 
@@ -37,6 +40,8 @@ pub static REGISTRY: &[&dyn NegativeMethod] = &[
     &perp_neg::PerpNeg,
     &negtome::Negtome,
     &cond_negative::CondNegative,
+    &sega::Sega,
+    &dng::Dng,
 ];
 
 /// The implementation of `method`.
@@ -84,6 +89,25 @@ pub trait NegativeMethod: Sync {
     /// The parameters that belong to this method alone, with their defaults and ranges.
     fn params(&self) -> &'static [ParamSpec] {
         &[]
+    }
+
+    /// What the method learns from the step just taken (DNG's posterior): `x` the cell's
+    /// sample before the step and `next` after it, `[C, H, W]`; the step's noise levels
+    /// for an ancestral scheduler.
+    fn after_step(
+        &self,
+        _c: &GenParams,
+        _state: &mut CellState,
+        _x: &Tensor,
+        _next: &Tensor,
+        _ancestral: Option<AncestralStep>,
+    ) {
+    }
+
+    /// Whether the method can make cell `c` (a scheduler it needs, parameters that must
+    /// agree): the key at fault and why not.
+    fn check(&self, _c: &GenParams) -> Result<(), (&'static str, String)> {
+        Ok(())
     }
 
     /// UNet work per step of one cell.
