@@ -558,7 +558,10 @@ fn phrase(metric: &str, d: &BaseDiff, unit: Unit) -> String {
             "moved towards it",
         ),
         Direction::Undirected => {
-            return format!("changed {metric} in {n} {unit}, p_holm={}", p_text(d.p_holm));
+            return format!(
+                "changed {metric} in {n} {unit}, p_holm={}",
+                p_text(d.p_holm)
+            );
         }
     };
     let how = if mean == 0.0 {
@@ -568,7 +571,10 @@ fn phrase(metric: &str, d: &BaseDiff, unit: Unit) -> String {
     } else {
         format!("the mean moved {other}, not the hoped-for way")
     };
-    format!("{how}; {wins}/{n} {unit} {moved}, p_holm={}", p_text(d.p_holm))
+    format!(
+        "{how}; {wins}/{n} {unit} {moved}, p_holm={}",
+        p_text(d.p_holm)
+    )
 }
 
 /// The verdict rows of a scorer with `*_i_neg` or `*_i_pos` metrics (none otherwise): the
@@ -746,8 +752,15 @@ mod tests {
             direction,
             wins,
             win_rate: wins as f64 / 8.0,
+            diffs: Vec::new(),
         };
-        let lower = |mean, wins| phrase("clip_i_neg", &diff(mean, Direction::Lower, wins), Unit::Seeds);
+        let lower = |mean, wins| {
+            phrase(
+                "clip_i_neg",
+                &diff(mean, Direction::Lower, wins),
+                Unit::Seeds,
+            )
+        };
         // The case of the issue: Δ clip_i_neg > 0 with 2 of 8 seeds moving away.
         assert_eq!(
             lower(0.02, 2),
@@ -760,7 +773,13 @@ mod tests {
              from it, p_holm=0.50"
         );
         assert!(lower(0.0, 4).starts_with("the mean did not move; 4/8 seeds"));
-        let higher = |mean, wins| phrase("clip_i_pos", &diff(mean, Direction::Higher, wins), Unit::Seeds);
+        let higher = |mean, wins| {
+            phrase(
+                "clip_i_pos",
+                &diff(mean, Direction::Higher, wins),
+                Unit::Seeds,
+            )
+        };
         assert!(higher(0.03, 6).starts_with(
             "the mean moved towards the positive, the hoped-for way; 6/8 seeds moved towards it"
         ));
@@ -768,7 +787,11 @@ mod tests {
             higher(-0.03, 1)
                 .starts_with("the mean moved away from the positive, not the hoped-for way; 1/8")
         );
-        let undirected = phrase("clip_i_base", &diff(0.1, Direction::Undirected, 0), Unit::Seeds);
+        let undirected = phrase(
+            "clip_i_base",
+            &diff(0.1, Direction::Undirected, 0),
+            Unit::Seeds,
+        );
         assert!(undirected.starts_with("changed clip_i_base in 8 seeds"));
     }
 

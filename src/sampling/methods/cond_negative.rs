@@ -35,5 +35,4 @@ impl NegativeMethod for CondNegative {
             },
         }
     }
-
 }

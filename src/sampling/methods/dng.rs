@@ -151,7 +151,6 @@ impl NegativeMethod for Dng {
     fn params(&self) -> &'static [ParamSpec] {
         &PARAMS
     }
-
 }
 
 #[cfg(test)]

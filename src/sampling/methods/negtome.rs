@@ -40,5 +40,4 @@ impl NegativeMethod for Negtome {
     fn keys(&self) -> &'static [&'static str] {
         &KEYS
     }
-
 }

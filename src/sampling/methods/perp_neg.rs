@@ -33,7 +33,6 @@ impl NegativeMethod for PerpNeg {
     fn keys(&self) -> &'static [&'static str] {
         &["neg_cfg"]
     }
-
 }
 
 /// The part of `n` orthogonal to `p`.

@@ -8,9 +8,7 @@
 //! warm-up); guided `ε∅ + cfg·(ε₊ − ε∅) + e` from step `sega_warmup_steps` on, plain CFG
 //! before. As the pipeline, at `cfg <= 1` the cell is its cond row alone (no guidance).
 use super::three_branch::{ROWS, row};
-use super::{
-    CellState, NegativeMethod, ParamSpec, RowCond, Step, cfg, value,
-};
+use super::{CellState, NegativeMethod, ParamSpec, RowCond, Step, cfg, value};
 use crate::params::{GenParams, Method, Row};
 use tch::Tensor;
 
@@ -109,7 +107,6 @@ impl NegativeMethod for Sega {
     fn params(&self) -> &'static [ParamSpec] {
         &PARAMS
     }
-
 }
 
 /// `g` `[C, H, W]` where `|g|` reaches the `q` quantile (linear interpolation, as

@@ -34,5 +34,4 @@ impl NegativeMethod for Subtract {
     fn keys(&self) -> &'static [&'static str] {
         &["neg_embed_scale"]
     }
-
 }

@@ -1,9 +1,7 @@
 //! `three_branch`: rows ε∅ (empty text, "no image" tokens), ε₊ and ε₋ (the negative text
 //! and image): `ε∅ + cfg·(ε₊ − ε∅) − neg_cfg·(ε₋ − ε∅)`. No `cfg <= 1` rule: the formula
 //! applies as written at every scale.
-use super::{
-    Branch, CellState, NegativeMethod, RowCond, Step, cond_row, image_or_none,
-};
+use super::{Branch, CellState, NegativeMethod, RowCond, Step, cond_row, image_or_none};
 use crate::params::{GenParams, Method, Row, RowImage};
 use tch::Tensor;
 
@@ -53,5 +51,4 @@ impl NegativeMethod for ThreeBranch {
     fn keys(&self) -> &'static [&'static str] {
         &["neg_cfg"]
     }
-
 }

@@ -22,5 +22,4 @@ impl NegativeMethod for Uncond {
             },
         }
     }
-
 }
