@@ -211,8 +211,10 @@ fn shipped_experiments_pass_plan_checks() {
         );
         let e = negimg::experiment::parse(&dir.join(&name), local, &Default::default())
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        // A bound that catches a runaway grid; subjects.toml (13 subjects × methods × 8
+        // seeds) is the largest shipped file.
         assert!(
-            !e.cells.is_empty() && e.cells.len() <= 2000,
+            !e.cells.is_empty() && e.cells.len() <= 4000,
             "{name}: {} cells",
             e.cells.len()
         );

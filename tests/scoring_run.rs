@@ -399,3 +399,74 @@ fn fewer_than_five_seeds_are_marked_unreliable() {
     let verdict = std::fs::read_to_string(sdir.join("verdict.csv")).unwrap();
     assert!(verdict.contains("2 seeds: unreliable"), "{verdict}");
 }
+
+/// An aesthetic head in the release's layout (`layers.{0,2,4,6,7}`), weights times
+/// `weight_scale` (random) and the last bias `bias`.
+fn aesthetic_head(path: &Path, weight_scale: f64, bias: f64) -> PathBuf {
+    let shapes: [(&str, [i64; 2]); 5] = [
+        ("layers.0", [1024, 768]),
+        ("layers.2", [128, 1024]),
+        ("layers.4", [64, 128]),
+        ("layers.6", [16, 64]),
+        ("layers.7", [1, 16]),
+    ];
+    let opts = (tch::Kind::Float, tch::Device::Cpu);
+    let mut tensors = Vec::new();
+    for (name, [out, inp]) in shapes {
+        let w = tch::Tensor::randn([out, inp], opts) * weight_scale;
+        let b = match name {
+            "layers.7" => tch::Tensor::full([out], bias, opts),
+            _ => tch::Tensor::randn([out], opts) * weight_scale,
+        };
+        tensors.push((format!("{name}.weight"), w));
+        tensors.push((format!("{name}.bias"), b));
+    }
+    tch::Tensor::write_safetensors(&tensors, path).unwrap();
+    path.to_path_buf()
+}
+
+#[test]
+fn aesthetic_scores_land_in_the_clip_scorers_table_as_the_head_computes_them() {
+    let dir = common::scratch("scoring_aesthetic");
+    let models = common::scratch("scoring_aesthetic_models");
+    let config = ClipConfig {
+        projection_dim: 768,
+        ..ClipConfig::tiny()
+    };
+    let scorer = models.join("scorer-768");
+    write_random_model(&scorer, &config, 3, &find_open_clip_vocab().unwrap()).unwrap();
+    write_run(&dir, &[0.5, 1.0], &MODES, &[1, 2], None, true);
+    let score = |head: &Path| {
+        let models = scoring::ScoreModels {
+            clip: Some(scorer.clone()),
+            dino: None,
+            aesthetic: Some(head.to_path_buf()),
+        };
+        let ids = scoring::score_all(&dir, &models, tch::Device::Cpu, tch::Kind::Float).unwrap();
+        scoring::read_scores(&scoring::scorer_dir(&dir, &ids[0]).join("scores.csv")).unwrap()
+    };
+    // A head with zero weights answers its last bias for every image.
+    let constant = score(&aesthetic_head(&models.join("zero.safetensors"), 0.0, 0.37));
+    let col =
+        |t: &scoring::stats::ScoreTable, m: &str| t.metrics.iter().position(|x| x == m).unwrap();
+    let a = col(&constant, "aesthetic");
+    assert!(!constant.values.is_empty());
+    for v in constant.values.values() {
+        assert!((v[a] - 0.37).abs() < 1e-6, "{}", v[a]);
+    }
+    // A random head gives each image its own score; the CLIP metrics do not change.
+    let random = score(&aesthetic_head(
+        &models.join("random.safetensors"),
+        0.05,
+        0.0,
+    ));
+    let scores: Vec<f64> = random.values.values().map(|v| v[a]).collect();
+    assert!(scores.iter().all(|s| s.is_finite()));
+    let spread = scores.iter().cloned().fold(f64::MIN, f64::max)
+        - scores.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(spread > 1e-6, "{scores:?}");
+    let pos = col(&random, "clip_i_pos");
+    for (cell, v) in &random.values {
+        assert_eq!(v[pos], constant.values[cell][pos], "{cell}");
+    }
+}

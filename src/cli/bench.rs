@@ -43,8 +43,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 7.5)]
     pub cfg: f64,
     /// The negative method of every image (uncond, subtract, three_branch, perp_neg,
-    /// negtome): the three-row methods add a UNet row per step, negtome a reference row per
-    /// image at its active steps and one VAE encode per image.
+    /// negtome, cond_negative, sega, dng; at their default parameters): the three-row
+    /// methods (three_branch, perp_neg, sega, dng) add a UNet row per step, cond_negative a
+    /// second image attention in the cond row, negtome a reference row per image at its
+    /// active steps and one VAE encode per image.
     #[arg(long, default_value = "uncond", value_parser = super::generate::parse_method)]
     pub method: Method,
     /// Load the models from a folder made by `negimg models init-random` (or laid out like

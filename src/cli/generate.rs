@@ -85,8 +85,8 @@ pub struct GenerateArgs {
     /// "No image" tokens: reference (IP-Adapter's) or black (ComfyUI's).
     #[arg(long, value_enum, default_value = "reference")]
     pub no_image: NoImageArg,
-    /// How the negative image is used: uncond, subtract, three_branch, perp_neg, negtome (README,
-    /// "Negative methods").
+    /// How the negative image is used: uncond, subtract, three_branch, perp_neg, negtome,
+    /// cond_negative, sega, dng (README, "Negative methods").
     #[arg(long, default_value = "uncond", value_parser = parse_method)]
     pub method: Method,
     /// subtract: the cond branch's embedding is e_pos - SCALE * e_neg.

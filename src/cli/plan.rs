@@ -168,20 +168,24 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     for ((steps, w, h, sched, adapter, scaling), n) in &groups {
         say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter} ip_scaling={scaling}");
     }
-    let three_rows = params
+    // The methods the cells are made with that take a third row, in registry order.
+    let three: Vec<Method> = params
         .iter()
-        .filter(|p| methods::of(p.effective_method()).rows().len() == 3)
-        .count();
-    if three_rows > 0 {
+        .map(GenParams::effective_method)
+        .filter(|&m| methods::of(m).rows().len() == 3)
+        .collect();
+    if !three.is_empty() {
         let names: Vec<String> = methods::REGISTRY
             .iter()
-            .filter(|m| m.rows().len() == 3)
-            .map(|m| m.method().to_string())
+            .map(|m| m.method())
+            .filter(|m| three.contains(m))
+            .map(|m| m.to_string())
             .collect();
         say!(
-            "UNet rows per step: {three_rows} cells take 3 ({}), {} take 2",
+            "UNet rows per step: {} cells take 3 ({}), {} take 2",
+            three.len(),
             names.join(", "),
-            exp.cells.len() - three_rows
+            exp.cells.len() - three.len()
         );
     }
     // The noise schedule, read once for what needs it: sigma windows and NegToMe's steps.

@@ -320,13 +320,25 @@ pub const COLUMNS: [&str; 37] = [
     "error",
 ];
 
-/// Writes records.csv atomically.
+/// Writes records.csv atomically: [`COLUMNS`], and `subject` after `method_params` in a
+/// run with subjects (other runs keep their columns).
 pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
+    let mut columns = COLUMNS.to_vec();
+    if records.iter().any(|r| !r.subject.is_empty()) {
+        let at = columns
+            .iter()
+            .position(|&c| c == "method_params")
+            .unwrap_or(0);
+        columns.insert(at + 1, "subject");
+    }
     let mut w = csv::Writer::from_writer(Vec::new());
     let row_error = || format!("cannot write a row of {}", path.display());
-    w.write_record(COLUMNS).with_context(row_error)?;
+    w.write_record(&columns).with_context(row_error)?;
     for r in records {
-        let fields = COLUMNS.map(|c| r.field(c).expect("every column is a field"));
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|c| r.field(c).expect("every column is a field"))
+            .collect();
         w.write_record(&fields).with_context(row_error)?;
     }
     let bytes = w

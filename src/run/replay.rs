@@ -339,9 +339,9 @@ mod tests {
             err.contains("the cell's method \"nag\" is not one this negimg knows"),
             "{err}"
         );
-        let err = check_known_names(&serde_json::json!({"scheduler": "euler_ancestral"}))
+        let err = check_known_names(&serde_json::json!({"scheduler": "heun"}))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("scheduler \"euler_ancestral\""), "{err}");
+        assert!(err.contains("scheduler \"heun\""), "{err}");
     }
 }

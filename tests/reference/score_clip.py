@@ -94,12 +94,21 @@ for i, r in enumerate(done):
         y = np.asarray(Image.open(os.path.join(run_dir, done[b]["file"])).convert("RGB"), dtype=np.float64)
         luma = np.array([0.299, 0.587, 0.114])
         values["mad_base"] = float(np.abs(x - y).mean() / 255.0)
+        change = np.abs(x @ luma - y @ luma) / 255.0
+        total = change.sum()
+        p = change.ravel()[change.ravel() > 0] / total if total > 0 else None
+        # Entropy of the luma change map, normalised by log(pixels) (README, "Change maps").
+        values["change_entropy"] = (float(-(p * np.log(p)).sum() / np.log(change.size))
+                                    if p is not None else math.nan)
         values["ssim_base"] = float(structural_similarity(x @ luma, y @ luma, gaussian_weights=True, sigma=1.5,
                                                           use_sample_covariance=False, data_range=255.0))
     else:
-        values["mad_base"] = values["ssim_base"] = math.nan
+        values["mad_base"] = values["ssim_base"] = values["change_entropy"] = math.nan
     others = [j for j in groups[tuple(r[a] for a in axes)] if j != i]
     values["clip_div"] = (sum(1.0 - float(e @ cells[j]) for j in others) / len(others)) if others else math.nan
+    # No region mask in the runs this reference scores (tests/parity_score.rs).
+    assert info["scoring"].get("region") is None
+    values["change_in_region"] = values["change_out_region"] = math.nan
     rows.append([values[m] for m in metric_names])
 
 save_file({"metrics": torch.tensor(rows, dtype=torch.float64)}, out_path)
