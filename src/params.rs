@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 
+pub use crate::steps::StepSet;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdapterKind {
@@ -371,7 +373,40 @@ impl Window {
     }
 }
 
+/// What the negative branch's rows get at the steps where the branch is off (outside its
+/// window or step set): README, "The off state".
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum NegOff {
+    /// IP scale 0: no image attention at all (ComfyUI's, and negimg's before `neg_off`).
+    #[default]
+    Zero,
+    /// The "no image" tokens at the branch weight, as the `negative = "none"` baseline's
+    /// uncond row has them: a probe then differs from its baseline at its steps only.
+    NoImage,
+}
+
+impl NegOff {
+    pub const NAMES: &'static str = "zero, no_image";
+
+    pub fn is_zero(&self) -> bool {
+        *self == NegOff::Zero
+    }
+}
+
+/// What one row's image attention takes at one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowIp {
+    /// The IP scale (before the per-block factors).
+    pub weight: f64,
+    /// The "no image" tokens in place of the row's own ([`NegOff::NoImage`] off steps).
+    pub no_image_tokens: bool,
+}
+
 display_as_serde!(
+    NegOff,
     AdapterKind,
     NegativeMode,
     SchedulerKind,
@@ -530,6 +565,15 @@ pub struct GenParams {
     pub negtome_t_min: f64,
     #[serde(default = "negtome_t_max", skip_serializing_if = "is_negtome_t_max")]
     pub negtome_t_max: f64,
+    /// The steps where the positive branch is active, in place of its `start`/`end`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_at: Option<StepSet>,
+    /// The same for the negative branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neg_steps_at: Option<StepSet>,
+    /// What the negative branch's rows take where that branch is off.
+    #[serde(default, skip_serializing_if = "NegOff::is_zero")]
+    pub neg_off: NegOff,
 }
 
 impl GenParams {
@@ -568,6 +612,9 @@ impl GenParams {
             negtome_threshold: NEGTOME_THRESHOLD,
             negtome_t_min: NEGTOME_T_MIN,
             negtome_t_max: NEGTOME_T_MAX,
+            steps_at: None,
+            neg_steps_at: None,
+            neg_off: NegOff::Zero,
         }
     }
 
@@ -656,6 +703,46 @@ impl GenParams {
         }
     }
 
+    /// Whether `row` takes the negative branch's weight (the uncond row of the two-row
+    /// methods, the negative row of the three-row ones).
+    fn on_negative_branch(&self, row: Row) -> bool {
+        !matches!((row, self.method.rows()), (Row::Cond, _) | (Row::Uncond, 3))
+    }
+
+    /// The step set of `row`'s branch, if it has one (in place of its window).
+    pub fn row_steps(&self, row: Row) -> Option<&StepSet> {
+        match self.on_negative_branch(row) {
+            true => self.neg_steps_at.as_ref(),
+            false => self.steps_at.as_ref(),
+        }
+    }
+
+    /// Whether `row`'s branch is active at `step`: in its step set, or else in its window.
+    pub fn row_active(&self, row: Row, step: &StepAt) -> bool {
+        match self.row_steps(row) {
+            Some(set) => set.contains(step.index),
+            None => self.row_weight(row).active(self.window, step),
+        }
+    }
+
+    /// What `row`'s image attention takes at `step`: the branch weight where the branch is
+    /// active; elsewhere scale 0, or for the negative branch's rows with `neg_off =
+    /// "no_image"` the "no image" tokens at the branch weight.
+    pub fn row_ip(&self, row: Row, step: &StepAt) -> RowIp {
+        let weight = self.row_weight(row).weight;
+        let off = |no_image_tokens| RowIp {
+            weight: if no_image_tokens { weight } else { 0.0 },
+            no_image_tokens,
+        };
+        match self.row_active(row, step) {
+            true => RowIp {
+                weight,
+                no_image_tokens: false,
+            },
+            false => off(self.neg_off == NegOff::NoImage && self.on_negative_branch(row)),
+        }
+    }
+
     /// The per-block weights of `row`: those of the branch whose weight it takes
     /// ([`row_weight`](Self::row_weight)).
     pub fn row_blocks(&self, row: Row) -> &BlockWeights {
@@ -680,6 +767,34 @@ impl GenParams {
             negative_image: self.uncond_image().cloned(),
             ..self.clone()
         }
+    }
+
+    /// Cells with equal keys may share the first steps of their trajectory
+    /// (`sampling::trajectory`): the same batch key and seed, and the same positive branch
+    /// and guidance up to its window or step set. What the negative branch takes, and when,
+    /// is left out: that is what probes and sweeps vary.
+    pub fn trunk_key(&self) -> String {
+        format!(
+            "{:?} {} {:?} {:?} {:?} {} {:x} {:x} {:?} {:x} {} {} {} {:?}",
+            self.batch_key(),
+            self.seed,
+            self.prompt,
+            self.positive_image,
+            self.method,
+            self.no_image,
+            self.cfg.to_bits(),
+            self.neg_cfg().to_bits(),
+            self.neg_embed_scale.to_bits(),
+            self.positive.weight.to_bits(),
+            self.blocks,
+            self.negtome_on(),
+            self.negtome_alpha,
+            (
+                self.negtome_threshold,
+                self.negtome_t_min,
+                self.negtome_t_max
+            ),
+        )
     }
 
     /// Cells that can share one UNet call per step: same steps, size, scheduler, adapter

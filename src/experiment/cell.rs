@@ -1,8 +1,8 @@
 //! One grid cell: the parameters of one image, with input images by their `[images.NAME]`.
 use super::values::{Param, Value};
 use crate::params::{
-    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegativeMode, NoImage,
-    SchedulerKind, Window,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegOff, NegativeMode,
+    NoImage, SchedulerKind, StepSet, Window,
 };
 use std::path::PathBuf;
 
@@ -44,6 +44,12 @@ pub struct CellSpec {
     pub negtome_threshold: f64,
     pub negtome_t_min: f64,
     pub negtome_t_max: f64,
+    /// The positive branch's steps, in place of `start`/`end`.
+    pub steps_at: Option<StepSet>,
+    /// `None`: `steps_at` when the negative window is not set either (the negative branch
+    /// follows the positive one), else the negative window.
+    pub neg_steps_at: Option<StepSet>,
+    pub neg_off: NegOff,
 }
 
 impl Default for CellSpec {
@@ -82,6 +88,9 @@ impl Default for CellSpec {
             negtome_threshold: p.negtome_threshold,
             negtome_t_min: p.negtome_t_min,
             negtome_t_max: p.negtome_t_max,
+            steps_at: None,
+            neg_steps_at: None,
+            neg_off: p.neg_off,
         }
     }
 }
@@ -118,6 +127,9 @@ impl CellSpec {
             (Param::NegtomeThreshold, Value::Num(x)) => self.negtome_threshold = *x,
             (Param::NegtomeTMin, Value::Num(x)) => self.negtome_t_min = *x,
             (Param::NegtomeTMax, Value::Num(x)) => self.negtome_t_max = *x,
+            (Param::StepsAt, Value::Steps(s)) => self.steps_at = s.clone(),
+            (Param::NegStepsAt, Value::Steps(s)) => self.neg_steps_at = s.clone(),
+            (Param::NegOff, Value::NegOff(o)) => self.neg_off = *o,
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -151,6 +163,14 @@ impl CellSpec {
             start: self.neg_start.unwrap_or(self.start),
             end: self.neg_end.unwrap_or(self.end),
         }
+    }
+
+    /// The negative branch's step set in effect.
+    pub fn neg_steps_at(&self) -> Option<&StepSet> {
+        let window_set = self.neg_start.is_some() || self.neg_end.is_some();
+        self.neg_steps_at
+            .as_ref()
+            .or_else(|| self.steps_at.as_ref().filter(|_| !window_set))
     }
 
     /// The negative branch's block weights in effect.
@@ -191,6 +211,9 @@ impl CellSpec {
             Param::NegtomeThreshold => Value::Num(self.negtome_threshold),
             Param::NegtomeTMin => Value::Num(self.negtome_t_min),
             Param::NegtomeTMax => Value::Num(self.negtome_t_max),
+            Param::StepsAt => Value::Steps(self.steps_at.clone()),
+            Param::NegStepsAt => Value::Steps(self.neg_steps_at().cloned()),
+            Param::NegOff => Value::NegOff(self.neg_off),
         }
     }
 
@@ -224,6 +247,9 @@ impl CellSpec {
             negtome_threshold: self.negtome_threshold,
             negtome_t_min: self.negtome_t_min,
             negtome_t_max: self.negtome_t_max,
+            steps_at: self.steps_at.clone(),
+            neg_steps_at: self.neg_steps_at().cloned(),
+            neg_off: self.neg_off,
         }
     }
 

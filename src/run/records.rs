@@ -1,8 +1,8 @@
 //! `records.csv`: one row per image of a run.
 use crate::experiment::CellSpec;
 use crate::params::{
-    self, AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind,
-    Window,
+    self, AdapterKind, BlockWeights, IpScaling, Method, NegOff, NegativeMode, NoImage,
+    SchedulerKind, StepSet, Window,
 };
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,13 @@ pub struct Record {
     pub negtome_t_min: f64,
     #[serde(default = "negtome_t_max")]
     pub negtome_t_max: f64,
+    /// Step sets in effect (empty: the branch follows its window).
+    #[serde(default)]
+    pub steps_at: Option<StepSet>,
+    #[serde(default)]
+    pub neg_steps_at: Option<StepSet>,
+    #[serde(default)]
+    pub neg_off: NegOff,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -144,6 +151,15 @@ impl Record {
             "negtome_threshold" => csv_value(&self.negtome_threshold),
             "negtome_t_min" => csv_value(&self.negtome_t_min),
             "negtome_t_max" => csv_value(&self.negtome_t_max),
+            "steps_at" => self
+                .steps_at
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            "neg_steps_at" => (self.neg_steps_at.as_ref())
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            "neg_off" => csv_value(&self.neg_off),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             _ => return None,
@@ -205,6 +221,9 @@ impl Record {
             negtome_threshold: cell.negtome_threshold,
             negtome_t_min: cell.negtome_t_min,
             negtome_t_max: cell.negtome_t_max,
+            steps_at: cell.steps_at.clone(),
+            neg_steps_at: cell.neg_steps_at().cloned(),
+            neg_off: cell.neg_off,
             seconds,
             error: error.to_string(),
         }

@@ -13,6 +13,10 @@
 //! branch has scale 0 at that step. So a window takes effect at its first step (not one
 //! late), and the negative weight applies at every step (the two defects of the demo).
 //!
+//! A branch with a step set (`steps_at`, `neg_steps_at`) is active at the steps of the set
+//! instead of its window; where the negative branch is off, `neg_off = "no_image"` gives its
+//! rows the "no image" tokens at the branch weight ([`GenParams::row_ip`]).
+//!
 //! Each row's scale is given per cross-attention block (execution order: down, mid, up):
 //! the branch's weight times the factor of the row's [`GenParams::row_blocks`] for that
 //! block. `blocks = "all"` gives every block the branch weight.
@@ -36,13 +40,22 @@ pub fn ip_scales(cells: &[&GenParams], step: &StepAt, blocks: usize) -> Vec<Vec<
     let per_row: Vec<Vec<f64>> = row_layout(cells)
         .into_iter()
         .map(|(i, row)| {
-            let weight = cells[i].row_weight(row).at(cells[i].window, step);
+            let weight = cells[i].row_ip(row, step).weight;
             let factors = cells[i].row_blocks(row).factors(blocks);
             factors.into_iter().map(|f| weight * f).collect()
         })
         .collect();
     (0..blocks)
         .map(|b| per_row.iter().map(|r| r[b]).collect())
+        .collect()
+}
+
+/// Which rows, in [`row_layout`] order, take the "no image" tokens in place of their own at
+/// `step` (`neg_off = "no_image"` outside the negative branch's steps).
+pub fn no_image_rows(cells: &[&GenParams], step: &StepAt) -> Vec<bool> {
+    row_layout(cells)
+        .into_iter()
+        .map(|(i, row)| cells[i].row_ip(row, step).no_image_tokens)
         .collect()
 }
 

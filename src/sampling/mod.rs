@@ -9,6 +9,7 @@ pub mod euler;
 pub mod guidance;
 pub mod negtome;
 pub mod scheduler;
+pub mod trajectory;
 pub mod window;
 
 pub use scheduler::{NoiseSchedule, SchedulerConfig};
@@ -43,6 +44,13 @@ pub trait Scheduler {
     /// The sample after step `step_index`, given the noise prediction `eps` for `x`.
     /// Steps must be taken in order (multistep schedulers keep history).
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor;
+    /// Row `r` of the state kept between steps becomes row `parents[r]` of the old state,
+    /// as the latents do where shared trajectories fork ([`trajectory`]). Nothing to do for
+    /// schedulers without history.
+    fn fork(&mut self, _parents: &Tensor) {}
+    /// The predicted clean sample x̂₀ of step `step_index` for `x` and the guided `eps`,
+    /// by the scheduler's own formula (diffusers' `pred_original_sample`).
+    fn predicted_x0(&self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor;
 }
 
 /// Step `index` of `steps` of `scheduler`, as the window rules see it.

@@ -52,6 +52,9 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         negtome_threshold: negimg::params::NEGTOME_THRESHOLD,
         negtome_t_min: negimg::params::NEGTOME_T_MIN,
         negtome_t_max: negimg::params::NEGTOME_T_MAX,
+        steps_at: None,
+        neg_steps_at: None,
+        neg_off: Default::default(),
         seconds: 0.1,
         error: String::new(),
     }
