@@ -3,9 +3,11 @@
 //! Data path: experiment file -> [`experiment`] (validated cells) -> [`run`] (results folder,
 //! resume, shards) -> [`sampling`] + [`pipeline`] (batches -> images) -> [`scoring`] ->
 //! [`report`] (grids, curves, tables, index.html). The CLI in [`cli`] stays thin.
+pub mod axis_value;
 pub mod cli;
 pub mod derive;
 pub mod device;
+pub mod digest;
 pub mod experiment;
 pub mod images;
 pub mod models;

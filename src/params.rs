@@ -85,6 +85,34 @@ impl Method {
     pub fn is_uncond(&self) -> bool {
         *self == Method::Uncond
     }
+    /// Whether this method has anything of the cell's negative to act with, `negative` being
+    /// what the cell's negative holds (README, "A method with nothing to subtract"). A cell
+    /// whose method has not is made as the same cell with `method = uncond` (with `negative =
+    /// none`, the baseline) and shares that cell's image file ([`GenParams::effective`]);
+    /// `negimg plan` lists such cells. Every method declares this.
+    pub fn has_something_to_subtract(self, negative: NegativeMode) -> bool {
+        match self {
+            // Its uncond row is the negative, whatever it holds: with nothing, the baseline.
+            Method::Uncond => true,
+            // Only the negative image acts; the negative text goes to the uncond row, as
+            // with `uncond`, so without the image the rows are `uncond`'s.
+            Method::Subtract | Method::Negtome => negative.uses_image(),
+            // The negative row takes the negative's text and image: with neither it is the
+            // "no image" row again, and guiding away from it subtracts nothing.
+            Method::ThreeBranch | Method::PerpNeg => negative != NegativeMode::None,
+        }
+    }
+
+    /// The method a cell of this method is made with when its negative holds `negative`:
+    /// itself, or `uncond` where it has nothing to subtract.
+    pub fn effective(self, negative: NegativeMode) -> Method {
+        if self.has_something_to_subtract(negative) {
+            self
+        } else {
+            Method::Uncond
+        }
+    }
+
     /// UNet rows per cell and step.
     pub fn rows(self) -> usize {
         match self {
@@ -760,12 +788,41 @@ impl GenParams {
         Ok(())
     }
 
-    /// The parameters that decide the image: the negative image dropped where the mode
-    /// ignores it (cells that differ only there make the same image).
+    /// The parameters that decide the image, and that the image is made with: the negative
+    /// image dropped where the mode ignores it; a method with nothing to subtract replaced by
+    /// `uncond` ([`Method::has_something_to_subtract`]); NegToMe off where it has no image to
+    /// merge against. Cells with the same effective parameters share one image.
     pub fn effective(&self) -> GenParams {
-        GenParams {
+        let made = GenParams {
             negative_image: self.uncond_image().cloned(),
+            method: self.effective_method(),
+            negtome: self.negtome && self.negtome_image().is_some(),
             ..self.clone()
+        };
+        made.without_idle_negative_steps()
+    }
+
+    /// With `neg_off = "no_image"`, a negative branch whose rows take the "no image" tokens
+    /// anyway is the same at every step: its window and step set then change nothing (the
+    /// baseline of a probe grid is one image per seed).
+    fn without_idle_negative_steps(self) -> GenParams {
+        let idle = self.neg_off == NegOff::NoImage
+            && self
+                .rows()
+                .iter()
+                .filter(|&&r| self.on_negative_branch(r))
+                .all(|&r| self.row_image(r) == RowImage::NoImage);
+        if !idle {
+            return self;
+        }
+        GenParams {
+            negative_branch: BranchWeight {
+                start: 0.0,
+                end: 1.0,
+                ..self.negative_branch
+            },
+            neg_steps_at: None,
+            ..self
         }
     }
 
@@ -795,6 +852,19 @@ impl GenParams {
                 self.negtome_t_max
             ),
         )
+    }
+
+    /// The method the image is made with: `method`, or `uncond` where it has nothing to
+    /// subtract.
+    pub fn effective_method(&self) -> Method {
+        self.method.effective(self.negative)
+    }
+
+    /// Whether this cell is made as another one ([`effective`](Self::effective)): a method
+    /// or a NegToMe switch with nothing to subtract.
+    pub fn falls_back(&self) -> bool {
+        let e = self.effective();
+        (e.method, e.negtome) != (self.method, self.negtome)
     }
 
     /// Cells that can share one UNet call per step: same steps, size, scheduler, adapter
@@ -990,6 +1060,62 @@ mod tests {
         .map(ToString::to_string)
         .collect();
         assert_eq!(names.join(", "), IpScaling::NAMES);
+    }
+
+    #[test]
+    fn a_method_with_nothing_to_subtract_is_made_as_uncond_with_uncond_rows() {
+        use NegativeMode::{Both, Image, None as NoNeg, Text};
+        let mut p = GenParams::new(1);
+        p.prompt = "house".into();
+        p.negative_prompt = "grass".into();
+        p.positive_image = Some("house.png".into());
+        p.negative_image = Some("lawn.png".into());
+        p.negative_branch.weight = 0.4;
+        // (method, the negatives it has nothing to subtract from).
+        let table = [
+            (Method::Uncond, vec![]),
+            (Method::Subtract, vec![NoNeg, Text]),
+            (Method::Negtome, vec![NoNeg, Text]),
+            (Method::ThreeBranch, vec![NoNeg]),
+            (Method::PerpNeg, vec![NoNeg]),
+        ];
+        for (method, nothing) in table {
+            for negative in [NoNeg, Text, Image, Both] {
+                p.method = method;
+                p.negative = negative;
+                let e = p.effective();
+                let falls = nothing.contains(&negative);
+                assert_eq!(p.falls_back(), falls, "{method} {negative}");
+                assert_eq!(e.method, if falls { Method::Uncond } else { method });
+                if !falls {
+                    assert_eq!(e.method, p.method);
+                    continue;
+                }
+                // Subtract and NegToMe alone without an image: the rows `uncond` makes, so
+                // sharing its image changes nothing.
+                if method.rows() == 2 {
+                    for &row in p.rows() {
+                        assert_eq!(p.row_text(row), e.row_text(row), "{method} {negative}");
+                        assert_eq!(p.row_image(row), e.row_image(row), "{method} {negative}");
+                        assert_eq!(p.row_weight(row), e.row_weight(row));
+                        assert_eq!(p.row_blocks(row), e.row_blocks(row));
+                    }
+                    assert!(p.negtome_image().is_none());
+                }
+            }
+        }
+        // NegToMe on top of a method merges nothing without a negative image.
+        p.method = Method::Uncond;
+        p.negtome = true;
+        p.negative = Text;
+        assert!(!p.effective().negtome && p.falls_back());
+        p.negative = Image;
+        assert!(p.effective().negtome && !p.falls_back());
+        assert_eq!(
+            p.effective(),
+            p,
+            "a cell with something to subtract is itself"
+        );
     }
 
     #[test]

@@ -429,6 +429,14 @@ fn bad_files_exit_non_zero_and_leave_no_results_folder() {
         ("typo.toml", with("wieght = [1]"), "wieght"),
         ("range.toml", with("cfg = \"1-5 (+0)\""), "grid.cfg"),
         ("syntax.toml", BASE.replace("[grid]", "[grid"), "line"),
+        (
+            "negtome.toml",
+            BASE.replace(
+                "steps = 4",
+                "steps = 4\nnegtome_t_min = 900\nnegtome_t_max = 100",
+            ),
+            "negtome_t_min 900 is above negtome_t_max 100",
+        ),
     ];
     for (file, text, word) in bad {
         std::fs::write(dir.join(file), text).unwrap();
@@ -889,4 +897,97 @@ fn bad_step_sets_name_file_line_and_key() {
         Some("neg_steps_at ="),
         &["grid.neg_steps_at", "whole step index"],
     );
+}
+
+#[test]
+fn an_inverted_negtome_range_names_both_keys_and_their_lines() {
+    let text =
+        BASE.replace("steps = 4", "steps = 4\nnegtome_t_max = 100") + "negtome_t_min = [0, 900]\n";
+    let want = two_places(
+        &text,
+        "negtome_t_min = [0",
+        "grid.negtome_t_min",
+        "negtome_t_max = 100",
+        "defaults.negtome_t_max",
+    );
+    expect_error(
+        &text,
+        None,
+        &[&want, "negtome_t_min 900 is above negtome_t_max 100"],
+    );
+    // Both in [defaults], with or without NegToMe on: each key named on its line.
+    let text = BASE.replace(
+        "steps = 4",
+        "steps = 4\nnegtome_t_min = 500\nnegtome_t_max = 400",
+    );
+    let err = expect_error(
+        &text,
+        None,
+        &["negtome_t_min 500 is above negtome_t_max 400"],
+    );
+    assert!(
+        err.contains("(defaults.negtome_t_min)") && err.contains("(defaults.negtome_t_max)"),
+        "{err}"
+    );
+    // Equal ends are one timestep, not an error.
+    let text = BASE.replace(
+        "steps = 4",
+        "steps = 4\nnegtome_t_min = 500\nnegtome_t_max = 500",
+    );
+    assert!(parse(&text).is_ok());
+}
+
+#[test]
+fn plan_lists_cells_with_nothing_to_subtract_as_made_like_the_baseline() {
+    let dir = common::scratch("experiment_errors_plan_nothing");
+    let text = BASE.replace(
+        "negative_image = [\"lawn\", \"none\"]",
+        "negative = [\"none\", \"text\", \"image\"]\nmethod = \"uncond, three_branch, subtract\"",
+    )
+    .replace(
+        "positive_image = \"house\"",
+        "positive_image = \"house\"\nnegative_image = \"lawn\"\nnegative_prompt = \"grass\"",
+    );
+    std::fs::write(dir.join("m.toml"), &text).unwrap();
+    let out = common::negimg(
+        &[
+            "--device",
+            "cpu",
+            "plan",
+            "m.toml",
+            "--no-calibrate",
+            "--all",
+        ],
+        &dir,
+    );
+    let plan = common::text(&out);
+    assert!(out.status.success(), "{plan}");
+    // 3 weights x 3 negatives x 3 methods x 2 seeds; at none: three_branch and subtract fall
+    // back, at text: subtract (it subtracts images only).
+    let listed = |what: &str| plan.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        listed("-> nothing to subtract: made as method = uncond"),
+        3 * 3 * 2,
+        "{plan}"
+    );
+    assert!(
+        listed("method=three_branch seed=1  -> nothing") == 3
+            && listed("negative=none method=subtract seed=1  -> nothing") == 3,
+        "{plan}"
+    );
+    assert!(
+        plan.contains(
+            "18 cells have nothing for their method to subtract (three_branch with negative = \
+             none; subtract with negative = none; subtract with negative = text)"
+        ),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(
+            "note: 36 cells have negative_image lawn but a negative mode that uses no image"
+        ),
+        "{plan}"
+    );
+    // 54 cells, 18 of them made as another: 36 images.
+    assert!(plan.contains("36 images for 54 cells"), "{plan}");
 }

@@ -524,3 +524,24 @@ fn unknown_caption_metric_or_scorer_is_an_error_naming_the_known_ones() {
     assert!(err.contains("\"nope\"") && err.contains("known"), "{err}");
     negimg::report::plot_run_with(&dir, &with(&["clip_i_pos"], Some("known"))).unwrap();
 }
+
+#[test]
+fn captions_on_an_unscored_run_are_refused_saying_to_score_first() {
+    let dir = common::scratch("report_caption_unscored");
+    write_run(&dir, &[1.0], &MODES[..2], &[1], None, false);
+    let with = |metrics: &[&str]| negimg::report::PlotOptions {
+        caption_metrics: Some(metrics.iter().map(|m| m.to_string()).collect()),
+        ..Default::default()
+    };
+    let err = negimg::report::plot_run_with(&dir, &with(&["nosuchmetric"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--caption nosuchmetric: this run has no scores; run `negimg score"),
+        "{err}"
+    );
+    // No captions asked for, or none at all: the unscored run plots.
+    negimg::report::plot_run_with(&dir, &with(&[])).unwrap();
+    negimg::report::plot_run_with(&dir, &negimg::report::PlotOptions::default()).unwrap();
+    assert!(dir.join("index.html").is_file());
+}

@@ -18,8 +18,14 @@ fn methods_tiny_runs_every_method_and_records_it() {
     ] {
         assert!(plan.contains(m), "plan lists {m}:\n{plan}");
     }
+    // At negative = none only uncond has a meaning: the other methods' 16 cells there are
+    // made as it (README, "A method with nothing to subtract"), so 8 cells take 3 rows.
     assert!(
-        plan.contains("16 cells take 3 (three_branch, perp_neg), 24 take 2"),
+        plan.contains("8 cells take 3 (three_branch, perp_neg), 32 take 2"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("16 cells have nothing for their method to subtract"),
         "{plan}"
     );
     // The negtome cells with a negative image merge (at the first of the 3 steps).
@@ -40,6 +46,13 @@ fn methods_tiny_runs_every_method_and_records_it() {
         assert_eq!(records.iter().filter(|r| r.method == m).count(), 8, "{m}");
     }
     assert!(records.iter().all(|r| r.neg_cfg == Some(5.0)));
+    // Per zip row and seed, the five methods' negative = none cells share one image file.
+    let none_files: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.negative == negimg::params::NegativeMode::None)
+        .map(|r| r.file.as_str())
+        .collect();
+    assert_eq!(none_files.len(), 4, "{none_files:?}");
     let mut scales: Vec<f64> = records.iter().map(|r| r.neg_embed_scale).collect();
     scales.dedup();
     assert!(scales.contains(&0.5) && scales.contains(&1.0));

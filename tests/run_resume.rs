@@ -120,7 +120,7 @@ impl Generator for Fake {
                     .as_ref()
                     .and_then(|f| f.file_name())
                     .map(PathBuf::from);
-                let h = negimg::run::ids::sha256_hex(&serde_json::to_vec(&q).unwrap());
+                let h = negimg::digest::sha256_hex(&serde_json::to_vec(&q).unwrap());
                 let b = h.as_bytes();
                 CellOutcome::Image(image::RgbImage::from_fn(8, 8, |x, y| {
                     image::Rgb([b[0] ^ x as u8, b[1] ^ y as u8, b[2]])
@@ -262,7 +262,7 @@ fn resume_skips_done_cells_and_leaves_images_unchanged() {
             .iter()
             .find(|m| m["role"] == "ip_adapter.base")
             .unwrap()["files"][0]["sha256"],
-        negimg::run::ids::sha256_hex(b"base")
+        negimg::digest::sha256_hex(b"base")
     );
     // Batches never mix batch keys and respect the generator's limit.
     assert!(fake.batches.lock().unwrap().iter().all(|&n| n <= 3));
@@ -572,4 +572,97 @@ fn editing_the_experiment_is_said_and_changed_cells_need_new_or_force() {
     opts.choice = RunChoice::New;
     let fresh = go(&changed, &opts, &Fake::default()).unwrap();
     assert_ne!(fresh.dir, first.dir);
+}
+
+/// Methods crossed with `negative`: at `negative = none` only `uncond` has a meaning; the
+/// other methods have nothing to subtract and are made as that cell.
+const METHODS_CROSSED: &str = r#"
+[experiment]
+name = "methods"
+
+[models]
+pipeline = "models/pipeline"
+ip_adapter = { base = "models/ip-adapter_sd15.safetensors" }
+image_encoder = "models/image_encoder"
+
+[images.house]
+generate = { prompt = "a house" }
+
+[images.lawn]
+path = "lawn.png"
+
+[defaults]
+steps = 3
+size = 16
+positive_image = "house"
+negative_image = "lawn"
+seeds = [1]
+
+[grid]
+negative = ["none", "image"]
+method = "uncond, three_branch, subtract, negtome"
+"#;
+
+#[test]
+fn cells_with_nothing_to_subtract_share_the_baseline_image_and_keep_its_key() {
+    let s = setup_with("run_resume_nothing_to_subtract", METHODS_CROSSED);
+    let opts = options(&s.dir.join("results"));
+    let fake = Fake::default();
+    let sum = go(&s, &opts, &fake).unwrap();
+    assert!(sum.complete);
+    assert_eq!(sum.generated, 8, "every grid cell has its record");
+    assert_eq!(
+        fake.cells.load(Ordering::SeqCst),
+        1 + 1 + 4,
+        "the input, one image for the four negative = none cells, four negative images"
+    );
+    let records = read_records(&sum.dir.join("records.csv")).unwrap();
+    let none: Vec<_> = records
+        .iter()
+        .filter(|r| r.negative == NegativeMode::None)
+        .collect();
+    assert_eq!(none.len(), 4);
+    assert!(none.iter().all(|r| r.file == none[0].file), "one file");
+    let methods: Vec<String> = none.iter().map(|r| r.method.to_string()).collect();
+    assert_eq!(methods, ["uncond", "three_branch", "subtract", "negtome"]);
+    // The image is the baseline's, made as `uncond` (the PNG records what made it).
+    let json = negimg::run::png::read_texts(&sum.dir.join(&none[0].file))
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "negimg")
+        .map(|(_, v)| v)
+        .unwrap();
+    let made: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(made["params"].get("method").is_none(), "uncond: {json}");
+    // The baseline keeps the key it has in a grid without the other methods.
+    let baseline = none[0];
+    assert_eq!(baseline.file, format!("images/{}.png", baseline.cell_id));
+    let alone = setup_with(
+        "run_resume_nothing_to_subtract_alone",
+        &METHODS_CROSSED.replace(
+            "method = \"uncond, three_branch, subtract, negtome\"",
+            "method = \"uncond\"",
+        ),
+    );
+    let sum_alone = go(
+        &alone,
+        &options(&alone.dir.join("results")),
+        &Fake::default(),
+    )
+    .unwrap();
+    let alone_records = read_records(&sum_alone.dir.join("records.csv")).unwrap();
+    let alone_none = alone_records
+        .iter()
+        .find(|r| r.negative == NegativeMode::None)
+        .unwrap();
+    assert_eq!(alone_none.cell_id, baseline.cell_id);
+    // With a negative image every method makes its own image.
+    let image: std::collections::BTreeSet<_> = records
+        .iter()
+        .filter(|r| r.negative == NegativeMode::Image)
+        .map(|r| r.file.clone())
+        .collect();
+    assert_eq!(image.len(), 4);
+    let again = go(&s, &opts, &fake).unwrap();
+    assert_eq!((again.generated, again.skipped), (0, 8));
 }

@@ -312,8 +312,32 @@ fn conditions_are_paired_with_their_baseline_seed_by_seed() {
     assert!(verdict.starts_with("weight,negative,n,neg_metric,neg_diff"));
     assert_eq!(verdict.lines().count(), 1 + 4);
     assert!(
-        verdict.contains("moved away from the negative in 6/6 seeds, p_holm=0.12"),
+        verdict.contains(
+            "the mean moved away from the negative, the hoped-for way; 6/6 seeds moved away \
+             from it, p_holm=0.12"
+        ),
         "{verdict}"
+    );
+    // A negative that pulls the mean towards itself while 2 of 6 seeds move away: the
+    // reading says the mean went the wrong way before it counts the seeds.
+    let towards = "known-towards";
+    scoring_fixture::write_known_scorer(&dir, towards, "known", &fx, &["clip_i_neg"], |r| {
+        let moved = match (r.negative, r.seed) {
+            (NegativeMode::Image, 1 | 2) => -0.01,
+            (NegativeMode::Image, _) => 0.05,
+            _ => 0.0,
+        };
+        vec![0.8 + moved]
+    });
+    scoring::summarize_scorer(&dir, towards).unwrap();
+    let wrong_way =
+        std::fs::read_to_string(scoring::scorer_dir(&dir, towards).join("verdict.csv")).unwrap();
+    assert!(
+        wrong_way.contains(
+            "the mean moved towards the negative, not the hoped-for way; 2/6 seeds moved \
+             away from it"
+        ),
+        "{wrong_way}"
     );
     let tex = std::fs::read_to_string(sdir.join("verdict.tex")).unwrap();
     assert!(tex.contains("\\toprule") && tex.contains("$p_\\mathrm{Holm}$"));

@@ -82,9 +82,9 @@ pub fn estimate(t: &Target) -> Estimate {
     }
 }
 
-/// UNet rows of a cell per step.
+/// UNet rows of a cell per step (of the method its image is made with).
 fn rows(c: &CellSpec) -> f64 {
-    c.method.rows() as f64
+    c.method.effective(c.negative_mode()).rows() as f64
 }
 
 /// Mean over the grid's cells of `f(cell)`.
@@ -132,7 +132,10 @@ fn from_history(t: &Target) -> Result<Estimate> {
     let rate = done.iter().map(|r| r.seconds).sum::<f64>()
         / done
             .iter()
-            .map(|r| image_cost(r.steps, r.method.rows() as f64, r.width, r.height))
+            .map(|r| {
+                let rows = r.method.effective(r.negative).rows() as f64;
+                image_cost(r.steps, rows, r.width, r.height)
+            })
             .sum::<f64>();
     let (ref_pixel_steps, encoded) = t.negtome.per_image(t.exp.cells.len());
     // A decode counts as three rows (image_cost); an encode as its FLOPs' share of that.
@@ -166,7 +169,7 @@ fn batch_at_largest(t: &Target) -> ((usize, usize), usize) {
         .collect();
     let max = crate::device::estimate_max_batch(t.device, t.kind, largest.0, largest.1);
     let cells = at_size.len().clamp(1, max);
-    let rows_per_cell = at_size.iter().map(|c| c.method.rows()).max().unwrap_or(2);
+    let rows_per_cell = at_size.iter().map(|c| rows(c) as usize).max().unwrap_or(2);
     (largest, cells * rows_per_cell)
 }
 
@@ -427,8 +430,8 @@ pub fn row_steps(
     let mut seen = std::collections::BTreeSet::new();
     let mut cells: Vec<crate::params::GenParams> = vec![];
     for c in &exp.cells {
-        let p = c.params(&|n| std::path::PathBuf::from(n));
-        if seen.insert(serde_json::to_string(&p.effective())?) {
+        let p = c.params(&|n| std::path::PathBuf::from(n)).effective();
+        if seen.insert(serde_json::to_string(&p)?) {
             cells.push(p);
         }
     }

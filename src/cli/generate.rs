@@ -250,6 +250,13 @@ fn check_flags(a: &GenerateArgs) -> Result<()> {
             bail!("{flag}: {e} (--steps {})", a.steps);
         }
     }
+    if a.negtome_t_min > a.negtome_t_max {
+        bail!(
+            "--negtome-t-min {} is above --negtome-t-max {}: the range is empty",
+            a.negtome_t_min,
+            a.negtome_t_max
+        );
+    }
     let (ns, ne) = (a.neg_start.unwrap_or(a.start), a.neg_end.unwrap_or(a.end));
     if ns > ne {
         bail!("the negative window starts at {ns} after it ends at {ne} (--neg-start, --neg-end)");
@@ -325,6 +332,20 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
     if (a.negtome || a.method == Method::Negtome) && !negative.uses_image() {
         bail!(
             "NegToMe (--negtome, --method negtome) needs --negative IMAGE and a --negative-mode using it"
+        );
+    }
+    // One image: a method with nothing to subtract would quietly be `uncond` (README, "A
+    // method with nothing to subtract"), so it is refused here.
+    if !a.method.has_something_to_subtract(negative) {
+        bail!(
+            "--method {} has nothing to subtract with --negative-mode {negative}: give a \
+             negative it uses (--negative IMAGE{}), or --method uncond, the image it would make",
+            a.method,
+            if negative == NegativeMode::Text {
+                ""
+            } else {
+                " or --negative-prompt TEXT"
+            }
         );
     }
     let positive = BranchWeight {
@@ -459,6 +480,18 @@ mod tests {
             (
                 &["--start", "0.8", "--end", "0.2"][..],
                 "--start 0.8 is after --end 0.2",
+            ),
+            (
+                &["--negtome-t-min", "900", "--negtome-t-max", "100"][..],
+                "--negtome-t-min 900 is above --negtome-t-max 100",
+            ),
+            (
+                &["--method", "three_branch"][..],
+                "--method three_branch has nothing to subtract with --negative-mode none",
+            ),
+            (
+                &["--method", "subtract", "--negative-prompt", "grass"][..],
+                "--method subtract has nothing to subtract with --negative-mode text",
             ),
         ] {
             let err = match parse(bad) {

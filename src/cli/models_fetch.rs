@@ -204,7 +204,7 @@ fn print_files(root: &Path, files: &[PathBuf], hash: bool) -> Result<()> {
                 .with_context(|| format!("cannot read {}", f.display()))?
                 .len();
             let digest = if hash {
-                crate::run::ids::sha256_file(f)?
+                crate::digest::sha256_file(f)?
             } else {
                 String::new()
             };

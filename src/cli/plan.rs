@@ -3,7 +3,7 @@
 //! earlier run it loads and times the UNet and the VAE, unless `--no-calibrate`).
 use super::Globals;
 use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
-use crate::params::Window;
+use crate::params::{GenParams, Window};
 use crate::sampling::SchedulerConfig;
 use crate::sampling::window::{WindowCase, comparison_table};
 use anyhow::Result;
@@ -101,15 +101,21 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     say!("grid: {} = {} cells", exp.grid.shape(), exp.cells.len());
     let varying = exp.grid.varying();
     let shown = if args.all { exp.cells.len() } else { 40 };
+    let params: Vec<GenParams> = exp
+        .cells
+        .iter()
+        .map(|c| c.params(&|n| PathBuf::from(n)))
+        .collect();
     for (i, c) in exp.cells.iter().enumerate().take(shown) {
         say!(
-            "  {:>5}  {}",
+            "  {:>5}  {}{}",
             i + 1,
             if varying.is_empty() {
                 "(defaults)".to_string()
             } else {
                 c.describe(&varying)
-            }
+            },
+            fallback_note(&params[i])
         );
     }
     if exp.cells.len() > shown {
@@ -127,7 +133,10 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     for ((steps, w, h, sched, adapter, scaling), n) in &groups {
         say!("  {n:>6} cells: {steps} steps {w}x{h} {sched} {adapter} ip_scaling={scaling}");
     }
-    let three_rows = exp.cells.iter().filter(|c| c.method.rows() == 3).count();
+    let three_rows = params
+        .iter()
+        .filter(|p| p.effective_method().rows() == 3)
+        .count();
     if three_rows > 0 {
         say!(
             "UNet rows per step: {three_rows} cells take 3 (three_branch, perp_neg), {} take 2",
@@ -164,16 +173,19 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             negtome.never_active
         );
     }
+    for line in ignored_inputs(&exp, &params) {
+        say!("{line}");
+    }
     // Cells that differ only in what their negative mode ignores make one image.
-    let images: std::collections::BTreeSet<String> = exp
-        .cells
+    let images: std::collections::BTreeSet<String> = params
         .iter()
-        .map(|c| serde_json::to_string(&c.params(&|n| PathBuf::from(n)).effective()))
+        .map(|p| serde_json::to_string(&p.effective()))
         .collect::<std::result::Result<_, _>>()?;
     if images.len() < exp.cells.len() {
         say!(
             "{} images for {} cells: cells that differ only in a parameter their negative \
-             mode ignores share one image file (each keeps its own record)",
+             mode ignores, or that fall back as above, share one image file (each keeps its \
+             own record)",
             images.len(),
             exp.cells.len()
         );
@@ -220,6 +232,80 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     );
     let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(())
+}
+
+/// After a listed cell that is made as another (README, "A method with nothing to
+/// subtract"): what it is made as.
+fn fallback_note(p: &GenParams) -> String {
+    let e = p.effective();
+    let mut made_as = Vec::new();
+    if e.method != p.method {
+        made_as.push("method = uncond");
+    }
+    if e.negtome != p.negtome {
+        made_as.push("negtome = false");
+    }
+    if made_as.is_empty() {
+        String::new()
+    } else {
+        format!("  -> nothing to subtract: made as {}", made_as.join(", "))
+    }
+}
+
+/// Said once each: cells whose method has nothing to subtract (made as `uncond`, sharing
+/// that cell's image), NegToMe switched on without a negative image, and a negative image
+/// that the cells' `negative` mode drops.
+fn ignored_inputs(exp: &Experiment, params: &[GenParams]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut methods: Vec<String> = Vec::new();
+    let mut fallen = 0;
+    for p in params.iter().filter(|p| p.effective_method() != p.method) {
+        fallen += 1;
+        let what = format!("{} with negative = {}", p.method, p.negative);
+        if !methods.contains(&what) {
+            methods.push(what);
+        }
+    }
+    if fallen > 0 {
+        lines.push(format!(
+            "{fallen} cells have nothing for their method to subtract ({}): each is made as the \
+             same cell with method = uncond (the baseline where negative = none) and shares \
+             that cell's image file",
+            methods.join("; ")
+        ));
+    }
+    let merge_nothing = params
+        .iter()
+        .filter(|p| p.negtome && p.negtome_image().is_none())
+        .count();
+    if merge_nothing > 0 {
+        lines.push(format!(
+            "{merge_nothing} cells have negtome = true but no negative image to merge against \
+             (negative = none or text): they are made without NegToMe"
+        ));
+    }
+    let mut dropped: Vec<String> = Vec::new();
+    let mut dropping = 0;
+    for c in &exp.cells {
+        if let Some(name) = c
+            .negative_image
+            .as_ref()
+            .filter(|_| !c.negative_mode().uses_image())
+        {
+            dropping += 1;
+            if !dropped.contains(name) {
+                dropped.push(name.clone());
+            }
+        }
+    }
+    if dropping > 0 {
+        lines.push(format!(
+            "note: {dropping} cells have negative_image {} but a negative mode that uses no \
+             image (none, text): the image is dropped from those cells",
+            dropped.join(", ")
+        ));
+    }
+    lines
 }
 
 /// The pipeline's scheduler config (read without loading weights), or SD1.5's where the

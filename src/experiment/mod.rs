@@ -513,7 +513,7 @@ fn baseline(
         };
         if !values
             .iter()
-            .any(|v| crate::scoring::metrics::values_match(v, &text))
+            .any(|v| crate::axis_value::values_match(v, &text))
         {
             return Err(src.error(
                 raw.span(),

@@ -47,6 +47,16 @@ pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> 
                 return fail(&[param, Param::Steps], e);
             }
         }
+        if c.negtome_t_min > c.negtome_t_max {
+            return fail(
+                &[Param::NegtomeTMin, Param::NegtomeTMax],
+                format!(
+                    "negtome_t_min {} is above negtome_t_max {}: NegToMe acts at the timesteps \
+                     t_min <= t <= t_max, so this range is empty",
+                    c.negtome_t_min, c.negtome_t_max
+                ),
+            );
+        }
         if c.negative_mode().uses_image() && c.negative_image.is_none() {
             return fail(
                 &[Param::Negative, Param::NegativeImage],

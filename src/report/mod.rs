@@ -67,6 +67,15 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
             }
         );
     }
+    if let Some(asked) = opts.caption_metrics.as_ref().filter(|m| !m.is_empty())
+        && ids.is_empty()
+    {
+        bail!(
+            "--caption {}: this run has no scores; run `negimg score {}` first",
+            asked.join(","),
+            run_dir.display()
+        );
+    }
     let caption_scorer = opts.caption_scorer.clone().or_else(|| ids.first().cloned());
     for id in &ids {
         let summary = scoring::summarize_scorer(run_dir, id)?;

@@ -5,7 +5,7 @@
 //! so a resumed run makes the batches an uninterrupted one makes (floating-point results can
 //! depend on a batch's shape).
 use super::fsio::atomic_write;
-use super::runner::Generator;
+use super::generator::Generator;
 use crate::params::GenParams;
 use crate::pipeline::{CellOutcome, GenerateError};
 use anyhow::{Context, Result, bail};

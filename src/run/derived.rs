@@ -3,7 +3,7 @@
 //! ids) comes from the recipe and the identity of its source, so a derived image is made
 //! once per machine and changes when its source or recipe does.
 use super::fsio::atomic_write;
-use super::{ids, png};
+use super::png;
 use crate::derive::{Recipe, noise};
 use crate::experiment::{Experiment, ImageSource};
 use anyhow::{Context, Result, bail};
@@ -32,7 +32,7 @@ pub fn identity(recipe: &Recipe, source: Option<&str>) -> String {
         source,
     };
     let json = serde_json::to_vec(&identity).unwrap_or_default();
-    ids::sha256_hex(&json)[..16].to_string()
+    crate::digest::sha256_hex(&json)[..16].to_string()
 }
 
 /// Writes every derived image of `exp` into `inputs_dir`, each after its source, and returns

@@ -2,41 +2,14 @@
 //! images, and the cell id that decides whether a cell is already done.
 use super::fsio::atomic_write;
 use super::records::Record;
+use crate::digest::{sha256_file, sha256_hex};
 use crate::experiment::ModelRef;
 use crate::params::GenParams;
 use crate::roles::{ModelSet, Role};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The sha256 of a file, as lowercase hex (read in 1 MiB chunks).
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct CacheEntry {
@@ -216,17 +189,27 @@ pub fn image_id(
 /// grid cell: the image id where no other cell makes the same image, else the image id
 /// and a digest of the cell's own row (its experiment-level values, such as an ignored
 /// negative image), with an ordinal for cells listed twice. Such cells share one image file.
-pub fn record_ids(image_ids: &[String], rows: &[Record]) -> Vec<String> {
+/// `falls_back[i]`: cell i is made as another cell ([`GenParams::falls_back`]); the one cell
+/// of an image that does not fall back, if there is exactly one (the baseline a method with
+/// nothing to subtract is made as), keeps the plain image id, the key it had before any
+/// cell fell back to it.
+pub fn record_ids(image_ids: &[String], rows: &[Record], falls_back: &[bool]) -> Vec<String> {
     let mut count: BTreeMap<&str, usize> = BTreeMap::new();
-    for id in image_ids {
+    let mut own: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, &back) in image_ids.iter().zip(falls_back) {
         *count.entry(id).or_default() += 1;
+        if !back {
+            *own.entry(id).or_default() += 1;
+        }
     }
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     image_ids
         .iter()
         .zip(rows)
-        .map(|(id, row)| {
-            if count[id.as_str()] == 1 {
+        .zip(falls_back)
+        .map(|((id, row), &back)| {
+            let only_own = !back && own.get(id.as_str()) == Some(&1);
+            if count[id.as_str()] == 1 || only_own {
                 return id.clone();
             }
             let json = serde_json::to_vec(row).unwrap_or_default();

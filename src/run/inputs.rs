@@ -5,8 +5,8 @@
 use super::fsio::atomic_write;
 use super::ids::{self, ModelDigests};
 use super::layout::RunDir;
+use super::maker::{Maker, RunLog, progress_bar};
 use super::png;
-use super::runner::{Maker, RunLog};
 use crate::experiment::{Experiment, ImageSource};
 use crate::params::GenParams;
 use crate::pipeline::CellOutcome;
@@ -83,7 +83,7 @@ fn copy_file_input(name: &str, file: &Path, dest: &Path) -> Result<String> {
     let img =
         crate::images::decode_rgb(&bytes, file).with_context(|| format!("[images.{name}]"))?;
     write_if_changed(dest, &png::encode(&img, &[])?)?;
-    Ok(ids::sha256_hex(&bytes))
+    Ok(crate::digest::sha256_hex(&bytes))
 }
 
 /// Makes the text-to-image inputs, in the run's batches.
@@ -97,7 +97,7 @@ fn make_generated(m: &mut InputMaker, to_make: &[ToMake]) -> Result<()> {
     let mut pending = vec![true; params.len()];
     let never = AtomicBool::new(false);
     let run = m.run;
-    let bar = super::runner::progress_bar(m.progress, params.len());
+    let bar = progress_bar(m.progress, params.len());
     m.maker.make(
         &params,
         &mut pending,

@@ -7,16 +7,19 @@
 pub mod batching;
 pub mod derived;
 pub mod fsio;
+pub mod generator;
 pub mod ids;
 pub mod info;
 mod inputs;
 pub mod layout;
+mod maker;
 mod manifest;
 pub mod png;
 pub mod records;
 pub mod runner;
 
-pub use runner::{Generator, RunChoice, RunOptions, Shard, Summary};
+pub use generator::Generator;
+pub use runner::{RunChoice, RunOptions, Shard, Summary};
 
 /// Returned (as an error) when a run stops on SIGINT after finishing its writes.
 #[derive(Debug, thiserror::Error)]

@@ -5,54 +5,23 @@
 //! [`run`] goes through phases around a [`RunContext`]: open the folder, identify the models
 //! (manifest), put the input images in place, give every cell its id, make the pending
 //! cells batch by batch, merge the records.
-use super::batching::{BatchSize, plan_batches};
 use super::fsio::{FileLock, atomic_write, clean_stale_temps, free_bytes};
+use super::generator::Generator;
 use super::ids::{self, HashCache, ModelDigests, ModelFiles};
 use super::info::RunInfo;
 use super::layout::{self, Choice, RunDir};
+use super::maker::{Made, Maker, RunLog, progress_bar};
 use super::manifest::{encode_cell, manifest_json};
 use super::records::{Record, Status, write_records};
 use crate::experiment::Experiment;
 use crate::params::GenParams;
-use crate::pipeline::{CellOutcome, GenerateError, Pipeline};
+use crate::pipeline::CellOutcome;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime};
-
-/// What makes images from cells: the pipeline, or a fake in tests of the runner.
-pub trait Generator {
-    /// The largest batch worth trying first for images of `width` x `height`; the runner
-    /// decides the batch size of a run from it once and records it.
-    fn estimate_batch(&self, width: usize, height: usize) -> usize;
-    /// Each UNet call and decode takes at most `cells` cells' rows; a batch may hold more
-    /// cells, which share their trajectories where they can.
-    fn set_call_cells(&mut self, _cells: usize) {}
-    /// One outcome per cell, in order. The cells share a [`GenParams::batch_key`].
-    fn generate(
-        &mut self,
-        cells: &[GenParams],
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> std::result::Result<Vec<CellOutcome>, GenerateError>;
-}
-
-impl Generator for Pipeline {
-    fn estimate_batch(&self, width: usize, height: usize) -> usize {
-        crate::device::estimate_max_batch(self.device(), self.kind(), width, height)
-    }
-    fn set_call_cells(&mut self, cells: usize) {
-        Pipeline::set_call_cells(self, cells)
-    }
-    fn generate(
-        &mut self,
-        cells: &[GenParams],
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> std::result::Result<Vec<CellOutcome>, GenerateError> {
-        Pipeline::generate(self, cells, progress)
-    }
-}
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 /// `--shard K/N`: cell i belongs to shard K (1-based) iff i mod N = K - 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,115 +104,6 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Appends timestamped lines to the run's log.txt (and to the debug log).
-pub(super) struct RunLog {
-    file: Option<std::fs::File>,
-    prefix: String,
-}
-
-impl RunLog {
-    pub(super) fn line(&mut self, msg: &str) {
-        log::info!("{msg}");
-        if let Some(f) = &mut self.file {
-            let _ = writeln!(f, "{} {}{msg}", layout::utc(SystemTime::now()), self.prefix);
-        }
-    }
-}
-
-/// The generator, loaded on first use (a run whose cells are all done loads no models),
-/// and the run's batch size, decided when the first batch is made.
-pub(super) struct Maker<'a> {
-    load: &'a mut dyn FnMut() -> Result<Box<dyn Generator>>,
-    generator: Option<Box<dyn Generator>>,
-    /// The run folder (its batch.json) and `--batch`.
-    run_dir: PathBuf,
-    requested: Option<usize>,
-    batch: Option<BatchSize>,
-}
-
-/// What one call to [`Maker::make`] did.
-pub(super) struct Made {
-    interrupted: bool,
-}
-
-impl Maker<'_> {
-    fn generator(&mut self) -> Result<&mut Box<dyn Generator>> {
-        if self.generator.is_none() {
-            self.generator = Some((self.load)()?);
-        }
-        self.generator
-            .as_mut()
-            .ok_or_else(|| anyhow::anyhow!("no generator"))
-    }
-
-    /// Makes the batches of `params` that hold a pending cell, whole (see
-    /// [`super::batching`]); `done(j, outcome, seconds)` for each pending cell j made, which
-    /// then stops being pending. After an out-of-memory failure the batches are planned
-    /// again at the halved size. Stops before a batch once `stop` is set.
-    pub(super) fn make(
-        &mut self,
-        params: &[GenParams],
-        pending: &mut [bool],
-        stop: &AtomicBool,
-        progress: &dyn Fn(String),
-        done: &mut dyn FnMut(usize, CellOutcome, f64) -> Result<()>,
-    ) -> Result<Made> {
-        'plan: loop {
-            let size = self.batch_size(params)?;
-            for batch in plan_batches(params, size) {
-                if !batch.iter().any(|&j| pending[j]) {
-                    continue;
-                }
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(Made { interrupted: true });
-                }
-                let cells: Vec<GenParams> = batch.iter().map(|&j| params[j].clone()).collect();
-                let n = cells.len();
-                // Loading the models is not generation time (records' seconds, plan's estimate).
-                self.generator()?;
-                let t = Instant::now();
-                let (Some(g), Some(batch_size)) = (self.generator.as_mut(), self.batch.as_mut())
-                else {
-                    bail!("no generator")
-                };
-                g.set_call_cells(size);
-                let Some(outcomes) = batch_size.attempt(g.as_mut(), &cells, &mut |s, steps| {
-                    progress(format!("batch of {n}: step {s}/{steps}"))
-                })?
-                else {
-                    continue 'plan;
-                };
-                let seconds = t.elapsed().as_secs_f64() / n as f64;
-                for (&j, outcome) in batch.iter().zip(outcomes) {
-                    if pending[j] {
-                        done(j, outcome, seconds)?;
-                        pending[j] = false;
-                    }
-                }
-            }
-            return Ok(Made { interrupted: false });
-        }
-    }
-
-    fn batch_size(&mut self, params: &[GenParams]) -> Result<usize> {
-        if self.batch.is_none() {
-            let (w, h) = params
-                .iter()
-                .map(|p| (p.width, p.height))
-                .max_by_key(|(w, h)| w * h)
-                .unwrap_or((512, 512));
-            let estimate = match self.requested {
-                Some(n) => n,
-                None => self.generator()?.estimate_batch(w, h),
-            };
-            self.batch = Some(BatchSize::resolve(&self.run_dir, self.requested, || {
-                estimate
-            })?);
-        }
-        Ok(self.batch.as_ref().map_or(1, BatchSize::get))
-    }
-}
-
 /// Everything the phases of a run share.
 struct RunContext<'a> {
     exp: &'a Experiment,
@@ -254,7 +114,8 @@ struct RunContext<'a> {
 }
 
 /// One grid cell: the key of its record, the id of its image (cells whose effective
-/// parameters are the same share the image), its parameters.
+/// parameters are the same share the image), its effective parameters (those the image is
+/// made with, [`GenParams::effective`]).
 struct Cell {
     key: String,
     image: String,
@@ -356,28 +217,16 @@ impl<'a> RunContext<'a> {
             RunChoice::Id(id) => Choice::Id(id),
         };
         let run = layout::open(&opts.results, &exp.name, choice)?;
-        let log = RunLog {
-            file: std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(run.dir.join("log.txt"))
-                .ok(),
-            prefix: if opts.shard.count > 1 {
-                format!("[shard {}/{}] ", opts.shard.index, opts.shard.count)
-            } else {
-                String::new()
-            },
+        let prefix = if opts.shard.count > 1 {
+            format!("[shard {}/{}] ", opts.shard.index, opts.shard.count)
+        } else {
+            String::new()
         };
+        let log = RunLog::open(&run.dir.join("log.txt"), prefix);
         let mut ctx = RunContext {
             exp,
             opts,
-            maker: Maker {
-                load,
-                generator: None,
-                run_dir: run.dir.clone(),
-                requested: opts.batch,
-                batch: None,
-            },
+            maker: Maker::new(load, run.dir.clone(), opts.batch),
             run,
             log,
         };
@@ -488,24 +337,30 @@ impl<'a> RunContext<'a> {
             .cells
             .iter()
             .map(|c| {
-                let p = c.params(&path_of);
+                let p = c.params(&path_of).effective();
                 let id = ids::image_id(
                     &p,
                     image_id(&c.positive_image),
-                    image_id(&c.negative_image).filter(|_| p.negative.uses_image()),
+                    image_id(&c.negative_image).filter(|_| p.negative_image.is_some()),
                     digests,
                     &self.opts.dtype,
                 );
                 (id, p)
             })
             .unzip();
+        let falls_back: Vec<bool> = self
+            .exp
+            .cells
+            .iter()
+            .map(|c| c.params(&path_of).falls_back())
+            .collect();
         let rows: Vec<Record> = self
             .exp
             .cells
             .iter()
             .map(|c| Record::new("", c, Status::Done, "", 0.0, ""))
             .collect();
-        let keys = ids::record_ids(&images, &rows);
+        let keys = ids::record_ids(&images, &rows, &falls_back);
         Ok(keys
             .into_iter()
             .zip(images)
@@ -717,17 +572,4 @@ impl Ticker {
             "progress: {done}/{total} cells done, {elapsed:.0} s elapsed, ETA {eta:.0} s"
         ))
     }
-}
-
-pub(super) fn progress_bar(show: bool, len: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} images, {elapsed} elapsed, ETA {eta} {msg}",
-    ) {
-        bar.set_style(style);
-    }
-    bar
 }

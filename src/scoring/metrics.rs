@@ -11,6 +11,7 @@
 //! - `P_div`: mean `1 - cos` to the other seeds' images of the same condition; its mean over
 //!   a condition is the mean pairwise `1 - cos`, the condition's diversity over seeds.
 use super::stats::{condition_axes, key_of};
+use crate::axis_value::values_match;
 use crate::run::info::RunInfo;
 use crate::run::records::{Record, Status};
 use serde::{Deserialize, Serialize};
@@ -106,11 +107,6 @@ pub fn baseline_spec(info: &RunInfo) -> Vec<(String, String)> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
-}
-
-/// Equal as text or as numbers (`0` and `0.0`).
-pub fn values_match(a: &str, b: &str) -> bool {
-    a == b || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// Whether a record is a baseline cell.

@@ -409,20 +409,43 @@ pub struct VerdictRow {
     pub neg: Option<(String, BaseDiff)>,
     /// The metric towards the positive reference (`*_i_pos`) and its difference.
     pub pos: Option<(String, BaseDiff)>,
-    /// One line for reading: "moved away from the negative in 7/8 seeds, p_holm=0.03; ...".
+    /// One line for reading: "the mean moved away from the negative, the hoped-for way; 7/8
+    /// seeds moved away from it, p_holm=0.03; ...".
     pub reading: String,
     pub unreliable: bool,
 }
 
+/// "the mean moved towards the negative, not the hoped-for way; 2/8 seeds moved away from
+/// it, p_holm=0.5": which way the mean difference went and whether that is the way a
+/// working negative moves it, then the seeds that moved the hoped-for way.
 fn phrase(metric: &str, d: &BaseDiff) -> String {
-    let n = d.estimate.n;
-    let (wins, side) = (d.wins, metric.ends_with("_i_neg"));
-    let text = match (side, d.direction) {
-        (true, _) => format!("moved away from the negative in {wins}/{n} seeds"),
-        (false, Direction::Higher) => format!("moved towards the positive in {wins}/{n} seeds"),
-        _ => format!("changed {metric} in {n} seeds"),
+    let (n, wins, mean) = (d.estimate.n, d.wins, d.estimate.mean);
+    let (hoped, other, seeds) = match d.direction {
+        Direction::Lower => (
+            "away from the negative",
+            "towards the negative",
+            "moved away from it",
+        ),
+        Direction::Higher => (
+            "towards the positive",
+            "away from the positive",
+            "moved towards it",
+        ),
+        Direction::Undirected => {
+            return format!("changed {metric} in {n} seeds, p_holm={}", p_text(d.p_holm));
+        }
     };
-    format!("{text}, p_holm={}", p_text(d.p_holm))
+    let how = if mean == 0.0 {
+        "the mean did not move".to_string()
+    } else if (mean < 0.0) == (d.direction == Direction::Lower) {
+        format!("the mean moved {hoped}, the hoped-for way")
+    } else {
+        format!("the mean moved {other}, not the hoped-for way")
+    };
+    format!(
+        "{how}; {wins}/{n} seeds {seeds}, p_holm={}",
+        p_text(d.p_holm)
+    )
 }
 
 /// The verdict rows of a scorer with `*_i_neg` or `*_i_pos` metrics (none otherwise).
@@ -563,6 +586,47 @@ mod tests {
             tex_escape(r"a_b & 50% {x} #1 $y ~ ^ \"),
             r"a\_b \& 50\% \{x\} \#1 \$y \textasciitilde{} \textasciicircum{} \textbackslash{}"
         );
+    }
+
+    #[test]
+    fn verdict_reading_says_which_way_the_mean_moved_and_if_that_was_hoped_for() {
+        let diff = |mean: f64, direction: Direction, wins: usize| BaseDiff {
+            estimate: Estimate {
+                n: 8,
+                mean,
+                std: 0.1,
+                ci_lo: mean - 0.1,
+                ci_hi: mean + 0.1,
+            },
+            p: 0.5,
+            p_holm: 0.5,
+            direction,
+            wins,
+            win_rate: wins as f64 / 8.0,
+        };
+        let lower = |mean, wins| phrase("clip_i_neg", &diff(mean, Direction::Lower, wins));
+        // The case of the issue: Δ clip_i_neg > 0 with 2 of 8 seeds moving away.
+        assert_eq!(
+            lower(0.02, 2),
+            "the mean moved towards the negative, not the hoped-for way; 2/8 seeds moved \
+             away from it, p_holm=0.50"
+        );
+        assert_eq!(
+            lower(-0.02, 7),
+            "the mean moved away from the negative, the hoped-for way; 7/8 seeds moved away \
+             from it, p_holm=0.50"
+        );
+        assert!(lower(0.0, 4).starts_with("the mean did not move; 4/8 seeds"));
+        let higher = |mean, wins| phrase("clip_i_pos", &diff(mean, Direction::Higher, wins));
+        assert!(higher(0.03, 6).starts_with(
+            "the mean moved towards the positive, the hoped-for way; 6/8 seeds moved towards it"
+        ));
+        assert!(
+            higher(-0.03, 1)
+                .starts_with("the mean moved away from the positive, not the hoped-for way; 1/8")
+        );
+        let undirected = phrase("clip_i_base", &diff(0.1, Direction::Undirected, 0));
+        assert!(undirected.starts_with("changed clip_i_base in 8 seeds"));
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl Client {
         out.sync_all()?;
         drop(out);
         if meta.etag.len() == 64 && meta.etag.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let digest = crate::run::ids::sha256_file(&partial)?;
+            let digest = crate::digest::sha256_file(&partial)?;
             if digest != meta.etag.to_ascii_lowercase() {
                 let _ = std::fs::remove_file(&partial);
                 bail!(

@@ -1,0 +1,37 @@
+//! What makes images from cells, as the run stage sees it: a trait, so that the runner's
+//! tests can use a fake in place of the pipeline. The bottom of the run stage: batching,
+//! the maker and the runner build on it.
+use crate::params::GenParams;
+use crate::pipeline::{CellOutcome, GenerateError, Pipeline};
+
+/// What makes images from cells: the pipeline, or a fake in tests of the runner.
+pub trait Generator {
+    /// The largest batch worth trying first for images of `width` x `height`; the runner
+    /// decides the batch size of a run from it once and records it.
+    fn estimate_batch(&self, width: usize, height: usize) -> usize;
+    /// Each UNet call and decode takes at most `cells` cells' rows; a batch may hold more
+    /// cells, which share their trajectories where they can.
+    fn set_call_cells(&mut self, _cells: usize) {}
+    /// One outcome per cell, in order. The cells share a [`GenParams::batch_key`].
+    fn generate(
+        &mut self,
+        cells: &[GenParams],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> std::result::Result<Vec<CellOutcome>, GenerateError>;
+}
+
+impl Generator for Pipeline {
+    fn estimate_batch(&self, width: usize, height: usize) -> usize {
+        crate::device::estimate_max_batch(self.device(), self.kind(), width, height)
+    }
+    fn set_call_cells(&mut self, cells: usize) {
+        Pipeline::set_call_cells(self, cells)
+    }
+    fn generate(
+        &mut self,
+        cells: &[GenParams],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> std::result::Result<Vec<CellOutcome>, GenerateError> {
+        Pipeline::generate(self, cells, progress)
+    }
+}
