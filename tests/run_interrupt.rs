@@ -221,12 +221,16 @@ fn second_sigint_stops_at_once_with_one_line_and_exits_130() {
     let dir = common::scratch("run_interrupt_sigint_twice");
     experiment(&dir);
     let results = dir.join("int2");
-    let mut child = spawn(&dir, "int2", &["--batch", "2"]);
-    wait_for_cells(&results, 1, &mut child);
+    let mut child = spawn(&dir, "int2", &["--batch", "4"]);
+    // The first batch of four written and a moment passed: the second batch (about a second
+    // of work) is in flight, so both signals land while it runs. Signalled after one cell, the
+    // first signal could find its batch finishing and the run would end before the second.
+    wait_for_cells(&results, 4, &mut child);
+    std::thread::sleep(Duration::from_millis(100));
     for _ in 0..2 {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(30));
     }
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
