@@ -16,9 +16,6 @@ import sys
 import numpy as np
 from scipy import stats
 
-data = json.load(open(sys.argv[1]))
-
-
 def sign_flip(x):
     x = np.asarray(x, dtype=np.float64)
     # One-sample paired design: permuting the pairing of (x, 0) flips the signs.
@@ -57,10 +54,16 @@ def bootstrap(x):
     return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
-out = {
-    "sign_flip": [sign_flip(x) for x in data["samples"]],
-    "holm": [holm(p) for p in data["holm"]],
-    "bootstrap": [bootstrap(x) for x in data["bootstrap"]],
-}
-json.dump(out, open(sys.argv[2], "w"))
-print("ok")
+def main():
+    data = json.load(open(sys.argv[1]))
+    out = {
+        "sign_flip": [sign_flip(x) for x in data["samples"]],
+        "holm": [holm(p) for p in data["holm"]],
+        "bootstrap": [bootstrap(x) for x in data["bootstrap"]],
+    }
+    json.dump(out, open(sys.argv[2], "w"))
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
