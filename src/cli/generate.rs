@@ -2,8 +2,8 @@
 use super::Globals;
 use crate::models::ip_adapter::AdapterFile;
 use crate::params::{
-    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MethodParams,
-    NegativeMode, NoImage, SchedulerKind, Window,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MethodParams, NegOff,
+    NegativeMode, NoImage, SchedulerKind, StepSet, Window,
 };
 use crate::pipeline::{CellOutcome, Pipeline};
 use crate::roles::ModelSet;
@@ -124,6 +124,17 @@ pub struct GenerateArgs {
     pub negtome_t_min: f64,
     #[arg(long, default_value_t = crate::params::NEGTOME_T_MAX)]
     pub negtome_t_max: f64,
+    /// The steps where the cond branch is active, in place of --start/--end: "12",
+    /// "3, 5, 7-9", "every 2", "from 10", "until 10" (0-based; README, "Step sets").
+    #[arg(long, value_parser = parse_steps, conflicts_with_all = ["start", "end"])]
+    pub steps_at: Option<StepSet>,
+    /// The same for the uncond branch (default: --steps-at unless --neg-start/--neg-end).
+    #[arg(long, value_parser = parse_steps, conflicts_with_all = ["neg_start", "neg_end"])]
+    pub neg_steps_at: Option<StepSet>,
+    /// What the negative branch's rows get where that branch is off: zero (IP scale 0) or
+    /// no_image (the "no image" tokens at its weight).
+    #[arg(long, default_value = "zero", value_parser = parse_neg_off)]
+    pub neg_off: NegOff,
     /// The negative methods' own parameters (`--nag-scale` ...), one flag each.
     #[command(flatten)]
     pub method_params: MethodFlags,
@@ -133,7 +144,7 @@ pub struct GenerateArgs {
 }
 
 /// The flags that describe a cell, which --replay takes from the image instead.
-const CELL_FLAGS: [&str; 35] = [
+const CELL_FLAGS: [&str; 38] = [
     "models",
     "pipeline",
     "vae",
@@ -169,6 +180,9 @@ const CELL_FLAGS: [&str; 35] = [
     "negtome_threshold",
     "negtome_t_min",
     "negtome_t_max",
+    "steps_at",
+    "neg_steps_at",
+    "neg_off",
 ];
 
 /// A flag per method parameter (`sampling::methods`): its key with dashes.
@@ -266,6 +280,15 @@ pub fn parse_method(s: &str) -> std::result::Result<Method, String> {
         .map_err(|_| format!("{s:?} is not one of {}", Method::NAMES))
 }
 
+fn parse_steps(s: &str) -> std::result::Result<StepSet, String> {
+    s.parse()
+}
+
+fn parse_neg_off(s: &str) -> std::result::Result<NegOff, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not one of {}", NegOff::NAMES))
+}
+
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| format!("{s:?} is not one of steps, sigma"))
@@ -331,6 +354,14 @@ fn check_flags(a: &GenerateArgs) -> Result<()> {
     }
     if a.start > a.end {
         bail!("--start {} is after --end {}", a.start, a.end);
+    }
+    for (flag, set) in [
+        ("--steps-at", &a.steps_at),
+        ("--neg-steps-at", &neg_steps_at(a)),
+    ] {
+        if let Some(Err(e)) = set.as_ref().map(|s| s.check(a.steps)) {
+            bail!("{flag}: {e} (--steps {})", a.steps);
+        }
     }
     if a.negtome_t_min > a.negtome_t_max {
         bail!(
@@ -479,7 +510,19 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         negtome_t_min: a.negtome_t_min,
         negtome_t_max: a.negtome_t_max,
         method_params: method_params(&a.method_params, a.method)?,
+        steps_at: a.steps_at.clone(),
+        neg_steps_at: neg_steps_at(a),
+        neg_off: a.neg_off,
     })
+}
+
+/// The uncond branch's step set: --neg-steps-at, else --steps-at unless the negative window
+/// is given.
+fn neg_steps_at(a: &GenerateArgs) -> Option<StepSet> {
+    let window = a.neg_start.is_some() || a.neg_end.is_some();
+    a.neg_steps_at
+        .clone()
+        .or_else(|| a.steps_at.clone().filter(|_| !window))
 }
 
 pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {

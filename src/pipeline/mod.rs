@@ -76,6 +76,8 @@ pub struct Pipeline {
     scheduler_cfg: SchedulerConfig,
     /// NegToMe's encoded reference images by (path, width, height).
     negtome_cache: HashMap<(PathBuf, usize, usize), negtome::Reference>,
+    /// At most this many cells' rows (trajectory groups) per UNet call and VAE decode.
+    call_cells: usize,
 }
 
 impl Pipeline {
@@ -153,7 +155,15 @@ impl Pipeline {
             unet_adapter: None,
             scheduler_cfg,
             negtome_cache: HashMap::new(),
+            call_cells: usize::MAX,
         }
+    }
+
+    /// Limits each UNet call to the rows of `cells` cells (trajectory groups) and each VAE
+    /// decode to `cells` images; a batch handed to [`generate`](Self::generate) may hold
+    /// more cells, which share their trajectories (the runner's batch size sets it).
+    pub fn set_call_cells(&mut self, cells: usize) {
+        self.call_cells = cells.max(1);
     }
 
     pub fn device(&self) -> Device {
@@ -266,6 +276,7 @@ impl Pipeline {
         // [steps, B, 4, h, w] on the CPU; each step moves its slice to the device
         let step_noise = (step_draws > 0).then(|| Tensor::cat(&step_noise, 1));
         let references = self.negtome_references(cells)?;
+        let no_image_tokens = self.conditioner.no_image_rows(cells);
         let reference_rows = references.as_ref().map(|(rows, _, _)| {
             self.conditioner
                 .reference_rows(cells, rows.images.len(), image_tokens.is_some())
@@ -274,6 +285,7 @@ impl Pipeline {
             text: &text,
             image_tokens: image_tokens.as_ref(),
             extra_tokens: extra_tokens.as_ref(),
+            no_image_tokens: no_image_tokens.as_ref(),
             negtome: references.as_ref().zip(reference_rows.as_ref()).map(
                 |((rows, latents, noise), (text, tokens))| denoise::References {
                     rows,
@@ -291,9 +303,20 @@ impl Pipeline {
             &cond,
             x,
             step_noise.as_ref(),
+            self.call_cells,
             progress,
         );
-        self.decoder.decode(&x, cells)
+        self.decode_chunks(&x, cells)
+    }
+
+    /// Decodes `x` of `cells` at most `call_cells` images per VAE call.
+    fn decode_chunks(&mut self, x: &Tensor, cells: &[GenParams]) -> Result<Vec<FloatOutcome>> {
+        let mut out = Vec::with_capacity(cells.len());
+        for (k, chunk) in cells.chunks(self.call_cells).enumerate() {
+            let rows = x.narrow(0, (k * self.call_cells) as i64, chunk.len() as i64);
+            out.extend(self.decoder.decode(&rows, chunk)?);
+        }
+        Ok(out)
     }
 
     /// The latent height and width for an image of `width` x `height`.

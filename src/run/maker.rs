@@ -112,6 +112,7 @@ impl<'a> Maker<'a> {
                 else {
                     bail!("no generator")
                 };
+                g.set_call_cells(size);
                 let Some(outcomes) = batch_size.attempt(g.as_mut(), &cells, &mut |s, steps| {
                     progress(format!("batch of {n}: step {s}/{steps}"))
                 })?
