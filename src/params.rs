@@ -643,6 +643,9 @@ pub struct GenParams {
     /// What the negative branch's rows take where that branch is off.
     #[serde(default, skip_serializing_if = "NegOff::is_zero")]
     pub neg_off: NegOff,
+    /// The steps whose predicted clean image x̂₀ is decoded and saved (`traces/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<StepSet>,
 }
 
 impl GenParams {
@@ -685,6 +688,7 @@ impl GenParams {
             steps_at: None,
             neg_steps_at: None,
             neg_off: NegOff::Zero,
+            trace: None,
         }
     }
 

@@ -900,6 +900,21 @@ fn bad_step_sets_name_file_line_and_key() {
 }
 
 #[test]
+fn trace_steps_read_as_a_set_or_an_array_and_bad_ones_name_the_key() {
+    let text = BASE.replace("steps = 4", "steps = 4\ntrace = [0, 2, 3]");
+    let exp = parse(&text).unwrap();
+    assert_eq!(exp.cells[0].get(Param::Trace).to_string(), "0, 2, 3");
+    let text = BASE.replace("steps = 4", "steps = 4\ntrace = \"every 2\"");
+    let p = parse(&text).unwrap().cells[0].params(&|n| std::path::PathBuf::from(n));
+    assert_eq!(p.trace.unwrap().active(4), vec![0, 2]);
+    let line = "trace = \"x\"";
+    let text = BASE.replace("steps = 4", &format!("steps = 4\n{line}"));
+    expect_error(&text, Some(line), &["defaults.trace", "not a step index"]);
+    let text = BASE.replace("steps = 4", "steps = 4\ntrace = [0, 4]");
+    expect_error(&text, None, &["defaults.trace", "names step 4", "4 steps"]);
+}
+
+#[test]
 fn an_inverted_negtome_range_names_both_keys_and_their_lines() {
     let text =
         BASE.replace("steps = 4", "steps = 4\nnegtome_t_max = 100") + "negtome_t_min = [0, 900]\n";

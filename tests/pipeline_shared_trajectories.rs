@@ -183,3 +183,46 @@ fn neg_off_no_image_probe_equals_the_baseline_trajectory_before_its_step() {
     let (shared, alone) = tree_row_steps(&pipeline, &[none, probe]);
     assert_eq!((shared, alone), (2 * (STEPS + STEPS - k), 4 * STEPS));
 }
+
+/// x̂₀ traces with shared trajectories equal the traces of each cell made alone (a trace is
+/// taken from its group's guided prediction at the step: the trunk's before a probe forks),
+/// at the steps of the set, in order.
+#[test]
+fn traces_with_shared_trajectories_equal_traces_made_alone() {
+    let dir = common::scratch("shared_traces");
+    common::parity::write_pos_neg(&dir, (64, 48));
+    let models = common::tiny::tiny_models();
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
+    let mut cells = grid(&dir, &[7], &[Method::Uncond], NegOff::NoImage);
+    for c in &mut cells {
+        c.trace = Some("0, 2-3".parse().unwrap());
+    }
+    let mut alone = vec![];
+    for c in &cells {
+        pipeline
+            .generate_float(std::slice::from_ref(c), &mut |_, _| {})
+            .unwrap();
+        alone.push(pipeline.take_traces_float().pop().unwrap());
+    }
+    pipeline.set_call_cells(3);
+    let images = pipeline.generate_float(&cells, &mut |_, _| {}).unwrap();
+    let shared = pipeline.take_traces_float();
+    assert_eq!(shared.len(), cells.len());
+    let mut worst = 0.0f64;
+    for (i, (a, b)) in alone.iter().zip(&shared).enumerate() {
+        let steps = |t: &Vec<(usize, negimg::pipeline::FloatOutcome)>| -> Vec<usize> {
+            t.iter().map(|s| s.0).collect()
+        };
+        assert_eq!(steps(a), [0, 2, 3]);
+        assert_eq!(steps(b), [0, 2, 3]);
+        for ((_, x), (_, y)) in a.iter().zip(b) {
+            let d = common::max_abs_diff(x.as_ref().unwrap(), y.as_ref().unwrap());
+            assert!(d <= 1e-4, "cell {i}: trace differs by {d}");
+            worst = worst.max(d);
+        }
+        // x̂₀ of the first step is not the image.
+        let first = common::max_abs_diff(b[0].1.as_ref().unwrap(), images[i].as_ref().unwrap());
+        assert!(first > 1e-3, "cell {i}: the step-0 trace is the image");
+    }
+    println!("traces: largest difference to alone {worst:e}");
+}

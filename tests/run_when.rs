@@ -26,7 +26,21 @@ fn when_tiny_runs_step_set_probes_with_shared_trajectories() {
     assert!(numbers[1] * 5 < numbers[0] * 3, "{line}");
     // The baseline is one image per seed (neg_off = no_image: its step set changes nothing).
     assert!(plan.contains("20 images for 36 cells"), "{plan}");
+    // x̂₀ at steps 0 and 2 of each of the 20 images.
+    assert!(plan.contains("x̂₀ traces: 40 more VAE decodes"), "{plan}");
     let records = read_records(&run.join("records.csv")).unwrap();
+    for r in &records {
+        let id = r
+            .file
+            .trim_start_matches("images/")
+            .trim_end_matches(".png");
+        for step in ["step-000.png", "step-002.png"] {
+            let trace = run.join("traces").join(id).join(step);
+            assert!(trace.is_file(), "{}", trace.display());
+        }
+        assert!(!run.join("traces").join(id).join("step-001.png").exists());
+        assert_eq!(r.field("trace").unwrap(), "every 2");
+    }
     assert!(records.iter().all(|r| r.status == Status::Done));
     assert!(records.iter().all(|r| r.neg_off == NegOff::NoImage));
     let sets: std::collections::BTreeSet<String> = records

@@ -84,6 +84,16 @@ pub fn estimate(t: &Target) -> Estimate {
 }
 
 /// UNet rows of a cell per step (of the method its image is made with).
+/// VAE decodes per image: the image, and its x̂₀ traces.
+fn decodes(c: &CellSpec) -> f64 {
+    1.0 + trace_decodes(c) as f64
+}
+
+/// The x̂₀ traces a cell decodes.
+pub fn trace_decodes(c: &CellSpec) -> usize {
+    c.trace.as_ref().map_or(0, |t| t.active(c.steps).len())
+}
+
 fn rows(c: &CellSpec) -> f64 {
     methods::of(c.method.effective(c.negative_mode()))
         .cost()
@@ -244,7 +254,7 @@ fn from_flops(t: &Target, mut notes: Vec<String>) -> Estimate {
     }
     let flops = mean(t.exp, |c| {
         let (row, decode) = flops_at(params, (c.width * c.height) as f64);
-        rows(c) * c.steps as f64 * row * t.rows.share() + decode
+        rows(c) * c.steps as f64 * row * t.rows.share() + decode * decodes(c)
     }) + negtome_flops(t, params);
     let steps = mean(t.exp, |c| c.steps as f64);
     let half = matches!(t.kind, Kind::Half | Kind::BFloat16);
@@ -388,7 +398,7 @@ fn calibrate(t: &Target) -> Result<Estimate> {
     let pixels = (cw * ch) as f64;
     let per_image = mean(t.exp, |c| {
         let scale = (c.width * c.height) as f64 / pixels;
-        scale * (rows(c) * c.steps as f64 * per_row_step * t.rows.share() + decode_s)
+        scale * (rows(c) * c.steps as f64 * per_row_step * t.rows.share() + decode_s * decodes(c))
     });
     let (ref_pixel_steps, encoded) = t.negtome.per_image(t.exp.cells.len());
     let per_image = per_image

@@ -135,6 +135,10 @@ pub struct GenerateArgs {
     /// no_image (the "no image" tokens at its weight).
     #[arg(long, default_value = "zero", value_parser = parse_neg_off)]
     pub neg_off: NegOff,
+    /// Steps whose predicted clean image x̂₀ is saved beside --out as OUT-step-NNN.png
+    /// (a step set, as --steps-at).
+    #[arg(long, value_parser = parse_steps)]
+    pub trace: Option<StepSet>,
     /// The negative methods' own parameters (`--nag-scale` ...), one flag each.
     #[command(flatten)]
     pub method_params: MethodFlags,
@@ -144,7 +148,7 @@ pub struct GenerateArgs {
 }
 
 /// The flags that describe a cell, which --replay takes from the image instead.
-const CELL_FLAGS: [&str; 38] = [
+const CELL_FLAGS: [&str; 39] = [
     "models",
     "pipeline",
     "vae",
@@ -183,6 +187,7 @@ const CELL_FLAGS: [&str; 38] = [
     "steps_at",
     "neg_steps_at",
     "neg_off",
+    "trace",
 ];
 
 /// A flag per method parameter (`sampling::methods`): its key with dashes.
@@ -358,6 +363,7 @@ fn check_flags(a: &GenerateArgs) -> Result<()> {
     for (flag, set) in [
         ("--steps-at", &a.steps_at),
         ("--neg-steps-at", &neg_steps_at(a)),
+        ("--trace", &a.trace),
     ] {
         if let Some(Err(e)) = set.as_ref().map(|s| s.check(a.steps)) {
             bail!("{flag}: {e} (--steps {})", a.steps);
@@ -513,6 +519,7 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         steps_at: a.steps_at.clone(),
         neg_steps_at: neg_steps_at(a),
         neg_off: a.neg_off,
+        trace: a.trace.clone(),
     })
 }
 
@@ -534,6 +541,8 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
     let models = model_set(&args)?;
     let mut pipeline = Pipeline::load(&models, device, kind, &mut super::loading)?;
     let img = generate_one(&mut pipeline, &cell)?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out.png"));
+    write_traces(&mut pipeline, &out)?;
     // The same PNG text chunks as a grid cell: A1111's `parameters` and the full cell.
     let name = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let (pos, neg) = (name(&cell.positive_image), name(&cell.negative_image));
@@ -544,7 +553,6 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
         &models.pipeline.display().to_string(),
     );
     let json = serde_json::to_string(&cell)?;
-    let out = args.out.unwrap_or_else(|| PathBuf::from("out.png"));
     write_png(&out, &img, &parameters, &json)
 }
 
@@ -571,6 +579,7 @@ fn replay(image: &Path, out: Option<&Path>, force: bool, g: &Globals) -> Result<
     }
     let mut pipeline = Pipeline::load(&models, device, kind, &mut super::loading)?;
     let img = generate_one(&mut pipeline, &stored.params)?;
+    write_traces(&mut pipeline, &out)?;
     write_png(&out, &img, &stored.parameters, &stored.chunk_text)
 }
 
@@ -596,6 +605,20 @@ fn generate_one(pipeline: &mut Pipeline, cell: &GenParams) -> Result<image::RgbI
         Some(CellOutcome::Failed(reason)) => bail!("the image failed: {reason}"),
         None => bail!("no image was generated"),
     }
+}
+
+/// The x̂₀ traces of the cell just made, beside `out` as `OUT-step-NNN.png`.
+fn write_traces(pipeline: &mut Pipeline, out: &Path) -> Result<()> {
+    let stem = out.with_extension("");
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for (step, img) in pipeline.take_traces().into_iter().flatten() {
+        let path = PathBuf::from(format!("{}-step-{step:03}.png", stem.display()));
+        crate::run::fsio::atomic_write(&path, &crate::run::png::encode(&img, &[])?)?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// The PNG with A1111's `parameters` and the `negimg` chunk, written atomically.

@@ -259,6 +259,17 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         rows.alone as f64 / rows.shared.max(1) as f64,
         batch * crate::run::batching::SHARED_BATCH
     );
+    let mut traced = std::collections::BTreeSet::new();
+    let trace_decodes: usize = (exp.cells.iter().zip(&params))
+        .filter(|(_, p)| traced.insert(serde_json::to_string(&p.effective()).unwrap_or_default()))
+        .map(|(c, _)| super::estimate::trace_decodes(c))
+        .sum();
+    if trace_decodes > 0 {
+        say!(
+            "x̂₀ traces: {trace_decodes} more VAE decodes (saved under traces/<image id>/; the \
+             estimate includes them)"
+        );
+    }
     let estimate = super::estimate::estimate(&super::estimate::Target {
         exp: &exp,
         negtome: &negtome,

@@ -57,6 +57,8 @@ pub struct CellSpec {
     /// follows the positive one), else the negative window.
     pub neg_steps_at: Option<StepSet>,
     pub neg_off: NegOff,
+    /// The steps whose x̂₀ is saved.
+    pub trace: Option<StepSet>,
 }
 
 impl Default for CellSpec {
@@ -100,6 +102,7 @@ impl Default for CellSpec {
             steps_at: None,
             neg_steps_at: None,
             neg_off: p.neg_off,
+            trace: None,
         }
     }
 }
@@ -143,6 +146,7 @@ impl CellSpec {
             (Param::StepsAt, Value::Steps(s)) => self.steps_at = s.clone(),
             (Param::NegStepsAt, Value::Steps(s)) => self.neg_steps_at = s.clone(),
             (Param::NegOff, Value::NegOff(o)) => self.neg_off = *o,
+            (Param::Trace, Value::Steps(s)) => self.trace = s.clone(),
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -229,6 +233,7 @@ impl CellSpec {
             Param::StepsAt => Value::Steps(self.steps_at.clone()),
             Param::NegStepsAt => Value::Steps(self.neg_steps_at().cloned()),
             Param::NegOff => Value::NegOff(self.neg_off),
+            Param::Trace => Value::Steps(self.trace.clone()),
         }
     }
 
@@ -285,6 +290,7 @@ impl CellSpec {
             steps_at: self.steps_at.clone(),
             neg_steps_at: self.neg_steps_at().cloned(),
             neg_off: self.neg_off,
+            trace: self.trace.clone(),
         }
     }
 

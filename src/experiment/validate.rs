@@ -45,6 +45,7 @@ pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> 
         for (param, set) in [
             (Param::StepsAt, c.steps_at.as_ref()),
             (Param::NegStepsAt, c.neg_steps_at()),
+            (Param::Trace, c.trace.as_ref()),
         ] {
             if let Some(Err(e)) = set.map(|s| s.check(c.steps)) {
                 return fail(&[param, Param::Steps], e);

@@ -51,6 +51,7 @@ pub enum Param {
     StepsAt,
     NegStepsAt,
     NegOff,
+    Trace,
     /// A parameter of one negative method, by key (declared in its file under
     /// `sampling::methods`).
     MethodParam(&'static str),
@@ -60,7 +61,7 @@ pub enum Param {
 
 impl Param {
     /// The parameters every cell has; [`Param::all`] adds the methods' own.
-    const COMMON: [Param; 33] = [
+    const COMMON: [Param; 34] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -94,6 +95,7 @@ impl Param {
         Param::StepsAt,
         Param::NegStepsAt,
         Param::NegOff,
+        Param::Trace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -132,6 +134,7 @@ impl Param {
             Param::StepsAt => "steps_at",
             Param::NegStepsAt => "neg_steps_at",
             Param::NegOff => "neg_off",
+            Param::Trace => "trace",
         }
     }
 
@@ -286,6 +289,14 @@ pub fn single(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Re
         (None, DeValue::Integer(_) | DeValue::Float(_)) if is_steps(param) => {
             let x = number(src, key, v)?;
             word(src, key, span, param, &x.to_string())
+        }
+        // `trace = [0, 6, 12]`: one set of the listed steps.
+        (None, DeValue::Array(items)) if param == Param::Trace => {
+            let steps = items
+                .iter()
+                .map(|item| number(src, key, item).map(|x| x.to_string()))
+                .collect::<Result<Vec<_>>>()?;
+            word(src, key, span, param, &steps.join(", "))
         }
         (None, other) => Err(src.error(
             span,
@@ -464,7 +475,7 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             "false" => Value::Bool(false),
             _ => return Err(src.error(span, key, format!("{s:?} is not one of true, false"))),
         },
-        Param::StepsAt | Param::NegStepsAt => Value::Steps(Some(
+        Param::StepsAt | Param::NegStepsAt | Param::Trace => Value::Steps(Some(
             s.parse().map_err(|e: String| src.error(span, key, e))?,
         )),
         Param::NegOff => Value::NegOff(parse(src, key, span, s, NegOff::NAMES)?),
@@ -478,7 +489,7 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
 }
 
 fn is_steps(param: Param) -> bool {
-    matches!(param, Param::StepsAt | Param::NegStepsAt)
+    matches!(param, Param::StepsAt | Param::NegStepsAt | Param::Trace)
 }
 
 /// A step-set axis string: one set (`"3, 5, 7-9"`), or with the range form `each [every |

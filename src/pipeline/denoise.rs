@@ -49,7 +49,8 @@ pub struct References<'a> {
 /// h, w]` (any device) is each step's noise for an ancestral scheduler (a function of the
 /// cell's seed, so equal in the cells of a shared trajectory). Cells share their trajectory
 /// while they are identical ([`Trajectories`]); each step's groups go through the UNet
-/// `call_cells` groups per call. `progress(step, steps)` after each step.
+/// `call_cells` groups per call. `progress(step, steps)` after each step. At the steps of a
+/// cell's `trace`, its x̂₀ ([`Scheduler::predicted_x0`] of its group's guided prediction).
 #[allow(clippy::too_many_arguments)]
 pub fn denoise(
     unet: &UNet2DConditionModel,
@@ -60,8 +61,9 @@ pub fn denoise(
     step_noise: Option<&Tensor>,
     call_cells: usize,
     progress: &mut dyn FnMut(usize, usize),
-) -> Tensor {
+) -> Denoised {
     let steps = cells[0].steps;
+    let mut x0: Vec<Vec<(usize, Tensor)>> = cells.iter().map(|_| vec![]).collect();
     let device = x.device();
     let refs: Vec<&GenParams> = cells.iter().collect();
     let rows = BatchRows::new(&refs);
@@ -103,6 +105,15 @@ pub fn denoise(
             parts.push(call.guided(&refs, chunk, &x, chunk_states));
         }
         let eps = Tensor::cat(&parts, 0);
+        let traced: Vec<usize> = (0..cells.len())
+            .filter(|&c| cells[c].trace.as_ref().is_some_and(|t| t.contains(i)))
+            .collect();
+        if !traced.is_empty() {
+            let predicted = scheduler.predicted_x0(&eps, i, &x);
+            for c in traced {
+                x0[c].push((i, predicted.get(tree.group_of[i][c] as i64)));
+            }
+        }
         let ancestral = scheduler.ancestral(i);
         let noise = step_noise.map(|n| {
             let n = n.get(i as i64);
@@ -115,7 +126,17 @@ pub fn denoise(
         x = next;
         progress(i + 1, steps);
     }
-    x.index_select(0, &indices(&tree.last, device))
+    Denoised {
+        x: x.index_select(0, &indices(&tree.last, device)),
+        x0,
+    }
+}
+
+/// The final latents `[B, 4, h, w]` of a batch's cells, and each cell's x̂₀ latents
+/// `[4, h, w]` at its trace steps (step, latents).
+pub struct Denoised {
+    pub x: Tensor,
+    pub x0: Vec<Vec<(usize, Tensor)>>,
 }
 
 fn indices(v: &[usize], device: Device) -> Tensor {

@@ -78,6 +78,8 @@ pub struct Pipeline {
     negtome_cache: HashMap<(PathBuf, usize, usize), negtome::Reference>,
     /// At most this many cells' rows (trajectory groups) per UNet call and VAE decode.
     call_cells: usize,
+    /// The decoded x̂₀ traces of the last batch: per cell, (step, image `[3, H, W]`).
+    traces: Vec<Vec<(usize, FloatOutcome)>>,
 }
 
 impl Pipeline {
@@ -156,6 +158,7 @@ impl Pipeline {
             scheduler_cfg,
             negtome_cache: HashMap::new(),
             call_cells: usize::MAX,
+            traces: Vec::new(),
         }
     }
 
@@ -296,7 +299,7 @@ impl Pipeline {
                 },
             ),
         };
-        let x = denoise::denoise(
+        let denoise::Denoised { x, x0 } = denoise::denoise(
             &self.unet,
             scheduler.as_mut(),
             cells,
@@ -306,7 +309,46 @@ impl Pipeline {
             self.call_cells,
             progress,
         );
+        self.traces = self.decode_traces(x0, cells)?;
         self.decode_chunks(&x, cells)
+    }
+
+    /// The x̂₀ traces of the last batch (per cell, in order: (step, float image)); taken
+    /// once.
+    pub fn take_traces_float(&mut self) -> Vec<Vec<(usize, FloatOutcome)>> {
+        std::mem::take(&mut self.traces)
+    }
+
+    /// The same as 8-bit images (a failed decode is left out).
+    pub fn take_traces(&mut self) -> Vec<Vec<(usize, image::RgbImage)>> {
+        let rgb = |(step, r): (usize, FloatOutcome)| r.ok().map(|t| (step, to_rgb8(&t)));
+        let traces = self.take_traces_float();
+        traces
+            .into_iter()
+            .map(|t| t.into_iter().filter_map(rgb).collect())
+            .collect()
+    }
+
+    /// Decodes each cell's x̂₀ latents as images, `call_cells` per VAE call.
+    fn decode_traces(
+        &mut self,
+        x0: Vec<Vec<(usize, Tensor)>>,
+        cells: &[GenParams],
+    ) -> Result<Vec<Vec<(usize, FloatOutcome)>>> {
+        let rows: Vec<(usize, usize, Tensor)> = (x0.into_iter().enumerate())
+            .flat_map(|(c, t)| t.into_iter().map(move |(step, l)| (c, step, l)))
+            .collect();
+        let mut out: Vec<Vec<(usize, FloatOutcome)>> = cells.iter().map(|_| vec![]).collect();
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        let latents = Tensor::stack(&rows.iter().map(|r| &r.2).collect::<Vec<_>>(), 0);
+        let of_row: Vec<GenParams> = rows.iter().map(|r| cells[r.0].clone()).collect();
+        let images = self.decode_chunks(&latents, &of_row)?;
+        for ((c, step, _), image) in rows.into_iter().zip(images) {
+            out[c].push((step, image));
+        }
+        Ok(out)
     }
 
     /// Decodes `x` of `cells` at most `call_cells` images per VAE call.

@@ -12,6 +12,10 @@ pub trait Generator {
     /// Each UNet call and decode takes at most `cells` cells' rows; a batch may hold more
     /// cells, which share their trajectories where they can.
     fn set_call_cells(&mut self, _cells: usize) {}
+    /// The x̂₀ traces of the last batch, per cell: (step, image); empty without traces.
+    fn take_traces(&mut self) -> Vec<Vec<(usize, image::RgbImage)>> {
+        Vec::new()
+    }
     /// One outcome per cell, in order. The cells share a [`GenParams::batch_key`].
     fn generate(
         &mut self,
@@ -26,6 +30,9 @@ impl Generator for Pipeline {
     }
     fn set_call_cells(&mut self, cells: usize) {
         Pipeline::set_call_cells(self, cells)
+    }
+    fn take_traces(&mut self) -> Vec<Vec<(usize, image::RgbImage)>> {
+        Pipeline::take_traces(self)
     }
     fn generate(
         &mut self,

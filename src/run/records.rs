@@ -90,6 +90,9 @@ pub struct Record {
     pub neg_steps_at: Option<StepSet>,
     #[serde(default, skip_serializing_if = "NegOff::is_zero")]
     pub neg_off: NegOff,
+    /// The steps whose x̂₀ is saved under `traces/<image id>/step-NNN.png`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<StepSet>,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -174,6 +177,9 @@ impl Record {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             "neg_off" => csv_value(&self.neg_off),
+            "trace" => (self.trace.as_ref())
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             key if methods::param(key).is_some() => self.method_param(key).unwrap_or_default(),
@@ -256,6 +262,7 @@ impl Record {
             steps_at: cell.steps_at.clone(),
             neg_steps_at: cell.neg_steps_at().cloned(),
             neg_off: cell.neg_off,
+            trace: cell.trace.clone(),
             seconds,
             error: error.to_string(),
         }
@@ -342,8 +349,8 @@ pub const COLUMNS: [&str; 37] = [
 ];
 
 /// Writes records.csv atomically: [`COLUMNS`], `subject` after `method_params` in a run
-/// with subjects, and `steps_at`, `neg_steps_at`, `neg_off` after it in a run with step sets
-/// or `neg_off = "no_image"` (other runs keep their columns).
+/// with subjects, and `steps_at`, `neg_steps_at`, `neg_off`, `trace` after it in a run with
+/// step sets, `neg_off = "no_image"` or traces (other runs keep their columns).
 pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
     let mut columns = COLUMNS.to_vec();
     let mut at = columns
@@ -354,10 +361,14 @@ pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
         at += 1;
         columns.insert(at, "subject");
     }
-    let when =
-        |r: &Record| r.steps_at.is_some() || r.neg_steps_at.is_some() || !r.neg_off.is_zero();
+    let when = |r: &Record| {
+        r.steps_at.is_some()
+            || r.neg_steps_at.is_some()
+            || !r.neg_off.is_zero()
+            || r.trace.is_some()
+    };
     if records.iter().any(when) {
-        for (k, c) in ["steps_at", "neg_steps_at", "neg_off"]
+        for (k, c) in ["steps_at", "neg_steps_at", "neg_off", "trace"]
             .into_iter()
             .enumerate()
         {

@@ -20,6 +20,8 @@ pub struct Trajectories {
     /// Per step: each group's parent (a group of the step before, or at step 0 an index
     /// into `initial`) and its first cell, whose rows the UNet computes for the group.
     pub steps: Vec<Vec<Group>>,
+    /// Per step, each cell's group.
+    pub group_of: Vec<Vec<usize>>,
     /// Per cell, its group after the last step.
     pub last: Vec<usize>,
 }
@@ -50,6 +52,7 @@ impl Trajectories {
             }
         }
         let mut steps = Vec::with_capacity(timesteps.len());
+        let mut group_of = Vec::with_capacity(timesteps.len());
         for (i, &t) in timesteps.iter().enumerate() {
             let at = step_at(i);
             let mut index: HashMap<(usize, String), usize> = HashMap::new();
@@ -63,10 +66,12 @@ impl Trajectories {
                 });
             }
             steps.push(groups);
+            group_of.push(group.clone());
         }
         Trajectories {
             initial,
             steps,
+            group_of,
             last: group,
         }
     }

@@ -57,6 +57,7 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         steps_at: None,
         neg_steps_at: None,
         neg_off: Default::default(),
+        trace: None,
         seconds: 0.1,
         error: String::new(),
     }
