@@ -20,4 +20,5 @@ pub mod roles;
 pub mod run;
 pub mod sampling;
 pub mod scoring;
+pub mod steps;
 pub mod weights;

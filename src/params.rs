@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use crate::steps::StepSet;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdapterKind {
@@ -411,7 +413,40 @@ impl Window {
     }
 }
 
+/// What the negative branch's rows get at the steps where the branch is off (outside its
+/// window or step set): README, "The off state".
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum NegOff {
+    /// IP scale 0: no image attention at all (ComfyUI's, and negimg's before `neg_off`).
+    #[default]
+    Zero,
+    /// The "no image" tokens at the branch weight, as the `negative = "none"` baseline's
+    /// uncond row has them: a probe then differs from its baseline at its steps only.
+    NoImage,
+}
+
+impl NegOff {
+    pub const NAMES: &'static str = "zero, no_image";
+
+    pub fn is_zero(&self) -> bool {
+        *self == NegOff::Zero
+    }
+}
+
+/// What one row's image attention takes at one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowIp {
+    /// The IP scale (before the per-block factors).
+    pub weight: f64,
+    /// The "no image" tokens in place of the row's own ([`NegOff::NoImage`] off steps).
+    pub no_image_tokens: bool,
+}
+
 display_as_serde!(
+    NegOff,
     AdapterKind,
     NegativeMode,
     SchedulerKind,
@@ -476,7 +511,7 @@ impl BranchWeight {
 
 /// One UNet row of a cell: the two CFG branches, and the rows a method adds
 /// (`sampling::methods`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Row {
     /// The uncond branch (ε∅ for the three-row methods).
     Uncond,
@@ -599,6 +634,18 @@ pub struct GenParams {
     /// defaults).
     #[serde(default, skip_serializing_if = "MethodParams::is_empty")]
     pub method_params: MethodParams,
+    /// The steps where the positive branch is active, in place of its `start`/`end`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_at: Option<StepSet>,
+    /// The same for the negative branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neg_steps_at: Option<StepSet>,
+    /// What the negative branch's rows take where that branch is off.
+    #[serde(default, skip_serializing_if = "NegOff::is_zero")]
+    pub neg_off: NegOff,
+    /// The steps whose predicted clean image x̂₀ is decoded and saved (`traces/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<StepSet>,
 }
 
 impl GenParams {
@@ -638,6 +685,10 @@ impl GenParams {
             negtome_t_min: NEGTOME_T_MIN,
             negtome_t_max: NEGTOME_T_MAX,
             method_params: MethodParams::default(),
+            steps_at: None,
+            neg_steps_at: None,
+            neg_off: NegOff::Zero,
+            trace: None,
         }
     }
 
@@ -694,12 +745,64 @@ impl GenParams {
     /// `uncond` ([`Method::has_something_to_subtract`]); NegToMe off where it has no image to
     /// merge against. Cells with the same effective parameters share one image.
     pub fn effective(&self) -> GenParams {
-        GenParams {
+        let made = GenParams {
             negative_image: self.uncond_image().cloned(),
             method: self.effective_method(),
             negtome: self.negtome && self.negtome_image().is_some(),
             ..self.clone()
+        };
+        made.without_idle_negative_steps()
+    }
+
+    /// With `neg_off = "no_image"`, a negative branch without a negative image takes the
+    /// "no image" tokens at its weight at every step, on or off: its window and step set
+    /// then change nothing (the baseline of a probe grid is one image per seed). Every
+    /// method's negative-branch rows and terms take "no image" where the cell has no
+    /// negative image (`sampling::methods`' test
+    /// `negative_branch_rows_without_a_negative_image_take_no_image`).
+    fn without_idle_negative_steps(self) -> GenParams {
+        let idle = self.neg_off == NegOff::NoImage && self.uncond_image().is_none();
+        if !idle {
+            return self;
         }
+        GenParams {
+            negative_branch: BranchWeight {
+                start: 0.0,
+                end: 1.0,
+                ..self.negative_branch
+            },
+            neg_steps_at: None,
+            ..self
+        }
+    }
+
+    /// Cells with equal keys may share the first steps of their trajectory
+    /// (`sampling::trajectory`): the same batch key and seed, and the same positive branch
+    /// and guidance up to its window or step set. What the negative branch takes, and when,
+    /// is left out: that is what probes and sweeps vary.
+    pub fn trunk_key(&self) -> String {
+        format!(
+            "{:?} {} {:?} {:?} {:?} {} {:x} {:x} {:?} {:x} {} {} {} {:?} {:?}",
+            self.batch_key(),
+            self.seed,
+            self.prompt,
+            self.positive_image,
+            self.method,
+            self.no_image,
+            self.cfg.to_bits(),
+            self.neg_cfg().to_bits(),
+            self.neg_embed_scale.to_bits(),
+            self.positive.weight.to_bits(),
+            self.blocks,
+            self.negtome_on(),
+            self.negtome_alpha,
+            (
+                self.negtome_threshold,
+                self.negtome_t_min,
+                self.negtome_t_max
+            ),
+            self.method_params,
+        )
     }
 
     /// The method the image is made with: `method`, or `uncond` where it has nothing to

@@ -803,6 +803,118 @@ fn negtome_values_parse_as_axes_and_bad_ones_name_file_line_and_key() {
 }
 
 #[test]
+fn step_sets_work_in_defaults_axes_and_zips_and_the_each_form_expands() {
+    // One cell per single step, for every step: one short line.
+    let text = with("neg_steps_at = \"each 0-3\"\nneg_off = \"no_image\"");
+    let exp = parse(&text).unwrap();
+    let sets: Vec<String> = exp
+        .cells
+        .iter()
+        .map(|c| c.get(Param::NegStepsAt).to_string())
+        .collect();
+    assert_eq!(exp.cells.len(), 3 * 2 * 4 * 2);
+    for k in 0..4 {
+        assert!(sets.contains(&k.to_string()), "{sets:?}");
+    }
+    assert!(
+        exp.cells
+            .iter()
+            .all(|c| c.get(Param::NegOff).to_string() == "no_image")
+    );
+    // from/until sweeps, a list mixing forms, a zip, and [defaults].
+    let text = format!(
+        "{BASE}\n[[grid.zip]]\nneg_steps_at = [\"each from 1-3\"]\nsteps_at = [\"0, 2\", \"every 2\", 1]\n"
+    );
+    let exp = parse(&text).unwrap();
+    let cell = &exp.cells[0];
+    assert_eq!(cell.get(Param::NegStepsAt).to_string(), "from 1");
+    assert_eq!(cell.get(Param::StepsAt).to_string(), "0, 2");
+    let p = cell.params(&|n| std::path::PathBuf::from(n));
+    assert_eq!(p.neg_steps_at.unwrap().active(4), vec![1, 2, 3]);
+    // Without neg_steps_at the negative branch follows steps_at.
+    let text = BASE.replace("steps = 4", "steps = 4\nsteps_at = \"until 1\"");
+    let exp = parse(&text).unwrap();
+    assert_eq!(exp.cells[0].get(Param::NegStepsAt).to_string(), "until 1");
+}
+
+#[test]
+fn bad_step_sets_name_file_line_and_key() {
+    for (line, words) in [
+        (
+            "neg_steps_at = \"3-5, 4\"",
+            &["defaults.neg_steps_at", "overlap"][..],
+        ),
+        (
+            "neg_steps_at = \"\"",
+            &["defaults.neg_steps_at", "empty step set"],
+        ),
+        (
+            "neg_steps_at = \"2.5\"",
+            &["defaults.neg_steps_at", "whole step index"],
+        ),
+        ("steps_at = 1.5", &["defaults.steps_at", "whole step index"]),
+        (
+            "neg_off = \"none\"",
+            &["defaults.neg_off", "zero, no_image"],
+        ),
+    ] {
+        let text = BASE.replace("steps = 4", &format!("steps = 4\n{line}"));
+        expect_error(&text, Some(line), words);
+    }
+    // A step the cell does not have: the key's line and the step count.
+    let text = with("neg_steps_at = [\"1\", \"4\"]");
+    let want = two_places(
+        &text,
+        "neg_steps_at = [",
+        "grid.neg_steps_at",
+        "steps = 4",
+        "defaults.steps",
+    );
+    expect_error(&text, None, &[&want, "names step 4", "4 steps"]);
+    // A set and a window on one branch: both keys with their lines.
+    let text = BASE.replace("steps = 4", "steps = 4\nneg_end = 0.5") + "neg_steps_at = \"1\"\n";
+    let want = two_places(
+        &text,
+        "neg_steps_at = \"1\"",
+        "grid.neg_steps_at",
+        "neg_end = 0.5",
+        "defaults.neg_end",
+    );
+    expect_error(&text, None, &[&want, "not both"]);
+    let text =
+        BASE.replace("steps = 4", "steps = 4\nsteps_at = \"every 2\"") + "start = [0, 0.5]\n";
+    let want = two_places(
+        &text,
+        "steps_at = \"every 2\"",
+        "defaults.steps_at",
+        "start = [0",
+        "grid.start",
+    );
+    expect_error(&text, None, &[&want, "not both"]);
+    let text = with("neg_steps_at = \"each 0-2 (+0.5)\"");
+    expect_error(
+        &text,
+        Some("neg_steps_at ="),
+        &["grid.neg_steps_at", "whole step index"],
+    );
+}
+
+#[test]
+fn trace_steps_read_as_a_set_or_an_array_and_bad_ones_name_the_key() {
+    let text = BASE.replace("steps = 4", "steps = 4\ntrace = [0, 2, 3]");
+    let exp = parse(&text).unwrap();
+    assert_eq!(exp.cells[0].get(Param::Trace).to_string(), "0, 2, 3");
+    let text = BASE.replace("steps = 4", "steps = 4\ntrace = \"every 2\"");
+    let p = parse(&text).unwrap().cells[0].params(&|n| std::path::PathBuf::from(n));
+    assert_eq!(p.trace.unwrap().active(4), vec![0, 2]);
+    let line = "trace = \"x\"";
+    let text = BASE.replace("steps = 4", &format!("steps = 4\n{line}"));
+    expect_error(&text, Some(line), &["defaults.trace", "not a step index"]);
+    let text = BASE.replace("steps = 4", "steps = 4\ntrace = [0, 4]");
+    expect_error(&text, None, &["defaults.trace", "names step 4", "4 steps"]);
+}
+
+#[test]
 fn an_inverted_negtome_range_names_both_keys_and_their_lines() {
     let text =
         BASE.replace("steps = 4", "steps = 4\nnegtome_t_max = 100") + "negtome_t_min = [0, 900]\n";

@@ -31,6 +31,9 @@ pub struct Target<'a> {
     pub visible: bool,
     /// Load and time the models when there is no history (`--no-calibrate`: not).
     pub calibrate: bool,
+    /// The UNet row-steps the run makes ([`row_steps`]): the share of the one-at-a-time
+    /// cost left with shared trajectories.
+    pub rows: &'a RowSteps,
 }
 
 /// Seconds per image (mean over the grid's cells) and how they were found.
@@ -81,6 +84,16 @@ pub fn estimate(t: &Target) -> Estimate {
 }
 
 /// UNet rows of a cell per step (of the method its image is made with).
+/// VAE decodes per image: the image, and its x̂₀ traces.
+fn decodes(c: &CellSpec) -> f64 {
+    1.0 + trace_decodes(c) as f64
+}
+
+/// The x̂₀ traces a cell decodes.
+pub fn trace_decodes(c: &CellSpec) -> usize {
+    c.trace.as_ref().map_or(0, |t| t.active(c.steps).len())
+}
+
 fn rows(c: &CellSpec) -> f64 {
     methods::of(c.method.effective(c.negative_mode()))
         .cost()
@@ -241,7 +254,7 @@ fn from_flops(t: &Target, mut notes: Vec<String>) -> Estimate {
     }
     let flops = mean(t.exp, |c| {
         let (row, decode) = flops_at(params, (c.width * c.height) as f64);
-        rows(c) * c.steps as f64 * row + decode
+        rows(c) * c.steps as f64 * row * t.rows.share() + decode * decodes(c)
     }) + negtome_flops(t, params);
     let steps = mean(t.exp, |c| c.steps as f64);
     let half = matches!(t.kind, Kind::Half | Kind::BFloat16);
@@ -385,7 +398,7 @@ fn calibrate(t: &Target) -> Result<Estimate> {
     let pixels = (cw * ch) as f64;
     let per_image = mean(t.exp, |c| {
         let scale = (c.width * c.height) as f64 / pixels;
-        scale * (rows(c) * c.steps as f64 * per_row_step + decode_s)
+        scale * (rows(c) * c.steps as f64 * per_row_step * t.rows.share() + decode_s * decodes(c))
     });
     let (ref_pixel_steps, encoded) = t.negtome.per_image(t.exp.cells.len());
     let per_image = per_image
@@ -405,6 +418,62 @@ fn calibrate(t: &Target) -> Result<Estimate> {
             decode_s * 1e3
         ),
     })
+}
+
+/// The UNet row-steps of a grid's distinct images, made one cell at a time and with shared
+/// trajectories in the batches the runner makes of them at a batch size, each also weighted
+/// by its pixels.
+#[derive(Debug, Default)]
+pub struct RowSteps {
+    pub alone: usize,
+    pub shared: usize,
+    pub alone_pixels: f64,
+    pub shared_pixels: f64,
+}
+
+impl RowSteps {
+    /// The share of the one-at-a-time UNet cost that sharing leaves (1 without sharing).
+    pub fn share(&self) -> f64 {
+        if self.alone_pixels > 0.0 {
+            self.shared_pixels / self.alone_pixels
+        } else {
+            1.0
+        }
+    }
+}
+
+/// [`RowSteps`] of `exp` on the schedule of `sched_cfg`, the runner's batches at `batch`
+/// cells (`run::batching::plan_batches`), the trees of `sampling::trajectory`.
+pub fn row_steps(
+    exp: &Experiment,
+    sched_cfg: &crate::sampling::SchedulerConfig,
+    batch: usize,
+) -> Result<RowSteps> {
+    use crate::sampling::trajectory::{Trajectories, row_steps_alone};
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cells: Vec<crate::params::GenParams> = vec![];
+    for c in &exp.cells {
+        let p = c.params(&|n| std::path::PathBuf::from(n)).effective();
+        if seen.insert(serde_json::to_string(&p)?) {
+            cells.push(p);
+        }
+    }
+    let mut out = RowSteps::default();
+    for b in crate::run::batching::plan_batches(&cells, batch) {
+        let group: Vec<&crate::params::GenParams> = b.iter().map(|&i| &cells[i]).collect();
+        let (steps, w, h, kind, ..) = group[0].batch_key();
+        let sched = crate::sampling::make_scheduler(kind, sched_cfg, steps)?;
+        let s = sched.as_ref();
+        let at = |i| crate::sampling::step_at(s, i, steps);
+        let shared = Trajectories::new(&group, &at, s.timesteps()).row_steps(&group);
+        let alone = row_steps_alone(&group);
+        let pixels = (w * h) as f64;
+        out.alone += alone;
+        out.shared += shared;
+        out.alone_pixels += alone as f64 * pixels;
+        out.shared_pixels += shared as f64 * pixels;
+    }
+    Ok(out)
 }
 
 /// What NegToMe adds to an experiment, its batches taken as the groups of cells that share
@@ -510,6 +579,13 @@ mod tests {
         encode_pixels: 0.0,
     };
 
+    static ALONE: RowSteps = RowSteps {
+        alone: 0,
+        shared: 0,
+        alone_pixels: 0.0,
+        shared_pixels: 0.0,
+    };
+
     fn target<'a>(exp: &'a Experiment, results: &'a Path) -> Target<'a> {
         Target {
             exp,
@@ -519,6 +595,7 @@ mod tests {
             kind: Kind::Float,
             visible: true,
             calibrate: false,
+            rows: &ALONE,
         }
     }
 

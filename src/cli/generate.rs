@@ -2,8 +2,8 @@
 use super::Globals;
 use crate::models::ip_adapter::AdapterFile;
 use crate::params::{
-    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MethodParams,
-    NegativeMode, NoImage, SchedulerKind, Window,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MethodParams, NegOff,
+    NegativeMode, NoImage, SchedulerKind, StepSet, Window,
 };
 use crate::pipeline::{CellOutcome, Pipeline};
 use crate::roles::ModelSet;
@@ -124,6 +124,21 @@ pub struct GenerateArgs {
     pub negtome_t_min: f64,
     #[arg(long, default_value_t = crate::params::NEGTOME_T_MAX)]
     pub negtome_t_max: f64,
+    /// The steps where the cond branch is active, in place of --start/--end: "12",
+    /// "3, 5, 7-9", "every 2", "from 10", "until 10" (0-based; README, "Step sets").
+    #[arg(long, value_parser = parse_steps, conflicts_with_all = ["start", "end"])]
+    pub steps_at: Option<StepSet>,
+    /// The same for the uncond branch (default: --steps-at unless --neg-start/--neg-end).
+    #[arg(long, value_parser = parse_steps, conflicts_with_all = ["neg_start", "neg_end"])]
+    pub neg_steps_at: Option<StepSet>,
+    /// What the negative branch's rows get where that branch is off: zero (IP scale 0) or
+    /// no_image (the "no image" tokens at its weight).
+    #[arg(long, default_value = "zero", value_parser = parse_neg_off)]
+    pub neg_off: NegOff,
+    /// Steps whose predicted clean image x̂₀ is saved beside --out as OUT-step-NNN.png
+    /// (a step set, as --steps-at).
+    #[arg(long, value_parser = parse_steps)]
+    pub trace: Option<StepSet>,
     /// The negative methods' own parameters (`--nag-scale` ...), one flag each.
     #[command(flatten)]
     pub method_params: MethodFlags,
@@ -133,7 +148,7 @@ pub struct GenerateArgs {
 }
 
 /// The flags that describe a cell, which --replay takes from the image instead.
-const CELL_FLAGS: [&str; 35] = [
+const CELL_FLAGS: [&str; 39] = [
     "models",
     "pipeline",
     "vae",
@@ -169,6 +184,10 @@ const CELL_FLAGS: [&str; 35] = [
     "negtome_threshold",
     "negtome_t_min",
     "negtome_t_max",
+    "steps_at",
+    "neg_steps_at",
+    "neg_off",
+    "trace",
 ];
 
 /// A flag per method parameter (`sampling::methods`): its key with dashes.
@@ -266,6 +285,15 @@ pub fn parse_method(s: &str) -> std::result::Result<Method, String> {
         .map_err(|_| format!("{s:?} is not one of {}", Method::NAMES))
 }
 
+fn parse_steps(s: &str) -> std::result::Result<StepSet, String> {
+    s.parse()
+}
+
+fn parse_neg_off(s: &str) -> std::result::Result<NegOff, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not one of {}", NegOff::NAMES))
+}
+
 fn parse_window(s: &str) -> std::result::Result<Window, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| format!("{s:?} is not one of steps, sigma"))
@@ -331,6 +359,15 @@ fn check_flags(a: &GenerateArgs) -> Result<()> {
     }
     if a.start > a.end {
         bail!("--start {} is after --end {}", a.start, a.end);
+    }
+    for (flag, set) in [
+        ("--steps-at", &a.steps_at),
+        ("--neg-steps-at", &neg_steps_at(a)),
+        ("--trace", &a.trace),
+    ] {
+        if let Some(Err(e)) = set.as_ref().map(|s| s.check(a.steps)) {
+            bail!("{flag}: {e} (--steps {})", a.steps);
+        }
     }
     if a.negtome_t_min > a.negtome_t_max {
         bail!(
@@ -479,7 +516,20 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         negtome_t_min: a.negtome_t_min,
         negtome_t_max: a.negtome_t_max,
         method_params: method_params(&a.method_params, a.method)?,
+        steps_at: a.steps_at.clone(),
+        neg_steps_at: neg_steps_at(a),
+        neg_off: a.neg_off,
+        trace: a.trace.clone(),
     })
+}
+
+/// The uncond branch's step set: --neg-steps-at, else --steps-at unless the negative window
+/// is given.
+fn neg_steps_at(a: &GenerateArgs) -> Option<StepSet> {
+    let window = a.neg_start.is_some() || a.neg_end.is_some();
+    a.neg_steps_at
+        .clone()
+        .or_else(|| a.steps_at.clone().filter(|_| !window))
 }
 
 pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
@@ -491,6 +541,8 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
     let models = model_set(&args)?;
     let mut pipeline = Pipeline::load(&models, device, kind, &mut super::loading)?;
     let img = generate_one(&mut pipeline, &cell)?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out.png"));
+    write_traces(&mut pipeline, &out)?;
     // The same PNG text chunks as a grid cell: A1111's `parameters` and the full cell.
     let name = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let (pos, neg) = (name(&cell.positive_image), name(&cell.negative_image));
@@ -501,7 +553,6 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
         &models.pipeline.display().to_string(),
     );
     let json = serde_json::to_string(&cell)?;
-    let out = args.out.unwrap_or_else(|| PathBuf::from("out.png"));
     write_png(&out, &img, &parameters, &json)
 }
 
@@ -528,6 +579,7 @@ fn replay(image: &Path, out: Option<&Path>, force: bool, g: &Globals) -> Result<
     }
     let mut pipeline = Pipeline::load(&models, device, kind, &mut super::loading)?;
     let img = generate_one(&mut pipeline, &stored.params)?;
+    write_traces(&mut pipeline, &out)?;
     write_png(&out, &img, &stored.parameters, &stored.chunk_text)
 }
 
@@ -553,6 +605,20 @@ fn generate_one(pipeline: &mut Pipeline, cell: &GenParams) -> Result<image::RgbI
         Some(CellOutcome::Failed(reason)) => bail!("the image failed: {reason}"),
         None => bail!("no image was generated"),
     }
+}
+
+/// The x̂₀ traces of the cell just made, beside `out` as `OUT-step-NNN.png`.
+fn write_traces(pipeline: &mut Pipeline, out: &Path) -> Result<()> {
+    let stem = out.with_extension("");
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for (step, img) in pipeline.take_traces().into_iter().flatten() {
+        let path = PathBuf::from(format!("{}-step-{step:03}.png", stem.display()));
+        crate::run::fsio::atomic_write(&path, &crate::run::png::encode(&img, &[])?)?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// The PNG with A1111's `parameters` and the `negimg` chunk, written atomically.

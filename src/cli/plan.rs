@@ -188,27 +188,18 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             exp.cells.len() - three.len()
         );
     }
-    // The noise schedule, read once for what needs it: sigma windows and NegToMe's steps.
+    // The noise schedule, read once for what needs it: sigma windows, NegToMe's steps and
+    // shared trajectories.
     let sigma = exp.cells.iter().any(|c| c.window == Window::Sigma);
-    let negtome = exp
-        .cells
-        .iter()
-        .any(|c| c.negtome || c.method == Method::Negtome);
-    let schedule = if sigma || negtome {
-        Some(schedule_of(&exp)?)
-    } else {
-        None
-    };
-    if let Some((cfg, whose)) = schedule.as_ref().filter(|_| sigma) {
+    let (sched_cfg, whose) = schedule_of(&exp)?;
+    if sigma {
+        let cfg = &sched_cfg;
         say!("windows of the window = \"sigma\" cells (steps 0-based, {whose} schedule):");
         for line in sigma_windows(&exp, cfg)?.lines() {
             say!("  {line}");
         }
     }
-    let negtome = match &schedule {
-        Some((cfg, _)) => super::estimate::negtome_cost(&exp, cfg)?,
-        None => super::estimate::NegtomeCost::default(),
-    };
+    let negtome = super::estimate::negtome_cost(&exp, &sched_cfg)?;
     if negtome.cells > 0 {
         say!(
             "NegToMe: {} cells merge against {} reference image(s): {} more UNet row(s) summed \
@@ -252,6 +243,33 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         .values()
         .filter(|s| matches!(s, ImageSource::Generate(_)))
         .count();
+    let (w, h) = exp
+        .cells
+        .iter()
+        .map(|c| (c.width, c.height))
+        .max_by_key(|(w, h)| w * h)
+        .unwrap_or((512, 512));
+    let batch = crate::device::estimate_max_batch(device, kind, w, h);
+    let rows = super::estimate::row_steps(&exp, &sched_cfg, batch)?;
+    say!(
+        "UNet row-steps: {} one cell at a time, {} with shared trajectories ({:.2}x fewer; \
+         cells identical up to a step compute it once, in batches of up to {} cells)",
+        rows.alone,
+        rows.shared,
+        rows.alone as f64 / rows.shared.max(1) as f64,
+        batch * crate::run::batching::SHARED_BATCH
+    );
+    let mut traced = std::collections::BTreeSet::new();
+    let trace_decodes: usize = (exp.cells.iter().zip(&params))
+        .filter(|(_, p)| traced.insert(serde_json::to_string(&p.effective()).unwrap_or_default()))
+        .map(|(c, _)| super::estimate::trace_decodes(c))
+        .sum();
+    if trace_decodes > 0 {
+        say!(
+            "x̂₀ traces: {trace_decodes} more VAE decodes (saved under traces/<image id>/; the \
+             estimate includes them)"
+        );
+    }
     let estimate = super::estimate::estimate(&super::estimate::Target {
         exp: &exp,
         negtome: &negtome,
@@ -260,6 +278,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         kind,
         visible: crate::device::is_visible(device),
         calibrate: !args.no_calibrate,
+        rows: &rows,
     });
     let total = estimate.per_image * (images.len() + generated_inputs) as f64;
     say!(

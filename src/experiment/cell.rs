@@ -2,8 +2,8 @@
 use super::values::{Param, Value};
 use crate::params::MethodParams;
 use crate::params::{
-    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegativeMode, NoImage,
-    SchedulerKind, Window,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegOff, NegativeMode,
+    NoImage, SchedulerKind, StepSet, Window,
 };
 use crate::sampling::methods;
 use std::collections::BTreeMap;
@@ -51,6 +51,14 @@ pub struct CellSpec {
     pub method_params: BTreeMap<&'static str, f64>,
     /// The `[subjects.NAME]` whose images the cell has (a label: the images decide the image).
     pub subject: Option<String>,
+    /// The positive branch's steps, in place of `start`/`end`.
+    pub steps_at: Option<StepSet>,
+    /// `None`: `steps_at` when the negative window is not set either (the negative branch
+    /// follows the positive one), else the negative window.
+    pub neg_steps_at: Option<StepSet>,
+    pub neg_off: NegOff,
+    /// The steps whose x̂₀ is saved.
+    pub trace: Option<StepSet>,
 }
 
 impl Default for CellSpec {
@@ -91,6 +99,10 @@ impl Default for CellSpec {
             negtome_t_max: p.negtome_t_max,
             method_params: BTreeMap::new(),
             subject: None,
+            steps_at: None,
+            neg_steps_at: None,
+            neg_off: p.neg_off,
+            trace: None,
         }
     }
 }
@@ -131,6 +143,10 @@ impl CellSpec {
                 self.method_params.insert(key, *x);
             }
             (Param::Subject, Value::Text(s)) => self.subject = Some(s.clone()),
+            (Param::StepsAt, Value::Steps(s)) => self.steps_at = s.clone(),
+            (Param::NegStepsAt, Value::Steps(s)) => self.neg_steps_at = s.clone(),
+            (Param::NegOff, Value::NegOff(o)) => self.neg_off = *o,
+            (Param::Trace, Value::Steps(s)) => self.trace = s.clone(),
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -164,6 +180,14 @@ impl CellSpec {
             start: self.neg_start.unwrap_or(self.start),
             end: self.neg_end.unwrap_or(self.end),
         }
+    }
+
+    /// The negative branch's step set in effect.
+    pub fn neg_steps_at(&self) -> Option<&StepSet> {
+        let window_set = self.neg_start.is_some() || self.neg_end.is_some();
+        self.neg_steps_at
+            .as_ref()
+            .or_else(|| self.steps_at.as_ref().filter(|_| !window_set))
     }
 
     /// The negative branch's block weights in effect.
@@ -206,6 +230,10 @@ impl CellSpec {
             Param::NegtomeTMax => Value::Num(self.negtome_t_max),
             Param::MethodParam(key) => Value::Num(self.method_param(key)),
             Param::Subject => Value::Text(self.subject.clone().unwrap_or_default()),
+            Param::StepsAt => Value::Steps(self.steps_at.clone()),
+            Param::NegStepsAt => Value::Steps(self.neg_steps_at().cloned()),
+            Param::NegOff => Value::NegOff(self.neg_off),
+            Param::Trace => Value::Steps(self.trace.clone()),
         }
     }
 
@@ -259,6 +287,10 @@ impl CellSpec {
             negtome_t_min: self.negtome_t_min,
             negtome_t_max: self.negtome_t_max,
             method_params: self.gen_method_params(),
+            steps_at: self.steps_at.clone(),
+            neg_steps_at: self.neg_steps_at().cloned(),
+            neg_off: self.neg_off,
+            trace: self.trace.clone(),
         }
     }
 

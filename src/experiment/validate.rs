@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> Result<()> {
+    step_sets_or_windows(src, grid)?;
     let varying = grid.varying();
     for (i, c) in cells.iter().enumerate() {
         let fail = |params: &[Param], msg: String| {
@@ -40,6 +41,15 @@ pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> 
                     neg.start, neg.end
                 ),
             );
+        }
+        for (param, set) in [
+            (Param::StepsAt, c.steps_at.as_ref()),
+            (Param::NegStepsAt, c.neg_steps_at()),
+            (Param::Trace, c.trace.as_ref()),
+        ] {
+            if let Some(Err(e)) = set.map(|s| s.check(c.steps)) {
+                return fail(&[param, Param::Steps], e);
+            }
         }
         if c.negtome_t_min > c.negtome_t_max {
             return fail(
@@ -79,6 +89,30 @@ pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> 
     Ok(())
 }
 
+/// A branch takes a step set or a window, not both: `steps_at` with `start`/`end`, or
+/// `neg_steps_at` with `neg_start`/`neg_end`, set in the file is an error naming both keys.
+fn step_sets_or_windows(src: &Source, grid: &Grid) -> Result<()> {
+    for (set, window) in [
+        (Param::StepsAt, [Param::Start, Param::End]),
+        (Param::NegStepsAt, [Param::NegStart, Param::NegEnd]),
+    ] {
+        let (Some(a), Some(&w)) = (
+            grid.origin(set),
+            window.iter().find(|&&w| grid.origin(w).is_some()),
+        ) else {
+            continue;
+        };
+        let b = grid.origin(w).cloned().into_iter();
+        let lines = src.places(&std::iter::once(a.clone()).chain(b).collect::<Vec<_>>());
+        return Err(anyhow!(
+            "{}: {set} and {w} both choose the steps of one branch; give a step set or a \
+             window, not both",
+            lines.unwrap_or_else(|| src.path.display().to_string())
+        ));
+    }
+    Ok(())
+}
+
 /// `FILE:12 (grid.start) and :14 (defaults.end)`: where the file sets `params` (a
 /// parameter of the negative branch that is not set follows the positive one); those it
 /// does not set are named as defaults.
@@ -87,6 +121,7 @@ fn places(src: &Source, grid: &Grid, params: &[Param]) -> String {
         Param::NegWeight => Some(Param::Weight),
         Param::NegStart => Some(Param::Start),
         Param::NegEnd => Some(Param::End),
+        Param::NegStepsAt => Some(Param::StepsAt),
         _ => None,
     };
     let mut written = Vec::new();

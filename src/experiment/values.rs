@@ -2,7 +2,8 @@
 //! `[defaults]`, lists and A1111-style ranges (`1-5 (+2)`, `1-10 [5]`) on `[grid]` axes.
 use super::source::Source;
 use crate::params::{
-    AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind, Window,
+    AdapterKind, BlockWeights, IpScaling, Method, NegOff, NegativeMode, NoImage, SchedulerKind,
+    StepSet, Window,
 };
 use crate::sampling::methods::{self, ParamSpec};
 use anyhow::Result;
@@ -47,6 +48,10 @@ pub enum Param {
     NegtomeThreshold,
     NegtomeTMin,
     NegtomeTMax,
+    StepsAt,
+    NegStepsAt,
+    NegOff,
+    Trace,
     /// A parameter of one negative method, by key (declared in its file under
     /// `sampling::methods`).
     MethodParam(&'static str),
@@ -56,7 +61,7 @@ pub enum Param {
 
 impl Param {
     /// The parameters every cell has; [`Param::all`] adds the methods' own.
-    const COMMON: [Param; 30] = [
+    const COMMON: [Param; 34] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -87,6 +92,10 @@ impl Param {
         Param::NegtomeTMin,
         Param::NegtomeTMax,
         Param::Subject,
+        Param::StepsAt,
+        Param::NegStepsAt,
+        Param::NegOff,
+        Param::Trace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -122,6 +131,10 @@ impl Param {
             Param::NegtomeTMax => "negtome_t_max",
             Param::MethodParam(name) => name,
             Param::Subject => "subject",
+            Param::StepsAt => "steps_at",
+            Param::NegStepsAt => "neg_steps_at",
+            Param::NegOff => "neg_off",
+            Param::Trace => "trace",
         }
     }
 
@@ -228,6 +241,9 @@ pub enum Value {
     Blocks(BlockWeights),
     IpScaling(IpScaling),
     Bool(bool),
+    /// A step set; `None`: the branch follows its window.
+    Steps(Option<StepSet>),
+    NegOff(NegOff),
     /// An `[images.NAME]` reference; `None` is no image.
     Image(Option<String>),
 }
@@ -248,6 +264,8 @@ impl fmt::Display for Value {
             Value::Blocks(v) => write!(f, "{v}"),
             Value::IpScaling(v) => write!(f, "{v}"),
             Value::Bool(v) => write!(f, "{v}"),
+            Value::Steps(v) => v.as_ref().map_or(Ok(()), |s| write!(f, "{s}")),
+            Value::NegOff(v) => write!(f, "{v}"),
             Value::Image(v) => f.write_str(v.as_deref().unwrap_or("")),
         }
     }
@@ -268,6 +286,18 @@ pub fn single(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Re
         )),
         (None, DeValue::String(s)) => word(src, key, span, param, s),
         (None, DeValue::Boolean(b)) if param == Param::Negtome => Ok(Value::Bool(*b)),
+        (None, DeValue::Integer(_) | DeValue::Float(_)) if is_steps(param) => {
+            let x = number(src, key, v)?;
+            word(src, key, span, param, &x.to_string())
+        }
+        // `trace = [0, 6, 12]`: one set of the listed steps.
+        (None, DeValue::Array(items)) if param == Param::Trace => {
+            let steps = items
+                .iter()
+                .map(|item| number(src, key, item).map(|x| x.to_string()))
+                .collect::<Result<Vec<_>>>()?;
+            word(src, key, span, param, &steps.join(", "))
+        }
         (None, other) => Err(src.error(
             span,
             key,
@@ -289,6 +319,9 @@ pub fn list(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Resu
                     (Some(kind), DeValue::String(s)) => {
                         expand_numbers(src, key, item.span(), kind, s, &mut out)?
                     }
+                    (None, DeValue::String(s)) if is_steps(param) => {
+                        each_step_set(src, key, item.span(), param, s, &mut out)?
+                    }
                     _ => out.push(single(src, key, param, item)?),
                 }
             }
@@ -301,6 +334,7 @@ pub fn list(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Resu
             None if matches!(param, Param::Blocks | Param::NegBlocks) => {
                 out.push(word(src, key, span.clone(), param, s)?)
             }
+            None if is_steps(param) => each_step_set(src, key, span.clone(), param, s, &mut out)?,
             None => {
                 for part in s.split(',') {
                     out.push(word(src, key, span.clone(), param, part.trim())?);
@@ -441,6 +475,10 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             "false" => Value::Bool(false),
             _ => return Err(src.error(span, key, format!("{s:?} is not one of true, false"))),
         },
+        Param::StepsAt | Param::NegStepsAt | Param::Trace => Value::Steps(Some(
+            s.parse().map_err(|e: String| src.error(span, key, e))?,
+        )),
+        Param::NegOff => Value::NegOff(parse(src, key, span, s, NegOff::NAMES)?),
         Param::PositiveImage | Param::NegativeImage => {
             Value::Image((!(s.is_empty() || s == "none")).then(|| s.to_string()))
         }
@@ -448,6 +486,50 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
             return Err(src.error(span, key, format!("expected a number, found {s:?}")));
         }
     })
+}
+
+fn is_steps(param: Param) -> bool {
+    matches!(param, Param::StepsAt | Param::NegStepsAt | Param::Trace)
+}
+
+/// A step-set axis string: one set (`"3, 5, 7-9"`), or with the range form `each [every |
+/// from | until] RANGE` one set per value of an A1111 integer range: `"each 0-24"` is one
+/// single-step set per step 0..24, `"each from 0-20 (+5)"` is from 0, from 5, ..., from 20.
+fn each_step_set(
+    src: &Source,
+    key: &str,
+    span: Range<usize>,
+    param: Param,
+    s: &str,
+    out: &mut Vec<Value>,
+) -> Result<()> {
+    let Some(rest) = s.trim().strip_prefix("each ") else {
+        out.push(word(src, key, span, param, s)?);
+        return Ok(());
+    };
+    let rest = rest.trim();
+    let (rule, range) = ["every", "from", "until"]
+        .into_iter()
+        .find_map(|w| Some((w, rest.strip_prefix(w)?)))
+        .unwrap_or(("", rest));
+    let values = parse_range(range).map_err(|e| src.error(span.clone(), key, e))?;
+    for x in values {
+        if x.fract() != 0.0 || x < 0.0 {
+            return Err(src.error(
+                span,
+                key,
+                format!("{s:?}: {x} is not a whole step index (steps are 0, 1, 2, ...)"),
+            ));
+        }
+        out.push(word(
+            src,
+            key,
+            span.clone(),
+            param,
+            format!("{rule} {x}").trim(),
+        )?);
+    }
+    Ok(())
 }
 
 /// Expands `1, 2.5, 3-9 (+3), 0-1 [5]` into numbers checked against `kind`.

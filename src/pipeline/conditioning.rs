@@ -154,6 +154,25 @@ impl Conditioner {
         (!tokens.is_empty()).then(|| Tensor::cat(&tokens, 0))
     }
 
+    /// The "no image" tokens of each row `[R, T, cross]` (its cell's adapter and `no_image`
+    /// mode), when some cell gives them to its negative branch where it is off.
+    pub fn no_image_rows(&mut self, cells: &[GenParams]) -> Option<Tensor> {
+        let kind = cells[0].adapter;
+        if !self.models.adapters.contains_key(&kind) || cells.iter().all(|c| c.neg_off.is_zero()) {
+            return None;
+        }
+        let refs: Vec<&GenParams> = cells.iter().collect();
+        let rows: Vec<Tensor> = guidance::row_layout(&refs)
+            .into_iter()
+            .map(|(i, _)| {
+                self.no_image(kind, cells[i].no_image)
+                    .tokens
+                    .shallow_clone()
+            })
+            .collect();
+        Some(Tensor::cat(&rows, 0))
+    }
+
     /// Encodes the images of `rows` not seen yet with `kind`'s adapter, in one encoder call.
     fn encode_new_images<'a>(
         &mut self,

@@ -1,15 +1,19 @@
-//! The sampling loop: one UNet call per step on the rows of a batch (uncond rows, cond rows,
-//! negative rows of the three-row methods: [`guidance::row_layout`]), each row with its own
-//! text, image tokens and IP scale per cross-attention block, each cell guided by its own
-//! method and scales (`sampling::methods`), with the state its method keeps across steps. `ip_scaling` is part of the batch key: one per batch. At the steps
-//! where a NegToMe cell is active, its reference rows follow (re-noised to the step, empty
-//! text, IP scale 0; [`ReferenceRows`]) and their outputs are dropped.
+//! The sampling loop: UNet calls per step on the rows of a batch (uncond rows, cond rows,
+//! the rows a method adds: [`guidance::row_layout`]) for each trajectory the batch's cells
+//! still share ([`Trajectories`]), each row with its own text, image tokens and IP scale per
+//! cross-attention block, each cell guided by its own method and scales
+//! (`sampling::methods`), with the state its method keeps across steps (forked with the
+//! latents). `ip_scaling` is part of the batch key: one per batch. At the steps where a
+//! NegToMe cell is active, its reference rows follow (re-noised to the step, empty text, IP
+//! scale 0; [`ReferenceRows`]) and their outputs are dropped.
 use crate::models::attention::TokenMerge;
 use crate::models::unet::{ExtraIp, Hooks, IpInput, UNet2DConditionModel};
-use crate::params::GenParams;
+use crate::params::{GenParams, Row, StepAt};
 use crate::sampling::methods::{CellState, Step};
 use crate::sampling::negtome::{MIN_SIZE, MergedRow, ReferenceRows};
+use crate::sampling::trajectory::Trajectories;
 use crate::sampling::{self, Scheduler, guidance};
+use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 /// What every step of a batch is conditioned on.
@@ -21,6 +25,9 @@ pub struct Conditioning<'a> {
     /// The tokens `[S, T, cross]` of the rows' second image-attention terms
     /// ([`guidance::extra_rows`]), when some row has one.
     pub extra_tokens: Option<&'a Tensor>,
+    /// The "no image" tokens of each row `[R, T, cross]`, when a cell's negative branch
+    /// takes them where it is off (`neg_off = "no_image"`).
+    pub no_image_tokens: Option<&'a Tensor>,
     /// NegToMe's reference rows, when a cell merges.
     pub negtome: Option<References<'a>>,
 }
@@ -39,91 +46,269 @@ pub struct References<'a> {
 
 /// Runs `scheduler` from the initial latents `x` `[B, 4, h, w]` (already scaled by the
 /// scheduler's initial sigma) to the final latents of `cells`; `step_noise` `[steps, B, 4,
-/// h, w]` (any device) is each step's noise for an ancestral scheduler. `progress(step,
-/// steps)` after each step.
+/// h, w]` (any device) is each step's noise for an ancestral scheduler (a function of the
+/// cell's seed, so equal in the cells of a shared trajectory). Cells share their trajectory
+/// while they are identical ([`Trajectories`]); each step's groups go through the UNet
+/// `call_cells` groups per call. `progress(step, steps)` after each step. At the steps of a
+/// cell's `trace`, its x̂₀ ([`Scheduler::predicted_x0`] of its group's guided prediction).
+#[allow(clippy::too_many_arguments)]
 pub fn denoise(
     unet: &UNet2DConditionModel,
     scheduler: &mut dyn Scheduler,
     cells: &[GenParams],
     cond: &Conditioning,
-    mut x: Tensor,
+    x: Tensor,
     step_noise: Option<&Tensor>,
+    call_cells: usize,
     progress: &mut dyn FnMut(usize, usize),
-) -> Tensor {
+) -> Denoised {
     let steps = cells[0].steps;
+    let mut x0: Vec<Vec<(usize, Tensor)>> = cells.iter().map(|_| vec![]).collect();
     let device = x.device();
     let refs: Vec<&GenParams> = cells.iter().collect();
-    let cell_of_row: Vec<i64> = guidance::row_layout(&refs)
-        .into_iter()
-        .map(|(i, _)| i as i64)
-        .collect();
-    let n_rows = cell_of_row.len() as i64;
-    let cell_of_row = Tensor::from_slice(&cell_of_row).to_device(device);
-    let extra_rows: Vec<i64> = guidance::extra_rows(&refs)
-        .into_iter()
-        .map(|(r, _)| r as i64)
-        .collect();
-    let extra_rows = Tensor::from_slice(&extra_rows).to_device(device);
+    let rows = BatchRows::new(&refs);
     let timesteps = scheduler.timesteps().to_vec();
-    let blocks = unet.cross_attention_blocks();
-    // What each cell's method carries from step to step.
-    let mut states: Vec<CellState> = cells.iter().map(|_| CellState::default()).collect();
+    let tree = {
+        let s: &dyn Scheduler = scheduler;
+        Trajectories::new(&refs, &|i| sampling::step_at(s, i, steps), &timesteps)
+    };
+    let call_cells = call_cells.max(1);
+    let mut x = x.index_select(0, &indices(&tree.initial, device));
+    // What each group's method carries from step to step, forked with the latents.
+    let mut states: Vec<CellState> = tree.initial.iter().map(|_| CellState::default()).collect();
     for (i, &t) in timesteps.iter().enumerate() {
-        let x_in = scheduler.scale_model_input(&x, i);
-        let rows = x_in.index_select(0, &cell_of_row);
-        let at = sampling::step_at(scheduler, i, steps);
-        let scales = guidance::ip_scale_tensor(&refs, &at, blocks, device, Kind::Float);
-        let ip = cond.image_tokens.map(|tokens| IpInput {
+        let groups = &tree.steps[i];
+        let parents: Vec<usize> = groups.iter().map(|g| g.parent).collect();
+        let parent_rows = indices(&parents, device);
+        x = x.index_select(0, &parent_rows);
+        scheduler.fork(&parent_rows);
+        states = parents.iter().map(|&p| states[p].fork()).collect();
+        let members: Vec<usize> = groups.iter().map(|g| g.cell).collect();
+        let s: &dyn Scheduler = scheduler;
+        let at = sampling::step_at(s, i, steps);
+        let call = Call {
+            unet,
+            scheduler: s,
+            cond,
+            rows: &rows,
+            at: &at,
+            index: i,
+            t,
+        };
+        let mut parts = Vec::with_capacity(members.len().div_ceil(call_cells));
+        for (k, (chunk, chunk_states)) in members
+            .chunks(call_cells)
+            .zip(states.chunks_mut(call_cells))
+            .enumerate()
+        {
+            let x = x.narrow(0, (k * call_cells) as i64, chunk.len() as i64);
+            parts.push(call.guided(&refs, chunk, &x, chunk_states));
+        }
+        let eps = Tensor::cat(&parts, 0);
+        let traced: Vec<usize> = (0..cells.len())
+            .filter(|&c| cells[c].trace.as_ref().is_some_and(|t| t.contains(i)))
+            .collect();
+        if !traced.is_empty() {
+            let predicted = scheduler.predicted_x0(&eps, i, &x);
+            for c in traced {
+                x0[c].push((i, predicted.get(tree.group_of[i][c] as i64)));
+            }
+        }
+        let ancestral = scheduler.ancestral(i);
+        let noise = step_noise.map(|n| {
+            let n = n.get(i as i64);
+            n.index_select(0, &indices(&members, n.device()))
+                .to_device(device)
+        });
+        let next = scheduler.step(&eps, i, &x, noise.as_ref());
+        let group_cells: Vec<&GenParams> = members.iter().map(|&c| refs[c]).collect();
+        guidance::after_step(&group_cells, &mut states, &x, &next, ancestral);
+        x = next;
+        progress(i + 1, steps);
+    }
+    Denoised {
+        x: x.index_select(0, &indices(&tree.last, device)),
+        x0,
+    }
+}
+
+/// The final latents `[B, 4, h, w]` of a batch's cells, and each cell's x̂₀ latents
+/// `[4, h, w]` at its trace steps (step, latents).
+pub struct Denoised {
+    pub x: Tensor,
+    pub x0: Vec<Vec<(usize, Tensor)>>,
+}
+
+fn indices(v: &[usize], device: Device) -> Tensor {
+    let v: Vec<i64> = v.iter().map(|&i| i as i64).collect();
+    Tensor::from_slice(&v).to_device(device)
+}
+
+/// Where each (cell, row) of the batch, and each second term, lies in the batch's
+/// conditioning rows.
+struct BatchRows {
+    row: HashMap<(usize, Row), usize>,
+    /// The second term of batch row r: its index among the batch's second terms.
+    extra: HashMap<usize, usize>,
+}
+
+impl BatchRows {
+    fn new(cells: &[&GenParams]) -> BatchRows {
+        let row = guidance::row_layout(cells)
+            .into_iter()
+            .enumerate()
+            .map(|(r, key)| (key, r))
+            .collect();
+        let extra = guidance::extra_rows(cells)
+            .into_iter()
+            .enumerate()
+            .map(|(k, (r, _))| (r, k))
+            .collect();
+        BatchRows { row, extra }
+    }
+}
+
+/// One step's UNet calls.
+struct Call<'a> {
+    unet: &'a UNet2DConditionModel,
+    scheduler: &'a dyn Scheduler,
+    cond: &'a Conditioning<'a>,
+    rows: &'a BatchRows,
+    at: &'a StepAt<'a>,
+    index: usize,
+    t: f64,
+}
+
+impl Call<'_> {
+    /// The guided noise prediction `[G, ...]` of the cells `members` (indices into `all`)
+    /// at latents `x` `[G, ...]`, with their methods' `states`: one UNet call on their
+    /// rows, taken from the batch's conditioning rows, then each cell's guidance.
+    fn guided(
+        &self,
+        all: &[&GenParams],
+        members: &[usize],
+        x: &Tensor,
+        states: &mut [CellState],
+    ) -> Tensor {
+        let device = x.device();
+        let cells: Vec<&GenParams> = members.iter().map(|&c| all[c]).collect();
+        let own = guidance::row_layout(&cells);
+        let of_batch: Vec<usize> = own
+            .iter()
+            .map(|&(k, row)| self.rows.row[&(members[k], row)])
+            .collect();
+        let rows = indices(&of_batch, device);
+        let cell_of_row: Vec<usize> = own.iter().map(|&(k, _)| k).collect();
+        let x_in = self.scheduler.scale_model_input(x, self.index);
+        let latents = x_in.index_select(0, &indices(&cell_of_row, device));
+        let text = self.cond.text.index_select(0, &rows);
+        let blocks = self.unet.cross_attention_blocks();
+        let tokens = self.cond.image_tokens.map(|t| {
+            let off = guidance::no_image_rows(&cells, self.at);
+            self.swap_off(t.index_select(0, &rows), &rows, &off)
+        });
+        let scales = guidance::ip_scale_tensor(&cells, self.at, blocks, device, Kind::Float);
+        let ip = tokens.as_ref().map(|tokens| IpInput {
             tokens,
             scales: &scales,
             scaling: cells[0].ip_scaling,
         });
-        let extra_scales = cond
+        let extras = guidance::extra_rows(&cells);
+        let extra = self
+            .cond
             .extra_tokens
-            .map(|_| guidance::extra_scale_tensor(&refs, &at, blocks, device, Kind::Float));
-        let extra = cond
-            .extra_tokens
-            .zip(extra_scales.as_ref())
-            .map(|(tokens, scales)| ExtraIp {
-                rows: &extra_rows,
-                tokens,
-                scales,
+            .filter(|_| !extras.is_empty())
+            .map(|t| {
+                let own_rows: Vec<usize> = extras.iter().map(|&(r, _)| r).collect();
+                let batch_rows: Vec<usize> = own_rows.iter().map(|&r| of_batch[r]).collect();
+                let picked: Vec<usize> = batch_rows.iter().map(|r| self.rows.extra[r]).collect();
+                let off = guidance::no_image_extras(&cells, self.at);
+                let tokens = t.index_select(0, &indices(&picked, device));
+                let tokens = self.swap_off(tokens, &indices(&batch_rows, device), &off);
+                let scales =
+                    guidance::extra_scale_tensor(&cells, self.at, blocks, device, Kind::Float);
+                (indices(&own_rows, device), tokens, scales)
             });
-        let merges = cond
-            .negtome
-            .as_ref()
-            .map(|r| r.rows.merges(&refs, t))
-            .unwrap_or_default();
-        let eps = match (&cond.negtome, ip, merges.is_empty()) {
-            (Some(r), ip, false) => {
-                let reference =
-                    scheduler.scale_model_input(&scheduler.add_noise(r.latents, r.noise, i), i);
-                let hooks = Hooks {
-                    merge: Some(token_merge(&merges, unet.kind(), device)),
-                    extra,
-                };
-                let latents = Tensor::cat(&[&rows, &reference], 0);
-                let eps = with_references(unet, t, &latents, cond.text, ip, r, hooks);
-                eps.narrow(0, 0, n_rows)
-            }
-            (_, ip, _) => {
+        let extra = extra.as_ref().map(|(rows, tokens, scales)| ExtraIp {
+            rows,
+            tokens,
+            scales,
+        });
+        let eps = match &self.cond.negtome {
+            Some(r) => self.with_merge(&cells, &latents, &text, ip, extra, r),
+            None => {
                 let hooks = Hooks { merge: None, extra };
-                unet.forward_hooked(&rows, t, cond.text, ip, hooks)
+                self.unet.forward_hooked(&latents, self.t, &text, ip, hooks)
             }
         };
-        let ancestral = scheduler.ancestral(i);
         let step = Step {
-            at: &at,
-            timestep: t,
+            at: self.at,
+            timestep: self.t,
         };
-        let eps = guidance::combine(&eps.to_kind(Kind::Float), &refs, &mut states, &step);
-        let noise = step_noise.map(|n| n.get(i as i64).to_device(device));
-        let next = scheduler.step(&eps, i, &x, noise.as_ref());
-        guidance::after_step(&refs, &mut states, &x, &next, ancestral);
-        x = next;
-        progress(i + 1, steps);
+        guidance::combine(&eps.to_kind(Kind::Float), &cells, states, &step)
     }
-    x
+
+    /// `tokens` with the "no image" tokens of the batch rows `rows` where `off` says so
+    /// (`neg_off = "no_image"` outside the negative branch's steps).
+    fn swap_off(&self, tokens: Tensor, rows: &Tensor, off: &[bool]) -> Tensor {
+        match (self.cond.no_image_tokens, off.iter().any(|&o| o)) {
+            (Some(none), true) => {
+                let mask = Tensor::from_slice(off)
+                    .to_device(tokens.device())
+                    .view([-1, 1, 1]);
+                none.index_select(0, rows).where_self(&mask, &tokens)
+            }
+            _ => tokens,
+        }
+    }
+
+    /// The UNet call with NegToMe's reference rows of these cells, when some row merges at
+    /// this step (else without them).
+    fn with_merge(
+        &self,
+        cells: &[&GenParams],
+        latents: &Tensor,
+        text: &Tensor,
+        ip: Option<IpInput>,
+        extra: Option<ExtraIp>,
+        r: &References,
+    ) -> Tensor {
+        let rows = ReferenceRows::new(cells);
+        let merges = rows.merges(cells, self.t);
+        if merges.is_empty() {
+            let hooks = Hooks { merge: None, extra };
+            return self.unet.forward_hooked(latents, self.t, text, ip, hooks);
+        }
+        let device = latents.device();
+        let of_batch: Vec<usize> = rows
+            .images
+            .iter()
+            .map(|p| r.rows.images.iter().position(|q| q == p).unwrap_or(0))
+            .collect();
+        let pick = indices(&of_batch, device);
+        let (clean, noise) = (
+            r.latents.index_select(0, &pick),
+            r.noise.index_select(0, &pick),
+        );
+        let ref_text = r.text.index_select(0, &pick);
+        let ref_tokens = r.image_tokens.map(|t| t.index_select(0, &pick));
+        let chunk = References {
+            rows: &rows,
+            latents: &clean,
+            noise: &noise,
+            text: &ref_text,
+            image_tokens: ref_tokens.as_ref(),
+        };
+        let s = self.scheduler;
+        let reference = s.scale_model_input(&s.add_noise(&clean, &noise, self.index), self.index);
+        let hooks = Hooks {
+            merge: Some(token_merge(&merges, self.unet.kind(), device)),
+            extra,
+        };
+        let all = Tensor::cat(&[latents, &reference], 0);
+        let n_rows = latents.size()[0];
+        with_references(self.unet, self.t, &all, text, ip, &chunk, hooks).narrow(0, 0, n_rows)
+    }
 }
 
 /// One UNet call on `latents`: the cell rows (conditioned by `text` and `ip`) followed by

@@ -76,6 +76,10 @@ pub struct Pipeline {
     scheduler_cfg: SchedulerConfig,
     /// NegToMe's encoded reference images by (path, width, height).
     negtome_cache: HashMap<(PathBuf, usize, usize), negtome::Reference>,
+    /// At most this many cells' rows (trajectory groups) per UNet call and VAE decode.
+    call_cells: usize,
+    /// The decoded x̂₀ traces of the last batch: per cell, (step, image `[3, H, W]`).
+    traces: Vec<Vec<(usize, FloatOutcome)>>,
 }
 
 impl Pipeline {
@@ -153,7 +157,16 @@ impl Pipeline {
             unet_adapter: None,
             scheduler_cfg,
             negtome_cache: HashMap::new(),
+            call_cells: usize::MAX,
+            traces: Vec::new(),
         }
+    }
+
+    /// Limits each UNet call to the rows of `cells` cells (trajectory groups) and each VAE
+    /// decode to `cells` images; a batch handed to [`generate`](Self::generate) may hold
+    /// more cells, which share their trajectories (the runner's batch size sets it).
+    pub fn set_call_cells(&mut self, cells: usize) {
+        self.call_cells = cells.max(1);
     }
 
     pub fn device(&self) -> Device {
@@ -266,6 +279,7 @@ impl Pipeline {
         // [steps, B, 4, h, w] on the CPU; each step moves its slice to the device
         let step_noise = (step_draws > 0).then(|| Tensor::cat(&step_noise, 1));
         let references = self.negtome_references(cells)?;
+        let no_image_tokens = self.conditioner.no_image_rows(cells);
         let reference_rows = references.as_ref().map(|(rows, _, _)| {
             self.conditioner
                 .reference_rows(cells, rows.images.len(), image_tokens.is_some())
@@ -274,6 +288,7 @@ impl Pipeline {
             text: &text,
             image_tokens: image_tokens.as_ref(),
             extra_tokens: extra_tokens.as_ref(),
+            no_image_tokens: no_image_tokens.as_ref(),
             negtome: references.as_ref().zip(reference_rows.as_ref()).map(
                 |((rows, latents, noise), (text, tokens))| denoise::References {
                     rows,
@@ -284,16 +299,66 @@ impl Pipeline {
                 },
             ),
         };
-        let x = denoise::denoise(
+        let denoise::Denoised { x, x0 } = denoise::denoise(
             &self.unet,
             scheduler.as_mut(),
             cells,
             &cond,
             x,
             step_noise.as_ref(),
+            self.call_cells,
             progress,
         );
-        self.decoder.decode(&x, cells)
+        self.traces = self.decode_traces(x0, cells)?;
+        self.decode_chunks(&x, cells)
+    }
+
+    /// The x̂₀ traces of the last batch (per cell, in order: (step, float image)); taken
+    /// once.
+    pub fn take_traces_float(&mut self) -> Vec<Vec<(usize, FloatOutcome)>> {
+        std::mem::take(&mut self.traces)
+    }
+
+    /// The same as 8-bit images (a failed decode is left out).
+    pub fn take_traces(&mut self) -> Vec<Vec<(usize, image::RgbImage)>> {
+        let rgb = |(step, r): (usize, FloatOutcome)| r.ok().map(|t| (step, to_rgb8(&t)));
+        let traces = self.take_traces_float();
+        traces
+            .into_iter()
+            .map(|t| t.into_iter().filter_map(rgb).collect())
+            .collect()
+    }
+
+    /// Decodes each cell's x̂₀ latents as images, `call_cells` per VAE call.
+    fn decode_traces(
+        &mut self,
+        x0: Vec<Vec<(usize, Tensor)>>,
+        cells: &[GenParams],
+    ) -> Result<Vec<Vec<(usize, FloatOutcome)>>> {
+        let rows: Vec<(usize, usize, Tensor)> = (x0.into_iter().enumerate())
+            .flat_map(|(c, t)| t.into_iter().map(move |(step, l)| (c, step, l)))
+            .collect();
+        let mut out: Vec<Vec<(usize, FloatOutcome)>> = cells.iter().map(|_| vec![]).collect();
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        let latents = Tensor::stack(&rows.iter().map(|r| &r.2).collect::<Vec<_>>(), 0);
+        let of_row: Vec<GenParams> = rows.iter().map(|r| cells[r.0].clone()).collect();
+        let images = self.decode_chunks(&latents, &of_row)?;
+        for ((c, step, _), image) in rows.into_iter().zip(images) {
+            out[c].push((step, image));
+        }
+        Ok(out)
+    }
+
+    /// Decodes `x` of `cells` at most `call_cells` images per VAE call.
+    fn decode_chunks(&mut self, x: &Tensor, cells: &[GenParams]) -> Result<Vec<FloatOutcome>> {
+        let mut out = Vec::with_capacity(cells.len());
+        for (k, chunk) in cells.chunks(self.call_cells).enumerate() {
+            let rows = x.narrow(0, (k * self.call_cells) as i64, chunk.len() as i64);
+            out.extend(self.decoder.decode(&rows, chunk)?);
+        }
+        Ok(out)
     }
 
     /// The latent height and width for an image of `width` x `height`.

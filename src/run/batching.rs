@@ -11,28 +11,63 @@ use crate::pipeline::{CellOutcome, GenerateError};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
-/// Splits `cells` into batches of at most `max_batch` indices, each batch holding cells with
-/// the same [`GenParams::batch_key`]. Batches follow the order of first appearance, and
-/// indices keep their order within a batch.
+/// A batch of cells that may share trajectories holds up to this many times the batch
+/// size (its UNet calls and decodes still take at most the batch size's rows).
+pub const SHARED_BATCH: usize = 16;
+
+/// Splits `cells` into batches, each batch holding cells with the same
+/// [`GenParams::batch_key`], in the order of first appearance. Where no two cells of a key
+/// may share a trajectory ([`GenParams::trunk_key`]), batches are runs of at most
+/// `max_batch` cells, indices in order; otherwise the cells of each trunk are kept together
+/// (trunks in order of first appearance, cells in order within them) and packed into
+/// batches of at most `max_batch * SHARED_BATCH` cells, so that they share their steps.
 pub fn plan_batches(cells: &[GenParams], max_batch: usize) -> Vec<Vec<usize>> {
     let max_batch = max_batch.max(1);
-    let mut groups: Vec<(_, Vec<usize>)> = Vec::new();
-    for (i, cell) in cells.iter().enumerate() {
-        let key = cell.batch_key();
+    let by_key = first_appearance(cells.iter().map(GenParams::batch_key).collect());
+    by_key
+        .into_iter()
+        .flat_map(|members| {
+            let trunks = first_appearance(members.iter().map(|&i| cells[i].trunk_key()).collect());
+            let trunks: Vec<Vec<usize>> = trunks
+                .into_iter()
+                .map(|t| t.into_iter().map(|k| members[k]).collect())
+                .collect();
+            if trunks.iter().all(|t| t.len() == 1) {
+                members.chunks(max_batch).map(<[usize]>::to_vec).collect()
+            } else {
+                pack(trunks, max_batch * SHARED_BATCH)
+            }
+        })
+        .collect()
+}
+
+/// The indices of `keys` grouped by equal key, groups in order of first appearance.
+fn first_appearance<K: PartialEq>(keys: Vec<K>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(K, Vec<usize>)> = Vec::new();
+    for (i, key) in keys.into_iter().enumerate() {
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, members)) => members.push(i),
             None => groups.push((key, vec![i])),
         }
     }
-    groups
-        .into_iter()
-        .flat_map(|(_, members)| {
-            members
-                .chunks(max_batch)
-                .map(<[usize]>::to_vec)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    groups.into_iter().map(|(_, m)| m).collect()
+}
+
+/// Whole trunks (split where longer than `limit`) packed in order into batches of at most
+/// `limit` cells.
+fn pack(trunks: Vec<Vec<usize>>, limit: usize) -> Vec<Vec<usize>> {
+    let mut batches: Vec<Vec<usize>> = vec![];
+    let mut current: Vec<usize> = vec![];
+    for piece in trunks.iter().flat_map(|t| t.chunks(limit)) {
+        if current.len() + piece.len() > limit {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.extend_from_slice(piece);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 /// A run's batch size, as recorded in its `batch.json`.
@@ -152,6 +187,25 @@ mod tests {
         let mut all: Vec<usize> = batches.concat();
         all.sort();
         assert_eq!(all, (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn shared_trajectory_batches_keep_each_trunk_together() {
+        // Two seeds, three probes each, seeds innermost: each seed's probes form one trunk.
+        let cells: Vec<GenParams> = (0..6)
+            .map(|i| {
+                let mut c = GenParams::new(i % 2);
+                c.neg_steps_at = Some((i / 2).to_string().parse().unwrap());
+                c
+            })
+            .collect();
+        assert_eq!(plan_batches(&cells, 2), vec![vec![0, 2, 4, 1, 3, 5]]);
+        assert_eq!(plan_batches(&cells, 1).concat(), vec![0, 2, 4, 1, 3, 5]);
+        assert!(
+            plan_batches(&cells, 1)
+                .iter()
+                .all(|b| b.len() <= SHARED_BATCH)
+        );
     }
 
     #[test]

@@ -9,6 +9,13 @@ pub trait Generator {
     /// The largest batch worth trying first for images of `width` x `height`; the runner
     /// decides the batch size of a run from it once and records it.
     fn estimate_batch(&self, width: usize, height: usize) -> usize;
+    /// Each UNet call and decode takes at most `cells` cells' rows; a batch may hold more
+    /// cells, which share their trajectories where they can.
+    fn set_call_cells(&mut self, _cells: usize) {}
+    /// The x̂₀ traces of the last batch, per cell: (step, image); empty without traces.
+    fn take_traces(&mut self) -> Vec<Vec<(usize, image::RgbImage)>> {
+        Vec::new()
+    }
     /// One outcome per cell, in order. The cells share a [`GenParams::batch_key`].
     fn generate(
         &mut self,
@@ -20,6 +27,12 @@ pub trait Generator {
 impl Generator for Pipeline {
     fn estimate_batch(&self, width: usize, height: usize) -> usize {
         crate::device::estimate_max_batch(self.device(), self.kind(), width, height)
+    }
+    fn set_call_cells(&mut self, cells: usize) {
+        Pipeline::set_call_cells(self, cells)
+    }
+    fn take_traces(&mut self) -> Vec<Vec<(usize, image::RgbImage)>> {
+        Pipeline::take_traces(self)
     }
     fn generate(
         &mut self,

@@ -305,6 +305,21 @@ mod tests {
         q = p.clone();
         q.negtome_t_min = 500.0;
         assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        // Step sets and `neg_off`: only when set (step_set, neg_off).
+        q = p.clone();
+        q.neg_off = crate::params::NegOff::Zero;
+        assert_eq!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        q.neg_off = crate::params::NegOff::NoImage;
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
+        q = p.clone();
+        q.neg_steps_at = Some("12".parse().unwrap());
+        let twelve = image_id(&q, None, Some("lawnsha"), &models, "fp32");
+        assert_ne!(twelve, before);
+        q.neg_steps_at = Some("13".parse().unwrap());
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), twelve);
+        q = p.clone();
+        q.steps_at = Some("every 2".parse().unwrap());
+        assert_ne!(image_id(&q, None, Some("lawnsha"), &models, "fp32"), before);
     }
 
     #[test]

@@ -67,6 +67,10 @@ impl RunDir {
     pub fn image_file(&self, id: &str) -> String {
         format!("images/{id}.png")
     }
+    /// The x̂₀ of step `step` (0-based) of image `id`.
+    pub fn trace_file(&self, id: &str, step: usize) -> String {
+        format!("traces/{id}/step-{step:03}.png")
+    }
     pub fn cell_file(&self, id: &str) -> PathBuf {
         self.cells().join(format!("{id}.json"))
     }

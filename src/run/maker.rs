@@ -52,6 +52,9 @@ pub(super) struct Maker<'a> {
 }
 
 /// What one call to [`Maker::make`] did.
+/// A cell's decoded x̂₀ traces: (step, image).
+pub(super) type Trace = Vec<(usize, image::RgbImage)>;
+
 pub(super) struct Made {
     pub(super) interrupted: bool,
 }
@@ -83,7 +86,7 @@ impl<'a> Maker<'a> {
     }
 
     /// Makes the batches of `params` that hold a pending cell, whole (see
-    /// [`super::batching`]); `done(j, outcome, seconds)` for each pending cell j made, which
+    /// [`super::batching`]); `done(j, outcome, trace, seconds)` for each pending cell j made, which
     /// then stops being pending. After an out-of-memory failure the batches are planned
     /// again at the halved size. Stops before a batch once `stop` is set.
     pub(super) fn make(
@@ -92,7 +95,7 @@ impl<'a> Maker<'a> {
         pending: &mut [bool],
         stop: &AtomicBool,
         progress: &dyn Fn(String),
-        done: &mut dyn FnMut(usize, CellOutcome, f64) -> Result<()>,
+        done: &mut dyn FnMut(usize, CellOutcome, Trace, f64) -> Result<()>,
     ) -> Result<Made> {
         'plan: loop {
             let size = self.batch_size(params)?;
@@ -112,6 +115,7 @@ impl<'a> Maker<'a> {
                 else {
                     bail!("no generator")
                 };
+                g.set_call_cells(size);
                 let Some(outcomes) = batch_size.attempt(g.as_mut(), &cells, &mut |s, steps| {
                     progress(format!("batch of {n}: step {s}/{steps}"))
                 })?
@@ -119,9 +123,11 @@ impl<'a> Maker<'a> {
                     continue 'plan;
                 };
                 let seconds = t.elapsed().as_secs_f64() / n as f64;
-                for (&j, outcome) in batch.iter().zip(outcomes) {
+                let mut traces = g.take_traces();
+                traces.resize_with(n, Vec::new);
+                for ((&j, outcome), trace) in batch.iter().zip(outcomes).zip(traces) {
                     if pending[j] {
-                        done(j, outcome, seconds)?;
+                        done(j, outcome, trace, seconds)?;
                         pending[j] = false;
                     }
                 }

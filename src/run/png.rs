@@ -90,6 +90,16 @@ pub fn a1111_parameters(
     if !p.ip_scaling.is_v() {
         fields.push(format!("IP-Adapter scaling: {}", p.ip_scaling));
     }
+    // Quoted: a step set may hold commas.
+    if let Some(set) = &p.steps_at {
+        fields.push(format!("IP-Adapter steps: \"{set}\""));
+    }
+    if let Some(set) = &p.neg_steps_at {
+        fields.push(format!("Negative steps: \"{set}\""));
+    }
+    if !p.neg_off.is_zero() {
+        fields.push(format!("Negative off: {}", p.neg_off));
+    }
     if p.negtome_on() {
         fields.push(format!(
             "NegToMe: on, NegToMe alpha: {}, NegToMe threshold: {}, NegToMe timesteps: {}-{}",
@@ -163,6 +173,15 @@ mod tests {
             "{blocks}"
         );
         assert!(!perp.contains("NegToMe"));
+        p.neg_steps_at = Some("3, 5, 7-9".parse().unwrap());
+        p.neg_off = crate::params::NegOff::NoImage;
+        let probe = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");
+        assert!(
+            probe.contains("Negative steps: \"3, 5, 7-9\", Negative off: no_image"),
+            "{probe}"
+        );
+        p.neg_steps_at = None;
+        p.neg_off = crate::params::NegOff::Zero;
         p.negtome = true;
         p.negtome_alpha = 0.5;
         let negtome = a1111_parameters(&p, Some("house"), Some("lawn"), "rv51");

@@ -1,8 +1,8 @@
 //! `records.csv`: one row per image of a run.
 use crate::experiment::CellSpec;
 use crate::params::{
-    self, AdapterKind, BlockWeights, IpScaling, Method, NegativeMode, NoImage, SchedulerKind,
-    Window,
+    self, AdapterKind, BlockWeights, IpScaling, Method, NegOff, NegativeMode, NoImage,
+    SchedulerKind, StepSet, Window,
 };
 use crate::sampling::methods;
 use anyhow::{Context, Result};
@@ -81,6 +81,18 @@ pub struct Record {
     /// the rows, and the record ids made from them, of other runs are unchanged).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subject: String,
+    /// Step sets in effect (empty: the branch follows its window), and the negative
+    /// branch's off state; the columns exist only in runs that use them (other runs keep
+    /// their rows and record ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_at: Option<StepSet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neg_steps_at: Option<StepSet>,
+    #[serde(default, skip_serializing_if = "NegOff::is_zero")]
+    pub neg_off: NegOff,
+    /// The steps whose x̂₀ is saved under `traces/<image id>/step-NNN.png`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<StepSet>,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -156,6 +168,18 @@ impl Record {
             "negtome_t_max" => csv_value(&self.negtome_t_max),
             "method_params" => self.method_params.clone(),
             "subject" => self.subject.clone(),
+            "steps_at" => self
+                .steps_at
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            "neg_steps_at" => (self.neg_steps_at.as_ref())
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            "neg_off" => csv_value(&self.neg_off),
+            "trace" => (self.trace.as_ref())
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             key if methods::param(key).is_some() => self.method_param(key).unwrap_or_default(),
@@ -235,6 +259,10 @@ impl Record {
                 .collect::<Vec<_>>()
                 .join("; "),
             subject: cell.subject.clone().unwrap_or_default(),
+            steps_at: cell.steps_at.clone(),
+            neg_steps_at: cell.neg_steps_at().cloned(),
+            neg_off: cell.neg_off,
+            trace: cell.trace.clone(),
             seconds,
             error: error.to_string(),
         }
@@ -320,16 +348,32 @@ pub const COLUMNS: [&str; 37] = [
     "error",
 ];
 
-/// Writes records.csv atomically: [`COLUMNS`], and `subject` after `method_params` in a
-/// run with subjects (other runs keep their columns).
+/// Writes records.csv atomically: [`COLUMNS`], `subject` after `method_params` in a run
+/// with subjects, and `steps_at`, `neg_steps_at`, `neg_off`, `trace` after it in a run with
+/// step sets, `neg_off = "no_image"` or traces (other runs keep their columns).
 pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
     let mut columns = COLUMNS.to_vec();
+    let mut at = columns
+        .iter()
+        .position(|&c| c == "method_params")
+        .unwrap_or(0);
     if records.iter().any(|r| !r.subject.is_empty()) {
-        let at = columns
-            .iter()
-            .position(|&c| c == "method_params")
-            .unwrap_or(0);
-        columns.insert(at + 1, "subject");
+        at += 1;
+        columns.insert(at, "subject");
+    }
+    let when = |r: &Record| {
+        r.steps_at.is_some()
+            || r.neg_steps_at.is_some()
+            || !r.neg_off.is_zero()
+            || r.trace.is_some()
+    };
+    if records.iter().any(when) {
+        for (k, c) in ["steps_at", "neg_steps_at", "neg_off", "trace"]
+            .into_iter()
+            .enumerate()
+        {
+            columns.insert(at + 1 + k, c);
+        }
     }
     let mut w = csv::Writer::from_writer(Vec::new());
     let row_error = || format!("cannot write a row of {}", path.display());

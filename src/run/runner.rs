@@ -438,7 +438,7 @@ impl<'a> RunContext<'a> {
             &mut todo,
             stop,
             &|msg| bar.set_message(msg),
-            &mut |g, outcome, seconds| {
+            &mut |g, outcome, trace, seconds| {
                 let members: Vec<usize> = (0..shard.len())
                     .filter(|&j| group[j] == g && pending[j])
                     .collect();
@@ -450,6 +450,13 @@ impl<'a> RunContext<'a> {
                         let spec = &exp.cells[lead];
                         let bytes = encode_cell(exp, files, &opts.dtype, image, p, spec, img)?;
                         atomic_write(&run.dir.join(&file), &bytes)?;
+                        for (step, img) in &trace {
+                            let path = run.dir.join(run.trace_file(image, *step));
+                            if let Some(dir) = path.parent() {
+                                std::fs::create_dir_all(dir)?;
+                            }
+                            atomic_write(&path, &crate::run::png::encode(img, &[])?)?;
+                        }
                         (file, None)
                     }
                     CellOutcome::Failed(reason) => (String::new(), Some(reason.clone())),

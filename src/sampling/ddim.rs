@@ -86,21 +86,26 @@ impl Scheduler for Ddim {
         z0 * a.sqrt() as f64 + noise * (1.0 - a).sqrt() as f64
     }
 
+    /// `(x - sqrt(1 - a_t) eps) / sqrt(a_t)`, clipped when the config says so.
+    fn predicted_x0(&self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
+        let alpha_prod_t = self.alphas_cumprod[self.timesteps[step_index] as usize];
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let x0 = (x - eps * beta_prod_t.sqrt() as f64) / alpha_prod_t.sqrt() as f64;
+        match self.clip {
+            Some(r) => x0.clamp(-r, r),
+            None => x0,
+        }
+    }
+
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor, _: Option<&Tensor>) -> Tensor {
         let t = self.timesteps[step_index] as i64;
         let prev_t = t - self.step_ratio;
-        let alpha_prod_t = self.alphas_cumprod[t as usize];
         let alpha_prod_prev = if prev_t >= 0 {
             self.alphas_cumprod[prev_t as usize]
         } else {
             self.final_alpha_cumprod
         };
-        let beta_prod_t = 1.0 - alpha_prod_t;
-        // x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t)
-        let mut x0 = (x - eps * beta_prod_t.sqrt() as f64) / alpha_prod_t.sqrt() as f64;
-        if let Some(r) = self.clip {
-            x0 = x0.clamp(-r, r);
-        }
+        let x0 = self.predicted_x0(eps, step_index, x);
         // x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps   (eta = 0: no noise term)
         let direction = eps * (1.0 - alpha_prod_prev).sqrt() as f64;
         x0 * alpha_prod_prev.sqrt() as f64 + direction

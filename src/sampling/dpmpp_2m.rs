@@ -104,11 +104,22 @@ impl Scheduler for DpmPp2m {
         z0 * alpha as f64 + noise * sigma as f64
     }
 
+    /// The data prediction `(x - sigma_s eps) / alpha_s`.
+    fn predicted_x0(&self, eps: &Tensor, i: usize, x: &Tensor) -> Tensor {
+        let (alpha_s0, sigma_s0, _) = alpha_sigma_lambda(self.sigmas[i]);
+        (x - eps * sigma_s0 as f64) / alpha_s0 as f64
+    }
+
+    fn fork(&mut self, parents: &Tensor) {
+        if let Some(prev) = &self.previous_x0 {
+            self.previous_x0 = Some(prev.index_select(0, parents));
+        }
+    }
+
     fn step(&mut self, eps: &Tensor, i: usize, x: &Tensor, _: Option<&Tensor>) -> Tensor {
-        let (alpha_s0, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i]);
+        let (_, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i]);
         let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i + 1]);
-        // data prediction x0 = (x - sigma_s eps) / alpha_s
-        let x0 = (x - eps * sigma_s0 as f64) / alpha_s0 as f64;
+        let x0 = self.predicted_x0(eps, i, x);
         let h = lambda_t - lambda_s0;
         let phi = alpha_t * ((-h).exp() - 1.0);
         let last = i + 1 == self.timesteps.len();

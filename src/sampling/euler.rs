@@ -90,10 +90,15 @@ impl Scheduler for Euler {
         z0 + noise * self.sigmas[step_index] as f64
     }
 
+    /// `x - sigma eps` (on the sigma-scaled sample).
+    fn predicted_x0(&self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
+        x - eps * self.sigmas[step_index] as f64
+    }
+
     fn step(&mut self, eps: &Tensor, step_index: usize, x: &Tensor, _: Option<&Tensor>) -> Tensor {
         let sigma = self.sigmas[step_index];
-        // x0 = x - sigma eps; dx/dsigma = (x - x0) / sigma; one Euler step to the next sigma
-        let x0 = x - eps * sigma as f64;
+        // dx/dsigma = (x - x0) / sigma; one Euler step to the next sigma
+        let x0 = self.predicted_x0(eps, step_index, x);
         let derivative = (x - x0) / sigma as f64;
         let dt = self.sigmas[step_index + 1] - sigma;
         x + derivative * dt as f64

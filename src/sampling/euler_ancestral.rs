@@ -63,6 +63,10 @@ impl Scheduler for EulerAncestral {
         })
     }
 
+    fn predicted_x0(&self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor {
+        self.euler.predicted_x0(eps, step_index, x)
+    }
+
     /// # Panics
     /// Without `noise` (the caller must pass it to an ancestral scheduler).
     fn step(
@@ -75,8 +79,8 @@ impl Scheduler for EulerAncestral {
         let noise = noise.expect("euler_ancestral: each step takes its noise (is_ancestral)");
         let sigma = self.euler.sigma(step_index);
         let (up, down) = self.up_down(step_index);
-        // x0 = x - sigma eps; derivative (x - x0) / sigma; deterministic part down to sigma_down
-        let x0 = x - eps * sigma;
+        // derivative (x - x0) / sigma; deterministic part down to sigma_down
+        let x0 = self.predicted_x0(eps, step_index, x);
         let derivative = (x - x0) / sigma;
         let dt = down - sigma as f32;
         x + derivative * dt as f64 + noise * up as f64

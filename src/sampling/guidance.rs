@@ -8,11 +8,15 @@
 //! way, and the two-row part is laid out as it was before the three-row methods.
 //!
 //! The IP-Adapter scale of each row comes from its branch ([`RowCond::branch`]) evaluated
-//! at the step with [`BranchWeight::at`](crate::params::BranchWeight::at) under the cell's
+//! at the step ([`Branch::ip`]: [`BranchWeight::active`](crate::params::BranchWeight::active) under the cell's
 //! window rule (`window = "steps"`: with N steps, step i (0-based) is active iff
 //! `start <= i/N < end`; `"sigma"`: ComfyUI's rule on the step's noise level); an inactive
 //! branch has scale 0 at that step. So a window takes effect at its first step (not one
 //! late), and the negative weight applies at every step (the two defects of the demo).
+//!
+//! A branch with a step set (`steps_at`, `neg_steps_at`) is active at the steps of the set
+//! instead of its window; where the negative branch is off, `neg_off = "no_image"` gives its
+//! rows (and second terms) the "no image" tokens at the branch weight ([`Branch::ip`]).
 //!
 //! Each row's scale is given per cross-attention block (execution order: down, mid, up):
 //! the branch's weight times the factor of its block weights for that block.
@@ -59,7 +63,7 @@ pub fn ip_scales(cells: &[&GenParams], step: &StepAt, blocks: usize) -> Vec<Vec<
 
 /// The weight of `c`'s `branch` at `step` times its factor of each of `blocks` blocks.
 fn branch_scales(c: &GenParams, branch: Branch, step: &StepAt, blocks: usize) -> Vec<f64> {
-    let weight = branch.weight(c).at(c.window, step);
+    let weight = branch.ip(c, step).weight;
     let factors = branch.blocks(c).factors(blocks);
     factors.into_iter().map(|f| weight * f).collect()
 }
@@ -119,6 +123,26 @@ pub fn extra_scale_tensor(
         })
         .collect();
     scale_tensor(&by_block(&per_row, blocks), blocks, device, kind)
+}
+
+/// Which rows, in [`row_layout`] order, take the "no image" tokens in place of their own at
+/// `step` (`neg_off = "no_image"` outside the negative branch's steps).
+pub fn no_image_rows(cells: &[&GenParams], step: &StepAt) -> Vec<bool> {
+    let cell_of = row_layout(cells);
+    row_conds(cells)
+        .into_iter()
+        .zip(cell_of)
+        .map(|(row, (i, _))| row.branch.ip(cells[i], step).no_image_tokens)
+        .collect()
+}
+
+/// The same for the second terms of [`extra_rows`].
+pub fn no_image_extras(cells: &[&GenParams], step: &StepAt) -> Vec<bool> {
+    let cell_of = row_layout(cells);
+    extra_rows(cells)
+        .into_iter()
+        .map(|(r, extra)| extra.branch.ip(cells[cell_of[r].0], step).no_image_tokens)
+        .collect()
 }
 
 /// Guided noise prediction `[B, ...]` from the UNet output `eps` of the rows of

@@ -11,6 +11,7 @@ pub mod guidance;
 pub mod methods;
 pub mod negtome;
 pub mod scheduler;
+pub mod trajectory;
 pub mod window;
 
 pub use scheduler::{NoiseSchedule, SchedulerConfig};
@@ -62,6 +63,13 @@ pub trait Scheduler {
         x: &Tensor,
         noise: Option<&Tensor>,
     ) -> Tensor;
+    /// Row `r` of the state kept between steps becomes row `parents[r]` of the old state,
+    /// as the latents do where shared trajectories fork ([`trajectory`]). Nothing to do for
+    /// schedulers without history.
+    fn fork(&mut self, _parents: &Tensor) {}
+    /// The predicted clean sample x̂₀ of step `step_index` for `x` and the guided `eps`,
+    /// by the scheduler's own formula (diffusers' `pred_original_sample`).
+    fn predicted_x0(&self, eps: &Tensor, step_index: usize, x: &Tensor) -> Tensor;
 }
 
 /// One step of an ancestral scheduler: from `sigma` it moves deterministically to

@@ -103,14 +103,16 @@ pub fn load_pipeline(models: &negimg::roles::ModelSet<PathBuf>) -> negimg::pipel
         .unwrap()
 }
 
-/// Generates `cells` (any mix of batch keys) in the runner's batches of at most
-/// `max_batch` cells; float outcomes in the order of `cells`.
+/// Generates `cells` (any mix of batch keys) in the runner's batches at batch size
+/// `max_batch` (UNet calls of at most `max_batch` cells; cells that may share trajectories
+/// batched together); float outcomes in the order of `cells`.
 pub fn generate_float(
     pipeline: &mut negimg::pipeline::Pipeline,
     cells: &[negimg::params::GenParams],
     max_batch: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Vec<negimg::pipeline::FloatOutcome> {
+    pipeline.set_call_cells(max_batch);
     let mut out: Vec<Option<negimg::pipeline::FloatOutcome>> = cells.iter().map(|_| None).collect();
     for batch in negimg::run::batching::plan_batches(cells, max_batch) {
         let group: Vec<_> = batch.iter().map(|&i| cells[i].clone()).collect();
@@ -122,6 +124,20 @@ pub fn generate_float(
     out.into_iter().map(Option::unwrap).collect()
 }
 
+/// Generates each of `cells` in a call of its own (no batching, no shared trajectory).
+pub fn generate_alone(
+    pipeline: &mut negimg::pipeline::Pipeline,
+    cells: &[negimg::params::GenParams],
+) -> Vec<negimg::pipeline::FloatOutcome> {
+    cells
+        .iter()
+        .map(|c| {
+            let mut out = pipeline.generate_float(std::slice::from_ref(c), &mut |_, _| {});
+            out.as_mut().unwrap().pop().unwrap()
+        })
+        .collect()
+}
+
 /// Generates `cells` one by one and in one batch of all; asserts the batch took `calls`
 /// progress calls (its steps) and gives every cell's image within 1e-5 of the image alone.
 /// `label` describes cell i in a failure.
@@ -131,7 +147,7 @@ pub fn assert_batched_equal_alone(
     calls: (usize, &str),
     label: &dyn Fn(usize) -> String,
 ) {
-    let alone = generate_float(pipeline, cells, 1, &mut |_, _| {});
+    let alone = generate_alone(pipeline, cells);
     let mut n = 0;
     let together = generate_float(pipeline, cells, cells.len(), &mut |_, _| n += 1);
     assert_eq!(n, calls.0, "{}", calls.1);

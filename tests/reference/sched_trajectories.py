@@ -5,7 +5,8 @@ CASES.json: [{"name", "kind": ddim|euler|euler_ancestral|dpmpp_2m|dpmpp_2m_karra
 For each case: a fixed random initial noise and model-output sequence (saved), and what
 diffusers does with them the way StableDiffusionPipeline drives a scheduler. An ancestral
 scheduler draws its step noise from a generator passed to `step`; a twin generator draws the
-same tensors, saved as `{name}.noise`.
+same tensors, saved as `{name}.noise`. DDIM, Euler and Euler ancestral also save each step's
+`pred_original_sample` (x̂₀) as `{name}.x0`.
 """
 import json, sys
 import torch
@@ -32,15 +33,20 @@ for case in cases:
     x_t = torch.randn(shape, generator=g)
     eps = torch.randn((n,) + shape, generator=g)
     x = x_t * s.init_noise_sigma
-    inputs, traj, noise = [], [x], []
+    inputs, traj, noise, x0 = [], [x], [], []
     step_gen, twin = (torch.Generator("cpu").manual_seed(1000 + len(out)) for _ in range(2))
     for i, t in enumerate(s.timesteps):
         inputs.append(s.scale_model_input(x, t))
-        x = s.step(eps[i], t, x, generator=step_gen).prev_sample
+        step = s.step(eps[i], t, x, generator=step_gen)
+        x = step.prev_sample
+        if getattr(step, "pred_original_sample", None) is not None:
+            x0.append(step.pred_original_sample)
         noise.append(torch.randn(shape, generator=twin))
         traj.append(x)
     if kind == "euler_ancestral":
         out[f"{name}.noise"] = torch.stack(noise)
+    if x0:
+        out[f"{name}.x0"] = torch.stack(x0)
     out[f"{name}.timesteps"] = s.timesteps.to(torch.float64)
     out[f"{name}.init_noise_sigma"] = torch.tensor([float(s.init_noise_sigma)], dtype=torch.float64)
     out[f"{name}.x_t"] = x_t

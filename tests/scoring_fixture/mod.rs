@@ -54,6 +54,10 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         negtome_t_max: negimg::params::NEGTOME_T_MAX,
         method_params: String::new(),
         subject: String::new(),
+        steps_at: None,
+        neg_steps_at: None,
+        neg_off: Default::default(),
+        trace: None,
         seconds: 0.1,
         error: String::new(),
     }

@@ -13,7 +13,7 @@
 //! σ_up = 0, where the likelihood ratio is undefined); the update after the last step
 //! (σ_up = 0) is never used and not made.
 use super::three_branch::{ROWS, row};
-use super::{CellState, NegativeMethod, ParamSpec, RowCond, Step, value};
+use super::{CellState, MethodState, NegativeMethod, ParamSpec, RowCond, Step, value};
 use crate::params::{GenParams, Method, Row, SchedulerKind};
 use crate::sampling::AncestralStep;
 use tch::{Kind, Tensor};
@@ -75,6 +75,16 @@ static PARAMS: [ParamSpec; 6] = [
 struct Posterior {
     p: f64,
     rows: Option<(Tensor, Tensor)>,
+}
+
+/// Copied whole (forks happen between steps, where `after_step` has taken the rows).
+impl MethodState for Posterior {
+    fn fork(&self) -> Self {
+        Posterior {
+            p: self.p,
+            rows: self.rows.as_ref().map(|(u, n)| (u.copy(), n.copy())),
+        }
+    }
 }
 
 impl NegativeMethod for Dng {

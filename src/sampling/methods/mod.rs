@@ -27,7 +27,9 @@ mod subtract;
 mod three_branch;
 mod uncond;
 
-use crate::params::{BlockWeights, BranchWeight, GenParams, Method, Row, RowImage, StepAt};
+use crate::params::{
+    BlockWeights, BranchWeight, GenParams, Method, NegOff, Row, RowImage, StepAt, StepSet,
+};
 use crate::sampling::AncestralStep;
 use std::any::Any;
 use tch::Tensor;
@@ -162,6 +164,53 @@ impl Branch {
             Branch::Negative => &c.neg_blocks,
         }
     }
+
+    /// The branch's step set (`steps_at`, `neg_steps_at`), in place of its window.
+    pub fn steps(self, c: &GenParams) -> Option<&StepSet> {
+        match self {
+            Branch::Positive => c.steps_at.as_ref(),
+            Branch::Negative => c.neg_steps_at.as_ref(),
+        }
+    }
+
+    /// Whether the branch is active at `step`: in its step set, or else in its window.
+    pub fn active(self, c: &GenParams, step: &StepAt) -> bool {
+        match self.steps(c) {
+            Some(set) => set.contains(step.index),
+            None => self.weight(c).active(c.window, step),
+        }
+    }
+
+    /// What a row (or second term) of this branch takes at `step`: the branch weight
+    /// where the branch is active; elsewhere scale 0, or for the negative branch with
+    /// `neg_off = "no_image"` the "no image" tokens at the branch weight.
+    pub fn ip(self, c: &GenParams, step: &StepAt) -> BranchIp {
+        let weight = self.weight(c).weight;
+        let no_image = self == Branch::Negative && c.neg_off == NegOff::NoImage;
+        match (self.active(c, step), no_image) {
+            (true, _) => BranchIp {
+                weight,
+                no_image_tokens: false,
+            },
+            (false, true) => BranchIp {
+                weight,
+                no_image_tokens: true,
+            },
+            (false, false) => BranchIp {
+                weight: 0.0,
+                no_image_tokens: false,
+            },
+        }
+    }
+}
+
+/// What a row's image attention takes at one step ([`Branch::ip`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BranchIp {
+    /// The IP scale (before the per-block factors).
+    pub weight: f64,
+    /// The "no image" tokens in place of the row's own (`neg_off = "no_image"` off steps).
+    pub no_image_tokens: bool,
 }
 
 /// The cond row every method but `subtract` uses: the prompt and the positive image.
@@ -299,20 +348,51 @@ pub struct Step<'a> {
 }
 
 /// What a method carries from one step to the next for one cell (SEGA's momentum, DNG's
-/// posterior): a value of the method's own type, made at the first step that asks.
+/// posterior): a value of the method's own type, made at the first step that asks, and
+/// copied where a shared trajectory forks ([`CellState::fork`]).
 #[derive(Default)]
-pub struct CellState(Option<Box<dyn Any>>);
+pub struct CellState(Option<Box<dyn AnyState>>);
+
+/// A method's per-cell state: it can be copied for each branch of a fork.
+pub trait MethodState: 'static {
+    /// An independent copy (tensors copied, not shared).
+    fn fork(&self) -> Self;
+}
+
+/// [`MethodState`] as a trait object.
+trait AnyState {
+    fn fork_box(&self) -> Box<dyn AnyState>;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: MethodState> AnyState for T {
+    fn fork_box(&self) -> Box<dyn AnyState> {
+        Box::new(self.fork())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
 
 impl CellState {
     /// The state, made by `init` the first time.
-    pub fn get_or_init<T: 'static>(&mut self, init: impl FnOnce() -> T) -> &mut T {
-        if !self.0.as_ref().is_some_and(|s| s.is::<T>()) {
+    pub fn get_or_init<T: MethodState>(&mut self, init: impl FnOnce() -> T) -> &mut T {
+        if !self.0.as_ref().is_some_and(|s| s.as_any().is::<T>()) {
             self.0 = Some(Box::new(init()));
         }
         self.0
             .as_mut()
-            .and_then(|s| s.downcast_mut::<T>())
+            .and_then(|s| s.as_any_mut().downcast_mut::<T>())
             .expect("the state was just made with this type")
+    }
+
+    /// The state of a cell that goes on from here on a trajectory of its own.
+    pub fn fork(&self) -> CellState {
+        CellState(self.0.as_ref().map(|s| s.fork_box()))
     }
 }
 
@@ -428,6 +508,62 @@ mod tests {
         assert_eq!(row(&p, Row::Uncond).text, "grass");
     }
 
+    /// `GenParams::effective` drops the negative window and step set of a `neg_off =
+    /// "no_image"` cell without a negative image: right only while every method's
+    /// negative-branch rows and terms take "no image" there.
+    #[test]
+    fn negative_branch_rows_without_a_negative_image_take_no_image() {
+        let mut p = GenParams::new(1);
+        p.prompt = "house".into();
+        p.negative_prompt = "grass".into();
+        p.positive_image = Some(PathBuf::from("house.png"));
+        for negative in [NegativeMode::None, NegativeMode::Text] {
+            p.negative = negative;
+            for m in REGISTRY {
+                p.method = m.method();
+                for &row in m.rows() {
+                    let r = m.row(&p, row);
+                    let mut terms = vec![(r.branch, r.image)];
+                    terms.extend(r.extra.map(|x| (x.branch, x.image)));
+                    for (branch, image) in terms {
+                        if branch == Branch::Negative {
+                            assert_eq!(image, RowImage::NoImage, "{} {row:?}", p.method);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn neg_off_no_image_gives_the_off_negative_branch_no_image_at_its_weight() {
+        use crate::params::test_schedule::step;
+        let mut p = GenParams::new(1);
+        p.negative_branch.weight = 0.4;
+        p.positive.weight = 0.7;
+        p.neg_steps_at = Some("2".parse().unwrap());
+        p.steps_at = Some("from 1".parse().unwrap());
+        let (on, off) = (step(2, 4, 0.0), step(0, 4, 0.0));
+        let ip = |b: Branch, at| b.ip(&p, at);
+        assert_eq!(ip(Branch::Negative, &on).weight, 0.4);
+        assert_eq!(ip(Branch::Negative, &off).weight, 0.0);
+        assert_eq!(ip(Branch::Positive, &off).weight, 0.0);
+        p.neg_off = NegOff::NoImage;
+        let ip = |b: Branch, at| b.ip(&p, at);
+        assert_eq!(
+            ip(Branch::Negative, &off),
+            BranchIp {
+                weight: 0.4,
+                no_image_tokens: true
+            }
+        );
+        assert!(!ip(Branch::Negative, &on).no_image_tokens);
+        // The cond branch keeps scale 0 where it is off.
+        assert_eq!(ip(Branch::Positive, &off).weight, 0.0);
+        assert!(!ip(Branch::Positive, &off).no_image_tokens);
+        assert_eq!(ip(Branch::Positive, &on).weight, 0.7);
+    }
+
     #[test]
     fn keys_a_cells_method_does_not_read_are_reported() {
         let mut c = GenParams::new(0);
@@ -445,11 +581,23 @@ mod tests {
         assert_eq!(unused_keys(&c, &set), ["neg_cfg", "neg_embed_scale"]);
     }
 
+    struct Count(u32);
+    impl MethodState for Count {
+        fn fork(&self) -> Self {
+            Count(self.0)
+        }
+    }
+
     #[test]
     fn a_cells_state_is_made_once_and_kept() {
         let mut s = CellState::default();
-        *s.get_or_init(|| 1u32) += 1;
-        assert_eq!(*s.get_or_init(|| 7u32), 2);
+        s.get_or_init(|| Count(1)).0 += 1;
+        assert_eq!(s.get_or_init(|| Count(7)).0, 2);
+        // A shared trajectory's fork: each branch goes on from a copy.
+        let mut other = s.fork();
+        other.get_or_init(|| Count(0)).0 += 10;
+        assert_eq!(s.get_or_init(|| Count(7)).0, 2);
+        assert_eq!(other.get_or_init(|| Count(7)).0, 12);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! warm-up); guided `ε∅ + cfg·(ε₊ − ε∅) + e` from step `sega_warmup_steps` on, plain CFG
 //! before. As the pipeline, at `cfg <= 1` the cell is its cond row alone (no guidance).
 use super::three_branch::{ROWS, row};
-use super::{CellState, NegativeMethod, ParamSpec, RowCond, Step, cfg, value};
+use super::{CellState, MethodState, NegativeMethod, ParamSpec, RowCond, Step, cfg, value};
 use crate::params::{GenParams, Method, Row};
 use tch::Tensor;
 
@@ -67,6 +67,12 @@ static PARAMS: [ParamSpec; 6] = [
 
 /// The momentum m, per cell, from step to step.
 struct Momentum(Tensor);
+
+impl MethodState for Momentum {
+    fn fork(&self) -> Self {
+        Momentum(self.0.copy())
+    }
+}
 
 impl NegativeMethod for Sega {
     fn method(&self) -> Method {
