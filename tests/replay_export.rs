@@ -3,8 +3,9 @@
 //! a block preset with ComfyUI's `kv_c` scaling, `subtract` with the Plus adapter, a sigma
 //! window, DPM++ 2M Karras and black "no image" tokens, NegToMe alone on Euler,
 //! `cond_negative` (two image-attention terms) with a negative window and `kv` scaling, `sega`,
-//! `uncond` on Euler ancestral and `dng` (on Euler ancestral). Replay gives the same bytes; each
-//! exported script, run in the venv, gives negimg's image within 1/255.
+//! `uncond` on Euler ancestral, `dng` (on Euler ancestral), and the negative branch in the
+//! `composition` preset with `k_mean_v_c` scaling. Replay gives the same bytes; each exported
+//! script, run in the venv, gives negimg's image within 1/255.
 mod common;
 
 use common::{negimg, text};
@@ -12,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The cells of the run, in the order of the zip below; each is found by its prompt.
-const CELLS: [&str; 9] = [
+/// The last two are not exported: `cond_negative_kv` without its second term (neg_weight 0)
+/// and `dng` with a posterior that stays at its prior (dng_temp 0), so that a script which
+/// dropped the term or the update would be far from negimg's image
+/// ([`export_cells_differ_so_the_tolerance_means_something`]).
+const CELLS: [&str; 12] = [
     "uncond_window",
     "perp_neg",
     "style_kv_c",
@@ -22,27 +27,32 @@ const CELLS: [&str; 9] = [
     "sega",
     "uncond_euler_a",
     "dng",
+    "neg_composition_kmv",
+    "cond_negative_kv_w0",
+    "dng_static",
 ];
 
 /// One column per parameter that varies, one value per cell of [`CELLS`].
 const ZIP: &str = r#"
 [[grid.zip]]
-prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler", "a house cond_negative_kv", "a house sega", "a house uncond_euler_a", "a house dng"]
-method = ["uncond", "perp_neg", "uncond", "subtract", "negtome", "cond_negative", "sega", "uncond", "dng"]
-start = [0.25, 0, 0, 0.2, 0, 0, 0, 0, 0]
-neg_end = [0.75, 1, 1, 1, 1, 0.75, 1, 1, 1]
-blocks = ["all", "all", "style", "all", "all", "all", "all", "all", "all"]
-ip_scaling = ["v", "v", "kv_c", "v", "v", "kv", "v", "v", "v"]
-adapter = ["base", "base", "base", "plus", "base", "base", "base", "base", "base"]
-window = ["steps", "steps", "steps", "sigma", "steps", "steps", "steps", "steps", "steps"]
-scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler", "ddim", "ddim", "euler_ancestral", "euler_ancestral"]
-no_image = ["reference", "reference", "reference", "black", "reference", "reference", "reference", "reference", "reference"]
-negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64", "lawn", "lawn", "lawn", "lawn"]
-negtome_t_min = [800, 800, 800, 800, 200, 800, 800, 800, 800]
-sega_warmup_steps = [10, 10, 10, 10, 10, 10, 1, 10, 10]
-dng_guidance_scale = [1, 1, 1, 1, 1, 1, 1, 1, 5]
-dng_prior = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3]
-dng_temp = [1, 1, 1, 1, 1, 1, 1, 1, 1e-4]
+prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler", "a house cond_negative_kv", "a house sega", "a house uncond_euler_a", "a house dng", "a house neg_composition_kmv", "a house cond_negative_kv_w0", "a house dng_static"]
+method = ["uncond", "perp_neg", "uncond", "subtract", "negtome", "cond_negative", "sega", "uncond", "dng", "uncond", "cond_negative", "dng"]
+start = [0.25, 0, 0, 0.2, 0, 0, 0, 0, 0, 0, 0, 0]
+neg_end = [0.75, 1, 1, 1, 1, 0.75, 1, 1, 1, 1, 0.75, 1]
+blocks = ["all", "all", "style", "all", "all", "all", "all", "all", "all", "all", "all", "all"]
+ip_scaling = ["v", "v", "kv_c", "v", "v", "kv", "v", "v", "v", "k_mean_v_c", "kv", "v"]
+adapter = ["base", "base", "base", "plus", "base", "base", "base", "base", "base", "base", "base", "base"]
+window = ["steps", "steps", "steps", "sigma", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps"]
+scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler", "ddim", "ddim", "euler_ancestral", "euler_ancestral", "ddim", "ddim", "euler_ancestral"]
+no_image = ["reference", "reference", "reference", "black", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference"]
+negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn"]
+negtome_t_min = [800, 800, 800, 800, 200, 800, 800, 800, 800, 800, 800, 800]
+sega_warmup_steps = [10, 10, 10, 10, 10, 10, 1, 10, 10, 10, 10, 10]
+dng_guidance_scale = [1, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1, 5]
+dng_prior = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3, 0.2, 0.2, 0.3]
+dng_temp = [1, 1, 1, 1, 1, 1, 1, 1, 1e-4, 1, 1, 0]
+neg_weight = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1]
+neg_blocks = ["all", "all", "all", "all", "all", "all", "all", "all", "all", "composition", "all", "all"]
 "#;
 
 struct Run {
@@ -110,6 +120,28 @@ fn negimg_in(dir: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["--device", "cpu"];
     all.extend_from_slice(args);
     negimg(&all, dir)
+}
+
+/// negimg, offline, on the CPU, in `dir`, with the variables `env` set.
+fn negimg_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::negimg_bin());
+    cmd.args(["--device", "cpu"]).args(args).current_dir(dir);
+    offline_with(&mut cmd, env).output().unwrap()
+}
+
+/// A command offline, without the caller's Hugging Face variables, with `env` set.
+fn offline_with<'c>(
+    cmd: &'c mut std::process::Command,
+    env: &[(&str, &Path)],
+) -> &'c mut std::process::Command {
+    for var in ["HF_HUB_CACHE", "HF_ENDPOINT"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HF_HUB_OFFLINE", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
 }
 
 #[test]
@@ -311,28 +343,31 @@ fn replay_names_a_changed_or_missing_model() {
 
 /// Exports the cell `name`, runs the script in the venv and compares its PNG with negimg's.
 fn export_and_compare(name: &str) {
-    let r = run();
-    let png = image_of(name);
-    let script = r.dir.join(format!("{name}.py"));
-    let out = negimg_in(
-        &r.dir,
+    export_and_compare_in(&run().dir, &image_of(name), name, &[]);
+}
+
+/// Exports `png` to `dir/NAME.py`, runs the script in the venv (both with `env`) and
+/// compares its PNG with `png`; returns the script's text.
+fn export_and_compare_in(dir: &Path, png: &Path, name: &str, env: &[(&str, &Path)]) -> String {
+    let script = dir.join(format!("{name}.py"));
+    let out = negimg_env(
+        dir,
         &[
             "export",
             png.to_str().unwrap(),
             "--diffusers",
             script.to_str().unwrap(),
         ],
+        env,
     );
     assert!(out.status.success(), "{}", text(&out));
-    let made = r.dir.join(format!("{name}-diffusers.png"));
-    let py = std::process::Command::new(common::python())
-        .arg(&script)
-        .args(["--out", made.to_str().unwrap(), "--threads", "1"])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let made = dir.join(format!("{name}-diffusers.png"));
+    let mut cmd = std::process::Command::new(common::python());
+    cmd.arg(&script)
+        .args(["--out", made.to_str().unwrap(), "--threads", "1"]);
+    let py = offline_with(&mut cmd, env).output().unwrap();
     assert!(py.status.success(), "{name}: {}", text(&py));
-    let ours = image::open(&png).unwrap().to_rgb8();
+    let ours = image::open(png).unwrap().to_rgb8();
     let theirs = image::open(&made).unwrap().to_rgb8();
     let diff = max_level_diff(&ours, &theirs);
     eprintln!("{name}: exported script within {diff}/255 of negimg");
@@ -340,6 +375,7 @@ fn export_and_compare(name: &str) {
         diff <= 1,
         "{name}: the script's image is {diff}/255 from negimg's"
     );
+    std::fs::read_to_string(&script).unwrap()
 }
 
 fn max_level_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
@@ -350,6 +386,46 @@ fn max_level_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
         .map(|(x, y)| x.abs_diff(*y))
         .max()
         .unwrap()
+}
+
+/// A run whose models are `hf:` references (the tiny models in a Hugging Face cache, offline):
+/// the script names them by repo and subfolder and loads them from the same cache.
+#[test]
+fn export_of_a_run_with_hub_models_matches_negimg() {
+    let dir = common::scratch("export_hub");
+    common::parity::write_pos_neg(&dir, (70, 90));
+    let models = common::tiny::tiny_sd15_models();
+    let mut files = vec![];
+    common::hub_cache::files_under(&models, "", &mut files);
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let home = dir.join("hf_home");
+    common::hub_cache::add_to_cache(&home.join("hub"), "negimg/tiny", &files);
+    let toml = "[experiment]\nname = \"hub\"\n\n[models]\npipeline = \"hf:negimg/tiny/pipeline\"\n\
+         ip_adapter = { base = \"hf:negimg/tiny/ip-adapter_sd15.safetensors\" }\n\
+         image_encoder = \"hf:negimg/tiny/image_encoder\"\n\n\
+         [images.house]\npath = \"pos.png\"\n[images.lawn]\npath = \"neg.png\"\n\n\
+         [defaults]\nsteps = 3\nsize = 64\ndtype = \"fp32\"\nseed = 11\ncfg = 6\n\
+         positive_image = \"house\"\nnegative_image = \"lawn\"\nnegative = \"image\"\n";
+    std::fs::write(dir.join("hub.toml"), toml).unwrap();
+    let env = [("HF_HOME", home.as_path())];
+    let out = negimg_env(&dir, &["run", "hub.toml", "--no-report"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = common::only_run(&dir.join("results/hub"));
+    let png = std::fs::read_dir(run.join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .unwrap();
+    let script = export_and_compare_in(&dir, &png, "hub", &env);
+    assert!(
+        script.contains("\"repo\": \"negimg/tiny\"")
+            && script.contains("\"subfolder\": \"pipeline\""),
+        "the script names the models by their hub references"
+    );
 }
 
 #[test]
@@ -380,6 +456,11 @@ fn export_negtome_on_euler_matches_negimg() {
 #[test]
 fn export_cond_negative_with_a_negative_window_and_kv_matches_negimg() {
     export_and_compare("cond_negative_kv");
+}
+
+#[test]
+fn export_negative_composition_preset_with_k_mean_v_c_matches_negimg() {
+    export_and_compare("neg_composition_kmv");
 }
 
 #[test]
