@@ -1,9 +1,11 @@
 //! `negimg generate --replay` and `negimg export --diffusers` on one run of tiny random
 //! models (SD1.5's block layout): an uncond cell with windows, a three-row cell (perp_neg),
 //! a block preset with ComfyUI's `kv_c` scaling, `subtract` with the Plus adapter, a sigma
-//! window, DPM++ 2M Karras and black "no image" tokens, and NegToMe alone on Euler. Replay
-//! gives the same bytes; each exported script, run in the venv, gives negimg's image within
-//! 1/255.
+//! window, DPM++ 2M Karras and black "no image" tokens, NegToMe alone on Euler,
+//! `cond_negative` (two image-attention terms) with a negative window and `kv` scaling, `sega`,
+//! `uncond` on Euler ancestral, `dng` (on Euler ancestral), and the negative branch in the
+//! `composition` preset with `k_mean_v_c` scaling. Replay gives the same bytes; each exported
+//! script, run in the venv, gives negimg's image within 1/255.
 mod common;
 
 use common::{negimg, text};
@@ -11,29 +13,46 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The cells of the run, in the order of the zip below; each is found by its prompt.
-const CELLS: [&str; 5] = [
+/// The last two are not exported: `cond_negative_kv` without its second term (neg_weight 0)
+/// and `dng` with a posterior that stays at its prior (dng_temp 0), so that a script which
+/// dropped the term or the update would be far from negimg's image
+/// ([`export_cells_differ_so_the_tolerance_means_something`]).
+const CELLS: [&str; 12] = [
     "uncond_window",
     "perp_neg",
     "style_kv_c",
     "subtract_plus_sigma",
     "negtome_euler",
+    "cond_negative_kv",
+    "sega",
+    "uncond_euler_a",
+    "dng",
+    "neg_composition_kmv",
+    "cond_negative_kv_w0",
+    "dng_static",
 ];
 
 /// One column per parameter that varies, one value per cell of [`CELLS`].
 const ZIP: &str = r#"
 [[grid.zip]]
-prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler"]
-method = ["uncond", "perp_neg", "uncond", "subtract", "negtome"]
-start = [0.25, 0, 0, 0.2, 0]
-neg_end = [0.75, 1, 1, 1, 1]
-blocks = ["all", "all", "style", "all", "all"]
-ip_scaling = ["v", "v", "kv_c", "v", "v"]
-adapter = ["base", "base", "base", "plus", "base"]
-window = ["steps", "steps", "steps", "sigma", "steps"]
-scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler"]
-no_image = ["reference", "reference", "reference", "black", "reference"]
-negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64"]
-negtome_t_min = [800, 800, 800, 800, 200]
+prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler", "a house cond_negative_kv", "a house sega", "a house uncond_euler_a", "a house dng", "a house neg_composition_kmv", "a house cond_negative_kv_w0", "a house dng_static"]
+method = ["uncond", "perp_neg", "uncond", "subtract", "negtome", "cond_negative", "sega", "uncond", "dng", "uncond", "cond_negative", "dng"]
+start = [0.25, 0, 0, 0.2, 0, 0, 0, 0, 0, 0, 0, 0]
+neg_end = [0.75, 1, 1, 1, 1, 0.75, 1, 1, 1, 1, 0.75, 1]
+blocks = ["all", "all", "style", "all", "all", "all", "all", "all", "all", "all", "all", "all"]
+ip_scaling = ["v", "v", "kv_c", "v", "v", "kv", "v", "v", "v", "k_mean_v_c", "kv", "v"]
+adapter = ["base", "base", "base", "plus", "base", "base", "base", "base", "base", "base", "base", "base"]
+window = ["steps", "steps", "steps", "sigma", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps"]
+scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler", "ddim", "ddim", "euler_ancestral", "euler_ancestral", "ddim", "ddim", "euler_ancestral"]
+no_image = ["reference", "reference", "reference", "black", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference"]
+negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn"]
+negtome_t_min = [800, 800, 800, 800, 200, 800, 800, 800, 800, 800, 800, 800]
+sega_warmup_steps = [10, 10, 10, 10, 10, 10, 1, 10, 10, 10, 10, 10]
+dng_guidance_scale = [1, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1, 5]
+dng_prior = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3, 0.2, 0.2, 0.3]
+dng_temp = [1, 1, 1, 1, 1, 1, 1, 1, 1e-4, 1, 1, 0]
+neg_weight = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1]
+neg_blocks = ["all", "all", "all", "all", "all", "all", "all", "all", "all", "composition", "all", "all"]
 "#;
 
 struct Run {
@@ -103,6 +122,28 @@ fn negimg_in(dir: &Path, args: &[&str]) -> std::process::Output {
     negimg(&all, dir)
 }
 
+/// negimg, offline, on the CPU, in `dir`, with the variables `env` set.
+fn negimg_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::negimg_bin());
+    cmd.args(["--device", "cpu"]).args(args).current_dir(dir);
+    offline_with(&mut cmd, env).output().unwrap()
+}
+
+/// A command offline, without the caller's Hugging Face variables, with `env` set.
+fn offline_with<'c>(
+    cmd: &'c mut std::process::Command,
+    env: &[(&str, &Path)],
+) -> &'c mut std::process::Command {
+    for var in ["HF_HUB_CACHE", "HF_ENDPOINT"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HF_HUB_OFFLINE", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 #[test]
 fn replay_remakes_the_same_bytes_and_never_overwrites_without_force() {
     let r = run();
@@ -134,6 +175,56 @@ fn replay_remakes_the_same_bytes_and_never_overwrites_without_force() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&png).unwrap());
 }
 
+/// A run whose cell takes its images from a subject of a CSV (`[subjects] from`, images named
+/// `NAME.positive`, `NAME.negative`) replays to the same bytes.
+#[test]
+fn replay_remakes_an_image_of_a_run_with_subjects() {
+    let dir = common::scratch("replay_subjects");
+    std::fs::create_dir_all(dir.join("pairs")).unwrap();
+    common::parity::write_pos_neg(&dir.join("pairs"), (40, 40));
+    std::fs::write(
+        dir.join("pairs/pairs.csv"),
+        "name,positive,negative,negative_caption\nhouse_lawn,pos.png,neg.png,a lawn\n",
+    )
+    .unwrap();
+    let m = common::tiny::tiny_sd15_models();
+    let m = m.display();
+    let toml = format!(
+        "[experiment]\nname = \"subjects\"\n\n[models]\npipeline = \"{m}/pipeline\"\n\
+         ip_adapter = {{ base = \"{m}/ip-adapter_sd15.safetensors\" }}\n\
+         image_encoder = \"{m}/image_encoder\"\n\n[subjects]\nfrom = \"pairs/pairs.csv\"\n\n\
+         [defaults]\nsteps = 2\nsize = 32\ndtype = \"fp32\"\nseed = 3\nnegative = \"image\"\n"
+    );
+    std::fs::write(dir.join("subjects.toml"), toml).unwrap();
+    let out = negimg_in(
+        &dir,
+        &["run", "subjects.toml", "--batch", "1", "--no-report"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let run = common::only_run(&dir.join("results/subjects"));
+    let png = std::fs::read_dir(run.join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .unwrap();
+    let out = negimg_in(
+        &dir,
+        &[
+            "generate",
+            "--replay",
+            png.to_str().unwrap(),
+            "--out",
+            "again.png",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(dir.join("again.png")).unwrap(),
+        std::fs::read(&png).unwrap()
+    );
+}
+
 #[test]
 fn replay_refuses_a_png_without_chunk_and_one_from_a_newer_negimg() {
     let r = run();
@@ -147,13 +238,9 @@ fn replay_refuses_a_png_without_chunk_and_one_from_a_newer_negimg() {
         text(&out)
     );
     // The same image with its chunk's version raised: refused before anything is read.
-    let png = image_of("perp_neg");
-    let texts = negimg::run::png::read_texts(&png).unwrap();
-    let chunk = &texts.iter().find(|(k, _)| k == "negimg").unwrap().1;
-    let mut value: serde_json::Value = serde_json::from_str(chunk).unwrap();
-    value["negimg_version"] = "99.0.0".into();
-    let img = image::open(&png).unwrap().to_rgb8();
-    let bytes = negimg::run::png::encode(&img, &[("negimg", &value.to_string())]).unwrap();
+    let bytes = with_chunk(&image_of("perp_neg"), |v| {
+        v["negimg_version"] = "99.0.0".into()
+    });
     std::fs::write(r.dir.join("future.png"), bytes).unwrap();
     let out = negimg_in(&r.dir, &["generate", "--replay", "future.png"]);
     assert!(!out.status.success());
@@ -163,6 +250,16 @@ fn replay_refuses_a_png_without_chunk_and_one_from_a_newer_negimg() {
         text(&out)
     );
     assert!(!r.dir.join("future-replay.png").exists());
+}
+
+/// The PNG `png` with its `negimg` chunk changed by `edit` (its only text chunk).
+fn with_chunk(png: &Path, edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+    let texts = negimg::run::png::read_texts(png).unwrap();
+    let chunk = &texts.iter().find(|(k, _)| k == "negimg").unwrap().1;
+    let mut value: serde_json::Value = serde_json::from_str(chunk).unwrap();
+    edit(&mut value);
+    let img = image::open(png).unwrap().to_rgb8();
+    negimg::run::png::encode(&img, &[("negimg", &value.to_string())]).unwrap()
 }
 
 /// A copy of the run folder whose manifest `edit` changes (the models stay where they are).
@@ -246,28 +343,31 @@ fn replay_names_a_changed_or_missing_model() {
 
 /// Exports the cell `name`, runs the script in the venv and compares its PNG with negimg's.
 fn export_and_compare(name: &str) {
-    let r = run();
-    let png = image_of(name);
-    let script = r.dir.join(format!("{name}.py"));
-    let out = negimg_in(
-        &r.dir,
+    export_and_compare_in(&run().dir, &image_of(name), name, &[]);
+}
+
+/// Exports `png` to `dir/NAME.py`, runs the script in the venv (both with `env`) and
+/// compares its PNG with `png`; returns the script's text.
+fn export_and_compare_in(dir: &Path, png: &Path, name: &str, env: &[(&str, &Path)]) -> String {
+    let script = dir.join(format!("{name}.py"));
+    let out = negimg_env(
+        dir,
         &[
             "export",
             png.to_str().unwrap(),
             "--diffusers",
             script.to_str().unwrap(),
         ],
+        env,
     );
     assert!(out.status.success(), "{}", text(&out));
-    let made = r.dir.join(format!("{name}-diffusers.png"));
-    let py = std::process::Command::new(common::python())
-        .arg(&script)
-        .args(["--out", made.to_str().unwrap(), "--threads", "1"])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let made = dir.join(format!("{name}-diffusers.png"));
+    let mut cmd = std::process::Command::new(common::python());
+    cmd.arg(&script)
+        .args(["--out", made.to_str().unwrap(), "--threads", "1"]);
+    let py = offline_with(&mut cmd, env).output().unwrap();
     assert!(py.status.success(), "{name}: {}", text(&py));
-    let ours = image::open(&png).unwrap().to_rgb8();
+    let ours = image::open(png).unwrap().to_rgb8();
     let theirs = image::open(&made).unwrap().to_rgb8();
     let diff = max_level_diff(&ours, &theirs);
     eprintln!("{name}: exported script within {diff}/255 of negimg");
@@ -275,6 +375,7 @@ fn export_and_compare(name: &str) {
         diff <= 1,
         "{name}: the script's image is {diff}/255 from negimg's"
     );
+    std::fs::read_to_string(&script).unwrap()
 }
 
 fn max_level_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
@@ -285,6 +386,46 @@ fn max_level_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
         .map(|(x, y)| x.abs_diff(*y))
         .max()
         .unwrap()
+}
+
+/// A run whose models are `hf:` references (the tiny models in a Hugging Face cache, offline):
+/// the script names them by repo and subfolder and loads them from the same cache.
+#[test]
+fn export_of_a_run_with_hub_models_matches_negimg() {
+    let dir = common::scratch("export_hub");
+    common::parity::write_pos_neg(&dir, (70, 90));
+    let models = common::tiny::tiny_sd15_models();
+    let mut files = vec![];
+    common::hub_cache::files_under(&models, "", &mut files);
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let home = dir.join("hf_home");
+    common::hub_cache::add_to_cache(&home.join("hub"), "negimg/tiny", &files);
+    let toml = "[experiment]\nname = \"hub\"\n\n[models]\npipeline = \"hf:negimg/tiny/pipeline\"\n\
+         ip_adapter = { base = \"hf:negimg/tiny/ip-adapter_sd15.safetensors\" }\n\
+         image_encoder = \"hf:negimg/tiny/image_encoder\"\n\n\
+         [images.house]\npath = \"pos.png\"\n[images.lawn]\npath = \"neg.png\"\n\n\
+         [defaults]\nsteps = 3\nsize = 64\ndtype = \"fp32\"\nseed = 11\ncfg = 6\n\
+         positive_image = \"house\"\nnegative_image = \"lawn\"\nnegative = \"image\"\n";
+    std::fs::write(dir.join("hub.toml"), toml).unwrap();
+    let env = [("HF_HOME", home.as_path())];
+    let out = negimg_env(&dir, &["run", "hub.toml", "--no-report"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = common::only_run(&dir.join("results/hub"));
+    let png = std::fs::read_dir(run.join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .unwrap();
+    let script = export_and_compare_in(&dir, &png, "hub", &env);
+    assert!(
+        script.contains("\"repo\": \"negimg/tiny\"")
+            && script.contains("\"subfolder\": \"pipeline\""),
+        "the script names the models by their hub references"
+    );
 }
 
 #[test]
@@ -312,10 +453,39 @@ fn export_negtome_on_euler_matches_negimg() {
     export_and_compare("negtome_euler");
 }
 
+#[test]
+fn export_cond_negative_with_a_negative_window_and_kv_matches_negimg() {
+    export_and_compare("cond_negative_kv");
+}
+
+#[test]
+fn export_negative_composition_preset_with_k_mean_v_c_matches_negimg() {
+    export_and_compare("neg_composition_kmv");
+}
+
+#[test]
+fn export_sega_matches_negimg() {
+    export_and_compare("sega");
+}
+
+#[test]
+fn export_euler_ancestral_matches_negimg() {
+    export_and_compare("uncond_euler_a");
+}
+
+#[test]
+fn export_dng_matches_negimg() {
+    export_and_compare("dng");
+}
+
 /// The cells without NegToMe are far apart, so that "within 1/255" tells them apart.
 #[test]
 fn export_cells_differ_so_the_tolerance_means_something() {
-    let imgs: Vec<image::RgbImage> = CELLS[..4]
+    let cells: Vec<&str> = CELLS
+        .into_iter()
+        .filter(|c| *c != "negtome_euler")
+        .collect();
+    let imgs: Vec<image::RgbImage> = cells
         .iter()
         .map(|c| image::open(image_of(c)).unwrap().to_rgb8())
         .collect();
@@ -325,11 +495,87 @@ fn export_cells_differ_so_the_tolerance_means_something() {
             assert!(
                 d > 2,
                 "{} and {} are only {d}/255 apart",
-                CELLS[i],
-                CELLS[j]
+                cells[i],
+                cells[j]
             );
         }
     }
+}
+
+/// What a script cannot make exactly is refused by name, and no script is written: NegToMe
+/// with a negative image of another size than the generation (the uncond cell's 70x90 lawn,
+/// merged), a single-file checkpoint pipeline.
+#[test]
+fn export_refuses_a_resized_negtome_image_and_a_single_file_pipeline() {
+    let r = run();
+    let merged = run_copy_with_manifest("negtome_resize", |_| {});
+    let bytes = with_chunk(&merged, |v| v["params"]["negtome"] = true.into());
+    std::fs::write(&merged, bytes).unwrap();
+    let single = run_copy_with_manifest("single_file", |m| {
+        let pipeline = m["models"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|m| m["role"] == "pipeline")
+            .unwrap();
+        let file = std::fs::canonicalize(r.dir.join("pos.png")).unwrap();
+        pipeline["path"] = file.to_str().unwrap().into();
+    });
+    for (png, script, expected) in [
+        (
+            &merged,
+            "merged.py",
+            "NegToMe with a negative image of 70x90 at a generation size of 64x64",
+        ),
+        (&single, "single.py", "is a single-file checkpoint"),
+    ] {
+        let out = negimg_in(
+            &r.dir,
+            &["export", png.to_str().unwrap(), "--diffusers", script],
+        );
+        assert!(!out.status.success(), "{script}");
+        assert!(text(&out).contains(expected), "{}", text(&out));
+        assert!(!r.dir.join(script).exists());
+    }
+}
+
+/// The script checks local model files against the run's sha256 before it loads them: one
+/// whose recorded digest differs (as a changed file would) is refused, naming it.
+#[test]
+fn export_script_refuses_a_changed_model_file() {
+    let r = run();
+    let png = image_of("uncond_window");
+    let script = r.dir.join("check.py");
+    let out = negimg_in(
+        &r.dir,
+        &["export", png.to_str().unwrap(), "--diffusers", "check.py"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.run.join("manifest.json")).unwrap()).unwrap();
+    let sha = adapter_entry(&mut manifest)["files"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let source = std::fs::read_to_string(&script).unwrap();
+    assert!(source.contains(&sha));
+    std::fs::write(&script, source.replace(&sha, &"0".repeat(64))).unwrap();
+    let py = std::process::Command::new(common::python())
+        .arg(&script)
+        .args(["--out", "never.png"])
+        .current_dir(&r.dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(!py.status.success());
+    let msg = text(&py);
+    assert!(
+        msg.contains("ip_adapter.base")
+            && msg.contains("changed since the run")
+            && msg.contains("ip-adapter_sd15.safetensors (sha256 000000000000 in the run"),
+        "{msg}"
+    );
+    assert!(!r.dir.join("never.png").exists());
 }
 
 #[test]

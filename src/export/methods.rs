@@ -1,29 +1,29 @@
-//! The export of each negative method, in one place keyed by method: the Python `guide(eps)`
-//! that combines the UNet's predictions for the method's rows (the rows themselves are data,
-//! from the method registry's rows). The match is exhaustive: a
-//! new method does not build until it has an arm here, its export or a refusal naming it
-//! (`bail!("export: method X …")`). A PNG whose method this build lacks is refused by name
-//! when it is read (`run::replay`).
+//! The export of each negative method, in one place keyed by method: the Python `guide(eps,
+//! i)` that combines the UNet's predictions for the method's rows at step `i`, and
+//! `after_step(sched, i, x, x_next)`, what the method learns from the step just taken (the
+//! rows themselves, a second image-attention term included, are data, from the method
+//! registry's rows). The match is exhaustive: a new method does not build until it has an arm
+//! here, its export or a refusal naming it (`bail!("export: method X …")`). A PNG whose
+//! method this build lacks is refused by name when it is read (`run::replay`).
 use crate::params::Method;
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-/// The Python source of `guide(eps)` for `method`.
-pub fn guidance(method: Method) -> Result<&'static str> {
+/// `after_step` of the methods that keep nothing from step to step.
+const STATELESS: &str = include_str!("py/stateless.py");
+
+/// The Python source of `guide(eps, i)` and `after_step(sched, i, x, x_next)` for `method`.
+pub fn guidance(method: Method) -> Result<[&'static str; 2]> {
     Ok(match method {
-        // Two CFG rows; the methods differ only in what the rows hold.
-        Method::Uncond | Method::Subtract | Method::Negtome => include_str!("py/cfg.py"),
-        Method::ThreeBranch => include_str!("py/three_branch.py"),
-        Method::PerpNeg => include_str!("py/perp_neg.py"),
-        // Its second image-attention term in the cond row needs a second adapter in the
-        // script; not written yet.
-        Method::Sega | Method::Dng => bail!(
-            "export: method {method} has no diffusers export yet (its guidance keeps a state \
-             across steps); export another method's cell"
-        ),
-        Method::CondNegative => bail!(
-            "export: method cond_negative has no diffusers export yet (its cond row's second \
-             IP-Adapter term at -neg_weight); export another method's cell"
-        ),
+        // Two CFG rows; the methods differ only in what the rows hold (cond_negative: a
+        // second image-attention term, data in ROWS).
+        Method::Uncond | Method::Subtract | Method::Negtome | Method::CondNegative => {
+            [include_str!("py/cfg.py"), STATELESS]
+        }
+        Method::ThreeBranch => [include_str!("py/three_branch.py"), STATELESS],
+        Method::PerpNeg => [include_str!("py/perp_neg.py"), STATELESS],
+        Method::Sega => [include_str!("py/sega.py"), STATELESS],
+        // Its posterior update is its after_step.
+        Method::Dng => [include_str!("py/dng.py"), ""],
     })
 }
 

@@ -2,8 +2,8 @@
 //! on diffusers + torch (no negimg) that makes the same image. The script is the cell as data
 //! (parameters, UNet rows, models by reference, input images embedded), then fixed code
 //! (`py/common.py`: loading, image features, per-row and per-block IP weights, windows, the
-//! sampling loop), the method's guidance and NegToMe's merge ([`methods`]). What a script
-//! cannot express is refused by name, never approximated.
+//! sampling loop with its schedulers), the method's guidance and NegToMe's merge
+//! ([`methods`]). What a script cannot express is refused by name, never approximated.
 mod methods;
 
 use crate::params::{GenParams, IpScaling, NoImage, RowImage, SchedulerKind, Window};
@@ -42,7 +42,7 @@ pub fn diffusers_script(cell: &StoredCell) -> Result<String> {
     s.push_str(&images_literal(&images)?);
     s.push('\n');
     s.push_str(COMMON);
-    s.push_str(guide);
+    s.push_str(&guide.concat());
     s.push_str(merge);
     s.push_str("\n\nif __name__ == \"__main__\":\n    main()\n");
     Ok(s)
@@ -60,9 +60,11 @@ CPU in fp32 by negimg's export tests).
 
 Needs: Python 3.10+, torch, diffusers (tested: 0.42), transformers, safetensors, pillow,
 numpy, and huggingface_hub for hf: models. Local model paths are those of the run's
-machine: edit MODELS to point at your copies (sha256 of every file negimg read is listed).
+machine: edit MODELS to point at your copies. The sha256 of every file negimg read is
+listed; local files are checked against it first (--no-check skips that), hub models are
+fetched by their reference and revision.
 
-    python THIS.py [--out IMAGE.png] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
+    python THIS.py [--out IMAGE.png] [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--no-check]
 """
 "#,
         png = cell.png.display(),
@@ -80,11 +82,7 @@ fn scheduler_name(s: SchedulerKind) -> Result<&'static str> {
         SchedulerKind::Euler => "euler",
         SchedulerKind::DpmPp2m => "dpmpp_2m",
         SchedulerKind::DpmPp2mKarras => "dpmpp_2m_karras",
-        // Its per-cell step noise needs the script's loop to pass each cell's generator to
-        // `step`; not written yet.
-        SchedulerKind::EulerAncestral => {
-            bail!("export: scheduler euler_ancestral has no diffusers export yet")
-        }
+        SchedulerKind::EulerAncestral => "euler_ancestral",
     })
 }
 
@@ -123,9 +121,20 @@ fn cell_json(cell: &StoredCell) -> Result<Value> {
         "cfg": p.cfg, "neg_cfg": p.neg_cfg(), "scheduler": scheduler_name(p.scheduler)?,
         "window": window_name(p.window), "adapter": p.adapter.to_string(),
         "no_image": no_image_name(p.no_image), "ip_scaling": scaling_name(p.ip_scaling),
+        "method_params": method_params_json(p),
         "dtype": cell.chunk.dtype, "device": device,
         "out": format!("{}-diffusers.png", cell.chunk.cell_id),
     }))
+}
+
+/// The values of the cell's method's own parameters, defaults included.
+fn method_params_json(p: &GenParams) -> Value {
+    registry::of(p.method)
+        .params()
+        .iter()
+        .map(|spec| (spec.name.to_string(), json!(registry::value(p, spec.name))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// The script's names of the cell's input images: `positive`, `negative`.
@@ -155,7 +164,8 @@ impl ImageNames {
 }
 
 /// The UNet rows of the cell, in order: text, image tokens, branch weight and window, block
-/// factors (`null`: 1 in every block).
+/// factors (`null`: 1 in every block), and a second image-attention term (`extra`:
+/// `cond_negative`'s, `null` for the other methods) with its tokens, branch, blocks and sign.
 fn rows_json(p: &GenParams, images: &ImageNames) -> Value {
     let method = registry::of(p.method);
     let rows: Vec<Value> = method
@@ -163,28 +173,46 @@ fn rows_json(p: &GenParams, images: &ImageNames) -> Value {
         .iter()
         .map(|&row| {
             let cond = method.row(p, row);
-            let image = match cond.image {
-                RowImage::NoImage => Value::Null,
-                RowImage::Image(f) => json!(images.name(f)),
-                RowImage::Subtract {
-                    positive,
-                    negative,
-                    scale,
-                } => json!({"subtract": {
-                    "positive": positive.map(|f| images.name(f)),
-                    "negative": images.name(negative), "scale": scale}}),
-            };
-            let b = cond.branch.weight(p);
+            let extra = cond.extra.map_or(Value::Null, |x| {
+                json!({
+                    "image": image_json(x.image, images),
+                    "branch": branch_json(x.branch, p),
+                    "blocks": x.branch.blocks(p).pairs(),
+                    "sign": x.sign,
+                })
+            });
             json!({
                 "row": format!("{row:?}").to_lowercase(),
                 "text": cond.text,
-                "image": image,
-                "branch": {"weight": b.weight, "start": b.start, "end": b.end},
+                "image": image_json(cond.image, images),
+                "branch": branch_json(cond.branch, p),
                 "blocks": cond.branch.blocks(p).pairs(),
+                "extra": extra,
             })
         })
         .collect();
     Value::Array(rows)
+}
+
+/// A row's image tokens: `null` ("no image"), an input image's name, or `subtract`'s
+/// difference of two.
+fn image_json(image: RowImage, images: &ImageNames) -> Value {
+    match image {
+        RowImage::NoImage => Value::Null,
+        RowImage::Image(f) => json!(images.name(f)),
+        RowImage::Subtract {
+            positive,
+            negative,
+            scale,
+        } => json!({"subtract": {
+            "positive": positive.map(|f| images.name(f)),
+            "negative": images.name(negative), "scale": scale}}),
+    }
+}
+
+fn branch_json(branch: registry::Branch, p: &GenParams) -> Value {
+    let b = branch.weight(p);
+    json!({"weight": b.weight, "start": b.start, "end": b.end})
 }
 
 /// NegToMe's settings (`null` when the cell does not merge). negimg resizes a reference of

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+pub mod hub_cache;
 pub mod parity;
 pub mod tiny;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,12 @@
-import argparse, base64, hashlib, io, os
+import argparse, base64, hashlib, io, math, os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
-                       EulerDiscreteScheduler, StableDiffusionPipeline)
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                       StableDiffusionPipeline)
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
@@ -37,6 +38,27 @@ def adapter_file(model):
     return hf_hub_download(model["repo"], model["subfolder"], revision=model["revision"])
 
 
+def check_files():
+    """Each file of a local model against the sha256 negimg recorded (hub models are fetched
+    by their reference and revision): a missing or changed file is refused, naming it."""
+    for model in MODELS.values():
+        if "path" not in model:
+            continue
+        for name, want in model["sha256"].items():
+            f = os.path.join(model["path"], name) if name else model["path"]
+            what = f"{model['role']} {model['reference']}"
+            if not os.path.isfile(f):
+                raise SystemExit(f"{what}: {f} is missing (edit MODELS to point at your copy)")
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != want:
+                raise SystemExit(
+                    f"{what} changed since the run: {f} (sha256 {want[:12]} in the run, "
+                    f"{h.hexdigest()[:12]} now); pass --no-check to make the image anyway")
+
+
 def load(device, dtype):
     """The pipeline (with MODELS' VAE and IP-Adapter) and the image encoder on `device`."""
     path, kw = where(MODELS["pipeline"])
@@ -49,8 +71,9 @@ def load(device, dtype):
         path, kw = where(MODELS["vae"])
         pipe.vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype, **kw)
     f = adapter_file(MODELS["ip_adapter"])
-    pipe.load_ip_adapter(os.path.dirname(f) or ".", subfolder="", weight_name=os.path.basename(f),
-                         image_encoder_folder=None)
+    k = len(ADAPTER_TERMS)
+    pipe.load_ip_adapter([os.path.dirname(f) or "."] * k, subfolder=[""] * k,
+                         weight_name=[os.path.basename(f)] * k, image_encoder_folder=None)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     path, kw = where(MODELS["image_encoder"])
@@ -106,6 +129,25 @@ class ImageFeatures:
 
 
 # ---- per-row, per-block IP weights (diffusers has one scale per adapter) -----------------
+# Each image-attention term of a row is one loaded adapter: the row's own ("image"), and
+# where a row has a second term ("extra": cond_negative's negative tokens at -neg_weight,
+# with their own softmax) the same adapter file loaded again.
+ADAPTER_TERMS = [lambda row: row] + ([lambda row: row["extra"]]
+                                     if any(r["extra"] for r in ROWS) else [])
+
+
+def term_image(term):
+    """A term's image tokens (ImageFeatures.row's spec): "no image" for a row without it."""
+    return None if term is None else term["image"]
+
+
+def term_weight(term, i, n, sigma, log_sigmas):
+    """A term's signed weight at step i: its branch's weight inside its window; 0 for a row
+    without the term."""
+    if term is None:
+        return 0.0
+    return term.get("sign", 1.0) * weight_at(term["branch"], i, n, sigma, log_sigmas)
+
 
 class RowScale:
     """A scale per row [R,1,1] where IPAdapterAttnProcessor2_0 multiplies by its scale."""
@@ -123,14 +165,13 @@ class ScaledIPProcessor:
     embeds_scaling: kv: Attn(q, wK, wV); kv_c: the same with w' = w C/1280 (C the keys'
     width); k_mean_v_c: Attn(q, w'K, (V - m) + w'm), m the mean of V over the image tokens."""
     def __init__(self, ip_proc, mode):
-        self.to_k_ip, self.to_v_ip = ip_proc.to_k_ip[0], ip_proc.to_v_ip[0]
+        self.to_k_ip, self.to_v_ip = ip_proc.to_k_ip, ip_proc.to_v_ip
         self.mode, self.w = mode, None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, **kwargs):
-        text, ip = encoder_hidden_states
+        text, ips = encoder_hidden_states
         b, heads = hidden_states.shape[0], attn.heads
-        ip = ip[0].reshape(b, -1, ip[0].shape[-1])
 
         def attend(q, k, v):
             split = lambda x: x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2)
@@ -139,17 +180,19 @@ class ScaledIPProcessor:
 
         q = attn.to_q(hidden_states)
         out = attend(q, attn.to_k(text), attn.to_v(text))
-        k, v = self.to_k_ip(ip), self.to_v_ip(ip)
-        w = self.w.to(k.dtype)
-        if self.mode == "kv":
-            out = out + attend(q, k * w, v * w)
-        else:
-            w = w * (k.shape[2] / 1280.0)
-            if self.mode == "kv_c":
+        for ip, to_k, to_v, w in zip(ips, self.to_k_ip, self.to_v_ip, self.w):
+            ip = ip.reshape(b, -1, ip.shape[-1])
+            k, v = to_k(ip), to_v(ip)
+            w = w.to(k.dtype)
+            if self.mode == "kv":
                 out = out + attend(q, k * w, v * w)
             else:
-                m = v.mean(dim=1, keepdim=True)
-                out = out + attend(q, k * w, (v - m) + m * w)
+                w = w * (k.shape[2] / 1280.0)
+                if self.mode == "kv_c":
+                    out = out + attend(q, k * w, v * w)
+                else:
+                    m = v.mean(dim=1, keepdim=True)
+                    out = out + attend(q, k * w, (v - m) + m * w)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -183,20 +226,24 @@ class IPWeights:
             unet.set_attn_processor(dict(procs))
         self.blocks = [[procs[n] for n in names] for names in transformers_in_execution_order(unet)]
 
-    def factor(self, row, j):
-        pairs = row["blocks"]
+    def factor(self, term, j):
+        pairs = None if term is None else term["blocks"]
         return 1.0 if pairs is None else dict((i, w) for i, w in pairs).get(j, 0.0)
 
     def set(self, weights, device, extra_rows=0):
-        """`weights[k]`: row k's weight at this step; `extra_rows` more rows at 0."""
+        """`weights[a][k]`: the weight of row k's term a (ADAPTER_TERMS) at this step;
+        `extra_rows` more rows at 0."""
         for j, procs in enumerate(self.blocks):
-            scales = [w * self.factor(row, j) for w, row in zip(weights, ROWS)] + [0.0] * extra_rows
-            t = torch.tensor(scales, dtype=torch.float32, device=device).view(-1, 1, 1)
+            ts = []
+            for term, ws in zip(ADAPTER_TERMS, weights):
+                scales = [w * self.factor(term(row), j) for w, row in zip(ws, ROWS)]
+                scales += [0.0] * extra_rows
+                ts.append(torch.tensor(scales, dtype=torch.float32, device=device).view(-1, 1, 1))
             for p in procs:
                 if isinstance(p, ScaledIPProcessor):
-                    p.w = t
+                    p.w = ts
                 else:
-                    p.scale = [RowScale(t)]
+                    p.scale = [RowScale(t) for t in ts]
 
 
 # ---- windows ------------------------------------------------------------------------------
@@ -240,6 +287,8 @@ def make_scheduler(pipe):
         return DDIMScheduler.from_config(cfg)
     if kind == "euler":
         return EulerDiscreteScheduler.from_config(cfg)
+    if kind == "euler_ancestral":
+        return EulerAncestralDiscreteScheduler.from_config(cfg)
     return DPMSolverMultistepScheduler.from_config(
         cfg, algorithm_type="dpmsolver++", solver_order=2,
         use_karras_sigmas=kind == "dpmpp_2m_karras")
@@ -264,7 +313,8 @@ def generate(device, dtype):
     weights = IPWeights(pipe.unet)
     merge = prepare_merge(pipe, features, device, dtype)
     text = text_rows(pipe, [r["text"] for r in ROWS], device)
-    embeds = torch.cat([features.row(r["image"]) for r in ROWS])[:, None]
+    embeds = [torch.cat([features.row(term_image(term(r))) for r in ROWS])[:, None]
+              for term in ADAPTER_TERMS]
     sched = make_scheduler(pipe)
     sched.set_timesteps(CELL["steps"])
     ac = sched.alphas_cumprod.float()
@@ -277,12 +327,16 @@ def generate(device, dtype):
     n, r = CELL["steps"], len(ROWS)
     for i, t in enumerate(sched.timesteps):
         x_in = torch.cat([sched.scale_model_input(x, t)] * r)
-        ws = [weight_at(row["branch"], i, n, sigmas[i], log_sigmas) for row in ROWS]
+        ws = [[term_weight(term(row), i, n, sigmas[i], log_sigmas) for row in ROWS]
+              for term in ADAPTER_TERMS]
         rows_in, rows_text, rows_embeds = merge(i, t, sched, x_in, text, embeds)
         weights.set(ws, device, extra_rows=rows_in.shape[0] - r)
         eps = pipe.unet(rows_in.to(dtype), t, encoder_hidden_states=rows_text.to(dtype),
-                        added_cond_kwargs={"image_embeds": [rows_embeds.to(dtype)]}).sample
-        x = sched.step(guide(eps[:r].float()), t, x).prev_sample
+                        added_cond_kwargs={"image_embeds": [e.to(dtype) for e in rows_embeds]}).sample
+        # The generator feeds the ancestral scheduler's step noise, after the initial latents.
+        x_next = sched.step(guide(eps[:r].float(), i), t, x, generator=g).prev_sample
+        after_step(sched, i, x, x_next)
+        x = x_next
     return decode(pipe, x)
 
 
@@ -292,9 +346,13 @@ def main():
     ap.add_argument("--device", default=CELL["device"])
     ap.add_argument("--dtype", default=CELL["dtype"], choices=sorted(DTYPES))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--no-check", action="store_true",
+                    help="skip the sha256 check of local model files against the run's")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if not a.no_check:
+        check_files()
     image = generate(torch.device(a.device), DTYPES[a.dtype])
     u8 = (image * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     Image.fromarray(u8).save(a.out)

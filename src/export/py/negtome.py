@@ -57,5 +57,5 @@ def prepare_merge(pipe, features, device, dtype):
             return x_in, text, embeds
         ref = sched.scale_model_input(sched.add_noise(z0, noise, t.view(1)), t)
         return (torch.cat([x_in, ref]), torch.cat([text, ref_text]),
-                torch.cat([embeds, ref_embeds]))
+                [torch.cat([e, ref_embeds]) for e in embeds])
     return add_reference
