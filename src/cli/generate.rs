@@ -1,6 +1,6 @@
 //! `negimg generate`: one image from flags.
 use super::Globals;
-use crate::models::ip_adapter::AdapterFile;
+use crate::models::ip_adapter::{AdapterFile, Family};
 use crate::params::{
     AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MethodParams,
     NegativeMode, NoImage, SchedulerKind, Window,
@@ -241,6 +241,23 @@ pub enum NegativeModeArg {
 pub enum AdapterArg {
     Base,
     Plus,
+    Light,
+    #[value(name = "plus_face")]
+    PlusFace,
+    #[value(name = "full_face")]
+    FullFace,
+}
+
+impl AdapterArg {
+    pub fn kind(self) -> AdapterKind {
+        match self {
+            AdapterArg::Base => AdapterKind::Base,
+            AdapterArg::Plus => AdapterKind::Plus,
+            AdapterArg::Light => AdapterKind::Light,
+            AdapterArg::PlusFace => AdapterKind::PlusFace,
+            AdapterArg::FullFace => AdapterKind::FullFace,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -349,8 +366,7 @@ fn check_flags(a: &GenerateArgs) -> Result<()> {
 /// `--adapter`, else the kind of the one `--ip-adapter` file (read from the file), else base.
 fn adapter_kind(a: &GenerateArgs) -> Result<AdapterKind> {
     Ok(match (a.adapter.as_ref(), a.ip_adapter.as_slice()) {
-        (Some(AdapterArg::Base), _) => AdapterKind::Base,
-        (Some(AdapterArg::Plus), _) => AdapterKind::Plus,
+        (Some(a), _) => a.kind(),
         (None, [only]) => AdapterFile::open(only)?.kind,
         (None, _) => AdapterKind::Base,
     })
@@ -366,13 +382,8 @@ fn model_set(a: &GenerateArgs) -> Result<ModelSet<PathBuf>> {
             };
             ModelSet {
                 pipeline: pipeline.clone(),
-                vae: None,
-                ip_adapter_base: None,
-                ip_adapter_plus: None,
                 image_encoder: encoder.clone(),
-                scorer: None,
-                scorer_dino: None,
-                aesthetic: None,
+                ..Default::default()
             }
         }
     };
@@ -385,11 +396,15 @@ fn model_set(a: &GenerateArgs) -> Result<ModelSet<PathBuf>> {
     if a.vae.is_some() {
         set.vae = a.vae.clone();
     }
+    // Each file in its family's first kind's slot, or as --adapter where that is its family
+    // (kinds of one family cannot be told apart by shape).
+    let wanted = a.adapter.map(AdapterArg::kind);
     for path in &a.ip_adapter {
-        match AdapterFile::open(path)?.kind {
-            AdapterKind::Base => set.ip_adapter_base = Some(path.clone()),
-            AdapterKind::Plus => set.ip_adapter_plus = Some(path.clone()),
-        }
+        let detected = AdapterFile::open(path)?;
+        let kind = wanted
+            .filter(|&k| Family::of(k) == detected.family)
+            .unwrap_or(detected.kind);
+        set.set_adapter(kind, Some(path.clone()));
     }
     Ok(set)
 }
