@@ -666,6 +666,20 @@ mod tests {
         };
         assert_eq!(kind(&[]), AdapterKind::Plus);
         assert_eq!(kind(&["--adapter", "base"]), AdapterKind::Base);
+        // The file goes in the slot of --adapter where it is of that kind's family, else in
+        // its own family's first kind's.
+        let set = |extra: &[&str]| {
+            let mut args = vec!["x", "--ip-adapter", plus.to_str().unwrap(), "--models", "m"];
+            args.extend_from_slice(extra);
+            model_set(&Cli::try_parse_from(args).unwrap().a).unwrap()
+        };
+        assert_eq!(
+            set(&["--adapter", "plus_face"]).ip_adapter_plus_face,
+            Some(plus.clone())
+        );
+        let other_family = set(&["--adapter", "full_face"]);
+        assert_eq!(other_family.ip_adapter_plus, Some(plus.clone()));
+        assert_eq!(other_family.ip_adapter_full_face, None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
