@@ -7,13 +7,39 @@ use std::path::PathBuf;
 
 pub use crate::steps::StepSet;
 
+/// Which IP-Adapter a cell uses: the `[models] ip_adapter` entry of that name. Kinds of one
+/// projection family (base and light; plus and plus_face) have files of identical shapes, so
+/// the name given is trusted among them; the family is checked against the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum AdapterKind {
-    /// ip-adapter_sd15: projection of CLIP `image_embeds` to 4 tokens.
+    /// ip-adapter_sd15 (also ip-adapter_sd15_vit-G, ip-adapter_sdxl, ip-adapter_sdxl_vit-h):
+    /// linear projection of CLIP `image_embeds` to 4 tokens.
     Base,
-    /// ip-adapter-plus_sd15: Resampler over `hidden_states[-2]`, 16 tokens.
+    /// ip-adapter-plus_sd15 (also ip-adapter-plus_sdxl_vit-h): Resampler over
+    /// `hidden_states[-2]`, 16 tokens.
     Plus,
+    /// ip-adapter_sd15_light: the base projection, weights trained to follow the text more.
+    Light,
+    /// ip-adapter-plus-face_sd15 (also ip-adapter-plus-face_sdxl_vit-h): the Plus Resampler,
+    /// weights trained on cropped faces.
+    PlusFace,
+    /// ip-adapter-full-face_sd15: an MLP over all `hidden_states[-2]` tokens (257 for ViT-H).
+    FullFace,
+}
+
+impl AdapterKind {
+    /// Every kind, in the order of `[models] ip_adapter`'s keys.
+    pub const ALL: [AdapterKind; 5] = [
+        AdapterKind::Base,
+        AdapterKind::Plus,
+        AdapterKind::Light,
+        AdapterKind::PlusFace,
+        AdapterKind::FullFace,
+    ];
+
+    /// The names `adapter` takes, for messages.
+    pub const NAMES: &'static str = "base, plus, light, plus_face, full_face";
 }
 
 /// What conditions the "unconditional" branch of classifier-free guidance.
@@ -968,6 +994,10 @@ mod tests {
         assert_eq!(SchedulerKind::EulerAncestral.to_string(), "euler_ancestral");
         assert_eq!(NegativeMode::Both.to_string(), "both");
         assert_eq!(AdapterKind::Plus.to_string(), "plus");
+        // Every kind by the name `adapter` takes (and NAMES lists).
+        let names: Vec<String> = AdapterKind::ALL.iter().map(|k| k.to_string()).collect();
+        assert_eq!(names.join(", "), AdapterKind::NAMES);
+        assert_eq!(AdapterKind::PlusFace.to_string(), "plus_face");
         let names: Vec<String> = [
             IpScaling::V,
             IpScaling::Kv,

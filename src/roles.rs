@@ -18,6 +18,12 @@ pub enum Role {
     IpAdapterBase,
     #[serde(rename = "ip_adapter.plus")]
     IpAdapterPlus,
+    #[serde(rename = "ip_adapter.light")]
+    IpAdapterLight,
+    #[serde(rename = "ip_adapter.plus_face")]
+    IpAdapterPlusFace,
+    #[serde(rename = "ip_adapter.full_face")]
+    IpAdapterFullFace,
     #[serde(rename = "image_encoder")]
     ImageEncoder,
     #[serde(rename = "scorer")]
@@ -30,11 +36,14 @@ pub enum Role {
 
 impl Role {
     /// Every role, in the order manifests list them.
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 11] = [
         Role::Pipeline,
         Role::Vae,
         Role::IpAdapterBase,
         Role::IpAdapterPlus,
+        Role::IpAdapterLight,
+        Role::IpAdapterPlusFace,
+        Role::IpAdapterFullFace,
         Role::ImageEncoder,
         Role::Scorer,
         Role::ScorerDino,
@@ -47,6 +56,9 @@ impl Role {
             Role::Vae => "vae",
             Role::IpAdapterBase => "ip_adapter.base",
             Role::IpAdapterPlus => "ip_adapter.plus",
+            Role::IpAdapterLight => "ip_adapter.light",
+            Role::IpAdapterPlusFace => "ip_adapter.plus_face",
+            Role::IpAdapterFullFace => "ip_adapter.full_face",
             Role::ImageEncoder => "image_encoder",
             Role::Scorer => "scorer",
             Role::ScorerDino => "scorer_dino",
@@ -58,7 +70,12 @@ impl Role {
     pub fn component(self) -> Component {
         match self {
             Role::Pipeline => Component::Pipeline,
-            Role::IpAdapterBase | Role::IpAdapterPlus | Role::Aesthetic => Component::File,
+            Role::IpAdapterBase
+            | Role::IpAdapterPlus
+            | Role::IpAdapterLight
+            | Role::IpAdapterPlusFace
+            | Role::IpAdapterFullFace
+            | Role::Aesthetic => Component::File,
             Role::Vae | Role::ImageEncoder | Role::Scorer | Role::ScorerDino => {
                 Component::ModelFolder
             }
@@ -74,7 +91,17 @@ impl Role {
         match kind {
             AdapterKind::Base => Role::IpAdapterBase,
             AdapterKind::Plus => Role::IpAdapterPlus,
+            AdapterKind::Light => Role::IpAdapterLight,
+            AdapterKind::PlusFace => Role::IpAdapterPlusFace,
+            AdapterKind::FullFace => Role::IpAdapterFullFace,
         }
+    }
+
+    /// The adapter kind of an `ip_adapter.*` role.
+    pub fn adapter_kind(self) -> Option<AdapterKind> {
+        AdapterKind::ALL
+            .into_iter()
+            .find(|&k| Role::adapter(k) == self)
     }
 }
 
@@ -93,6 +120,12 @@ pub struct ModelSet<T> {
     pub vae: Option<T>,
     pub ip_adapter_base: Option<T>,
     pub ip_adapter_plus: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_adapter_light: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_adapter_plus_face: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_adapter_full_face: Option<T>,
     /// CLIPVisionModelWithProjection folder.
     pub image_encoder: T,
     /// CLIP model for the scores (not used to make images).
@@ -111,6 +144,9 @@ impl<T> ModelSet<T> {
             Role::Vae => self.vae.as_ref(),
             Role::IpAdapterBase => self.ip_adapter_base.as_ref(),
             Role::IpAdapterPlus => self.ip_adapter_plus.as_ref(),
+            Role::IpAdapterLight => self.ip_adapter_light.as_ref(),
+            Role::IpAdapterPlusFace => self.ip_adapter_plus_face.as_ref(),
+            Role::IpAdapterFullFace => self.ip_adapter_full_face.as_ref(),
             Role::ImageEncoder => Some(&self.image_encoder),
             Role::Scorer => self.scorer.as_ref(),
             Role::ScorerDino => self.scorer_dino.as_ref(),
@@ -120,6 +156,25 @@ impl<T> ModelSet<T> {
 
     pub fn adapter(&self, kind: AdapterKind) -> Option<&T> {
         self.get(Role::adapter(kind))
+    }
+
+    /// The adapter given as `kind` (`None` clears it).
+    pub fn set_adapter(&mut self, kind: AdapterKind, value: Option<T>) {
+        let slot = match kind {
+            AdapterKind::Base => &mut self.ip_adapter_base,
+            AdapterKind::Plus => &mut self.ip_adapter_plus,
+            AdapterKind::Light => &mut self.ip_adapter_light,
+            AdapterKind::PlusFace => &mut self.ip_adapter_plus_face,
+            AdapterKind::FullFace => &mut self.ip_adapter_full_face,
+        };
+        *slot = value;
+    }
+
+    /// The adapters given, with their kinds, in [`AdapterKind::ALL`] order.
+    pub fn adapters(&self) -> impl Iterator<Item = (AdapterKind, &T)> {
+        AdapterKind::ALL
+            .into_iter()
+            .filter_map(move |k| self.adapter(k).map(|m| (k, m)))
     }
 
     /// The models given, in [`Role::ALL`] order.
@@ -142,6 +197,18 @@ impl<T> ModelSet<T> {
                 .ip_adapter_plus
                 .as_ref()
                 .map(|m| f(Role::IpAdapterPlus, m)),
+            ip_adapter_light: self
+                .ip_adapter_light
+                .as_ref()
+                .map(|m| f(Role::IpAdapterLight, m)),
+            ip_adapter_plus_face: self
+                .ip_adapter_plus_face
+                .as_ref()
+                .map(|m| f(Role::IpAdapterPlusFace, m)),
+            ip_adapter_full_face: self
+                .ip_adapter_full_face
+                .as_ref()
+                .map(|m| f(Role::IpAdapterFullFace, m)),
             image_encoder: f(Role::ImageEncoder, &self.image_encoder),
             scorer: self.scorer.as_ref().map(|m| f(Role::Scorer, m)),
             scorer_dino: self.scorer_dino.as_ref().map(|m| f(Role::ScorerDino, m)),
@@ -152,20 +219,31 @@ impl<T> ModelSet<T> {
 
 impl ModelSet<PathBuf> {
     /// The layout `negimg models init-random --out DIR` writes: `DIR/pipeline`,
-    /// `DIR/ip-adapter_sd15.safetensors`, `DIR/ip-adapter-plus_sd15.safetensors`,
-    /// `DIR/image_encoder`, `DIR/scorer` (optional models that are absent are left out).
+    /// `DIR/<adapter file>` ([`adapter_file_name`]), `DIR/image_encoder`, `DIR/scorer`
+    /// (optional models that are absent are left out).
     pub fn from_models_dir(dir: &Path) -> ModelSet<PathBuf> {
         let optional = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
-        ModelSet {
+        let mut set = ModelSet {
             pipeline: dir.join("pipeline"),
-            vae: None,
-            ip_adapter_base: optional("ip-adapter_sd15.safetensors"),
-            ip_adapter_plus: optional("ip-adapter-plus_sd15.safetensors"),
             image_encoder: dir.join("image_encoder"),
             scorer: optional("scorer"),
-            scorer_dino: None,
-            aesthetic: None,
+            ..Default::default()
+        };
+        for kind in AdapterKind::ALL {
+            set.set_adapter(kind, optional(adapter_file_name(kind)));
         }
+        set
+    }
+}
+
+/// The SD1.5 file name of an adapter kind, as h94/IP-Adapter's `models/` names it.
+pub fn adapter_file_name(kind: AdapterKind) -> &'static str {
+    match kind {
+        AdapterKind::Base => "ip-adapter_sd15.safetensors",
+        AdapterKind::Plus => "ip-adapter-plus_sd15.safetensors",
+        AdapterKind::Light => "ip-adapter_sd15_light.safetensors",
+        AdapterKind::PlusFace => "ip-adapter-plus-face_sd15.safetensors",
+        AdapterKind::FullFace => "ip-adapter-full-face_sd15.safetensors",
     }
 }
 
@@ -188,8 +266,7 @@ mod tests {
             ip_adapter_plus: Some(4),
             image_encoder: 5,
             scorer: Some(6),
-            scorer_dino: None,
-            aesthetic: None,
+            ..Default::default()
         };
         let roles: Vec<Role> = set.iter().map(|(r, _)| r).collect();
         assert_eq!(

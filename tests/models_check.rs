@@ -65,7 +65,9 @@ fn models_check_fails_where_run_fails_on_swapped_adapters() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "check passed on swapped adapters");
     assert!(
-        stderr.contains("given as the base adapter, but its keys are those of a plus adapter"),
+        stderr.contains("given as adapter \"base\"")
+            && stderr.contains("but its keys are those of a Resampler")
+            && stderr.contains("adapter = plus or plus_face"),
         "{stderr}"
     );
 }

@@ -7,7 +7,9 @@ mod common;
 use negimg::models::clip_model::{self, ClipConfig, ClipModel};
 use negimg::models::clip_text::{self, Activation, ClipTextConfig, ClipTextModel};
 use negimg::models::clip_vision::{self, ClipVisionConfig, ClipVisionModelWithProjection};
-use negimg::models::ip_adapter::{self, AdapterFile, AdapterKind, ImageProj, NoImage};
+use negimg::models::ip_adapter::{
+    self, AdapterFile, AdapterKind, Family, ImageProj, NoImage, RandomProjection, ResamplerConfig,
+};
 use negimg::models::preprocess::{clip_pixels, clip_pixels_batch};
 use negimg::models::tokenizer::{self, ClipTokenizer};
 use std::collections::HashMap;
@@ -79,6 +81,13 @@ fn parity_clip_models_and_ip_adapter_projections() {
         )
         .unwrap();
     }
+    // ViT-bigG's layout at tiny widths (hidden wider than projection, as 1664 / 1280).
+    let vision_g_cfg = big_g_tiny();
+    clip_vision::write_random_model(&dir.join("vision_g"), &vision_g_cfg, 8).unwrap();
+    for (name, proj, seed) in new_projections(&vision_cfg, &vision_g_cfg) {
+        let path = dir.join(format!("{name}.safetensors"));
+        ip_adapter::write_random_projection(&path, &proj, &hidden_sizes, seed).unwrap();
+    }
 
     let tok = ClipTokenizer::from_folder(&dir.join("clip")).unwrap();
     let ids = tok.encode_batch(&[
@@ -139,6 +148,67 @@ fn parity_clip_models_and_ip_adapter_projections() {
         &r["clip.image_embeds"],
     );
 
+    let vision_g = ClipVisionModelWithProjection::load(&dir.join("vision_g"), cpu, f32).unwrap();
+    let out_g = vision_g.forward(&pixels);
+    assert_close(
+        "bigG-shaped image_embeds",
+        &out_g.image_embeds,
+        &r["vision_g.image_embeds"],
+    );
+    assert_close(
+        "bigG-shaped hidden_states[-2]",
+        &out_g.penultimate,
+        &r["vision_g.penultimate"],
+    );
+    let classes: HashMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("classes.json")).unwrap()).unwrap();
+    for (name, proj, _) in new_projections(&vision_cfg, &vision_g_cfg) {
+        let file = AdapterFile::open(&dir.join(format!("{name}.safetensors"))).unwrap();
+        let (encoder, enc_out) = if name.starts_with("adapter-g-") {
+            (&vision_g, &out_g)
+        } else {
+            (&vision, &out)
+        };
+        let (family, class, cross, tokens) = match proj {
+            RandomProjection::Linear { cross, tokens, .. } => {
+                (Family::Linear, "ImageProjection", cross, tokens)
+            }
+            RandomProjection::Resampler(c) => (
+                Family::Resampler,
+                "IPAdapterPlusImageProjection",
+                c.output_dim,
+                c.num_queries,
+            ),
+            RandomProjection::Mlp { cross, .. } => (
+                Family::Mlp,
+                "IPAdapterFullImageProjection",
+                cross,
+                vision_cfg.num_positions(),
+            ),
+        };
+        assert_eq!(file.family, family, "{name}");
+        assert_eq!(
+            classes[name], class,
+            "{name}: diffusers' loader chose another class"
+        );
+        assert_eq!(file.cross_dim, cross, "{name}");
+        let p = ImageProj::load(&file, cpu, f32).unwrap();
+        let got = p.tokens(enc_out);
+        assert_eq!(got.size(), [2, tokens, cross], "{name}");
+        assert_close(
+            &format!("{name} tokens"),
+            &got,
+            &r[&format!("{name}.tokens")],
+        );
+        for (mode, key) in [(NoImage::Reference, "no_image"), (NoImage::Black, "black")] {
+            assert_close(
+                &format!("{name} {key} tokens"),
+                &p.no_image_tokens(encoder, mode),
+                &r[&format!("{name}.{key}")],
+            );
+        }
+    }
+
     for (name, kind, cross, _, _) in adapters {
         let file = AdapterFile::open(&dir.join(format!("{name}.safetensors"))).unwrap();
         assert_eq!(file.kind, kind, "{name}");
@@ -172,6 +242,82 @@ fn parity_clip_models_and_ip_adapter_projections() {
     }
 }
 
+/// ViT-bigG's layout at tiny widths: exact GELU, hidden (48) wider than the projection (40),
+/// three layers.
+fn big_g_tiny() -> ClipVisionConfig {
+    ClipVisionConfig {
+        hidden_size: 48,
+        intermediate_size: 96,
+        projection_dim: 40,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        hidden_act: Activation::Gelu,
+        ..ClipVisionConfig::tiny()
+    }
+}
+
+/// The projections of the newer kinds and of the SDXL files, at their real output widths
+/// (2048 for SDXL) over tiny encoders: the full-face MLP (257 tokens at ViT-H's 224/14);
+/// ip-adapter_sdxl (linear over bigG's image_embeds, `adapter-g-`), ip-adapter_sdxl_vit-h
+/// (linear over ViT-H's) and ip-adapter-plus(-face)_sdxl_vit-h (Resampler with latents
+/// narrower than its 2048-wide output, as SDXL's 1280).
+fn new_projections(
+    vision: &ClipVisionConfig,
+    vision_g: &ClipVisionConfig,
+) -> Vec<(&'static str, RandomProjection, i64)> {
+    let sdxl_resampler = ResamplerConfig {
+        embed_dim: vision.hidden_size,
+        hidden_dim: 128,
+        output_dim: 2048,
+        depth: 4,
+        heads: 2,
+        dim_head: 64,
+        num_queries: 16,
+        ff_inner: 512,
+    };
+    vec![
+        (
+            "adapter-full-face",
+            RandomProjection::Mlp {
+                embed: vision.hidden_size,
+                cross: 32,
+            },
+            11,
+        ),
+        (
+            "adapter-g-sdxl",
+            RandomProjection::Linear {
+                embed: vision_g.projection_dim,
+                cross: 2048,
+                tokens: 4,
+            },
+            12,
+        ),
+        (
+            "adapter-sdxl-vit-h",
+            RandomProjection::Linear {
+                embed: vision.projection_dim,
+                cross: 2048,
+                tokens: 4,
+            },
+            13,
+        ),
+        (
+            "adapter-plus-sdxl-vit-h",
+            RandomProjection::Resampler(sdxl_resampler),
+            14,
+        ),
+        (
+            "adapter-g-full-face",
+            RandomProjection::Mlp {
+                embed: vision_g.hidden_size,
+                cross: 24,
+            },
+            15,
+        ),
+    ]
+}
+
 #[test]
 fn adapter_file_errors_are_clear() {
     let dir = common::scratch("adapter_file_errors");
@@ -191,6 +337,47 @@ fn adapter_file_errors_are_clear() {
     let err = format!("{:#}", AdapterFile::open(&other).err().unwrap());
     assert!(
         err.contains("other.safetensors") && err.contains("ip_adapter"),
+        "{err}"
+    );
+    // A kind that does not match the file names both; kinds of one family are trusted.
+    let full_face = dir.join("ff.safetensors");
+    ip_adapter::write_random(&full_face, AdapterKind::FullFace, 32, 32, &[32], 0).unwrap();
+    let err = format!(
+        "{:#}",
+        AdapterFile::open_as(&full_face, AdapterKind::PlusFace)
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains("ff.safetensors")
+            && err.contains("\"plus_face\"")
+            && err.contains("adapter = full_face"),
+        "{err}"
+    );
+    let plus = dir.join("plus.safetensors");
+    ip_adapter::write_random(&plus, AdapterKind::Plus, 64, 32, &[32], 0).unwrap();
+    assert_eq!(
+        AdapterFile::open_as(&plus, AdapterKind::PlusFace)
+            .unwrap()
+            .kind,
+        AdapterKind::PlusFace
+    );
+    // FaceID's projection (proj.0, proj.2, norm) is named, not taken for another kind.
+    let face_id = dir.join("faceid.safetensors");
+    let t = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+    Tensor::write_safetensors(
+        &[
+            ("image_proj.proj.0.weight", t(&[64, 32])),
+            ("image_proj.proj.2.weight", t(&[128, 64])),
+            ("image_proj.norm.weight", t(&[32])),
+            ("ip_adapter.1.to_k_ip.weight", t(&[32, 32])),
+        ],
+        &face_id,
+    )
+    .unwrap();
+    let err = format!("{:#}", AdapterFile::open(&face_id).err().unwrap());
+    assert!(
+        err.contains("faceid.safetensors") && err.contains("FaceID"),
         "{err}"
     );
 }

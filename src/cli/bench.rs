@@ -69,10 +69,7 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     if args.batch == 0 || args.reps == 0 || args.steps == 0 {
         bail!("--batch, --reps and --steps must be at least 1");
     }
-    let adapter = match args.adapter {
-        super::generate::AdapterArg::Base => AdapterKind::Base,
-        super::generate::AdapterArg::Plus => AdapterKind::Plus,
-    };
+    let adapter = args.adapter.kind();
     let scratch = Scratch::new()?;
     let mut pipeline = match &args.models {
         Some(dir) => Pipeline::load(

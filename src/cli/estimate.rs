@@ -384,10 +384,12 @@ fn calibrate(t: &Target) -> Result<Estimate> {
         .cells
         .iter()
         .any(|c| c.positive_image.is_some() || c.negative_image.is_some());
-    let tokens = match t.exp.cells.first().map(|c| c.adapter) {
-        Some(crate::params::AdapterKind::Plus) => 16,
-        _ => 4,
-    };
+    let tokens = t.exp.cells.first().map_or(4, |c| {
+        crate::models::ip_adapter::typical_tokens(
+            c.adapter,
+            crate::models::clip_vision::ClipVisionConfig::vit_h().num_positions(),
+        )
+    });
     let image_tokens = Tensor::randn([call_rows as i64, tokens, cfg.context_dim()], opts);
     let scale = Tensor::ones([call_rows as i64], (Kind::Float, t.device));
     let ip = uses_images.then(|| crate::models::unet::IpInput::uniform(&image_tokens, &scale));

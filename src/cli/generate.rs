@@ -1,6 +1,6 @@
 //! `negimg generate`: one image from flags.
 use super::Globals;
-use crate::models::ip_adapter::AdapterFile;
+use crate::models::ip_adapter::{AdapterFile, Family};
 use crate::params::{
     AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MethodParams, NegOff,
     NegativeMode, NoImage, SchedulerKind, StepSet, Window,
@@ -260,6 +260,23 @@ pub enum NegativeModeArg {
 pub enum AdapterArg {
     Base,
     Plus,
+    Light,
+    #[value(name = "plus_face")]
+    PlusFace,
+    #[value(name = "full_face")]
+    FullFace,
+}
+
+impl AdapterArg {
+    pub fn kind(self) -> AdapterKind {
+        match self {
+            AdapterArg::Base => AdapterKind::Base,
+            AdapterArg::Plus => AdapterKind::Plus,
+            AdapterArg::Light => AdapterKind::Light,
+            AdapterArg::PlusFace => AdapterKind::PlusFace,
+            AdapterArg::FullFace => AdapterKind::FullFace,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -386,8 +403,7 @@ fn check_flags(a: &GenerateArgs) -> Result<()> {
 /// `--adapter`, else the kind of the one `--ip-adapter` file (read from the file), else base.
 fn adapter_kind(a: &GenerateArgs) -> Result<AdapterKind> {
     Ok(match (a.adapter.as_ref(), a.ip_adapter.as_slice()) {
-        (Some(AdapterArg::Base), _) => AdapterKind::Base,
-        (Some(AdapterArg::Plus), _) => AdapterKind::Plus,
+        (Some(a), _) => a.kind(),
         (None, [only]) => AdapterFile::open(only)?.kind,
         (None, _) => AdapterKind::Base,
     })
@@ -403,13 +419,8 @@ fn model_set(a: &GenerateArgs) -> Result<ModelSet<PathBuf>> {
             };
             ModelSet {
                 pipeline: pipeline.clone(),
-                vae: None,
-                ip_adapter_base: None,
-                ip_adapter_plus: None,
                 image_encoder: encoder.clone(),
-                scorer: None,
-                scorer_dino: None,
-                aesthetic: None,
+                ..Default::default()
             }
         }
     };
@@ -422,11 +433,15 @@ fn model_set(a: &GenerateArgs) -> Result<ModelSet<PathBuf>> {
     if a.vae.is_some() {
         set.vae = a.vae.clone();
     }
+    // Each file in its family's first kind's slot, or as --adapter where that is its family
+    // (kinds of one family cannot be told apart by shape).
+    let wanted = a.adapter.map(AdapterArg::kind);
     for path in &a.ip_adapter {
-        match AdapterFile::open(path)?.kind {
-            AdapterKind::Base => set.ip_adapter_base = Some(path.clone()),
-            AdapterKind::Plus => set.ip_adapter_plus = Some(path.clone()),
-        }
+        let detected = AdapterFile::open(path)?;
+        let kind = wanted
+            .filter(|&k| Family::of(k) == detected.family)
+            .unwrap_or(detected.kind);
+        set.set_adapter(kind, Some(path.clone()));
     }
     Ok(set)
 }
@@ -717,6 +732,20 @@ mod tests {
         };
         assert_eq!(kind(&[]), AdapterKind::Plus);
         assert_eq!(kind(&["--adapter", "base"]), AdapterKind::Base);
+        // The file goes in the slot of --adapter where it is of that kind's family, else in
+        // its own family's first kind's.
+        let set = |extra: &[&str]| {
+            let mut args = vec!["x", "--ip-adapter", plus.to_str().unwrap(), "--models", "m"];
+            args.extend_from_slice(extra);
+            model_set(&Cli::try_parse_from(args).unwrap().a).unwrap()
+        };
+        assert_eq!(
+            set(&["--adapter", "plus_face"]).ip_adapter_plus_face,
+            Some(plus.clone())
+        );
+        let other_family = set(&["--adapter", "full_face"]);
+        assert_eq!(other_family.ip_adapter_plus, Some(plus.clone()));
+        assert_eq!(other_family.ip_adapter_full_face, None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -79,7 +79,7 @@ pub fn init_random(preset: RandomPreset, out: &Path, seed: i64) -> Result<()> {
 
 /// The model set layout: `pipeline/` (diffusers: model_index.json, unet, vae, text_encoder,
 /// tokenizer with the real CLIP vocabulary, scheduler with the demo's DDIM config),
-/// `ip-adapter_sd15.safetensors`, `ip-adapter-plus_sd15.safetensors`, `image_encoder/`
+/// one adapter file per kind (`crate::roles::adapter_file_name`), `image_encoder/`
 /// (CLIPVisionModelWithProjection) and `scorer/` (CLIPModel).
 pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<()> {
     let shapes = preset.shapes();
@@ -110,12 +110,16 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
         &SchedulerConfig::sd15_ddim().to_config_json(),
     )?;
     clip_vision::write_random_model(&dir.join("image_encoder"), &shapes.vision, seed + 4)?;
-    for (kind, name, s) in [
-        (AdapterKind::Base, "ip-adapter_sd15.safetensors", 5),
-        (AdapterKind::Plus, "ip-adapter-plus_sd15.safetensors", 6),
+    // Seeds 5 and 6 as before the other kinds came, so older sets stay reproducible.
+    for (kind, s) in [
+        (AdapterKind::Base, 5),
+        (AdapterKind::Plus, 6),
+        (AdapterKind::Light, 8),
+        (AdapterKind::PlusFace, 9),
+        (AdapterKind::FullFace, 10),
     ] {
         write_random_adapter(
-            &dir.join(name),
+            &dir.join(crate::roles::adapter_file_name(kind)),
             kind,
             &shapes.unet,
             &shapes.vision,

@@ -6,6 +6,7 @@
 //! whose grid or images are not ready yet can still have its models fetched.
 use super::Globals;
 use crate::models::clip_model::ClipModel;
+use crate::params::AdapterKind;
 use crate::pipeline::Pipeline;
 use crate::roles::{ModelSet, Role};
 use crate::weights::hub;
@@ -43,18 +44,12 @@ struct ModelsTable {
     pipeline: String,
     vae: Option<String>,
     #[serde(default)]
-    ip_adapter: IpTable,
+    ip_adapter: std::collections::BTreeMap<AdapterKind, String>,
     image_encoder: String,
     scorer: Option<String>,
     scorer_dino: Option<String>,
     aesthetic: Option<String>,
     init_random: Option<InitRandom>,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct IpTable {
-    base: Option<String>,
-    plus: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -76,18 +71,20 @@ fn read_models(path: &Path) -> Result<(PathBuf, Vec<Entry>)> {
         .try_into()
         .with_context(|| format!("{}: [models]", path.display()))?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let given = [
-        (Role::Pipeline, Some(m.pipeline)),
-        (Role::Vae, m.vae),
-        (Role::IpAdapterBase, m.ip_adapter.base),
-        (Role::IpAdapterPlus, m.ip_adapter.plus),
-        (Role::ImageEncoder, Some(m.image_encoder)),
-        (Role::Scorer, m.scorer),
-        (Role::ScorerDino, m.scorer_dino),
-        (Role::Aesthetic, m.aesthetic),
-    ];
-    let mut entries: Vec<Entry> = given
+    let adapters = m
+        .ip_adapter
         .into_iter()
+        .map(|(kind, r)| (Role::adapter(kind), Some(r)));
+    let given = [(Role::Pipeline, Some(m.pipeline)), (Role::Vae, m.vae)]
+        .into_iter()
+        .chain(adapters)
+        .chain([
+            (Role::ImageEncoder, Some(m.image_encoder)),
+            (Role::Scorer, m.scorer),
+            (Role::ScorerDino, m.scorer_dino),
+            (Role::Aesthetic, m.aesthetic),
+        ]);
+    let mut entries: Vec<Entry> = given
         .filter_map(|(role, r)| r.map(|reference| Entry { role, reference }))
         .collect();
     // Models that `init_random` creates on the first run are not fetched.
@@ -254,16 +251,15 @@ fn load_all(resolved: &[(Role, PathBuf)]) -> Result<()> {
     };
     if let (Some(pipeline), Some(image_encoder)) = (path(Role::Pipeline), path(Role::ImageEncoder))
     {
-        let set = ModelSet {
+        let mut set = ModelSet {
             pipeline,
             vae: path(Role::Vae),
-            ip_adapter_base: path(Role::IpAdapterBase),
-            ip_adapter_plus: path(Role::IpAdapterPlus),
             image_encoder,
-            scorer: None,
-            scorer_dino: None,
-            aesthetic: None,
+            ..Default::default()
         };
+        for kind in AdapterKind::ALL {
+            set.set_adapter(kind, path(Role::adapter(kind)));
+        }
         let mut pipeline = Pipeline::load(&set, device, kind, &mut |_| {})?;
         pipeline.check_adapters()?;
         for (role, _) in set.iter() {

@@ -6,7 +6,7 @@ use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
 use crate::params::{GenParams, Method, Window};
 use crate::sampling::window::{WindowCase, comparison_table};
 use crate::sampling::{SchedulerConfig, methods};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -71,6 +71,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         },
     )?;
     check_block_layout(&exp)?;
+    check_adapters(&exp)?;
     // A GPU that is not visible here still gets an estimate (from FLOP figures).
     let device = crate::device::parse_device_spec(&g.device)?;
     let kind = super::run::dtype_for(&exp, g, device)?;
@@ -420,6 +421,17 @@ fn check_block_layout(exp: &Experiment) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Every adapter on disk must be of its kind's family and read what the image encoder gives
+/// (a ViT-bigG adapter with a ViT-H encoder is refused here, naming both).
+fn check_adapters(exp: &Experiment) -> Result<()> {
+    let paths = exp.models.paths();
+    crate::models::ip_adapter::check_adapters(
+        paths.adapters().map(|(k, p)| (k, p.as_path())),
+        &paths.image_encoder,
+    )
+    .with_context(|| format!("{}: [models]", exp.path.display()))
 }
 
 fn duration(s: f64) -> String {

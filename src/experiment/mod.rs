@@ -122,11 +122,12 @@ impl Experiment {
             negative: NegativeMode::Text,
             positive_image: None,
             negative_image: None,
-            adapter: if self.models.ip_adapter_base.is_some() {
-                AdapterKind::Base
-            } else {
-                AdapterKind::Plus
-            },
+            // Weight 0: any adapter given serves (the first, base where given).
+            adapter: self
+                .models
+                .adapters()
+                .next()
+                .map_or(AdapterKind::Base, |(k, _)| k),
             positive: off,
             negative_branch: off,
             cfg: spec.cfg.unwrap_or(base.cfg),
@@ -233,21 +234,14 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         })
     };
     let m = &raw.models;
-    let models = Models {
+    let mut models = Models {
         pipeline: resolve(Role::Pipeline, &m.pipeline)?,
         vae: m.vae.as_ref().map(|r| resolve(Role::Vae, r)).transpose()?,
-        ip_adapter_base: m
-            .ip_adapter
-            .base
-            .as_ref()
-            .map(|r| resolve(Role::IpAdapterBase, r))
-            .transpose()?,
-        ip_adapter_plus: m
-            .ip_adapter
-            .plus
-            .as_ref()
-            .map(|r| resolve(Role::IpAdapterPlus, r))
-            .transpose()?,
+        ip_adapter_base: None,
+        ip_adapter_plus: None,
+        ip_adapter_light: None,
+        ip_adapter_plus_face: None,
+        ip_adapter_full_face: None,
         image_encoder: resolve(Role::ImageEncoder, &m.image_encoder)?,
         scorer: m
             .scorer
@@ -265,10 +259,20 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             .map(|r| resolve(Role::Aesthetic, r))
             .transpose()?,
     };
-    if models.ip_adapter_base.is_none() && models.ip_adapter_plus.is_none() {
+    for kind in AdapterKind::ALL {
+        let given = m.ip_adapter.get(kind);
+        models.set_adapter(
+            kind,
+            given.map(|r| resolve(Role::adapter(kind), r)).transpose()?,
+        );
+    }
+    if models.adapters().next().is_none() {
         return Err(src.error_at_key(
             "models.ip_adapter",
-            "give at least one of base and plus: ip_adapter = { base = \"...\", plus = \"...\" }",
+            format!(
+                "give at least one adapter ({}): ip_adapter = {{ base = \"...\", plus = \"...\" }}",
+                AdapterKind::NAMES
+            ),
         ));
     }
 

@@ -2,6 +2,7 @@
 //! with the key and its line. `[defaults]` and `[grid]` are only type-checked here (tables);
 //! they are read again from the spanned document by `grid.rs`, to report values with lines.
 use super::source::Source;
+use crate::params::AdapterKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -62,6 +63,22 @@ pub struct ModelsRaw {
 pub struct IpAdapterRaw {
     pub base: Option<Spanned<String>>,
     pub plus: Option<Spanned<String>>,
+    pub light: Option<Spanned<String>>,
+    pub plus_face: Option<Spanned<String>>,
+    pub full_face: Option<Spanned<String>>,
+}
+
+impl IpAdapterRaw {
+    /// The reference given for `kind`.
+    pub fn get(&self, kind: AdapterKind) -> Option<&Spanned<String>> {
+        match kind {
+            AdapterKind::Base => self.base.as_ref(),
+            AdapterKind::Plus => self.plus.as_ref(),
+            AdapterKind::Light => self.light.as_ref(),
+            AdapterKind::PlusFace => self.plus_face.as_ref(),
+            AdapterKind::FullFace => self.full_face.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,7 +184,13 @@ const MODELS: &[(&str, Keys)] = &[
     ("vae", Keys::Value),
     (
         "ip_adapter",
-        Keys::Table(&[("base", Keys::Value), ("plus", Keys::Value)]),
+        Keys::Table(&[
+            ("base", Keys::Value),
+            ("plus", Keys::Value),
+            ("light", Keys::Value),
+            ("plus_face", Keys::Value),
+            ("full_face", Keys::Value),
+        ]),
     ),
     ("image_encoder", Keys::Value),
     ("scorer", Keys::Value),

@@ -4,7 +4,7 @@ use super::cell::CellSpec;
 use super::grid::Grid;
 use super::source::Source;
 use super::values::Param;
-use crate::params::{AdapterKind, Method};
+use crate::params::Method;
 use crate::sampling::methods;
 use anyhow::{Result, anyhow};
 use std::collections::BTreeMap;
@@ -76,10 +76,7 @@ pub fn cells(src: &Source, grid: &Grid, cells: &[CellSpec], models: &Models) -> 
             return fail(&[Param::Method, key], why);
         }
         if models.adapter(c.adapter).is_none() {
-            let which = match c.adapter {
-                AdapterKind::Base => "base",
-                AdapterKind::Plus => "plus",
-            };
+            let which = c.adapter;
             return fail(
                 &[Param::Adapter],
                 format!("adapter = \"{which}\" needs [models] ip_adapter.{which}"),

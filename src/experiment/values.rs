@@ -455,7 +455,7 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
     Ok(match param {
         Param::Prompt | Param::NegativePrompt | Param::Subject => Value::Text(s.to_string()),
         Param::Negative => Value::Negative(parse(src, key, span, s, "none, text, image, both")?),
-        Param::Adapter => Value::Adapter(parse(src, key, span, s, "base, plus")?),
+        Param::Adapter => Value::Adapter(parse(src, key, span, s, AdapterKind::NAMES)?),
         Param::Scheduler => Value::Scheduler(parse(
             src,
             key,

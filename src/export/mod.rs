@@ -244,7 +244,7 @@ fn models_json(cell: &StoredCell) -> Result<Value> {
     let mut out = serde_json::Map::new();
     for m in &cell.models {
         let key = match m.role {
-            Role::IpAdapterBase | Role::IpAdapterPlus => "ip_adapter",
+            role if role.adapter_kind().is_some() => "ip_adapter",
             other => other.name(),
         };
         out.insert(key.to_string(), model_json(m)?);

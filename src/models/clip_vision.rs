@@ -1,5 +1,6 @@
 //! CLIP vision tower as transformers' `CLIPVisionModelWithProjection` (keys `vision_model.*`,
-//! `visual_projection.weight`): the IP-Adapter image encoder (OpenCLIP ViT-H/14).
+//! `visual_projection.weight`): the IP-Adapter image encoders (OpenCLIP ViT-H/14 and
+//! ViT-bigG/14, one network at two sets of widths read from config.json).
 use super::clip_text::{Activation, Encoder, EncoderShape, layer_norm, save_model, weights_file};
 use crate::weights::{self, TensorSource};
 use anyhow::Result;
@@ -49,6 +50,22 @@ impl ClipVisionConfig {
             intermediate_size: 5120,
             projection_dim: 1024,
             num_hidden_layers: 32,
+            num_attention_heads: 16,
+            patch_size: 14,
+            hidden_act: Activation::Gelu,
+            ..Default::default()
+        }
+    }
+
+    /// OpenCLIP ViT-bigG/14 as h94/IP-Adapter's `sdxl_models/image_encoder/config.json` has
+    /// it: the encoder of ip-adapter_sdxl and ip-adapter_sd15_vit-G (same keys as ViT-H,
+    /// wider: 1664 hidden, 1280 projected, 48 layers).
+    pub fn vit_big_g() -> Self {
+        ClipVisionConfig {
+            hidden_size: 1664,
+            intermediate_size: 8192,
+            projection_dim: 1280,
+            num_hidden_layers: 48,
             num_attention_heads: 16,
             patch_size: 14,
             hidden_act: Activation::Gelu,

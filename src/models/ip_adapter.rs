@@ -1,9 +1,12 @@
 //! IP-Adapter weight files (h94/IP-Adapter flat safetensors: `image_proj.*`, `ip_adapter.*`)
-//! and their image projections: the base adapter's `ImageProjection` (CLIP `image_embeds` ->
-//! 4 tokens) and IP-Adapter Plus' `Resampler` (CLIP `hidden_states[-2]` -> 16 tokens), as
-//! diffusers' `ImageProjection` / `IPAdapterPlusImageProjection` compute them.
+//! and their image projections, one per [`Family`]: the base adapter's `ImageProjection`
+//! (CLIP `image_embeds` -> 4 tokens), IP-Adapter Plus' `Resampler` (CLIP `hidden_states[-2]`
+//! -> 16 tokens) and the full-face adapter's MLP (`hidden_states[-2]` -> one token per
+//! position), as diffusers' `ImageProjection` / `IPAdapterPlusImageProjection` /
+//! `IPAdapterFullImageProjection` compute them. Widths (SD1.5's 768, SDXL's 2048; ViT-H's or
+//! ViT-bigG's image features) are read from the file's shapes.
 use super::clip_text::layer_norm;
-use super::clip_vision::{ClipVisionModelWithProjection, VisionOutput};
+use super::clip_vision::{ClipVisionConfig, ClipVisionModelWithProjection, VisionOutput};
 use super::preprocess::clip_pixels;
 pub use crate::params::{AdapterKind, NoImage};
 use crate::weights::{self, TensorFile, TensorSource};
@@ -57,17 +60,110 @@ impl ResamplerConfig {
     }
 }
 
+/// The image projection of an adapter file, told from its `image_proj.*` keys. Kinds of one
+/// family have files of identical shapes (base and light; plus and plus_face): among them
+/// the kind given by name is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `image_proj.proj` + `image_proj.norm`: a linear map of `image_embeds` to N tokens.
+    Linear,
+    /// `image_proj.latents`, `layers.*`: the Resampler over `hidden_states[-2]`.
+    Resampler,
+    /// `image_proj.proj.0`, `.2`, `.3`: Linear, GELU, Linear, LayerNorm over every position
+    /// of `hidden_states[-2]`.
+    Mlp,
+}
+
+impl Family {
+    pub fn of(kind: AdapterKind) -> Family {
+        match kind {
+            AdapterKind::Base | AdapterKind::Light => Family::Linear,
+            AdapterKind::Plus | AdapterKind::PlusFace => Family::Resampler,
+            AdapterKind::FullFace => Family::Mlp,
+        }
+    }
+
+    /// What the file's keys show, for messages.
+    fn describe(self) -> String {
+        let kinds: Vec<String> = AdapterKind::ALL
+            .into_iter()
+            .filter(|&k| Family::of(k) == self)
+            .map(|k| k.to_string())
+            .collect();
+        let what = match self {
+            Family::Linear => {
+                "a linear projection of image_embeds (image_proj.proj, image_proj.norm)"
+            }
+            Family::Resampler => "a Resampler over hidden states (image_proj.latents)",
+            Family::Mlp => "an MLP over hidden states (image_proj.proj.0/2/3)",
+        };
+        format!("{what}: adapter = {}", kinds.join(" or "))
+    }
+
+    /// Whether the projection reads the encoder's `hidden_states[-2]` (else `image_embeds`).
+    pub fn reads_hidden_states(self) -> bool {
+        self != Family::Linear
+    }
+}
+
+/// The width of the image features `kind` reads from an encoder of `vision`'s shape:
+/// `projection_dim` (image_embeds) or `hidden_size` (hidden states).
+pub fn embed_dim_for(kind: AdapterKind, vision: &ClipVisionConfig) -> i64 {
+    if Family::of(kind).reads_hidden_states() {
+        vision.hidden_size
+    } else {
+        vision.projection_dim
+    }
+}
+
+/// Image tokens of `kind` on an encoder with `positions` positions (257 for ViT-H at 224):
+/// 4 (base, light), 16 (Plus' Resampler), one per position (full face). For estimates;
+/// a file's own count is [`AdapterFile::num_tokens`].
+pub fn typical_tokens(kind: AdapterKind, positions: i64) -> i64 {
+    match Family::of(kind) {
+        Family::Linear => BASE_TOKENS,
+        Family::Resampler => PLUS_TOKENS,
+        Family::Mlp => positions,
+    }
+}
+
+/// Opens each adapter of `adapters` as its kind and checks that the image encoder folder
+/// `encoder` gives the features it reads, from the files' headers and the encoder's
+/// config.json (no weights load): what `negimg plan` and the pipeline check first.
+/// Files not on disk yet (to be downloaded or made by `init_random`) are skipped.
+pub fn check_adapters<'a>(
+    adapters: impl IntoIterator<Item = (AdapterKind, &'a Path)>,
+    encoder: &Path,
+) -> Result<()> {
+    let config = encoder.join("config.json");
+    if !config.is_file() {
+        return Ok(());
+    }
+    let cfg = ClipVisionConfig::from_file(&config)?;
+    for (kind, path) in adapters {
+        if path.is_file() {
+            AdapterFile::open_as(path, kind)?.check_encoder(&cfg, encoder)?;
+        }
+    }
+    Ok(())
+}
+
 /// An opened IP-Adapter `.safetensors` file: its kind and shapes, and its tensors (the UNet
 /// loads the `ip_adapter.*` ones through [`TensorSource`]).
 pub struct AdapterFile {
     file: TensorFile,
+    /// The kind given ([`open_as`](Self::open_as)), else the first of the file's family.
     pub kind: AdapterKind,
-    /// Image tokens the projection produces.
+    pub family: Family,
+    /// Image tokens the projection produces (0 for full face: one per encoder position).
     pub num_tokens: i64,
     /// Width of the tokens = the UNet's cross-attention width.
     pub cross_dim: i64,
-    /// Width of the image-encoder output it reads: `projection_dim` (base) or `hidden_size` (Plus).
+    /// Width of the image-encoder output it reads: `projection_dim` (base) or `hidden_size`
+    /// (Plus, full face).
     pub embed_dim: i64,
+    /// The MLP's inner width (full face).
+    pub mlp_inner: Option<i64>,
     /// Number of `ip_adapter.{k}.to_k_ip` layers.
     pub num_ip_layers: usize,
     pub resampler: Option<ResamplerConfig>,
@@ -110,7 +206,8 @@ impl AdapterFile {
                 path.display()
             );
         }
-        let (kind, num_tokens, cross_dim, embed_dim, resampler) = if file
+        let mut mlp_inner = None;
+        let (family, num_tokens, cross_dim, embed_dim, resampler) = if file
             .contains("image_proj.latents")
         {
             let latents = dims(&file, "image_proj.latents")?;
@@ -139,7 +236,7 @@ impl AdapterFile {
                 ff_inner: ff[0],
             };
             (
-                AdapterKind::Plus,
+                Family::Resampler,
                 cfg.num_queries,
                 cfg.output_dim,
                 cfg.embed_dim,
@@ -154,14 +251,45 @@ impl AdapterFile {
                     path.display()
                 );
             }
-            (AdapterKind::Base, proj[0] / cross, cross, proj[1], None)
+            (Family::Linear, proj[0] / cross, cross, proj[1], None)
+        } else if file.contains("image_proj.proj.3.weight") {
+            let fc1 = dims(&file, "image_proj.proj.0.weight")?;
+            let fc2 = dims(&file, "image_proj.proj.2.weight")?;
+            let cross = dims(&file, "image_proj.proj.3.weight")?[0];
+            if fc2 != [cross, fc1[0]] {
+                bail!(
+                    "{}: image_proj.proj.2.weight is {fc2:?}, expected [{cross}, {}] (from proj.0 {fc1:?} and proj.3)",
+                    path.display(),
+                    fc1[0]
+                );
+            }
+            mlp_inner = Some(fc1[0]);
+            // One token per encoder position: the count comes from the encoder (257 for ViT-H).
+            (Family::Mlp, 0, cross, fc1[1], None)
+        } else if file.contains("image_proj.proj.0.weight")
+            || file
+                .names()
+                .iter()
+                .any(|n| n.starts_with("image_proj.perceiver_resampler."))
+        {
+            bail!(
+                "{}: a FaceID adapter (image_proj.proj.0 without proj.3, or perceiver_resampler): \
+                 it reads InsightFace embeddings, which negimg does not compute; adapter kinds read are {}",
+                path.display(),
+                AdapterKind::NAMES
+            );
         } else {
             bail!(
-                "{}: unknown image projection (neither image_proj.proj.weight nor image_proj.latents); \
-                 negimg reads ip-adapter_sd15 and ip-adapter-plus_sd15",
-                path.display()
+                "{}: unknown image projection (none of image_proj.proj.weight, image_proj.latents, \
+                 image_proj.proj.3.weight); adapter kinds read are {}",
+                path.display(),
+                AdapterKind::NAMES
             );
         };
+        let kind = AdapterKind::ALL
+            .into_iter()
+            .find(|&k| Family::of(k) == family)
+            .expect("every family has a kind");
         let to_k = dims(&file, "ip_adapter.1.to_k_ip.weight")?;
         if to_k[1] != cross_dim {
             bail!(
@@ -172,12 +300,70 @@ impl AdapterFile {
         Ok(AdapterFile {
             file,
             kind,
+            family,
             num_tokens,
             cross_dim,
             embed_dim,
+            mlp_inner,
             num_ip_layers,
             resampler,
         })
+    }
+
+    /// Opens `path` as the `want` adapter: its keys must be those of `want`'s family (the
+    /// kinds within a family cannot be told apart by shape; the name is trusted).
+    pub fn open_as(path: &Path, want: AdapterKind) -> Result<Self> {
+        let mut file = Self::open(path)?;
+        if file.family != Family::of(want) {
+            bail!(
+                "{}: given as adapter \"{want}\" ({}), but its keys are those of {}",
+                path.display(),
+                Family::of(want).describe(),
+                file.family.describe()
+            );
+        }
+        file.kind = want;
+        Ok(file)
+    }
+
+    /// The width the image encoder must give this adapter, and what it is.
+    fn wanted_encoder_width(&self, cfg: &ClipVisionConfig) -> (i64, &'static str) {
+        if self.family.reads_hidden_states() {
+            (cfg.hidden_size, "hidden_size")
+        } else {
+            (cfg.projection_dim, "projection_dim")
+        }
+    }
+
+    /// Whether the image encoder `cfg` (read from `encoder`) gives the features this adapter
+    /// reads: a ViT-bigG adapter (ip-adapter_sdxl, ip-adapter_sd15_vit-G) needs the bigG
+    /// encoder, the others ViT-H. Read from the config alone, before any weights load.
+    pub fn check_encoder(&self, cfg: &ClipVisionConfig, encoder: &Path) -> Result<()> {
+        let (width, field) = self.wanted_encoder_width(cfg);
+        if width == self.embed_dim {
+            return Ok(());
+        }
+        let reads = if self.family.reads_hidden_states() {
+            "hidden states"
+        } else {
+            "image_embeds"
+        };
+        let named = |w: i64| match encoder_name(self.family, w) {
+            "" => String::new(),
+            name => format!(" ({name})"),
+        };
+        bail!(
+            "{}: the {} adapter reads {reads} {} wide{}, but the image encoder {} gives {width} \
+             ({field}){}; ip-adapter_sdxl and ip-adapter_sd15_vit-G go with the ViT-bigG encoder \
+             (h94/IP-Adapter sdxl_models/image_encoder), the other adapters with ViT-H \
+             (models/image_encoder)",
+            self.path().display(),
+            self.kind,
+            self.embed_dim,
+            named(self.embed_dim),
+            encoder.display(),
+            named(width)
+        );
     }
 
     pub fn path(&self) -> &Path {
@@ -186,6 +372,25 @@ impl AdapterFile {
 
     pub fn tensors(&self) -> &TensorFile {
         &self.file
+    }
+}
+
+/// The known encoder whose features are `width` wide for `family`, or "".
+fn encoder_name(family: Family, width: i64) -> &'static str {
+    let (h, g) = (ClipVisionConfig::vit_h(), ClipVisionConfig::vit_big_g());
+    let of = |c: &ClipVisionConfig| {
+        if family.reads_hidden_states() {
+            c.hidden_size
+        } else {
+            c.projection_dim
+        }
+    };
+    if width == of(&h) {
+        "ViT-H"
+    } else if width == of(&g) {
+        "ViT-bigG"
+    } else {
+        ""
     }
 }
 
@@ -238,6 +443,32 @@ impl ImageProjection {
             self.tokens,
             self.cross_dim,
         ]))
+    }
+}
+
+/// Full-face adapter: `LayerNorm(fc2(GELU(fc1(states))))` over every position (keys
+/// `proj.0`, `proj.2`, `proj.3`; diffusers' `IPAdapterFullImageProjection`).
+pub struct MlpProjection {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    norm: nn::LayerNorm,
+}
+
+impl MlpProjection {
+    /// `vs` is the `image_proj` path.
+    pub fn new(vs: nn::Path, embed_dim: i64, inner: i64, cross_dim: i64) -> Self {
+        let proj = &vs / "proj";
+        MlpProjection {
+            fc1: nn::linear(&proj / 0, embed_dim, inner, Default::default()),
+            fc2: nn::linear(&proj / 2, inner, cross_dim, Default::default()),
+            norm: layer_norm(&proj / 3, cross_dim, 1e-5),
+        }
+    }
+
+    /// `[B, N, embed]` -> `[B, N, cross]`.
+    pub fn forward(&self, states: &Tensor) -> Tensor {
+        self.norm
+            .forward(&self.fc2.forward(&self.fc1.forward(states).gelu("none")))
     }
 }
 
@@ -389,12 +620,14 @@ impl Resampler {
 enum Projection {
     Base(ImageProjection),
     Plus(Resampler),
+    Mlp(MlpProjection),
 }
 
 /// The image projection of an adapter file, with the device and dtype it runs in (for the
 /// "no image" inputs it makes itself).
 pub struct ImageProj {
     net: Projection,
+    adapter: AdapterKind,
     device: Device,
     kind: Kind,
 }
@@ -405,9 +638,17 @@ impl ImageProj {
         let net =
             weights::build_and_load(file.tensors(), device, kind, weights::same_name, |vs| {
                 let root = vs / "image_proj";
-                Ok(match &file.resampler {
-                    Some(cfg) => Projection::Plus(Resampler::new(root, cfg)),
-                    None => Projection::Base(ImageProjection::new(
+                Ok(match (file.family, &file.resampler, file.mlp_inner) {
+                    (Family::Resampler, Some(cfg), _) => {
+                        Projection::Plus(Resampler::new(root, cfg))
+                    }
+                    (Family::Mlp, _, Some(inner)) => Projection::Mlp(MlpProjection::new(
+                        root,
+                        file.embed_dim,
+                        inner,
+                        file.cross_dim,
+                    )),
+                    _ => Projection::Base(ImageProjection::new(
                         root,
                         file.embed_dim,
                         file.cross_dim,
@@ -415,27 +656,31 @@ impl ImageProj {
                     )),
                 })
             })?;
-        Ok(ImageProj { net, device, kind })
+        Ok(ImageProj {
+            net,
+            adapter: file.kind,
+            device,
+            kind,
+        })
     }
 
     pub fn adapter_kind(&self) -> AdapterKind {
-        match self.net {
-            Projection::Base(_) => AdapterKind::Base,
-            Projection::Plus(_) => AdapterKind::Plus,
-        }
+        self.adapter
     }
 
-    /// Image tokens `[B, T, cross]`: base from `image_embeds`, Plus from `hidden_states[-2]`.
+    /// Image tokens `[B, T, cross]`: base and light from `image_embeds`, the others from
+    /// `hidden_states[-2]`.
     pub fn tokens(&self, vision: &VisionOutput) -> Tensor {
         self.project(&self.features(vision))
     }
 
-    /// What the projection reads from the encoder: `image_embeds` `[B, embed]` (base) or
-    /// `hidden_states[-2]` `[B, positions, hidden]` (Plus), in the adapter's kind.
+    /// What the projection reads from the encoder: `image_embeds` `[B, embed]` (base, light)
+    /// or `hidden_states[-2]` `[B, positions, hidden]` (Plus, full face), in the adapter's
+    /// kind.
     pub fn features(&self, vision: &VisionOutput) -> Tensor {
         match &self.net {
             Projection::Base(_) => vision.image_embeds.to_kind(self.kind),
-            Projection::Plus(_) => vision.penultimate.to_kind(self.kind),
+            Projection::Plus(_) | Projection::Mlp(_) => vision.penultimate.to_kind(self.kind),
         }
     }
 
@@ -444,6 +689,7 @@ impl ImageProj {
         match &self.net {
             Projection::Base(p) => p.forward(features),
             Projection::Plus(r) => r.forward(features),
+            Projection::Mlp(m) => m.forward(features),
         }
     }
 
@@ -457,8 +703,8 @@ impl ImageProj {
     }
 
     /// [`features`](Self::features) `[1, ...]` of "no image".
-    /// `Reference` (IP-Adapter's): base = an all-zero `image_embeds`; Plus = the encoder
-    /// states of an all-zero *normalized* pixel tensor.
+    /// `Reference` (IP-Adapter's): base = an all-zero `image_embeds`; Plus and full face =
+    /// the encoder states of an all-zero *normalized* pixel tensor.
     /// `Black` (ComfyUI's): the features of an all-black image.
     pub fn no_image_features(
         &self,
@@ -470,7 +716,7 @@ impl ImageProj {
             (NoImage::Reference, Projection::Base(p)) => {
                 Tensor::zeros([1, p.embed_dim], (self.kind, self.device))
             }
-            (NoImage::Reference, Projection::Plus(_)) => {
+            (NoImage::Reference, Projection::Plus(_) | Projection::Mlp(_)) => {
                 let pixels =
                     Tensor::zeros([1, 3, size as i64, size as i64], (self.kind, self.device));
                 self.features(&encoder.forward(&pixels))
@@ -483,10 +729,57 @@ impl ImageProj {
     }
 }
 
+/// The shapes of a random projection ([`write_random_projection`]).
+#[derive(Debug, Clone, Copy)]
+pub enum RandomProjection {
+    /// `image_embeds` `embed` wide -> `tokens` tokens `cross` wide.
+    Linear {
+        embed: i64,
+        cross: i64,
+        tokens: i64,
+    },
+    Resampler(ResamplerConfig),
+    /// `hidden_states` `embed` wide -> same positions, `cross` wide (inner width = embed,
+    /// as IP-Adapter's full-face MLP).
+    Mlp {
+        embed: i64,
+        cross: i64,
+    },
+}
+
+impl RandomProjection {
+    /// IP-Adapter's projection of `kind` for an encoder feature width `embed_dim` (see
+    /// [`embed_dim_for`]) and a UNet cross-attention width `cross_dim`; the Resampler is
+    /// [`ResamplerConfig::standard`].
+    pub fn standard(kind: AdapterKind, cross_dim: i64, embed_dim: i64) -> Self {
+        match Family::of(kind) {
+            Family::Linear => RandomProjection::Linear {
+                embed: embed_dim,
+                cross: cross_dim,
+                tokens: BASE_TOKENS,
+            },
+            Family::Resampler => {
+                RandomProjection::Resampler(ResamplerConfig::standard(embed_dim, cross_dim))
+            }
+            Family::Mlp => RandomProjection::Mlp {
+                embed: embed_dim,
+                cross: cross_dim,
+            },
+        }
+    }
+
+    fn cross_dim(&self) -> i64 {
+        match self {
+            RandomProjection::Linear { cross, .. } | RandomProjection::Mlp { cross, .. } => *cross,
+            RandomProjection::Resampler(c) => c.output_dim,
+        }
+    }
+}
+
 /// Writes a random IP-Adapter file of `kind` (flat `image_proj.*` + `ip_adapter.*` keys, fp32).
-/// `embed_dim` is the image encoder's `projection_dim` (base) or `hidden_size` (Plus);
-/// `attn_hidden_sizes` are the UNet cross-attention widths in `ip_adapter` key order
-/// (k = 1, 3, 5, ...). Plus uses [`ResamplerConfig::standard`].
+/// `embed_dim` is the image encoder's feature width ([`embed_dim_for`]); `attn_hidden_sizes`
+/// are the UNet cross-attention widths in `ip_adapter` key order (k = 1, 3, 5, ...). Shapes
+/// as [`RandomProjection::standard`].
 pub fn write_random(
     path: &Path,
     kind: AdapterKind,
@@ -495,17 +788,37 @@ pub fn write_random(
     attn_hidden_sizes: &[i64],
     seed: i64,
 ) -> Result<()> {
+    write_random_projection(
+        path,
+        &RandomProjection::standard(kind, cross_dim, embed_dim),
+        attn_hidden_sizes,
+        seed,
+    )
+}
+
+/// Writes a random IP-Adapter file with the projection `proj`.
+pub fn write_random_projection(
+    path: &Path,
+    proj: &RandomProjection,
+    attn_hidden_sizes: &[i64],
+    seed: i64,
+) -> Result<()> {
     let vs = weights::random::seeded_var_store(seed);
     let root = vs.root();
-    match kind {
-        AdapterKind::Base => {
-            ImageProjection::new(&root / "image_proj", embed_dim, cross_dim, BASE_TOKENS);
+    let cross_dim = proj.cross_dim();
+    match *proj {
+        RandomProjection::Linear {
+            embed,
+            cross,
+            tokens,
+        } => {
+            ImageProjection::new(&root / "image_proj", embed, cross, tokens);
         }
-        AdapterKind::Plus => {
-            Resampler::new(
-                &root / "image_proj",
-                &ResamplerConfig::standard(embed_dim, cross_dim),
-            );
+        RandomProjection::Resampler(cfg) => {
+            Resampler::new(&root / "image_proj", &cfg);
+        }
+        RandomProjection::Mlp { embed, cross } => {
+            MlpProjection::new(&root / "image_proj", embed, embed, cross);
         }
     }
     let no_bias = nn::LinearConfig {

@@ -92,6 +92,11 @@ impl Pipeline {
         stage: &mut dyn FnMut(Role),
     ) -> Result<Pipeline> {
         let fp16 = kind == Kind::Half;
+        // Adapters against the image encoder first, from headers and configs.
+        crate::models::ip_adapter::check_adapters(
+            models.adapters().map(|(k, p)| (k, p.as_path())),
+            &models.image_encoder,
+        )?;
         stage(Role::Pipeline);
         let source = source::open(&models.pipeline, fp16)?;
         let tokenizer = source.tokenizer()?;
@@ -115,11 +120,9 @@ impl Pipeline {
             ClipVisionModelWithProjection::load(&models.image_encoder, device, kind)
                 .with_context(|| format!("image encoder {}", models.image_encoder.display()))?;
         let mut adapters = HashMap::new();
-        for kind_ in [AdapterKind::Base, AdapterKind::Plus] {
-            if let Some(path) = models.adapter(kind_) {
-                stage(Role::adapter(kind_));
-                adapters.insert(kind_, load_adapter(path, kind_, device, kind)?);
-            }
+        for (kind_, path) in models.adapters() {
+            stage(Role::adapter(kind_));
+            adapters.insert(kind_, load_adapter(path, kind_, device, kind)?);
         }
         let encoders = Encoders {
             tokenizer,
@@ -190,7 +193,7 @@ impl Pipeline {
     /// Loads each adapter's attention weights into the UNet once: an adapter made for
     /// another UNet fails here, naming its file (`negimg models check`).
     pub fn check_adapters(&mut self) -> Result<()> {
-        for kind in [AdapterKind::Base, AdapterKind::Plus] {
+        for kind in AdapterKind::ALL {
             self.use_adapter(kind)?;
         }
         Ok(())
@@ -385,21 +388,14 @@ impl Pipeline {
     }
 }
 
-/// An IP-Adapter file given as `want`: its keys must be those of that kind.
+/// An IP-Adapter file given as `want`: its keys must be those of that kind's family.
 fn load_adapter(
     path: &std::path::Path,
     want: AdapterKind,
     device: Device,
     kind: Kind,
 ) -> Result<Adapter> {
-    let file = AdapterFile::open(path)?;
-    if file.kind != want {
-        bail!(
-            "{}: given as the {want} adapter, but its keys are those of a {} adapter",
-            path.display(),
-            file.kind
-        );
-    }
+    let file = AdapterFile::open_as(path, want)?;
     let proj = ImageProj::load(&file, device, kind)?;
     Ok(Adapter { file, proj })
 }

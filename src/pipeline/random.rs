@@ -89,10 +89,7 @@ pub fn write_random_adapter(
     vision: &ClipVisionConfig,
     seed: i64,
 ) -> Result<()> {
-    let embed_dim = match kind {
-        AdapterKind::Base => vision.projection_dim,
-        AdapterKind::Plus => vision.hidden_size,
-    };
+    let embed_dim = crate::models::ip_adapter::embed_dim_for(kind, vision);
     crate::models::ip_adapter::write_random(
         path,
         kind,
@@ -132,7 +129,7 @@ impl Pipeline {
         }
         let tokenizer = ClipTokenizer::from_open_clip_vocab(&find_open_clip_vocab()?)?;
         let mut adapters = HashMap::new();
-        for adapter in [AdapterKind::Base, AdapterKind::Plus] {
+        for adapter in AdapterKind::ALL {
             let path = scratch.join(format!("random-{adapter}.safetensors"));
             write_random_adapter(&path, adapter, &shapes.unet, &shapes.vision, 7)?;
             let file = AdapterFile::open(&path)?;

@@ -4,7 +4,7 @@ use super::fsio::atomic_write;
 use super::records::Record;
 use crate::digest::{sha256_file, sha256_hex};
 use crate::experiment::ModelRef;
-use crate::params::GenParams;
+use crate::params::{AdapterKind, GenParams};
 use crate::roles::{ModelSet, Role};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -139,16 +139,19 @@ pub fn digests(files: &[ModelFiles]) -> ModelDigests {
             .find(|f| f.role == role)
             .map(|f| f.digest.clone())
     };
-    ModelDigests {
+    let mut set = ModelDigests {
         pipeline: get(Role::Pipeline).unwrap_or_default(),
         vae: get(Role::Vae),
-        ip_adapter_base: get(Role::IpAdapterBase),
-        ip_adapter_plus: get(Role::IpAdapterPlus),
         image_encoder: get(Role::ImageEncoder).unwrap_or_default(),
         scorer: get(Role::Scorer),
         scorer_dino: get(Role::ScorerDino),
         aesthetic: get(Role::Aesthetic),
+        ..Default::default()
+    };
+    for kind in AdapterKind::ALL {
+        set.set_adapter(kind, get(Role::adapter(kind)));
     }
+    set
 }
 
 /// A stable id for an image: the parameters, the identity (not the path) of its input

@@ -4,7 +4,7 @@
 use super::ids::{self, HashCache, ModelFiles};
 pub use super::manifest::CellChunk;
 use crate::experiment::ModelRef;
-use crate::params::GenParams;
+use crate::params::{AdapterKind, GenParams};
 use crate::provenance;
 use crate::roles::{ModelSet, Role};
 use anyhow::{Context, Result, anyhow, bail};
@@ -127,7 +127,7 @@ pub fn read(png: &Path) -> Result<StoredCell> {
 /// Whether the model of `role` decides the pixels of `p`'s image.
 fn makes(p: &GenParams, role: Role) -> bool {
     match role {
-        Role::IpAdapterBase | Role::IpAdapterPlus => role == Role::adapter(p.adapter),
+        _ if role.adapter_kind().is_some() => role == Role::adapter(p.adapter),
         other => other.makes_images(),
     }
 }
@@ -213,16 +213,16 @@ impl StoredCell {
                 .cloned()
                 .ok_or_else(|| anyhow!("{}: the manifest lists no {role}", self.png.display()))
         };
-        Ok(ModelSet {
+        let mut set = ModelSet {
             pipeline: required(Role::Pipeline)?,
             vae: found.get(&Role::Vae).cloned(),
-            ip_adapter_base: found.get(&Role::IpAdapterBase).cloned(),
-            ip_adapter_plus: found.get(&Role::IpAdapterPlus).cloned(),
             image_encoder: required(Role::ImageEncoder)?,
-            scorer: None,
-            scorer_dino: None,
-            aesthetic: None,
-        })
+            ..Default::default()
+        };
+        for kind in AdapterKind::ALL {
+            set.set_adapter(kind, found.get(&Role::adapter(kind)).cloned());
+        }
+        Ok(set)
     }
 
     /// The sha256 cache of the results folder the run is in (`results/.cache/sha256.json`).

@@ -3,9 +3,10 @@
 IP-Adapter, the image features the adapter reads, per-row IP scales, the hand-written CFG
 sampling loop, and writing the outputs.
 
-Image features are what the adapter's projection reads: CLIP image_embeds for base,
-hidden_states[-2] for Plus; "no image" is IP-Adapter's: zero embeds / zero pixels (or, with
-no_image = black, the features of a black image).
+Image features are what the adapter's projection reads: CLIP image_embeds for base and
+light (diffusers' ImageProjection), hidden_states[-2] for plus, plus_face and full_face (its
+encode_image: output_hidden_states = not ImageProjection); "no image" is IP-Adapter's: zero
+embeds / zero pixels (or, with no_image = black, the features of a black image).
 """
 import json, os, sys
 import torch
@@ -24,13 +25,17 @@ processor = CLIPImageProcessor()
 
 
 def load_pipe(adapter, copies=1):
-    """The tiny pipeline with the `adapter` (base | plus) IP-Adapter loaded by diffusers
+    """The tiny pipeline with the `adapter` (base | plus | light | plus_face | full_face)
+    IP-Adapter, the models folder's file of that kind (negimg's roles::adapter_file_name), loaded by diffusers
     (`copies` times, as several IP-Adapters); `base_scheduler_config` keeps its scheduler's
     config."""
     pipe = StableDiffusionPipeline.from_pretrained(
         os.path.join(models, "pipeline"), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
-    name = {"base": "ip-adapter_sd15.safetensors", "plus": "ip-adapter-plus_sd15.safetensors"}[adapter]
+    name = {"base": "ip-adapter_sd15.safetensors", "plus": "ip-adapter-plus_sd15.safetensors",
+            "light": "ip-adapter_sd15_light.safetensors",
+            "plus_face": "ip-adapter-plus-face_sd15.safetensors",
+            "full_face": "ip-adapter-full-face_sd15.safetensors"}[adapter]
     sd = {"image_proj": {}, "ip_adapter": {}}
     for key, value in load_file(os.path.join(models, name)).items():
         head, rest = key.split(".", 1)
@@ -86,17 +91,20 @@ def at(branch, i, n):
     return branch["weight"] if branch["start"] <= i / n < branch["end"] else 0.0
 
 
+EMBEDS = ("base", "light")
+
+
 @torch.no_grad()
 def features(path, adapter, no_image="reference"):
     if path is None and no_image == "reference":
         pixels = processor(images=Image.new("RGB", (224, 224)), return_tensors="pt").pixel_values
-        if adapter == "base":
+        if adapter in EMBEDS:
             return torch.zeros_like(encoder(pixels).image_embeds)[:, None]
         return encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2][:, None]
     img = Image.new("RGB", (224, 224)) if path is None else Image.open(path).convert("RGB")
     pixels = processor(images=img, return_tensors="pt").pixel_values
     out = encoder(pixels, output_hidden_states=True)
-    return out.image_embeds[:, None] if adapter == "base" else out.hidden_states[-2][:, None]
+    return out.image_embeds[:, None] if adapter in EMBEDS else out.hidden_states[-2][:, None]
 
 
 def conditioning(pipe, rows):

@@ -89,8 +89,8 @@ def picture(name):
 
 
 class ImageFeatures:
-    """What the adapter's projection reads: CLIP image_embeds (base) or the penultimate
-    hidden states (Plus). "No image" is IP-Adapter's (zero embeds, zero pixels) or, with
+    """What the adapter's projection reads: CLIP image_embeds (base, light) or the penultimate
+    hidden states (plus, plus_face, full_face). "No image" is IP-Adapter's (zero embeds, zero pixels) or, with
     no_image = black, the features of a black image."""
 
     def __init__(self, encoder, device, dtype):
@@ -105,7 +105,7 @@ class ImageFeatures:
         return p.to(self.device, self.dtype)
 
     def __call__(self, img):
-        base = CELL["adapter"] == "base"
+        base = CELL["adapter"] in ("base", "light")  # ImageProjection reads image_embeds
         if img is None and CELL["no_image"] == "reference":
             p = self.pixels(Image.new("RGB", (self.size, self.size)))
             if base:
