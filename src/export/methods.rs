@@ -24,6 +24,10 @@ pub fn guidance(method: Method) -> Result<&'static str> {
             "export: method cond_negative has no diffusers export yet (its cond row's second \
              IP-Adapter term at -neg_weight); export another method's cell"
         ),
+        Method::Nag => bail!(
+            "export: method nag has no diffusers export yet (it guides the cond row's \
+             cross-attention output); export another method's cell"
+        ),
     })
 }
 

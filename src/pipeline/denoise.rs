@@ -4,7 +4,7 @@
 //! method and scales (`sampling::methods`), with the state its method keeps across steps. `ip_scaling` is part of the batch key: one per batch. At the steps
 //! where a NegToMe cell is active, its reference rows follow (re-noised to the step, empty
 //! text, IP scale 0; [`ReferenceRows`]) and their outputs are dropped.
-use crate::models::attention::TokenMerge;
+use crate::models::attention::{Nag, TokenMerge};
 use crate::models::unet::{ExtraIp, Hooks, IpInput, UNet2DConditionModel};
 use crate::params::GenParams;
 use crate::sampling::methods::{CellState, Step};
@@ -64,6 +64,7 @@ pub fn denoise(
         .map(|(r, _)| r as i64)
         .collect();
     let extra_rows = Tensor::from_slice(&extra_rows).to_device(device);
+    let nag = nag_rows(&refs, unet.kind(), device);
     let timesteps = scheduler.timesteps().to_vec();
     let blocks = unet.cross_attention_blocks();
     // What each cell's method carries from step to step.
@@ -88,6 +89,7 @@ pub fn denoise(
                 rows: &extra_rows,
                 tokens,
                 scales,
+                nag: nag.as_ref(),
             });
         let merges = cond
             .negtome
@@ -124,6 +126,24 @@ pub fn denoise(
         progress(i + 1, steps);
     }
     x
+}
+
+/// NAG's parameters of the extra terms of `cells` ([`guidance::extra_nag`]), `[S, 1, 1]`
+/// in `kind` on `device`.
+fn nag_rows(cells: &[&GenParams], kind: Kind, device: Device) -> Option<Nag> {
+    let [on, scale, tau, alpha] = guidance::extra_nag(cells)?;
+    let column = |v: &[f64]| {
+        Tensor::from_slice(v)
+            .view([-1, 1, 1])
+            .to_kind(kind)
+            .to_device(device)
+    };
+    Some(Nag {
+        on: column(&on).to_kind(Kind::Bool),
+        scale: column(&scale),
+        tau: column(&tau),
+        alpha: column(&alpha),
+    })
 }
 
 /// One UNet call on `latents`: the cell rows (conditioned by `text` and `ip`) followed by

@@ -121,6 +121,27 @@ pub fn extra_scale_tensor(
     scale_tensor(&by_block(&per_row, blocks), blocks, device, kind)
 }
 
+/// NAG's scale, τ and α of the terms of [`extra_rows`] that are NAG's negative
+/// ([`ExtraImage::nag`]): `[S]` whether each is, and the three `[S]` (1, 1, 0 where not);
+/// `None` when none is.
+pub fn extra_nag(cells: &[&GenParams]) -> Option<[Vec<f64>; 4]> {
+    let strengths: Vec<_> = extra_rows(cells).into_iter().map(|(_, x)| x.nag).collect();
+    strengths.iter().any(Option::is_some).then(|| {
+        let of = |f: fn(&methods::NagStrength) -> f64, off: f64| {
+            strengths
+                .iter()
+                .map(|s| s.as_ref().map_or(off, f))
+                .collect()
+        };
+        [
+            of(|_| 1.0, 0.0),
+            of(|s| s.scale, 1.0),
+            of(|s| s.tau, 1.0),
+            of(|s| s.alpha, 0.0),
+        ]
+    })
+}
+
 /// Guided noise prediction `[B, ...]` from the UNet output `eps` of the rows of
 /// [`row_layout`]: each cell's method guides from its own rows, with its state.
 pub fn combine(
