@@ -115,12 +115,15 @@ pub enum Method {
     Sega,
     /// Dynamic Negative Guidance: the negative's scale follows a posterior estimate.
     Dng,
+    /// Normalized Attention Guidance: the cond row's cross-attention guided away from its
+    /// output with the negative image's tokens.
+    Nag,
 }
 
 impl Method {
     /// The TOML names, in `sampling::methods::REGISTRY` order.
     pub const NAMES: &'static str =
-        "uncond, subtract, three_branch, perp_neg, negtome, cond_negative, sega, dng";
+        "uncond, subtract, three_branch, perp_neg, negtome, cond_negative, sega, dng, nag";
 
     pub fn is_uncond(&self) -> bool {
         *self == Method::Uncond
@@ -136,7 +139,7 @@ impl Method {
             Method::Uncond => true,
             // Only the negative image acts; the negative text goes to the uncond row, as
             // with `uncond`, so without the image the rows are `uncond`'s.
-            Method::Subtract | Method::Negtome => negative.uses_image(),
+            Method::Subtract | Method::Negtome | Method::Nag => negative.uses_image(),
             // Without the image, its second image-attention term is gone and it is two-row
             // guidance with one adapter: made as `uncond` by definition (its uncond row
             // would weigh the "no image" tokens by `weight`, not `neg_weight`).
@@ -1024,6 +1027,7 @@ mod tests {
             (Method::Uncond, vec![]),
             (Method::Subtract, vec![NoNeg, Text]),
             (Method::Negtome, vec![NoNeg, Text]),
+            (Method::Nag, vec![NoNeg, Text]),
             (Method::ThreeBranch, vec![NoNeg]),
             (Method::PerpNeg, vec![NoNeg]),
         ];

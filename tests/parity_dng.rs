@@ -6,13 +6,12 @@
 //! scale); a mixed-method batch equals its cells one by one.
 mod common;
 
-use common::parity::{self, Parity, Setup, branch};
+use common::parity::{self, Setup, Shared, branch, params_json, set_param};
 use negimg::params::{AdapterKind, GenParams, Method, SchedulerKind};
-use negimg::pipeline::Pipeline;
-use negimg::sampling::methods::{param, value};
+use negimg::sampling::methods::value;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use tch::Kind;
 
 const KEYS: [&str; 6] = [
@@ -23,10 +22,6 @@ const KEYS: [&str; 6] = [
     "dng_p_min",
     "dng_p_max",
 ];
-
-fn set(c: &mut GenParams, key: &str, x: f64) {
-    c.method_params.set(key, x, param(key).unwrap().default);
-}
 
 /// The cell: 6 euler_ancestral steps; a temperature at which the posterior moves between
 /// its clamps on the tiny models (their distances are large: at 0.01 it jumps from clamp to
@@ -44,17 +39,13 @@ fn cell(dir: &Path, method: Method, adapter: AdapterKind) -> GenParams {
         ("dng_prior", 0.3),
         ("dng_temp", 1e-4),
     ] {
-        set(&mut c, key, x);
+        set_param(&mut c, key, x);
     }
     c
 }
 
 fn extra(c: &GenParams) -> Value {
-    let d: serde_json::Map<String, Value> = KEYS
-        .iter()
-        .map(|k| (k.trim_start_matches("dng_").to_string(), json!(value(c, k))))
-        .collect();
-    json!({ "dng": d })
+    json!({ "dng": params_json(c, "dng_", &KEYS) })
 }
 
 fn cases(dir: &Path) -> Vec<(String, GenParams)> {
@@ -68,21 +59,12 @@ fn cases(dir: &Path) -> Vec<(String, GenParams)> {
     out
 }
 
-struct Shared {
-    parity: Parity,
-    pipeline: Mutex<Pipeline>,
-}
-
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let mut setup = Setup::tiny("parity_dng", "dng_parity.py");
         setup.extra = &extra;
-        let (parity, pipeline) = Parity::compute(setup, cases);
-        Shared {
-            parity,
-            pipeline: Mutex::new(pipeline),
-        }
+        Shared::compute(setup, cases)
     })
 }
 
@@ -103,15 +85,10 @@ fn parity_dng_matches_the_reference() {
 /// static scale λ·prior/(1 − prior) of DNG's first step).
 fn with_method(name: &str, method: Method) -> tch::Tensor {
     let s = shared();
-    let mut c = s.parity.cell(name).clone();
-    let prior = value(&c, "dng_prior");
-    c.neg_cfg = Some(value(&c, "dng_guidance_scale") * prior / (1.0 - prior));
-    c.method = method;
-    c.method_params = Default::default();
-    let mut pipeline = s.pipeline.lock().unwrap_or_else(|e| e.into_inner());
-    common::generate_float(&mut pipeline, &[c], 1, &mut |_, _| {})
-        .remove(0)
-        .unwrap()
+    let cell = s.parity.cell(name);
+    let prior = value(cell, "dng_prior");
+    let neg_cfg = value(cell, "dng_guidance_scale") * prior / (1.0 - prior);
+    s.with_method(name, method, |c| c.neg_cfg = Some(neg_cfg))
 }
 
 #[test]
@@ -145,9 +122,8 @@ fn dng_in_a_mixed_method_batch_equals_alone() {
         }
         cells.push(c);
     }
-    set(&mut cells[3], "dng_temp", 2e-4);
-    let mut pipeline = s.pipeline.lock().unwrap_or_else(|e| e.into_inner());
-    common::assert_batched_equal_alone(&mut pipeline, &cells, (6, "one batch"), &|i| {
+    set_param(&mut cells[3], "dng_temp", 2e-4);
+    common::assert_batched_equal_alone(&mut s.pipeline(), &cells, (6, "one batch"), &|i| {
         format!("cell {i} ({})", methods[i])
     });
 }

@@ -5,13 +5,12 @@
 //! batch equals its cells one by one.
 mod common;
 
-use common::parity::{self, Parity, Setup, branch};
+use common::parity::{self, Setup, Shared, branch, params_json, set_param};
 use negimg::params::{AdapterKind, GenParams, Method, SchedulerKind};
-use negimg::pipeline::Pipeline;
 use negimg::sampling::methods::{param, value};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 const KEYS: [&str; 6] = [
     "sega_guidance_scale",
@@ -21,10 +20,6 @@ const KEYS: [&str; 6] = [
     "sega_momentum_scale",
     "sega_mom_beta",
 ];
-
-fn set(c: &mut GenParams, key: &str, x: f64) {
-    c.method_params.set(key, x, param(key).unwrap().default);
-}
 
 /// 5 steps; warm-up 1 and cool-down 3, so that the momentum builds up before the concept
 /// applies and outlives its masked term.
@@ -44,7 +39,7 @@ fn cell(dir: &Path, method: Method, adapter: AdapterKind, scheduler: SchedulerKi
         ("sega_momentum_scale", 0.3),
         ("sega_mom_beta", 0.5),
     ] {
-        set(&mut c, key, x);
+        set_param(&mut c, key, x);
     }
     c
 }
@@ -52,15 +47,7 @@ fn cell(dir: &Path, method: Method, adapter: AdapterKind, scheduler: SchedulerKi
 /// The cell's SEGA parameters as the reference reads them (`sega_X` as `X`; the default
 /// cool-down as diffusers' `None`).
 fn extra(c: &GenParams) -> Value {
-    let mut s: serde_json::Map<String, Value> = KEYS
-        .iter()
-        .map(|k| {
-            (
-                k.trim_start_matches("sega_").to_string(),
-                json!(value(c, k)),
-            )
-        })
-        .collect();
+    let mut s = params_json(c, "sega_", &KEYS);
     if value(c, "sega_cooldown_steps") == param("sega_cooldown_steps").unwrap().default {
         s.insert("cooldown_steps".into(), Value::Null);
     }
@@ -82,21 +69,12 @@ fn cases(dir: &Path) -> Vec<(String, GenParams)> {
     out
 }
 
-struct Shared {
-    parity: Parity,
-    pipeline: Mutex<Pipeline>,
-}
-
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let mut setup = Setup::tiny("parity_sega", "sega_parity.py");
         setup.extra = &extra;
-        let (parity, pipeline) = Parity::compute(setup, cases);
-        Shared {
-            parity,
-            pipeline: Mutex::new(pipeline),
-        }
+        Shared::compute(setup, cases)
     })
 }
 
@@ -108,29 +86,18 @@ fn parity_sega_matches_diffusers_semantic_pipeline() {
     }
 }
 
-/// Our image of the cell `name` made with `method` instead.
-fn with_method(name: &str, method: Method) -> tch::Tensor {
-    let s = shared();
-    let mut c = s.parity.cell(name).clone();
-    c.method = method;
-    c.method_params = Default::default();
-    let mut pipeline = s.pipeline.lock().unwrap_or_else(|e| e.into_inner());
-    common::generate_float(&mut pipeline, &[c], 1, &mut |_, _| {})
-        .remove(0)
-        .unwrap()
-}
-
 #[test]
 fn guard_sega_is_neither_uncond_nor_three_branch() {
-    let s = &shared().parity;
+    let s = shared();
     for name in [
         "sega_base_ddim",
         "sega_plus_euler_ancestral",
         "sega_defaults",
     ] {
         for other in [Method::Uncond, Method::ThreeBranch] {
-            let img = with_method(name, other);
-            parity::assert_far(name, &s.ours(name), &img, &format!("the {other} image"));
+            let img = s.with_method(name, other, |_| {});
+            let ours = s.parity.ours(name);
+            parity::assert_far(name, &ours, &img, &format!("the {other} image"));
         }
     }
 }
@@ -157,10 +124,9 @@ fn sega_in_a_mixed_method_batch_equals_alone() {
         }
         cells.push(c);
     }
-    set(&mut cells[3], "sega_threshold", 0.5);
+    set_param(&mut cells[3], "sega_threshold", 0.5);
     let methods: Vec<Method> = cells.iter().map(|c| c.method).collect();
-    let mut pipeline = s.pipeline.lock().unwrap_or_else(|e| e.into_inner());
-    common::assert_batched_equal_alone(&mut pipeline, &cells, (5, "one batch"), &|i| {
+    common::assert_batched_equal_alone(&mut s.pipeline(), &cells, (5, "one batch"), &|i| {
         format!("cell {i} ({})", methods[i])
     });
 }

@@ -1,12 +1,13 @@
 //! `negimg bench`: generation speed on random weights (no download), the same work as
 //! `tools/diffusers_baseline.py`: IP-Adapter with a positive and a negative image prompt per
-//! image (both encoded every run), DDIM, CFG 7.5, VAE decode included. Prints one JSON line.
+//! image (both encoded every run), DDIM (euler_ancestral for `dng`, which refuses DDIM), CFG
+//! 7.5, VAE decode included. Prints one JSON line.
 use super::Globals;
 use crate::device::cuda_mem_info;
 use crate::params::{AdapterKind, GenParams, Method, NegativeMode, SchedulerKind};
 use crate::pipeline::{CellOutcome, Pipeline, RandomPreset};
 use crate::roles::ModelSet;
-use crate::sampling::{make_scheduler, negtome};
+use crate::sampling::{make_scheduler, methods, negtome};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::sync::Arc;
@@ -43,12 +44,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 7.5)]
     pub cfg: f64,
     /// The negative method of every image (uncond, subtract, three_branch, perp_neg,
-    /// negtome, cond_negative, sega, dng; at their default parameters): the three-row
-    /// methods (three_branch, perp_neg, sega, dng) add a UNet row per step, cond_negative a
-    /// second image attention in the cond row, negtome a reference row per image at its
-    /// active steps and one VAE encode per image.
+    /// negtome, cond_negative, sega, dng, nag; at their default parameters): the three-row
+    /// methods (three_branch, perp_neg, sega, dng) add a UNet row per step, cond_negative
+    /// and nag a second image attention in the cond row, negtome a reference row per image
+    /// at its active steps and one VAE encode per image.
     #[arg(long, default_value = "uncond", value_parser = super::generate::parse_method)]
     pub method: Method,
+    /// The scheduler (default: ddim, as the peer's; euler_ancestral for dng).
+    #[arg(long, value_enum)]
+    pub scheduler: Option<super::generate::SchedulerArg>,
     /// Load the models from a folder made by `negimg models init-random` (or laid out like
     /// one) instead of building random weights in memory: to time the same files as the
     /// peer's `diffusers_baseline.py --unet DIR/pipeline/unet --vae ... --ip-adapter ...`.
@@ -70,6 +74,10 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         bail!("--batch, --reps and --steps must be at least 1");
     }
     let adapter = args.adapter.kind();
+    let scheduler = args.scheduler.map_or(
+        default_scheduler(args.method),
+        super::generate::scheduler_kind,
+    );
     let scratch = Scratch::new()?;
     let mut pipeline = match &args.models {
         Some(dir) => Pipeline::load(
@@ -85,7 +93,7 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     let mut times = Vec::new();
     for rep in 0..=args.reps {
         // Fresh image files every run, so the image encoder runs every time (as the peer's).
-        let cells = cells(scratch.path(), rep, &args, size, adapter)?;
+        let cells = cells(scratch.path(), rep, &args, (size, scheduler), adapter)?;
         sync(device);
         let t = Instant::now();
         // One batch of --batch cells, as the peer's one pipeline call.
@@ -107,9 +115,9 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     let area = (size * size) as f64 / (512.0 * 512.0);
     // Each image has its own negative image, so NegToMe adds one reference row per image.
     let reference_rows = {
-        let sample = cells(scratch.path(), 0, &args, size, adapter)?;
+        let sample = cells(scratch.path(), 0, &args, (size, scheduler), adapter)?;
         let refs: Vec<&GenParams> = sample.iter().take(1).collect();
-        let sched = make_scheduler(SchedulerKind::Ddim, pipeline.scheduler_config(), args.steps)?;
+        let sched = make_scheduler(scheduler, pipeline.scheduler_config(), args.steps)?;
         negtome::reference_row_steps(&refs, sched.timesteps())
     };
     let rows = crate::sampling::methods::of(args.method)
@@ -146,6 +154,7 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         "batch": args.batch,
         "adapter": adapter,
         "method": args.method,
+        "scheduler": scheduler,
         "unet_rows_per_image": rows,
         "reps": args.reps,
         "median_s": round(median, 4),
@@ -179,12 +188,23 @@ fn sync(device: Device) {
     }
 }
 
-/// `batch` cells with their own positive and negative image (random pixels).
+/// DDIM, or euler_ancestral for a method that refuses DDIM (dng).
+fn default_scheduler(method: Method) -> SchedulerKind {
+    let mut c = GenParams::new(0);
+    c.method = method;
+    match methods::of(method).check(&c) {
+        Err(("scheduler", _)) => SchedulerKind::EulerAncestral,
+        _ => SchedulerKind::Ddim,
+    }
+}
+
+/// `batch` cells of `size` on `scheduler`, with their own positive and negative image
+/// (random pixels); what their method refuses is an error.
 fn cells(
     dir: &Path,
     rep: usize,
     a: &BenchArgs,
-    size: usize,
+    (size, scheduler): (usize, SchedulerKind),
     adapter: AdapterKind,
 ) -> Result<Vec<GenParams>> {
     let mut cells = Vec::new();
@@ -213,10 +233,11 @@ fn cells(
         c.negative_branch.weight = 0.7;
         c.cfg = a.cfg;
         c.steps = a.steps;
-        c.scheduler = SchedulerKind::Ddim;
+        c.scheduler = scheduler;
         c.width = size;
         c.height = size;
         c.method = a.method;
+        super::generate::check_method(&c)?;
         cells.push(c);
     }
     Ok(cells)

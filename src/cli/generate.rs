@@ -86,7 +86,7 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value = "reference")]
     pub no_image: NoImageArg,
     /// How the negative image is used: uncond, subtract, three_branch, perp_neg, negtome,
-    /// cond_negative, sega, dng (README, "Negative methods").
+    /// cond_negative, sega, dng, nag (README, "Negative methods").
     #[arg(long, default_value = "uncond", value_parser = parse_method)]
     pub method: Method,
     /// subtract: the cond branch's embedding is e_pos - SCALE * e_neg.
@@ -489,7 +489,7 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         end: a.end,
     };
     check_flags(a)?;
-    Ok(GenParams {
+    let cell = GenParams {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
         negative,
@@ -504,13 +504,7 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         },
         cfg: a.cfg,
         steps: a.steps,
-        scheduler: match a.scheduler {
-            SchedulerArg::Ddim => SchedulerKind::Ddim,
-            SchedulerArg::Euler => SchedulerKind::Euler,
-            SchedulerArg::DpmPp2m => SchedulerKind::DpmPp2m,
-            SchedulerArg::DpmPp2mKarras => SchedulerKind::DpmPp2mKarras,
-            SchedulerArg::EulerAncestral => SchedulerKind::EulerAncestral,
-        },
+        scheduler: scheduler_kind(a.scheduler),
         seed: a.seed,
         width,
         height,
@@ -535,7 +529,26 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         neg_steps_at: neg_steps_at(a),
         neg_off: a.neg_off,
         trace: a.trace.clone(),
-    })
+    };
+    check_method(&cell)?;
+    Ok(cell)
+}
+
+/// What the cell's method refuses (DNG on a deterministic scheduler), named by its flag.
+pub fn check_method(cell: &GenParams) -> Result<()> {
+    methods::of(cell.method)
+        .check(cell)
+        .map_err(|(key, why)| anyhow::anyhow!("--{}: {why}", key.replace('_', "-")))
+}
+
+pub fn scheduler_kind(s: SchedulerArg) -> SchedulerKind {
+    match s {
+        SchedulerArg::Ddim => SchedulerKind::Ddim,
+        SchedulerArg::Euler => SchedulerKind::Euler,
+        SchedulerArg::DpmPp2m => SchedulerKind::DpmPp2m,
+        SchedulerArg::DpmPp2mKarras => SchedulerKind::DpmPp2mKarras,
+        SchedulerArg::EulerAncestral => SchedulerKind::EulerAncestral,
+    }
 }
 
 /// The uncond branch's step set: --neg-steps-at, else --steps-at unless the negative window
@@ -690,6 +703,18 @@ mod tests {
                 &["--method", "subtract", "--negative-prompt", "grass"][..],
                 "--method subtract has nothing to subtract with --negative-mode text",
             ),
+            (
+                &["--method", "dng", "--negative-prompt", "grass"][..],
+                "--scheduler: method dng needs scheduler euler_ancestral, not ddim",
+            ),
+            (
+                &["--method", "nag", "--negative", "n.png", "--nag-tau", "0"][..],
+                "--nag-tau: 0 is out of range",
+            ),
+            (
+                &["--method", "nag", "--negative-prompt", "grass"][..],
+                "--method nag has nothing to subtract with --negative-mode text",
+            ),
         ] {
             let err = match parse(bad) {
                 Ok(p) => p.unwrap_err().to_string(),
@@ -701,6 +726,13 @@ mod tests {
         let p = p.unwrap().unwrap();
         assert_eq!((p.positive.weight, p.negative_branch.weight), (-0.5, -1.0));
         assert_eq!(p.window, Window::Sigma);
+        let dng = ["--method", "dng", "--negative-prompt", "grass"];
+        let p = parse(&[&dng[..], &["--scheduler", "euler_ancestral"]].concat());
+        assert_eq!(p.unwrap().unwrap().method, Method::Dng);
+        let p = parse(&["--method", "nag", "--negative", "n.png", "--nag-scale", "3"]);
+        let p = p.unwrap().unwrap();
+        assert_eq!(methods::value(&p, "nag_scale"), 3.0);
+        assert_eq!(methods::value(&p, "nag_tau"), 2.5);
     }
 
     #[test]

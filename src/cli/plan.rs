@@ -189,6 +189,25 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             exp.cells.len() - three.len()
         );
     }
+    // Attention work beyond a method's rows (NAG's second image attention), per method.
+    let attention: Vec<String> = methods::REGISTRY
+        .iter()
+        .filter(|m| m.cost().attention_rows > 0.0)
+        .filter_map(|m| {
+            let n = params
+                .iter()
+                .filter(|p| p.effective_method() == m.method())
+                .count();
+            let extra = m.cost().attention_rows;
+            (n > 0).then(|| format!("{n} {} cells +{extra} each", m.method()))
+        })
+        .collect();
+    if !attention.is_empty() {
+        say!(
+            "attention work beyond the rows, in UNet rows per step: {}",
+            attention.join(", ")
+        );
+    }
     // The noise schedule, read once for what needs it: sigma windows, NegToMe's steps and
     // shared trajectories.
     let sigma = exp.cells.iter().any(|c| c.window == Window::Sigma);

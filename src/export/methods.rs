@@ -24,6 +24,10 @@ pub fn guidance(method: Method) -> Result<[&'static str; 2]> {
         Method::Sega => [include_str!("py/sega.py"), STATELESS],
         // Its posterior update is its after_step.
         Method::Dng => [include_str!("py/dng.py"), ""],
+        Method::Nag => bail!(
+            "export: method nag has no diffusers export yet (it guides the cond row's \
+             cross-attention output); export another method's cell"
+        ),
     })
 }
 

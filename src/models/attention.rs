@@ -17,10 +17,12 @@ pub struct IpContext<'a> {
 
 /// A second image-attention term, with its own softmax, added to the rows `rows` [S]
 /// (int64): their tokens [S, T, cross_dim] and weights [blocks, S, 1, 1] (model's kind).
+/// With `nag`, some of the terms are NAG's negative instead ([`Nag`]).
 pub struct ExtraContext<'a> {
     pub rows: &'a Tensor,
     pub tokens: &'a Tensor,
     pub scales: Tensor,
+    pub nag: Option<&'a Nag>,
 }
 
 impl IpContext<'_> {
@@ -34,6 +36,7 @@ impl IpContext<'_> {
                 rows: x.rows,
                 tokens: x.tokens,
                 scale: x.scales.get(index as i64),
+                nag: x.nag,
             }),
         }
     }
@@ -52,6 +55,42 @@ pub struct ExtraBlock<'a> {
     pub rows: &'a Tensor,
     pub tokens: &'a Tensor,
     pub scale: Tensor,
+    pub nag: Option<&'a Nag>,
+}
+
+/// Normalized Attention Guidance (Chen et al. 2025, arXiv 2505.21179) on the rows of an
+/// extra term marked `on`: there the term is not added; it makes the row's negative
+/// output `z⁻ = text attention + term` (the row's own text, the term's image tokens in
+/// place of the row's), and the row's output `z⁺` becomes
+/// `α·z̃·min(r, τ)/r + (1 − α)·z⁺` with `z̃ = s·z⁺ − (s − 1)·z⁻` and `r = ‖z̃‖₁ / ‖z⁺‖₁`
+/// per token (norms floored at 1e-6), before the output projection: the arithmetic of
+/// ComfyUI's `nodes_nag.py` and ChenDarYen/ComfyUI-NAG's `utils.nag`. Where the term's
+/// weight is 0 (its window or block weights), the row is left as `z⁺`.
+pub struct Nag {
+    /// [S, 1, 1] bool: NAG's negative, or an added term.
+    pub on: Tensor,
+    /// `s`, `τ`, `α` of each row [S, 1, 1] (model's kind).
+    pub scale: Tensor,
+    pub tau: Tensor,
+    pub alpha: Tensor,
+}
+
+impl Nag {
+    /// The extra term's rows after it: `z_pos` [S, N, C] their output without it, `text`
+    /// their text attention, `term` the term, `weight` its weights [S, 1, 1].
+    fn apply(&self, z_pos: &Tensor, text: &Tensor, term: &Tensor, weight: &Tensor) -> Tensor {
+        let z_neg = text + term;
+        let guided = z_pos * &self.scale - z_neg * (&self.scale - 1.0);
+        let l1 = |z: &Tensor| {
+            z.norm_scalaropt_dim(1.0, [-1i64].as_slice(), true)
+                .clamp_min(1e-6)
+        };
+        let ratio = l1(&guided) / l1(z_pos);
+        let capped = guided * ratio.minimum(&self.tau) / ratio;
+        let nag: Tensor = capped * &self.alpha + z_pos * (1.0 - &self.alpha);
+        let active = self.on.logical_and(&weight.ne(0.0));
+        nag.where_self(&active, &(z_pos + term))
+    }
 }
 
 /// ComfyUI's "C penalty" divides the weight by this width (SDXL's and SD1.5's widest
@@ -213,6 +252,8 @@ impl Attention {
         let ctx = context.unwrap_or(xs);
         let q = self.split_heads(&self.to_q.forward(xs));
         let mut out = self.attend(&q, &self.to_k.forward(ctx), &self.to_v.forward(ctx));
+        // NAG's negative output takes the text attention alone (`out` grows in place).
+        let nag_text = ip.and_then(|ip| ip.extra.as_ref()?.nag).map(|_| out.copy());
         if let (Some(w), Some(ip)) = (&self.ip, ip) {
             let project = |tokens: &Tensor| {
                 let k = tokens.linear(&w.to_k_ip, None::<&Tensor>);
@@ -224,7 +265,13 @@ impl Attention {
                 let (k, v) = project(x.tokens);
                 let q = q.index_select(0, x.rows);
                 let term = self.image_attention(&q, k, v, &x.scale, ip.scaling);
-                out = out.index_add(0, x.rows, &term);
+                out = match (x.nag, &nag_text) {
+                    (Some(nag), Some(text)) => {
+                        let (z, t) = (out.index_select(0, x.rows), text.index_select(0, x.rows));
+                        out.index_copy(0, x.rows, &nag.apply(&z, &t, &term, &x.scale))
+                    }
+                    _ => out.index_add(0, x.rows, &term),
+                };
             }
         }
         self.to_out.forward(&out)

@@ -4,7 +4,9 @@
 //! attn2.to_k.weight`, ...). A UNet built with an [`IpLayout`] also holds, in every `attn2`,
 //! `processor.to_k_ip.0.weight` / `processor.to_v_ip.0.weight` (zeros until
 //! [`UNet2DConditionModel::load_ip_adapter`]), as diffusers does after `load_ip_adapter`.
-use crate::models::attention::{CrossAttnContext, ExtraContext, IpContext, IpWeights, TokenMerge};
+use crate::models::attention::{
+    CrossAttnContext, ExtraContext, IpContext, IpWeights, Nag, TokenMerge,
+};
 use crate::models::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet_blocks::{
@@ -809,6 +811,7 @@ impl UNet2DConditionModel {
                             .block_scales(x.scales, x.rows.size()[0])
                             .to_device(device)
                             .to_kind(kind),
+                        nag: x.nag,
                     }),
                 }),
             negtome: None,
@@ -857,12 +860,14 @@ pub struct Hooks<'a> {
 }
 
 /// A second image-attention term added to the rows `rows` [S] (int64): tokens
-/// [S, T, cross] and weights [S] or [blocks, S], with the call's [`IpInput::scaling`].
+/// [S, T, cross] and weights [S] or [blocks, S], with the call's [`IpInput::scaling`];
+/// NAG's negative instead on the rows `nag` marks (on the UNet's device, in its kind).
 #[derive(Clone, Copy)]
 pub struct ExtraIp<'a> {
     pub rows: &'a Tensor,
     pub tokens: &'a Tensor,
     pub scales: &'a Tensor,
+    pub nag: Option<&'a Nag>,
 }
 
 /// The IP-Adapter input of one UNet call.

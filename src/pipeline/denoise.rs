@@ -6,7 +6,7 @@
 //! latents). `ip_scaling` is part of the batch key: one per batch. At the steps where a
 //! NegToMe cell is active, its reference rows follow (re-noised to the step, empty text, IP
 //! scale 0; [`ReferenceRows`]) and their outputs are dropped.
-use crate::models::attention::TokenMerge;
+use crate::models::attention::{Nag, TokenMerge};
 use crate::models::unet::{ExtraIp, Hooks, IpInput, UNet2DConditionModel};
 use crate::params::{GenParams, Row, StepAt};
 use crate::sampling::methods::{CellState, Step};
@@ -229,10 +229,12 @@ impl Call<'_> {
                     guidance::extra_scale_tensor(&cells, self.at, blocks, device, Kind::Float);
                 (indices(&own_rows, device), tokens, scales)
             });
+        let nag = nag_rows(&cells, self.unet.kind(), device);
         let extra = extra.as_ref().map(|(rows, tokens, scales)| ExtraIp {
             rows,
             tokens,
             scales,
+            nag: nag.as_ref(),
         });
         let eps = match &self.cond.negtome {
             Some(r) => self.with_merge(&cells, &latents, &text, ip, extra, r),
@@ -309,6 +311,24 @@ impl Call<'_> {
         let n_rows = latents.size()[0];
         with_references(self.unet, self.t, &all, text, ip, &chunk, hooks).narrow(0, 0, n_rows)
     }
+}
+
+/// NAG's parameters of the extra terms of `cells` ([`guidance::extra_nag`]), `[S, 1, 1]`
+/// in `kind` on `device`.
+fn nag_rows(cells: &[&GenParams], kind: Kind, device: Device) -> Option<Nag> {
+    let [on, scale, tau, alpha] = guidance::extra_nag(cells)?;
+    let column = |v: &[f64]| {
+        Tensor::from_slice(v)
+            .view([-1, 1, 1])
+            .to_kind(kind)
+            .to_device(device)
+    };
+    Some(Nag {
+        on: column(&on).to_kind(Kind::Bool),
+        scale: column(&scale),
+        tau: column(&tau),
+        alpha: column(&alpha),
+    })
 }
 
 /// One UNet call on `latents`: the cell rows (conditioned by `text` and `ip`) followed by

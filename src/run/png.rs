@@ -79,9 +79,12 @@ pub fn a1111_parameters(
     if method.keys().contains(&"neg_cfg") {
         fields.push(format!("Negative CFG scale: {}", p.neg_cfg()));
     }
-    for spec in method.params() {
-        fields.push(format!("{}: {}", spec.name, methods::value(p, spec.name)));
-    }
+    fields.extend(methods::params_text(
+        p.method,
+        |k| methods::value(p, k),
+        |x| x.to_string(),
+        (": ", ", "),
+    ));
     // Quoted: a block list holds commas, which separate the fields.
     if !(p.blocks.is_all() && p.neg_blocks.is_all()) {
         fields.push(format!("IP-Adapter blocks: \"{}\"", p.blocks));

@@ -252,12 +252,13 @@ impl Record {
             negtome_threshold: cell.negtome_threshold,
             negtome_t_min: cell.negtome_t_min,
             negtome_t_max: cell.negtome_t_max,
-            method_params: methods::of(cell.method)
-                .params()
-                .iter()
-                .map(|p| format!("{}={}", p.name, csv_value(&cell.method_param(p.name))))
-                .collect::<Vec<_>>()
-                .join("; "),
+            method_params: methods::params_text(
+                cell.method,
+                |k| cell.method_param(k),
+                |x| csv_value(&x),
+                ("=", "; "),
+            )
+            .unwrap_or_default(),
             subject: cell.subject.clone().unwrap_or_default(),
             steps_at: cell.steps_at.clone(),
             neg_steps_at: cell.neg_steps_at().cloned(),

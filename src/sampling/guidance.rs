@@ -143,6 +143,25 @@ pub fn no_image_extras(cells: &[&GenParams], step: &StepAt) -> Vec<bool> {
         .into_iter()
         .map(|(r, extra)| extra.branch.ip(cells[cell_of[r].0], step).no_image_tokens)
         .collect()
+/// NAG's scale, τ and α of the terms of [`extra_rows`] that are NAG's negative
+/// ([`ExtraImage::nag`]): `[S]` whether each is, and the three `[S]` (1, 1, 0 where not);
+/// `None` when none is.
+pub fn extra_nag(cells: &[&GenParams]) -> Option<[Vec<f64>; 4]> {
+    let strengths: Vec<_> = extra_rows(cells).into_iter().map(|(_, x)| x.nag).collect();
+    strengths.iter().any(Option::is_some).then(|| {
+        let of = |f: fn(&methods::NagStrength) -> f64, off: f64| {
+            strengths
+                .iter()
+                .map(|s| s.as_ref().map_or(off, f))
+                .collect()
+        };
+        [
+            of(|_| 1.0, 0.0),
+            of(|s| s.scale, 1.0),
+            of(|s| s.tau, 1.0),
+            of(|s| s.alpha, 0.0),
+        ]
+    })
 }
 
 /// Guided noise prediction `[B, ...]` from the UNet output `eps` of the rows of

@@ -6,6 +6,7 @@ use negimg::pipeline::{Pipeline, to_rgb8};
 use negimg::weights::{TensorFile, TensorSource};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
 /// A deterministic test image of `w` x `h` whose pattern depends on `seed`.
@@ -217,6 +218,63 @@ impl Parity {
     pub fn assert_parity(&self, name: &str) {
         assert_parity(name, &self.ours(name), &self.reference(name));
     }
+}
+
+/// A [`Parity`] computation that a test binary's tests share, with its pipeline (the
+/// set-up of the method parity tests).
+pub struct Shared {
+    pub parity: Parity,
+    pipeline: Mutex<Pipeline>,
+}
+
+impl Shared {
+    /// [`Parity::compute`], its pipeline kept for the tests that generate more.
+    pub fn compute(setup: Setup, cases: impl FnOnce(&Path) -> Vec<(String, GenParams)>) -> Self {
+        let (parity, pipeline) = Parity::compute(setup, cases);
+        Shared {
+            parity,
+            pipeline: Mutex::new(pipeline),
+        }
+    }
+
+    /// The pipeline (still usable after another test panicked holding it).
+    pub fn pipeline(&self) -> MutexGuard<'_, Pipeline> {
+        self.pipeline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Our image of the cell `name` made with `method` instead, at that method's default
+    /// parameters, then changed by `change`.
+    pub fn with_method(
+        &self,
+        name: &str,
+        method: negimg::params::Method,
+        change: impl FnOnce(&mut GenParams),
+    ) -> Tensor {
+        let mut c = self.parity.cell(name).clone();
+        c.method = method;
+        c.method_params = Default::default();
+        change(&mut c);
+        super::generate_float(&mut self.pipeline(), &[c], 1, &mut |_, _| {})
+            .remove(0)
+            .unwrap()
+    }
+}
+
+/// Sets method parameter `key` of `c` to `x`.
+pub fn set_param(c: &mut GenParams, key: &str, x: f64) {
+    let default = negimg::sampling::methods::param(key).unwrap().default;
+    c.method_params.set(key, x, default);
+}
+
+/// The values in `c` of the method parameters `keys`, each named without `prefix`, as a
+/// reference script reads them.
+pub fn params_json(c: &GenParams, prefix: &str, keys: &[&str]) -> serde_json::Map<String, Value> {
+    keys.iter()
+        .map(|k| {
+            let x = negimg::sampling::methods::value(c, k);
+            (k.trim_start_matches(prefix).to_string(), json!(x))
+        })
+        .collect()
 }
 
 /// 8-bit pixels of a float image as an Int64 tensor [3, H, W].

@@ -21,6 +21,7 @@ impl NegativeMethod for CondNegative {
             image,
             branch: Branch::Negative,
             sign: -1.0,
+            nag: None,
         };
         match row {
             Row::Cond => RowCond {

@@ -20,6 +20,7 @@
 //! [`Method`](crate::params::Method), its README section.
 mod cond_negative;
 mod dng;
+mod nag;
 mod negtome;
 mod perp_neg;
 mod sega;
@@ -44,6 +45,7 @@ pub static REGISTRY: &[&dyn NegativeMethod] = &[
     &cond_negative::CondNegative,
     &sega::Sega,
     &dng::Dng,
+    &nag::Nag,
 ];
 
 /// The implementation of `method`.
@@ -133,12 +135,22 @@ pub struct RowCond<'a> {
 }
 
 /// A second image-attention term in a row (`cond_negative`): its own tokens and softmax,
-/// at `sign` times the weight of `branch` (its window and block weights too).
+/// at `sign` times the weight of `branch` (its window and block weights too). With `nag`,
+/// not added: NAG's negative output ([`models::attention::Nag`](crate::models::attention::Nag)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ExtraImage<'a> {
     pub image: RowImage<'a>,
     pub branch: Branch,
     pub sign: f64,
+    pub nag: Option<NagStrength>,
+}
+
+/// NAG's scale, τ and α for one row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NagStrength {
+    pub scale: f64,
+    pub tau: f64,
+    pub alpha: f64,
 }
 
 /// The two IP-Adapter branches of a cell.
@@ -235,6 +247,8 @@ pub enum Attention {
     /// NegToMe's token merge against the negative image's reference row
     /// ([`sampling::negtome`](super::negtome)); any method may add it with `negtome = true`.
     TokenMerge,
+    /// Normalized Attention Guidance on the cond row's cross-attention output.
+    Nag,
 }
 
 /// UNet work per step of one cell: its rows, and attention work beyond them in row
@@ -305,6 +319,24 @@ pub fn value(c: &GenParams, name: &str) -> f64 {
         .get(name)
         .or_else(|| param(name).map(|p| p.default))
         .expect("a method reads only the parameters it declares")
+}
+
+/// `method`'s own parameters as text, in declaration order: `name{between}value` each,
+/// joined by `join`, with `value(name)` the cell's value (set or default) written by
+/// `show`; `None` for a method without parameters. records.csv's `method_params` column
+/// and the PNG's `parameters` chunk write them so.
+pub fn params_text(
+    method: Method,
+    value: impl Fn(&str) -> f64,
+    show: impl Fn(f64) -> String,
+    (between, join): (&str, &str),
+) -> Option<String> {
+    let params = of(method).params();
+    let text: Vec<String> = params
+        .iter()
+        .map(|p| format!("{}{between}{}", p.name, show(value(p.name))))
+        .collect();
+    (!text.is_empty()).then(|| text.join(join))
 }
 
 /// The method-specific keys (the union of every method's [`NegativeMethod::keys`] and
@@ -586,6 +618,19 @@ mod tests {
         fn fork(&self) -> Self {
             Count(self.0)
         }
+    }
+
+    #[test]
+    fn method_params_are_written_in_declaration_order_with_their_values() {
+        let mut c = GenParams::new(0);
+        c.method = Method::Nag;
+        c.method_params.set("nag_tau", 3.0, 2.5);
+        let text =
+            |c: &GenParams| params_text(c.method, |k| value(c, k), |x| x.to_string(), ("=", "; "));
+        let want = "nag_scale=5; nag_tau=3; nag_alpha=0.25";
+        assert_eq!(text(&c).as_deref(), Some(want));
+        c.method = Method::Uncond;
+        assert_eq!(text(&c), None);
     }
 
     #[test]
