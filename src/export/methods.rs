@@ -6,7 +6,7 @@
 //! here, its export or a refusal naming it (`bail!("export: method X …")`). A PNG whose
 //! method this build lacks is refused by name when it is read (`run::replay`).
 use crate::params::Method;
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 /// `after_step` of the methods that keep nothing from step to step.
 const STATELESS: &str = include_str!("py/stateless.py");

@@ -332,11 +332,11 @@ mod tests {
         let ok = serde_json::json!({"method": "perp_neg", "scheduler": "ddim"});
         assert!(check_known_names(&ok).is_ok());
         assert!(check_known_names(&serde_json::json!({"scheduler": "euler"})).is_ok());
-        let err = check_known_names(&serde_json::json!({"method": "nag"}))
+        let err = check_known_names(&serde_json::json!({"method": "lora_guidance"}))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("the cell's method \"nag\" is not one this negimg knows"),
+            err.contains("the cell's method \"lora_guidance\" is not one this negimg knows"),
             "{err}"
         );
         let err = check_known_names(&serde_json::json!({"scheduler": "heun"}))

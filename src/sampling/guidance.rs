@@ -143,6 +143,8 @@ pub fn no_image_extras(cells: &[&GenParams], step: &StepAt) -> Vec<bool> {
         .into_iter()
         .map(|(r, extra)| extra.branch.ip(cells[cell_of[r].0], step).no_image_tokens)
         .collect()
+}
+
 /// NAG's scale, τ and α of the terms of [`extra_rows`] that are NAG's negative
 /// ([`ExtraImage::nag`]): `[S]` whether each is, and the three `[S]` (1, 1, 0 where not);
 /// `None` when none is.
