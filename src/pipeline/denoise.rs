@@ -99,6 +99,7 @@ pub fn denoise(
                 let reference =
                     scheduler.scale_model_input(&scheduler.add_noise(r.latents, r.noise, i), i);
                 let hooks = Hooks {
+                    text_time: None,
                     merge: Some(token_merge(&merges, unet.kind(), device)),
                     extra,
                 };
@@ -107,7 +108,11 @@ pub fn denoise(
                 eps.narrow(0, 0, n_rows)
             }
             (_, ip, _) => {
-                let hooks = Hooks { merge: None, extra };
+                let hooks = Hooks {
+                    text_time: None,
+                    merge: None,
+                    extra,
+                };
                 unet.forward_hooked(&rows, t, cond.text, ip, hooks)
             }
         };
