@@ -159,8 +159,11 @@ impl ModelSet<PathBuf> {
         ModelSet {
             pipeline: dir.join("pipeline"),
             vae: None,
-            ip_adapter_base: optional("ip-adapter_sd15.safetensors"),
-            ip_adapter_plus: optional("ip-adapter-plus_sd15.safetensors"),
+            // SD1.5's file names, else SDXL's (ViT-H image encoder).
+            ip_adapter_base: optional("ip-adapter_sd15.safetensors")
+                .or_else(|| optional("ip-adapter_sdxl_vit-h.safetensors")),
+            ip_adapter_plus: optional("ip-adapter-plus_sd15.safetensors")
+                .or_else(|| optional("ip-adapter-plus_sdxl_vit-h.safetensors")),
             image_encoder: dir.join("image_encoder"),
             scorer: optional("scorer"),
             scorer_dino: None,

@@ -202,3 +202,128 @@ fn sdxl_unet_config_errors_name_the_key() {
     assert_eq!(back, UNet2DConditionConfig::sdxl());
     back.validate().unwrap();
 }
+
+use common::parity::{self, u8_of};
+use negimg::params::{GenParams, NegativeMode, SchedulerKind};
+use negimg::roles::ModelSet;
+use std::path::Path;
+
+/// Full generation on the tiny SDXL set against diffusers' `StableDiffusionXLPipeline` with
+/// the same IP-Adapter files: every negative mode, both adapters, DDIM and DPM++ 2M Karras,
+/// within 1/255. The modes without a negative text condition on zeros
+/// (`force_zeros_for_empty_prompt`), as diffusers does for a negative prompt not given.
+#[test]
+fn parity_sdxl_pipeline_matches_diffusers_for_every_mode_adapter_and_scheduler() {
+    let dir = common::scratch("parity_sdxl_pipeline");
+    let models = common::tiny::tiny_sdxl_models();
+    parity::write_pos_neg(&dir, (70, 90));
+    let mut cells: Vec<(String, GenParams)> = Vec::new();
+    for adapter in [AdapterKind::Base, AdapterKind::Plus] {
+        for scheduler in [SchedulerKind::Ddim, SchedulerKind::DpmPp2mKarras] {
+            for mode in [
+                NegativeMode::None,
+                NegativeMode::Text,
+                NegativeMode::Image,
+                NegativeMode::Both,
+            ] {
+                let mut c = parity::cell(&dir, 20 + cells.len() as u64);
+                c.adapter = adapter;
+                c.scheduler = scheduler;
+                c.negative = mode;
+                cells.push((format!("{adapter}_{scheduler}_{mode}"), c));
+            }
+        }
+    }
+    let spec: Vec<_> = cells.iter().map(|(n, c)| parity::case_json(n, c)).collect();
+    let reference = parity::run_reference("pipeline_parity.py", &dir, &models, &spec);
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
+    let batch: Vec<GenParams> = cells.iter().map(|(_, c)| c.clone()).collect();
+    let images = common::generate_float(&mut pipeline, &batch, 4, &mut |_, _| {});
+    let mut report = Vec::new();
+    for ((name, _), img) in cells.iter().zip(images) {
+        let img = img.unwrap();
+        let want = reference
+            .get(&format!("{name}.u8"), Device::Cpu, Kind::Int64)
+            .unwrap();
+        let float = reference
+            .get(&format!("{name}.float"), Device::Cpu, Kind::Float)
+            .unwrap();
+        let u8_diff = common::max_abs_diff(&u8_of(&img), &want);
+        let float_diff = common::max_abs_diff(&img, &float);
+        report.push(format!("{name}: float {float_diff:.2e}, 8-bit {u8_diff}"));
+        assert!(
+            u8_diff <= 1.0,
+            "{name}: 8-bit max diff {u8_diff}\n{}",
+            report.join("\n")
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// Copies the tiny SDXL pipeline folder to `dst` with `edit` applied to its model_index.json.
+fn edited_copy(src: &Path, dst: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let status = std::process::Command::new("cp")
+        .args(["-r"])
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let index = dst.join("pipeline/model_index.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&index, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+}
+
+fn load_error(models: &Path) -> String {
+    let set = ModelSet::from_models_dir(models);
+    match negimg::pipeline::Pipeline::load(&set, Device::Cpu, Kind::Float, &mut |_| {}) {
+        Ok(_) => panic!("{} loaded", models.display()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// An SDXL folder without its second text encoder fails naming the folder; one whose
+/// model_index.json lists `text_encoder_2` that is not there names that folder. And
+/// `force_zeros_for_empty_prompt` acts: turned off, an empty negative prompt is encoded,
+/// and the image changes.
+#[test]
+fn sdxl_missing_text_encoder_2_and_force_zeros() {
+    let dir = common::scratch("sdxl_text_encoder_2");
+    let models = common::tiny::tiny_sdxl_models();
+    let unlisted = dir.join("unlisted");
+    edited_copy(&models, &unlisted, |j| {
+        j.as_object_mut().unwrap().remove("text_encoder_2");
+    });
+    let err = load_error(&unlisted);
+    assert!(
+        err.contains("text_encoder_2") && err.contains("unlisted/pipeline"),
+        "{err}"
+    );
+    let missing = dir.join("missing");
+    edited_copy(&models, &missing, |_| {});
+    std::fs::remove_dir_all(missing.join("pipeline/text_encoder_2")).unwrap();
+    let err = load_error(&missing);
+    assert!(err.contains("missing/pipeline/text_encoder_2"), "{err}");
+
+    let encoded = dir.join("encoded");
+    edited_copy(&models, &encoded, |j| {
+        j["force_zeros_for_empty_prompt"] = false.into();
+    });
+    parity::write_pos_neg(&dir, (70, 90));
+    let mut cell = parity::cell(&dir, 5);
+    cell.negative = NegativeMode::Image;
+    assert_eq!(cell.uncond_text(), "");
+    let image = |models: &Path| {
+        let mut p = common::load_pipeline(&ModelSet::from_models_dir(models));
+        let out = common::generate_float(&mut p, std::slice::from_ref(&cell), 1, &mut |_, _| {});
+        u8_of(out[0].as_ref().unwrap())
+    };
+    let diff = common::max_abs_diff(&image(&models), &image(&encoded));
+    eprintln!("force_zeros on vs off: {diff}/255");
+    assert!(
+        diff > 2.0,
+        "force_zeros_for_empty_prompt has no effect ({diff})"
+    );
+}

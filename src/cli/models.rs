@@ -87,7 +87,7 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
     let pipeline = dir.join("pipeline");
     std::fs::create_dir_all(&pipeline)
         .with_context(|| format!("cannot create {}", pipeline.display()))?;
-    let index = serde_json::json!({
+    let mut index = serde_json::json!({
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",
         "feature_extractor": [null, null],
@@ -100,6 +100,27 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     });
+    if let Some(text_2) = &shapes.text_2 {
+        // As stabilityai/stable-diffusion-xl-base-1.0's model_index.json.
+        let sdxl = serde_json::json!({
+            "_class_name": "StableDiffusionXLPipeline",
+            "force_zeros_for_empty_prompt": true,
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        });
+        for (k, v) in sdxl.as_object().into_iter().flatten() {
+            index[k] = v.clone();
+        }
+        for k in ["requires_safety_checker", "safety_checker"] {
+            index.as_object_mut().map(|o| o.remove(k));
+        }
+        clip_text::write_random_model_with_projection(
+            &pipeline.join("text_encoder_2"),
+            text_2,
+            seed + 8,
+        )?;
+        tokenizer::write_tokenizer_folder_padded(&pipeline.join("tokenizer_2"), &vocab, "!")?;
+    }
     write_json(&pipeline.join("model_index.json"), &index)?;
     unet::write_random_model(&pipeline.join("unet"), &shapes.unet, seed + 1, false)?;
     vae::write_random_model(&pipeline.join("vae"), &shapes.vae, seed + 2, false)?;
@@ -110,10 +131,11 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
         &SchedulerConfig::sd15_ddim().to_config_json(),
     )?;
     clip_vision::write_random_model(&dir.join("image_encoder"), &shapes.vision, seed + 4)?;
-    for (kind, name, s) in [
-        (AdapterKind::Base, "ip-adapter_sd15.safetensors", 5),
-        (AdapterKind::Plus, "ip-adapter-plus_sd15.safetensors", 6),
-    ] {
+    let names = match preset.is_sdxl() {
+        false => ADAPTER_FILES_SD15,
+        true => ADAPTER_FILES_SDXL,
+    };
+    for ((kind, name), s) in names.into_iter().zip([5, 6]) {
         write_random_adapter(
             &dir.join(name),
             kind,
@@ -123,11 +145,23 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
         )?;
     }
     let scorer = match preset {
-        RandomPreset::Tiny | RandomPreset::TinySd15 => clip_model::ClipConfig::tiny(),
-        RandomPreset::Sd15 => clip_model::ClipConfig::vit_l14(),
+        RandomPreset::Tiny | RandomPreset::TinySd15 | RandomPreset::TinySdxl => {
+            clip_model::ClipConfig::tiny()
+        }
+        RandomPreset::Sd15 | RandomPreset::Sdxl => clip_model::ClipConfig::vit_l14(),
     };
     clip_model::write_random_model(&dir.join("scorer"), &scorer, seed + 7, &vocab)
 }
+
+/// The adapter files of a model set, as h94/IP-Adapter names them.
+const ADAPTER_FILES_SD15: [(AdapterKind, &str); 2] = [
+    (AdapterKind::Base, "ip-adapter_sd15.safetensors"),
+    (AdapterKind::Plus, "ip-adapter-plus_sd15.safetensors"),
+];
+const ADAPTER_FILES_SDXL: [(AdapterKind, &str); 2] = [
+    (AdapterKind::Base, "ip-adapter_sdxl_vit-h.safetensors"),
+    (AdapterKind::Plus, "ip-adapter-plus_sdxl_vit-h.safetensors"),
+];
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     if let Some(parent) = path.parent() {

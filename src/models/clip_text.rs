@@ -224,6 +224,22 @@ impl ClipTextConfig {
         }
     }
 
+    /// SDXL's `text_encoder_2` (OpenCLIP ViT-bigG/14 text tower with projection; its
+    /// config keeps the pre-2023 ids, so pooling uses argmax(ids)).
+    pub fn vit_big_g() -> Self {
+        ClipTextConfig {
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            projection_dim: 1280,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            hidden_act: Activation::Gelu,
+            bos_token_id: 0,
+            eos_token_id: 2,
+            ..Default::default()
+        }
+    }
+
     pub fn tiny() -> Self {
         ClipTextConfig {
             hidden_size: 32,

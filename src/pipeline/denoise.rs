@@ -5,8 +5,9 @@
 //! where a NegToMe cell is active, its reference rows follow (re-noised to the step, empty
 //! text, IP scale 0; [`ReferenceRows`]) and their outputs are dropped.
 use crate::models::attention::TokenMerge;
-use crate::models::unet::{ExtraIp, Hooks, IpInput, UNet2DConditionModel};
+use crate::models::unet::{ExtraIp, Hooks, IpInput, TextTime, UNet2DConditionModel};
 use crate::params::GenParams;
+use crate::pipeline::conditioning::TextRows;
 use crate::sampling::methods::{CellState, Step};
 use crate::sampling::negtome::{MIN_SIZE, MergedRow, ReferenceRows};
 use crate::sampling::{self, Scheduler, guidance};
@@ -14,8 +15,11 @@ use tch::{Device, Kind, Tensor};
 
 /// What every step of a batch is conditioned on.
 pub struct Conditioning<'a> {
-    /// Text rows `[R, 77, hidden]` in [`guidance::row_layout`] order.
-    pub text: &'a Tensor,
+    /// Text rows (`[R, 77, hidden]`, and SDXL's pooled `[R, pooled]`) in
+    /// [`guidance::row_layout`] order.
+    pub text: &'a TextRows,
+    /// SDXL's micro-conditioning `[R, 6]` (original size, crop top-left, target size).
+    pub time_ids: Option<&'a Tensor>,
     /// Image-token rows `[R, T, cross]`, when the batch uses an IP-Adapter.
     pub image_tokens: Option<&'a Tensor>,
     /// The tokens `[S, T, cross]` of the rows' second image-attention terms
@@ -33,7 +37,7 @@ pub struct References<'a> {
     pub noise: &'a Tensor,
     /// Empty-text rows `[K, 77, hidden]`, and "no image" token rows `[K, T, cross]` with an
     /// IP-Adapter.
-    pub text: &'a Tensor,
+    pub text: &'a TextRows,
     pub image_tokens: Option<&'a Tensor>,
 }
 
@@ -94,6 +98,15 @@ pub fn denoise(
             .as_ref()
             .map(|r| r.rows.merges(&refs, t))
             .unwrap_or_default();
+        let text_time =
+            cond.text
+                .pooled
+                .as_ref()
+                .zip(cond.time_ids)
+                .map(|(text_embeds, time_ids)| TextTime {
+                    text_embeds,
+                    time_ids,
+                });
         let eps = match (&cond.negtome, ip, merges.is_empty()) {
             (Some(r), ip, false) => {
                 let reference =
@@ -104,16 +117,16 @@ pub fn denoise(
                     extra,
                 };
                 let latents = Tensor::cat(&[&rows, &reference], 0);
-                let eps = with_references(unet, t, &latents, cond.text, ip, r, hooks);
+                let eps = with_references(unet, t, &latents, cond, ip, r, hooks);
                 eps.narrow(0, 0, n_rows)
             }
             (_, ip, _) => {
                 let hooks = Hooks {
-                    text_time: None,
+                    text_time,
                     merge: None,
                     extra,
                 };
-                unet.forward_hooked(&rows, t, cond.text, ip, hooks)
+                unet.forward_hooked(&rows, t, &cond.text.states, ip, hooks)
             }
         };
         let ancestral = scheduler.ancestral(i);
@@ -131,19 +144,33 @@ pub fn denoise(
     x
 }
 
-/// One UNet call on `latents`: the cell rows (conditioned by `text` and `ip`) followed by
-/// NegToMe's reference rows (empty text, "no image" tokens at IP scale 0), merging as
-/// `hooks` says.
+/// One UNet call on `latents`: the cell rows (conditioned by `cond`'s text and `ip`)
+/// followed by NegToMe's reference rows (empty text, "no image" tokens at IP scale 0, the
+/// first row's time ids), merging as `hooks` says.
 fn with_references(
     unet: &UNet2DConditionModel,
     t: f64,
     latents: &Tensor,
-    text: &Tensor,
+    cond: &Conditioning,
     ip: Option<IpInput>,
     r: &References,
     hooks: Hooks,
 ) -> Tensor {
     let k = r.latents.size()[0];
+    let text = TextRows::cat(&[cond.text.shallow_clone(), r.text.shallow_clone()]);
+    let time_ids = cond
+        .time_ids
+        .map(|ids| Tensor::cat(&[ids, &ids.get(0).unsqueeze(0).repeat([k, 1])], 0));
+    let hooks =
+        Hooks {
+            text_time: text.pooled.as_ref().zip(time_ids.as_ref()).map(
+                |(text_embeds, time_ids)| TextTime {
+                    text_embeds,
+                    time_ids,
+                },
+            ),
+            ..hooks
+        };
     let tokens = ip.as_ref().zip(r.image_tokens).map(|(ip, ref_tokens)| {
         let scales = ip.scales;
         let zeros = Tensor::zeros([scales.size()[0], k], (scales.kind(), scales.device()));
@@ -158,7 +185,7 @@ fn with_references(
         scales,
         scaling: *scaling,
     });
-    unet.forward_hooked(latents, t, &Tensor::cat(&[text, r.text], 0), ip, hooks)
+    unet.forward_hooked(latents, t, &text.states, ip, hooks)
 }
 
 /// The merge of `merges` (non-empty) as the UNet takes it.

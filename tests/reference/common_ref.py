@@ -10,7 +10,7 @@ no_image = black, the features of a black image).
 import json, os, sys
 import torch
 from PIL import Image
-from diffusers import (StableDiffusionPipeline, DDIMScheduler, EulerDiscreteScheduler,
+from diffusers import (DiffusionPipeline, DDIMScheduler, EulerDiscreteScheduler,
                        EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler)
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from safetensors.torch import load_file, save_file
@@ -27,10 +27,15 @@ def load_pipe(adapter, copies=1):
     """The tiny pipeline with the `adapter` (base | plus) IP-Adapter loaded by diffusers
     (`copies` times, as several IP-Adapters); `base_scheduler_config` keeps its scheduler's
     config."""
-    pipe = StableDiffusionPipeline.from_pretrained(
-        os.path.join(models, "pipeline"), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    name = {"base": "ip-adapter_sd15.safetensors", "plus": "ip-adapter-plus_sd15.safetensors"}[adapter]
+    folder = os.path.join(models, "pipeline")
+    index = json.load(open(os.path.join(folder, "model_index.json")))
+    # StableDiffusionPipeline, or StableDiffusionXLPipeline for an SDXL set (tiny_sdxl).
+    sd15 = index["_class_name"] == "StableDiffusionPipeline"
+    extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False) if sd15 else {}
+    pipe = DiffusionPipeline.from_pretrained(folder, **extra)
+    names = {"base": ["ip-adapter_sd15.safetensors", "ip-adapter_sdxl_vit-h.safetensors"],
+             "plus": ["ip-adapter-plus_sd15.safetensors", "ip-adapter-plus_sdxl_vit-h.safetensors"]}
+    name = next(n for n in names[adapter] if os.path.exists(os.path.join(models, n)))
     sd = {"image_proj": {}, "ip_adapter": {}}
     for key, value in load_file(os.path.join(models, name)).items():
         head, rest = key.split(".", 1)
