@@ -327,3 +327,29 @@ fn sdxl_missing_text_encoder_2_and_force_zeros() {
         "force_zeros_for_empty_prompt has no effect ({diff})"
     );
 }
+
+/// experiments/winter-sdxl-tiny.toml (winter-sdxl.toml's grid on the tiny SDXL set) plans
+/// and runs on the CPU: input images made text-to-image by the SDXL pipeline, both adapters.
+#[test]
+fn sdxl_winter_tiny_experiment_runs() {
+    // Planned before any run: the estimate times the SDXL UNet (with its added conditioning).
+    let fresh = common::scratch("sdxl_winter_tiny_plan");
+    std::fs::create_dir_all(fresh.join("experiments")).unwrap();
+    let exp = "experiments/winter-sdxl-tiny.toml";
+    std::fs::copy(common::repo().join(exp), fresh.join(exp)).unwrap();
+    std::fs::create_dir_all(fresh.join("models")).unwrap();
+    let link = fresh.join("models/tiny_sdxl");
+    if !link.exists() {
+        std::os::unix::fs::symlink(common::tiny::tiny_sdxl_models(), &link).unwrap();
+    }
+    let plan = common::plan(exp, &fresh);
+    assert!(
+        plan.contains("= 4 cells") && plan.contains("calibrated on the spot"),
+        "{plan}"
+    );
+    let (dir, run) = common::run_copied_experiment("sdxl_winter_tiny", "winter-sdxl-tiny", 4);
+    let plan = common::plan(exp, &dir);
+    assert!(plan.contains("measured by run"), "{plan}");
+    let records = std::fs::read_to_string(run.join("records.csv")).unwrap();
+    assert_eq!(records.lines().count(), 5, "{records}");
+}
