@@ -230,7 +230,9 @@ impl ModelSet<PathBuf> {
             ..Default::default()
         };
         for kind in AdapterKind::ALL {
-            set.set_adapter(kind, optional(adapter_file_name(kind)));
+            // SD1.5's file name, else SDXL's (ViT-H image encoder).
+            let sdxl = || sdxl_adapter_file_name(kind).and_then(optional);
+            set.set_adapter(kind, optional(adapter_file_name(kind)).or_else(sdxl));
         }
         set
     }
@@ -244,6 +246,17 @@ pub fn adapter_file_name(kind: AdapterKind) -> &'static str {
         AdapterKind::Light => "ip-adapter_sd15_light.safetensors",
         AdapterKind::PlusFace => "ip-adapter-plus-face_sd15.safetensors",
         AdapterKind::FullFace => "ip-adapter-full-face_sd15.safetensors",
+    }
+}
+
+/// The SDXL file name of an adapter kind for a ViT-H image encoder, as h94/IP-Adapter's
+/// `sdxl_models/` names it (the kinds it has).
+pub fn sdxl_adapter_file_name(kind: AdapterKind) -> Option<&'static str> {
+    match kind {
+        AdapterKind::Base => Some("ip-adapter_sdxl_vit-h.safetensors"),
+        AdapterKind::Plus => Some("ip-adapter-plus_sdxl_vit-h.safetensors"),
+        AdapterKind::PlusFace => Some("ip-adapter-plus-face_sdxl_vit-h.safetensors"),
+        AdapterKind::Light | AdapterKind::FullFace => None,
     }
 }
 

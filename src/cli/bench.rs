@@ -137,7 +137,9 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         (None, RandomPreset::Tiny, _) => {
             "tiny preset chosen automatically on the CPU; TFLOP/s only for sd15"
         }
-        (_, RandomPreset::Tiny | RandomPreset::TinySd15, _) => "tiny preset; TFLOP/s only for sd15",
+        (_, RandomPreset::Tiny | RandomPreset::TinySd15 | RandomPreset::TinySdxl, _) => {
+            "tiny preset; TFLOP/s only for sd15"
+        }
         (_, _, Device::Cuda(_)) => {
             "peak memory: highest device memory in use (cudaMemGetInfo, sampled every 5 ms; includes the CUDA context and the allocator's cache)"
         }

@@ -393,7 +393,24 @@ fn calibrate(t: &Target) -> Result<Estimate> {
     let image_tokens = Tensor::randn([call_rows as i64, tokens, cfg.context_dim()], opts);
     let scale = Tensor::ones([call_rows as i64], (Kind::Float, t.device));
     let ip = uses_images.then(|| crate::models::unet::IpInput::uniform(&image_tokens, &scale));
-    let unet_s = tch::no_grad(|| time_call(t.device, &|| unet.forward(&latents, 500.0, &text, ip)));
+    // SDXL's UNet also takes the pooled text and the six time ids.
+    let pooled = cfg
+        .pooled_text_dim()
+        .map(|p| Tensor::randn([call_rows as i64, p], opts));
+    let time_ids = Tensor::ones([call_rows as i64, 6], opts) * (cw.max(ch) as f64);
+    let call = || {
+        let hooks = crate::models::unet::Hooks {
+            text_time: pooled
+                .as_ref()
+                .map(|text_embeds| crate::models::unet::TextTime {
+                    text_embeds,
+                    time_ids: &time_ids,
+                }),
+            ..Default::default()
+        };
+        unet.forward_hooked(&latents, 500.0, &text, ip, hooks)
+    };
+    let unet_s = tch::no_grad(|| time_call(t.device, &call));
     let z = Tensor::randn([1, vae.config().latent_channels, lh, lw], opts);
     let decode_s = tch::no_grad(|| time_call(t.device, &|| vae.decode(&z)));
     let per_row_step = unet_s / call_rows as f64;

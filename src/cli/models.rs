@@ -87,7 +87,7 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
     let pipeline = dir.join("pipeline");
     std::fs::create_dir_all(&pipeline)
         .with_context(|| format!("cannot create {}", pipeline.display()))?;
-    let index = serde_json::json!({
+    let mut index = serde_json::json!({
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",
         "feature_extractor": [null, null],
@@ -100,6 +100,27 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     });
+    if let Some(text_2) = &shapes.text_2 {
+        // As stabilityai/stable-diffusion-xl-base-1.0's model_index.json.
+        let sdxl = serde_json::json!({
+            "_class_name": "StableDiffusionXLPipeline",
+            "force_zeros_for_empty_prompt": true,
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        });
+        for (k, v) in sdxl.as_object().into_iter().flatten() {
+            index[k] = v.clone();
+        }
+        for k in ["requires_safety_checker", "safety_checker"] {
+            index.as_object_mut().map(|o| o.remove(k));
+        }
+        clip_text::write_random_model_with_projection(
+            &pipeline.join("text_encoder_2"),
+            text_2,
+            seed + 8,
+        )?;
+        tokenizer::write_tokenizer_folder_padded(&pipeline.join("tokenizer_2"), &vocab, "!")?;
+    }
     write_json(&pipeline.join("model_index.json"), &index)?;
     unet::write_random_model(&pipeline.join("unet"), &shapes.unet, seed + 1, false)?;
     vae::write_random_model(&pipeline.join("vae"), &shapes.vae, seed + 2, false)?;
@@ -110,16 +131,26 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
         &SchedulerConfig::sd15_ddim().to_config_json(),
     )?;
     clip_vision::write_random_model(&dir.join("image_encoder"), &shapes.vision, seed + 4)?;
-    // Seeds 5 and 6 as before the other kinds came, so older sets stay reproducible.
-    for (kind, s) in [
-        (AdapterKind::Base, 5),
-        (AdapterKind::Plus, 6),
-        (AdapterKind::Light, 8),
-        (AdapterKind::PlusFace, 9),
-        (AdapterKind::FullFace, 10),
-    ] {
+    // Seeds 5 and 6 as before the other kinds came, so older sets stay reproducible. An
+    // SDXL set has the two kinds h94/IP-Adapter's sdxl_models has for a ViT-H encoder.
+    let kinds: &[(AdapterKind, u64)] = match preset.is_sdxl() {
+        false => &[
+            (AdapterKind::Base, 5),
+            (AdapterKind::Plus, 6),
+            (AdapterKind::Light, 8),
+            (AdapterKind::PlusFace, 9),
+            (AdapterKind::FullFace, 10),
+        ],
+        true => &[(AdapterKind::Base, 5), (AdapterKind::Plus, 6)],
+    };
+    for &(kind, s) in kinds {
+        let name = match preset.is_sdxl() {
+            false => Some(crate::roles::adapter_file_name(kind)),
+            true => crate::roles::sdxl_adapter_file_name(kind),
+        };
+        let name = name.expect("every kind written has a file name");
         write_random_adapter(
-            &dir.join(crate::roles::adapter_file_name(kind)),
+            &dir.join(name),
             kind,
             &shapes.unet,
             &shapes.vision,
@@ -127,8 +158,10 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
         )?;
     }
     let scorer = match preset {
-        RandomPreset::Tiny | RandomPreset::TinySd15 => clip_model::ClipConfig::tiny(),
-        RandomPreset::Sd15 => clip_model::ClipConfig::vit_l14(),
+        RandomPreset::Tiny | RandomPreset::TinySd15 | RandomPreset::TinySdxl => {
+            clip_model::ClipConfig::tiny()
+        }
+        RandomPreset::Sd15 | RandomPreset::Sdxl => clip_model::ClipConfig::vit_l14(),
     };
     clip_model::write_random_model(&dir.join("scorer"), &scorer, seed + 7, &vocab)
 }

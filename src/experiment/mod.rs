@@ -203,11 +203,17 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     let init_random = match &raw.models.init_random {
         Some(r) => {
             let r = r.get_ref();
-            if !matches!(r.preset.as_str(), "tiny" | "tiny_sd15" | "sd15") {
+            if !matches!(
+                r.preset.as_str(),
+                "tiny" | "tiny_sd15" | "sd15" | "tiny_sdxl" | "sdxl"
+            ) {
                 return Err(src.error(
                     raw.models.init_random.as_ref().map_or(0..0, |s| s.span()),
                     "models.init_random.preset",
-                    format!("{:?} is not one of tiny, tiny_sd15, sd15", r.preset),
+                    format!(
+                        "{:?} is not one of tiny, tiny_sd15, sd15, tiny_sdxl, sdxl",
+                        r.preset
+                    ),
                 ));
             }
             Some(InitRandom {

@@ -224,6 +224,22 @@ impl ClipTextConfig {
         }
     }
 
+    /// SDXL's `text_encoder_2` (OpenCLIP ViT-bigG/14 text tower with projection; its
+    /// config keeps the pre-2023 ids, so pooling uses argmax(ids)).
+    pub fn vit_big_g() -> Self {
+        ClipTextConfig {
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            projection_dim: 1280,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            hidden_act: Activation::Gelu,
+            bos_token_id: 0,
+            eos_token_id: 2,
+            ..Default::default()
+        }
+    }
+
     pub fn tiny() -> Self {
         ClipTextConfig {
             hidden_size: 32,
@@ -334,11 +350,17 @@ impl ClipTextModel {
 
     /// `last_hidden_state` `[B, T, hidden]` (after `final_layer_norm`) for ids `[B, T]`.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
+        self.forward_with_penultimate(ids).0
+    }
+
+    /// `last_hidden_state` and `hidden_states[-2]` (the last layer's input, not normalized:
+    /// what SDXL's pipeline conditions on).
+    pub fn forward_with_penultimate(&self, ids: &Tensor) -> (Tensor, Tensor) {
         let t = ids.size()[1];
         let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
         let x = self.token_embedding.forward(ids) + self.position_embedding.forward(&positions);
-        let (x, _) = self.encoder.forward(&x, true);
-        self.final_layer_norm.forward(&x)
+        let (x, penultimate) = self.encoder.forward(&x, true);
+        (self.final_layer_norm.forward(&x), penultimate)
     }
 
     /// `pooler_output` `[B, hidden]`: the hidden state at the first end-of-text token.
@@ -363,4 +385,68 @@ pub fn write_random_model(dir: &Path, cfg: &ClipTextConfig, seed: i64) -> Result
     let _model = ClipTextModel::new(vs.root() / "text_model", cfg);
     weights::random::randomize(&vs, seed, 0.02);
     save_model(dir, &cfg.to_config_json(), &vs)
+}
+
+/// transformers' `CLIPTextModelWithProjection` (SDXL's `text_encoder_2`): the text model
+/// and `text_projection` (no bias) of its pooled output.
+pub struct ClipTextModelWithProjection {
+    text: ClipTextModel,
+    text_projection: nn::Linear,
+}
+
+impl ClipTextModelWithProjection {
+    /// `vs` is the model's root (`text_model.*`, `text_projection.weight`).
+    pub fn new(vs: nn::Path, cfg: &ClipTextConfig) -> Self {
+        let no_bias = nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        };
+        ClipTextModelWithProjection {
+            text: ClipTextModel::new(&vs / "text_model", cfg),
+            text_projection: nn::linear(
+                &vs / "text_projection",
+                cfg.hidden_size,
+                cfg.projection_dim,
+                no_bias,
+            ),
+        }
+    }
+
+    /// Builds the model on `device` in `kind` and loads it from `source` (transformers' names).
+    pub fn load_from(
+        source: &dyn TensorSource,
+        cfg: &ClipTextConfig,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        weights::build_and_load(
+            source,
+            device,
+            kind,
+            weights::safetensors_io::with_or_without_prefix(source, "text_model"),
+            |root| Ok(ClipTextModelWithProjection::new(root, cfg)),
+        )
+    }
+
+    /// `hidden_states[-2]` `[B, T, hidden]` and `text_embeds` `[B, projection_dim]` (the
+    /// projected pooled output) for ids `[B, T]`.
+    pub fn forward(&self, ids: &Tensor) -> (Tensor, Tensor) {
+        let (last, penultimate) = self.text.forward_with_penultimate(ids);
+        let pooled = self.text.pooled(ids, &last);
+        (penultimate, self.text_projection.forward(&pooled))
+    }
+}
+
+/// Writes a `CLIPTextModelWithProjection` folder with seeded random weights.
+pub fn write_random_model_with_projection(
+    dir: &Path,
+    cfg: &ClipTextConfig,
+    seed: i64,
+) -> Result<()> {
+    let vs = weights::random::seeded_var_store(seed);
+    let _model = ClipTextModelWithProjection::new(vs.root(), cfg);
+    weights::random::randomize(&vs, seed, 0.02);
+    let mut json = cfg.to_config_json();
+    json["architectures"] = serde_json::json!(["CLIPTextModelWithProjection"]);
+    save_model(dir, &json, &vs)
 }

@@ -302,6 +302,11 @@ fn vocab_from_open_clip(gz: &Path) -> Result<(Vec<String>, Merges)> {
 /// Writes a diffusers-style `tokenizer/` folder (vocab.json, merges.txt, tokenizer_config.json,
 /// special_tokens_map.json as in SD1.5's) from open_clip's merge list.
 pub fn write_tokenizer_folder(out_dir: &Path, vocab_gz: &Path) -> Result<()> {
+    write_tokenizer_folder_padded(out_dir, vocab_gz, EOS)
+}
+
+/// As [`write_tokenizer_folder`], padding with `pad` (SDXL's `tokenizer_2` pads with `!`).
+pub fn write_tokenizer_folder_padded(out_dir: &Path, vocab_gz: &Path, pad: &str) -> Result<()> {
     let (vocab, merges) = vocab_from_open_clip(vocab_gz)?;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
@@ -322,7 +327,7 @@ pub fn write_tokenizer_folder(out_dir: &Path, vocab_gz: &Path) -> Result<()> {
     }
     write("merges.txt", text)?;
     let special = serde_json::json!({
-        "bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS,
+        "bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad,
     });
     write(
         "special_tokens_map.json",
@@ -331,7 +336,7 @@ pub fn write_tokenizer_folder(out_dir: &Path, vocab_gz: &Path) -> Result<()> {
     let config = serde_json::json!({
         "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LEN, "do_lower_case": true,
         "errors": "replace", "add_prefix_space": false,
-        "bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS,
+        "bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad,
     });
     write(
         "tokenizer_config.json",

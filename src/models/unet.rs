@@ -156,8 +156,16 @@ pub struct UNet2DConditionConfig {
     pub conv_out_kernel: i64,
     pub class_embed_type: Option<String>,
     pub num_class_embeds: Option<i64>,
+    /// `text_time` (SDXL) or none; others are refused by `validate`.
     pub addition_embed_type: Option<String>,
+    /// Width of each sinusoidal embedding of SDXL's six `time_ids` (256).
+    pub addition_time_embed_dim: Option<i64>,
+    /// Input width of `add_embedding`: the pooled text width plus 6 x
+    /// `addition_time_embed_dim` (SDXL: 1280 + 1536 = 2816).
+    pub projection_class_embeddings_input_dim: Option<i64>,
     pub encoder_hid_dim: Option<i64>,
+    /// Refused when set (up blocks' own transformer depths).
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
     pub encoder_hid_dim_type: Option<String>,
     pub attention_type: AttentionType,
     pub cross_attention_norm: Option<String>,
@@ -214,7 +222,10 @@ impl Default for UNet2DConditionConfig {
             class_embed_type: None,
             num_class_embeds: None,
             addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
             encoder_hid_dim: None,
+            reverse_transformer_layers_per_block: None,
             encoder_hid_dim_type: None,
             attention_type: AttentionType::Default,
             cross_attention_norm: None,
@@ -259,6 +270,44 @@ impl UNet2DConditionConfig {
             cross_attention_dim: OneOrMany::One(32),
             attention_head_dim: OneOrMany::One(4),
             ..Default::default()
+        }
+    }
+
+    /// SDXL base (stabilityai/stable-diffusion-xl-base-1.0 `unet/config.json`): three levels,
+    /// transformer depths 1, 2, 10 (10 in the mid block), linear projections, 5/10/20 heads,
+    /// cross-attention width 2048, `text_time` added embedding.
+    pub fn sdxl() -> Self {
+        use DownBlockType::{CrossAttnDownBlock2D, DownBlock2D};
+        use UpBlockType::{CrossAttnUpBlock2D, UpBlock2D};
+        UNet2DConditionConfig {
+            sample_size: Some(128),
+            down_block_types: vec![DownBlock2D, CrossAttnDownBlock2D, CrossAttnDownBlock2D],
+            up_block_types: vec![CrossAttnUpBlock2D, CrossAttnUpBlock2D, UpBlock2D],
+            block_out_channels: vec![320, 640, 1280],
+            cross_attention_dim: OneOrMany::One(2048),
+            transformer_layers_per_block: OneOrMany::Many(vec![1, 2, 10]),
+            attention_head_dim: OneOrMany::Many(vec![5, 10, 20]),
+            use_linear_projection: true,
+            addition_embed_type: Some("text_time".into()),
+            addition_time_embed_dim: Some(256),
+            projection_class_embeddings_input_dim: Some(2816),
+            ..Default::default()
+        }
+    }
+
+    /// SDXL's layout at tiny widths: channels (32, 32, 64), transformer depths 1, 1, 2,
+    /// 2/2/4 heads, cross-attention width 64 (two 32-wide text encoders), pooled text 32,
+    /// time-id embeddings 8 wide; latents of 8x8.
+    pub fn tiny_sdxl() -> Self {
+        UNet2DConditionConfig {
+            sample_size: Some(8),
+            block_out_channels: vec![32, 32, 64],
+            cross_attention_dim: OneOrMany::One(64),
+            transformer_layers_per_block: OneOrMany::Many(vec![1, 1, 2]),
+            attention_head_dim: OneOrMany::Many(vec![2, 2, 4]),
+            addition_time_embed_dim: Some(8),
+            projection_class_embeddings_input_dim: Some(32 + 6 * 8),
+            ..Self::sdxl()
         }
     }
 
@@ -327,12 +376,16 @@ impl UNet2DConditionConfig {
             self.norm_num_groups.is_some(),
             "norm_num_groups null is not supported"
         );
+        self.validate_addition()?;
         let unsupported = [
+            (
+                "reverse_transformer_layers_per_block",
+                self.reverse_transformer_layers_per_block.is_some(),
+            ),
             (
                 "class_embed_type",
                 self.class_embed_type.is_some() || self.num_class_embeds.is_some(),
             ),
-            ("addition_embed_type", self.addition_embed_type.is_some()),
             (
                 "encoder_hid_dim",
                 self.encoder_hid_dim.is_some() || self.encoder_hid_dim_type.is_some(),
@@ -351,7 +404,10 @@ impl UNet2DConditionConfig {
             ),
         ];
         for (name, set) in unsupported {
-            ensure!(!set, "{name} is not supported (SD1.x/2.x UNets only)");
+            ensure!(
+                !set,
+                "{name} is not supported (SD1.x/2.x and SDXL UNets only)"
+            );
         }
         let groups = self.norm_num_groups.unwrap_or(32);
         for i in 0..n {
@@ -367,6 +423,60 @@ impl UNet2DConditionConfig {
             );
         }
         Ok(())
+    }
+
+    /// SDXL's `text_time` added embedding: both widths given and consistent; any other
+    /// `addition_embed_type` is refused.
+    fn validate_addition(&self) -> Result<()> {
+        match self.addition_embed_type.as_deref() {
+            None => {
+                for (name, set) in [
+                    ("addition_time_embed_dim", self.addition_time_embed_dim),
+                    (
+                        "projection_class_embeddings_input_dim",
+                        self.projection_class_embeddings_input_dim,
+                    ),
+                ] {
+                    ensure!(
+                        set.is_none(),
+                        "{name} is set but addition_embed_type is not (\"text_time\" expected)"
+                    );
+                }
+                Ok(())
+            }
+            Some("text_time") => {
+                let (Some(t), Some(p)) = (
+                    self.addition_time_embed_dim,
+                    self.projection_class_embeddings_input_dim,
+                ) else {
+                    bail!(
+                        "addition_embed_type \"text_time\" needs addition_time_embed_dim and \
+                         projection_class_embeddings_input_dim"
+                    );
+                };
+                ensure!(
+                    t > 0 && p > 6 * t,
+                    "projection_class_embeddings_input_dim {p} must exceed 6 x \
+                     addition_time_embed_dim ({t}): it is the pooled text width plus six time ids"
+                );
+                Ok(())
+            }
+            Some(other) => {
+                bail!("addition_embed_type {other:?} is not supported (only \"text_time\", SDXL's)")
+            }
+        }
+    }
+
+    /// The pooled text width `add_embedding` expects besides the six time ids (SDXL:
+    /// 1280), for a `text_time` UNet.
+    pub fn pooled_text_dim(&self) -> Option<i64> {
+        match (
+            self.addition_time_embed_dim,
+            self.projection_class_embeddings_input_dim,
+        ) {
+            (Some(t), Some(p)) if self.addition_embed_type.is_some() => Some(p - 6 * t),
+            _ => None,
+        }
     }
 
     /// The number of cross-attention transformers (`Transformer2DModel`s), which the
@@ -462,6 +572,8 @@ pub struct UNet2DConditionModel {
     cfg: UNet2DConditionConfig,
     conv_in: nn::Conv2D,
     time_embedding: TimestepEmbedding,
+    /// SDXL's `add_embedding` of [pooled text, sinusoids of the six time ids].
+    add_embedding: Option<TimestepEmbedding>,
     down_blocks: Vec<DownBlock2D>,
     mid_block: UNetMidBlock2DCrossAttn,
     up_blocks: Vec<UpBlock2D>,
@@ -514,6 +626,9 @@ impl UNet2DConditionModel {
             (kin - 1) / 2,
         );
         let time_embedding = TimestepEmbedding::new(&vs / "time_embedding", boc[0], time_dim);
+        let add_embedding = cfg
+            .projection_class_embeddings_input_dim
+            .map(|input| TimestepEmbedding::new(&vs / "add_embedding", input, time_dim));
         let down_blocks = (0..n)
             .map(|i| {
                 let cin = if i == 0 { boc[0] } else { boc[i - 1] };
@@ -572,6 +687,7 @@ impl UNet2DConditionModel {
             cfg: cfg.clone(),
             conv_in,
             time_embedding,
+            add_embedding,
             down_blocks,
             mid_block,
             up_blocks,
@@ -760,7 +876,46 @@ impl UNet2DConditionModel {
         self.forward_rows(latents, timesteps, text, ip, Hooks::default())
     }
 
-    fn forward_rows(
+    /// Whether the UNet takes SDXL's added conditioning ([`Hooks::text_time`]).
+    pub fn takes_text_time(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// The time embedding [B, time_dim] of `timesteps` [B], plus SDXL's added embedding.
+    fn embed_time(&self, timesteps: &Tensor, text_time: Option<TextTime>) -> Tensor {
+        let kind = self.kind();
+        let device = timesteps.device();
+        let t_emb = timestep_embedding(
+            timesteps,
+            self.cfg.block_out_channels[0],
+            self.cfg.flip_sin_to_cos,
+            self.cfg.freq_shift,
+        )
+        .to_kind(kind);
+        let emb = self.time_embedding.forward(&t_emb);
+        match (&self.add_embedding, text_time) {
+            (None, None) => emb,
+            (Some(add), Some(tt)) => {
+                let b = timesteps.size()[0];
+                let dim = self.cfg.addition_time_embed_dim.unwrap_or(0);
+                let ids = tt.time_ids.to_device(device).reshape([-1]);
+                let time_embeds =
+                    timestep_embedding(&ids, dim, self.cfg.flip_sin_to_cos, self.cfg.freq_shift)
+                        .reshape([b, -1]);
+                let text_embeds = tt.text_embeds.to_device(device);
+                let added =
+                    Tensor::cat(&[text_embeds.to_kind(kind), time_embeds.to_kind(kind)], -1);
+                emb + add.forward(&added)
+            }
+            (Some(_), None) => panic!(
+                "this UNet (addition_embed_type \"text_time\") needs the pooled text and time ids"
+            ),
+            (None, Some(_)) => panic!("pooled text and time ids given to a UNet without text_time"),
+        }
+    }
+
+    /// The general call: one timestep per row ([B], any numeric kind) and [`Hooks`].
+    pub fn forward_rows(
         &self,
         latents: &Tensor,
         timesteps: &Tensor,
@@ -776,14 +931,7 @@ impl UNet2DConditionModel {
             x = x * 2.0 - 1.0;
         }
         let timesteps = timesteps.to_device(device).expand([b], false);
-        let t_emb = timestep_embedding(
-            &timesteps,
-            self.cfg.block_out_channels[0],
-            self.cfg.flip_sin_to_cos,
-            self.cfg.freq_shift,
-        )
-        .to_kind(kind);
-        let emb = self.time_embedding.forward(&t_emb);
+        let emb = self.embed_time(&timesteps, hooks.text_time);
 
         let text = text.to_device(device).to_kind(kind);
         let ip_tokens = ip
@@ -850,13 +998,25 @@ impl UNet2DConditionModel {
     }
 }
 
-/// What the negative methods add inside the attention layers of one UNet call.
+/// What one UNet call takes besides latents, timesteps, text states and image tokens:
+/// SDXL's added conditioning, and what the negative methods add inside the attention layers.
 #[derive(Default)]
 pub struct Hooks<'a> {
+    /// SDXL's pooled text and time ids, for a `text_time` UNet (required there).
+    pub text_time: Option<TextTime<'a>>,
     /// NegToMe's token merge (up blocks).
     pub merge: Option<TokenMerge>,
     /// A second image-attention term of some rows (`cond_negative`).
     pub extra: Option<ExtraIp<'a>>,
+}
+
+/// SDXL's added conditioning of each row (`added_cond_kwargs` of diffusers' UNet).
+#[derive(Clone, Copy)]
+pub struct TextTime<'a> {
+    /// The second text encoder's pooled, projected embedding [B, pooled width].
+    pub text_embeds: &'a Tensor,
+    /// (original height, width, crop top, left, target height, width) [B, 6].
+    pub time_ids: &'a Tensor,
 }
 
 /// A second image-attention term added to the rows `rows` [S] (int64): tokens
@@ -1125,6 +1285,10 @@ mod tests {
         let cfg: UNet2DConditionConfig = serde_json::from_str(sdxl).unwrap();
         assert_eq!(cfg.attention_head_dim.get(2), 20);
         let err = cfg.validate().unwrap_err().to_string();
-        assert!(err.contains("addition_embed_type"), "{err}");
+        assert!(err.contains("addition_time_embed_dim"), "{err}");
+        let gligen = r#"{"class_embed_type": "timestep"}"#;
+        let cfg: UNet2DConditionConfig = serde_json::from_str(gligen).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("class_embed_type"), "{err}");
     }
 }

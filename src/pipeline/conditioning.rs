@@ -8,6 +8,7 @@ use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::preprocess::clip_pixels_batch;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::params::{AdapterKind, GenParams, NoImage, Row, RowImage};
+use crate::pipeline::source::SecondTextEncoder;
 use crate::sampling::guidance;
 use crate::sampling::methods::RowCond;
 use anyhow::{Result, bail};
@@ -25,6 +26,12 @@ pub struct Adapter {
 pub struct Encoders {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second text encoder: with it, the text rows are both encoders'
+    /// `hidden_states[-2]` side by side, plus its pooled projection.
+    pub text_encoder_2: Option<SecondTextEncoder>,
+    /// SDXL's `force_zeros_for_empty_prompt`: an empty text in a row other than the cond
+    /// row (an empty negative prompt) conditions on zeros.
+    pub force_zeros_for_empty_prompt: bool,
     pub image_encoder: ClipVisionModelWithProjection,
     pub adapters: HashMap<AdapterKind, Adapter>,
 }
@@ -34,7 +41,7 @@ pub struct Conditioner {
     device: Device,
     kind: Kind,
     models: Encoders,
-    text_cache: HashMap<String, Tensor>,
+    text_cache: HashMap<String, TextRows>,
     image_cache: HashMap<(PathBuf, AdapterKind), Encoded>,
     no_image_cache: HashMap<(AdapterKind, NoImage), Encoded>,
     /// `subtract` tokens by (positive or none, negative, scale bits, adapter, no-image mode).
@@ -42,6 +49,55 @@ pub struct Conditioner {
 }
 
 type SubtractKey = (Option<PathBuf>, PathBuf, u64, AdapterKind, NoImage);
+
+/// Text conditioning of some rows: the states the cross-attention reads `[R, 77, cross]`
+/// and, for SDXL, the pooled projection of the second encoder `[R, pooled]`.
+pub struct TextRows {
+    pub states: Tensor,
+    pub pooled: Option<Tensor>,
+}
+
+impl TextRows {
+    pub fn shallow_clone(&self) -> TextRows {
+        TextRows {
+            states: self.states.shallow_clone(),
+            pooled: self.pooled.as_ref().map(Tensor::shallow_clone),
+        }
+    }
+
+    fn zeros_like(&self) -> TextRows {
+        TextRows {
+            states: self.states.zeros_like(),
+            pooled: self.pooled.as_ref().map(Tensor::zeros_like),
+        }
+    }
+
+    /// The rows of `parts` one after the other.
+    pub fn cat(parts: &[TextRows]) -> TextRows {
+        let states: Vec<&Tensor> = parts.iter().map(|p| &p.states).collect();
+        let pooled: Option<Vec<&Tensor>> = parts.iter().map(|p| p.pooled.as_ref()).collect();
+        TextRows {
+            states: Tensor::cat(&states, 0),
+            pooled: pooled.map(|p| Tensor::cat(&p, 0)),
+        }
+    }
+
+    /// The rows `rows` (indices) of these.
+    pub fn index_select(&self, rows: &Tensor) -> TextRows {
+        TextRows {
+            states: self.states.index_select(0, rows),
+            pooled: self.pooled.as_ref().map(|p| p.index_select(0, rows)),
+        }
+    }
+
+    /// `k` copies of each row.
+    pub fn repeat(&self, k: i64) -> TextRows {
+        TextRows {
+            states: self.states.repeat([k, 1, 1]),
+            pooled: self.pooled.as_ref().map(|p| p.repeat([k, 1])),
+        }
+    }
+}
 
 /// An image's encoder features (what the projection reads) and its tokens.
 struct Encoded {
@@ -66,14 +122,24 @@ impl Conditioner {
         self.models.adapters.get(&kind).map(|a| &a.file)
     }
 
-    /// Text rows `[R, 77, hidden]`, one per row of [`guidance::row_layout`].
-    pub fn text_rows(&mut self, cells: &[GenParams]) -> Tensor {
+    /// Text rows, one per row of [`guidance::row_layout`]; with
+    /// `force_zeros_for_empty_prompt`, zeros for an empty text outside the cond rows (as
+    /// diffusers' SDXL pipeline does for a negative prompt not given).
+    pub fn text_rows(&mut self, cells: &[GenParams]) -> TextRows {
         let refs: Vec<&GenParams> = cells.iter().collect();
-        let rows: Vec<Tensor> = guidance::row_conds(&refs)
+        let roles = guidance::row_layout(&refs);
+        let rows: Vec<TextRows> = guidance::row_conds(&refs)
             .into_iter()
-            .map(|row| self.text(row.text))
+            .zip(roles)
+            .map(|(row, (_, role))| {
+                let text = self.text(row.text);
+                let zeros = self.models.force_zeros_for_empty_prompt
+                    && row.text.is_empty()
+                    && role != Row::Cond;
+                if zeros { text.zeros_like() } else { text }
+            })
             .collect();
-        Tensor::cat(&rows, 0)
+        TextRows::cat(&rows)
     }
 
     /// NegToMe's reference rows: `k` rows of empty text, and of "no image" tokens when the
@@ -83,8 +149,8 @@ impl Conditioner {
         cells: &[GenParams],
         k: usize,
         with_tokens: bool,
-    ) -> (Tensor, Option<Tensor>) {
-        let text = self.text("").repeat([k as i64, 1, 1]);
+    ) -> (TextRows, Option<Tensor>) {
+        let text = self.text("").repeat(k as i64);
         let tokens = with_tokens.then(|| {
             self.no_image(cells[0].adapter, cells[0].no_image)
                 .tokens
@@ -93,15 +159,38 @@ impl Conditioner {
         (text, tokens)
     }
 
-    /// `last_hidden_state` `[1, 77, hidden]` of `text`, cached.
-    fn text(&mut self, text: &str) -> Tensor {
+    /// The conditioning of `text`, cached: `last_hidden_state` `[1, 77, hidden]`; for SDXL
+    /// both encoders' `hidden_states[-2]` concatenated `[1, 77, hidden + hidden_2]` and the
+    /// second encoder's projected pooled output `[1, projection_dim]`.
+    fn text(&mut self, text: &str) -> TextRows {
         if let Some(t) = self.text_cache.get(text) {
             return t.shallow_clone();
         }
-        let ids = Tensor::from_slice(&self.models.tokenizer.encode(text))
-            .view([1, -1])
-            .to_device(self.device);
-        let emb = self.models.text_encoder.forward(&ids);
+        let ids = |tokenizer: &ClipTokenizer| {
+            Tensor::from_slice(&tokenizer.encode(text))
+                .view([1, -1])
+                .to_device(self.device)
+        };
+        let emb = match &self.models.text_encoder_2 {
+            None => TextRows {
+                states: self
+                    .models
+                    .text_encoder
+                    .forward(&ids(&self.models.tokenizer)),
+                pooled: None,
+            },
+            Some(second) => {
+                let (_, first) = self
+                    .models
+                    .text_encoder
+                    .forward_with_penultimate(&ids(&self.models.tokenizer));
+                let (states, pooled) = second.model.forward(&ids(&second.tokenizer));
+                TextRows {
+                    states: Tensor::cat(&[first, states], -1),
+                    pooled: Some(pooled),
+                }
+            }
+        };
         self.text_cache
             .insert(text.to_string(), emb.shallow_clone());
         emb

@@ -7,8 +7,9 @@
 //! NegToMe cell is active, its reference rows follow (re-noised to the step, empty text, IP
 //! scale 0; [`ReferenceRows`]) and their outputs are dropped.
 use crate::models::attention::{Nag, TokenMerge};
-use crate::models::unet::{ExtraIp, Hooks, IpInput, UNet2DConditionModel};
+use crate::models::unet::{ExtraIp, Hooks, IpInput, TextTime, UNet2DConditionModel};
 use crate::params::{GenParams, Row, StepAt};
+use crate::pipeline::conditioning::TextRows;
 use crate::sampling::methods::{CellState, Step};
 use crate::sampling::negtome::{MIN_SIZE, MergedRow, ReferenceRows};
 use crate::sampling::trajectory::Trajectories;
@@ -18,8 +19,11 @@ use tch::{Device, Kind, Tensor};
 
 /// What every step of a batch is conditioned on.
 pub struct Conditioning<'a> {
-    /// Text rows `[R, 77, hidden]` in [`guidance::row_layout`] order.
-    pub text: &'a Tensor,
+    /// Text rows (`[R, 77, hidden]`, and SDXL's pooled `[R, pooled]`) in
+    /// [`guidance::row_layout`] order.
+    pub text: &'a TextRows,
+    /// SDXL's micro-conditioning `[R, 6]` (original size, crop top-left, target size).
+    pub time_ids: Option<&'a Tensor>,
     /// Image-token rows `[R, T, cross]`, when the batch uses an IP-Adapter.
     pub image_tokens: Option<&'a Tensor>,
     /// The tokens `[S, T, cross]` of the rows' second image-attention terms
@@ -40,7 +44,7 @@ pub struct References<'a> {
     pub noise: &'a Tensor,
     /// Empty-text rows `[K, 77, hidden]`, and "no image" token rows `[K, T, cross]` with an
     /// IP-Adapter.
-    pub text: &'a Tensor,
+    pub text: &'a TextRows,
     pub image_tokens: Option<&'a Tensor>,
 }
 
@@ -201,7 +205,8 @@ impl Call<'_> {
         let cell_of_row: Vec<usize> = own.iter().map(|&(k, _)| k).collect();
         let x_in = self.scheduler.scale_model_input(x, self.index);
         let latents = x_in.index_select(0, &indices(&cell_of_row, device));
-        let text = self.cond.text.index_select(0, &rows);
+        let text = self.cond.text.index_select(&rows);
+        let time_ids = self.cond.time_ids.map(|ids| ids.index_select(0, &rows));
         let blocks = self.unet.cross_attention_blocks();
         let tokens = self.cond.image_tokens.map(|t| {
             let off = guidance::no_image_rows(&cells, self.at);
@@ -237,10 +242,15 @@ impl Call<'_> {
             nag: nag.as_ref(),
         });
         let eps = match &self.cond.negtome {
-            Some(r) => self.with_merge(&cells, &latents, &text, ip, extra, r),
+            Some(r) => self.with_merge(&cells, &latents, (&text, time_ids.as_ref()), ip, extra, r),
             None => {
-                let hooks = Hooks { merge: None, extra };
-                self.unet.forward_hooked(&latents, self.t, &text, ip, hooks)
+                let hooks = Hooks {
+                    text_time: text_time(&text, time_ids.as_ref()),
+                    merge: None,
+                    extra,
+                };
+                self.unet
+                    .forward_hooked(&latents, self.t, &text.states, ip, hooks)
             }
         };
         let step = Step {
@@ -270,7 +280,7 @@ impl Call<'_> {
         &self,
         cells: &[&GenParams],
         latents: &Tensor,
-        text: &Tensor,
+        (text, time_ids): (&TextRows, Option<&Tensor>),
         ip: Option<IpInput>,
         extra: Option<ExtraIp>,
         r: &References,
@@ -278,8 +288,14 @@ impl Call<'_> {
         let rows = ReferenceRows::new(cells);
         let merges = rows.merges(cells, self.t);
         if merges.is_empty() {
-            let hooks = Hooks { merge: None, extra };
-            return self.unet.forward_hooked(latents, self.t, text, ip, hooks);
+            let hooks = Hooks {
+                text_time: text_time(text, time_ids),
+                merge: None,
+                extra,
+            };
+            return self
+                .unet
+                .forward_hooked(latents, self.t, &text.states, ip, hooks);
         }
         let device = latents.device();
         let of_batch: Vec<usize> = rows
@@ -292,7 +308,7 @@ impl Call<'_> {
             r.latents.index_select(0, &pick),
             r.noise.index_select(0, &pick),
         );
-        let ref_text = r.text.index_select(0, &pick);
+        let ref_text = r.text.index_select(&pick);
         let ref_tokens = r.image_tokens.map(|t| t.index_select(0, &pick));
         let chunk = References {
             rows: &rows,
@@ -304,12 +320,15 @@ impl Call<'_> {
         let s = self.scheduler;
         let reference = s.scale_model_input(&s.add_noise(&clean, &noise, self.index), self.index);
         let hooks = Hooks {
+            text_time: None,
             merge: Some(token_merge(&merges, self.unet.kind(), device)),
             extra,
         };
         let all = Tensor::cat(&[latents, &reference], 0);
         let n_rows = latents.size()[0];
-        with_references(self.unet, self.t, &all, text, ip, &chunk, hooks).narrow(0, 0, n_rows)
+        let cell_rows = (text, time_ids);
+        with_references(self.unet, self.t, &all, cell_rows, ip, &chunk, hooks)
+            .narrow(0, 0, n_rows)
     }
 }
 
@@ -331,19 +350,37 @@ fn nag_rows(cells: &[&GenParams], kind: Kind, device: Device) -> Option<Nag> {
     })
 }
 
-/// One UNet call on `latents`: the cell rows (conditioned by `text` and `ip`) followed by
-/// NegToMe's reference rows (empty text, "no image" tokens at IP scale 0), merging as
-/// `hooks` says.
+/// SDXL's added conditioning of rows with `text` and `time_ids` (none on other UNets).
+fn text_time<'a>(text: &'a TextRows, time_ids: Option<&'a Tensor>) -> Option<TextTime<'a>> {
+    text.pooled
+        .as_ref()
+        .zip(time_ids)
+        .map(|(text_embeds, time_ids)| TextTime {
+            text_embeds,
+            time_ids,
+        })
+}
+
+/// One UNet call on `latents`: the cell rows (conditioned by their text, time ids and `ip`)
+/// followed by NegToMe's reference rows (empty text, "no image" tokens at IP scale 0, the
+/// first row's time ids), merging as `hooks` says.
 fn with_references(
     unet: &UNet2DConditionModel,
     t: f64,
     latents: &Tensor,
-    text: &Tensor,
+    (cell_text, cell_time_ids): (&TextRows, Option<&Tensor>),
     ip: Option<IpInput>,
     r: &References,
     hooks: Hooks,
 ) -> Tensor {
     let k = r.latents.size()[0];
+    let text = TextRows::cat(&[cell_text.shallow_clone(), r.text.shallow_clone()]);
+    let time_ids = cell_time_ids
+        .map(|ids| Tensor::cat(&[ids, &ids.get(0).unsqueeze(0).repeat([k, 1])], 0));
+    let hooks = Hooks {
+        text_time: text_time(&text, time_ids.as_ref()),
+        ..hooks
+    };
     let tokens = ip.as_ref().zip(r.image_tokens).map(|(ip, ref_tokens)| {
         let scales = ip.scales;
         let zeros = Tensor::zeros([scales.size()[0], k], (scales.kind(), scales.device()));
@@ -358,7 +395,7 @@ fn with_references(
         scales,
         scaling: *scaling,
     });
-    unet.forward_hooked(latents, t, &Tensor::cat(&[text, r.text], 0), ip, hooks)
+    unet.forward_hooked(latents, t, &text.states, ip, hooks)
 }
 
 /// The merge of `merges` (non-empty) as the UNet takes it.

@@ -102,6 +102,21 @@ impl Pipeline {
         let tokenizer = source.tokenizer()?;
         let text_encoder = source.text_encoder(device, kind)?;
         let unet = source.unet(device, kind)?;
+        let text_encoder_2 = source.text_encoder_2(device, kind)?;
+        if unet.takes_text_time() && text_encoder_2.is_none() {
+            bail!(
+                "{}: the UNet is SDXL's (addition_embed_type \"text_time\") but the pipeline has \
+                 no text_encoder_2 (and tokenizer_2) listed in model_index.json",
+                models.pipeline.display()
+            );
+        }
+        if !unet.takes_text_time() && text_encoder_2.is_some() {
+            bail!(
+                "{}: text_encoder_2 is given but the UNet has no text_time embedding to take its \
+                 pooled output (not an SDXL UNet)",
+                models.pipeline.display()
+            );
+        }
         let vae_file = match &models.vae {
             Some(path) => {
                 stage(Role::Vae);
@@ -127,6 +142,8 @@ impl Pipeline {
         let encoders = Encoders {
             tokenizer,
             text_encoder,
+            text_encoder_2,
+            force_zeros_for_empty_prompt: source.force_zeros_for_empty_prompt(),
             image_encoder,
             adapters,
         };
@@ -264,6 +281,10 @@ impl Pipeline {
         let (h, w) = self.latent_size(first.width, first.height)?;
         let mut scheduler = make_scheduler(first.scheduler, &self.scheduler_cfg, first.steps)?;
         let text = self.conditioner.text_rows(cells);
+        let time_ids = self
+            .unet
+            .takes_text_time()
+            .then(|| time_id_rows(cells).to_device(self.device));
         let image_tokens = self.conditioner.image_rows(cells)?;
         let extra_tokens = self.conditioner.extra_rows(cells);
         if image_tokens.is_some() {
@@ -289,6 +310,7 @@ impl Pipeline {
         });
         let cond = denoise::Conditioning {
             text: &text,
+            time_ids: time_ids.as_ref(),
             image_tokens: image_tokens.as_ref(),
             extra_tokens: extra_tokens.as_ref(),
             no_image_tokens: no_image_tokens.as_ref(),
@@ -398,6 +420,21 @@ fn load_adapter(
     let file = AdapterFile::open_as(path, want)?;
     let proj = ImageProj::load(&file, device, kind)?;
     Ok(Adapter { file, proj })
+}
+
+/// SDXL's `add_time_ids` of each row of [`guidance::row_layout`] `[R, 6]`: original size,
+/// crop top-left, target size, with diffusers' defaults (original = target = the image's
+/// (height, width), crop (0, 0)).
+fn time_id_rows(cells: &[GenParams]) -> Tensor {
+    let refs: Vec<&GenParams> = cells.iter().collect();
+    let ids: Vec<f32> = crate::sampling::guidance::row_layout(&refs)
+        .into_iter()
+        .flat_map(|(i, _)| {
+            let (h, w) = (cells[i].height as f32, cells[i].width as f32);
+            [h, w, 0.0, 0.0, h, w]
+        })
+        .collect();
+    Tensor::from_slice(&ids).view([-1, 6])
 }
 
 fn is_oom(message: &str) -> bool {

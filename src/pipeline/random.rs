@@ -3,7 +3,10 @@
 use super::Pipeline;
 use super::conditioning::{Adapter, Encoders};
 use super::decode::Decoder;
-use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use super::source::SecondTextEncoder;
+use crate::models::clip_text::{
+    Activation, ClipTextConfig, ClipTextModel, ClipTextModelWithProjection,
+};
 use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModelWithProjection};
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::tokenizer::{ClipTokenizer, find_open_clip_vocab};
@@ -29,6 +32,14 @@ pub enum RandomPreset {
     TinySd15,
     /// The real shapes: SD1.5 UNet/VAE/text encoder, ViT-H/14 image encoder, ip-adapter_sd15.
     Sd15,
+    /// SDXL's layout at tiny widths: two text encoders (the second with a projection), a
+    /// `text_time` UNet with two transformer layers in its deepest block, the SDXL VAE's
+    /// scaling factor, a tiny ViT-H-shaped image encoder (the `_vit-h` SDXL adapters).
+    #[serde(rename = "tiny_sdxl")]
+    TinySdxl,
+    /// The real shapes: SDXL base UNet/VAE, CLIP ViT-L and OpenCLIP ViT-bigG text encoders,
+    /// ViT-H/14 image encoder, ip-adapter_sdxl_vit-h.
+    Sdxl,
 }
 
 impl std::str::FromStr for RandomPreset {
@@ -38,7 +49,9 @@ impl std::str::FromStr for RandomPreset {
             "tiny" => Ok(RandomPreset::Tiny),
             "tiny_sd15" => Ok(RandomPreset::TinySd15),
             "sd15" => Ok(RandomPreset::Sd15),
-            other => bail!("{other:?} is not a preset: tiny, tiny_sd15, sd15"),
+            "tiny_sdxl" => Ok(RandomPreset::TinySdxl),
+            "sdxl" => Ok(RandomPreset::Sdxl),
+            other => bail!("{other:?} is not a preset: tiny, tiny_sd15, sd15, tiny_sdxl, sdxl"),
         }
     }
 }
@@ -47,6 +60,8 @@ pub struct RandomShapes {
     pub unet: UNet2DConditionConfig,
     pub vae: AutoencoderKLConfig,
     pub text: ClipTextConfig,
+    /// SDXL's second text encoder (CLIPTextModelWithProjection).
+    pub text_2: Option<ClipTextConfig>,
     pub vision: ClipVisionConfig,
 }
 
@@ -57,6 +72,7 @@ impl RandomPreset {
                 unet: UNet2DConditionConfig::tiny(),
                 vae: AutoencoderKLConfig::tiny(),
                 text: ClipTextConfig::tiny(),
+                text_2: None,
                 vision: ClipVisionConfig::tiny(),
             },
             RandomPreset::TinySd15 => RandomShapes {
@@ -67,19 +83,53 @@ impl RandomPreset {
                 unet: UNet2DConditionConfig::sd15(),
                 vae: AutoencoderKLConfig::sd15(),
                 text: ClipTextConfig::sd15(),
+                text_2: None,
+                vision: ClipVisionConfig::vit_h(),
+            },
+            RandomPreset::TinySdxl => RandomShapes {
+                unet: UNet2DConditionConfig::tiny_sdxl(),
+                vae: AutoencoderKLConfig {
+                    scaling_factor: SDXL_VAE_SCALING_FACTOR,
+                    ..AutoencoderKLConfig::tiny()
+                },
+                text: ClipTextConfig::tiny(),
+                text_2: Some(ClipTextConfig {
+                    projection_dim: 32,
+                    hidden_act: Activation::Gelu,
+                    ..ClipTextConfig::tiny()
+                }),
+                vision: ClipVisionConfig::tiny(),
+            },
+            RandomPreset::Sdxl => RandomShapes {
+                unet: UNet2DConditionConfig::sdxl(),
+                vae: AutoencoderKLConfig {
+                    scaling_factor: SDXL_VAE_SCALING_FACTOR,
+                    ..AutoencoderKLConfig::sd15()
+                },
+                text: ClipTextConfig::sd15(),
+                text_2: Some(ClipTextConfig::vit_big_g()),
                 vision: ClipVisionConfig::vit_h(),
             },
         }
     }
 
+    /// Whether the preset is an SDXL pipeline.
+    pub fn is_sdxl(self) -> bool {
+        matches!(self, RandomPreset::TinySdxl | RandomPreset::Sdxl)
+    }
+
     /// The default image side of the preset (64 for tiny, 512 for SD1.5).
     pub fn default_size(self) -> usize {
         match self {
-            RandomPreset::Tiny | RandomPreset::TinySd15 => 64,
+            RandomPreset::Tiny | RandomPreset::TinySd15 | RandomPreset::TinySdxl => 64,
             RandomPreset::Sd15 => 512,
+            RandomPreset::Sdxl => 1024,
         }
     }
 }
+
+/// The SDXL VAE's `scaling_factor` (stabilityai/sdxl-vae config.json).
+const SDXL_VAE_SCALING_FACTOR: f64 = 0.13025;
 
 /// Writes a random adapter of `kind` that fits `unet` and `vision`.
 pub fn write_random_adapter(
@@ -117,12 +167,20 @@ impl Pipeline {
         };
         let (text_vs, unet_vs, vae_vs, enc_vs) = (store(), store(), store(), store());
         let text_encoder = ClipTextModel::new(text_vs.root() / "text_model", &shapes.text);
+        let text_2_vs = store();
+        let text_encoder_2 = match &shapes.text_2 {
+            Some(cfg) => Some(SecondTextEncoder {
+                tokenizer: ClipTokenizer::from_open_clip_vocab(&find_open_clip_vocab()?)?,
+                model: ClipTextModelWithProjection::new(text_2_vs.root(), cfg),
+            }),
+            None => None,
+        };
         let ip = Some(IpLayout::for_config(&shapes.unet));
         let unet = UNet2DConditionModel::new(unet_vs.root(), &shapes.unet, ip)?;
         // With its encoder, for NegToMe's reference images.
         let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, VaeParts::EncoderAndDecoder)?;
         let image_encoder = ClipVisionModelWithProjection::new(enc_vs.root(), &shapes.vision);
-        for vs in [&text_vs, &unet_vs, &vae_vs, &enc_vs] {
+        for vs in [&text_vs, &text_2_vs, &unet_vs, &vae_vs, &enc_vs] {
             vs.variables().values().for_each(|v| {
                 let _ = v.shallow_clone().set_requires_grad(false);
             });
@@ -139,6 +197,8 @@ impl Pipeline {
         let encoders = Encoders {
             tokenizer,
             text_encoder,
+            force_zeros_for_empty_prompt: text_encoder_2.is_some(),
+            text_encoder_2,
             image_encoder,
             adapters,
         };

@@ -2,7 +2,7 @@
 //! both implement [`PipelineSource`], so `run`, `generate`, `bench` and `models check` load
 //! through the same code.
 use super::single_file::{self, LdmCheckpoint};
-use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel, ClipTextModelWithProjection};
 use crate::models::tokenizer::{ClipTokenizer, find_open_clip_vocab};
 use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, VaeParts};
@@ -17,11 +17,22 @@ use tch::{Device, Kind};
 pub trait PipelineSource {
     fn tokenizer(&self) -> Result<ClipTokenizer>;
     fn text_encoder(&self, device: Device, kind: Kind) -> Result<ClipTextModel>;
+    /// SDXL's second tokenizer and text encoder, where the pipeline has them.
+    fn text_encoder_2(&self, device: Device, kind: Kind) -> Result<Option<SecondTextEncoder>>;
+    /// Whether an empty negative prompt conditions on zeros (SDXL's
+    /// `force_zeros_for_empty_prompt`) rather than on the encoding of "".
+    fn force_zeros_for_empty_prompt(&self) -> bool;
     /// The UNet, with room for IP-Adapter weights.
     fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel>;
     /// The pipeline's own VAE, where it has one.
     fn vae(&self) -> Result<Option<VaeFile>>;
     fn scheduler_config(&self) -> Result<SchedulerConfig>;
+}
+
+/// SDXL's `tokenizer_2` and `text_encoder_2`.
+pub struct SecondTextEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub model: ClipTextModelWithProjection,
 }
 
 /// Opens `path`: a single-file checkpoint (`.safetensors`, `.ckpt`) or a diffusers folder
@@ -111,6 +122,28 @@ impl PipelineSource for PipelineFolder {
         )
     }
 
+    fn text_encoder_2(&self, device: Device, kind: Kind) -> Result<Option<SecondTextEncoder>> {
+        let Some((component, tokenizer)) = &self.text_encoder_2 else {
+            return Ok(None);
+        };
+        let cfg = ClipTextConfig::from_file(&component.config)?;
+        let model = ClipTextModelWithProjection::load_from(
+            &TensorFile::open(&component.weights)?,
+            &cfg,
+            device,
+            kind,
+        )
+        .with_context(|| format!("text_encoder_2 of {}", self.root.display()))?;
+        Ok(Some(SecondTextEncoder {
+            tokenizer: ClipTokenizer::from_folder(tokenizer)?,
+            model,
+        }))
+    }
+
+    fn force_zeros_for_empty_prompt(&self) -> bool {
+        self.force_zeros_for_empty_prompt
+    }
+
     fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {
         let cfg = UNet2DConditionConfig::from_json_file(&self.unet.config)?;
         unet_from(&TensorFile::open(&self.unet.weights)?, &cfg, device, kind)
@@ -149,6 +182,15 @@ impl PipelineSource for LdmCheckpoint {
     fn text_encoder(&self, device: Device, kind: Kind) -> Result<ClipTextModel> {
         let cfg = self.text_encoder_config()?;
         ClipTextModel::load_from(self.text_encoder()?.as_ref(), &cfg, device, kind)
+    }
+
+    /// SDXL single files (the SGM layout) are not read yet.
+    fn text_encoder_2(&self, _: Device, _: Kind) -> Result<Option<SecondTextEncoder>> {
+        Ok(None)
+    }
+
+    fn force_zeros_for_empty_prompt(&self) -> bool {
+        false
     }
 
     fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {

@@ -361,6 +361,11 @@ pub fn plan_files(listing: &[String], base: &str, component: Component) -> Resul
                 files.extend(folder_files(listing, &join(sub))?);
             }
             files.extend(small_files(listing, &join("tokenizer")));
+            // SDXL's second text encoder and tokenizer.
+            if has(&join("text_encoder_2/config.json")) {
+                files.extend(folder_files(listing, &join("text_encoder_2"))?);
+                files.extend(small_files(listing, &join("tokenizer_2")));
+            }
             files.push(join("scheduler/scheduler_config.json"));
             for f in &files {
                 if !has(f) {
@@ -679,6 +684,22 @@ mod tests {
         );
         assert!(!files.contains(&"big-single-file.safetensors".to_string()));
         assert_eq!(files.len(), 10);
+        // An SDXL pipeline also brings its second text encoder and tokenizer.
+        let mut sdxl = listing.clone();
+        sdxl.extend(
+            [
+                "text_encoder_2/config.json",
+                "text_encoder_2/model.safetensors",
+                "text_encoder_2/model.fp16.safetensors",
+                "tokenizer_2/vocab.json",
+                "tokenizer_2/merges.txt",
+            ]
+            .map(String::from),
+        );
+        let files = plan_files(&sdxl, "", Component::Auto).unwrap();
+        assert_eq!(files.len(), 14);
+        assert!(files.contains(&"text_encoder_2/model.fp16.safetensors".to_string()));
+        assert!(files.contains(&"tokenizer_2/merges.txt".to_string()));
         let file = plan_files(&listing, "big-single-file.safetensors", Component::Auto).unwrap();
         assert_eq!(file, vec!["big-single-file.safetensors"]);
         let bin_only = vec![

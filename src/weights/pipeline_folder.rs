@@ -88,6 +88,29 @@ pub struct PipelineFolder {
     pub tokenizer: PathBuf,
     /// `scheduler/scheduler_config.json`, when present.
     pub scheduler_config: Option<PathBuf>,
+    /// SDXL's second text encoder (`text_encoder_2/`, CLIPTextModelWithProjection) and
+    /// its `tokenizer_2/`, when model_index.json lists them.
+    pub text_encoder_2: Option<(Component, PathBuf)>,
+    /// model_index.json's `force_zeros_for_empty_prompt` (diffusers' SDXL default: true;
+    /// false for pipelines without the key and without a second text encoder).
+    pub force_zeros_for_empty_prompt: bool,
+}
+
+/// Checks that `dir` holds a tokenizer: vocab.json and merges.txt, or tokenizer.json
+/// (transformers 5 saves tokenizer.json alone).
+fn check_tokenizer(root: &Path, name: &str) -> Result<PathBuf> {
+    let dir = root.join(name);
+    if !dir.join("tokenizer.json").is_file() {
+        for file in ["vocab.json", "merges.txt"] {
+            if !dir.join(file).is_file() {
+                bail!(
+                    "{}: {name}/{file} is missing (and there is no tokenizer.json)",
+                    root.display()
+                );
+            }
+        }
+    }
+    Ok(dir)
 }
 
 impl PipelineFolder {
@@ -105,20 +128,24 @@ impl PipelineFolder {
                 dir.display()
             )
         })?;
-        let _: serde_json::Value = serde_json::from_str(&text)
+        let index_json: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", index.display()))?;
-        let tokenizer = dir.join("tokenizer");
-        // transformers 5 saves tokenizer.json alone; older versions vocab.json + merges.txt.
-        if !tokenizer.join("tokenizer.json").is_file() {
-            for file in ["vocab.json", "merges.txt"] {
-                if !tokenizer.join(file).is_file() {
-                    bail!(
-                        "{}: tokenizer/{file} is missing (and there is no tokenizer.json)",
-                        dir.display()
-                    );
-                }
-            }
-        }
+        let tokenizer = check_tokenizer(dir, "tokenizer")?;
+        let listed = |key: &str| index_json[key].get(1).is_some_and(|v| !v.is_null());
+        let text_encoder_2 = if listed("text_encoder_2") {
+            let component = Component::open(&dir.join("text_encoder_2"), "model", prefer_fp16)?;
+            Some((component, check_tokenizer(dir, "tokenizer_2")?))
+        } else {
+            None
+        };
+        let force_zeros_for_empty_prompt = match &index_json["force_zeros_for_empty_prompt"] {
+            serde_json::Value::Bool(b) => *b,
+            serde_json::Value::Null => text_encoder_2.is_some(),
+            other => bail!(
+                "{}: key \"force_zeros_for_empty_prompt\": expected true or false, found {other}",
+                index.display()
+            ),
+        };
         let scheduler_config = dir.join("scheduler/scheduler_config.json");
         Ok(PipelineFolder {
             root: dir.to_path_buf(),
@@ -127,6 +154,8 @@ impl PipelineFolder {
             text_encoder: Component::open(&dir.join("text_encoder"), "model", prefer_fp16)?,
             tokenizer,
             scheduler_config: scheduler_config.is_file().then_some(scheduler_config),
+            text_encoder_2,
+            force_zeros_for_empty_prompt,
         })
     }
 }

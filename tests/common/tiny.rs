@@ -19,6 +19,14 @@ pub fn tiny_sd15_models() -> PathBuf {
     DIR.get_or_init(|| random_models("tiny_sd15")).clone()
 }
 
+/// `target/test-models/tiny_sdxl`: SDXL's layout at tiny widths (`--preset tiny_sdxl`):
+/// `pipeline/` with `text_encoder_2/` and `tokenizer_2/`, `image_encoder/`, `scorer/`,
+/// `ip-adapter_sdxl_vit-h.safetensors`, `ip-adapter-plus_sdxl_vit-h.safetensors`.
+pub fn tiny_sdxl_models() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| random_models("tiny_sdxl")).clone()
+}
+
 /// The `[models]` table of an experiment on the model set in `models` (without a scorer).
 pub fn models_toml(models: &std::path::Path) -> String {
     let m = models.display();

@@ -11,7 +11,7 @@ embeds / zero pixels (or, with no_image = black, the features of a black image).
 import json, os, sys
 import torch
 from PIL import Image
-from diffusers import (StableDiffusionPipeline, DDIMScheduler, EulerDiscreteScheduler,
+from diffusers import (DiffusionPipeline, DDIMScheduler, EulerDiscreteScheduler,
                        EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler)
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from safetensors.torch import load_file, save_file
@@ -29,13 +29,20 @@ def load_pipe(adapter, copies=1):
     IP-Adapter, the models folder's file of that kind (negimg's roles::adapter_file_name), loaded by diffusers
     (`copies` times, as several IP-Adapters); `base_scheduler_config` keeps its scheduler's
     config."""
-    pipe = StableDiffusionPipeline.from_pretrained(
-        os.path.join(models, "pipeline"), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    name = {"base": "ip-adapter_sd15.safetensors", "plus": "ip-adapter-plus_sd15.safetensors",
-            "light": "ip-adapter_sd15_light.safetensors",
-            "plus_face": "ip-adapter-plus-face_sd15.safetensors",
-            "full_face": "ip-adapter-full-face_sd15.safetensors"}[adapter]
+    folder = os.path.join(models, "pipeline")
+    index = json.load(open(os.path.join(folder, "model_index.json")))
+    # StableDiffusionPipeline, or StableDiffusionXLPipeline for an SDXL set (tiny_sdxl).
+    sd15 = index["_class_name"] == "StableDiffusionPipeline"
+    extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False) if sd15 else {}
+    pipe = DiffusionPipeline.from_pretrained(folder, **extra)
+    # SD1.5's file of the kind, else SDXL's (ViT-H encoder).
+    names = {"base": ["ip-adapter_sd15.safetensors", "ip-adapter_sdxl_vit-h.safetensors"],
+             "plus": ["ip-adapter-plus_sd15.safetensors", "ip-adapter-plus_sdxl_vit-h.safetensors"],
+             "light": ["ip-adapter_sd15_light.safetensors"],
+             "plus_face": ["ip-adapter-plus-face_sd15.safetensors",
+                           "ip-adapter-plus-face_sdxl_vit-h.safetensors"],
+             "full_face": ["ip-adapter-full-face_sd15.safetensors"]}
+    name = next(n for n in names[adapter] if os.path.exists(os.path.join(models, n)))
     sd = {"image_proj": {}, "ip_adapter": {}}
     for key, value in load_file(os.path.join(models, name)).items():
         head, rest = key.split(".", 1)

@@ -1,5 +1,5 @@
-"""Reference images from diffusers' StableDiffusionPipeline + IP-Adapter, for
-tests/parity_pipeline.rs.
+"""Reference images from diffusers' StableDiffusionPipeline (or StableDiffusionXLPipeline on an
+SDXL set) + IP-Adapter, for tests/parity_pipeline.rs and tests/parity_sdxl.rs.
 
 usage: pipeline_parity.py MODELS_DIR CASES.json OUT.safetensors
 MODELS_DIR: a `negimg models init-random` folder. CASES.json: a list of
@@ -35,7 +35,9 @@ def outputs(pipe, c):
 
     ip = torch.cat([features(c["uncond_image"], c["adapter"], c["no_image"]),
                     features(c["pos_image"], c["adapter"], c["no_image"])])
-    image = pipe(prompt=c["prompt"], negative_prompt=c["uncond_prompt"], ip_adapter_image_embeds=[ip],
+    # An empty negative prompt is given as None: StableDiffusionPipeline encodes "" either
+    # way; StableDiffusionXLPipeline then conditions on zeros (force_zeros_for_empty_prompt).
+    image = pipe(prompt=c["prompt"], negative_prompt=c["uncond_prompt"] or None, ip_adapter_image_embeds=[ip],
                  num_inference_steps=n, guidance_scale=c["cfg"], height=c["size"], width=c["size"],
                  generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type="pt",
                  callback_on_step_end=callback).images
