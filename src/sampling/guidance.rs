@@ -8,8 +8,9 @@
 //! way, and the two-row part is laid out as it was before the three-row methods.
 //!
 //! The IP-Adapter scale of each row comes from its branch ([`RowCond::branch`]) evaluated
-//! at the step ([`Branch::ip`]: [`BranchWeight::active`](crate::params::BranchWeight::active) under the cell's
-//! window rule (`window = "steps"`: with N steps, step i (0-based) is active iff
+//! at the step ([`Branch::ip`]: its step set, else
+//! [`BranchWeight::active`](crate::params::BranchWeight::active) under the cell's window
+//! rule: `window = "steps"`: with N steps, step i (0-based) is active iff
 //! `start <= i/N < end`; `"sigma"`: ComfyUI's rule on the step's noise level); an inactive
 //! branch has scale 0 at that step. So a window takes effect at its first step (not one
 //! late), and the negative weight applies at every step (the two defects of the demo).
