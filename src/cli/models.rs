@@ -133,7 +133,7 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
     clip_vision::write_random_model(&dir.join("image_encoder"), &shapes.vision, seed + 4)?;
     // Seeds 5 and 6 as before the other kinds came, so older sets stay reproducible. An
     // SDXL set has the two kinds h94/IP-Adapter's sdxl_models has for a ViT-H encoder.
-    let kinds: &[(AdapterKind, u64)] = match preset.is_sdxl() {
+    let kinds: &[(AdapterKind, i64)] = match preset.is_sdxl() {
         false => &[
             (AdapterKind::Base, 5),
             (AdapterKind::Plus, 6),

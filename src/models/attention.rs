@@ -518,6 +518,42 @@ mod tests {
         }
     }
 
+    fn values(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn nag_extrapolates_caps_the_l1_ratio_blends_and_leaves_other_rows() {
+        // Three rows of one token: z+ = (1, 2), text = (1, 1), term = (0, 2): z- = (1, 3).
+        let z = Tensor::from_slice(&[1.0f32, 2.0])
+            .view([1, 1, 2])
+            .repeat([3, 1, 1]);
+        let text = Tensor::from_slice(&[1.0f32, 1.0])
+            .view([1, 1, 2])
+            .repeat([3, 1, 1]);
+        // Row 1's term has weight 0 (its window): it is 0, and NAG is off there.
+        let term = Tensor::from_slice(&[0.0f32, 2.0, 0.0, 0.0, 0.0, 2.0]).view([3, 1, 2]);
+        let col = |v: [f32; 3]| Tensor::from_slice(&v).view([3, 1, 1]);
+        let nag = |tau: f32, alpha: f32| Nag {
+            on: Tensor::from_slice(&[true, true, false]).view([3, 1, 1]),
+            scale: col([3.0; 3]),
+            tau: col([tau; 3]),
+            alpha: col([alpha; 3]),
+        };
+        // Row 2 is an added term (cond_negative's).
+        let weight = col([1.0, 0.0, 1.0]);
+        // 3 z+ - 2 z- = (1, 0): L1 ratio 1/3, under any cap; alpha 1 takes it whole.
+        let out = values(&nag(10.0, 1.0).apply(&z, &text, &term, &weight));
+        assert_eq!(out, [1.0, 0.0, 1.0, 2.0, 1.0, 4.0]);
+        // Capped at 0.25 of |z+| = 3: (1, 0) * 0.75; blended half with z+.
+        let out = values(&nag(0.25, 0.5).apply(&z, &text, &term, &weight));
+        let want = [0.875f32, 1.0, 1.0, 2.0, 1.0, 4.0];
+        assert!(
+            out.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{out:?}"
+        );
+    }
+
     #[test]
     fn each_token_merges_with_its_best_reference_token_above_the_threshold() {
         // Row 0 (merged): x0 = (2, 0), x1 = (0, 3); row 1 (reference): r0 = (0, 1),

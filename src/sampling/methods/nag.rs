@@ -54,8 +54,10 @@ static PARAMS: [ParamSpec; 3] = [
 ];
 
 /// Attention work of a NAG cell per step beyond its two rows, in UNet rows: one image
-/// attention per cross-attention layer on one row (measured with `negimg bench`, README
-/// "Negative methods").
+/// attention over 4 or 16 tokens per cross-attention layer on one row, a copy of its text
+/// attention and NAG's elementwise work. An estimate for SD1.5 shapes, not a measurement:
+/// on the tiny CPU preset, where small operations dominate, `negimg bench` measures more
+/// (README, "NAG").
 const EXTRA_ATTENTION_ROWS: f64 = 0.05;
 
 impl NegativeMethod for Nag {
