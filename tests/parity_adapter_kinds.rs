@@ -191,7 +191,7 @@ fn plan_with(dir: &Path, adapter: &Path, encoder: &Path) -> std::process::Output
 }
 
 #[test]
-fn plan_refuses_a_vit_g_adapter_with_a_vit_h_encoder_and_the_reverse() {
+fn plan_refuses_a_vit_g_adapter_with_a_vit_h_encoder_and_the_reverse_and_an_sdxl_adapter() {
     let tiny = common::tiny::tiny_models();
     let g = models_dir(
         "adapter_encoder_mismatch_models",
@@ -222,4 +222,26 @@ fn plan_refuses_a_vit_g_adapter_with_a_vit_h_encoder_and_the_reverse() {
             "{text}"
         );
     }
+    // An adapter with SDXL's 2048-wide tokens on the tiny SD1.5-shaped UNet.
+    let wide = dir.join("ip-adapter_sdxl_vit-h.safetensors");
+    let vision = ClipVisionConfig::from_file(&h_encoder.join("config.json")).unwrap();
+    let widths: Vec<i64> = negimg::models::unet::ip_attn_hidden_sizes(&unet_config(&tiny));
+    negimg::models::ip_adapter::write_random(
+        &wide,
+        AdapterKind::Base,
+        2048,
+        vision.projection_dim,
+        &widths,
+        1,
+    )
+    .unwrap();
+    let out = plan_with(&dir, &wide, &h_encoder);
+    let text = common::text(&out);
+    assert!(!out.status.success(), "plan accepted it:\n{text}");
+    assert!(
+        text.contains(&wide.display().to_string())
+            && text.contains("tokens 2048 wide")
+            && text.contains("unet/config.json"),
+        "{text}"
+    );
 }

@@ -444,13 +444,18 @@ fn check_block_layout(exp: &Experiment) -> Result<()> {
 
 /// Every adapter on disk must be of its kind's family and read what the image encoder gives
 /// (a ViT-bigG adapter with a ViT-H encoder is refused here, naming both).
+/// An adapter for another pipeline (token width) is refused the same way.
 fn check_adapters(exp: &Experiment) -> Result<()> {
     let paths = exp.models.paths();
-    crate::models::ip_adapter::check_adapters(
-        paths.adapters().map(|(k, p)| (k, p.as_path())),
-        &paths.image_encoder,
-    )
-    .with_context(|| format!("{}: [models]", exp.path.display()))
+    let adapters = || paths.adapters().map(|(k, p)| (k, p.as_path()));
+    crate::models::ip_adapter::check_adapters(adapters(), &paths.image_encoder)
+        .and_then(|()| {
+            crate::models::ip_adapter::check_cross_dim(
+                adapters(),
+                &paths.pipeline.join("unet/config.json"),
+            )
+        })
+        .with_context(|| format!("{}: [models]", exp.path.display()))
 }
 
 fn duration(s: f64) -> String {

@@ -148,6 +148,35 @@ pub fn check_adapters<'a>(
     Ok(())
 }
 
+/// Each adapter of `adapters` on disk must make tokens as wide as the UNet's cross-attention
+/// (`unet_config`, a UNet config.json; skipped when absent): an SDXL adapter (2048) on an
+/// SD1.5 UNet (768), or the reverse, is refused naming both files, before any weights load.
+pub fn check_cross_dim<'a>(
+    adapters: impl IntoIterator<Item = (AdapterKind, &'a Path)>,
+    unet_config: &Path,
+) -> Result<()> {
+    if !unet_config.is_file() {
+        return Ok(());
+    }
+    let cross = super::unet::UNet2DConditionConfig::from_json_file(unet_config)?.context_dim();
+    for (kind, path) in adapters {
+        if !path.is_file() {
+            continue;
+        }
+        let file = AdapterFile::open_as(path, kind)?;
+        if file.cross_dim != cross {
+            bail!(
+                "{}: the {kind} adapter makes tokens {} wide (768: SD1.5, 2048: SDXL), but the UNet \
+                 of {} attends to {cross}-wide text: the adapter is for another pipeline",
+                path.display(),
+                file.cross_dim,
+                unet_config.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// An opened IP-Adapter `.safetensors` file: its kind and shapes, and its tensors (the UNet
 /// loads the `ip_adapter.*` ones through [`TensorSource`]).
 pub struct AdapterFile {
