@@ -48,6 +48,14 @@ impl Show {
     }
 }
 
+/// `[maps]`: what a run records besides images (README, "Attention maps").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MapsSpec {
+    /// Attention maps per cell (`maps/<cell-id>/attention_*.npy`); off by default.
+    #[serde(default)]
+    pub attention: bool,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScoringSpec {
     /// Texts for CLIP-T.

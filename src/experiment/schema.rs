@@ -27,6 +27,16 @@ pub struct FileRaw {
     pub scoring: ScoringRaw,
     #[serde(default)]
     pub plots: PlotsRaw,
+    #[serde(default)]
+    pub maps: MapsRaw,
+}
+
+/// `[maps]`: what the run records besides images.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapsRaw {
+    /// Attention maps of the IP-Adapter's image attention, per cell.
+    pub attention: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +166,7 @@ const TOP: &[(&str, Keys)] = &[
     ("subjects", Keys::Value),
     ("scoring", Keys::Table(SCORING)),
     ("plots", Keys::Table(PLOTS)),
+    ("maps", Keys::Table(MAPS)),
 ];
 const EXPERIMENT: &[(&str, Keys)] = &[
     ("name", Keys::Value),
@@ -207,6 +218,7 @@ const SCORING: &[(&str, Keys)] = &[
     ("baseline", Keys::Value),
     ("region", Keys::Value),
 ];
+const MAPS: &[(&str, Keys)] = &[("attention", Keys::Value)];
 const PLOTS: &[(&str, Keys)] = &[
     ("rows", Keys::Value),
     ("cols", Keys::Value),
@@ -308,6 +320,7 @@ mod tests {
             ("images.x.derive", &["images", "derive"]),
             ("scoring", &["scoring"]),
             ("plots", &["plots"]),
+            ("maps", &["maps"]),
         ] {
             assert_eq!(table_at(path), serde_keys(header), "[{header}]");
         }

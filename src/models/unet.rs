@@ -5,6 +5,7 @@
 //! `processor.to_k_ip.0.weight` / `processor.to_v_ip.0.weight` (zeros until
 //! [`UNet2DConditionModel::load_ip_adapter`]), as diffusers does after `load_ip_adapter`.
 use crate::models::attention::{CrossAttnContext, ExtraContext, IpContext, IpWeights, TokenMerge};
+use crate::models::attention_probe::AttentionProbe;
 use crate::models::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet_blocks::{
@@ -810,6 +811,7 @@ impl UNet2DConditionModel {
                             .to_device(device)
                             .to_kind(kind),
                     }),
+                    probe: hooks.probe,
                 }),
             negtome: None,
         };
@@ -854,6 +856,8 @@ pub struct Hooks<'a> {
     pub merge: Option<TokenMerge>,
     /// A second image-attention term of some rows (`cond_negative`).
     pub extra: Option<ExtraIp<'a>>,
+    /// Records attention maps (of the IP-Adapter's image attention) when set.
+    pub probe: Option<&'a AttentionProbe>,
 }
 
 /// A second image-attention term added to the rows `rows` [S] (int64): tokens

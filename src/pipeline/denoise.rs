@@ -5,6 +5,7 @@
 //! where a NegToMe cell is active, its reference rows follow (re-noised to the step, empty
 //! text, IP scale 0; [`ReferenceRows`]) and their outputs are dropped.
 use crate::models::attention::TokenMerge;
+use crate::models::attention_probe::AttentionProbe;
 use crate::models::unet::{ExtraIp, Hooks, IpInput, UNet2DConditionModel};
 use crate::params::GenParams;
 use crate::sampling::methods::{CellState, Step};
@@ -23,6 +24,8 @@ pub struct Conditioning<'a> {
     pub extra_tokens: Option<&'a Tensor>,
     /// NegToMe's reference rows, when a cell merges.
     pub negtome: Option<References<'a>>,
+    /// Records attention maps of the cell rows at every step, when set.
+    pub probe: Option<&'a AttentionProbe>,
 }
 
 /// NegToMe's reference rows, one per image of `rows`.
@@ -101,13 +104,18 @@ pub fn denoise(
                 let hooks = Hooks {
                     merge: Some(token_merge(&merges, unet.kind(), device)),
                     extra,
+                    probe: cond.probe,
                 };
                 let latents = Tensor::cat(&[&rows, &reference], 0);
                 let eps = with_references(unet, t, &latents, cond.text, ip, r, hooks);
                 eps.narrow(0, 0, n_rows)
             }
             (_, ip, _) => {
-                let hooks = Hooks { merge: None, extra };
+                let hooks = Hooks {
+                    merge: None,
+                    extra,
+                    probe: cond.probe,
+                };
                 unet.forward_hooked(&rows, t, cond.text, ip, hooks)
             }
         };

@@ -16,6 +16,7 @@
 //! Stages, one file each: [`source`] (file layouts), [`conditioning`] (text and image
 //! tokens, cached), [`denoise`] (the sampling loop), [`decode`] (VAE, fp32 re-decode),
 //! [`random`] (random-weight sets for benchmarks and tests), [`single_file`] (LDM checkpoints).
+pub mod attention_maps;
 pub mod conditioning;
 pub mod decode;
 pub mod denoise;
@@ -26,13 +27,15 @@ pub mod source;
 
 pub use random::{RandomPreset, RandomShapes, write_random_adapter};
 
+use crate::models::attention_probe::AttentionProbe;
 use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::unet::UNet2DConditionModel;
 use crate::params::{AdapterKind, GenParams};
 use crate::roles::{ModelSet, Role};
-use crate::sampling::{SchedulerConfig, make_scheduler};
+use crate::sampling::{self, SchedulerConfig, make_scheduler};
 use anyhow::{Context, Result, anyhow, bail};
+use attention_maps::CellMaps;
 use conditioning::{Adapter, Conditioner, Encoders};
 use decode::Decoder;
 use source::VaeFile;
@@ -76,6 +79,9 @@ pub struct Pipeline {
     scheduler_cfg: SchedulerConfig,
     /// NegToMe's encoded reference images by (path, width, height).
     negtome_cache: HashMap<(PathBuf, usize, usize), negtome::Reference>,
+    /// With attention maps on: the maps of the cells of the last batch
+    /// ([`Self::take_attention_maps`]).
+    attention_maps: Option<Vec<CellMaps>>,
 }
 
 impl Pipeline {
@@ -153,6 +159,7 @@ impl Pipeline {
             unet_adapter: None,
             scheduler_cfg,
             negtome_cache: HashMap::new(),
+            attention_maps: None,
         }
     }
 
@@ -181,6 +188,21 @@ impl Pipeline {
             self.use_adapter(kind)?;
         }
         Ok(())
+    }
+
+    /// Records attention maps in the batches that follow ([`Self::take_attention_maps`]),
+    /// or stops. Off by default: without them the UNet computes nothing for maps.
+    pub fn set_attention_maps(&mut self, on: bool) {
+        self.attention_maps = on.then(Vec::new);
+    }
+
+    /// The attention maps of the last batch's cells, in cell order (empty with maps off,
+    /// or for a batch without an IP-Adapter).
+    pub fn take_attention_maps(&mut self) -> Vec<CellMaps> {
+        self.attention_maps
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Generates one batch of cells that share a [`GenParams::batch_key`]; the outcomes
@@ -266,6 +288,9 @@ impl Pipeline {
         // [steps, B, 4, h, w] on the CPU; each step moves its slice to the device
         let step_noise = (step_draws > 0).then(|| Tensor::cat(&step_noise, 1));
         let references = self.negtome_references(cells)?;
+        let cell_rows = sampling::guidance::row_layout(&cells.iter().collect::<Vec<_>>()).len();
+        let probe = (self.attention_maps.is_some() && image_tokens.is_some())
+            .then(|| AttentionProbe::new(cell_rows as i64));
         let reference_rows = references.as_ref().map(|(rows, _, _)| {
             self.conditioner
                 .reference_rows(cells, rows.images.len(), image_tokens.is_some())
@@ -283,6 +308,7 @@ impl Pipeline {
                     image_tokens: tokens.as_ref(),
                 },
             ),
+            probe: probe.as_ref(),
         };
         let x = denoise::denoise(
             &self.unet,
@@ -293,6 +319,10 @@ impl Pipeline {
             step_noise.as_ref(),
             progress,
         );
+        if let Some(maps) = self.attention_maps.as_mut() {
+            let finished = probe.map(|p| p.finish(first.steps, (h, w)));
+            *maps = finished.map_or_else(Vec::new, |m| attention_maps::cell_maps(&m, cells));
+        }
         self.decoder.decode(&x, cells)
     }
 

@@ -4,9 +4,10 @@
 //! the largest value of the run's maps, so that cells compare.
 use super::font;
 use crate::images::load_rgb;
+use crate::npy;
 use crate::run::info::Show;
 use crate::run::records::Record;
-use crate::scoring::{change_map_file, npy};
+use crate::scoring::change_map_file;
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};

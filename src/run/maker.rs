@@ -6,6 +6,7 @@ use super::generator::Generator;
 use super::layout;
 use crate::params::GenParams;
 use crate::pipeline::CellOutcome;
+use crate::pipeline::attention_maps::CellMaps;
 use anyhow::{Result, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,7 +50,14 @@ pub(super) struct Maker<'a> {
     run_dir: PathBuf,
     requested: Option<usize>,
     batch: Option<BatchSize>,
+    /// Whether the batches made next record attention maps.
+    attention_maps: bool,
 }
+
+/// What [`Maker::make`] calls for each cell made: its index, outcome, attention maps
+/// (when recorded) and seconds.
+pub(super) type CellDone<'d> =
+    dyn FnMut(usize, CellOutcome, Option<&CellMaps>, f64) -> Result<()> + 'd;
 
 /// What one call to [`Maker::make`] did.
 pub(super) struct Made {
@@ -70,6 +78,7 @@ impl<'a> Maker<'a> {
             run_dir,
             requested,
             batch: None,
+            attention_maps: false,
         }
     }
 
@@ -82,8 +91,14 @@ impl<'a> Maker<'a> {
             .ok_or_else(|| anyhow::anyhow!("no generator"))
     }
 
+    /// Whether the batches made next record attention maps (`[maps] attention`).
+    pub(super) fn set_attention_maps(&mut self, on: bool) {
+        self.attention_maps = on;
+    }
+
     /// Makes the batches of `params` that hold a pending cell, whole (see
-    /// [`super::batching`]); `done(j, outcome, seconds)` for each pending cell j made, which
+    /// [`super::batching`]); `done(j, outcome, maps, seconds)` for each pending cell j made
+    /// (`maps`: its attention maps, when recorded), which
     /// then stops being pending. After an out-of-memory failure the batches are planned
     /// again at the halved size. Stops before a batch once `stop` is set.
     pub(super) fn make(
@@ -92,7 +107,7 @@ impl<'a> Maker<'a> {
         pending: &mut [bool],
         stop: &AtomicBool,
         progress: &dyn Fn(String),
-        done: &mut dyn FnMut(usize, CellOutcome, f64) -> Result<()>,
+        done: &mut CellDone,
     ) -> Result<Made> {
         'plan: loop {
             let size = self.batch_size(params)?;
@@ -112,6 +127,7 @@ impl<'a> Maker<'a> {
                 else {
                     bail!("no generator")
                 };
+                g.set_attention_maps(self.attention_maps);
                 let Some(outcomes) = batch_size.attempt(g.as_mut(), &cells, &mut |s, steps| {
                     progress(format!("batch of {n}: step {s}/{steps}"))
                 })?
@@ -119,9 +135,10 @@ impl<'a> Maker<'a> {
                     continue 'plan;
                 };
                 let seconds = t.elapsed().as_secs_f64() / n as f64;
-                for (&j, outcome) in batch.iter().zip(outcomes) {
+                let maps = g.take_attention_maps();
+                for (k, (&j, outcome)) in batch.iter().zip(outcomes).enumerate() {
                     if pending[j] {
-                        done(j, outcome, seconds)?;
+                        done(j, outcome, maps.get(k), seconds)?;
                         pending[j] = false;
                     }
                 }

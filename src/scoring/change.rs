@@ -8,8 +8,8 @@
 //! - `change_in_region` / `change_out_region`: the share of the map's mass `Σm` inside /
 //!   outside the `[scoring] region` mask (white inside, black outside), resized to the map
 //!   by nearest neighbour (pixel x of W takes source pixel `floor((x + 0.5) · W_src / W)`).
-use super::npy;
 use crate::images::BinaryMask as Mask;
+use crate::npy;
 use anyhow::{Context, Result};
 use image::RgbImage;
 use std::path::Path;

@@ -18,7 +18,6 @@ pub mod change;
 pub mod cmmd;
 pub mod embed;
 pub mod metrics;
-pub mod npy;
 pub mod pixel;
 pub mod pooled;
 pub mod stats;
