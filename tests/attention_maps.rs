@@ -215,3 +215,55 @@ fn attention_map_is_zero_without_a_negative_image_or_at_weight_zero() {
         );
     }
 }
+
+/// `negimg run experiments/where-tiny.toml` (with its lawn mask): every done cell has its
+/// attention maps (zero without a negative image), their pictures, the grids, and the
+/// negative map's entropy and region shares in scores.csv.
+#[test]
+fn attention_maps_of_the_where_tiny_run() {
+    let dir = common::scratch("attention_map_where_tiny");
+    std::fs::create_dir_all(dir.join("experiments/masks")).unwrap();
+    for file in ["experiments/where-tiny.toml", "experiments/masks/lawn.png"] {
+        std::fs::copy(common::repo().join(file), dir.join(file)).unwrap();
+    }
+    let out = common::negimg(
+        &["--device", "cpu", "run", "experiments/where-tiny.toml"],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    let run = common::only_run(&dir.join("results/where-tiny"));
+    let records = negimg::run::records::read_records(&run.join("records.csv")).unwrap();
+    assert_eq!(records.len(), 12);
+    for r in &records {
+        let file = |name| negimg::run::attention_maps::file(&run, &r.cell_id, name);
+        let (rows, cols, values) = negimg::npy::read(&file("negative")).unwrap();
+        assert_eq!(
+            (rows, cols),
+            (32, 32),
+            "the latent grid of 64 px (tiny VAE: 2 px each)"
+        );
+        let largest = values.iter().copied().fold(0.0f32, f32::max);
+        if r.negative == negimg::params::NegativeMode::None {
+            assert_eq!(largest, 0.0, "{}: no negative image", r.cell_id);
+        } else {
+            assert!(largest > 0.0, "{}: {:?}", r.cell_id, r.method);
+        }
+        assert!(file("negative").with_extension("png").is_file());
+        assert!(file("text_tokens").is_file() && file("positive_blocks").is_file());
+    }
+    let scores = std::fs::read_dir(run.join("scores"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("scores.csv"))
+        .find(|p| p.is_file())
+        .expect("a scores.csv");
+    let header = std::fs::read_to_string(&scores).unwrap();
+    let header = header.lines().next().unwrap();
+    for column in [
+        "attention_entropy",
+        "attention_in_region",
+        "attention_out_region",
+    ] {
+        assert!(header.contains(column), "{column} in {header}");
+    }
+    assert!(run.join("grids").read_dir().unwrap().next().is_some());
+}
