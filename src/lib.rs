@@ -12,6 +12,7 @@ pub mod experiment;
 pub mod export;
 pub mod images;
 pub mod models;
+pub mod npy;
 pub mod params;
 pub mod pipeline;
 pub mod provenance;

@@ -102,6 +102,7 @@ pub struct Experiment {
     pub dtype: Option<String>,
     pub scoring: ScoringSpec,
     pub plots: PlotsSpec,
+    pub maps: outputs::MapsSpec,
     /// What `negimg plan` warns about: keys that some cells' method does not read.
     pub warnings: Vec<String>,
 }
@@ -407,7 +408,11 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     }
     let cells = grid.expand();
     validate::cells(&src, &grid, &cells, &models)?;
-    let warnings = validate::unused_keys(&src, &grid, &cells);
+    let mut warnings = validate::unused_keys(&src, &grid, &cells);
+    let maps = outputs::MapsSpec {
+        attention: raw.maps.attention.unwrap_or(false),
+    };
+    warnings.extend(validate::maps_without_negative_row(maps, &cells));
 
     let image_ref = |key: &str, r: &Option<Spanned<String>>| -> Result<Option<String>> {
         match r {
@@ -533,6 +538,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         cells,
         scoring,
         plots,
+        maps,
         warnings,
     })
 }

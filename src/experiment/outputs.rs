@@ -25,8 +25,9 @@ pub struct PlotsSpec {
     pub show: Show,
 }
 
-/// `[plots] show`: a cell's image, its change map against the baseline, or the map laid
-/// over the image (README, "Change maps").
+/// `[plots] show`: a cell's image, its change map against the baseline, the map laid over
+/// the image (README, "Change maps"), or its negative attention map (README, "Attention
+/// maps").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Show {
@@ -34,10 +35,12 @@ pub enum Show {
     Image,
     Change,
     Overlay,
+    #[serde(rename = "negative_attention")]
+    NegativeAttention,
 }
 
 impl Show {
-    pub const NAMES: &'static str = "image, change, overlay";
+    pub const NAMES: &'static str = "image, change, overlay, negative_attention";
 
     pub fn is_image(&self) -> bool {
         *self == Show::Image
@@ -46,6 +49,14 @@ impl Show {
     pub fn parse(s: &str) -> Option<Show> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
     }
+}
+
+/// `[maps]`: what a run records besides images (README, "Attention maps").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MapsSpec {
+    /// Attention maps per cell (`maps/<cell-id>/attention_*.npy`); off by default.
+    #[serde(default)]
+    pub attention: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

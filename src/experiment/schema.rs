@@ -28,6 +28,16 @@ pub struct FileRaw {
     pub scoring: ScoringRaw,
     #[serde(default)]
     pub plots: PlotsRaw,
+    #[serde(default)]
+    pub maps: MapsRaw,
+}
+
+/// `[maps]`: what the run records besides images.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapsRaw {
+    /// Attention maps of the IP-Adapter's image attention, per cell.
+    pub attention: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +183,7 @@ const TOP: &[(&str, Keys)] = &[
     ("subjects", Keys::Value),
     ("scoring", Keys::Table(SCORING)),
     ("plots", Keys::Table(PLOTS)),
+    ("maps", Keys::Table(MAPS)),
 ];
 const EXPERIMENT: &[(&str, Keys)] = &[
     ("name", Keys::Value),
@@ -230,6 +241,7 @@ const SCORING: &[(&str, Keys)] = &[
     ("baseline", Keys::Value),
     ("region", Keys::Value),
 ];
+const MAPS: &[(&str, Keys)] = &[("attention", Keys::Value)];
 const PLOTS: &[(&str, Keys)] = &[
     ("rows", Keys::Value),
     ("cols", Keys::Value),
@@ -331,6 +343,7 @@ mod tests {
             ("images.x.derive", &["images", "derive"]),
             ("scoring", &["scoring"]),
             ("plots", &["plots"]),
+            ("maps", &["maps"]),
         ] {
             assert_eq!(table_at(path), serde_keys(header), "[{header}]");
         }

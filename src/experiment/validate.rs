@@ -139,6 +139,35 @@ fn places(src: &Source, grid: &Grid, params: &[Param]) -> String {
     }
 }
 
+/// For `negimg plan`, with `[maps] attention`: the methods of cells that have a negative
+/// image but no UNet row carrying it into the image attention (NegToMe merges tokens
+/// instead), once per method: their negative attention maps are zero.
+pub fn maps_without_negative_row(
+    maps: super::outputs::MapsSpec,
+    cells: &[CellSpec],
+) -> Vec<String> {
+    if !maps.attention {
+        return vec![];
+    }
+    let mut without: BTreeMap<Method, usize> = BTreeMap::new();
+    for c in cells {
+        let params = c.params(&|name| PathBuf::from(name));
+        let rows = crate::sampling::guidance::image_rows(&[&params]);
+        if params.uncond_image().is_some() && rows[0].negative.is_none() {
+            *without.entry(c.method).or_default() += 1;
+        }
+    }
+    without
+        .into_iter()
+        .map(|(method, n)| {
+            format!(
+                "[maps] attention: method {method} puts no negative image in the image attention: \
+                 the negative attention maps of its {n} cell(s) are zero"
+            )
+        })
+        .collect()
+}
+
 /// For `negimg plan`: the method-specific keys the file sets that some cells' method does
 /// not read, one line per key and method: `FILE:12 (defaults.neg_cfg): method uncond does
 /// not use neg_cfg (8 of 40 cells)`.

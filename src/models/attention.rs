@@ -1,5 +1,6 @@
 //! Attention layers: the UNet's transformer blocks, whose cross-attention (`attn2`) can
 //! carry the decoupled IP-Adapter branch, and the VAE's single-head spatial self-attention.
+use crate::models::attention_probe::{AttentionProbe, Term};
 use crate::models::resnet::{conv2d, group_norm};
 use crate::params::IpScaling;
 use tch::{Kind, Tensor, nn, nn::Module};
@@ -13,6 +14,8 @@ pub struct IpContext<'a> {
     pub scaling: IpScaling,
     /// A second image-attention term of some rows (`cond_negative`).
     pub extra: Option<ExtraContext<'a>>,
+    /// Records attention maps when set (nothing is computed for them otherwise).
+    pub probe: Option<&'a AttentionProbe>,
 }
 
 /// A second image-attention term, with its own softmax, added to the rows `rows` [S]
@@ -26,9 +29,11 @@ pub struct ExtraContext<'a> {
 }
 
 impl IpContext<'_> {
-    /// What the transformer numbered `index` (execution order) attends to.
-    pub fn block(&self, index: usize) -> IpBlock<'_> {
+    /// What the transformer numbered `index` (execution order), over a `grid` of h x w
+    /// tokens, attends to.
+    pub fn block(&self, index: usize, grid: (i64, i64)) -> IpBlock<'_> {
         IpBlock {
+            probe: self.probe.map(|probe| BlockProbe { probe, index, grid }),
             tokens: self.tokens,
             scale: self.scales.get(index as i64),
             scaling: self.scaling,
@@ -48,6 +53,14 @@ pub struct IpBlock<'a> {
     pub scale: Tensor,
     pub scaling: IpScaling,
     pub extra: Option<ExtraBlock<'a>>,
+    pub probe: Option<BlockProbe<'a>>,
+}
+
+/// Where one transformer records its attention maps: its number and grid (h, w).
+pub struct BlockProbe<'a> {
+    pub probe: &'a AttentionProbe,
+    pub index: usize,
+    pub grid: (i64, i64),
 }
 
 /// One transformer's share of an [`ExtraContext`]: weights [S, 1, 1].
@@ -260,11 +273,28 @@ impl Attention {
                 (k, tokens.linear(&w.to_v_ip, None::<&Tensor>))
             };
             let (k, v) = project(ip.tokens);
-            out += self.image_attention(&q, k, v, &ip.scale, ip.scaling);
+            let probs = ip.probe.as_ref().map(|_| {
+                let image = self.probabilities(&q, &image_keys(&k, &ip.scale, ip.scaling));
+                (image, self.probabilities(&q, &self.to_k.forward(ctx)))
+            });
+            let term = self.image_attention(&q, k, v, &ip.scale, ip.scaling);
+            if let (Some(p), Some((probs, text))) = (&ip.probe, &probs) {
+                let ip_term = Term { term: &term, probs };
+                p.probe.record(p.index, p.grid, ip_term, text);
+            }
+            out += term;
             if let Some(x) = &ip.extra {
                 let (k, v) = project(x.tokens);
                 let q = q.index_select(0, x.rows);
+                let probs = ip
+                    .probe
+                    .as_ref()
+                    .map(|_| self.probabilities(&q, &image_keys(&k, &x.scale, ip.scaling)));
                 let term = self.image_attention(&q, k, v, &x.scale, ip.scaling);
+                if let (Some(p), Some(probs)) = (&ip.probe, &probs) {
+                    let extra = Term { term: &term, probs };
+                    p.probe.record_extra(p.index, p.grid, x.rows, extra);
+                }
                 out = match (x.nag, &nag_text) {
                     (Some(nag), Some(text)) => {
                         let (z, t) = (out.index_select(0, x.rows), text.index_select(0, x.rows));
@@ -275,6 +305,15 @@ impl Attention {
             }
         }
         self.to_out.forward(&out)
+    }
+
+    /// `softmax(q kᵀ / sqrt(d))` [B, heads, N, T] in float32 (what the fused attention
+    /// computes and does not return); `k` [B, T, C] before the head split.
+    fn probabilities(&self, q: &Tensor, k: &Tensor) -> Tensor {
+        let k = self.split_heads(k).to_kind(Kind::Float);
+        let d = k.size()[3] as f64;
+        let scores = q.to_kind(Kind::Float).matmul(&k.transpose(2, 3)) / d.sqrt();
+        scores.softmax(-1, Kind::Float)
     }
 
     /// The image attention with the row weights `w` [B, 1, 1] applied as ComfyUI's
@@ -288,20 +327,32 @@ impl Attention {
         w: &Tensor,
         scaling: IpScaling,
     ) -> Tensor {
-        let penalized = || w * (k.size()[2] as f64 / C_PENALTY_WIDTH);
+        let keys = image_keys(&k, w, scaling);
         match scaling {
-            IpScaling::V => self.attend(q, &k, &v) * w,
-            IpScaling::Kv => self.attend(q, &(&k * w), &(v * w)),
-            IpScaling::KvC => {
-                let wc = penalized();
-                self.attend(q, &(&k * &wc), &(v * &wc))
-            }
+            IpScaling::V => self.attend(q, &keys, &v) * w,
+            IpScaling::Kv => self.attend(q, &keys, &(v * w)),
+            IpScaling::KvC => self.attend(q, &keys, &(v * penalized(w, &k))),
             IpScaling::KMeanVC => {
-                let wc = penalized();
                 let mean = v.mean_dim(1, true, None::<Kind>);
-                self.attend(q, &(&k * &wc), &(v - &mean + mean * &wc))
+                let wc = penalized(w, &k);
+                self.attend(q, &keys, &(v - &mean + mean * wc))
             }
         }
+    }
+}
+
+/// The weight with ComfyUI's C penalty for image keys `k` [B, T, C].
+fn penalized(w: &Tensor, k: &Tensor) -> Tensor {
+    w * (k.size()[2] as f64 / C_PENALTY_WIDTH)
+}
+
+/// The image keys `k` [B, T, C] as the image attention takes them: weighted by `w` for
+/// every scaling but "V only".
+fn image_keys(k: &Tensor, w: &Tensor, scaling: IpScaling) -> Tensor {
+    match scaling {
+        IpScaling::V => k.shallow_clone(),
+        IpScaling::Kv => k * w,
+        IpScaling::KvC | IpScaling::KMeanVC => k * penalized(w, k),
     }
 }
 
@@ -461,7 +512,7 @@ impl Transformer2DModel {
         };
         // Every transformer block of this model takes its per-block IP weight (ComfyUI
         // numbers transformers, not their inner blocks).
-        let ip = ctx.ip.as_ref().map(|ip| ip.block(self.index));
+        let ip = ctx.ip.as_ref().map(|ip| ip.block(self.index, (h, w)));
         let merge = ctx.negtome.as_ref().filter(|m| m.applies(h, w));
         for block in &self.blocks {
             tokens = block.forward(&tokens, ctx, ip.as_ref(), merge);

@@ -1,6 +1,7 @@
 //! Networks, one file each; variable paths mirror the checkpoint keys.
 pub mod aesthetic;
 pub mod attention;
+pub mod attention_probe;
 pub mod clip_model;
 pub mod clip_text;
 pub mod clip_vision;

@@ -7,6 +7,7 @@
 use crate::models::attention::{
     CrossAttnContext, ExtraContext, IpContext, IpWeights, Nag, TokenMerge,
 };
+use crate::models::attention_probe::AttentionProbe;
 use crate::models::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::models::resnet::{ActFn, conv2d, group_norm};
 use crate::models::unet_blocks::{
@@ -961,6 +962,7 @@ impl UNet2DConditionModel {
                             .to_kind(kind),
                         nag: x.nag,
                     }),
+                    probe: hooks.probe,
                 }),
             negtome: None,
         };
@@ -1008,6 +1010,8 @@ pub struct Hooks<'a> {
     pub merge: Option<TokenMerge>,
     /// A second image-attention term of some rows (`cond_negative`).
     pub extra: Option<ExtraIp<'a>>,
+    /// Records attention maps (of the IP-Adapter's image attention) when set.
+    pub probe: Option<&'a AttentionProbe>,
 }
 
 /// SDXL's added conditioning of each row (`added_cond_kwargs` of diffusers' UNet).

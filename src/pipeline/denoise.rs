@@ -10,6 +10,7 @@ use crate::models::attention::{Nag, TokenMerge};
 use crate::models::unet::{ExtraIp, Hooks, IpInput, TextTime, UNet2DConditionModel};
 use crate::params::{GenParams, Row, StepAt};
 use crate::pipeline::conditioning::TextRows;
+use crate::models::attention_probe::AttentionProbe;
 use crate::sampling::methods::{CellState, Step};
 use crate::sampling::negtome::{MIN_SIZE, MergedRow, ReferenceRows};
 use crate::sampling::trajectory::Trajectories;
@@ -34,6 +35,8 @@ pub struct Conditioning<'a> {
     pub no_image_tokens: Option<&'a Tensor>,
     /// NegToMe's reference rows, when a cell merges.
     pub negtome: Option<References<'a>>,
+    /// Records attention maps of the cell rows at every step, when set.
+    pub probe: Option<&'a AttentionProbe>,
 }
 
 /// NegToMe's reference rows, one per image of `rows`.
@@ -72,11 +75,16 @@ pub fn denoise(
     let refs: Vec<&GenParams> = cells.iter().collect();
     let rows = BatchRows::new(&refs);
     let timesteps = scheduler.timesteps().to_vec();
-    let tree = {
-        let s: &dyn Scheduler = scheduler;
-        Trajectories::new(&refs, &|i| sampling::step_at(s, i, steps), &timesteps)
+    // The attention probe records the rows of one call per step in batch order: with maps
+    // on, every cell alone, all in one call.
+    let (tree, call_cells) = match cond.probe {
+        Some(_) => (Trajectories::alone(cells.len(), steps), usize::MAX),
+        None => {
+            let s: &dyn Scheduler = scheduler;
+            let tree = Trajectories::new(&refs, &|i| sampling::step_at(s, i, steps), &timesteps);
+            (tree, call_cells.max(1))
+        }
     };
-    let call_cells = call_cells.max(1);
     let mut x = x.index_select(0, &indices(&tree.initial, device));
     // What each group's method carries from step to step, forked with the latents.
     let mut states: Vec<CellState> = tree.initial.iter().map(|_| CellState::default()).collect();
@@ -248,6 +256,7 @@ impl Call<'_> {
                     text_time: text_time(&text, time_ids.as_ref()),
                     merge: None,
                     extra,
+                    probe: self.cond.probe,
                 };
                 self.unet
                     .forward_hooked(&latents, self.t, &text.states, ip, hooks)
@@ -292,6 +301,7 @@ impl Call<'_> {
                 text_time: text_time(text, time_ids),
                 merge: None,
                 extra,
+                probe: self.cond.probe,
             };
             return self
                 .unet
@@ -323,6 +333,7 @@ impl Call<'_> {
             text_time: None,
             merge: Some(token_merge(&merges, self.unet.kind(), device)),
             extra,
+            probe: self.cond.probe,
         };
         let all = Tensor::cat(&[latents, &reference], 0);
         let n_rows = latents.size()[0];

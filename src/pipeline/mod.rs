@@ -16,6 +16,7 @@
 //! Stages, one file each: [`source`] (file layouts), [`conditioning`] (text and image
 //! tokens, cached), [`denoise`] (the sampling loop), [`decode`] (VAE, fp32 re-decode),
 //! [`random`] (random-weight sets for benchmarks and tests), [`single_file`] (LDM checkpoints).
+pub mod attention_maps;
 pub mod conditioning;
 pub mod decode;
 pub mod denoise;
@@ -26,13 +27,15 @@ pub mod source;
 
 pub use random::{RandomPreset, RandomShapes, write_random_adapter};
 
+use crate::models::attention_probe::AttentionProbe;
 use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::unet::UNet2DConditionModel;
 use crate::params::{AdapterKind, GenParams};
 use crate::roles::{ModelSet, Role};
-use crate::sampling::{SchedulerConfig, make_scheduler};
+use crate::sampling::{self, SchedulerConfig, make_scheduler};
 use anyhow::{Context, Result, anyhow, bail};
+use attention_maps::CellMaps;
 use conditioning::{Adapter, Conditioner, Encoders};
 use decode::Decoder;
 use source::VaeFile;
@@ -80,6 +83,9 @@ pub struct Pipeline {
     call_cells: usize,
     /// The decoded x̂₀ traces of the last batch: per cell, (step, image `[3, H, W]`).
     traces: Vec<Vec<(usize, FloatOutcome)>>,
+    /// With attention maps on: the maps of the cells of the last batch
+    /// ([`Self::take_attention_maps`]).
+    attention_maps: Option<Vec<CellMaps>>,
 }
 
 impl Pipeline {
@@ -179,6 +185,7 @@ impl Pipeline {
             negtome_cache: HashMap::new(),
             call_cells: usize::MAX,
             traces: Vec::new(),
+            attention_maps: None,
         }
     }
 
@@ -214,6 +221,21 @@ impl Pipeline {
             self.use_adapter(kind)?;
         }
         Ok(())
+    }
+
+    /// Records attention maps in the batches that follow ([`Self::take_attention_maps`]),
+    /// or stops. Off by default: without them the UNet computes nothing for maps.
+    pub fn set_attention_maps(&mut self, on: bool) {
+        self.attention_maps = on.then(Vec::new);
+    }
+
+    /// The attention maps of the last batch's cells, in cell order (empty with maps off,
+    /// or for a batch without an IP-Adapter).
+    pub fn take_attention_maps(&mut self) -> Vec<CellMaps> {
+        self.attention_maps
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Generates one batch of cells that share a [`GenParams::batch_key`]; the outcomes
@@ -304,6 +326,9 @@ impl Pipeline {
         let step_noise = (step_draws > 0).then(|| Tensor::cat(&step_noise, 1));
         let references = self.negtome_references(cells)?;
         let no_image_tokens = self.conditioner.no_image_rows(cells);
+        let cell_rows = sampling::guidance::row_layout(&cells.iter().collect::<Vec<_>>()).len();
+        let probe = (self.attention_maps.is_some() && image_tokens.is_some())
+            .then(|| AttentionProbe::new(cell_rows as i64));
         let reference_rows = references.as_ref().map(|(rows, _, _)| {
             self.conditioner
                 .reference_rows(cells, rows.images.len(), image_tokens.is_some())
@@ -323,6 +348,7 @@ impl Pipeline {
                     image_tokens: tokens.as_ref(),
                 },
             ),
+            probe: probe.as_ref(),
         };
         let denoise::Denoised { x, x0 } = denoise::denoise(
             &self.unet,
@@ -334,6 +360,10 @@ impl Pipeline {
             self.call_cells,
             progress,
         );
+        if let Some(maps) = self.attention_maps.as_mut() {
+            let finished = probe.map(|p| p.finish(first.steps, (h, w)));
+            *maps = finished.map_or_else(Vec::new, |m| attention_maps::cell_maps(&m, cells));
+        }
         self.traces = self.decode_traces(x0, cells)?;
         self.decode_chunks(&x, cells)
     }

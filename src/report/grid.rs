@@ -716,10 +716,9 @@ pub fn write_grids(
     let dir = run_dir.join("grids");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut files = Vec::new();
-    let scale = if info.plots.show.is_image() {
-        1.0
-    } else {
-        super::maps::run_scale(run_dir, records)?
+    let scale = match super::maps::MapKind::shown(info.plots.show) {
+        None => 1.0,
+        Some(kind) => super::maps::run_scale(run_dir, records, kind)?,
     };
     for mut plan in plan_sheets(info, records, !captions.is_empty(), opts) {
         plan.change_scale = scale;

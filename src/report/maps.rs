@@ -1,18 +1,55 @@
-//! Change maps as pictures: a heat-map PNG with a legend beside each map the scorer wrote
-//! (`maps/<cell-id>/change_<kind>.png` beside its `.npy`), and the map or an overlay in
-//! place of a cell's image in the grids (`[plots] show`). One colour scale per run: 0 to
-//! the largest value of the run's maps, so that cells compare.
+//! Change and attention maps as pictures: a heat-map PNG with a legend beside each map
+//! the scorer or the run wrote (`maps/<cell-id>/change_luma.png`,
+//! `attention_negative.png` beside their `.npy`), and the map or an overlay in place of a
+//! cell's image in the grids (`[plots] show`). One colour scale per run and kind: 0 to the
+//! largest value of the run's maps, so that cells compare. Maps smaller than the image
+//! (attention maps, at the latent grid) are drawn at the image's size (nearest).
 use super::font;
 use crate::images::load_rgb;
+use crate::npy;
+use crate::run::attention_maps;
 use crate::run::info::Show;
 use crate::run::records::Record;
-use crate::scoring::{change_map_file, npy};
+use crate::scoring::change_map_file;
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
 
-/// The map kind the pictures show (the one the scorer writes).
-const KIND: &str = "luma";
+/// The maps drawn as pictures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    /// The luma change map against the baseline (the scorer's).
+    Change,
+    /// The negative image's attention map (the run's, with `[maps] attention`).
+    NegativeAttention,
+}
+
+impl MapKind {
+    pub const ALL: [MapKind; 2] = [MapKind::Change, MapKind::NegativeAttention];
+
+    fn file(self, run_dir: &Path, cell_id: &str) -> PathBuf {
+        match self {
+            MapKind::Change => change_map_file(run_dir, cell_id, "luma"),
+            MapKind::NegativeAttention => attention_maps::file(run_dir, cell_id, "negative"),
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            MapKind::Change => "|ΔY|",
+            MapKind::NegativeAttention => "|w·out_ip|",
+        }
+    }
+
+    /// The kind a grid shows for `show` (none for the images alone).
+    pub fn shown(show: Show) -> Option<MapKind> {
+        match show {
+            Show::Image => None,
+            Show::Change | Show::Overlay => Some(MapKind::Change),
+            Show::NegativeAttention => Some(MapKind::NegativeAttention),
+        }
+    }
+}
 /// Height of the legend strip under a heat map.
 const LEGEND_H: u32 = 30;
 /// A heat map with a legend is at least this wide.
@@ -25,40 +62,54 @@ pub fn heat(t: f32) -> Rgb<u8> {
     Rgb([ramp(t), ramp(t - 1.0), ramp(t - 2.0)])
 }
 
-/// The records' maps that exist, by record index.
-fn map_files(run_dir: &Path, records: &[Record]) -> Vec<(usize, PathBuf)> {
+/// The records' maps of `kind` that exist, by record index.
+fn map_files(run_dir: &Path, records: &[Record], kind: MapKind) -> Vec<(usize, PathBuf)> {
     records
         .iter()
         .enumerate()
-        .map(|(i, r)| (i, change_map_file(run_dir, &r.cell_id, KIND)))
+        .map(|(i, r)| (i, kind.file(run_dir, &r.cell_id)))
         .filter(|(_, f)| f.is_file())
         .collect()
 }
 
 /// The run's colour scale: the largest value of its maps (1 when there are none or all
 /// are zero).
-pub fn run_scale(run_dir: &Path, records: &[Record]) -> Result<f32> {
+pub fn run_scale(run_dir: &Path, records: &[Record], kind: MapKind) -> Result<f32> {
     let mut max = 0.0f32;
-    for (_, file) in map_files(run_dir, records) {
+    for (_, file) in map_files(run_dir, records, kind) {
         let (_, _, values) = npy::read(&file)?;
         max = values.iter().copied().fold(max, f32::max);
     }
     Ok(if max > 0.0 { max } else { 1.0 })
 }
 
-fn heat_image(run_dir: &Path, record: &Record, scale: f32) -> Result<Option<RgbImage>> {
-    let file = change_map_file(run_dir, &record.cell_id, KIND);
+/// The map of `kind` of `record` in colour, at its image's size; `None` without a map.
+fn heat_image(
+    run_dir: &Path,
+    record: &Record,
+    scale: f32,
+    kind: MapKind,
+) -> Result<Option<RgbImage>> {
+    let file = kind.file(run_dir, &record.cell_id);
     if !file.is_file() {
         return Ok(None);
     }
     let (rows, cols, values) = npy::read(&file)?;
-    Ok(Some(RgbImage::from_fn(cols as u32, rows as u32, |x, y| {
+    let map = RgbImage::from_fn(cols as u32, rows as u32, |x, y| {
         heat(values[y as usize * cols + x as usize] / scale)
-    })))
+    });
+    let image = run_dir.join(&record.file);
+    let (w, h) = image::image_dimensions(&image)
+        .with_context(|| format!("cannot read {}", image.display()))?;
+    Ok(Some(if map.dimensions() == (w, h) {
+        map
+    } else {
+        image::imageops::resize(&map, w, h, image::imageops::FilterType::Nearest)
+    }))
 }
 
 /// The heat map with its legend: the colour bar, 0 and the scale.
-fn with_legend(map: &RgbImage, scale: f32) -> RgbImage {
+fn with_legend(map: &RgbImage, scale: f32, kind: MapKind) -> RgbImage {
     let w = map.width().max(LEGEND_MIN_W);
     let mut out = RgbImage::from_pixel(w, map.height() + LEGEND_H, Rgb([255, 255, 255]));
     image::imageops::replace(&mut out, map, ((w - map.width()) / 2) as i64, 0);
@@ -72,20 +123,20 @@ fn with_legend(map: &RgbImage, scale: f32) -> RgbImage {
     let (px, ink) = (12.0, Rgb([0, 0, 0]));
     let text_y = (bar_y + bar_h + 1) as f32;
     font::draw_text(&mut out, "0", 1.0, text_y, px, ink);
-    let right = format!("{scale:.3} |ΔY|");
+    let right = format!("{scale:.3} {}", kind.unit());
     let x = w as f32 - font::text_width(&right, px) - 1.0;
     font::draw_text(&mut out, &right, x, text_y, px, ink);
     out
 }
 
-/// Writes `maps/<cell-id>/change_luma.png` beside every map of the run; returns how many.
-pub fn write_heat_pngs(run_dir: &Path, records: &[Record]) -> Result<usize> {
-    let scale = run_scale(run_dir, records)?;
+/// Writes a `.png` beside every map of `kind` of the run; returns how many.
+pub fn write_heat_pngs(run_dir: &Path, records: &[Record], kind: MapKind) -> Result<usize> {
+    let scale = run_scale(run_dir, records, kind)?;
     let mut written = 0;
-    for (i, file) in map_files(run_dir, records) {
-        if let Some(map) = heat_image(run_dir, &records[i], scale)? {
+    for (i, file) in map_files(run_dir, records, kind) {
+        if let Some(map) = heat_image(run_dir, &records[i], scale, kind)? {
             let png = file.with_extension("png");
-            with_legend(&map, scale)
+            with_legend(&map, scale, kind)
                 .save(&png)
                 .with_context(|| format!("cannot write {}", png.display()))?;
             written += 1;
@@ -94,19 +145,22 @@ pub fn write_heat_pngs(run_dir: &Path, records: &[Record]) -> Result<usize> {
     Ok(written)
 }
 
-/// What a grid shows for a done cell: its image, its change map (the image where it has
-/// none: no paired baseline) or the map laid over the image at half opacity.
+/// What a grid shows for a done cell: its image, its change or negative attention map
+/// (the image where it has none: no paired baseline, no maps recorded) or the change map
+/// laid over the image at half opacity.
 pub fn cell_picture(run_dir: &Path, record: &Record, show: Show, scale: f32) -> Result<RgbImage> {
     let image = || load_rgb(&run_dir.join(&record.file));
-    match show {
-        Show::Image => image(),
-        Show::Change => match heat_image(run_dir, record, scale)? {
-            Some(map) => Ok(map),
-            None => image(),
-        },
-        Show::Overlay => {
+    match (show, MapKind::shown(show)) {
+        (Show::Image, _) | (_, None) => image(),
+        (Show::Change | Show::NegativeAttention, Some(kind)) => {
+            match heat_image(run_dir, record, scale, kind)? {
+                Some(map) => Ok(map),
+                None => image(),
+            }
+        }
+        (Show::Overlay, Some(kind)) => {
             let mut img = image()?;
-            if let Some(map) = heat_image(run_dir, record, scale)?
+            if let Some(map) = heat_image(run_dir, record, scale, kind)?
                 && map.dimensions() == img.dimensions()
             {
                 for (p, m) in img.pixels_mut().zip(map.pixels()) {

@@ -128,14 +128,22 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
         std::fs::remove_dir_all(&grids_dir)
             .with_context(|| format!("cannot clear {}", grids_dir.display()))?;
     }
-    let maps = maps::write_heat_pngs(run_dir, &records)?;
-    if maps > 0 {
-        log::info!("drew {maps} change map(s) under maps/");
-    } else if !info.plots.show.is_image() {
+    let mut shown = 0;
+    for kind in maps::MapKind::ALL {
+        let drawn = maps::write_heat_pngs(run_dir, &records, kind)?;
+        if drawn > 0 {
+            log::info!("drew {drawn} {kind:?} map(s) under maps/");
+        }
+        if Some(kind) == maps::MapKind::shown(info.plots.show) {
+            shown = drawn;
+        }
+    }
+    if shown == 0 && !info.plots.show.is_image() {
         // Not an error: `negimg run` plots before scoring when it has no scorer.
         eprintln!(
-            "note: [plots] show = {} but {} has no change maps yet (`negimg score` \
-             writes them): the grids show the images",
+            "note: [plots] show = {} but {} has no such maps yet (`negimg score` writes \
+             change maps, a run with [maps] attention the attention maps): the grids show \
+             the images",
             serde_json::to_string(&info.plots.show)?,
             run_dir.display()
         );

@@ -2,6 +2,7 @@
 //! tests can use a fake in place of the pipeline. The bottom of the run stage: batching,
 //! the maker and the runner build on it.
 use crate::params::GenParams;
+use crate::pipeline::attention_maps::CellMaps;
 use crate::pipeline::{CellOutcome, GenerateError, Pipeline};
 
 /// What makes images from cells: the pipeline, or a fake in tests of the runner.
@@ -22,6 +23,13 @@ pub trait Generator {
         cells: &[GenParams],
         progress: &mut dyn FnMut(usize, usize),
     ) -> std::result::Result<Vec<CellOutcome>, GenerateError>;
+    /// Records attention maps in the batches that follow, or stops (a generator that has
+    /// no UNet, as the runner's fakes, makes none).
+    fn set_attention_maps(&mut self, _on: bool) {}
+    /// The attention maps of the last batch's cells, in cell order; empty when none.
+    fn take_attention_maps(&mut self) -> Vec<CellMaps> {
+        vec![]
+    }
 }
 
 impl Generator for Pipeline {
@@ -40,5 +48,11 @@ impl Generator for Pipeline {
         progress: &mut dyn FnMut(usize, usize),
     ) -> std::result::Result<Vec<CellOutcome>, GenerateError> {
         Pipeline::generate(self, cells, progress)
+    }
+    fn set_attention_maps(&mut self, on: bool) {
+        Pipeline::set_attention_maps(self, on)
+    }
+    fn take_attention_maps(&mut self) -> Vec<CellMaps> {
+        Pipeline::take_attention_maps(self)
     }
 }

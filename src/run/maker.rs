@@ -6,6 +6,7 @@ use super::generator::Generator;
 use super::layout;
 use crate::params::GenParams;
 use crate::pipeline::CellOutcome;
+use crate::pipeline::attention_maps::CellMaps;
 use anyhow::{Result, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,12 +50,19 @@ pub(super) struct Maker<'a> {
     run_dir: PathBuf,
     requested: Option<usize>,
     batch: Option<BatchSize>,
+    /// Whether the batches made next record attention maps.
+    attention_maps: bool,
 }
 
-/// What one call to [`Maker::make`] did.
 /// A cell's decoded x̂₀ traces: (step, image).
 pub(super) type Trace = Vec<(usize, image::RgbImage)>;
 
+/// What [`Maker::make`] calls for each cell made: its index, outcome, traces, attention
+/// maps (when recorded) and seconds.
+pub(super) type CellDone<'d> =
+    dyn FnMut(usize, CellOutcome, Trace, Option<&CellMaps>, f64) -> Result<()> + 'd;
+
+/// What one call to [`Maker::make`] did.
 pub(super) struct Made {
     pub(super) interrupted: bool,
 }
@@ -73,6 +81,7 @@ impl<'a> Maker<'a> {
             run_dir,
             requested,
             batch: None,
+            attention_maps: false,
         }
     }
 
@@ -85,8 +94,14 @@ impl<'a> Maker<'a> {
             .ok_or_else(|| anyhow::anyhow!("no generator"))
     }
 
+    /// Whether the batches made next record attention maps (`[maps] attention`).
+    pub(super) fn set_attention_maps(&mut self, on: bool) {
+        self.attention_maps = on;
+    }
+
     /// Makes the batches of `params` that hold a pending cell, whole (see
-    /// [`super::batching`]); `done(j, outcome, trace, seconds)` for each pending cell j made, which
+    /// [`super::batching`]); `done(j, outcome, trace, maps, seconds)` for each pending cell j
+    /// made (`maps`: its attention maps, when recorded), which
     /// then stops being pending. After an out-of-memory failure the batches are planned
     /// again at the halved size. Stops before a batch once `stop` is set.
     pub(super) fn make(
@@ -95,7 +110,7 @@ impl<'a> Maker<'a> {
         pending: &mut [bool],
         stop: &AtomicBool,
         progress: &dyn Fn(String),
-        done: &mut dyn FnMut(usize, CellOutcome, Trace, f64) -> Result<()>,
+        done: &mut CellDone,
     ) -> Result<Made> {
         'plan: loop {
             let size = self.batch_size(params)?;
@@ -116,6 +131,7 @@ impl<'a> Maker<'a> {
                     bail!("no generator")
                 };
                 g.set_call_cells(size);
+                g.set_attention_maps(self.attention_maps);
                 let Some(outcomes) = batch_size.attempt(g.as_mut(), &cells, &mut |s, steps| {
                     progress(format!("batch of {n}: step {s}/{steps}"))
                 })?
@@ -125,9 +141,11 @@ impl<'a> Maker<'a> {
                 let seconds = t.elapsed().as_secs_f64() / n as f64;
                 let mut traces = g.take_traces();
                 traces.resize_with(n, Vec::new);
-                for ((&j, outcome), trace) in batch.iter().zip(outcomes).zip(traces) {
+                let maps = g.take_attention_maps();
+                let made = batch.iter().zip(outcomes).zip(traces).enumerate();
+                for (k, ((&j, outcome), trace)) in made {
                     if pending[j] {
-                        done(j, outcome, trace, seconds)?;
+                        done(j, outcome, trace, maps.get(k), seconds)?;
                         pending[j] = false;
                     }
                 }

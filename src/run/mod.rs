@@ -4,6 +4,7 @@
 //! `cells/<cell-id>.json` record per finished cell (written after its image, atomically: a
 //! cell is done iff its record says so), `inputs/NAME.png`, and the merged `records.csv`,
 //! `run.json`, `manifest.json`, `experiment.toml` and `log.txt`.
+pub mod attention_maps;
 pub mod batching;
 pub mod derived;
 pub mod fsio;

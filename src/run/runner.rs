@@ -433,12 +433,13 @@ impl<'a> RunContext<'a> {
         let mut ticker = Ticker::new();
         let (exp, opts, run) = (self.exp, self.opts, &self.run);
         let log = &mut self.log;
+        self.maker.set_attention_maps(exp.maps.attention);
         let made = self.maker.make(
             &params,
             &mut todo,
             stop,
             &|msg| bar.set_message(msg),
-            &mut |g, outcome, trace, seconds| {
+            &mut |g, outcome, trace, maps, seconds| {
                 let members: Vec<usize> = (0..shard.len())
                     .filter(|&j| group[j] == g && pending[j])
                     .collect();
@@ -473,6 +474,9 @@ impl<'a> RunContext<'a> {
                     };
                     counted(status == Status::Done);
                     let reason = error.as_deref().unwrap_or("");
+                    if let Some(maps) = maps.filter(|_| error.is_none()) {
+                        super::attention_maps::write(&run.dir, key, maps)?;
+                    }
                     let record = Record::new(key, spec, status, &file, seconds, reason);
                     atomic_write(&run.cell_file(key), &serde_json::to_vec_pretty(&record)?)?;
                     pending[j] = false;

@@ -95,6 +95,59 @@ fn scale_tensor(scales: &[Vec<f64>], blocks: usize, device: Device, kind: Kind) 
         .to_device(device)
 }
 
+/// Which image-attention term of a UNet row: the row's own, or its second term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Term {
+    Own,
+    Extra,
+}
+
+/// Where a cell's images enter the image attention, as UNet rows in [`row_layout`] order:
+/// the negative image (`None` where no row carries one: no negative image, or a method
+/// that does not put it in the image attention, as NegToMe), and the cond row (the
+/// positive image's, the difference's for `subtract`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageRows {
+    pub negative: Option<(usize, Term)>,
+    pub positive: usize,
+}
+
+/// Whether a row carries its cell's negative image, and in which term.
+fn negative_term(cond: &RowCond) -> Option<Term> {
+    use crate::params::RowImage;
+    match (cond.extra, cond.image, cond.branch) {
+        (
+            Some(ExtraImage {
+                image: RowImage::Image(_),
+                ..
+            }),
+            _,
+            _,
+        ) => Some(Term::Extra),
+        (_, RowImage::Subtract { .. }, _) | (_, RowImage::Image(_), Branch::Negative) => {
+            Some(Term::Own)
+        }
+        _ => None,
+    }
+}
+
+/// [`ImageRows`] of each cell, in cell order.
+pub fn image_rows(cells: &[&GenParams]) -> Vec<ImageRows> {
+    let layout = row_layout(cells);
+    let conds = row_conds(cells);
+    (0..cells.len())
+        .map(|i| {
+            let rows = || layout.iter().enumerate().filter(move |(_, (c, _))| *c == i);
+            let negative = rows().find_map(|(r, _)| Some((r, negative_term(&conds[r])?)));
+            let positive = rows()
+                .find(|(_, (_, row))| *row == Row::Cond)
+                .map(|(r, _)| r)
+                .expect("every cell has a cond row");
+            ImageRows { negative, positive }
+        })
+        .collect()
+}
+
 /// The UNet rows (in [`row_layout`] order) with a second image-attention term
 /// ([`RowCond::extra`]), and what conditions each.
 pub fn extra_rows<'a>(cells: &[&'a GenParams]) -> Vec<(usize, ExtraImage<'a>)> {
@@ -281,6 +334,45 @@ mod tests {
         assert_eq!(s[5], vec![0.0, 0.0, 2.0]);
         let t = ip_scale_tensor(&[&c], &step(0, 4, 0.0), 16, Device::Cpu, Kind::Float);
         assert_eq!(t.size(), [16, 3]);
+    }
+
+    #[test]
+    fn attention_map_rows_are_those_that_carry_the_negative_image() {
+        use crate::params::NegativeMode;
+        let cell = |method: Method, image: bool| {
+            let mut c = GenParams::new(0);
+            c.method = method;
+            c.negative = NegativeMode::Image;
+            c.negative_image = image.then(|| "neg.png".into());
+            c
+        };
+        let rows = |c: &GenParams, other: &GenParams| image_rows(&[other, c])[1];
+        let two = GenParams::new(0);
+        // Layout with a two-row cell first: uncond 0, 1; cond 2, 3; own rows from 4.
+        let want = [
+            (Method::Uncond, Some((1, Term::Own))),
+            (Method::Subtract, Some((3, Term::Own))),
+            (Method::ThreeBranch, Some((4, Term::Own))),
+            (Method::PerpNeg, Some((4, Term::Own))),
+            (Method::CondNegative, Some((3, Term::Extra))),
+            (Method::Negtome, None),
+        ];
+        for (method, negative) in want {
+            let r = rows(&cell(method, true), &two);
+            assert_eq!(
+                r,
+                ImageRows {
+                    negative,
+                    positive: 3
+                },
+                "{method:?}"
+            );
+            assert_eq!(
+                rows(&cell(method, false), &two).negative,
+                None,
+                "{method:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,14 +8,22 @@
 //! - `change_in_region` / `change_out_region`: the share of the map's mass `Σm` inside /
 //!   outside the `[scoring] region` mask (white inside, black outside), resized to the map
 //!   by nearest neighbour (pixel x of W takes source pixel `floor((x + 0.5) · W_src / W)`).
-use super::npy;
 use crate::images::BinaryMask as Mask;
+use crate::npy;
 use anyhow::{Context, Result};
 use image::RgbImage;
 use std::path::Path;
 
 /// The scalar columns change maps add to scores.csv (the region ones only with a region).
 pub const METRICS: [&str; 3] = ["change_entropy", "change_in_region", "change_out_region"];
+
+/// The same scalars of the negative attention map (`maps/<cell-id>/attention_negative.npy`,
+/// README "Attention maps"), for runs with `[maps] attention`.
+pub const ATTENTION_METRICS: [&str; 3] = [
+    "attention_entropy",
+    "attention_in_region",
+    "attention_out_region",
+];
 
 /// A per-pixel map, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +52,19 @@ pub fn luma_change(a: &RgbImage, b: &RgbImage) -> Option<Map> {
 }
 
 impl Map {
+    /// A 2-d map file [`npy::encode`] wrote; `None` when there is none.
+    pub fn read_npy(path: &Path) -> Result<Option<Map>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let (height, width, values) = npy::read(path)?;
+        Ok(Some(Map {
+            width,
+            height,
+            values,
+        }))
+    }
+
     fn mass(&self) -> f64 {
         self.values.iter().map(|&v| v as f64).sum()
     }

@@ -18,7 +18,6 @@ pub mod change;
 pub mod cmmd;
 pub mod embed;
 pub mod metrics;
-pub mod npy;
 pub mod pixel;
 pub mod pooled;
 pub mod stats;
@@ -431,6 +430,12 @@ pub fn score_with(
     }
     names.extend(pixel::METRICS.iter().map(|m| m.to_string()));
     names.extend(change::METRICS.iter().map(|m| m.to_string()));
+    let attention = attention_scalars(run_dir, &info, &records)?;
+    for (cell, values) in &mut rows {
+        let scalars = attention.get(cell).cloned();
+        values.extend(scalars.unwrap_or_else(|| vec![f64::NAN; change::ATTENTION_METRICS.len()]));
+    }
+    names.extend(change::ATTENTION_METRICS.iter().map(|m| m.to_string()));
     if let Some(head) = aesthetic {
         for (cell, values) in &mut rows {
             let embedding = embeds.images.get(&format!("cell:{cell}"));
@@ -496,6 +501,30 @@ pub fn change_against_baseline(
             Ok((r.cell_id.clone(), values))
         })
         .collect()
+}
+
+/// The negative attention map's scalars ([`change::ATTENTION_METRICS`]) by cell id, for
+/// the cells that have one.
+fn attention_scalars(
+    run_dir: &Path,
+    info: &RunInfo,
+    records: &[Record],
+) -> Result<HashMap<String, Vec<f64>>> {
+    let region = info
+        .scoring
+        .region
+        .as_deref()
+        .map(crate::images::BinaryMask::load)
+        .transpose()
+        .context("[scoring] region")?;
+    let mut out = HashMap::new();
+    for r in records.iter().filter(|r| r.status == records::Status::Done) {
+        let file = crate::run::attention_maps::file(run_dir, &r.cell_id, "negative");
+        if let Some(map) = change::Map::read_npy(&file)? {
+            out.insert(r.cell_id.clone(), change::scalars(&map, region.as_ref()));
+        }
+    }
+    Ok(out)
 }
 
 /// `maps/<cell-id>/change_<kind>.npy`.

@@ -1,5 +1,6 @@
-//! NumPy `.npy` files (format version 1.0) of 2-d float32 arrays, little-endian, C order:
-//! the change maps, so that numpy reads them with `np.load`.
+//! NumPy `.npy` files (format version 1.0) of float32 arrays, little-endian, C order: the
+//! change and attention maps, so that numpy reads them with `np.load`. [`read`] reads 2-d
+//! ones.
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
@@ -7,8 +8,19 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 
 /// The bytes of a `.npy` file holding `values` (row-major) of shape `(rows, cols)`.
 pub fn encode(rows: usize, cols: usize, values: &[f32]) -> Vec<u8> {
-    assert_eq!(rows * cols, values.len(), "shape and values disagree");
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    encode_shape(&[rows, cols], values)
+}
+
+/// The bytes of a `.npy` file holding `values` (row-major) of shape `shape` (at least 2-d).
+pub fn encode_shape(shape: &[usize], values: &[f32]) -> Vec<u8> {
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        values.len(),
+        "shape and values disagree"
+    );
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    let shape = dims.join(", ");
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape}), }}");
     // The header (magic, version, length, dict, padding, newline) is a multiple of 64 bytes.
     let unpadded = MAGIC.len() + 2 + 2 + dict.len() + 1;
     let padding = (64 - unpadded % 64) % 64;

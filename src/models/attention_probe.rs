@@ -1,0 +1,238 @@
+//! Attention maps (README, "Attention maps"): what the IP-Adapter's image attention does
+//! where, recorded inside the UNet's cross-attention layers while a probe is attached to a
+//! call ([`AttentionProbe`]); without one nothing is computed.
+//!
+//! Per cross-attention block (a `Transformer2DModel`, numbered in execution order; its
+//! inner layers add up) and UNet row, summed over the calls (steps) recorded:
+//! - `norm`: the L2 norm over channels of the image-attention term added to the hidden
+//!   states (`scale · out_ip` before `to_out`) at each position;
+//! - `extra_norm`, `extra_ip_tokens`: the same for a row's second image-attention term
+//!   (`cond_negative`; zero in the rows without one);
+//! - `ip_tokens` / `text_tokens`: the attention probabilities of each position on each
+//!   image token (the keys as the weight scales them) / text token, averaged over heads
+//!   (DAAM, castorini/daam: probabilities per head and token).
+//!
+//! [`AttentionProbe::finish`] turns the sums into maps: each block's sum divided by the
+//! number of steps, upsampled to the latent grid by bicubic interpolation (torch's
+//! `interpolate(mode="bicubic", align_corners=False)`), clamped at 0, then averaged over the
+//! blocks (DAAM's aggregation; DAAM sums over heads, layers and steps, a constant factor).
+use std::cell::RefCell;
+use tch::{Kind, Tensor};
+
+/// Which sums one block keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Quantity {
+    Norm,
+    ExtraNorm,
+    IpTokens,
+    ExtraIpTokens,
+    TextTokens,
+}
+
+pub const QUANTITIES: [Quantity; 5] = [
+    Quantity::Norm,
+    Quantity::ExtraNorm,
+    Quantity::IpTokens,
+    Quantity::ExtraIpTokens,
+    Quantity::TextTokens,
+];
+
+/// One block's sums: `[rows, h, w]` for the norms, `[rows, tokens, h, w]` for the
+/// probabilities, float32, on the model's device.
+#[derive(Default)]
+struct BlockSums {
+    grid: (i64, i64),
+    sums: Vec<(Quantity, Tensor)>,
+}
+
+impl BlockSums {
+    fn add(&mut self, q: Quantity, value: Tensor) {
+        match self.sums.iter_mut().find(|(k, _)| *k == q) {
+            Some((_, sum)) => *sum += value,
+            None => self.sums.push((q, value)),
+        }
+    }
+
+    fn get(&self, q: Quantity) -> Option<&Tensor> {
+        self.sums.iter().find(|(k, _)| *k == q).map(|(_, t)| t)
+    }
+}
+
+/// Collects the sums of the UNet calls it is attached to ([`IpContext::probe`]).
+///
+/// [`IpContext::probe`]: super::attention::IpContext::probe
+pub struct AttentionProbe {
+    /// The rows kept: the first `rows` of each call (NegToMe's reference rows follow them).
+    rows: i64,
+    blocks: RefCell<Vec<BlockSums>>,
+}
+
+/// What one image-attention term of one block did in one call, `term` [B, N, C] (before
+/// `to_out`) and `probs` [B, heads, N, T].
+pub struct Term<'a> {
+    pub term: &'a Tensor,
+    pub probs: &'a Tensor,
+}
+
+/// One block's maps at the latent grid, in [`QUANTITIES`] order where recorded.
+pub struct BlockMaps {
+    /// The block's grid before upsampling.
+    pub grid: (i64, i64),
+    /// Each block's steps-averaged sums at its own grid (before upsampling).
+    pub raw: Vec<(Quantity, Tensor)>,
+    /// The same upsampled to the latent grid and clamped at 0.
+    pub upsampled: Vec<(Quantity, Tensor)>,
+}
+
+/// The maps of a finished probe: per block, and averaged over blocks.
+pub struct ProbeMaps {
+    pub blocks: Vec<BlockMaps>,
+    /// The mean over blocks of the upsampled maps, per quantity recorded.
+    pub mean: Vec<(Quantity, Tensor)>,
+}
+
+impl ProbeMaps {
+    pub fn mean(&self, q: Quantity) -> Option<&Tensor> {
+        self.mean.iter().find(|(k, _)| *k == q).map(|(_, t)| t)
+    }
+}
+
+/// [B, N, C] -> the norm over C as [rows, h, w] (float32).
+fn norm_map(term: &Tensor, rows: i64, (h, w): (i64, i64)) -> Tensor {
+    term.narrow(0, 0, rows)
+        .to_kind(Kind::Float)
+        .norm_scalaropt_dim(2.0, [-1i64].as_slice(), false)
+        .view([rows, h, w])
+}
+
+/// [B, heads, N, T] -> the mean over heads as [rows, T, h, w] (float32).
+fn token_maps(probs: &Tensor, rows: i64, (h, w): (i64, i64)) -> Tensor {
+    let p = probs
+        .narrow(0, 0, rows)
+        .to_kind(Kind::Float)
+        .mean_dim(1, false, None::<Kind>);
+    let t = p.size()[2];
+    p.transpose(1, 2).contiguous().view([rows, t, h, w])
+}
+
+impl AttentionProbe {
+    /// A probe keeping the first `rows` rows of each call.
+    pub fn new(rows: i64) -> Self {
+        AttentionProbe {
+            rows,
+            blocks: RefCell::new(vec![]),
+        }
+    }
+
+    fn with_block(&self, index: usize, grid: (i64, i64), f: impl FnOnce(&mut BlockSums)) {
+        let mut blocks = self.blocks.borrow_mut();
+        if blocks.len() <= index {
+            blocks.resize_with(index + 1, BlockSums::default);
+        }
+        blocks[index].grid = grid;
+        f(&mut blocks[index]);
+    }
+
+    /// Block `index` (grid `h` x `w`): the rows' image term and text probabilities
+    /// `text_probs` [B, heads, N, 77].
+    pub fn record(&self, index: usize, grid: (i64, i64), ip: Term, text_probs: &Tensor) {
+        let rows = self.rows;
+        self.with_block(index, grid, |b| {
+            b.add(Quantity::Norm, norm_map(ip.term, rows, grid));
+            b.add(Quantity::IpTokens, token_maps(ip.probs, rows, grid));
+            b.add(Quantity::TextTokens, token_maps(text_probs, rows, grid));
+        });
+    }
+
+    /// Block `index`: the second image term of the rows `rows` [S] (int64, all among the
+    /// kept rows), scattered into the kept rows (zero for the others).
+    pub fn record_extra(&self, index: usize, grid: (i64, i64), rows: &Tensor, extra: Term) {
+        let s = rows.size()[0];
+        let scatter = |t: Tensor| {
+            let mut size = t.size();
+            size[0] = self.rows;
+            Tensor::zeros(size, (Kind::Float, t.device())).index_copy(0, rows, &t)
+        };
+        let norm = scatter(norm_map(extra.term, s, grid));
+        let tokens = scatter(token_maps(extra.probs, s, grid));
+        self.with_block(index, grid, |b| {
+            b.add(Quantity::ExtraNorm, norm);
+            b.add(Quantity::ExtraIpTokens, tokens);
+        });
+    }
+
+    /// The maps after `steps` recorded calls, at the latent grid `latent` (h, w).
+    pub fn finish(self, steps: usize, latent: (i64, i64)) -> ProbeMaps {
+        let blocks: Vec<BlockMaps> = self
+            .blocks
+            .into_inner()
+            .into_iter()
+            .filter(|b| !b.sums.is_empty())
+            .map(|b| {
+                let raw: Vec<(Quantity, Tensor)> = QUANTITIES
+                    .iter()
+                    .filter_map(|&q| b.get(q).map(|t| (q, t / steps.max(1) as f64)))
+                    .collect();
+                let upsampled = raw.iter().map(|(q, t)| (*q, upsample(t, latent))).collect();
+                BlockMaps {
+                    grid: b.grid,
+                    raw,
+                    upsampled,
+                }
+            })
+            .collect();
+        let mean = QUANTITIES
+            .iter()
+            .filter_map(|&q| {
+                let maps: Vec<&Tensor> = blocks
+                    .iter()
+                    .filter_map(|b| b.upsampled.iter().find(|(k, _)| *k == q).map(|(_, t)| t))
+                    .collect();
+                (!maps.is_empty())
+                    .then(|| (q, Tensor::stack(&maps, 0).mean_dim(0, false, None::<Kind>)))
+            })
+            .collect();
+        ProbeMaps { blocks, mean }
+    }
+}
+
+/// `[rows, (tokens,) h, w]` -> the same at `latent`, bicubic (align_corners false), clamped
+/// at 0.
+fn upsample(t: &Tensor, (h, w): (i64, i64)) -> Tensor {
+    let size = t.size();
+    let (bh, bw) = (size[size.len() - 2], size[size.len() - 1]);
+    let flat = t.reshape([-1, 1, bh, bw]);
+    let up = flat.upsample_bicubic2d([h, w], false, None, None);
+    let mut out_size = size[..size.len() - 2].to_vec();
+    out_size.extend([h, w]);
+    up.reshape(out_size).clamp_min(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_map_sums_steps_and_keeps_the_first_rows() {
+        let probe = AttentionProbe::new(2);
+        // 3 rows (the third a NegToMe reference row), a 1x2 grid, 2 channels, 1 head, 1 token.
+        let term = Tensor::from_slice(&[
+            3.0f32, 4.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 9.0, 9.0, 9.0, 9.0,
+        ])
+        .view([3, 2, 2]);
+        let probs = Tensor::ones([3, 1, 2, 1], (Kind::Float, tch::Device::Cpu));
+        for _ in 0..2 {
+            let ip = Term {
+                term: &term,
+                probs: &probs,
+            };
+            probe.record(0, (1, 2), ip, &probs);
+        }
+        let maps = probe.finish(2, (1, 2));
+        let norm = maps.mean(Quantity::Norm).unwrap();
+        assert_eq!(norm.size(), [2, 1, 2]);
+        let v = Vec::<f32>::try_from(norm.flatten(0, -1)).unwrap();
+        assert_eq!(v, [5.0, 0.0, 1.0, 0.0]);
+        assert!(maps.mean(Quantity::ExtraNorm).is_none());
+    }
+}

@@ -1,0 +1,80 @@
+//! Each cell's attention maps from a batch's probe (README, "Attention maps"): the maps of
+//! the row and term that carry its negative image ([`guidance::image_rows`]) and of its
+//! cond row, at the latent grid, copied to the CPU once per batch.
+use crate::models::attention_probe::{ProbeMaps, Quantity};
+use crate::params::GenParams;
+use crate::sampling::guidance::{self, Term};
+use tch::{Device, Kind, Tensor};
+
+/// One cell's maps, float32 on the CPU, at the latent grid (h, w).
+#[derive(Debug)]
+pub struct CellMaps {
+    /// `‖scale · out_ip‖` of the negative image's term averaged over blocks `[h, w]`, and per
+    /// block `[blocks, h, w]`; all zero where no row carries a negative image.
+    pub negative: Tensor,
+    pub negative_blocks: Tensor,
+    /// The same for the cond row's own term (the positive image's).
+    pub positive: Tensor,
+    pub positive_blocks: Tensor,
+    /// Per image token `[T, h, w]`: the attention probabilities of the negative image's
+    /// term (zero without one), and of the cond row's own term.
+    pub negative_tokens: Tensor,
+    pub positive_tokens: Tensor,
+    /// Per text token `[77, h, w]`: the cond row's text attention probabilities.
+    pub text_tokens: Tensor,
+}
+
+/// `[blocks, rows, ...]` of quantity `q` (zeros of `like`'s shape where not recorded).
+fn per_block(maps: &ProbeMaps, q: Quantity) -> Option<Tensor> {
+    let blocks: Vec<&Tensor> = maps
+        .blocks
+        .iter()
+        .filter_map(|b| b.upsampled.iter().find(|(k, _)| *k == q).map(|(_, t)| t))
+        .collect();
+    (!blocks.is_empty()).then(|| Tensor::stack(&blocks, 0))
+}
+
+/// The maps of each of `cells` (the batch the probe recorded), in cell order.
+pub fn cell_maps(maps: &ProbeMaps, cells: &[GenParams]) -> Vec<CellMaps> {
+    let cpu = |t: Tensor| t.to_device(Device::Cpu).to_kind(Kind::Float);
+    let blocks_of = |q| per_block(maps, q).map(cpu);
+    let (norm, extra) = (blocks_of(Quantity::Norm), blocks_of(Quantity::ExtraNorm));
+    let (ip_tokens, text_tokens) = (
+        blocks_of(Quantity::IpTokens),
+        blocks_of(Quantity::TextTokens),
+    );
+    let extra_tokens = blocks_of(Quantity::ExtraIpTokens);
+    let (Some(norm), Some(ip_tokens), Some(text_tokens)) = (norm, ip_tokens, text_tokens) else {
+        return vec![];
+    };
+    let mean = |t: &Tensor| t.mean_dim(0, false, None::<Kind>);
+    let refs: Vec<&GenParams> = cells.iter().collect();
+    guidance::image_rows(&refs)
+        .into_iter()
+        .map(|rows| {
+            let row = |t: &Tensor, r: usize| t.select(1, r as i64);
+            let positive_blocks = row(&norm, rows.positive);
+            let positive_tokens = mean(&row(&ip_tokens, rows.positive));
+            // The negative term's maps; zero without one (or a second term not recorded).
+            let of = |blocks: Option<&Tensor>, r: usize| blocks.map(|t| row(t, r));
+            let (negative_blocks, negative_tokens) = match rows.negative {
+                Some((r, Term::Own)) => (Some(row(&norm, r)), Some(mean(&row(&ip_tokens, r)))),
+                Some((r, Term::Extra)) => (
+                    of(extra.as_ref(), r),
+                    of(extra_tokens.as_ref(), r).map(|t| mean(&t)),
+                ),
+                None => (None, None),
+            };
+            let negative_blocks = negative_blocks.unwrap_or_else(|| positive_blocks.zeros_like());
+            CellMaps {
+                negative: mean(&negative_blocks),
+                negative_blocks,
+                positive: mean(&positive_blocks),
+                positive_blocks,
+                negative_tokens: negative_tokens.unwrap_or_else(|| positive_tokens.zeros_like()),
+                positive_tokens,
+                text_tokens: mean(&row(&text_tokens, rows.positive)),
+            }
+        })
+        .collect()
+}

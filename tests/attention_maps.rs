@@ -1,0 +1,269 @@
+//! Attention maps (issue 24). Parity: the per-block sums and the upsampled mean maps of
+//! negimg's probe against attention processors wrapped around diffusers' own
+//! IPAdapterAttnProcessor2_0 (tests/reference/attention_maps_ref.py; CPU, fp32, tiny random
+//! UNet with SD1.5's block layout and a random base adapter, 16x16 latents: blocks at
+//! 16x16, 8x8, 4x4 and the mid block's 2x2, so the bicubic upsampling is exercised; two
+//! calls, per-row IP scales 0, 0.7, 1.3). Guards on the pipeline: a cell without a negative
+//! image and a negative at weight 0 give all-zero negative maps while a negative gives
+//! one that is not; maps on leave the image unchanged.
+mod common;
+
+use common::parity::{self, branch};
+use negimg::models::attention_probe::{AttentionProbe, Quantity};
+use negimg::models::unet::{
+    Hooks, IpInput, IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_hidden_sizes,
+    write_random_model,
+};
+use negimg::params::{AdapterKind, Method};
+use negimg::roles::ModelSet;
+use negimg::weights::{TensorFile, TensorSource};
+use tch::{Device, Kind, Tensor};
+
+/// Within this before and after upsampling (the issue's bound).
+const TOL: f64 = 1e-5;
+
+fn get(file: &TensorFile, name: &str) -> Tensor {
+    file.get(name, Device::Cpu, Kind::Float).unwrap()
+}
+
+#[test]
+fn attention_map_parity_with_diffusers_processors() {
+    let dir = common::scratch("attention_map_parity");
+    let cfg = UNet2DConditionConfig::tiny_sd15_layout();
+    let unet_dir = dir.join("unet");
+    write_random_model(&unet_dir, &cfg, 7, false).unwrap();
+    let adapter = dir.join("ip-adapter.safetensors");
+    let widths = ip_attn_hidden_sizes(&cfg);
+    negimg::models::ip_adapter::write_random(
+        &adapter,
+        AdapterKind::Base,
+        cfg.context_dim(),
+        16,
+        &widths,
+        11,
+    )
+    .unwrap();
+    tch::manual_seed(3);
+    let f = (Kind::Float, Device::Cpu);
+    let inputs = dir.join("inputs.safetensors");
+    let timesteps = [801.0f64, 301.0];
+    let tensors = [
+        ("latents", Tensor::randn([3, 4, 16, 16], f)),
+        ("text", Tensor::randn([3, 77, 32], f)),
+        ("image_embeds", Tensor::randn([3, 1, 16], f)),
+        ("scales", Tensor::from_slice(&[0.0f32, 0.7, 1.3])),
+        ("timesteps", Tensor::from_slice(&timesteps)),
+    ];
+    Tensor::write_safetensors(&tensors, &inputs).unwrap();
+    let out = dir.join("ref.safetensors");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    common::run_python(
+        "attention_maps_ref.py",
+        &[
+            &path(&unet_dir),
+            &path(&adapter),
+            &path(&inputs),
+            &path(&out),
+        ],
+    );
+    let reference = TensorFile::open(&out).unwrap();
+    let faithful = get(&reference, "faithful").double_value(&[0]);
+    assert!(
+        faithful < 1e-5,
+        "the recording processor's recomputed term differs from diffusers' by {faithful}"
+    );
+    let x = TensorFile::open(&inputs).unwrap();
+    let mut unet = UNet2DConditionModel::load(
+        &unet_dir,
+        Device::Cpu,
+        Kind::Float,
+        Some(IpLayout::for_config(&cfg)),
+    )
+    .unwrap();
+    unet.load_ip_adapter(&TensorFile::open(&adapter).unwrap())
+        .unwrap();
+    let (latents, text, scales) = (get(&x, "latents"), get(&x, "text"), get(&x, "scales"));
+    let tokens = get(&reference, "tokens");
+    let probe = AttentionProbe::new(3);
+    for (s, &t) in timesteps.iter().enumerate() {
+        let ip = IpInput::uniform(&tokens, &scales);
+        let hooks = Hooks {
+            probe: Some(&probe),
+            ..Hooks::default()
+        };
+        let eps = tch::no_grad(|| unet.forward_hooked(&latents, t, &text, Some(ip), hooks));
+        let diff = common::max_abs_diff(&eps, &get(&reference, &format!("eps_{s}")));
+        assert!(
+            diff <= 1e-4,
+            "call {s}: the UNet differs from diffusers by {diff}"
+        );
+        // The probe leaves the prediction as it is.
+        let plain = tch::no_grad(|| unet.forward(&latents, t, &text, Some(ip)));
+        assert_eq!(common::max_abs_diff(&eps, &plain), 0.0, "call {s}");
+    }
+    let maps = probe.finish(timesteps.len(), (16, 16));
+    assert_eq!(maps.blocks.len(), 16, "one map per transformer");
+    let names = [
+        (Quantity::Norm, "norm"),
+        (Quantity::IpTokens, "ip"),
+        (Quantity::TextTokens, "text"),
+    ];
+    let mut grids = vec![];
+    for (j, block) in maps.blocks.iter().enumerate() {
+        grids.push(block.grid.0);
+        for (q, name) in names {
+            let ours = &block.raw.iter().find(|(k, _)| *k == q).unwrap().1;
+            let want = get(&reference, &format!("raw_{name}_{j}"));
+            assert_eq!(ours.size(), want.size(), "block {j} {name}");
+            let d = common::max_abs_diff(ours, &want);
+            eprintln!("block {j} {name}: max abs diff {d:e}");
+            assert!(
+                d <= TOL,
+                "block {j} {name}: differs from the reference by {d}"
+            );
+        }
+    }
+    assert_eq!(grids, [16, 16, 8, 8, 4, 4, 2, 4, 4, 4, 8, 8, 8, 16, 16, 16]);
+    for (q, name) in names {
+        let ours = maps.mean(q).unwrap();
+        let want = get(&reference, &format!("mean_{name}"));
+        let d = common::max_abs_diff(ours, &want);
+        eprintln!("mean {name}: max abs diff {d:e}");
+        assert!(d <= TOL, "mean {name}: differs from the reference by {d}");
+    }
+    // The maps say something: the zero-scale row has no image term, the others do, and
+    // the image probabilities of each position sum to 1 over the 4 tokens.
+    let norm = maps.mean(Quantity::Norm).unwrap();
+    assert_eq!(norm.get(0).abs().max().double_value(&[]), 0.0);
+    assert!(norm.get(2).min().double_value(&[]) > 0.0);
+    // Far above the tolerance, so that the parity says something.
+    let largest = norm.max().double_value(&[]);
+    eprintln!("largest mean norm {largest}");
+    assert!(largest > 1e3 * TOL, "{largest}");
+    let raw_ip = &maps.blocks[0]
+        .raw
+        .iter()
+        .find(|(k, _)| *k == Quantity::IpTokens)
+        .unwrap()
+        .1;
+    let total = raw_ip.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    assert!(common::max_abs_diff(&total, &total.ones_like()) < 1e-5);
+}
+
+/// The negative map of each cell (with a negative image at weight 0.8, without one, at
+/// weight 0), for `method`, from one batch; and the images with maps off.
+fn negative_maps(method: Method) -> (Vec<Tensor>, Vec<Tensor>) {
+    let dir = common::scratch(&format!("attention_map_guard_{method}"));
+    parity::write_pos_neg(&dir, (32, 32));
+    let models = common::tiny::tiny_models();
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
+    let mut with = parity::cell(&dir, 5);
+    with.method = method;
+    with.negative = negimg::params::NegativeMode::Image;
+    with.negative_branch = branch(0.8, 0.0, 1.0);
+    let mut without = with.clone();
+    without.negative_image = None;
+    let mut zero = with.clone();
+    zero.negative_branch = branch(0.0, 0.0, 1.0);
+    let cells = [with, without, zero];
+    let plain = pipeline.generate_float(&cells, &mut |_, _| {}).unwrap();
+    assert!(
+        pipeline.take_attention_maps().is_empty(),
+        "maps are off by default"
+    );
+    pipeline.set_attention_maps(true);
+    let mapped = pipeline.generate_float(&cells, &mut |_, _| {}).unwrap();
+    for (a, b) in plain.iter().zip(&mapped) {
+        let d = common::max_abs_diff(a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!(d, 0.0, "{method}: maps changed the image");
+    }
+    let maps = pipeline.take_attention_maps();
+    assert_eq!(maps.len(), 3);
+    let positive: Vec<Tensor> = maps.iter().map(|m| m.positive.shallow_clone()).collect();
+    (maps.into_iter().map(|m| m.negative).collect(), positive)
+}
+
+fn max(t: &Tensor) -> f64 {
+    t.abs().max().double_value(&[])
+}
+
+#[test]
+fn attention_map_is_zero_without_a_negative_image_or_at_weight_zero() {
+    for method in [
+        Method::Uncond,
+        Method::ThreeBranch,
+        Method::CondNegative,
+        Method::Subtract,
+    ] {
+        let (negative, positive) = negative_maps(method);
+        assert!(
+            max(&negative[0]) > 1e-4,
+            "{method}: a negative image shows in its map"
+        );
+        assert_eq!(
+            max(&negative[1]),
+            0.0,
+            "{method}: no negative image, zero map"
+        );
+        if method != Method::Subtract {
+            // (subtract's negative is in the cond row's tokens, which the weight does not scale)
+            assert_eq!(max(&negative[2]), 0.0, "{method}: weight 0, zero map");
+        }
+        assert!(
+            positive.iter().all(|p| max(p) > 1e-4),
+            "{method}: positive maps"
+        );
+    }
+}
+
+/// `negimg run experiments/where-tiny.toml` (with its lawn mask): every done cell has its
+/// attention maps (zero without a negative image), their pictures, the grids, and the
+/// negative map's entropy and region shares in scores.csv.
+#[test]
+fn attention_maps_of_the_where_tiny_run() {
+    let dir = common::scratch("attention_map_where_tiny");
+    std::fs::create_dir_all(dir.join("experiments/masks")).unwrap();
+    for file in ["experiments/where-tiny.toml", "experiments/masks/lawn.png"] {
+        std::fs::copy(common::repo().join(file), dir.join(file)).unwrap();
+    }
+    let out = common::negimg(
+        &["--device", "cpu", "run", "experiments/where-tiny.toml"],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    let run = common::only_run(&dir.join("results/where-tiny"));
+    let records = negimg::run::records::read_records(&run.join("records.csv")).unwrap();
+    assert_eq!(records.len(), 12);
+    for r in &records {
+        let file = |name| negimg::run::attention_maps::file(&run, &r.cell_id, name);
+        let (rows, cols, values) = negimg::npy::read(&file("negative")).unwrap();
+        assert_eq!(
+            (rows, cols),
+            (32, 32),
+            "the latent grid of 64 px (tiny VAE: 2 px each)"
+        );
+        let largest = values.iter().copied().fold(0.0f32, f32::max);
+        if r.negative == negimg::params::NegativeMode::None {
+            assert_eq!(largest, 0.0, "{}: no negative image", r.cell_id);
+        } else {
+            assert!(largest > 0.0, "{}: {:?}", r.cell_id, r.method);
+        }
+        assert!(file("negative").with_extension("png").is_file());
+        assert!(file("text_tokens").is_file() && file("positive_blocks").is_file());
+    }
+    let scores = std::fs::read_dir(run.join("scores"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("scores.csv"))
+        .find(|p| p.is_file())
+        .expect("a scores.csv");
+    let header = std::fs::read_to_string(&scores).unwrap();
+    let header = header.lines().next().unwrap();
+    for column in [
+        "attention_entropy",
+        "attention_in_region",
+        "attention_out_region",
+    ] {
+        assert!(header.contains(column), "{column} in {header}");
+    }
+    assert!(run.join("grids").read_dir().unwrap().next().is_some());
+}
