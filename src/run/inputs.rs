@@ -103,7 +103,7 @@ fn make_generated(m: &mut InputMaker, to_make: &[ToMake]) -> Result<()> {
         &mut pending,
         &never,
         &|msg| bar.set_message(format!("input images: {msg}")),
-        &mut |j, outcome, _, _| {
+        &mut |j, outcome, _, _, _| {
             bar.inc(1);
             let t = &to_make[j];
             match outcome {
