@@ -7,10 +7,10 @@
 //! NegToMe cell is active, its reference rows follow (re-noised to the step, empty text, IP
 //! scale 0; [`ReferenceRows`]) and their outputs are dropped.
 use crate::models::attention::{Nag, TokenMerge};
+use crate::models::attention_probe::AttentionProbe;
 use crate::models::unet::{ExtraIp, Hooks, IpInput, TextTime, UNet2DConditionModel};
 use crate::params::{GenParams, Row, StepAt};
 use crate::pipeline::conditioning::TextRows;
-use crate::models::attention_probe::AttentionProbe;
 use crate::sampling::methods::{CellState, Step};
 use crate::sampling::negtome::{MIN_SIZE, MergedRow, ReferenceRows};
 use crate::sampling::trajectory::Trajectories;
@@ -338,8 +338,7 @@ impl Call<'_> {
         let all = Tensor::cat(&[latents, &reference], 0);
         let n_rows = latents.size()[0];
         let cell_rows = (text, time_ids);
-        with_references(self.unet, self.t, &all, cell_rows, ip, &chunk, hooks)
-            .narrow(0, 0, n_rows)
+        with_references(self.unet, self.t, &all, cell_rows, ip, &chunk, hooks).narrow(0, 0, n_rows)
     }
 }
 
@@ -386,8 +385,8 @@ fn with_references(
 ) -> Tensor {
     let k = r.latents.size()[0];
     let text = TextRows::cat(&[cell_text.shallow_clone(), r.text.shallow_clone()]);
-    let time_ids = cell_time_ids
-        .map(|ids| Tensor::cat(&[ids, &ids.get(0).unsqueeze(0).repeat([k, 1])], 0));
+    let time_ids =
+        cell_time_ids.map(|ids| Tensor::cat(&[ids, &ids.get(0).unsqueeze(0).repeat([k, 1])], 0));
     let hooks = Hooks {
         text_time: text_time(&text, time_ids.as_ref()),
         ..hooks
