@@ -3,8 +3,8 @@
 //! a block preset with ComfyUI's `kv_c` scaling, `subtract` with the Plus adapter, a sigma
 //! window, DPM++ 2M Karras and black "no image" tokens, NegToMe alone on Euler,
 //! `cond_negative` (two image-attention terms) with a negative window and `kv` scaling, `sega`,
-//! `uncond` on Euler ancestral, `dng` (on Euler ancestral), and the negative branch in the
-//! `composition` preset with `k_mean_v_c` scaling. Replay gives the same bytes; each exported
+//! `uncond` on Euler ancestral, `dng` (on Euler ancestral), the negative branch in the
+//! `composition` preset with `k_mean_v_c` scaling, and `nag` with a negative window. Replay gives the same bytes; each exported
 //! script, run in the venv, gives negimg's image within 1/255.
 mod common;
 
@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The cells of the run, in the order of the zip below; each is found by its prompt.
-/// The last two are not exported: `cond_negative_kv` without its second term (neg_weight 0)
-/// and `dng` with a posterior that stays at its prior (dng_temp 0), so that a script which
-/// dropped the term or the update would be far from negimg's image
+/// The last three are not exported: `cond_negative_kv` without its second term (neg_weight 0),
+/// `dng` with a posterior that stays at its prior (dng_temp 0) and `nag` at nag_scale 1 (no
+/// guidance: the image of a script that dropped NAG), so that a script which dropped the
+/// term, the update or NAG would be far from negimg's image
 /// ([`export_cells_differ_so_the_tolerance_means_something`]).
-const CELLS: [&str; 12] = [
+const CELLS: [&str; 14] = [
     "uncond_window",
     "perp_neg",
     "style_kv_c",
@@ -28,31 +29,34 @@ const CELLS: [&str; 12] = [
     "uncond_euler_a",
     "dng",
     "neg_composition_kmv",
+    "nag",
     "cond_negative_kv_w0",
     "dng_static",
+    "nag_scale1",
 ];
 
 /// One column per parameter that varies, one value per cell of [`CELLS`].
 const ZIP: &str = r#"
 [[grid.zip]]
-prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler", "a house cond_negative_kv", "a house sega", "a house uncond_euler_a", "a house dng", "a house neg_composition_kmv", "a house cond_negative_kv_w0", "a house dng_static"]
-method = ["uncond", "perp_neg", "uncond", "subtract", "negtome", "cond_negative", "sega", "uncond", "dng", "uncond", "cond_negative", "dng"]
-start = [0.25, 0, 0, 0.2, 0, 0, 0, 0, 0, 0, 0, 0]
-neg_end = [0.75, 1, 1, 1, 1, 0.75, 1, 1, 1, 1, 0.75, 1]
-blocks = ["all", "all", "style", "all", "all", "all", "all", "all", "all", "all", "all", "all"]
-ip_scaling = ["v", "v", "kv_c", "v", "v", "kv", "v", "v", "v", "k_mean_v_c", "kv", "v"]
-adapter = ["base", "base", "base", "plus", "base", "base", "base", "base", "base", "base", "base", "base"]
-window = ["steps", "steps", "steps", "sigma", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps"]
-scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler", "ddim", "ddim", "euler_ancestral", "euler_ancestral", "ddim", "ddim", "euler_ancestral"]
-no_image = ["reference", "reference", "reference", "black", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference"]
-negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn"]
-negtome_t_min = [800, 800, 800, 800, 200, 800, 800, 800, 800, 800, 800, 800]
-sega_warmup_steps = [10, 10, 10, 10, 10, 10, 1, 10, 10, 10, 10, 10]
-dng_guidance_scale = [1, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1, 5]
-dng_prior = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3, 0.2, 0.2, 0.3]
-dng_temp = [1, 1, 1, 1, 1, 1, 1, 1, 1e-4, 1, 1, 0]
-neg_weight = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1]
-neg_blocks = ["all", "all", "all", "all", "all", "all", "all", "all", "all", "composition", "all", "all"]
+prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler", "a house cond_negative_kv", "a house sega", "a house uncond_euler_a", "a house dng", "a house neg_composition_kmv", "a house nag", "a house cond_negative_kv_w0", "a house dng_static", "a house nag_scale1"]
+method = ["uncond", "perp_neg", "uncond", "subtract", "negtome", "cond_negative", "sega", "uncond", "dng", "uncond", "nag", "cond_negative", "dng", "nag"]
+start = [0.25, 0, 0, 0.2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+neg_end = [0.75, 1, 1, 1, 1, 0.75, 1, 1, 1, 1, 0.75, 0.75, 1, 0.75]
+blocks = ["all", "all", "style", "all", "all", "all", "all", "all", "all", "all", "all", "all", "all", "all"]
+ip_scaling = ["v", "v", "kv_c", "v", "v", "kv", "v", "v", "v", "k_mean_v_c", "v", "kv", "v", "v"]
+adapter = ["base", "base", "base", "plus", "base", "base", "base", "base", "base", "base", "base", "base", "base", "base"]
+window = ["steps", "steps", "steps", "sigma", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps"]
+scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler", "ddim", "ddim", "euler_ancestral", "euler_ancestral", "ddim", "ddim", "ddim", "euler_ancestral", "ddim"]
+no_image = ["reference", "reference", "reference", "black", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference"]
+negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn"]
+negtome_t_min = [800, 800, 800, 800, 200, 800, 800, 800, 800, 800, 800, 800, 800, 800]
+sega_warmup_steps = [10, 10, 10, 10, 10, 10, 1, 10, 10, 10, 10, 10, 10, 10]
+dng_guidance_scale = [1, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 5, 1]
+dng_prior = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3, 0.2, 0.2, 0.2, 0.3, 0.2]
+dng_temp = [1, 1, 1, 1, 1, 1, 1, 1, 1e-4, 1, 1, 1, 0, 1]
+neg_weight = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1]
+nag_scale = [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 1]
+neg_blocks = ["all", "all", "all", "all", "all", "all", "all", "all", "all", "composition", "all", "all", "all", "all"]
 "#;
 
 struct Run {
@@ -476,6 +480,25 @@ fn export_euler_ancestral_matches_negimg() {
 #[test]
 fn export_dng_matches_negimg() {
     export_and_compare("dng");
+}
+
+/// NAG guides the cond row's cross-attention (a processor of the script's own, with the
+/// default `v` scaling) and stops outside the negative window.
+#[test]
+fn export_nag_with_a_negative_window_matches_negimg() {
+    export_and_compare("nag");
+}
+
+/// The NAG cell is far from the image of its rows without NAG's guidance (nag_scale 1: what a
+/// script that dropped NAG would make), so its export test can fail.
+#[test]
+fn export_nag_is_far_from_the_image_without_nag() {
+    let nag = image::open(image_of("nag")).unwrap().to_rgb8();
+    for other in ["nag_scale1", "uncond_window"] {
+        let d = max_level_diff(&nag, &image::open(image_of(other)).unwrap().to_rgb8());
+        eprintln!("nag and {other}: {d}/255 apart");
+        assert!(d > 2, "nag and {other} are only {d}/255 apart");
+    }
 }
 
 /// The cells without NegToMe are far apart, so that "within 1/255" tells them apart.

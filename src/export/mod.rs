@@ -2,8 +2,8 @@
 //! on diffusers + torch (no negimg) that makes the same image. The script is the cell as data
 //! (parameters, UNet rows, models by reference, input images embedded), then fixed code
 //! (`py/common.py`: loading, image features, per-row and per-block IP weights, windows, the
-//! sampling loop with its schedulers), the method's guidance and NegToMe's merge
-//! ([`methods`]). What a script cannot express is refused by name, never approximated.
+//! sampling loop with its schedulers), the method's guidance, how a cross-attention joins a
+//! row's image terms (NAG) and NegToMe's merge ([`methods`]). What a script cannot express is refused by name, never approximated.
 mod methods;
 
 use crate::params::{GenParams, IpScaling, NoImage, RowImage, SchedulerKind, Window};
@@ -24,6 +24,7 @@ pub fn diffusers_script(cell: &StoredCell) -> Result<String> {
     let p = &cell.params;
     let guide = methods::guidance(p.method)?;
     let merge = methods::token_merge(p.negtome_image().is_some());
+    let terms = methods::image_terms(has_nag_rows(p));
     let images = ImageNames::of(p);
     let data = [
         ("CELL", cell_json(cell)?),
@@ -43,9 +44,19 @@ pub fn diffusers_script(cell: &StoredCell) -> Result<String> {
     s.push('\n');
     s.push_str(COMMON);
     s.push_str(&guide.concat());
+    s.push_str(terms);
     s.push_str(merge);
     s.push_str("\n\nif __name__ == \"__main__\":\n    main()\n");
     Ok(s)
+}
+
+/// Whether a row of the cell guides its cross-attention with NAG (a second term's `nag`).
+fn has_nag_rows(p: &GenParams) -> bool {
+    let method = registry::of(p.method);
+    method
+        .rows()
+        .iter()
+        .any(|&row| method.row(p, row).extra.is_some_and(|x| x.nag.is_some()))
 }
 
 fn docstring(cell: &StoredCell) -> String {
@@ -165,7 +176,8 @@ impl ImageNames {
 
 /// The UNet rows of the cell, in order: text, image tokens, branch weight and window, block
 /// factors (`null`: 1 in every block), and a second image-attention term (`extra`:
-/// `cond_negative`'s, `null` for the other methods) with its tokens, branch, blocks and sign.
+/// `cond_negative`'s and `nag`'s, `null` for the other methods) with its tokens, branch,
+/// blocks, sign and NAG's strength (`nag`: `null` where the term is added).
 fn rows_json(p: &GenParams, images: &ImageNames) -> Value {
     let method = registry::of(p.method);
     let rows: Vec<Value> = method
@@ -179,6 +191,7 @@ fn rows_json(p: &GenParams, images: &ImageNames) -> Value {
                     "branch": branch_json(x.branch, p),
                     "blocks": x.branch.blocks(p).pairs(),
                     "sign": x.sign,
+                    "nag": x.nag.map(|n| json!({"scale": n.scale, "tau": n.tau, "alpha": n.alpha})),
                 })
             });
             json!({

@@ -162,11 +162,13 @@ class RowScale:
 
 class ScaledIPProcessor:
     """Decoupled cross-attention whose image part takes the weight w as ComfyUI's
-    embeds_scaling: kv: Attn(q, wK, wV); kv_c: the same with w' = w C/1280 (C the keys'
-    width); k_mean_v_c: Attn(q, w'K, (V - m) + w'm), m the mean of V over the image tokens."""
-    def __init__(self, ip_proc, mode):
+    embeds_scaling: v: w Attn(q, K, V) (IPAdapterAttnProcessor2_0's); kv: Attn(q, wK, wV);
+    kv_c: the same with w' = w C/1280 (C the keys' width); k_mean_v_c: Attn(q, w'K,
+    (V - m) + w'm), m the mean of V over the image tokens. `join` makes the output before
+    to_out from the text attention and the image terms (ADAPTER_TERMS): their sum, or NAG's."""
+    def __init__(self, ip_proc, mode, join):
         self.to_k_ip, self.to_v_ip = ip_proc.to_k_ip, ip_proc.to_v_ip
-        self.mode, self.w = mode, None
+        self.mode, self.join, self.w = mode, join, None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, **kwargs):
@@ -178,22 +180,32 @@ class ScaledIPProcessor:
             out = F.scaled_dot_product_attention(split(q), split(k), split(v))
             return out.transpose(1, 2).reshape(b, -1, q.shape[-1])
 
-        q = attn.to_q(hidden_states)
-        out = attend(q, attn.to_k(text), attn.to_v(text))
-        for ip, to_k, to_v, w in zip(ips, self.to_k_ip, self.to_v_ip, self.w):
+        def image_term(ip, to_k, to_v, w):
             ip = ip.reshape(b, -1, ip.shape[-1])
             k, v = to_k(ip), to_v(ip)
             w = w.to(k.dtype)
+            if self.mode == "v":
+                return attend(q, k, v) * w
             if self.mode == "kv":
-                out = out + attend(q, k * w, v * w)
-            else:
-                w = w * (k.shape[2] / 1280.0)
-                if self.mode == "kv_c":
-                    out = out + attend(q, k * w, v * w)
-                else:
-                    m = v.mean(dim=1, keepdim=True)
-                    out = out + attend(q, k * w, (v - m) + m * w)
-        return attn.to_out[1](attn.to_out[0](out))
+                return attend(q, k * w, v * w)
+            w = w * (k.shape[2] / 1280.0)
+            if self.mode == "kv_c":
+                return attend(q, k * w, v * w)
+            m = v.mean(dim=1, keepdim=True)
+            return attend(q, k * w, (v - m) + m * w)
+
+        q = attn.to_q(hidden_states)
+        out = attend(q, attn.to_k(text), attn.to_v(text))
+        terms = [image_term(*a) for a in zip(ips, self.to_k_ip, self.to_v_ip, self.w)]
+        return attn.to_out[1](attn.to_out[0](self.join(out, terms, self.w)))
+
+
+def sum_terms(text, terms, weights):
+    """A cross-attention's output before to_out: the text attention plus each image term."""
+    out = text
+    for term in terms:
+        out = out + term
+    return out
 
 
 def transformers_in_execution_order(unet):
@@ -213,16 +225,18 @@ def transformers_in_execution_order(unet):
 
 
 class IPWeights:
-    """Installs the image-attention processors of CELL's ip_scaling and sets, at each step,
-    every row's weight in every block: the row's branch weight where its window is active,
-    times the branch's factor for the block."""
+    """Installs the image-attention processors of CELL's ip_scaling (diffusers' own for v,
+    unless the cell's join_terms, NAG's, replaces the sum of the terms) and sets, at each
+    step, every row's weight in every block: the row's branch weight where its window is
+    active, times the branch's factor for the block."""
 
     def __init__(self, unet):
         procs = dict(unet.attn_processors)
         mode = CELL["ip_scaling"]
-        if mode != "v":
-            procs = {n: ScaledIPProcessor(p, mode) if isinstance(p, IPAdapterAttnProcessor2_0) else p
-                     for n, p in procs.items()}
+        if mode != "v" or join_terms is not None:
+            join = join_terms or sum_terms
+            procs = {n: ScaledIPProcessor(p, mode, join) if isinstance(p, IPAdapterAttnProcessor2_0)
+                     else p for n, p in procs.items()}
             unet.set_attn_processor(dict(procs))
         self.blocks = [[procs[n] for n in names] for names in transformers_in_execution_order(unet)]
 
