@@ -231,6 +231,18 @@ fn attention_maps_of_the_where_tiny_run() {
         &dir,
     );
     assert!(out.status.success(), "{}", common::text(&out));
+    // Maps record each cell's own rows: plan counts no sharing and says why.
+    let plan = common::negimg(
+        &["plan", "experiments/where-tiny.toml", "--no-calibrate"],
+        &dir,
+    );
+    let said = common::text(&plan);
+    assert!(plan.status.success(), "{said}");
+    assert!(
+        said.contains("no shared trajectories: attention maps"),
+        "{said}"
+    );
+    assert!(said.contains("(1.00x fewer"), "{said}");
     let run = common::only_run(&dir.join("results/where-tiny"));
     let records = negimg::run::records::read_records(&run.join("records.csv")).unwrap();
     assert_eq!(records.len(), 12);

@@ -271,6 +271,11 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         .unwrap_or((512, 512));
     let batch = crate::device::estimate_max_batch(device, kind, w, h);
     let rows = super::estimate::row_steps(&exp, &sched_cfg, batch)?;
+    if exp.maps.attention {
+        say!(
+            "no shared trajectories: attention maps ([maps] attention) record each cell's own rows"
+        );
+    }
     say!(
         "UNet row-steps: {} one cell at a time, {} with shared trajectories ({:.2}x fewer; \
          cells identical up to a step compute it once, in batches of up to {} cells)",
