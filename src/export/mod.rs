@@ -6,7 +6,7 @@
 //! row's image terms (NAG) and NegToMe's merge ([`methods`]). What a script cannot express is refused by name, never approximated.
 mod methods;
 
-use crate::params::{GenParams, IpScaling, NoImage, RowImage, SchedulerKind, Window};
+use crate::params::{GenParams, IpScaling, NegOff, NoImage, RowImage, SchedulerKind, Window};
 use crate::roles::Role;
 use crate::run::ids::ModelFiles;
 use crate::run::replay::StoredCell;
@@ -22,6 +22,7 @@ const COMMON: &str = include_str!("py/common.py");
 /// The script that makes `cell`'s image with diffusers.
 pub fn diffusers_script(cell: &StoredCell) -> Result<String> {
     let p = &cell.params;
+    refuse_steps_and_off(p)?;
     let guide = methods::guidance(p.method)?;
     let merge = methods::token_merge(p.negtome_image().is_some());
     let terms = methods::image_terms(has_nag_rows(p));
@@ -48,6 +49,25 @@ pub fn diffusers_script(cell: &StoredCell) -> Result<String> {
     s.push_str(merge);
     s.push_str("\n\nif __name__ == \"__main__\":\n    main()\n");
     Ok(s)
+}
+
+/// What the script does not express yet, refused by name rather than approximated: step
+/// sets (the script knows windows only) and `neg_off = "no_image"`.
+fn refuse_steps_and_off(p: &GenParams) -> Result<()> {
+    if p.steps_at.is_some() || p.neg_steps_at.is_some() {
+        bail!(
+            "export: the cell uses a step set (steps_at / neg_steps_at), which the diffusers \
+             script does not express yet (it knows start/end windows); export a cell with a window"
+        );
+    }
+    if p.neg_off == NegOff::NoImage {
+        bail!(
+            "export: the cell uses neg_off = \"no_image\", which the diffusers script does not \
+             express yet (outside its window a branch gets IP scale 0 there); export a cell with \
+             neg_off = \"zero\""
+        );
+    }
+    Ok(())
 }
 
 /// Whether a row of the cell guides its cross-attention with NAG (a second term's `nag`).
@@ -266,6 +286,13 @@ fn models_json(cell: &StoredCell) -> Result<Value> {
 }
 
 fn model_json(m: &ModelFiles) -> Result<Value> {
+    if m.role == Role::Pipeline && is_sdxl_folder(&m.path) {
+        bail!(
+            "the pipeline {} is an SDXL pipeline, which the diffusers script does not load yet \
+             (it writes StableDiffusionPipeline's call); the export is refused",
+            m.reference
+        );
+    }
     if m.role == Role::Pipeline && m.path.is_file() {
         bail!(
             "the pipeline {} is a single-file checkpoint: negimg maps it with its own configs \
@@ -345,9 +372,40 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Whether `folder`'s model_index.json names diffusers' SDXL pipeline.
+fn is_sdxl_folder(folder: &Path) -> bool {
+    std::fs::read_to_string(folder.join("model_index.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .is_some_and(|index| index["_class_name"] == "StableDiffusionXLPipeline")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_refuses_step_sets_neg_off_and_sdxl_by_name() {
+        let mut p = GenParams::new(1);
+        assert!(refuse_steps_and_off(&p).is_ok());
+        p.neg_steps_at = Some("3".parse().unwrap());
+        let err = refuse_steps_and_off(&p).unwrap_err().to_string();
+        assert!(err.contains("step set"), "{err}");
+        p.neg_steps_at = None;
+        p.neg_off = NegOff::NoImage;
+        let err = refuse_steps_and_off(&p).unwrap_err().to_string();
+        assert!(err.contains("neg_off"), "{err}");
+        let dir = std::env::temp_dir().join(format!("negimg-export-sdxl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let index = |name: &str| {
+            let text = json!({ "_class_name": name }).to_string();
+            std::fs::write(dir.join("model_index.json"), text).unwrap();
+            is_sdxl_folder(&dir)
+        };
+        assert!(index("StableDiffusionXLPipeline"));
+        assert!(!index("StableDiffusionPipeline"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn export_base64_matches_the_standard_alphabet() {
