@@ -4,8 +4,9 @@
 //! window, DPM++ 2M Karras and black "no image" tokens, NegToMe alone on Euler,
 //! `cond_negative` (two image-attention terms) with a negative window and `kv` scaling, `sega`,
 //! `uncond` on Euler ancestral, `dng` (on Euler ancestral), the negative branch in the
-//! `composition` preset with `k_mean_v_c` scaling, and `nag` with a negative window. Replay gives the same bytes; each exported
-//! script, run in the venv, gives negimg's image within 1/255.
+//! `composition` preset with `k_mean_v_c` scaling, `nag` with a negative window, and the
+//! `plus_face` and `full_face` adapters. Replay gives the same bytes; each exported script,
+//! run in the venv, gives negimg's image within 1/255.
 mod common;
 
 use common::{negimg, text};
@@ -18,7 +19,7 @@ use std::sync::OnceLock;
 /// guidance: the image of a script that dropped NAG), so that a script which dropped the
 /// term, the update or NAG would be far from negimg's image
 /// ([`export_cells_differ_so_the_tolerance_means_something`]).
-const CELLS: [&str; 14] = [
+const CELLS: [&str; 16] = [
     "uncond_window",
     "perp_neg",
     "style_kv_c",
@@ -33,30 +34,32 @@ const CELLS: [&str; 14] = [
     "cond_negative_kv_w0",
     "dng_static",
     "nag_scale1",
+    "plus_face",
+    "full_face",
 ];
 
 /// One column per parameter that varies, one value per cell of [`CELLS`].
 const ZIP: &str = r#"
 [[grid.zip]]
-prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler", "a house cond_negative_kv", "a house sega", "a house uncond_euler_a", "a house dng", "a house neg_composition_kmv", "a house nag", "a house cond_negative_kv_w0", "a house dng_static", "a house nag_scale1"]
-method = ["uncond", "perp_neg", "uncond", "subtract", "negtome", "cond_negative", "sega", "uncond", "dng", "uncond", "nag", "cond_negative", "dng", "nag"]
-start = [0.25, 0, 0, 0.2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-neg_end = [0.75, 1, 1, 1, 1, 0.75, 1, 1, 1, 1, 0.75, 0.75, 1, 0.75]
-blocks = ["all", "all", "style", "all", "all", "all", "all", "all", "all", "all", "all", "all", "all", "all"]
-ip_scaling = ["v", "v", "kv_c", "v", "v", "kv", "v", "v", "v", "k_mean_v_c", "v", "kv", "v", "v"]
-adapter = ["base", "base", "base", "plus", "base", "base", "base", "base", "base", "base", "base", "base", "base", "base"]
-window = ["steps", "steps", "steps", "sigma", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps"]
-scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler", "ddim", "ddim", "euler_ancestral", "euler_ancestral", "ddim", "ddim", "ddim", "euler_ancestral", "ddim"]
-no_image = ["reference", "reference", "reference", "black", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference"]
-negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn"]
-negtome_t_min = [800, 800, 800, 800, 200, 800, 800, 800, 800, 800, 800, 800, 800, 800]
-sega_warmup_steps = [10, 10, 10, 10, 10, 10, 1, 10, 10, 10, 10, 10, 10, 10]
-dng_guidance_scale = [1, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 5, 1]
-dng_prior = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3, 0.2, 0.2, 0.2, 0.3, 0.2]
-dng_temp = [1, 1, 1, 1, 1, 1, 1, 1, 1e-4, 1, 1, 1, 0, 1]
-neg_weight = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1]
-nag_scale = [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 1]
-neg_blocks = ["all", "all", "all", "all", "all", "all", "all", "all", "all", "composition", "all", "all", "all", "all"]
+prompt = ["a house uncond_window", "a house perp_neg", "a house style_kv_c", "a house subtract_plus_sigma", "a house negtome_euler", "a house cond_negative_kv", "a house sega", "a house uncond_euler_a", "a house dng", "a house neg_composition_kmv", "a house nag", "a house cond_negative_kv_w0", "a house dng_static", "a house nag_scale1", "a house plus_face", "a house full_face"]
+method = ["uncond", "perp_neg", "uncond", "subtract", "negtome", "cond_negative", "sega", "uncond", "dng", "uncond", "nag", "cond_negative", "dng", "nag", "uncond", "uncond"]
+start = [0.25, 0, 0, 0.2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.25, 0.25]
+neg_end = [0.75, 1, 1, 1, 1, 0.75, 1, 1, 1, 1, 0.75, 0.75, 1, 0.75, 0.75, 0.75]
+blocks = ["all", "all", "style", "all", "all", "all", "all", "all", "all", "all", "all", "all", "all", "all", "all", "all"]
+ip_scaling = ["v", "v", "kv_c", "v", "v", "kv", "v", "v", "v", "k_mean_v_c", "v", "kv", "v", "v", "v", "v"]
+adapter = ["base", "base", "base", "plus", "base", "base", "base", "base", "base", "base", "base", "base", "base", "base", "plus_face", "full_face"]
+window = ["steps", "steps", "steps", "sigma", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps", "steps"]
+scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras", "euler", "ddim", "ddim", "euler_ancestral", "euler_ancestral", "ddim", "ddim", "ddim", "euler_ancestral", "ddim", "ddim", "ddim"]
+no_image = ["reference", "reference", "reference", "black", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference", "reference"]
+negative_image = ["lawn", "lawn", "lawn", "lawn", "lawn64", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn", "lawn"]
+negtome_t_min = [800, 800, 800, 800, 200, 800, 800, 800, 800, 800, 800, 800, 800, 800, 800, 800]
+sega_warmup_steps = [10, 10, 10, 10, 10, 10, 1, 10, 10, 10, 10, 10, 10, 10, 10, 10]
+dng_guidance_scale = [1, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 5, 1, 1, 1]
+dng_prior = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3, 0.2, 0.2, 0.2, 0.3, 0.2, 0.2, 0.2]
+dng_temp = [1, 1, 1, 1, 1, 1, 1, 1, 1e-4, 1, 1, 1, 0, 1, 1, 1]
+neg_weight = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1]
+nag_scale = [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 1, 5, 5]
+neg_blocks = ["all", "all", "all", "all", "all", "all", "all", "all", "all", "composition", "all", "all", "all", "all", "all", "all"]
 "#;
 
 struct Run {
@@ -78,7 +81,9 @@ fn run() -> &'static Run {
         let toml = format!(
             "[experiment]\nname = \"reproduce\"\n\n[models]\npipeline = \"{m}/pipeline\"\n\
              ip_adapter = {{ base = \"{m}/ip-adapter_sd15.safetensors\", \
-             plus = \"{m}/ip-adapter-plus_sd15.safetensors\" }}\n\
+             plus = \"{m}/ip-adapter-plus_sd15.safetensors\", \
+             plus_face = \"{m}/ip-adapter-plus-face_sd15.safetensors\", \
+             full_face = \"{m}/ip-adapter-full-face_sd15.safetensors\" }}\n\
              image_encoder = \"{m}/image_encoder\"\n\n\
              [images.house]\npath = \"pos.png\"\n[images.lawn]\npath = \"neg.png\"\n\
              [images.lawn64]\npath = \"neg64.png\"\n\n\
@@ -435,6 +440,12 @@ fn export_of_a_run_with_hub_models_matches_negimg() {
 #[test]
 fn export_uncond_with_windows_matches_negimg() {
     export_and_compare("uncond_window");
+}
+
+#[test]
+fn export_plus_face_and_full_face_adapters_match_negimg() {
+    export_and_compare("plus_face");
+    export_and_compare("full_face");
 }
 
 #[test]
