@@ -8,7 +8,7 @@
 //! one that is not; maps on leave the image unchanged.
 mod common;
 
-use common::parity::{self, branch};
+use common::parity::{self, branch, get};
 use negimg::models::attention_probe::{AttentionProbe, Quantity};
 use negimg::models::unet::{
     Hooks, IpInput, IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_hidden_sizes,
@@ -16,15 +16,11 @@ use negimg::models::unet::{
 };
 use negimg::params::{AdapterKind, Method};
 use negimg::roles::ModelSet;
-use negimg::weights::{TensorFile, TensorSource};
+use negimg::weights::TensorFile;
 use tch::{Device, Kind, Tensor};
 
 /// Within this before and after upsampling (the bound).
 const TOL: f64 = 1e-5;
-
-fn get(file: &TensorFile, name: &str) -> Tensor {
-    file.get(name, Device::Cpu, Kind::Float).unwrap()
-}
 
 #[test]
 fn attention_map_parity_with_diffusers_processors() {

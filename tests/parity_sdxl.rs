@@ -15,10 +15,6 @@ use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
 
-fn get(file: &TensorFile, name: &str) -> Tensor {
-    file.get(name, Device::Cpu, Kind::Float).unwrap()
-}
-
 #[test]
 fn parity_sdxl_unet_one_step_with_and_without_ip_adapter() {
     let dir = common::scratch("parity_sdxl_unet");
@@ -203,7 +199,7 @@ fn sdxl_unet_config_errors_name_the_key() {
     back.validate().unwrap();
 }
 
-use common::parity::{self, u8_of};
+use common::parity::{self, get, u8_of};
 use negimg::params::{GenParams, NegativeMode, SchedulerKind};
 use negimg::roles::ModelSet;
 use std::path::Path;

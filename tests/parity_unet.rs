@@ -4,6 +4,7 @@
 //! checked against diffusers run with that scale). Also: loading errors name the tensor.
 mod common;
 
+use common::parity::get;
 use negimg::models::unet::{
     IpInput, IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_hidden_sizes,
     write_random_model,
@@ -47,10 +48,6 @@ fn write_adapter(path: &Path, widths: &[i64], cross: i64, embed_dim: i64, seed: 
         }
     }
     Tensor::write_safetensors(&tensors, path).unwrap();
-}
-
-fn get(file: &TensorFile, name: &str) -> Tensor {
-    file.get(name, Device::Cpu, Kind::Float).unwrap()
 }
 
 #[test]

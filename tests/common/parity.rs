@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
+/// The tensor `name` of `file` as float32 on the CPU (reference outputs and test inputs).
+pub fn get(file: &TensorFile, name: &str) -> Tensor {
+    file.get(name, Device::Cpu, Kind::Float).unwrap()
+}
+
 /// A deterministic test image of `w` x `h` whose pattern depends on `seed`.
 pub fn write_image(path: &Path, w: u32, h: u32, seed: u32) {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
