@@ -76,6 +76,17 @@ impl StepSet {
         (0..steps).filter(|&i| self.contains(i)).collect()
     }
 
+    /// A probe's shape and step: `"k"` is (`"at"`, k), `"from k"` (`"from"`, k), `"until k"`
+    /// (`"until"`, k); other sets are not probes (the report's step curves need one step).
+    pub fn probe(&self) -> Option<(&'static str, usize)> {
+        match self.0.as_slice() {
+            [Item::Range(a, b)] if a == b => Some(("at", *a)),
+            [Item::From(k)] => Some(("from", *k)),
+            [Item::Until(k)] => Some(("until", *k)),
+            _ => None,
+        }
+    }
+
     /// Whether the set fits a run of `steps` steps: every step it names by number exists,
     /// and it has at least one step there.
     pub fn check(&self, steps: usize) -> Result<(), String> {
@@ -216,6 +227,16 @@ mod tests {
             serde_json::from_str::<StepSet>(&json).unwrap(),
             set("2, from 10")
         );
+    }
+
+    #[test]
+    fn step_set_probe_names_one_step_sets_only() {
+        assert_eq!(set("12").probe(), Some(("at", 12)));
+        assert_eq!(set("from 5").probe(), Some(("from", 5)));
+        assert_eq!(set("until 0").probe(), Some(("until", 0)));
+        for other in ["3-4", "3, 5", "every 2", "from 5, 1"] {
+            assert_eq!(set(other).probe(), None, "{other}");
+        }
     }
 
     #[test]

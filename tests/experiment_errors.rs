@@ -1048,3 +1048,22 @@ fn region_mask_not_binary_or_unreadable_names_the_key_and_line() {
         &["plots.show", "image, change, overlay"],
     );
 }
+
+#[test]
+fn trace_filmstrip_without_traces_is_a_plan_warning() {
+    let text = format!("{BASE}\n[plots]\nfilmstrip = true\n");
+    let exp = parse(&text).unwrap();
+    let at = format!("t.toml:{}:", line_of(&text, "filmstrip = true"));
+    assert!(
+        exp.warnings.iter().any(|w| w.contains(&at)
+            && w.contains("plots.filmstrip")
+            && w.contains("no cell has a `trace`")),
+        "{:?}",
+        exp.warnings
+    );
+    let traced = text.replace("steps = 4\n", "steps = 4\ntrace = \"every 2\"\n");
+    let exp = parse(&traced).unwrap();
+    assert!(exp.warnings.iter().all(|w| !w.contains("filmstrip")));
+    assert_eq!(exp.plots.filmstrip, Some(true));
+    assert_eq!(parse(BASE).unwrap().plots.filmstrip, None);
+}

@@ -1,11 +1,14 @@
 //! `negimg plan` and `negimg run` of experiments/when-tiny.toml (tiny random models,
 //! offline): step-set probes and from/until sweeps with `neg_off = "no_image"` against a
 //! no-negative baseline; plan prints the UNet row-steps with and without shared
-//! trajectories, records.csv and the PNG text carry the step sets.
+//! trajectories, records.csv and the PNG text carry the step sets; the x̂₀ traces are scored
+//! against the baseline's traces at the same step; the report has the "When" section.
 mod common;
 
 use negimg::params::{NegOff, NegativeMode};
-use negimg::run::records::{Status, read_records};
+use negimg::run::records::{Record, Status, read_records};
+use negimg::scoring::{self, pixel, traces};
+use std::path::Path;
 
 #[test]
 fn when_tiny_runs_step_set_probes_with_shared_trajectories() {
@@ -66,4 +69,107 @@ fn when_tiny_runs_step_set_probes_with_shared_trajectories() {
         text.contains("Negative steps: \"3\", Negative off: no_image"),
         "{text}"
     );
+    trace_scores_pair_to_the_baseline_trace_at_the_same_step(&run, &records);
+    when_report_has_probe_and_trace_curves_and_filmstrips(&run);
+}
+
+/// The record of the image cell with `neg_steps_at = set` and its baseline (same seed).
+fn probe_and_baseline<'a>(records: &'a [Record], set: &str, seed: u64) -> (&'a Record, &'a Record) {
+    let find = |mode: NegativeMode| {
+        records
+            .iter()
+            .find(|r| {
+                r.negative == mode && r.seed == seed && r.field("neg_steps_at").unwrap() == set
+            })
+            .unwrap()
+    };
+    (find(NegativeMode::Image), find(NegativeMode::None))
+}
+
+fn trace_scores_pair_to_the_baseline_trace_at_the_same_step(run: &Path, records: &[Record]) {
+    let ids = scoring::scorers(run).unwrap();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let dir = scoring::scorer_dir(run, &ids[0]);
+    let table = traces::read(&dir.join(traces::FILE))
+        .unwrap()
+        .expect("trace_scores.csv");
+    let finals = scoring::read_scores(&dir.join("scores.csv")).unwrap();
+    // Every done cell at steps 0 and 2.
+    assert_eq!(table.rows.len(), records.len() * 2);
+    let col = |name: &str| table.metrics.iter().position(|m| m == name).unwrap();
+    let image_id = |r: &Record| {
+        r.file
+            .trim_start_matches("images/")
+            .trim_end_matches(".png")
+            .to_string()
+    };
+    let load = |f: &str| image::open(run.join(f)).unwrap().to_rgb8();
+    for row in &table.rows {
+        let r = records.iter().find(|r| r.cell_id == row.cell_id).unwrap();
+        let want = format!("traces/{}/step-{:03}.png", image_id(r), row.step);
+        assert_eq!(row.file, want);
+        let (_, base) = probe_and_baseline(records, &r.field("neg_steps_at").unwrap(), r.seed);
+        let base_file = format!("traces/{}/step-{:03}.png", image_id(base), row.step);
+        assert_eq!(row.baseline_file, base_file, "{row:?}");
+        let mad = pixel::mean_abs_diff(&load(&row.file), &load(&base_file));
+        assert_eq!(row.values[col("mad_base")], mad, "{row:?}");
+    }
+    let at = |r: &Record, step: usize| {
+        table
+            .rows
+            .iter()
+            .find(|t| t.cell_id == r.cell_id && t.step == step)
+            .unwrap()
+    };
+    let (i_pos, i_base) = (col("clip_i_pos"), col("clip_i_base"));
+    for seed in [1, 2] {
+        // neg_off = no_image: the probe at step 3 equals its baseline up to step 2, so its x̂₀
+        // at steps 0 and 2 is the baseline's; the final images differ.
+        let (probe, base) = probe_and_baseline(records, "3", seed);
+        for step in [0, 2] {
+            let t = at(probe, step);
+            assert!(t.values[col("mad_base")] < 2e-3, "{t:?}");
+            assert!(t.values[i_base] > 0.9999, "{t:?}");
+            assert!(
+                (t.values[i_pos] - at(base, step).values[i_pos]).abs() < 1e-3,
+                "{t:?}"
+            );
+        }
+        // The trace scores are the x̂₀'s, not the final image's.
+        let final_pos = finals.values[&probe.cell_id][finals
+            .metrics
+            .iter()
+            .position(|m| m == "clip_i_pos")
+            .unwrap()];
+        assert!(
+            (at(probe, 0).values[i_pos] - final_pos).abs() > 1e-6,
+            "{final_pos}"
+        );
+        // The probe at step 0 acts at step 0: its x̂₀ there is not the baseline's.
+        let (probe0, _) = probe_and_baseline(records, "0", seed);
+        assert!(at(probe0, 0).values[col("mad_base")] > 0.0);
+    }
+}
+
+fn when_report_has_probe_and_trace_curves_and_filmstrips(run: &Path) {
+    let id = &scoring::scorers(run).unwrap()[0];
+    let page = std::fs::read_to_string(run.join("index.html")).unwrap();
+    assert!(page.contains("<h2>When</h2>"), "no When section");
+    assert!(page.contains("Filmstrips:"), "no filmstrips");
+    for stem in [
+        "probe_neg_steps_at_clip_i_neg",
+        "probe_neg_steps_at_clip_i_pos",
+        "trace_clip_i_pos",
+        "trace_mad_base",
+    ] {
+        for ext in ["svg", "png"] {
+            let rel = format!("when/{id}/{stem}.{ext}");
+            assert!(run.join(&rel).is_file(), "{rel}");
+            assert!(page.contains(&rel), "{rel} not on the page");
+        }
+    }
+    // The grid cells are filmstrips: 2 x̂₀ frames and the image per seed.
+    let grid = image::open(run.join("grids/grid.png")).unwrap();
+    let frames = 9 * 2 * 3;
+    assert!(grid.width() > frames * 32, "grid {} px wide", grid.width());
 }

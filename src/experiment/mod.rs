@@ -508,7 +508,20 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
                 )
             })?,
         },
+        filmstrip: p.filmstrip.as_ref().map(|b| *b.get_ref()),
     };
+    if let Some(on) = p.filmstrip.as_ref().filter(|b| *b.get_ref())
+        && cells.iter().all(|c| c.trace.is_none())
+    {
+        warnings.push(
+            src.error(
+                on.span(),
+                "plots.filmstrip",
+                "true, but no cell has a `trace`: the grids show the images",
+            )
+            .to_string(),
+        );
+    }
     if let Some(x) = &p.curve_x {
         let numeric = labels.iter().any(|(param, values)| {
             param.name() == x.get_ref() && values.iter().all(|v| v.parse::<f64>().is_ok())

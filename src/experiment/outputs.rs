@@ -23,6 +23,9 @@ pub struct PlotsSpec {
     /// What the grids show of each cell. Old run.json files have none.
     #[serde(default, skip_serializing_if = "Show::is_image")]
     pub show: Show,
+    /// Grid cells as filmstrips of their x̂₀ traces; unset: on when the run has traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filmstrip: Option<bool>,
 }
 
 /// `[plots] show`: a cell's image, its change map against the baseline, the map laid over

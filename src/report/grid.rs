@@ -205,6 +205,8 @@ pub struct SheetPlan {
     /// What each cell shows (`[plots] show`) and the change maps' colour scale.
     pub show: Show,
     pub change_scale: f32,
+    /// Each cell as a filmstrip of its x̂₀ traces (`[plots] filmstrip`), or its picture alone.
+    pub filmstrip: Option<super::filmstrip::Frames>,
 }
 
 /// `name: value`; a derived image shows its caption (kind, strength, source) for its name.
@@ -372,6 +374,13 @@ pub fn plan_sheets(
             .unwrap_or(64)
             .max(8);
         let font_px = (img_w as f32 / 20.0).clamp(12.0, 28.0);
+        let filmstrip = info
+            .plots
+            .filmstrip
+            .unwrap_or(true)
+            .then(|| super::filmstrip::Frames::of(records, &members, img_w, img_h))
+            .flatten();
+        let (img_w, img_h) = filmstrip.as_ref().map_or((img_w, img_h), |f| f.size());
         let caps = &info.captions;
         let row_labels: Vec<String> = row_values
             .iter()
@@ -526,6 +535,7 @@ pub fn plan_sheets(
                 layout,
                 show: info.plots.show,
                 change_scale: 1.0,
+                filmstrip: filmstrip.clone(),
             });
         }
     }
@@ -653,6 +663,10 @@ pub fn render_sheet(
                 return Ok(None);
             }
             let img = super::maps::cell_picture(run_dir, r, plan.show, plan.change_scale)?;
+            let img = match &plan.filmstrip {
+                Some(frames) => frames.draw(run_dir, r, img)?,
+                None => img,
+            };
             Ok(Some(fit_into(img, l.img_w, l.img_h)))
         })
         .collect();
@@ -703,6 +717,8 @@ pub struct GridFile {
     /// PNG (full size) and JPEG (smaller), relative to the run folder.
     pub png: String,
     pub jpg: String,
+    /// Its cells are filmstrips of their x̂₀ traces.
+    pub filmstrip: bool,
 }
 
 /// Draws every sheet into `<run>/grids/` as a full-size PNG and a smaller JPEG.
@@ -746,6 +762,7 @@ pub fn write_grids(
             title: plan.title,
             png: format!("grids/{}.png", plan.stem),
             jpg: format!("grids/{}.jpg", plan.stem),
+            filmstrip: plan.filmstrip.is_some(),
         });
     }
     Ok(files)

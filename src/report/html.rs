@@ -21,6 +21,8 @@ pub struct ScorerSection {
     pub curves: Vec<CurveFile>,
     /// Forest plots (subjects and their pooled effect), one per metric.
     pub forests: Vec<CurveFile>,
+    /// The "when" section's curves (`when.rs`).
+    pub when: super::when::WhenFiles,
 }
 
 pub fn escape(s: &str) -> String {
@@ -324,6 +326,11 @@ pub fn index_html(
         }
         paired_table(&mut s, &sc.summary);
     }
+    let when: Vec<(&str, &super::when::WhenFiles)> = scorers
+        .iter()
+        .map(|sc| (sc.info.id.as_str(), &sc.when))
+        .collect();
+    s.push_str(&super::when::html(&when, grids.iter().any(|g| g.filmstrip)));
     if scorers.is_empty() {
         s.push_str("<h2>Scores</h2><p>Not scored yet: <code>negimg score RUN_DIR</code>.</p>\n");
     }

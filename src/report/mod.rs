@@ -1,11 +1,13 @@
 //! Comparison grids, curves, tables and index.html, all from a run folder's files (records,
 //! run.json, scores): `plot_run` never regenerates an image.
 pub mod curves;
+pub mod filmstrip;
 pub mod font;
 pub mod forest;
 pub mod grid;
 pub mod html;
 pub mod maps;
+pub mod when;
 
 use crate::scoring;
 use anyhow::{Context, Result, bail};
@@ -51,7 +53,7 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
     let ids = scoring::scorers(run_dir)?;
     let mut sections = Vec::new();
     let mut captions: HashMap<String, String> = HashMap::new();
-    for figures in ["curves", "forest"] {
+    for figures in ["curves", "forest", "when"] {
         let dir = run_dir.join(figures);
         if dir.is_dir() {
             std::fs::remove_dir_all(&dir)
@@ -87,6 +89,7 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
         let scores = scoring::read_scores(&scoring::scorer_dir(run_dir, id).join("scores.csv"))?;
         let curves = curves::write_curves(run_dir, &info, &records, id, &scores, &scorer.targets)?;
         let forests = forest::write_forests(run_dir, id, &summary, &scorer.targets)?;
+        let when = when::write_when(run_dir, &info, &records, id, &summary, &scorer.targets)?;
         if caption_scorer.as_deref() == Some(id.as_str()) {
             let wanted: Vec<String> = match &opts.caption_metrics {
                 Some(asked) => {
@@ -121,6 +124,7 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
             summary,
             curves,
             forests,
+            when,
         });
     }
     let grids_dir = run_dir.join("grids");

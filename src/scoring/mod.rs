@@ -13,6 +13,7 @@
 //! scores/<scorer-id>/summary.md    the same as tables for reading
 //! scores/<scorer-id>/summary.tex   booktabs tables for papers
 //! scores/<scorer-id>/verdict.tex   the verdict table for papers
+//! scores/<scorer-id>/trace_scores.csv  the x̂₀ traces' metrics per cell and step (traces.rs)
 //! ```
 pub mod change;
 pub mod cmmd;
@@ -22,6 +23,7 @@ pub mod pixel;
 pub mod pooled;
 pub mod stats;
 pub mod tables;
+pub mod traces;
 
 use crate::models::aesthetic;
 use crate::run::info::RunInfo;
@@ -457,6 +459,10 @@ pub fn score_with(
         metrics: names,
     };
     write_scorer(run_dir, &records, scorer_info, rows)?;
+    let dir = scorer_dir(run_dir, &id);
+    traces::score_run_traces(
+        run_dir, &info, &records, embedder, scorer, &embeds, &dir, device, kind,
+    )?;
     Ok(id)
 }
 
