@@ -1048,3 +1048,41 @@ fn region_mask_not_binary_or_unreadable_names_the_key_and_line() {
         &["plots.show", "image, change, overlay"],
     );
 }
+
+#[test]
+fn plots_overlay_names_the_map_and_acts_only_with_show_overlay() {
+    use negimg::run::info::{Overlay, Show};
+    let maps = "\n[maps]\nattention = true\n";
+    let plots = |keys: &str, maps: &str| format!("{BASE}{maps}\n[plots]\n{keys}\n");
+    let e = parse(&plots(
+        "show = \"overlay\"\noverlay = \"negative_attention\"",
+        maps,
+    ))
+    .unwrap();
+    assert_eq!(
+        (e.plots.show, e.plots.overlay),
+        (Show::Overlay, Overlay::NegativeAttention)
+    );
+    // The default overlay is the change map, as before the key existed.
+    let e = parse(&plots("show = \"overlay\"", "")).unwrap();
+    assert_eq!(e.plots.overlay, Overlay::Change);
+    for (keys, maps, words) in [
+        (
+            "show = \"overlay\"\noverlay = \"heat\"",
+            maps,
+            &["plots.overlay", "change, negative_attention"][..],
+        ),
+        (
+            "show = \"change\"\noverlay = \"change\"",
+            maps,
+            &["plots.overlay", "set show = \"overlay\""][..],
+        ),
+        (
+            "show = \"overlay\"\noverlay = \"negative_attention\"",
+            "",
+            &["plots.overlay", "[maps] attention = true"][..],
+        ),
+    ] {
+        expect_error(&plots(keys, maps), Some("overlay ="), words);
+    }
+}

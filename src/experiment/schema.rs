@@ -157,6 +157,7 @@ pub struct PlotsRaw {
     #[serde(default)]
     pub series: Vec<Spanned<String>>,
     pub show: Option<Spanned<String>>,
+    pub overlay: Option<Spanned<String>>,
 }
 
 /// The keys each table of the experiment file may have, for [`check_keys`]. serde refuses
@@ -249,6 +250,7 @@ const PLOTS: &[(&str, Keys)] = &[
     ("curve_x", Keys::Value),
     ("series", Keys::Value),
     ("show", Keys::Value),
+    ("overlay", Keys::Value),
 ];
 
 /// Refuses the first key (in file order) that its table does not have. Values of the wrong
