@@ -1067,3 +1067,41 @@ fn trace_filmstrip_without_traces_is_a_plan_warning() {
     assert_eq!(exp.plots.filmstrip, Some(true));
     assert_eq!(parse(BASE).unwrap().plots.filmstrip, None);
 }
+
+#[test]
+fn plots_overlay_names_the_map_and_acts_only_with_show_overlay() {
+    use negimg::run::info::{Overlay, Show};
+    let maps = "\n[maps]\nattention = true\n";
+    let plots = |keys: &str, maps: &str| format!("{BASE}{maps}\n[plots]\n{keys}\n");
+    let e = parse(&plots(
+        "show = \"overlay\"\noverlay = \"negative_attention\"",
+        maps,
+    ))
+    .unwrap();
+    assert_eq!(
+        (e.plots.show, e.plots.overlay),
+        (Show::Overlay, Overlay::NegativeAttention)
+    );
+    // The default overlay is the change map, as before the key existed.
+    let e = parse(&plots("show = \"overlay\"", "")).unwrap();
+    assert_eq!(e.plots.overlay, Overlay::Change);
+    for (keys, maps, words) in [
+        (
+            "show = \"overlay\"\noverlay = \"heat\"",
+            maps,
+            &["plots.overlay", "change, negative_attention"][..],
+        ),
+        (
+            "show = \"change\"\noverlay = \"change\"",
+            maps,
+            &["plots.overlay", "set show = \"overlay\""][..],
+        ),
+        (
+            "show = \"overlay\"\noverlay = \"negative_attention\"",
+            "",
+            &["plots.overlay", "[maps] attention = true"][..],
+        ),
+    ] {
+        expect_error(&plots(keys, maps), Some("overlay ="), words);
+    }
+}

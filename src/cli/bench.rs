@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// peer's `diffusers_baseline.py --unet DIR/pipeline/unet --vae ... --ip-adapter ...`.
     #[arg(long, value_name = "DIR", conflicts_with = "preset")]
     pub models: Option<std::path::PathBuf>,
+    /// Record attention maps as `[maps] attention = true` does (copied to the CPU once per
+    /// batch, inside the timing): to measure their cost against a run without.
+    #[arg(long)]
+    pub maps: bool,
 }
 
 pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
@@ -89,6 +93,7 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         None => Pipeline::random(preset, device, kind, scratch.path())?,
     };
 
+    pipeline.set_attention_maps(args.maps);
     let memory = MemorySampler::start(device);
     let mut times = Vec::new();
     for rep in 0..=args.reps {
@@ -98,6 +103,10 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         let t = Instant::now();
         // One batch of --batch cells, as the peer's one pipeline call.
         let out = pipeline.generate(&cells, &mut |_, _| {})?;
+        let maps = pipeline.take_attention_maps();
+        if args.maps && maps.len() != cells.len() {
+            bail!("--maps: {} of {} images have maps", maps.len(), cells.len());
+        }
         sync(device);
         let elapsed = t.elapsed().as_secs_f64();
         if let Some(CellOutcome::Failed(reason)) =
@@ -157,6 +166,7 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         "adapter": adapter,
         "method": args.method,
         "scheduler": scheduler,
+        "maps": args.maps,
         "unet_rows_per_image": rows,
         "reps": args.reps,
         "median_s": round(median, 4),

@@ -139,6 +139,10 @@ pub struct GenerateArgs {
     /// (a step set, as --steps-at).
     #[arg(long, value_parser = parse_steps)]
     pub trace: Option<StepSet>,
+    /// Record the cell's attention maps (as `[maps] attention = true`) and write them beside
+    /// --out as OUT-maps/attention_*.npy, the files of a run's `maps/<cell-id>/`.
+    #[arg(long, conflicts_with = "replay")]
+    pub maps: bool,
     /// The negative methods' own parameters (`--nag-scale` ...), one flag each.
     #[command(flatten)]
     pub method_params: MethodFlags,
@@ -568,6 +572,7 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
     let (device, kind) = g.device_and_dtype()?;
     let models = model_set(&args)?;
     let mut pipeline = Pipeline::load(&models, device, kind, &mut super::loading)?;
+    pipeline.set_attention_maps(args.maps);
     let img = generate_one(&mut pipeline, &cell)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out.png"));
     write_traces(&mut pipeline, &out)?;
@@ -581,7 +586,11 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
         &models.pipeline.display().to_string(),
     );
     let json = serde_json::to_string(&cell)?;
-    write_png(&out, &img, &parameters, &json)
+    write_png(&out, &img, &parameters, &json)?;
+    if args.maps {
+        write_maps(&mut pipeline, &out)?;
+    }
+    Ok(())
 }
 
 /// `--replay IMAGE`: the run's cell made again, written with the image's own text chunks.
@@ -646,6 +655,24 @@ fn write_traces(pipeline: &mut Pipeline, out: &Path) -> Result<()> {
         crate::run::fsio::atomic_write(&path, &crate::run::png::encode(&img, &[])?)?;
         println!("{}", path.display());
     }
+    Ok(())
+}
+
+/// `--maps`: the cell's attention maps in `OUT-maps/` (no `attention_negative*` where no
+/// row carries a negative image, as in a run).
+fn write_maps(pipeline: &mut Pipeline, out: &Path) -> Result<()> {
+    let Some(maps) = pipeline.take_attention_maps().into_iter().next() else {
+        bail!("--maps: the cell has no image attention to record (no IP-Adapter image)");
+    };
+    let dir = PathBuf::from(format!("{}-maps", out.with_extension("").display()));
+    crate::run::attention_maps::write_in(&dir, &maps)?;
+    if maps.negative.is_none() {
+        eprintln!(
+            "note: --maps: no row carries a negative image into the image attention \
+             (no negative image, or --method negtome): no negative maps"
+        );
+    }
+    println!("{}", dir.display());
     Ok(())
 }
 

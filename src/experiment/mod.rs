@@ -509,6 +509,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             })?,
         },
         filmstrip: p.filmstrip.as_ref().map(|b| *b.get_ref()),
+        overlay: plots_overlay(&src, p, maps)?,
     };
     if let Some(on) = p.filmstrip.as_ref().filter(|b| *b.get_ref())
         && cells.iter().all(|c| c.trace.is_none())
@@ -557,6 +558,39 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
 }
 
 /// `[scoring] baseline`: every key an axis of the grid, every value one of its values.
+/// `[plots] overlay`: only with `show = "overlay"` (it acts nowhere else), and the negative
+/// attention map only with `[maps] attention` (a run without maps has none to lay over).
+fn plots_overlay(
+    src: &Source,
+    p: &schema::PlotsRaw,
+    maps: outputs::MapsSpec,
+) -> Result<outputs::Overlay> {
+    let Some(o) = &p.overlay else {
+        return Ok(outputs::Overlay::Change);
+    };
+    let err = |msg: String| src.error(o.span(), "plots.overlay", msg);
+    let overlay = outputs::Overlay::parse(o.get_ref()).ok_or_else(|| {
+        err(format!(
+            "{:?} is not one of {}",
+            o.get_ref(),
+            outputs::Overlay::NAMES
+        ))
+    })?;
+    if p.show.as_ref().map(|s| s.get_ref().as_str()) != Some("overlay") {
+        return Err(err(
+            "overlay is the map that show = \"overlay\" lays over the images: set show = \"overlay\""
+                .into(),
+        ));
+    }
+    if overlay == outputs::Overlay::NegativeAttention && !maps.attention {
+        return Err(err(
+            "overlay = \"negative_attention\" needs the attention maps: set [maps] attention = true"
+                .into(),
+        ));
+    }
+    Ok(overlay)
+}
+
 fn baseline(
     src: &Source,
     labels: &[(Param, Vec<String>)],

@@ -26,6 +26,9 @@ pub struct PlotsSpec {
     /// Grid cells as filmstrips of their x̂₀ traces; unset: on when the run has traces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filmstrip: Option<bool>,
+    /// The map `show = "overlay"` lays over the images. Old run.json files have none.
+    #[serde(default, skip_serializing_if = "Overlay::is_change")]
+    pub overlay: Overlay,
 }
 
 /// `[plots] show`: a cell's image, its change map against the baseline, the map laid over
@@ -50,6 +53,29 @@ impl Show {
     }
 
     pub fn parse(s: &str) -> Option<Show> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+/// `[plots] overlay`: the map that `show = "overlay"` lays over each image: the change map
+/// against the baseline (default) or the negative attention map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlay {
+    #[default]
+    Change,
+    #[serde(rename = "negative_attention")]
+    NegativeAttention,
+}
+
+impl Overlay {
+    pub const NAMES: &'static str = "change, negative_attention";
+
+    pub fn is_change(&self) -> bool {
+        *self == Overlay::Change
+    }
+
+    pub fn parse(s: &str) -> Option<Overlay> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
     }
 }

@@ -158,6 +158,7 @@ pub struct PlotsRaw {
     pub series: Vec<Spanned<String>>,
     pub show: Option<Spanned<String>>,
     pub filmstrip: Option<Spanned<bool>>,
+    pub overlay: Option<Spanned<String>>,
 }
 
 /// The keys each table of the experiment file may have, for [`check_keys`]. serde refuses
@@ -251,6 +252,7 @@ const PLOTS: &[(&str, Keys)] = &[
     ("series", Keys::Value),
     ("show", Keys::Value),
     ("filmstrip", Keys::Value),
+    ("overlay", Keys::Value),
 ];
 
 /// Refuses the first key (in file order) that its table does not have. Values of the wrong

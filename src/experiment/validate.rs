@@ -139,9 +139,11 @@ fn places(src: &Source, grid: &Grid, params: &[Param]) -> String {
     }
 }
 
-/// For `negimg plan`, with `[maps] attention`: the methods of cells that have a negative
-/// image but no UNet row carrying it into the image attention (NegToMe merges tokens
-/// instead), once per method: their negative attention maps are zero.
+/// For `negimg plan`, with `[maps] attention`: the cells where no UNet row carries a
+/// negative image into the image attention, which get no negative attention maps (their
+/// positive maps are written): once per method whose cells have a negative image it does
+/// not put there (NegToMe merges tokens instead), and once for the cells without a
+/// negative image.
 pub fn maps_without_negative_row(
     maps: super::outputs::MapsSpec,
     cells: &[CellSpec],
@@ -150,22 +152,32 @@ pub fn maps_without_negative_row(
         return vec![];
     }
     let mut without: BTreeMap<Method, usize> = BTreeMap::new();
+    let mut no_image = 0;
     for c in cells {
         let params = c.params(&|name| PathBuf::from(name));
         let rows = crate::sampling::guidance::image_rows(&[&params]);
-        if params.uncond_image().is_some() && rows[0].negative.is_none() {
-            *without.entry(c.method).or_default() += 1;
+        match (params.uncond_image().is_some(), rows[0].negative.is_none()) {
+            (true, true) => *without.entry(c.method).or_default() += 1,
+            (false, true) => no_image += 1,
+            (_, false) => {}
         }
     }
-    without
+    let mut notes: Vec<String> = without
         .into_iter()
         .map(|(method, n)| {
             format!(
                 "[maps] attention: method {method} puts no negative image in the image attention: \
-                 the negative attention maps of its {n} cell(s) are zero"
+                 its {n} cell(s) get no negative attention maps"
             )
         })
-        .collect()
+        .collect();
+    if no_image > 0 {
+        notes.push(format!(
+            "[maps] attention: {no_image} cell(s) without a negative image get no negative \
+             attention maps (their positive maps are written)"
+        ));
+    }
+    notes
 }
 
 /// For `negimg plan`: the method-specific keys the file sets that some cells' method does

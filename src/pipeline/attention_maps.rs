@@ -10,18 +10,27 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug)]
 pub struct CellMaps {
     /// `‖scale · out_ip‖` of the negative image's term averaged over blocks `[h, w]`, and per
-    /// block `[blocks, h, w]`; all zero where no row carries a negative image.
-    pub negative: Tensor,
-    pub negative_blocks: Tensor,
+    /// block `[blocks, h, w]`; `None` where no row carries a negative image (no negative
+    /// image, or a method that does not put it in the image attention, as NegToMe).
+    pub negative: Option<NegativeMaps>,
     /// The same for the cond row's own term (the positive image's).
     pub positive: Tensor,
     pub positive_blocks: Tensor,
-    /// Per image token `[T, h, w]`: the attention probabilities of the negative image's
-    /// term (zero without one), and of the cond row's own term.
-    pub negative_tokens: Tensor,
+    /// Per image token `[T, h, w]`: the attention probabilities of the cond row's own term.
     pub positive_tokens: Tensor,
     /// Per text token `[77, h, w]`: the cond row's text attention probabilities.
     pub text_tokens: Tensor,
+}
+
+/// The maps of the term that carries a cell's negative image.
+#[derive(Debug)]
+pub struct NegativeMaps {
+    /// `[h, w]`: the mean of `blocks` over blocks.
+    pub mean: Tensor,
+    /// `[blocks, h, w]`.
+    pub blocks: Tensor,
+    /// Per image token `[T, h, w]`: the term's attention probabilities.
+    pub tokens: Tensor,
 }
 
 /// `[blocks, rows, ...]` of quantity `q` (zeros of `like`'s shape where not recorded).
@@ -55,23 +64,23 @@ pub fn cell_maps(maps: &ProbeMaps, cells: &[GenParams]) -> Vec<CellMaps> {
             let row = |t: &Tensor, r: usize| t.select(1, r as i64);
             let positive_blocks = row(&norm, rows.positive);
             let positive_tokens = mean(&row(&ip_tokens, rows.positive));
-            // The negative term's maps; zero without one (or a second term not recorded).
+            // The negative term's maps; none without one (or a second term not recorded).
             let of = |blocks: Option<&Tensor>, r: usize| blocks.map(|t| row(t, r));
-            let (negative_blocks, negative_tokens) = match rows.negative {
-                Some((r, Term::Own)) => (Some(row(&norm, r)), Some(mean(&row(&ip_tokens, r)))),
-                Some((r, Term::Extra)) => (
-                    of(extra.as_ref(), r),
-                    of(extra_tokens.as_ref(), r).map(|t| mean(&t)),
-                ),
-                None => (None, None),
+            let negative = match rows.negative {
+                Some((r, Term::Own)) => Some((row(&norm, r), mean(&row(&ip_tokens, r)))),
+                Some((r, Term::Extra)) => {
+                    of(extra.as_ref(), r).zip(of(extra_tokens.as_ref(), r).map(|t| mean(&t)))
+                }
+                None => None,
             };
-            let negative_blocks = negative_blocks.unwrap_or_else(|| positive_blocks.zeros_like());
             CellMaps {
-                negative: mean(&negative_blocks),
-                negative_blocks,
+                negative: negative.map(|(blocks, tokens)| NegativeMaps {
+                    mean: mean(&blocks),
+                    blocks,
+                    tokens,
+                }),
                 positive: mean(&positive_blocks),
                 positive_blocks,
-                negative_tokens: negative_tokens.unwrap_or_else(|| positive_tokens.zeros_like()),
                 positive_tokens,
                 text_tokens: mean(&row(&text_tokens, rows.positive)),
             }

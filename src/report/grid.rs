@@ -4,7 +4,7 @@
 //! Sheets larger than the size cap are split into parts.
 use super::font;
 use crate::images::load_rgb;
-use crate::run::info::{Axis, RunInfo, Show};
+use crate::run::info::{Axis, RunInfo};
 use crate::run::records::{Record, Status};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage, imageops};
@@ -202,8 +202,8 @@ pub struct SheetPlan {
     /// (label, file relative to the run folder) of the input images shown in the header.
     pub inputs: Vec<(String, String)>,
     pub layout: Layout,
-    /// What each cell shows (`[plots] show`) and the change maps' colour scale.
-    pub show: Show,
+    /// What each cell shows (`[plots] show`, `overlay`) and the maps' colour scale.
+    pub show: super::maps::Picture,
     pub change_scale: f32,
     /// Each cell as a filmstrip of its x̂₀ traces (`[plots] filmstrip`), or its picture alone.
     pub filmstrip: Option<super::filmstrip::Frames>,
@@ -533,7 +533,7 @@ pub fn plan_sheets(
                     .collect(),
                 inputs: inputs.clone(),
                 layout,
-                show: info.plots.show,
+                show: super::maps::Picture::of(&info.plots),
                 change_scale: 1.0,
                 filmstrip: filmstrip.clone(),
             });
@@ -732,7 +732,7 @@ pub fn write_grids(
     let dir = run_dir.join("grids");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut files = Vec::new();
-    let scale = match super::maps::MapKind::shown(info.plots.show) {
+    let scale = match super::maps::Picture::of(&info.plots).kind() {
         None => 1.0,
         Some(kind) => super::maps::run_scale(run_dir, records, kind)?,
     };

@@ -206,11 +206,13 @@ fn verdict_table(s: &mut String, sc: &ScorerSection, rows: &[VerdictRow]) {
     s.push_str("</table>\n");
 }
 
-/// The page. `experiment_toml` is the experiment file's text, if the run folder has it.
+/// The page. `experiment_toml` is the experiment file's text, if the run folder has it;
+/// `where_section` the "where" section's HTML (a run with attention maps).
 pub fn index_html(
     info: &RunInfo,
     experiment_toml: Option<&str>,
     grids: &[GridFile],
+    where_section: Option<&str>,
     scorers: &[ScorerSection],
 ) -> String {
     let mut s = String::new();
@@ -281,6 +283,7 @@ pub fn index_html(
             );
         }
     }
+    s.push_str(where_section.unwrap_or_default());
     for sc in scorers {
         let id = &sc.info.id;
         let dir = format!("scores/{id}");

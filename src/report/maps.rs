@@ -8,7 +8,7 @@ use super::font;
 use crate::images::load_rgb;
 use crate::npy;
 use crate::run::attention_maps;
-use crate::run::info::Show;
+use crate::run::info::{Overlay, PlotsSpec, Show};
 use crate::run::records::Record;
 use crate::scoring::change_map_file;
 use anyhow::{Context, Result};
@@ -41,15 +41,43 @@ impl MapKind {
         }
     }
 
-    /// The kind a grid shows for `show` (none for the images alone).
-    pub fn shown(show: Show) -> Option<MapKind> {
-        match show {
-            Show::Image => None,
-            Show::Change | Show::Overlay => Some(MapKind::Change),
-            Show::NegativeAttention => Some(MapKind::NegativeAttention),
+    /// The `[plots] overlay` map.
+    fn overlaid(overlay: Overlay) -> MapKind {
+        match overlay {
+            Overlay::Change => MapKind::Change,
+            Overlay::NegativeAttention => MapKind::NegativeAttention,
         }
     }
 }
+
+/// What a grid shows of each done cell (`[plots] show`, `overlay`): its image, a map in its
+/// place, or a map laid over it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Picture {
+    Image,
+    Map(MapKind),
+    Overlay(MapKind),
+}
+
+impl Picture {
+    pub fn of(plots: &PlotsSpec) -> Picture {
+        match plots.show {
+            Show::Image => Picture::Image,
+            Show::Change => Picture::Map(MapKind::Change),
+            Show::NegativeAttention => Picture::Map(MapKind::NegativeAttention),
+            Show::Overlay => Picture::Overlay(MapKind::overlaid(plots.overlay)),
+        }
+    }
+
+    /// The map it draws (none for the images alone).
+    pub fn kind(self) -> Option<MapKind> {
+        match self {
+            Picture::Image => None,
+            Picture::Map(kind) | Picture::Overlay(kind) => Some(kind),
+        }
+    }
+}
+
 /// Height of the legend strip under a heat map.
 const LEGEND_H: u32 = 30;
 /// A heat map with a legend is at least this wide.
@@ -95,21 +123,33 @@ fn heat_image(
         return Ok(None);
     }
     let (rows, cols, values) = npy::read(&file)?;
+    let image = run_dir.join(&record.file);
+    let size = image::image_dimensions(&image)
+        .with_context(|| format!("cannot read {}", image.display()))?;
+    Ok(Some(heat_map(rows, cols, &values, scale, size)))
+}
+
+/// `values` (row-major `rows × cols`) in colour, 0 to `scale`, drawn at `(w, h)` by
+/// nearest neighbour.
+pub fn heat_map(
+    rows: usize,
+    cols: usize,
+    values: &[f32],
+    scale: f32,
+    (w, h): (u32, u32),
+) -> RgbImage {
     let map = RgbImage::from_fn(cols as u32, rows as u32, |x, y| {
         heat(values[y as usize * cols + x as usize] / scale)
     });
-    let image = run_dir.join(&record.file);
-    let (w, h) = image::image_dimensions(&image)
-        .with_context(|| format!("cannot read {}", image.display()))?;
-    Ok(Some(if map.dimensions() == (w, h) {
+    if map.dimensions() == (w, h) {
         map
     } else {
         image::imageops::resize(&map, w, h, image::imageops::FilterType::Nearest)
-    }))
+    }
 }
 
 /// The heat map with its legend: the colour bar, 0 and the scale.
-fn with_legend(map: &RgbImage, scale: f32, kind: MapKind) -> RgbImage {
+pub fn with_legend(map: &RgbImage, scale: f32, kind: MapKind) -> RgbImage {
     let w = map.width().max(LEGEND_MIN_W);
     let mut out = RgbImage::from_pixel(w, map.height() + LEGEND_H, Rgb([255, 255, 255]));
     image::imageops::replace(&mut out, map, ((w - map.width()) / 2) as i64, 0);
@@ -146,19 +186,22 @@ pub fn write_heat_pngs(run_dir: &Path, records: &[Record], kind: MapKind) -> Res
 }
 
 /// What a grid shows for a done cell: its image, its change or negative attention map
-/// (the image where it has none: no paired baseline, no maps recorded) or the change map
-/// laid over the image at half opacity.
-pub fn cell_picture(run_dir: &Path, record: &Record, show: Show, scale: f32) -> Result<RgbImage> {
+/// (the image where it has none: no paired baseline, no maps recorded) or the map laid
+/// over the image at half opacity.
+pub fn cell_picture(
+    run_dir: &Path,
+    record: &Record,
+    show: Picture,
+    scale: f32,
+) -> Result<RgbImage> {
     let image = || load_rgb(&run_dir.join(&record.file));
-    match (show, MapKind::shown(show)) {
-        (Show::Image, _) | (_, None) => image(),
-        (Show::Change | Show::NegativeAttention, Some(kind)) => {
-            match heat_image(run_dir, record, scale, kind)? {
-                Some(map) => Ok(map),
-                None => image(),
-            }
-        }
-        (Show::Overlay, Some(kind)) => {
+    match show {
+        Picture::Image => image(),
+        Picture::Map(kind) => match heat_image(run_dir, record, scale, kind)? {
+            Some(map) => Ok(map),
+            None => image(),
+        },
+        Picture::Overlay(kind) => {
             let mut img = image()?;
             if let Some(map) = heat_image(run_dir, record, scale, kind)?
                 && map.dimensions() == img.dimensions()

@@ -8,6 +8,7 @@ pub mod grid;
 pub mod html;
 pub mod maps;
 pub mod when;
+pub mod where_maps;
 
 use crate::scoring;
 use anyhow::{Context, Result, bail};
@@ -138,7 +139,7 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
         if drawn > 0 {
             log::info!("drew {drawn} {kind:?} map(s) under maps/");
         }
-        if Some(kind) == maps::MapKind::shown(info.plots.show) {
+        if Some(kind) == maps::Picture::of(&info.plots).kind() {
             shown = drawn;
         }
     }
@@ -153,8 +154,9 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
         );
     }
     let grids = grid::write_grids(run_dir, &info, &records, &captions, &opts.grid)?;
+    let place = where_maps::write_where(run_dir, &info, &records)?.map(|w| where_maps::html(&w));
     let toml = std::fs::read_to_string(run_dir.join("experiment.toml")).ok();
-    let page = html::index_html(&info, toml.as_deref(), &grids, &sections);
+    let page = html::index_html(&info, toml.as_deref(), &grids, place.as_deref(), &sections);
     let path = run_dir.join("index.html");
     std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
     log::info!("wrote {}", path.display());

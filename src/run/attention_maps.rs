@@ -17,29 +17,40 @@ pub fn file(run_dir: &Path, cell_id: &str, name: &str) -> PathBuf {
 }
 
 /// Each map by file name: `negative`, `positive` [h, w]; `*_blocks` [blocks, h, w];
-/// `*_tokens` [image tokens, h, w]; `text_tokens` [77, h, w].
-fn named(m: &CellMaps) -> [(&'static str, &Tensor); 7] {
-    [
-        ("negative", &m.negative),
+/// `*_tokens` [image tokens, h, w]; `text_tokens` [77, h, w]. No `negative*` where no row
+/// carries a negative image.
+fn named(m: &CellMaps) -> Vec<(&'static str, &Tensor)> {
+    let mut named = vec![
         ("positive", &m.positive),
-        ("negative_blocks", &m.negative_blocks),
         ("positive_blocks", &m.positive_blocks),
-        ("negative_tokens", &m.negative_tokens),
         ("positive_tokens", &m.positive_tokens),
         ("text_tokens", &m.text_tokens),
-    ]
+    ];
+    if let Some(n) = &m.negative {
+        named.extend([
+            ("negative", &n.mean),
+            ("negative_blocks", &n.blocks),
+            ("negative_tokens", &n.tokens),
+        ]);
+    }
+    named
 }
 
 /// Writes every map of cell `cell_id`.
 pub fn write(run_dir: &Path, cell_id: &str, maps: &CellMaps) -> Result<()> {
-    let dir = run_dir.join("maps").join(cell_id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_in(&run_dir.join("maps").join(cell_id), maps)
+}
+
+/// Writes every map as `dir/attention_<name>.npy` (`negimg generate --maps`: beside the
+/// image, the same files as a run's cell).
+pub fn write_in(dir: &Path, maps: &CellMaps) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (name, t) in named(maps) {
         let t = t.to_kind(Kind::Float).contiguous();
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         let values = Vec::<f32>::try_from(t.flatten(0, -1))?;
         atomic_write(
-            &file(run_dir, cell_id, name),
+            &dir.join(format!("attention_{name}.npy")),
             &npy::encode_shape(&shape, &values),
         )?;
     }

@@ -1,6 +1,6 @@
 //! `run.json`: what the report and the scorer need to know about a run, written by `run`.
 use super::records::Record;
-pub use crate::experiment::outputs::{Axis, PlotsSpec, ScoringSpec, Show, Subject};
+pub use crate::experiment::outputs::{Axis, Overlay, PlotsSpec, ScoringSpec, Show, Subject};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
