@@ -1048,3 +1048,31 @@ fn region_mask_not_binary_or_unreadable_names_the_key_and_line() {
         &["plots.show", "image, change, overlay"],
     );
 }
+
+#[test]
+fn map_steps_are_a_step_set_checked_against_every_cell() {
+    let maps = |body: &str| format!("{BASE}\n[maps]\n{body}\n");
+    let exp = parse(&maps("attention = true\nsteps = \"1, 3\"")).unwrap();
+    assert_eq!(exp.maps.steps.unwrap().active(4), vec![1, 3]);
+    assert_eq!(parse(&maps("attention = true")).unwrap().maps.steps, None);
+    for (body, at, words) in [
+        (
+            "attention = true\nsteps = \"2-4\"",
+            "steps = \"2-4\"",
+            &["maps.steps", "names step 4", "4 steps"][..],
+        ),
+        (
+            "attention = true\nsteps = \"1, 1\"",
+            "steps = \"1, 1\"",
+            &["maps.steps", "overlap"],
+        ),
+        (
+            "steps = \"1\"",
+            "steps = \"1\"",
+            &["maps.steps", "attention is not true"],
+        ),
+    ] {
+        let text = maps(body);
+        expect_error(&text, Some(at), words);
+    }
+}
