@@ -2,15 +2,18 @@
 //! negimg's probe against attention processors wrapped around diffusers' own
 //! IPAdapterAttnProcessor2_0 (tests/reference/attention_maps_ref.py; CPU, fp32, tiny random
 //! UNet with SD1.5's block layout and a random base adapter, 16x16 latents: blocks at
-//! 16x16, 8x8, 4x4 and the mid block's 2x2, so the bicubic upsampling is exercised; two
+//! 16x16, 8x8, 4x4 and the mid block's 2x2, so the bicubic upsampling is exercised; three
 //! calls, per-row IP scales 0, 0.7, 1.3). Guards on the pipeline: a negative at weight 0
 //! gives an all-zero negative map while a negative gives one that is not, a cell without a
 //! negative image (and NegToMe, which puts it in no row) gets none; maps on leave the image
 //! unchanged. The where-tiny run: maps, the report's "where" section, overlays, and
-//! `negimg generate --maps` writing a run cell's files.
+//! `negimg generate --maps` writing a run cell's files. Maps over a step set (`[maps]
+//! steps`): the probe's maps of calls 0 and 2 of three against the reference's sums of
+//! those calls alone, and in the pipeline all steps as a set give the default map.
 mod common;
 
 use common::parity::{self, branch, get};
+use negimg::models::attention::TokenMerge;
 use negimg::models::attention_probe::{AttentionProbe, Quantity};
 use negimg::models::unet::{
     Hooks, IpInput, IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_hidden_sizes,
@@ -46,13 +49,17 @@ fn attention_map_parity_with_diffusers_processors() {
     tch::manual_seed(3);
     let f = (Kind::Float, Device::Cpu);
     let inputs = dir.join("inputs.safetensors");
-    let timesteps = [801.0f64, 301.0];
+    let timesteps = [801.0f64, 501.0, 301.0];
     let tensors = [
         ("latents", Tensor::randn([3, 4, 16, 16], f)),
         ("text", Tensor::randn([3, 77, 32], f)),
         ("image_embeds", Tensor::randn([3, 1, 16], f)),
         ("scales", Tensor::from_slice(&[0.0f32, 0.7, 1.3])),
         ("timesteps", Tensor::from_slice(&timesteps)),
+        ("negtome_xs", Tensor::randn([3, 64, 8], f)),
+        ("negtome_rows", Tensor::from_slice(&[0i64, 1])),
+        ("negtome_refs", Tensor::from_slice(&[2i64, 2])),
+        ("negtome_threshold", Tensor::from_slice(&[0.7f32, 0.8])),
     ];
     Tensor::write_safetensors(&tensors, &inputs).unwrap();
     let out = dir.join("ref.safetensors");
@@ -101,7 +108,9 @@ fn attention_map_parity_with_diffusers_processors() {
         let plain = tch::no_grad(|| unet.forward(&latents, t, &text, Some(ip)));
         assert_eq!(common::max_abs_diff(&eps, &plain), 0.0, "call {s}");
     }
+    negtome_merge_decision_matches_numpy(&x, &reference);
     let maps = probe.finish(timesteps.len(), (16, 16));
+    map_over_a_step_set_is_the_mean_of_its_calls(&unet, (&x, &timesteps), &tokens, &reference);
     assert_eq!(maps.blocks.len(), 16, "one map per transformer");
     let names = [
         (Quantity::Norm, "norm"),
@@ -148,6 +157,84 @@ fn attention_map_parity_with_diffusers_processors() {
         .1;
     let total = raw_ip.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
     assert!(common::max_abs_diff(&total, &total.ones_like()) < 1e-5);
+}
+
+/// NegToMe's merge mask as the attention maps record it (`TokenMerge::apply_with_mask`)
+/// against the decision computed in numpy from the same tokens; its merged output is the
+/// one `apply` gives.
+fn negtome_merge_decision_matches_numpy(x: &TensorFile, reference: &TensorFile) {
+    let xs = get(x, "negtome_xs");
+    let rows = get(x, "negtome_rows").to_kind(Kind::Int64);
+    let merge = TokenMerge {
+        refs: get(x, "negtome_refs").to_kind(Kind::Int64),
+        threshold: get(x, "negtome_threshold").view([-1, 1]),
+        alpha: Tensor::from_slice(&[0.9f32, 0.9]).view([2, 1, 1]),
+        min_size: 0,
+        rows,
+    };
+    let gap = get(reference, "negtome_gap").double_value(&[0]);
+    assert!(
+        gap > 1e-5,
+        "a cosine within {gap} of its threshold: float32 may decide otherwise"
+    );
+    let (out, mask) = merge.apply_with_mask(&xs);
+    let want = get(reference, "negtome_mask");
+    assert_eq!(mask.size(), [2, 64]);
+    assert_eq!(common::max_abs_diff(&mask.to_kind(Kind::Float), &want), 0.0);
+    let share = want.mean(Kind::Float).double_value(&[]);
+    assert!(
+        share > 0.05 && share < 0.95,
+        "some merge, some do not: {share}"
+    );
+    assert_eq!(common::max_abs_diff(&out, &merge.apply(&xs)), 0.0);
+}
+
+/// `[maps] steps = "0, 2"` of the three calls: the probe told each step records the calls
+/// of steps 0 and 2 only, and its per-block maps are the reference's sums of those two
+/// calls alone, averaged.
+fn map_over_a_step_set_is_the_mean_of_its_calls(
+    unet: &UNet2DConditionModel,
+    (x, timesteps): (&TensorFile, &[f64]),
+    tokens: &Tensor,
+    reference: &TensorFile,
+) {
+    let probe = AttentionProbe::new(3).with_steps(Some("0, 2".parse().unwrap()));
+    let (latents, text, scales) = (get(x, "latents"), get(x, "text"), get(x, "scales"));
+    for (s, &t) in timesteps.iter().enumerate() {
+        probe.at_step(s);
+        let hooks = Hooks {
+            probe: Some(&probe),
+            ..Hooks::default()
+        };
+        let ip = IpInput::uniform(tokens, &scales);
+        let eps = tch::no_grad(|| unet.forward_hooked(&latents, t, &text, Some(ip), hooks));
+        let diff = common::max_abs_diff(&eps, &get(reference, &format!("eps_{s}")));
+        assert!(diff <= 1e-4, "call {s} with a step set: {diff}");
+    }
+    assert_eq!(probe.steps_covered(timesteps.len()), 2);
+    let maps = probe.finish(2, (16, 16));
+    let mut worst: f64 = 0.0;
+    let mut from_all: f64 = 0.0;
+    for (j, block) in maps.blocks.iter().enumerate() {
+        for (q, name) in [
+            (Quantity::Norm, "norm"),
+            (Quantity::IpTokens, "ip"),
+            (Quantity::TextTokens, "text"),
+        ] {
+            let ours = &block.raw.iter().find(|(k, _)| *k == q).unwrap().1;
+            let call = |s: usize| get(reference, &format!("call_{name}_{j}_{s}"));
+            let want = (call(0) + call(2)) / 2.0;
+            worst = worst.max(common::max_abs_diff(ours, &want));
+            let all = get(reference, &format!("raw_{name}_{j}"));
+            from_all = from_all.max(common::max_abs_diff(ours, &all));
+        }
+    }
+    eprintln!("maps over steps 0, 2: max abs diff {worst:e} (vs all steps: {from_all:e})");
+    assert!(worst <= TOL, "the map over steps 0, 2 differs by {worst}");
+    assert!(
+        from_all > 1e3 * TOL,
+        "the step set changes the map: {from_all}"
+    );
 }
 
 /// The negative map of each cell (with a negative image at weight 0.8, without one, at
@@ -233,6 +320,97 @@ fn attention_map_is_zero_at_weight_zero_and_absent_without_a_negative_image() {
         positive.iter().all(|p| max(p) > 1e-4),
         "negtome: positive maps"
     );
+}
+
+/// In the pipeline, `[maps] steps` over all 4 steps gives the default map bit for bit, one
+/// step another map, and the images stay the same.
+#[test]
+fn attention_map_over_a_step_set_in_the_pipeline() {
+    let dir = common::scratch("attention_map_step_set");
+    parity::write_pos_neg(&dir, (32, 32));
+    let models = common::tiny::tiny_models();
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
+    let mut cell = parity::cell(&dir, 5);
+    cell.negative = negimg::params::NegativeMode::Image;
+    cell.negative_branch = branch(0.8, 0.0, 1.0);
+    pipeline.set_attention_maps(true);
+    let mut run = |steps: Option<&str>| {
+        pipeline.set_attention_map_steps(steps.map(|s| s.parse().unwrap()));
+        let image = pipeline.generate_float(std::slice::from_ref(&cell), &mut |_, _| {});
+        let maps = pipeline.take_attention_maps();
+        (
+            image.unwrap().remove(0).unwrap(),
+            maps.into_iter().next().unwrap(),
+        )
+    };
+    let (image, all) = run(None);
+    let (same_image, every) = run(Some("0-3"));
+    let (_, last) = run(Some("3"));
+    assert_eq!(common::max_abs_diff(&image, &same_image), 0.0);
+    assert_eq!(common::max_abs_diff(&all.negative, &every.negative), 0.0);
+    assert_eq!(
+        common::max_abs_diff(&all.text_tokens, &every.text_tokens),
+        0.0
+    );
+    let d = common::max_abs_diff(&all.negative, &last.negative);
+    assert!(d > 1e-4, "the last step alone is another map: {d}");
+    assert!(max(&last.negative) > 1e-4);
+}
+
+/// NegToMe's merge map in the pipeline at 64 px (the tiny UNet's 32x32 blocks merge; 4 DDIM
+/// steps at t = 751, 501, 251, 1 and `negtome_t_min = 400`: two of them merge): a share in
+/// [0, 0.5], nonzero, at the latent grid; zero for a cell of the batch that does not merge;
+/// none for a batch where nothing merges; the images as without maps.
+#[test]
+fn attention_map_of_negtome_merges_is_a_share_of_steps_and_zero_where_negtome_is_off() {
+    let dir = common::scratch("attention_map_negtome");
+    parity::write_pos_neg(&dir, (32, 32));
+    let models = common::tiny::tiny_models();
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
+    let mut on = parity::cell(&dir, 5);
+    (on.width, on.height) = (64, 64);
+    on.method = Method::Negtome;
+    on.negative = negimg::params::NegativeMode::Image;
+    on.negative_branch = branch(0.8, 0.0, 1.0);
+    (on.negtome_threshold, on.negtome_t_min, on.negtome_t_max) = (0.0, 400.0, 1000.0);
+    let mut off = on.clone();
+    off.method = Method::Uncond;
+    let cells = [on, off.clone()];
+    let plain = pipeline.generate_float(&cells, &mut |_, _| {}).unwrap();
+    pipeline.set_attention_maps(true);
+    let mapped = pipeline.generate_float(&cells, &mut |_, _| {}).unwrap();
+    for (a, b) in plain.iter().zip(&mapped) {
+        let d = common::max_abs_diff(a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!(d, 0.0, "maps changed the image");
+    }
+    let maps = pipeline.take_attention_maps();
+    let merged: Vec<Tensor> = maps
+        .iter()
+        .map(|m| {
+            m.negtome_merged
+                .as_ref()
+                .expect("the batch merged")
+                .shallow_clone()
+        })
+        .collect();
+    assert_eq!(merged[0].size(), [32, 32], "the latent grid");
+    let (low, high) = (
+        merged[0].min().double_value(&[]),
+        merged[0].max().double_value(&[]),
+    );
+    eprintln!("NegToMe merge share: {low} to {high}");
+    assert!(
+        low >= 0.0 && high > 0.0 && high <= 0.5 + 1e-6,
+        "{low}..{high}"
+    );
+    assert_eq!(
+        max(&merged[1]),
+        0.0,
+        "uncond without negtome merges nothing"
+    );
+    pipeline.generate_float(&[off], &mut |_, _| {}).unwrap();
+    let maps = pipeline.take_attention_maps();
+    assert!(maps[0].negtome_merged.is_none(), "no merge, no map");
 }
 
 /// `negimg run experiments/where-tiny.toml` (with its lawn mask): every done cell has its

@@ -1105,3 +1105,31 @@ fn plots_overlay_names_the_map_and_acts_only_with_show_overlay() {
         expect_error(&plots(keys, maps), Some("overlay ="), words);
     }
 }
+
+#[test]
+fn map_steps_are_a_step_set_checked_against_every_cell() {
+    let maps = |body: &str| format!("{BASE}\n[maps]\n{body}\n");
+    let exp = parse(&maps("attention = true\nsteps = \"1, 3\"")).unwrap();
+    assert_eq!(exp.maps.steps.unwrap().active(4), vec![1, 3]);
+    assert_eq!(parse(&maps("attention = true")).unwrap().maps.steps, None);
+    for (body, at, words) in [
+        (
+            "attention = true\nsteps = \"2-4\"",
+            "steps = \"2-4\"",
+            &["maps.steps", "names step 4", "4 steps"][..],
+        ),
+        (
+            "attention = true\nsteps = \"1, 1\"",
+            "steps = \"1, 1\"",
+            &["maps.steps", "overlap"],
+        ),
+        (
+            "steps = \"1\"",
+            "steps = \"1\"",
+            &["maps.steps", "attention is not true"],
+        ),
+    ] {
+        let text = maps(body);
+        expect_error(&text, Some(at), words);
+    }
+}

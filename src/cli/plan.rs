@@ -276,6 +276,9 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             "no shared trajectories: attention maps ([maps] attention) record each cell's own rows"
         );
     }
+    if let Some(steps) = &exp.maps.steps {
+        say!("attention maps over the steps \"{steps}\" only ([maps] steps)");
+    }
     say!(
         "UNet row-steps: {} one cell at a time, {} with shared trajectories ({:.2}x fewer; \
          cells identical up to a step compute it once, in batches of up to {} cells)",

@@ -411,8 +411,9 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     let mut warnings = validate::unused_keys(&src, &grid, &cells);
     let maps = outputs::MapsSpec {
         attention: raw.maps.attention.unwrap_or(false),
+        steps: validate::map_steps(&src, &raw.maps, &cells)?,
     };
-    warnings.extend(validate::maps_without_negative_row(maps, &cells));
+    warnings.extend(validate::maps_without_negative_row(&maps, &cells));
 
     let image_ref = |key: &str, r: &Option<Spanned<String>>| -> Result<Option<String>> {
         match r {

@@ -81,11 +81,14 @@ impl Overlay {
 }
 
 /// `[maps]`: what a run records besides images (README, "Attention maps").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MapsSpec {
     /// Attention maps per cell (`maps/<cell-id>/attention_*.npy`); off by default.
     #[serde(default)]
     pub attention: bool,
+    /// The steps the attention maps cover (`[maps] steps`); all when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<crate::steps::StepSet>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

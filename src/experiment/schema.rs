@@ -38,6 +38,8 @@ pub struct FileRaw {
 pub struct MapsRaw {
     /// Attention maps of the IP-Adapter's image attention, per cell.
     pub attention: Option<bool>,
+    /// The steps the attention maps cover (a step set, as `steps_at`); all by default.
+    pub steps: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,7 +245,7 @@ const SCORING: &[(&str, Keys)] = &[
     ("baseline", Keys::Value),
     ("region", Keys::Value),
 ];
-const MAPS: &[(&str, Keys)] = &[("attention", Keys::Value)];
+const MAPS: &[(&str, Keys)] = &[("attention", Keys::Value), ("steps", Keys::Value)];
 const PLOTS: &[(&str, Keys)] = &[
     ("rows", Keys::Value),
     ("cols", Keys::Value),

@@ -6,6 +6,7 @@ use super::source::Source;
 use super::values::Param;
 use crate::params::Method;
 use crate::sampling::methods;
+use crate::steps::StepSet;
 use anyhow::{Result, anyhow};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -139,13 +140,40 @@ fn places(src: &Source, grid: &Grid, params: &[Param]) -> String {
     }
 }
 
+/// `[maps] steps`: a step set (the syntax of `steps_at`) that needs `attention = true` and
+/// fits every cell's step count; errors name the file, line and key.
+pub fn map_steps(
+    src: &Source,
+    raw: &super::schema::MapsRaw,
+    cells: &[CellSpec],
+) -> Result<Option<StepSet>> {
+    let Some(text) = &raw.steps else {
+        return Ok(None);
+    };
+    let fail = |msg: String| src.error(text.span(), "maps.steps", msg);
+    let set: StepSet = text.get_ref().parse().map_err(fail)?;
+    if raw.attention != Some(true) {
+        return Err(fail(
+            "the steps of the attention maps, but [maps] attention is not true: set \
+             attention = true or remove steps"
+                .into(),
+        ));
+    }
+    for (i, c) in cells.iter().enumerate() {
+        if let Err(e) = set.check(c.steps) {
+            return Err(fail(format!("cell {}: {e}", i + 1)));
+        }
+    }
+    Ok(Some(set))
+}
+
 /// For `negimg plan`, with `[maps] attention`: the cells where no UNet row carries a
 /// negative image into the image attention, which get no negative attention maps (their
 /// positive maps are written): once per method whose cells have a negative image it does
 /// not put there (NegToMe merges tokens instead), and once for the cells without a
 /// negative image.
 pub fn maps_without_negative_row(
-    maps: super::outputs::MapsSpec,
+    maps: &super::outputs::MapsSpec,
     cells: &[CellSpec],
 ) -> Vec<String> {
     if !maps.attention {

@@ -150,6 +150,11 @@ impl TokenMerge {
 
     /// `xs` [B, N, C] (an attention output) with the merged rows replaced.
     pub fn apply(&self, xs: &Tensor) -> Tensor {
+        self.apply_with_mask(xs).0
+    }
+
+    /// [`Self::apply`], and which tokens of the merged rows merged: `[M, N]` (bool).
+    pub fn apply_with_mask(&self, xs: &Tensor) -> (Tensor, Tensor) {
         let x = xs.index_select(0, &self.rows);
         let r = xs.index_select(0, &self.refs);
         // In float32: fp16's smallest normal (6e-5) would not keep 1e-12 off zero.
@@ -158,8 +163,9 @@ impl TokenMerge {
         let (best, idx) = cos.max_dim(-1, false);
         let r_star = r.gather(1, &idx.unsqueeze(-1).expand_as(&x), false);
         let merged = &x + (&x - r_star) * &self.alpha;
-        let mask = best.gt_tensor(&self.threshold).unsqueeze(-1);
-        xs.index_copy(0, &self.rows, &merged.where_self(&mask, &x))
+        let mask = best.gt_tensor(&self.threshold);
+        let out = xs.index_copy(0, &self.rows, &merged.where_self(&mask.unsqueeze(-1), &x));
+        (out, mask)
     }
 }
 
@@ -421,9 +427,14 @@ impl BasicTransformerBlock {
         ip: Option<&IpBlock>,
         merge: Option<&TokenMerge>,
     ) -> Tensor {
-        let merged = |out: Tensor| match merge {
-            Some(m) => m.apply(&out),
-            None => out,
+        let merged = |out: Tensor| match (merge, ip.and_then(|ip| ip.probe.as_ref())) {
+            (Some(m), Some(p)) => {
+                let (out, mask) = m.apply_with_mask(&out);
+                p.probe.record_merge(p.index, p.grid, &m.rows, &mask);
+                out
+            }
+            (Some(m), None) => m.apply(&out),
+            (None, _) => out,
         };
         let xs = merged(self.attn1.forward(&self.norm1.forward(xs), None, None)) + xs;
         let attn2 = self

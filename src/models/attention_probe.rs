@@ -16,7 +16,8 @@
 //! number of steps, upsampled to the latent grid by bicubic interpolation (torch's
 //! `interpolate(mode="bicubic", align_corners=False)`), clamped at 0, then averaged over the
 //! blocks (DAAM's aggregation; DAAM sums over heads, layers and steps, a constant factor).
-use std::cell::RefCell;
+use crate::steps::StepSet;
+use std::cell::{Cell, RefCell};
 use tch::{Kind, Tensor};
 
 /// Which sums one block keeps.
@@ -27,14 +28,17 @@ pub enum Quantity {
     IpTokens,
     ExtraIpTokens,
     TextTokens,
+    /// NegToMe: which tokens merged, as a share of the block's merges.
+    Merged,
 }
 
-pub const QUANTITIES: [Quantity; 5] = [
+pub const QUANTITIES: [Quantity; 6] = [
     Quantity::Norm,
     Quantity::ExtraNorm,
     Quantity::IpTokens,
     Quantity::ExtraIpTokens,
     Quantity::TextTokens,
+    Quantity::Merged,
 ];
 
 /// One block's sums: `[rows, h, w]` for the norms, `[rows, tokens, h, w]` for the
@@ -43,6 +47,11 @@ pub const QUANTITIES: [Quantity; 5] = [
 struct BlockSums {
     grid: (i64, i64),
     sums: Vec<(Quantity, Tensor)>,
+    /// NegToMe's merges recorded (one per attention output merged), the steps they fell
+    /// in, and the last such step.
+    merges: usize,
+    merge_steps: usize,
+    last_merge_step: Option<usize>,
 }
 
 impl BlockSums {
@@ -65,6 +74,11 @@ pub struct AttentionProbe {
     /// The rows kept: the first `rows` of each call (NegToMe's reference rows follow them).
     rows: i64,
     blocks: RefCell<Vec<BlockSums>>,
+    /// The steps recorded (`[maps] steps`; all when `None`) and whether the current one is.
+    steps: Option<StepSet>,
+    recording: Cell<bool>,
+    /// The step being made ([`Self::at_step`]).
+    step: Cell<usize>,
 }
 
 /// What one image-attention term of one block did in one call, `term` [B, N, C] (before
@@ -121,7 +135,27 @@ impl AttentionProbe {
         AttentionProbe {
             rows,
             blocks: RefCell::new(vec![]),
+            steps: None,
+            recording: Cell::new(true),
+            step: Cell::new(0),
         }
+    }
+
+    /// The same, recording only the steps of `steps` (all when `None`).
+    pub fn with_steps(self, steps: Option<StepSet>) -> Self {
+        AttentionProbe { steps, ..self }
+    }
+
+    /// Called before each step's UNet calls: whether they are recorded.
+    pub fn at_step(&self, step: usize) {
+        let on = self.steps.as_ref().is_none_or(|s| s.contains(step));
+        self.recording.set(on);
+        self.step.set(step);
+    }
+
+    /// How many of a run's `steps` steps the maps average over.
+    pub fn steps_covered(&self, steps: usize) -> usize {
+        self.steps.as_ref().map_or(steps, |s| s.active(steps).len())
     }
 
     fn with_block(&self, index: usize, grid: (i64, i64), f: impl FnOnce(&mut BlockSums)) {
@@ -136,6 +170,9 @@ impl AttentionProbe {
     /// Block `index` (grid `h` x `w`): the rows' image term and text probabilities
     /// `text_probs` [B, heads, N, 77].
     pub fn record(&self, index: usize, grid: (i64, i64), ip: Term, text_probs: &Tensor) {
+        if !self.recording.get() {
+            return;
+        }
         let rows = self.rows;
         self.with_block(index, grid, |b| {
             b.add(Quantity::Norm, norm_map(ip.term, rows, grid));
@@ -147,6 +184,9 @@ impl AttentionProbe {
     /// Block `index`: the second image term of the rows `rows` [S] (int64, all among the
     /// kept rows), scattered into the kept rows (zero for the others).
     pub fn record_extra(&self, index: usize, grid: (i64, i64), rows: &Tensor, extra: Term) {
+        if !self.recording.get() {
+            return;
+        }
         let s = rows.size()[0];
         let scatter = |t: Tensor| {
             let mut size = t.size();
@@ -161,7 +201,29 @@ impl AttentionProbe {
         });
     }
 
-    /// The maps after `steps` recorded calls, at the latent grid `latent` (h, w).
+    /// Block `index`: NegToMe's merge of the rows `rows` [M] (int64, among the kept rows),
+    /// `merged` [M, N] (bool) the tokens that merged, scattered into the kept rows.
+    pub fn record_merge(&self, index: usize, grid: (i64, i64), rows: &Tensor, merged: &Tensor) {
+        if !self.recording.get() {
+            return;
+        }
+        let (h, w) = grid;
+        let m = rows.size()[0];
+        let mask = merged.to_kind(Kind::Float).view([m, h, w]);
+        let sum = Tensor::zeros([self.rows, h, w], (Kind::Float, mask.device()))
+            .index_copy(0, rows, &mask);
+        let step = self.step.get();
+        self.with_block(index, grid, |b| {
+            b.add(Quantity::Merged, sum);
+            b.merges += 1;
+            if b.last_merge_step != Some(step) {
+                b.merge_steps += 1;
+                b.last_merge_step = Some(step);
+            }
+        });
+    }
+
+    /// The maps after `steps` recorded calls (steps), at the latent grid `latent` (h, w).
     pub fn finish(self, steps: usize, latent: (i64, i64)) -> ProbeMaps {
         let blocks: Vec<BlockMaps> = self
             .blocks
@@ -169,11 +231,24 @@ impl AttentionProbe {
             .into_iter()
             .filter(|b| !b.sums.is_empty())
             .map(|b| {
+                // A merge share: over the merges of every step (none in steps outside NegToMe's
+                // timesteps), each step having the same number of merges.
+                let per_step = b.merges as f64 / b.merge_steps.max(1) as f64;
+                let divisor = |q| match q {
+                    Quantity::Merged => per_step * steps.max(1) as f64,
+                    _ => steps.max(1) as f64,
+                };
                 let raw: Vec<(Quantity, Tensor)> = QUANTITIES
                     .iter()
-                    .filter_map(|&q| b.get(q).map(|t| (q, t / steps.max(1) as f64)))
+                    .filter_map(|&q| b.get(q).map(|t| (q, t / divisor(q))))
                     .collect();
-                let upsampled = raw.iter().map(|(q, t)| (*q, upsample(t, latent))).collect();
+                let upsampled = raw
+                    .iter()
+                    .map(|(q, t)| match q {
+                        Quantity::Merged => (*q, upsample_nearest(t, latent)),
+                        _ => (*q, upsample(t, latent)),
+                    })
+                    .collect();
                 BlockMaps {
                     grid: b.grid,
                     raw,
@@ -208,6 +283,13 @@ fn upsample(t: &Tensor, (h, w): (i64, i64)) -> Tensor {
     up.reshape(out_size).clamp_min(0.0)
 }
 
+/// `[rows, h, w]` -> the same at `latent` by nearest neighbour (a share stays a share).
+fn upsample_nearest(t: &Tensor, (h, w): (i64, i64)) -> Tensor {
+    t.unsqueeze(1)
+        .upsample_nearest2d([h, w], None, None)
+        .squeeze_dim(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +316,57 @@ mod tests {
         let v = Vec::<f32>::try_from(norm.flatten(0, -1)).unwrap();
         assert_eq!(v, [5.0, 0.0, 1.0, 0.0]);
         assert!(maps.mean(Quantity::ExtraNorm).is_none());
+    }
+
+    #[test]
+    fn attention_map_of_negtome_merges_is_their_share_over_every_step() {
+        let probe = AttentionProbe::new(2);
+        let row = Tensor::from_slice(&[1i64]);
+        let mask = |a: bool, b: bool| Tensor::from_slice(&[a, b]).view([1, 2]);
+        // Two merges a step (two attention outputs) at steps 0 and 1, none at step 2.
+        for step in 0..2 {
+            probe.at_step(step);
+            probe.record_merge(0, (1, 2), &row, &mask(true, false));
+            probe.record_merge(0, (1, 2), &row, &mask(true, true));
+        }
+        probe.at_step(2);
+        let maps = probe.finish(3, (2, 4));
+        let merged = maps.mean(Quantity::Merged).unwrap();
+        assert_eq!(merged.size(), [2, 2, 4]);
+        let v = Vec::<f32>::try_from(merged.get(1).flatten(0, -1)).unwrap();
+        let (a, b) = (4.0 / 6.0, 2.0 / 6.0);
+        let want = [a, a, b, b, a, a, b, b];
+        let close = v
+            .iter()
+            .zip(want)
+            .all(|(g, w)| (*g as f64 - w).abs() < 1e-6);
+        assert!(close, "{v:?}: nearest, so a share stays a share");
+        assert_eq!(
+            merged.get(0).abs().max().double_value(&[]),
+            0.0,
+            "row 0 did not merge"
+        );
+        assert!(maps.mean(Quantity::Norm).is_none());
+    }
+
+    #[test]
+    fn attention_map_over_a_step_set_records_only_its_steps() {
+        let probe = AttentionProbe::new(1).with_steps(Some("1, 3".parse().unwrap()));
+        assert_eq!(probe.steps_covered(4), 2);
+        let probs = Tensor::ones([1, 1, 1, 1], (Kind::Float, tch::Device::Cpu));
+        for step in 0..4 {
+            probe.at_step(step);
+            let term = Tensor::from_slice(&[step as f32 + 1.0]).view([1, 1, 1]);
+            let ip = Term {
+                term: &term,
+                probs: &probs,
+            };
+            probe.record(0, (1, 1), ip, &probs);
+        }
+        let maps = probe.finish(2, (1, 1));
+        // Steps 1 and 3 (norms 2 and 4), averaged.
+        let norm = maps.mean(Quantity::Norm).unwrap().double_value(&[0, 0, 0]);
+        assert_eq!(norm, 3.0);
+        assert_eq!(AttentionProbe::new(1).steps_covered(4), 4);
     }
 }

@@ -143,6 +143,14 @@ impl ClipModel {
         self.visual_projection.forward(&pooled)
     }
 
+    /// The vision tower's `last_hidden_state` without the class token: the patch tokens
+    /// `[B, patches, hidden]` (before the post-norm, as transformers returns them).
+    pub fn patch_tokens(&self, pixels: &Tensor) -> Tensor {
+        let (last, _, _) = self.vision_model.forward(pixels);
+        let n = last.size()[1];
+        last.narrow(1, 1, n - 1)
+    }
+
     /// `exp(logit_scale)`, the temperature of CLIP's logits (100 for trained models).
     pub fn logit_scale(&self) -> f64 {
         self.logit_scale.exp().double_value(&[])

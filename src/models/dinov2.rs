@@ -287,6 +287,14 @@ impl Dinov2Model {
         self.layernorm.forward(&x)
     }
 
+    /// The patch tokens of the final norm (`last_hidden_state` without the CLS token),
+    /// `[B, patches, D]`.
+    pub fn patch_tokens(&self, pixels: &Tensor) -> Tensor {
+        let x = self.forward(pixels);
+        let n = x.size()[1];
+        x.narrow(1, 1, n - 1)
+    }
+
     /// The image embedding: the CLS token of the final norm (`pooler_output`), `[B, D]`.
     pub fn image_embeds(&self, pixels: &Tensor) -> Tensor {
         self.forward(pixels).select(1, 0)

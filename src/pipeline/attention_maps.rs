@@ -20,6 +20,10 @@ pub struct CellMaps {
     pub positive_tokens: Tensor,
     /// Per text token `[77, h, w]`: the cond row's text attention probabilities.
     pub text_tokens: Tensor,
+    /// NegToMe: the share of its cond row's merges (steps × attention outputs of the blocks
+    /// that merge) in which each token merged, averaged over those blocks `[h, w]`; zero
+    /// for a cell that does not merge; `None` when nothing in the batch merged.
+    pub negtome_merged: Option<Tensor>,
 }
 
 /// The maps of the term that carries a cell's negative image.
@@ -53,6 +57,7 @@ pub fn cell_maps(maps: &ProbeMaps, cells: &[GenParams]) -> Vec<CellMaps> {
         blocks_of(Quantity::TextTokens),
     );
     let extra_tokens = blocks_of(Quantity::ExtraIpTokens);
+    let merged = maps.mean(Quantity::Merged).map(|t| cpu(t.shallow_clone()));
     let (Some(norm), Some(ip_tokens), Some(text_tokens)) = (norm, ip_tokens, text_tokens) else {
         return vec![];
     };
@@ -83,6 +88,7 @@ pub fn cell_maps(maps: &ProbeMaps, cells: &[GenParams]) -> Vec<CellMaps> {
                 positive_blocks,
                 positive_tokens,
                 text_tokens: mean(&row(&text_tokens, rows.positive)),
+                negtome_merged: merged.as_ref().map(|t| t.select(0, rows.positive as i64)),
             }
         })
         .collect()

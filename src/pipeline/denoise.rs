@@ -89,6 +89,9 @@ pub fn denoise(
     // What each group's method carries from step to step, forked with the latents.
     let mut states: Vec<CellState> = tree.initial.iter().map(|_| CellState::default()).collect();
     for (i, &t) in timesteps.iter().enumerate() {
+        if let Some(probe) = cond.probe {
+            probe.at_step(i);
+        }
         let groups = &tree.steps[i];
         let parents: Vec<usize> = groups.iter().map(|g| g.parent).collect();
         let parent_rows = indices(&parents, device);

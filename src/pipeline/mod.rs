@@ -34,6 +34,7 @@ use crate::models::unet::UNet2DConditionModel;
 use crate::params::{AdapterKind, GenParams};
 use crate::roles::{ModelSet, Role};
 use crate::sampling::{self, SchedulerConfig, make_scheduler};
+use crate::steps::StepSet;
 use anyhow::{Context, Result, anyhow, bail};
 use attention_maps::CellMaps;
 use conditioning::{Adapter, Conditioner, Encoders};
@@ -86,6 +87,8 @@ pub struct Pipeline {
     /// With attention maps on: the maps of the cells of the last batch
     /// ([`Self::take_attention_maps`]).
     attention_maps: Option<Vec<CellMaps>>,
+    /// The steps the attention maps cover (`[maps] steps`; all when `None`).
+    map_steps: Option<StepSet>,
 }
 
 impl Pipeline {
@@ -186,6 +189,7 @@ impl Pipeline {
             call_cells: usize::MAX,
             traces: Vec::new(),
             attention_maps: None,
+            map_steps: None,
         }
     }
 
@@ -227,6 +231,12 @@ impl Pipeline {
     /// or stops. Off by default: without them the UNet computes nothing for maps.
     pub fn set_attention_maps(&mut self, on: bool) {
         self.attention_maps = on.then(Vec::new);
+    }
+
+    /// Restricts the attention maps to the steps of `steps` (all when `None`, the default):
+    /// the probe records only their UNet calls and averages over them.
+    pub fn set_attention_map_steps(&mut self, steps: Option<StepSet>) {
+        self.map_steps = steps;
     }
 
     /// The attention maps of the last batch's cells, in cell order (empty with maps off,
@@ -328,7 +338,7 @@ impl Pipeline {
         let no_image_tokens = self.conditioner.no_image_rows(cells);
         let cell_rows = sampling::guidance::row_layout(&cells.iter().collect::<Vec<_>>()).len();
         let probe = (self.attention_maps.is_some() && image_tokens.is_some())
-            .then(|| AttentionProbe::new(cell_rows as i64));
+            .then(|| AttentionProbe::new(cell_rows as i64).with_steps(self.map_steps.clone()));
         let reference_rows = references.as_ref().map(|(rows, _, _)| {
             self.conditioner
                 .reference_rows(cells, rows.images.len(), image_tokens.is_some())
@@ -361,7 +371,10 @@ impl Pipeline {
             progress,
         );
         if let Some(maps) = self.attention_maps.as_mut() {
-            let finished = probe.map(|p| p.finish(first.steps, (h, w)));
+            let finished = probe.map(|p| {
+                let covered = p.steps_covered(first.steps);
+                p.finish(covered, (h, w))
+            });
             *maps = finished.map_or_else(Vec::new, |m| attention_maps::cell_maps(&m, cells));
         }
         self.traces = self.decode_traces(x0, cells)?;

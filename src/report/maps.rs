@@ -10,7 +10,8 @@ use crate::npy;
 use crate::run::attention_maps;
 use crate::run::info::{Overlay, PlotsSpec, Show};
 use crate::run::records::Record;
-use crate::scoring::change_map_file;
+use crate::scoring::metrics::Embedder;
+use crate::scoring::{change_map_file, trace_change_file};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
@@ -22,15 +23,23 @@ pub enum MapKind {
     Change,
     /// The negative image's attention map (the run's, with `[maps] attention`).
     NegativeAttention,
+    /// The scorer encoder's patch-token cosine distance to the baseline (the scorer's).
+    PatchChange(Embedder),
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 2] = [MapKind::Change, MapKind::NegativeAttention];
+    pub const ALL: [MapKind; 4] = [
+        MapKind::Change,
+        MapKind::NegativeAttention,
+        MapKind::PatchChange(Embedder::Clip),
+        MapKind::PatchChange(Embedder::Dino),
+    ];
 
     fn file(self, run_dir: &Path, cell_id: &str) -> PathBuf {
         match self {
             MapKind::Change => change_map_file(run_dir, cell_id, "luma"),
             MapKind::NegativeAttention => attention_maps::file(run_dir, cell_id, "negative"),
+            MapKind::PatchChange(e) => change_map_file(run_dir, cell_id, e.prefix()),
         }
     }
 
@@ -38,6 +47,7 @@ impl MapKind {
         match self {
             MapKind::Change => "|ΔY|",
             MapKind::NegativeAttention => "|w·out_ip|",
+            MapKind::PatchChange(_) => "1−cos",
         }
     }
 
@@ -183,6 +193,40 @@ pub fn write_heat_pngs(run_dir: &Path, records: &[Record], kind: MapKind) -> Res
         }
     }
     Ok(written)
+}
+
+/// Writes a `.png` beside every x̂₀ trace change map of the run (`maps/<cell-id>/
+/// trace_change/step-NNN.npy`), on one colour scale over all of them so that steps and
+/// cells compare; returns how many.
+pub fn write_trace_heat_pngs(run_dir: &Path, records: &[Record]) -> Result<usize> {
+    let mut files = Vec::new();
+    for r in records {
+        let Some(steps) = &r.trace else { continue };
+        for step in steps.active(r.steps) {
+            let file = trace_change_file(run_dir, &r.cell_id, step);
+            if file.is_file() {
+                files.push(file);
+            }
+        }
+    }
+    let mut maps = Vec::with_capacity(files.len());
+    let mut max = 0.0f32;
+    for file in &files {
+        let map = npy::read(file)?;
+        max = map.2.iter().copied().fold(max, f32::max);
+        maps.push(map);
+    }
+    let scale = if max > 0.0 { max } else { 1.0 };
+    for (file, (rows, cols, values)) in files.iter().zip(&maps) {
+        let map = RgbImage::from_fn(*cols as u32, *rows as u32, |x, y| {
+            heat(values[y as usize * cols + x as usize] / scale)
+        });
+        let png = file.with_extension("png");
+        with_legend(&map, scale, MapKind::Change)
+            .save(&png)
+            .with_context(|| format!("cannot write {}", png.display()))?;
+    }
+    Ok(files.len())
 }
 
 /// What a grid shows for a done cell: its image, its change or negative attention map

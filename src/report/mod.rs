@@ -143,6 +143,10 @@ pub fn plot_run_with(run_dir: &Path, opts: &PlotOptions) -> Result<()> {
             shown = drawn;
         }
     }
+    let traces = maps::write_trace_heat_pngs(run_dir, &records)?;
+    if traces > 0 {
+        log::info!("drew {traces} x̂₀ trace change map(s) under maps/");
+    }
     if shown == 0 && !info.plots.show.is_image() {
         // Not an error: `negimg run` plots before scoring when it has no scorer.
         eprintln!(

@@ -1,6 +1,7 @@
 //! A cell's attention maps as files (README, "Attention maps"):
 //! `maps/<cell-id>/attention_<name>.npy`, float32 at the latent grid, written atomically
-//! before the cell's record (a cell is done iff its record says so).
+//! before the cell's record (a cell is done iff its record says so); in batches where
+//! NegToMe merged, also `attention_negtome_merged.npy`.
 use super::fsio::atomic_write;
 use crate::npy;
 use crate::pipeline::attention_maps::CellMaps;
@@ -46,13 +47,17 @@ pub fn write(run_dir: &Path, cell_id: &str, maps: &CellMaps) -> Result<()> {
 pub fn write_in(dir: &Path, maps: &CellMaps) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (name, t) in named(maps) {
-        let t = t.to_kind(Kind::Float).contiguous();
-        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-        let values = Vec::<f32>::try_from(t.flatten(0, -1))?;
-        atomic_write(
-            &dir.join(format!("attention_{name}.npy")),
-            &npy::encode_shape(&shape, &values),
-        )?;
+        write_one(&dir.join(format!("attention_{name}.npy")), t)?;
+    }
+    if let Some(t) = &maps.negtome_merged {
+        write_one(&dir.join("attention_negtome_merged.npy"), t)?;
     }
     Ok(())
+}
+
+fn write_one(path: &Path, t: &Tensor) -> Result<()> {
+    let t = t.to_kind(Kind::Float).contiguous();
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let values = Vec::<f32>::try_from(t.flatten(0, -1))?;
+    atomic_write(path, &npy::encode_shape(&shape, &values))
 }

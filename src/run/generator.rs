@@ -4,6 +4,7 @@
 use crate::params::GenParams;
 use crate::pipeline::attention_maps::CellMaps;
 use crate::pipeline::{CellOutcome, GenerateError, Pipeline};
+use crate::steps::StepSet;
 
 /// What makes images from cells: the pipeline, or a fake in tests of the runner.
 pub trait Generator {
@@ -26,6 +27,8 @@ pub trait Generator {
     /// Records attention maps in the batches that follow, or stops (a generator that has
     /// no UNet, as the runner's fakes, makes none).
     fn set_attention_maps(&mut self, _on: bool) {}
+    /// The steps the attention maps cover (all when `None`).
+    fn set_attention_map_steps(&mut self, _steps: Option<StepSet>) {}
     /// The attention maps of the last batch's cells, in cell order; empty when none.
     fn take_attention_maps(&mut self) -> Vec<CellMaps> {
         vec![]
@@ -51,6 +54,9 @@ impl Generator for Pipeline {
     }
     fn set_attention_maps(&mut self, on: bool) {
         Pipeline::set_attention_maps(self, on)
+    }
+    fn set_attention_map_steps(&mut self, steps: Option<StepSet>) {
+        Pipeline::set_attention_map_steps(self, steps)
     }
     fn take_attention_maps(&mut self) -> Vec<CellMaps> {
         Pipeline::take_attention_maps(self)

@@ -45,6 +45,11 @@ pub fn check_run_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The x̂₀ of step `step` (0-based) of image `id`, relative to the run folder.
+pub fn trace_file(id: &str, step: usize) -> String {
+    format!("traces/{id}/step-{step:03}.png")
+}
+
 /// Paths inside one run folder.
 #[derive(Clone, Debug)]
 pub struct RunDir {

@@ -7,6 +7,7 @@ use super::layout;
 use crate::params::GenParams;
 use crate::pipeline::CellOutcome;
 use crate::pipeline::attention_maps::CellMaps;
+use crate::steps::StepSet;
 use anyhow::{Result, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub(super) struct Maker<'a> {
     batch: Option<BatchSize>,
     /// Whether the batches made next record attention maps.
     attention_maps: bool,
+    /// The steps they cover (`[maps] steps`; all when `None`).
+    map_steps: Option<StepSet>,
 }
 
 /// A cell's decoded x̂₀ traces: (step, image).
@@ -82,6 +85,7 @@ impl<'a> Maker<'a> {
             requested,
             batch: None,
             attention_maps: false,
+            map_steps: None,
         }
     }
 
@@ -97,6 +101,11 @@ impl<'a> Maker<'a> {
     /// Whether the batches made next record attention maps (`[maps] attention`).
     pub(super) fn set_attention_maps(&mut self, on: bool) {
         self.attention_maps = on;
+    }
+
+    /// The steps the attention maps cover (`[maps] steps`).
+    pub(super) fn set_attention_map_steps(&mut self, steps: Option<StepSet>) {
+        self.map_steps = steps;
     }
 
     /// Makes the batches of `params` that hold a pending cell, whole (see
@@ -137,6 +146,7 @@ impl<'a> Maker<'a> {
                 };
                 g.set_call_cells(size);
                 g.set_attention_maps(self.attention_maps);
+                g.set_attention_map_steps(self.map_steps.clone());
                 let Some(outcomes) = batch_size.attempt(g.as_mut(), &cells, &mut |s, steps| {
                     progress(format!("batch of {n}: step {s}/{steps}"))
                 })?

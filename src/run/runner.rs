@@ -434,6 +434,7 @@ impl<'a> RunContext<'a> {
         let (exp, opts, run) = (self.exp, self.opts, &self.run);
         let log = &mut self.log;
         self.maker.set_attention_maps(exp.maps.attention);
+        self.maker.set_attention_map_steps(exp.maps.steps.clone());
         let made = self.maker.make(
             &params,
             &mut todo,

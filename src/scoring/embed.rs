@@ -40,11 +40,19 @@ impl ImageModel {
         })
     }
 
-    fn preprocess(&self) -> Preprocess {
+    pub fn preprocess(&self) -> Preprocess {
         match self {
             ImageModel::Clip(m) => Preprocess::clip(m.image_size()),
             ImageModel::Dino(m) => *m.preprocess(),
         }
+    }
+
+    /// The last hidden state's patch tokens `[B, patches, D]` (no class token).
+    pub fn patch_tokens(&self, pixels: &Tensor) -> Tensor {
+        tch::no_grad(|| match self {
+            ImageModel::Clip(m) => m.patch_tokens(pixels),
+            ImageModel::Dino(m) => m.patch_tokens(pixels),
+        })
     }
 
     fn embeds(&self, pixels: &Tensor) -> Tensor {
@@ -112,15 +120,13 @@ pub fn embed_run(
     run_dir: &Path,
     info: &RunInfo,
     records: &[Record],
-    embedder: Embedder,
+    model: &ImageModel,
     scorer: &Path,
     device: Device,
     kind: Kind,
 ) -> Result<Embeddings> {
-    let model = ImageModel::load(embedder, scorer, device, kind)
-        .with_context(|| format!("cannot load the scorer {}", scorer.display()))?;
-    let images = embed_images(&model, &run_images(run_dir, info, records), device, kind)?;
-    let ImageModel::Clip(clip) = &model else {
+    let images = embed_images(model, &run_images(run_dir, info, records), device, kind)?;
+    let ImageModel::Clip(clip) = model else {
         return Ok(Embeddings {
             images,
             texts: Vec::new(),

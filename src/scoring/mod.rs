@@ -19,6 +19,7 @@ pub mod change;
 pub mod cmmd;
 pub mod embed;
 pub mod metrics;
+pub mod patch_change;
 pub mod pixel;
 pub mod pooled;
 pub mod stats;
@@ -396,7 +397,16 @@ pub fn score_with(
     let info = read_info(run_dir)?;
     let records = read_run_records(run_dir)?;
     let id = scorer_id(scorer)?;
-    let embeds = embed::embed_run(run_dir, &info, &records, embedder, scorer, device, kind)?;
+    let model = embed::ImageModel::load(embedder, scorer, device, kind)
+        .with_context(|| format!("cannot load the scorer {}", scorer.display()))?;
+    let embeds = embed::embed_run(run_dir, &info, &records, &model, scorer, device, kind)?;
+    let drawn = patch_change::write_maps(run_dir, &info, &records, &model, embedder, device, kind)?;
+    if drawn > 0 {
+        log::info!(
+            "wrote {drawn} {} patch-token change map(s)",
+            embedder.prefix()
+        );
+    }
     if let (Some(head), Some(e)) = (aesthetic, embeds.images.values().next()) {
         head.check_scorer(scorer, e.len())?;
     }
@@ -503,10 +513,45 @@ pub fn change_against_baseline(
                     let scalars = change::scalars(&map, region.as_ref());
                     values[pixel::METRICS.len()..].copy_from_slice(&scalars);
                 }
+                write_trace_changes(run_dir, r, &records[*b])?;
             }
             Ok((r.cell_id.clone(), values))
         })
         .collect()
+}
+
+/// The luma change map of each x̂₀ trace step that both `r` and its baseline saved,
+/// written to [`trace_change_file`].
+fn write_trace_changes(run_dir: &Path, r: &Record, base: &Record) -> Result<()> {
+    let (Some(steps), Some(base_steps)) = (&r.trace, &base.trace) else {
+        return Ok(());
+    };
+    let image = |rec: &Record, step: usize| -> Result<image::RgbImage> {
+        let id = Path::new(&rec.file).file_stem().unwrap_or_default();
+        let path = run_dir.join(crate::run::layout::trace_file(&id.to_string_lossy(), step));
+        Ok(image::open(&path)
+            .with_context(|| format!("cannot decode the x̂₀ trace {}", path.display()))?
+            .to_rgb8())
+    };
+    for step in steps.active(r.steps) {
+        if !base_steps.contains(step) {
+            continue;
+        }
+        if let Some(map) = change::luma_change(&image(r, step)?, &image(base, step)?) {
+            map.write_npy(&trace_change_file(run_dir, &r.cell_id, step))?;
+        }
+    }
+    Ok(())
+}
+
+/// `maps/<cell-id>/trace_change/step-NNN.npy`: the luma change map of the x̂₀ of step
+/// `step` (0-based) against the baseline's x̂₀ of the same step.
+pub fn trace_change_file(run_dir: &Path, cell_id: &str, step: usize) -> PathBuf {
+    run_dir
+        .join("maps")
+        .join(cell_id)
+        .join("trace_change")
+        .join(format!("step-{step:03}.npy"))
 }
 
 /// The negative attention map's scalars ([`change::ATTENTION_METRICS`]) by cell id, for

@@ -15,10 +15,16 @@ out: tokens [B,T,cross]; eps_{s} per call; per transformer j (execution order: d
   summed over its layers and averaged over the calls: raw_norm_{j} [B,h_j,w_j], raw_ip_{j}
   [B,T,h_j,w_j], raw_text_{j} [B,M,h_j,w_j]; mean_{norm,ip,text}: each upsampled to (h, w) by
   F.interpolate(mode="bicubic", align_corners=False), clamped at 0, averaged over blocks;
-  faithful [1].
+  call_{norm,ip,text}_{j}_{s}: the sums of call s alone (not averaged), for the maps over a
+  step set; faithful [1]; negtome_mask [M, N] (1 where the token of merged row
+  negtome_rows[m] merges with negtome_refs[m]'s tokens at negtome_threshold[m], from
+  negtome_xs [B, N, C], in numpy float64) and negtome_gap [1] (the closest cosine to its
+  threshold).
 """
 import math
 import sys
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
@@ -72,8 +78,10 @@ class Recording(torch.nn.Module):
         record = {"norm": term.norm(dim=-1).view(b, side, side),
                   "ip": grid(probs(k_ip)), "text": grid(probs(k_text))}
         sums = self.store.setdefault(self.block, {})
+        own = by_call.setdefault(call[0], {}).setdefault(self.block, {})
         for key, value in record.items():
             sums[key] = sums.get(key, 0) + value
+            own[key] = own.get(key, 0) + value
         return out
 
 
@@ -97,6 +105,8 @@ for key, value in flat.items():
     sd[head][rest] = value
 unet._load_ip_adapter_weights([sd], low_cpu_mem_usage=False)
 store, faithful = {}, []
+# The sums of each call alone (call index -> block -> key), for maps over a step set.
+by_call, call = {}, [0]
 order = transformers(unet)
 procs = {}
 for name, proc in unet.attn_processors.items():
@@ -112,6 +122,7 @@ with torch.no_grad():
     out["tokens"] = unet.encoder_hid_proj(image_embeds)[0][:, 0].contiguous()
     calls = x["timesteps"].tolist()
     for s, t in enumerate(calls):
+        call[0] = s
         out[f"eps_{s}"] = unet(x["latents"], float(t), encoder_hidden_states=x["text"],
                                added_cond_kwargs={"image_embeds": image_embeds}).sample
     size = tuple(x["latents"].shape[2:])
@@ -125,5 +136,22 @@ with torch.no_grad():
             means.setdefault(key, []).append(up.reshape(*raw.shape[:-2], *size))
     for key, maps in means.items():
         out[f"mean_{key}"] = torch.stack(maps).mean(0)
+    for s, blocks in by_call.items():
+        for j, sums in blocks.items():
+            for key, value in sums.items():
+                out[f"call_{key}_{j}_{s}"] = value
     out["faithful"] = torch.tensor([max(faithful)])
+    # NegToMe's merge decision (Singh et al. 2024) in numpy float64: each token x of a merged
+    # row merges with its best reference token r* = argmax cos(x, r) when cos(x, r*) > threshold.
+    xs = x["negtome_xs"].double().numpy()
+    rows, refs = x["negtome_rows"].long().tolist(), x["negtome_refs"].long().tolist()
+    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    masks, gaps = [], []
+    for row, ref, threshold in zip(rows, refs, x["negtome_threshold"].double().tolist()):
+        cos = unit(xs[row]) @ unit(xs[ref]).T
+        best = cos.max(-1)
+        masks.append(best > threshold)
+        gaps.append(np.abs(best - threshold).min())
+    out["negtome_mask"] = torch.tensor(np.stack(masks), dtype=torch.float32)
+    out["negtome_gap"] = torch.tensor([min(gaps)], dtype=torch.float32)
 save_file({k: v.contiguous() for k, v in out.items()}, out_path)
