@@ -198,50 +198,99 @@ impl IpScaling {
 /// down 0–5, mid 6, up 7–15 (ComfyUI's `transformer_index`).
 pub const SD15_BLOCKS: usize = 16;
 
+/// The same for SDXL's UNet: down 0–3 (`down_blocks.1` 0–1, `down_blocks.2` 2–3), mid 4,
+/// up 5–10 (`up_blocks.0` 5–7, `up_blocks.1` 8–10); ComfyUI's `transformer_index` counts one
+/// per transformer, not its 2 or 10 inner layers.
+pub const SDXL_BLOCKS: usize = 11;
+
+/// The block layouts ComfyUI_IPAdapter_plus defines its weight-type presets on, told apart
+/// as it does (`CrossAttentionPatch.py`: `layers = 11` for SDXL, else 16) by the count of
+/// cross-attention transformers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BlockLayout {
+    Sd15,
+    Sdxl,
+}
+
+impl BlockLayout {
+    pub fn of(blocks: usize) -> Option<BlockLayout> {
+        match blocks {
+            SD15_BLOCKS => Some(BlockLayout::Sd15),
+            SDXL_BLOCKS => Some(BlockLayout::Sdxl),
+            _ => None,
+        }
+    }
+}
+
 /// IP-Adapter weight per cross-attention block for one branch: a factor per block that
 /// multiplies the branch weight. Blocks are numbered in execution order, one per
-/// transformer (`Transformer2DModel`): SD1.5 has 16 (down 0–5, mid 6, up 7–15).
+/// transformer (`Transformer2DModel`), as ComfyUI's `transformer_index`: SD1.5 has 16 (down
+/// 0–5, mid 6, up 7–15), SDXL 11 (down 0–3, mid 4, up 5–10).
 /// Written as `all`, a preset name, or `"i:w, i:w"` (unlisted blocks 0).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum BlockWeights {
     /// Every block at the branch weight.
     #[default]
     All,
-    /// ComfyUI's SD1.5 "style transfer": blocks 0–3 and 9–15 at 1.
+    /// ComfyUI's "style transfer": SD1.5 blocks 0–3 and 9–15; SDXL block 6.
     Style,
-    /// ComfyUI's SD1.5 "composition": block 4 at 0.25, block 5 at 1.
+    /// ComfyUI's "composition": SD1.5 block 4 at 0.25, block 5 at 1; SDXL block 3.
     Composition,
-    /// ComfyUI's SD1.5 "strong style transfer": every block but 4 and 5, at 1.
+    /// ComfyUI's "strong style transfer": SD1.5 every block but 4 and 5; SDXL every block
+    /// but 3.
     StrongStyle,
+    /// ComfyUI's "style and composition" at its default composition weight (1): the union of
+    /// `style` and `composition`.
+    StyleAndComposition,
     /// Explicit factors by block index, sorted by index, each index once.
     List(Vec<(usize, f64)>),
 }
 
 impl BlockWeights {
-    pub const PRESETS: &'static str = "all, style, composition, strong_style";
+    pub const PRESETS: &'static str =
+        "all, style, composition, strong_style, style_and_composition";
 
     pub fn is_all(&self) -> bool {
         *self == BlockWeights::All
     }
 
-    /// The (block, factor) pairs of a preset or list; `None` for `all`.
+    /// The (block, factor) pairs of a preset or list on SD1.5's layout; `None` for `all`.
     pub fn pairs(&self) -> Option<Vec<(usize, f64)>> {
+        self.pairs_on(BlockLayout::Sd15)
+    }
+
+    /// The (block, factor) pairs on `layout`: a preset as ComfyUI_IPAdapter_plus's
+    /// `ipadapter_execute` gives that weight type on SD1.5 or SDXL (`is_sdxl`); `None` for
+    /// `all`.
+    pub fn pairs_on(&self, layout: BlockLayout) -> Option<Vec<(usize, f64)>> {
         let ones = |blocks: &mut dyn Iterator<Item = usize>| blocks.map(|b| (b, 1.0)).collect();
+        let sdxl = layout == BlockLayout::Sdxl;
         Some(match self {
             BlockWeights::All => return None,
+            BlockWeights::Style if sdxl => vec![(6, 1.0)],
             BlockWeights::Style => ones(&mut (0..4).chain(9..SD15_BLOCKS)),
+            BlockWeights::Composition if sdxl => vec![(3, 1.0)],
             BlockWeights::Composition => vec![(4, 0.25), (5, 1.0)],
+            BlockWeights::StrongStyle if sdxl => ones(&mut (0..3).chain(4..SDXL_BLOCKS)),
             BlockWeights::StrongStyle => ones(&mut (0..4).chain(6..SD15_BLOCKS)),
+            BlockWeights::StyleAndComposition if sdxl => vec![(3, 1.0), (6, 1.0)],
+            BlockWeights::StyleAndComposition => {
+                let mut pairs: Vec<(usize, f64)> = ones(&mut (0..4).chain(9..SD15_BLOCKS));
+                pairs.extend([(4, 0.25), (5, 1.0)]);
+                pairs.sort_by_key(|(i, _)| *i);
+                pairs
+            }
             BlockWeights::List(pairs) => pairs.clone(),
         })
     }
 
     /// Whether these weights apply to a UNet with `blocks` cross-attention blocks: the
-    /// presets are defined on SD1.5's 16; a list's indices must exist.
+    /// presets are defined on SD1.5's 16 and SDXL's 11; a list's indices must exist.
     pub fn check(&self, blocks: usize) -> Result<(), String> {
         let layout = || {
             format!(
-                "this UNet has {blocks} cross-attention blocks (SD1.5 has {SD15_BLOCKS}: down 0-5, mid 6, up 7-15)"
+                "this UNet has {blocks} cross-attention blocks (SD1.5 has {SD15_BLOCKS}: down 0-5, mid 6, up 7-15; \
+                 SDXL {SDXL_BLOCKS}: down 0-3, mid 4, up 5-10)"
             )
         };
         match self {
@@ -254,19 +303,28 @@ impl BlockWeights {
                 )),
                 None => Ok(()),
             },
-            _ if blocks != SD15_BLOCKS => Err(format!(
-                "the preset \"{self}\" is defined on SD1.5's {SD15_BLOCKS} blocks, but {}; \
-                 give the blocks as a list \"i:w, i:w\"",
+            _ if BlockLayout::of(blocks).is_none() => Err(format!(
+                "the preset \"{self}\" is defined on SD1.5's {SD15_BLOCKS} blocks and SDXL's \
+                 {SDXL_BLOCKS} (ComfyUI's layouts), but {}; give the blocks as a list \"i:w, i:w\"",
                 layout()
             )),
             _ => Ok(()),
         }
     }
 
-    /// The factor of each of `blocks` blocks (call [`check`](Self::check) first; blocks
-    /// beyond the model's are ignored).
+    /// The factor of each of `blocks` blocks (call [`check`](Self::check) first: a preset
+    /// on a layout that is neither SD1.5's nor SDXL's panics; blocks beyond the model's are
+    /// ignored).
     pub fn factors(&self, blocks: usize) -> Vec<f64> {
-        match self.pairs() {
+        let layout = || {
+            BlockLayout::of(blocks).unwrap_or_else(|| panic!("{}", self.check(blocks).unwrap_err()))
+        };
+        let pairs = match self {
+            BlockWeights::All => None,
+            BlockWeights::List(pairs) => Some(pairs.clone()),
+            preset => preset.pairs_on(layout()),
+        };
+        match pairs {
             None => vec![1.0; blocks],
             Some(pairs) => {
                 let mut f = vec![0.0; blocks];
@@ -291,6 +349,7 @@ impl std::str::FromStr for BlockWeights {
             "style" => return Ok(BlockWeights::Style),
             "composition" => return Ok(BlockWeights::Composition),
             "strong_style" => return Ok(BlockWeights::StrongStyle),
+            "style_and_composition" => return Ok(BlockWeights::StyleAndComposition),
             _ => {}
         }
         if !s.contains(':') {
@@ -321,7 +380,7 @@ impl std::str::FromStr for BlockWeights {
                 })?;
             if i >= SD15_BLOCKS {
                 return Err(format!(
-                    "block {i} in {s:?}: blocks are numbered 0-{} (SD1.5: down 0-5, mid 6, up 7-15)",
+                    "block {i} in {s:?}: blocks are numbered 0-{} (SD1.5: down 0-5, mid 6, up 7-15; SDXL: down 0-3, mid 4, up 5-10)",
                     SD15_BLOCKS - 1
                 ));
             }
@@ -342,6 +401,7 @@ impl fmt::Display for BlockWeights {
             BlockWeights::Style => f.write_str("style"),
             BlockWeights::Composition => f.write_str("composition"),
             BlockWeights::StrongStyle => f.write_str("strong_style"),
+            BlockWeights::StyleAndComposition => f.write_str("style_and_composition"),
             BlockWeights::List(pairs) => {
                 let items: Vec<String> = pairs.iter().map(|(i, w)| format!("{i}:{w}")).collect();
                 f.write_str(&items.join(", "))
@@ -934,6 +994,7 @@ mod tests {
             "style",
             "composition",
             "strong_style",
+            "style_and_composition",
             "4:0.25, 5:1",
             "0:-0.5",
         ] {
@@ -963,6 +1024,20 @@ mod tests {
             (0.25, 1.0, 1.25)
         );
         assert_eq!(BlockWeights::All.factors(6), vec![1.0; 6]);
+        // "style and composition" at composition weight 1 is the union of the two presets, on
+        // either layout; each layout resolves its own table.
+        for blocks in [SD15_BLOCKS, SDXL_BLOCKS] {
+            let both = BlockWeights::StyleAndComposition.factors(blocks);
+            let style = BlockWeights::Style.factors(blocks);
+            let comp = BlockWeights::Composition.factors(blocks);
+            let union: Vec<f64> = style.iter().zip(&comp).map(|(s, c)| s + c).collect();
+            assert_eq!(both, union, "{blocks} blocks");
+            assert_ne!(style, BlockWeights::All.factors(blocks));
+        }
+        assert_ne!(
+            BlockWeights::Style.factors(SDXL_BLOCKS)[..],
+            BlockWeights::Style.factors(SD15_BLOCKS)[..SDXL_BLOCKS]
+        );
         for (bad, why) in [
             ("styles", "not one of all, style"),
             ("4:0.5, 16:1", "block 16"),
@@ -978,10 +1053,21 @@ mod tests {
     }
 
     #[test]
-    fn block_presets_need_the_sd15_layout_and_lists_existing_blocks() {
-        assert!(BlockWeights::Style.check(16).is_ok());
+    fn block_presets_need_the_sd15_or_sdxl_layout_and_lists_existing_blocks() {
+        assert!(BlockWeights::Style.check(SD15_BLOCKS).is_ok());
+        assert!(BlockWeights::Style.check(SDXL_BLOCKS).is_ok());
         let err = BlockWeights::Style.check(6).unwrap_err();
-        assert!(err.contains("has 6 cross-attention blocks"), "{err}");
+        assert!(
+            err.contains("has 6 cross-attention blocks") && err.contains("SDXL's 11"),
+            "{err}"
+        );
+        // Resolving a preset on neither layout refuses with the same message.
+        let panic = std::panic::catch_unwind(|| BlockWeights::Composition.factors(6)).unwrap_err();
+        let msg = panic.downcast_ref::<String>().unwrap();
+        assert!(
+            msg.contains("\"composition\" is defined on SD1.5's 16"),
+            "{msg}"
+        );
         let list: BlockWeights = "2:1, 5:0.5".parse().unwrap();
         assert!(list.check(6).is_ok());
         let err = list.check(5).unwrap_err();

@@ -230,9 +230,14 @@ impl ModelSet<PathBuf> {
             ..Default::default()
         };
         for kind in AdapterKind::ALL {
-            // SD1.5's file name, else SDXL's (ViT-H image encoder).
+            // SD1.5's file name, else SDXL's (ViT-H image encoder), else for base SDXL's
+            // ViT-bigG `ip-adapter_sdxl`.
             let sdxl = || sdxl_adapter_file_name(kind).and_then(optional);
-            set.set_adapter(kind, optional(adapter_file_name(kind)).or_else(sdxl));
+            let big_g = || (kind == AdapterKind::Base).then(|| optional(SDXL_BIG_G_ADAPTER))?;
+            let file = optional(adapter_file_name(kind))
+                .or_else(sdxl)
+                .or_else(big_g);
+            set.set_adapter(kind, file);
         }
         set
     }
@@ -248,6 +253,10 @@ pub fn adapter_file_name(kind: AdapterKind) -> &'static str {
         AdapterKind::FullFace => "ip-adapter-full-face_sd15.safetensors",
     }
 }
+
+/// h94/IP-Adapter's `sdxl_models/` base adapter for the ViT-bigG image encoder
+/// (`sdxl_models/image_encoder`).
+pub const SDXL_BIG_G_ADAPTER: &str = "ip-adapter_sdxl.safetensors";
 
 /// The SDXL file name of an adapter kind for a ViT-H image encoder, as h94/IP-Adapter's
 /// `sdxl_models/` names it (the kinds it has).

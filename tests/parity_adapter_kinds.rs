@@ -9,7 +9,6 @@
 mod common;
 
 use common::parity::{self, Parity, Setup};
-use negimg::models::clip_text::Activation;
 use negimg::models::clip_vision::{self, ClipVisionConfig};
 use negimg::models::unet::UNet2DConditionConfig;
 use negimg::params::{AdapterKind, GenParams, NegativeMode, SchedulerKind};
@@ -53,20 +52,6 @@ fn models_dir(name: &str, encoder: Option<&ClipVisionConfig>, kinds: &[AdapterKi
         write_random_adapter(&path, kind, &unet, &vision, 21 + i as i64).unwrap();
     }
     dir
-}
-
-/// ViT-bigG's layout at tiny widths (exact GELU, hidden 48 wider than the projection 40;
-/// the tiny ViT-H-shaped encoder is 32 / 16).
-fn big_g_tiny() -> ClipVisionConfig {
-    ClipVisionConfig {
-        hidden_size: 48,
-        intermediate_size: 96,
-        projection_dim: 40,
-        num_hidden_layers: 3,
-        num_attention_heads: 4,
-        hidden_act: Activation::Gelu,
-        ..ClipVisionConfig::tiny()
-    }
 }
 
 fn case_name(adapter: AdapterKind, scheduler: SchedulerKind, mode: NegativeMode) -> String {
@@ -118,7 +103,7 @@ fn vit_g() -> &'static Parity {
     SHARED.get_or_init(|| {
         let models = models_dir(
             "parity_adapter_vit_g_models",
-            Some(&big_g_tiny()),
+            Some(&common::tiny::big_g_vision()),
             &[AdapterKind::Base],
         );
         let setup = Setup {
@@ -195,7 +180,7 @@ fn plan_refuses_a_vit_g_adapter_with_a_vit_h_encoder_and_the_reverse_and_an_sdxl
     let tiny = common::tiny::tiny_models();
     let g = models_dir(
         "adapter_encoder_mismatch_models",
-        Some(&big_g_tiny()),
+        Some(&common::tiny::big_g_vision()),
         &[AdapterKind::Base],
     );
     let dir = common::scratch("adapter_encoder_mismatch");

@@ -55,17 +55,7 @@ fn parity_sdxl_unet_one_step_with_and_without_ip_adapter() {
         ("t", Tensor::from_slice(&[501.0f64])),
     ];
     Tensor::write_safetensors(&input_tensors, &inputs).unwrap();
-    let out = dir.join("ref.safetensors");
-    common::run_python(
-        "unet_parity.py",
-        &[
-            unet_dir.to_str().unwrap(),
-            adapter.to_str().unwrap(),
-            inputs.to_str().unwrap(),
-            out.to_str().unwrap(),
-        ],
-    );
-    let reference = TensorFile::open(&out).unwrap();
+    let reference = parity::unet_reference(&dir, &unet_dir, &adapter, &inputs);
     let x = TensorFile::open(&inputs).unwrap();
     let (latents, text) = (get(&x, "latents"), get(&x, "text"));
     let (text_embeds, time_ids) = (get(&x, "text_embeds"), get(&x, "time_ids"));

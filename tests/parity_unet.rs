@@ -4,7 +4,7 @@
 //! checked against diffusers run with that scale). Also: loading errors name the tensor.
 mod common;
 
-use common::parity::get;
+use common::parity::{self, get};
 use negimg::models::unet::{
     IpInput, IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_hidden_sizes,
     write_random_model,
@@ -77,17 +77,7 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
         ("t", Tensor::from_slice(&[501.0f64])),
     ];
     Tensor::write_safetensors(&input_tensors, &inputs).unwrap();
-    let out = dir.join("ref.safetensors");
-    common::run_python(
-        "unet_parity.py",
-        &[
-            unet_dir.to_str().unwrap(),
-            adapter.to_str().unwrap(),
-            inputs.to_str().unwrap(),
-            out.to_str().unwrap(),
-        ],
-    );
-    let reference = TensorFile::open(&out).unwrap();
+    let reference = parity::unet_reference(&dir, &unet_dir, &adapter, &inputs);
     let x = TensorFile::open(&inputs).unwrap();
     let (latents, text) = (get(&x, "latents"), get(&x, "text"));
 

@@ -100,7 +100,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "steps", value_parser = parse_window)]
     pub window: Window,
     /// IP-Adapter weight per cross-attention block (execution order, SD1.5: down 0-5, mid 6,
-    /// up 7-15): all, style, composition, strong_style, or "i:w, i:w" (unlisted blocks 0).
+    /// up 7-15; SDXL 0-10): all, style, composition, strong_style, style_and_composition, or
+    /// "i:w, i:w" (unlisted blocks 0).
     #[arg(long, default_value = "all", value_parser = parse_blocks)]
     pub blocks: BlockWeights,
     /// The same for the negative branch (default: --blocks).

@@ -88,6 +88,17 @@ pub fn run_reference(script: &str, dir: &Path, models: &Path, cases: &[Value]) -
     TensorFile::open(&out).unwrap()
 }
 
+/// Runs `tests/reference/unet_parity.py` (diffusers' UNet with and without the adapter, one
+/// step) on the UNet folder `unet`, the `adapter` file and the `inputs` file, writing
+/// `dir/ref.safetensors`, and opens its output.
+pub fn unet_reference(dir: &Path, unet: &Path, adapter: &Path, inputs: &Path) -> TensorFile {
+    let out = dir.join("ref.safetensors");
+    let args = [unet, adapter, inputs, &out].map(|p| p.to_str().unwrap().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    super::run_python("unet_parity.py", &args);
+    TensorFile::open(&out).unwrap()
+}
+
 /// A float image `[3, H, W]` as plain data (a static cannot hold tensors).
 struct Plain {
     data: Vec<f32>,

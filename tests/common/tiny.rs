@@ -56,3 +56,17 @@ fn random_models(preset: &str) -> PathBuf {
     }
     dir
 }
+
+/// ViT-bigG's layout at tiny widths (exact GELU, hidden 48 wider than the projection 40;
+/// the tiny ViT-H-shaped encoder is 32 / 16).
+pub fn big_g_vision() -> negimg::models::clip_vision::ClipVisionConfig {
+    negimg::models::clip_vision::ClipVisionConfig {
+        hidden_size: 48,
+        intermediate_size: 96,
+        projection_dim: 40,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        hidden_act: negimg::models::clip_text::Activation::Gelu,
+        ..negimg::models::clip_vision::ClipVisionConfig::tiny()
+    }
+}

@@ -4,12 +4,15 @@
 usage: blocks_parity.py MODELS_DIR CASES.json OUT.safetensors
 CASES.json: a list of {name, adapter: base|plus, prompt, uncond_prompt, pos_image, uncond_image
  (paths or null), steps, cfg, seed, size, positive: {weight, start, end}, negative: {...},
- blocks, neg_blocks (all | style | composition | strong_style | "i:w, i:w"), ip_scaling
+ blocks, neg_blocks (all | style | composition | strong_style | style_and_composition |
+ "i:w, i:w"), ip_scaling
  (v | kv | kv_c | k_mean_v_c)}.
 Rows: [uncond text + uncond image (negative branch, neg_blocks), prompt + positive image
 (positive branch, blocks)]. Blocks are the UNet's Transformer2DModels in execution order (down,
-mid, up), as ComfyUI's transformer_index; presets as ComfyUI_IPAdapter_plus's SD1.5 weight
-types (IPAdapterPlus.py: "style transfer", "composition", "strong style transfer").
+mid, up), as ComfyUI's transformer_index; presets as ComfyUI_IPAdapter_plus's weight types
+(IPAdapterPlus.py: "style transfer", "composition", "strong style transfer", "style and
+composition") on SD1.5's 16 transformers or, with 11 (SDXL's layout), its SDXL branch; on SDXL
+the style and composition transformers are checked against diffusers' InstantStyle scales.
 ip_scaling v runs diffusers' own IPAdapterAttnProcessor2_0 with a per-layer, per-row scale;
 the other scalings run the processor below, written from CrossAttentionPatch.py's formulas.
 Writes `{name}.float` (the [0,1] image, [3,H,W]).
@@ -23,21 +26,54 @@ from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common_ref import RowScale, at, cfg2, features, make_scheduler, run_cases, sample
 
-# ComfyUI_IPAdapter_plus, ipadapter_execute, SD1.5 (16 transformers).
+# ComfyUI_IPAdapter_plus, IPAdapterPlus.py, ipadapter_execute: the weight dict of each weight
+# type, keyed by transformer_index; SD1.5 (16 transformers) and the `is_sdxl` branch (11).
+# "style and composition" at its default weight_composition (1).
 PRESETS = {
-    "style": {i: 1.0 for i in [0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15]},
-    "composition": {4: 0.25, 5: 1.0},
-    "strong_style": {i: 1.0 for i in [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]},
+    16: {
+        "style": {i: 1.0 for i in [0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15]},
+        "composition": {4: 0.25, 5: 1.0},
+        "strong_style": {i: 1.0 for i in [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]},
+        "style_and_composition": {**{i: 1.0 for i in [0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15]},
+                                  4: 0.25, 5: 1.0},
+    },
+    11: {
+        "style": {6: 1.0},
+        "composition": {3: 1.0},
+        "strong_style": {i: 1.0 for i in [0, 1, 2, 4, 5, 6, 7, 8, 9, 10]},
+        "style_and_composition": {3: 1.0, 6: 1.0},
+    },
+}
+
+# diffusers' InstantStyle scale dicts for SDXL (its IP-Adapter guide, set_ip_adapter_scale):
+# the same transformers as ComfyUI's SDXL "style transfer" and "composition".
+INSTANTSTYLE = {
+    "style": {"up": {"block_0": [0.0, 1.0, 0.0]}},
+    "composition": {"down": {"block_2": [0.0, 1.0]}},
 }
 
 
 def factors(spec, n):
     if spec == "all":
         return [1.0] * n
-    table = PRESETS.get(spec)
+    table = PRESETS[n].get(spec) if spec in PRESETS[16] else None
     if table is None:
         table = {int(i): float(w) for i, w in (item.split(":") for item in spec.split(","))}
     return [table.get(i, 0.0) for i in range(n)]
+
+
+def check_instantstyle(pipe):
+    """On SDXL's layout, asserts that diffusers' own set_ip_adapter_scale puts each
+    InstantStyle dict's scale on exactly the transformers of the preset (ComfyUI's numbering
+    over transformers_in_execution_order)."""
+    if len(pipe.order) != 11:
+        return
+    for preset, scale in INSTANTSTYLE.items():
+        pipe.set_ip_adapter_scale(scale)
+        procs = pipe.unet.attn_processors
+        got = [procs[names[0]].scale[0] for names in pipe.order]
+        assert all(procs[n].scale[0] == got[j] for j, names in enumerate(pipe.order) for n in names)
+        assert got == factors(preset, 11), (preset, got)
 
 
 def transformers_in_execution_order(unet):
@@ -119,6 +155,7 @@ def set_scales(pipe, per_block_rows):
 def prepare(pipe):
     pipe.base_procs = dict(pipe.unet.attn_processors)
     pipe.order = transformers_in_execution_order(pipe.unet)
+    check_instantstyle(pipe)
     return pipe
 
 
@@ -140,4 +177,5 @@ def outputs(pipe, c):
     return {c["name"] + ".float": sample(pipe, sched, c, rows, before_step, cfg2(c))}
 
 
-run_cases(outputs, prepare)
+if __name__ == "__main__":
+    run_cases(outputs, prepare)

@@ -36,7 +36,8 @@ def load_pipe(adapter, copies=1):
     extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False) if sd15 else {}
     pipe = DiffusionPipeline.from_pretrained(folder, **extra)
     # SD1.5's file of the kind, else SDXL's (ViT-H encoder).
-    names = {"base": ["ip-adapter_sd15.safetensors", "ip-adapter_sdxl_vit-h.safetensors"],
+    names = {"base": ["ip-adapter_sd15.safetensors", "ip-adapter_sdxl_vit-h.safetensors",
+                      "ip-adapter_sdxl.safetensors"],
              "plus": ["ip-adapter-plus_sd15.safetensors", "ip-adapter-plus_sdxl_vit-h.safetensors"],
              "light": ["ip-adapter_sd15_light.safetensors"],
              "plus_face": ["ip-adapter-plus-face_sd15.safetensors",
@@ -114,10 +115,33 @@ def features(path, adapter, no_image="reference"):
     return out.image_embeds[:, None] if adapter in EMBEDS else out.hidden_states[-2][:, None]
 
 
-def conditioning(pipe, rows):
-    """The UNet's text and image inputs of `rows`, each (text, image features, ...)."""
-    text = torch.cat([pipe.encode_prompt(row[0], "cpu", 1, False)[0] for row in rows])
-    return text, [torch.cat([row[1] for row in rows])]
+def is_sdxl(pipe):
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def conditioning(pipe, rows, size, cond_row=1):
+    """The UNet's text states and added_cond_kwargs of `rows`, each (text, image features,
+    ...). SDXL (StableDiffusionXLPipeline.encode_prompt): also the pooled text_embeds and
+    the default time_ids (original = target = (size, size), crop (0, 0)); an empty text
+    in a row other than `cond_row` conditions on zeros (force_zeros_for_empty_prompt, as the
+    pipeline does for a negative prompt not given)."""
+    states, pooled = [], []
+    for k, row in enumerate(rows):
+        out = pipe.encode_prompt(prompt=row[0], device="cpu", num_images_per_prompt=1,
+                                 do_classifier_free_guidance=False)
+        s, p = out[0], (out[2] if is_sdxl(pipe) else None)
+        if p is not None and row[0] == "" and k != cond_row and pipe.config.force_zeros_for_empty_prompt:
+            s, p = torch.zeros_like(s), torch.zeros_like(p)
+        states.append(s)
+        pooled.append(p)
+    added = {"image_embeds": [torch.cat([row[1] for row in rows])]}
+    if is_sdxl(pipe):
+        added["text_embeds"] = torch.cat(pooled)
+        time_ids = pipe._get_add_time_ids(
+            (size, size), (0, 0), (size, size), dtype=torch.float32,
+            text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        added["time_ids"] = time_ids.repeat(len(rows), 1)
+    return torch.cat(states), added
 
 
 def cfg2(c):
@@ -134,14 +158,13 @@ def sample(pipe, sched, c, rows, before_step, guide):
     decoded to a [0,1] image [3,H,W]. `before_step(i, t, x)` sets the step's IP scales and
     returns the UNet's latent rows; `guide(eps)` combines their predictions. The seeded
     generator also feeds `step` (an ancestral scheduler's noise), as the pipeline does."""
-    text, image_embeds = conditioning(pipe, rows)
-    g = torch.Generator("cpu").manual_seed(c["seed"])
     f, size = pipe.vae_scale_factor, c["size"]
+    text, added = conditioning(pipe, rows, size)
+    g = torch.Generator("cpu").manual_seed(c["seed"])
     x = torch.randn([1, 4, size // f, size // f], generator=g) * sched.init_noise_sigma
     for i, t in enumerate(sched.timesteps):
         x_in = sched.scale_model_input(before_step(i, t, x), t)
-        eps = pipe.unet(x_in, t, encoder_hidden_states=text,
-                        added_cond_kwargs={"image_embeds": image_embeds}).sample
+        eps = pipe.unet(x_in, t, encoder_hidden_states=text, added_cond_kwargs=added).sample
         x = sched.step(guide(eps), t, x, generator=g).prev_sample
     image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
     return (image[0] / 2 + 0.5).clamp(0, 1).float().contiguous()

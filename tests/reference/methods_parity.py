@@ -105,4 +105,5 @@ def outputs(pipe, c):
             c["name"] + ".active": torch.tensor(on, dtype=torch.int64)}
 
 
-run_cases(outputs)
+if __name__ == "__main__":
+    run_cases(outputs)
