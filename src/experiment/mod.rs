@@ -510,7 +510,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
             })?,
         },
         filmstrip: p.filmstrip.as_ref().map(|b| *b.get_ref()),
-        overlay: plots_overlay(&src, p, maps)?,
+        overlay: plots_overlay(&src, p, &maps)?,
     };
     if let Some(on) = p.filmstrip.as_ref().filter(|b| *b.get_ref())
         && cells.iter().all(|c| c.trace.is_none())
@@ -558,13 +558,12 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
     })
 }
 
-/// `[scoring] baseline`: every key an axis of the grid, every value one of its values.
 /// `[plots] overlay`: only with `show = "overlay"` (it acts nowhere else), and the negative
 /// attention map only with `[maps] attention` (a run without maps has none to lay over).
 fn plots_overlay(
     src: &Source,
     p: &schema::PlotsRaw,
-    maps: outputs::MapsSpec,
+    maps: &outputs::MapsSpec,
 ) -> Result<outputs::Overlay> {
     let Some(o) = &p.overlay else {
         return Ok(outputs::Overlay::Change);
@@ -592,6 +591,7 @@ fn plots_overlay(
     Ok(overlay)
 }
 
+/// `[scoring] baseline`: every key an axis of the grid, every value one of its values.
 fn baseline(
     src: &Source,
     labels: &[(Param, Vec<String>)],

@@ -59,11 +59,6 @@ pub struct RunDir {
     pub created: bool,
 }
 
-/// The x̂₀ of step `step` (0-based) of image `id`, relative to the run folder.
-pub fn trace_file(id: &str, step: usize) -> String {
-    format!("traces/{id}/step-{step:03}.png")
-}
-
 impl RunDir {
     pub fn images(&self) -> PathBuf {
         self.dir.join("images")
