@@ -479,24 +479,23 @@ fn check_sdxl_parts(exp: &Experiment) -> Result<()> {
     let folder = crate::weights::pipeline_folder::PipelineFolder::open(dir)?;
     crate::pipeline::check_second_encoder(dir, text_time, folder.text_encoder_2.is_some())
         .with_context(|| format!("{}: [models] pipeline", exp.path.display()))?;
-    if let Some(c) = exp.cells.iter().find(|c| {
-        let p = c.params(&|n| PathBuf::from(n));
-        p.has_micro_conditioning()
-    }) {
-        if !text_time {
-            anyhow::bail!(
-                "{}: original_size / crops_coords_top_left / target_size ({}) are SDXL's \
-                 micro-conditioning, but {} has no addition_embed_type \"text_time\": they \
-                 would change nothing",
-                exp.path.display(),
-                c.describe(&[
-                    Param::OriginalSize,
-                    Param::CropsCoordsTopLeft,
-                    Param::TargetSize
-                ]),
-                config.display()
-            );
-        }
+    let micro = exp
+        .cells
+        .iter()
+        .find(|c| c.params(&|n| PathBuf::from(n)).has_micro_conditioning());
+    if let (Some(c), false) = (micro, text_time) {
+        anyhow::bail!(
+            "{}: original_size / crops_coords_top_left / target_size ({}) are SDXL's \
+             micro-conditioning, but {} has no addition_embed_type \"text_time\": they \
+             would change nothing",
+            exp.path.display(),
+            c.describe(&[
+                Param::OriginalSize,
+                Param::CropsCoordsTopLeft,
+                Param::TargetSize
+            ]),
+            config.display()
+        );
     }
     Ok(())
 }
