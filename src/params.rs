@@ -424,6 +424,51 @@ impl<'de> Deserialize<'de> for BlockWeights {
     }
 }
 
+/// One pair of SDXL's micro-conditioning (`add_time_ids`): a (height, width) size or a
+/// (top, left) crop corner, in pixels; written `1024x768` (or `[1024, 768]` in a file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MicroPair(pub u32, pub u32);
+
+impl MicroPair {
+    /// Largest value accepted (SDXL was trained on sizes up to 2048; this leaves room).
+    pub const MAX: u32 = 16384;
+
+    pub fn is_zero(&self) -> bool {
+        *self == MicroPair(0, 0)
+    }
+}
+
+impl fmt::Display for MicroPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.0, self.1)
+    }
+}
+
+impl std::str::FromStr for MicroPair {
+    type Err = String;
+
+    /// `1024x768`: first value, `x`, second value (whole numbers from 0 to [`MicroPair::MAX`]).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a pair such as \"1024x768\" or [1024, 768]");
+        let (a, b) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+        let num = |t: &str| t.trim().parse::<u32>().map_err(|_| bad());
+        MicroPair::new(num(a)?, num(b)?)
+    }
+}
+
+impl MicroPair {
+    /// A pair whose values are in range.
+    pub fn new(a: u32, b: u32) -> Result<Self, String> {
+        match [a, b].into_iter().find(|&x| x > MicroPair::MAX) {
+            Some(x) => Err(format!(
+                "{x} is out of range: it must be between 0 and {}",
+                MicroPair::MAX
+            )),
+            None => Ok(MicroPair(a, b)),
+        }
+    }
+}
+
 fn one() -> f64 {
     1.0
 }
@@ -735,6 +780,16 @@ pub struct GenParams {
     /// The steps whose predicted clean image x̂₀ is decoded and saved (`traces/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<StepSet>,
+    /// SDXL's micro-conditioning (diffusers' names): the (height, width) the image claims to
+    /// come from, `None`: the image's own ([`GenParams::time_ids`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_size: Option<MicroPair>,
+    /// The (top, left) crop corner it claims.
+    #[serde(default, skip_serializing_if = "MicroPair::is_zero")]
+    pub crops_coords_top_left: MicroPair,
+    /// The (height, width) it aims at, `None`: the image's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<MicroPair>,
 }
 
 impl GenParams {
@@ -778,7 +833,37 @@ impl GenParams {
             neg_steps_at: None,
             neg_off: NegOff::Zero,
             trace: None,
+            original_size: None,
+            crops_coords_top_left: MicroPair(0, 0),
+            target_size: None,
         }
+    }
+
+    /// SDXL's six `add_time_ids` as diffusers' `_get_add_time_ids` lays them out: original
+    /// size, crop top-left, target size; sizes left out are the image's (height, width).
+    pub fn time_ids(&self) -> [f64; 6] {
+        let own = MicroPair(self.height as u32, self.width as u32);
+        let o = self.original_size.unwrap_or(own);
+        let c = self.crops_coords_top_left;
+        let t = self.target_size.unwrap_or(own);
+        [o.0, o.1, c.0, c.1, t.0, t.1].map(f64::from)
+    }
+
+    /// Sizes equal to the image's are their default: the same image, the same cell id.
+    pub fn own_sizes_as_auto(self) -> GenParams {
+        let own = MicroPair(self.height as u32, self.width as u32);
+        GenParams {
+            original_size: self.original_size.filter(|&s| s != own),
+            target_size: self.target_size.filter(|&s| s != own),
+            ..self
+        }
+    }
+
+    /// Whether a micro-conditioning value is set away from its default (SDXL alone reads them).
+    pub fn has_micro_conditioning(&self) -> bool {
+        self.original_size.is_some()
+            || !self.crops_coords_top_left.is_zero()
+            || self.target_size.is_some()
     }
 
     /// Whether NegToMe is on: `negtome = true` or `method = negtome`.
@@ -871,7 +956,7 @@ impl GenParams {
     /// is left out: that is what probes and sweeps vary.
     pub fn trunk_key(&self) -> String {
         format!(
-            "{:?} {} {:?} {:?} {:?} {} {:x} {:x} {:?} {:x} {} {} {} {:?} {:?}",
+            "{:?} {} {:?} {:?} {:?} {} {:x} {:x} {:?} {:x} {} {} {} {:?} {:?} {:?}",
             self.batch_key(),
             self.seed,
             self.prompt,
@@ -891,6 +976,7 @@ impl GenParams {
                 self.negtome_t_max
             ),
             self.method_params,
+            self.time_ids(),
         )
     }
 
@@ -951,6 +1037,42 @@ pub(crate) mod test_schedule {
 mod tests {
     use super::test_schedule::step;
     use super::*;
+
+    #[test]
+    fn sdxl_micro_conditioning_defaults_keep_the_cell_json_and_follow_diffusers() {
+        let mut p = GenParams::new(3);
+        (p.width, p.height) = (768, 512);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(
+            !json.contains("original_size") && !json.contains("crops"),
+            "{json}"
+        );
+        // diffusers: original = target = (height, width), crop (0, 0).
+        assert_eq!(p.time_ids(), [512.0, 768.0, 0.0, 0.0, 512.0, 768.0]);
+        assert!(!p.has_micro_conditioning());
+        p.original_size = Some(MicroPair(1024, 2048));
+        p.crops_coords_top_left = MicroPair(16, 8);
+        assert_eq!(p.time_ids(), [1024.0, 2048.0, 16.0, 8.0, 512.0, 768.0]);
+        assert!(p.has_micro_conditioning());
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("\"original_size\":[1024,2048]"), "{json}");
+        // The image's own size is the default: the same JSON (cell id) as unset.
+        p.original_size = Some(MicroPair(512, 768));
+        p.crops_coords_top_left = MicroPair(0, 0);
+        p.target_size = Some(MicroPair(512, 768));
+        assert_eq!(
+            p.clone().own_sizes_as_auto(),
+            GenParams {
+                width: 768,
+                height: 512,
+                ..GenParams::new(3)
+            }
+        );
+        assert_eq!("1024x768".parse::<MicroPair>(), Ok(MicroPair(1024, 768)));
+        for bad in ["1024", "-1x2", "99999x1", "axb", ""] {
+            assert!(bad.parse::<MicroPair>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn window_is_active_from_its_first_step_not_one_late() {

@@ -190,7 +190,7 @@ fn sdxl_unet_config_errors_name_the_key() {
 }
 
 use common::parity::{self, get, u8_of};
-use negimg::params::{GenParams, NegativeMode, SchedulerKind};
+use negimg::params::{GenParams, MicroPair, NegativeMode, SchedulerKind};
 use negimg::roles::ModelSet;
 use std::path::Path;
 
@@ -220,12 +220,32 @@ fn parity_sdxl_pipeline_matches_diffusers_for_every_mode_adapter_and_scheduler()
             }
         }
     }
+    // SDXL's micro-conditioning away from its defaults, in the same batch as cells at the
+    // defaults (each row takes its own cell's time ids): the same seed and settings as the
+    // first cell of each adapter, so the guard below compares like with like.
+    let micro = [
+        (
+            0,
+            Some(MicroPair(256, 320)),
+            MicroPair(16, 8),
+            Some(MicroPair(96, 64)),
+        ),
+        (8, None, MicroPair(0, 24), Some(MicroPair(48, 40))),
+    ];
+    for (of, original, crop, target) in micro {
+        let mut c = cells[of].1.clone();
+        c.original_size = original;
+        c.crops_coords_top_left = crop;
+        c.target_size = target;
+        cells.push((format!("micro_{}", cells[of].0), c));
+    }
     let spec: Vec<_> = cells.iter().map(|(n, c)| parity::case_json(n, c)).collect();
     let reference = parity::run_reference("pipeline_parity.py", &dir, &models, &spec);
     let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
     let batch: Vec<GenParams> = cells.iter().map(|(_, c)| c.clone()).collect();
     let images = common::generate_float(&mut pipeline, &batch, 4, &mut |_, _| {});
     let mut report = Vec::new();
+    let mut images_by_name = std::collections::BTreeMap::new();
     for ((name, _), img) in cells.iter().zip(images) {
         let img = img.unwrap();
         let want = reference
@@ -242,8 +262,20 @@ fn parity_sdxl_pipeline_matches_diffusers_for_every_mode_adapter_and_scheduler()
             "{name}: 8-bit max diff {u8_diff}\n{}",
             report.join("\n")
         );
+        images_by_name.insert(name.clone(), img);
     }
     eprintln!("{}", report.join("\n"));
+    // Guard: the micro-conditioning acts (its image is not the default one's).
+    for (name, img) in &images_by_name {
+        if let Some(plain) = name.strip_prefix("micro_") {
+            let d = common::max_abs_diff(img, &images_by_name[plain]);
+            eprintln!("{name} vs {plain}: max abs diff {d:.3}");
+            assert!(
+                d > 0.05,
+                "{name}: micro-conditioning changed the image by {d} only"
+            );
+        }
+    }
 }
 
 /// Copies the tiny SDXL pipeline folder to `dst` with `edit` applied to its model_index.json.

@@ -4,8 +4,10 @@
 //!    of cost, times this grid's cost),
 //! 2. a calibration on the spot: the UNet and the VAE decoder loaded on the device and
 //!    timed at the grid's size and batch rows,
-//! 3. FLOP figures (SD1.5's, scaled by pixels and parameter counts) over a measured matmul
-//!    speed, or over an assumed GPU's speed when the device is not visible here.
+//! 3. FLOP figures over a measured matmul speed, or over an assumed GPU's speed when the
+//!    device is not visible here: the UNet's counted from its config.json
+//!    (`models::unet_flops`, SD1.5's and SDXL's alike), the VAE decode's SD1.5's scaled by
+//!    pixels and parameter count (SD1.5's figures where the files are not here).
 //!
 //! Cost of one image: `rows * steps` UNet row-steps (two rows with CFG, three for the
 //! three-row methods) plus one decode, each proportional to the pixels.
@@ -229,33 +231,81 @@ fn header_params(file: &Path) -> Result<f64> {
         .sum())
 }
 
-/// NegToMe's reference rows and encodes per image, in FLOPs.
-fn negtome_flops(t: &Target, params: Option<(f64, f64)>) -> f64 {
+/// NegToMe's reference rows and encodes per image, in FLOPs (per pixel at the first cell's
+/// size).
+fn negtome_flops(t: &Target, m: &ModelFacts) -> f64 {
     let (ref_pixel_steps, encoded) = t.negtome.per_image(t.exp.cells.len());
-    let (row, decode) = flops_at(params, 1.0);
-    ref_pixel_steps * row + encoded * decode * SD15_ENCODE / SD15_DECODE
+    let (w, h) = t
+        .exp
+        .cells
+        .first()
+        .map_or((512, 512), |c| (c.width, c.height));
+    let (row, decode) = m.flops_at(w, h);
+    let pixels = (w * h) as f64;
+    (ref_pixel_steps * row + encoded * decode * SD15_ENCODE / SD15_DECODE) / pixels
 }
 
-/// FLOPs of one UNet row-step and of one decode at `pixels`, scaled from SD1.5's by the
-/// pixels and the parameter counts (SD1.5's where the headers cannot be read).
-fn flops_at(params: Option<(f64, f64)>, pixels: f64) -> (f64, f64) {
-    let (unet, vae) = params.unwrap_or((SD15_UNET_PARAMS, SD15_VAE_PARAMS));
-    let scale = pixels / SD15_PIXELS;
-    (
-        SD15_UNET_ROW * scale * unet / SD15_UNET_PARAMS,
-        SD15_DECODE * scale * vae / SD15_VAE_PARAMS,
-    )
+/// What the FLOP figures are computed from: the UNet's config and the UNet's and VAE's
+/// parameter counts, where the files are here.
+struct ModelFacts {
+    unet: Option<crate::models::unet::UNet2DConditionConfig>,
+    params: Option<(f64, f64)>,
+    /// Image tokens of the grid's adapter.
+    ip_tokens: i64,
+}
+
+impl ModelFacts {
+    fn of(exp: &Experiment) -> ModelFacts {
+        let config = exp.models.pipeline.path.join("unet/config.json");
+        let unet = config
+            .is_file()
+            .then(|| crate::models::unet::UNet2DConditionConfig::from_json_file(&config).ok())
+            .flatten();
+        ModelFacts {
+            unet,
+            params: pipeline_params(exp),
+            ip_tokens: exp.cells.first().map_or(4, |c| {
+                crate::models::ip_adapter::typical_tokens(
+                    c.adapter,
+                    crate::models::clip_vision::ClipVisionConfig::vit_h().num_positions(),
+                )
+            }),
+        }
+    }
+
+    /// FLOPs of one UNet row-step and of one decode at `width` x `height`: the UNet's from
+    /// its config (SD1.5's scaled by pixels and parameters where the config is not here),
+    /// the decode's SD1.5's scaled by pixels and parameters.
+    fn flops_at(&self, width: usize, height: usize) -> (f64, f64) {
+        let (unet, vae) = self.params.unwrap_or((SD15_UNET_PARAMS, SD15_VAE_PARAMS));
+        let scale = (width * height) as f64 / SD15_PIXELS;
+        let row = match &self.unet {
+            Some(cfg) => crate::models::unet_flops::unet_row_flops(
+                cfg,
+                (height / 8) as i64,
+                (width / 8) as i64,
+                crate::models::unet_flops::Context {
+                    text_tokens: 77,
+                    ip_tokens: self.ip_tokens,
+                },
+            ),
+            None => SD15_UNET_ROW * scale * unet / SD15_UNET_PARAMS,
+        };
+        (row, SD15_DECODE * scale * vae / SD15_VAE_PARAMS)
+    }
 }
 
 fn from_flops(t: &Target, mut notes: Vec<String>) -> Estimate {
-    let params = pipeline_params(t.exp);
-    if params.is_none() {
+    let m = ModelFacts::of(t.exp);
+    if m.params.is_none() {
         notes.push("the weights are not here: SD1.5-sized models assumed".into());
+    } else if m.unet.is_some() {
+        notes.push("UNet FLOPs counted from its config.json".into());
     }
     let flops = mean(t.exp, |c| {
-        let (row, decode) = flops_at(params, (c.width * c.height) as f64);
+        let (row, decode) = m.flops_at(c.width, c.height);
         rows(c) * c.steps as f64 * row * t.rows.share() + decode * decodes(c)
-    }) + negtome_flops(t, params);
+    }) + negtome_flops(t, &m);
     let steps = mean(t.exp, |c| c.steps as f64);
     let half = matches!(t.kind, Kind::Half | Kind::BFloat16);
     let (speed, speed_how) = if t.visible {
@@ -363,7 +413,7 @@ fn calibrate(t: &Target) -> Result<Estimate> {
     let f = vae.config().scale_factor() as usize;
     let ((w, h), batch_rows) = batch_at_largest(t);
     // Keep each call short: fewer rows, then fewer pixels (same aspect).
-    let (row_flops, decode_flops) = flops_at(pipeline_params(t.exp), (w * h) as f64);
+    let (row_flops, decode_flops) = ModelFacts::of(t.exp).flops_at(w, h);
     let speed = matmul_speed(t.device, t.kind) * EFFICIENCY;
     let call_rows = if batch_rows as f64 * row_flops / speed > CALL_BUDGET_S {
         2.min(batch_rows)

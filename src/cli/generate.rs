@@ -2,8 +2,8 @@
 use super::Globals;
 use crate::models::ip_adapter::{AdapterFile, Family};
 use crate::params::{
-    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MethodParams, NegOff,
-    NegativeMode, NoImage, SchedulerKind, StepSet, Window,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MethodParams, MicroPair,
+    NegOff, NegativeMode, NoImage, SchedulerKind, StepSet, Window,
 };
 use crate::pipeline::{CellOutcome, Pipeline};
 use crate::roles::ModelSet;
@@ -144,6 +144,16 @@ pub struct GenerateArgs {
     /// --out as OUT-maps/attention_*.npy, the files of a run's `maps/<cell-id>/`.
     #[arg(long, conflicts_with = "replay")]
     pub maps: bool,
+    /// SDXL micro-conditioning: the original size HEIGHTxWIDTH the image claims (diffusers'
+    /// order, unlike --size's WxH; default: the image's size).
+    #[arg(long, value_name = "HxW", value_parser = parse_micro)]
+    pub original_size: Option<MicroPair>,
+    /// SDXL micro-conditioning: the crop's TOPxLEFT corner.
+    #[arg(long, value_name = "TOPxLEFT", default_value = "0x0", value_parser = parse_micro)]
+    pub crops_coords_top_left: MicroPair,
+    /// SDXL micro-conditioning: the target size HEIGHTxWIDTH (default: the image's size).
+    #[arg(long, value_name = "HxW", value_parser = parse_micro)]
+    pub target_size: Option<MicroPair>,
     /// The negative methods' own parameters (`--nag-scale` ...), one flag each.
     #[command(flatten)]
     pub method_params: MethodFlags,
@@ -153,7 +163,7 @@ pub struct GenerateArgs {
 }
 
 /// The flags that describe a cell, which --replay takes from the image instead.
-const CELL_FLAGS: [&str; 39] = [
+const CELL_FLAGS: [&str; 42] = [
     "models",
     "pipeline",
     "vae",
@@ -193,6 +203,9 @@ const CELL_FLAGS: [&str; 39] = [
     "neg_steps_at",
     "neg_off",
     "trace",
+    "original_size",
+    "crops_coords_top_left",
+    "target_size",
 ];
 
 /// A flag per method parameter (`sampling::methods`): its key with dashes.
@@ -308,6 +321,10 @@ pub fn parse_method(s: &str) -> std::result::Result<Method, String> {
 }
 
 fn parse_steps(s: &str) -> std::result::Result<StepSet, String> {
+    s.parse()
+}
+
+fn parse_micro(s: &str) -> std::result::Result<MicroPair, String> {
     s.parse()
 }
 
@@ -534,7 +551,11 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         neg_steps_at: neg_steps_at(a),
         neg_off: a.neg_off,
         trace: a.trace.clone(),
-    };
+        original_size: a.original_size,
+        crops_coords_top_left: a.crops_coords_top_left,
+        target_size: a.target_size,
+    }
+    .own_sizes_as_auto();
     check_method(&cell)?;
     Ok(cell)
 }

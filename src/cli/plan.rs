@@ -2,7 +2,7 @@
 //! counts and a time estimate on the chosen device (see `estimate.rs`; without an
 //! earlier run it loads and times the UNet and the VAE, unless `--no-calibrate`).
 use super::Globals;
-use crate::experiment::{self, Experiment, ImageSource, LoadOptions};
+use crate::experiment::{self, Experiment, ImageSource, LoadOptions, Param};
 use crate::params::{GenParams, Method, Window};
 use crate::sampling::window::{WindowCase, comparison_table};
 use crate::sampling::{SchedulerConfig, methods};
@@ -72,6 +72,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     )?;
     check_block_layout(&exp)?;
     check_adapters(&exp)?;
+    check_sdxl_parts(&exp)?;
     // A GPU that is not visible here still gets an estimate (from FLOP figures).
     let device = crate::device::parse_device_spec(&g.device)?;
     let kind = super::run::dtype_for(&exp, g, device)?;
@@ -464,6 +465,42 @@ fn check_adapters(exp: &Experiment) -> Result<()> {
             )
         })
         .with_context(|| format!("{}: [models]", exp.path.display()))
+}
+
+/// When the pipeline folder is on disk, from its configs alone: an SDXL UNet has its
+/// `text_encoder_2` (and an SD1.x/2.x one none), and SDXL's micro-conditioning keys are
+/// set only where the UNet reads them.
+fn check_sdxl_parts(exp: &Experiment) -> Result<()> {
+    let dir = &exp.models.pipeline.path;
+    let config = dir.join("unet/config.json");
+    if !config.is_file() {
+        return Ok(());
+    }
+    let text_time = crate::models::unet::UNet2DConditionConfig::from_json_file(&config)?
+        .pooled_text_dim()
+        .is_some();
+    let folder = crate::weights::pipeline_folder::PipelineFolder::open(dir)?;
+    crate::pipeline::check_second_encoder(dir, text_time, folder.text_encoder_2.is_some())
+        .with_context(|| format!("{}: [models] pipeline", exp.path.display()))?;
+    let micro = exp
+        .cells
+        .iter()
+        .find(|c| c.params(&|n| PathBuf::from(n)).has_micro_conditioning());
+    if let (Some(c), false) = (micro, text_time) {
+        anyhow::bail!(
+            "{}: original_size / crops_coords_top_left / target_size ({}) are SDXL's \
+             micro-conditioning, but {} has no addition_embed_type \"text_time\": they \
+             would change nothing",
+            exp.path.display(),
+            c.describe(&[
+                Param::OriginalSize,
+                Param::CropsCoordsTopLeft,
+                Param::TargetSize
+            ]),
+            config.display()
+        );
+    }
+    Ok(())
 }
 
 fn duration(s: f64) -> String {

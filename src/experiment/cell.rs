@@ -2,8 +2,8 @@
 use super::values::{Param, Value};
 use crate::params::MethodParams;
 use crate::params::{
-    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, NegOff, NegativeMode,
-    NoImage, SchedulerKind, StepSet, Window,
+    AdapterKind, BlockWeights, BranchWeight, GenParams, IpScaling, Method, MicroPair, NegOff,
+    NegativeMode, NoImage, SchedulerKind, StepSet, Window,
 };
 use crate::sampling::methods;
 use std::collections::BTreeMap;
@@ -59,6 +59,10 @@ pub struct CellSpec {
     pub neg_off: NegOff,
     /// The steps whose x̂₀ is saved.
     pub trace: Option<StepSet>,
+    /// SDXL's micro-conditioning; `None` sizes: the image's own.
+    pub original_size: Option<MicroPair>,
+    pub crops_coords_top_left: MicroPair,
+    pub target_size: Option<MicroPair>,
 }
 
 impl Default for CellSpec {
@@ -103,6 +107,9 @@ impl Default for CellSpec {
             neg_steps_at: None,
             neg_off: p.neg_off,
             trace: None,
+            original_size: p.original_size,
+            crops_coords_top_left: p.crops_coords_top_left,
+            target_size: p.target_size,
         }
     }
 }
@@ -147,6 +154,11 @@ impl CellSpec {
             (Param::NegStepsAt, Value::Steps(s)) => self.neg_steps_at = s.clone(),
             (Param::NegOff, Value::NegOff(o)) => self.neg_off = *o,
             (Param::Trace, Value::Steps(s)) => self.trace = s.clone(),
+            (Param::OriginalSize, Value::Size(v)) => self.original_size = *v,
+            (Param::CropsCoordsTopLeft, Value::Size(v)) => {
+                self.crops_coords_top_left = v.unwrap_or_default()
+            }
+            (Param::TargetSize, Value::Size(v)) => self.target_size = *v,
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -234,6 +246,9 @@ impl CellSpec {
             Param::NegStepsAt => Value::Steps(self.neg_steps_at().cloned()),
             Param::NegOff => Value::NegOff(self.neg_off),
             Param::Trace => Value::Steps(self.trace.clone()),
+            Param::OriginalSize => Value::Size(self.original_size),
+            Param::CropsCoordsTopLeft => Value::Size(Some(self.crops_coords_top_left)),
+            Param::TargetSize => Value::Size(self.target_size),
         }
     }
 
@@ -291,7 +306,11 @@ impl CellSpec {
             neg_steps_at: self.neg_steps_at().cloned(),
             neg_off: self.neg_off,
             trace: self.trace.clone(),
+            original_size: self.original_size,
+            crops_coords_top_left: self.crops_coords_top_left,
+            target_size: self.target_size,
         }
+        .own_sizes_as_auto()
     }
 
     /// `weight=0.5 negative=image seed=3`: the values of `params` in this cell.

@@ -2,8 +2,8 @@
 //! `[defaults]`, lists and A1111-style ranges (`1-5 (+2)`, `1-10 [5]`) on `[grid]` axes.
 use super::source::Source;
 use crate::params::{
-    AdapterKind, BlockWeights, IpScaling, Method, NegOff, NegativeMode, NoImage, SchedulerKind,
-    StepSet, Window,
+    AdapterKind, BlockWeights, IpScaling, Method, MicroPair, NegOff, NegativeMode, NoImage,
+    SchedulerKind, StepSet, Window,
 };
 use crate::sampling::methods::{self, ParamSpec};
 use anyhow::Result;
@@ -52,6 +52,10 @@ pub enum Param {
     NegStepsAt,
     NegOff,
     Trace,
+    /// SDXL's micro-conditioning (`add_time_ids`), diffusers' names.
+    OriginalSize,
+    CropsCoordsTopLeft,
+    TargetSize,
     /// A parameter of one negative method, by key (declared in its file under
     /// `sampling::methods`).
     MethodParam(&'static str),
@@ -61,7 +65,7 @@ pub enum Param {
 
 impl Param {
     /// The parameters every cell has; [`Param::all`] adds the methods' own.
-    const COMMON: [Param; 34] = [
+    const COMMON: [Param; 37] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -96,6 +100,9 @@ impl Param {
         Param::NegStepsAt,
         Param::NegOff,
         Param::Trace,
+        Param::OriginalSize,
+        Param::CropsCoordsTopLeft,
+        Param::TargetSize,
     ];
 
     pub fn name(self) -> &'static str {
@@ -135,6 +142,9 @@ impl Param {
             Param::NegStepsAt => "neg_steps_at",
             Param::NegOff => "neg_off",
             Param::Trace => "trace",
+            Param::OriginalSize => "original_size",
+            Param::CropsCoordsTopLeft => "crops_coords_top_left",
+            Param::TargetSize => "target_size",
         }
     }
 
@@ -246,6 +256,8 @@ pub enum Value {
     NegOff(NegOff),
     /// An `[images.NAME]` reference; `None` is no image.
     Image(Option<String>),
+    /// A micro-conditioning pair; `None` (`auto`): the image's own size.
+    Size(Option<MicroPair>),
 }
 
 impl fmt::Display for Value {
@@ -267,6 +279,8 @@ impl fmt::Display for Value {
             Value::Steps(v) => v.as_ref().map_or(Ok(()), |s| write!(f, "{s}")),
             Value::NegOff(v) => write!(f, "{v}"),
             Value::Image(v) => f.write_str(v.as_deref().unwrap_or("")),
+            Value::Size(Some(p)) => write!(f, "{p}"),
+            Value::Size(None) => f.write_str("auto"),
         }
     }
 }
@@ -290,6 +304,24 @@ pub fn single(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Re
             let x = number(src, key, v)?;
             word(src, key, span, param, &x.to_string())
         }
+        // `original_size = [1024, 768]`: one pair.
+        (None, DeValue::Array(items)) if is_micro(param) => {
+            let pair = items
+                .iter()
+                .map(|item| number(src, key, item).map(|x| x.to_string()))
+                .collect::<Result<Vec<_>>>()?;
+            match pair.as_slice() {
+                [a, b] => word(src, key, span, param, &format!("{a}x{b}")),
+                _ => Err(src.error(
+                    span,
+                    key,
+                    format!(
+                        "expected two numbers [height, width] (crops_coords_top_left: [top, left]), found {}",
+                        pair.len()
+                    ),
+                )),
+            }
+        }
         // `trace = [0, 6, 12]`: one set of the listed steps.
         (None, DeValue::Array(items)) if param == Param::Trace => {
             let steps = items
@@ -298,6 +330,14 @@ pub fn single(src: &Source, key: &str, param: Param, v: &Spanned<DeValue>) -> Re
                 .collect::<Result<Vec<_>>>()?;
             word(src, key, span, param, &steps.join(", "))
         }
+        (None, other) if is_micro(param) => Err(src.error(
+            span,
+            key,
+            format!(
+                "expected a pair such as \"1024x768\" or [1024, 768] (a grid axis: a list of them), found {}",
+                other.type_str()
+            ),
+        )),
         (None, other) => Err(src.error(
             span,
             key,
@@ -482,10 +522,23 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
         Param::PositiveImage | Param::NegativeImage => {
             Value::Image((!(s.is_empty() || s == "none")).then(|| s.to_string()))
         }
+        // The sizes' default follows the image (`auto`); the crop's is 0x0.
+        Param::OriginalSize | Param::TargetSize if s == "auto" => Value::Size(None),
+        Param::OriginalSize | Param::CropsCoordsTopLeft | Param::TargetSize => Value::Size(Some(
+            s.parse::<MicroPair>()
+                .map_err(|e| src.error(span, key, e))?,
+        )),
         _ => {
             return Err(src.error(span, key, format!("expected a number, found {s:?}")));
         }
     })
+}
+
+fn is_micro(param: Param) -> bool {
+    matches!(
+        param,
+        Param::OriginalSize | Param::CropsCoordsTopLeft | Param::TargetSize
+    )
 }
 
 fn is_steps(param: Param) -> bool {

@@ -13,4 +13,5 @@ pub mod resnet;
 pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;
+pub mod unet_flops;
 pub mod vae;

@@ -112,20 +112,11 @@ impl Pipeline {
         let text_encoder = source.text_encoder(device, kind)?;
         let unet = source.unet(device, kind)?;
         let text_encoder_2 = source.text_encoder_2(device, kind)?;
-        if unet.takes_text_time() && text_encoder_2.is_none() {
-            bail!(
-                "{}: the UNet is SDXL's (addition_embed_type \"text_time\") but the pipeline has \
-                 no text_encoder_2 (and tokenizer_2) listed in model_index.json",
-                models.pipeline.display()
-            );
-        }
-        if !unet.takes_text_time() && text_encoder_2.is_some() {
-            bail!(
-                "{}: text_encoder_2 is given but the UNet has no text_time embedding to take its \
-                 pooled output (not an SDXL UNet)",
-                models.pipeline.display()
-            );
-        }
+        check_second_encoder(
+            &models.pipeline,
+            unet.takes_text_time(),
+            text_encoder_2.is_some(),
+        )?;
         let vae_file = match &models.vae {
             Some(path) => {
                 stage(Role::Vae);
@@ -310,6 +301,7 @@ impl Pipeline {
         for c in cells {
             c.check_blocks(blocks).map_err(|e| anyhow!(e))?;
         }
+        check_micro_conditioning(cells, self.unet.takes_text_time())?;
         let (h, w) = self.latent_size(first.width, first.height)?;
         let mut scheduler = make_scheduler(first.scheduler, &self.scheduler_cfg, first.steps)?;
         let text = self.conditioner.text_rows(cells);
@@ -465,19 +457,54 @@ fn load_adapter(
     Ok(Adapter { file, proj })
 }
 
-/// SDXL's `add_time_ids` of each row of [`guidance::row_layout`] `[R, 6]`: original size,
-/// crop top-left, target size, with diffusers' defaults (original = target = the image's
-/// (height, width), crop (0, 0)).
+/// SDXL's `add_time_ids` of each row of [`guidance::row_layout`] `[R, 6]`: each cell's
+/// [`GenParams::time_ids`] (every row of a cell, as diffusers when no `negative_*` size is
+/// given).
 fn time_id_rows(cells: &[GenParams]) -> Tensor {
     let refs: Vec<&GenParams> = cells.iter().collect();
     let ids: Vec<f32> = crate::sampling::guidance::row_layout(&refs)
         .into_iter()
-        .flat_map(|(i, _)| {
-            let (h, w) = (cells[i].height as f32, cells[i].width as f32);
-            [h, w, 0.0, 0.0, h, w]
-        })
+        .flat_map(|(i, _)| cells[i].time_ids().map(|x| x as f32))
         .collect();
     Tensor::from_slice(&ids).view([-1, 6])
+}
+
+/// An SDXL (`text_time`) UNet needs `text_encoder_2` and only it takes one: an error naming
+/// the pipeline folder (`negimg plan` checks this from the configs, `load` again).
+pub fn check_second_encoder(
+    pipeline: &std::path::Path,
+    text_time: bool,
+    has_second: bool,
+) -> Result<()> {
+    if text_time && !has_second {
+        bail!(
+            "{}: the UNet is SDXL's (addition_embed_type \"text_time\") but the pipeline has \
+             no text_encoder_2 (and tokenizer_2) listed in model_index.json",
+            pipeline.display()
+        );
+    }
+    if !text_time && has_second {
+        bail!(
+            "{}: text_encoder_2 is given but the UNet has no text_time embedding to take its \
+             pooled output (not an SDXL UNet)",
+            pipeline.display()
+        );
+    }
+    Ok(())
+}
+
+/// Micro-conditioning on a UNet without SDXL's added conditioning would change nothing: an
+/// error naming the keys (no silent no-op).
+fn check_micro_conditioning(cells: &[GenParams], takes_text_time: bool) -> Result<()> {
+    match cells.iter().find(|c| c.has_micro_conditioning()) {
+        Some(c) if !takes_text_time => bail!(
+            "original_size / crops_coords_top_left / target_size are SDXL's micro-conditioning; \
+             this pipeline's UNet has no added time ids (addition_embed_type = \"text_time\" \
+             in unet/config.json), so they would change nothing (seed {})",
+            c.seed
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn is_oom(message: &str) -> bool {

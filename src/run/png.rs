@@ -109,6 +109,12 @@ pub fn a1111_parameters(
             p.negtome_alpha, p.negtome_threshold, p.negtome_t_min, p.negtome_t_max
         ));
     }
+    if p.has_micro_conditioning() {
+        let [oh, ow, ct, cl, th, tw] = p.time_ids();
+        fields.push(format!(
+            "Original size: {oh}x{ow}, Crop top-left: {ct}x{cl}, Target size: {th}x{tw}"
+        ));
+    }
     if let Some(name) = positive_image {
         fields.push(format!("Positive image: {name}"));
     }

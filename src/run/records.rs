@@ -93,6 +93,14 @@ pub struct Record {
     /// The steps whose x̂₀ is saved under `traces/<image id>/step-NNN.png`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<StepSet>,
+    /// SDXL's micro-conditioning as set (`auto`: the image's size); the columns exist only
+    /// in runs that set one (other runs keep their rows and record ids).
+    #[serde(default = "auto", skip_serializing_if = "is_auto")]
+    pub original_size: String,
+    #[serde(default = "zero_pair", skip_serializing_if = "is_zero_pair")]
+    pub crops_coords_top_left: String,
+    #[serde(default = "auto", skip_serializing_if = "is_auto")]
+    pub target_size: String,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -113,6 +121,18 @@ fn negtome_t_min() -> f64 {
 }
 fn negtome_t_max() -> f64 {
     params::NEGTOME_T_MAX
+}
+fn auto() -> String {
+    "auto".to_string()
+}
+fn is_auto(s: &str) -> bool {
+    s == "auto"
+}
+fn zero_pair() -> String {
+    params::MicroPair::default().to_string()
+}
+fn is_zero_pair(s: &str) -> bool {
+    *s == zero_pair()
 }
 
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
@@ -180,6 +200,9 @@ impl Record {
             "trace" => (self.trace.as_ref())
                 .map(ToString::to_string)
                 .unwrap_or_default(),
+            "original_size" => self.original_size.clone(),
+            "crops_coords_top_left" => self.crops_coords_top_left.clone(),
+            "target_size" => self.target_size.clone(),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             key if methods::param(key).is_some() => self.method_param(key).unwrap_or_default(),
@@ -264,10 +287,18 @@ impl Record {
             neg_steps_at: cell.neg_steps_at().cloned(),
             neg_off: cell.neg_off,
             trace: cell.trace.clone(),
+            original_size: micro_text(cell.original_size),
+            crops_coords_top_left: cell.crops_coords_top_left.to_string(),
+            target_size: micro_text(cell.target_size),
             seconds,
             error: error.to_string(),
         }
     }
+}
+
+/// A micro-conditioning size as records.csv writes it: `auto` where it follows the image.
+fn micro_text(size: Option<params::MicroPair>) -> String {
+    size.map_or_else(auto, |p| p.to_string())
 }
 
 /// A value as serde writes it into records.csv (numbers as JSON writes them: 1.0, 0.5).
@@ -349,9 +380,13 @@ pub const COLUMNS: [&str; 37] = [
     "error",
 ];
 
+/// SDXL's micro-conditioning columns, after the step-set ones in a run that sets one.
+const MICRO_COLUMNS: [&str; 3] = ["original_size", "crops_coords_top_left", "target_size"];
+
 /// Writes records.csv atomically: [`COLUMNS`], `subject` after `method_params` in a run
 /// with subjects, and `steps_at`, `neg_steps_at`, `neg_off`, `trace` after it in a run with
-/// step sets, `neg_off = "no_image"` or traces (other runs keep their columns).
+/// step sets, `neg_off = "no_image"` or traces, then [`MICRO_COLUMNS`] in a run that sets one
+/// (other runs keep their columns).
 pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
     let mut columns = COLUMNS.to_vec();
     let mut at = columns
@@ -373,6 +408,17 @@ pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
             .into_iter()
             .enumerate()
         {
+            columns.insert(at + 1 + k, c);
+        }
+        at += 4;
+    }
+    let micro = |r: &Record| {
+        !(is_auto(&r.original_size)
+            && is_zero_pair(&r.crops_coords_top_left)
+            && is_auto(&r.target_size))
+    };
+    if records.iter().any(micro) {
+        for (k, c) in MICRO_COLUMNS.into_iter().enumerate() {
             columns.insert(at + 1 + k, c);
         }
     }

@@ -57,7 +57,7 @@ fn branch_json(b: &BranchWeight) -> Value {
 /// documents.
 pub fn case_json(name: &str, c: &GenParams) -> Value {
     let path = |x: Option<&PathBuf>| x.map(|p| p.to_str().unwrap().to_string());
-    json!({
+    let mut case = json!({
         "name": name, "method": c.method.to_string(), "adapter": c.adapter.to_string(),
         "prompt": c.prompt, "uncond_prompt": c.uncond_text(),
         "pos_image": path(c.positive_image.as_ref()), "uncond_image": path(c.uncond_image()),
@@ -68,7 +68,15 @@ pub fn case_json(name: &str, c: &GenParams) -> Value {
         "no_image": c.no_image.to_string(),
         "blocks": c.blocks.to_string(), "neg_blocks": c.neg_blocks.to_string(),
         "ip_scaling": c.ip_scaling.to_string(),
-    })
+    });
+    // SDXL's micro-conditioning, only where set (diffusers' (h, w) / (top, left) tuples).
+    if c.has_micro_conditioning() {
+        let ids = c.time_ids();
+        case["original_size"] = json!([ids[0], ids[1]]);
+        case["crops_coords_top_left"] = json!([ids[2], ids[3]]);
+        case["target_size"] = json!([ids[4], ids[5]]);
+    }
+    case
 }
 
 /// Runs `tests/reference/<script> MODELS CASES.json OUT.safetensors` on `cases` (written to

@@ -5,7 +5,8 @@ usage: pipeline_parity.py MODELS_DIR CASES.json OUT.safetensors
 MODELS_DIR: a `negimg models init-random` folder. CASES.json: a list of
 {name, prompt, uncond_prompt, pos_image, uncond_image (paths or null), adapter: base|plus,
  scheduler: ddim|euler|euler_ancestral|dpmpp_2m|dpmpp_2m_karras, steps, cfg, seed, size, no_image: reference|black,
- positive: {weight, start, end}, negative: {weight, start, end}}.
+ positive: {weight, start, end}, negative: {weight, start, end}}; SDXL cases may add
+ original_size, crops_coords_top_left, target_size ([a, b], passed to the pipeline as tuples).
 Image embeddings (common_ref.py's features) enter the pipeline as
 ip_adapter_image_embeds=[cat([uncond, cond])]. The IP scale of each CFG row (uncond, cond) at
 each step follows the window rule "step i of N is active iff
@@ -37,7 +38,10 @@ def outputs(pipe, c):
                     features(c["pos_image"], c["adapter"], c["no_image"])])
     # An empty negative prompt is given as None: StableDiffusionPipeline encodes "" either
     # way; StableDiffusionXLPipeline then conditions on zeros (force_zeros_for_empty_prompt).
+    micro = {k: tuple(int(x) for x in c[k])
+             for k in ("original_size", "crops_coords_top_left", "target_size") if k in c}
     image = pipe(prompt=c["prompt"], negative_prompt=c["uncond_prompt"] or None, ip_adapter_image_embeds=[ip],
+                 **micro,
                  num_inference_steps=n, guidance_scale=c["cfg"], height=c["size"], width=c["size"],
                  generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type="pt",
                  callback_on_step_end=callback).images

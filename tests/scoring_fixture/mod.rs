@@ -58,6 +58,9 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         neg_steps_at: None,
         neg_off: Default::default(),
         trace: None,
+        original_size: "auto".into(),
+        crops_coords_top_left: "0x0".into(),
+        target_size: "auto".into(),
         seconds: 0.1,
         error: String::new(),
     }
