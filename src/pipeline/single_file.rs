@@ -10,17 +10,25 @@
 //! `convert_ldm_clip_checkpoint`). Block indices are derived from the file's own keys, so any
 //! block count and `layers_per_block` works (SD1.5 and the tiny test models alike).
 //!
+//! SDXL base files (the SGM layout, told by `conditioner.embedders.{0,1}.*`) have the same
+//! UNet and VAE keys (the UNet's `text_time` embedding as `label_emb.0.*`), the CLIP ViT-L
+//! under `conditioner.embedders.0.transformer.` and the OpenCLIP ViT-bigG under
+//! `conditioner.embedders.1.model.` (see [`sdxl`]). SD2 and the SDXL refiner are refused.
+//!
 //! A single file has no config.json, so the model configs come from (see
 //! [`LdmCheckpoint::unet_config`] and its siblings):
-//! 1. `<file name without extension>.configs/{unet,vae,text_encoder}/config.json` beside the
-//!    file, when present (a diffusers folder of the same model without its weights; its
-//!    `tokenizer/` and `scheduler/` are used too);
+//! 1. `<file name without extension>.configs/{unet,vae,text_encoder,text_encoder_2}/config.json`
+//!    beside the file, when present (a diffusers folder of the same model without its
+//!    weights; its `tokenizer/`, `tokenizer_2/`, `scheduler/` and model_index.json's
+//!    `force_zeros_for_empty_prompt` are used too);
 //! 2. otherwise the tensor shapes: channels, blocks, layers, which blocks have attention,
 //!    cross-attention width, vocabulary, positions... Head counts are not in the shapes;
 //!    they follow Stable Diffusion 1.x: 8 heads in every UNet attention (diffusers'
 //!    `attention_head_dim: 8`) and `hidden_size / 64` heads in the text encoder (CLIP
 //!    ViT-L/14). Everything else keeps its SD1.5 value, so an SD1.5 checkpoint gets exactly
-//!    the SD1.5 configs.
+//!    the SD1.5 configs. SDXL files take SDXL's conventions instead: 64-wide heads in the
+//!    UNet and both text encoders, the SDXL VAE's scaling factor, force-zeros on; an
+//!    `sd_xl_base_1.0` file gets exactly SDXL base's configs.
 use crate::models::clip_text::ClipTextConfig;
 use crate::models::unet::{DownBlockType, OneOrMany, UNet2DConditionConfig, UpBlockType};
 use crate::models::vae::{AutoencoderKLConfig, VaeDownBlockType, VaeUpBlockType};
