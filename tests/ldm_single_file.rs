@@ -92,29 +92,3 @@ fn ldm_checkpoint_without_vae_names_the_missing_part() {
         "{msg}"
     );
 }
-
-#[test]
-fn ldm_sdxl_checkpoint_is_refused_as_another_architecture() {
-    let dir = common::scratch("ldm_sdxl");
-    let path = dir.join("sdxl.safetensors");
-    let w = tch::Tensor::zeros([2], (Kind::Float, Device::Cpu));
-    tch::Tensor::write_safetensors(
-        &[
-            (
-                "model.diffusion_model.input_blocks.0.0.weight",
-                w.shallow_clone(),
-            ),
-            (
-                "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
-                w,
-            ),
-        ],
-        &path,
-    )
-    .unwrap();
-    let msg = format!("{:#}", open_single_file(&path).err().unwrap());
-    assert!(
-        msg.contains("sdxl.safetensors") && msg.contains("1.5"),
-        "{msg}"
-    );
-}

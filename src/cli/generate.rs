@@ -25,7 +25,7 @@ pub struct GenerateArgs {
     /// ip-adapter*_sd15.safetensors); --pipeline etc. override its parts.
     #[arg(long)]
     pub models: Option<PathBuf>,
-    /// A diffusers pipeline folder, or a single-file SD1.5 checkpoint (.safetensors).
+    /// A diffusers pipeline folder, or a single-file SD1.5 or SDXL base checkpoint (.safetensors).
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
     /// A VAE folder replacing the pipeline's.

@@ -339,13 +339,9 @@ impl ClipTextModel {
         device: Device,
         kind: Kind,
     ) -> Result<Self> {
-        weights::build_and_load(
-            source,
-            device,
-            kind,
-            weights::safetensors_io::with_or_without_prefix(source, "text_model"),
-            |root| Ok(ClipTextModel::new(root / "text_model", cfg)),
-        )
+        load_text_model(source, device, kind, |root| {
+            ClipTextModel::new(root / "text_model", cfg)
+        })
     }
 
     /// `last_hidden_state` `[B, T, hidden]` (after `final_layer_norm`) for ids `[B, T]`.
@@ -419,13 +415,9 @@ impl ClipTextModelWithProjection {
         device: Device,
         kind: Kind,
     ) -> Result<Self> {
-        weights::build_and_load(
-            source,
-            device,
-            kind,
-            weights::safetensors_io::with_or_without_prefix(source, "text_model"),
-            |root| Ok(ClipTextModelWithProjection::new(root, cfg)),
-        )
+        load_text_model(source, device, kind, |root| {
+            ClipTextModelWithProjection::new(root, cfg)
+        })
     }
 
     /// `hidden_states[-2]` `[B, T, hidden]` and `text_embeds` `[B, projection_dim]` (the
@@ -435,6 +427,24 @@ impl ClipTextModelWithProjection {
         let pooled = self.text.pooled(ids, &last);
         (penultimate, self.text_projection.forward(&pooled))
     }
+}
+
+/// Builds a text model with `build` on `device` in `kind` and loads it from `source`, whose
+/// names are transformers' with or without the `text_model.` prefix (files saved before and
+/// after transformers 5).
+fn load_text_model<M>(
+    source: &dyn TensorSource,
+    device: Device,
+    kind: Kind,
+    build: impl FnOnce(nn::Path) -> M,
+) -> Result<M> {
+    weights::build_and_load(
+        source,
+        device,
+        kind,
+        weights::safetensors_io::with_or_without_prefix(source, "text_model"),
+        |root| Ok(build(root)),
+    )
 }
 
 /// Writes a `CLIPTextModelWithProjection` folder with seeded random weights.

@@ -74,13 +74,19 @@ impl ClipTokenizer {
     /// Builds the tokenizer from CLIP's original merge list as open_clip ships it
     /// (`bpe_simple_vocab_16e6.txt.gz`), with SD1.5's pad token `<|endoftext|>`.
     pub fn from_open_clip_vocab(gz: &Path) -> Result<Self> {
+        Self::from_open_clip_vocab_padded(gz, EOS)
+    }
+
+    /// As [`from_open_clip_vocab`](Self::from_open_clip_vocab), padding with `pad` (SDXL's
+    /// `tokenizer_2` pads with `!`).
+    pub fn from_open_clip_vocab_padded(gz: &Path, pad: &str) -> Result<Self> {
         let (vocab, merges) = vocab_from_open_clip(gz)?;
         let vocab = vocab
             .into_iter()
             .enumerate()
             .map(|(i, t)| (t, i as u32))
             .collect();
-        Self::build(vocab, merges, EOS)
+        Self::build(vocab, merges, pad)
     }
 
     fn build(vocab: HashMap<String, u32>, merges: Merges, pad: &str) -> Result<Self> {

@@ -48,6 +48,9 @@ pub struct AutoencoderKLConfig {
     pub mid_block_add_attention: bool,
 }
 
+/// The SDXL VAE's `scaling_factor` (stabilityai/sdxl-vae config.json).
+pub const SDXL_SCALING_FACTOR: f64 = 0.13025;
+
 impl Default for AutoencoderKLConfig {
     /// diffusers' constructor defaults.
     fn default() -> Self {
@@ -90,6 +93,15 @@ impl AutoencoderKLConfig {
     /// The SD1.5 VAE: channels (128, 256, 512, 512), 8x downsampling, scale 0.18215.
     pub fn sd15() -> Self {
         Self::with_channels(vec![128, 256, 512, 512], 512)
+    }
+
+    /// The SDXL VAE (stabilityai/sdxl-vae `config.json`): SD1.5's network with its own
+    /// scaling factor, for 1024-pixel images.
+    pub fn sdxl() -> Self {
+        AutoencoderKLConfig {
+            scaling_factor: SDXL_SCALING_FACTOR,
+            ..Self::with_channels(vec![128, 256, 512, 512], 1024)
+        }
     }
 
     /// The tiny VAE of `diffusers_baseline.py --tiny`: channels (32, 64), so it downsamples

@@ -143,7 +143,7 @@ impl Pipeline {
             tokenizer,
             text_encoder,
             text_encoder_2,
-            force_zeros_for_empty_prompt: source.force_zeros_for_empty_prompt(),
+            force_zeros_for_empty_prompt: source.force_zeros_for_empty_prompt()?,
             image_encoder,
             adapters,
         };

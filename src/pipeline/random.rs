@@ -128,8 +128,7 @@ impl RandomPreset {
     }
 }
 
-/// The SDXL VAE's `scaling_factor` (stabilityai/sdxl-vae config.json).
-const SDXL_VAE_SCALING_FACTOR: f64 = 0.13025;
+const SDXL_VAE_SCALING_FACTOR: f64 = crate::models::vae::SDXL_SCALING_FACTOR;
 
 /// Writes a random adapter of `kind` that fits `unet` and `vision`.
 pub fn write_random_adapter(

@@ -10,17 +10,25 @@
 //! `convert_ldm_clip_checkpoint`). Block indices are derived from the file's own keys, so any
 //! block count and `layers_per_block` works (SD1.5 and the tiny test models alike).
 //!
+//! SDXL base files (the SGM layout, told by `conditioner.embedders.{0,1}.*`) have the same
+//! UNet and VAE keys (the UNet's `text_time` embedding as `label_emb.0.*`), the CLIP ViT-L
+//! under `conditioner.embedders.0.transformer.` and the OpenCLIP ViT-bigG under
+//! `conditioner.embedders.1.model.` (see [`sdxl`]). SD2 and the SDXL refiner are refused.
+//!
 //! A single file has no config.json, so the model configs come from (see
 //! [`LdmCheckpoint::unet_config`] and its siblings):
-//! 1. `<file name without extension>.configs/{unet,vae,text_encoder}/config.json` beside the
-//!    file, when present (a diffusers folder of the same model without its weights; its
-//!    `tokenizer/` and `scheduler/` are used too);
+//! 1. `<file name without extension>.configs/{unet,vae,text_encoder,text_encoder_2}/config.json`
+//!    beside the file, when present (a diffusers folder of the same model without its
+//!    weights; its `tokenizer/`, `tokenizer_2/`, `scheduler/` and model_index.json's
+//!    `force_zeros_for_empty_prompt` are used too);
 //! 2. otherwise the tensor shapes: channels, blocks, layers, which blocks have attention,
 //!    cross-attention width, vocabulary, positions... Head counts are not in the shapes;
 //!    they follow Stable Diffusion 1.x: 8 heads in every UNet attention (diffusers'
 //!    `attention_head_dim: 8`) and `hidden_size / 64` heads in the text encoder (CLIP
 //!    ViT-L/14). Everything else keeps its SD1.5 value, so an SD1.5 checkpoint gets exactly
-//!    the SD1.5 configs.
+//!    the SD1.5 configs. SDXL files take SDXL's conventions instead: 64-wide heads in the
+//!    UNet and both text encoders, the SDXL VAE's scaling factor, force-zeros on; an
+//!    `sd_xl_base_1.0` file gets exactly SDXL base's configs.
 use crate::models::clip_text::ClipTextConfig;
 use crate::models::unet::{DownBlockType, OneOrMany, UNet2DConditionConfig, UpBlockType};
 use crate::models::vae::{AutoencoderKLConfig, VaeDownBlockType, VaeUpBlockType};
@@ -31,9 +39,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
+mod sdxl;
+pub use sdxl::{infer_sdxl_text_2_config, infer_sdxl_unet_config, infer_sdxl_vae_config};
+
 const UNET_PREFIX: &str = "model.diffusion_model.";
 const VAE_PREFIXES: [&str; 2] = ["first_stage_model.", "vae."];
 const TEXT_PREFIX: &str = "cond_stage_model.transformer.";
+/// SDXL's (SGM layout) CLIP ViT-L, in transformers' layout.
+const SDXL_TEXT_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// SDXL's OpenCLIP ViT-bigG, in open_clip's layout.
+const SDXL_TEXT_2_PREFIX: &str = "conditioner.embedders.1.model.";
+
+/// The model family of a single file, told by its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Stable Diffusion 1.x (LDM layout: `cond_stage_model.transformer.*`).
+    Sd1,
+    /// SDXL base (SGM layout: `conditioner.embedders.{0,1}.*`).
+    Sdxl,
+}
 
 /// How a stored tensor becomes the diffusers tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -41,14 +65,23 @@ enum Reshape {
     Same,
     /// A 1x1 conv weight [C, C, 1, 1] (or [C, C, 1]) read as a linear weight [C, C].
     ConvToLinear,
+    /// open_clip's `text_projection` `[width, projection]` (used as `x @ P`) read as a linear
+    /// weight `[projection, width]`.
+    Transpose,
+    /// Part `i` (q, k, v) of a fused `in_proj_weight` / `in_proj_bias`: rows `i*n..(i+1)*n`
+    /// of its `3n`.
+    Third(i64),
 }
 
 /// An opened single-file checkpoint.
 pub struct LdmCheckpoint {
     file: Arc<TensorFile>,
+    family: Family,
     unet: BTreeMap<String, (String, Reshape)>,
     vae: BTreeMap<String, (String, Reshape)>,
     text: BTreeMap<String, (String, Reshape)>,
+    /// SDXL's second text encoder (empty for SD1.x).
+    text_2: BTreeMap<String, (String, Reshape)>,
 }
 
 /// True when `path` looks like a single-file LDM checkpoint (a file, not a diffusers folder).
@@ -79,17 +112,7 @@ pub fn open_single_file(path: &Path) -> Result<LdmCheckpoint> {
     }
     let file = TensorFile::open(path)?;
     let names = file.names();
-    // SD2 keeps an OpenCLIP text encoder under `cond_stage_model.model.`, SDXL uses
-    // `conditioner.embedders.`: other architectures, not SD1.5.
-    if let Some(other) = names.iter().find(|n| {
-        n.starts_with("cond_stage_model.model.") || n.starts_with("conditioner.embedders.")
-    }) {
-        bail!(
-            "{}: an SD2 or SDXL checkpoint (it has {other:?}); negimg runs Stable Diffusion 1.5 \
-             checkpoints only",
-            path.display()
-        );
-    }
+    let family = family_of(path, &names)?;
     let unet = map_unet(&names)
         .with_context(|| format!("{}: cannot map the UNet keys", path.display()))?;
     if unet.is_empty() {
@@ -100,9 +123,15 @@ pub fn open_single_file(path: &Path) -> Result<LdmCheckpoint> {
         );
     }
     let vae = map_vae(&names);
-    let text = map_text(&names);
+    let (text, text_2) = match family {
+        Family::Sd1 => (map_text(&names, TEXT_PREFIX), BTreeMap::new()),
+        Family::Sdxl => (
+            map_text(&names, SDXL_TEXT_PREFIX),
+            sdxl::map_open_clip(&names, SDXL_TEXT_2_PREFIX),
+        ),
+    };
     if log::log_enabled!(log::Level::Debug) {
-        let used: std::collections::HashSet<&String> = [&unet, &vae, &text]
+        let used: std::collections::HashSet<&String> = [&unet, &vae, &text, &text_2]
             .iter()
             .flat_map(|m| m.values().map(|(ldm, _)| ldm))
             .collect();
@@ -112,15 +141,50 @@ pub fn open_single_file(path: &Path) -> Result<LdmCheckpoint> {
     }
     Ok(LdmCheckpoint {
         file: Arc::new(file),
+        family,
         unet,
         vae,
         text,
+        text_2,
     })
+}
+
+/// SD1.x, or SDXL base when the file has SDXL's two text encoders; other families (SD2, the
+/// SDXL refiner, other SGM conditioners) are refused by name.
+fn family_of(path: &Path, names: &[String]) -> Result<Family> {
+    let find = |prefix: &str| names.iter().find(|n| n.starts_with(prefix));
+    if find(SDXL_TEXT_PREFIX).is_some() && find(SDXL_TEXT_2_PREFIX).is_some() {
+        return Ok(Family::Sdxl);
+    }
+    let unsupported = if let Some(key) = find("conditioner.embedders.0.model.") {
+        format!(
+            "an SDXL refiner checkpoint (its only text encoder is OpenCLIP, {key:?}); the \
+             refiner is not supported"
+        )
+    } else if let Some(key) = find("conditioner.embedders.") {
+        format!(
+            "an SGM checkpoint whose text encoders are not SDXL base's (it has {key:?} but not \
+             both `{SDXL_TEXT_PREFIX}*` and `{SDXL_TEXT_2_PREFIX}*`)"
+        )
+    } else if let Some(key) = find("cond_stage_model.model.") {
+        format!("an SD2 checkpoint (OpenCLIP text encoder, {key:?}); SD2 is not supported")
+    } else {
+        return Ok(Family::Sd1);
+    };
+    bail!(
+        "{}: {unsupported}; negimg reads Stable Diffusion 1.x and SDXL base single files (or \
+         give the model's diffusers folder)",
+        path.display()
+    )
 }
 
 impl LdmCheckpoint {
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// The UNet with diffusers names (`conv_in.weight`, `down_blocks.0.resnets.0.norm1.weight`, ...).
@@ -135,7 +199,19 @@ impl LdmCheckpoint {
 
     /// The CLIP text encoder with transformers names (`text_model.encoder.layers.0...`).
     pub fn text_encoder(&self) -> Result<Box<dyn TensorSource>> {
-        self.view(&self.text, "text encoder (cond_stage_model.transformer.*)")
+        match self.family {
+            Family::Sd1 => self.view(&self.text, "text encoder (cond_stage_model.transformer.*)"),
+            Family::Sdxl => self.view(&self.text, "text encoder (conditioner.embedders.0.*)"),
+        }
+    }
+
+    /// SDXL's OpenCLIP ViT-bigG with the names of transformers' CLIPTextModelWithProjection
+    /// (`text_model.encoder.layers.0.self_attn.q_proj.weight`, `text_projection.weight`, ...).
+    pub fn text_encoder_2(&self) -> Result<Box<dyn TensorSource>> {
+        self.view(
+            &self.text_2,
+            "second text encoder (conditioner.embedders.1.model.*)",
+        )
     }
 
     pub fn has_vae(&self) -> bool {
@@ -154,53 +230,92 @@ impl LdmCheckpoint {
         Some(self.config_dir().join(rel)).filter(|p| p.exists())
     }
 
-    /// `unet/config.json` of the config folder, else [`infer_unet_config`].
+    /// `unet/config.json` of the config folder, else [`infer_unet_config`] (SD1.x) or
+    /// [`infer_sdxl_unet_config`] (SDXL, with the pooled width of the second text encoder's
+    /// `text_projection`).
     pub fn unet_config(&self) -> Result<UNet2DConditionConfig> {
-        match self.config_file("unet/config.json") {
-            Some(path) => UNet2DConditionConfig::from_json_file(&path),
-            None => {
-                let view = self.unet()?;
-                self.inferred("UNet", "unet", || {
-                    let cfg = infer_unet_config(view.as_ref())?;
-                    Ok((cfg == UNet2DConditionConfig::sd15(), cfg))
-                })
-            }
+        if let Some(path) = self.config_file("unet/config.json") {
+            return UNet2DConditionConfig::from_json_file(&path);
         }
+        let view = self.unet()?;
+        self.inferred("UNet", "unet", || {
+            let cfg = match self.family {
+                Family::Sd1 => infer_unet_config(view.as_ref())?,
+                Family::Sdxl => {
+                    let text_2 = self.text_encoder_2()?;
+                    let pooled = dim_of(text_2.as_ref(), "text_projection.weight", 0)?;
+                    infer_sdxl_unet_config(view.as_ref(), pooled)?
+                }
+            };
+            let reference = match self.family {
+                Family::Sd1 => UNet2DConditionConfig::sd15(),
+                Family::Sdxl => UNet2DConditionConfig::sdxl(),
+            };
+            Ok((cfg == reference, cfg))
+        })
     }
 
-    /// `vae/config.json` of the config folder, else [`infer_vae_config`].
+    /// `vae/config.json` of the config folder, else [`infer_vae_config`] (with the SDXL VAE's
+    /// scaling factor for SDXL).
     pub fn vae_config(&self) -> Result<AutoencoderKLConfig> {
-        match self.config_file("vae/config.json") {
-            Some(path) => AutoencoderKLConfig::from_json_file(&path),
-            None => {
-                let view = self.vae()?;
-                self.inferred("VAE", "vae", || {
-                    let cfg = infer_vae_config(view.as_ref())?;
-                    Ok((cfg == AutoencoderKLConfig::sd15(), cfg))
-                })
-            }
+        if let Some(path) = self.config_file("vae/config.json") {
+            return AutoencoderKLConfig::from_json_file(&path);
         }
+        let view = self.vae()?;
+        self.inferred("VAE", "vae", || {
+            let (cfg, reference) = match self.family {
+                Family::Sd1 => (
+                    infer_vae_config(view.as_ref())?,
+                    AutoencoderKLConfig::sd15(),
+                ),
+                Family::Sdxl => (
+                    infer_sdxl_vae_config(view.as_ref())?,
+                    AutoencoderKLConfig::sdxl(),
+                ),
+            };
+            Ok((cfg == reference, cfg))
+        })
     }
 
-    /// `text_encoder/config.json` of the config folder, else [`infer_text_config`].
+    /// `text_encoder/config.json` of the config folder, else [`infer_text_config`] (CLIP
+    /// ViT-L's, for SD1.x and SDXL alike).
     pub fn text_encoder_config(&self) -> Result<ClipTextConfig> {
-        match self.config_file("text_encoder/config.json") {
-            Some(path) => ClipTextConfig::from_file(&path),
-            None => {
-                let view = self.text_encoder()?;
-                self.inferred("text encoder", "text_encoder", || {
-                    let cfg = infer_text_config(view.as_ref())?;
-                    // ClipTextConfig has no PartialEq: compare the serialized configs.
-                    let sd15 = serde_json::to_value(&cfg).ok()
-                        == serde_json::to_value(ClipTextConfig::sd15()).ok();
-                    Ok((sd15, cfg))
-                })
+        if let Some(path) = self.config_file("text_encoder/config.json") {
+            return ClipTextConfig::from_file(&path);
+        }
+        let view = self.text_encoder()?;
+        self.inferred("text encoder", "text_encoder", || {
+            let cfg = infer_text_config(view.as_ref())?;
+            Ok((same_config(&cfg, &ClipTextConfig::sd15()), cfg))
+        })
+    }
+
+    /// `text_encoder_2/config.json` of the config folder, else [`infer_sdxl_text_2_config`].
+    pub fn text_encoder_2_config(&self) -> Result<ClipTextConfig> {
+        if let Some(path) = self.config_file("text_encoder_2/config.json") {
+            return ClipTextConfig::from_file(&path);
+        }
+        let view = self.text_encoder_2()?;
+        self.inferred("second text encoder", "text_encoder_2", || {
+            let cfg = infer_sdxl_text_2_config(view.as_ref())?;
+            Ok((same_config(&cfg, &ClipTextConfig::vit_big_g()), cfg))
+        })
+    }
+
+    /// `force_zeros_for_empty_prompt` of the config folder's model_index.json, else diffusers'
+    /// default: true for SDXL (as SDXL base's model_index.json), false for SD1.x.
+    pub fn force_zeros_for_empty_prompt(&self) -> Result<bool> {
+        let sdxl = self.family == Family::Sdxl;
+        match self.config_file("model_index.json") {
+            Some(index) => {
+                crate::weights::pipeline_folder::force_zeros_for_empty_prompt(&index, sdxl)
             }
+            None => Ok(sdxl),
         }
     }
 
-    /// A config inferred by `infer` (which also says whether it is SD1.5's); a model of other
-    /// shapes gets a warning that its head counts are assumed.
+    /// A config inferred by `infer` (which also says whether it is the family's reference
+    /// model's); a model of other shapes gets a warning that its head counts are assumed.
     fn inferred<T>(
         &self,
         what: &str,
@@ -215,11 +330,15 @@ impl LdmCheckpoint {
                 self.config_dir().join(folder).display()
             )
         };
-        let (sd15, cfg) = infer().with_context(hint)?;
-        if !sd15 {
+        let (reference, cfg) = infer().with_context(hint)?;
+        if !reference {
+            let (model, heads) = match self.family {
+                Family::Sd1 => ("SD1.5", "SD1.x head counts"),
+                Family::Sdxl => ("SDXL base", "SDXL's 64-wide heads"),
+            };
             log::warn!(
-                "{}: the {what} is not SD1.5's; its config is inferred from the tensor shapes \
-                 with SD1.x head counts (put its config.json in {} if that is wrong)",
+                "{}: the {what} is not {model}'s; its config is inferred from the tensor shapes \
+                 with {heads} (put its config.json in {} if that is wrong)",
                 self.path().display(),
                 self.config_dir().join(folder).display()
             );
@@ -243,6 +362,11 @@ impl LdmCheckpoint {
             map: map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }))
     }
+}
+
+/// ClipTextConfig has no PartialEq: compares the serialized configs.
+fn same_config(a: &ClipTextConfig, b: &ClipTextConfig) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
 /// A renamed view of some tensors of a file.
@@ -269,8 +393,23 @@ impl TensorSource for MappedSource {
             Reshape::ConvToLinear if shape.len() > 2 && shape[2..].iter().all(|&d| d == 1) => {
                 shape[..2].to_vec()
             }
+            Reshape::Transpose if shape.len() == 2 => vec![shape[1], shape[0]],
+            // A fused q/k/v of another height keeps its shape, so the load names it.
+            Reshape::Third(_) if !shape.is_empty() && shape[0] % 3 == 0 => {
+                [&[shape[0] / 3], &shape[1..]].concat()
+            }
             _ => shape,
         })
+    }
+
+    fn describe(&self, name: &str) -> String {
+        match self.map.get(name) {
+            Some((key, Reshape::Third(i))) => {
+                format!("{name:?} (part {} of 3 of {key:?} in the file)", i + 1)
+            }
+            Some((key, _)) => format!("{name:?} ({key:?} in the file)"),
+            None => format!("{name:?}"),
+        }
     }
 
     fn get(&self, name: &str, device: Device, kind: Kind) -> Result<Tensor> {
@@ -281,10 +420,13 @@ impl TensorSource for MappedSource {
             .file
             .get(key, device, kind)
             .with_context(|| format!("(diffusers name {name:?})"))?;
+        let size = tensor.size();
         Ok(match reshape {
-            Reshape::ConvToLinear if tensor.dim() > 2 => {
-                let size = tensor.size();
-                tensor.reshape([size[0], size[1]])
+            Reshape::ConvToLinear if tensor.dim() > 2 => tensor.reshape([size[0], size[1]]),
+            Reshape::Transpose if tensor.dim() == 2 => tensor.transpose(0, 1).contiguous(),
+            Reshape::Third(i) if tensor.dim() > 0 && size[0] % 3 == 0 => {
+                let rows = size[0] / 3;
+                tensor.narrow(0, i * rows, rows).contiguous()
             }
             _ => tensor,
         })
@@ -328,10 +470,21 @@ fn count(names: &[String], prefix: &str) -> Result<usize> {
 }
 
 /// The UNet config that fits the shapes of `src` (diffusers names): SD1.5's with the block
-/// channels, layers per block, attention blocks, cross-attention width, transformer depth,
+/// channels, layers per block, attention blocks, cross-attention width, transformer depths,
 /// projection kind, time embedding width and in/out channels and kernels of the tensors; 8
 /// heads in every attention, as SD1.x.
 pub fn infer_unet_config(src: &dyn TensorSource) -> Result<UNet2DConditionConfig> {
+    let cfg = UNet2DConditionConfig {
+        attention_head_dim: OneOrMany::One(SD1_UNET_HEADS),
+        ..unet_config_of_shapes(src)?
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// What the UNet's tensor shapes tell (on top of SD1.5's config); the head counts are the
+/// caller's.
+fn unet_config_of_shapes(src: &dyn TensorSource) -> Result<UNet2DConditionConfig> {
     let names = src.names();
     let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
     let conv_in = shape_of(src, "conv_in.weight")?;
@@ -352,23 +505,8 @@ pub fn infer_unet_config(src: &dyn TensorSource) -> Result<UNet2DConditionConfig
             .collect::<Vec<_>>()
     };
     let mid = "mid_block.attentions.0.";
-    // Transformer depth of every attention (SD1.x: 1), which must be the same everywhere.
-    let mut depths = BTreeMap::new();
-    for name in &names {
-        if let Some((attention, rest)) = name.split_once(".transformer_blocks.")
-            && let Some(Ok(i)) = rest.split('.').next().map(str::parse::<i64>)
-        {
-            let d = depths.entry(attention).or_insert(0);
-            *d = (*d).max(i + 1);
-        }
-    }
-    let depth: BTreeSet<i64> = depths.into_values().collect();
-    ensure!(
-        depth.len() == 1,
-        "attentions have different transformer depths {depth:?}"
-    );
     let time_dim = dim_of(src, "time_embedding.linear_1.weight", 0)?;
-    let cfg = UNet2DConditionConfig {
+    Ok(UNet2DConditionConfig {
         in_channels: conv_in[1],
         out_channels: conv_out[0],
         conv_in_kernel: conv_in[2],
@@ -387,16 +525,68 @@ pub fn infer_unet_config(src: &dyn TensorSource) -> Result<UNet2DConditionConfig
             &format!("{mid}transformer_blocks.0.attn2.to_k.weight"),
             1,
         )?),
-        transformer_layers_per_block: OneOrMany::One(depth.into_iter().next().unwrap_or(1)),
+        transformer_layers_per_block: transformer_depths(&names, n)?,
         // SD2-style UNets project in and out with linear layers, SD1 with 1x1 convs.
         use_linear_projection: shape_of(src, &format!("{mid}proj_in.weight"))?.len() == 2,
         time_embedding_dim: (time_dim != 4 * block_out_channels[0]).then_some(time_dim),
-        attention_head_dim: OneOrMany::One(SD1_UNET_HEADS),
         block_out_channels,
         ..UNet2DConditionConfig::sd15()
+    })
+}
+
+/// `transformer_layers_per_block` as diffusers reads it: one depth per down block (1 where a
+/// block has no attention, the mid block's for the last), the up blocks taking them in
+/// reverse and the mid block the last; one value when all attentions have the same depth
+/// (SD1.x: 1; SDXL: 1, 2, 10).
+fn transformer_depths(names: &[String], n: usize) -> Result<OneOrMany<i64>> {
+    let has = |prefix: &str| names.iter().any(|k| k.starts_with(prefix));
+    // The depth of every attention of `block` (`down_blocks.1`, `mid_block`), which must agree.
+    let depth_of = |block: &str| -> Result<Option<i64>> {
+        let attentions = count(names, &format!("{block}.attentions."))?;
+        let depths: BTreeSet<usize> = (0..attentions)
+            .map(|j| {
+                count(
+                    names,
+                    &format!("{block}.attentions.{j}.transformer_blocks."),
+                )
+            })
+            .collect::<Result<_>>()?;
+        ensure!(
+            depths.len() <= 1,
+            "the attentions of {block} have different transformer depths {depths:?}"
+        );
+        Ok(depths.into_iter().next().map(|d| d as i64))
     };
-    cfg.validate()?;
-    Ok(cfg)
+    let mid = if has("mid_block.attentions.") {
+        depth_of("mid_block")?
+    } else {
+        None
+    };
+    let mut depths = Vec::with_capacity(n);
+    for b in 0..n {
+        let up_block = format!("up_blocks.{}", n - 1 - b);
+        let (down, up) = (depth_of(&format!("down_blocks.{b}"))?, depth_of(&up_block)?);
+        if let (Some(down), Some(up)) = (down, up) {
+            ensure!(
+                up == down,
+                "{up_block}'s attentions are {up} transformer layers deep, down_blocks.{b}'s \
+                 {down} (diffusers' reverse_transformer_layers_per_block is not supported)"
+            );
+        }
+        let last = (b + 1 == n).then_some(mid).flatten();
+        depths.push(down.or(up).or(last).unwrap_or(1));
+    }
+    if let Some(mid) = mid {
+        ensure!(
+            mid == depths[n - 1],
+            "the mid block is {mid} transformer layers deep, the last down block {}",
+            depths[n - 1]
+        );
+    }
+    Ok(match depths.iter().collect::<BTreeSet<_>>().len() {
+        1 => OneOrMany::One(depths[0]),
+        _ => OneOrMany::Many(depths),
+    })
 }
 
 /// The VAE config that fits the shapes of `src` (diffusers names): SD1.5's with the block
@@ -504,6 +694,9 @@ fn unet_key(key: &str, per_block: usize) -> Option<String> {
     let fixed = [
         ("time_embed.0.", "time_embedding.linear_1."),
         ("time_embed.2.", "time_embedding.linear_2."),
+        // SDXL's `text_time` embedding (pooled text and time ids).
+        ("label_emb.0.0.", "add_embedding.linear_1."),
+        ("label_emb.0.2.", "add_embedding.linear_2."),
         ("input_blocks.0.0.", "conv_in."),
         ("out.0.", "conv_norm_out."),
         ("out.2.", "conv_out."),
@@ -682,10 +875,10 @@ fn vae_resnet(tail: &str) -> String {
     }
 }
 
-fn map_text(names: &[String]) -> BTreeMap<String, (String, Reshape)> {
+fn map_text(names: &[String], prefix: &str) -> BTreeMap<String, (String, Reshape)> {
     let mut map = BTreeMap::new();
     for name in names {
-        let Some(rest) = name.strip_prefix(TEXT_PREFIX) else {
+        let Some(rest) = name.strip_prefix(prefix) else {
             continue;
         };
         // Older checkpoints were saved before transformers moved CLIP under `text_model.`.

@@ -1,7 +1,7 @@
 //! Where a pipeline's models come from. A diffusers folder and a single-file LDM checkpoint
 //! both implement [`PipelineSource`], so `run`, `generate`, `bench` and `models check` load
 //! through the same code.
-use super::single_file::{self, LdmCheckpoint};
+use super::single_file::{self, Family, LdmCheckpoint};
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel, ClipTextModelWithProjection};
 use crate::models::tokenizer::{ClipTokenizer, find_open_clip_vocab};
 use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
@@ -21,7 +21,7 @@ pub trait PipelineSource {
     fn text_encoder_2(&self, device: Device, kind: Kind) -> Result<Option<SecondTextEncoder>>;
     /// Whether an empty negative prompt conditions on zeros (SDXL's
     /// `force_zeros_for_empty_prompt`) rather than on the encoding of "".
-    fn force_zeros_for_empty_prompt(&self) -> bool;
+    fn force_zeros_for_empty_prompt(&self) -> Result<bool>;
     /// The UNet, with room for IP-Adapter weights.
     fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel>;
     /// The pipeline's own VAE, where it has one.
@@ -140,8 +140,8 @@ impl PipelineSource for PipelineFolder {
         }))
     }
 
-    fn force_zeros_for_empty_prompt(&self) -> bool {
-        self.force_zeros_for_empty_prompt
+    fn force_zeros_for_empty_prompt(&self) -> Result<bool> {
+        Ok(self.force_zeros_for_empty_prompt)
     }
 
     fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {
@@ -161,6 +161,20 @@ impl PipelineSource for PipelineFolder {
     }
 }
 
+/// The configs folder's `folder/` (e.g. `tokenizer_2`), else CLIP's vocabulary from open_clip
+/// padding with `pad`.
+fn single_file_tokenizer(ckpt: &LdmCheckpoint, folder: &str, pad: &str) -> Result<ClipTokenizer> {
+    match ckpt.config_file(&format!("{folder}/vocab.json")) {
+        Some(vocab) => ClipTokenizer::from_folder(vocab.parent().unwrap_or(Path::new("."))),
+        None => {
+            let vocab = find_open_clip_vocab().context(
+                "a single-file checkpoint has no tokenizer; negimg uses open_clip's vocabulary",
+            )?;
+            ClipTokenizer::from_open_clip_vocab_padded(&vocab, pad)
+        }
+    }
+}
+
 /// A single file takes its configs, tokenizer and scheduler from
 /// `<file name without extension>.configs/` beside it where that folder has them; otherwise
 /// the model configs are inferred from the tensor shapes with SD1.x head counts (see
@@ -168,15 +182,7 @@ impl PipelineSource for PipelineFolder {
 /// the demo's DDIM.
 impl PipelineSource for LdmCheckpoint {
     fn tokenizer(&self) -> Result<ClipTokenizer> {
-        match self.config_file("tokenizer/vocab.json") {
-            Some(vocab) => ClipTokenizer::from_folder(vocab.parent().unwrap_or(Path::new("."))),
-            None => {
-                let vocab = find_open_clip_vocab().context(
-                    "a single-file checkpoint has no tokenizer; negimg uses open_clip's vocabulary",
-                )?;
-                ClipTokenizer::from_open_clip_vocab(&vocab)
-            }
-        }
+        single_file_tokenizer(self, "tokenizer", "<|endoftext|>")
     }
 
     fn text_encoder(&self, device: Device, kind: Kind) -> Result<ClipTextModel> {
@@ -184,13 +190,27 @@ impl PipelineSource for LdmCheckpoint {
         ClipTextModel::load_from(self.text_encoder()?.as_ref(), &cfg, device, kind)
     }
 
-    /// SDXL single files (the SGM layout) are not read yet.
-    fn text_encoder_2(&self, _: Device, _: Kind) -> Result<Option<SecondTextEncoder>> {
-        Ok(None)
+    /// SDXL's OpenCLIP ViT-bigG, with `tokenizer_2` (CLIP's vocabulary padding with `!`,
+    /// as SDXL base's `tokenizer_2/`).
+    fn text_encoder_2(&self, device: Device, kind: Kind) -> Result<Option<SecondTextEncoder>> {
+        if self.family() != Family::Sdxl {
+            return Ok(None);
+        }
+        let cfg = self.text_encoder_2_config()?;
+        let model = ClipTextModelWithProjection::load_from(
+            LdmCheckpoint::text_encoder_2(self)?.as_ref(),
+            &cfg,
+            device,
+            kind,
+        )?;
+        Ok(Some(SecondTextEncoder {
+            tokenizer: single_file_tokenizer(self, "tokenizer_2", "!")?,
+            model,
+        }))
     }
 
-    fn force_zeros_for_empty_prompt(&self) -> bool {
-        false
+    fn force_zeros_for_empty_prompt(&self) -> Result<bool> {
+        LdmCheckpoint::force_zeros_for_empty_prompt(self)
     }
 
     fn unet(&self, device: Device, kind: Kind) -> Result<UNet2DConditionModel> {

@@ -113,6 +113,27 @@ fn check_tokenizer(root: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// model_index.json's `force_zeros_for_empty_prompt` (at `index`), `default` where it has
+/// none (diffusers' SDXL pipeline: true; pipelines with one text encoder do not have it).
+pub fn force_zeros_for_empty_prompt(index: &Path, default: bool) -> Result<bool> {
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", index.display()))?;
+    force_zeros_of(&json, index, default)
+}
+
+fn force_zeros_of(index_json: &serde_json::Value, index: &Path, default: bool) -> Result<bool> {
+    match &index_json["force_zeros_for_empty_prompt"] {
+        serde_json::Value::Bool(b) => Ok(*b),
+        serde_json::Value::Null => Ok(default),
+        other => bail!(
+            "{}: key \"force_zeros_for_empty_prompt\": expected true or false, found {other}",
+            index.display()
+        ),
+    }
+}
+
 impl PipelineFolder {
     /// Opens `dir`, preferring full-precision weights.
     pub fn open(dir: &Path) -> Result<PipelineFolder> {
@@ -138,14 +159,8 @@ impl PipelineFolder {
         } else {
             None
         };
-        let force_zeros_for_empty_prompt = match &index_json["force_zeros_for_empty_prompt"] {
-            serde_json::Value::Bool(b) => *b,
-            serde_json::Value::Null => text_encoder_2.is_some(),
-            other => bail!(
-                "{}: key \"force_zeros_for_empty_prompt\": expected true or false, found {other}",
-                index.display()
-            ),
-        };
+        let force_zeros_for_empty_prompt =
+            force_zeros_of(&index_json, &index, text_encoder_2.is_some())?;
         let scheduler_config = dir.join("scheduler/scheduler_config.json");
         Ok(PipelineFolder {
             root: dir.to_path_buf(),

@@ -17,6 +17,10 @@ pub trait TensorSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The tensor `name` on `device`, converted to `kind`.
     fn get(&self, name: &str, device: Device, kind: Kind) -> Result<Tensor>;
+    /// `name` as error messages show it (a renaming view adds the name stored in the file).
+    fn describe(&self, name: &str) -> String {
+        format!("{name:?}")
+    }
 }
 
 pub struct TensorFile {
@@ -200,9 +204,10 @@ pub fn load_var_store(
         };
         if found != expected {
             bail!(
-                "{}: tensor {key:?} has shape {found:?}, the model expects {expected:?} \
+                "{}: tensor {} has shape {found:?}, the model expects {expected:?} \
                  (does the config.json match these weights?)",
-                file.origin().display()
+                file.origin().display(),
+                file.describe(&key)
             );
         }
         let value = file.get(&key, var.device(), var.kind())?;

@@ -9,6 +9,7 @@ encode_image: output_hidden_states = not ImageProjection); "no image" is IP-Adap
 embeds / zero pixels (or, with no_image = black, the features of a black image).
 """
 import json, os, sys
+import diffusers
 import torch
 from PIL import Image
 from diffusers import (DiffusionPipeline, DDIMScheduler, EulerDiscreteScheduler,
@@ -28,13 +29,21 @@ def load_pipe(adapter, copies=1):
     """The tiny pipeline with the `adapter` (base | plus | light | plus_face | full_face)
     IP-Adapter, the models folder's file of that kind (negimg's roles::adapter_file_name), loaded by diffusers
     (`copies` times, as several IP-Adapters); `base_scheduler_config` keeps its scheduler's
-    config."""
+    config. A models folder with `pipeline.safetensors` (a single-file checkpoint) instead of
+    `pipeline/` is loaded by the pipeline class's `from_single_file`, offline, with the configs
+    folder beside it (negimg's `pipeline.configs/`)."""
     folder = os.path.join(models, "pipeline")
-    index = json.load(open(os.path.join(folder, "model_index.json")))
+    single = folder + ".safetensors"
+    configs = folder + ".configs" if os.path.isfile(single) else folder
+    index = json.load(open(os.path.join(configs, "model_index.json")))
     # StableDiffusionPipeline, or StableDiffusionXLPipeline for an SDXL set (tiny_sdxl).
     sd15 = index["_class_name"] == "StableDiffusionPipeline"
     extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False) if sd15 else {}
-    pipe = DiffusionPipeline.from_pretrained(folder, **extra)
+    if os.path.isfile(single):
+        pipe = getattr(diffusers, index["_class_name"]).from_single_file(
+            single, config=configs, local_files_only=True, **extra)
+    else:
+        pipe = DiffusionPipeline.from_pretrained(folder, **extra)
     # SD1.5's file of the kind, else SDXL's (ViT-H encoder).
     names = {"base": ["ip-adapter_sd15.safetensors", "ip-adapter_sdxl_vit-h.safetensors",
                       "ip-adapter_sdxl.safetensors"],

@@ -58,6 +58,9 @@ def unet_prefixes(cfg):
     m = {
         "time_embedding.linear_1.": ("time_embed.0.", False),
         "time_embedding.linear_2.": ("time_embed.2.", False),
+        # SDXL's text_time embedding (absent from SD1.x UNets).
+        "add_embedding.linear_1.": ("label_emb.0.0.", False),
+        "add_embedding.linear_2.": ("label_emb.0.2.", False),
         "conv_in.": ("input_blocks.0.0.", False),
         "conv_norm_out.": ("out.0.", False),
         "conv_out.": ("out.2.", False),

@@ -1,0 +1,454 @@
+//! Single-file SDXL checkpoints (the SGM layout of sd_xl_base_1.0.safetensors) load to the
+//! tensors and the images of the diffusers folder they were made from, and to diffusers'
+//! `StableDiffusionXLPipeline.from_single_file` images within 1/255.
+//!
+//! The single file is written at test time from a tiny SDXL folder by
+//! tests/reference/sgm_write_sdxl.py, which checks it with diffusers' converters and
+//! `from_single_file` (offline): both must give back the folder's weights exactly.
+mod common;
+
+use common::parity::{self, u8_of};
+use negimg::models::clip_text::{self, Activation, ClipTextConfig};
+use negimg::models::clip_vision::ClipVisionConfig;
+use negimg::models::unet::{self, OneOrMany, UNet2DConditionConfig};
+use negimg::models::vae::AutoencoderKLConfig;
+use negimg::params::{AdapterKind, GenParams, NegativeMode, SchedulerKind};
+use negimg::pipeline::single_file::{
+    Family, infer_sdxl_text_2_config, infer_sdxl_unet_config, infer_sdxl_vae_config,
+    infer_text_config, open_single_file,
+};
+use negimg::pipeline::write_random_adapter;
+use negimg::roles::ModelSet;
+use negimg::weights::{TensorFile, TensorSource};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tch::{Device, Kind, Tensor};
+
+/// The SDXL model set of these tests, in two forms with the same weights.
+struct Fixture {
+    /// `pipeline/` (a diffusers folder), `image_encoder`, `ip-adapter_sdxl_vit-h.safetensors`.
+    folder_set: PathBuf,
+    /// `pipeline.safetensors` (SGM layout) with `pipeline.configs/`, the same encoder and
+    /// adapter.
+    single_set: PathBuf,
+}
+
+impl Fixture {
+    fn single_file(&self) -> PathBuf {
+        self.single_set.join("pipeline.safetensors")
+    }
+
+    fn folder(&self) -> PathBuf {
+        self.folder_set.join("pipeline")
+    }
+}
+
+/// The tiny SDXL set (`models init-random --preset tiny_sdxl`) with a 48-wide second text
+/// encoder and a UNet of cross-attention width 32 + 48 = 80 for it: diffusers'
+/// from_single_file tells SDXL's two text encoders apart by width (768 and 1280), so with
+/// tiny_sdxl's two 32-wide ones it would load `conditioner.embedders.0` as both.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = common::scratch("sdxl_single_file");
+        let tiny = common::tiny::tiny_sdxl_models();
+        let folder_set = dir.join("folder_set");
+        let pipeline = folder_set.join("pipeline");
+        copy_dir(
+            &tiny.join("pipeline"),
+            &pipeline,
+            &["unet", "text_encoder_2"],
+        );
+        let text_2 = ClipTextConfig {
+            hidden_size: 48,
+            projection_dim: 32,
+            hidden_act: Activation::Gelu,
+            ..ClipTextConfig::tiny()
+        };
+        clip_text::write_random_model_with_projection(
+            &pipeline.join("text_encoder_2"),
+            &text_2,
+            21,
+        )
+        .unwrap();
+        let unet_cfg = UNet2DConditionConfig {
+            cross_attention_dim: OneOrMany::One(32 + 48),
+            ..UNet2DConditionConfig::tiny_sdxl()
+        };
+        unet::write_random_model(&pipeline.join("unet"), &unet_cfg, 22, false).unwrap();
+        let adapter = folder_set.join("ip-adapter_sdxl_vit-h.safetensors");
+        write_random_adapter(
+            &adapter,
+            AdapterKind::Base,
+            &unet_cfg,
+            &ClipVisionConfig::tiny(),
+            23,
+        )
+        .unwrap();
+        let single_set = dir.join("single_set");
+        std::fs::create_dir_all(&single_set).unwrap();
+        for set in [&folder_set, &single_set] {
+            std::os::unix::fs::symlink(tiny.join("image_encoder"), set.join("image_encoder"))
+                .unwrap();
+        }
+        std::os::unix::fs::symlink(&adapter, single_set.join(adapter.file_name().unwrap()))
+            .unwrap();
+        let file = single_set.join("pipeline.safetensors");
+        common::run_python(
+            "sgm_write_sdxl.py",
+            &[pipeline.to_str().unwrap(), file.to_str().unwrap()],
+        );
+        Fixture {
+            folder_set,
+            single_set,
+        }
+    })
+}
+
+/// Copies the folder `from` to `to`, leaving out its subfolders named in `skip`.
+fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(&name), &[]);
+        } else {
+            std::fs::copy(&path, to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// `view` has exactly the tensors of `reference` (names, shapes, values).
+fn assert_same_tensors(view: &dyn TensorSource, reference: &TensorFile, what: &str) {
+    let mut expected = reference.names();
+    // position_ids: a buffer real checkpoints carry and the model does not read.
+    let mut got: Vec<String> = view
+        .names()
+        .into_iter()
+        .filter(|n| !n.ends_with("position_ids"))
+        .collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "{what}: diffusers names differ");
+    for name in &expected {
+        assert_eq!(view.shape(name), reference.shape(name), "{what}: {name}");
+        let a = view.get(name, Device::Cpu, Kind::Float).unwrap();
+        let b = reference.get(name, Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(common::max_abs_diff(&a, &b), 0.0, "{what}: {name}");
+    }
+}
+
+#[test]
+fn sdxl_single_file_has_the_folder_tensors() {
+    let fx = fixture();
+    let ckpt = open_single_file(&fx.single_file()).unwrap();
+    assert_eq!(ckpt.family(), Family::Sdxl);
+    let folder = fx.folder();
+    let weights =
+        |component: &str, file: &str| TensorFile::open(folder.join(component).join(file)).unwrap();
+    assert_same_tensors(
+        ckpt.unet().unwrap().as_ref(),
+        &weights("unet", "diffusion_pytorch_model.safetensors"),
+        "unet",
+    );
+    assert_same_tensors(
+        ckpt.vae().unwrap().as_ref(),
+        &weights("vae", "diffusion_pytorch_model.safetensors"),
+        "vae",
+    );
+    assert_same_tensors(
+        ckpt.text_encoder().unwrap().as_ref(),
+        &weights("text_encoder", "model.safetensors"),
+        "text_encoder",
+    );
+    // q/k/v split from the fused in_proj, the projection transposed (32 x 48: not square).
+    let text_2 = ckpt.text_encoder_2().unwrap();
+    assert_same_tensors(
+        text_2.as_ref(),
+        &weights("text_encoder_2", "model.safetensors"),
+        "text_encoder_2",
+    );
+    assert_eq!(text_2.shape("text_projection.weight"), Some(vec![32, 48]));
+}
+
+/// Images of a text+image negative (DDIM), an image negative and an empty negative text
+/// (DPM++ 2M Karras, so force_zeros_for_empty_prompt acts).
+fn cells(dir: &Path) -> Vec<(String, GenParams)> {
+    parity::write_pos_neg(dir, (70, 90));
+    let cases = [
+        (NegativeMode::Both, SchedulerKind::Ddim),
+        (NegativeMode::Image, SchedulerKind::Ddim),
+        (NegativeMode::None, SchedulerKind::DpmPp2mKarras),
+    ];
+    cases
+        .into_iter()
+        .zip(40..)
+        .map(|((mode, scheduler), seed)| {
+            let mut c = parity::cell(dir, seed);
+            c.adapter = AdapterKind::Base;
+            c.negative = mode;
+            c.scheduler = scheduler;
+            (format!("{mode}_{scheduler}"), c)
+        })
+        .collect()
+}
+
+#[test]
+fn sdxl_single_file_generates_the_folder_images_and_diffusers_from_single_file_images() {
+    let fx = fixture();
+    let dir = common::scratch("sdxl_single_file_images");
+    let cells = cells(&dir);
+    let batch: Vec<GenParams> = cells.iter().map(|(_, c)| c.clone()).collect();
+    let generate = |models: &ModelSet<PathBuf>| -> Vec<Tensor> {
+        let mut pipeline = common::load_pipeline(models);
+        common::generate_float(&mut pipeline, &batch, 4, &mut |_, _| {})
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect()
+    };
+    let from_folder = generate(&ModelSet::from_models_dir(&fx.folder_set));
+    let single = ModelSet {
+        pipeline: fx.single_file(),
+        ..ModelSet::from_models_dir(&fx.single_set)
+    };
+    let from_single = generate(&single);
+    assert!(
+        common::max_abs_diff(&from_folder[0], &from_folder[2]) > 1e-3,
+        "the cells should differ"
+    );
+    for ((name, _), (a, b)) in cells.iter().zip(from_folder.iter().zip(&from_single)) {
+        // The same tensors through the same ops in the same order.
+        assert_eq!(
+            common::max_abs_diff(a, b),
+            0.0,
+            "{name}: folder vs single file"
+        );
+    }
+
+    let spec: Vec<_> = cells.iter().map(|(n, c)| parity::case_json(n, c)).collect();
+    let reference = parity::run_reference("pipeline_parity.py", &dir, &fx.single_set, &spec);
+    let mut report = Vec::new();
+    for ((name, _), img) in cells.iter().zip(&from_single) {
+        let want = reference
+            .get(&format!("{name}.u8"), Device::Cpu, Kind::Int64)
+            .unwrap();
+        let float = parity::get(&reference, &format!("{name}.float"));
+        let u8_diff = common::max_abs_diff(&u8_of(img), &want);
+        report.push(format!(
+            "{name}: float {:.2e}, 8-bit {u8_diff}",
+            common::max_abs_diff(img, &float)
+        ));
+        assert!(u8_diff <= 1.0, "{name}: 8-bit diff {u8_diff}\n{report:?}");
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// Copies the fixture's single file alone (no configs folder) to `dir`.
+fn bare_copy(dir: &Path) -> PathBuf {
+    let path = dir.join("bare.safetensors");
+    std::fs::copy(fixture().single_file(), &path).unwrap();
+    path
+}
+
+#[test]
+fn sdxl_single_file_configs_come_from_the_configs_folder_else_from_shapes() {
+    let fx = fixture();
+    let dir = common::scratch("sdxl_single_file_configs");
+    let path = bare_copy(&dir);
+    let ckpt = open_single_file(&path).unwrap();
+    let configs = path.with_extension("configs");
+    // The tiny widths (32, 48) are not multiples of SDXL's 64-wide heads: the errors say
+    // where the config goes.
+    for (what, err) in [
+        ("unet", ckpt.unet_config().err()),
+        ("text_encoder_2", ckpt.text_encoder_2_config().err()),
+    ] {
+        let msg = format!("{:#}", err.unwrap());
+        let folder = configs.join(what).display().to_string();
+        assert!(msg.contains(&folder) && msg.contains("head"), "{msg}");
+    }
+    // The VAE's shapes tell all but its scaling factor, which is SDXL's; an empty negative
+    // prompt conditions on zeros, as SDXL base's model_index.json says.
+    let vae = ckpt.vae_config().unwrap();
+    assert_eq!(
+        vae.scaling_factor,
+        AutoencoderKLConfig::sdxl().scaling_factor
+    );
+    assert!(ckpt.force_zeros_for_empty_prompt().unwrap());
+
+    // Configs beside the file win over the shapes, one component at a time.
+    let folder = fx.folder();
+    for component in ["unet", "text_encoder_2"] {
+        std::fs::create_dir_all(configs.join(component)).unwrap();
+        std::fs::copy(
+            folder.join(component).join("config.json"),
+            configs.join(component).join("config.json"),
+        )
+        .unwrap();
+    }
+    let unet = UNet2DConditionConfig::from_json_file(&folder.join("unet/config.json")).unwrap();
+    assert_eq!(ckpt.unet_config().unwrap(), unet);
+    let text_2 = ckpt.text_encoder_2_config().unwrap();
+    assert_eq!((text_2.hidden_size, text_2.projection_dim), (48, 32));
+    // ... and model_index.json's force_zeros_for_empty_prompt.
+    std::fs::write(
+        configs.join("model_index.json"),
+        r#"{"force_zeros_for_empty_prompt": false}"#,
+    )
+    .unwrap();
+    assert!(!ckpt.force_zeros_for_empty_prompt().unwrap());
+    std::fs::write(
+        configs.join("model_index.json"),
+        r#"{"force_zeros_for_empty_prompt": "yes"}"#,
+    )
+    .unwrap();
+    let msg = format!("{:#}", ckpt.force_zeros_for_empty_prompt().err().unwrap());
+    assert!(
+        msg.contains("model_index.json") && msg.contains("force_zeros_for_empty_prompt"),
+        "{msg}"
+    );
+}
+
+/// Names and shapes only: enough to infer configs.
+struct Shapes {
+    origin: PathBuf,
+    shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl TensorSource for Shapes {
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+    fn names(&self) -> Vec<String> {
+        self.shapes.keys().cloned().collect()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.shapes.get(name).cloned()
+    }
+    fn get(&self, name: &str, _: Device, _: Kind) -> anyhow::Result<Tensor> {
+        anyhow::bail!("{name}: shapes only")
+    }
+}
+
+#[test]
+fn sdxl_single_file_shapes_of_sdxl_base_infer_exactly_its_configs() {
+    let dir = common::scratch("sdxl_single_file_shapes");
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let unet = write("unet.json", UNet2DConditionConfig::sdxl().to_config_json());
+    let vae = write("vae.json", AutoencoderKLConfig::sdxl().to_config_json());
+    let text = write(
+        "text.json",
+        ClipTextConfig::sd15().to_config_json().to_string(),
+    );
+    let text_2 = write(
+        "text_2.json",
+        ClipTextConfig::vit_big_g().to_config_json().to_string(),
+    );
+    let out = dir.join("shapes.json");
+    common::run_python(
+        "ldm_sd15_shapes.py",
+        &[&unet, &vae, &text, out.to_str().unwrap(), &text_2],
+    );
+    let all: BTreeMap<String, BTreeMap<String, Vec<usize>>> =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let source = |part: &str| Shapes {
+        origin: out.clone(),
+        shapes: all[part].clone(),
+    };
+    let json = |c: &ClipTextConfig| serde_json::to_value(c).unwrap();
+    let text_2 = infer_sdxl_text_2_config(&source("text_encoder_2")).unwrap();
+    assert_eq!(json(&text_2), json(&ClipTextConfig::vit_big_g()));
+    assert_eq!(
+        infer_sdxl_unet_config(&source("unet"), text_2.projection_dim).unwrap(),
+        UNet2DConditionConfig::sdxl()
+    );
+    assert_eq!(
+        infer_sdxl_vae_config(&source("vae")).unwrap(),
+        AutoencoderKLConfig::sdxl()
+    );
+    assert_eq!(
+        json(&infer_text_config(&source("text_encoder")).unwrap()),
+        json(&ClipTextConfig::sd15())
+    );
+}
+
+#[test]
+fn sdxl_single_file_shape_mismatch_names_the_file_and_both_tensor_names() {
+    let fx = fixture();
+    let dir = common::scratch("sdxl_single_file_mismatch");
+    let path = bare_copy(&dir);
+    let configs = path.with_extension("configs");
+    copy_dir(&fx.single_set.join("pipeline.configs"), &configs, &[]);
+    // A second text encoder config whose MLP is wider than the file's.
+    let config = configs.join("text_encoder_2/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["intermediate_size"] = 40.into();
+    std::fs::write(&config, json.to_string()).unwrap();
+    let models = ModelSet {
+        pipeline: path.clone(),
+        ..ModelSet::from_models_dir(&fx.single_set)
+    };
+    let err = negimg::pipeline::Pipeline::load(&models, Device::Cpu, Kind::Float, &mut |_| {})
+        .err()
+        .unwrap();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&path.display().to_string())
+            && msg.contains("\"text_model.encoder.layers.0.mlp.fc1.")
+            && msg.contains("\"conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc."),
+        "{msg}"
+    );
+}
+
+/// Writes a checkpoint of the named tensors (scalars) at `dir/name`.
+fn keys_only(dir: &Path, name: &str, keys: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let tensors: Vec<(&str, Tensor)> = keys
+        .iter()
+        .map(|&k| (k, Tensor::zeros([2], (Kind::Float, Device::Cpu))))
+        .collect();
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+    path
+}
+
+#[test]
+fn sdxl_single_file_refiner_sd2_and_half_sdxl_are_refused_by_name() {
+    let dir = common::scratch("sdxl_single_file_refused");
+    let unet = "model.diffusion_model.input_blocks.0.0.weight";
+    let cases = [
+        (
+            "refiner.safetensors",
+            "conditioner.embedders.0.model.text_projection",
+            "refiner",
+        ),
+        (
+            "sd2.safetensors",
+            "cond_stage_model.model.token_embedding.weight",
+            "SD2",
+        ),
+        (
+            "half.safetensors",
+            "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
+            "conditioner.embedders.1.model.",
+        ),
+    ];
+    for (file, key, says) in cases {
+        let path = keys_only(&dir, file, &[unet, key]);
+        let msg = format!("{:#}", open_single_file(&path).err().unwrap());
+        assert!(
+            msg.contains(file) && msg.contains(key) && msg.contains(says),
+            "{msg}"
+        );
+    }
+}
