@@ -6,15 +6,17 @@
 # run it; it loads the same unet/vae/image encoder/IP-Adapter files), in the same sitting on
 # the same device. Generation time only on both sides: negimg's is the sum of records.csv's
 # `seconds` over its distinct images (batch time / batch size, model loading excluded), the
-# peer's its `grid_s`. Prints both and the ratio.
-#   scripts/bench-probe.sh            (CPU, 25 steps, 2 seeds, 64x64, fp32)
-#   STEPS=10 SEEDS=1 SIZE=32 scripts/bench-probe.sh
+# peer's its `grid_s` (it loads its models once, then times its loop of pipeline calls). Prints
+# both, the ratio and the machine's load (`uptime`) before and after.
+#   scripts/bench-probe.sh            (CPU, 25 steps, 1 seed, 64x64, fp32)
+#   STEPS=10 SEEDS=2 SIZE=32 scripts/bench-probe.sh
+#   PEER=/path/to/diffusers_baseline.py scripts/bench-probe.sh   (from a git worktree)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+PY=${PYTHON:-${VIRTUAL_ENV:-.venv}/bin/python}
 PEER=${PEER:-../shared/tools/diffusers_baseline.py}
 STEPS=${STEPS:-25}
-SEEDS=${SEEDS:-2}
+SEEDS=${SEEDS:-1}
 SIZE=${SIZE:-64}
 DEVICE=${DEVICE:-cpu}
 NEGIMG=${NEGIMG:-target/release/negimg}
@@ -54,6 +56,7 @@ neg_off = "no_image"
 negative = ["none", "image"]
 neg_steps_at = "each 0-$last"
 TOML
+load_before=$(uptime)
 "$NEGIMG" run "$work/probe.toml" --results "$work/results" --device "$DEVICE" --no-report >&2
 records=$(ls "$work"/results/*/*/records.csv | head -1)
 negimg_s=$("$PY" - "$records" <<'PYEOF'
@@ -67,10 +70,13 @@ PYEOF
 )
 peer=$("$PY" "$PEER" --probe --steps "$STEPS" --batch "$SEEDS" --size "$SIZE" --device "$DEVICE" \
     --dtype fp32 --unet "$tiny/pipeline/unet" --vae "$tiny/pipeline/vae" \
-    --image-encoder "$tiny/image_encoder" --ip-adapter "$tiny/ip-adapter_sd15.safetensors" | tail -1)
+    --image-encoder "$tiny/image_encoder" --ip-adapter "$tiny/ip-adapter_sd15.safetensors" \
+    2>"$work/peer.log" | tail -1) || { cat "$work/peer.log" >&2; exit 1; }
 peer_s=$(echo "$peer" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["grid_s"])')
 set -- $negimg_s
 echo "probe grid: $STEPS DDIM steps, $SEEDS seeds, ${SIZE}x${SIZE}, fp32, $DEVICE"
 echo "negimg:    $1 s for $2 distinct images (shared trajectories)"
 echo "diffusers: $peer_s s ($peer)"
 "$PY" -c "print(f'ratio (diffusers / negimg): {$peer_s / $1:.2f}x')"
+echo "load before: $load_before"
+echo "load after:  $(uptime)"

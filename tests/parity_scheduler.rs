@@ -2,7 +2,8 @@
 //! inputs and the whole trajectory for a fixed sequence of model outputs (1e-5 relative);
 //! euler_ancestral also for a fixed sequence of step noises; the predicted clean sample x̂₀
 //! of each step (what x̂₀ traces decode) against diffusers' `pred_original_sample` (DDIM,
-//! Euler, Euler ancestral).
+//! Euler, Euler ancestral) and DPM-Solver++'s data prediction (`convert_model_output`, as its
+//! step returns no `pred_original_sample`).
 mod common;
 
 use negimg::params::SchedulerKind;
@@ -102,8 +103,7 @@ fn parity_scheduler_trajectories_match_diffusers() {
         let inputs = get(format!("{name}.inputs"));
         let traj = get(format!("{name}.trajectory"));
         let noise = s.is_ancestral().then(|| get(format!("{name}.noise")));
-        // diffusers' DPM-Solver++ step gives no `pred_original_sample`.
-        let x0 = (!kind.to_string().starts_with("dpmpp")).then(|| get(format!("{name}.x0")));
+        let x0 = get(format!("{name}.x0"));
         let mut x = get(format!("{name}.x_t")) * s.init_noise_sigma();
         for i in 0..*steps {
             let xin = s.scale_model_input(&x, i);
@@ -113,13 +113,11 @@ fn parity_scheduler_trajectories_match_diffusers() {
                 &format!("{name}: input of step {i}"),
             );
             let step_noise = noise.as_ref().map(|n| n.get(i as i64));
-            if let Some(want) = &x0 {
-                trace_x0_close(
-                    &s.predicted_x0(&eps.get(i as i64), i, &x),
-                    &want.get(i as i64),
-                    &format!("{name}: trace x̂₀ of step {i}"),
-                );
-            }
+            trace_x0_close(
+                &s.predicted_x0(&eps.get(i as i64), i, &x),
+                &x0.get(i as i64),
+                &format!("{name}: trace x̂₀ of step {i}"),
+            );
             x = s.step(&eps.get(i as i64), i, &x, step_noise.as_ref());
             assert_close(
                 &x,

@@ -1,12 +1,12 @@
 //! Shared trajectories must not change images: a probe grid (the negative at one step
 //! each), a start sweep and an end sweep of the negative branch with their baselines, two
-//! seeds in one batch, two- and three-row methods, DDIM and DPM++ (whose multistep history
-//! forks with the latents), Euler ancestral (each step's noise, drawn from the cell's seed)
-//! with the methods that keep state (SEGA's momentum, DNG's posterior: forked with the
-//! latents) and `cond_negative`'s second image term, made in one batch with sharing and UNet
-//! calls of 3 groups, give the images each cell gives alone (CPU, fp32, tiny models). Also
-//! `neg_off`: with
-//! `no_image` a probe is its baseline's trajectory until its step.
+//! seeds with a two-row and a three-row method in one batch, DDIM and DPM++ (whose
+//! multistep history forks with the latents), Euler ancestral (each step's noise, drawn from
+//! the cell's seed) with probe grids of the methods that keep state (SEGA's momentum, DNG's
+//! posterior: forked with the latents) and of `cond_negative`'s second image term, made in
+//! one batch with sharing and UNet calls of 3 groups, give the images each cell gives alone
+//! (CPU, fp32, tiny models). Also `neg_off`: with `no_image` a probe is its baseline's
+//! trajectory until its step.
 mod common;
 
 use negimg::params::{GenParams, Method, NegOff, NegativeMode, SchedulerKind};
@@ -95,30 +95,24 @@ fn shared_trajectories_equal_cells_generated_alone() {
     let models = common::tiny::tiny_models();
     let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
     let mut report = vec![];
-    for (off, methods, seeds, scheduler, most) in [
-        (
-            NegOff::NoImage,
-            vec![Method::Uncond, Method::PerpNeg],
-            vec![5, 6],
-            SchedulerKind::Ddim,
-            0.65,
-        ),
+    let two_methods = [
+        grid(&dir, &[5], &[Method::Uncond], NegOff::NoImage),
+        grid(&dir, &[6], &[Method::PerpNeg], NegOff::NoImage),
+    ]
+    .concat();
+    let stateful = [Method::Sega, Method::Dng, Method::CondNegative];
+    let mut probes = grid(&dir, &[5], &stateful, NegOff::NoImage);
+    probes.retain(|c| c.neg_steps_at.is_some() || c.negative == NegativeMode::None);
+    for (off, mut cells, scheduler, most) in [
+        (NegOff::NoImage, two_methods, SchedulerKind::Ddim, 0.65),
         (
             NegOff::Zero,
-            vec![Method::Uncond],
-            vec![5],
+            grid(&dir, &[5], &[Method::Uncond], NegOff::Zero),
             SchedulerKind::DpmPp2mKarras,
             0.8,
         ),
-        (
-            NegOff::NoImage,
-            vec![Method::Sega, Method::Dng, Method::CondNegative],
-            vec![5],
-            SchedulerKind::EulerAncestral,
-            0.8,
-        ),
+        (NegOff::NoImage, probes, SchedulerKind::EulerAncestral, 0.8),
     ] {
-        let mut cells = grid(&dir, &seeds, &methods, off);
         for c in &mut cells {
             c.scheduler = scheduler;
         }

@@ -1,6 +1,8 @@
 //! The real binary on the tiny models: SIGKILL at a random point then a rerun gives every
 //! image exactly once, byte-identical to an uninterrupted run;
-//! SIGINT finishes the writes in flight and exits 130; slurm scripts; plan output.
+//! SIGINT finishes the writes in flight and exits 130; a one-step probe grid killed with its
+//! shared-trajectory batch partly written resumes leaving its finished cells' files as they
+//! were, identical to an uninterrupted run; slurm scripts; plan output.
 mod common;
 
 use common::tiny::tiny_models;
@@ -14,22 +16,31 @@ use std::time::{Duration, Instant};
 const CELLS: usize = 8;
 
 fn experiment(dir: &Path) -> PathBuf {
+    kill_toml(
+        dir,
+        r#"[defaults]
+prompt = "a house"
+steps = 2
+size = 64
+dtype = "fp32"
+negative_image = "lawn"
+seeds = { count = 4 }
+[grid]
+weight = [0.5, 1.0]
+"#,
+    )
+}
+
+/// kill.toml on the tiny models with a negative image `lawn` and `cells` (its defaults and
+/// grid).
+fn kill_toml(dir: &Path, cells: &str) -> PathBuf {
     let models = common::tiny::models_toml(&tiny_models());
     let text = format!(
         r#"[experiment]
 name = "kill"
 {models}[images.lawn]
 generate = {{ prompt = "a lawn", seed = 2 }}
-[defaults]
-prompt = "a house"
-steps = 2
-size = 64
-dtype = "fp32"
-negative_image = "lawn"
-seeds = {{ count = 4 }}
-[grid]
-weight = [0.5, 1.0]
-"#
+{cells}"#
     );
     let file = dir.join("kill.toml");
     std::fs::write(&file, text).unwrap();
@@ -100,7 +111,8 @@ fn wait_for_cells(results: &Path, n: usize, child: &mut Child) {
             child.try_wait().unwrap().is_none(),
             "the run ended before {n} cells"
         );
-        assert!(t.elapsed() < Duration::from_secs(120), "no progress");
+        // A hang guard, not a timing: a machine loaded 10x over its cores took minutes.
+        assert!(t.elapsed() < Duration::from_secs(900), "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -179,6 +191,102 @@ fn sigkill_at_a_random_point_then_rerun_completes_identical_to_an_uninterrupted_
         "{out}"
     );
     assert_eq!(images(&run), whole);
+}
+
+/// The finished cells' files (each record under cells/ and the image it names) with their
+/// bytes and modification times. (An image without its record, or a temp file, is a write
+/// a kill cut short: the rerun makes that cell again.)
+fn written(run: &Path) -> BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
+    let stamp = |p: PathBuf| {
+        let modified = std::fs::metadata(&p).unwrap().modified().unwrap();
+        (
+            p.display().to_string(),
+            (std::fs::read(&p).unwrap(), modified),
+        )
+    };
+    std::fs::read_dir(run.join("cells"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .flat_map(|cell| {
+            let record: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&cell).unwrap()).unwrap();
+            let image = run.join(record["file"].as_str().unwrap());
+            [stamp(cell), stamp(image)]
+        })
+        .collect()
+}
+
+#[test]
+fn shared_trajectory_resume_after_sigkill_keeps_finished_cells_and_equals_an_uninterrupted_run() {
+    let dir = common::scratch("run_interrupt_shared_trajectories");
+    // The baseline and the negative at each of 4 steps, 4 seeds: 20 cells, 20 images in 4
+    // trunks of 5, which at --batch 2 are made in one batch of shared trajectories.
+    kill_toml(
+        &dir,
+        r#"[defaults]
+prompt = "a house"
+steps = 4
+size = 32
+dtype = "fp32"
+negative_image = "lawn"
+neg_off = "no_image"
+seeds = { count = 4 }
+[grid]
+negative = ["none", "image"]
+neg_steps_at = "each 0-3"
+"#,
+    );
+    const PROBE_CELLS: usize = 32;
+    run_to_end(&dir, "whole", &["--batch", "2"]);
+    let whole = images(&run_dir(&dir.join("whole")));
+    assert_eq!(whole.len(), 20);
+
+    let mut child = spawn(&dir, "killed", &["--batch", "2"]);
+    // Records are written trunk by trunk, the baseline's 4 cells first: 5 hold a probe.
+    wait_for_cells(&dir.join("killed"), 5, &mut child);
+    child.kill().unwrap(); // SIGKILL, in or just after the writes of the batch
+    child.wait().unwrap();
+    let run = run_dir(&dir.join("killed"));
+    // Whether or not the kill landed in the batch's writes, leave the batch partly
+    // written: two of its written probes lose their record and image.
+    let cell_files: Vec<PathBuf> = std::fs::read_dir(run.join("cells"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    let mut lost = 0;
+    for cell in cell_files {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cell).unwrap()).unwrap();
+        if record["negative"] == "image" && lost < 2 {
+            std::fs::remove_file(&cell).unwrap();
+            std::fs::remove_file(run.join(record["file"].as_str().unwrap())).unwrap();
+            lost += 1;
+        }
+    }
+    assert!(lost > 0, "no probe written before the kill");
+    let kept = written(&run);
+    let before = done_cells(&dir.join("killed"));
+    std::thread::sleep(Duration::from_millis(20));
+    let out = run_to_end(&dir, "killed", &[]);
+    assert!(
+        out.contains(&format!(
+            "{} made now, {before} kept from before",
+            PROBE_CELLS - before
+        )),
+        "{out}"
+    );
+    let now = written(&run);
+    for (path, was) in &kept {
+        assert_eq!(now.get(path), Some(was), "{path} was written again");
+    }
+    assert_eq!(images(&run), whole, "resumed images differ");
+    let records = read_records(&run.join("records.csv")).unwrap();
+    assert_eq!(records.len(), PROBE_CELLS);
+    assert!(records.iter().all(|r| r.status == Status::Done));
 }
 
 #[test]

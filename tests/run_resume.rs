@@ -1,5 +1,6 @@
 //! The grid runner with a deterministic fake generator: resume, force, new runs, shards,
-//! failed (NaN) cells, interrupts, unwritable results, cached inputs, partial files.
+//! failed (NaN) cells, interrupts, unwritable results, cached inputs, partial files, a
+//! shared-trajectory batch partly written, resumed.
 mod common;
 
 use anyhow::Result;
@@ -665,4 +666,91 @@ fn cells_with_nothing_to_subtract_share_the_baseline_image_and_keep_its_key() {
     assert_eq!(image.len(), 4);
     let again = go(&s, &opts, &fake).unwrap();
     assert_eq!((again.generated, again.skipped), (0, 8));
+}
+
+/// A one-step probe grid: the no-negative baseline and the negative at each of 3 steps, 2
+/// seeds: per seed one trunk of 4 images sharing their trajectories.
+const PROBES: &str = r#"
+[experiment]
+name = "probes"
+
+[models]
+pipeline = "models/pipeline"
+ip_adapter = { base = "models/ip-adapter_sd15.safetensors" }
+image_encoder = "models/image_encoder"
+
+[images.house]
+generate = { prompt = "a house" }
+
+[images.lawn]
+path = "lawn.png"
+
+[defaults]
+steps = 3
+size = 16
+positive_image = "house"
+negative_image = "lawn"
+neg_off = "no_image"
+seeds = { count = 2 }
+
+[grid]
+negative = ["none", "image"]
+neg_steps_at = "each 0-2"
+"#;
+
+/// Each file under images/ and cells/ with its bytes and modification time.
+fn written(run: &Path) -> BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
+    ["images", "cells"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(run.join(sub)).unwrap().flatten())
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            (
+                e.path().display().to_string(),
+                (std::fs::read(e.path()).unwrap(), meta.modified().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn resume_mid_trunk_writes_only_the_cells_not_written_and_leaves_the_finished_ones() {
+    let s = setup_with("run_resume_mid_trunk", PROBES);
+    let opts = options(&s.dir.join("results"));
+    let fake = Fake::default();
+    let first = go(&s, &opts, &fake).unwrap();
+    assert!(first.complete);
+    // The input image, then both trunks (2 x 4 distinct images) in one shared batch.
+    assert_eq!(*fake.batches.lock().unwrap(), [1, 8]);
+    let run = first.dir.clone();
+    let whole = images(&run);
+    // A kill while that batch's cells were being written: three probes of the batch have
+    // neither record nor image (a kill between an image and its record is covered above).
+    let records = read_records(&run.join("records.csv")).unwrap();
+    let lost: Vec<_> = records
+        .iter()
+        .filter(|r| r.negative == NegativeMode::Image)
+        .take(3)
+        .collect();
+    for r in &lost {
+        std::fs::remove_file(run.join("cells").join(format!("{}.json", r.cell_id))).unwrap();
+        std::fs::remove_file(run.join(&r.file)).unwrap();
+    }
+    let kept = written(&run);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let fake = Fake::default();
+    let again = go(&s, &opts, &fake).unwrap();
+    assert!(again.complete);
+    assert_eq!((again.generated, again.skipped), (3, records.len() - 3));
+    // The batch is made whole again (its images must be those of the uninterrupted run,
+    // and a UNet call of other rows may round differently) ...
+    assert_eq!(*fake.batches.lock().unwrap(), [8]);
+    // ... but only the three are written: the finished cells' files are untouched ...
+    let now = written(&run);
+    for (path, before) in &kept {
+        assert_eq!(now.get(path), Some(before), "{path} was written again");
+    }
+    // ... and the images are those of the uninterrupted run.
+    assert_eq!(images(&run), whole);
+    no_temp_files(&run);
 }

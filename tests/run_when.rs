@@ -1,8 +1,9 @@
 //! `negimg plan` and `negimg run` of experiments/when-tiny.toml (tiny random models,
 //! offline): step-set probes and from/until sweeps with `neg_off = "no_image"` against a
 //! no-negative baseline; plan prints the UNet row-steps with and without shared
-//! trajectories, records.csv and the PNG text carry the step sets; the x̂₀ traces are scored
-//! against the baseline's traces at the same step; the report has the "When" section.
+//! trajectories, records.csv and the PNG text carry the step sets; x̂₀ trace files carry
+//! their cell's PNG text and step; the x̂₀ traces are scored against the baseline's traces
+//! at the same step; the report has the "When" section.
 mod common;
 
 use negimg::params::{NegOff, NegativeMode};
@@ -69,6 +70,34 @@ fn when_tiny_runs_step_set_probes_with_shared_trajectories() {
         text.contains("Negative steps: \"3\", Negative off: no_image"),
         "{text}"
     );
+    // Its traces carry the image's texts and their step; a replay refuses them.
+    let id = probe
+        .file
+        .trim_start_matches("images/")
+        .trim_end_matches(".png");
+    let trace = run.join("traces").join(id).join("step-002.png");
+    let trace_chunks = negimg::run::png::read_texts(&trace).unwrap();
+    let field = |k: &str| &trace_chunks.iter().find(|(key, _)| key == k).unwrap().1;
+    assert_eq!(field("parameters"), &format!("{text}, Trace step: 2"));
+    let json: serde_json::Value = serde_json::from_str(field("negimg")).unwrap();
+    let image_json = &chunks.iter().find(|(k, _)| k == "negimg").unwrap().1;
+    let mut expect: serde_json::Value = serde_json::from_str(image_json).unwrap();
+    expect["trace_step"] = 2.into();
+    assert_eq!(json, expect);
+    let replay = common::negimg(
+        &[
+            "generate",
+            "--replay",
+            trace.to_str().unwrap(),
+            "--out",
+            "x.png",
+        ],
+        &dir,
+    );
+    let err = String::from_utf8_lossy(&replay.stderr);
+    assert!(!replay.status.success(), "{err}");
+    assert!(err.contains("x̂₀ trace of step 2"), "{err}");
+    assert!(!dir.join("x.png").exists());
     trace_scores_pair_to_the_baseline_trace_at_the_same_step(&run, &records);
     when_report_has_probe_and_trace_curves_and_filmstrips(&run);
 }

@@ -597,7 +597,6 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
     pipeline.set_attention_maps(args.maps);
     let img = generate_one(&mut pipeline, &cell)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out.png"));
-    write_traces(&mut pipeline, &out)?;
     // The same PNG text chunks as a grid cell: A1111's `parameters` and the full cell.
     let name = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let (pos, neg) = (name(&cell.positive_image), name(&cell.negative_image));
@@ -608,6 +607,7 @@ pub fn run(args: GenerateArgs, g: &Globals) -> Result<()> {
         &models.pipeline.display().to_string(),
     );
     let json = serde_json::to_string(&cell)?;
+    write_traces(&mut pipeline, &out, &parameters, &json)?;
     write_png(&out, &img, &parameters, &json)?;
     if args.maps {
         write_maps(&mut pipeline, &out)?;
@@ -638,7 +638,7 @@ fn replay(image: &Path, out: Option<&Path>, force: bool, g: &Globals) -> Result<
     }
     let mut pipeline = Pipeline::load(&models, device, kind, &mut super::loading)?;
     let img = generate_one(&mut pipeline, &stored.params)?;
-    write_traces(&mut pipeline, &out)?;
+    write_traces(&mut pipeline, &out, &stored.parameters, &stored.chunk_text)?;
     write_png(&out, &img, &stored.parameters, &stored.chunk_text)
 }
 
@@ -666,15 +666,18 @@ fn generate_one(pipeline: &mut Pipeline, cell: &GenParams) -> Result<image::RgbI
     }
 }
 
-/// The x̂₀ traces of the cell just made, beside `out` as `OUT-step-NNN.png`.
-fn write_traces(pipeline: &mut Pipeline, out: &Path) -> Result<()> {
+/// The x̂₀ traces of the cell just made, beside `out` as `OUT-step-NNN.png`, with the image's
+/// texts `parameters` and `json` and their step.
+fn write_traces(pipeline: &mut Pipeline, out: &Path, parameters: &str, json: &str) -> Result<()> {
     let stem = out.with_extension("");
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     for (step, img) in pipeline.take_traces().into_iter().flatten() {
         let path = PathBuf::from(format!("{}-step-{step:03}.png", stem.display()));
-        crate::run::fsio::atomic_write(&path, &crate::run::png::encode(&img, &[])?)?;
+        let (parameters, json) = crate::run::png::trace_texts(parameters, json, step)?;
+        let texts = [("parameters", &*parameters), ("negimg", &*json)];
+        crate::run::fsio::atomic_write(&path, &crate::run::png::encode(&img, &texts)?)?;
         println!("{}", path.display());
     }
     Ok(())

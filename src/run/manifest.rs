@@ -71,16 +71,16 @@ pub struct CellChunk {
     pub negimg_version: String,
 }
 
-/// A cell's image as PNG bytes, with its `parameters` (A1111) and `negimg` (JSON) chunks.
-pub fn encode_cell(
+/// A cell's `parameters` (A1111) and `negimg` (JSON) PNG texts: its image carries them, its
+/// x̂₀ traces carry them with their step ([`png::trace_texts`]).
+pub fn cell_texts(
     exp: &Experiment,
     files: &[ModelFiles],
     dtype: &str,
     id: &str,
     p: &GenParams,
     spec: &CellSpec,
-    img: &image::RgbImage,
-) -> Result<Vec<u8>> {
+) -> Result<(String, String)> {
     let negative_image = spec
         .negative_image
         .as_deref()
@@ -110,11 +110,5 @@ pub fn encode_cell(
         dtype: dtype.to_string(),
         negimg_version: provenance::VERSION.to_string(),
     };
-    png::encode(
-        img,
-        &[
-            ("parameters", &parameters),
-            ("negimg", &serde_json::to_string(&json)?),
-        ],
-    )
+    Ok((parameters, serde_json::to_string(&json)?))
 }

@@ -128,6 +128,22 @@ pub fn a1111_parameters(
     s
 }
 
+/// The `parameters` and `negimg` texts of an x̂₀ trace of the image whose texts they are:
+/// the same, with the trace's step (`Trace step: N` in the parameters, `trace_step` in the
+/// JSON), so a trace file says which cell and step it shows.
+pub fn trace_texts(parameters: &str, negimg: &str, step: usize) -> Result<(String, String)> {
+    let mut json: serde_json::Value =
+        serde_json::from_str(negimg).context("the `negimg` chunk is not JSON")?;
+    let fields = json
+        .as_object_mut()
+        .context("the `negimg` chunk is not a JSON object")?;
+    fields.insert("trace_step".into(), step.into());
+    Ok((
+        format!("{parameters}, Trace step: {step}"),
+        serde_json::to_string(&json)?,
+    ))
+}
+
 /// The text chunks of a PNG file (tEXt, zTXt and iTXt), by keyword.
 pub fn read_texts(path: &std::path::Path) -> Result<Vec<(String, String)>> {
     let file =
@@ -152,6 +168,22 @@ pub fn read_texts(path: &std::path::Path) -> Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_png_texts_are_the_images_with_the_step() {
+        let (parameters, json) = trace_texts(
+            "a house\nSteps: 25, Seed: 1",
+            r#"{"cell_id":"c1","x":2}"#,
+            5,
+        )
+        .unwrap();
+        assert_eq!(parameters, "a house\nSteps: 25, Seed: 1, Trace step: 5");
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(json["trace_step"], 5);
+        assert_eq!(json["cell_id"], "c1");
+        assert_eq!(json["x"], 2);
+        assert!(trace_texts("p", "[1]", 0).is_err());
+    }
 
     #[test]
     fn png_carries_a1111_parameters_and_json_and_is_deterministic() {

@@ -65,6 +65,13 @@ pub fn read(png: &Path) -> Result<StoredCell> {
             png.display()
         );
     }
+    if let Some(step) = value.get("trace_step") {
+        bail!(
+            "{} is the x̂₀ trace of step {step} of a cell, not its image: replay the cell's \
+             image, images/<cell-id>.png of its run",
+            png.display()
+        );
+    }
     let version = value
         .get("negimg_version")
         .and_then(|v| v.as_str())

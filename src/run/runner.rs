@@ -11,7 +11,8 @@ use super::ids::{self, HashCache, ModelDigests, ModelFiles};
 use super::info::RunInfo;
 use super::layout::{self, Choice, RunDir};
 use super::maker::{Made, Maker, RunLog, progress_bar};
-use super::manifest::{encode_cell, manifest_json};
+use super::manifest::{cell_texts, manifest_json};
+use super::png;
 use super::records::{Record, Status, write_records};
 use crate::experiment::Experiment;
 use crate::params::GenParams;
@@ -450,14 +451,18 @@ impl<'a> RunContext<'a> {
                     CellOutcome::Image(img) => {
                         let file = run.image_file(image);
                         let spec = &exp.cells[lead];
-                        let bytes = encode_cell(exp, files, &opts.dtype, image, p, spec, img)?;
-                        atomic_write(&run.dir.join(&file), &bytes)?;
+                        let (parameters, json) =
+                            cell_texts(exp, files, &opts.dtype, image, p, spec)?;
+                        let texts = [("parameters", &*parameters), ("negimg", &*json)];
+                        atomic_write(&run.dir.join(&file), &png::encode(img, &texts)?)?;
                         for (step, img) in &trace {
                             let path = run.dir.join(run.trace_file(image, *step));
                             if let Some(dir) = path.parent() {
                                 std::fs::create_dir_all(dir)?;
                             }
-                            atomic_write(&path, &crate::run::png::encode(img, &[])?)?;
+                            let (parameters, json) = png::trace_texts(&parameters, &json, *step)?;
+                            let texts = [("parameters", &*parameters), ("negimg", &*json)];
+                            atomic_write(&path, &png::encode(img, &texts)?)?;
                         }
                         (file, None)
                     }

@@ -5,8 +5,9 @@ CASES.json: [{"name", "kind": ddim|euler|euler_ancestral|dpmpp_2m|dpmpp_2m_karra
 For each case: a fixed random initial noise and model-output sequence (saved), and what
 diffusers does with them the way StableDiffusionPipeline drives a scheduler. An ancestral
 scheduler draws its step noise from a generator passed to `step`; a twin generator draws the
-same tensors, saved as `{name}.noise`. DDIM, Euler and Euler ancestral also save each step's
-`pred_original_sample` (x̂₀) as `{name}.x0`.
+same tensors, saved as `{name}.noise`. Each step's x̂₀ is saved as `{name}.x0`: DDIM's, Euler's
+and Euler ancestral's `pred_original_sample`; DPM-Solver++'s step returns none, so its x̂₀ is
+the data prediction its step uses, `convert_model_output` (called at the step's index).
 """
 import json, sys
 import torch
@@ -37,6 +38,10 @@ for case in cases:
     step_gen, twin = (torch.Generator("cpu").manual_seed(1000 + len(out)) for _ in range(2))
     for i, t in enumerate(s.timesteps):
         inputs.append(s.scale_model_input(x, t))
+        if kind.startswith("dpmpp"):
+            if s.step_index is None:
+                s._init_step_index(t)
+            x0.append(s.convert_model_output(eps[i], sample=x))
         step = s.step(eps[i], t, x, generator=step_gen)
         x = step.prev_sample
         if getattr(step, "pred_original_sample", None) is not None:
