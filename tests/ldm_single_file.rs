@@ -4,31 +4,8 @@
 mod common;
 
 use negimg::pipeline::single_file::open_single_file;
-use negimg::weights::{TensorFile, TensorSource};
+use negimg::weights::TensorFile;
 use tch::{Device, Kind};
-
-fn assert_same_tensors(view: &dyn TensorSource, reference: &TensorFile, what: &str) {
-    let mut expected = reference.names();
-    let mut got: Vec<String> = view
-        .names()
-        .into_iter()
-        // Buffers transformers does not save.
-        .filter(|n| !n.ends_with("position_ids"))
-        .collect();
-    expected.sort();
-    got.sort();
-    assert_eq!(got, expected, "{what}: diffusers names differ");
-    for name in &expected {
-        assert_eq!(
-            view.shape(name),
-            reference.shape(name),
-            "{what}: shape of {name}"
-        );
-        let a = view.get(name, Device::Cpu, Kind::Float).unwrap();
-        let b = reference.get(name, Device::Cpu, Kind::Float).unwrap();
-        assert_eq!(common::max_abs_diff(&a, &b), 0.0, "{what}: {name}");
-    }
-}
 
 #[test]
 fn ldm_single_file_matches_diffusers_layout() {
@@ -39,9 +16,9 @@ fn ldm_single_file_matches_diffusers_layout() {
         let unet = TensorFile::open(dir.join("unet.safetensors")).unwrap();
         let vae = TensorFile::open(dir.join("vae.safetensors")).unwrap();
         let text = TensorFile::open(dir.join("text_encoder.safetensors")).unwrap();
-        assert_same_tensors(ckpt.unet().unwrap().as_ref(), &unet, file);
-        assert_same_tensors(ckpt.vae().unwrap().as_ref(), &vae, file);
-        assert_same_tensors(ckpt.text_encoder().unwrap().as_ref(), &text, file);
+        common::assert_same_tensors(ckpt.unet().unwrap().as_ref(), &unet, file);
+        common::assert_same_tensors(ckpt.vae().unwrap().as_ref(), &vae, file);
+        common::assert_same_tensors(ckpt.text_encoder().unwrap().as_ref(), &text, file);
     }
     // The VAE attention is stored as 1x1 convs and read as linear weights.
     let ckpt = open_single_file(&dir.join("ldm.safetensors")).unwrap();

@@ -124,26 +124,6 @@ fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
     }
 }
 
-/// `view` has exactly the tensors of `reference` (names, shapes, values).
-fn assert_same_tensors(view: &dyn TensorSource, reference: &TensorFile, what: &str) {
-    let mut expected = reference.names();
-    // position_ids: a buffer real checkpoints carry and the model does not read.
-    let mut got: Vec<String> = view
-        .names()
-        .into_iter()
-        .filter(|n| !n.ends_with("position_ids"))
-        .collect();
-    expected.sort();
-    got.sort();
-    assert_eq!(got, expected, "{what}: diffusers names differ");
-    for name in &expected {
-        assert_eq!(view.shape(name), reference.shape(name), "{what}: {name}");
-        let a = view.get(name, Device::Cpu, Kind::Float).unwrap();
-        let b = reference.get(name, Device::Cpu, Kind::Float).unwrap();
-        assert_eq!(common::max_abs_diff(&a, &b), 0.0, "{what}: {name}");
-    }
-}
-
 #[test]
 fn sdxl_single_file_has_the_folder_tensors() {
     let fx = fixture();
@@ -152,24 +132,24 @@ fn sdxl_single_file_has_the_folder_tensors() {
     let folder = fx.folder();
     let weights =
         |component: &str, file: &str| TensorFile::open(folder.join(component).join(file)).unwrap();
-    assert_same_tensors(
+    common::assert_same_tensors(
         ckpt.unet().unwrap().as_ref(),
         &weights("unet", "diffusion_pytorch_model.safetensors"),
         "unet",
     );
-    assert_same_tensors(
+    common::assert_same_tensors(
         ckpt.vae().unwrap().as_ref(),
         &weights("vae", "diffusion_pytorch_model.safetensors"),
         "vae",
     );
-    assert_same_tensors(
+    common::assert_same_tensors(
         ckpt.text_encoder().unwrap().as_ref(),
         &weights("text_encoder", "model.safetensors"),
         "text_encoder",
     );
     // q/k/v split from the fused in_proj, the projection transposed (32 x 48: not square).
     let text_2 = ckpt.text_encoder_2().unwrap();
-    assert_same_tensors(
+    common::assert_same_tensors(
         text_2.as_ref(),
         &weights("text_encoder_2", "model.safetensors"),
         "text_encoder_2",

@@ -225,3 +225,33 @@ pub fn negimg_generate(models: &Path, args: &[&str], dir: &Path) -> std::process
     all.extend_from_slice(args);
     negimg(&all, dir)
 }
+
+/// `view` has exactly the tensors of `reference` (names, shapes, values); `position_ids`, a
+/// buffer real checkpoints carry and transformers does not save, is left out.
+pub fn assert_same_tensors(
+    view: &dyn negimg::weights::TensorSource,
+    reference: &negimg::weights::TensorFile,
+    what: &str,
+) {
+    use negimg::weights::TensorSource as _;
+    let mut expected = reference.names();
+    let mut got: Vec<String> = view
+        .names()
+        .into_iter()
+        .filter(|n| !n.ends_with("position_ids"))
+        .collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "{what}: diffusers names differ");
+    for name in &expected {
+        assert_eq!(
+            view.shape(name),
+            reference.shape(name),
+            "{what}: shape of {name}"
+        );
+        let (cpu, f32) = (tch::Device::Cpu, tch::Kind::Float);
+        let a = view.get(name, cpu, f32).unwrap();
+        let b = reference.get(name, cpu, f32).unwrap();
+        assert_eq!(max_abs_diff(&a, &b), 0.0, "{what}: {name}");
+    }
+}
