@@ -46,7 +46,7 @@ fn attention_map_parity_with_diffusers_processors() {
         11,
     )
     .unwrap();
-    tch::manual_seed(3);
+    let generator = negimg::weights::random::seeded_generator(3);
     let f = (Kind::Float, Device::Cpu);
     let inputs = dir.join("inputs.safetensors");
     let timesteps = [801.0f64, 501.0, 301.0];
@@ -61,6 +61,7 @@ fn attention_map_parity_with_diffusers_processors() {
         ("negtome_refs", Tensor::from_slice(&[2i64, 2])),
         ("negtome_threshold", Tensor::from_slice(&[0.7f32, 0.8])),
     ];
+    drop(generator);
     Tensor::write_safetensors(&tensors, &inputs).unwrap();
     let out = dir.join("ref.safetensors");
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();

@@ -95,8 +95,10 @@ fn parity_clip_models_and_ip_adapter_projections() {
         "",
         "an astronaut riding a horse on the moon, highly detailed",
     ]);
-    tch::manual_seed(7);
-    let pixels = Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let pixels = {
+        let _generator = negimg::weights::random::seeded_generator(7);
+        Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu))
+    };
     Tensor::write_safetensors(
         &[("ids", &ids), ("pixels", &pixels)],
         dir.join("inputs.safetensors"),

@@ -25,7 +25,7 @@ fn parity_sdxl_unet_one_step_with_and_without_ip_adapter() {
     let adapter = dir.join("ip-adapter.safetensors");
     write_random_adapter(&adapter, AdapterKind::Base, &cfg, &vision, 11).unwrap();
 
-    tch::manual_seed(3);
+    let generator = negimg::weights::random::seeded_generator(3);
     let f = (Kind::Float, Device::Cpu);
     let pooled = cfg.pooled_text_dim().unwrap();
     let inputs = dir.join("inputs.safetensors");
@@ -54,6 +54,7 @@ fn parity_sdxl_unet_one_step_with_and_without_ip_adapter() {
         ("timesteps", Tensor::from_slice(&[981i64, 501, 1])),
         ("t", Tensor::from_slice(&[501.0f64])),
     ];
+    drop(generator);
     Tensor::write_safetensors(&input_tensors, &inputs).unwrap();
     let reference = parity::unet_reference(&dir, &unet_dir, &adapter, &inputs);
     let x = TensorFile::open(&inputs).unwrap();

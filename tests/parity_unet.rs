@@ -18,7 +18,7 @@ const TOL: f64 = 1e-4;
 /// A base IP-Adapter file (`image_proj.proj`/`norm` + `ip_adapter.{k}.to_{k,v}_ip`) with
 /// random weights fitting a UNet whose cross-attention widths are `widths`.
 fn write_adapter(path: &Path, widths: &[i64], cross: i64, embed_dim: i64, seed: i64) {
-    tch::manual_seed(seed);
+    let _generator = negimg::weights::random::seeded_generator(seed);
     let f = (Kind::Float, Device::Cpu);
     let mut tensors = vec![
         (
@@ -65,7 +65,7 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
         11,
     );
 
-    tch::manual_seed(3);
+    let generator = negimg::weights::random::seeded_generator(3);
     let f = (Kind::Float, Device::Cpu);
     let inputs = dir.join("inputs.safetensors");
     let input_tensors = [
@@ -76,6 +76,7 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
         ("timesteps", Tensor::from_slice(&[981i64, 501, 1])),
         ("t", Tensor::from_slice(&[501.0f64])),
     ];
+    drop(generator);
     Tensor::write_safetensors(&input_tensors, &inputs).unwrap();
     let reference = parity::unet_reference(&dir, &unet_dir, &adapter, &inputs);
     let x = TensorFile::open(&inputs).unwrap();
@@ -261,13 +262,14 @@ fn parity_unet_half_precision_kinds() {
     let mut half = UNet2DConditionModel::load(&dir, Device::Cpu, Kind::Half, ip).unwrap();
     full.load_ip_adapter(&adapter).unwrap();
     half.load_ip_adapter(&adapter).unwrap();
-    tch::manual_seed(1);
+    let generator = negimg::weights::random::seeded_generator(1);
     let f = (Kind::Float, Device::Cpu);
     let (x, text, tokens) = (
         Tensor::randn([2, 4, 8, 8], f),
         Tensor::randn([2, 77, 32], f),
         Tensor::randn([2, 4, 32], f),
     );
+    drop(generator);
     let scale = Tensor::from_slice(&[0.5f32, 1.0]);
     let a =
         tch::no_grad(|| full.forward(&x, 700.0, &text, Some(IpInput::uniform(&tokens, &scale))));

@@ -16,13 +16,14 @@ fn parity_vae_decode_and_encode() {
     let cfg = AutoencoderKLConfig::tiny();
     let vae_dir = dir.join("vae");
     write_random_model(&vae_dir, &cfg, 5, false).unwrap();
-    tch::manual_seed(9);
+    let generator = negimg::weights::random::seeded_generator(9);
     let f = (Kind::Float, Device::Cpu);
     let inputs = dir.join("inputs.safetensors");
     let tensors = [
         ("latents", Tensor::randn([2, 4, 16, 16], f)),
         ("images", Tensor::rand([1, 3, 32, 32], f) * 2.0 - 1.0),
     ];
+    drop(generator);
     Tensor::write_safetensors(&tensors, &inputs).unwrap();
     let out = dir.join("ref.safetensors");
     common::run_python(

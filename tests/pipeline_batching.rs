@@ -195,8 +195,7 @@ fn unet_rows_in_a_batch_equal_rows_alone_for_every_ip_scaling() {
     let b = 6;
     let randn = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu));
     let (x, text, tokens, scales) = {
-        let _generator = negimg::weights::random::global_generator();
-        tch::manual_seed(3);
+        let _generator = negimg::weights::random::seeded_generator(3);
         for (_, mut v) in vs.variables() {
             tch::no_grad(|| v.copy_(&(randn(&v.size()) * 0.1)));
         }

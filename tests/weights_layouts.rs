@@ -67,8 +67,10 @@ fn write_layouts() -> PathBuf {
     clip_model::write_random_model(&dir.join("clip"), &ClipConfig::tiny(), 13, &gz).unwrap();
     let tok = ClipTokenizer::from_folder(&dir.join("clip")).unwrap();
     let ids = tok.encode_batch(&["a house in winter", "", "a green lawn, sunny day"]);
-    tch::manual_seed(5);
-    let pixels = Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let pixels = {
+        let _generator = negimg::weights::random::seeded_generator(5);
+        Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu))
+    };
     Tensor::write_safetensors(
         &[("ids", &ids), ("pixels", &pixels)],
         dir.join("inputs.safetensors"),

@@ -161,9 +161,10 @@ impl ClipModel {
 /// `model.safetensors`, `preprocessor_config.json` and the tokenizer files built from
 /// open_clip's `vocab_gz` (as in a Hugging Face CLIP repository).
 pub fn write_random_model(dir: &Path, cfg: &ClipConfig, seed: i64, vocab_gz: &Path) -> Result<()> {
-    let vs = weights::random::seeded_var_store(seed);
-    let _model = ClipModel::new(vs.root(), cfg);
-    weights::random::randomize(&vs, seed, 0.02);
+    let vs = weights::random::random_var_store(seed, 0.02, |root| {
+        ClipModel::new(root, cfg);
+        Ok(())
+    })?;
     save_model(dir, &cfg.to_config_json(), &vs)?;
     let size = cfg.vision_config.image_size;
     let processor = serde_json::json!({

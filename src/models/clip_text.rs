@@ -377,9 +377,10 @@ impl ClipTextModel {
 
 /// Writes a `CLIPTextModel` folder with seeded random weights: `config.json` + `model.safetensors`.
 pub fn write_random_model(dir: &Path, cfg: &ClipTextConfig, seed: i64) -> Result<()> {
-    let vs = weights::random::seeded_var_store(seed);
-    let _model = ClipTextModel::new(vs.root() / "text_model", cfg);
-    weights::random::randomize(&vs, seed, 0.02);
+    let vs = weights::random::random_var_store(seed, 0.02, |root| {
+        ClipTextModel::new(root / "text_model", cfg);
+        Ok(())
+    })?;
     save_model(dir, &cfg.to_config_json(), &vs)
 }
 
@@ -453,9 +454,10 @@ pub fn write_random_model_with_projection(
     cfg: &ClipTextConfig,
     seed: i64,
 ) -> Result<()> {
-    let vs = weights::random::seeded_var_store(seed);
-    let _model = ClipTextModelWithProjection::new(vs.root(), cfg);
-    weights::random::randomize(&vs, seed, 0.02);
+    let vs = weights::random::random_var_store(seed, 0.02, |root| {
+        ClipTextModelWithProjection::new(root, cfg);
+        Ok(())
+    })?;
     let mut json = cfg.to_config_json();
     json["architectures"] = serde_json::json!(["CLIPTextModelWithProjection"]);
     save_model(dir, &json, &vs)

@@ -271,8 +271,9 @@ impl ClipVisionModelWithProjection {
 
 /// Writes an image-encoder folder with seeded random weights: `config.json` + `model.safetensors`.
 pub fn write_random_model(dir: &Path, cfg: &ClipVisionConfig, seed: i64) -> Result<()> {
-    let vs = weights::random::seeded_var_store(seed);
-    let _model = ClipVisionModelWithProjection::new(vs.root(), cfg);
-    weights::random::randomize(&vs, seed, 0.02);
+    let vs = weights::random::random_var_store(seed, 0.02, |root| {
+        ClipVisionModelWithProjection::new(root, cfg);
+        Ok(())
+    })?;
     save_model(dir, &cfg.to_config_json(), &vs)
 }

@@ -340,9 +340,10 @@ fn read_preprocess(path: &Path) -> Result<Preprocess> {
 
 /// A random `Dinov2Model` folder in the real layout (tests, speed measurements).
 pub fn write_random_model(dir: &Path, cfg: &Dinov2Config, seed: i64) -> Result<()> {
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _model = Dinov2Model::new(vs.root(), cfg);
-    weights::random::randomize(&vs, seed, 0.02);
+    let vs = weights::random::random_var_store(seed, 0.02, |root| {
+        Dinov2Model::new(root, cfg);
+        Ok(())
+    })?;
     save_model(dir, &cfg.to_config_json(), &vs)?;
     let p = Preprocess::dinov2();
     let processor = serde_json::json!({

@@ -832,33 +832,33 @@ pub fn write_random_projection(
     attn_hidden_sizes: &[i64],
     seed: i64,
 ) -> Result<()> {
-    let vs = weights::random::seeded_var_store(seed);
-    let root = vs.root();
-    let cross_dim = proj.cross_dim();
-    match *proj {
-        RandomProjection::Linear {
-            embed,
-            cross,
-            tokens,
-        } => {
-            ImageProjection::new(&root / "image_proj", embed, cross, tokens);
+    let vs = weights::random::random_var_store(seed, 0.02, |root| {
+        let cross_dim = proj.cross_dim();
+        match *proj {
+            RandomProjection::Linear {
+                embed,
+                cross,
+                tokens,
+            } => {
+                ImageProjection::new(&root / "image_proj", embed, cross, tokens);
+            }
+            RandomProjection::Resampler(cfg) => {
+                Resampler::new(&root / "image_proj", &cfg);
+            }
+            RandomProjection::Mlp { embed, cross } => {
+                MlpProjection::new(&root / "image_proj", embed, embed, cross);
+            }
         }
-        RandomProjection::Resampler(cfg) => {
-            Resampler::new(&root / "image_proj", &cfg);
+        let no_bias = nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        };
+        for (i, &hidden) in attn_hidden_sizes.iter().enumerate() {
+            let layer = &root / "ip_adapter" / (2 * i + 1);
+            nn::linear(&layer / "to_k_ip", cross_dim, hidden, no_bias);
+            nn::linear(&layer / "to_v_ip", cross_dim, hidden, no_bias);
         }
-        RandomProjection::Mlp { embed, cross } => {
-            MlpProjection::new(&root / "image_proj", embed, embed, cross);
-        }
-    }
-    let no_bias = nn::LinearConfig {
-        bias: false,
-        ..Default::default()
-    };
-    for (i, &hidden) in attn_hidden_sizes.iter().enumerate() {
-        let layer = &root / "ip_adapter" / (2 * i + 1);
-        nn::linear(&layer / "to_k_ip", cross_dim, hidden, no_bias);
-        nn::linear(&layer / "to_v_ip", cross_dim, hidden, no_bias);
-    }
-    weights::random::randomize(&vs, seed, 0.02);
+        Ok(())
+    })?;
     weights::random::save_var_store(&vs, path, Kind::Float)
 }

@@ -1118,9 +1118,9 @@ pub fn write_random_model(
     seed: i64,
     fp16_variant: bool,
 ) -> Result<()> {
-    let vs = weights::random::seeded_var_store(seed);
-    let _model = UNet2DConditionModel::new(vs.root(), cfg, None)?;
-    weights::random::randomize(&vs, seed, 0.02);
+    let vs = weights::random::random_var_store(seed, 0.02, |root| {
+        UNet2DConditionModel::new(root, cfg, None).map(drop)
+    })?;
     save_component(dir, &cfg.to_config_json(), &vs, fp16_variant)
 }
 

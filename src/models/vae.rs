@@ -420,9 +420,9 @@ pub fn write_random_model(
     seed: i64,
     fp16_variant: bool,
 ) -> Result<()> {
-    let vs = weights::random::seeded_var_store(seed);
-    let _model = AutoencoderKL::new(vs.root(), cfg, VaeParts::EncoderAndDecoder)?;
-    weights::random::randomize(&vs, seed, 0.02);
+    let vs = weights::random::random_var_store(seed, 0.02, |root| {
+        AutoencoderKL::new(root, cfg, VaeParts::EncoderAndDecoder).map(drop)
+    })?;
     save_component(dir, &cfg.to_config_json(), &vs, fp16_variant)
 }
 

@@ -164,6 +164,8 @@ impl Pipeline {
             vs.set_kind(kind);
             vs
         };
+        // Building draws the initial weights from the global generator.
+        let generator = crate::weights::random::global_generator();
         let (text_vs, unet_vs, vae_vs, enc_vs) = (store(), store(), store(), store());
         let text_encoder = ClipTextModel::new(text_vs.root() / "text_model", &shapes.text);
         let text_2_vs = store();
@@ -179,6 +181,7 @@ impl Pipeline {
         // With its encoder, for NegToMe's reference images.
         let vae = AutoencoderKL::new(vae_vs.root(), &shapes.vae, VaeParts::EncoderAndDecoder)?;
         let image_encoder = ClipVisionModelWithProjection::new(enc_vs.root(), &shapes.vision);
+        drop(generator);
         for vs in [&text_vs, &text_2_vs, &unet_vs, &vae_vs, &enc_vs] {
             vs.variables().values().for_each(|v| {
                 let _ = v.shallow_clone().set_requires_grad(false);

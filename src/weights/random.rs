@@ -3,8 +3,6 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use tch::{Tensor, nn};
 
-/// An empty CPU store with the global generator seeded: the model built into it next
-/// draws its initial weights from `seed`, not from whatever ran before.
 /// libtorch's default generator is global to the process: seeding it and drawing from it
 /// (initial latents, noise images) must not interleave with another thread's draws, and
 /// building a model draws its initial weights from it. Each of these holds this lock.
@@ -13,15 +11,21 @@ pub fn global_generator() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn seeded_var_store(seed: i64) -> nn::VarStore {
+/// A CPU store holding the variables `build` creates, with seeded random weights: the
+/// initial weights drawn from `seed`, then every variable perturbed by seeded noise of
+/// standard deviation `scale`, so that norms and biases are not their trivial initial values
+/// (1 and 0) and a parity test notices if one is not loaded. Variables are perturbed in name
+/// order, and the global generator is held throughout (a test drawing on another thread
+/// cannot interleave), so the weights depend only on `seed` and the model.
+pub fn random_var_store(
+    seed: i64,
+    scale: f64,
+    build: impl FnOnce(nn::Path) -> Result<()>,
+) -> Result<nn::VarStore> {
+    let _generator = global_generator();
     tch::manual_seed(seed);
-    nn::VarStore::new(tch::Device::Cpu)
-}
-
-/// Perturbs every variable of `vs` with seeded noise, so that norms and biases are not
-/// their trivial initial values (1 and 0) and a parity test notices if one is not loaded.
-/// Variables are visited in name order, so the result depends only on `seed` and the model.
-pub fn randomize(vs: &nn::VarStore, seed: i64, scale: f64) {
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    build(vs.root())?;
     tch::manual_seed(seed);
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
@@ -31,6 +35,15 @@ pub fn randomize(vs: &nn::VarStore, seed: i64, scale: f64) {
             let _ = var.g_add_(&noise);
         }
     });
+    Ok(vs)
+}
+
+/// The global generator, held and seeded with `seed`: what this thread draws while the guard
+/// lives depends only on `seed` (test inputs drawn beside a running pipeline).
+pub fn seeded_generator(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    let generator = global_generator();
+    tch::manual_seed(seed);
+    generator
 }
 
 /// Writes every variable of `vs` to one `.safetensors` file, converted to `kind`
