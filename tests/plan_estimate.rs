@@ -178,3 +178,117 @@ fn plan_for_a_gpu_that_is_not_here_estimates_from_flop_figures() {
     let out = common::negimg(&["--device", "cuda", "run", "gpu.toml"], &dir);
     assert!(!out.status.success());
 }
+
+/// Without the models on disk, `plan` counts the UNet's FLOPs on the shapes the experiment
+/// implies and says which and why: `[models] init_random`'s preset, SDXL base's where an
+/// adapter is named as h94/IP-Adapter's SDXL file or the cells set micro-conditioning keys,
+/// SD1.5's otherwise. Each printed figure is `unet_row_flops` on that preset's config.
+#[test]
+fn plan_without_the_models_counts_the_unet_flops_of_the_pipeline_the_experiment_implies() {
+    use negimg::models::clip_vision::ClipVisionConfig;
+    use negimg::models::ip_adapter::typical_tokens;
+    use negimg::models::unet_flops::{Context, unet_row_flops};
+    use negimg::params::AdapterKind;
+    use negimg::pipeline::RandomPreset;
+    let dir = common::scratch("plan_estimate_offline");
+    let hub = dir.join("empty_hub");
+    std::fs::create_dir_all(&hub).unwrap();
+    let hf = |pipeline: &str, adapter: &str| {
+        format!(
+            "pipeline = \"hf:{pipeline}\"\nip_adapter = {{ base = \"hf:{adapter}\" }}\n\
+             image_encoder = \"hf:h94/IP-Adapter/models/image_encoder\"\n"
+        )
+    };
+    let sd15_repo = "runwayml/stable-diffusion-v1-5";
+    let cases = [
+        (
+            "tiny_sdxl_init",
+            "pipeline = \"m/pipeline\"\n\
+             ip_adapter = { base = \"m/ip-adapter_sdxl_vit-h.safetensors\" }\n\
+             image_encoder = \"m/image_encoder\"\n\
+             init_random = { preset = \"tiny_sdxl\", dir = \"m\" }\n"
+                .to_string(),
+            "",
+            64,
+            RandomPreset::TinySdxl,
+            "the `tiny_sdxl` preset's shapes ([models] init_random, not made yet)",
+        ),
+        (
+            "sdxl_by_adapter_name",
+            hf(
+                "stabilityai/stable-diffusion-xl-base-1.0",
+                "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+            ),
+            "",
+            1024,
+            RandomPreset::Sdxl,
+            "ip-adapter_sdxl_vit-h.safetensors",
+        ),
+        (
+            "sdxl_by_micro_keys",
+            hf(
+                "example/some-pipeline",
+                "example/adapters/adapter.safetensors",
+            ),
+            "target_size = \"128x128\"\n",
+            64,
+            RandomPreset::Sdxl,
+            "micro-conditioning",
+        ),
+        (
+            "sd15",
+            hf(
+                sd15_repo,
+                "h94/IP-Adapter/models/ip-adapter_sd15.safetensors",
+            ),
+            "",
+            512,
+            RandomPreset::Sd15,
+            "the `sd15` preset's shapes (SD1.5",
+        ),
+    ];
+    let ip_tokens = typical_tokens(AdapterKind::Base, ClipVisionConfig::vit_h().num_positions());
+    for (name, models, defaults, size, preset, why) in cases {
+        let text = format!(
+            "[experiment]\nname = \"{name}\"\n[models]\n{models}\
+             [defaults]\nsize = {size}\nsteps = 2\nseeds = [1]\nnegative = \"none\"\n{defaults}"
+        );
+        std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+        let out = std::process::Command::new(common::negimg_bin())
+            .args([
+                "--device",
+                "cpu",
+                "plan",
+                &format!("{name}.toml"),
+                "--no-calibrate",
+            ])
+            .current_dir(&dir)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_CACHE", &hub)
+            .output()
+            .unwrap();
+        let plan = common::text(&out);
+        assert!(out.status.success(), "{plan}");
+        let (line, _) = estimate_line(&plan);
+        let at = format!("UNet row-step at {size}x{size}: ");
+        let printed: f64 = line
+            .split_once(&at)
+            .and_then(|(_, rest)| rest.split_once(" FLOP"))
+            .and_then(|(x, _)| x.parse().ok())
+            .unwrap_or_else(|| panic!("no {at:?} figure in: {line}"));
+        let latent = (size / 8) as i64;
+        let ctx = Context {
+            text_tokens: 77,
+            ip_tokens,
+        };
+        let want = unet_row_flops(&preset.shapes().unet, latent, latent, ctx);
+        assert!(
+            (printed - want).abs() / want < 1e-3,
+            "{name}: printed {printed:e}, {preset:?} counts {want:e}: {line}"
+        );
+        assert!(
+            line.contains("unet config not on disk") && line.contains(why),
+            "{name}: {line}"
+        );
+    }
+}

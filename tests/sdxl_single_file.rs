@@ -432,3 +432,181 @@ fn sdxl_single_file_refiner_sd2_and_half_sdxl_are_refused_by_name() {
         );
     }
 }
+
+/// `NAME.toml` in `dir` on `pipeline`, one base `adapter` and `encoder`, `[defaults]` from
+/// `defaults`: its file name and text.
+fn plan_experiment(
+    dir: &Path,
+    name: &str,
+    [pipeline, adapter, encoder]: [&Path; 3],
+    defaults: &str,
+) -> (String, String) {
+    let text = format!(
+        "[experiment]\nname = \"{name}\"\n\n[models]\npipeline = \"{}\"\n\
+         ip_adapter = {{ base = \"{}\" }}\nimage_encoder = \"{}\"\n\n\
+         [defaults]\nsteps = 2\nsize = 32\nseeds = [1]\n{defaults}",
+        pipeline.display(),
+        adapter.display(),
+        encoder.display()
+    );
+    let file = format!("{name}.toml");
+    std::fs::write(dir.join(&file), &text).unwrap();
+    (file, text)
+}
+
+/// `FILE:LINE` of the first line of `text` that contains `needle`.
+fn place(file: &str, text: &str, needle: &str) -> String {
+    let line = text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    format!("{file}:{line}")
+}
+
+/// `negimg plan FILE` (no calibration: nothing loads): success and output.
+fn plan(file: &str, dir: &Path) -> (bool, String) {
+    let out = common::negimg(&["--device", "cpu", "plan", file, "--no-calibrate"], dir);
+    (out.status.success(), common::text(&out))
+}
+
+/// `negimg plan` reads a single file's family and UNet config from its header (and its
+/// configs folder) before anything loads: the plan-time checks of diffusers folders hold for
+/// single files, each naming the experiment file, the key and its line, and the checkpoint.
+#[test]
+fn sdxl_single_file_plan_checks_from_the_header() {
+    let fx = fixture();
+    let sd15 = common::tiny::tiny_models();
+    let dir = common::scratch("sdxl_single_file_plan");
+    let single = fx.single_file();
+    let sdxl_adapter = fx.single_set.join("ip-adapter_sdxl_vit-h.safetensors");
+    let sdxl_encoder = fx.single_set.join("image_encoder");
+    let sd15_adapter = sd15.join("ip-adapter_sd15.safetensors");
+    let sd15_encoder = sd15.join("image_encoder");
+    let micro = "crops_coords_top_left = [8, 4]\n";
+
+    // The valid SDXL single file plans, micro-conditioning included; the estimate counts
+    // the UNet from the configs folder beside it.
+    let (file, _) = plan_experiment(
+        &dir,
+        "valid",
+        [&single, &sdxl_adapter, &sdxl_encoder],
+        micro,
+    );
+    let (ok, text) = plan(&file, &dir);
+    assert!(ok, "{text}");
+    let configs = single.with_extension("configs").join("unet/config.json");
+    assert!(
+        text.contains(&format!("UNet FLOPs counted from {}", configs.display())),
+        "{text}"
+    );
+
+    // An SD1.5 adapter on the SDXL single file.
+    let (file, text) = plan_experiment(
+        &dir,
+        "sd15_adapter",
+        [&single, &sd15_adapter, &sdxl_encoder],
+        "",
+    );
+    let (ok, out) = plan(&file, &dir);
+    assert!(!ok, "plan accepted it:\n{out}");
+    let at = format!(
+        "{}: models.ip_adapter.base",
+        place(&file, &text, "ip_adapter")
+    );
+    for named in [
+        at.as_str(),
+        &sd15_adapter.display().to_string(),
+        &configs.display().to_string(),
+        "for another pipeline",
+    ] {
+        assert!(out.contains(named), "{named:?} not in:\n{out}");
+    }
+
+    // Without its configs folder the tiny widths tell no SDXL head count: refused at plan
+    // time, naming the pipeline's key and where the config goes.
+    let bare = bare_copy(&dir);
+    let (file, text) = plan_experiment(&dir, "bare", [&bare, &sdxl_adapter, &sdxl_encoder], "");
+    let (ok, out) = plan(&file, &dir);
+    assert!(!ok, "plan accepted it:\n{out}");
+    let at = format!("{}: models.pipeline", place(&file, &text, "pipeline ="));
+    let goes = bare.with_extension("configs").join("unet");
+    assert!(
+        out.contains(&at) && out.contains(&goes.display().to_string()),
+        "{out}"
+    );
+
+    // A ViT-bigG-shaped adapter for the SDXL single file with its ViT-H-shaped encoder.
+    let big_g = dir.join("ip-adapter_sdxl.safetensors");
+    write_random_adapter(
+        &big_g,
+        AdapterKind::Base,
+        &open_single_file(&single).unwrap().unet_config().unwrap(),
+        &common::tiny::big_g_vision(),
+        24,
+    )
+    .unwrap();
+    let (file, text) = plan_experiment(&dir, "big_g", [&single, &big_g, &sdxl_encoder], "");
+    let (ok, out) = plan(&file, &dir);
+    assert!(!ok, "plan accepted it:\n{out}");
+    let at = format!(
+        "{}: models.ip_adapter.base",
+        place(&file, &text, "ip_adapter")
+    );
+    assert!(
+        out.contains(&at)
+            && out.contains(&big_g.display().to_string())
+            && out.contains(&sdxl_encoder.display().to_string()),
+        "{out}"
+    );
+
+    // An SD1.5 single file (the tiny SD1.5 folder in the LDM layout, configs from shapes):
+    // plain it plans; micro-conditioning keys are refused, and so is the SDXL adapter.
+    let ldm = dir.join("ldm");
+    common::run_python(
+        "ldm_write_tiny.py",
+        &[
+            ldm.to_str().unwrap(),
+            sd15.join("pipeline").to_str().unwrap(),
+        ],
+    );
+    let sd15_single = ldm.join("ldm.safetensors");
+    let set = [sd15_single.as_path(), &sd15_adapter, &sd15_encoder];
+    let (file, _) = plan_experiment(&dir, "sd15_plain", set, "");
+    let (ok, out) = plan(&file, &dir);
+    assert!(ok, "{out}");
+    let (file, text) = plan_experiment(&dir, "sd15_micro", set, micro);
+    let (ok, out) = plan(&file, &dir);
+    assert!(!ok, "plan accepted it:\n{out}");
+    let micro_at = format!(
+        "{} (defaults.crops_coords_top_left)",
+        place(&file, &text, "crops_coords_top_left")
+    );
+    let pipeline_at = format!("{}: models.pipeline", place(&file, &text, "pipeline ="));
+    for named in [
+        micro_at.as_str(),
+        "crops_coords_top_left=8x4",
+        &pipeline_at,
+        &format!(
+            "{} (UNet config from its tensor shapes)",
+            sd15_single.display()
+        ),
+        "text_time",
+    ] {
+        assert!(out.contains(named), "{named:?} not in:\n{out}");
+    }
+    let (file, text) = plan_experiment(
+        &dir,
+        "sdxl_adapter_on_sd15",
+        [&sd15_single, &sdxl_adapter, &sd15_encoder],
+        "",
+    );
+    let (ok, out) = plan(&file, &dir);
+    assert!(!ok, "plan accepted it:\n{out}");
+    let at = format!(
+        "{}: models.ip_adapter.base",
+        place(&file, &text, "ip_adapter")
+    );
+    assert!(
+        out.contains(&at)
+            && out.contains(&sdxl_adapter.display().to_string())
+            && out.contains(&sd15_single.display().to_string()),
+        "{out}"
+    );
+}

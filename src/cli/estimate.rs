@@ -5,9 +5,11 @@
 //! 2. a calibration on the spot: the UNet and the VAE decoder loaded on the device and
 //!    timed at the grid's size and batch rows,
 //! 3. FLOP figures over a measured matmul speed, or over an assumed GPU's speed when the
-//!    device is not visible here: the UNet's counted from its config.json
-//!    (`models::unet_flops`, SD1.5's and SDXL's alike), the VAE decode's SD1.5's scaled by
-//!    pixels and parameter count (SD1.5's figures where the files are not here).
+//!    device is not visible here: the UNet's counted from its config (`models::unet_flops`;
+//!    a folder's config.json or a single file's header, else the shapes of a
+//!    `models init-random` preset: `[models] init_random`'s, SDXL base's where the
+//!    experiment says SDXL, else SD1.5's; the plan says which and why), the VAE decode's
+//!    SD1.5's scaled by pixels and parameter count.
 //!
 //! Cost of one image: `rows * steps` UNet row-steps (two rows with CFG, three for the
 //! three-row methods) plus one decode, each proportional to the pixels.
@@ -44,11 +46,9 @@ pub struct Estimate {
     pub how: String,
 }
 
-// SD1.5's figures (../shared/REFERENCE.md): 1.607 TFLOP per CFG step (two UNet rows) and
-// 2.51 TFLOP per VAE decode at 512x512, for 859.5M UNet and 83.65M VAE parameters.
-const SD15_UNET_ROW: f64 = 1.607e12 / 2.0;
+// SD1.5's VAE decode (../shared/REFERENCE.md): 2.51 TFLOP at 512x512 for 83.65M parameters
+// (the UNet's FLOPs are counted from its config, `models::unet_flops`).
 const SD15_DECODE: f64 = 2.51e12;
-const SD15_UNET_PARAMS: f64 = 859.5e6;
 const SD15_VAE_PARAMS: f64 = 83.65e6;
 const SD15_PIXELS: f64 = 512.0 * 512.0;
 /// SD1.5's VAE encoder at 512x512 (torch FlopCounterMode, as the decode's figure).
@@ -198,20 +198,26 @@ fn batch_at_largest(t: &Target) -> ((usize, usize), usize) {
     (largest, cells * rows_per_cell)
 }
 
-/// Parameters of the UNet and the VAE, from the safetensors headers (no weights read);
-/// `None` for a layout without them.
-fn pipeline_params(exp: &Experiment) -> Option<(f64, f64)> {
+/// Parameters of the VAE, from the safetensors headers (no weights read); `None` for a
+/// layout without them.
+fn vae_params(exp: &Experiment) -> Option<f64> {
     let pipeline = &exp.models.pipeline.path;
+    if crate::pipeline::single_file::is_single_file(pipeline) {
+        let vae = crate::pipeline::single_file::open_single_file(pipeline)
+            .ok()?
+            .vae()
+            .ok()?;
+        let names = vae.names();
+        let sizes = names.iter().filter_map(|n| vae.shape(n));
+        return Some(sizes.map(|s| s.iter().product::<usize>() as f64).sum());
+    }
     let files =
         crate::weights::hub::component_files(pipeline, crate::weights::hub::Component::Pipeline)
             .ok()?;
-    let count = |sub: &str| -> Option<f64> {
-        let file = files.iter().find(|f| {
-            f.starts_with(pipeline.join(sub)) && f.extension().is_some_and(|e| e == "safetensors")
-        })?;
-        header_params(file).ok()
-    };
-    Some((count("unet")?, count("vae")?))
+    let file = files.iter().find(|f| {
+        f.starts_with(pipeline.join("vae")) && f.extension().is_some_and(|e| e == "safetensors")
+    })?;
+    header_params(file).ok()
 }
 
 fn header_params(file: &Path) -> Result<f64> {
@@ -245,25 +251,24 @@ fn negtome_flops(t: &Target, m: &ModelFacts) -> f64 {
     (ref_pixel_steps * row + encoded * decode * SD15_ENCODE / SD15_DECODE) / pixels
 }
 
-/// What the FLOP figures are computed from: the UNet's config and the UNet's and VAE's
-/// parameter counts, where the files are here.
+/// What the FLOP figures are computed from: the UNet's config (and where it came from) and
+/// the VAE's parameter count, where the files are here.
 struct ModelFacts {
-    unet: Option<crate::models::unet::UNet2DConditionConfig>,
-    params: Option<(f64, f64)>,
+    unet: crate::models::unet::UNet2DConditionConfig,
+    /// Which UNet config, and why that one.
+    unet_how: String,
+    vae_params: Option<f64>,
     /// Image tokens of the grid's adapter.
     ip_tokens: i64,
 }
 
 impl ModelFacts {
     fn of(exp: &Experiment) -> ModelFacts {
-        let config = exp.models.pipeline.path.join("unet/config.json");
-        let unet = config
-            .is_file()
-            .then(|| crate::models::unet::UNet2DConditionConfig::from_json_file(&config).ok())
-            .flatten();
+        let (unet, unet_how) = unet_config_for_flops(exp);
         ModelFacts {
             unet,
-            params: pipeline_params(exp),
+            unet_how,
+            vae_params: vae_params(exp),
             ip_tokens: exp.cells.first().map_or(4, |c| {
                 crate::models::ip_adapter::typical_tokens(
                     c.adapter,
@@ -273,34 +278,124 @@ impl ModelFacts {
         }
     }
 
-    /// FLOPs of one UNet row-step and of one decode at `width` x `height`: the UNet's from
-    /// its config (SD1.5's scaled by pixels and parameters where the config is not here),
-    /// the decode's SD1.5's scaled by pixels and parameters.
-    fn flops_at(&self, width: usize, height: usize) -> (f64, f64) {
-        let (unet, vae) = self.params.unwrap_or((SD15_UNET_PARAMS, SD15_VAE_PARAMS));
-        let scale = (width * height) as f64 / SD15_PIXELS;
-        let row = match &self.unet {
-            Some(cfg) => crate::models::unet_flops::unet_row_flops(
-                cfg,
-                (height / 8) as i64,
-                (width / 8) as i64,
-                crate::models::unet_flops::Context {
-                    text_tokens: 77,
-                    ip_tokens: self.ip_tokens,
-                },
-            ),
-            None => SD15_UNET_ROW * scale * unet / SD15_UNET_PARAMS,
-        };
-        (row, SD15_DECODE * scale * vae / SD15_VAE_PARAMS)
+    /// FLOPs of one UNet row-step at `width` x `height`, counted from the UNet's config.
+    fn row_flops(&self, width: usize, height: usize) -> f64 {
+        crate::models::unet_flops::unet_row_flops(
+            &self.unet,
+            (height / 8) as i64,
+            (width / 8) as i64,
+            crate::models::unet_flops::Context {
+                text_tokens: 77,
+                ip_tokens: self.ip_tokens,
+            },
+        )
     }
+
+    /// FLOPs of one UNet row-step and of one decode at `width` x `height`: the decode's
+    /// SD1.5's scaled by pixels and by the VAE's parameters (SDXL's VAE has SD1.5's layout).
+    fn flops_at(&self, width: usize, height: usize) -> (f64, f64) {
+        let vae = self.vae_params.unwrap_or(SD15_VAE_PARAMS);
+        let scale = (width * height) as f64 / SD15_PIXELS;
+        (
+            self.row_flops(width, height),
+            SD15_DECODE * scale * vae / SD15_VAE_PARAMS,
+        )
+    }
+}
+
+/// The UNet config to count FLOPs on, and why: the pipeline's own (a folder's config.json, a
+/// single file's header), else the shapes of `[models] init_random`'s preset, else SDXL
+/// base's where something in the experiment says SDXL ([`sdxl_sign`]), else SD1.5's; the
+/// last three from `models init-random`'s presets.
+fn unet_config_for_flops(exp: &Experiment) -> (crate::models::unet::UNet2DConditionConfig, String) {
+    use crate::pipeline::random::RandomPreset;
+    let pipeline = &exp.models.pipeline.path;
+    if let Ok(Some(header)) = crate::pipeline::source::read_header(pipeline) {
+        return (
+            header.unet,
+            format!("UNet FLOPs counted from {}", header.unet_origin),
+        );
+    }
+    let counted_on = |preset: RandomPreset, name: &str, why: &str| {
+        (
+            preset.shapes().unet,
+            format!(
+                "unet config not on disk: UNet FLOPs counted on the `{name}` preset's shapes \
+                 ({why})"
+            ),
+        )
+    };
+    let init = exp
+        .init_random
+        .as_ref()
+        .filter(|i| pipeline.starts_with(&i.dir));
+    if let Some((init, preset)) = init.and_then(|i| Some((i, i.preset.parse().ok()?))) {
+        return counted_on(preset, &init.preset, "[models] init_random, not made yet");
+    }
+    match sdxl_sign(exp) {
+        Some(why) => counted_on(RandomPreset::Sdxl, "sdxl", &format!("SDXL base: {why}")),
+        None => counted_on(
+            RandomPreset::Sd15,
+            "sd15",
+            "SD1.5: no adapter of SDXL's width or file name, no micro-conditioning key",
+        ),
+    }
+}
+
+/// What says, without the pipeline's UNet config, that the experiment's pipeline is SDXL:
+/// an adapter file on disk that makes SDXL's 2048-wide tokens (one of SD1.5's 768 says it is
+/// not), SDXL's micro-conditioning keys, or an adapter named as one of h94/IP-Adapter's
+/// `sdxl_models/` files.
+fn sdxl_sign(exp: &Experiment) -> Option<String> {
+    use crate::models::unet::UNet2DConditionConfig;
+    let (sdxl_width, sd15_width) = (
+        UNet2DConditionConfig::sdxl().context_dim(),
+        UNet2DConditionConfig::sd15().context_dim(),
+    );
+    let paths = exp.models.paths();
+    for (kind, path) in paths.adapters() {
+        let Ok(file) = crate::models::ip_adapter::AdapterFile::open_as(path, kind) else {
+            continue;
+        };
+        if file.cross_dim == sdxl_width {
+            return Some(format!(
+                "the adapter {} makes {sdxl_width}-wide tokens",
+                path.display()
+            ));
+        }
+        if file.cross_dim == sd15_width {
+            return None;
+        }
+    }
+    if exp.cells.iter().any(|c| {
+        c.params(&|n| std::path::PathBuf::from(n))
+            .has_micro_conditioning()
+    }) {
+        return Some("the cells set SDXL's micro-conditioning keys".into());
+    }
+    let sdxl_names: Vec<&str> = crate::params::AdapterKind::ALL
+        .into_iter()
+        .filter_map(crate::roles::sdxl_adapter_file_name)
+        .chain([crate::roles::SDXL_BIG_G_ADAPTER])
+        .collect();
+    paths.adapters().find_map(|(_, path)| {
+        let name = path.file_name()?.to_str()?;
+        sdxl_names
+            .contains(&name)
+            .then(|| format!("an adapter is named {name}, as h94/IP-Adapter's SDXL adapter"))
+    })
 }
 
 fn from_flops(t: &Target, mut notes: Vec<String>) -> Estimate {
     let m = ModelFacts::of(t.exp);
-    if m.params.is_none() {
-        notes.push("the weights are not here: SD1.5-sized models assumed".into());
-    } else if m.unet.is_some() {
-        notes.push("UNet FLOPs counted from its config.json".into());
+    let ((w, h), _) = batch_at_largest(t);
+    notes.push(format!(
+        "UNet row-step at {w}x{h}: {:.4e} FLOP; {}",
+        m.row_flops(w, h),
+        m.unet_how
+    ));
+    if m.vae_params.is_none() {
+        notes.push("VAE weights not here: SD1.5's VAE decode figure".into());
     }
     let flops = mean(t.exp, |c| {
         let (row, decode) = m.flops_at(c.width, c.height);

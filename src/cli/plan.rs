@@ -4,6 +4,8 @@
 use super::Globals;
 use crate::experiment::{self, Experiment, ImageSource, LoadOptions, Param};
 use crate::params::{GenParams, Method, Window};
+use crate::pipeline::source::PipelineHeader;
+use crate::roles::Role;
 use crate::sampling::window::{WindowCase, comparison_table};
 use crate::sampling::{SchedulerConfig, methods};
 use anyhow::{Context, Result};
@@ -70,9 +72,12 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
             download: false,
         },
     )?;
-    check_block_layout(&exp)?;
-    check_adapters(&exp)?;
-    check_sdxl_parts(&exp)?;
+    // The pipeline's UNet config and parts from configs and headers, no weights read.
+    let header = crate::pipeline::source::read_header(&exp.models.pipeline.path)
+        .with_context(|| exp.model_place(Role::Pipeline))?;
+    check_block_layout(&exp, header.as_ref())?;
+    check_adapters(&exp, header.as_ref())?;
+    check_sdxl_parts(&exp, header.as_ref())?;
     // A GPU that is not visible here still gets an estimate (from FLOP figures).
     let device = crate::device::parse_device_spec(&g.device)?;
     let kind = super::run::dtype_for(&exp, g, device)?;
@@ -431,20 +436,21 @@ fn sigma_windows(exp: &Experiment, cfg: &SchedulerConfig) -> Result<String> {
 
 /// When the pipeline's UNet config is on disk, every cell's `blocks` / `neg_blocks` must fit
 /// its cross-attention blocks (otherwise `run` would fail those cells).
-fn check_block_layout(exp: &Experiment) -> Result<()> {
-    let config = exp.models.pipeline.path.join("unet/config.json");
-    if !config.is_file() {
+fn check_block_layout(exp: &Experiment, header: Option<&PipelineHeader>) -> Result<()> {
+    let Some(header) = header else {
         return Ok(());
-    }
-    let blocks = crate::models::unet::UNet2DConditionConfig::from_json_file(&config)?
-        .cross_attention_blocks();
+    };
+    let blocks = header.unet.cross_attention_blocks();
     for c in &exp.cells {
         let p = c.params(&|n| PathBuf::from(n));
         p.check_blocks(blocks).map_err(|e| {
+            let at = exp
+                .param_places(&[Param::Blocks, Param::NegBlocks])
+                .unwrap_or_else(|| exp.path.display().to_string());
             anyhow::anyhow!(
-                "{}: {e} ({})",
-                exp.path.display(),
-                exp.models.pipeline.path.display()
+                "{at}: {e} (the UNet of {}, given at {})",
+                header.unet_origin,
+                exp.model_place(Role::Pipeline)
             )
         })?;
     }
@@ -452,52 +458,61 @@ fn check_block_layout(exp: &Experiment) -> Result<()> {
 }
 
 /// Every adapter on disk must be of its kind's family and read what the image encoder gives
-/// (a ViT-bigG adapter with a ViT-H encoder is refused here, naming both).
-/// An adapter for another pipeline (token width) is refused the same way.
-fn check_adapters(exp: &Experiment) -> Result<()> {
+/// (a ViT-bigG adapter with a ViT-H encoder is refused here, naming both), and, where the
+/// pipeline's UNet config is known (a folder's config.json, a single file's header), make
+/// tokens as wide as the UNet's cross-attention (an SDXL adapter on SD1.5, or the reverse).
+/// Each error starts with the adapter's key and line.
+fn check_adapters(exp: &Experiment, header: Option<&PipelineHeader>) -> Result<()> {
     let paths = exp.models.paths();
-    let adapters = || paths.adapters().map(|(k, p)| (k, p.as_path()));
-    crate::models::ip_adapter::check_adapters(adapters(), &paths.image_encoder)
-        .and_then(|()| {
-            crate::models::ip_adapter::check_cross_dim(
-                adapters(),
-                &paths.pipeline.join("unet/config.json"),
-            )
-        })
-        .with_context(|| format!("{}: [models]", exp.path.display()))
+    for (kind, path) in paths.adapters() {
+        let adapter = || std::iter::once((kind, path.as_path()));
+        crate::models::ip_adapter::check_adapters(adapter(), &paths.image_encoder)
+            .and_then(|()| match header {
+                Some(h) => crate::models::ip_adapter::check_cross_dim(
+                    adapter(),
+                    h.unet.context_dim(),
+                    &h.unet_origin,
+                ),
+                None => Ok(()),
+            })
+            .with_context(|| exp.model_place(Role::adapter(kind)))?;
+    }
+    Ok(())
 }
 
-/// When the pipeline folder is on disk, from its configs alone: an SDXL UNet has its
-/// `text_encoder_2` (and an SD1.x/2.x one none), and SDXL's micro-conditioning keys are
-/// set only where the UNet reads them.
-fn check_sdxl_parts(exp: &Experiment) -> Result<()> {
-    let dir = &exp.models.pipeline.path;
-    let config = dir.join("unet/config.json");
-    if !config.is_file() {
+/// From the pipeline's configs and headers alone: an SDXL UNet has its `text_encoder_2` (and
+/// an SD1.x/2.x one none), and SDXL's micro-conditioning keys are set only where the UNet
+/// reads them.
+fn check_sdxl_parts(exp: &Experiment, header: Option<&PipelineHeader>) -> Result<()> {
+    let Some(header) = header else {
         return Ok(());
-    }
-    let text_time = crate::models::unet::UNet2DConditionConfig::from_json_file(&config)?
-        .pooled_text_dim()
-        .is_some();
-    let folder = crate::weights::pipeline_folder::PipelineFolder::open(dir)?;
-    crate::pipeline::check_second_encoder(dir, text_time, folder.text_encoder_2.is_some())
-        .with_context(|| format!("{}: [models] pipeline", exp.path.display()))?;
+    };
+    let text_time = header.unet.pooled_text_dim().is_some();
+    crate::pipeline::check_second_encoder(
+        &exp.models.pipeline.path,
+        text_time,
+        header.text_encoder_2,
+    )
+    .with_context(|| exp.model_place(Role::Pipeline))?;
     let micro = exp
         .cells
         .iter()
         .find(|c| c.params(&|n| PathBuf::from(n)).has_micro_conditioning());
     if let (Some(c), false) = (micro, text_time) {
+        let keys = [
+            Param::OriginalSize,
+            Param::CropsCoordsTopLeft,
+            Param::TargetSize,
+        ];
         anyhow::bail!(
             "{}: original_size / crops_coords_top_left / target_size ({}) are SDXL's \
-             micro-conditioning, but {} has no addition_embed_type \"text_time\": they \
-             would change nothing",
-            exp.path.display(),
-            c.describe(&[
-                Param::OriginalSize,
-                Param::CropsCoordsTopLeft,
-                Param::TargetSize
-            ]),
-            config.display()
+             micro-conditioning, but the UNet of {} has no addition_embed_type \
+             \"text_time\" (the pipeline given at {}): they would change nothing",
+            exp.param_places(&keys)
+                .unwrap_or_else(|| exp.path.display().to_string()),
+            c.describe(&keys),
+            header.unet_origin,
+            exp.model_place(Role::Pipeline)
         );
     }
     Ok(())

@@ -90,6 +90,8 @@ pub struct Experiment {
     pub description: String,
     pub tags: Vec<String>,
     pub models: Models,
+    /// Where each `[models]` key's value is written, for messages about its model.
+    pub model_spans: BTreeMap<Role, std::ops::Range<usize>>,
     pub init_random: Option<InitRandom>,
     pub images: BTreeMap<String, ImageSource>,
     /// Families of derived images (`derive` with several strengths): name -> member names.
@@ -143,6 +145,25 @@ impl Experiment {
             neg_cfg: None,
             ..GenParams::new(spec.seed)
         }
+    }
+
+    /// `FILE:LINE: models.ROLE`: where the file gives the model of `role`.
+    pub fn model_place(&self, role: Role) -> String {
+        let line = self.model_spans.get(&role).map_or(String::new(), |span| {
+            let (line, _) = Source::new(&self.path, self.text.clone()).line_col(span.start);
+            format!(":{line}")
+        });
+        format!("{}{line}: models.{role}", self.path.display())
+    }
+
+    /// `FILE:12 (grid.original_size) and :14 (defaults.target_size)`: where the file sets
+    /// `params`; `None` when it sets none of them.
+    pub fn param_places(&self, params: &[Param]) -> Option<String> {
+        let written: Vec<_> = params
+            .iter()
+            .filter_map(|&p| self.grid.origin(p).cloned())
+            .collect();
+        Source::new(&self.path, self.text.clone()).places(&written)
     }
 
     /// The grid's axes for run.json, values as in records.csv; the seed only when it varies.
@@ -281,6 +302,19 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
                 AdapterKind::NAMES
             ),
         ));
+    }
+
+    let mut model_spans = BTreeMap::from([
+        (Role::Pipeline, m.pipeline.span()),
+        (Role::ImageEncoder, m.image_encoder.span()),
+    ]);
+    model_spans.extend(m.vae.as_ref().map(|r| (Role::Vae, r.span())));
+    for kind in AdapterKind::ALL {
+        model_spans.extend(
+            m.ip_adapter
+                .get(kind)
+                .map(|r| (Role::adapter(kind), r.span())),
+        );
     }
 
     let mut images = BTreeMap::new();
@@ -544,6 +578,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         description: raw.experiment.description.clone(),
         tags: raw.experiment.tags.clone(),
         models,
+        model_spans,
         init_random,
         images,
         families,

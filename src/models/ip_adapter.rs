@@ -149,16 +149,13 @@ pub fn check_adapters<'a>(
 }
 
 /// Each adapter of `adapters` on disk must make tokens as wide as the UNet's cross-attention
-/// (`unet_config`, a UNet config.json; skipped when absent): an SDXL adapter (2048) on an
-/// SD1.5 UNet (768), or the reverse, is refused naming both files, before any weights load.
+/// (`cross`, from the UNet config that `unet` names): an SDXL adapter (2048) on an SD1.5 UNet
+/// (768), or the reverse, is refused naming both, before any weights load.
 pub fn check_cross_dim<'a>(
     adapters: impl IntoIterator<Item = (AdapterKind, &'a Path)>,
-    unet_config: &Path,
+    cross: i64,
+    unet: &str,
 ) -> Result<()> {
-    if !unet_config.is_file() {
-        return Ok(());
-    }
-    let cross = super::unet::UNet2DConditionConfig::from_json_file(unet_config)?.context_dim();
     for (kind, path) in adapters {
         if !path.is_file() {
             continue;
@@ -167,10 +164,9 @@ pub fn check_cross_dim<'a>(
         if file.cross_dim != cross {
             bail!(
                 "{}: the {kind} adapter makes tokens {} wide (768: SD1.5, 2048: SDXL), but the UNet \
-                 of {} attends to {cross}-wide text: the adapter is for another pipeline",
+                 of {unet} attends to {cross}-wide text: the adapter is for another pipeline",
                 path.display(),
                 file.cross_dim,
-                unet_config.display()
             );
         }
     }

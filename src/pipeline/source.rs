@@ -45,6 +45,44 @@ pub fn open(path: &Path, prefer_fp16: bool) -> Result<Box<dyn PipelineSource>> {
     }
 }
 
+/// What a pipeline's configs and safetensors headers tell before any weights load (no
+/// tensor data is read): `negimg plan` checks the experiment against it.
+pub struct PipelineHeader {
+    pub unet: UNet2DConditionConfig,
+    /// Where the UNet config comes from, for messages: a config.json, or the single file
+    /// whose tensor shapes it is inferred from.
+    pub unet_origin: String,
+    /// Whether the pipeline has SDXL's second text encoder.
+    pub text_encoder_2: bool,
+}
+
+/// The [`PipelineHeader`] of the pipeline at `path`: a diffusers folder's `unet/config.json`
+/// and model_index.json, or a single file's header and configs (its own config inference,
+/// [`LdmCheckpoint::unet_config`]). `None` where the folder's UNet config is not on disk yet.
+pub fn read_header(path: &Path) -> Result<Option<PipelineHeader>> {
+    if single_file::is_single_file(path) {
+        let ckpt = single_file::open_single_file(path)?;
+        let unet_origin = match ckpt.config_file("unet/config.json") {
+            Some(config) => config.display().to_string(),
+            None => format!("{} (UNet config from its tensor shapes)", path.display()),
+        };
+        return Ok(Some(PipelineHeader {
+            unet: ckpt.unet_config()?,
+            unet_origin,
+            text_encoder_2: ckpt.family() == Family::Sdxl,
+        }));
+    }
+    let config = path.join("unet/config.json");
+    if !config.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(PipelineHeader {
+        unet: UNet2DConditionConfig::from_json_file(&config)?,
+        unet_origin: config.display().to_string(),
+        text_encoder_2: PipelineFolder::open(path)?.text_encoder_2.is_some(),
+    }))
+}
+
 /// Where a VAE's weights are, so that it can be loaded again (in float32, when an fp16
 /// decode overflows).
 #[derive(Clone, Debug)]
