@@ -25,7 +25,11 @@ const VAE_ENCODE_TFLOP: f64 = 1.12;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Model shapes; default sd15 on CUDA, tiny on the CPU (SD1.5 on a CPU takes minutes per image).
+    /// Model shapes: tiny, tiny_sd15, tiny_sdxl (a few MB), sd15 (SD1.5 with ViT-H and
+    /// ip-adapter_sd15), sdxl (SDXL base with both text encoders, ViT-H and
+    /// ip-adapter_sdxl_vit-h: 15.3 GiB of weights in fp32, 7.6 GiB in fp16, built in memory;
+    /// not yet measured, see the README's Benchmark). Default sd15 on CUDA, tiny on the CPU
+    /// (SD1.5 on a CPU takes minutes per image). `tflops` is reported for sd15 only.
     #[arg(long)]
     pub preset: Option<RandomPreset>,
     /// Images per batch (one UNet call per step for all of them).
@@ -33,7 +37,8 @@ pub struct BenchArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
-    /// Image side in pixels (default: 512 for sd15, 64 for tiny).
+    /// Image side in pixels (default: the preset's native side, 512 for sd15, 1024 for sdxl,
+    /// 64 for the tiny presets; with --models, the UNet's sample_size times the VAE's scale).
     #[arg(long)]
     pub size: Option<usize>,
     #[arg(long, value_enum, default_value = "base")]
@@ -149,9 +154,13 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
         (_, RandomPreset::Tiny | RandomPreset::TinySd15 | RandomPreset::TinySdxl, _) => {
             "tiny preset; TFLOP/s only for sd15"
         }
+        (_, RandomPreset::Sdxl, Device::Cuda(_)) => {
+            "peak memory: highest device memory in use (cudaMemGetInfo, sampled every 5 ms; includes the CUDA context and the allocator's cache); TFLOP/s only for sd15"
+        }
         (_, _, Device::Cuda(_)) => {
             "peak memory: highest device memory in use (cudaMemGetInfo, sampled every 5 ms; includes the CUDA context and the allocator's cache)"
         }
+        (_, RandomPreset::Sdxl, _) => "peak memory is reported on CUDA only; TFLOP/s only for sd15",
         _ => "peak memory is reported on CUDA only",
     };
     let line = serde_json::json!({

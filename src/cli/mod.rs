@@ -71,7 +71,7 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Regenerate grids, curves, tables and index.html of a run.
     Plot(plot::PlotArgs),
-    /// Speed benchmark on random weights of real SD1.5 shapes.
+    /// Speed benchmark on random weights of a preset's shapes (SD1.5, SDXL base, tiny).
     Bench(bench::BenchArgs),
     /// Fetch, check or create (random) models.
     Models(models::ModelsArgs),
