@@ -466,6 +466,43 @@ fn plan(file: &str, dir: &Path) -> (bool, String) {
     (out.status.success(), common::text(&out))
 }
 
+/// Where a refusal must point: the first line containing `needle`, then `key` (`": models.pipeline"`,
+/// `" (defaults.crops_coords_top_left)"`).
+struct At<'a> {
+    needle: &'a str,
+    key: &'a str,
+}
+
+const ADAPTER_KEY: At = At {
+    needle: "ip_adapter",
+    key: ": models.ip_adapter.base",
+};
+const PIPELINE_KEY: At = At {
+    needle: "pipeline =",
+    key: ": models.pipeline",
+};
+
+/// Plans `name` on `set` with `defaults`: refused, naming the file, line and key of each of
+/// `at` and each of `named`.
+fn assert_refused(
+    dir: &Path,
+    name: &str,
+    set: [&Path; 3],
+    defaults: &str,
+    at: &[At],
+    named: &[String],
+) {
+    let (file, text) = plan_experiment(dir, name, set, defaults);
+    let (ok, out) = plan(&file, dir);
+    assert!(!ok, "plan accepted it:\n{out}");
+    let places = at
+        .iter()
+        .map(|a| format!("{}{}", place(&file, &text, a.needle), a.key));
+    for named in places.chain(named.iter().cloned()) {
+        assert!(out.contains(&named), "{named:?} not in:\n{out}");
+    }
+}
+
 /// `negimg plan` reads a single file's family and UNet config from its header (and its
 /// configs folder) before anything loads: the plan-time checks of diffusers folders hold for
 /// single files, each naming the experiment file, the key and its line, and the checkpoint.
@@ -480,6 +517,7 @@ fn sdxl_single_file_plan_checks_from_the_header() {
     let sd15_adapter = sd15.join("ip-adapter_sd15.safetensors");
     let sd15_encoder = sd15.join("image_encoder");
     let micro = "crops_coords_top_left = [8, 4]\n";
+    let shown = |p: &Path| p.display().to_string();
 
     // The valid SDXL single file plans, micro-conditioning included; the estimate counts
     // the UNet from the configs folder beside it.
@@ -498,38 +536,29 @@ fn sdxl_single_file_plan_checks_from_the_header() {
     );
 
     // An SD1.5 adapter on the SDXL single file.
-    let (file, text) = plan_experiment(
+    assert_refused(
         &dir,
         "sd15_adapter",
         [&single, &sd15_adapter, &sdxl_encoder],
         "",
+        &[ADAPTER_KEY],
+        &[
+            shown(&sd15_adapter),
+            shown(&configs),
+            "for another pipeline".into(),
+        ],
     );
-    let (ok, out) = plan(&file, &dir);
-    assert!(!ok, "plan accepted it:\n{out}");
-    let at = format!(
-        "{}: models.ip_adapter.base",
-        place(&file, &text, "ip_adapter")
-    );
-    for named in [
-        at.as_str(),
-        &sd15_adapter.display().to_string(),
-        &configs.display().to_string(),
-        "for another pipeline",
-    ] {
-        assert!(out.contains(named), "{named:?} not in:\n{out}");
-    }
 
     // Without its configs folder the tiny widths tell no SDXL head count: refused at plan
     // time, naming the pipeline's key and where the config goes.
     let bare = bare_copy(&dir);
-    let (file, text) = plan_experiment(&dir, "bare", [&bare, &sdxl_adapter, &sdxl_encoder], "");
-    let (ok, out) = plan(&file, &dir);
-    assert!(!ok, "plan accepted it:\n{out}");
-    let at = format!("{}: models.pipeline", place(&file, &text, "pipeline ="));
-    let goes = bare.with_extension("configs").join("unet");
-    assert!(
-        out.contains(&at) && out.contains(&goes.display().to_string()),
-        "{out}"
+    assert_refused(
+        &dir,
+        "bare",
+        [&bare, &sdxl_adapter, &sdxl_encoder],
+        "",
+        &[PIPELINE_KEY],
+        &[shown(&bare.with_extension("configs").join("unet"))],
     );
 
     // A ViT-bigG-shaped adapter for the SDXL single file with its ViT-H-shaped encoder.
@@ -542,18 +571,13 @@ fn sdxl_single_file_plan_checks_from_the_header() {
         24,
     )
     .unwrap();
-    let (file, text) = plan_experiment(&dir, "big_g", [&single, &big_g, &sdxl_encoder], "");
-    let (ok, out) = plan(&file, &dir);
-    assert!(!ok, "plan accepted it:\n{out}");
-    let at = format!(
-        "{}: models.ip_adapter.base",
-        place(&file, &text, "ip_adapter")
-    );
-    assert!(
-        out.contains(&at)
-            && out.contains(&big_g.display().to_string())
-            && out.contains(&sdxl_encoder.display().to_string()),
-        "{out}"
+    assert_refused(
+        &dir,
+        "big_g",
+        [&single, &big_g, &sdxl_encoder],
+        "",
+        &[ADAPTER_KEY],
+        &[shown(&big_g), shown(&sdxl_encoder)],
     );
 
     // An SD1.5 single file (the tiny SD1.5 folder in the LDM layout, configs from shapes):
@@ -567,46 +591,38 @@ fn sdxl_single_file_plan_checks_from_the_header() {
         ],
     );
     let sd15_single = ldm.join("ldm.safetensors");
+    let from_shapes = format!(
+        "{} (UNet config from its tensor shapes)",
+        shown(&sd15_single)
+    );
     let set = [sd15_single.as_path(), &sd15_adapter, &sd15_encoder];
     let (file, _) = plan_experiment(&dir, "sd15_plain", set, "");
     let (ok, out) = plan(&file, &dir);
     assert!(ok, "{out}");
-    let (file, text) = plan_experiment(&dir, "sd15_micro", set, micro);
-    let (ok, out) = plan(&file, &dir);
-    assert!(!ok, "plan accepted it:\n{out}");
-    let micro_at = format!(
-        "{} (defaults.crops_coords_top_left)",
-        place(&file, &text, "crops_coords_top_left")
+    assert_refused(
+        &dir,
+        "sd15_micro",
+        set,
+        micro,
+        &[
+            At {
+                needle: "crops_coords_top_left",
+                key: " (defaults.crops_coords_top_left)",
+            },
+            PIPELINE_KEY,
+        ],
+        &[
+            "crops_coords_top_left=8x4".into(),
+            from_shapes.clone(),
+            "text_time".into(),
+        ],
     );
-    let pipeline_at = format!("{}: models.pipeline", place(&file, &text, "pipeline ="));
-    for named in [
-        micro_at.as_str(),
-        "crops_coords_top_left=8x4",
-        &pipeline_at,
-        &format!(
-            "{} (UNet config from its tensor shapes)",
-            sd15_single.display()
-        ),
-        "text_time",
-    ] {
-        assert!(out.contains(named), "{named:?} not in:\n{out}");
-    }
-    let (file, text) = plan_experiment(
+    assert_refused(
         &dir,
         "sdxl_adapter_on_sd15",
         [&sd15_single, &sdxl_adapter, &sd15_encoder],
         "",
-    );
-    let (ok, out) = plan(&file, &dir);
-    assert!(!ok, "plan accepted it:\n{out}");
-    let at = format!(
-        "{}: models.ip_adapter.base",
-        place(&file, &text, "ip_adapter")
-    );
-    assert!(
-        out.contains(&at)
-            && out.contains(&sdxl_adapter.display().to_string())
-            && out.contains(&sd15_single.display().to_string()),
-        "{out}"
+        &[ADAPTER_KEY],
+        &[shown(&sdxl_adapter), from_shapes],
     );
 }
