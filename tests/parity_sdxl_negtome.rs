@@ -2,7 +2,8 @@
 //! (tests/reference/negtome_parity.py: diffusers' SDXL UNet with merging attention
 //! processors, its added conditioning as StableDiffusionXLPipeline makes it; CPU, fp32,
 //! DDIM), alone (`method = negtome`) and on top of `uncond`, within 1/255; the reference
-//! merged tokens; a guard (the merge changes the image).
+//! merged tokens; a guard (the merge changes the image); batching with cells of other
+//! micro-conditioning.
 //!
 //! The tiny SDXL set's up blocks run at a quarter and a half of the latent size, and its VAE
 //! downsamples by 2, so at 128x128 `up_blocks.1` sees 32x32 tokens (NegToMe's minimum) and
@@ -14,15 +15,16 @@ mod common;
 use common::parity::{self, Parity, Setup};
 use negimg::models::clip_vision::ClipVisionConfig;
 use negimg::models::unet::{self, OneOrMany, UNet2DConditionConfig};
-use negimg::params::{AdapterKind, GenParams, Method};
+use negimg::params::{AdapterKind, GenParams, Method, MicroPair};
+use negimg::pipeline::Pipeline;
 use negimg::pipeline::negtome::noise_seed;
 use negimg::pipeline::write_random_adapter;
-use negimg::roles::sdxl_adapter_file_name;
+use negimg::roles::{ModelSet, sdxl_adapter_file_name};
 use serde_json::json;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use tch::Kind;
+use tch::{Device, Kind};
 
 const SIZE: usize = 128;
 
@@ -34,8 +36,13 @@ fn unet_config() -> UNet2DConditionConfig {
     }
 }
 
-/// The tiny SDXL set with [`unet_config`]'s UNet and adapters that fit it.
+/// The tiny SDXL set with [`unet_config`]'s UNet and adapters that fit it (written once).
 fn models() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(write_models).clone()
+}
+
+fn write_models() -> PathBuf {
     let tiny = common::tiny::tiny_sdxl_models();
     let dir = common::scratch("parity_sdxl_negtome_models");
     let pipeline = dir.join("pipeline");
@@ -135,4 +142,32 @@ fn sdxl_negtome_guard_merge_is_not_skipped() {
         let plain = s.reference_tensor(&format!("{name}.nomerge"), Kind::Float);
         parity::assert_far(name, &img, &plain, "the image without the merge");
     }
+}
+
+/// Batched as the runner does and one by one give the same images within 1e-5 (float64),
+/// with micro-conditioning (both halves) set in the first cell and not in the second (a
+/// NegToMe cell and an uncond cell with `negtome = true`, one negative image): the reference
+/// row they share takes the default time ids, not the first row's.
+#[test]
+fn sdxl_negtome_batched_with_micro_conditioning_equals_alone() {
+    let dir = common::scratch("sdxl_negtome_batching");
+    parity::write_pos_neg(&dir, (SIZE as u32, SIZE as u32));
+    let mut cells: Vec<GenParams> = [Method::Negtome, Method::Uncond]
+        .into_iter()
+        .enumerate()
+        .map(|(i, method)| {
+            let mut c = cell(&dir, method, AdapterKind::Base).1;
+            c.seed = 40 + i as u64;
+            c.steps = 2;
+            c.negtome_t_min = 0.0;
+            c
+        })
+        .collect();
+    cells[0].original_size = Some(MicroPair(256, 192));
+    cells[0].negative_original_size = Some(MicroPair(64, 64));
+    cells[0].negative_crops_coords_top_left = Some(MicroPair(8, 8));
+    let set = ModelSet::from_models_dir(&models());
+    let mut pipeline = Pipeline::load(&set, Device::Cpu, Kind::Double, &mut |_| {}).unwrap();
+    let calls = (2, "one batch of 2 steps");
+    common::assert_batched_equal_alone(&mut pipeline, &cells, calls, &|i| format!("cell {i}"));
 }

@@ -487,21 +487,41 @@ fn check_sdxl_parts(exp: &Experiment) -> Result<()> {
         .iter()
         .find(|c| c.params(&|n| PathBuf::from(n)).has_micro_conditioning());
     if let (Some(c), false) = (micro, text_time) {
+        let written: Vec<Param> = MICRO_KEYS
+            .into_iter()
+            .filter(|&p| exp.grid.origin(p).is_some())
+            .collect();
+        let origins: Vec<_> = written
+            .iter()
+            .filter_map(|&p| exp.grid.origin(p).cloned())
+            .collect();
+        let src = experiment::source::Source::new(&exp.path, exp.text.clone());
         anyhow::bail!(
-            "{}: original_size / crops_coords_top_left / target_size ({}) are SDXL's \
-             micro-conditioning, but {} has no addition_embed_type \"text_time\": they \
-             would change nothing",
-            exp.path.display(),
-            c.describe(&[
-                Param::OriginalSize,
-                Param::CropsCoordsTopLeft,
-                Param::TargetSize
-            ]),
+            "{}: {} ({}) are SDXL's micro-conditioning, but {} has no addition_embed_type \
+             \"text_time\": they would change nothing",
+            src.places(&origins)
+                .unwrap_or_else(|| exp.path.display().to_string()),
+            written
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(" / "),
+            c.describe(&written),
             config.display()
         );
     }
     Ok(())
 }
+
+/// SDXL's micro-conditioning keys: the cond row's and the other rows'.
+const MICRO_KEYS: [Param; 6] = [
+    Param::OriginalSize,
+    Param::CropsCoordsTopLeft,
+    Param::TargetSize,
+    Param::NegativeOriginalSize,
+    Param::NegativeCropsCoordsTopLeft,
+    Param::NegativeTargetSize,
+];
 
 fn duration(s: f64) -> String {
     if s < 90.0 {
