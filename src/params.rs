@@ -790,6 +790,15 @@ pub struct GenParams {
     /// The (height, width) it aims at, `None`: the image's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_size: Option<MicroPair>,
+    /// The micro-conditioning of every row but the cond row (diffusers'
+    /// `negative_original_size` etc.); `None`: the cond row's value
+    /// ([`GenParams::negative_time_ids`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_original_size: Option<MicroPair>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_crops_coords_top_left: Option<MicroPair>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_target_size: Option<MicroPair>,
 }
 
 impl GenParams {
@@ -836,6 +845,9 @@ impl GenParams {
             original_size: None,
             crops_coords_top_left: MicroPair(0, 0),
             target_size: None,
+            negative_original_size: None,
+            negative_crops_coords_top_left: None,
+            negative_target_size: None,
         }
     }
 
@@ -849,21 +861,60 @@ impl GenParams {
         [o.0, o.1, c.0, c.1, t.0, t.1].map(f64::from)
     }
 
-    /// Sizes equal to the image's are their default: the same image, the same cell id.
+    /// diffusers' default `add_time_ids` at the image's size (original = target = (height,
+    /// width), crop (0, 0)): NegToMe's reference rows take them, whatever the cells set.
+    pub fn default_time_ids(&self) -> [f64; 6] {
+        let (h, w) = (self.height as f64, self.width as f64);
+        [h, w, 0.0, 0.0, h, w]
+    }
+
+    /// The `add_time_ids` of the rows other than the cond row (uncond, and the negative row
+    /// of the three-row methods): each `negative_*` value where set, else the cond row's
+    /// ([`time_ids`](Self::time_ids); diffusers' default when no negative value is given).
+    pub fn negative_time_ids(&self) -> [f64; 6] {
+        let [o0, o1, c0, c1, t0, t1] = self.time_ids();
+        let pair = |set: Option<MicroPair>, a: f64, b: f64| {
+            set.map_or([a, b], |p| [p.0, p.1].map(f64::from))
+        };
+        let [o0, o1] = pair(self.negative_original_size, o0, o1);
+        let [c0, c1] = pair(self.negative_crops_coords_top_left, c0, c1);
+        let [t0, t1] = pair(self.negative_target_size, t0, t1);
+        [o0, o1, c0, c1, t0, t1]
+    }
+
+    /// Values equal to their default are their default (sizes equal to the image's, a
+    /// negative value equal to the cond row's): the same image, the same cell id.
     pub fn own_sizes_as_auto(self) -> GenParams {
         let own = MicroPair(self.height as u32, self.width as u32);
+        let original = self.original_size.unwrap_or(own);
+        let target = self.target_size.unwrap_or(own);
+        let crop = self.crops_coords_top_left;
         GenParams {
             original_size: self.original_size.filter(|&s| s != own),
             target_size: self.target_size.filter(|&s| s != own),
+            negative_original_size: self.negative_original_size.filter(|&s| s != original),
+            negative_crops_coords_top_left: self
+                .negative_crops_coords_top_left
+                .filter(|&s| s != crop),
+            negative_target_size: self.negative_target_size.filter(|&s| s != target),
             ..self
         }
     }
 
-    /// Whether a micro-conditioning value is set away from its default (SDXL alone reads them).
+    /// Whether a micro-conditioning value (positive or negative) is set away from its
+    /// default (SDXL alone reads them).
     pub fn has_micro_conditioning(&self) -> bool {
         self.original_size.is_some()
             || !self.crops_coords_top_left.is_zero()
             || self.target_size.is_some()
+            || self.has_negative_micro_conditioning()
+    }
+
+    /// Whether a `negative_*` micro-conditioning value is set.
+    pub fn has_negative_micro_conditioning(&self) -> bool {
+        self.negative_original_size.is_some()
+            || self.negative_crops_coords_top_left.is_some()
+            || self.negative_target_size.is_some()
     }
 
     /// Whether NegToMe is on: `negtome = true` or `method = negtome`.
@@ -976,7 +1027,7 @@ impl GenParams {
                 self.negtome_t_max
             ),
             self.method_params,
-            self.time_ids(),
+            (self.time_ids(), self.negative_time_ids()),
         )
     }
 
@@ -1072,6 +1123,58 @@ mod tests {
         for bad in ["1024", "-1x2", "99999x1", "axb", ""] {
             assert!(bad.parse::<MicroPair>().is_err(), "{bad}");
         }
+    }
+
+    /// diffusers' `negative_original_size` etc.: unset, every value is the cond row's (and
+    /// the JSON, so the cell id, is unchanged); each set one replaces its pair alone; a value
+    /// equal to the cond row's is the default.
+    #[test]
+    fn sdxl_negative_micro_conditioning_follows_the_cond_row_and_keeps_the_cell_json() {
+        let mut p = GenParams::new(3);
+        (p.width, p.height) = (768, 512);
+        p.original_size = Some(MicroPair(1024, 2048));
+        p.crops_coords_top_left = MicroPair(16, 8);
+        let before = serde_json::to_string(&p).unwrap();
+        let keys = ["negative_original", "negative_crops", "negative_target"];
+        assert!(keys.iter().all(|k| !before.contains(k)), "{before}");
+        assert_eq!(p.negative_time_ids(), p.time_ids());
+        assert!(!p.has_negative_micro_conditioning());
+        p.negative_crops_coords_top_left = Some(MicroPair(0, 0));
+        assert_eq!(
+            p.negative_time_ids(),
+            [1024.0, 2048.0, 0.0, 0.0, 512.0, 768.0]
+        );
+        p.negative_target_size = Some(MicroPair(256, 256));
+        assert_eq!(
+            p.negative_time_ids(),
+            [1024.0, 2048.0, 0.0, 0.0, 256.0, 256.0]
+        );
+        assert!(p.has_negative_micro_conditioning() && p.has_micro_conditioning());
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(
+            json.contains("\"negative_target_size\":[256,256]"),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<GenParams>(&json).unwrap(), p);
+        // Equal to the cond row's values (not the image's size): the default.
+        let mut same = p.clone();
+        same.negative_original_size = Some(MicroPair(1024, 2048));
+        same.negative_crops_coords_top_left = Some(MicroPair(16, 8));
+        same.negative_target_size = Some(MicroPair(512, 768));
+        assert_eq!(
+            serde_json::to_string(&same.own_sizes_as_auto()).unwrap(),
+            before
+        );
+        let mut image_size = p.clone();
+        image_size.negative_original_size = Some(MicroPair(512, 768));
+        assert!(
+            image_size
+                .own_sizes_as_auto()
+                .negative_original_size
+                .is_some()
+        );
+        // The reference rows' ids: diffusers' defaults whatever is set.
+        assert_eq!(p.default_time_ids(), [512.0, 768.0, 0.0, 0.0, 512.0, 768.0]);
     }
 
     #[test]

@@ -197,7 +197,8 @@ use std::path::Path;
 
 /// Full generation on the tiny SDXL set against diffusers' `StableDiffusionXLPipeline` with
 /// the same IP-Adapter files: every negative mode, both adapters, DDIM and DPM++ 2M Karras,
-/// within 1/255. The modes without a negative text condition on zeros
+/// within 1/255, also with the micro-conditioning of both halves set (`original_size`
+/// ..., `negative_original_size` ...). The modes without a negative text condition on zeros
 /// (`force_zeros_for_empty_prompt`), as diffusers does for a negative prompt not given.
 #[test]
 fn parity_sdxl_pipeline_matches_diffusers_for_every_mode_adapter_and_scheduler() {
@@ -240,6 +241,20 @@ fn parity_sdxl_pipeline_matches_diffusers_for_every_mode_adapter_and_scheduler()
         c.target_size = target;
         cells.push((format!("micro_{}", cells[of].0), c));
     }
+    // The uncond row's micro-conditioning (diffusers' negative_original_size ...): set alone
+    // on a cell at the defaults, and a crop alone on a cell with micro-conditioning (its
+    // negative sizes follow that cell's sizes); each beside its twin without them.
+    let negative = [
+        (3, Some(MicroPair(512, 512)), None, Some(MicroPair(16, 24))),
+        (17, None, Some(MicroPair(8, 4)), None),
+    ];
+    for (of, original, crop, target) in negative {
+        let mut c = cells[of].1.clone();
+        c.negative_original_size = original;
+        c.negative_crops_coords_top_left = crop;
+        c.negative_target_size = target;
+        cells.push((format!("negmicro_{}", cells[of].0), c));
+    }
     let spec: Vec<_> = cells.iter().map(|(n, c)| parity::case_json(n, c)).collect();
     let reference = parity::run_reference("pipeline_parity.py", &dir, &models, &spec);
     let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
@@ -266,7 +281,8 @@ fn parity_sdxl_pipeline_matches_diffusers_for_every_mode_adapter_and_scheduler()
         images_by_name.insert(name.clone(), img);
     }
     eprintln!("{}", report.join("\n"));
-    // Guard: the micro-conditioning acts (its image is not the default one's).
+    // Guard: the micro-conditioning acts (its image is not the default one's); the uncond
+    // row's alone: more than 2/255 from its twin without it.
     for (name, img) in &images_by_name {
         if let Some(plain) = name.strip_prefix("micro_") {
             let d = common::max_abs_diff(img, &images_by_name[plain]);
@@ -275,6 +291,9 @@ fn parity_sdxl_pipeline_matches_diffusers_for_every_mode_adapter_and_scheduler()
                 d > 0.05,
                 "{name}: micro-conditioning changed the image by {d} only"
             );
+        }
+        if let Some(plain) = name.strip_prefix("negmicro_") {
+            parity::assert_far(name, img, &images_by_name[plain], plain);
         }
     }
 }

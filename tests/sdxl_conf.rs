@@ -107,27 +107,36 @@ fn sdxl_micro_conditioning_axes_zips_records_and_png_chunks() {
 }
 
 /// The same keys on an SD1.5-shaped pipeline would change nothing: `plan` refuses them
-/// naming the experiment file and the UNet's config.
+/// naming the experiment file, the key's line, its value and the UNet's config (the cond
+/// row's keys and the `negative_*` ones alike).
 #[test]
 fn sdxl_micro_conditioning_on_an_sd15_pipeline_is_an_error_at_plan_time() {
     let models = common::tiny::tiny_models();
     let dir = common::scratch("sdxl_micro_on_sd15");
-    let rest = "[defaults]\nsteps = 2\nsize = 32\nseeds = [1]\ncrops_coords_top_left = [8, 4]\n";
-    let exp = write_experiment(&dir, "micro15", &models, SD15_ADAPTER, rest);
-    let out = common::negimg(&["--device", "cpu", "plan", &exp], &dir);
-    let text = common::text(&out);
-    assert!(!out.status.success(), "plan accepted it:\n{text}");
-    assert!(
-        text.contains("micro15.toml")
-            && text.contains("crops_coords_top_left=8x4")
-            && text.contains(
-                &models
-                    .join("pipeline/unet/config.json")
-                    .display()
-                    .to_string()
-            ),
-        "{text}"
-    );
+    for (key, value, shown) in [
+        ("crops_coords_top_left", "[8, 4]", "8x4"),
+        ("negative_target_size", "\"16x24\"", "16x24"),
+        ("negative_crops_coords_top_left", "[0, 8]", "0x8"),
+    ] {
+        let rest = format!("[defaults]\nsteps = 2\nsize = 32\nseeds = [1]\n{key} = {value}\n");
+        let exp = write_experiment(&dir, "micro15", &models, SD15_ADAPTER, &rest);
+        let out = common::negimg(&["--device", "cpu", "plan", &exp], &dir);
+        let text = common::text(&out);
+        assert!(!out.status.success(), "plan accepted {key}:\n{text}");
+        let written = std::fs::read_to_string(dir.join(&exp)).unwrap();
+        let line = written[..written.find(key).unwrap()].matches('\n').count() + 1;
+        assert!(
+            text.contains(&format!("micro15.toml:{line} (defaults.{key})"))
+                && text.contains(&format!("{key}={shown}"))
+                && text.contains(
+                    &models
+                        .join("pipeline/unet/config.json")
+                        .display()
+                        .to_string()
+                ),
+            "{text}"
+        );
+    }
     // At the defaults the same file plans.
     let exp = write_experiment(
         &dir,
@@ -215,6 +224,98 @@ fn sdxl_plan_refuses_adapters_of_the_other_pipeline_and_a_missing_text_encoder_2
     );
 }
 
+const NEGATIVE_MICRO_GRID: &str = r#"[defaults]
+steps = 2
+size = 32
+dtype = "fp32"
+seeds = [1]
+negative = "none"
+original_size = [64, 48]
+
+[grid]
+negative_original_size = ["auto", [64, 48], "32x32"]
+
+[[grid.zip]]
+negative_crops_coords_top_left = ["auto", [8, 4]]
+negative_target_size = ["auto", "16x24"]
+"#;
+
+/// The uncond row's micro-conditioning (`negative_*`) on a grid axis and a zip: each
+/// `auto` follows the cond row's value (here `original_size = 64x48`), so `[64, 48]` shares
+/// the `auto` image and id while `32x32` (the image's size, not the cond row's) does not;
+/// records.csv gets the three columns (values as set), the PNG chunks the values.
+#[test]
+fn sdxl_negative_micro_conditioning_axes_zips_records_and_png_chunks() {
+    let models = common::tiny::tiny_sdxl_models();
+    let dir = common::scratch("sdxl_negative_micro_grid");
+    let exp = write_experiment(&dir, "negmicro", &models, SDXL_ADAPTER, NEGATIVE_MICRO_GRID);
+    let plan = common::plan(&exp, &dir);
+    assert!(plan.contains("= 6 cells"), "{plan}");
+    let out = common::negimg(&["--device", "cpu", "run", &exp], &dir);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let run = common::only_run(&dir.join("results/negmicro"));
+    let mut rows = csv::Reader::from_path(run.join("records.csv")).unwrap();
+    let header = rows.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (o, c, t, file) = (
+        col("negative_original_size"),
+        col("negative_crops_coords_top_left"),
+        col("negative_target_size"),
+        col("file"),
+    );
+    assert_eq!(col("original_size") + 3, o, "{header:?}");
+    let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
+    let values: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r[o].to_string(), r[c].to_string(), r[t].to_string()))
+        .collect();
+    let want = |o: &str, c: &str, t: &str| (o.to_string(), c.to_string(), t.to_string());
+    let file_of = |v: (String, String, String)| {
+        rows[values.iter().position(|x| *x == v).unwrap()][file].to_string()
+    };
+    for v in [
+        want("auto", "auto", "auto"),
+        want("32x32", "auto", "auto"),
+        want("auto", "8x4", "16x24"),
+        want("32x32", "8x4", "16x24"),
+    ] {
+        assert!(values.contains(&v), "{v:?} not in {values:?}");
+    }
+    // [64, 48] is the cond row's value: recorded as set, the same image (and id) as auto.
+    for crop in [("auto", "auto"), ("8x4", "16x24")] {
+        assert_eq!(
+            file_of(want("auto", crop.0, crop.1)),
+            file_of(want("64x48", crop.0, crop.1))
+        );
+    }
+    let distinct: std::collections::BTreeSet<String> =
+        rows.iter().map(|r| r[file].to_string()).collect();
+    assert_eq!(distinct.len(), 4, "{distinct:?}");
+    let png = run.join(file_of(want("32x32", "8x4", "16x24")));
+    let texts = negimg::run::png::read_texts(&png).unwrap();
+    let chunk = |k: &str| texts.iter().find(|(key, _)| key == k).unwrap().1.clone();
+    assert!(
+        chunk("parameters").contains(
+            "Negative original size: 32x32, Negative crop top-left: 8x4, \
+             Negative target size: 16x24"
+        ),
+        "{}",
+        chunk("parameters")
+    );
+    let json = chunk("negimg");
+    assert!(
+        json.contains("\"negative_original_size\":[32,32]")
+            && json.contains("\"negative_crops_coords_top_left\":[8,4]")
+            && json.contains("\"negative_target_size\":[16,24]"),
+        "{json}"
+    );
+    // The cells at the defaults carry no negative_* key (their ids are those of before).
+    let plain = run.join(file_of(want("auto", "auto", "auto")));
+    let texts = negimg::run::png::read_texts(&plain).unwrap();
+    let json = &texts.iter().find(|(key, _)| key == "negimg").unwrap().1;
+    assert!(!json.contains("negative_original_size"), "{json}");
+}
+
 /// The key forms (`"HxW"`, `[h, w]`, `"auto"`) parse into the cells; bad values are refused
 /// naming the file, the key and the line.
 #[test]
@@ -263,6 +364,54 @@ fn sdxl_micro_conditioning_values_parse_and_bad_ones_name_key_and_line() {
     );
     bad("[8, 4]", "\"auto\"", &["crops_coords_top_left", "auto"]);
     bad("\"32x32\"", "32", &["original_size", "1024x768"]);
+}
+
+/// The `negative_*` keys take the same forms, `"auto"` (the cond row's value) for the crop
+/// too; bad values are refused naming the file, the key and the line.
+#[test]
+fn sdxl_negative_micro_conditioning_values_parse_and_bad_ones_name_key_and_line() {
+    use negimg::experiment::{LoadOptions, Param, Value};
+    use negimg::params::MicroPair;
+    let models = common::tiny::tiny_sdxl_models();
+    let dir = common::scratch("sdxl_negative_micro_parse");
+    let exp = write_experiment(&dir, "n", &models, SDXL_ADAPTER, NEGATIVE_MICRO_GRID);
+    let path = dir.join(&exp);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let parse = |t: &str| negimg::experiment::parse(&path, t.to_string(), &LoadOptions::default());
+    let e = parse(&text).unwrap();
+    let crops: Vec<Value> = (e.cells.iter())
+        .map(|c| c.get(Param::NegativeCropsCoordsTopLeft))
+        .collect();
+    assert!(
+        crops.contains(&Value::Size(None)) && crops.contains(&Value::Size(Some(MicroPair(8, 4))))
+    );
+    let p = e.cells[5].params(&|n| std::path::PathBuf::from(n));
+    assert_eq!(p.negative_time_ids(), [32.0, 32.0, 8.0, 4.0, 16.0, 24.0]);
+    assert_eq!(p.time_ids(), [64.0, 48.0, 0.0, 0.0, 32.0, 32.0]);
+    for (from, to, words) in [
+        (
+            "[8, 4]",
+            "[8, 4, 2]",
+            ["negative_crops_coords_top_left", "two numbers"],
+        ),
+        (
+            "\"16x24\"",
+            "\"16by24\"",
+            ["negative_target_size", "16by24"],
+        ),
+        ("\"32x32\"", "32", ["negative_original_size", "1024x768"]),
+    ] {
+        let t = text.replace(from, to);
+        let err = format!(
+            "{:#}",
+            parse(&t).err().unwrap_or_else(|| panic!("accepted {to}"))
+        );
+        let line = text[..text.find(from).unwrap()].matches('\n').count() + 1;
+        assert!(err.contains(&format!("n.toml:{line}")), "{err}");
+        for w in words {
+            assert!(err.contains(w), "{w:?} not in {err}");
+        }
+    }
 }
 
 /// The plan's UNet FLOPs from the config (`models::unet_flops`) against torch's

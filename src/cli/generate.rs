@@ -154,6 +154,16 @@ pub struct GenerateArgs {
     /// SDXL micro-conditioning: the target size HEIGHTxWIDTH (default: the image's size).
     #[arg(long, value_name = "HxW", value_parser = parse_micro)]
     pub target_size: Option<MicroPair>,
+    /// SDXL micro-conditioning of the rows other than the cond row (diffusers'
+    /// negative_original_size; default: --original-size's value).
+    #[arg(long, value_name = "HxW", value_parser = parse_micro)]
+    pub negative_original_size: Option<MicroPair>,
+    /// The same for the crop corner (default: --crops-coords-top-left's value).
+    #[arg(long, value_name = "TOPxLEFT", value_parser = parse_micro)]
+    pub negative_crops_coords_top_left: Option<MicroPair>,
+    /// The same for the target size (default: --target-size's value).
+    #[arg(long, value_name = "HxW", value_parser = parse_micro)]
+    pub negative_target_size: Option<MicroPair>,
     /// The negative methods' own parameters (`--nag-scale` ...), one flag each.
     #[command(flatten)]
     pub method_params: MethodFlags,
@@ -163,7 +173,7 @@ pub struct GenerateArgs {
 }
 
 /// The flags that describe a cell, which --replay takes from the image instead.
-const CELL_FLAGS: [&str; 42] = [
+const CELL_FLAGS: [&str; 45] = [
     "models",
     "pipeline",
     "vae",
@@ -206,6 +216,9 @@ const CELL_FLAGS: [&str; 42] = [
     "original_size",
     "crops_coords_top_left",
     "target_size",
+    "negative_original_size",
+    "negative_crops_coords_top_left",
+    "negative_target_size",
 ];
 
 /// A flag per method parameter (`sampling::methods`): its key with dashes.
@@ -554,6 +567,9 @@ pub fn params(a: &GenerateArgs) -> Result<GenParams> {
         original_size: a.original_size,
         crops_coords_top_left: a.crops_coords_top_left,
         target_size: a.target_size,
+        negative_original_size: a.negative_original_size,
+        negative_crops_coords_top_left: a.negative_crops_coords_top_left,
+        negative_target_size: a.negative_target_size,
     }
     .own_sizes_as_auto();
     check_method(&cell)?;

@@ -499,24 +499,38 @@ fn check_sdxl_parts(exp: &Experiment, header: Option<&PipelineHeader>) -> Result
         .iter()
         .find(|c| c.params(&|n| PathBuf::from(n)).has_micro_conditioning());
     if let (Some(c), false) = (micro, text_time) {
-        let keys = [
-            Param::OriginalSize,
-            Param::CropsCoordsTopLeft,
-            Param::TargetSize,
-        ];
+        let written: Vec<Param> = MICRO_KEYS
+            .into_iter()
+            .filter(|&p| exp.grid.origin(p).is_some())
+            .collect();
         anyhow::bail!(
-            "{}: original_size / crops_coords_top_left / target_size ({}) are SDXL's \
-             micro-conditioning, but the UNet of {} has no addition_embed_type \
-             \"text_time\" (the pipeline given at {}): they would change nothing",
-            exp.param_places(&keys)
+            "{}: {} ({}) are SDXL's micro-conditioning, but the UNet of {} has no \
+             addition_embed_type \"text_time\" (the pipeline given at {}): they would change \
+             nothing",
+            exp.param_places(&written)
                 .unwrap_or_else(|| exp.path.display().to_string()),
-            c.describe(&keys),
+            written
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(" / "),
+            c.describe(&written),
             header.unet_origin,
             exp.model_place(Role::Pipeline)
         );
     }
     Ok(())
 }
+
+/// SDXL's micro-conditioning keys: the cond row's and the other rows'.
+const MICRO_KEYS: [Param; 6] = [
+    Param::OriginalSize,
+    Param::CropsCoordsTopLeft,
+    Param::TargetSize,
+    Param::NegativeOriginalSize,
+    Param::NegativeCropsCoordsTopLeft,
+    Param::NegativeTargetSize,
+];
 
 fn duration(s: f64) -> String {
     if s < 90.0 {

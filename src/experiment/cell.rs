@@ -63,6 +63,10 @@ pub struct CellSpec {
     pub original_size: Option<MicroPair>,
     pub crops_coords_top_left: MicroPair,
     pub target_size: Option<MicroPair>,
+    /// The same for the rows other than the cond row; `None`: the cond row's.
+    pub negative_original_size: Option<MicroPair>,
+    pub negative_crops_coords_top_left: Option<MicroPair>,
+    pub negative_target_size: Option<MicroPair>,
 }
 
 impl Default for CellSpec {
@@ -110,6 +114,9 @@ impl Default for CellSpec {
             original_size: p.original_size,
             crops_coords_top_left: p.crops_coords_top_left,
             target_size: p.target_size,
+            negative_original_size: p.negative_original_size,
+            negative_crops_coords_top_left: p.negative_crops_coords_top_left,
+            negative_target_size: p.negative_target_size,
         }
     }
 }
@@ -159,6 +166,11 @@ impl CellSpec {
                 self.crops_coords_top_left = v.unwrap_or_default()
             }
             (Param::TargetSize, Value::Size(v)) => self.target_size = *v,
+            (Param::NegativeOriginalSize, Value::Size(v)) => self.negative_original_size = *v,
+            (Param::NegativeCropsCoordsTopLeft, Value::Size(v)) => {
+                self.negative_crops_coords_top_left = *v
+            }
+            (Param::NegativeTargetSize, Value::Size(v)) => self.negative_target_size = *v,
             (p, v) => unreachable!("values.rs reads {p} as {v:?}"),
         }
     }
@@ -249,6 +261,9 @@ impl CellSpec {
             Param::OriginalSize => Value::Size(self.original_size),
             Param::CropsCoordsTopLeft => Value::Size(Some(self.crops_coords_top_left)),
             Param::TargetSize => Value::Size(self.target_size),
+            Param::NegativeOriginalSize => Value::Size(self.negative_original_size),
+            Param::NegativeCropsCoordsTopLeft => Value::Size(self.negative_crops_coords_top_left),
+            Param::NegativeTargetSize => Value::Size(self.negative_target_size),
         }
     }
 
@@ -309,6 +324,9 @@ impl CellSpec {
             original_size: self.original_size,
             crops_coords_top_left: self.crops_coords_top_left,
             target_size: self.target_size,
+            negative_original_size: self.negative_original_size,
+            negative_crops_coords_top_left: self.negative_crops_coords_top_left,
+            negative_target_size: self.negative_target_size,
         }
         .own_sizes_as_auto()
     }

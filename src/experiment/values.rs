@@ -56,6 +56,11 @@ pub enum Param {
     OriginalSize,
     CropsCoordsTopLeft,
     TargetSize,
+    /// The micro-conditioning of the rows other than the cond row (diffusers'
+    /// `negative_original_size` etc.).
+    NegativeOriginalSize,
+    NegativeCropsCoordsTopLeft,
+    NegativeTargetSize,
     /// A parameter of one negative method, by key (declared in its file under
     /// `sampling::methods`).
     MethodParam(&'static str),
@@ -65,7 +70,7 @@ pub enum Param {
 
 impl Param {
     /// The parameters every cell has; [`Param::all`] adds the methods' own.
-    const COMMON: [Param; 37] = [
+    const COMMON: [Param; 40] = [
         Param::Prompt,
         Param::NegativePrompt,
         Param::Negative,
@@ -103,6 +108,9 @@ impl Param {
         Param::OriginalSize,
         Param::CropsCoordsTopLeft,
         Param::TargetSize,
+        Param::NegativeOriginalSize,
+        Param::NegativeCropsCoordsTopLeft,
+        Param::NegativeTargetSize,
     ];
 
     pub fn name(self) -> &'static str {
@@ -145,6 +153,9 @@ impl Param {
             Param::OriginalSize => "original_size",
             Param::CropsCoordsTopLeft => "crops_coords_top_left",
             Param::TargetSize => "target_size",
+            Param::NegativeOriginalSize => "negative_original_size",
+            Param::NegativeCropsCoordsTopLeft => "negative_crops_coords_top_left",
+            Param::NegativeTargetSize => "negative_target_size",
         }
     }
 
@@ -256,7 +267,8 @@ pub enum Value {
     NegOff(NegOff),
     /// An `[images.NAME]` reference; `None` is no image.
     Image(Option<String>),
-    /// A micro-conditioning pair; `None` (`auto`): the image's own size.
+    /// A micro-conditioning pair; `None` (`auto`): the image's own size (a `negative_*` key:
+    /// the cond row's value).
     Size(Option<MicroPair>),
 }
 
@@ -522,9 +534,18 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
         Param::PositiveImage | Param::NegativeImage => {
             Value::Image((!(s.is_empty() || s == "none")).then(|| s.to_string()))
         }
-        // The sizes' default follows the image (`auto`); the crop's is 0x0.
-        Param::OriginalSize | Param::TargetSize if s == "auto" => Value::Size(None),
-        Param::OriginalSize | Param::CropsCoordsTopLeft | Param::TargetSize => Value::Size(Some(
+        // The sizes' default follows the image (`auto`); the crop's is 0x0; the negative
+        // keys' follow the cond row's values.
+        Param::OriginalSize
+        | Param::TargetSize
+        | Param::NegativeOriginalSize
+        | Param::NegativeCropsCoordsTopLeft
+        | Param::NegativeTargetSize
+            if s == "auto" =>
+        {
+            Value::Size(None)
+        }
+        p if is_micro(p) => Value::Size(Some(
             s.parse::<MicroPair>()
                 .map_err(|e| src.error(span, key, e))?,
         )),
@@ -537,7 +558,12 @@ fn word(src: &Source, key: &str, span: Range<usize>, param: Param, s: &str) -> R
 fn is_micro(param: Param) -> bool {
     matches!(
         param,
-        Param::OriginalSize | Param::CropsCoordsTopLeft | Param::TargetSize
+        Param::OriginalSize
+            | Param::CropsCoordsTopLeft
+            | Param::TargetSize
+            | Param::NegativeOriginalSize
+            | Param::NegativeCropsCoordsTopLeft
+            | Param::NegativeTargetSize
     )
 }
 

@@ -49,6 +49,9 @@ pub struct References<'a> {
     /// IP-Adapter.
     pub text: &'a TextRows,
     pub image_tokens: Option<&'a Tensor>,
+    /// SDXL's time ids of every reference row `[1, 6]`: diffusers' defaults at the batch's
+    /// size ([`GenParams::default_time_ids`]), so a row serves every cell of its image.
+    pub time_ids: Option<&'a Tensor>,
 }
 
 /// Runs `scheduler` from the initial latents `x` `[B, 4, h, w]` (already scaled by the
@@ -329,6 +332,7 @@ impl Call<'_> {
             noise: &noise,
             text: &ref_text,
             image_tokens: ref_tokens.as_ref(),
+            time_ids: r.time_ids,
         };
         let s = self.scheduler;
         let reference = s.scale_model_input(&s.add_noise(&clean, &noise, self.index), self.index);
@@ -376,7 +380,7 @@ fn text_time<'a>(text: &'a TextRows, time_ids: Option<&'a Tensor>) -> Option<Tex
 
 /// One UNet call on `latents`: the cell rows (conditioned by their text, time ids and `ip`)
 /// followed by NegToMe's reference rows (empty text, "no image" tokens at IP scale 0, the
-/// first row's time ids), merging as `hooks` says.
+/// default time ids), merging as `hooks` says.
 fn with_references(
     unet: &UNet2DConditionModel,
     t: f64,
@@ -388,8 +392,9 @@ fn with_references(
 ) -> Tensor {
     let k = r.latents.size()[0];
     let text = TextRows::cat(&[cell_text.shallow_clone(), r.text.shallow_clone()]);
-    let time_ids =
-        cell_time_ids.map(|ids| Tensor::cat(&[ids, &ids.get(0).unsqueeze(0).repeat([k, 1])], 0));
+    let time_ids = cell_time_ids
+        .zip(r.time_ids)
+        .map(|(ids, own)| Tensor::cat(&[ids, &own.repeat([k, 1])], 0));
     let hooks = Hooks {
         text_time: text_time(&text, time_ids.as_ref()),
         ..hooks

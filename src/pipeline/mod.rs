@@ -31,7 +31,7 @@ use crate::models::attention_probe::AttentionProbe;
 use crate::models::clip_vision::ClipVisionModelWithProjection;
 use crate::models::ip_adapter::{AdapterFile, ImageProj};
 use crate::models::unet::UNet2DConditionModel;
-use crate::params::{AdapterKind, GenParams};
+use crate::params::{AdapterKind, GenParams, Row};
 use crate::roles::{ModelSet, Role};
 use crate::sampling::{self, SchedulerConfig, make_scheduler};
 use crate::steps::StepSet;
@@ -331,6 +331,10 @@ impl Pipeline {
         let cell_rows = sampling::guidance::row_layout(&cells.iter().collect::<Vec<_>>()).len();
         let probe = (self.attention_maps.is_some() && image_tokens.is_some())
             .then(|| AttentionProbe::new(cell_rows as i64).with_steps(self.map_steps.clone()));
+        let reference_time_ids = time_ids.as_ref().map(|_| {
+            let ids = first.default_time_ids().map(|x| x as f32);
+            Tensor::from_slice(&ids).view([1, 6]).to_device(self.device)
+        });
         let reference_rows = references.as_ref().map(|(rows, _, _)| {
             self.conditioner
                 .reference_rows(cells, rows.images.len(), image_tokens.is_some())
@@ -348,6 +352,7 @@ impl Pipeline {
                     noise,
                     text,
                     image_tokens: tokens.as_ref(),
+                    time_ids: reference_time_ids.as_ref(),
                 },
             ),
             probe: probe.as_ref(),
@@ -457,16 +462,25 @@ fn load_adapter(
     Ok(Adapter { file, proj })
 }
 
-/// SDXL's `add_time_ids` of each row of [`guidance::row_layout`] `[R, 6]`: each cell's
-/// [`GenParams::time_ids`] (every row of a cell, as diffusers when no `negative_*` size is
-/// given).
+/// SDXL's `add_time_ids` of each row of [`guidance::row_layout`] `[R, 6]`: the cond row's
+/// [`GenParams::time_ids`], every other row's [`GenParams::negative_time_ids`]. The uncond
+/// row is diffusers' negative half; the negative row of the three-row methods takes the
+/// same ids, so that `ε₋ − ε∅` differs in text and image alone.
 fn time_id_rows(cells: &[GenParams]) -> Tensor {
     let refs: Vec<&GenParams> = cells.iter().collect();
     let ids: Vec<f32> = crate::sampling::guidance::row_layout(&refs)
         .into_iter()
-        .flat_map(|(i, _)| cells[i].time_ids().map(|x| x as f32))
+        .flat_map(|(i, row)| row_time_ids(&cells[i], row).map(|x| x as f32))
         .collect();
     Tensor::from_slice(&ids).view([-1, 6])
+}
+
+/// The time ids of `row` of cell `c` (see [`time_id_rows`]).
+fn row_time_ids(c: &GenParams, row: Row) -> [f64; 6] {
+    match row {
+        Row::Cond => c.time_ids(),
+        Row::Uncond | Row::Negative => c.negative_time_ids(),
+    }
 }
 
 /// An SDXL (`text_time`) UNet needs `text_encoder_2` and only it takes one: an error naming
@@ -498,8 +512,8 @@ pub fn check_second_encoder(
 fn check_micro_conditioning(cells: &[GenParams], takes_text_time: bool) -> Result<()> {
     match cells.iter().find(|c| c.has_micro_conditioning()) {
         Some(c) if !takes_text_time => bail!(
-            "original_size / crops_coords_top_left / target_size are SDXL's micro-conditioning; \
-             this pipeline's UNet has no added time ids (addition_embed_type = \"text_time\" \
+            "original_size / crops_coords_top_left / target_size (and their negative_* \
+             twins) are SDXL's micro-conditioning; this pipeline's UNet has no added time ids (addition_embed_type = \"text_time\" \
              in unet/config.json), so they would change nothing (seed {})",
             c.seed
         ),
@@ -560,5 +574,37 @@ fn to_outcome(r: FloatOutcome) -> CellOutcome {
     match r {
         Ok(t) => CellOutcome::Image(to_rgb8(&t)),
         Err(reason) => CellOutcome::Failed(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{Method, MicroPair};
+
+    /// The cond row takes the cell's time ids, the uncond row and a three-row method's
+    /// negative row the `negative_*` ones, in the batch's row layout.
+    #[test]
+    fn sdxl_time_id_rows_give_the_negative_ids_to_every_row_but_the_cond_row() {
+        let mut a = GenParams::new(1);
+        a.method = Method::ThreeBranch;
+        a.negative_original_size = Some(MicroPair(256, 256));
+        let mut b = GenParams::new(2);
+        b.target_size = Some(MicroPair(64, 64));
+        let ids = time_id_rows(&[a.clone(), b.clone()]);
+        let got: Vec<Vec<f32>> = (0..5).map(|r| Vec::try_from(ids.get(r)).unwrap()).collect();
+        let f = |x: [f64; 6]| x.map(|v| v as f32).to_vec();
+        // uncond a, uncond b, cond a, cond b, negative a.
+        let want = [
+            f(a.negative_time_ids()),
+            f(b.negative_time_ids()),
+            f(a.time_ids()),
+            f(b.time_ids()),
+            f(a.negative_time_ids()),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(want[0][..2], [256.0, 256.0]);
+        assert_eq!(want[2][..2], [512.0, 512.0]);
+        assert_eq!(want[1], want[3]);
     }
 }

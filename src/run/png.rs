@@ -115,6 +115,13 @@ pub fn a1111_parameters(
             "Original size: {oh}x{ow}, Crop top-left: {ct}x{cl}, Target size: {th}x{tw}"
         ));
     }
+    if p.has_negative_micro_conditioning() {
+        let [oh, ow, ct, cl, th, tw] = p.negative_time_ids();
+        fields.push(format!(
+            "Negative original size: {oh}x{ow}, Negative crop top-left: {ct}x{cl}, \
+             Negative target size: {th}x{tw}"
+        ));
+    }
     if let Some(name) = positive_image {
         fields.push(format!("Positive image: {name}"));
     }

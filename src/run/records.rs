@@ -101,6 +101,14 @@ pub struct Record {
     pub crops_coords_top_left: String,
     #[serde(default = "auto", skip_serializing_if = "is_auto")]
     pub target_size: String,
+    /// The rows other than the cond row's (`auto`: the cond row's value); the columns exist
+    /// only in runs that set one.
+    #[serde(default = "auto", skip_serializing_if = "is_auto")]
+    pub negative_original_size: String,
+    #[serde(default = "auto", skip_serializing_if = "is_auto")]
+    pub negative_crops_coords_top_left: String,
+    #[serde(default = "auto", skip_serializing_if = "is_auto")]
+    pub negative_target_size: String,
     /// Seconds of generation attributed to this image (batch time / batch size).
     pub seconds: f64,
     /// Why the cell failed (empty when done).
@@ -203,6 +211,9 @@ impl Record {
             "original_size" => self.original_size.clone(),
             "crops_coords_top_left" => self.crops_coords_top_left.clone(),
             "target_size" => self.target_size.clone(),
+            "negative_original_size" => self.negative_original_size.clone(),
+            "negative_crops_coords_top_left" => self.negative_crops_coords_top_left.clone(),
+            "negative_target_size" => self.negative_target_size.clone(),
             "seconds" => csv_value(&self.seconds),
             "error" => self.error.clone(),
             key if methods::param(key).is_some() => self.method_param(key).unwrap_or_default(),
@@ -290,13 +301,17 @@ impl Record {
             original_size: micro_text(cell.original_size),
             crops_coords_top_left: cell.crops_coords_top_left.to_string(),
             target_size: micro_text(cell.target_size),
+            negative_original_size: micro_text(cell.negative_original_size),
+            negative_crops_coords_top_left: micro_text(cell.negative_crops_coords_top_left),
+            negative_target_size: micro_text(cell.negative_target_size),
             seconds,
             error: error.to_string(),
         }
     }
 }
 
-/// A micro-conditioning size as records.csv writes it: `auto` where it follows the image.
+/// A micro-conditioning value as records.csv writes it: `auto` where it follows its
+/// default (the image's size; for a `negative_*` value the cond row's).
 fn micro_text(size: Option<params::MicroPair>) -> String {
     size.map_or_else(auto, |p| p.to_string())
 }
@@ -383,10 +398,18 @@ pub const COLUMNS: [&str; 37] = [
 /// SDXL's micro-conditioning columns, after the step-set ones in a run that sets one.
 const MICRO_COLUMNS: [&str; 3] = ["original_size", "crops_coords_top_left", "target_size"];
 
+/// The rows other than the cond row's, after those in a run that sets one.
+const NEGATIVE_MICRO_COLUMNS: [&str; 3] = [
+    "negative_original_size",
+    "negative_crops_coords_top_left",
+    "negative_target_size",
+];
+
 /// Writes records.csv atomically: [`COLUMNS`], `subject` after `method_params` in a run
 /// with subjects, and `steps_at`, `neg_steps_at`, `neg_off`, `trace` after it in a run with
 /// step sets, `neg_off = "no_image"` or traces, then [`MICRO_COLUMNS`] in a run that sets one
-/// (other runs keep their columns).
+/// and [`NEGATIVE_MICRO_COLUMNS`] in a run that sets one of them (other runs keep their
+/// columns).
 pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
     let mut columns = COLUMNS.to_vec();
     let mut at = columns
@@ -417,9 +440,20 @@ pub fn write_records(path: &Path, records: &[Record]) -> Result<()> {
             && is_zero_pair(&r.crops_coords_top_left)
             && is_auto(&r.target_size))
     };
-    if records.iter().any(micro) {
-        for (k, c) in MICRO_COLUMNS.into_iter().enumerate() {
-            columns.insert(at + 1 + k, c);
+    let negative_micro = |r: &Record| {
+        !(is_auto(&r.negative_original_size)
+            && is_auto(&r.negative_crops_coords_top_left)
+            && is_auto(&r.negative_target_size))
+    };
+    for (set, group) in [
+        (records.iter().any(micro), MICRO_COLUMNS),
+        (records.iter().any(negative_micro), NEGATIVE_MICRO_COLUMNS),
+    ] {
+        if set {
+            for (k, c) in group.into_iter().enumerate() {
+                columns.insert(at + 1 + k, c);
+            }
+            at += group.len();
         }
     }
     let mut w = csv::Writer::from_writer(Vec::new());

@@ -119,7 +119,7 @@ fn signature(c: &GenParams, step: &StepAt, t: f64) -> String {
         c.cfg.to_bits(),
         c.neg_cfg().to_bits(),
         c.method_params,
-        c.time_ids()
+        (c.time_ids(), c.negative_time_ids())
     );
     let tokens = |image: RowImage, ip: BranchIp| match (ip.no_image_tokens, ip.weight) {
         (_, w) if w == 0.0 && zero_scale_ignores_tokens(c.ip_scaling) => "off".to_string(),

@@ -76,6 +76,14 @@ pub fn case_json(name: &str, c: &GenParams) -> Value {
         case["crops_coords_top_left"] = json!([ids[2], ids[3]]);
         case["target_size"] = json!([ids[4], ids[5]]);
     }
+    // The uncond row's, all three resolved (diffusers reads them only when both sizes are
+    // given, and its negative crop defaults to (0, 0), not to the cond row's).
+    if c.has_negative_micro_conditioning() {
+        let ids = c.negative_time_ids();
+        case["negative_original_size"] = json!([ids[0], ids[1]]);
+        case["negative_crops_coords_top_left"] = json!([ids[2], ids[3]]);
+        case["negative_target_size"] = json!([ids[4], ids[5]]);
+    }
     case
 }
 

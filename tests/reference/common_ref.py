@@ -128,18 +128,19 @@ def is_sdxl(pipe):
     return getattr(pipe, "text_encoder_2", None) is not None
 
 
-def conditioning(pipe, rows, size, cond_row=1):
+def conditioning(pipe, rows, size, encoded_rows=(1,)):
     """The UNet's text states and added_cond_kwargs of `rows`, each (text, image features,
     ...). SDXL (StableDiffusionXLPipeline.encode_prompt): also the pooled text_embeds and
     the default time_ids (original = target = (size, size), crop (0, 0)); an empty text
-    in a row other than `cond_row` conditions on zeros (force_zeros_for_empty_prompt, as the
-    pipeline does for a negative prompt not given)."""
+    in a row not in `encoded_rows` (the cond row; NegToMe's reference row too) conditions on
+    zeros (force_zeros_for_empty_prompt, as the pipeline does for a negative prompt not
+    given)."""
     states, pooled = [], []
     for k, row in enumerate(rows):
         out = pipe.encode_prompt(prompt=row[0], device="cpu", num_images_per_prompt=1,
                                  do_classifier_free_guidance=False)
         s, p = out[0], (out[2] if is_sdxl(pipe) else None)
-        if p is not None and row[0] == "" and k != cond_row and pipe.config.force_zeros_for_empty_prompt:
+        if p is not None and row[0] == "" and k not in encoded_rows and pipe.config.force_zeros_for_empty_prompt:
             s, p = torch.zeros_like(s), torch.zeros_like(p)
         states.append(s)
         pooled.append(p)
@@ -162,13 +163,14 @@ def cfg2(c):
 
 
 @torch.no_grad()
-def sample(pipe, sched, c, rows, before_step, guide):
+def sample(pipe, sched, c, rows, before_step, guide, encoded_rows=(1,)):
     """The case's seeded latents denoised over `sched`'s timesteps (set by the caller) and
     decoded to a [0,1] image [3,H,W]. `before_step(i, t, x)` sets the step's IP scales and
     returns the UNet's latent rows; `guide(eps)` combines their predictions. The seeded
-    generator also feeds `step` (an ancestral scheduler's noise), as the pipeline does."""
+    generator also feeds `step` (an ancestral scheduler's noise), as the pipeline does.
+    `encoded_rows`: see `conditioning`."""
     f, size = pipe.vae_scale_factor, c["size"]
-    text, added = conditioning(pipe, rows, size)
+    text, added = conditioning(pipe, rows, size, encoded_rows)
     g = torch.Generator("cpu").manual_seed(c["seed"])
     x = torch.randn([1, 4, size // f, size // f], generator=g) * sched.init_noise_sigma
     for i, t in enumerate(sched.timesteps):

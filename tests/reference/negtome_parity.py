@@ -1,5 +1,7 @@
-"""Reference images for NegToMe (tests/parity_negtome.rs), on diffusers' UNet, VAE and DDIM
-with a hand-written sampling loop and attention processors that apply the merge.
+"""Reference images for NegToMe (tests/parity_negtome.rs, and on SDXL
+tests/parity_sdxl_negtome.rs), on diffusers' UNet, VAE and DDIM with a hand-written sampling
+loop and attention processors that apply the merge (SDXL's added conditioning as
+common_ref.conditioning makes it).
 
 usage: negtome_parity.py MODELS_DIR CASES.json OUT.safetensors
 CASES.json: a list of {name, method: uncond|negtome, adapter: base|plus, prompt,
@@ -7,7 +9,8 @@ CASES.json: a list of {name, method: uncond|negtome, adapter: base|plus, prompt,
  alpha, threshold, t_min, t_max, noise_seed}.
 Rows: [uncond, cond, reference]. uncond: uncond text with the negative image's tokens
 (method uncond) or the "no image" tokens (method negtome), IP scale neg_weight; cond: prompt
-and positive image, IP scale weight; reference: empty text, "no image" tokens, IP scale 0,
+and positive image, IP scale weight; reference: empty text (encoded, also on SDXL), "no
+image" tokens, IP scale 0,
 latents = the VAE's latent mean of the negative image (already at the generation size) times
 the scaling factor, re-noised at each step with DDIMScheduler.add_noise and randn from
 Generator().manual_seed(noise_seed).
@@ -96,8 +99,10 @@ def generate(pipe, c, merging):
         state["on"] = merging and c["t_min"] <= int(t) <= c["t_max"]
         return torch.cat([x, x, ref])
 
-    # The reference row's prediction only feeds the merge.
-    return sample(pipe, sched, c, rows, before_step, lambda eps: cfg2(c)(eps[0:2]))
+    # The reference row's prediction only feeds the merge; on SDXL its empty text is
+    # encoded, not zeroed, and it takes the default time ids of the size.
+    guide = lambda eps: cfg2(c)(eps[0:2])
+    return sample(pipe, sched, c, rows, before_step, guide, encoded_rows=(1, 2))
 
 
 def outputs(pipe, c):

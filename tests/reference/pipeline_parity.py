@@ -6,7 +6,9 @@ MODELS_DIR: a `negimg models init-random` folder. CASES.json: a list of
 {name, prompt, uncond_prompt, pos_image, uncond_image (paths or null), adapter: base|plus,
  scheduler: ddim|euler|euler_ancestral|dpmpp_2m|dpmpp_2m_karras, steps, cfg, seed, size, no_image: reference|black,
  positive: {weight, start, end}, negative: {weight, start, end}}; SDXL cases may add
- original_size, crops_coords_top_left, target_size ([a, b], passed to the pipeline as tuples).
+ original_size, crops_coords_top_left, target_size and negative_original_size,
+ negative_crops_coords_top_left, negative_target_size ([a, b], passed to the pipeline as
+ tuples; the negative ones all three or none).
 Image embeddings (common_ref.py's features) enter the pipeline as
 ip_adapter_image_embeds=[cat([uncond, cond])]. The IP scale of each CFG row (uncond, cond) at
 each step follows the window rule "step i of N is active iff
@@ -39,7 +41,9 @@ def outputs(pipe, c):
     # An empty negative prompt is given as None: StableDiffusionPipeline encodes "" either
     # way; StableDiffusionXLPipeline then conditions on zeros (force_zeros_for_empty_prompt).
     micro = {k: tuple(int(x) for x in c[k])
-             for k in ("original_size", "crops_coords_top_left", "target_size") if k in c}
+             for k in ("original_size", "crops_coords_top_left", "target_size",
+                       "negative_original_size", "negative_crops_coords_top_left",
+                       "negative_target_size") if k in c}
     image = pipe(prompt=c["prompt"], negative_prompt=c["uncond_prompt"] or None, ip_adapter_image_embeds=[ip],
                  **micro,
                  num_inference_steps=n, guidance_scale=c["cfg"], height=c["size"], width=c["size"],

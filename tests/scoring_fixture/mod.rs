@@ -61,6 +61,9 @@ pub fn record(cell_id: &str, file: &str, seed: u64, weight: f64, negative: Negat
         original_size: "auto".into(),
         crops_coords_top_left: "0x0".into(),
         target_size: "auto".into(),
+        negative_original_size: "auto".into(),
+        negative_crops_coords_top_left: "auto".into(),
+        negative_target_size: "auto".into(),
         seconds: 0.1,
         error: String::new(),
     }
