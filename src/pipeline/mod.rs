@@ -460,7 +460,7 @@ fn load_adapter(
 /// SDXL's `add_time_ids` of each row of [`guidance::row_layout`] `[R, 6]`: each cell's
 /// [`GenParams::time_ids`] (every row of a cell, as diffusers when no `negative_*` size is
 /// given).
-fn time_id_rows(cells: &[GenParams]) -> Tensor {
+pub fn time_id_rows(cells: &[GenParams]) -> Tensor {
     let refs: Vec<&GenParams> = cells.iter().collect();
     let ids: Vec<f32> = crate::sampling::guidance::row_layout(&refs)
         .into_iter()
