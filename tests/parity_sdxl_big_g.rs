@@ -8,27 +8,9 @@
 mod common;
 
 use common::parity::{self, Parity, Setup};
-use negimg::models::clip_vision;
-use negimg::models::unet::UNet2DConditionConfig;
-use negimg::params::{AdapterKind, GenParams, NegativeMode, SchedulerKind};
-use negimg::pipeline::write_random_adapter;
-use negimg::roles::{ModelSet, SDXL_BIG_G_ADAPTER};
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-
-/// The tiny SDXL pipeline with the bigG-shaped encoder and `ip-adapter_sdxl.safetensors`.
-fn big_g_models() -> PathBuf {
-    let tiny = common::tiny::tiny_sdxl_models();
-    let dir = common::scratch("parity_sdxl_big_g_models");
-    symlink(tiny.join("pipeline"), dir.join("pipeline")).unwrap();
-    let vision = common::tiny::big_g_vision();
-    clip_vision::write_random_model(&dir.join("image_encoder"), &vision, 20).unwrap();
-    let unet =
-        UNet2DConditionConfig::from_json_file(&tiny.join("pipeline/unet/config.json")).unwrap();
-    let adapter = dir.join(SDXL_BIG_G_ADAPTER);
-    write_random_adapter(&adapter, AdapterKind::Base, &unet, &vision, 21).unwrap();
-    dir
-}
+use negimg::params::{GenParams, NegativeMode, SchedulerKind};
+use negimg::roles::ModelSet;
+use std::path::Path;
 
 fn cases(dir: &Path) -> Vec<(String, GenParams)> {
     let mut out = vec![];
@@ -55,7 +37,7 @@ fn cases(dir: &Path) -> Vec<(String, GenParams)> {
 #[test]
 fn parity_sdxl_big_g_adapter_matches_diffusers_and_differs_from_vit_h() {
     let setup = Setup {
-        models: big_g_models(),
+        models: common::tiny::big_g_sdxl_models("parity_sdxl_big_g_models"),
         ..Setup::tiny("parity_sdxl_big_g", "pipeline_parity.py")
     };
     let (parity, _) = Parity::compute(setup, cases);

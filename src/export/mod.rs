@@ -3,10 +3,15 @@
 //! (parameters, UNet rows, models by reference, input images embedded), then fixed code
 //! (`py/common.py`: loading, image features, per-row and per-block IP weights, windows, the
 //! sampling loop with its schedulers), the method's guidance, how a cross-attention joins a
-//! row's image terms (NAG) and NegToMe's merge ([`methods`]). What a script cannot express is refused by name, never approximated.
+//! row's image terms (NAG) and NegToMe's merge ([`methods`]). An SDXL pipeline (diffusers'
+//! `StableDiffusionXLPipeline` folder) is written as that pipeline's call: both text
+//! encoders, the pooled text and each row's micro-conditioning, the presets on SDXL's 11
+//! blocks. What a script cannot express is refused by name, never approximated.
 mod methods;
 
-use crate::params::{GenParams, IpScaling, NegOff, NoImage, RowImage, SchedulerKind, Window};
+use crate::params::{
+    BlockLayout, GenParams, IpScaling, NegOff, NoImage, RowImage, SchedulerKind, Window,
+};
 use crate::roles::Role;
 use crate::run::ids::ModelFiles;
 use crate::run::replay::StoredCell;
@@ -27,9 +32,10 @@ pub fn diffusers_script(cell: &StoredCell) -> Result<String> {
     let merge = methods::token_merge(p.negtome_image().is_some());
     let terms = methods::image_terms(has_nag_rows(p));
     let images = ImageNames::of(p);
+    let sdxl = is_sdxl(cell);
     let data = [
-        ("CELL", cell_json(cell)?),
-        ("ROWS", rows_json(p, &images)),
+        ("CELL", cell_json(cell, sdxl)?),
+        ("ROWS", rows_json(p, &images, sdxl)),
         ("MODELS", models_json(cell)?),
         ("NEGTOME", negtome_json(p)?),
     ];
@@ -140,7 +146,7 @@ fn no_image_name(n: NoImage) -> &'static str {
     }
 }
 
-fn cell_json(cell: &StoredCell) -> Result<Value> {
+fn cell_json(cell: &StoredCell, sdxl: bool) -> Result<Value> {
     let p = &cell.params;
     let device = if cell.device.starts_with("cuda") {
         "cuda"
@@ -152,7 +158,7 @@ fn cell_json(cell: &StoredCell) -> Result<Value> {
         "cfg": p.cfg, "neg_cfg": p.neg_cfg(), "scheduler": scheduler_name(p.scheduler)?,
         "window": window_name(p.window), "adapter": p.adapter.to_string(),
         "no_image": no_image_name(p.no_image), "ip_scaling": scaling_name(p.ip_scaling),
-        "method_params": method_params_json(p),
+        "method_params": method_params_json(p), "sdxl": sdxl,
         "dtype": cell.chunk.dtype, "device": device,
         "out": format!("{}-diffusers.png", cell.chunk.cell_id),
     }))
@@ -195,21 +201,30 @@ impl ImageNames {
 }
 
 /// The UNet rows of the cell, in order: text, image tokens, branch weight and window, block
-/// factors (`null`: 1 in every block), and a second image-attention term (`extra`:
-/// `cond_negative`'s and `nag`'s, `null` for the other methods) with its tokens, branch,
-/// blocks, sign and NAG's strength (`nag`: `null` where the term is added).
-fn rows_json(p: &GenParams, images: &ImageNames) -> Value {
+/// factors on the pipeline's layout (`null`: 1 in every block), a second image-attention
+/// term (`extra`: `cond_negative`'s and `nag`'s, `null` for the other methods) with its
+/// tokens, branch, blocks, sign and NAG's strength (`nag`: `null` where the term is added),
+/// and on SDXL the row's micro-conditioning (`micro`: negimg's time ids of the row).
+fn rows_json(p: &GenParams, images: &ImageNames, sdxl: bool) -> Value {
     let method = registry::of(p.method);
+    let layout = if sdxl {
+        BlockLayout::Sdxl
+    } else {
+        BlockLayout::Sd15
+    };
+    let blocks = |branch: registry::Branch| branch.blocks(p).pairs_on(layout);
+    let micro = sdxl.then(|| micro_rows(p));
     let rows: Vec<Value> = method
         .rows()
         .iter()
-        .map(|&row| {
+        .enumerate()
+        .map(|(k, &row)| {
             let cond = method.row(p, row);
             let extra = cond.extra.map_or(Value::Null, |x| {
                 json!({
                     "image": image_json(x.image, images),
                     "branch": branch_json(x.branch, p),
-                    "blocks": x.branch.blocks(p).pairs(),
+                    "blocks": blocks(x.branch),
                     "sign": x.sign,
                     "nag": x.nag.map(|n| json!({"scale": n.scale, "tau": n.tau, "alpha": n.alpha})),
                 })
@@ -219,12 +234,27 @@ fn rows_json(p: &GenParams, images: &ImageNames) -> Value {
                 "text": cond.text,
                 "image": image_json(cond.image, images),
                 "branch": branch_json(cond.branch, p),
-                "blocks": cond.branch.blocks(p).pairs(),
+                "blocks": blocks(cond.branch),
                 "extra": extra,
+                "micro": micro.as_ref().map_or(Value::Null, |m| m[k].clone()),
             })
         })
         .collect();
     Value::Array(rows)
+}
+
+/// Each row's SDXL micro-conditioning as the pipeline conditions it
+/// ([`crate::pipeline::time_id_rows`]), by diffusers' names: `original_size`,
+/// `crops_coords_top_left`, `target_size` (`_get_add_time_ids` joins them in that order).
+fn micro_rows(p: &GenParams) -> Vec<Value> {
+    let ids = crate::pipeline::time_id_rows(std::slice::from_ref(p));
+    let ids = Vec::<f32>::try_from(ids.view([-1])).expect("time ids are f32");
+    ids.chunks(6)
+        .map(|r| {
+            let pair = |i: usize| json!([r[i] as u32, r[i + 1] as u32]);
+            json!({"original_size": pair(0), "crops_coords_top_left": pair(2), "target_size": pair(4)})
+        })
+        .collect()
 }
 
 /// A row's image tokens: `null` ("no image"), an input image's name, or `subtract`'s
@@ -286,13 +316,6 @@ fn models_json(cell: &StoredCell) -> Result<Value> {
 }
 
 fn model_json(m: &ModelFiles) -> Result<Value> {
-    if m.role == Role::Pipeline && is_sdxl_folder(&m.path) {
-        bail!(
-            "the pipeline {} is an SDXL pipeline, which the diffusers script does not load yet \
-             (it writes StableDiffusionPipeline's call); the export is refused",
-            m.reference
-        );
-    }
     if m.role == Role::Pipeline && m.path.is_file() {
         bail!(
             "the pipeline {} is a single-file checkpoint: negimg maps it with its own configs \
@@ -372,6 +395,14 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Whether the cell's pipeline is SDXL's (a folder whose model_index.json names
+/// `StableDiffusionXLPipeline`; a single file is refused by [`model_json`]).
+fn is_sdxl(cell: &StoredCell) -> bool {
+    cell.models
+        .iter()
+        .any(|m| m.role == Role::Pipeline && is_sdxl_folder(&m.path))
+}
+
 /// Whether `folder`'s model_index.json names diffusers' SDXL pipeline.
 fn is_sdxl_folder(folder: &Path) -> bool {
     std::fs::read_to_string(folder.join("model_index.json"))
@@ -385,7 +416,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn export_refuses_step_sets_neg_off_and_sdxl_by_name() {
+    fn export_refuses_step_sets_and_neg_off_by_name_and_tells_sdxl_folders() {
         let mut p = GenParams::new(1);
         assert!(refuse_steps_and_off(&p).is_ok());
         p.neg_steps_at = Some("3".parse().unwrap());

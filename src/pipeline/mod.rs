@@ -466,7 +466,7 @@ fn load_adapter(
 /// [`GenParams::time_ids`], every other row's [`GenParams::negative_time_ids`]. The uncond
 /// row is diffusers' negative half; the negative row of the three-row methods takes the
 /// same ids, so that `ε₋ − ε∅` differs in text and image alone.
-fn time_id_rows(cells: &[GenParams]) -> Tensor {
+pub fn time_id_rows(cells: &[GenParams]) -> Tensor {
     let refs: Vec<&GenParams> = cells.iter().collect();
     let ids: Vec<f32> = crate::sampling::guidance::row_layout(&refs)
         .into_iter()

@@ -57,6 +57,31 @@ fn random_models(preset: &str) -> PathBuf {
     dir
 }
 
+/// The tiny SDXL pipeline (linked) with a ViT-bigG-shaped tiny image encoder ([`big_g_vision`],
+/// seed 20) and a random `ip-adapter_sdxl.safetensors` for it (seed 21), in the fresh scratch
+/// folder `scratch_name`: the set of h94's `sdxl_models/` base adapter.
+pub fn big_g_sdxl_models(scratch_name: &str) -> PathBuf {
+    use negimg::models::unet::UNet2DConditionConfig;
+    let tiny = tiny_sdxl_models();
+    let dir = super::scratch(scratch_name);
+    std::os::unix::fs::symlink(tiny.join("pipeline"), dir.join("pipeline")).unwrap();
+    let vision = big_g_vision();
+    negimg::models::clip_vision::write_random_model(&dir.join("image_encoder"), &vision, 20)
+        .unwrap();
+    let unet =
+        UNet2DConditionConfig::from_json_file(&tiny.join("pipeline/unet/config.json")).unwrap();
+    let adapter = dir.join(negimg::roles::SDXL_BIG_G_ADAPTER);
+    negimg::pipeline::write_random_adapter(
+        &adapter,
+        negimg::params::AdapterKind::Base,
+        &unet,
+        &vision,
+        21,
+    )
+    .unwrap();
+    dir
+}
+
 /// ViT-bigG's layout at tiny widths (exact GELU, hidden 48 wider than the projection 40;
 /// the tiny ViT-H-shaped encoder is 32 / 16).
 pub fn big_g_vision() -> negimg::models::clip_vision::ClipVisionConfig {

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from PIL import Image
 from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                       StableDiffusionPipeline)
+                       StableDiffusionPipeline, StableDiffusionXLPipeline)
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
@@ -60,13 +60,17 @@ def check_files():
 
 
 def load(device, dtype):
-    """The pipeline (with MODELS' VAE and IP-Adapter) and the image encoder on `device`."""
+    """The pipeline (StableDiffusionXLPipeline for an SDXL cell, else StableDiffusionPipeline;
+    with MODELS' VAE and IP-Adapter) and the image encoder on `device`."""
     path, kw = where(MODELS["pipeline"])
     if MODELS["pipeline"].get("variant"):
         kw["variant"] = MODELS["pipeline"]["variant"]
-    pipe = StableDiffusionPipeline.from_pretrained(
-        path, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        torch_dtype=dtype, **kw)
+    if CELL["sdxl"]:
+        pipe = StableDiffusionXLPipeline.from_pretrained(path, torch_dtype=dtype, **kw)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            path, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            torch_dtype=dtype, **kw)
     if "vae" in MODELS:
         path, kw = where(MODELS["vae"])
         pipe.vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype, **kw)
@@ -210,7 +214,7 @@ def sum_terms(text, terms, weights):
 
 def transformers_in_execution_order(unet):
     """The attn2 processor names of each Transformer2DModel: down blocks, mid, up blocks
-    (ComfyUI's transformer_index; SD1.5 has 16)."""
+    (ComfyUI's transformer_index; SD1.5 has 16, SDXL 11)."""
     names = []
     def add(prefix, attentions):
         for a, t in enumerate(attentions):
@@ -308,8 +312,51 @@ def make_scheduler(pipe):
         use_karras_sigmas=kind == "dpmpp_2m_karras")
 
 
-def text_rows(pipe, texts, device):
-    return torch.cat([pipe.encode_prompt(t, device, 1, False)[0] for t in texts])
+def encode_text(pipe, text, device):
+    """A text's states [1,77,C] and, on SDXL, its pooled projection [1,P]
+    (StableDiffusionXLPipeline.encode_prompt: both encoders' penultimate states joined)."""
+    if not CELL["sdxl"]:
+        return pipe.encode_prompt(text, device, 1, False)[0], None
+    states, _, pooled, _ = pipe.encode_prompt(
+        prompt=text, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    return states, pooled
+
+
+def time_ids(pipe, micro):
+    """A row's add_time_ids [1,6] from its micro-conditioning, as the SDXL pipeline makes them."""
+    return pipe._get_add_time_ids(
+        tuple(micro["original_size"]), tuple(micro["crops_coords_top_left"]),
+        tuple(micro["target_size"]), dtype=torch.float32,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+
+
+def text_rows(pipe, device):
+    """ROWS' text conditioning: {"states": [R,77,C]} and, on SDXL, "pooled" [R,P] and
+    "time_ids" [R,6] (each row's micro-conditioning). With force_zeros_for_empty_prompt
+    (model_index.json), an empty text outside the cond row conditions on zeros, as
+    StableDiffusionXLPipeline does for a negative prompt not given."""
+    encoded = [encode_text(pipe, r["text"], device) for r in ROWS]
+    if not CELL["sdxl"]:
+        return {"states": torch.cat([s for s, _ in encoded])}
+    zeros = lambda r: (pipe.config.force_zeros_for_empty_prompt and r["text"] == ""
+                       and r["row"] != "cond")
+    rows = [tuple(map(torch.zeros_like, e)) if zeros(r) else e for e, r in zip(encoded, ROWS)]
+    return {"states": torch.cat([s for s, _ in rows]), "pooled": torch.cat([p for _, p in rows]),
+            "time_ids": torch.cat([time_ids(pipe, r["micro"]) for r in ROWS]).to(device)}
+
+
+def cat_rows(a, b):
+    """Text conditionings `a` then `b`, key by key."""
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def added_cond(text, embeds, dtype):
+    """The UNet's added_cond_kwargs: the image features of each adapter term and, on SDXL,
+    the pooled text (text_embeds) and time_ids."""
+    kw = {"image_embeds": [e.to(dtype) for e in embeds]}
+    if "pooled" in text:
+        kw.update(text_embeds=text["pooled"].to(dtype), time_ids=text["time_ids"].to(dtype))
+    return kw
 
 
 def decode(pipe, x):
@@ -326,7 +373,7 @@ def generate(device, dtype):
     features = ImageFeatures(encoder, device, dtype)
     weights = IPWeights(pipe.unet)
     merge = prepare_merge(pipe, features, device, dtype)
-    text = text_rows(pipe, [r["text"] for r in ROWS], device)
+    text = text_rows(pipe, device)
     embeds = [torch.cat([features.row(term_image(term(r))) for r in ROWS])[:, None]
               for term in ADAPTER_TERMS]
     sched = make_scheduler(pipe)
@@ -345,8 +392,8 @@ def generate(device, dtype):
               for term in ADAPTER_TERMS]
         rows_in, rows_text, rows_embeds = merge(i, t, sched, x_in, text, embeds)
         weights.set(ws, device, extra_rows=rows_in.shape[0] - r)
-        eps = pipe.unet(rows_in.to(dtype), t, encoder_hidden_states=rows_text.to(dtype),
-                        added_cond_kwargs={"image_embeds": [e.to(dtype) for e in rows_embeds]}).sample
+        eps = pipe.unet(rows_in.to(dtype), t, encoder_hidden_states=rows_text["states"].to(dtype),
+                        added_cond_kwargs=added_cond(rows_text, rows_embeds, dtype)).sample
         # The generator feeds the ancestral scheduler's step noise, after the initial latents.
         x_next = sched.step(guide(eps[:r].float(), i), t, x, generator=g).prev_sample
         after_step(sched, i, x, x_next)

@@ -48,14 +48,20 @@ def prepare_merge(pipe, features, device, dtype):
     z0 = (pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor).float()
     seed = int.from_bytes(hashlib.sha256(raw).digest()[:8], "big") >> 1
     noise = torch.randn(z0.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(device)
-    ref_text = text_rows(pipe, [""], device)
+    ref_states, ref_pooled = encode_text(pipe, "", device)  # not zeroed, as negimg
     ref_embeds = features(None)[:, None]
+
+    def reference_text(text):
+        """The reference row's text conditioning; on SDXL with the first row's time ids."""
+        if ref_pooled is None:
+            return {"states": ref_states}
+        return {"states": ref_states, "pooled": ref_pooled, "time_ids": text["time_ids"][:1]}
 
     def add_reference(i, t, sched, x_in, text, embeds):
         MERGE["on"] = NEGTOME["t_min"] <= float(t) <= NEGTOME["t_max"]
         if not MERGE["on"]:
             return x_in, text, embeds
         ref = sched.scale_model_input(sched.add_noise(z0, noise, t.view(1)), t)
-        return (torch.cat([x_in, ref]), torch.cat([text, ref_text]),
+        return (torch.cat([x_in, ref]), cat_rows(text, reference_text(text)),
                 [torch.cat([e, ref_embeds]) for e in embeds])
     return add_reference

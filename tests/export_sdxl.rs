@@ -1,0 +1,334 @@
+//! `negimg export --diffusers` of SDXL cells (`StableDiffusionXLPipeline`: both text
+//! encoders, the pooled text, micro-conditioning) on the tiny SDXL sets: one run on the
+//! ViT-H set (the base adapter at non-default `original_size` / `crops_coords_top_left` /
+//! `target_size`, `three_branch`, a sigma window on DPM++ 2M Karras with the Plus adapter, an
+//! SDXL block preset on the negative branch and `k_mean_v_c` scaling), one of NegToMe at 128²
+//! (where the tiny SDXL's up blocks reach NegToMe's 32² tokens) and one on the ViT-bigG set
+//! (`ip-adapter_sdxl`). Each exported script, run in the venv (all in one Python process,
+//! tests/reference/run_exports.py), makes negimg's image within 1/255. Guards: the cells are
+//! far apart, and each is far from its twin without the feature under test (default
+//! micro-conditioning, NegToMe at alpha 0), so a script that dropped it would fail.
+mod common;
+
+use common::{negimg, text};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The ViT-H run's cells (32²), by their prompt's last word, in the order of [`VIT_H_ZIP`].
+/// The twins (`*_twin`) are not exported: they are what a script that dropped the feature
+/// would make.
+const VIT_H_CELLS: [&str; 4] = ["micro", "micro_twin", "three_branch", "sigma_window"];
+
+const VIT_H_ZIP: &str = r#"
+negative_image = "lawn"
+
+[[grid.zip]]
+prompt = ["a house micro", "a house micro_twin", "a house three_branch", "a house sigma_window"]
+method = ["uncond", "uncond", "three_branch", "uncond"]
+original_size = [[96, 64], "auto", "auto", "auto"]
+crops_coords_top_left = [[8, 4], [0, 0], [0, 0], [0, 0]]
+target_size = [[48, 40], "auto", "auto", "auto"]
+negative = ["both", "both", "image", "both"]
+adapter = ["base", "base", "base", "plus"]
+window = ["steps", "steps", "steps", "sigma"]
+start = [0, 0, 0.2, 0.2]
+neg_end = [1, 1, 0.75, 0.75]
+scheduler = ["ddim", "ddim", "ddim", "dpmpp_2m_karras"]
+neg_blocks = ["all", "all", "all", "style"]
+ip_scaling = ["v", "v", "v", "k_mean_v_c"]
+"#;
+
+/// The NegToMe run's cells (128², Euler, the ViT-H set): NegToMe and its twin at alpha 0.
+const NEGTOME_ZIP: &str = r#"
+method = "negtome"
+scheduler = "euler"
+negative_image = "lawn128"
+negtome_t_min = 200
+
+[[grid.zip]]
+prompt = ["a house negtome", "a house negtome_twin"]
+negtome_alpha = [0.9, 0]
+"#;
+
+/// The bigG run's cell.
+const BIG_G_CELL: &str = "negative_image = \"lawn\"\nprompt = \"a house big_g\"\n";
+
+/// The exported cells: (run, cell); the script is named after the cell.
+const EXPORTED: [(&str, &str); 5] = [
+    ("vit_h", "micro"),
+    ("vit_h", "three_branch"),
+    ("vit_h", "sigma_window"),
+    ("negtome", "negtome"),
+    ("big_g", "big_g"),
+];
+
+struct Runs {
+    dir: PathBuf,
+    /// Each run's folder by name (`vit_h`, `negtome`, `big_g`).
+    runs: BTreeMap<&'static str, PathBuf>,
+}
+
+/// The three runs (batches of 1: a cell's image does not depend on its batch).
+fn runs() -> &'static Runs {
+    static RUNS: OnceLock<Runs> = OnceLock::new();
+    RUNS.get_or_init(|| {
+        let dir = common::scratch("export_sdxl");
+        common::parity::write_pos_neg(&dir, (70, 90));
+        common::parity::write_image(&dir.join("neg128.png"), 128, 128, 3);
+        let vit_h = common::tiny::tiny_sdxl_models();
+        let big_g = common::tiny::big_g_sdxl_models("export_sdxl_big_g_models");
+        let m = vit_h.display();
+        let adapters = format!(
+            "{{ base = \"{m}/ip-adapter_sdxl_vit-h.safetensors\", \
+             plus = \"{m}/ip-adapter-plus_sdxl_vit-h.safetensors\" }}"
+        );
+        let big_g_adapter = format!(
+            "{{ base = \"{}/ip-adapter_sdxl.safetensors\" }}",
+            big_g.display()
+        );
+        let runs = [
+            ("vit_h", &vit_h, &adapters, 32, VIT_H_ZIP),
+            ("negtome", &vit_h, &adapters, 128, NEGTOME_ZIP),
+            ("big_g", &big_g, &big_g_adapter, 32, BIG_G_CELL),
+        ]
+        .map(|(name, models, adapters, size, cells)| {
+            let cells = format!("size = {size}\n{cells}");
+            (name, run_experiment(&dir, name, models, adapters, &cells))
+        });
+        Runs {
+            dir,
+            runs: runs.into_iter().collect(),
+        }
+    })
+}
+
+/// Runs the experiment `name` on the model set `models` with `adapters` and `cells` (the end
+/// of `[defaults]`: the size, and a zip or the prompt), 4 steps; returns its run folder.
+fn run_experiment(dir: &Path, name: &str, models: &Path, adapters: &str, cells: &str) -> PathBuf {
+    let m = models.display();
+    let toml = format!(
+        "[experiment]\nname = \"{name}\"\n\n[models]\npipeline = \"{m}/pipeline\"\n\
+         ip_adapter = {adapters}\nimage_encoder = \"{m}/image_encoder\"\n\n\
+         [images.house]\npath = \"pos.png\"\n[images.lawn]\npath = \"neg.png\"\n\
+         [images.lawn128]\npath = \"neg128.png\"\n\n\
+         [defaults]\nsteps = 4\ndtype = \"fp32\"\nseed = 7\ncfg = 6\n\
+         negative_prompt = \"grass\"\nnegative = \"both\"\npositive_image = \"house\"\n\
+         {cells}"
+    );
+    std::fs::write(dir.join(format!("{name}.toml")), toml).unwrap();
+    let out = negimg(
+        &[
+            "--device",
+            "cpu",
+            "run",
+            &format!("{name}.toml"),
+            "--batch",
+            "1",
+            "--no-report",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    common::only_run(&dir.join("results").join(name))
+}
+
+/// The image of the cell whose prompt ends in `cell`, in the run `run`.
+fn image_of(run: &str, cell: &str) -> PathBuf {
+    let folder = &runs().runs[run];
+    let mut csv = csv::Reader::from_path(folder.join("records.csv")).unwrap();
+    let headers = csv.headers().unwrap().clone();
+    let col = |k: &str| headers.iter().position(|h| h == k).unwrap();
+    let prompt = format!("a house {cell}");
+    csv.records()
+        .map(Result::unwrap)
+        .find(|rec| rec[col("prompt")] == prompt)
+        .map(|rec| folder.join(&rec[col("file")]))
+        .unwrap_or_else(|| panic!("no record of {cell} in {run}"))
+}
+
+fn export(png: &Path, script: &Path) -> std::process::Output {
+    negimg(
+        &[
+            "--device",
+            "cpu",
+            "export",
+            png.to_str().unwrap(),
+            "--diffusers",
+            script.to_str().unwrap(),
+        ],
+        &runs().dir,
+    )
+}
+
+/// Every cell of [`EXPORTED`] exported, and the scripts run in one Python process; returns
+/// the runner's output.
+fn scripts_run() -> &'static String {
+    static RAN: OnceLock<String> = OnceLock::new();
+    RAN.get_or_init(|| {
+        let dir = &runs().dir;
+        let mut args = vec![];
+        for (run, cell) in EXPORTED {
+            let script = dir.join(format!("{cell}.py"));
+            let out = export(&image_of(run, cell), &script);
+            assert!(out.status.success(), "{cell}: {}", text(&out));
+            args.push(script);
+            args.push(dir.join(format!("{cell}-diffusers.png")));
+        }
+        let runner = common::repo().join("tests/reference/run_exports.py");
+        let out = std::process::Command::new(common::python())
+            .arg(runner)
+            .args(&args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_ENDPOINT")
+            .output()
+            .unwrap();
+        text(&out)
+    })
+}
+
+/// The exported script of `cell` makes negimg's image within 1/255.
+fn assert_script_matches(run: &str, cell: &str) {
+    let log = scripts_run();
+    let made = runs().dir.join(format!("{cell}-diffusers.png"));
+    assert!(made.is_file(), "{cell}: the script made no image:\n{log}");
+    let diff = max_level_diff(&rgb(&image_of(run, cell)), &rgb(&made));
+    eprintln!("{cell}: exported script within {diff}/255 of negimg");
+    assert!(
+        diff <= 1,
+        "{cell}: the script's image is {diff}/255 from negimg's"
+    );
+}
+
+fn rgb(png: &Path) -> image::RgbImage {
+    image::open(png).unwrap().to_rgb8()
+}
+
+fn max_level_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn export_sdxl_vit_h_base_at_non_default_micro_conditioning_matches_negimg() {
+    assert_script_matches("vit_h", "micro");
+    let script = std::fs::read_to_string(runs().dir.join("micro.py")).unwrap();
+    assert!(
+        script.contains("\"original_size\":[96,64]")
+            && script.contains("\"crops_coords_top_left\":[8,4]")
+            && script.contains("\"target_size\":[48,40]"),
+        "the rows carry the cell's micro-conditioning"
+    );
+}
+
+#[test]
+fn export_sdxl_three_branch_matches_negimg() {
+    assert_script_matches("vit_h", "three_branch");
+}
+
+#[test]
+fn export_sdxl_sigma_window_karras_plus_preset_k_mean_v_c_matches_negimg() {
+    assert_script_matches("vit_h", "sigma_window");
+}
+
+#[test]
+fn export_sdxl_negtome_matches_negimg() {
+    assert_script_matches("negtome", "negtome");
+}
+
+#[test]
+fn export_sdxl_big_g_adapter_matches_negimg() {
+    assert_script_matches("big_g", "big_g");
+}
+
+/// The cells are pairwise far apart, and each feature's cell is far from its twin without
+/// it: "within 1/255" tells a script's image from another cell's, and a script that dropped
+/// micro-conditioning or NegToMe's merge would fail its test.
+#[test]
+fn export_sdxl_cells_differ_so_the_tolerance_means_something() {
+    let mut cells: Vec<(&str, &str)> = VIT_H_CELLS.iter().map(|c| ("vit_h", *c)).collect();
+    cells.extend([
+        ("negtome", "negtome"),
+        ("negtome", "negtome_twin"),
+        ("big_g", "big_g"),
+    ]);
+    let images: Vec<image::RgbImage> = cells.iter().map(|(r, c)| rgb(&image_of(r, c))).collect();
+    for i in 0..cells.len() {
+        for j in i + 1..cells.len() {
+            if images[i].dimensions() != images[j].dimensions() {
+                continue;
+            }
+            let d = max_level_diff(&images[i], &images[j]);
+            eprintln!("{} and {}: {d}/255 apart", cells[i].1, cells[j].1);
+            assert!(
+                d > 2,
+                "{} and {} are only {d}/255 apart",
+                cells[i].1,
+                cells[j].1
+            );
+        }
+    }
+}
+
+/// What stays unsupported on SDXL is refused by name and no script is written: an SDXL
+/// single-file checkpoint (the run's pipeline recorded as a file) and a step set.
+#[test]
+fn export_sdxl_refuses_a_single_file_pipeline_and_a_step_set() {
+    let r = runs();
+    let png = image_of("big_g", "big_g");
+    let single = std::fs::canonicalize(r.dir.join("pos.png")).unwrap();
+    let single_png = run_copy("single_file", std::fs::read(&png).unwrap(), |m| {
+        for model in m["models"].as_array_mut().unwrap() {
+            if model["role"] == "pipeline" {
+                model["path"] = single.to_str().unwrap().into();
+            }
+        }
+    });
+    let steps = with_param(&png, "neg_steps_at", "1,3".into());
+    let steps_png = run_copy("step_set", steps, |_| {});
+    for (png, expected) in [
+        (&single_png, "is a single-file checkpoint"),
+        (&steps_png, "uses a step set"),
+    ] {
+        let script = r.dir.join("refused.py");
+        let out = export(png, &script);
+        assert!(!out.status.success(), "{expected}");
+        assert!(text(&out).contains(expected), "{}", text(&out));
+        assert!(!script.exists());
+    }
+}
+
+/// A copy of the bigG run folder named `name` holding the image `png` (bytes) as its cell,
+/// its manifest changed by `edit` (the models stay where they are); returns the image's path.
+fn run_copy(name: &str, png: Vec<u8>, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let folder = &runs().runs["big_g"];
+    let copy = runs().dir.join("copies").join(name);
+    std::fs::create_dir_all(copy.join("images")).unwrap();
+    std::fs::create_dir_all(copy.join("inputs")).unwrap();
+    for e in std::fs::read_dir(folder.join("inputs")).unwrap().flatten() {
+        std::fs::copy(e.path(), copy.join("inputs").join(e.file_name())).unwrap();
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("manifest.json")).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(copy.join("manifest.json"), manifest.to_string()).unwrap();
+    let image = copy.join("images/cell.png");
+    std::fs::write(&image, png).unwrap();
+    image
+}
+
+/// The PNG `png` with its `negimg` chunk's parameter `key` set to `value`.
+fn with_param(png: &Path, key: &str, value: serde_json::Value) -> Vec<u8> {
+    let texts = negimg::run::png::read_texts(png).unwrap();
+    let chunk = &texts.iter().find(|(k, _)| k == "negimg").unwrap().1;
+    let mut chunk: serde_json::Value = serde_json::from_str(chunk).unwrap();
+    chunk["params"][key] = value;
+    let img = image::open(png).unwrap().to_rgb8();
+    negimg::run::png::encode(&img, &[("negimg", &chunk.to_string())]).unwrap()
+}
