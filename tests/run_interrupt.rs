@@ -218,6 +218,19 @@ fn written(run: &Path) -> BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
         .collect()
 }
 
+/// The UNet row-steps the last call of `run` logged: (computed, planned by its batches).
+fn row_steps(run: &Path) -> (usize, usize) {
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("UNet row-steps: "))
+        .unwrap_or_else(|| panic!("no row-steps line in log.txt:\n{log}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "row-steps:").unwrap();
+    let number = |w: &str| w.parse::<usize>().unwrap_or_else(|_| panic!("{line}"));
+    (number(words[at + 1]), number(words[at + 5]))
+}
+
 #[test]
 fn shared_trajectory_resume_after_sigkill_keeps_finished_cells_and_equals_an_uninterrupted_run() {
     let dir = common::scratch("run_interrupt_shared_trajectories");
@@ -244,8 +257,9 @@ neg_steps_at = "each 0-3"
     assert_eq!(whole.len(), 20);
 
     let mut child = spawn(&dir, "killed", &["--batch", "2"]);
-    // Records are written trunk by trunk, the baseline's 4 cells first: 5 hold a probe.
-    wait_for_cells(&dir.join("killed"), 5, &mut child);
+    // Records are written trunk by trunk (a baseline image has 4 cells): the last trunk is
+    // being written, so the resumed batch leads to few cells and skips calls.
+    wait_for_cells(&dir.join("killed"), PROBE_CELLS - 4, &mut child);
     child.kill().unwrap(); // SIGKILL, in or just after the writes of the batch
     child.wait().unwrap();
     let run = run_dir(&dir.join("killed"));
@@ -284,6 +298,21 @@ neg_steps_at = "each 0-3"
         assert_eq!(now.get(path), Some(was), "{path} was written again");
     }
     assert_eq!(images(&run), whole, "resumed images differ");
+    // The uninterrupted run computes every row-step of its batch; the resumed one keeps the
+    // batch's calls but skips those that lead only to the finished cells.
+    let whole_steps = row_steps(&run_dir(&dir.join("whole")));
+    assert_eq!(whole_steps.0, whole_steps.1, "{whole_steps:?}");
+    let resumed = row_steps(&run);
+    assert_eq!(
+        resumed.1, whole_steps.1,
+        "the resumed batch plans the same calls"
+    );
+    assert!(
+        resumed.0 < resumed.1,
+        "the resumed run computed {} of {} row-steps",
+        resumed.0,
+        resumed.1
+    );
     let records = read_records(&run.join("records.csv")).unwrap();
     assert_eq!(records.len(), PROBE_CELLS);
     assert!(records.iter().all(|r| r.status == Status::Done));

@@ -72,12 +72,41 @@ weight = [0.5, 1]
 /// 2 adapters x 3 cfg x 2 weights x 2 seeds.
 const CELLS: usize = 24;
 
+/// An experiment `name` with the base adapter, the inputs `house` (made from text) and
+/// `lawn`, 3 steps at 16x16 from `house`, then `cells` (more defaults and the grid).
+fn one_adapter(name: &str, cells: &str) -> String {
+    format!(
+        r#"
+[experiment]
+name = "{name}"
+
+[models]
+pipeline = "models/pipeline"
+ip_adapter = {{ base = "models/ip-adapter_sd15.safetensors" }}
+image_encoder = "models/image_encoder"
+
+[images.house]
+generate = {{ prompt = "a house" }}
+
+[images.lawn]
+path = "lawn.png"
+
+[defaults]
+steps = 3
+size = 16
+positive_image = "house"
+{cells}"#
+    )
+}
+
 /// Makes an 8x8 image whose colour is a hash of the parameters (input images by file
 /// name), so it does not depend on the run folder or the batch. `cfg == fail_cfg` fails.
 #[derive(Clone, Default)]
 struct Fake {
     cells: Arc<AtomicUsize>,
     batches: Arc<Mutex<Vec<usize>>>,
+    /// Each batch's wanted flags.
+    wanted: Arc<Mutex<Vec<Vec<bool>>>>,
     fail_cfg: Option<f64>,
     /// Sets the flag after this many batches (an interrupt during the run).
     stop_after: Option<(usize, Arc<AtomicBool>)>,
@@ -87,12 +116,15 @@ impl Generator for Fake {
     fn estimate_batch(&self, _width: usize, _height: usize) -> usize {
         3
     }
+    /// Makes only the `wanted` cells, as the pipeline may.
     fn generate(
         &mut self,
         cells: &[GenParams],
+        wanted: &[bool],
         progress: &mut dyn FnMut(usize, usize),
-    ) -> std::result::Result<Vec<CellOutcome>, GenerateError> {
+    ) -> std::result::Result<Vec<Option<CellOutcome>>, GenerateError> {
         progress(1, 1);
+        self.wanted.lock().unwrap().push(wanted.to_vec());
         let mut batches = self.batches.lock().unwrap();
         batches.push(cells.len());
         if let Some((n, flag)) = &self.stop_after
@@ -103,32 +135,37 @@ impl Generator for Fake {
         self.cells.fetch_add(cells.len(), Ordering::SeqCst);
         Ok(cells
             .iter()
-            .map(|p| {
-                for img in [&p.positive_image, &p.negative_image].into_iter().flatten() {
-                    assert!(img.is_file(), "input {} missing", img.display());
-                }
-                if Some(p.cfg) == self.fail_cfg && p.positive.weight > 0.0 {
-                    return CellOutcome::Failed("NaN in latents at step 2".into());
-                }
-                let mut q = p.clone();
-                q.positive_image = p
-                    .positive_image
-                    .as_ref()
-                    .and_then(|f| f.file_name())
-                    .map(PathBuf::from);
-                q.negative_image = p
-                    .negative_image
-                    .as_ref()
-                    .and_then(|f| f.file_name())
-                    .map(PathBuf::from);
-                let h = negimg::digest::sha256_hex(&serde_json::to_vec(&q).unwrap());
-                let b = h.as_bytes();
-                CellOutcome::Image(image::RgbImage::from_fn(8, 8, |x, y| {
-                    image::Rgb([b[0] ^ x as u8, b[1] ^ y as u8, b[2]])
-                }))
-            })
+            .zip(wanted)
+            .map(|(p, &w)| w.then(|| fake_image(p, self.fail_cfg)))
             .collect())
     }
+}
+
+/// The fake's outcome for `p`: a hash of its parameters, or a failure when its cfg is
+/// `fail_cfg`.
+fn fake_image(p: &GenParams, fail_cfg: Option<f64>) -> CellOutcome {
+    for img in [&p.positive_image, &p.negative_image].into_iter().flatten() {
+        assert!(img.is_file(), "input {} missing", img.display());
+    }
+    if Some(p.cfg) == fail_cfg && p.positive.weight > 0.0 {
+        return CellOutcome::Failed("NaN in latents at step 2".into());
+    }
+    let mut q = p.clone();
+    q.positive_image = p
+        .positive_image
+        .as_ref()
+        .and_then(|f| f.file_name())
+        .map(PathBuf::from);
+    q.negative_image = p
+        .negative_image
+        .as_ref()
+        .and_then(|f| f.file_name())
+        .map(PathBuf::from);
+    let h = negimg::digest::sha256_hex(&serde_json::to_vec(&q).unwrap());
+    let b = h.as_bytes();
+    CellOutcome::Image(image::RgbImage::from_fn(8, 8, |x, y| {
+        image::Rgb([b[0] ^ x as u8, b[1] ^ y as u8, b[2]])
+    }))
 }
 
 struct Setup {
@@ -472,35 +509,21 @@ fn shard_specs_parse_and_partition_the_cells() {
 
 /// `negative = none` ignores the negative image: its two cells share one image file but
 /// each has its own record row.
-const CROSSED: &str = r#"
-[experiment]
-name = "crossed"
-
-[models]
-pipeline = "models/pipeline"
-ip_adapter = { base = "models/ip-adapter_sd15.safetensors" }
-image_encoder = "models/image_encoder"
-
-[images.house]
-generate = { prompt = "a house" }
-
-[images.lawn]
-path = "lawn.png"
-
-[defaults]
-steps = 3
-size = 16
-positive_image = "house"
-seeds = [1]
+fn crossed() -> String {
+    one_adapter(
+        "crossed",
+        r#"seeds = [1]
 
 [grid]
 negative = ["none", "image"]
 negative_image = ["lawn", "house"]
-"#;
+"#,
+    )
+}
 
 #[test]
 fn cells_differing_only_in_an_ignored_parameter_keep_one_record_each() {
-    let s = setup_with("run_resume_crossed", CROSSED);
+    let s = setup_with("run_resume_crossed", &crossed());
     let opts = options(&s.dir.join("results"));
     let fake = Fake::default();
     let sum = go(&s, &opts, &fake).unwrap();
@@ -577,36 +600,22 @@ fn editing_the_experiment_is_said_and_changed_cells_need_new_or_force() {
 
 /// Methods crossed with `negative`: at `negative = none` only `uncond` has a meaning; the
 /// other methods have nothing to subtract and are made as that cell.
-const METHODS_CROSSED: &str = r#"
-[experiment]
-name = "methods"
-
-[models]
-pipeline = "models/pipeline"
-ip_adapter = { base = "models/ip-adapter_sd15.safetensors" }
-image_encoder = "models/image_encoder"
-
-[images.house]
-generate = { prompt = "a house" }
-
-[images.lawn]
-path = "lawn.png"
-
-[defaults]
-steps = 3
-size = 16
-positive_image = "house"
-negative_image = "lawn"
+fn methods_crossed() -> String {
+    one_adapter(
+        "methods",
+        r#"negative_image = "lawn"
 seeds = [1]
 
 [grid]
 negative = ["none", "image"]
 method = "uncond, three_branch, subtract, negtome"
-"#;
+"#,
+    )
+}
 
 #[test]
 fn cells_with_nothing_to_subtract_share_the_baseline_image_and_keep_its_key() {
-    let s = setup_with("run_resume_nothing_to_subtract", METHODS_CROSSED);
+    let s = setup_with("run_resume_nothing_to_subtract", &methods_crossed());
     let opts = options(&s.dir.join("results"));
     let fake = Fake::default();
     let sum = go(&s, &opts, &fake).unwrap();
@@ -640,7 +649,7 @@ fn cells_with_nothing_to_subtract_share_the_baseline_image_and_keep_its_key() {
     assert_eq!(baseline.file, format!("images/{}.png", baseline.cell_id));
     let alone = setup_with(
         "run_resume_nothing_to_subtract_alone",
-        &METHODS_CROSSED.replace(
+        &methods_crossed().replace(
             "method = \"uncond, three_branch, subtract, negtome\"",
             "method = \"uncond\"",
         ),
@@ -670,33 +679,19 @@ fn cells_with_nothing_to_subtract_share_the_baseline_image_and_keep_its_key() {
 
 /// A one-step probe grid: the no-negative baseline and the negative at each of 3 steps, 2
 /// seeds: per seed one trunk of 4 images sharing their trajectories.
-const PROBES: &str = r#"
-[experiment]
-name = "probes"
-
-[models]
-pipeline = "models/pipeline"
-ip_adapter = { base = "models/ip-adapter_sd15.safetensors" }
-image_encoder = "models/image_encoder"
-
-[images.house]
-generate = { prompt = "a house" }
-
-[images.lawn]
-path = "lawn.png"
-
-[defaults]
-steps = 3
-size = 16
-positive_image = "house"
-negative_image = "lawn"
+fn probes() -> String {
+    one_adapter(
+        "probes",
+        r#"negative_image = "lawn"
 neg_off = "no_image"
 seeds = { count = 2 }
 
 [grid]
 negative = ["none", "image"]
 neg_steps_at = "each 0-2"
-"#;
+"#,
+    )
+}
 
 /// Each file under images/ and cells/ with its bytes and modification time.
 fn written(run: &Path) -> BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
@@ -715,7 +710,7 @@ fn written(run: &Path) -> BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
 
 #[test]
 fn resume_mid_trunk_writes_only_the_cells_not_written_and_leaves_the_finished_ones() {
-    let s = setup_with("run_resume_mid_trunk", PROBES);
+    let s = setup_with("run_resume_mid_trunk", &probes());
     let opts = options(&s.dir.join("results"));
     let fake = Fake::default();
     let first = go(&s, &opts, &fake).unwrap();
@@ -742,9 +737,12 @@ fn resume_mid_trunk_writes_only_the_cells_not_written_and_leaves_the_finished_on
     let again = go(&s, &opts, &fake).unwrap();
     assert!(again.complete);
     assert_eq!((again.generated, again.skipped), (3, records.len() - 3));
-    // The batch is made whole again (its images must be those of the uninterrupted run,
-    // and a UNet call of other rows may round differently) ...
+    // The batch is handed over whole again (its images must be those of the uninterrupted
+    // run, and a UNet call of other rows may round differently), with only the three
+    // wanted: the work that leads to no other cell is skipped ...
     assert_eq!(*fake.batches.lock().unwrap(), [8]);
+    let wanted = fake.wanted.lock().unwrap().concat();
+    assert_eq!(wanted.iter().filter(|&&w| w).count(), 3, "{wanted:?}");
     // ... but only the three are written: the finished cells' files are untouched ...
     let now = written(&run);
     for (path, before) in &kept {

@@ -13,7 +13,7 @@ use crate::params::{GenParams, Row, StepAt};
 use crate::pipeline::conditioning::TextRows;
 use crate::sampling::methods::{CellState, Step};
 use crate::sampling::negtome::{MIN_SIZE, MergedRow, ReferenceRows};
-use crate::sampling::trajectory::Trajectories;
+use crate::sampling::trajectory::{self, Trajectories};
 use crate::sampling::{self, Scheduler, guidance};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -61,11 +61,15 @@ pub struct References<'a> {
 /// while they are identical ([`Trajectories`]); each step's groups go through the UNet
 /// `call_cells` groups per call. `progress(step, steps)` after each step. At the steps of a
 /// cell's `trace`, its x̂₀ ([`Scheduler::predicted_x0`] of its group's guided prediction).
+/// Only the `needed` cells' latents are made: a call whose groups lead to none of them is
+/// skipped (its groups' latents then carry no meaning), the others are the calls of the
+/// whole batch, so the needed cells round as they do in it.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise(
     unet: &UNet2DConditionModel,
     scheduler: &mut dyn Scheduler,
     cells: &[GenParams],
+    needed: &[bool],
     cond: &Conditioning,
     x: Tensor,
     step_noise: Option<&Tensor>,
@@ -88,6 +92,7 @@ pub fn denoise(
             (tree, call_cells.max(1))
         }
     };
+    let mut row_steps = RowSteps::default();
     let mut x = x.index_select(0, &indices(&tree.initial, device));
     // What each group's method carries from step to step, forked with the latents.
     let mut states: Vec<CellState> = tree.initial.iter().map(|_| CellState::default()).collect();
@@ -113,6 +118,7 @@ pub fn denoise(
             index: i,
             t,
         };
+        let live = live_groups(&tree.group_of[i], groups.len(), needed);
         let mut parts = Vec::with_capacity(members.len().div_ceil(call_cells));
         for (k, (chunk, chunk_states)) in members
             .chunks(call_cells)
@@ -120,11 +126,18 @@ pub fn denoise(
             .enumerate()
         {
             let x = x.narrow(0, (k * call_cells) as i64, chunk.len() as i64);
-            parts.push(call.guided(&refs, chunk, &x, chunk_states));
+            let chunk_rows: usize = chunk.iter().map(|&c| trajectory::rows(refs[c])).sum();
+            row_steps.planned += chunk_rows;
+            if live[k * call_cells..][..chunk.len()].contains(&true) {
+                row_steps.computed += chunk_rows;
+                parts.push(call.guided(&refs, chunk, &x, chunk_states));
+            } else {
+                parts.push(x.zeros_like());
+            }
         }
         let eps = Tensor::cat(&parts, 0);
         let traced: Vec<usize> = (0..cells.len())
-            .filter(|&c| cells[c].trace.as_ref().is_some_and(|t| t.contains(i)))
+            .filter(|&c| traced_at(&cells[c], i))
             .collect();
         if !traced.is_empty() {
             let predicted = scheduler.predicted_x0(&eps, i, &x);
@@ -147,14 +160,45 @@ pub fn denoise(
     Denoised {
         x: x.index_select(0, &indices(&tree.last, device)),
         x0,
+        row_steps,
     }
 }
 
 /// The final latents `[B, 4, h, w]` of a batch's cells, and each cell's x̂₀ latents
-/// `[4, h, w]` at its trace steps (step, latents).
+/// `[4, h, w]` at its trace steps (step, latents); the UNet row-steps.
 pub struct Denoised {
     pub x: Tensor,
     pub x0: Vec<Vec<(usize, Tensor)>>,
+    pub row_steps: RowSteps,
+}
+
+/// UNet row-steps of a batch: those computed, and those its calls plan (all of them when
+/// every cell is needed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowSteps {
+    pub computed: usize,
+    pub planned: usize,
+}
+
+impl std::ops::AddAssign for RowSteps {
+    fn add_assign(&mut self, other: RowSteps) {
+        self.computed += other.computed;
+        self.planned += other.planned;
+    }
+}
+
+/// Whether `cell`'s x̂₀ is traced at step `i`.
+pub fn traced_at(cell: &GenParams, i: usize) -> bool {
+    cell.trace.as_ref().is_some_and(|t| t.contains(i))
+}
+
+/// Which of a step's `groups` lead to a `needed` cell (`group_of`: each cell's group).
+fn live_groups(group_of: &[usize], groups: usize, needed: &[bool]) -> Vec<bool> {
+    let mut live = vec![false; groups];
+    for (&g, _) in group_of.iter().zip(needed).filter(|(_, n)| **n) {
+        live[g] = true;
+    }
+    live
 }
 
 fn indices(v: &[usize], device: Device) -> Tensor {

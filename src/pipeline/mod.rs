@@ -25,6 +25,7 @@ pub mod random;
 pub mod single_file;
 pub mod source;
 
+pub use denoise::RowSteps;
 pub use random::{RandomPreset, RandomShapes, write_random_adapter};
 
 use crate::models::attention_probe::AttentionProbe;
@@ -84,6 +85,8 @@ pub struct Pipeline {
     call_cells: usize,
     /// The decoded x̂₀ traces of the last batch: per cell, (step, image `[3, H, W]`).
     traces: Vec<Vec<(usize, FloatOutcome)>>,
+    /// The UNet row-steps of the last batch.
+    row_steps: RowSteps,
     /// With attention maps on: the maps of the cells of the last batch
     /// ([`Self::take_attention_maps`]).
     attention_maps: Option<Vec<CellMaps>>,
@@ -179,6 +182,7 @@ impl Pipeline {
             negtome_cache: HashMap::new(),
             call_cells: usize::MAX,
             traces: Vec::new(),
+            row_steps: RowSteps::default(),
             attention_maps: None,
             map_steps: None,
         }
@@ -250,6 +254,20 @@ impl Pipeline {
         Ok(floats.into_iter().map(to_outcome).collect())
     }
 
+    /// As [`generate`](Self::generate), making at least the cells marked in `wanted`: the
+    /// batch keeps the UNet calls and decodes it has with every cell (so the images are
+    /// those it makes), and skips the calls and decodes that lead to no wanted cell; a cell
+    /// so skipped comes back `None` ([`Self::take_row_steps`] counts what was computed).
+    pub fn generate_wanted(
+        &mut self,
+        cells: &[GenParams],
+        wanted: &[bool],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> std::result::Result<Vec<Option<CellOutcome>>, GenerateError> {
+        let floats = self.generate_caught(cells, wanted, progress)?;
+        Ok(floats.into_iter().map(|f| f.map(to_outcome)).collect())
+    }
+
     /// As [`generate`](Self::generate), with the float images `[3, H, W]` in `[0, 1]`.
     /// Out-of-memory failures (errors or libtorch panics) come back as
     /// [`GenerateError::OutOfMemory`], so that the caller can try a smaller batch.
@@ -258,8 +276,29 @@ impl Pipeline {
         cells: &[GenParams],
         progress: &mut dyn FnMut(usize, usize),
     ) -> std::result::Result<Vec<FloatOutcome>, GenerateError> {
+        let all = vec![true; cells.len()];
+        let floats = self.generate_caught(cells, &all, progress)?;
+        floats
+            .into_iter()
+            .map(|f| f.ok_or_else(|| GenerateError::Other(anyhow!("a wanted cell was not made"))))
+            .collect()
+    }
+
+    /// The UNet row-steps of the last batch: computed, and planned for all its cells.
+    pub fn take_row_steps(&mut self) -> RowSteps {
+        std::mem::take(&mut self.row_steps)
+    }
+
+    /// [`Self::generate_batch`] with out-of-memory failures (errors or libtorch panics) as
+    /// [`GenerateError::OutOfMemory`].
+    fn generate_caught(
+        &mut self,
+        cells: &[GenParams],
+        wanted: &[bool],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> std::result::Result<Vec<Option<FloatOutcome>>, GenerateError> {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tch::no_grad(|| self.generate_batch(cells, progress))
+            tch::no_grad(|| self.generate_batch(cells, wanted, progress))
         }));
         match result {
             Ok(Ok(r)) => Ok(r),
@@ -285,11 +324,15 @@ impl Pipeline {
     fn generate_batch(
         &mut self,
         cells: &[GenParams],
+        wanted: &[bool],
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Vec<FloatOutcome>> {
+    ) -> Result<Vec<Option<FloatOutcome>>> {
         let Some(first) = cells.first() else {
             return Ok(vec![]);
         };
+        if wanted.len() != cells.len() {
+            bail!("{} wanted flags for {} cells", wanted.len(), cells.len());
+        }
         if let Some(c) = cells.iter().find(|c| c.batch_key() != first.batch_key()) {
             bail!(
                 "cells of one batch must share steps, size, scheduler, adapter and ip_scaling (seed {} differs from seed {})",
@@ -357,10 +400,12 @@ impl Pipeline {
             ),
             probe: probe.as_ref(),
         };
-        let denoise::Denoised { x, x0 } = denoise::denoise(
+        let needed = self.needed_cells(cells, wanted);
+        let denoise::Denoised { x, x0, row_steps } = denoise::denoise(
             &self.unet,
             scheduler.as_mut(),
             cells,
+            &needed,
             &cond,
             x,
             step_noise.as_ref(),
@@ -374,8 +419,32 @@ impl Pipeline {
             });
             *maps = finished.map_or_else(Vec::new, |m| attention_maps::cell_maps(&m, cells));
         }
-        self.traces = self.decode_traces(x0, cells)?;
-        self.decode_chunks(&x, cells)
+        self.row_steps = row_steps;
+        self.traces = self.decode_traces(x0, cells, &needed)?;
+        self.decode_chunks(&x, cells, &needed)
+    }
+
+    /// The cells whose latents a batch must make so that the `wanted` cells' images and
+    /// traces are those of the whole batch: each VAE decode (of images, and of traces)
+    /// that holds a wanted cell is made whole, with the same cells as in the whole batch.
+    fn needed_cells(&self, cells: &[GenParams], wanted: &[bool]) -> Vec<bool> {
+        let trace_rows: Vec<usize> = trace_rows(cells).map(|(c, _)| c).collect();
+        let image_rows: Vec<usize> = (0..cells.len()).collect();
+        let mut needed = wanted.to_vec();
+        loop {
+            let before = needed.clone();
+            for chunk in [&image_rows, &trace_rows]
+                .into_iter()
+                .flat_map(|rows| rows.chunks(self.call_cells))
+            {
+                if chunk.iter().any(|&c| needed[c]) {
+                    chunk.iter().for_each(|&c| needed[c] = true);
+                }
+            }
+            if needed == before {
+                return needed;
+            }
+        }
     }
 
     /// The x̂₀ traces of the last batch (per cell, in order: (step, float image)); taken
@@ -394,11 +463,13 @@ impl Pipeline {
             .collect()
     }
 
-    /// Decodes each cell's x̂₀ latents as images, `call_cells` per VAE call.
+    /// Decodes each cell's x̂₀ latents as images, `call_cells` per VAE call (those of the
+    /// `needed` cells: a call without one is skipped).
     fn decode_traces(
         &mut self,
         x0: Vec<Vec<(usize, Tensor)>>,
         cells: &[GenParams],
+        needed: &[bool],
     ) -> Result<Vec<Vec<(usize, FloatOutcome)>>> {
         let rows: Vec<(usize, usize, Tensor)> = (x0.into_iter().enumerate())
             .flat_map(|(c, t)| t.into_iter().map(move |(step, l)| (c, step, l)))
@@ -409,19 +480,33 @@ impl Pipeline {
         }
         let latents = Tensor::stack(&rows.iter().map(|r| &r.2).collect::<Vec<_>>(), 0);
         let of_row: Vec<GenParams> = rows.iter().map(|r| cells[r.0].clone()).collect();
-        let images = self.decode_chunks(&latents, &of_row)?;
+        let row_needed: Vec<bool> = rows.iter().map(|r| needed[r.0]).collect();
+        let images = self.decode_chunks(&latents, &of_row, &row_needed)?;
         for ((c, step, _), image) in rows.into_iter().zip(images) {
-            out[c].push((step, image));
+            if let Some(image) = image {
+                out[c].push((step, image));
+            }
         }
         Ok(out)
     }
 
-    /// Decodes `x` of `cells` at most `call_cells` images per VAE call.
-    fn decode_chunks(&mut self, x: &Tensor, cells: &[GenParams]) -> Result<Vec<FloatOutcome>> {
+    /// Decodes `x` of `cells` at most `call_cells` images per VAE call; a call without a
+    /// `needed` image is skipped (its images `None`).
+    fn decode_chunks(
+        &mut self,
+        x: &Tensor,
+        cells: &[GenParams],
+        needed: &[bool],
+    ) -> Result<Vec<Option<FloatOutcome>>> {
         let mut out = Vec::with_capacity(cells.len());
         for (k, chunk) in cells.chunks(self.call_cells).enumerate() {
-            let rows = x.narrow(0, (k * self.call_cells) as i64, chunk.len() as i64);
-            out.extend(self.decoder.decode(&rows, chunk)?);
+            let start = k * self.call_cells;
+            if !needed[start..][..chunk.len()].contains(&true) {
+                out.extend(chunk.iter().map(|_| None));
+                continue;
+            }
+            let rows = x.narrow(0, start as i64, chunk.len() as i64);
+            out.extend(self.decoder.decode(&rows, chunk)?.into_iter().map(Some));
         }
         Ok(out)
     }
@@ -568,6 +653,15 @@ pub fn to_rgb8(img: &Tensor) -> image::RgbImage {
         .to_device(Device::Cpu);
     let data = Vec::<u8>::try_from(bytes.flatten(0, -1)).unwrap_or_default();
     image::RgbImage::from_raw(w as u32, h as u32, data).unwrap_or_default()
+}
+
+/// The x̂₀ traces a batch decodes, in order: (cell, step) for each cell's trace steps.
+fn trace_rows(cells: &[GenParams]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    cells.iter().enumerate().flat_map(|(c, cell)| {
+        (0..cell.steps)
+            .filter(|&i| denoise::traced_at(cell, i))
+            .map(move |i| (c, i))
+    })
 }
 
 fn to_outcome(r: FloatOutcome) -> CellOutcome {

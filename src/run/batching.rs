@@ -131,15 +131,17 @@ impl BatchSize {
         )
     }
 
-    /// Makes the batch `cells` through `g`. On out-of-memory the run's size becomes half the
-    /// failed batch (recorded) and `None` comes back: the caller plans its batches again.
+    /// Makes the batch `cells` through `g`, at least those `wanted` ([`Generator::generate`]).
+    /// On out-of-memory the run's size becomes half the failed batch (recorded) and `None`
+    /// comes back: the caller plans its batches again.
     pub fn attempt(
         &mut self,
         g: &mut dyn Generator,
         cells: &[GenParams],
+        wanted: &[bool],
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Option<Vec<CellOutcome>>> {
-        match g.generate(cells, progress) {
+    ) -> Result<Option<Vec<Option<CellOutcome>>>> {
+        match g.generate(cells, wanted, progress) {
             Ok(outcomes) if outcomes.len() == cells.len() => Ok(Some(outcomes)),
             Ok(outcomes) => bail!(
                 "the pipeline returned {} images for {} cells",

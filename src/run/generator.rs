@@ -3,7 +3,7 @@
 //! the maker and the runner build on it.
 use crate::params::GenParams;
 use crate::pipeline::attention_maps::CellMaps;
-use crate::pipeline::{CellOutcome, GenerateError, Pipeline};
+use crate::pipeline::{CellOutcome, GenerateError, Pipeline, RowSteps};
 use crate::steps::StepSet;
 
 /// What makes images from cells: the pipeline, or a fake in tests of the runner.
@@ -18,12 +18,21 @@ pub trait Generator {
     fn take_traces(&mut self) -> Vec<Vec<(usize, image::RgbImage)>> {
         Vec::new()
     }
-    /// One outcome per cell, in order. The cells share a [`GenParams::batch_key`].
+    /// One outcome per cell, in order: at least every cell marked in `wanted`; the others
+    /// are there for the batch's shape (which cells share a UNet call decides its rounding)
+    /// and may come back `None`, their work skipped where it leads to no wanted cell. The
+    /// cells share a [`GenParams::batch_key`].
     fn generate(
         &mut self,
         cells: &[GenParams],
+        wanted: &[bool],
         progress: &mut dyn FnMut(usize, usize),
-    ) -> std::result::Result<Vec<CellOutcome>, GenerateError>;
+    ) -> std::result::Result<Vec<Option<CellOutcome>>, GenerateError>;
+    /// The UNet row-steps of the last batch: (computed, those of the whole batch); `None`
+    /// for a generator without a UNet.
+    fn take_row_steps(&mut self) -> Option<RowSteps> {
+        None
+    }
     /// Records attention maps in the batches that follow, or stops (a generator that has
     /// no UNet, as the runner's fakes, makes none).
     fn set_attention_maps(&mut self, _on: bool) {}
@@ -48,9 +57,13 @@ impl Generator for Pipeline {
     fn generate(
         &mut self,
         cells: &[GenParams],
+        wanted: &[bool],
         progress: &mut dyn FnMut(usize, usize),
-    ) -> std::result::Result<Vec<CellOutcome>, GenerateError> {
-        Pipeline::generate(self, cells, progress)
+    ) -> std::result::Result<Vec<Option<CellOutcome>>, GenerateError> {
+        Pipeline::generate_wanted(self, cells, wanted, progress)
+    }
+    fn take_row_steps(&mut self) -> Option<RowSteps> {
+        Some(Pipeline::take_row_steps(self))
     }
     fn set_attention_maps(&mut self, on: bool) {
         Pipeline::set_attention_maps(self, on)

@@ -5,8 +5,8 @@ use super::batching::{BatchSize, plan_batches, plan_batches_alone};
 use super::generator::Generator;
 use super::layout;
 use crate::params::GenParams;
-use crate::pipeline::CellOutcome;
 use crate::pipeline::attention_maps::CellMaps;
+use crate::pipeline::{CellOutcome, RowSteps};
 use crate::steps::StepSet;
 use anyhow::{Result, bail};
 use std::io::Write;
@@ -68,6 +68,8 @@ pub(super) type CellDone<'d> =
 /// What one call to [`Maker::make`] did.
 pub(super) struct Made {
     pub(super) interrupted: bool,
+    /// The UNet row-steps of its batches (none when the generator has no UNet).
+    pub(super) row_steps: Option<RowSteps>,
 }
 
 impl<'a> Maker<'a> {
@@ -108,10 +110,11 @@ impl<'a> Maker<'a> {
         self.map_steps = steps;
     }
 
-    /// Makes the batches of `params` that hold a pending cell, whole (see
-    /// [`super::batching`]); `done(j, outcome, trace, maps, seconds)` for each pending cell j
-    /// made (`maps`: its attention maps, when recorded), which
-    /// then stops being pending. After an out-of-memory failure the batches are planned
+    /// Makes the batches of `params` that hold a pending cell, as planned for all of them
+    /// (see [`super::batching`]: the resumed images are those of an uninterrupted run),
+    /// skipping the work that leads to no pending cell; `done(j, outcome, trace, maps,
+    /// seconds)` for each pending cell j made (`maps`: its attention maps, when recorded),
+    /// which then stops being pending. After an out-of-memory failure the batches are planned
     /// again at the halved size. Stops before a batch once `stop` is set.
     pub(super) fn make(
         &mut self,
@@ -121,6 +124,7 @@ impl<'a> Maker<'a> {
         progress: &dyn Fn(String),
         done: &mut CellDone,
     ) -> Result<Made> {
+        let mut row_steps: Option<RowSteps> = None;
         'plan: loop {
             let size = self.batch_size(params)?;
             // Attention maps record each cell's own rows: no shared trajectories.
@@ -133,9 +137,13 @@ impl<'a> Maker<'a> {
                     continue;
                 }
                 if stop.load(Ordering::SeqCst) {
-                    return Ok(Made { interrupted: true });
+                    return Ok(Made {
+                        interrupted: true,
+                        row_steps,
+                    });
                 }
                 let cells: Vec<GenParams> = batch.iter().map(|&j| params[j].clone()).collect();
+                let wanted: Vec<bool> = batch.iter().map(|&j| pending[j]).collect();
                 let n = cells.len();
                 // Loading the models is not generation time (records' seconds, plan's estimate).
                 self.generator()?;
@@ -147,12 +155,16 @@ impl<'a> Maker<'a> {
                 g.set_call_cells(size);
                 g.set_attention_maps(self.attention_maps);
                 g.set_attention_map_steps(self.map_steps.clone());
-                let Some(outcomes) = batch_size.attempt(g.as_mut(), &cells, &mut |s, steps| {
-                    progress(format!("batch of {n}: step {s}/{steps}"))
-                })?
+                let Some(outcomes) =
+                    batch_size.attempt(g.as_mut(), &cells, &wanted, &mut |s, steps| {
+                        progress(format!("batch of {n}: step {s}/{steps}"))
+                    })?
                 else {
                     continue 'plan;
                 };
+                if let Some(r) = g.take_row_steps() {
+                    *row_steps.get_or_insert_default() += r;
+                }
                 let seconds = t.elapsed().as_secs_f64() / n as f64;
                 let mut traces = g.take_traces();
                 traces.resize_with(n, Vec::new);
@@ -160,12 +172,18 @@ impl<'a> Maker<'a> {
                 let made = batch.iter().zip(outcomes).zip(traces).enumerate();
                 for (k, ((&j, outcome), trace)) in made {
                     if pending[j] {
+                        let Some(outcome) = outcome else {
+                            bail!("the generator did not make cell {} of its batch", k + 1)
+                        };
                         done(j, outcome, trace, maps.get(k), seconds)?;
                         pending[j] = false;
                     }
                 }
             }
-            return Ok(Made { interrupted: false });
+            return Ok(Made {
+                interrupted: false,
+                row_steps,
+            });
         }
     }
 

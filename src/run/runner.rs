@@ -174,6 +174,16 @@ pub fn run(
             },
         )?;
         interrupted = made.interrupted;
+        if let Some(r) = made.row_steps {
+            let skipped = match r.planned - r.computed {
+                0 => String::new(),
+                _ => "; the rest lead only to cells made before".to_string(),
+            };
+            ctx.log.line(&format!(
+                "UNet row-steps: {} computed of the {} its batches plan{skipped}",
+                r.computed, r.planned
+            ));
+        }
     }
     let (complete, failed_total) = ctx.merge_records(&cells)?;
     ctx.log.line(&format!(

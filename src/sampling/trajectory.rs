@@ -103,7 +103,8 @@ pub fn row_steps_alone(cells: &[&GenParams]) -> usize {
     cells.iter().map(|c| rows(c) * c.steps).sum()
 }
 
-fn rows(c: &GenParams) -> usize {
+/// A cell's UNet rows per step.
+pub fn rows(c: &GenParams) -> usize {
     methods::of(c.method).rows().len()
 }
 
