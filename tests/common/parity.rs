@@ -1,8 +1,10 @@
 //! The pieces of the image parity tests: the input images, the standard cell, the cases JSON
 //! a reference script in tests/reference/ reads, running negimg and the script on the same
 //! cases, and the image-difference assertions (parity within 1/255; a guard's distance).
-use negimg::params::{BranchWeight, GenParams, NegativeMode};
+use negimg::params::{BranchWeight, GenParams, NegativeMode, SchedulerKind, Window};
 use negimg::pipeline::{Pipeline, to_rgb8};
+use negimg::sampling::SchedulerConfig;
+use negimg::sampling::window::active_steps;
 use negimg::weights::{TensorFile, TensorSource};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,19 @@ pub fn cell(dir: &Path, seed: u64) -> GenParams {
 
 pub fn branch(weight: f64, start: f64, end: f64) -> BranchWeight {
     BranchWeight { weight, start, end }
+}
+
+/// The window tests' cell: the image negative with the cond branch active early (0-0.6) and
+/// the uncond branch late (0.3-1), so that the sigma rule selects other steps than the steps
+/// rule.
+pub fn window_cell(dir: &Path, scheduler: SchedulerKind, window: Window) -> GenParams {
+    let mut c = cell(dir, 5);
+    c.negative = NegativeMode::Image;
+    c.positive = branch(1.5, 0.0, 0.6);
+    c.negative_branch = branch(1.5, 0.3, 1.0);
+    c.scheduler = scheduler;
+    c.window = window;
+    c
 }
 
 fn branch_json(b: &BranchWeight) -> Value {
@@ -241,6 +256,49 @@ impl Parity {
     /// Our image of `name` matches the reference's within 1/255.
     pub fn assert_parity(&self, name: &str) {
         assert_parity(name, &self.ours(name), &self.reference(name));
+    }
+
+    /// Our image of `a` is more than 2/255 (twice the parity tolerance) from our image of `b`.
+    pub fn assert_far(&self, a: &str, b: &str) {
+        assert_far(a, &self.ours(a), &self.ours(b), b);
+    }
+}
+
+/// A [`Parity`] computation with its pipeline's scheduler, for the window tests: the active
+/// steps of each window rule, ours and the reference's.
+pub struct WindowParity {
+    pub parity: Parity,
+    schedule: SchedulerConfig,
+}
+
+impl WindowParity {
+    /// [`Parity::compute`], keeping the pipeline's scheduler config.
+    pub fn compute(setup: Setup, cases: impl FnOnce(&Path) -> Vec<(String, GenParams)>) -> Self {
+        let (parity, pipeline) = Parity::compute(setup, cases);
+        WindowParity {
+            parity,
+            schedule: pipeline.scheduler_config().clone(),
+        }
+    }
+
+    /// The active steps negimg computes for each row (uncond, cond) of `name` under `window`.
+    pub fn our_active(&self, name: &str, window: Window) -> Vec<Vec<usize>> {
+        let c = self.parity.cell(name);
+        [c.negative_branch, c.positive]
+            .iter()
+            .map(|b| active_steps(&self.schedule, c.scheduler, c.steps, window, b).unwrap())
+            .collect()
+    }
+
+    /// The reference's (ComfyUI formula) active steps of each row of `name`.
+    pub fn reference_active(&self, name: &str) -> Vec<Vec<usize>> {
+        let on = self
+            .parity
+            .reference_tensor(&format!("{name}.active"), Kind::Int64);
+        let rows = Vec::<Vec<i64>>::try_from(&on).unwrap();
+        rows.iter()
+            .map(|r| (0..r.len()).filter(|&i| r[i] == 1).collect())
+            .collect()
     }
 }
 
