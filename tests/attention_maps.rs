@@ -16,8 +16,7 @@ use common::parity::{self, branch, get};
 use negimg::models::attention::TokenMerge;
 use negimg::models::attention_probe::{AttentionProbe, Quantity};
 use negimg::models::unet::{
-    Hooks, IpInput, IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_hidden_sizes,
-    write_random_model,
+    Hooks, IpInput, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_hidden_sizes,
 };
 use negimg::params::{AdapterKind, Method, NegativeMode};
 use negimg::roles::ModelSet;
@@ -31,14 +30,14 @@ const TOL: f64 = 1e-5;
 
 #[test]
 fn attention_map_parity_with_diffusers_processors() {
-    let dir = common::scratch("attention_map_parity");
-    let cfg = UNet2DConditionConfig::tiny_sd15_layout();
-    let unet_dir = dir.join("unet");
-    write_random_model(&unet_dir, &cfg, 7, false).unwrap();
-    let adapter = dir.join("ip-adapter.safetensors");
-    let widths = ip_attn_hidden_sizes(&cfg);
+    let setup = parity::UnetSetup::new(
+        "attention_map_parity",
+        UNet2DConditionConfig::tiny_sd15_layout(),
+    );
+    let cfg = &setup.cfg;
+    let widths = ip_attn_hidden_sizes(cfg);
     negimg::models::ip_adapter::write_random(
-        &adapter,
+        &setup.adapter,
         AdapterKind::Base,
         cfg.context_dim(),
         16,
@@ -46,50 +45,28 @@ fn attention_map_parity_with_diffusers_processors() {
         11,
     )
     .unwrap();
-    let generator = negimg::weights::random::seeded_generator(3);
-    let f = (Kind::Float, Device::Cpu);
-    let inputs = dir.join("inputs.safetensors");
     let timesteps = [801.0f64, 501.0, 301.0];
-    let tensors = [
-        ("latents", Tensor::randn([3, 4, 16, 16], f)),
-        ("text", Tensor::randn([3, 77, 32], f)),
-        ("image_embeds", Tensor::randn([3, 1, 16], f)),
-        ("scales", Tensor::from_slice(&[0.0f32, 0.7, 1.3])),
-        ("timesteps", Tensor::from_slice(&timesteps)),
-        ("negtome_xs", Tensor::randn([3, 64, 8], f)),
-        ("negtome_rows", Tensor::from_slice(&[0i64, 1])),
-        ("negtome_refs", Tensor::from_slice(&[2i64, 2])),
-        ("negtome_threshold", Tensor::from_slice(&[0.7f32, 0.8])),
-    ];
-    drop(generator);
-    Tensor::write_safetensors(&tensors, &inputs).unwrap();
-    let out = dir.join("ref.safetensors");
-    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    common::run_python(
-        "attention_maps_ref.py",
-        &[
-            &path(&unet_dir),
-            &path(&adapter),
-            &path(&inputs),
-            &path(&out),
-        ],
-    );
-    let reference = TensorFile::open(&out).unwrap();
+    let x = setup.write_inputs(|| {
+        let f = (Kind::Float, Device::Cpu);
+        vec![
+            ("latents", Tensor::randn([3, 4, 16, 16], f)),
+            ("text", Tensor::randn([3, 77, 32], f)),
+            ("image_embeds", Tensor::randn([3, 1, 16], f)),
+            ("scales", Tensor::from_slice(&[0.0f32, 0.7, 1.3])),
+            ("timesteps", Tensor::from_slice(&timesteps)),
+            ("negtome_xs", Tensor::randn([3, 64, 8], f)),
+            ("negtome_rows", Tensor::from_slice(&[0i64, 1])),
+            ("negtome_refs", Tensor::from_slice(&[2i64, 2])),
+            ("negtome_threshold", Tensor::from_slice(&[0.7f32, 0.8])),
+        ]
+    });
+    let reference = setup.reference("attention_maps_ref.py");
     let faithful = get(&reference, "faithful").double_value(&[0]);
     assert!(
         faithful < 1e-5,
         "the recording processor's recomputed term differs from diffusers' by {faithful}"
     );
-    let x = TensorFile::open(&inputs).unwrap();
-    let mut unet = UNet2DConditionModel::load(
-        &unet_dir,
-        Device::Cpu,
-        Kind::Float,
-        Some(IpLayout::for_config(&cfg)),
-    )
-    .unwrap();
-    unet.load_ip_adapter(&TensorFile::open(&adapter).unwrap())
-        .unwrap();
+    let unet = setup.load_with_adapter();
     let (latents, text, scales) = (get(&x, "latents"), get(&x, "text"), get(&x, "scales"));
     let tokens = get(&reference, "tokens");
     let probe = AttentionProbe::new(3);

@@ -14,10 +14,7 @@ use negimg::pipeline::single_file::{
     infer_text_config, infer_unet_config, infer_vae_config, open_single_file,
 };
 use negimg::roles::ModelSet;
-use negimg::weights::TensorSource;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
 
 /// `dir/ldm.safetensors`: the tiny model set's pipeline folder in the LDM layout.
 fn tiny_single_file(dir: &Path) -> PathBuf {
@@ -74,13 +71,7 @@ fn ldm_single_file_generates_the_folder_images() {
         pipeline: ckpt.clone(),
         ..folder.clone()
     };
-    let generate = |models: &ModelSet<PathBuf>| -> Vec<Tensor> {
-        let mut pipeline = common::load_pipeline(models);
-        common::generate_float(&mut pipeline, &cells, 4, &mut |_, _| {})
-            .into_iter()
-            .map(|r| r.unwrap())
-            .collect()
-    };
+    let generate = |models: &ModelSet<PathBuf>| common::generate_images(models, &cells, 4);
     let (expected, got) = (generate(&folder), generate(&single));
     assert_eq!(expected[0].size(), [3, 32, 32]);
     assert!(
@@ -155,62 +146,25 @@ fn ldm_configs_come_from_the_configs_folder_else_from_shapes() {
     );
 }
 
-/// Names and shapes only: enough to infer configs.
-struct Shapes {
-    origin: PathBuf,
-    shapes: BTreeMap<String, Vec<usize>>,
-}
-
-impl TensorSource for Shapes {
-    fn origin(&self) -> &Path {
-        &self.origin
-    }
-    fn names(&self) -> Vec<String> {
-        self.shapes.keys().cloned().collect()
-    }
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.shapes.get(name).cloned()
-    }
-    fn get(&self, name: &str, _: Device, _: Kind) -> anyhow::Result<Tensor> {
-        anyhow::bail!("{name}: shapes only")
-    }
-}
-
 #[test]
 fn ldm_sd15_shapes_infer_exactly_the_sd15_configs() {
-    let dir = common::scratch("ldm_sd15_shapes");
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_string()
-    };
-    let unet = write("unet.json", UNet2DConditionConfig::sd15().to_config_json());
-    let vae = write("vae.json", AutoencoderKLConfig::sd15().to_config_json());
-    let text = write(
-        "text.json",
-        ClipTextConfig::sd15().to_config_json().to_string(),
+    let parts = common::reference_shapes(
+        "ldm_sd15_shapes",
+        &UNet2DConditionConfig::sd15(),
+        &AutoencoderKLConfig::sd15(),
+        &ClipTextConfig::sd15(),
+        None,
     );
-    let out = dir.join("shapes.json");
-    common::run_python(
-        "ldm_sd15_shapes.py",
-        &[&unet, &vae, &text, out.to_str().unwrap()],
-    );
-    let all: BTreeMap<String, BTreeMap<String, Vec<usize>>> =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let source = |part: &str| Shapes {
-        origin: out.clone(),
-        shapes: all[part].clone(),
-    };
     assert_eq!(
-        infer_unet_config(&source("unet")).unwrap(),
+        infer_unet_config(&parts["unet"]).unwrap(),
         UNet2DConditionConfig::sd15()
     );
     assert_eq!(
-        infer_vae_config(&source("vae")).unwrap(),
+        infer_vae_config(&parts["vae"]).unwrap(),
         AutoencoderKLConfig::sd15()
     );
     assert_eq!(
-        serde_json::to_value(infer_text_config(&source("text_encoder")).unwrap()).unwrap(),
+        serde_json::to_value(infer_text_config(&parts["text_encoder"]).unwrap()).unwrap(),
         serde_json::to_value(ClipTextConfig::sd15()).unwrap()
     );
 }

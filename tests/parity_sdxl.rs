@@ -3,61 +3,55 @@
 //! variables and IP layer order against the model diffusers builds from our config.
 mod common;
 
+use common::parity::{self, get, u8_of};
 use negimg::models::clip_vision::ClipVisionConfig;
-use negimg::models::unet::{
-    Hooks, IpInput, IpLayout, TextTime, UNet2DConditionConfig, UNet2DConditionModel,
-    write_random_model,
-};
-use negimg::params::AdapterKind;
+use negimg::models::unet::{Hooks, IpInput, TextTime, UNet2DConditionConfig};
+use negimg::params::{AdapterKind, GenParams, MicroPair, NegativeMode, SchedulerKind};
 use negimg::pipeline::write_random_adapter;
-use negimg::weights::{TensorFile, TensorSource};
+use negimg::roles::ModelSet;
+use negimg::weights::TensorSource;
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
 
 #[test]
 fn parity_sdxl_unet_one_step_with_and_without_ip_adapter() {
-    let dir = common::scratch("parity_sdxl_unet");
-    let cfg = UNet2DConditionConfig::tiny_sdxl();
-    let unet_dir = dir.join("unet");
-    write_random_model(&unet_dir, &cfg, 7, false).unwrap();
+    let setup = parity::UnetSetup::new("parity_sdxl_unet", UNet2DConditionConfig::tiny_sdxl());
+    let cfg = &setup.cfg;
     let vision = ClipVisionConfig::tiny();
-    let adapter = dir.join("ip-adapter.safetensors");
-    write_random_adapter(&adapter, AdapterKind::Base, &cfg, &vision, 11).unwrap();
+    write_random_adapter(&setup.adapter, AdapterKind::Base, cfg, &vision, 11).unwrap();
 
-    let generator = negimg::weights::random::seeded_generator(3);
-    let f = (Kind::Float, Device::Cpu);
     let pooled = cfg.pooled_text_dim().unwrap();
-    let inputs = dir.join("inputs.safetensors");
     let time_ids = Tensor::from_slice(&[64f32, 64., 0., 0., 64., 64.]).view([1, 6]);
-    let input_tensors = [
-        ("latents", Tensor::randn([3, 4, 8, 8], f)),
-        ("text", Tensor::randn([3, 77, 64], f)),
-        ("text_embeds", Tensor::randn([3, pooled], f)),
-        // Rows with other sizes and crops: each id enters the embedding.
-        (
-            "time_ids",
-            Tensor::cat(
-                &[
-                    time_ids.shallow_clone(),
-                    Tensor::from_slice(&[48f32, 80., 8., 16., 64., 64.]).view([1, 6]),
-                    Tensor::from_slice(&[1024f32, 1024., 0., 0., 512., 768.]).view([1, 6]),
-                ],
-                0,
+    let x = setup.write_inputs(|| {
+        let f = (Kind::Float, Device::Cpu);
+        vec![
+            ("latents", Tensor::randn([3, 4, 8, 8], f)),
+            ("text", Tensor::randn([3, 77, 64], f)),
+            ("text_embeds", Tensor::randn([3, pooled], f)),
+            // Rows with other sizes and crops: each id enters the embedding.
+            (
+                "time_ids",
+                Tensor::cat(
+                    &[
+                        time_ids.shallow_clone(),
+                        Tensor::from_slice(&[48f32, 80., 8., 16., 64., 64.]).view([1, 6]),
+                        Tensor::from_slice(&[1024f32, 1024., 0., 0., 512., 768.]).view([1, 6]),
+                    ],
+                    0,
+                ),
             ),
-        ),
-        (
-            "image_embeds",
-            Tensor::randn([3, 1, vision.projection_dim], f),
-        ),
-        ("scales", Tensor::from_slice(&[0.0f32, 0.6, 1.3])),
-        ("timesteps", Tensor::from_slice(&[981i64, 501, 1])),
-        ("t", Tensor::from_slice(&[501.0f64])),
-    ];
-    drop(generator);
-    Tensor::write_safetensors(&input_tensors, &inputs).unwrap();
-    let reference = parity::unet_reference(&dir, &unet_dir, &adapter, &inputs);
-    let x = TensorFile::open(&inputs).unwrap();
+            (
+                "image_embeds",
+                Tensor::randn([3, 1, vision.projection_dim], f),
+            ),
+            ("scales", Tensor::from_slice(&[0.0f32, 0.6, 1.3])),
+            ("timesteps", Tensor::from_slice(&[981i64, 501, 1])),
+            ("t", Tensor::from_slice(&[501.0f64])),
+        ]
+    });
+    let reference = setup.reference("unet_parity.py");
     let (latents, text) = (get(&x, "latents"), get(&x, "text"));
     let (text_embeds, time_ids) = (get(&x, "text_embeds"), get(&x, "time_ids"));
     let hooks = || Hooks {
@@ -68,7 +62,7 @@ fn parity_sdxl_unet_one_step_with_and_without_ip_adapter() {
         ..Default::default()
     };
 
-    let plain = UNet2DConditionModel::load(&unet_dir, Device::Cpu, Kind::Float, None).unwrap();
+    let plain = setup.load_plain();
     assert!(plain.takes_text_time());
     let timesteps = x.get("timesteps", Device::Cpu, Kind::Int64).unwrap();
     let eps = tch::no_grad(|| plain.forward_rows(&latents, &timesteps, &text, None, hooks()));
@@ -90,15 +84,7 @@ fn parity_sdxl_unet_one_step_with_and_without_ip_adapter() {
     });
     assert!(common::max_abs_diff(&other.get(2), &eps.get(2)) > 1e-4);
 
-    let mut unet = UNet2DConditionModel::load(
-        &unet_dir,
-        Device::Cpu,
-        Kind::Float,
-        Some(IpLayout::for_config(&cfg)),
-    )
-    .unwrap();
-    unet.load_ip_adapter(&TensorFile::open(&adapter).unwrap())
-        .unwrap();
+    let unet = setup.load_with_adapter();
     let tokens = get(&reference, "tokens");
     assert_eq!(tokens.size()[2], 64, "the projection's width is the UNet's");
     let scales = get(&x, "scales");
@@ -132,18 +118,7 @@ fn parity_sdxl_unet_layout_keys_and_ip_order() {
         transformer_layers_per_block: negimg::models::unet::OneOrMany::Many(vec![1, 2, 3]),
         ..UNet2DConditionConfig::sdxl()
     };
-    let reference =
-        common::diffusers_model_keys("parity_sdxl_unet_keys", "unet", &cfg.to_config_json());
-    let expected = common::shapes_of(&reference);
-    let vs = tch::nn::VarStore::new(Device::Cpu);
-    let _unet = UNet2DConditionModel::new(vs.root(), &cfg, None).unwrap();
-    assert_eq!(common::var_shapes(&vs), expected);
-    let names: Vec<String> = negimg::models::unet::ip_attn_layers(&cfg)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    let cross: Vec<String> = serde_json::from_value(reference["cross_attention"].clone()).unwrap();
-    assert_eq!(names, cross);
+    let names = parity::assert_unet_layout_is_diffusers("parity_sdxl_unet_keys", &cfg);
     // 2 x 2 + 3 x 2 down, 3 x 2 x 3 + 2 x 3 up... every inner layer counts.
     assert_eq!(names.len(), 2 * 2 + 3 * 2 + 3 * 3 + 2 * 3 + 3);
     // The real SDXL: 70 cross-attention layers, as ip-adapter_sdxl's 140 keys.
@@ -189,11 +164,6 @@ fn sdxl_unet_config_errors_name_the_key() {
     assert_eq!(back, UNet2DConditionConfig::sdxl());
     back.validate().unwrap();
 }
-
-use common::parity::{self, get, u8_of};
-use negimg::params::{GenParams, MicroPair, NegativeMode, SchedulerKind};
-use negimg::roles::ModelSet;
-use std::path::Path;
 
 /// Full generation on the tiny SDXL set against diffusers' `StableDiffusionXLPipeline` with
 /// the same IP-Adapter files: every negative mode, both adapters, DDIM and DPM++ 2M Karras,

@@ -11,14 +11,12 @@
 //! default.
 mod common;
 
-use common::parity::{self, Parity, Setup, branch};
+use common::parity::{self, Setup, WindowParity, branch};
 use negimg::derive::noise::derive;
 use negimg::derive::{NoiseKind, Recipe};
 use negimg::params::{
-    AdapterKind, BlockWeights, GenParams, IpScaling, Method, NegativeMode, SchedulerKind, Window,
+    AdapterKind, BlockWeights, GenParams, IpScaling, Method, SchedulerKind, Window,
 };
-use negimg::sampling::SchedulerConfig;
-use negimg::sampling::window::active_steps;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -35,21 +33,17 @@ fn method_cell(dir: &Path, method: Method, adapter: AdapterKind) -> (String, Gen
     (format!("{method}_{adapter}"), c)
 }
 
-/// A window cell: the cond branch early (0-0.6), the uncond branch late (0.3-1), so that the
-/// sigma rule selects other steps than the steps rule.
+/// A window cell (see [`parity::window_cell`]), named by its window and scheduler.
 fn window_cell(dir: &Path, scheduler: SchedulerKind, window: Window) -> (String, GenParams) {
-    let mut c = parity::cell(dir, 5);
-    c.negative = NegativeMode::Image;
-    c.positive = branch(1.5, 0.0, 0.6);
-    c.negative_branch = branch(1.5, 0.3, 1.0);
-    c.scheduler = scheduler;
-    c.window = window;
     let short = if scheduler == SchedulerKind::Ddim {
         "ddim"
     } else {
         "karras"
     };
-    (format!("{window}_{short}"), c)
+    (
+        format!("{window}_{short}"),
+        parity::window_cell(dir, scheduler, window),
+    )
 }
 
 /// A blocks / scaling cell: a preset acts in both branches, as ComfyUI's weight types do.
@@ -123,24 +117,15 @@ fn reference_of(c: &GenParams) -> serde_json::Value {
     json!({"ref": if blocks { "blocks" } else { "methods" }})
 }
 
-struct Shared {
-    parity: Parity,
-    schedule: SchedulerConfig,
-}
-
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
+fn shared() -> &'static WindowParity {
+    static SHARED: OnceLock<WindowParity> = OnceLock::new();
     SHARED.get_or_init(|| {
         let setup = Setup {
             models: common::tiny::tiny_sdxl_models(),
             extra: &reference_of,
             ..Setup::tiny("parity_sdxl_methods", "sdxl_parity.py")
         };
-        let (parity, pipeline) = Parity::compute(setup, cases);
-        Shared {
-            parity,
-            schedule: pipeline.scheduler_config().clone(),
-        }
+        WindowParity::compute(setup, cases)
     })
 }
 
@@ -150,8 +135,7 @@ fn assert_parity(name: &str) {
 
 /// Our image of `a` is more than 2/255 (twice the parity tolerance) from our image of `b`.
 fn assert_far(a: &str, b: &str) {
-    let s = &shared().parity;
-    parity::assert_far(a, &s.ours(a), &s.ours(b), b);
+    shared().parity.assert_far(a, b);
 }
 
 #[test]
@@ -174,38 +158,22 @@ fn parity_sdxl_derived_noise_negative() {
     assert_far("derived_shuffle_base", "uncond_base");
 }
 
-/// The active steps negimg computes for each row (uncond, cond) of `name` under `window`.
-fn our_active(name: &str, window: Window) -> Vec<Vec<usize>> {
-    let s = shared();
-    let c = s.parity.cell(name);
-    [c.negative_branch, c.positive]
-        .iter()
-        .map(|b| active_steps(&s.schedule, c.scheduler, c.steps, window, b).unwrap())
-        .collect()
-}
-
-/// The reference's (ComfyUI formula) active steps of each row of `name`.
-fn reference_active(name: &str) -> Vec<Vec<usize>> {
-    let on = shared()
-        .parity
-        .reference_tensor(&format!("{name}.active"), tch::Kind::Int64);
-    let rows = Vec::<Vec<i64>>::try_from(&on).unwrap();
-    rows.iter()
-        .map(|r| (0..r.len()).filter(|&i| r[i] == 1).collect())
-        .collect()
-}
-
 /// On SDXL's scheduler, both window rules select the reference's steps, the sigma rule other
 /// steps than the steps rule, and both images match the reference's and differ.
 #[test]
 fn parity_sdxl_windows_on_steps_and_on_sigma() {
+    let s = shared();
     for scheduler in ["ddim", "karras"] {
         let (sigma, steps) = (format!("sigma_{scheduler}"), format!("steps_{scheduler}"));
-        let ours = our_active(&sigma, Window::Sigma);
+        let ours = s.our_active(&sigma, Window::Sigma);
         eprintln!("{sigma}: active steps (uncond, cond) {ours:?}");
-        assert_eq!(ours, reference_active(&sigma), "{sigma}: active steps");
-        let by_steps = our_active(&steps, Window::Steps);
-        assert_eq!(by_steps, reference_active(&steps), "{steps}: active steps");
+        assert_eq!(ours, s.reference_active(&sigma), "{sigma}: active steps");
+        let by_steps = s.our_active(&steps, Window::Steps);
+        assert_eq!(
+            by_steps,
+            s.reference_active(&steps),
+            "{steps}: active steps"
+        );
         assert_ne!(ours, by_steps, "{sigma}: rules agree");
         assert_parity(&sigma);
         assert_parity(&steps);

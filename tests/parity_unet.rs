@@ -52,37 +52,30 @@ fn write_adapter(path: &Path, widths: &[i64], cross: i64, embed_dim: i64, seed: 
 
 #[test]
 fn parity_unet_one_step_with_and_without_ip_adapter() {
-    let dir = common::scratch("parity_unet");
-    let cfg = UNet2DConditionConfig::tiny();
-    let unet_dir = dir.join("unet");
-    write_random_model(&unet_dir, &cfg, 7, false).unwrap();
-    let adapter = dir.join("ip-adapter.safetensors");
+    let setup = parity::UnetSetup::new("parity_unet", UNet2DConditionConfig::tiny());
+    let cfg = &setup.cfg;
     write_adapter(
-        &adapter,
-        &ip_attn_hidden_sizes(&cfg),
+        &setup.adapter,
+        &ip_attn_hidden_sizes(cfg),
         cfg.context_dim(),
         16,
         11,
     );
-
-    let generator = negimg::weights::random::seeded_generator(3);
-    let f = (Kind::Float, Device::Cpu);
-    let inputs = dir.join("inputs.safetensors");
-    let input_tensors = [
-        ("latents", Tensor::randn([3, 4, 8, 8], f)),
-        ("text", Tensor::randn([3, 77, 32], f)),
-        ("image_embeds", Tensor::randn([3, 1, 16], f)),
-        ("scales", Tensor::from_slice(&[0.0f32, 0.6, 1.3])),
-        ("timesteps", Tensor::from_slice(&[981i64, 501, 1])),
-        ("t", Tensor::from_slice(&[501.0f64])),
-    ];
-    drop(generator);
-    Tensor::write_safetensors(&input_tensors, &inputs).unwrap();
-    let reference = parity::unet_reference(&dir, &unet_dir, &adapter, &inputs);
-    let x = TensorFile::open(&inputs).unwrap();
+    let x = setup.write_inputs(|| {
+        let f = (Kind::Float, Device::Cpu);
+        vec![
+            ("latents", Tensor::randn([3, 4, 8, 8], f)),
+            ("text", Tensor::randn([3, 77, 32], f)),
+            ("image_embeds", Tensor::randn([3, 1, 16], f)),
+            ("scales", Tensor::from_slice(&[0.0f32, 0.6, 1.3])),
+            ("timesteps", Tensor::from_slice(&[981i64, 501, 1])),
+            ("t", Tensor::from_slice(&[501.0f64])),
+        ]
+    });
+    let reference = setup.reference("unet_parity.py");
     let (latents, text) = (get(&x, "latents"), get(&x, "text"));
 
-    let plain = UNet2DConditionModel::load(&unet_dir, Device::Cpu, Kind::Float, None).unwrap();
+    let plain = setup.load_plain();
     let timesteps = x.get("timesteps", Device::Cpu, Kind::Int64).unwrap();
     let eps = tch::no_grad(|| plain.forward_timesteps(&latents, &timesteps, &text, None));
     let diff = common::max_abs_diff(&eps, &get(&reference, "eps_plain"));
@@ -92,13 +85,7 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
         "UNet without IP differs from diffusers by {diff}"
     );
 
-    let mut unet = UNet2DConditionModel::load(
-        &unet_dir,
-        Device::Cpu,
-        Kind::Float,
-        Some(IpLayout::for_config(&cfg)),
-    )
-    .unwrap();
+    let mut unet = setup.load_ip_layers();
     // Before the adapter is loaded the IP branch is inert.
     let tokens = get(&reference, "tokens");
     let scales = get(&x, "scales");
@@ -113,7 +100,7 @@ fn parity_unet_one_step_with_and_without_ip_adapter() {
     let plain_501 = tch::no_grad(|| plain.forward(&latents, 501.0, &text, None));
     assert!(common::max_abs_diff(&inert, &plain_501) < 1e-6);
 
-    unet.load_ip_adapter(&TensorFile::open(&adapter).unwrap())
+    unet.load_ip_adapter(&TensorFile::open(&setup.adapter).unwrap())
         .unwrap();
     let eps = tch::no_grad(|| {
         unet.forward(
@@ -291,18 +278,5 @@ fn parity_unet_sd15_layout_keys_and_ip_order() {
         block_out_channels: vec![32, 64, 128, 128],
         ..UNet2DConditionConfig::sd15()
     };
-    let reference =
-        common::diffusers_model_keys("parity_unet_sd15_keys", "unet", &cfg.to_config_json());
-    let expected = common::shapes_of(&reference);
-    let vs = tch::nn::VarStore::new(Device::Cpu);
-    let _unet = UNet2DConditionModel::new(vs.root(), &cfg, None).unwrap();
-    let ours = common::var_shapes(&vs);
-    assert_eq!(ours, expected);
-
-    let names: Vec<String> = negimg::models::unet::ip_attn_layers(&cfg)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    let cross: Vec<String> = serde_json::from_value(reference["cross_attention"].clone()).unwrap();
-    assert_eq!(names, cross);
+    parity::assert_unet_layout_is_diffusers("parity_unet_sd15_keys", &cfg);
 }

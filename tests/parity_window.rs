@@ -6,26 +6,18 @@
 //! is neither the weight-0 nor the positive-weight image.
 mod common;
 
-use common::parity::{self, Parity, Setup, branch};
-use negimg::params::{AdapterKind, GenParams, NegativeMode, SchedulerKind, Window};
-use negimg::sampling::SchedulerConfig;
-use negimg::sampling::window::active_steps;
+use common::parity::{self, Setup, WindowParity, branch};
+use negimg::params::{GenParams, SchedulerKind, Window};
 use std::path::Path;
 use std::sync::OnceLock;
-use tch::Kind;
 
-/// The cond branch active early (0-0.6), the uncond branch late (0.3-1): with 4 DDIM steps
-/// (timesteps 751, 501, 251, 1) the steps rule takes steps 0-2 and 2-3, the sigma rule 0-1
-/// and 1-3.
+/// A window cell (see [`parity::window_cell`]): with 4 DDIM steps (timesteps 751, 501, 251,
+/// 1) the steps rule takes steps 0-2 and 2-3, the sigma rule 0-1 and 1-3.
 fn cell(dir: &Path, name: &str, scheduler: SchedulerKind, window: Window) -> (String, GenParams) {
-    let mut c = parity::cell(dir, 5);
-    c.adapter = AdapterKind::Base;
-    c.negative = NegativeMode::Image;
-    c.positive = branch(1.5, 0.0, 0.6);
-    c.negative_branch = branch(1.5, 0.3, 1.0);
-    c.scheduler = scheduler;
-    c.window = window;
-    (name.to_string(), c)
+    (
+        name.to_string(),
+        parity::window_cell(dir, scheduler, window),
+    )
 }
 
 /// A full window with the cond weight `w` (negative weights: ComfyUI's range goes to -1).
@@ -36,13 +28,8 @@ fn weighted(dir: &Path, name: &str, w: f64) -> (String, GenParams) {
     (name.to_string(), c)
 }
 
-struct Shared {
-    parity: Parity,
-    schedule: SchedulerConfig,
-}
-
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
+fn shared() -> &'static WindowParity {
+    static SHARED: OnceLock<WindowParity> = OnceLock::new();
     SHARED.get_or_init(|| {
         let setup = Setup::tiny("parity_window", "methods_parity.py");
         let (ddim, karras) = (SchedulerKind::Ddim, SchedulerKind::DpmPp2mKarras);
@@ -61,11 +48,7 @@ fn shared() -> &'static Shared {
                 weighted(dir, "positive_weight", 0.5),
             ]
         };
-        let (parity, pipeline) = Parity::compute(setup, cells);
-        Shared {
-            parity,
-            schedule: pipeline.scheduler_config().clone(),
-        }
+        WindowParity::compute(setup, cells)
     })
 }
 
@@ -76,46 +59,25 @@ fn assert_parity(name: &str) {
 
 /// Our image of `a` is more than 2/255 (twice the parity tolerance) from our image of `b`.
 fn assert_far(a: &str, b: &str) {
-    let s = &shared().parity;
-    parity::assert_far(a, &s.ours(a), &s.ours(b), b);
-}
-
-/// The active steps negimg computes for each row (uncond, cond) of `name` under `window`.
-fn our_active(name: &str, window: Window) -> Vec<Vec<usize>> {
-    let s = shared();
-    let c = s.parity.cell(name);
-    [c.negative_branch, c.positive]
-        .iter()
-        .map(|b| active_steps(&s.schedule, c.scheduler, c.steps, window, b).unwrap())
-        .collect()
-}
-
-/// The reference's (ComfyUI formula) active steps of each row of `name`.
-fn reference_active(name: &str) -> Vec<Vec<usize>> {
-    let on = shared()
-        .parity
-        .reference_tensor(&format!("{name}.active"), Kind::Int64);
-    let rows = Vec::<Vec<i64>>::try_from(&on).unwrap();
-    rows.iter()
-        .map(|r| (0..r.len()).filter(|&i| r[i] == 1).collect())
-        .collect()
+    shared().parity.assert_far(a, b);
 }
 
 /// The sigma rule's steps are the reference's and not the steps rule's, and the image
 /// matches the reference's and differs from the steps-window image of the same cell.
 fn assert_sigma_window(scheduler: &str) {
+    let s = shared();
     let (sigma, steps) = (format!("sigma_{scheduler}"), format!("steps_{scheduler}"));
-    let ours = our_active(&sigma, Window::Sigma);
+    let ours = s.our_active(&sigma, Window::Sigma);
     eprintln!("{sigma}: active steps (uncond, cond) {ours:?}");
-    assert_eq!(ours, reference_active(&sigma), "{sigma}: active steps");
+    assert_eq!(ours, s.reference_active(&sigma), "{sigma}: active steps");
     assert_eq!(
-        our_active(&sigma, Window::Steps),
-        reference_active(&steps),
+        s.our_active(&sigma, Window::Steps),
+        s.reference_active(&steps),
         "{steps}: active steps"
     );
     assert_ne!(
         ours,
-        our_active(&sigma, Window::Steps),
+        s.our_active(&sigma, Window::Steps),
         "{sigma}: rules agree"
     );
     assert_parity(&sigma);

@@ -20,7 +20,6 @@ use negimg::pipeline::single_file::{
 use negimg::pipeline::write_random_adapter;
 use negimg::roles::ModelSet;
 use negimg::weights::{TensorFile, TensorSource};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
@@ -185,13 +184,7 @@ fn sdxl_single_file_generates_the_folder_images_and_diffusers_from_single_file_i
     let dir = common::scratch("sdxl_single_file_images");
     let cells = cells(&dir);
     let batch: Vec<GenParams> = cells.iter().map(|(_, c)| c.clone()).collect();
-    let generate = |models: &ModelSet<PathBuf>| -> Vec<Tensor> {
-        let mut pipeline = common::load_pipeline(models);
-        common::generate_float(&mut pipeline, &batch, 4, &mut |_, _| {})
-            .into_iter()
-            .map(|r| r.unwrap())
-            .collect()
-    };
+    let generate = |models: &ModelSet<PathBuf>| common::generate_images(models, &batch, 4);
     let from_folder = generate(&ModelSet::from_models_dir(&fx.folder_set));
     let single = ModelSet {
         pipeline: fx.single_file(),
@@ -295,69 +288,28 @@ fn sdxl_single_file_configs_come_from_the_configs_folder_else_from_shapes() {
     );
 }
 
-/// Names and shapes only: enough to infer configs.
-struct Shapes {
-    origin: PathBuf,
-    shapes: BTreeMap<String, Vec<usize>>,
-}
-
-impl TensorSource for Shapes {
-    fn origin(&self) -> &Path {
-        &self.origin
-    }
-    fn names(&self) -> Vec<String> {
-        self.shapes.keys().cloned().collect()
-    }
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.shapes.get(name).cloned()
-    }
-    fn get(&self, name: &str, _: Device, _: Kind) -> anyhow::Result<Tensor> {
-        anyhow::bail!("{name}: shapes only")
-    }
-}
-
 #[test]
 fn sdxl_single_file_shapes_of_sdxl_base_infer_exactly_its_configs() {
-    let dir = common::scratch("sdxl_single_file_shapes");
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_string()
-    };
-    let unet = write("unet.json", UNet2DConditionConfig::sdxl().to_config_json());
-    let vae = write("vae.json", AutoencoderKLConfig::sdxl().to_config_json());
-    let text = write(
-        "text.json",
-        ClipTextConfig::sd15().to_config_json().to_string(),
+    let parts = common::reference_shapes(
+        "sdxl_single_file_shapes",
+        &UNet2DConditionConfig::sdxl(),
+        &AutoencoderKLConfig::sdxl(),
+        &ClipTextConfig::sd15(),
+        Some(&ClipTextConfig::vit_big_g()),
     );
-    let text_2 = write(
-        "text_2.json",
-        ClipTextConfig::vit_big_g().to_config_json().to_string(),
-    );
-    let out = dir.join("shapes.json");
-    common::run_python(
-        "ldm_sd15_shapes.py",
-        &[&unet, &vae, &text, out.to_str().unwrap(), &text_2],
-    );
-    let all: BTreeMap<String, BTreeMap<String, Vec<usize>>> =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let source = |part: &str| Shapes {
-        origin: out.clone(),
-        shapes: all[part].clone(),
-    };
     let json = |c: &ClipTextConfig| serde_json::to_value(c).unwrap();
-    let text_2 = infer_sdxl_text_2_config(&source("text_encoder_2")).unwrap();
+    let text_2 = infer_sdxl_text_2_config(&parts["text_encoder_2"]).unwrap();
     assert_eq!(json(&text_2), json(&ClipTextConfig::vit_big_g()));
     assert_eq!(
-        infer_sdxl_unet_config(&source("unet"), text_2.projection_dim).unwrap(),
+        infer_sdxl_unet_config(&parts["unet"], text_2.projection_dim).unwrap(),
         UNet2DConditionConfig::sdxl()
     );
     assert_eq!(
-        infer_sdxl_vae_config(&source("vae")).unwrap(),
+        infer_sdxl_vae_config(&parts["vae"]).unwrap(),
         AutoencoderKLConfig::sdxl()
     );
     assert_eq!(
-        json(&infer_text_config(&source("text_encoder")).unwrap()),
+        json(&infer_text_config(&parts["text_encoder"]).unwrap()),
         json(&ClipTextConfig::sd15())
     );
 }

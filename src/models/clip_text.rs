@@ -40,6 +40,31 @@ pub struct EncoderShape {
     pub layer_norm_eps: f64,
 }
 
+/// Multi-head attention of the projected `q` [B, N, C] over `k`, `v` [B, M, C] in `heads`
+/// heads of C / heads: softmax(q kᵀ / √(C / heads)) v per head (causal: each position sees
+/// those before it), the heads merged back to [B, N, C].
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: i64,
+    causal: bool,
+) -> Tensor {
+    let (b, n, c) = q.size3().expect("attention input is [B, N, C]");
+    let split = |y: &Tensor| y.view([b, y.size()[1], heads, c / heads]).transpose(1, 2);
+    let y = Tensor::scaled_dot_product_attention(
+        &split(q),
+        &split(k),
+        &split(v),
+        None::<Tensor>,
+        0.0,
+        causal,
+        None,
+        false,
+    );
+    y.transpose(1, 2).reshape([b, n, c])
+}
+
 pub fn layer_norm(vs: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
     nn::layer_norm(
         vs,
@@ -73,23 +98,13 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
-        let (b, t, c) = x.size3().expect("attention input is [B, T, C]");
-        let split = |y: Tensor| y.view([b, t, self.heads, c / self.heads]).transpose(1, 2);
-        let q = split(self.q_proj.forward(x));
-        let k = split(self.k_proj.forward(x));
-        let v = split(self.v_proj.forward(x));
-        // softmax(q k^T / sqrt(head_dim)) v, causal for text.
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            causal,
-            None,
-            false,
+        let (q, k, v) = (
+            self.q_proj.forward(x),
+            self.k_proj.forward(x),
+            self.v_proj.forward(x),
         );
-        self.out_proj.forward(&y.transpose(1, 2).reshape([b, t, c]))
+        self.out_proj
+            .forward(&multi_head_attention(&q, &k, &v, self.heads, causal))
     }
 }
 

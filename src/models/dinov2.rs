@@ -3,7 +3,7 @@
 //! `encoder.layer.N.{norm1, attention.attention.{query,key,value}, attention.output.dense,
 //! layer_scale1.lambda1, norm2, mlp.fc1, mlp.fc2, layer_scale2.lambda1}`, `layernorm`.
 //! The image embedding is the final-norm CLS token (transformers' `pooler_output`).
-use super::clip_text::{Activation, layer_norm, save_model, weights_file};
+use super::clip_text::{Activation, layer_norm, multi_head_attention, save_model, weights_file};
 use super::preprocess::Preprocess;
 use crate::weights;
 use crate::weights::config_json::read as read_config;
@@ -158,22 +158,13 @@ impl Layer {
     }
 
     fn attention(&self, x: &Tensor) -> Tensor {
-        let (b, t, c) = x.size3().expect("attention input is [B, T, C]");
-        let split = |y: Tensor| y.view([b, t, self.heads, c / self.heads]).transpose(1, 2);
-        let q = split(self.query.forward(x));
-        let k = split(self.key.forward(x));
-        let v = split(self.value.forward(x));
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
+        let (q, k, v) = (
+            self.query.forward(x),
+            self.key.forward(x),
+            self.value.forward(x),
         );
-        self.dense.forward(&y.transpose(1, 2).reshape([b, t, c]))
+        self.dense
+            .forward(&multi_head_attention(&q, &k, &v, self.heads, false))
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {

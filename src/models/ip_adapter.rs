@@ -5,7 +5,7 @@
 //! position), as diffusers' `ImageProjection` / `IPAdapterPlusImageProjection` /
 //! `IPAdapterFullImageProjection` compute them. Widths (SD1.5's 768, SDXL's 2048; ViT-H's or
 //! ViT-bigG's image features) are read from the file's shapes.
-use super::clip_text::layer_norm;
+use super::clip_text::{layer_norm, multi_head_attention};
 use super::clip_vision::{ClipVisionConfig, ClipVisionModelWithProjection, VisionOutput};
 use super::preprocess::clip_pixels;
 pub use crate::params::{AdapterKind, NoImage};
@@ -505,8 +505,8 @@ struct PerceiverAttention {
     to_q: nn::Linear,
     to_kv: nn::Linear,
     to_out: nn::Linear,
+    /// Heads of `dim_head` each (the projections are `heads * dim_head` wide).
     heads: i64,
-    dim_head: i64,
 }
 
 impl PerceiverAttention {
@@ -523,39 +523,20 @@ impl PerceiverAttention {
             to_kv: nn::linear(&vs / "to_kv", c.hidden_dim, 2 * inner, no_bias),
             to_out: nn::linear(&vs / "to_out", inner, c.hidden_dim, no_bias),
             heads: c.heads,
-            dim_head: c.dim_head,
         }
     }
 
     fn forward(&self, x: &Tensor, latents: &Tensor) -> Tensor {
         let x = self.norm1.forward(x);
         let latents = self.norm2.forward(latents);
-        let (b, q_len) = (latents.size()[0], latents.size()[1]);
-        let heads = |t: Tensor| {
-            let n = t.size()[1];
-            t.view([b, n, self.heads, self.dim_head]).transpose(1, 2)
-        };
-        let q = heads(self.to_q.forward(&latents));
+        let q = self.to_q.forward(&latents);
         let kv = self
             .to_kv
             .forward(&Tensor::cat(&[&x, &latents], 1))
             .chunk(2, -1);
-        let (k, v) = (heads(kv[0].shallow_clone()), heads(kv[1].shallow_clone()));
         // softmax(q k^T / sqrt(dim_head)) v (IP-Adapter scales q and k by dim_head^-1/4 each).
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        self.to_out.forward(
-            &y.transpose(1, 2)
-                .reshape([b, q_len, self.heads * self.dim_head]),
-        )
+        self.to_out
+            .forward(&multi_head_attention(&q, &kv[0], &kv[1], self.heads, false))
     }
 }
 

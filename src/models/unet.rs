@@ -313,18 +313,17 @@ impl UNet2DConditionConfig {
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let cfg: Self = config_json::read(path, "UNet2DConditionModel config")?;
-        cfg.validate()
-            .with_context(|| format!("{}: unsupported UNet config", path.display()))?;
-        Ok(cfg)
+        config_json::read_valid(
+            path,
+            "UNet2DConditionModel config",
+            "UNet config",
+            Self::validate,
+        )
     }
 
     /// A config.json that diffusers' `UNet2DConditionModel.from_pretrained` loads.
     pub fn to_config_json(&self) -> String {
-        let mut v = serde_json::to_value(self).expect("config serializes");
-        v["_class_name"] = "UNet2DConditionModel".into();
-        v["_diffusers_version"] = "0.42.1".into();
-        serde_json::to_string_pretty(&v).expect("config serializes")
+        config_json::diffusers_json(self, "UNet2DConditionModel")
     }
 
     pub fn num_blocks(&self) -> usize {

@@ -28,6 +28,23 @@ impl BlockCommon {
             },
         )
     }
+
+    /// `layers` resnets under `vs/resnets` from `cin` to `cout` channels (the first takes
+    /// `cin`, the others `cout`).
+    fn chained_resnets(
+        &self,
+        vs: &nn::Path,
+        layers: i64,
+        cin: i64,
+        cout: i64,
+    ) -> Vec<ResnetBlock2D> {
+        (0..layers)
+            .map(|i| {
+                let input = if i == 0 { cin } else { cout };
+                self.resnet(vs / "resnets" / i, input, cout)
+            })
+            .collect()
+    }
 }
 
 /// Cross-attention settings of a `CrossAttn*` block; `None` for a plain block.
@@ -90,13 +107,8 @@ pub struct DownBlock2D {
 
 impl DownBlock2D {
     pub fn new(vs: nn::Path, c: &DownBlockConfig) -> Self {
-        let (cin, cout) = (c.in_channels, c.out_channels);
-        let resnets = (0..c.layers)
-            .map(|i| {
-                let input = if i == 0 { cin } else { cout };
-                c.common.resnet(&vs / "resnets" / i, input, cout)
-            })
-            .collect();
+        let cout = c.out_channels;
+        let resnets = c.common.chained_resnets(&vs, c.layers, c.in_channels, cout);
         let attentions = match c.attn {
             Some(a) => (0..c.layers)
                 .map(|i| transformer(&vs / "attentions" / i, cout, c.common.groups, a, i as usize))
@@ -353,13 +365,8 @@ pub struct CoderBlockConfig {
 
 impl CoderBlock2D {
     pub fn new(vs: nn::Path, c: &CoderBlockConfig) -> Self {
-        let (cin, cout) = (c.in_channels, c.out_channels);
-        let resnets = (0..c.layers)
-            .map(|i| {
-                let input = if i == 0 { cin } else { cout };
-                c.common.resnet(&vs / "resnets" / i, input, cout)
-            })
-            .collect();
+        let cout = c.out_channels;
+        let resnets = c.common.chained_resnets(&vs, c.layers, c.in_channels, cout);
         let resample = match c.resample {
             Resample::Down => Resampler::Down(Downsample2D::new(&vs / "downsamplers" / 0, cout, 0)),
             Resample::Up => Resampler::Up(Upsample2D::new(&vs / "upsamplers" / 0, cout)),

@@ -6,7 +6,7 @@ use crate::models::unet_blocks::{
     BlockCommon, CoderBlock2D, CoderBlockConfig, Resample, UNetMidBlock2D,
 };
 use crate::weights::{self, TensorFile, TensorSource, config_json};
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Device, Kind, Tensor, nn, nn::Module};
@@ -116,18 +116,12 @@ impl AutoencoderKLConfig {
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let cfg: Self = config_json::read(path, "AutoencoderKL config")?;
-        cfg.validate()
-            .with_context(|| format!("{}: unsupported VAE config", path.display()))?;
-        Ok(cfg)
+        config_json::read_valid(path, "AutoencoderKL config", "VAE config", Self::validate)
     }
 
     /// A config.json that diffusers' `AutoencoderKL.from_pretrained` loads.
     pub fn to_config_json(&self) -> String {
-        let mut v = serde_json::to_value(self).expect("config serializes");
-        v["_class_name"] = "AutoencoderKL".into();
-        v["_diffusers_version"] = "0.42.1".into();
-        serde_json::to_string_pretty(&v).expect("config serializes")
+        config_json::diffusers_json(self, "AutoencoderKL")
     }
 
     pub fn validate(&self) -> Result<()> {

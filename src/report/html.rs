@@ -53,6 +53,24 @@ pub fn href(path: &str) -> String {
     out
 }
 
+/// `figures` under a `<{tag}>` heading, each PNG linking to its SVG; nothing when there are
+/// none.
+pub fn figure_group(s: &mut String, tag: &str, heading: &str, figures: &[CurveFile]) {
+    if figures.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "<{tag}>{heading}</{tag}>");
+    for c in figures {
+        let _ = writeln!(
+            s,
+            "<figure class=curve><a href=\"{0}\"><img src=\"{1}\" alt=\"{2}\"></a><figcaption>{2} (<a href=\"{0}\">SVG</a>)</figcaption></figure>",
+            href(&c.svg),
+            href(&c.png),
+            escape(&c.metric)
+        );
+    }
+}
+
 const STYLE: &str = "body{font-family:'DejaVu Sans',Verdana,sans-serif;margin:24px auto;max-width:1500px;padding:0 16px;color:#222;background:#fff}\
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ccc;padding-bottom:4px}\
 pre{background:#f6f6f6;padding:12px;overflow:auto;font-size:13px}\
@@ -313,19 +331,7 @@ pub fn index_html(
         s.push_str("</p>\n");
         summary_table(&mut s, &sc.summary);
         for (heading, figures) in [("Curves", &sc.curves), ("Forest plots", &sc.forests)] {
-            if figures.is_empty() {
-                continue;
-            }
-            let _ = writeln!(s, "<h3>{heading}</h3>");
-            for c in figures {
-                let _ = writeln!(
-                    s,
-                    "<figure class=curve><a href=\"{0}\"><img src=\"{1}\" alt=\"{2}\"></a><figcaption>{2} (<a href=\"{0}\">SVG</a>)</figcaption></figure>",
-                    href(&c.svg),
-                    href(&c.png),
-                    escape(&c.metric)
-                );
-            }
+            figure_group(&mut s, "h3", heading, figures);
         }
         paired_table(&mut s, &sc.summary);
     }

@@ -7,7 +7,7 @@
 //! - Trace curves: each metric of the x̂₀ (`trace_scores.csv`) against the step, mean and
 //!   95% CI over seeds, for the traced conditions and their baselines.
 use super::curves::{CurveFile, Series, metric_label, write_curve};
-use super::html::{escape, href};
+use super::html::{escape, figure_group, href};
 use crate::run::info::RunInfo;
 use crate::run::records::Record;
 use crate::scoring::metrics;
@@ -356,19 +356,7 @@ pub fn html(sections: &[(&str, &WhenFiles)], filmstrips: bool) -> String {
         }
         for (heading, figures) in [("Probe curves", &when.probes), ("x̂₀ curves", &when.traces)]
         {
-            if figures.is_empty() {
-                continue;
-            }
-            let _ = writeln!(s, "<h4>{heading}</h4>");
-            for c in figures {
-                let _ = writeln!(
-                    s,
-                    "<figure class=curve><a href=\"{0}\"><img src=\"{1}\" alt=\"{2}\"></a><figcaption>{2} (<a href=\"{0}\">SVG</a>)</figcaption></figure>",
-                    href(&c.svg),
-                    href(&c.png),
-                    escape(&c.metric)
-                );
-            }
+            figure_group(&mut s, "h4", heading, figures);
         }
     }
     s

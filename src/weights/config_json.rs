@@ -1,6 +1,7 @@
 //! The JSON configs of model folders (`config.json`, `scheduler_config.json`). A value that
 //! does not fit is reported with the file, its key and, for an option, the allowed values.
 use anyhow::{Context, Result, bail};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::Path;
@@ -10,6 +11,27 @@ pub fn read<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
     parse(&text).with_context(|| format!("{}: not a valid {what}", path.display()))
+}
+
+/// Reads the config `path` as `T` ([`read`]) and checks it with `validate`; a config that
+/// does not pass is "unsupported": `unsupported` names it in that message.
+pub fn read_valid<T: DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    unsupported: &str,
+    validate: impl FnOnce(&T) -> Result<()>,
+) -> Result<T> {
+    let cfg: T = read(path, what)?;
+    validate(&cfg).with_context(|| format!("{}: unsupported {unsupported}", path.display()))?;
+    Ok(cfg)
+}
+
+/// The config.json of `cfg` that diffusers' `<class>.from_pretrained` loads.
+pub fn diffusers_json(cfg: &impl Serialize, class: &str) -> String {
+    let mut v = serde_json::to_value(cfg).expect("config serializes");
+    v["_class_name"] = class.into();
+    v["_diffusers_version"] = "0.42.1".into();
+    serde_json::to_string_pretty(&v).expect("config serializes")
 }
 
 /// Parses `text` as `T`. serde's messages name the value but not its key, so the key is

@@ -125,6 +125,20 @@ pub fn generate_float(
     out.into_iter().map(Option::unwrap).collect()
 }
 
+/// Loads `models` and generates `cells` as [`generate_float`] does; the images, which must
+/// all succeed.
+pub fn generate_images(
+    models: &negimg::roles::ModelSet<PathBuf>,
+    cells: &[negimg::params::GenParams],
+    max_batch: usize,
+) -> Vec<tch::Tensor> {
+    let mut pipeline = load_pipeline(models);
+    generate_float(&mut pipeline, cells, max_batch, &mut |_, _| {})
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
 /// Generates each of `cells` in a call of its own (no batching, no shared trajectory).
 pub fn generate_alone(
     pipeline: &mut negimg::pipeline::Pipeline,
@@ -254,4 +268,65 @@ pub fn assert_same_tensors(
         let b = reference.get(name, cpu, f32).unwrap();
         assert_eq!(max_abs_diff(&a, &b), 0.0, "{what}: {name}");
     }
+}
+
+/// Names and shapes only: enough to infer configs.
+pub struct Shapes {
+    origin: PathBuf,
+    shapes: std::collections::BTreeMap<String, Vec<usize>>,
+}
+
+impl negimg::weights::TensorSource for Shapes {
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+    fn names(&self) -> Vec<String> {
+        self.shapes.keys().cloned().collect()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.shapes.get(name).cloned()
+    }
+    fn get(&self, name: &str, _: tch::Device, _: tch::Kind) -> anyhow::Result<tch::Tensor> {
+        anyhow::bail!("{name}: shapes only")
+    }
+}
+
+/// The tensor names and shapes of the models diffusers and transformers build from these
+/// configs (`tests/reference/ldm_sd15_shapes.py`, in a fresh scratch folder `name`), by part:
+/// "unet", "vae", "text_encoder" and, given `text_2`, "text_encoder_2".
+pub fn reference_shapes(
+    name: &str,
+    unet: &negimg::models::unet::UNet2DConditionConfig,
+    vae: &negimg::models::vae::AutoencoderKLConfig,
+    text: &negimg::models::clip_text::ClipTextConfig,
+    text_2: Option<&negimg::models::clip_text::ClipTextConfig>,
+) -> std::collections::BTreeMap<String, Shapes> {
+    let dir = scratch(name);
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let out = dir.join("shapes.json");
+    let mut args = vec![
+        write("unet.json", unet.to_config_json()),
+        write("vae.json", vae.to_config_json()),
+        write("text.json", text.to_config_json().to_string()),
+        out.to_str().unwrap().to_string(),
+    ];
+    if let Some(text_2) = text_2 {
+        args.push(write("text_2.json", text_2.to_config_json().to_string()));
+    }
+    run_python(
+        "ldm_sd15_shapes.py",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let all: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<usize>>> =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    all.into_iter()
+        .map(|(part, shapes)| {
+            let origin = out.clone();
+            (part, Shapes { origin, shapes })
+        })
+        .collect()
 }

@@ -1,8 +1,13 @@
 //! The pieces of the image parity tests: the input images, the standard cell, the cases JSON
 //! a reference script in tests/reference/ reads, running negimg and the script on the same
 //! cases, and the image-difference assertions (parity within 1/255; a guard's distance).
-use negimg::params::{BranchWeight, GenParams, NegativeMode};
+use negimg::models::unet::{
+    IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_layers, write_random_model,
+};
+use negimg::params::{BranchWeight, GenParams, NegativeMode, SchedulerKind, Window};
 use negimg::pipeline::{Pipeline, to_rgb8};
+use negimg::sampling::SchedulerConfig;
+use negimg::sampling::window::active_steps;
 use negimg::weights::{TensorFile, TensorSource};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -47,6 +52,19 @@ pub fn cell(dir: &Path, seed: u64) -> GenParams {
 
 pub fn branch(weight: f64, start: f64, end: f64) -> BranchWeight {
     BranchWeight { weight, start, end }
+}
+
+/// The window tests' cell: the image negative with the cond branch active early (0-0.6) and
+/// the uncond branch late (0.3-1), so that the sigma rule selects other steps than the steps
+/// rule.
+pub fn window_cell(dir: &Path, scheduler: SchedulerKind, window: Window) -> GenParams {
+    let mut c = cell(dir, 5);
+    c.negative = NegativeMode::Image;
+    c.positive = branch(1.5, 0.0, 0.6);
+    c.negative_branch = branch(1.5, 0.3, 1.0);
+    c.scheduler = scheduler;
+    c.window = window;
+    c
 }
 
 fn branch_json(b: &BranchWeight) -> Value {
@@ -104,15 +122,85 @@ pub fn run_reference(script: &str, dir: &Path, models: &Path, cases: &[Value]) -
     TensorFile::open(&out).unwrap()
 }
 
-/// Runs `tests/reference/unet_parity.py` (diffusers' UNet with and without the adapter, one
-/// step) on the UNet folder `unet`, the `adapter` file and the `inputs` file, writing
-/// `dir/ref.safetensors`, and opens its output.
-pub fn unet_reference(dir: &Path, unet: &Path, adapter: &Path, inputs: &Path) -> TensorFile {
-    let out = dir.join("ref.safetensors");
-    let args = [unet, adapter, inputs, &out].map(|p| p.to_str().unwrap().to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    super::run_python("unet_parity.py", &args);
-    TensorFile::open(&out).unwrap()
+/// A UNet parity set-up in a fresh scratch folder: a random UNet (`unet/`, seed 7), the
+/// adapter file `ip-adapter.safetensors` (the test writes it) and the inputs
+/// `inputs.safetensors` ([`UnetSetup::write_inputs`]), which a reference script reads.
+pub struct UnetSetup {
+    pub dir: PathBuf,
+    pub cfg: UNet2DConditionConfig,
+    pub unet: PathBuf,
+    pub adapter: PathBuf,
+    pub inputs: PathBuf,
+}
+
+impl UnetSetup {
+    /// Writes the random UNet of `cfg` in the scratch folder `name`.
+    pub fn new(name: &str, cfg: UNet2DConditionConfig) -> Self {
+        let dir = super::scratch(name);
+        let unet = dir.join("unet");
+        write_random_model(&unet, &cfg, 7, false).unwrap();
+        UnetSetup {
+            adapter: dir.join("ip-adapter.safetensors"),
+            inputs: dir.join("inputs.safetensors"),
+            dir,
+            cfg,
+            unet,
+        }
+    }
+
+    /// Writes the named tensors `draw` makes (under the generator of seed 3) as the inputs,
+    /// and opens them.
+    pub fn write_inputs(&self, draw: impl FnOnce() -> Vec<(&'static str, Tensor)>) -> TensorFile {
+        let generator = negimg::weights::random::seeded_generator(3);
+        let tensors = draw();
+        drop(generator);
+        Tensor::write_safetensors(&tensors, &self.inputs).unwrap();
+        TensorFile::open(&self.inputs).unwrap()
+    }
+
+    /// Runs `tests/reference/<script>` on the UNet folder, the adapter and the inputs,
+    /// writing `ref.safetensors`, and opens its output.
+    pub fn reference(&self, script: &str) -> TensorFile {
+        let out = self.dir.join("ref.safetensors");
+        let args = [&self.unet, &self.adapter, &self.inputs, &out]
+            .map(|p| p.to_str().unwrap().to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        super::run_python(script, &args);
+        TensorFile::open(&out).unwrap()
+    }
+
+    /// The UNet on the CPU in float32, without IP layers.
+    pub fn load_plain(&self) -> UNet2DConditionModel {
+        UNet2DConditionModel::load(&self.unet, Device::Cpu, Kind::Float, None).unwrap()
+    }
+
+    /// The UNet with IP layers, before its adapter is loaded.
+    pub fn load_ip_layers(&self) -> UNet2DConditionModel {
+        let ip = Some(IpLayout::for_config(&self.cfg));
+        UNet2DConditionModel::load(&self.unet, Device::Cpu, Kind::Float, ip).unwrap()
+    }
+
+    /// The UNet with the adapter loaded.
+    pub fn load_with_adapter(&self) -> UNet2DConditionModel {
+        let mut unet = self.load_ip_layers();
+        unet.load_ip_adapter(&TensorFile::open(&self.adapter).unwrap())
+            .unwrap();
+        unet
+    }
+}
+
+/// The variables of the UNet of `cfg` are exactly the state-dict keys and shapes of the
+/// model diffusers builds from its config (scratch folder `name`), and its IP layers follow
+/// diffusers' `attn_processors` order; their names.
+pub fn assert_unet_layout_is_diffusers(name: &str, cfg: &UNet2DConditionConfig) -> Vec<String> {
+    let reference = super::diffusers_model_keys(name, "unet", &cfg.to_config_json());
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let _unet = UNet2DConditionModel::new(vs.root(), cfg, None).unwrap();
+    assert_eq!(super::var_shapes(&vs), super::shapes_of(&reference));
+    let names: Vec<String> = ip_attn_layers(cfg).into_iter().map(|(n, _)| n).collect();
+    let cross: Vec<String> = serde_json::from_value(reference["cross_attention"].clone()).unwrap();
+    assert_eq!(names, cross);
+    names
 }
 
 /// A float image `[3, H, W]` as plain data (a static cannot hold tensors).
@@ -249,6 +337,49 @@ impl Parity {
     /// Our image of `name` matches the reference's within 1/255.
     pub fn assert_parity(&self, name: &str) {
         assert_parity(name, &self.ours(name), &self.reference(name));
+    }
+
+    /// Our image of `a` is more than 2/255 (twice the parity tolerance) from our image of `b`.
+    pub fn assert_far(&self, a: &str, b: &str) {
+        assert_far(a, &self.ours(a), &self.ours(b), b);
+    }
+}
+
+/// A [`Parity`] computation with its pipeline's scheduler, for the window tests: the active
+/// steps of each window rule, ours and the reference's.
+pub struct WindowParity {
+    pub parity: Parity,
+    schedule: SchedulerConfig,
+}
+
+impl WindowParity {
+    /// [`Parity::compute`], keeping the pipeline's scheduler config.
+    pub fn compute(setup: Setup, cases: impl FnOnce(&Path) -> Vec<(String, GenParams)>) -> Self {
+        let (parity, pipeline) = Parity::compute(setup, cases);
+        WindowParity {
+            parity,
+            schedule: pipeline.scheduler_config().clone(),
+        }
+    }
+
+    /// The active steps negimg computes for each row (uncond, cond) of `name` under `window`.
+    pub fn our_active(&self, name: &str, window: Window) -> Vec<Vec<usize>> {
+        let c = self.parity.cell(name);
+        [c.negative_branch, c.positive]
+            .iter()
+            .map(|b| active_steps(&self.schedule, c.scheduler, c.steps, window, b).unwrap())
+            .collect()
+    }
+
+    /// The reference's (ComfyUI formula) active steps of each row of `name`.
+    pub fn reference_active(&self, name: &str) -> Vec<Vec<usize>> {
+        let on = self
+            .parity
+            .reference_tensor(&format!("{name}.active"), Kind::Int64);
+        let rows = Vec::<Vec<i64>>::try_from(&on).unwrap();
+        rows.iter()
+            .map(|r| (0..r.len()).filter(|&i| r[i] == 1).collect())
+            .collect()
     }
 }
 
