@@ -472,7 +472,7 @@ fn sdxl_single_file_plan_checks_from_the_header() {
     let shown = |p: &Path| p.display().to_string();
 
     // The valid SDXL single file plans, micro-conditioning included; the estimate counts
-    // the UNet from the configs folder beside it.
+    // the UNet from the configs folder beside it and the VAE's parameters in the file.
     let (file, _) = plan_experiment(
         &dir,
         "valid",
@@ -483,7 +483,8 @@ fn sdxl_single_file_plan_checks_from_the_header() {
     assert!(ok, "{text}");
     let configs = single.with_extension("configs").join("unet/config.json");
     assert!(
-        text.contains(&format!("UNet FLOPs counted from {}", configs.display())),
+        text.contains(&format!("UNet FLOPs counted from {}", configs.display()))
+            && !text.contains("VAE weights not here"),
         "{text}"
     );
 
