@@ -10,7 +10,7 @@
 //! micro-conditioning, NegToMe at alpha 0), so a script that dropped it would fail.
 mod common;
 
-use common::{negimg, text};
+use common::{max_level_diff, negimg, text, with_chunk};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -205,16 +205,6 @@ fn rgb(png: &Path) -> image::RgbImage {
     image::open(png).unwrap().to_rgb8()
 }
 
-fn max_level_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
-}
-
 #[test]
 fn export_sdxl_vit_h_base_at_non_default_micro_conditioning_matches_negimg() {
     assert_script_matches("vit_h", "micro");
@@ -290,7 +280,7 @@ fn export_sdxl_refuses_a_single_file_pipeline_and_a_step_set() {
             }
         }
     });
-    let steps = with_param(&png, "neg_steps_at", "1,3".into());
+    let steps = with_chunk(&png, |v| v["params"]["neg_steps_at"] = "1,3".into());
     let steps_png = run_copy("step_set", steps, |_| {});
     for (png, expected) in [
         (&single_png, "is a single-file checkpoint"),
@@ -321,14 +311,4 @@ fn run_copy(name: &str, png: Vec<u8>, edit: impl Fn(&mut serde_json::Value)) -> 
     let image = copy.join("images/cell.png");
     std::fs::write(&image, png).unwrap();
     image
-}
-
-/// The PNG `png` with its `negimg` chunk's parameter `key` set to `value`.
-fn with_param(png: &Path, key: &str, value: serde_json::Value) -> Vec<u8> {
-    let texts = negimg::run::png::read_texts(png).unwrap();
-    let chunk = &texts.iter().find(|(k, _)| k == "negimg").unwrap().1;
-    let mut chunk: serde_json::Value = serde_json::from_str(chunk).unwrap();
-    chunk["params"][key] = value;
-    let img = image::open(png).unwrap().to_rgb8();
-    negimg::run::png::encode(&img, &[("negimg", &chunk.to_string())]).unwrap()
 }

@@ -14,16 +14,6 @@ fn gradient(w: u32, h: u32) -> RgbImage {
     ImageBuffer::from_fn(w, h, |x, y| Rgb([(x * 30) as u8, (y * 30) as u8, 200]))
 }
 
-fn max_diff(a: &RgbImage, b: &RgbImage) -> u8 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
-}
-
 fn png_bytes(img: &RgbImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
@@ -43,7 +33,7 @@ fn images_png_and_jpeg_load_as_rgb() {
         .unwrap();
     let got = load_rgb(&jpeg).unwrap();
     assert_eq!(got.dimensions(), (8, 6));
-    assert!(max_diff(&got, &img) < 40);
+    assert!(common::max_level_diff(&got, &img) < 40);
 }
 
 #[test]
@@ -246,9 +236,9 @@ fn images_cmyk_jpeg_and_exif_orientation_match_pillow() {
     assert_eq!(got.dimensions(), (48, 32));
     // Different JPEG decoders: a few levels apart at most, never inverted or swapped.
     assert!(
-        max_diff(&got, &want) < 24,
+        common::max_level_diff(&got, &want) < 24,
         "CMYK differs by {}",
-        max_diff(&got, &want)
+        common::max_level_diff(&got, &want)
     );
 
     let got = load_rgb(&rotated).unwrap();
@@ -259,8 +249,8 @@ fn images_cmyk_jpeg_and_exif_orientation_match_pillow() {
         "orientation 6 turns 48x32 upright to 32x48"
     );
     assert!(
-        max_diff(&got, &want) < 24,
+        common::max_level_diff(&got, &want) < 24,
         "rotated differs by {}",
-        max_diff(&got, &want)
+        common::max_level_diff(&got, &want)
     );
 }

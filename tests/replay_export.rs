@@ -9,7 +9,7 @@
 //! run in the venv, gives negimg's image within 1/255.
 mod common;
 
-use common::{negimg, text};
+use common::{max_level_diff, negimg, text, with_chunk};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -261,16 +261,6 @@ fn replay_refuses_a_png_without_chunk_and_one_from_a_newer_negimg() {
     assert!(!r.dir.join("future-replay.png").exists());
 }
 
-/// The PNG `png` with its `negimg` chunk changed by `edit` (its only text chunk).
-fn with_chunk(png: &Path, edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
-    let texts = negimg::run::png::read_texts(png).unwrap();
-    let chunk = &texts.iter().find(|(k, _)| k == "negimg").unwrap().1;
-    let mut value: serde_json::Value = serde_json::from_str(chunk).unwrap();
-    edit(&mut value);
-    let img = image::open(png).unwrap().to_rgb8();
-    negimg::run::png::encode(&img, &[("negimg", &value.to_string())]).unwrap()
-}
-
 /// A copy of the run folder whose manifest `edit` changes (the models stay where they are).
 fn run_copy_with_manifest(name: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let r = run();
@@ -385,16 +375,6 @@ fn export_and_compare_in(dir: &Path, png: &Path, name: &str, env: &[(&str, &Path
         "{name}: the script's image is {diff}/255 from negimg's"
     );
     std::fs::read_to_string(&script).unwrap()
-}
-
-fn max_level_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
 }
 
 /// A run whose models are `hf:` references (the tiny models in a Hugging Face cache, offline):

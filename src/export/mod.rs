@@ -438,6 +438,29 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// SDXL rows number the presets on SDXL's 11 blocks (ComfyUI's `style`: block 6) and
+    /// carry the cell's micro-conditioning by diffusers' names; SD1.5 rows keep SD1.5's
+    /// numbering and no micro-conditioning.
+    #[test]
+    fn export_rows_take_the_pipeline_layout_and_micro_conditioning() {
+        let mut p = GenParams::new(1);
+        p.neg_blocks = crate::params::BlockWeights::Style;
+        p.original_size = Some(crate::params::MicroPair(96, 64));
+        p.crops_coords_top_left = crate::params::MicroPair(8, 4);
+        let images = ImageNames::of(&p);
+        let sdxl = rows_json(&p, &images, true);
+        let negative = |rows: &Value| rows[0]["blocks"].clone();
+        assert_eq!(negative(&sdxl), json!([[6, 1.0]]));
+        let micro = &sdxl[1]["micro"];
+        assert_eq!(micro["original_size"], json!([96, 64]));
+        assert_eq!(micro["crops_coords_top_left"], json!([8, 4]));
+        assert_eq!(micro["target_size"], json!([p.height, p.width]));
+        let sd15 = rows_json(&p, &images, false);
+        let style = crate::params::BlockWeights::Style.pairs();
+        assert_eq!(negative(&sd15), json!(style));
+        assert_eq!(sd15[0]["micro"], Value::Null);
+    }
+
     #[test]
     fn export_base64_matches_the_standard_alphabet() {
         assert_eq!(base64(b""), "");

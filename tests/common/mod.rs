@@ -330,3 +330,24 @@ pub fn reference_shapes(
         })
         .collect()
 }
+
+/// The largest difference of two images of one size, in 8-bit levels.
+pub fn max_level_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+/// The PNG `png` with its `negimg` chunk changed by `edit` (its only text chunk).
+pub fn with_chunk(png: &Path, edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+    let texts = negimg::run::png::read_texts(png).unwrap();
+    let chunk = &texts.iter().find(|(k, _)| k == "negimg").unwrap().1;
+    let mut value: serde_json::Value = serde_json::from_str(chunk).unwrap();
+    edit(&mut value);
+    let img = image::open(png).unwrap().to_rgb8();
+    negimg::run::png::encode(&img, &[("negimg", &value.to_string())]).unwrap()
+}
