@@ -476,6 +476,16 @@ pub fn score_with(
     Ok(id)
 }
 
+/// The run's `[scoring] region` mask, if it sets one.
+fn scoring_region(info: &RunInfo) -> Result<Option<crate::images::BinaryMask>> {
+    info.scoring
+        .region
+        .as_deref()
+        .map(crate::images::BinaryMask::load)
+        .transpose()
+        .context("[scoring] region")
+}
+
 /// Against the paired baseline image, by cell id: the mean absolute difference and SSIM
 /// ([`pixel::METRICS`]) and the luma change map's scalars ([`change::METRICS`]), the map
 /// written to `maps/<cell-id>/change_luma.npy`; NaN without a baseline.
@@ -485,13 +495,7 @@ pub fn change_against_baseline(
     records: &[Record],
 ) -> Result<HashMap<String, Vec<f64>>> {
     let bases = metrics::baselines(info, records);
-    let region = info
-        .scoring
-        .region
-        .as_deref()
-        .map(crate::images::BinaryMask::load)
-        .transpose()
-        .context("[scoring] region")?;
+    let region = scoring_region(info)?;
     let load = |r: &Record| -> Result<image::RgbImage> {
         let path = run_dir.join(&r.file);
         Ok(image::open(&path)
@@ -561,13 +565,7 @@ fn attention_scalars(
     info: &RunInfo,
     records: &[Record],
 ) -> Result<HashMap<String, Vec<f64>>> {
-    let region = info
-        .scoring
-        .region
-        .as_deref()
-        .map(crate::images::BinaryMask::load)
-        .transpose()
-        .context("[scoring] region")?;
+    let region = scoring_region(info)?;
     let mut out = HashMap::new();
     for r in records.iter().filter(|r| r.status == records::Status::Done) {
         let file = crate::run::attention_maps::file(run_dir, &r.cell_id, "negative");

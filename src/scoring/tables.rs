@@ -389,28 +389,46 @@ fn base_markdown(s: &mut String, summary: &Summary, metrics: &[usize]) {
          condition − baseline, mean [95% CI]; p_holm; wins = seeds that moved the right way.\n",
         baseline_text(summary)
     );
+    diff_header(s, summary, metrics, "wins");
+    for row in rows {
+        diff_row(s, summary, metrics, &row.key, |m| row.vs_base[m].as_ref());
+    }
+}
+
+/// The header of a markdown table of paired differences: the axes, then per metric its
+/// difference, p_holm and `count` (the column of [`win_text`]).
+fn diff_header(s: &mut String, summary: &Summary, metrics: &[usize], count: &str) {
     let mut header: Vec<String> = summary.axes.clone();
     for &m in metrics {
         header.push(format!("{} diff", summary.metrics[m]));
         header.push("p_holm".into());
-        header.push("wins".into());
+        header.push(count.into());
     }
     let _ = writeln!(s, "| {} |", header.join(" | "));
     let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
-    for row in rows {
-        let mut cells: Vec<String> = row.key.iter().map(|k| md_escape(k)).collect();
-        for &m in metrics {
-            match &row.vs_base[m] {
-                Some(d) => cells.extend([
-                    diff_text(d, &summary.metrics[m]),
-                    p_text(d.p_holm),
-                    win_text(d),
-                ]),
-                None => cells.extend(["–".into(), "–".into(), "–".into()]),
-            }
+}
+
+/// A row of a [`diff_header`] table: the condition `key`, then per metric `m` the
+/// difference `diff(m)` ("–" in each column where there is none).
+fn diff_row<'a>(
+    s: &mut String,
+    summary: &Summary,
+    metrics: &[usize],
+    key: &[String],
+    diff: impl Fn(usize) -> Option<&'a BaseDiff>,
+) {
+    let mut cells: Vec<String> = key.iter().map(|k| md_escape(k)).collect();
+    for &m in metrics {
+        match diff(m) {
+            Some(d) => cells.extend([
+                diff_text(d, &summary.metrics[m]),
+                p_text(d.p_holm),
+                win_text(d),
+            ]),
+            None => cells.extend(["–".into(), "–".into(), "–".into()]),
         }
-        let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
+    let _ = writeln!(s, "| {} |", cells.join(" | "));
 }
 
 /// The markdown table of the effects pooled over subjects.
@@ -426,27 +444,11 @@ fn pooled_markdown(s: &mut String, summary: &Summary, metrics: &[usize]) {
          right way.\n",
         super::pooled::SUBJECT_ALPHA
     );
-    let mut header: Vec<String> = summary.axes.clone();
-    for &m in metrics {
-        header.push(format!("{} diff", summary.metrics[m]));
-        header.push("p_holm".into());
-        header.push("significant".into());
-    }
-    let _ = writeln!(s, "| {} |", header.join(" | "));
-    let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
+    diff_header(s, summary, metrics, "significant");
     for row in &summary.pooled {
-        let mut cells: Vec<String> = row.key.iter().map(|k| md_escape(k)).collect();
-        for &m in metrics {
-            match &row.vs_base[m] {
-                Some(d) => cells.extend([
-                    diff_text(&d.diff, &summary.metrics[m]),
-                    p_text(d.diff.p_holm),
-                    win_text(&d.diff),
-                ]),
-                None => cells.extend(["–".into(), "–".into(), "–".into()]),
-            }
-        }
-        let _ = writeln!(s, "| {} |", cells.join(" | "));
+        diff_row(s, summary, metrics, &row.key, |m| {
+            row.vs_base[m].as_ref().map(|d| &d.diff)
+        });
     }
 }
 
