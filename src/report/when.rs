@@ -445,27 +445,35 @@ mod tests {
     use crate::run::records::Status;
     use crate::scoring::stats::{ScoreTable, summarize};
 
-    #[test]
-    fn when_probe_curves_place_the_verdict_differences_at_their_steps() {
-        let sets = ["0", "1", "from 1", "1, 3"];
-        let axis = |name: &str, values: &[&str]| Axis {
+    fn axis(name: &str, values: &[&str]) -> Axis {
+        Axis {
             name: name.into(),
             values: values.iter().map(|v| v.to_string()).collect(),
-        };
-        let info = RunInfo {
+        }
+    }
+
+    /// A run with these condition axes and nothing else.
+    fn run_info(axes: Vec<Axis>) -> RunInfo {
+        RunInfo {
             experiment: "t".into(),
             run_id: "r".into(),
-            axes: vec![
-                axis("negative", &["none", "image"]),
-                axis("neg_steps_at", &sets),
-                axis("seed", &["1", "2", "3"]),
-            ],
+            axes,
             plots: Default::default(),
             scoring: Default::default(),
             images: Default::default(),
             captions: Default::default(),
             subjects: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn when_probe_curves_place_the_verdict_differences_at_their_steps() {
+        let sets = ["0", "1", "from 1", "1, 3"];
+        let info = run_info(vec![
+            axis("negative", &["none", "image"]),
+            axis("neg_steps_at", &sets),
+            axis("seed", &["1", "2", "3"]),
+        ]);
         let mut records = Vec::new();
         let mut values = HashMap::new();
         for (m, mode) in [NegativeMode::None, NegativeMode::Image]
@@ -533,33 +541,15 @@ mod tests {
             ("neg_end", ["0.15", "0.4", "0.66", "1"], Window::Steps),
             ("neg_end", ["0.15", "0.4", "0.66", "1"], Window::Sigma),
         ];
-        for (axis, fractions, window) in cases {
-            let info = RunInfo {
-                experiment: "t".into(),
-                run_id: "r".into(),
-                axes: vec![
-                    Axis {
-                        name: "negative".into(),
-                        values: vec!["none".into(), "image".into()],
-                    },
-                    Axis {
-                        name: axis.into(),
-                        values: fractions.iter().map(|f| f.to_string()).collect(),
-                    },
-                    Axis {
-                        name: "seed".into(),
-                        values: vec!["1".into(), "2".into()],
-                    },
-                ],
-                plots: Default::default(),
-                scoring: Default::default(),
-                images: Default::default(),
-                captions: Default::default(),
-                subjects: Default::default(),
-            };
+        for (axis_name, fractions, window) in cases {
+            let info = run_info(vec![
+                axis("negative", &["none", "image"]),
+                axis(axis_name, &fractions),
+                axis("seed", &["1", "2"]),
+            ]);
             let cell = |mode: NegativeMode, f: &str, seed: u64| {
                 let f: f64 = f.parse().unwrap();
-                let (neg_start, neg_end) = match axis {
+                let (neg_start, neg_end) = match axis_name {
                     "neg_start" => (Some(f), None),
                     _ => (None, Some(f)),
                 };
@@ -594,11 +584,12 @@ mod tests {
                 values,
             };
             let summary = summarize(&info, &records, &scores);
-            let place =
-                |key: &[String]| condition_step(&summary, &records, Some(&schedule), axis, key);
-            let (series, left_out) = probe_curve_data(&summary, 0, axis, &place);
-            assert_eq!(left_out, 0, "{axis} {window:?}");
-            assert_eq!(series.len(), 1, "{axis} {window:?}");
+            let place = |key: &[String]| {
+                condition_step(&summary, &records, Some(&schedule), axis_name, key)
+            };
+            let (series, left_out) = probe_curve_data(&summary, 0, axis_name, &place);
+            assert_eq!(left_out, 0, "{axis_name} {window:?}");
+            assert_eq!(series.len(), 1, "{axis_name} {window:?}");
             // The step the sampler makes the negative start (or stop) at, from the
             // pipeline's own per-step decision on the cell's parameters.
             let sampler = make_scheduler(SchedulerKind::EulerAncestral, &schedule, steps).unwrap();
@@ -611,7 +602,7 @@ mod tests {
                             Branch::Negative.active(&params, &step_at(sampler.as_ref(), i, steps))
                         })
                         .collect();
-                    let step = match axis {
+                    let step = match axis_name {
                         "neg_start" => active.first(),
                         _ => active.last(),
                     };
@@ -619,7 +610,7 @@ mod tests {
                 })
                 .collect();
             let xs: Vec<f64> = series[0].points.iter().map(|p| p.0).collect();
-            assert_eq!(xs, want, "{axis} {window:?}");
+            assert_eq!(xs, want, "{axis_name} {window:?}");
             assert!(xs.iter().any(|&x| x > 1.0), "steps, not fractions: {xs:?}");
         }
     }
@@ -627,25 +618,11 @@ mod tests {
     #[test]
     fn when_trace_curves_draw_each_condition_and_its_shared_baseline_once_per_figure() {
         let sets: Vec<String> = (0..11).map(|k| k.to_string()).collect();
-        let info = RunInfo {
-            experiment: "t".into(),
-            run_id: "r".into(),
-            axes: vec![
-                Axis {
-                    name: "negative".into(),
-                    values: vec!["none".into(), "image".into()],
-                },
-                Axis {
-                    name: "neg_steps_at".into(),
-                    values: sets.clone(),
-                },
-            ],
-            plots: Default::default(),
-            scoring: Default::default(),
-            images: Default::default(),
-            captions: Default::default(),
-            subjects: Default::default(),
-        };
+        let set_names: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let info = run_info(vec![
+            axis("negative", &["none", "image"]),
+            axis("neg_steps_at", &set_names),
+        ]);
         let mut records = Vec::new();
         let mut rows = Vec::new();
         for mode in [NegativeMode::None, NegativeMode::Image] {
