@@ -6,7 +6,8 @@
 //! posterior: forked with the latents) and of `cond_negative`'s second image term, made in
 //! one batch with sharing and UNet calls of 3 groups, give the images each cell gives alone
 //! (CPU, fp32, tiny models). Also `neg_off`: with `no_image` a probe is its baseline's
-//! trajectory until its step.
+//! trajectory until its step. A batch made for some of its cells (a resume) skips the calls
+//! that lead to no other cell and gives those cells' images and traces bit for bit.
 mod common;
 
 use negimg::params::{GenParams, Method, NegOff, NegativeMode, SchedulerKind};
@@ -219,4 +220,51 @@ fn traces_with_shared_trajectories_equal_traces_made_alone() {
         assert!(first > 1e-3, "cell {i}: the step-0 trace is the image");
     }
     println!("traces: largest difference to alone {worst:e}");
+}
+
+#[test]
+fn shared_trajectory_batch_made_for_some_cells_equals_the_whole_batch_for_them() {
+    let dir = common::scratch("shared_trajectories_wanted");
+    common::parity::write_pos_neg(&dir, (64, 48));
+    let models = common::tiny::tiny_models();
+    let mut pipeline = common::load_pipeline(&ModelSet::from_models_dir(&models));
+    let mut cells = grid(&dir, &[7, 8], &[Method::Uncond], NegOff::NoImage);
+    for c in &mut cells {
+        c.trace = Some("1, 3".parse().unwrap());
+    }
+    pipeline.set_call_cells(2);
+    let all = vec![true; cells.len()];
+    let whole = pipeline
+        .generate_float_wanted(&cells, &all, &mut |_, _| {})
+        .unwrap();
+    let whole_traces = pipeline.take_traces_float();
+    let whole_steps = pipeline.take_row_steps();
+    assert_eq!(whole_steps.computed, whole_steps.planned);
+    // The probe at step 2 of the first seed and the until-sweep of the second.
+    let wanted: Vec<bool> = (0..cells.len()).map(|i| i == 3 || i == 13).collect();
+    let some = pipeline
+        .generate_float_wanted(&cells, &wanted, &mut |_, _| {})
+        .unwrap();
+    let some_traces = pipeline.take_traces_float();
+    let steps = pipeline.take_row_steps();
+    assert_eq!(steps.planned, whole_steps.planned);
+    assert!(
+        steps.computed < steps.planned,
+        "{} of {} row-steps computed",
+        steps.computed,
+        steps.planned
+    );
+    let same = |a: &negimg::pipeline::FloatOutcome, b: &negimg::pipeline::FloatOutcome| {
+        common::max_abs_diff(a.as_ref().unwrap(), b.as_ref().unwrap()) == 0.0
+    };
+    for i in (0..cells.len()).filter(|&i| wanted[i]) {
+        let image = some[i].as_ref().expect("a wanted cell is made");
+        assert!(same(image, whole[i].as_ref().unwrap()), "cell {i} differs");
+        assert_eq!(some_traces[i].len(), 2, "cell {i}");
+        for ((s, a), (t, b)) in some_traces[i].iter().zip(&whole_traces[i]) {
+            assert_eq!(s, t);
+            assert!(same(a, b), "cell {i}: the trace of step {s} differs");
+        }
+    }
+    assert!(some.iter().any(Option::is_none), "some decode was skipped");
 }

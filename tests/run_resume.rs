@@ -41,40 +41,34 @@ fn dummy_models(dir: &Path) {
     write("ip-adapter-plus_sd15.safetensors", "plus");
 }
 
-const EXPERIMENT: &str = r#"
-[experiment]
-name = "fake"
-
-[models]
-pipeline = "models/pipeline"
-ip_adapter = { base = "models/ip-adapter_sd15.safetensors", plus = "models/ip-adapter-plus_sd15.safetensors" }
-image_encoder = "models/image_encoder"
-
-[images.house]
-generate = { prompt = "a house" }
-
-[images.lawn]
-path = "lawn.png"
-
-[defaults]
-steps = 3
-size = 16
-positive_image = "house"
-negative_image = "lawn"
+/// Two adapters crossed with cfg and weight.
+fn experiment() -> String {
+    fake_toml(
+        "fake",
+        "base = \"models/ip-adapter_sd15.safetensors\", plus = \"models/ip-adapter-plus_sd15.safetensors\"",
+        r#"negative_image = "lawn"
 seeds = { count = 2 }
 
 [grid]
 adapter = ["base", "plus"]
 cfg = [5, 13, 7]
 weight = [0.5, 1]
-"#;
+"#,
+    )
+}
 
 /// 2 adapters x 3 cfg x 2 weights x 2 seeds.
 const CELLS: usize = 24;
 
-/// An experiment `name` with the base adapter, the inputs `house` (made from text) and
-/// `lawn`, 3 steps at 16x16 from `house`, then `cells` (more defaults and the grid).
+/// An experiment `name` with the base adapter, then `cells` ([`fake_toml`]).
 fn one_adapter(name: &str, cells: &str) -> String {
+    fake_toml(name, "base = \"models/ip-adapter_sd15.safetensors\"", cells)
+}
+
+/// An experiment `name` with the adapters `adapters` (the inside of `ip_adapter`'s table),
+/// the inputs `house` (made from text) and `lawn`, 3 steps at 16x16 from `house`, then
+/// `cells` (more defaults and the grid).
+fn fake_toml(name: &str, adapters: &str, cells: &str) -> String {
     format!(
         r#"
 [experiment]
@@ -82,7 +76,7 @@ name = "{name}"
 
 [models]
 pipeline = "models/pipeline"
-ip_adapter = {{ base = "models/ip-adapter_sd15.safetensors" }}
+ip_adapter = {{ {adapters} }}
 image_encoder = "models/image_encoder"
 
 [images.house]
@@ -174,7 +168,7 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
-    setup_with(name, EXPERIMENT)
+    setup_with(name, &experiment())
 }
 
 fn setup_with(name: &str, text: &str) -> Setup {
@@ -288,7 +282,7 @@ fn resume_skips_done_cells_and_leaves_images_unchanged() {
     assert_eq!(images(&run), before);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["experiment_text"], EXPERIMENT);
+    assert_eq!(manifest["experiment_text"], experiment());
     let models = manifest["models"].as_array().unwrap();
     assert!(
         models
@@ -573,7 +567,7 @@ fn editing_the_experiment_is_said_and_changed_cells_need_new_or_force() {
     let first = go(&s, &opts, &Fake::default()).unwrap();
     let file = s.dir.join("fake.toml");
     // One more cfg value: the run is extended, and the log says the file changed.
-    std::fs::write(&file, EXPERIMENT.replace("[5, 13, 7]", "[5, 13, 7, 9]")).unwrap();
+    std::fs::write(&file, experiment().replace("[5, 13, 7]", "[5, 13, 7, 9]")).unwrap();
     let grown = Setup {
         dir: s.dir.clone(),
         exp: experiment::load(&file, &LoadOptions::default()).unwrap(),
@@ -583,7 +577,7 @@ fn editing_the_experiment_is_said_and_changed_cells_need_new_or_force() {
     let log = std::fs::read_to_string(first.dir.join("log.txt")).unwrap();
     assert!(log.contains("changed since run"), "{log}");
     // cfg 7 becomes 8: cells of the run would change, so it is refused.
-    std::fs::write(&file, EXPERIMENT.replace("[5, 13, 7]", "[5, 13, 8]")).unwrap();
+    std::fs::write(&file, experiment().replace("[5, 13, 7]", "[5, 13, 8]")).unwrap();
     let changed = Setup {
         dir: s.dir.clone(),
         exp: experiment::load(&file, &LoadOptions::default()).unwrap(),

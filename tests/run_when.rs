@@ -32,6 +32,8 @@ fn when_tiny_runs_step_set_probes_with_shared_trajectories() {
     assert!(plan.contains("20 images for 36 cells"), "{plan}");
     // x̂₀ at steps 0 and 2 of each of the 20 images.
     assert!(plan.contains("x̂₀ traces: 40 more VAE decodes"), "{plan}");
+    assert!(!plan.contains("without an x̂₀ at the same step"), "{plan}");
+    plan_warns_of_traces_without_a_baseline_trace(&dir);
     let records = read_records(&run.join("records.csv")).unwrap();
     for r in &records {
         let id = r
@@ -100,6 +102,35 @@ fn when_tiny_runs_step_set_probes_with_shared_trajectories() {
     assert!(!dir.join("x.png").exists());
     trace_scores_pair_to_the_baseline_trace_at_the_same_step(&run, &records);
     when_report_has_probe_and_trace_curves_and_filmstrips(&run);
+}
+
+/// when-tiny with the baseline traced at steps 0 and 3 and the probes at 0 and 2: plan
+/// warns, naming the file, line and key of `trace`, that the probes' step 2 has no
+/// baseline x̂₀.
+fn plan_warns_of_traces_without_a_baseline_trace(dir: &Path) {
+    let text = std::fs::read_to_string(dir.join("experiments/when-tiny.toml")).unwrap();
+    let grid = "negative = [\"none\", \"image\"]\n";
+    let zip = "trace = [\"every 3\", \"every 2\"]";
+    let unpaired = text.replace(grid, "").replace(
+        "\n[scoring]",
+        &format!("\n[[grid.zip]]\n{grid}{zip}\n\n[scoring]"),
+    );
+    assert_ne!(unpaired, text);
+    std::fs::write(dir.join("experiments/when-unpaired.toml"), &unpaired).unwrap();
+    let plan = common::plan("experiments/when-unpaired.toml", dir);
+    let line = unpaired.lines().position(|l| l == zip).unwrap() + 1;
+    let warning = plan
+        .lines()
+        .find(|l| l.contains("without an x̂₀ at the same step"))
+        .unwrap_or_else(|| panic!("no unpaired-trace warning:\n{plan}"));
+    // 9 probes x 2 seeds, each at its step 2.
+    assert!(
+        warning.starts_with(&format!(
+            "warning: experiments/when-unpaired.toml:{line} (grid.zip"
+        )) && warning.contains("18 traced x̂₀")
+            && warning.contains("at step 2"),
+        "{warning}"
+    );
 }
 
 /// The record of the image cell with `neg_steps_at = set` and its baseline (same seed).

@@ -2,12 +2,16 @@
 //! counts and a time estimate on the chosen device (see `estimate.rs`; without an
 //! earlier run it loads and times the UNet and the VAE, unless `--no-calibrate`).
 use super::Globals;
+use crate::experiment::source::Source;
 use crate::experiment::{self, Experiment, ImageSource, LoadOptions, Param};
 use crate::params::{GenParams, Method, Window};
 use crate::pipeline::source::PipelineHeader;
 use crate::roles::Role;
+use crate::run::info::RunInfo;
+use crate::run::records::{Record, Status};
 use crate::sampling::window::{WindowCase, comparison_table};
 use crate::sampling::{SchedulerConfig, methods};
+use crate::scoring::traces;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -247,7 +251,7 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
     for line in ignored_inputs(&exp, &params) {
         say!("{line}");
     }
-    for warning in &exp.warnings {
+    for warning in exp.warnings.iter().chain(&unpaired_traces(&exp)) {
         say!("warning: {warning}");
     }
     // Cells that differ only in what their negative mode ignores make one image.
@@ -343,6 +347,22 @@ fn fallback_note(p: &GenParams) -> String {
     } else {
         format!("  -> nothing to subtract: made as {}", made_as.join(", "))
     }
+}
+
+/// Traced cells whose baseline cell has no x̂₀ at some of their trace steps (their x̂₀'s
+/// metrics against the baseline would be empty, as scoring and the report say), said at
+/// the place `trace` is set. Cells are named by their number in the grid.
+fn unpaired_traces(exp: &Experiment) -> Option<String> {
+    let records: Vec<Record> = (exp.cells.iter().enumerate())
+        .map(|(i, c)| Record::new(&(i + 1).to_string(), c, Status::Done, "", 0.0, ""))
+        .collect();
+    let info = RunInfo::of(exp, "");
+    let note = traces::unpaired_note(&traces::unpaired(&info, &records))?;
+    let origin = Vec::from_iter(exp.grid.origin(Param::Trace).cloned());
+    let place = Source::new(&exp.path, exp.text.clone())
+        .places(&origin)
+        .unwrap_or_else(|| exp.path.display().to_string());
+    Some(format!("{place}: {note}"))
 }
 
 /// Said once each: cells whose method has nothing to subtract (made as `uncond`, sharing

@@ -264,7 +264,7 @@ impl Pipeline {
         wanted: &[bool],
         progress: &mut dyn FnMut(usize, usize),
     ) -> std::result::Result<Vec<Option<CellOutcome>>, GenerateError> {
-        let floats = self.generate_caught(cells, wanted, progress)?;
+        let floats = self.generate_float_wanted(cells, wanted, progress)?;
         Ok(floats.into_iter().map(|f| f.map(to_outcome)).collect())
     }
 
@@ -277,7 +277,7 @@ impl Pipeline {
         progress: &mut dyn FnMut(usize, usize),
     ) -> std::result::Result<Vec<FloatOutcome>, GenerateError> {
         let all = vec![true; cells.len()];
-        let floats = self.generate_caught(cells, &all, progress)?;
+        let floats = self.generate_float_wanted(cells, &all, progress)?;
         floats
             .into_iter()
             .map(|f| f.ok_or_else(|| GenerateError::Other(anyhow!("a wanted cell was not made"))))
@@ -289,9 +289,9 @@ impl Pipeline {
         std::mem::take(&mut self.row_steps)
     }
 
-    /// [`Self::generate_batch`] with out-of-memory failures (errors or libtorch panics) as
-    /// [`GenerateError::OutOfMemory`].
-    fn generate_caught(
+    /// As [`generate_wanted`](Self::generate_wanted), with the float images; out-of-memory
+    /// failures (errors or libtorch panics) as [`GenerateError::OutOfMemory`].
+    pub fn generate_float_wanted(
         &mut self,
         cells: &[GenParams],
         wanted: &[bool],

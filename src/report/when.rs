@@ -3,13 +3,17 @@
 //!   (`neg_steps_at` = `"k"`, `"from k"`, `"until k"`) or its window (`neg_start`,
 //!   `neg_end`), the paired effect on each metric (the verdict table's difference to the
 //!   baseline with its CI: [`crate::scoring::stats::summarize`]'s `vs_base`) against the
-//!   step, one line per probe shape and value of the other axes.
+//!   step (a window's first or last active step, as the pipeline computes it), one line per
+//!   probe shape and value of the other axes.
 //! - Trace curves: each metric of the x̂₀ (`trace_scores.csv`) against the step, mean and
 //!   95% CI over seeds, for the traced conditions and their baselines.
 use super::curves::{CurveFile, Series, metric_label, write_curve};
 use super::html::{escape, figure_group, href};
+use crate::params::BranchWeight;
 use crate::run::info::RunInfo;
 use crate::run::records::Record;
+use crate::sampling::SchedulerConfig;
+use crate::sampling::window::active_steps;
 use crate::scoring::metrics;
 use crate::scoring::stats::{Estimate, Summary, condition_axes, key_of};
 use crate::scoring::traces::{self, TraceScores};
@@ -44,20 +48,63 @@ fn curved(metric: &str) -> bool {
     !metrics::is_condition_level(metric) && !metric.starts_with("clip_t_cos_")
 }
 
-/// Where a condition's value of probe axis `axis` puts it: (shape, x); `None` for a step
-/// set that names more than one step (or a value that is no number).
-pub fn probe_point(axis: &str, value: &str) -> Option<(String, f64)> {
-    if axis == "neg_steps_at" {
-        let (shape, k) = value.parse::<StepSet>().ok()?.probe()?;
-        return Some((format!("{axis} {shape} k"), k as f64));
-    }
-    Some((axis.to_string(), value.parse().ok()?))
+/// Where a condition's step set `value` puts it: (shape, k); `None` for a set that names
+/// more than one step and is no "from k" or "until k".
+pub fn probe_point(value: &str) -> Option<(String, f64)> {
+    let (shape, k) = value.parse::<StepSet>().ok()?.probe()?;
+    Some((format!("neg_steps_at {shape} k"), k as f64))
 }
 
+/// The step (0-based) where a window probe puts the cell `r`: the first step its negative
+/// branch is active for `neg_start`, the last for `neg_end`, as the pipeline decides it
+/// ([`active_steps`] under the cell's scheduler, steps and window rule on `schedule`);
+/// `None` when no step is active.
+pub fn window_step(r: &Record, axis: &str, schedule: &SchedulerConfig) -> Option<usize> {
+    let branch = BranchWeight {
+        weight: 1.0,
+        start: r.neg_start,
+        end: r.neg_end,
+    };
+    let active = active_steps(schedule, r.scheduler, r.steps, r.window, &branch).ok()?;
+    match axis {
+        "neg_start" => active.first().copied(),
+        "neg_end" => active.last().copied(),
+        _ => None,
+    }
+}
+
+/// Where the condition `key` (its values of `summary.axes`) sits on the step axis of probe
+/// axis `axis`: (shape, step), from its step set, or for a window from a cell of it in
+/// `records` on `schedule` ([`window_step`]); `None` leaves it off the curves.
+pub fn condition_step(
+    summary: &Summary,
+    records: &[Record],
+    schedule: Option<&SchedulerConfig>,
+    axis: &str,
+    key: &[String],
+) -> Option<(String, f64)> {
+    let a = summary.axes.iter().position(|x| x == axis)?;
+    if axis == "neg_steps_at" {
+        return probe_point(&key[a]);
+    }
+    let cell = records.iter().find(|r| key_of(r, &summary.axes) == key)?;
+    let step = window_step(cell, axis, schedule?)?;
+    Some((axis.to_string(), step as f64))
+}
+
+/// Where a condition (its key) sits on a probe curve: (shape, step), or off it.
+pub type Place<'a> = dyn Fn(&[String]) -> Option<(String, f64)> + 'a;
+
 /// The paired effect of metric column `m` against the step for probe axis `axis`: one
-/// series per probe shape and value of the other condition axes (baseline axes excluded);
-/// also the number of conditions that are not single-step probes (left out).
-pub fn probe_curve_data(summary: &Summary, m: usize, axis: &str) -> (Vec<Series>, usize) {
+/// series per probe shape and value of the other condition axes (baseline axes excluded),
+/// each condition placed by `place(key)` ([`condition_step`]); also the number of
+/// conditions left out (no single step to place them at).
+pub fn probe_curve_data(
+    summary: &Summary,
+    m: usize,
+    axis: &str,
+    place: &Place,
+) -> (Vec<Series>, usize) {
     let Some(a) = summary.axes.iter().position(|x| x == axis) else {
         return (Vec::new(), 0);
     };
@@ -71,7 +118,7 @@ pub fn probe_curve_data(summary: &Summary, m: usize, axis: &str) -> (Vec<Series>
         let Some(diff) = row.vs_base.get(m).and_then(Option::as_ref) else {
             continue;
         };
-        let Some((shape, x)) = probe_point(axis, &row.key[a]) else {
+        let Some((shape, x)) = place(&row.key) else {
             left_out += 1;
             continue;
         };
@@ -248,37 +295,50 @@ pub fn write_when(
         Ok(())
     };
     let dir = format!("when/{scorer_id}");
+    let schedule = crate::run::info::run_schedule(run_dir);
     for axis in PROBE_AXES {
         let mut left_out = 0;
+        let place = |key: &[String]| condition_step(summary, records, schedule.as_ref(), axis, key);
         for (m, metric) in summary.metrics.iter().enumerate() {
             if !curved(metric) {
                 continue;
             }
-            let (data, skipped) = probe_curve_data(summary, m, axis);
+            let (data, skipped) = probe_curve_data(summary, m, axis, &place);
             left_out = left_out.max(skipped);
             if data.iter().map(|s| s.points.len()).sum::<usize>() < 2 {
                 continue;
             }
-            let x = if axis == "neg_steps_at" {
-                "step k (0-based)".to_string()
-            } else {
-                format!("{axis} (fraction of the steps)")
+            let x = match axis {
+                "neg_steps_at" => "step k (0-based)",
+                "neg_start" => "first step of the negative (0-based), from neg_start",
+                _ => "last step of the negative (0-based), from neg_end",
             };
             emit(
                 &mut out.probes,
                 format!("{metric} − baseline by {axis}"),
                 format!("{dir}/probe_{axis}_{metric}"),
                 format!("{metric} − baseline by {axis} (paired, 95% CI)"),
-                &x,
+                x,
                 format!("Δ {} to the baseline", metric_label(metric, targets)),
                 &data,
             )?;
         }
         if left_out > 0 {
-            out.notes.push(format!(
-                "{axis}: {left_out} condition(s) name more than one step (not \"k\", \"from k\" \
-                 or \"until k\") and are not on the probe curves"
-            ));
+            out.notes.push(match (axis, &schedule) {
+                ("neg_steps_at", _) => format!(
+                    "{axis}: {left_out} condition(s) name more than one step (not \"k\", \
+                     \"from k\" or \"until k\") and are not on the probe curves"
+                ),
+                (_, Some(_)) => format!(
+                    "{axis}: {left_out} condition(s) leave the negative active at no step and \
+                     are not on the probe curves"
+                ),
+                (_, None) => format!(
+                    "{axis}: {left_out} condition(s) are not on the probe curves: their steps \
+                     come from the pipeline's scheduler configuration, and the pipeline folder \
+                     in manifest.json is not there"
+                ),
+            });
         }
     }
     let table_path = crate::scoring::scorer_dir(run_dir, scorer_id).join(traces::FILE);
@@ -324,7 +384,9 @@ pub fn html(sections: &[(&str, &WhenFiles)], filmstrips: bool) -> String {
     s.push_str(
         "<h2>When</h2>\n<p>At which sampling steps the negative acts. Probe curves: the paired \
          difference to the baseline (as in the verdict) of the conditions whose negative acts \
-         at one step k, from k or until k, against k. x̂₀ curves: the metrics of the predicted \
+         at one step k, from k or until k, against k, and of those whose window starts \
+         (neg_start) or ends (neg_end) at a fraction, against its first or last active step. \
+         x̂₀ curves: the metrics of the predicted \
          clean image at each trace step, for each traced condition and its baseline.</p>\n",
     );
     if filmstrips {
@@ -371,27 +433,35 @@ mod tests {
     use crate::run::records::Status;
     use crate::scoring::stats::{ScoreTable, summarize};
 
-    #[test]
-    fn when_probe_curves_place_the_verdict_differences_at_their_steps() {
-        let sets = ["0", "1", "from 1", "1, 3"];
-        let axis = |name: &str, values: &[&str]| Axis {
+    fn axis(name: &str, values: &[&str]) -> Axis {
+        Axis {
             name: name.into(),
             values: values.iter().map(|v| v.to_string()).collect(),
-        };
-        let info = RunInfo {
+        }
+    }
+
+    /// A run with these condition axes and nothing else.
+    fn run_info(axes: Vec<Axis>) -> RunInfo {
+        RunInfo {
             experiment: "t".into(),
             run_id: "r".into(),
-            axes: vec![
-                axis("negative", &["none", "image"]),
-                axis("neg_steps_at", &sets),
-                axis("seed", &["1", "2", "3"]),
-            ],
+            axes,
             plots: Default::default(),
             scoring: Default::default(),
             images: Default::default(),
             captions: Default::default(),
             subjects: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn when_probe_curves_place_the_verdict_differences_at_their_steps() {
+        let sets = ["0", "1", "from 1", "1, 3"];
+        let info = run_info(vec![
+            axis("negative", &["none", "image"]),
+            axis("neg_steps_at", &sets),
+            axis("seed", &["1", "2", "3"]),
+        ]);
         let mut records = Vec::new();
         let mut values = HashMap::new();
         for (m, mode) in [NegativeMode::None, NegativeMode::Image]
@@ -419,7 +489,8 @@ mod tests {
             values,
         };
         let summary = summarize(&info, &records, &scores);
-        let (series, left_out) = probe_curve_data(&summary, 0, "neg_steps_at");
+        let place = |key: &[String]| condition_step(&summary, &records, None, "neg_steps_at", key);
+        let (series, left_out) = probe_curve_data(&summary, 0, "neg_steps_at", &place);
         assert_eq!(left_out, 1, "\"1, 3\" is no probe");
         let labels: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(labels, ["neg_steps_at at k", "neg_steps_at from k"]);
@@ -443,34 +514,103 @@ mod tests {
                 / 3.0;
             assert!((point.mean - want).abs() < 1e-12, "{set}: {point:?}");
         }
-        assert_eq!(
-            probe_point("neg_start", "0.25"),
-            Some(("neg_start".into(), 0.25))
-        );
+    }
+
+    #[test]
+    fn when_window_probe_curves_put_each_condition_at_the_pipelines_first_or_last_step() {
+        use crate::params::{SchedulerKind, Window};
+        use crate::sampling::methods::Branch;
+        use crate::sampling::{make_scheduler, step_at};
+        let schedule = SchedulerConfig::sd15_ddim();
+        let steps = 10;
+        let cases = [
+            ("neg_start", ["0", "0.25", "0.5", "0.83"], Window::Steps),
+            ("neg_start", ["0", "0.25", "0.5", "0.83"], Window::Sigma),
+            ("neg_end", ["0.15", "0.4", "0.66", "1"], Window::Steps),
+            ("neg_end", ["0.15", "0.4", "0.66", "1"], Window::Sigma),
+        ];
+        for (axis_name, fractions, window) in cases {
+            let info = run_info(vec![
+                axis("negative", &["none", "image"]),
+                axis(axis_name, &fractions),
+                axis("seed", &["1", "2"]),
+            ]);
+            let cell = |mode: NegativeMode, f: &str, seed: u64| {
+                let f: f64 = f.parse().unwrap();
+                let (neg_start, neg_end) = match axis_name {
+                    "neg_start" => (Some(f), None),
+                    _ => (None, Some(f)),
+                };
+                CellSpec {
+                    negative: Some(mode),
+                    neg_start,
+                    neg_end,
+                    seed,
+                    steps,
+                    scheduler: SchedulerKind::EulerAncestral,
+                    window,
+                    ..Default::default()
+                }
+            };
+            let mut records = Vec::new();
+            let mut values = HashMap::new();
+            for (m, mode) in [NegativeMode::None, NegativeMode::Image]
+                .into_iter()
+                .enumerate()
+            {
+                for (k, f) in fractions.iter().enumerate() {
+                    for seed in 1..=2u64 {
+                        let id = format!("{m}-{k}-{seed}");
+                        values.insert(id.clone(), vec![seed as f64 + (m * k) as f64]);
+                        let c = cell(mode, f, seed);
+                        records.push(Record::new(&id, &c, Status::Done, "", 0.0, ""));
+                    }
+                }
+            }
+            let scores = ScoreTable {
+                metrics: vec!["clip_i_neg".into()],
+                values,
+            };
+            let summary = summarize(&info, &records, &scores);
+            let place = |key: &[String]| {
+                condition_step(&summary, &records, Some(&schedule), axis_name, key)
+            };
+            let (series, left_out) = probe_curve_data(&summary, 0, axis_name, &place);
+            assert_eq!(left_out, 0, "{axis_name} {window:?}");
+            assert_eq!(series.len(), 1, "{axis_name} {window:?}");
+            // The step the sampler makes the negative start (or stop) at, from the
+            // pipeline's own per-step decision on the cell's parameters.
+            let sampler = make_scheduler(SchedulerKind::EulerAncestral, &schedule, steps).unwrap();
+            let want: Vec<f64> = fractions
+                .iter()
+                .map(|f| {
+                    let params = cell(NegativeMode::Image, f, 1).params(&|n| n.into());
+                    let active: Vec<usize> = (0..steps)
+                        .filter(|&i| {
+                            Branch::Negative.active(&params, &step_at(sampler.as_ref(), i, steps))
+                        })
+                        .collect();
+                    let step = match axis_name {
+                        "neg_start" => active.first(),
+                        _ => active.last(),
+                    };
+                    *step.unwrap() as f64
+                })
+                .collect();
+            let xs: Vec<f64> = series[0].points.iter().map(|p| p.0).collect();
+            assert_eq!(xs, want, "{axis_name} {window:?}");
+            assert!(xs.iter().any(|&x| x > 1.0), "steps, not fractions: {xs:?}");
+        }
     }
 
     #[test]
     fn when_trace_curves_draw_each_condition_and_its_shared_baseline_once_per_figure() {
         let sets: Vec<String> = (0..11).map(|k| k.to_string()).collect();
-        let info = RunInfo {
-            experiment: "t".into(),
-            run_id: "r".into(),
-            axes: vec![
-                Axis {
-                    name: "negative".into(),
-                    values: vec!["none".into(), "image".into()],
-                },
-                Axis {
-                    name: "neg_steps_at".into(),
-                    values: sets.clone(),
-                },
-            ],
-            plots: Default::default(),
-            scoring: Default::default(),
-            images: Default::default(),
-            captions: Default::default(),
-            subjects: Default::default(),
-        };
+        let set_names: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let info = run_info(vec![
+            axis("negative", &["none", "image"]),
+            axis("neg_steps_at", &set_names),
+        ]);
         let mut records = Vec::new();
         let mut rows = Vec::new();
         for mode in [NegativeMode::None, NegativeMode::Image] {

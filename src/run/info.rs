@@ -27,6 +27,24 @@ pub struct RunInfo {
 pub const ZIP_SEPARATOR: &str = ", ";
 
 impl RunInfo {
+    /// The run.json of run `run_id` of `exp`.
+    pub fn of(exp: &crate::experiment::Experiment, run_id: &str) -> RunInfo {
+        RunInfo {
+            experiment: exp.name.clone(),
+            run_id: run_id.to_string(),
+            axes: exp.axes(),
+            plots: exp.plots.clone(),
+            scoring: exp.scoring.clone(),
+            images: exp
+                .images
+                .keys()
+                .map(|n| (n.clone(), format!("inputs/{n}.png")))
+                .collect(),
+            captions: super::derived::captions(exp),
+            subjects: exp.subjects.iter().cloned().collect(),
+        }
+    }
+
     /// The run's axes with zipped ones merged: two varying axes whose values go one-to-one in
     /// the records (an experiment's zip, e.g. weight and neg_weight swept together) become one
     /// axis `weight, neg_weight` with values `0.5, 0.5`..., so that figures do not cross them.
@@ -78,4 +96,20 @@ impl RunInfo {
             })
             .collect()
     }
+}
+
+/// The scheduler configuration the run's pipeline folder holds (as the pipeline reads it),
+/// while that folder is still where `manifest.json` says; `None` otherwise.
+pub fn run_schedule(run_dir: &std::path::Path) -> Option<crate::sampling::SchedulerConfig> {
+    let text = std::fs::read_to_string(run_dir.join("manifest.json")).ok()?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let path = manifest
+        .get("models")?
+        .as_array()?
+        .iter()
+        .find(|m| m.get("role").and_then(|r| r.as_str()) == Some("pipeline"))?
+        .get("path")?
+        .as_str()?;
+    let source = crate::pipeline::source::open(std::path::Path::new(path), false).ok()?;
+    source.scheduler_config().ok()
 }

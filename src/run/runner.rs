@@ -528,20 +528,7 @@ fn merge_records(run: &RunDir, exp: &Experiment, cells: &[Cell]) -> Result<(bool
         .filter_map(|c| read_cell(run, &c.key))
         .collect();
     write_records(&run.records(), &records)?;
-    let info = RunInfo {
-        experiment: exp.name.clone(),
-        run_id: run.run_id.clone(),
-        axes: exp.axes(),
-        plots: exp.plots.clone(),
-        scoring: exp.scoring.clone(),
-        images: exp
-            .images
-            .keys()
-            .map(|n| (n.clone(), format!("inputs/{n}.png")))
-            .collect(),
-        captions: super::derived::captions(exp),
-        subjects: exp.subjects.iter().cloned().collect(),
-    };
+    let info = RunInfo::of(exp, &run.run_id);
     atomic_write(
         &run.dir.join("run.json"),
         &serde_json::to_vec_pretty(&info)?,
