@@ -28,8 +28,8 @@ pub struct BenchArgs {
     /// Model shapes: tiny, tiny_sd15, tiny_sdxl (a few MB), sd15 (SD1.5 with ViT-H and
     /// ip-adapter_sd15), sdxl (SDXL base with both text encoders, ViT-H and
     /// ip-adapter_sdxl_vit-h: 15.3 GiB of weights in fp32, 7.6 GiB in fp16, built in memory;
-    /// not yet measured, see the README's Benchmark). Default sd15 on CUDA, tiny on the CPU
-    /// (SD1.5 on a CPU takes minutes per image). `tflops` is reported for sd15 only.
+    /// measured on a CPU only, see the README's Benchmark). Default sd15 on CUDA, tiny on the
+    /// CPU (SD1.5 on a CPU takes minutes per image). `tflops` is reported for sd15 only.
     #[arg(long)]
     pub preset: Option<RandomPreset>,
     /// Images per batch (one UNet call per step for all of them).
