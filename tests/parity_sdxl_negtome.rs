@@ -116,32 +116,16 @@ fn shared() -> &'static Parity {
 /// Ours matches the reference within 1/255, and the reference merged some tokens, not all.
 #[test]
 fn parity_sdxl_negtome_alone_and_with_uncond() {
-    let s = shared();
-    for (name, _, _) in s.select(|_| true) {
-        let merged = s
-            .reference_tensor(&format!("{name}.merged"), Kind::Float)
-            .double_value(&[0]);
-        // 3 active steps x 2 rows x 3 transformers (up_blocks.1) x 2 layers x 2 attentions
-        // x 32*32 tokens.
-        let tokens = (3 * 2 * 3 * 2 * 2 * 32 * 32) as f64;
-        eprintln!("{name}: {merged} of {tokens} tokens merged");
-        assert!(
-            merged > 0.0 && merged < tokens,
-            "{name}: the reference merged {merged} of {tokens} tokens"
-        );
-        s.assert_parity(name);
-    }
+    // 3 active steps x 2 rows x 3 transformers (up_blocks.1) x 2 layers x 2 attentions
+    // x 32*32 tokens.
+    shared().assert_negtome_parity((3 * 2 * 3 * 2 * 2 * 32 * 32) as f64);
 }
 
 /// The merge changes the image: ours is far (> 2/255, twice the parity tolerance) from the
 /// reference's image of the same cell without the merge.
 #[test]
 fn sdxl_negtome_guard_merge_is_not_skipped() {
-    let s = shared();
-    for (name, _, img) in s.select(|_| true) {
-        let plain = s.reference_tensor(&format!("{name}.nomerge"), Kind::Float);
-        parity::assert_far(name, &img, &plain, "the image without the merge");
-    }
+    shared().assert_negtome_merge_not_skipped();
 }
 
 /// Batched as the runner does and one by one give the same images within 1e-5 (float64),

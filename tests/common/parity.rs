@@ -343,6 +343,31 @@ impl Parity {
     pub fn assert_far(&self, a: &str, b: &str) {
         assert_far(a, &self.ours(a), &self.ours(b), b);
     }
+
+    /// NegToMe, every cell: the reference merged some of the `tokens` it may merge (its
+    /// `<name>.merged` count), not none and not all, and ours matches it within 1/255.
+    pub fn assert_negtome_parity(&self, tokens: f64) {
+        for (name, _, _) in self.select(|_| true) {
+            let merged = self
+                .reference_tensor(&format!("{name}.merged"), Kind::Float)
+                .double_value(&[0]);
+            eprintln!("{name}: {merged} of {tokens} tokens merged");
+            assert!(
+                merged > 0.0 && merged < tokens,
+                "{name}: the reference merged {merged} of {tokens} tokens"
+            );
+            self.assert_parity(name);
+        }
+    }
+
+    /// NegToMe, every cell: ours is far (> 2/255, twice the parity tolerance) from the
+    /// reference's image of the same cell without the merge (`<name>.nomerge`).
+    pub fn assert_negtome_merge_not_skipped(&self) {
+        for (name, _, img) in self.select(|_| true) {
+            let plain = self.reference_tensor(&format!("{name}.nomerge"), Kind::Float);
+            assert_far(name, &img, &plain, "the image without the merge");
+        }
+    }
 }
 
 /// A [`Parity`] computation with its pipeline's scheduler, for the window tests: the active
