@@ -3,7 +3,7 @@
 //! plan-time checks of an SDXL model set from configs and safetensors headers alone.
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// An experiment `NAME.toml` in `dir` on the model set `models` (`pipeline`, one base
 /// adapter file, `image_encoder`), with `rest` after `[models]`.
@@ -22,6 +22,74 @@ fn write_experiment(dir: &Path, name: &str, models: &Path, adapter: &str, rest: 
 
 const SDXL_ADAPTER: &str = "ip-adapter_sdxl_vit-h.safetensors";
 const SD15_ADAPTER: &str = "ip-adapter_sd15.safetensors";
+
+/// A six-cell micro-conditioning grid run on the tiny SDXL set, read back: each row's values of
+/// the three `keys` (as records.csv has them) and its image file.
+struct MicroGridRun {
+    run: PathBuf,
+    cells: Vec<((String, String, String), String)>,
+}
+
+impl MicroGridRun {
+    fn new(name: &str, grid: &str, keys: [&str; 3]) -> Self {
+        let models = common::tiny::tiny_sdxl_models();
+        let dir = common::scratch(&format!("sdxl_{name}_grid"));
+        let exp = write_experiment(&dir, name, &models, SDXL_ADAPTER, grid);
+        let plan = common::plan(&exp, &dir);
+        assert!(plan.contains("= 6 cells"), "{plan}");
+        let out = common::negimg(&["--device", "cpu", "run", &exp], &dir);
+        assert!(out.status.success(), "{}", common::text(&out));
+        let run = common::only_run(&dir.join(format!("results/{name}")));
+        let mut rows = csv::Reader::from_path(run.join("records.csv")).unwrap();
+        let header = rows.headers().unwrap().clone();
+        let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+        let [o, c, t] = keys.map(col);
+        let file = col("file");
+        if keys[0] == "negative_original_size" {
+            assert_eq!(col("original_size") + 3, o, "{header:?}");
+        }
+        let cells = rows
+            .records()
+            .map(Result::unwrap)
+            .map(|r| ((r[o].into(), r[c].into(), r[t].into()), r[file].into()))
+            .collect();
+        Self { run, cells }
+    }
+
+    fn assert_has(&self, values: &[(&str, &str, &str)]) {
+        let all: Vec<_> = self.cells.iter().map(|(v, _)| v).collect();
+        for &v in values {
+            assert!(all.contains(&&want(v)), "{v:?} not in {all:?}");
+        }
+    }
+
+    /// The image file of the cell with these values.
+    fn file(&self, v: (&str, &str, &str)) -> String {
+        let key = want(v);
+        self.cells
+            .iter()
+            .find(|(x, _)| *x == key)
+            .unwrap()
+            .1
+            .clone()
+    }
+
+    fn distinct_images(&self) -> usize {
+        let files: std::collections::BTreeSet<&String> =
+            self.cells.iter().map(|(_, f)| f).collect();
+        files.len()
+    }
+
+    /// The PNG text chunk `key` of the cell with these values.
+    fn chunk(&self, v: (&str, &str, &str), key: &str) -> String {
+        let texts = negimg::run::png::read_texts(&self.run.join(self.file(v))).unwrap();
+        texts.into_iter().find(|(k, _)| k == key).unwrap().1
+    }
+}
+
+fn want((o, c, t): (&str, &str, &str)) -> (String, String, String) {
+    (o.to_string(), c.to_string(), t.to_string())
+}
 
 const MICRO_GRID: &str = r#"[defaults]
 steps = 2
@@ -43,61 +111,33 @@ target_size = ["auto", "16x24"]
 /// image's own size sharing the default's image (and id), the others each their own.
 #[test]
 fn sdxl_micro_conditioning_axes_zips_records_and_png_chunks() {
-    let models = common::tiny::tiny_sdxl_models();
-    let dir = common::scratch("sdxl_micro_grid");
-    let exp = write_experiment(&dir, "micro", &models, SDXL_ADAPTER, MICRO_GRID);
-    let plan = common::plan(&exp, &dir);
-    assert!(plan.contains("= 6 cells"), "{plan}");
-    let out = common::negimg(&["--device", "cpu", "run", &exp], &dir);
-    assert!(out.status.success(), "{}", common::text(&out));
-    let run = common::only_run(&dir.join("results/micro"));
-    let mut rows = csv::Reader::from_path(run.join("records.csv")).unwrap();
-    let header = rows.headers().unwrap().clone();
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let (o, c, t, file) = (
-        col("original_size"),
-        col("crops_coords_top_left"),
-        col("target_size"),
-        col("file"),
+    let grid = MicroGridRun::new(
+        "micro",
+        MICRO_GRID,
+        ["original_size", "crops_coords_top_left", "target_size"],
     );
-    let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
-    let values: Vec<(String, String, String)> = rows
-        .iter()
-        .map(|r| (r[o].to_string(), r[c].to_string(), r[t].to_string()))
-        .collect();
-    let want = |o: &str, c: &str, t: &str| (o.to_string(), c.to_string(), t.to_string());
-    for v in [
-        want("auto", "0x0", "auto"),
-        want("32x32", "0x0", "auto"),
-        want("64x48", "0x0", "auto"),
-        want("auto", "8x4", "16x24"),
-        want("64x48", "8x4", "16x24"),
-    ] {
-        assert!(values.contains(&v), "{v:?} not in {values:?}");
-    }
-    let file_of = |v: (String, String, String)| {
-        rows[values.iter().position(|x| *x == v).unwrap()][file].to_string()
-    };
+    grid.assert_has(&[
+        ("auto", "0x0", "auto"),
+        ("32x32", "0x0", "auto"),
+        ("64x48", "0x0", "auto"),
+        ("auto", "8x4", "16x24"),
+        ("64x48", "8x4", "16x24"),
+    ]);
     // The image's own size is the default: one image for both cells.
     assert_eq!(
-        file_of(want("auto", "0x0", "auto")),
-        file_of(want("32x32", "0x0", "auto"))
+        grid.file(("auto", "0x0", "auto")),
+        grid.file(("32x32", "0x0", "auto"))
     );
-    let distinct: std::collections::BTreeSet<String> =
-        rows.iter().map(|r| r[file].to_string()).collect();
     // 6 cells; "32x32" shares the image of "auto" with either zip row.
-    assert_eq!(distinct.len(), 4, "{distinct:?}");
+    assert_eq!(grid.distinct_images(), 4);
     // The chunks of a cell away from the defaults carry its values.
-    let png = run.join(file_of(want("64x48", "8x4", "16x24")));
-    let texts = negimg::run::png::read_texts(&png).unwrap();
-    let chunk = |k: &str| texts.iter().find(|(key, _)| key == k).unwrap().1.clone();
+    let away = ("64x48", "8x4", "16x24");
+    let parameters = grid.chunk(away, "parameters");
     assert!(
-        chunk("parameters")
-            .contains("Original size: 64x48, Crop top-left: 8x4, Target size: 16x24"),
-        "{}",
-        chunk("parameters")
+        parameters.contains("Original size: 64x48, Crop top-left: 8x4, Target size: 16x24"),
+        "{parameters}"
     );
-    let json: serde_json::Value = serde_json::from_str(&chunk("negimg")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&grid.chunk(away, "negimg")).unwrap();
     let cell = json.get("cell").or(json.get("params")).unwrap_or(&json);
     let text = cell.to_string();
     assert!(
@@ -246,63 +286,39 @@ negative_target_size = ["auto", "16x24"]
 /// records.csv gets the three columns (values as set), the PNG chunks the values.
 #[test]
 fn sdxl_negative_micro_conditioning_axes_zips_records_and_png_chunks() {
-    let models = common::tiny::tiny_sdxl_models();
-    let dir = common::scratch("sdxl_negative_micro_grid");
-    let exp = write_experiment(&dir, "negmicro", &models, SDXL_ADAPTER, NEGATIVE_MICRO_GRID);
-    let plan = common::plan(&exp, &dir);
-    assert!(plan.contains("= 6 cells"), "{plan}");
-    let out = common::negimg(&["--device", "cpu", "run", &exp], &dir);
-    assert!(out.status.success(), "{}", common::text(&out));
-    let run = common::only_run(&dir.join("results/negmicro"));
-    let mut rows = csv::Reader::from_path(run.join("records.csv")).unwrap();
-    let header = rows.headers().unwrap().clone();
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let (o, c, t, file) = (
-        col("negative_original_size"),
-        col("negative_crops_coords_top_left"),
-        col("negative_target_size"),
-        col("file"),
+    let grid = MicroGridRun::new(
+        "negmicro",
+        NEGATIVE_MICRO_GRID,
+        [
+            "negative_original_size",
+            "negative_crops_coords_top_left",
+            "negative_target_size",
+        ],
     );
-    assert_eq!(col("original_size") + 3, o, "{header:?}");
-    let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
-    let values: Vec<(String, String, String)> = rows
-        .iter()
-        .map(|r| (r[o].to_string(), r[c].to_string(), r[t].to_string()))
-        .collect();
-    let want = |o: &str, c: &str, t: &str| (o.to_string(), c.to_string(), t.to_string());
-    let file_of = |v: (String, String, String)| {
-        rows[values.iter().position(|x| *x == v).unwrap()][file].to_string()
-    };
-    for v in [
-        want("auto", "auto", "auto"),
-        want("32x32", "auto", "auto"),
-        want("auto", "8x4", "16x24"),
-        want("32x32", "8x4", "16x24"),
-    ] {
-        assert!(values.contains(&v), "{v:?} not in {values:?}");
-    }
+    grid.assert_has(&[
+        ("auto", "auto", "auto"),
+        ("32x32", "auto", "auto"),
+        ("auto", "8x4", "16x24"),
+        ("32x32", "8x4", "16x24"),
+    ]);
     // [64, 48] is the cond row's value: recorded as set, the same image (and id) as auto.
     for crop in [("auto", "auto"), ("8x4", "16x24")] {
         assert_eq!(
-            file_of(want("auto", crop.0, crop.1)),
-            file_of(want("64x48", crop.0, crop.1))
+            grid.file(("auto", crop.0, crop.1)),
+            grid.file(("64x48", crop.0, crop.1))
         );
     }
-    let distinct: std::collections::BTreeSet<String> =
-        rows.iter().map(|r| r[file].to_string()).collect();
-    assert_eq!(distinct.len(), 4, "{distinct:?}");
-    let png = run.join(file_of(want("32x32", "8x4", "16x24")));
-    let texts = negimg::run::png::read_texts(&png).unwrap();
-    let chunk = |k: &str| texts.iter().find(|(key, _)| key == k).unwrap().1.clone();
+    assert_eq!(grid.distinct_images(), 4);
+    let away = ("32x32", "8x4", "16x24");
+    let parameters = grid.chunk(away, "parameters");
     assert!(
-        chunk("parameters").contains(
+        parameters.contains(
             "Negative original size: 32x32, Negative crop top-left: 8x4, \
              Negative target size: 16x24"
         ),
-        "{}",
-        chunk("parameters")
+        "{parameters}"
     );
-    let json = chunk("negimg");
+    let json = grid.chunk(away, "negimg");
     assert!(
         json.contains("\"negative_original_size\":[32,32]")
             && json.contains("\"negative_crops_coords_top_left\":[8,4]")
@@ -310,9 +326,7 @@ fn sdxl_negative_micro_conditioning_axes_zips_records_and_png_chunks() {
         "{json}"
     );
     // The cells at the defaults carry no negative_* key (their ids are those of before).
-    let plain = run.join(file_of(want("auto", "auto", "auto")));
-    let texts = negimg::run::png::read_texts(&plain).unwrap();
-    let json = &texts.iter().find(|(key, _)| key == "negimg").unwrap().1;
+    let json = grid.chunk(("auto", "auto", "auto"), "negimg");
     assert!(!json.contains("negative_original_size"), "{json}");
 }
 
