@@ -21,18 +21,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// A method cell: the same seed, images and weights for every method (as tests/parity_methods.rs).
-fn method_cell(dir: &Path, method: Method, adapter: AdapterKind) -> (String, GenParams) {
-    let mut c = parity::cell(dir, 21);
-    c.method = method;
-    c.adapter = adapter;
-    c.positive = branch(0.8, 0.0, 1.0);
-    c.negative_branch = branch(1.2, 0.25, 1.0);
-    c.neg_embed_scale = 0.7;
-    c.neg_cfg = (negimg::sampling::methods::of(method).rows().len() == 3).then_some(4.0);
-    (format!("{method}_{adapter}"), c)
-}
-
 /// A window cell (see [`parity::window_cell`]), named by its window and scheduler.
 fn window_cell(dir: &Path, scheduler: SchedulerKind, window: Window) -> (String, GenParams) {
     let short = if scheduler == SchedulerKind::Ddim {
@@ -85,15 +73,15 @@ fn cases(dir: &Path) -> Vec<(String, GenParams)> {
         Method::ThreeBranch,
         Method::PerpNeg,
     ]
-    .map(|m| method_cell(dir, m, AdapterKind::Base))
+    .map(|m| parity::method_cell(dir, m, AdapterKind::Base))
     .into();
     // A derived noise negative (ComfyUI's IPAdapterNoise "shuffle" of neg.png), read from its
     // PNG by both sides.
-    let (_, mut derived) = method_cell(dir, Method::Uncond, AdapterKind::Base);
+    let (_, mut derived) = parity::method_cell(dir, Method::Uncond, AdapterKind::Base);
     derived.negative_image = Some(derived_negative(dir));
     out.push(("derived_shuffle_base".into(), derived));
-    out.push(method_cell(dir, Method::Uncond, AdapterKind::Plus));
-    out.push(method_cell(dir, Method::PerpNeg, AdapterKind::Plus));
+    out.push(parity::method_cell(dir, Method::Uncond, AdapterKind::Plus));
+    out.push(parity::method_cell(dir, Method::PerpNeg, AdapterKind::Plus));
     for scheduler in [SchedulerKind::Ddim, SchedulerKind::DpmPp2mKarras] {
         for window in [Window::Steps, Window::Sigma] {
             out.push(window_cell(dir, scheduler, window));

@@ -4,7 +4,9 @@
 use negimg::models::unet::{
     IpLayout, UNet2DConditionConfig, UNet2DConditionModel, ip_attn_layers, write_random_model,
 };
-use negimg::params::{BranchWeight, GenParams, NegativeMode, SchedulerKind, Window};
+use negimg::params::{
+    AdapterKind, BranchWeight, GenParams, Method, NegativeMode, SchedulerKind, Window,
+};
 use negimg::pipeline::{Pipeline, to_rgb8};
 use negimg::sampling::SchedulerConfig;
 use negimg::sampling::window::active_steps;
@@ -52,6 +54,19 @@ pub fn cell(dir: &Path, seed: u64) -> GenParams {
 
 pub fn branch(weight: f64, start: f64, end: f64) -> BranchWeight {
     BranchWeight { weight, start, end }
+}
+
+/// The method tests' cell, named `METHOD_ADAPTER`: the same seed, images and weights for
+/// every method, a third-row CFG scale for the three-row methods.
+pub fn method_cell(dir: &Path, method: Method, adapter: AdapterKind) -> (String, GenParams) {
+    let mut c = cell(dir, 21);
+    c.method = method;
+    c.adapter = adapter;
+    c.positive = branch(0.8, 0.0, 1.0);
+    c.negative_branch = branch(1.2, 0.25, 1.0);
+    c.neg_embed_scale = 0.7;
+    c.neg_cfg = (negimg::sampling::methods::of(method).rows().len() == 3).then_some(4.0);
+    (format!("{method}_{adapter}"), c)
 }
 
 /// The window tests' cell: the image negative with the cond branch active early (0-0.6) and
