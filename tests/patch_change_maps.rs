@@ -1,8 +1,9 @@
 //! Patch-token change maps (CLIP and DINOv2, README "Change maps") against transformers run
-//! at test time on tiny random encoders, and the luma change maps of x̂₀ traces against
-//! numpy (tests/reference/patch_change_ref.py, one call), with their guards: zero for
-//! identical images, nonzero and unlike the luma map where the images differ, none
-//! without a baseline, and heat-map pictures from the report.
+//! at test time on tiny random encoders, their scores.csv scalars (entropy, region shares)
+//! and the luma change maps of x̂₀ traces against numpy (tests/reference/patch_change_ref.py,
+//! one call), with their guards: zero for identical images, nonzero and unlike the luma map
+//! where the images differ, none without a baseline, one file per scorer (two CLIP
+//! scorers keep both; a grid shows the first by id), and heat-map pictures from the report.
 mod common;
 mod scoring_fixture;
 
@@ -11,11 +12,14 @@ use negimg::models::clip_model::{self, ClipConfig};
 use negimg::models::dinov2::{self, Dinov2Config};
 use negimg::models::tokenizer::find_open_clip_vocab;
 use negimg::params::NegativeMode;
+use negimg::report::maps::{MapKind, Picture};
 use negimg::run::records::write_records;
 use negimg::scoring::embed::ImageModel;
 use negimg::scoring::metrics::Embedder;
 use negimg::scoring::patch_change::token_distances;
-use negimg::scoring::{change_map_file, score_with, trace_change_file};
+use negimg::scoring::{
+    change_map_file, patch_change_file, patch_change_files, score_with, trace_change_file,
+};
 use serde_json::{Value, json};
 use std::path::Path;
 use tch::{Device, Kind};
@@ -65,8 +69,34 @@ fn patch_change_map_and_trace_change_map_match_transformers_and_numpy() {
     )
     .unwrap();
     dinov2::write_random_model(&dino_dir, &Dinov2Config::tiny(), 4).unwrap();
+    // A second CLIP scorer (other weights): its own maps beside the first's.
+    let clip2_dir = models.join("clip2");
+    clip_model::write_random_model(
+        &clip2_dir,
+        &ClipConfig::tiny(),
+        5,
+        &find_open_clip_vocab().unwrap(),
+    )
+    .unwrap();
 
     let mut fx = scoring_fixture::write_run(&dir, &[1.0], &MODES, &[1, 2], None, true);
+    // A region (not aligned with the patches) for the scalars' shares.
+    let mask = dir.join("region.png");
+    RgbImage::from_fn(20, 12, |x, y| {
+        if x < 7 || (x + 20 - y) % 5 == 0 {
+            Rgb([255, 255, 255])
+        } else {
+            Rgb([0, 0, 0])
+        }
+    })
+    .save(&mask)
+    .unwrap();
+    fx.info.scoring.region = Some(mask.clone());
+    std::fs::write(
+        dir.join("run.json"),
+        serde_json::to_string(&fx.info).unwrap(),
+    )
+    .unwrap();
     // c022 (text, seed 2) is its baseline c002's image again: a zero map.
     std::fs::copy(dir.join("images/c002.png"), dir.join("images/c022.png")).unwrap();
     // Traces at steps 0 and 2 for every cell but c021 (its baseline's are compared only
@@ -79,27 +109,20 @@ fn patch_change_map_and_trace_change_map_match_transformers_and_numpy() {
     }
     write_records(&dir.join("records.csv"), &fx.records).unwrap();
 
-    score_with(
-        &dir,
-        Embedder::Clip,
-        &clip_dir,
-        None,
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    score_with(
-        &dir,
-        Embedder::Dino,
-        &dino_dir,
-        None,
-        Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
+    let score = |e: Embedder, model: &Path| {
+        score_with(&dir, e, model, None, Device::Cpu, Kind::Float).unwrap()
+    };
+    let clip_id = score(Embedder::Clip, &clip_dir);
+    let dino_id = score(Embedder::Dino, &dino_dir);
+    let clip2_id = score(Embedder::Clip, &clip2_dir);
     negimg::report::plot_run(&dir).unwrap();
 
-    let encoders = [(Embedder::Clip, &clip_dir), (Embedder::Dino, &dino_dir)];
+    let encoders = [
+        (Embedder::Clip, &clip_dir, &clip_id),
+        (Embedder::Dino, &dino_dir, &dino_id),
+        (Embedder::Clip, &clip2_dir, &clip2_id),
+    ];
+    let mut scalars = Vec::new();
     let mut patch = Vec::new();
     let mut grids = Vec::new();
     let mut luma = Vec::new();
@@ -107,14 +130,25 @@ fn patch_change_map_and_trace_change_map_match_transformers_and_numpy() {
         let model = ImageModel::load(e.0, e.1, Device::Cpu, Kind::Float).unwrap();
         for (i, r) in fx.records.iter().enumerate() {
             let base = &fx.records[i % 2];
-            let npy = change_map_file(&dir, &r.cell_id, e.0.prefix());
+            let npy = patch_change_file(&dir, &r.cell_id, e.0, e.2);
             assert!(npy.is_file(), "{}", npy.display());
+            let table = negimg::scoring::scorer_dir(&dir, e.2).join("scores.csv");
+            let table = negimg::scoring::read_scores(&table).unwrap();
+            let column = |name: &str| table.metrics.iter().position(|m| m == name).unwrap();
+            let row = &table.values[&r.cell_id];
+            let (entropy, inside, outside) = (
+                row[column("patch_change_entropy")],
+                row[column("patch_change_in_region")],
+                row[column("patch_change_out_region")],
+            );
+            assert!(inside.is_nan() || (inside + outside - 1.0).abs() < 1e-12);
+            scalars.push((r.cell_id.clone(), entropy, inside));
             assert!(npy.with_extension("png").is_file(), "the report draws it");
             let (image, baseline) = (dir.join(&r.file), dir.join(&base.file));
             grids.push((r.cell_id.clone(), our_grid(&model, &image, &baseline)));
             patch.push(json!({
                 "encoder": e.0.prefix(), "model": e.1, "image": image, "baseline": baseline,
-                "npy": npy,
+                "npy": npy, "mask": mask,
             }));
         }
     }
@@ -152,7 +186,33 @@ fn patch_change_map_and_trace_change_map_match_transformers_and_numpy() {
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
 
     let mut worst = (0.0f64, 0.0f64);
-    for ((id, ours), want) in grids.iter().zip(reference["patch"].as_array().unwrap()) {
+    let close = |a: f64, b: &Value| match b.as_f64() {
+        Some(b) => (a - b).abs() < 1e-6,
+        None => a.is_nan(),
+    };
+    let patch_refs = reference["patch"].as_array().unwrap();
+    for ((id, entropy, inside), want) in scalars.iter().zip(patch_refs) {
+        assert!(
+            close(*entropy, &want["entropy"]),
+            "{id}: entropy {entropy} vs {want}"
+        );
+        assert!(
+            close(*inside, &want["in_region"]),
+            "{id}: region {inside} vs {want}"
+        );
+    }
+    // Changed cells have both scalars, the baselines (exactly zero maps) none. (c022, its
+    // baseline's pixels in another row of the batch, has a map below 1e-6: zero or not,
+    // depending on the encoder's rounding.)
+    for (id, entropy, inside) in scalars.iter().filter(|s| s.0 != "c022") {
+        let zero = id.starts_with("c00");
+        let defined = *entropy > 0.0 && *inside > 0.0 && *inside < 1.0;
+        assert!(
+            zero == (entropy.is_nan() && inside.is_nan()) && zero != defined,
+            "{id}: entropy {entropy}, in region {inside}"
+        );
+    }
+    for ((id, ours), want) in grids.iter().zip(patch_refs) {
         let want_grid: Vec<Vec<f64>> = serde_json::from_value(want["grid"].clone()).unwrap();
         assert_eq!(ours.len(), 16, "{id}: 224 px in 14 px patches");
         assert_eq!(want_grid.len(), ours.len(), "{id}");
@@ -171,11 +231,11 @@ fn patch_change_map_and_trace_change_map_match_transformers_and_numpy() {
         }
     }
     // A baseline against itself: exactly zero inside the crop.
-    for e in ["clip", "dino"] {
+    for (e, scorer) in [(Embedder::Clip, &clip_id), (Embedder::Dino, &dino_id)] {
         for id in ["c001", "c002"] {
-            let map = values(&change_map_file(&dir, id, e));
-            assert!(map.contains(&0.0), "{id} {e}");
-            assert!(map.iter().all(|v| v.is_nan() || *v == 0.0), "{id} {e}");
+            let map = values(&patch_change_file(&dir, id, e, scorer));
+            assert!(map.contains(&0.0), "{id} {e:?}");
+            assert!(map.iter().all(|v| v.is_nan() || *v == 0.0), "{id} {e:?}");
         }
     }
     assert!(
@@ -211,7 +271,7 @@ fn patch_change_map_and_trace_change_map_match_transformers_and_numpy() {
     // Not the luma map: the patch map of a changed cell has another spread.
     let (luma_map, clip_map) = (
         values(&change_map_file(&dir, "c011", "luma")),
-        values(&change_map_file(&dir, "c011", "clip")),
+        values(&patch_change_file(&dir, "c011", Embedder::Clip, &clip_id)),
     );
     let differ = luma_map
         .iter()
@@ -219,6 +279,54 @@ fn patch_change_map_and_trace_change_map_match_transformers_and_numpy() {
         .filter(|(a, b)| !b.is_nan() && (*a - *b).abs() > 1e-3)
         .count();
     assert!(differ > 100, "{differ} pixels differ from the luma map");
+
+    // Two CLIP scorers: two files, other maps; a grid shows the first scorer's by id.
+    let clip2_map = values(&patch_change_file(&dir, "c011", Embedder::Clip, &clip2_id));
+    let differ = clip_map
+        .iter()
+        .zip(&clip2_map)
+        .filter(|(a, b)| (*a - *b).abs() > 1e-4)
+        .count();
+    assert!(
+        differ > 100,
+        "{differ} pixels differ between the two scorers"
+    );
+    let files = patch_change_files(&dir, "c011", Embedder::Clip);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let first = if clip_id < clip2_id {
+        &clip_id
+    } else {
+        &clip2_id
+    };
+    assert_eq!(
+        files[0],
+        patch_change_file(&dir, "c011", Embedder::Clip, first)
+    );
+    let kind = MapKind::PatchChange(Embedder::Clip);
+    let mut plots = fx.info.plots.clone();
+    for (name, embedder) in [
+        ("change_clip", Embedder::Clip),
+        ("change_dino", Embedder::Dino),
+    ] {
+        plots.show = negimg::run::info::Show::parse(name).unwrap();
+        let shown = Picture::Map(MapKind::PatchChange(embedder));
+        assert_eq!(Picture::of(&plots), shown, "[plots] show = {name:?}");
+    }
+    let scale = negimg::report::maps::run_scale(&dir, &fx.records, kind).unwrap();
+    let record = fx.records.iter().find(|r| r.cell_id == "c011").unwrap();
+    let picture =
+        negimg::report::maps::cell_picture(&dir, record, Picture::Map(kind), scale).unwrap();
+    let (rows, cols, first_map) = negimg::npy::read(&files[0]).unwrap();
+    let want = negimg::report::maps::heat_map(rows, cols, &first_map, scale, (48, 32));
+    assert_eq!(
+        picture, want,
+        "the grid's picture is the first scorer's map"
+    );
+    let other = patch_change_file(&dir, "c011", Embedder::Clip, &clip2_id);
+    assert!(
+        other.with_extension("png").is_file(),
+        "each scorer's map drawn"
+    );
 }
 
 #[test]
@@ -237,6 +345,6 @@ fn patch_change_map_is_not_written_without_a_baseline() {
     )
     .unwrap();
     let id = &fx.records[0].cell_id;
-    assert!(!change_map_file(&dir, id, "dino").exists());
+    assert!(patch_change_files(&dir, id, Embedder::Dino).is_empty());
     assert!(!dir.join("maps").exists());
 }

@@ -146,7 +146,8 @@ fn scoring_twice_with_two_scorers_keeps_both() {
             "clip_div",
             "mad_base",
             "ssim_base",
-            "change_entropy"
+            "change_entropy",
+            "patch_change_entropy"
         ]
     );
     let done: Vec<_> = fx

@@ -630,11 +630,7 @@ pub fn row_steps(
         let s = sched.as_ref();
         let at = |i| crate::sampling::step_at(s, i, steps);
         let alone = row_steps_alone(&group);
-        // Attention maps record each cell's own rows: no sharing.
-        let shared = match exp.maps.attention {
-            true => alone,
-            false => Trajectories::new(&group, &at, s.timesteps()).row_steps(&group),
-        };
+        let shared = Trajectories::new(&group, &at, s.timesteps()).row_steps(&group);
         let pixels = (w * h) as f64;
         out.alone += alone;
         out.shared += shared;

@@ -281,11 +281,6 @@ pub fn run(args: PlanArgs, g: &Globals) -> Result<()> {
         .unwrap_or((512, 512));
     let batch = crate::device::estimate_max_batch(device, kind, w, h);
     let rows = super::estimate::row_steps(&exp, &sched_cfg, batch)?;
-    if exp.maps.attention {
-        say!(
-            "no shared trajectories: attention maps ([maps] attention) record each cell's own rows"
-        );
-    }
     if let Some(steps) = &exp.maps.steps {
         say!("attention maps over the steps \"{steps}\" only ([maps] steps)");
     }

@@ -32,8 +32,8 @@ pub struct PlotsSpec {
 }
 
 /// `[plots] show`: a cell's image, its change map against the baseline, the map laid over
-/// the image (README, "Change maps"), or its negative attention map (README, "Attention
-/// maps").
+/// the image (README, "Change maps"), its negative attention map (README, "Attention
+/// maps"), or a scorer's patch-token change map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Show {
@@ -43,10 +43,16 @@ pub enum Show {
     Overlay,
     #[serde(rename = "negative_attention")]
     NegativeAttention,
+    /// The CLIP / DINOv2 scorer's patch-token change map (README, "Change maps").
+    #[serde(rename = "change_clip")]
+    ChangeClip,
+    #[serde(rename = "change_dino")]
+    ChangeDino,
 }
 
 impl Show {
-    pub const NAMES: &'static str = "image, change, overlay, negative_attention";
+    pub const NAMES: &'static str =
+        "image, change, overlay, negative_attention, change_clip, change_dino";
 
     pub fn is_image(&self) -> bool {
         *self == Show::Image
@@ -58,7 +64,8 @@ impl Show {
 }
 
 /// `[plots] overlay`: the map that `show = "overlay"` lays over each image: the change map
-/// against the baseline (default) or the negative attention map.
+/// against the baseline (default), the negative attention map, or a scorer's patch-token
+/// change map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Overlay {
@@ -66,10 +73,14 @@ pub enum Overlay {
     Change,
     #[serde(rename = "negative_attention")]
     NegativeAttention,
+    #[serde(rename = "change_clip")]
+    ChangeClip,
+    #[serde(rename = "change_dino")]
+    ChangeDino,
 }
 
 impl Overlay {
-    pub const NAMES: &'static str = "change, negative_attention";
+    pub const NAMES: &'static str = "change, negative_attention, change_clip, change_dino";
 
     pub fn is_change(&self) -> bool {
         *self == Overlay::Change

@@ -47,11 +47,11 @@ pub const QUANTITIES: [Quantity; 6] = [
 struct BlockSums {
     grid: (i64, i64),
     sums: Vec<(Quantity, Tensor)>,
-    /// NegToMe's merges recorded (one per attention output merged), the steps they fell
-    /// in, and the last such step.
+    /// NegToMe's merges recorded (one per attention output merged), the calls they fell
+    /// in, and the last such call ([`AttentionProbe::calls`]).
     merges: usize,
-    merge_steps: usize,
-    last_merge_step: Option<usize>,
+    merge_calls: usize,
+    last_merge_call: Option<usize>,
 }
 
 impl BlockSums {
@@ -71,14 +71,26 @@ impl BlockSums {
 ///
 /// [`IpContext::probe`]: super::attention::IpContext::probe
 pub struct AttentionProbe {
-    /// The rows kept: the first `rows` of each call (NegToMe's reference rows follow them).
+    /// The rows kept (a batch's rows); which call rows they are: [`Self::set_call_rows`].
     rows: i64,
     blocks: RefCell<Vec<BlockSums>>,
     /// The steps recorded (`[maps] steps`; all when `None`) and whether the current one is.
     steps: Option<StepSet>,
     recording: Cell<bool>,
-    /// The step being made ([`Self::at_step`]).
-    step: Cell<usize>,
+    /// Which kept rows the rows of the next calls stand for (`None`: the first `rows`).
+    call: RefCell<Option<CallRows>>,
+    /// Counts the calls (each step and each [`Self::set_call_rows`] starts one), so that
+    /// NegToMe's merges are counted per call.
+    calls: Cell<usize>,
+}
+
+/// The rows of a call as kept rows: call row `from[i]` is kept row `to[i]`; one call row
+/// stands for several kept rows when cells share a trajectory (their rows are computed once).
+struct CallRows {
+    /// The call's rows before NegToMe's reference rows.
+    rows: i64,
+    from: Tensor,
+    to: Tensor,
 }
 
 /// What one image-attention term of one block did in one call, `term` [B, N, C] (before
@@ -111,7 +123,7 @@ impl ProbeMaps {
     }
 }
 
-/// [B, N, C] -> the norm over C as [rows, h, w] (float32).
+/// [B, N, C] -> the norm over C of the first `rows` as [rows, h, w] (float32).
 fn norm_map(term: &Tensor, rows: i64, (h, w): (i64, i64)) -> Tensor {
     term.narrow(0, 0, rows)
         .to_kind(Kind::Float)
@@ -119,7 +131,7 @@ fn norm_map(term: &Tensor, rows: i64, (h, w): (i64, i64)) -> Tensor {
         .view([rows, h, w])
 }
 
-/// [B, heads, N, T] -> the mean over heads as [rows, T, h, w] (float32).
+/// [B, heads, N, T] -> the mean over heads of the first `rows` as [rows, T, h, w] (float32).
 fn token_maps(probs: &Tensor, rows: i64, (h, w): (i64, i64)) -> Tensor {
     let p = probs
         .narrow(0, 0, rows)
@@ -137,8 +149,46 @@ impl AttentionProbe {
             blocks: RefCell::new(vec![]),
             steps: None,
             recording: Cell::new(true),
-            step: Cell::new(0),
+            call: RefCell::new(None),
+            calls: Cell::new(0),
         }
+    }
+
+    /// The calls that follow compute, as their first `call_rows` rows, the kept rows `to`
+    /// from their rows `from` (int64, on the model's device; a kept row in none of them gets
+    /// nothing from these calls).
+    pub fn set_call_rows(&self, call_rows: i64, from: Tensor, to: Tensor) {
+        self.calls.set(self.calls.get() + 1);
+        *self.call.borrow_mut() = Some(CallRows {
+            rows: call_rows,
+            from,
+            to,
+        });
+    }
+
+    /// The rows of a call that stand for kept rows.
+    fn call_rows(&self) -> i64 {
+        self.call.borrow().as_ref().map_or(self.rows, |c| c.rows)
+    }
+
+    /// `[call_rows, ...]` of a call -> `[rows, ...]`, the kept rows.
+    fn keep(&self, per_call_row: Tensor) -> Tensor {
+        match self.call.borrow().as_ref() {
+            None => per_call_row,
+            Some(c) => {
+                let mut size = per_call_row.size();
+                size[0] = self.rows;
+                let kept = per_call_row.index_select(0, &c.from);
+                Tensor::zeros(size, (kept.kind(), kept.device())).index_copy(0, &c.to, &kept)
+            }
+        }
+    }
+
+    /// `values` of the call rows `rows` [S] -> `[call_rows, ...]` (zero in the other rows).
+    fn scatter(&self, rows: &Tensor, values: Tensor) -> Tensor {
+        let mut size = values.size();
+        size[0] = self.call_rows();
+        Tensor::zeros(size, (values.kind(), values.device())).index_copy(0, rows, &values)
     }
 
     /// The same, recording only the steps of `steps` (all when `None`).
@@ -150,7 +200,7 @@ impl AttentionProbe {
     pub fn at_step(&self, step: usize) {
         let on = self.steps.as_ref().is_none_or(|s| s.contains(step));
         self.recording.set(on);
-        self.step.set(step);
+        self.calls.set(self.calls.get() + 1);
     }
 
     /// How many of a run's `steps` steps the maps average over.
@@ -173,26 +223,25 @@ impl AttentionProbe {
         if !self.recording.get() {
             return;
         }
-        let rows = self.rows;
+        let rows = self.call_rows();
+        let norm = self.keep(norm_map(ip.term, rows, grid));
+        let ip_tokens = self.keep(token_maps(ip.probs, rows, grid));
+        let text_tokens = self.keep(token_maps(text_probs, rows, grid));
         self.with_block(index, grid, |b| {
-            b.add(Quantity::Norm, norm_map(ip.term, rows, grid));
-            b.add(Quantity::IpTokens, token_maps(ip.probs, rows, grid));
-            b.add(Quantity::TextTokens, token_maps(text_probs, rows, grid));
+            b.add(Quantity::Norm, norm);
+            b.add(Quantity::IpTokens, ip_tokens);
+            b.add(Quantity::TextTokens, text_tokens);
         });
     }
 
-    /// Block `index`: the second image term of the rows `rows` [S] (int64, all among the
-    /// kept rows), scattered into the kept rows (zero for the others).
+    /// Block `index`: the second image term of the call rows `rows` [S] (int64, all among
+    /// those that stand for kept rows), scattered into the kept rows (zero for the others).
     pub fn record_extra(&self, index: usize, grid: (i64, i64), rows: &Tensor, extra: Term) {
         if !self.recording.get() {
             return;
         }
         let s = rows.size()[0];
-        let scatter = |t: Tensor| {
-            let mut size = t.size();
-            size[0] = self.rows;
-            Tensor::zeros(size, (Kind::Float, t.device())).index_copy(0, rows, &t)
-        };
+        let scatter = |t: Tensor| self.keep(self.scatter(rows, t));
         let norm = scatter(norm_map(extra.term, s, grid));
         let tokens = scatter(token_maps(extra.probs, s, grid));
         self.with_block(index, grid, |b| {
@@ -201,8 +250,9 @@ impl AttentionProbe {
         });
     }
 
-    /// Block `index`: NegToMe's merge of the rows `rows` [M] (int64, among the kept rows),
-    /// `merged` [M, N] (bool) the tokens that merged, scattered into the kept rows.
+    /// Block `index`: NegToMe's merge of the call rows `rows` [M] (int64, among those that
+    /// stand for kept rows), `merged` [M, N] (bool) the tokens that merged, scattered into
+    /// the kept rows.
     pub fn record_merge(&self, index: usize, grid: (i64, i64), rows: &Tensor, merged: &Tensor) {
         if !self.recording.get() {
             return;
@@ -210,15 +260,14 @@ impl AttentionProbe {
         let (h, w) = grid;
         let m = rows.size()[0];
         let mask = merged.to_kind(Kind::Float).view([m, h, w]);
-        let sum = Tensor::zeros([self.rows, h, w], (Kind::Float, mask.device()))
-            .index_copy(0, rows, &mask);
-        let step = self.step.get();
+        let sum = self.keep(self.scatter(rows, mask));
+        let call = self.calls.get();
         self.with_block(index, grid, |b| {
             b.add(Quantity::Merged, sum);
             b.merges += 1;
-            if b.last_merge_step != Some(step) {
-                b.merge_steps += 1;
-                b.last_merge_step = Some(step);
+            if b.last_merge_call != Some(call) {
+                b.merge_calls += 1;
+                b.last_merge_call = Some(call);
             }
         });
     }
@@ -232,8 +281,9 @@ impl AttentionProbe {
             .filter(|b| !b.sums.is_empty())
             .map(|b| {
                 // A merge share: over the merges of every step (none in steps outside NegToMe's
-                // timesteps), each step having the same number of merges.
-                let per_step = b.merges as f64 / b.merge_steps.max(1) as f64;
+                // timesteps), each call that merges having the same number of merges, and
+                // each row in one call a step.
+                let per_step = b.merges as f64 / b.merge_calls.max(1) as f64;
                 let divisor = |q| match q {
                     Quantity::Merged => per_step * steps.max(1) as f64,
                     _ => steps.max(1) as f64,
@@ -316,6 +366,37 @@ mod tests {
         let v = Vec::<f32>::try_from(norm.flatten(0, -1)).unwrap();
         assert_eq!(v, [5.0, 0.0, 1.0, 0.0]);
         assert!(maps.mean(Quantity::ExtraNorm).is_none());
+    }
+
+    #[test]
+    fn attention_map_of_a_shared_row_goes_to_every_cell_of_its_group() {
+        // Kept rows 0 and 2 share call row 0 of the first call; kept row 1 is the only row
+        // of the second call (calls of one group each).
+        let probe = AttentionProbe::new(3);
+        let probs = Tensor::ones([2, 1, 1, 1], (Kind::Float, tch::Device::Cpu));
+        let rows = |v: &[i64]| Tensor::from_slice(v);
+        let calls = [
+            (&[0i64, 0][..], &[0i64, 2][..], [3.0f32, 9.0]),
+            (&[0][..], &[1][..], [5.0, 9.0]),
+        ];
+        for (from, to, norms) in calls {
+            probe.set_call_rows(1, rows(from), rows(to));
+            // The call's second row is a NegToMe reference row: not kept.
+            let term = Tensor::from_slice(&norms).view([2, 1, 1]);
+            let ip = Term {
+                term: &term,
+                probs: &probs,
+            };
+            probe.record(0, (1, 1), ip, &probs);
+            let merged = Tensor::from_slice(&[true]).view([1, 1]);
+            probe.record_merge(0, (1, 1), &rows(&[0]), &merged);
+        }
+        let maps = probe.finish(1, (1, 1));
+        let norm = maps.mean(Quantity::Norm).unwrap().flatten(0, -1);
+        assert_eq!(Vec::<f32>::try_from(norm).unwrap(), [3.0, 5.0, 3.0]);
+        // One merge a call, two calls in the step: each row merged in its one call.
+        let merged = maps.mean(Quantity::Merged).unwrap().flatten(0, -1);
+        assert_eq!(Vec::<f32>::try_from(merged).unwrap(), [1.0, 1.0, 1.0]);
     }
 
     #[test]

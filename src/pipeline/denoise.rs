@@ -82,16 +82,9 @@ pub fn denoise(
     let refs: Vec<&GenParams> = cells.iter().collect();
     let rows = BatchRows::new(&refs);
     let timesteps = scheduler.timesteps().to_vec();
-    // The attention probe records the rows of one call per step in batch order: with maps
-    // on, every cell alone, all in one call.
-    let (tree, call_cells) = match cond.probe {
-        Some(_) => (Trajectories::alone(cells.len(), steps), usize::MAX),
-        None => {
-            let s: &dyn Scheduler = scheduler;
-            let tree = Trajectories::new(&refs, &|i| sampling::step_at(s, i, steps), &timesteps);
-            (tree, call_cells.max(1))
-        }
-    };
+    let s: &dyn Scheduler = scheduler;
+    let tree = Trajectories::new(&refs, &|i| sampling::step_at(s, i, steps), &timesteps);
+    let call_cells = call_cells.max(1);
     let mut row_steps = RowSteps::default();
     let mut x = x.index_select(0, &indices(&tree.initial, device));
     // What each group's method carries from step to step, forked with the latents.
@@ -130,6 +123,12 @@ pub fn denoise(
             row_steps.planned += chunk_rows;
             if live[k * call_cells..][..chunk.len()].contains(&true) {
                 row_steps.computed += chunk_rows;
+                if let Some(probe) = cond.probe {
+                    let first = k * call_cells;
+                    let (from, to) = probe_rows(&refs, &rows, chunk, first, &tree.group_of[i]);
+                    let n = from.iter().max().map_or(0, |&r| r + 1);
+                    probe.set_call_rows(n as i64, indices(&from, device), indices(&to, device));
+                }
                 parts.push(call.guided(&refs, chunk, &x, chunk_states));
             } else {
                 parts.push(x.zeros_like());
@@ -199,6 +198,28 @@ fn live_groups(group_of: &[usize], groups: usize, needed: &[bool]) -> Vec<bool> 
         live[g] = true;
     }
     live
+}
+
+/// For the attention probe: the batch rows that each row of a call on the groups `chunk`
+/// (each group's first cell; groups `first..`) stands for, those of every cell of its group
+/// (`group_of`: each cell's group), as (call row, batch row) pairs.
+fn probe_rows(
+    all: &[&GenParams],
+    rows: &BatchRows,
+    chunk: &[usize],
+    first: usize,
+    group_of: &[usize],
+) -> (Vec<usize>, Vec<usize>) {
+    let cells: Vec<&GenParams> = chunk.iter().map(|&c| all[c]).collect();
+    let mut pairs: Vec<(usize, usize)> = vec![];
+    for (j, (k, row)) in guidance::row_layout(&cells).into_iter().enumerate() {
+        let members = group_of
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| **g == first + k);
+        pairs.extend(members.map(|(c, _)| (j, rows.row[&(c, row)])));
+    }
+    pairs.into_iter().unzip()
 }
 
 fn indices(v: &[usize], device: Device) -> Tensor {

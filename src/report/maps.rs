@@ -11,7 +11,7 @@ use crate::run::attention_maps;
 use crate::run::info::{Overlay, PlotsSpec, Show};
 use crate::run::records::Record;
 use crate::scoring::metrics::Embedder;
-use crate::scoring::{change_map_file, trace_change_file};
+use crate::scoring::{change_map_file, patch_change_files, trace_change_file};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,8 @@ pub enum MapKind {
     Change,
     /// The negative image's attention map (the run's, with `[maps] attention`).
     NegativeAttention,
-    /// The scorer encoder's patch-token cosine distance to the baseline (the scorer's).
+    /// The scorer encoder's patch-token cosine distance to the baseline (each scorer of
+    /// that encoder writes its own; a grid shows the first scorer's by id).
     PatchChange(Embedder),
 }
 
@@ -35,12 +36,15 @@ impl MapKind {
         MapKind::PatchChange(Embedder::Dino),
     ];
 
-    fn file(self, run_dir: &Path, cell_id: &str) -> PathBuf {
-        match self {
+    /// A cell's maps of this kind that exist (one per scorer for patch-token maps, sorted
+    /// by scorer id).
+    fn files(self, run_dir: &Path, cell_id: &str) -> Vec<PathBuf> {
+        let file = match self {
             MapKind::Change => change_map_file(run_dir, cell_id, "luma"),
             MapKind::NegativeAttention => attention_maps::file(run_dir, cell_id, "negative"),
-            MapKind::PatchChange(e) => change_map_file(run_dir, cell_id, e.prefix()),
-        }
+            MapKind::PatchChange(e) => return patch_change_files(run_dir, cell_id, e),
+        };
+        if file.is_file() { vec![file] } else { vec![] }
     }
 
     fn unit(self) -> &'static str {
@@ -56,6 +60,8 @@ impl MapKind {
         match overlay {
             Overlay::Change => MapKind::Change,
             Overlay::NegativeAttention => MapKind::NegativeAttention,
+            Overlay::ChangeClip => MapKind::PatchChange(Embedder::Clip),
+            Overlay::ChangeDino => MapKind::PatchChange(Embedder::Dino),
         }
     }
 }
@@ -75,6 +81,8 @@ impl Picture {
             Show::Image => Picture::Image,
             Show::Change => Picture::Map(MapKind::Change),
             Show::NegativeAttention => Picture::Map(MapKind::NegativeAttention),
+            Show::ChangeClip => Picture::Map(MapKind::PatchChange(Embedder::Clip)),
+            Show::ChangeDino => Picture::Map(MapKind::PatchChange(Embedder::Dino)),
             Show::Overlay => Picture::Overlay(MapKind::overlaid(plots.overlay)),
         }
     }
@@ -105,8 +113,11 @@ fn map_files(run_dir: &Path, records: &[Record], kind: MapKind) -> Vec<(usize, P
     records
         .iter()
         .enumerate()
-        .map(|(i, r)| (i, kind.file(run_dir, &r.cell_id)))
-        .filter(|(_, f)| f.is_file())
+        .flat_map(|(i, r)| {
+            kind.files(run_dir, &r.cell_id)
+                .into_iter()
+                .map(move |f| (i, f))
+        })
         .collect()
 }
 
@@ -121,22 +132,28 @@ pub fn run_scale(run_dir: &Path, records: &[Record], kind: MapKind) -> Result<f3
     Ok(if max > 0.0 { max } else { 1.0 })
 }
 
-/// The map of `kind` of `record` in colour, at its image's size; `None` without a map.
-fn heat_image(
+/// The map `file` of `record` in colour, at its image's size.
+fn heat_image(run_dir: &Path, record: &Record, file: &Path, scale: f32) -> Result<RgbImage> {
+    let (rows, cols, values) = npy::read(file)?;
+    let image = run_dir.join(&record.file);
+    let size = image::image_dimensions(&image)
+        .with_context(|| format!("cannot read {}", image.display()))?;
+    Ok(heat_map(rows, cols, &values, scale, size))
+}
+
+/// The map of `kind` of `record` that a grid shows (the first, for patch-token maps of
+/// several scorers), in colour; `None` without one.
+fn shown_heat_image(
     run_dir: &Path,
     record: &Record,
     scale: f32,
     kind: MapKind,
 ) -> Result<Option<RgbImage>> {
-    let file = kind.file(run_dir, &record.cell_id);
-    if !file.is_file() {
-        return Ok(None);
-    }
-    let (rows, cols, values) = npy::read(&file)?;
-    let image = run_dir.join(&record.file);
-    let size = image::image_dimensions(&image)
-        .with_context(|| format!("cannot read {}", image.display()))?;
-    Ok(Some(heat_map(rows, cols, &values, scale, size)))
+    let files = kind.files(run_dir, &record.cell_id);
+    files
+        .first()
+        .map(|f| heat_image(run_dir, record, f, scale))
+        .transpose()
 }
 
 /// `values` (row-major `rows × cols`) in colour, 0 to `scale`, drawn at `(w, h)` by
@@ -184,13 +201,12 @@ pub fn write_heat_pngs(run_dir: &Path, records: &[Record], kind: MapKind) -> Res
     let scale = run_scale(run_dir, records, kind)?;
     let mut written = 0;
     for (i, file) in map_files(run_dir, records, kind) {
-        if let Some(map) = heat_image(run_dir, &records[i], scale, kind)? {
-            let png = file.with_extension("png");
-            with_legend(&map, scale, kind)
-                .save(&png)
-                .with_context(|| format!("cannot write {}", png.display()))?;
-            written += 1;
-        }
+        let map = heat_image(run_dir, &records[i], &file, scale)?;
+        let png = file.with_extension("png");
+        with_legend(&map, scale, kind)
+            .save(&png)
+            .with_context(|| format!("cannot write {}", png.display()))?;
+        written += 1;
     }
     Ok(written)
 }
@@ -241,13 +257,13 @@ pub fn cell_picture(
     let image = || load_rgb(&run_dir.join(&record.file));
     match show {
         Picture::Image => image(),
-        Picture::Map(kind) => match heat_image(run_dir, record, scale, kind)? {
+        Picture::Map(kind) => match shown_heat_image(run_dir, record, scale, kind)? {
             Some(map) => Ok(map),
             None => image(),
         },
         Picture::Overlay(kind) => {
             let mut img = image()?;
-            if let Some(map) = heat_image(run_dir, record, scale, kind)?
+            if let Some(map) = shown_heat_image(run_dir, record, scale, kind)?
                 && map.dimensions() == img.dimensions()
             {
                 for (p, m) in img.pixels_mut().zip(map.pixels()) {

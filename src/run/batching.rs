@@ -41,21 +41,6 @@ pub fn plan_batches(cells: &[GenParams], max_batch: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// The batches of [`plan_batches`] for cells made alone (no shared trajectories: attention
-/// maps record each cell's own rows): runs of at most `max_batch` cells of a batch key.
-pub fn plan_batches_alone(cells: &[GenParams], max_batch: usize) -> Vec<Vec<usize>> {
-    let by_key = first_appearance(cells.iter().map(GenParams::batch_key).collect());
-    by_key
-        .into_iter()
-        .flat_map(|members| {
-            members
-                .chunks(max_batch.max(1))
-                .map(<[usize]>::to_vec)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The indices of `keys` grouped by equal key, groups in order of first appearance.
 fn first_appearance<K: PartialEq>(keys: Vec<K>) -> Vec<Vec<usize>> {
     let mut groups: Vec<(K, Vec<usize>)> = Vec::new();
@@ -222,27 +207,6 @@ mod tests {
             plan_batches(&cells, 1)
                 .iter()
                 .all(|b| b.len() <= SHARED_BATCH)
-        );
-    }
-
-    #[test]
-    fn batches_alone_ignore_trunks_and_keep_the_size_limit() {
-        let cells: Vec<GenParams> = (0..6)
-            .map(|i| {
-                let mut c = GenParams::new(i % 2);
-                c.neg_steps_at = Some((i / 2).to_string().parse().unwrap());
-                c
-            })
-            .collect();
-        assert_eq!(
-            plan_batches_alone(&cells, 4),
-            vec![vec![0, 1, 2, 3], vec![4, 5]]
-        );
-        let mut other = cells.clone();
-        other[3].steps = 10;
-        assert_eq!(
-            plan_batches_alone(&other, 4),
-            vec![vec![0, 1, 2, 4], vec![5], vec![3]]
         );
     }
 

@@ -1,7 +1,7 @@
 //! What the phases of a run share to make images: the [`Maker`] (the generator loaded on
 //! first use, the run's batches and batch size), the run's log and the progress bar. Used by
 //! the inputs phase (text-to-image inputs) and the runner (the grid's cells).
-use super::batching::{BatchSize, plan_batches, plan_batches_alone};
+use super::batching::{BatchSize, plan_batches};
 use super::generator::Generator;
 use super::layout;
 use crate::params::GenParams;
@@ -127,12 +127,7 @@ impl<'a> Maker<'a> {
         let mut row_steps: Option<RowSteps> = None;
         'plan: loop {
             let size = self.batch_size(params)?;
-            // Attention maps record each cell's own rows: no shared trajectories.
-            let batches = match self.attention_maps {
-                true => plan_batches_alone(params, size),
-                false => plan_batches(params, size),
-            };
-            for batch in batches {
+            for batch in plan_batches(params, size) {
                 if !batch.iter().any(|&j| pending[j]) {
                     continue;
                 }

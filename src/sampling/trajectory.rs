@@ -76,18 +76,6 @@ impl Trajectories {
         }
     }
 
-    /// The tree of `n` cells over `steps` steps where no two share anything.
-    pub fn alone(n: usize, steps: usize) -> Trajectories {
-        let each: Vec<usize> = (0..n).collect();
-        let groups: Vec<Group> = each.iter().map(|&c| Group { parent: c, cell: c }).collect();
-        Trajectories {
-            initial: each.clone(),
-            steps: vec![groups; steps],
-            group_of: vec![each.clone(); steps],
-            last: each,
-        }
-    }
-
     /// UNet row-steps with sharing: the rows of each group's cell, summed over groups and steps.
     pub fn row_steps(&self, cells: &[&GenParams]) -> usize {
         self.steps

@@ -8,6 +8,8 @@
 //! - `change_in_region` / `change_out_region`: the share of the map's mass `Σm` inside /
 //!   outside the `[scoring] region` mask (white inside, black outside), resized to the map
 //!   by nearest neighbour (pixel x of W takes source pixel `floor((x + 0.5) · W_src / W)`).
+//! - NaN pixels are not part of a map (a patch-token map's pixels outside the encoder's
+//!   crop): N, the mass and the shares count the other pixels only.
 use crate::images::BinaryMask as Mask;
 use crate::npy;
 use anyhow::{Context, Result};
@@ -23,6 +25,14 @@ pub const ATTENTION_METRICS: [&str; 3] = [
     "attention_entropy",
     "attention_in_region",
     "attention_out_region",
+];
+
+/// The same scalars of a scorer's patch-token change map (`maps/<cell-id>/
+/// change_<encoder>-<scorer-id>.npy`, README "Change maps"), in that scorer's scores.csv.
+pub const PATCH_METRICS: [&str; 3] = [
+    "patch_change_entropy",
+    "patch_change_in_region",
+    "patch_change_out_region",
 ];
 
 /// A per-pixel map, row-major.
@@ -65,24 +75,32 @@ impl Map {
         }))
     }
 
+    /// The values of the map's pixels (NaN ones left out).
+    fn defined(&self) -> impl Iterator<Item = f64> + '_ {
+        self.values
+            .iter()
+            .filter(|v| !v.is_nan())
+            .map(|&v| v as f64)
+    }
+
     fn mass(&self) -> f64 {
-        self.values.iter().map(|&v| v as f64).sum()
+        self.defined().sum()
     }
 
     /// Normalized Shannon entropy of the map as a distribution (see the module).
     pub fn entropy(&self) -> f64 {
         let total = self.mass();
-        if total <= 0.0 || self.values.len() < 2 {
+        let n = self.defined().count();
+        if total <= 0.0 || n < 2 {
             return f64::NAN;
         }
         let h: f64 = self
-            .values
-            .iter()
-            .map(|&v| v as f64 / total)
+            .defined()
+            .map(|v| v / total)
             .filter(|&p| p > 0.0)
             .map(|p| -p * p.ln())
             .sum();
-        h / (self.values.len() as f64).ln()
+        h / (n as f64).ln()
     }
 
     /// The share of the map's mass inside `mask` (resized to the map); NaN without change.
@@ -96,7 +114,7 @@ impl Map {
             .values
             .iter()
             .zip(&inside)
-            .filter(|(_, m)| **m)
+            .filter(|(v, m)| **m && !v.is_nan())
             .map(|(&v, _)| v as f64)
             .sum();
         mass / total
@@ -136,6 +154,22 @@ mod tests {
         assert!((map(2, &[0.5; 4]).entropy() - 1.0).abs() < 1e-12);
         assert_eq!(map(2, &[0.0, 0.7, 0.0, 0.0]).entropy(), 0.0);
         assert!(map(2, &[0.0; 4]).entropy().is_nan(), "no change: undefined");
+    }
+
+    #[test]
+    fn change_map_scalars_leave_out_nan_pixels() {
+        let nan = f32::NAN;
+        // Even over the 2 defined pixels (entropy 1 over N = 2), all of it at x = 1.
+        let m = map(2, &[nan, 0.5, nan, 0.5]);
+        assert!((m.entropy() - 1.0).abs() < 1e-12);
+        let white = image::Rgb([255, 255, 255]);
+        let img = RgbImage::from_fn(2, 1, |x, _| if x == 1 { white } else { image::Rgb([0; 3]) });
+        let mask = Mask::from_image(&img).unwrap();
+        assert_eq!(m.share_inside(&mask), 1.0);
+        assert!(
+            map(2, &[nan, 0.0]).entropy().is_nan(),
+            "no change: undefined"
+        );
     }
 
     #[test]

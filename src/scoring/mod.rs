@@ -400,10 +400,22 @@ pub fn score_with(
     let model = embed::ImageModel::load(embedder, scorer, device, kind)
         .with_context(|| format!("cannot load the scorer {}", scorer.display()))?;
     let embeds = embed::embed_run(run_dir, &info, &records, &model, scorer, device, kind)?;
-    let drawn = patch_change::write_maps(run_dir, &info, &records, &model, embedder, device, kind)?;
-    if drawn > 0 {
+    let region = scoring_region(&info)?;
+    let scorer_maps = (embedder, id.as_str());
+    let patch = patch_change::write_maps(
+        run_dir,
+        &info,
+        &records,
+        &model,
+        scorer_maps,
+        region.as_ref(),
+        device,
+        kind,
+    )?;
+    if !patch.is_empty() {
         log::info!(
-            "wrote {drawn} {} patch-token change map(s)",
+            "wrote {} {} patch-token change map(s)",
+            patch.len(),
             embedder.prefix()
         );
     }
@@ -448,6 +460,11 @@ pub fn score_with(
         values.extend(scalars.unwrap_or_else(|| vec![f64::NAN; change::ATTENTION_METRICS.len()]));
     }
     names.extend(change::ATTENTION_METRICS.iter().map(|m| m.to_string()));
+    for (cell, values) in &mut rows {
+        let scalars = patch.get(cell).cloned();
+        values.extend(scalars.unwrap_or_else(|| vec![f64::NAN; change::PATCH_METRICS.len()]));
+    }
+    names.extend(change::PATCH_METRICS.iter().map(|m| m.to_string()));
     if let Some(head) = aesthetic {
         for (cell, values) in &mut rows {
             let embedding = embeds.images.get(&format!("cell:{cell}"));
@@ -582,6 +599,40 @@ pub fn change_map_file(run_dir: &Path, cell_id: &str, kind: &str) -> PathBuf {
         .join("maps")
         .join(cell_id)
         .join(format!("change_{kind}.npy"))
+}
+
+/// `maps/<cell-id>/change_<clip|dino>-<scorer-id>.npy`: the patch-token change map of the
+/// scorer `scorer_id` (named as its `scores/<scorer-id>/` folder), one per scorer so that
+/// two scorers of one encoder keep both.
+pub fn patch_change_file(
+    run_dir: &Path,
+    cell_id: &str,
+    embedder: Embedder,
+    scorer_id: &str,
+) -> PathBuf {
+    change_map_file(
+        run_dir,
+        cell_id,
+        &format!("{}-{scorer_id}", embedder.prefix()),
+    )
+}
+
+/// The patch-token change maps of `embedder`'s scorers that a cell has, sorted by scorer id.
+pub fn patch_change_files(run_dir: &Path, cell_id: &str, embedder: Embedder) -> Vec<PathBuf> {
+    let dir = run_dir.join("maps").join(cell_id);
+    let prefix = format!("change_{}-", embedder.prefix());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".npy") && p.is_file()
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// Writes a scorer folder: scores.csv (columns no cell defines are dropped, e.g.

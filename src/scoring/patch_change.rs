@@ -8,15 +8,16 @@
 //! `interpolate(mode="bilinear", align_corners=False)`) onto the part of the image the
 //! encoder sees: its centre crop, in image pixels (rounded). The map has the image's size;
 //! pixels outside the crop are NaN (none for square images under CLIP; DINOv2 crops 224 of
-//! 256). Written to `maps/<cell-id>/change_<clip|dino>.npy`.
-use super::change::Map;
+//! 256). Written to `maps/<cell-id>/change_<clip|dino>-<scorer-id>.npy`, one per scorer.
+use super::change::{self, Map};
 use super::embed::ImageModel;
 use super::metrics::{self, Embedder};
-use crate::images::load_rgb;
+use crate::images::{BinaryMask, load_rgb};
 use crate::models::preprocess::Preprocess;
 use crate::run::info::RunInfo;
 use crate::run::records::{Record, Status};
 use anyhow::{Result, bail};
+use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 /// Image pairs per encoder batch (each pair two images).
@@ -85,16 +86,20 @@ pub fn upsample(grid: &Tensor, width: usize, height: usize, p: &Preprocess) -> R
 }
 
 /// Writes the patch-token change map of every done cell with a paired baseline (the
-/// baseline against itself included: zero); returns how many.
+/// baseline against itself included: zero) as the scorer `scorer` (its encoder and id)
+/// ([`super::patch_change_file`]); returns each map's scalars ([`change::PATCH_METRICS`],
+/// over the crop; the region `[scoring] region` resized to the image) by cell id.
+#[allow(clippy::too_many_arguments)]
 pub fn write_maps(
     run_dir: &std::path::Path,
     info: &RunInfo,
     records: &[Record],
     model: &ImageModel,
-    embedder: Embedder,
+    (embedder, scorer): (Embedder, &str),
+    region: Option<&BinaryMask>,
     device: Device,
     kind: Kind,
-) -> Result<usize> {
+) -> Result<HashMap<String, Vec<f64>>> {
     let bases = metrics::baselines(info, records);
     let pairs: Vec<(&Record, &Record)> = records
         .iter()
@@ -103,6 +108,7 @@ pub fn write_maps(
         .filter_map(|(r, b)| Some((r, &records[(*b)?])))
         .collect();
     let p = model.preprocess();
+    let mut scalars = HashMap::new();
     for chunk in pairs.chunks(PAIRS) {
         // Each distinct file once per batch: a baseline against itself is exactly zero.
         let mut files: Vec<&str> = chunk
@@ -122,14 +128,13 @@ pub fn write_maps(
             let grid = token_distances(&tokens.get(i), &tokens.get(j))?;
             let img = &images[i as usize];
             let map = upsample(&grid, img.width() as usize, img.height() as usize, &p)?;
-            map.write_npy(&super::change_map_file(
-                run_dir,
-                &r.cell_id,
-                embedder.prefix(),
+            map.write_npy(&super::patch_change_file(
+                run_dir, &r.cell_id, embedder, scorer,
             ))?;
+            scalars.insert(r.cell_id.clone(), change::scalars(&map, region));
         }
     }
-    Ok(pairs.len())
+    Ok(scalars)
 }
 
 #[cfg(test)]

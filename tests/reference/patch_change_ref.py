@@ -10,7 +10,9 @@ BitImageProcessor) and model (CLIPModel's vision_model or Dinov2Model); the grid
 1 - cosine_similarity of last_hidden_state[:, 1:] (float64), reshaped to the square patch
 grid; the map's non-NaN part must be one square, which is compared with
 F.interpolate(grid (float32), size=(side, side), mode="bilinear", align_corners=False).
-Writes per case the grid, the square (left, top, side) and the largest differences.
+Writes per case the grid, the square (left, top, side) and the largest differences; and the
+scalars of negimg's map (its non-NaN pixels: the crop) with numpy: the normalized entropy and
+the share of its mass inside the case's "mask" resized to the map by nearest (change_map_ref).
 """
 import json
 import sys
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import BitImageProcessor, CLIPImageProcessor, CLIPModel, Dinov2Model
 
-from change_map_ref import luma, rgb
+from change_map_ref import luma, nearest, rgb
 
 models = {}
 
@@ -55,7 +57,20 @@ def patch_case(c):
     assert inside.sum() == side * side, "NaN inside the crop"
     up = F.interpolate(grid.float()[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
     region = ours[top:top + side, left:left + side].astype(np.float64)
+    entropy, inside = None, None  # undefined without change (JSON has no NaN)
+    m = ours.astype(np.float64)
+    total = m[~np.isnan(m)].sum()
+    if total > 0:
+        p = m[~np.isnan(m)] / total
+        p = p[p > 0]
+        entropy = float(-(p * np.log(p)).sum() / np.log((~np.isnan(m)).sum()))
+        mask = rgb(c["mask"])
+        assert set(np.unique(mask)) <= {0.0, 255.0}
+        under = nearest(mask[..., 0] == 255.0, *m.shape) & ~np.isnan(m)
+        inside = float(m[under].sum() / total)
     return {
+        "entropy": entropy,
+        "in_region": inside,
         "grid": grid.tolist(),
         "crop": [left, top, side],
         "shape": list(ours.shape),
