@@ -1106,6 +1106,42 @@ fn plots_overlay_names_the_map_and_acts_only_with_show_overlay() {
     }
 }
 
+/// A map the grids cannot show is no silent fallback to the images: the negative attention
+/// map without `[maps] attention` is an error, a DINOv2 map without `scorer_dino` a warning.
+#[test]
+fn plots_show_of_a_map_the_run_cannot_make_is_an_error_or_a_warning() {
+    use negimg::run::info::Show;
+    let plots = |keys: &str| format!("{BASE}\n[plots]\n{keys}\n");
+    expect_error(
+        &plots("show = \"negative_attention\""),
+        Some("show ="),
+        &["plots.show", "[maps] attention = true"],
+    );
+    let with_maps =
+        format!("{BASE}\n[maps]\nattention = true\n\n[plots]\nshow = \"negative_attention\"\n");
+    assert_eq!(
+        parse(&with_maps).unwrap().plots.show,
+        Show::NegativeAttention
+    );
+    let dino_warned = |text: &str| {
+        parse(text)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("plots.show") && w.contains("scorer_dino"))
+    };
+    assert!(dino_warned(&plots("show = \"change_dino\"")));
+    assert!(dino_warned(&plots(
+        "show = \"overlay\"\noverlay = \"change_dino\""
+    )));
+    assert!(!dino_warned(&plots("show = \"change_clip\"")));
+    let with_dino = plots("show = \"change_dino\"").replace(
+        "init_random =",
+        "scorer_dino = \"no-such-models/dino\"\ninit_random =",
+    );
+    assert!(!dino_warned(&with_dino));
+}
+
 #[test]
 fn map_steps_are_a_step_set_checked_against_every_cell() {
     let maps = |body: &str| format!("{BASE}\n[maps]\n{body}\n");

@@ -546,6 +546,7 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         filmstrip: p.filmstrip.as_ref().map(|b| *b.get_ref()),
         overlay: plots_overlay(&src, p, &maps)?,
     };
+    warnings.extend(plots_show_needs(&src, p, &plots, &maps, &models)?);
     if let Some(on) = p.filmstrip.as_ref().filter(|b| *b.get_ref())
         && cells.iter().all(|c| c.trace.is_none())
     {
@@ -591,6 +592,36 @@ pub fn parse(path: &Path, text: String, opts: &LoadOptions) -> Result<Experiment
         maps,
         warnings,
     })
+}
+
+/// `[plots] show`: the negative attention map only with `[maps] attention` (an error, as
+/// for `overlay`); a DINOv2 patch-token map (shown or laid over) without `[models]
+/// scorer_dino` is a warning: only `negimg score --scorer-dino` would write it.
+fn plots_show_needs(
+    src: &Source,
+    p: &schema::PlotsRaw,
+    plots: &PlotsSpec,
+    maps: &outputs::MapsSpec,
+    models: &Models,
+) -> Result<Option<String>> {
+    let Some(show) = &p.show else {
+        return Ok(None);
+    };
+    let err = |msg: &str| src.error(show.span(), "plots.show", msg);
+    if plots.show == outputs::Show::NegativeAttention && !maps.attention {
+        return Err(err(
+            "show = \"negative_attention\" needs the attention maps: set [maps] attention = true",
+        ));
+    }
+    let dino = plots.show == outputs::Show::ChangeDino
+        || (plots.show == outputs::Show::Overlay && plots.overlay == outputs::Overlay::ChangeDino);
+    Ok((dino && models.scorer_dino.is_none()).then(|| {
+        err(
+            "the DINOv2 change map, but [models] has no scorer_dino: the grids show the images \
+             until `negimg score --scorer-dino REF` writes the maps",
+        )
+        .to_string()
+    }))
 }
 
 /// `[plots] overlay`: only with `show = "overlay"` (it acts nowhere else), and the negative
