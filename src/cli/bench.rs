@@ -337,3 +337,26 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_keep_only_the_timed_adapter_and_a_missing_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for kind in [AdapterKind::Base, AdapterKind::Plus] {
+            std::fs::write(dir.path().join(crate::roles::adapter_file_name(kind)), b"").unwrap();
+        }
+        let models = models_with_adapter(dir.path(), AdapterKind::Plus).unwrap();
+        let kinds: Vec<AdapterKind> = models.adapters().map(|(k, _)| k).collect();
+        assert_eq!(kinds, [AdapterKind::Plus]);
+        let msg = models_with_adapter(dir.path(), AdapterKind::Light)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&dir.path().display().to_string()) && msg.contains("light"),
+            "{msg}"
+        );
+    }
+}
