@@ -9,7 +9,7 @@ use crate::pipeline::{CellOutcome, Pipeline, RandomPreset};
 use crate::roles::ModelSet;
 use crate::sampling::{make_scheduler, methods, negtome};
 use anyhow::{Context, Result, bail};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -90,12 +90,12 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     let scratch = Scratch::new()?;
     let mut pipeline = match &args.models {
         Some(dir) => Pipeline::load(
-            &ModelSet::from_models_dir(dir),
+            &models_with_adapter(dir, adapter)?,
             device,
             kind,
             &mut super::loading,
         )?,
-        None => Pipeline::random(preset, device, kind, scratch.path())?,
+        None => Pipeline::random(preset, adapter, device, kind, scratch.path())?,
     };
 
     pipeline.set_attention_maps(args.maps);
@@ -187,6 +187,22 @@ pub fn run(args: BenchArgs, g: &Globals) -> Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// The models of an init-random folder with only the adapter timed (the peer loads one):
+/// the others' image projections would only take memory.
+fn models_with_adapter(dir: &Path, adapter: AdapterKind) -> Result<ModelSet<PathBuf>> {
+    let mut models = ModelSet::from_models_dir(dir);
+    if models.adapter(adapter).is_none() {
+        bail!(
+            "--models {}: no {adapter} IP-Adapter file in it (--adapter {adapter})",
+            dir.display()
+        );
+    }
+    for other in AdapterKind::ALL.into_iter().filter(|&k| k != adapter) {
+        models.set_adapter(other, None);
+    }
+    Ok(models)
 }
 
 /// The UNet's native image side (`sample_size` x VAE scale), as diffusers' pipeline defaults it.
@@ -319,5 +335,28 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_keep_only_the_timed_adapter_and_a_missing_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for kind in [AdapterKind::Base, AdapterKind::Plus] {
+            std::fs::write(dir.path().join(crate::roles::adapter_file_name(kind)), b"").unwrap();
+        }
+        let models = models_with_adapter(dir.path(), AdapterKind::Plus).unwrap();
+        let kinds: Vec<AdapterKind> = models.adapters().map(|(k, _)| k).collect();
+        assert_eq!(kinds, [AdapterKind::Plus]);
+        let msg = models_with_adapter(dir.path(), AdapterKind::Light)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&dir.path().display().to_string()) && msg.contains("light"),
+            "{msg}"
+        );
     }
 }

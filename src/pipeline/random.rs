@@ -150,10 +150,11 @@ pub fn write_random_adapter(
 }
 
 impl Pipeline {
-    /// A pipeline of random weights built in memory (no files but the small adapter files,
-    /// written to `scratch`), at the shapes of `preset`.
+    /// A pipeline of random weights built in memory (no files but the small adapter file,
+    /// written to `scratch`), at the shapes of `preset`, with the one adapter `adapter`.
     pub fn random(
         preset: RandomPreset,
+        adapter: AdapterKind,
         device: Device,
         kind: Kind,
         scratch: &Path,
@@ -188,14 +189,11 @@ impl Pipeline {
             });
         }
         let tokenizer = ClipTokenizer::from_open_clip_vocab(&find_open_clip_vocab()?)?;
-        let mut adapters = HashMap::new();
-        for adapter in AdapterKind::ALL {
-            let path = scratch.join(format!("random-{adapter}.safetensors"));
-            write_random_adapter(&path, adapter, &shapes.unet, &shapes.vision, 7)?;
-            let file = AdapterFile::open(&path)?;
-            let proj = ImageProj::load(&file, device, kind)?;
-            adapters.insert(adapter, Adapter { file, proj });
-        }
+        let path = scratch.join(format!("random-{adapter}.safetensors"));
+        write_random_adapter(&path, adapter, &shapes.unet, &shapes.vision, 7)?;
+        let file = AdapterFile::open(&path)?;
+        let proj = ImageProj::load(&file, device, kind)?;
+        let adapters = HashMap::from([(adapter, Adapter { file, proj })]);
         let encoders = Encoders {
             tokenizer,
             text_encoder,

@@ -97,6 +97,22 @@ impl TensorFile {
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
+
+    /// Drops the mapped pages of `len` bytes at `offset` from the process's resident set once
+    /// the tensor there is copied out. Kept mapped, every page read counts twice until the
+    /// file closes (the map and the model's copy): at the end of loading SD1.5's image encoder
+    /// that was 2.4 GB of a 9.5 GB peak. The pages stay in the page cache.
+    fn release(&self, offset: usize, len: usize) {
+        // SAFETY: no slice of the map is alive here (the tensor is a copy), and the map is a
+        // read-only file mapping: a later read refills the pages from the unchanged file.
+        let advised = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        };
+        if let Err(e) = advised {
+            log::debug!("{}: pages not released ({e})", self.path.display());
+        }
+    }
 }
 
 /// `torch.save` output: a zip archive (PyTorch >= 1.6) or a bare pickle (protocol 2+).
@@ -140,6 +156,7 @@ impl TensorSource for TensorFile {
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         let tensor = Tensor::f_from_data_size(bytes, &shape, stored_kind)
             .with_context(|| format!("{}: tensor {name:?} cannot be read", self.path.display()))?;
+        self.release(self.data_start + begin, end - begin);
         Ok(tensor.to_device(device).to_kind(kind))
     }
 }
@@ -222,4 +239,60 @@ pub fn load_var_store(
         );
     }
     Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The resident kB of the mappings of `path` in this process (`/proc/self/smaps`).
+    fn mapped_resident_kb(path: &Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let is_range =
+            |t: &str| t.contains('-') && t.chars().all(|c| c == '-' || c.is_ascii_hexdigit());
+        let mut in_file = false;
+        let mut kb = 0;
+        for line in smaps.lines() {
+            if line.split_whitespace().next().is_some_and(is_range) {
+                // A mapping's first line: address range, ..., the file's path.
+                in_file = line.ends_with(&*path.to_string_lossy());
+            } else if let Some(rest) = line.strip_prefix("Rss:").filter(|_| in_file) {
+                kb += rest.trim().trim_end_matches(" kB").parse::<u64>().unwrap();
+            }
+        }
+        kb
+    }
+
+    #[test]
+    fn tensors_read_leave_no_mapped_pages_resident_and_read_the_same_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let _guard = crate::weights::random::seeded_generator(3);
+        // Four tensors of 1 MiB each: 4 MiB of pages if they stayed mapped.
+        let tensors: Vec<(String, Tensor)> = (0..4)
+            .map(|i| {
+                (
+                    format!("t{i}"),
+                    Tensor::randn([512, 512], (Kind::Float, Device::Cpu)),
+                )
+            })
+            .collect();
+        Tensor::write_safetensors(&tensors, &path).unwrap();
+        let file = TensorFile::open(&path).unwrap();
+        for (name, want) in &tensors {
+            let got = file.get(name, Device::Cpu, Kind::Float).unwrap();
+            assert!(got.equal(want), "{name}");
+        }
+        let resident = mapped_resident_kb(&path);
+        assert!(resident < 256, "{resident} kB of the map still resident");
+        // Pages released are read again from the file.
+        for (name, want) in &tensors {
+            assert!(
+                file.get(name, Device::Cpu, Kind::Float)
+                    .unwrap()
+                    .equal(want),
+                "{name}"
+            );
+        }
+    }
 }
