@@ -581,6 +581,40 @@ mod tests {
         assert_eq!(sd15[0]["micro"], Value::Null);
     }
 
+    /// An SDXL single file whose two text encoders are equally wide is refused by name
+    /// (diffusers' from_single_file would load the first as both); of two widths it passes.
+    #[test]
+    fn export_refuses_an_sdxl_single_file_with_text_encoders_of_one_width() {
+        let dir = std::env::temp_dir().join(format!("negimg-export-sgm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |second: i64| {
+            let path = dir.join(format!("sgm_{second}.safetensors"));
+            let zeros =
+                |shape: &[i64]| tch::Tensor::zeros(shape, (tch::Kind::Float, tch::Device::Cpu));
+            let first = "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight";
+            tch::Tensor::write_safetensors(
+                &[
+                    (
+                        "model.diffusion_model.input_blocks.0.0.weight",
+                        zeros(&[4, 4, 3, 3]),
+                    ),
+                    (first, zeros(&[77, 32])),
+                    (
+                        "conditioner.embedders.1.model.positional_embedding",
+                        zeros(&[77, second]),
+                    ),
+                ],
+                &path,
+            )
+            .unwrap();
+            single_file::open_single_file(&path).unwrap()
+        };
+        let err = refuse_what_diffusers_reads_otherwise(&write(32)).unwrap_err();
+        assert!(err.to_string().contains("both 32 wide"), "{err}");
+        assert!(refuse_what_diffusers_reads_otherwise(&write(48)).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn export_base64_matches_the_standard_alphabet() {
         assert_eq!(base64(b""), "");
