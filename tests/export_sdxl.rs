@@ -8,6 +8,14 @@
 //! tests/reference/run_exports.py), makes negimg's image within 1/255. Guards: the cells are
 //! far apart, and each is far from its twin without the feature under test (default
 //! micro-conditioning, NegToMe at alpha 0), so a script that dropped it would fail.
+//!
+//! Single-file checkpoints, SDXL and SD1.5 (the script loads the file with diffusers'
+//! `from_single_file` and the configs negimg mapped it with, written beside the script): the
+//! SGM file of tests/sdxl_single_file.rs and the LDM file of tests/ldm_images.rs, each with a
+//! configs folder of the model configs only, so that the VAE config (SDXL: inferred from the
+//! shapes), the tokenizers (open_clip's vocabulary), the scheduler (the demo's DDIM) and
+//! model_index.json the export writes are those negimg falls back to. Their scripts run in
+//! the same Python process, each within 1/255; each is far from its twin cell.
 mod common;
 
 use common::{max_level_diff, negimg, text, with_chunk};
@@ -54,22 +62,38 @@ negtome_alpha = [0.9, 0]
 /// The bigG run's cell.
 const BIG_G_CELL: &str = "negative_image = \"lawn\"\nprompt = \"a house big_g\"\n";
 
+/// A single-file run's cells (`{name}` the run's name): text and image negative on DPM++ 2M
+/// Karras (through the scheduler config the export writes), and its twin with an image
+/// negative alone.
+const SINGLE_FILE_ZIP: &str = r#"
+negative_image = "lawn"
+scheduler = "dpmpp_2m_karras"
+
+[[grid.zip]]
+prompt = ["a house {name}", "a house {name}_twin"]
+negative = ["both", "image"]
+"#;
+
 /// The exported cells: (run, cell); the script is named after the cell.
-const EXPORTED: [(&str, &str); 5] = [
+const EXPORTED: [(&str, &str); 7] = [
     ("vit_h", "micro"),
     ("vit_h", "three_branch"),
     ("vit_h", "sigma_window"),
     ("negtome", "negtome"),
     ("big_g", "big_g"),
+    ("sdxl_single", "sdxl_single"),
+    ("sd15_single", "sd15_single"),
 ];
 
 struct Runs {
     dir: PathBuf,
-    /// Each run's folder by name (`vit_h`, `negtome`, `big_g`).
+    /// Each run's folder by name (`vit_h`, `negtome`, `big_g`, `sdxl_single`, `sd15_single`).
     runs: BTreeMap<&'static str, PathBuf>,
+    /// The SD1.5 single-file set (`ldm.safetensors`, `ldm_old_clip.safetensors`, ...).
+    sd15_set: PathBuf,
 }
 
-/// The three runs (batches of 1: a cell's image does not depend on its batch).
+/// The runs (batches of 1: a cell's image does not depend on its batch).
 fn runs() -> &'static Runs {
     static RUNS: OnceLock<Runs> = OnceLock::new();
     RUNS.get_or_init(|| {
@@ -83,38 +107,144 @@ fn runs() -> &'static Runs {
             "{{ base = \"{m}/ip-adapter_sdxl_vit-h.safetensors\", \
              plus = \"{m}/ip-adapter-plus_sdxl_vit-h.safetensors\" }}"
         );
-        let big_g_adapter = format!(
-            "{{ base = \"{}/ip-adapter_sdxl.safetensors\" }}",
-            big_g.display()
-        );
+        let base =
+            |models: &Path, file: &str| format!("{{ base = \"{}/{file}\" }}", models.display());
+        let big_g_adapter = base(&big_g, "ip-adapter_sdxl.safetensors");
+        let (sdxl_single, sd15_single) = single_file_sets();
+        let sdxl_adapter = base(&sdxl_single, "ip-adapter_sdxl_vit-h.safetensors");
+        let sd15_adapter = base(&sd15_single, "ip-adapter_sd15.safetensors");
+        let folder = |models: &Path| models.join("pipeline");
+        let single = |models: &Path, file: &str| models.join(file);
+        let zip = |name: &str| SINGLE_FILE_ZIP.replace("{name}", name);
         let runs = [
-            ("vit_h", &vit_h, &adapters, 32, VIT_H_ZIP),
-            ("negtome", &vit_h, &adapters, 128, NEGTOME_ZIP),
-            ("big_g", &big_g, &big_g_adapter, 32, BIG_G_CELL),
+            (
+                "vit_h",
+                folder(&vit_h),
+                &vit_h,
+                &adapters,
+                32,
+                VIT_H_ZIP.to_string(),
+            ),
+            (
+                "negtome",
+                folder(&vit_h),
+                &vit_h,
+                &adapters,
+                128,
+                NEGTOME_ZIP.to_string(),
+            ),
+            (
+                "big_g",
+                folder(&big_g),
+                &big_g,
+                &big_g_adapter,
+                32,
+                BIG_G_CELL.to_string(),
+            ),
+            (
+                "sdxl_single",
+                single(&sdxl_single, "pipeline.safetensors"),
+                &sdxl_single,
+                &sdxl_adapter,
+                32,
+                zip("sdxl_single"),
+            ),
+            (
+                "sd15_single",
+                single(&sd15_single, "ldm.safetensors"),
+                &sd15_single,
+                &sd15_adapter,
+                32,
+                zip("sd15_single"),
+            ),
         ]
-        .map(|(name, models, adapters, size, cells)| {
+        .map(|(name, pipeline, models, adapters, size, cells)| {
             let cells = format!("size = {size}\n{cells}");
-            (name, run_experiment(&dir, name, models, adapters, &cells))
+            let models = Models {
+                pipeline: &pipeline,
+                encoder: &models.join("image_encoder"),
+                adapters,
+            };
+            (name, run_experiment(&dir, name, &models, &cells))
         });
         Runs {
             dir,
             runs: runs.into_iter().collect(),
+            sd15_set: sd15_single,
         }
     })
 }
 
-/// Runs the experiment `name` on the model set `models` with `adapters` and `cells` (the end
-/// of `[defaults]`: the size, and a zip or the prompt), 4 steps; returns its run folder.
-fn run_experiment(dir: &Path, name: &str, models: &Path, adapters: &str, cells: &str) -> PathBuf {
-    let m = models.display();
+/// The single-file model sets: SDXL's (the SGM file of [`common::tiny::sdxl_single_file_set`])
+/// and SD1.5's (the tiny set's pipeline as an LDM file by tests/reference/ldm_write_tiny.py,
+/// which also writes `ldm_old_clip.safetensors`), each beside a configs folder of its model
+/// configs only: `unet`, `text_encoder` (and `text_encoder_2`); SD1.5's also `vae` (its tiny
+/// heads are not SD1.x's), SDXL's VAE config inferred from the shapes.
+fn single_file_sets() -> (PathBuf, PathBuf) {
+    let sdxl = common::tiny::sdxl_single_file_set("export_sdxl_single_file");
+    let sdxl_set = sdxl.single_set.join("bare");
+    std::fs::create_dir_all(&sdxl_set).unwrap();
+    let link = |from: PathBuf, to: PathBuf| std::os::unix::fs::symlink(from, to).unwrap();
+    for name in ["image_encoder", "ip-adapter_sdxl_vit-h.safetensors"] {
+        link(sdxl.single_set.join(name), sdxl_set.join(name));
+    }
+    link(sdxl.single_file(), sdxl_set.join("pipeline.safetensors"));
+    give_configs(
+        &sdxl.folder(),
+        &sdxl_set.join("pipeline.configs"),
+        &["unet", "text_encoder", "text_encoder_2"],
+    );
+    let sd15_set = common::scratch("export_sdxl_sd15_single_file");
+    let tiny = common::tiny::tiny_models();
+    common::run_python(
+        "ldm_write_tiny.py",
+        &[
+            sd15_set.to_str().unwrap(),
+            tiny.join("pipeline").to_str().unwrap(),
+        ],
+    );
+    for name in ["image_encoder", "ip-adapter_sd15.safetensors"] {
+        link(tiny.join(name), sd15_set.join(name));
+    }
+    give_configs(
+        &tiny.join("pipeline"),
+        &sd15_set.join("ldm.configs"),
+        &["unet", "vae", "text_encoder"],
+    );
+    (sdxl_set, sd15_set)
+}
+
+/// Copies `component/config.json` of the pipeline folder `from` into the configs folder `to`.
+fn give_configs(from: &Path, to: &Path, components: &[&str]) {
+    for component in components {
+        std::fs::create_dir_all(to.join(component)).unwrap();
+        let config = |dir: &Path| dir.join(component).join("config.json");
+        std::fs::copy(config(from), config(to)).unwrap();
+    }
+}
+
+/// An experiment's models: the pipeline (a folder or a single file), the image encoder and
+/// the `ip_adapter` table.
+struct Models<'a> {
+    pipeline: &'a Path,
+    encoder: &'a Path,
+    adapters: &'a str,
+}
+
+/// Runs the experiment `name` on `models` with `cells` (the end of `[defaults]`: the size,
+/// and a zip or the prompt), 4 steps; returns its run folder.
+fn run_experiment(dir: &Path, name: &str, models: &Models, cells: &str) -> PathBuf {
     let toml = format!(
-        "[experiment]\nname = \"{name}\"\n\n[models]\npipeline = \"{m}/pipeline\"\n\
-         ip_adapter = {adapters}\nimage_encoder = \"{m}/image_encoder\"\n\n\
+        "[experiment]\nname = \"{name}\"\n\n[models]\npipeline = \"{}\"\n\
+         ip_adapter = {}\nimage_encoder = \"{}\"\n\n\
          [images.house]\npath = \"pos.png\"\n[images.lawn]\npath = \"neg.png\"\n\
          [images.lawn128]\npath = \"neg128.png\"\n\n\
          [defaults]\nsteps = 4\ndtype = \"fp32\"\nseed = 7\ncfg = 6\n\
          negative_prompt = \"grass\"\nnegative = \"both\"\npositive_image = \"house\"\n\
-         {cells}"
+         {cells}",
+        models.pipeline.display(),
+        models.adapters,
+        models.encoder.display(),
     );
     std::fs::write(dir.join(format!("{name}.toml")), toml).unwrap();
     let out = negimg(
@@ -237,6 +367,63 @@ fn export_sdxl_big_g_adapter_matches_negimg() {
     assert_script_matches("big_g", "big_g");
 }
 
+/// A single-file run's exported script loads the file with diffusers' `from_single_file`
+/// and the configs folder written beside it, which holds every config negimg used: the model
+/// configs given, and those negimg fell back to (model_index.json, the tokenizers, the
+/// scheduler; SDXL's VAE config inferred from the shapes).
+fn assert_single_file_export(cell: &str, class: &str, written: &[&str]) {
+    assert_script_matches(cell, cell);
+    let dir = &runs().dir;
+    let script = std::fs::read_to_string(dir.join(format!("{cell}.py"))).unwrap();
+    assert!(
+        script.contains(&format!("\"configs\": \"{cell}.configs\"")),
+        "the script names its configs folder"
+    );
+    let configs = dir.join(format!("{cell}.configs"));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(configs.join("model_index.json")).unwrap()).unwrap();
+    assert_eq!(index["_class_name"], class);
+    for file in written {
+        assert!(configs.join(file).is_file(), "{cell}: {file} not written");
+    }
+}
+
+#[test]
+fn export_sdxl_single_file_loads_it_with_from_single_file_and_matches_negimg() {
+    assert_single_file_export(
+        "sdxl_single",
+        "StableDiffusionXLPipeline",
+        &[
+            "unet/config.json",
+            "vae/config.json",
+            "text_encoder/config.json",
+            "text_encoder_2/config.json",
+            "tokenizer/vocab.json",
+            "tokenizer_2/vocab.json",
+            "scheduler/scheduler_config.json",
+        ],
+    );
+    // The VAE config negimg inferred: SDXL's scaling factor.
+    let vae = std::fs::read_to_string(runs().dir.join("sdxl_single.configs/vae/config.json"));
+    let vae: serde_json::Value = serde_json::from_str(&vae.unwrap()).unwrap();
+    assert_eq!(vae["scaling_factor"], 0.13025);
+}
+
+#[test]
+fn export_sd15_single_file_loads_it_with_from_single_file_and_matches_negimg() {
+    assert_single_file_export(
+        "sd15_single",
+        "StableDiffusionPipeline",
+        &[
+            "unet/config.json",
+            "vae/config.json",
+            "text_encoder/config.json",
+            "tokenizer/merges.txt",
+            "scheduler/scheduler_config.json",
+        ],
+    );
+}
+
 /// The cells are pairwise far apart, and each feature's cell is far from its twin without
 /// it: "within 1/255" tells a script's image from another cell's, and a script that dropped
 /// micro-conditioning or NegToMe's merge would fail its test.
@@ -247,6 +434,10 @@ fn export_sdxl_cells_differ_so_the_tolerance_means_something() {
         ("negtome", "negtome"),
         ("negtome", "negtome_twin"),
         ("big_g", "big_g"),
+        ("sdxl_single", "sdxl_single"),
+        ("sdxl_single", "sdxl_single_twin"),
+        ("sd15_single", "sd15_single"),
+        ("sd15_single", "sd15_single_twin"),
     ]);
     let images: Vec<image::RgbImage> = cells.iter().map(|(r, c)| rgb(&image_of(r, c))).collect();
     for i in 0..cells.len() {
@@ -266,38 +457,45 @@ fn export_sdxl_cells_differ_so_the_tolerance_means_something() {
     }
 }
 
-/// What stays unsupported on SDXL is refused by name and no script is written: an SDXL
-/// single-file checkpoint (the run's pipeline recorded as a file) and a step set.
+/// What stays unsupported is refused by name and nothing is written: an SD1.x single file
+/// whose text encoder is saved without `text_model.` (diffusers' from_single_file does not
+/// find it) and an SDXL cell with a step set.
 #[test]
-fn export_sdxl_refuses_a_single_file_pipeline_and_a_step_set() {
+fn export_sdxl_refuses_a_step_set_and_a_single_file_diffusers_does_not_read() {
     let r = runs();
-    let png = image_of("big_g", "big_g");
-    let single = std::fs::canonicalize(r.dir.join("pos.png")).unwrap();
-    let single_png = run_copy("single_file", std::fs::read(&png).unwrap(), |m| {
-        for model in m["models"].as_array_mut().unwrap() {
-            if model["role"] == "pipeline" {
-                model["path"] = single.to_str().unwrap().into();
+    let png = image_of("sd15_single", "sd15_single");
+    let old_file = r.sd15_set.join("ldm_old_clip.safetensors");
+    let old_png = run_copy(
+        "sd15_single",
+        "old_clip",
+        std::fs::read(&png).unwrap(),
+        |m| {
+            for model in m["models"].as_array_mut().unwrap() {
+                if model["role"] == "pipeline" {
+                    model["path"] = old_file.to_str().unwrap().into();
+                }
             }
-        }
-    });
-    let steps = with_chunk(&png, |v| v["params"]["neg_steps_at"] = "1,3".into());
-    let steps_png = run_copy("step_set", steps, |_| {});
+        },
+    );
+    let big_g = image_of("big_g", "big_g");
+    let steps = with_chunk(&big_g, |v| v["params"]["neg_steps_at"] = "1,3".into());
+    let steps_png = run_copy("big_g", "step_set", steps, |_| {});
     for (png, expected) in [
-        (&single_png, "is a single-file checkpoint"),
+        (&old_png, "saved without `text_model.`"),
         (&steps_png, "uses a step set"),
     ] {
         let script = r.dir.join("refused.py");
         let out = export(png, &script);
         assert!(!out.status.success(), "{expected}");
         assert!(text(&out).contains(expected), "{}", text(&out));
-        assert!(!script.exists());
+        assert!(!script.exists() && !r.dir.join("refused.configs").exists());
     }
 }
 
-/// A copy of the bigG run folder named `name` holding the image `png` (bytes) as its cell,
+/// A copy of the run folder `run` named `name` holding the image `png` (bytes) as its cell,
 /// its manifest changed by `edit` (the models stay where they are); returns the image's path.
-fn run_copy(name: &str, png: Vec<u8>, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
-    let folder = &runs().runs["big_g"];
+fn run_copy(run: &str, name: &str, png: Vec<u8>, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let folder = &runs().runs[run];
     let copy = runs().dir.join("copies").join(name);
     std::fs::create_dir_all(copy.join("images")).unwrap();
     std::fs::create_dir_all(copy.join("inputs")).unwrap();

@@ -598,3 +598,75 @@ fn hub_fetches_bin_only_for_folders_without_safetensors_and_loads_it() {
         "a converted file in the hub cache"
     );
 }
+
+/// `plan` of an SDXL pipeline named only by its hub id (no SDXL adapter name, no
+/// micro-conditioning key) fetches that repo's model_index.json and unet/config.json alone and
+/// counts the UNet on them (the printed figure is `unet_row_flops` on the served config);
+/// offline with an empty cache it falls back to SD1.5's shapes and says why.
+#[test]
+fn hub_plan_counts_a_hub_pipeline_on_its_fetched_unet_config_alone() {
+    use negimg::models::clip_vision::ClipVisionConfig;
+    use negimg::models::ip_adapter::typical_tokens;
+    use negimg::models::unet::UNet2DConditionConfig;
+    use negimg::models::unet_flops::{Context, unet_row_flops};
+    let dir = common::scratch("hub_server_plan");
+    let repo = "example/some-sdxl";
+    let pipeline = common::tiny::tiny_sdxl_models().join("pipeline");
+    let hub = StandIn::start(
+        vec![(repo, Repo::new(repo, files_under(&pipeline, "")))],
+        TOKEN,
+    );
+    std::fs::write(
+        dir.join("plan.toml"),
+        format!(
+            "[experiment]\nname = \"plan\"\n[models]\npipeline = \"hf:{repo}\"\n\
+             ip_adapter = {{ base = \"hf:example/adapters/adapter.safetensors\" }}\n\
+             image_encoder = \"hf:example/encoder\"\n\
+             [defaults]\nsize = 64\nsteps = 2\nseeds = [1]\nnegative = \"none\"\n"
+        ),
+    )
+    .unwrap();
+    let plan = |home: &Path, env: &[(&str, &str)]| {
+        let args = ["--device", "cpu", "plan", "plan.toml", "--no-calibrate"];
+        let (ok, text, _) = output(negimg(&hub, home, &args, env));
+        assert!(ok, "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("estimate on "))
+            .unwrap_or_else(|| panic!("no estimate in:\n{text}"))
+            .to_string();
+        let figure: f64 = line
+            .split_once("UNet row-step at 64x64: ")
+            .and_then(|(_, rest)| rest.split_once(" FLOP"))
+            .and_then(|(x, _)| x.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in: {line}"));
+        (line, figure)
+    };
+    let (line, figure) = plan(&dir.join("hf_home"), &[]);
+    assert!(
+        line.contains("UNet FLOPs counted from") && line.contains("unet/config.json"),
+        "{line}"
+    );
+    let unet = UNet2DConditionConfig::from_json_file(&pipeline.join("unet/config.json")).unwrap();
+    let ctx = Context {
+        text_tokens: 77,
+        ip_tokens: typical_tokens(
+            negimg::params::AdapterKind::Base,
+            ClipVisionConfig::vit_h().num_positions(),
+        ),
+    };
+    let want = unet_row_flops(&unet, 8, 8, ctx);
+    assert!(
+        (figure - want).abs() / want < 1e-3,
+        "{figure:e} vs {want:e}"
+    );
+    let mut fetched: Vec<String> = hub.downloaded().into_iter().map(|(_, f)| f).collect();
+    fetched.sort();
+    assert_eq!(fetched, ["model_index.json", "unet/config.json"]);
+
+    let (line, _) = plan(&dir.join("hf_home_offline"), &[("HF_HUB_OFFLINE", "1")]);
+    assert!(
+        line.contains("unet config not on disk") && line.contains("`sd15` preset's shapes"),
+        "{line}"
+    );
+}

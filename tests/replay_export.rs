@@ -518,9 +518,10 @@ fn export_cells_differ_so_the_tolerance_means_something() {
 
 /// What a script cannot make exactly is refused by name, and no script is written: NegToMe
 /// with a negative image of another size than the generation (the uncond cell's 70x90 lawn,
-/// merged), a single-file checkpoint pipeline.
+/// merged), a pipeline file that is not a checkpoint (single files export with their configs:
+/// tests/export_sdxl.rs).
 #[test]
-fn export_refuses_a_resized_negtome_image_and_a_single_file_pipeline() {
+fn export_refuses_a_resized_negtome_image_and_a_pipeline_file_that_is_no_checkpoint() {
     let r = run();
     let merged = run_copy_with_manifest("negtome_resize", |_| {});
     let bytes = with_chunk(&merged, |v| v["params"]["negtome"] = true.into());
@@ -541,7 +542,7 @@ fn export_refuses_a_resized_negtome_image_and_a_single_file_pipeline() {
             "merged.py",
             "NegToMe with a negative image of 70x90 at a generation size of 64x64",
         ),
-        (&single, "single.py", "is a single-file checkpoint"),
+        (&single, "single.py", "the run's pipeline"),
     ] {
         let out = negimg_in(
             &r.dir,

@@ -490,3 +490,65 @@ fn sdxl_unet_flops_match_torch_flop_counter() {
         ours["sdxl_1024"] / ours["sd15_512"]
     );
 }
+
+/// bench's VAE decode/encode and image-encoder FLOPs from the configs
+/// (`models::coder_flops`) against torch's FlopCounterMode on diffusers' AutoencoderKL and
+/// transformers' CLIPVisionModelWithProjection built from the same configs (meta device, one
+/// Python call): SD1.5's and SDXL's VAE and the tiny one at a non-square size, ViT-H, ViT-bigG
+/// and the tiny encoders, each equal to torch's count (within 1e-6: the counts leave out
+/// norms, activations and resampling, as FlopCounterMode does).
+#[test]
+fn vae_and_image_encoder_flops_match_torch_flop_counter() {
+    use negimg::models::clip_vision::ClipVisionConfig;
+    use negimg::models::coder_flops::{vae_decode_flops, vae_encode_flops, vision_flops};
+    use negimg::models::vae::AutoencoderKLConfig;
+    let vaes = [
+        ("sd15", AutoencoderKLConfig::sd15(), 64, 64),
+        ("sdxl", AutoencoderKLConfig::sdxl(), 128, 96),
+        ("tiny", AutoencoderKLConfig::tiny(), 8, 12),
+    ];
+    let visions = [
+        ("vit_h", ClipVisionConfig::vit_h()),
+        ("vit_big_g", ClipVisionConfig::vit_big_g()),
+        ("tiny", ClipVisionConfig::tiny()),
+        ("tiny_big_g", common::tiny::big_g_vision()),
+    ];
+    let mut cases: Vec<(String, f64, serde_json::Value)> = Vec::new();
+    for (name, cfg, h, w) in &vaes {
+        let config: serde_json::Value = serde_json::from_str(&cfg.to_config_json()).unwrap();
+        let scale = cfg.scale_factor();
+        let (ih, iw) = (h * scale, w * scale);
+        for (model, mine, (a, b)) in [
+            ("vae_decode", vae_decode_flops(cfg, *h, *w), (*h, *w)),
+            ("vae_encode", vae_encode_flops(cfg, ih, iw), (ih, iw)),
+        ] {
+            let case = format!("{model}_{name}");
+            let spec =
+                serde_json::json!({"name": case, "model": model, "config": config, "h": a, "w": b});
+            cases.push((case, mine, spec));
+        }
+    }
+    for (name, cfg) in &visions {
+        let case = format!("vision_{name}");
+        let spec = serde_json::json!({"name": case, "model": "vision", "config": cfg.to_config_json(), "h": 0, "w": 0});
+        cases.push((case, vision_flops(cfg), spec));
+    }
+    let dir = common::scratch("coder_flops");
+    let file = dir.join("cases.json");
+    let specs: Vec<&serde_json::Value> = cases.iter().map(|(_, _, s)| s).collect();
+    std::fs::write(&file, serde_json::to_string(&specs).unwrap()).unwrap();
+    let out = common::run_python("coder_flops.py", &[file.to_str().unwrap()]);
+    let torch: serde_json::Value =
+        serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    for (name, mine, _) in &cases {
+        let theirs = torch[name].as_f64().unwrap();
+        eprintln!(
+            "{name}: ours {mine:.4e}, torch {theirs:.4e}, ratio {:.4}",
+            mine / theirs
+        );
+        assert!(
+            (mine / theirs - 1.0).abs() < 1e-6,
+            "{name}: {mine:.6e} vs {theirs:.6e}"
+        );
+    }
+}

@@ -8,9 +8,9 @@
 mod common;
 
 use common::parity::{self, u8_of};
-use negimg::models::clip_text::{self, Activation, ClipTextConfig};
-use negimg::models::clip_vision::ClipVisionConfig;
-use negimg::models::unet::{self, OneOrMany, UNet2DConditionConfig};
+use common::tiny::{SdxlSingleFileSet, copy_dir, sdxl_single_file_set};
+use negimg::models::clip_text::ClipTextConfig;
+use negimg::models::unet::UNet2DConditionConfig;
 use negimg::models::vae::AutoencoderKLConfig;
 use negimg::params::{AdapterKind, GenParams, NegativeMode, SchedulerKind};
 use negimg::pipeline::single_file::{
@@ -24,103 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
-/// The SDXL model set of these tests, in two forms with the same weights.
-struct Fixture {
-    /// `pipeline/` (a diffusers folder), `image_encoder`, `ip-adapter_sdxl_vit-h.safetensors`.
-    folder_set: PathBuf,
-    /// `pipeline.safetensors` (SGM layout) with `pipeline.configs/`, the same encoder and
-    /// adapter.
-    single_set: PathBuf,
-}
-
-impl Fixture {
-    fn single_file(&self) -> PathBuf {
-        self.single_set.join("pipeline.safetensors")
-    }
-
-    fn folder(&self) -> PathBuf {
-        self.folder_set.join("pipeline")
-    }
-}
-
-/// The tiny SDXL set (`models init-random --preset tiny_sdxl`) with a 48-wide second text
-/// encoder and a UNet of cross-attention width 32 + 48 = 80 for it: diffusers'
-/// from_single_file tells SDXL's two text encoders apart by width (768 and 1280), so with
-/// tiny_sdxl's two 32-wide ones it would load `conditioner.embedders.0` as both.
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let dir = common::scratch("sdxl_single_file");
-        let tiny = common::tiny::tiny_sdxl_models();
-        let folder_set = dir.join("folder_set");
-        let pipeline = folder_set.join("pipeline");
-        copy_dir(
-            &tiny.join("pipeline"),
-            &pipeline,
-            &["unet", "text_encoder_2"],
-        );
-        let text_2 = ClipTextConfig {
-            hidden_size: 48,
-            projection_dim: 32,
-            hidden_act: Activation::Gelu,
-            ..ClipTextConfig::tiny()
-        };
-        clip_text::write_random_model_with_projection(
-            &pipeline.join("text_encoder_2"),
-            &text_2,
-            21,
-        )
-        .unwrap();
-        let unet_cfg = UNet2DConditionConfig {
-            cross_attention_dim: OneOrMany::One(32 + 48),
-            ..UNet2DConditionConfig::tiny_sdxl()
-        };
-        unet::write_random_model(&pipeline.join("unet"), &unet_cfg, 22, false).unwrap();
-        let adapter = folder_set.join("ip-adapter_sdxl_vit-h.safetensors");
-        write_random_adapter(
-            &adapter,
-            AdapterKind::Base,
-            &unet_cfg,
-            &ClipVisionConfig::tiny(),
-            23,
-        )
-        .unwrap();
-        let single_set = dir.join("single_set");
-        std::fs::create_dir_all(&single_set).unwrap();
-        for set in [&folder_set, &single_set] {
-            std::os::unix::fs::symlink(tiny.join("image_encoder"), set.join("image_encoder"))
-                .unwrap();
-        }
-        std::os::unix::fs::symlink(&adapter, single_set.join(adapter.file_name().unwrap()))
-            .unwrap();
-        let file = single_set.join("pipeline.safetensors");
-        common::run_python(
-            "sgm_write_sdxl.py",
-            &[pipeline.to_str().unwrap(), file.to_str().unwrap()],
-        );
-        Fixture {
-            folder_set,
-            single_set,
-        }
-    })
-}
-
-/// Copies the folder `from` to `to`, leaving out its subfolders named in `skip`.
-fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if skip.iter().any(|s| name == *s) {
-            continue;
-        }
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, &to.join(&name), &[]);
-        } else {
-            std::fs::copy(&path, to.join(&name)).unwrap();
-        }
-    }
+fn fixture() -> &'static SdxlSingleFileSet {
+    static FIXTURE: OnceLock<SdxlSingleFileSet> = OnceLock::new();
+    FIXTURE.get_or_init(|| sdxl_single_file_set("sdxl_single_file"))
 }
 
 #[test]

@@ -316,6 +316,13 @@ fn unet_config_for_flops(exp: &Experiment) -> (crate::models::unet::UNet2DCondit
             format!("UNet FLOPs counted from {}", header.unet_origin),
         );
     }
+    if let Some(config) = hub_unet_config(&exp.models.pipeline.reference) {
+        let origin = config.display();
+        match crate::models::unet::UNet2DConditionConfig::from_json_file(&config) {
+            Ok(unet) => return (unet, format!("UNet FLOPs counted from {origin}")),
+            Err(e) => log::warn!("{e:#}"),
+        }
+    }
     let counted_on = |preset: RandomPreset, name: &str, why: &str| {
         (
             preset.shapes().unet,
@@ -339,6 +346,24 @@ fn unet_config_for_flops(exp: &Experiment) -> (crate::models::unet::UNet2DCondit
             "sd15",
             "SD1.5: no adapter of SDXL's width or file name, no micro-conditioning key",
         ),
+    }
+}
+
+/// The `unet/config.json` of a hub pipeline whose weights are not cached: fetched alone with
+/// model_index.json into the cache where the hub can be used ([`hub::config_files`]); `None`
+/// for a local pipeline, offline or unreachable with the files not cached, or where the
+/// fetch fails (a warning says why).
+///
+/// [`hub::config_files`]: crate::weights::hub::config_files
+fn hub_unet_config(reference: &str) -> Option<std::path::PathBuf> {
+    let hf = crate::weights::hub::HfRef::parse(reference).ok()??;
+    let files = ["model_index.json", "unet/config.json"];
+    match crate::weights::hub::config_files(&hf, &files) {
+        Ok(folder) => folder.map(|f| f.join("unet/config.json")),
+        Err(e) => {
+            log::warn!("{e:#}: the estimate does not use the pipeline's UNet config");
+            None
+        }
     }
 }
 

@@ -87,33 +87,7 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
     let pipeline = dir.join("pipeline");
     std::fs::create_dir_all(&pipeline)
         .with_context(|| format!("cannot create {}", pipeline.display()))?;
-    let mut index = serde_json::json!({
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.42.1",
-        "feature_extractor": [null, null],
-        "image_encoder": [null, null],
-        "requires_safety_checker": false,
-        "safety_checker": [null, null],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    });
     if let Some(text_2) = &shapes.text_2 {
-        // As stabilityai/stable-diffusion-xl-base-1.0's model_index.json.
-        let sdxl = serde_json::json!({
-            "_class_name": "StableDiffusionXLPipeline",
-            "force_zeros_for_empty_prompt": true,
-            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-            "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        });
-        for (k, v) in sdxl.as_object().into_iter().flatten() {
-            index[k] = v.clone();
-        }
-        for k in ["requires_safety_checker", "safety_checker"] {
-            index.as_object_mut().map(|o| o.remove(k));
-        }
         clip_text::write_random_model_with_projection(
             &pipeline.join("text_encoder_2"),
             text_2,
@@ -121,6 +95,8 @@ pub fn write_random_set(preset: RandomPreset, dir: &Path, seed: i64) -> Result<(
         )?;
         tokenizer::write_tokenizer_folder_padded(&pipeline.join("tokenizer_2"), &vocab, "!")?;
     }
+    let sdxl = shapes.text_2.is_some();
+    let index = crate::weights::pipeline_folder::model_index_json(sdxl, true);
     write_json(&pipeline.join("model_index.json"), &index)?;
     unet::write_random_model(&pipeline.join("unet"), &shapes.unet, seed + 1, false)?;
     vae::write_random_model(&pipeline.join("vae"), &shapes.vae, seed + 2, false)?;

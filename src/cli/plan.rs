@@ -1,6 +1,7 @@
-//! `negimg plan FILE`: checks an experiment without downloading and prints its cells,
-//! counts and a time estimate on the chosen device (see `estimate.rs`; without an
-//! earlier run it loads and times the UNet and the VAE, unless `--no-calibrate`).
+//! `negimg plan FILE`: checks an experiment without downloading weights and prints its
+//! cells, counts and a time estimate on the chosen device (see `estimate.rs`; without an
+//! earlier run it loads and times the UNet and the VAE, unless `--no-calibrate`; for an `hf:`
+//! pipeline not cached it fetches its model_index.json and unet/config.json alone, online).
 use super::Globals;
 use crate::experiment::source::Source;
 use crate::experiment::{self, Experiment, ImageSource, LoadOptions, Param};

@@ -6,12 +6,16 @@
 //! row's image terms (NAG) and NegToMe's merge ([`methods`]). An SDXL pipeline (diffusers'
 //! `StableDiffusionXLPipeline` folder) is written as that pipeline's call: both text
 //! encoders, the pooled text and each row's micro-conditioning, the presets on SDXL's 11
-//! blocks. What a script cannot express is refused by name, never approximated.
+//! blocks. A single-file checkpoint pipeline (SD1.x or SDXL) is loaded by diffusers'
+//! `from_single_file` with the configs negimg maps it with, written beside the script
+//! (`OUT.configs/`). What a script cannot express is refused by name, never approximated.
 mod methods;
 
 use crate::params::{
     BlockLayout, GenParams, IpScaling, NegOff, NoImage, RowImage, SchedulerKind, Window,
 };
+use crate::pipeline::single_file::{self, Family, LdmCheckpoint};
+use crate::pipeline::source::write_single_file_configs;
 use crate::roles::Role;
 use crate::run::ids::ModelFiles;
 use crate::run::replay::StoredCell;
@@ -24,19 +28,71 @@ use std::path::{Path, PathBuf};
 
 const COMMON: &str = include_str!("py/common.py");
 
-/// The script that makes `cell`'s image with diffusers.
-pub fn diffusers_script(cell: &StoredCell) -> Result<String> {
+/// Writes `cell`'s export: the script `out` and, where the run's pipeline is a single file,
+/// the folder of its configs beside it (`out` with the extension `configs`), which the
+/// script names. Nothing is written when the cell is refused; an existing script or folder
+/// is written over only with `force`. Returns the configs folder where one was written.
+pub fn write_diffusers_export(
+    cell: &StoredCell,
+    out: &Path,
+    force: bool,
+) -> Result<Option<PathBuf>> {
+    let configs = out.with_extension("configs");
+    let single = single_file_pipeline(cell)?;
+    let name = configs.file_name().map(|n| n.to_string_lossy().to_string());
+    let script = diffusers_script(cell, name.as_deref().unwrap_or("configs"))?;
+    let mut targets = vec![out];
+    if single.is_some() {
+        targets.push(&configs);
+    }
+    if let Some(existing) = targets.iter().find(|t| t.exists()).filter(|_| !force) {
+        bail!(
+            "{} exists: pass --force to write over it",
+            existing.display()
+        );
+    }
+    if let Some(ckpt) = &single {
+        write_folder_atomically(&configs, |dir| write_single_file_configs(ckpt, dir))?;
+    }
+    crate::run::fsio::atomic_write(out, script.as_bytes())?;
+    Ok(single.map(|_| configs))
+}
+
+/// Fills `dir` with `fill` in a temporary folder beside it, then puts it in place (over an
+/// older `dir`), so that a failed export leaves no half folder.
+fn write_folder_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))
+}
+
+/// The script that makes `cell`'s image with diffusers; a single-file pipeline's configs are
+/// in the folder `configs` beside the script ([`write_diffusers_export`] writes it).
+pub fn diffusers_script(cell: &StoredCell, configs: &str) -> Result<String> {
     let p = &cell.params;
     refuse_steps_and_off(p)?;
     let guide = methods::guidance(p.method)?;
     let merge = methods::token_merge(p.negtome_image().is_some());
     let terms = methods::image_terms(has_nag_rows(p));
     let images = ImageNames::of(p);
-    let sdxl = is_sdxl(cell);
+    let sdxl = is_sdxl(cell)?;
     let data = [
         ("CELL", cell_json(cell, sdxl)?),
         ("ROWS", rows_json(p, &images, sdxl)),
-        ("MODELS", models_json(cell)?),
+        ("MODELS", models_json(cell, configs)?),
         ("NEGTOME", negtome_json(p)?),
     ];
     let mut s = docstring(cell);
@@ -302,28 +358,25 @@ fn negtome_json(p: &GenParams) -> Result<Value> {
 }
 
 /// The models of the cell by role: a hub repo (with subfolder and revision) or a local path,
-/// with the sha256 of each file negimg read.
-fn models_json(cell: &StoredCell) -> Result<Value> {
+/// with the sha256 of each file negimg read; a single-file pipeline also names the folder
+/// of its configs beside the script (`configs`).
+fn models_json(cell: &StoredCell, configs: &str) -> Result<Value> {
     let mut out = serde_json::Map::new();
     for m in &cell.models {
         let key = match m.role {
             role if role.adapter_kind().is_some() => "ip_adapter",
             other => other.name(),
         };
-        out.insert(key.to_string(), model_json(m)?);
+        let mut v = model_json(m)?;
+        if m.role == Role::Pipeline && is_one_file(m) {
+            v["configs"] = json!(configs);
+        }
+        out.insert(key.to_string(), v);
     }
     Ok(Value::Object(out))
 }
 
 fn model_json(m: &ModelFiles) -> Result<Value> {
-    if m.role == Role::Pipeline && m.path.is_file() {
-        bail!(
-            "the pipeline {} is a single-file checkpoint: negimg maps it with its own configs \
-             (README, \"Single-file checkpoints\"), which diffusers' from_single_file does not \
-             promise to match, so the export is refused; export a run made from a diffusers folder",
-            m.reference
-        );
-    }
     let mut v = match HfRef::parse(&m.reference)? {
         Some(hf) => json!({"repo": hf.repo, "subfolder": hf.path, "revision": hf.revision}),
         None => json!({"path": m.path.display().to_string()}),
@@ -340,6 +393,11 @@ fn model_json(m: &ModelFiles) -> Result<Value> {
         .collect::<serde_json::Map<_, _>>()
         .into();
     Ok(v)
+}
+
+/// Whether the model is one file (a pipeline: a single-file checkpoint).
+fn is_one_file(m: &ModelFiles) -> bool {
+    m.path.is_file()
 }
 
 /// JSON that can sit in a Python `r'''...'''` literal (`'` only occurs in strings, where
@@ -395,12 +453,74 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// Whether the cell's pipeline is SDXL's (a folder whose model_index.json names
-/// `StableDiffusionXLPipeline`; a single file is refused by [`model_json`]).
-fn is_sdxl(cell: &StoredCell) -> bool {
-    cell.models
+/// The run's pipeline, opened, where it is a single-file checkpoint, once checked that
+/// diffusers' `from_single_file` reads it as negimg does.
+fn single_file_pipeline(cell: &StoredCell) -> Result<Option<LdmCheckpoint>> {
+    let Some(m) = cell
+        .models
         .iter()
-        .any(|m| m.role == Role::Pipeline && is_sdxl_folder(&m.path))
+        .find(|m| m.role == Role::Pipeline && is_one_file(m))
+    else {
+        return Ok(None);
+    };
+    let ckpt = single_file::open_single_file(&m.path)
+        .with_context(|| format!("the run's pipeline {}", m.reference))?;
+    refuse_what_diffusers_reads_otherwise(&ckpt)?;
+    Ok(Some(ckpt))
+}
+
+/// diffusers 0.42's `from_single_file` tells a file's text encoders by keys and widths
+/// (`create_diffusers_clip_model_from_ldm` in loaders/single_file_utils.py) where negimg
+/// maps them by prefix: an SD1.x file whose text encoder is saved without `text_model.`
+/// (diffusers looks for `cond_stage_model.transformer.text_model.*`), and an SDXL file
+/// whose two text encoders have the same width (diffusers would load the first as both)
+/// are refused by name.
+fn refuse_what_diffusers_reads_otherwise(ckpt: &LdmCheckpoint) -> Result<()> {
+    let file = ckpt.path().display();
+    let width = |key: &str| ckpt.file_shape(key).and_then(|s| s.last().copied());
+    match ckpt.family() {
+        Family::Sd1 => {
+            let key =
+                "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight";
+            if width(key).is_none() {
+                bail!(
+                    "the pipeline {file} is a single file whose text encoder is saved without \
+                     `text_model.` (older transformers): diffusers' from_single_file looks for \
+                     {key:?} and does not load it, so the export is refused; save the file \
+                     again with `cond_stage_model.transformer.text_model.*` names"
+                );
+            }
+        }
+        Family::Sdxl => {
+            let first = "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight";
+            let second = "conditioner.embedders.1.model.positional_embedding";
+            if let (Some(a), Some(b)) = (width(first), width(second))
+                && a == b
+            {
+                bail!(
+                    "the pipeline {file} is an SDXL single file whose two text encoders are \
+                     both {a} wide: diffusers' from_single_file tells them apart by width \
+                     (768 and 1280 in SDXL base) and would load the first as both, so the \
+                     export is refused"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the cell's pipeline is SDXL's: a folder whose model_index.json names
+/// `StableDiffusionXLPipeline`, or a single file of SDXL's layout.
+fn is_sdxl(cell: &StoredCell) -> Result<bool> {
+    let Some(m) = cell.models.iter().find(|m| m.role == Role::Pipeline) else {
+        return Ok(false);
+    };
+    if !is_one_file(m) {
+        return Ok(is_sdxl_folder(&m.path));
+    }
+    let ckpt = single_file::open_single_file(&m.path)
+        .with_context(|| format!("the run's pipeline {}", m.reference))?;
+    Ok(ckpt.family() == Family::Sdxl)
 }
 
 /// Whether `folder`'s model_index.json names diffusers' SDXL pipeline.
@@ -459,6 +579,40 @@ mod tests {
         let style = crate::params::BlockWeights::Style.pairs();
         assert_eq!(negative(&sd15), json!(style));
         assert_eq!(sd15[0]["micro"], Value::Null);
+    }
+
+    /// An SDXL single file whose two text encoders are equally wide is refused by name
+    /// (diffusers' from_single_file would load the first as both); of two widths it passes.
+    #[test]
+    fn export_refuses_an_sdxl_single_file_with_text_encoders_of_one_width() {
+        let dir = std::env::temp_dir().join(format!("negimg-export-sgm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |second: i64| {
+            let path = dir.join(format!("sgm_{second}.safetensors"));
+            let zeros =
+                |shape: &[i64]| tch::Tensor::zeros(shape, (tch::Kind::Float, tch::Device::Cpu));
+            let first = "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight";
+            tch::Tensor::write_safetensors(
+                &[
+                    (
+                        "model.diffusion_model.input_blocks.0.0.weight",
+                        zeros(&[4, 4, 3, 3]),
+                    ),
+                    (first, zeros(&[77, 32])),
+                    (
+                        "conditioner.embedders.1.model.positional_embedding",
+                        zeros(&[77, second]),
+                    ),
+                ],
+                &path,
+            )
+            .unwrap();
+            single_file::open_single_file(&path).unwrap()
+        };
+        let err = refuse_what_diffusers_reads_otherwise(&write(32)).unwrap_err();
+        assert!(err.to_string().contains("both 32 wide"), "{err}");
+        assert!(refuse_what_diffusers_reads_otherwise(&write(48)).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

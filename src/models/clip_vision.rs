@@ -211,7 +211,7 @@ pub struct VisionOutput {
 pub struct ClipVisionModelWithProjection {
     vision_model: ClipVisionTransformer,
     visual_projection: nn::Linear,
-    image_size: i64,
+    config: ClipVisionConfig,
 }
 
 impl ClipVisionModelWithProjection {
@@ -229,7 +229,7 @@ impl ClipVisionModelWithProjection {
                 cfg.projection_dim,
                 no_bias,
             ),
-            image_size: cfg.image_size,
+            config: cfg.clone(),
         }
     }
 
@@ -255,8 +255,12 @@ impl ClipVisionModelWithProjection {
         )
     }
 
+    pub fn config(&self) -> &ClipVisionConfig {
+        &self.config
+    }
+
     pub fn image_size(&self) -> usize {
-        self.image_size as usize
+        self.config.image_size as usize
     }
 
     pub fn forward(&self, pixels: &Tensor) -> VisionOutput {

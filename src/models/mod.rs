@@ -5,6 +5,7 @@ pub mod attention_probe;
 pub mod clip_model;
 pub mod clip_text;
 pub mod clip_vision;
+pub mod coder_flops;
 pub mod dinov2;
 pub mod embeddings;
 pub mod ip_adapter;

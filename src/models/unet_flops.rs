@@ -104,12 +104,12 @@ impl Net<'_> {
 }
 
 /// `rows` x `cin` by `cin` x `cout`.
-fn linear(rows: f64, cin: f64, cout: f64) -> f64 {
+pub(crate) fn linear(rows: f64, cin: f64, cout: f64) -> f64 {
     2.0 * rows * cin * cout
 }
 
 /// A `k` x `k` convolution producing `px` output pixels.
-fn conv(px: f64, cin: i64, cout: i64, k: i64) -> f64 {
+pub(crate) fn conv(px: f64, cin: i64, cout: i64, k: i64) -> f64 {
     2.0 * px * (cin * cout * k * k) as f64
 }
 

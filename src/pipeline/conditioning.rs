@@ -122,6 +122,10 @@ impl Conditioner {
         self.models.adapters.get(&kind).map(|a| &a.file)
     }
 
+    pub fn image_encoder_config(&self) -> &crate::models::clip_vision::ClipVisionConfig {
+        self.models.image_encoder.config()
+    }
+
     /// Text rows, one per row of [`guidance::row_layout`]; with
     /// `force_zeros_for_empty_prompt`, zeros for an empty text outside the cond rows (as
     /// diffusers' SDXL pipeline does for a negative prompt not given).

@@ -68,6 +68,14 @@ pub enum GenerateError {
 }
 
 /// Models loaded once; generates batches of cells.
+/// What [`Pipeline::flop_shapes`] tells.
+pub struct FlopShapes<'a> {
+    pub unet: &'a crate::models::unet::UNet2DConditionConfig,
+    pub vae: &'a crate::models::vae::AutoencoderKLConfig,
+    pub image_encoder: &'a crate::models::clip_vision::ClipVisionConfig,
+    pub ip_tokens: Option<i64>,
+}
+
 pub struct Pipeline {
     device: Device,
     kind: Kind,
@@ -206,6 +214,17 @@ impl Pipeline {
     /// The scheduler configuration in use (the pipeline folder's, else the demo's DDIM).
     pub fn scheduler_config(&self) -> &SchedulerConfig {
         &self.scheduler_cfg
+    }
+
+    /// The configs of the UNet, the VAE and the image encoder, and the image tokens of the
+    /// `kind` adapter (none where it is not loaded): the shapes `bench` counts FLOPs on.
+    pub fn flop_shapes(&self, kind: AdapterKind) -> FlopShapes<'_> {
+        FlopShapes {
+            unet: self.unet.config(),
+            vae: self.decoder.vae().config(),
+            image_encoder: self.conditioner.image_encoder_config(),
+            ip_tokens: self.conditioner.adapter_file(kind).map(|f| f.num_tokens),
+        }
     }
 
     /// Image pixels per latent pixel (8 for SD1.5): width and height must be multiples.

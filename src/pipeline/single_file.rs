@@ -187,6 +187,11 @@ impl LdmCheckpoint {
         self.family
     }
 
+    /// The shape of the file's tensor `name` (its own, LDM/SGM name), where it has one.
+    pub fn file_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.file.shape(name)
+    }
+
     /// The UNet with diffusers names (`conv_in.weight`, `down_blocks.0.resnets.0.norm1.weight`, ...).
     pub fn unet(&self) -> Result<Box<dyn TensorSource>> {
         self.view(&self.unet, "UNet")

@@ -3,11 +3,13 @@
 //! through the same code.
 use super::single_file::{self, Family, LdmCheckpoint};
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel, ClipTextModelWithProjection};
-use crate::models::tokenizer::{ClipTokenizer, find_open_clip_vocab};
+use crate::models::tokenizer::{
+    ClipTokenizer, find_open_clip_vocab, write_tokenizer_folder_padded,
+};
 use crate::models::unet::{IpLayout, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, VaeParts};
 use crate::sampling::SchedulerConfig;
-use crate::weights::pipeline_folder::{Component, PipelineFolder};
+use crate::weights::pipeline_folder::{Component, PipelineFolder, model_index_json};
 use crate::weights::{TensorFile, TensorSource};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -199,18 +201,95 @@ impl PipelineSource for PipelineFolder {
     }
 }
 
-/// The configs folder's `folder/` (e.g. `tokenizer_2`), else CLIP's vocabulary from open_clip
-/// padding with `pad`.
-fn single_file_tokenizer(ckpt: &LdmCheckpoint, folder: &str, pad: &str) -> Result<ClipTokenizer> {
-    match ckpt.config_file(&format!("{folder}/vocab.json")) {
-        Some(vocab) => ClipTokenizer::from_folder(vocab.parent().unwrap_or(Path::new("."))),
-        None => {
-            let vocab = find_open_clip_vocab().context(
-                "a single-file checkpoint has no tokenizer; negimg uses open_clip's vocabulary",
-            )?;
-            ClipTokenizer::from_open_clip_vocab_padded(&vocab, pad)
+/// A single file's tokenizers: the configs folder's `tokenizer/` and `tokenizer_2/` where it
+/// has them, else CLIP's vocabulary from open_clip padding with `<|endoftext|>` (SD1.5's) and
+/// `!` (SDXL base's `tokenizer_2`).
+const SINGLE_FILE_TOKENIZERS: [(&str, &str); 2] =
+    [("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")];
+
+/// The configs folder's `folder/` (e.g. `tokenizer_2`), where it has a vocab.json.
+fn configs_tokenizer(ckpt: &LdmCheckpoint, folder: &str) -> Option<PathBuf> {
+    let vocab = ckpt.config_file(&format!("{folder}/vocab.json"))?;
+    Some(vocab.parent().unwrap_or(Path::new(".")).to_path_buf())
+}
+
+fn open_clip_vocab() -> Result<PathBuf> {
+    find_open_clip_vocab()
+        .context("a single-file checkpoint has no tokenizer; negimg uses open_clip's vocabulary")
+}
+
+/// The single file's tokenizer `k` of [`SINGLE_FILE_TOKENIZERS`].
+fn single_file_tokenizer(ckpt: &LdmCheckpoint, k: usize) -> Result<ClipTokenizer> {
+    let (folder, pad) = SINGLE_FILE_TOKENIZERS[k];
+    match configs_tokenizer(ckpt, folder) {
+        Some(dir) => ClipTokenizer::from_folder(&dir),
+        None => ClipTokenizer::from_open_clip_vocab_padded(&open_clip_vocab()?, pad),
+    }
+}
+
+/// Writes into `dir` the diffusers pipeline folder of the single file `ckpt` without its
+/// weights: model_index.json and every config, tokenizer and scheduler config negimg uses
+/// for it (the configs folder's files where it has them, else the configs inferred from the
+/// tensor shapes, open_clip's vocabulary and the demo's DDIM), so that diffusers'
+/// `from_single_file(file, config=dir)` builds the models negimg builds.
+pub fn write_single_file_configs(ckpt: &LdmCheckpoint, dir: &Path) -> Result<()> {
+    let write = |rel: &str, text: String| -> Result<()> {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    let sdxl = ckpt.family() == Family::Sdxl;
+    let index = model_index_json(sdxl, ckpt.force_zeros_for_empty_prompt()?);
+    write("model_index.json", serde_json::to_string_pretty(&index)?)?;
+    write("unet/config.json", ckpt.unet_config()?.to_config_json())?;
+    if ckpt.has_vae() {
+        write("vae/config.json", ckpt.vae_config()?.to_config_json())?;
+    }
+    let text = ckpt.text_encoder_config()?.to_config_json();
+    write(
+        "text_encoder/config.json",
+        serde_json::to_string_pretty(&text)?,
+    )?;
+    if sdxl {
+        let mut text_2 = ckpt.text_encoder_2_config()?.to_config_json();
+        text_2["architectures"] = serde_json::json!(["CLIPTextModelWithProjection"]);
+        write(
+            "text_encoder_2/config.json",
+            serde_json::to_string_pretty(&text_2)?,
+        )?;
+    }
+    for (folder, pad) in &SINGLE_FILE_TOKENIZERS[..if sdxl { 2 } else { 1 }] {
+        match configs_tokenizer(ckpt, folder) {
+            Some(from) => copy_files(&from, &dir.join(folder))?,
+            None => write_tokenizer_folder_padded(&dir.join(folder), &open_clip_vocab()?, pad)?,
         }
     }
+    let scheduler = match ckpt.config_file("scheduler/scheduler_config.json") {
+        Some(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => serde_json::to_string_pretty(&SchedulerConfig::sd15_ddim().to_config_json())?,
+    };
+    write("scheduler/scheduler_config.json", scheduler)
+}
+
+/// Copies the files of the folder `from` (not its subfolders) into `to`.
+fn copy_files(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let entries =
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_file() {
+            let target = to.join(path.file_name().unwrap_or_default());
+            std::fs::copy(&path, &target).with_context(|| {
+                format!("cannot copy {} to {}", path.display(), target.display())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// A single file takes its configs, tokenizer and scheduler from
@@ -220,7 +299,7 @@ fn single_file_tokenizer(ckpt: &LdmCheckpoint, folder: &str, pad: &str) -> Resul
 /// the demo's DDIM.
 impl PipelineSource for LdmCheckpoint {
     fn tokenizer(&self) -> Result<ClipTokenizer> {
-        single_file_tokenizer(self, "tokenizer", "<|endoftext|>")
+        single_file_tokenizer(self, 0)
     }
 
     fn text_encoder(&self, device: Device, kind: Kind) -> Result<ClipTextModel> {
@@ -242,7 +321,7 @@ impl PipelineSource for LdmCheckpoint {
             kind,
         )?;
         Ok(Some(SecondTextEncoder {
-            tokenizer: single_file_tokenizer(self, "tokenizer_2", "!")?,
+            tokenizer: single_file_tokenizer(self, 1)?,
             model,
         }))
     }

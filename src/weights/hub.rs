@@ -252,6 +252,46 @@ fn resolve_in(
     }
 }
 
+/// The cached folder of the hub model `hf` with its small config files `files` (relative to
+/// it, e.g. `unet/config.json`), those missing fetched when the hub can be used (not
+/// offline, reachable): `negimg plan` reads a pipeline's configs before its weights are
+/// downloaded. `Ok(None)` offline or unreachable with a file not cached; an error where the
+/// repo lacks a file or a request fails.
+pub fn config_files(hf: &HfRef, files: &[&str]) -> Result<Option<PathBuf>> {
+    let cache = super::hf_hub_cache();
+    let repo_dir = cache.join(hf.cache_folder());
+    let in_repo = |f: &str| match hf.path.as_str() {
+        "" => f.to_string(),
+        dir => format!("{dir}/{f}"),
+    };
+    if let Some(snapshot) = snapshot_dir(&repo_dir, &hf.revision)
+        && files.iter().all(|f| snapshot.join(in_repo(f)).is_file())
+    {
+        return Ok(Some(snapshot.join(&hf.path)));
+    }
+    if is_offline() || network_down().is_some() {
+        return Ok(None);
+    }
+    let client = Client::new(endpoint(), token());
+    let info = match client.repo_info(hf) {
+        Ok(info) => info,
+        Err(Fetch::Unreachable(_)) => return Ok(None),
+        Err(Fetch::Failed(e)) => return Err(e),
+    };
+    let snapshot = repo_dir.join("snapshots").join(&info.sha);
+    for f in files {
+        let file = in_repo(f);
+        if !info.files.contains(&file) {
+            bail!("{hf}: the repo has no {file}");
+        }
+        if !snapshot.join(&file).is_file() {
+            client.download(hf, &cache, &info.sha, &file)?;
+        }
+    }
+    write_ref(&repo_dir, &hf.revision, &info.sha)?;
+    Ok(Some(snapshot.join(&hf.path)))
+}
+
 /// Why the hub cannot be used now, once the probe or a request failed to get through, so
 /// that the other models of an experiment fail at once.
 static NETWORK_DOWN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);

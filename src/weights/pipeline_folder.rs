@@ -113,6 +113,39 @@ fn check_tokenizer(root: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// A model_index.json of diffusers' layout: `StableDiffusionPipeline` without safety checker,
+/// or with `sdxl` `StableDiffusionXLPipeline` (its second text encoder and tokenizer, and
+/// `force_zeros_for_empty_prompt`), as stabilityai/stable-diffusion-xl-base-1.0's.
+pub fn model_index_json(sdxl: bool, force_zeros_for_empty_prompt: bool) -> serde_json::Value {
+    let mut index = serde_json::json!({
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.42.1",
+        "feature_extractor": [null, null],
+        "image_encoder": [null, null],
+        "requires_safety_checker": false,
+        "safety_checker": [null, null],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    });
+    if sdxl {
+        let extra = serde_json::json!({
+            "_class_name": "StableDiffusionXLPipeline",
+            "force_zeros_for_empty_prompt": force_zeros_for_empty_prompt,
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        });
+        if let (Some(index), Some(extra)) = (index.as_object_mut(), extra.as_object()) {
+            index.extend(extra.clone());
+            index.remove("requires_safety_checker");
+            index.remove("safety_checker");
+        }
+    }
+    index
+}
+
 /// model_index.json's `force_zeros_for_empty_prompt` (at `index`), `default` where it has
 /// none (diffusers' SDXL pipeline: true; pipelines with one text encoder do not have it).
 pub fn force_zeros_for_empty_prompt(index: &Path, default: bool) -> Result<bool> {

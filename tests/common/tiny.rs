@@ -1,5 +1,5 @@
 //! The tiny random model set shared by the integration tests.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// `target/test-models/tiny`, written once by `negimg models init-random --preset tiny`
@@ -93,5 +93,99 @@ pub fn big_g_vision() -> negimg::models::clip_vision::ClipVisionConfig {
         num_attention_heads: 4,
         hidden_act: negimg::models::clip_text::Activation::Gelu,
         ..negimg::models::clip_vision::ClipVisionConfig::tiny()
+    }
+}
+
+/// An SDXL model set in two forms with the same weights.
+pub struct SdxlSingleFileSet {
+    /// `pipeline/` (a diffusers folder), `image_encoder`, `ip-adapter_sdxl_vit-h.safetensors`.
+    pub folder_set: PathBuf,
+    /// `pipeline.safetensors` (SGM layout) with `pipeline.configs/`, the same encoder and
+    /// adapter.
+    pub single_set: PathBuf,
+}
+
+impl SdxlSingleFileSet {
+    pub fn single_file(&self) -> PathBuf {
+        self.single_set.join("pipeline.safetensors")
+    }
+
+    pub fn folder(&self) -> PathBuf {
+        self.folder_set.join("pipeline")
+    }
+}
+
+/// The tiny SDXL set (`models init-random --preset tiny_sdxl`) with a 48-wide second text
+/// encoder and a UNet of cross-attention width 32 + 48 = 80 for it, in the fresh scratch
+/// folder `scratch_name`, also as an SGM single file written by
+/// tests/reference/sgm_write_sdxl.py: diffusers' from_single_file tells SDXL's two text
+/// encoders apart by width (768 and 1280), so with tiny_sdxl's two 32-wide ones it would load
+/// `conditioner.embedders.0` as both.
+pub fn sdxl_single_file_set(scratch_name: &str) -> SdxlSingleFileSet {
+    use negimg::models::clip_text::{self, Activation, ClipTextConfig};
+    use negimg::models::unet::{self, OneOrMany, UNet2DConditionConfig};
+    let dir = super::scratch(scratch_name);
+    let tiny = tiny_sdxl_models();
+    let folder_set = dir.join("folder_set");
+    let pipeline = folder_set.join("pipeline");
+    copy_dir(
+        &tiny.join("pipeline"),
+        &pipeline,
+        &["unet", "text_encoder_2"],
+    );
+    let text_2 = ClipTextConfig {
+        hidden_size: 48,
+        projection_dim: 32,
+        hidden_act: Activation::Gelu,
+        ..ClipTextConfig::tiny()
+    };
+    clip_text::write_random_model_with_projection(&pipeline.join("text_encoder_2"), &text_2, 21)
+        .unwrap();
+    let unet_cfg = UNet2DConditionConfig {
+        cross_attention_dim: OneOrMany::One(32 + 48),
+        ..UNet2DConditionConfig::tiny_sdxl()
+    };
+    unet::write_random_model(&pipeline.join("unet"), &unet_cfg, 22, false).unwrap();
+    let adapter = folder_set.join("ip-adapter_sdxl_vit-h.safetensors");
+    negimg::pipeline::write_random_adapter(
+        &adapter,
+        negimg::params::AdapterKind::Base,
+        &unet_cfg,
+        &negimg::models::clip_vision::ClipVisionConfig::tiny(),
+        23,
+    )
+    .unwrap();
+    let single_set = dir.join("single_set");
+    std::fs::create_dir_all(&single_set).unwrap();
+    for set in [&folder_set, &single_set] {
+        std::os::unix::fs::symlink(tiny.join("image_encoder"), set.join("image_encoder")).unwrap();
+    }
+    std::os::unix::fs::symlink(&adapter, single_set.join(adapter.file_name().unwrap())).unwrap();
+    let file = single_set.join("pipeline.safetensors");
+    super::run_python(
+        "sgm_write_sdxl.py",
+        &[pipeline.to_str().unwrap(), file.to_str().unwrap()],
+    );
+    SdxlSingleFileSet {
+        folder_set,
+        single_set,
+    }
+}
+
+/// Copies the folder `from` to `to`, leaving out its subfolders named in `skip`.
+pub fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(&name), &[]);
+        } else {
+            std::fs::copy(&path, to.join(&name)).unwrap();
+        }
     }
 }

@@ -31,11 +31,22 @@ def where(model):
     return model["repo"], kw
 
 
-def adapter_file(model):
+def model_file(model):
+    """A one-file model's local file (an adapter, a single-file pipeline)."""
     if "path" in model:
         return model["path"]
     from huggingface_hub import hf_hub_download
     return hf_hub_download(model["repo"], model["subfolder"], revision=model["revision"])
+
+
+def configs_folder(model):
+    """The folder of a single-file pipeline's configs, beside this script (negimg export
+    wrote there the configs, tokenizers and scheduler negimg maps the file with)."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), model["configs"])
+    if not os.path.isdir(folder):
+        raise SystemExit(f"{model['reference']}: the configs folder {folder} is missing "
+                         "(negimg export writes it beside the script)")
+    return folder
 
 
 def check_files():
@@ -59,22 +70,35 @@ def check_files():
                     f"{h.hexdigest()[:12]} now); pass --no-check to make the image anyway")
 
 
-def load(device, dtype):
-    """The pipeline (StableDiffusionXLPipeline for an SDXL cell, else StableDiffusionPipeline;
-    with MODELS' VAE and IP-Adapter) and the image encoder on `device`."""
-    path, kw = where(MODELS["pipeline"])
-    if MODELS["pipeline"].get("variant"):
-        kw["variant"] = MODELS["pipeline"]["variant"]
-    if CELL["sdxl"]:
-        pipe = StableDiffusionXLPipeline.from_pretrained(path, torch_dtype=dtype, **kw)
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            torch_dtype=dtype, **kw)
+def load_pipeline(dtype):
+    """StableDiffusionXLPipeline for an SDXL cell, else StableDiffusionPipeline, with MODELS'
+    VAE: from its folder, or a single file by from_single_file with its configs folder."""
+    model = MODELS["pipeline"]
+    cls = StableDiffusionXLPipeline if CELL["sdxl"] else StableDiffusionPipeline
+    kw = {} if CELL["sdxl"] else dict(safety_checker=None, feature_extractor=None,
+                                      requires_safety_checker=False)
+    vae = None
     if "vae" in MODELS:
-        path, kw = where(MODELS["vae"])
-        pipe.vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype, **kw)
-    f = adapter_file(MODELS["ip_adapter"])
+        path, vkw = where(MODELS["vae"])
+        vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype, **vkw)
+    if "configs" in model:
+        if vae is not None:
+            kw["vae"] = vae  # a file without its own VAE loads too
+        return cls.from_single_file(model_file(model), config=configs_folder(model),
+                                    local_files_only=True, torch_dtype=dtype, **kw)
+    path, pkw = where(model)
+    if model.get("variant"):
+        pkw["variant"] = model["variant"]
+    pipe = cls.from_pretrained(path, torch_dtype=dtype, **pkw, **kw)
+    if vae is not None:
+        pipe.vae = vae
+    return pipe
+
+
+def load(device, dtype):
+    """The pipeline (with MODELS' VAE and IP-Adapter) and the image encoder on `device`."""
+    pipe = load_pipeline(dtype)
+    f = model_file(MODELS["ip_adapter"])
     k = len(ADAPTER_TERMS)
     pipe.load_ip_adapter([os.path.dirname(f) or "."] * k, subfolder=[""] * k,
                          weight_name=[os.path.basename(f)] * k, image_encoder_folder=None)
