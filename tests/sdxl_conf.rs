@@ -27,6 +27,8 @@ const SD15_ADAPTER: &str = "ip-adapter_sd15.safetensors";
 /// the three `keys` (as records.csv has them) and its image file.
 struct MicroGridRun {
     run: PathBuf,
+    /// records.csv's column names.
+    header: Vec<String>,
     cells: Vec<((String, String, String), String)>,
 }
 
@@ -45,15 +47,13 @@ impl MicroGridRun {
         let col = |name: &str| header.iter().position(|h| h == name).unwrap();
         let [o, c, t] = keys.map(col);
         let file = col("file");
-        if keys[0] == "negative_original_size" {
-            assert_eq!(col("original_size") + 3, o, "{header:?}");
-        }
         let cells = rows
             .records()
             .map(Result::unwrap)
             .map(|r| ((r[o].into(), r[c].into(), r[t].into()), r[file].into()))
             .collect();
-        Self { run, cells }
+        let header = header.iter().map(str::to_string).collect();
+        Self { run, header, cells }
     }
 
     fn assert_has(&self, values: &[(&str, &str, &str)]) {
@@ -72,6 +72,10 @@ impl MicroGridRun {
             .unwrap()
             .1
             .clone()
+    }
+
+    fn column(&self, name: &str) -> usize {
+        self.header.iter().position(|h| h == name).unwrap()
     }
 
     fn distinct_images(&self) -> usize {
@@ -294,6 +298,12 @@ fn sdxl_negative_micro_conditioning_axes_zips_records_and_png_chunks() {
             "negative_crops_coords_top_left",
             "negative_target_size",
         ],
+    );
+    assert_eq!(
+        grid.column("original_size") + 3,
+        grid.column("negative_original_size"),
+        "{:?}",
+        grid.header
     );
     grid.assert_has(&[
         ("auto", "auto", "auto"),
